@@ -1,0 +1,286 @@
+"""The agent transition event: pydantic models for the edges (SDK, CLI, JSON form), the canonical hash,
+and the fast value checks the consumer runs on decoded records.
+
+On the hot path events stay plain ``dict`` (see :class:`TransitionDict`); pydantic runs only where
+events enter the system from code or JSON.
+
+Example::
+
+    ev = AgentTransition.model_validate(json_doc)      # raises pydantic.ValidationError naming the field
+    record = ev.to_avro()                              # dict ready for the serde
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ValidationError
+
+
+class TriggerKind(StrEnum):
+    joiner = "joiner"
+    mover = "mover"
+    leaver = "leaver"
+    access_request = "access_request"
+    scheduled = "scheduled"
+    signal = "signal"
+    manual = "manual"
+
+
+class Action(StrEnum):
+    create_account = "create_account"
+    disable_account = "disable_account"
+    delete_account = "delete_account"
+    assign_role = "assign_role"
+    remove_role = "remove_role"
+    grant_entitlement = "grant_entitlement"
+    revoke_entitlement = "revoke_entitlement"
+    add_group_member = "add_group_member"
+    remove_group_member = "remove_group_member"
+    create_group = "create_group"
+    modify_policy = "modify_policy"
+    issue_credential = "issue_credential"
+    allow_auth = "allow_auth"
+    step_up_auth = "step_up_auth"
+    deny_auth = "deny_auth"
+    recommend = "recommend"
+
+
+class IdentityType(StrEnum):
+    human = "human"
+    service = "service"
+    agent = "agent"
+
+
+class LifecycleState(StrEnum):
+    pre_hire = "pre_hire"
+    active = "active"
+    on_leave = "on_leave"
+    terminated = "terminated"
+    unknown = "unknown"
+
+
+class Outcome(StrEnum):
+    granted = "granted"
+    denied = "denied"
+    recommended = "recommended"
+    escalated = "escalated"
+
+
+class Authority(StrEnum):
+    policy_engine = "policy_engine"
+    human = "human"
+    model = "model"
+    rule = "rule"
+
+
+class Recommender(StrEnum):
+    model = "model"
+    rule = "rule"
+    human = "human"
+
+
+# Actions that change who can access what. Rules about approvals and evidence apply to these.
+ACCESS_CHANGES = frozenset(
+    {
+        Action.create_account, Action.assign_role, Action.grant_entitlement, Action.add_group_member,
+        Action.create_group, Action.modify_policy, Action.issue_credential, Action.allow_auth,
+        Action.disable_account, Action.delete_account, Action.remove_role, Action.revoke_entitlement,
+        Action.remove_group_member,
+    }
+)
+# Actions that add access (the ones that can escalate).
+GRANTS = frozenset(
+    {
+        Action.create_account, Action.assign_role, Action.grant_entitlement, Action.add_group_member,
+        Action.issue_credential, Action.allow_auth, Action.modify_policy,
+    }
+)
+REVOKES = frozenset(
+    {Action.disable_account, Action.delete_account, Action.remove_role, Action.revoke_entitlement,
+     Action.remove_group_member}
+)
+
+Ident = Annotated[str, Field(min_length=1, max_length=512)]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+
+class Agent(_Model):
+    agent_id: Ident
+    agent_version: Ident
+    on_behalf_of: Ident | None = None
+    model_id: Ident | None = None
+
+
+class Trigger(_Model):
+    kind: TriggerKind
+    ref: Ident | None = None
+
+
+class Target(_Model):
+    identity_id: Ident
+    identity_type: IdentityType
+    lifecycle_state: LifecycleState
+
+
+class Resource(_Model):
+    system: Ident
+    resource_id: Ident
+    entitlement: Ident | None = None
+    privilege_tier: int = Field(ge=0, le=3)
+
+
+class InputUsed(_Model):
+    name: Ident
+    source: Ident
+
+
+class Decision(_Model):
+    outcome: Outcome
+    authority: Authority
+    recommended_by: Recommender | None = None
+    approved_by: Ident | None = None
+    approval_ref: Ident | None = None
+
+
+class PolicyRef(_Model):
+    policy_id: Ident
+    policy_version: Ident
+    decision_id: Ident | None = None
+
+
+class Evidence(_Model):
+    event_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    prev_event_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    signature: str | None = None
+    key_id: str | None = None
+
+
+class AgentTransition(_Model):
+    """One transition, in the documented JSON form. ``event_id``, ``occurred_at`` and ``evidence`` may be
+    left out of a draft; :class:`pipeline.publisher.TransitionPublisher` fills them in."""
+
+    event_id: uuid.UUID | None = None
+    occurred_at: datetime | None = None
+    workflow_id: Ident
+    workflow_version: Ident
+    run_id: Ident
+    step: int = Field(ge=0)
+    from_state: Ident
+    to_state: Ident
+    agent: Agent
+    trigger: Trigger
+    action: Action
+    target: Target
+    resource: Resource
+    inputs_used: list[InputUsed] = Field(default_factory=list, max_length=256)
+    decision: Decision
+    policy: PolicyRef
+    evidence: Evidence | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    tenant: Ident | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("occurred_at must carry a timezone (ISO-8601 with Z or +00:00)")
+        return v.astimezone(UTC) if v is not None else None
+
+    def to_avro(self) -> TransitionDict:
+        """The Avro record dict (timestamp as int millis). Requires event_id, occurred_at and evidence."""
+        if self.event_id is None or self.occurred_at is None or self.evidence is None:
+            raise ValueError("event_id, occurred_at and evidence must be set before encoding")
+        doc = self.model_dump(mode="json")
+        doc["occurred_at"] = int(self.occurred_at.timestamp() * 1000)
+        doc["evidence"].setdefault("signature", None)
+        return doc
+
+
+TransitionDict = dict[str, Any]
+"""A decoded transition: the Avro record as a plain dict, ``occurred_at`` in epoch millis."""
+
+_HASH_EXCLUDED = ("event_hash", "signature", "key_id")
+
+
+def _drop_nulls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_drop_nulls(v) for v in node]
+    return node
+
+
+def canonical_bytes(record: TransitionDict) -> bytes:
+    """Canonical content of an event: JSON with sorted keys, no whitespace, nulls dropped, timestamps
+    as epoch millis, and ``evidence.event_hash``/``signature``/``key_id`` left out. ``prev_event_hash`` is
+    inside, so the hashes of a run form a chain. Dropping nulls keeps the hash stable across schema
+    versions that add optional fields."""
+    doc = dict(record)
+    evidence = {k: v for k, v in (doc.get("evidence") or {}).items() if k not in _HASH_EXCLUDED}
+    doc["evidence"] = evidence
+    occurred = doc.get("occurred_at")
+    if isinstance(occurred, datetime):
+        doc["occurred_at"] = int(occurred.timestamp() * 1000)
+    return json.dumps(_drop_nulls(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_hash(record: TransitionDict) -> str:
+    return hashlib.sha256(canonical_bytes(record)).hexdigest()
+
+
+def sign(record: TransitionDict, key: bytes) -> str:
+    """HMAC-SHA256 over the canonical content, hex."""
+    return hmac.new(key, canonical_bytes(record), hashlib.sha256).hexdigest()
+
+
+_ID_FIELDS = (
+    ("run_id",), ("workflow_id",), ("agent", "agent_id"), ("target", "identity_id"),
+    ("resource", "system"), ("resource", "resource_id"), ("resource", "entitlement"),
+    ("agent", "on_behalf_of"), ("decision", "approved_by"),
+)
+
+
+def check_values(record: TransitionDict, *, now_ms: int, max_future_ms: int) -> None:
+    """Value checks the Avro schema cannot express. Raises :class:`ValidationError` naming the field.
+
+    Cheap by design: it runs on every consumed event."""
+    tier = record["resource"]["privilege_tier"]
+    if not 0 <= tier <= 3:
+        raise ValidationError(f"resource.privilege_tier={tier} outside 0..3", reason="invalid_value",
+                              field="resource.privilege_tier")
+    if record["step"] < 0:
+        raise ValidationError(f"step={record['step']} is negative", reason="invalid_value", field="step")
+    if record["occurred_at"] > now_ms + max_future_ms:
+        raise ValidationError(
+            f"occurred_at={record['occurred_at']} is more than {max_future_ms // 1000}s in the future",
+            reason="invalid_value", field="occurred_at")
+    event_id = record["event_id"]
+    if len(event_id) != 36:
+        raise ValidationError(f"event_id={event_id[:64]!r} is not a UUID", reason="invalid_value", field="event_id")
+    try:
+        uuid.UUID(event_id)
+    except ValueError:
+        raise ValidationError(f"event_id={event_id!r} is not a UUID", reason="invalid_value",
+                              field="event_id") from None
+    for path in _ID_FIELDS:
+        value: Any = record
+        for part in path:
+            value = value[part]
+        if value is not None and (not value or _CONTROL.search(value)):
+            dotted = ".".join(path)
+            raise ValidationError(f"{dotted}={value[:64]!r} is empty or holds control characters",
+                                  reason="invalid_value", field=dotted)

@@ -1,0 +1,60 @@
+"""Structured logging: ``key="value"`` pairs (logfmt) or JSON lines, through the stdlib ``logging``.
+
+Call :func:`configure_logging` once in ``main()``. Pass fields with ``extra={"kv": {...}}`` or use :func:`kv`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+
+def kv(**fields: Any) -> dict[str, Any]:
+    """``log.info("stored", extra=kv(rows=10))`` attaches structured fields to a record."""
+    return {"kv": fields}
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False)
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}",
+                 f"msg={_quote(record.getMessage())}"]
+        for key, value in getattr(record, "kv", {}).items():
+            parts.append(f"{key}={_quote(value)}")
+        if record.exc_info:
+            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(getattr(record, "kv", {}))
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "logfmt") -> None:
+    """Install one stderr handler on the root logger unless one is already there."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root.addHandler(handler)
+    logging.getLogger("kafka").setLevel(logging.WARNING)

@@ -1,0 +1,165 @@
+"""Every Prometheus instrument agentgov exports, built against an injected ``CollectorRegistry``.
+
+Labels come only from closed sets (enums of the schema, finding codes, severities, DLQ reasons,
+partition numbers). No agent-supplied value ever becomes a label.
+
+Example::
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.dead_letters.labels(reason="bad_magic").inc()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RISK_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+
+
+class Metrics:
+    """The metrics catalogue (see README, 'Metrics'). One instance per process."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        r = registry
+        self.build_info = Info("agentgov_build", "agentgov build.", registry=r)
+        self.build_info.info({"version": __version__})
+        self.policy_info = Info(
+            "agentgov_policy", "Governance policy file in force (version and SHA-256).", ["role"], registry=r
+        )
+        # -- throughput
+        self.events_consumed = Counter(
+            "agentgov_events_consumed_total", "Messages read from the transitions topic.", registry=r
+        )
+        self.transitions = Counter(
+            "agentgov_transitions_total", "Transitions scored, by action and decision outcome.",
+            ["action", "outcome"], registry=r,
+        )
+        self.assessments = Counter(
+            "agentgov_assessments_total", "Assessments produced, by risk level.", ["risk_level"], registry=r
+        )
+        self.risk_score = Histogram(
+            "agentgov_risk_score", "Distribution of risk scores (0-100).", buckets=RISK_BUCKETS, registry=r
+        )
+        # -- findings
+        self.findings = Counter(
+            "agentgov_findings_total", "Findings raised, by code, severity and category.",
+            ["code", "severity", "category"], registry=r,
+        )
+        self.escalations = Counter(
+            "agentgov_escalations_total", "Hidden-escalation chains detected, by pattern.", ["pattern"], registry=r
+        )
+        # -- pipeline health
+        self.dead_letters = Counter(
+            "agentgov_dead_letters_total", "Messages sent to the dead-letter topic, by reason.", ["reason"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "agentgov_consumer_lag_messages", "Messages behind the high watermark, per partition.",
+            ["role", "partition"], registry=r,
+        )
+        self.batches = Counter(
+            "agentgov_batches_total", "Batches processed, by role and outcome.", ["role", "outcome"], registry=r
+        )
+        self.batch_duration = Histogram(
+            "agentgov_batch_duration_seconds", "Wall time to process one batch.", ["role"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.paused = Gauge(
+            "agentgov_consumer_paused", "1 while fetching is paused because the sink is failing.", ["role"],
+            registry=r,
+        )
+        self.event_to_stored = Histogram(
+            "agentgov_event_to_stored_latency_seconds",
+            "From the event's occurred_at to its durable write in ClickHouse.", buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.event_to_scored = Histogram(
+            "agentgov_event_to_scored_latency_seconds",
+            "From the event's occurred_at to its assessment being produced.", buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.sink_insert_duration = Histogram(
+            "agentgov_sink_insert_duration_seconds", "ClickHouse insert wall time.", ["table"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.sink_rows = Counter(
+            "agentgov_sink_rows_total", "Rows written to ClickHouse, by table.", ["table"], registry=r
+        )
+        self.sink_errors = Counter(
+            "agentgov_sink_errors_total", "Failed ClickHouse writes, by table and error kind.", ["table", "kind"],
+            registry=r,
+        )
+        self.last_stored = Gauge(
+            "agentgov_last_stored_timestamp_seconds", "Unix time of the last successful store write.", registry=r
+        )
+        self.baseline_age = Gauge(
+            "agentgov_baseline_age_seconds", "Age of the drift baselines the scorer is using.", registry=r
+        )
+        self.up = Gauge("agentgov_process_up", "1 while the processing loop runs.", ["role"], registry=r)
+        # One series per recently detected chain, so a page can name the agent and run. Agent ids are
+        # free text, so the set is a bounded ring (BoundedSeries): an agent cannot grow it past its cap.
+        self.escalation_chain = Gauge(
+            "agentgov_escalation_chain_detected",
+            "Recently detected hidden-escalation chains (bounded ring; value is detection unix time).",
+            ["pattern", "agent_id", "run_id"], registry=r,
+        )
+        self.escalation_ring = BoundedSeries(self.escalation_chain, capacity=64)
+
+
+class BoundedSeries:
+    """Keeps at most ``capacity`` label sets of a gauge alive, evicting the oldest.
+
+    For the rare metrics whose labels must name an entity (the page has to say which agent), this is
+    what keeps an adversarial agent from creating unbounded series."""
+
+    def __init__(self, gauge: Gauge, capacity: int) -> None:
+        self.gauge = gauge
+        self.capacity = capacity
+        self._order: list[tuple[str, ...]] = []
+        self._lock = threading.Lock()
+
+    def set(self, labels: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            if labels in self._order:
+                self._order.remove(labels)
+            self._order.append(labels)
+            self.gauge.labels(*labels).set(value)
+            while len(self._order) > self.capacity:
+                self.gauge.remove(*self._order.pop(0))
+
+    def expire(self, older_than: float) -> None:
+        """Drop series whose value (a unix time) is older than ``older_than``."""
+        with self._lock:
+            keep = []
+            for labels in self._order:
+                if self.gauge.labels(*labels)._value.get() < older_than:
+                    self.gauge.remove(*labels)
+                else:
+                    keep.append(labels)
+            self._order = keep
+
+
+def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread] | None:
+    """Serve ``/metrics`` on ``addr:port`` (port 0 disables). Returns the server for shutdown."""
+    if port == 0:
+        return None
+    server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    log.info("metrics endpoint up", extra={"kv": {"addr": addr, "port": server.server_port}})
+    return server, thread

@@ -1,0 +1,162 @@
+"""Avro serialization in two wire formats, told apart by their first bytes.
+
+- Avro single-object encoding: ``C3 01`` + 8-byte CRC-64-AVRO fingerprint + datum. Schemas come from
+  ``schemas/``. The embedded default.
+- Confluent wire format: ``00`` + 4-byte big-endian registry id + datum, when a Schema Registry is configured.
+
+Example::
+
+    serde = Serde(SchemaSet.load())
+    data = serde.encode(record)
+    decoded = serde.decode(data)            # raises DecodeError with a closed-set ``reason``
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import to_parsing_canonical_form
+
+from .errors import DecodeError
+from .schemas import TRANSITION, SchemaSet, SchemaVersion, _strip_logical
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+SOE_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+SOE_HEADER = 10
+CONFLUENT_HEADER = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded record, its raw datum bytes, and whether they are already in the current schema."""
+
+    record: dict[str, Any]
+    datum: bytes
+    current: bool
+    writer_version: int | None
+
+
+def frame_soe(fingerprint: bytes, datum: bytes) -> bytes:
+    return SOE_MAGIC + fingerprint + datum
+
+
+def encode_datum(parsed_schema: Any, record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    schemaless_writer(buf, parsed_schema, record)
+    return buf.getvalue()
+
+
+def _reason_for(exc: BaseException) -> str:
+    if isinstance(exc, EOFError | StopIteration | struct.error):
+        return "truncated"
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid_utf8"
+    if isinstance(exc, SchemaResolutionError):
+        return "unknown_enum" if "symbol" in str(exc).lower() else "unknown_schema"
+    return "malformed"
+
+
+class Serde:
+    """Encode and decode one record type (default: the transition) in either wire format."""
+
+    def __init__(
+        self,
+        schemas: SchemaSet,
+        registry: SchemaRegistryClient | None = None,
+        *,
+        record: str = TRANSITION,
+        subject: str | None = None,
+        max_bytes: int = 1_000_000,
+    ) -> None:
+        self.schemas = schemas
+        self.record = record
+        self.current: SchemaVersion = schemas.latest(record)
+        self.registry = registry
+        self.subject = subject or f"agentgov.{record}-value"
+        self.max_bytes = max_bytes
+        self._registry_id: int | None = None
+        self._by_registry_id: dict[int, tuple[Any, bool, int | None]] = {}
+        self._known_canonical = {
+            sv.canonical: sv for sv in schemas.versions[record].values()
+        }
+
+    # -- encoding -----------------------------------------------------------------------------
+    def header(self) -> bytes:
+        if self.registry is None:
+            return SOE_MAGIC + self.current.fingerprint
+        if self._registry_id is None:
+            from confluent_kafka.schema_registry import Schema
+
+            self._registry_id = self.registry.register_schema(self.subject, Schema(self.current.json(), "AVRO"))
+        return CONFLUENT_MAGIC + struct.pack(">I", self._registry_id)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        return self.header() + encode_datum(self.current.parsed, record)
+
+    # -- decoding -----------------------------------------------------------------------------
+    def decode(self, data: bytes | None) -> Decoded:
+        if not data:
+            raise DecodeError("empty message", reason="bad_magic")
+        if len(data) > self.max_bytes:
+            raise DecodeError(f"message of {len(data)} bytes exceeds {self.max_bytes}", reason="oversized")
+        if data[:2] == SOE_MAGIC:
+            if len(data) < SOE_HEADER:
+                raise DecodeError("single-object header truncated", reason="truncated")
+            writer = self.schemas.by_fingerprint.get(data[2:SOE_HEADER])
+            if writer is None or writer.record != self.record:
+                raise DecodeError(
+                    f"unknown schema fingerprint {data[2:SOE_HEADER].hex()}", reason="unknown_schema"
+                )
+            return self._read(data, SOE_HEADER, writer.parsed, writer is self.current, writer.version)
+        if data[:1] == CONFLUENT_MAGIC:
+            if len(data) < CONFLUENT_HEADER:
+                raise DecodeError("registry header truncated", reason="truncated")
+            (schema_id,) = struct.unpack(">I", data[1:CONFLUENT_HEADER])
+            parsed, current, version = self._registry_schema(schema_id)
+            return self._read(data, CONFLUENT_HEADER, parsed, current, version)
+        raise DecodeError(f"unknown magic byte 0x{data[0]:02x}", reason="bad_magic")
+
+    def _registry_schema(self, schema_id: int) -> tuple[Any, bool, int | None]:
+        hit = self._by_registry_id.get(schema_id)
+        if hit is not None:
+            return hit
+        if self.registry is None:
+            raise DecodeError(f"registry id {schema_id} but no registry configured", reason="unknown_schema")
+        try:
+            text = self.registry.get_schema(schema_id).schema_str
+        except Exception as exc:  # the registry client raises its own tree
+            raise DecodeError(f"registry id {schema_id} not found: {exc}", reason="unknown_schema") from exc
+        try:
+            raw = json.loads(text)
+            parsed = parse_schema(_strip_logical(raw), _write_hint=False)
+            canonical = to_parsing_canonical_form(parse_schema(raw, _write_hint=False))
+        except Exception as exc:
+            raise DecodeError(f"registry id {schema_id} holds an unusable schema: {exc}", reason="unknown_schema") from exc
+        known = self._known_canonical.get(canonical)
+        entry = (known.parsed, known is self.current, known.version) if known else (parsed, False, None)
+        self._by_registry_id[schema_id] = entry
+        return entry
+
+    def _read(self, data: bytes, start: int, writer: Any, current: bool, version: int | None) -> Decoded:
+        buf = io.BytesIO(data)
+        buf.seek(start)
+        try:
+            if current:
+                record = schemaless_reader(buf, writer, None)
+            else:
+                record = schemaless_reader(buf, writer, self.current.parsed)
+        except Exception as exc:
+            raise DecodeError(f"cannot decode Avro datum: {type(exc).__name__}: {exc}", reason=_reason_for(exc)) from exc
+        end = buf.tell()
+        if end != len(data):
+            raise DecodeError(f"{len(data) - end} trailing bytes after the datum", reason="malformed")
+        return Decoded(record, data[start:] if current else b"", current, version)  # type: ignore[arg-type]

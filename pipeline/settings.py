@@ -1,0 +1,169 @@
+"""Typed settings: one object per process, built in ``main()`` from ``AGENTGOV_*`` environment variables.
+
+Example::
+
+    settings = Settings()                       # reads AGENTGOV_* from the environment
+    producer = Producer(settings.kafka_config())
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "AGENTGOV_"
+
+
+class Settings(BaseSettings):
+    """Every knob of an agentgov process. Unknown ``AGENTGOV_*`` variables are rejected."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap servers; unset means start the embedded Tansu broker."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_ssl_certificate_location: Path | None = None
+    kafka_ssl_key_location: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_extra: dict[str, str] = Field(default_factory=dict, description="Raw librdkafka overrides.")
+    embedded_broker_port: int = 19092
+
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent-compatible registry; unset means Avro single-object encoding."
+    )
+    schema_registry_basic_auth: SecretStr | None = None
+
+    topic_transitions: str = "agentgov.transitions.v1"
+    topic_assessments: str = "agentgov.assessments.v1"
+    topic_dlq: str = "agentgov.transitions.dlq"
+    topic_partitions: int = Field(default=6, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
+
+    scorer_group: str = "agentgov-scorer"
+    writer_group: str = "agentgov-writer"
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    batch_max_messages: int = Field(default=2000, ge=1)
+    batch_max_seconds: float = Field(default=0.2, gt=0)
+    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    max_future_skew_seconds: int = Field(default=300, ge=0)
+    context_window_seconds: int = Field(default=3600, ge=0, description="How far back a scorer replays.")
+
+    # --- ClickHouse --------------------------------------------------------------------------
+    clickhouse_dsn: str = Field(default="chdb://.agentgov/chdb", description="chdb:///path or http(s)://host:8123")
+    clickhouse_database: str = "agentgov"
+    clickhouse_username: str | None = None
+    clickhouse_password: SecretStr | None = None
+    clickhouse_verify_tls: bool = True
+    clickhouse_ca_cert: Path | None = None
+    clickhouse_cluster: str | None = Field(default=None, description="Use Replicated/Distributed DDL on this cluster.")
+    retention_days: int = Field(default=400, ge=1)
+    writer_batch_rows: int = Field(default=20000, ge=1)
+    writer_batch_seconds: float = Field(default=0.5, gt=0)
+
+    # --- Governance ----------------------------------------------------------------------------
+    policy_file: Path | None = Field(default=None, description="Governance policy YAML; unset uses the default.")
+    signing_keys: dict[str, SecretStr] = Field(default_factory=dict, description="key_id -> HMAC key.")
+    require_signatures: bool = False
+
+    # --- Process -----------------------------------------------------------------------------
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"
+    log_level: str = "INFO"
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    state_dir: Path = Path(".agentgov")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {v!r}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_env(cls, data: Any) -> Any:
+        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+        if unknown:
+            raise ValueError(f"unknown settings in environment: {', '.join(unknown)}")
+        return data
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Build settings, turning validation problems into one :class:`ConfigError`."""
+        try:
+            return cls(**overrides)
+        except ValueError as exc:
+            raise ConfigError(f"invalid settings: {exc}") from exc
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"
+
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """The librdkafka config dict for this cluster; ``extra`` adds client-specific keys."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap(),
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username is not None:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        for key, path in (
+            ("ssl.ca.location", self.kafka_ssl_ca_location),
+            ("ssl.certificate.location", self.kafka_ssl_certificate_location),
+            ("ssl.key.location", self.kafka_ssl_key_location),
+        ):
+            if path is not None:
+                conf[key] = str(path)
+        if self.kafka_ssl_key_password is not None:
+            conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        conf.update(self.kafka_extra)
+        conf.update(extra)
+        return conf
+
+    def consumer_config(self, group: str, **extra: Any) -> dict[str, Any]:
+        return self.kafka_config(
+            **{
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": self.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, self.session_timeout_ms // 3),
+                "isolation.level": "read_committed",
+                "partition.assignment.strategy": "cooperative-sticky",
+                **extra,
+            }
+        )
+
+    def clickhouse_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``clickhouse_connect.get_client``."""
+        kw: dict[str, Any] = {"dsn": self.clickhouse_dsn}
+        if self.clickhouse_username is not None:
+            kw["username"] = self.clickhouse_username
+        if self.clickhouse_password is not None:
+            kw["password"] = self.clickhouse_password.get_secret_value()
+        if self.clickhouse_dsn.startswith("https"):
+            kw["verify"] = self.clickhouse_verify_tls
+            if self.clickhouse_ca_cert is not None:
+                kw["ca_cert"] = str(self.clickhouse_ca_cert)
+        return kw
