@@ -68,7 +68,7 @@ class SchemaVersion:
 
 
 def _named(raw: dict[str, Any], named: dict[str, Any]) -> Any:
-    return parse_schema(_strip_logical(copy.deepcopy(raw)), named_schemas=named, _write_hint=False)
+    return parse_schema(_strip_logical(copy.deepcopy(raw)), named_schemas=named)
 
 
 def _fingerprint(canonical: str) -> bytes:
@@ -118,7 +118,7 @@ def _collect_named(node: Any, ns: str, out: dict[str, dict[str, Any]]) -> None:
 def _version(record: str, version: int, raw: dict[str, Any], types: dict[str, dict[str, Any]]) -> SchemaVersion:
     expanded = _expand(raw, types)
     parsed = _named(expanded, {})
-    canonical = to_parsing_canonical_form(parse_schema(copy.deepcopy(expanded), _write_hint=False))
+    canonical = to_parsing_canonical_form(parse_schema(copy.deepcopy(expanded)))
     return SchemaVersion(record, version, expanded, parsed, _fingerprint(canonical), canonical)
 
 

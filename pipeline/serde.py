@@ -137,8 +137,8 @@ class Serde:
             raise DecodeError(f"registry id {schema_id} not found: {exc}", reason="unknown_schema") from exc
         try:
             raw = json.loads(text)
-            parsed = parse_schema(_strip_logical(raw), _write_hint=False)
-            canonical = to_parsing_canonical_form(parse_schema(raw, _write_hint=False))
+            parsed = parse_schema(_strip_logical(raw))
+            canonical = to_parsing_canonical_form(parse_schema(raw))
         except Exception as exc:
             raise DecodeError(f"registry id {schema_id} holds an unusable schema: {exc}", reason="unknown_schema") from exc
         known = self._known_canonical.get(canonical)

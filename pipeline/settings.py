@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -120,6 +121,7 @@ class Settings(BaseSettings):
         """The librdkafka config dict for this cluster; ``extra`` adds client-specific keys."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap(),
+            "logger": logging.getLogger("librdkafka"),
             "security.protocol": self.kafka_security_protocol,
         }
         if self.kafka_sasl_mechanism:

@@ -1,0 +1,1 @@
+"""Runnable consumers: thin entrypoints wiring objects from ``pipeline``."""

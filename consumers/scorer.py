@@ -1,0 +1,43 @@
+"""Scoring consumer: ``python -m consumers.scorer``.
+
+Reads ``agentgov.transitions.v1``, scores every event, and publishes assessments and dead letters in
+one Kafka transaction per batch. Run as many as there are partitions to share, in one group.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from pipeline.errors import AgentgovError
+from pipeline.logs import configure_logging
+from pipeline.metrics import Metrics, serve
+from pipeline.consumer import Scorer
+from pipeline.scoring.policy import load_policy
+from pipeline.settings import Settings
+
+log = logging.getLogger("consumers.scorer")
+
+
+def main() -> int:
+    try:
+        settings = Settings.load()
+        configure_logging(settings.log_level, settings.log_format)
+        metrics = Metrics()
+        serve(metrics, settings.metrics_port, settings.metrics_addr)
+        scorer = Scorer(settings, metrics, load_policy(settings.policy_file))
+    except AgentgovError as exc:
+        print(f"agentgov scorer: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    scorer.run(stop)
+    log.info("scorer stopped", extra={"kv": {"processed": scorer.processed}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

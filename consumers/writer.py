@@ -1,0 +1,45 @@
+"""Store writer: ``python -m consumers.writer``.
+
+Reads ``agentgov.assessments.v1`` and writes transitions, assessments and findings to ClickHouse,
+committing offsets only after each insert. With chdb, run exactly one (chdb is single-process).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from pipeline.errors import AgentgovError
+from pipeline.logs import configure_logging
+from pipeline.metrics import Metrics, serve
+from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.writer import Writer
+
+log = logging.getLogger("consumers.writer")
+
+
+def main() -> int:
+    try:
+        settings = Settings.load()
+        configure_logging(settings.log_level, settings.log_format)
+        metrics = Metrics()
+        serve(metrics, settings.metrics_port, settings.metrics_addr)
+        sink = ClickHouseSink.connect(settings)
+        sink.migrate()
+        writer = Writer(settings, metrics, sink)
+    except AgentgovError as exc:
+        print(f"agentgov writer: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    writer.run(stop)
+    log.info("writer stopped", extra={"kv": {"stored": writer.stored}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

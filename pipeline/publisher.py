@@ -1,0 +1,154 @@
+"""The agent SDK: validate, complete, chain and publish transitions.
+
+Example::
+
+    with TransitionPublisher(Settings()) as pub:
+        pub.publish({"workflow_id": "jml-provisioning", ...})   # raises EventInvalid naming the field
+    # leaving the block flushes; undelivered events raise PublishError
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from pydantic import ValidationError as PydanticValidationError
+
+from .errors import PublishError, ValidationError
+from .events import AgentTransition, event_hash, sign
+from .schemas import SchemaSet
+from .serde import Serde
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EventInvalid(ValidationError):
+    """A draft event failed validation; nothing was sent. ``fields`` names the offending paths."""
+
+    reason = "invalid_event"
+
+
+def validate(draft: Mapping[str, Any] | AgentTransition) -> AgentTransition:
+    if isinstance(draft, AgentTransition):
+        return draft
+    try:
+        return AgentTransition.model_validate(draft)
+    except PydanticValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise EventInvalid("invalid event: " + "; ".join(problems),
+                           paths=[".".join(str(p) for p in e["loc"]) for e in exc.errors()]) from exc
+
+
+class TransitionPublisher:
+    """Publishes transitions with an idempotent, acks=all producer keyed by ``run_id``.
+
+    Fills in ``event_id``, ``occurred_at`` and ``evidence`` (hash, and the previous step's hash per run).
+    Delivery failures are collected and raised by :meth:`flush`, and passed to ``on_error`` if given."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        serde: Serde | None = None,
+        producer: Producer | None = None,
+        signing_key: tuple[str, bytes] | None = None,
+        on_error: Callable[[str, KafkaError], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.topic_transitions
+        if serde is None:
+            registry = None
+            if settings.schema_registry_url:
+                from confluent_kafka.schema_registry import SchemaRegistryClient
+
+                conf: dict[str, Any] = {"url": settings.schema_registry_url}
+                if settings.schema_registry_basic_auth:
+                    conf["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
+                registry = SchemaRegistryClient.new_client(conf)
+            serde = Serde(SchemaSet.load(), registry, subject=f"{self.topic}-value")
+        self.serde = serde
+        self.producer = producer or Producer(settings.kafka_config(**{
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+            "message.timeout.ms": 30000,
+        }))
+        self.signing_key = signing_key
+        self.on_error = on_error
+        self._last_hash: dict[str, str] = {}
+        self.failed: list[tuple[str, str]] = []
+        self.delivered = 0
+
+    def complete(self, draft: Mapping[str, Any] | AgentTransition) -> dict[str, Any]:
+        """Validate a draft and return the Avro record with ids, timestamps and evidence filled in."""
+        ev = validate(draft)
+        updates: dict[str, Any] = {}
+        if ev.event_id is None:
+            updates["event_id"] = uuid.uuid4()
+        if ev.occurred_at is None:
+            updates["occurred_at"] = datetime.now(UTC)
+        if updates:
+            ev = ev.model_copy(update=updates)
+        record = ev.model_dump(mode="json")
+        record["occurred_at"] = int((ev.occurred_at or updates["occurred_at"]).timestamp() * 1000)
+        given = record.get("evidence") or {}
+        prev = given.get("prev_event_hash") or (self._last_hash.get(ev.run_id) if ev.step > 0 else None)
+        record["evidence"] = {"event_hash": "", "prev_event_hash": prev, "signature": None, "key_id": None}
+        record["evidence"]["event_hash"] = given.get("event_hash") or event_hash(record)
+        if self.signing_key is not None:
+            key_id, key = self.signing_key
+            record["evidence"]["signature"] = sign(record, key)
+            record["evidence"]["key_id"] = key_id
+        self._last_hash[ev.run_id] = record["evidence"]["event_hash"]
+        return record
+
+    def publish(self, draft: Mapping[str, Any] | AgentTransition) -> str:
+        """Validate, complete and send one event asynchronously. Returns its ``event_id``."""
+        record = self.complete(draft)
+        return self.send(record)
+
+    def send(self, record: dict[str, Any]) -> str:
+        """Send a completed Avro record as is."""
+        event_id = str(record["event_id"])
+        payload = self.serde.encode(record)
+        while True:
+            try:
+                self.producer.produce(self.topic, payload, key=record["run_id"].encode(),
+                                      on_delivery=self._delivered(event_id))
+                break
+            except BufferError:
+                self.producer.poll(0.1)  # local queue full: wait for deliveries, never drop
+        self.producer.poll(0)
+        return event_id
+
+    def _delivered(self, event_id: str) -> Callable[[KafkaError | None, Message], None]:
+        def callback(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self.delivered += 1
+                return
+            self.failed.append((event_id, str(err)))
+            log.error("delivery failed", extra={"kv": {"event_id": event_id, "error": str(err)}})
+            if self.on_error is not None:
+                self.on_error(event_id, err)
+
+        return callback
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait for every pending delivery. Raises :class:`PublishError` if any event was not delivered."""
+        remaining = self.producer.flush(timeout)
+        if remaining:
+            raise PublishError(f"{remaining} events still undelivered after {timeout}s", pending=remaining)
+        if self.failed:
+            failed, self.failed = self.failed, []
+            raise PublishError(f"{len(failed)} events were not delivered: {failed[0][1]}",
+                               event_ids=[e for e, _ in failed])
+
+    def __enter__(self) -> TransitionPublisher:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.flush()

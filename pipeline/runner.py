@@ -1,0 +1,146 @@
+"""Process layout of one agentgov deployment on one machine (``agentgov run`` / ``agentgov demo``).
+
+    agentgov run (this process)
+    ├── Tansu broker subprocess      (only when AGENTGOV_KAFKA_BOOTSTRAP is unset)
+    ├── scorer subprocess x N        (python -m consumers.scorer; stateless, one consumer group)
+    └── writer thread                (owns the ClickHouse client; chdb allows one process per path)
+
+Scorer subprocesses are supervised: one that dies is restarted and its partitions move to the others
+meanwhile. In production (compose) each box is its own container.
+
+Example::
+
+    with Pipeline(settings, scorers=2) as pipe:
+        ...                                   # publish; pipe.writer.stored counts stored assessments
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+from pydantic import SecretStr
+
+from .broker import EmbeddedBroker
+from .metrics import Metrics
+from .settings import ENV_PREFIX, Settings
+from .sinks.clickhouse import ClickHouseSink
+from .topics import ensure_topics
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build the same settings."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dict):
+            value = json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                                for k, v in value.items()})
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[ENV_PREFIX + name.upper()] = str(value)
+    return env
+
+
+class Pipeline:
+    """Broker, topics, migrations, scorer subprocesses and the writer, started and stopped together."""
+
+    def __init__(self, settings: Settings, *, scorers: int = 1, metrics: Metrics | None = None,
+                 log_dir: Path | None = None, supervise: bool = True) -> None:
+        self.settings = settings
+        self.scorers = scorers
+        self.metrics = metrics or Metrics()
+        self.log_dir = log_dir
+        self.supervise = supervise
+        self.broker: EmbeddedBroker | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.writer: Writer | None = None
+        self.sink: ClickHouseSink | None = None
+        self.stop_event = threading.Event()
+        self._writer_thread: threading.Thread | None = None
+        self._supervisor: threading.Thread | None = None
+        self.restarts = 0
+
+    def start(self) -> Pipeline:
+        s = self.settings
+        if s.embedded_broker:
+            log_path = (self.log_dir / "tansu.log") if self.log_dir else None
+            self.broker = EmbeddedBroker(s.embedded_broker_port, log_path).start()
+            s = self.settings = s.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
+        ensure_topics(s)
+        self.sink = ClickHouseSink.connect(s)
+        self.sink.migrate()
+        for i in range(self.scorers):
+            self.procs.append(self._spawn(i))
+        self.writer = Writer(s, self.metrics, self.sink)
+        self._writer_thread = threading.Thread(target=self.writer.run, args=(self.stop_event,),
+                                               name="writer", daemon=True)
+        self._writer_thread.start()
+        if self.supervise:
+            self._supervisor = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+            self._supervisor.start()
+        return self
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(settings_env(self.settings))
+        port = self.settings.metrics_port
+        env[ENV_PREFIX + "METRICS_PORT"] = str(port + 1 + index if port else 0)
+        out = open(self.log_dir / f"scorer-{index}.log", "ab") if self.log_dir else None  # noqa: SIM115
+        return subprocess.Popen([sys.executable, "-m", "consumers.scorer"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT if out else None)
+
+    def _watch(self) -> None:
+        while not self.stop_event.wait(1.0):
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self.stop_event.is_set():
+                    log.warning("scorer exited; restarting", extra={"kv": {"index": i, "code": proc.returncode}})
+                    self.procs[i] = self._spawn(i)
+                    self.restarts += 1
+
+    def scorer_pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def wait_stored(self, count: int, timeout: float, progress: bool = False) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.writer is not None and self.writer.stored >= count:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._writer_thread is not None:
+            self._writer_thread.join(30)
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

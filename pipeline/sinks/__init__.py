@@ -1,0 +1,1 @@
+"""Sinks: where assessments are stored. ``clickhouse`` is the audit store."""

@@ -1,0 +1,151 @@
+"""The ClickHouse audit store: migrations, idempotent Avro inserts, and the client factory.
+
+The same code targets ``chdb:///path`` (embedded engine, one process at a time) and
+``http(s)://host:8123`` through clickhouse-connect. Event fields never become SQL text: batches go in
+as Avro (``FORMAT Avro``) and reads use bound parameters.
+
+Example::
+
+    sink = ClickHouseSink.connect(settings)
+    sink.migrate()
+    sink.insert_assessments(ocf_bytes, token="agentgov.assessments.v1-3-100-199")
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from ..errors import ConfigError, SinkError
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _normalise_dsn(dsn: str) -> str:
+    if dsn.startswith("chdb://"):
+        path = Path(dsn[len("chdb://"):]).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return f"chdb://{path}"
+    return dsn
+
+
+def connect(settings: Settings) -> Client:
+    kwargs = settings.clickhouse_kwargs()
+    kwargs["dsn"] = _normalise_dsn(kwargs["dsn"])
+    try:
+        return clickhouse_connect.get_client(**kwargs)
+    except Exception as exc:
+        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {exc}",
+                        dsn=settings.clickhouse_dsn) from exc
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration, in order."""
+    out = []
+    for entry in files("pipeline.sinks").joinpath("migrations").iterdir():
+        m = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if m:
+            out.append((int(m[1]), m[2], entry.read_text()))
+    return sorted(out)
+
+
+def split_statements(sql: str) -> list[str]:
+    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+class ClickHouseSink:
+    """Writes assessment batches and serves audit reads."""
+
+    def __init__(self, client: Client, database: str = "agentgov", *, ttl_days: int = 400,
+                 cluster: str | None = None) -> None:
+        if not _IDENT.match(database):
+            raise ConfigError(f"invalid ClickHouse database name {database!r}")
+        if cluster is not None and not _IDENT.match(cluster):
+            raise ConfigError(f"invalid ClickHouse cluster name {cluster!r}")
+        self.client = client
+        self.database = database
+        self.ttl_days = ttl_days
+        self.cluster = cluster
+
+    @classmethod
+    def connect(cls, settings: Settings) -> ClickHouseSink:
+        return cls(connect(settings), settings.clickhouse_database, ttl_days=settings.retention_days,
+                   cluster=settings.clickhouse_cluster)
+
+    # -- DDL ----------------------------------------------------------------------------------
+    def _template_vars(self) -> dict[str, Any]:
+        if self.cluster:
+            return {
+                "db": self.database, "ttl_days": self.ttl_days, "on_cluster": f"ON CLUSTER {self.cluster}",
+                "rmt": "ReplicatedReplacingMergeTree",
+                "rmt_ver": "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', "
+                           "'{replica}', scored_at)",
+            }
+        return {"db": self.database, "ttl_days": self.ttl_days, "on_cluster": "",
+                "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)"}
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations. Idempotent; returns the versions applied now."""
+        db = self.database
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self.client.command(
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
+            f"applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version")
+        done = {row[0] for row in self.client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows}
+        applied = []
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            for statement in split_statements(Template(sql).substitute(self._template_vars())):
+                self.client.command(statement)
+            self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
+            applied.append(version)
+            log.info("migration applied", extra={"kv": {"version": version, "name": name}})
+        return applied
+
+    # -- writes -------------------------------------------------------------------------------
+    def insert_assessments(self, container: bytes, token: str) -> None:
+        """Insert one Avro container into the ingest table. Raises :class:`SinkError` on failure."""
+        try:
+            self.client.raw_insert(
+                f"{self.database}.ingest", insert_block=container, fmt="Avro",
+                settings={"insert_deduplication_token": token,
+                          "deduplicate_blocks_in_dependent_materialized_views": 1,
+                          "insert_deduplicate": 1},
+            )
+        except Exception as exc:
+            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table="ingest",
+                            kind=type(exc).__name__) from exc
+
+    # -- reads --------------------------------------------------------------------------------
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = self.client.query(sql.replace("{db}", self.database), parameters=parameters or {})
+        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+    def count(self, table: str) -> int:
+        if not _IDENT.match(table):
+            raise ValueError(table)
+        return int(self.client.query(f"SELECT count() FROM {self.database}.{table} FINAL").result_rows[0][0])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,37 @@
+"""Topic names and creation. Names carry the version (``agentgov.transitions.v1``)."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Create agentgov's topics if missing. Idempotent."""
+    admin = AdminClient(settings.kafka_config())
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    retention = str(7 * 24 * 3600 * 1000)
+    wanted = [
+        NewTopic(settings.topic_transitions, settings.topic_partitions, settings.topic_replication,
+                 config={"retention.ms": retention}),
+        NewTopic(settings.topic_assessments, settings.topic_partitions, settings.topic_replication,
+                 config={"retention.ms": retention}),
+        NewTopic(settings.topic_dlq, settings.topic_partitions, settings.topic_replication,
+                 config={"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    ]
+    missing = [t for t in wanted if t.topic not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, request_timeout=timeout).items():
+        try:
+            future.result()
+            log.info("topic created", extra={"kv": {"topic": topic}})
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise

@@ -1,0 +1,199 @@
+"""The store writer: assessments topic -> ClickHouse, at least once, written idempotently.
+
+It never decodes Avro in Python. Each message's payload (after the wire header) is a raw
+``RiskAssessment`` datum; a batch is wrapped into one Avro container per partition and inserted with
+a dedup token ``topic-partition-first-last``. Offsets are committed only after the insert returned.
+While the store fails, the writer pauses fetching, backs off, and retries the same batch.
+
+Example::
+
+    writer = Writer(settings, Metrics(), ClickHouseSink.connect(settings))
+    writer.run(stop)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from .consumer import make_registry
+from .errors import DecodeError, SinkError
+from .metrics import Metrics
+from .schemas import ASSESSMENT, SchemaSet
+from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC
+from .settings import Settings
+from .sinks.clickhouse import ClickHouseSink
+from .sinks.ocf import ContainerBuilder
+
+log = logging.getLogger(__name__)
+
+
+class Writer:
+    role = "writer"
+
+    def __init__(self, settings: Settings, metrics: Metrics, sink: ClickHouseSink, *, registry: Any = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.sink = sink
+        self.schemas = SchemaSet.load()
+        self.registry = registry if registry is not None else make_registry(settings)
+        self._builders: dict[bytes, tuple[int, ContainerBuilder]] = {}
+        self.consumer = Consumer(settings.consumer_config(settings.writer_group, **{
+            "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
+        self.dlq = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
+        self.stored = 0
+        self.backoff_max = 10.0
+
+    # -- framing ------------------------------------------------------------------------------
+    def _builder(self, value: bytes) -> tuple[int, ContainerBuilder]:
+        """Header length and container builder for this message's writer schema."""
+        if value[:2] == SOE_MAGIC:
+            key = value[:SOE_HEADER]
+            hit = self._builders.get(key)
+            if hit:
+                return hit
+            sv = self.schemas.by_fingerprint.get(value[2:SOE_HEADER])
+            if sv is None or sv.record != ASSESSMENT:
+                raise DecodeError(f"unknown assessment fingerprint {value[2:SOE_HEADER].hex()}",
+                                  reason="unknown_schema")
+            hit = self._builders[key] = (SOE_HEADER, ContainerBuilder(sv.raw))
+            return hit
+        if value[:1] == CONFLUENT_MAGIC and len(value) >= CONFLUENT_HEADER:
+            key = value[:CONFLUENT_HEADER]
+            hit = self._builders.get(key)
+            if hit:
+                return hit
+            if self.registry is None:
+                raise DecodeError("registry-framed assessment but no registry configured", reason="unknown_schema")
+            import json
+
+            schema = json.loads(self.registry.get_schema(int.from_bytes(value[1:5], "big")).schema_str)
+            hit = self._builders[key] = (CONFLUENT_HEADER, ContainerBuilder(schema))
+            return hit
+        raise DecodeError("assessment without a known wire header", reason="bad_magic")
+
+    # -- loop ---------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, on_stored: Callable[[int], None] | None = None) -> None:
+        self.consumer.subscribe([self.settings.topic_assessments], on_revoke=self._on_revoke)
+        self.metrics.up.labels(role=self.role).set(1)
+        pending: list[Message] = []
+        started = time.monotonic()
+        try:
+            while not stop.is_set():
+                room = self.settings.writer_batch_rows - len(pending)
+                msgs = self.consumer.consume(min(room, 10000), 0.1)
+                pending.extend(m for m in msgs if self._keep(m))
+                full = len(pending) >= self.settings.writer_batch_rows
+                due = time.monotonic() - started >= self.settings.writer_batch_seconds
+                if pending and (full or due):
+                    self._flush(pending, stop)
+                    if on_stored is not None:
+                        on_stored(len(pending))
+                    pending = []
+                if full or due or not pending:
+                    started = time.monotonic()
+            if pending:
+                self._flush(pending, stop)  # SIGTERM: finish the batch in flight
+        finally:
+            self.metrics.up.labels(role=self.role).set(0)
+            self.close()
+
+    def _keep(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume error", extra={"kv": {"error": str(err)}})
+        return False
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are flushed and committed synchronously inside the loop, so nothing stored is
+        # uncommitted when the rebalance callback runs (it only runs inside consume()).
+        log.info("partitions revoked", extra={"kv": {"partitions": [p.partition for p in partitions]}})
+
+    def _flush(self, msgs: list[Message], stop: threading.Event) -> bool:
+        """Store and commit one batch, retrying while the store fails. False if stopped before storing."""
+        by_part: dict[int, list[Message]] = defaultdict(list)
+        for msg in msgs:
+            by_part[msg.partition()].append(msg)
+        delay = 0.2
+        attempt = 0
+        while True:
+            try:
+                self._store(by_part)
+                break
+            except SinkError as exc:
+                attempt += 1
+                self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
+                log.error("store write failed; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
+                self._pause(True)
+                if stop.is_set():
+                    log.warning("stopping with an unstored batch; it will be redelivered",
+                                extra={"kv": {"messages": len(msgs)}})
+                    return False
+                self._wait(delay)
+                delay = min(delay * 2, self.backoff_max)
+        self._pause(False)
+        offsets = [TopicPartition(self.settings.topic_assessments, p, ms[-1].offset() + 1) for p, ms in by_part.items()]
+        self.consumer.commit(offsets=offsets, asynchronous=False)
+        now = time.time()
+        self.metrics.last_stored.set(now)
+        for msg in msgs:
+            for key, value in msg.headers() or ():
+                if key == "occurred_at":
+                    self.metrics.event_to_stored.observe(max(0.0, now - int(value) / 1000))
+                    break
+        self.stored += len(msgs)
+        return True
+
+    def _store(self, by_part: dict[int, list[Message]]) -> None:
+        topic = self.settings.topic_assessments
+        for partition, msgs in by_part.items():
+            groups: dict[bytes, tuple[ContainerBuilder, list[bytes]]] = {}
+            for msg in msgs:
+                value = msg.value()
+                try:
+                    hlen, builder = self._builder(value)
+                except DecodeError as exc:
+                    self._dead_letter(msg, exc)
+                    continue
+                groups.setdefault(value[:hlen], (builder, []))[1].append(value[hlen:])
+            for header, (builder, datums) in groups.items():
+                # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window.
+                token = f"{topic}-{partition}-{msgs[0].offset()}-{msgs[-1].offset()}-{header.hex()}"
+                t0 = time.perf_counter()
+                self.sink.insert_assessments(builder.build(datums), token)
+                self.metrics.sink_insert_duration.labels(table="ingest").observe(time.perf_counter() - t0)
+                self.metrics.sink_rows.labels(table="ingest").inc(len(datums))
+
+    def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
+        from .consumer import dlq_headers
+
+        self.dlq.produce(self.settings.topic_dlq, msg.value(), key=msg.key(), headers=dlq_headers(exc, exc.reason, msg))
+        self.dlq.flush(10)
+        self.metrics.dead_letters.labels(reason=exc.reason).inc()
+
+    def _pause(self, paused: bool) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            (self.consumer.pause if paused else self.consumer.resume)(assignment)
+        self.metrics.paused.labels(role=self.role).set(1 if paused else 0)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep while keeping group membership alive (poll returns nothing while paused)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except RuntimeError:
+            pass
+        self.dlq.flush(10)
