@@ -60,12 +60,14 @@ class Pipeline:
     """Broker, topics, migrations, scorer subprocesses and the writer, started and stopped together."""
 
     def __init__(self, settings: Settings, *, scorers: int = 1, metrics: Metrics | None = None,
-                 log_dir: Path | None = None, supervise: bool = True) -> None:
+                 log_dir: Path | None = None, supervise: bool = True,
+                 scorer_metrics_ports: list[int] | None = None) -> None:
         self.settings = settings
         self.scorers = scorers
         self.metrics = metrics or Metrics()
         self.log_dir = log_dir
         self.supervise = supervise
+        self.scorer_metrics_ports = scorer_metrics_ports
         self.broker: EmbeddedBroker | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self.writer: Writer | None = None
@@ -99,7 +101,11 @@ class Pipeline:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(settings_env(self.settings))
         port = self.settings.metrics_port
-        env[ENV_PREFIX + "METRICS_PORT"] = str(port + 1 + index if port else 0)
+        if self.scorer_metrics_ports is not None:
+            port = self.scorer_metrics_ports[index]
+        else:
+            port = port + 1 + index if port else 0
+        env[ENV_PREFIX + "METRICS_PORT"] = str(port)
         out = open(self.log_dir / f"scorer-{index}.log", "ab") if self.log_dir else None  # noqa: SIM115
         return subprocess.Popen([sys.executable, "-m", "consumers.scorer"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT if out else None)

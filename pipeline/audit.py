@@ -1,0 +1,111 @@
+"""Audit reads: reconstruct a run (``agentgov trail``) and export assessments (``agentgov export``).
+
+All reads use FINAL (exact under redelivery) and bound parameters (no event value becomes SQL).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from .sinks.clickhouse import ClickHouseSink
+
+TRAIL_SQL = """
+SELECT t.step AS step, t.event_id AS event_id, t.occurred_at AS occurred_at, t.from_state AS from_state,
+       t.to_state AS to_state, t.agent_id AS agent_id, t.on_behalf_of AS on_behalf_of, t.model_id AS model_id,
+       t.trigger_kind AS trigger_kind, t.trigger_ref AS trigger_ref, t.action AS action, t.target_id AS target_id,
+       t.lifecycle_state AS lifecycle_state, t.system AS system, t.resource_id AS resource_id,
+       t.entitlement AS entitlement, t.privilege_tier AS privilege_tier, t.inputs_used AS inputs_used,
+       t.outcome AS outcome, t.authority AS authority, t.recommended_by AS recommended_by,
+       t.approved_by AS approved_by, t.approval_ref AS approval_ref, t.policy_id AS policy_id,
+       t.policy_version AS policy_version, t.decision_id AS decision_id, t.event_hash AS event_hash,
+       t.prev_event_hash AS prev_event_hash, a.risk_score AS risk_score, a.risk_level AS risk_level,
+       a.governance_policy_version AS governance_policy_version
+FROM {db}.transitions AS t FINAL
+LEFT JOIN (SELECT * FROM {db}.assessments FINAL WHERE run_id = {run:String}) AS a ON a.event_id = t.event_id
+WHERE t.run_id = {run:String}
+ORDER BY t.step, t.occurred_at
+"""
+
+FINDINGS_SQL = """
+SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids
+FROM {db}.findings FINAL
+WHERE run_id = {run:String}
+ORDER BY event_id, finding_idx
+"""
+
+
+def trail(sink: ClickHouseSink, run_id: str) -> list[dict[str, Any]]:
+    """Every step of a run in order, each with its findings."""
+    steps = sink.query(TRAIL_SQL, {"run": run_id})
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for f in sink.query(FINDINGS_SQL, {"run": run_id}):
+        by_event.setdefault(f.pop("event_id"), []).append(f)
+    for step in steps:
+        step["findings"] = by_event.get(step["event_id"], [])
+    return steps
+
+
+def render_trail(steps: list[dict[str, Any]]) -> str:
+    if not steps:
+        return "no such run"
+    lines: list[str] = []
+    for s in steps:
+        inputs = ", ".join(f"{i['name']}@{i['source']}" for i in s["inputs_used"]) or "-"
+        lines.append(
+            f"[{s['step']}] {s['occurred_at']:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+            + f"  {s['from_state']} -> {s['to_state']}  {s['action']} {s['system']}/{s['resource_id']}"
+            + (f" ({s['entitlement']})" if s["entitlement"] else "")
+            + f" tier {s['privilege_tier']} for {s['target_id']} [{s['lifecycle_state']}]"
+        )
+        lines.append(f"      agent {s['agent_id']}" + (f" on behalf of {s['on_behalf_of']}" if s["on_behalf_of"] else "")
+                     + (f" model {s['model_id']}" if s["model_id"] else ""))
+        lines.append(f"      trigger {s['trigger_kind']} {s['trigger_ref'] or '(no ref)'}; inputs {inputs}")
+        lines.append(f"      policy {s['policy_id']}@{s['policy_version']}; outcome {s['outcome']} by "
+                     f"{s['authority']}" + (f", recommended by {s['recommended_by']}" if s["recommended_by"] else "")
+                     + (f"; approved by {s['approved_by']} ({s['approval_ref'] or 'no ref'})"
+                        if s["approved_by"] else "; no approval"))
+        lines.append(f"      risk {s['risk_score']} {s['risk_level']}; event_hash {s['event_hash'][:16]}…")
+        for f in s["findings"]:
+            lines.append(f"      ! {f['code']} {f['severity']}: {f['message']}")
+    return "\n".join(lines)
+
+
+EXPORT_SQL = """
+SELECT a.event_id AS event_id, a.run_id AS run_id, a.agent_id AS agent_id, a.target_id AS target_id,
+       a.action AS action, a.occurred_at AS occurred_at, a.scored_at AS scored_at, a.risk_score AS risk_score,
+       a.risk_level AS risk_level, a.scorer_version AS scorer_version,
+       a.governance_policy_version AS governance_policy_version,
+       a.governance_policy_hash AS governance_policy_hash
+FROM {db}.assessments AS a FINAL
+WHERE a.occurred_at >= {since:DateTime64(3)} AND a.occurred_at < {until:DateTime64(3)}
+  AND ({run:String} = '' OR a.run_id = {run:String})
+  AND ({agent:String} = '' OR a.agent_id = {agent:String})
+  AND a.risk_score >= {min_score:UInt8}
+ORDER BY a.occurred_at, a.event_id
+"""
+
+
+def export(sink: ClickHouseSink, *, since: datetime, until: datetime, run_id: str = "", agent_id: str = "",
+           min_score: int = 0) -> Iterator[dict[str, Any]]:
+    """Assessments with their findings, oldest first."""
+    params = {"since": since, "until": until, "run": run_id, "agent": agent_id, "min_score": min_score}
+    rows = sink.query(EXPORT_SQL, params)
+    findings: dict[str, list[dict[str, Any]]] = {}
+    if rows:
+        for f in sink.query(
+            "SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids "
+            "FROM {db}.findings FINAL WHERE occurred_at >= {since:DateTime64(3)} AND occurred_at < "
+            "{until:DateTime64(3)} AND ({run:String} = '' OR run_id = {run:String}) AND "
+            "({agent:String} = '' OR agent_id = {agent:String}) ORDER BY event_id, finding_idx", params):
+            findings.setdefault(f.pop("event_id"), []).append(f)
+    for row in rows:
+        row["findings"] = findings.get(row["event_id"], [])
+        yield row
+
+
+def to_json(doc: Any) -> str:
+    return json.dumps(doc, default=lambda o: o.isoformat() + "Z" if isinstance(o, datetime) else str(o),
+                      ensure_ascii=False)

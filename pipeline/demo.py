@@ -1,0 +1,146 @@
+"""``agentgov demo``: stream the synthetic workload through the whole pipeline and summarise from ClickHouse."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from confluent_kafka import Consumer
+
+from .publisher import TransitionPublisher
+from .runner import Pipeline
+from .settings import Settings
+from .sinks.clickhouse import ClickHouseSink
+from .workload import BAD_INPUTS, PLANTED, Workload
+
+
+class Progress:
+    """One status line on a terminal (or a line per update elsewhere), throttled to ``every`` seconds."""
+
+    def __init__(self, out: TextIO = sys.stderr, every: float = 0.5) -> None:
+        self.out, self.every, self.last = out, every, 0.0
+        self.tty = out.isatty()
+
+    def update(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        self.out.write(("\r\x1b[K" + text) if self.tty else text + "\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+
+
+@dataclass
+class DemoResult:
+    published: int = 0
+    stored: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    findings_by_code: dict[str, int] = field(default_factory=dict)
+    caught: dict[str, bool] = field(default_factory=dict)
+    benign_findings: int = 0
+    benign_events: int = 0
+    escalation_chains: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.stored / self.seconds if self.seconds else 0.0
+
+
+def count_dead_letters(settings: Settings, expected: int, timeout: float = 30.0) -> Counter[str]:
+    consumer = Consumer(settings.consumer_config(f"agentgov-demo-dlq-{uuid.uuid4()}"))
+    consumer.subscribe([settings.topic_dlq])
+    reasons: Counter[str] = Counter()
+    deadline = time.monotonic() + timeout
+    try:
+        while sum(reasons.values()) < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error():
+                    continue
+                headers = dict(msg.headers() or [])
+                reasons[headers.get("agentgov.error.reason", b"?").decode()] += 1
+    finally:
+        consumer.close()
+    return reasons
+
+
+def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
+    rows = sink.query("SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code")
+    result.findings_by_code = {r["code"]: int(r["n"]) for r in rows}
+    per_scenario = sink.query(
+        "SELECT t.attributes['demo.scenario'] AS scenario, groupUniqArray(f.code) AS codes, "
+        "uniqExact(t.event_id) AS events, countIf(f.code != '') AS findings "
+        "FROM {db}.transitions AS t FINAL LEFT JOIN (SELECT event_id, code FROM {db}.findings FINAL) AS f "
+        "ON f.event_id = t.event_id GROUP BY scenario")
+    codes = {r["scenario"]: set(r["codes"]) - {""} for r in per_scenario}
+    for r in per_scenario:
+        if r["scenario"] == "benign":
+            result.benign_findings = int(r["findings"])
+            result.benign_events = int(r["events"])
+    result.caught = {scenario: code in codes.get(scenario, set()) for scenario, code in PLANTED.items()}
+    result.escalation_chains = sink.query(
+        "SELECT code, agent_id, run_id, length(related_event_ids) AS steps FROM {db}.findings FINAL "
+        "WHERE category = 'escalation' ORDER BY code")
+
+
+def run_demo(settings: Settings, events: int, scorers: int, out: TextIO = sys.stderr) -> DemoResult:
+    result = DemoResult()
+    ops = list(Workload().ops(events))
+    bad = sum(1 for op in ops if op.scenario in BAD_INPUTS)
+    skipped = sum(1 for op in ops if op.kind == "record" and op.send == "skip")
+    progress = Progress(out)
+    with Pipeline(settings, scorers=scorers, log_dir=settings.state_dir) as pipe:
+        pub = TransitionPublisher(pipe.settings)
+        started = time.monotonic()
+        for i, op in enumerate(ops, 1):
+            op.publish(pub)
+            if i % 500 == 0:
+                rate = pipe.writer.stored / max(1e-9, time.monotonic() - started) if pipe.writer else 0
+                progress.update(f"published {i:,}/{len(ops):,}  stored {pipe.writer.stored if pipe.writer else 0:,}"
+                                f"  {rate:,.0f} events/s")
+        pub.flush()
+        result.published = len(ops) - skipped
+        want = result.published - bad
+        while pipe.writer is not None and pipe.writer.stored < want and time.monotonic() - started < 600:
+            rate = pipe.writer.stored / max(1e-9, time.monotonic() - started)
+            progress.update(f"published {len(ops):,}/{len(ops):,}  stored {pipe.writer.stored:,}/{want:,}"
+                            f"  {rate:,.0f} events/s")
+            time.sleep(0.1)
+        result.seconds = time.monotonic() - started
+        result.stored = pipe.writer.stored if pipe.writer else 0
+        progress.update(f"stored {result.stored:,} in {result.seconds:.1f}s "
+                        f"({result.events_per_second:,.0f} events/s)", force=True)
+        progress.done()
+        result.dead_letters = count_dead_letters(pipe.settings, bad)
+    assert pipe.sink is not None  # the writer has stopped: this process may read the store now
+    summarise(pipe.sink, result)
+    return result
+
+
+def render(result: DemoResult) -> str:
+    lines = [
+        f"events published   {result.published:,}",
+        f"assessments stored {result.stored:,} in {result.seconds:.1f}s ({result.events_per_second:,.0f} events/s)",
+        "dead letters       " + (", ".join(f"{k}={v}" for k, v in sorted(result.dead_letters.items())) or "none"),
+        "",
+        "planted violations:",
+    ]
+    for scenario, code in PLANTED.items():
+        mark = "caught " if result.caught.get(scenario) else "MISSED "
+        lines.append(f"  {mark} {scenario:<28} {code}")
+    lines += ["", f"benign events {result.benign_events:,}, findings on them (false positives): "
+              f"{result.benign_findings}", "", "findings by code:"]
+    lines += [f"  {code:<12} {n:,}" for code, n in result.findings_by_code.items()]
+    if result.escalation_chains:
+        lines += ["", "hidden escalation chains (page the SOC; see `agentgov trail RUN_ID`):"]
+        lines += [f"  {c['code']} agent={c['agent_id']} run={c['run_id']} steps={c['steps']}"
+                  for c in result.escalation_chains]
+    return "\n".join(lines)

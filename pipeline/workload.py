@@ -1,0 +1,294 @@
+"""A realistic synthetic workload: joiner/mover/leaver provisioning, access requests and auth decisions
+by several agents, with planted violations. Used by ``agentgov demo``, the benchmarks and the tests.
+
+Every run carries ``attributes["demo.scenario"]``; benign runs are ``"benign"``. ``PLANTED`` says which
+finding code each planted scenario must raise, so a summary can show what was caught.
+
+Example::
+
+    for op in Workload(seed=7).ops(events=10_000):
+        op.publish(publisher)
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .publisher import TransitionPublisher
+
+POLICY_ID = "iga-access-policy"
+POLICY_VERSION = "7"  # an approved version in policies/default.yaml
+DEPARTMENTS = ("sales", "finance", "engineering", "support", "hr", "legal")
+HR_INPUTS = ({"name": "department", "source": "hris"}, {"name": "job_code", "source": "hris"},
+             {"name": "manager", "source": "hris"})
+JML_AGENTS = tuple(f"agent-jml-{i:02d}" for i in range(1, 5))
+REQ_AGENTS = ("agent-access-01", "agent-access-02")
+AUTH_AGENTS = ("agent-auth-01",)
+SERVICE_PRINCIPAL = "svc-iga-automation"
+
+# scenario -> finding code it must raise
+PLANTED: dict[str, str] = {
+    "self_grant": "AG-AUTH-003",
+    "model_final_authority": "AG-AUTH-002",
+    "unapproved_privileged_grant": "AG-AUTH-001",
+    "missing_evidence": "AG-EVD-001",
+    "input_outside_allowlist": "AG-BND-001",
+    "system_outside_boundary": "AG-BND-004",
+    "stale_policy_version": "AG-POL-001",
+    "grant_to_terminated": "AG-LCM-001",
+    "sod_toxic_pair": "AG-SOD-001",
+    "tampered_event": "AG-EVD-002",
+    "missing_step": "AG-EVD-003",
+    "duplicate_event_id": "AG-EVD-005",
+    "esc_group_nesting": "AG-ESC-001",
+    "esc_tier_stepping": "AG-ESC-002",
+    "esc_transient_privilege": "AG-ESC-003",
+    "esc_delegation_self_grant": "AG-ESC-004",
+}
+# bad input -> DLQ reason it must produce
+BAD_INPUTS: dict[str, str] = {
+    "garbage_bytes": "bad_magic",
+    "unknown_fingerprint": "unknown_schema",
+    "truncated_avro": "truncated",
+    "tier_out_of_range": "invalid_value",
+}
+
+
+@dataclass
+class Op:
+    """One thing to publish: a draft through the SDK, a completed record (possibly tampered), or raw bytes."""
+
+    kind: str  # "draft" | "record" | "raw"
+    scenario: str
+    payload: Any
+    key: bytes = b""
+    mutate: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # applied after the SDK completed it
+    send: str = "send"  # for "record": "send", "skip" (chain advances, nothing sent) or "truncate"
+
+    def publish(self, pub: TransitionPublisher) -> None:
+        if self.kind == "draft":
+            pub.publish(self.payload)
+        elif self.kind == "record":
+            record = pub.complete(self.payload)
+            if self.mutate is not None:
+                record = self.mutate(record)
+            if self.send == "truncate":
+                pub.producer.produce(pub.topic, pub.serde.encode(record)[:-7], key=record["run_id"].encode())
+            elif self.send == "send":
+                pub.send(record)
+        else:
+            pub.producer.produce(pub.topic, self.payload, key=self.key or None)
+
+
+def _draft(run: str, step: int, agent: str, workflow: str, trigger: tuple[str, str | None], action: str,
+           target: str, system: str, resource: str, tier: int, *, entitlement: str | None = None,
+           lifecycle: str = "active", ttype: str = "human", outcome: str = "granted",
+           authority: str = "policy_engine", recommended_by: str | None = "model",
+           approved_by: str | None = None, inputs: tuple[dict[str, str], ...] = HR_INPUTS,
+           on_behalf_of: str | None = SERVICE_PRINCIPAL, policy_version: str = POLICY_VERSION,
+           scenario: str = "benign", states: tuple[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "workflow_id": workflow, "workflow_version": "3", "run_id": run, "step": step,
+        "from_state": states[0] if states else f"s{step}", "to_state": states[1] if states else f"s{step + 1}",
+        "agent": {"agent_id": agent, "agent_version": "1.4.2", "on_behalf_of": on_behalf_of,
+                  "model_id": "gpt-iam-2026-10" if recommended_by == "model" or authority == "model" else None},
+        "trigger": {"kind": trigger[0], "ref": trigger[1]},
+        "action": action,
+        "target": {"identity_id": target, "identity_type": ttype, "lifecycle_state": lifecycle},
+        "resource": {"system": system, "resource_id": resource, "entitlement": entitlement, "privilege_tier": tier},
+        "inputs_used": list(inputs),
+        "decision": {"outcome": outcome, "authority": authority, "recommended_by": recommended_by,
+                     "approved_by": approved_by, "approval_ref": f"APR-{abs(hash((run, step))) % 10**6}"
+                     if approved_by else None},
+        "policy": {"policy_id": POLICY_ID, "policy_version": policy_version, "decision_id": f"dec-{uuid.uuid4()}"},
+        "attributes": {"demo.scenario": scenario},
+    }
+
+
+@dataclass
+class Workload:
+    seed: int = 7
+    planted: bool = True
+    bad_inputs: bool = True
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    # -- benign runs --------------------------------------------------------------------------
+    def _joiner(self, n: int) -> list[dict[str, Any]]:
+        r, user, dept = f"run-joiner-{n}", f"u{n:06d}", self.rng.choice(DEPARTMENTS)
+        agent, trig = self.rng.choice(JML_AGENTS), ("joiner", f"HR-{100000 + n}")
+        return [
+            _draft(r, 0, agent, "jml-provisioning", trig, "create_account", user, "entra-id", "user-account", 0),
+            _draft(r, 1, agent, "jml-provisioning", trig, "add_group_member", user, "entra-id", f"grp-{dept}", 1),
+            _draft(r, 2, agent, "jml-provisioning", trig, "grant_entitlement", user, "salesforce", "sf-profile", 1,
+                   entitlement=f"{dept}-standard"),
+            _draft(r, 3, agent, "jml-provisioning", trig, "assign_role", user, "aws", "role/ReadOnly", 2,
+                   approved_by=f"mgr-{dept}"),
+        ]
+
+    def _mover(self, n: int) -> list[dict[str, Any]]:
+        r, user = f"run-mover-{n}", f"u{n:06d}"
+        old, new = self.rng.sample(DEPARTMENTS, 2)
+        agent, trig = self.rng.choice(JML_AGENTS), ("mover", f"HR-{200000 + n}")
+        return [
+            _draft(r, 0, agent, "jml-provisioning", trig, "remove_group_member", user, "entra-id", f"grp-{old}", 1),
+            _draft(r, 1, agent, "jml-provisioning", trig, "add_group_member", user, "entra-id", f"grp-{new}", 1),
+            _draft(r, 2, agent, "jml-provisioning", trig, "grant_entitlement", user, "salesforce", "sf-profile", 1,
+                   entitlement=f"{new}-standard"),
+        ]
+
+    def _leaver(self, n: int) -> list[dict[str, Any]]:
+        r, user = f"run-leaver-{n}", f"u{n:06d}"
+        agent, trig = self.rng.choice(JML_AGENTS), ("leaver", f"HR-{300000 + n}")
+        kw = {"lifecycle": "terminated"}
+        return [
+            _draft(r, 0, agent, "jml-provisioning", trig, "disable_account", user, "entra-id", "user-account", 0, **kw),
+            _draft(r, 1, agent, "jml-provisioning", trig, "revoke_entitlement", user, "salesforce", "sf-profile", 1,
+                   entitlement="sales-standard", **kw),
+            _draft(r, 2, agent, "jml-provisioning", trig, "remove_role", user, "aws", "role/ReadOnly", 2, **kw),
+        ]
+
+    def _request(self, n: int) -> list[dict[str, Any]]:
+        r, user = f"run-request-{n}", f"u{n:06d}"
+        agent, trig = self.rng.choice(REQ_AGENTS), ("access_request", f"REQ-{n}")
+        return [
+            _draft(r, 0, agent, "access-request", trig, "recommend", user, "github", "org-acme", 2,
+                   entitlement="repo-maintain", outcome="recommended"),
+            _draft(r, 1, agent, "access-request", trig, "grant_entitlement", user, "github", "org-acme", 2,
+                   entitlement="repo-maintain", approved_by="approver-7", authority="human"),
+        ]
+
+    def _auth(self, n: int) -> list[dict[str, Any]]:
+        r, user = f"run-auth-{n}", f"u{n:06d}"
+        signal_inputs = ({"name": "risk_score", "source": "idp"}, {"name": "device_trust", "source": "mdm"})
+        action = self.rng.choice(("allow_auth", "allow_auth", "step_up_auth", "deny_auth"))
+        outcome = "denied" if action == "deny_auth" else "granted"
+        return [_draft(r, 0, AUTH_AGENTS[0], "auth-gateway", ("signal", f"SIG-{n}"), action, user, "okta",
+                       "app-portal", 0, outcome=outcome, inputs=signal_inputs, recommended_by="rule")]
+
+    # -- planted violations --------------------------------------------------------------------
+    def _planted(self) -> list[Op]:
+        ops: list[Op] = []
+        jml, trig = "jml-provisioning", ("joiner", "HR-999001")
+
+        def run(scenario: str, drafts: list[dict[str, Any]]) -> None:
+            for d in drafts:
+                d["attributes"]["demo.scenario"] = scenario
+                ops.append(Op("draft", scenario, d))
+
+        a = "agent-jml-01"
+        run("self_grant", [_draft("run-p-self", 0, a, jml, trig, "grant_entitlement", SERVICE_PRINCIPAL,
+                                  "salesforce", "sf-profile", 1, entitlement="sales-standard", ttype="service")])
+        run("model_final_authority", [_draft("run-p-model", 0, a, jml, trig, "assign_role", "u900002", "aws",
+                                             "role/ReadOnly", 1, authority="model")])
+        run("unapproved_privileged_grant", [_draft("run-p-unapproved", 0, a, jml, trig, "assign_role", "u900003",
+                                                   "aws", "role/Admin", 3)])
+        run("missing_evidence", [_draft("run-p-noevidence", 0, a, jml, ("joiner", None), "add_group_member",
+                                        "u900004", "entra-id", "grp-sales", 1, inputs=())])
+        run("input_outside_allowlist", [_draft("run-p-inputs", 0, a, jml, trig, "add_group_member", "u900005",
+                                               "entra-id", "grp-sales", 1,
+                                               inputs=(*HR_INPUTS, {"name": "credit_score", "source": "model"}))])
+        run("system_outside_boundary", [_draft("run-p-system", 0, a, jml, trig, "grant_entitlement", "u900006",
+                                               "payroll-prod", "payroll-app", 1, entitlement="payroll-viewer")])
+        run("stale_policy_version", [_draft("run-p-stale", 0, a, jml, trig, "add_group_member", "u900007",
+                                            "entra-id", "grp-sales", 1, policy_version="2")])
+        run("grant_to_terminated", [_draft("run-p-terminated", 0, a, jml, ("mover", "HR-999008"),
+                                           "grant_entitlement", "u900008", "salesforce", "sf-profile", 1,
+                                           entitlement="sales-standard", lifecycle="terminated")])
+        run("sod_toxic_pair", [
+            _draft("run-p-sod", 0, "agent-access-01", "access-request", ("access_request", "REQ-999009"),
+                   "grant_entitlement", "u900009", "sap", "sap-fi", 1, entitlement="ap-create-vendor"),
+            _draft("run-p-sod", 1, "agent-access-01", "access-request", ("access_request", "REQ-999009"),
+                   "grant_entitlement", "u900009", "sap", "sap-fi", 1, entitlement="ap-approve-payment"),
+        ])
+        # Escalation chains: each step on its own passes the per-event rules.
+        rogue = "agent-jml-03"
+        run("esc_group_nesting", [
+            _draft("run-p-esc-group", 0, rogue, jml, ("joiner", "HR-999010"), "create_group", "grp-tmp-sync",
+                   "entra-id", "grp-tmp-sync", 0, ttype="service"),
+            _draft("run-p-esc-group", 1, rogue, jml, ("joiner", "HR-999010"), "add_group_member", SERVICE_PRINCIPAL,
+                   "entra-id", "grp-tmp-sync", 1, ttype="service", on_behalf_of=None),
+            _draft("run-p-esc-group", 2, rogue, jml, ("joiner", "HR-999010"), "assign_role", "grp-tmp-sync",
+                   "entra-id", "role/GlobalReader", 2, approved_by="mgr-sales", ttype="service"),
+            _draft("run-p-esc-group", 3, rogue, jml, ("joiner", "HR-999010"), "assign_role", "grp-tmp-sync",
+                   "entra-id", "role/GlobalAdmin", 3, approved_by="mgr-sales", recommended_by="model",
+                   authority="policy_engine", ttype="service", entitlement="global-admin"),
+        ])
+        run("esc_tier_stepping", [
+            _draft("run-p-esc-tier", i, rogue, jml, ("mover", "HR-999011"), "assign_role", "u900011", "aws",
+                   f"role/Step{i}", i + 1, approved_by="mgr-eng" if i + 1 >= 2 else None)
+            for i in range(3)
+        ])
+        run("esc_transient_privilege", [
+            _draft("run-p-esc-transient", 0, rogue, jml, ("mover", "HR-999012"), "grant_entitlement", "u900012",
+                   "aws", "role/Admin", 3, entitlement="aws-admin", approved_by="mgr-eng"),
+            _draft("run-p-esc-transient", 1, rogue, jml, ("mover", "HR-999012"), "revoke_entitlement", "u900012",
+                   "aws", "role/Admin", 3, entitlement="aws-admin"),
+        ])
+        run("esc_delegation_self_grant", [
+            _draft("run-p-esc-deleg", 0, "agent-access-01", "access-request", ("access_request", "REQ-999013"),
+                   "grant_entitlement", "agent-access-02", "github", "org-acme", 1, entitlement="delegate",
+                   ttype="agent", on_behalf_of=None),
+            _draft("run-p-esc-deleg", 1, "agent-access-02", "access-request", ("access_request", "REQ-999013"),
+                   "grant_entitlement", "agent-access-02", "github", "org-acme", 3, entitlement="org-owner",
+                   ttype="agent", on_behalf_of="agent-access-01", approved_by="approver-7"),
+        ])
+        # Evidence-chain tampering: bypass the SDK's own hashing.
+        tamper = _draft("run-p-tamper", 0, a, jml, trig, "add_group_member", "u900014", "entra-id", "grp-sales", 1,
+                        scenario="tampered_event")
+        ops.append(Op("record", "tampered_event", tamper, mutate=_tamper))
+        gap = [_draft("run-p-gap", i, a, jml, trig, "add_group_member", "u900015", "entra-id", f"grp-{d}", 1,
+                      scenario="missing_step") for i, d in enumerate(("sales", "hr", "legal"))]
+        ops.append(Op("draft", "missing_step", gap[0]))
+        ops.append(Op("record", "missing_step", gap[1], send="skip"))
+        ops.append(Op("draft", "missing_step", gap[2]))
+        dup = _draft("run-p-dup", 0, a, jml, trig, "add_group_member", "u900016", "entra-id", "grp-sales", 1,
+                     scenario="duplicate_event_id")
+        dup_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
+        dup["event_id"] = dup_id
+        ops.append(Op("draft", "duplicate_event_id", dup))
+        dup2 = dict(dup, step=1, resource={**dup["resource"], "resource_id": "grp-finance"})
+        ops.append(Op("record", "duplicate_event_id", dup2))
+        return ops
+
+    def _bad(self) -> list[Op]:
+        valid = _draft("run-bad", 0, "agent-jml-01", "jml-provisioning", ("joiner", "HR-1"), "create_account",
+                       "u1", "entra-id", "user-account", 0)
+        return [
+            Op("raw", "garbage_bytes", b"\x17not-avro-at-all", key=b"run-bad"),
+            Op("raw", "unknown_fingerprint", b"\xc3\x01" + b"\xee" * 8 + b"\x00\x02", key=b"run-bad"),
+            Op("record", "truncated_avro", valid, send="truncate"),
+            Op("record", "tier_out_of_range", dict(valid), mutate=_tier9),
+        ]
+
+    def ops(self, events: int) -> Iterator[Op]:
+        """Benign runs interleaved with the planted ones, about ``events`` events in all."""
+        special = (self._planted() if self.planted else []) + (self._bad() if self.bad_inputs else [])
+        every = max(1, events // (len(special) + 1))
+        makers = (self._joiner, self._joiner, self._mover, self._leaver, self._request, self._auth, self._auth)
+        produced, n = 0, 0
+        while produced < events:
+            for d in makers[n % len(makers)](n):
+                yield Op("draft", "benign", d)
+                produced += 1
+                if special and produced % every == 0:
+                    op = special.pop(0)
+                    yield op
+                    produced += 1
+            n += 1
+        yield from special
+
+
+def _tamper(record: dict[str, Any]) -> dict[str, Any]:
+    record = dict(record, resource={**record["resource"], "privilege_tier": 3})  # changed after hashing
+    return record
+
+
+def _tier9(record: dict[str, Any]) -> dict[str, Any]:
+    return dict(record, resource={**record["resource"], "privilege_tier": 9})
