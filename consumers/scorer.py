@@ -11,10 +11,10 @@ import signal
 import sys
 import threading
 
+from pipeline.consumer import Scorer
 from pipeline.errors import AgentgovError
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics, serve
-from pipeline.consumer import Scorer
 from pipeline.scoring.policy import load_policy
 from pipeline.settings import Settings
 

@@ -60,8 +60,8 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
             + (f" ({s['entitlement']})" if s["entitlement"] else "")
             + f" tier {s['privilege_tier']} for {s['target_id']} [{s['lifecycle_state']}]"
         )
-        lines.append(f"      agent {s['agent_id']}" + (f" on behalf of {s['on_behalf_of']}" if s["on_behalf_of"] else "")
-                     + (f" model {s['model_id']}" if s["model_id"] else ""))
+        obo = f" on behalf of {s['on_behalf_of']}" if s["on_behalf_of"] else ""
+        lines.append(f"      agent {s['agent_id']}{obo}" + (f" model {s['model_id']}" if s["model_id"] else ""))
         lines.append(f"      trigger {s['trigger_kind']} {s['trigger_ref'] or '(no ref)'}; inputs {inputs}")
         lines.append(f"      policy {s['policy_id']}@{s['policy_version']}; outcome {s['outcome']} by "
                      f"{s['authority']}" + (f", recommended by {s['recommended_by']}" if s["recommended_by"] else "")

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,7 +22,15 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from . import __version__
 from .assessment import AssessmentEncoder
@@ -306,10 +315,8 @@ class Scorer:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             self.consumer.close()
-        except RuntimeError:
-            pass
         self.producer.flush(10)
 
 

@@ -140,7 +140,8 @@ class Serde:
             parsed = parse_schema(_strip_logical(raw))
             canonical = to_parsing_canonical_form(parse_schema(raw))
         except Exception as exc:
-            raise DecodeError(f"registry id {schema_id} holds an unusable schema: {exc}", reason="unknown_schema") from exc
+            raise DecodeError(f"registry id {schema_id} holds an unusable schema: {exc}",
+                              reason="unknown_schema") from exc
         known = self._known_canonical.get(canonical)
         entry = (known.parsed, known is self.current, known.version) if known else (parsed, False, None)
         self._by_registry_id[schema_id] = entry
@@ -155,7 +156,8 @@ class Serde:
             else:
                 record = schemaless_reader(buf, writer, self.current.parsed)
         except Exception as exc:
-            raise DecodeError(f"cannot decode Avro datum: {type(exc).__name__}: {exc}", reason=_reason_for(exc)) from exc
+            raise DecodeError(f"cannot decode Avro datum: {type(exc).__name__}: {exc}",
+                              reason=_reason_for(exc)) from exc
         end = buf.tell()
         if end != len(data):
             raise DecodeError(f"{len(data) - end} trailing bytes after the datum", reason="malformed")

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -192,8 +193,6 @@ class Writer:
             self.consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             self.consumer.close()
-        except RuntimeError:
-            pass
         self.dlq.flush(10)

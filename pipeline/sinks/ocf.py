@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from fastavro import writer as ocf_writer
 
 
-
 def _zigzag(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
     out = bytearray()

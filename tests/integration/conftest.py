@@ -1,0 +1,135 @@
+"""Session-scoped real components: a Tansu broker, and per-test topics, groups and chdb stores.
+
+Fixture pairs follow quix-streams: ``settings_factory`` + ``settings``, ``publisher_factory`` + ``publisher``,
+``pipeline_factory`` + ``pipeline``. Every test gets its own topics, consumer groups and database
+path, so tests can run in parallel against one broker.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Message
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.metrics import Metrics
+from pipeline.publisher import TransitionPublisher
+from pipeline.runner import Pipeline
+from pipeline.settings import Settings
+from pipeline.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with EmbeddedBroker(free_port(), log) as b:
+        yield b
+
+
+@pytest.fixture
+def settings_factory(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        tag = uuid.uuid4().hex[:10]
+        base: dict[str, Any] = {
+            "kafka_bootstrap": broker.bootstrap,
+            "topic_transitions": f"t{tag}.agentgov.transitions.v1",
+            "topic_assessments": f"t{tag}.agentgov.assessments.v1",
+            "topic_dlq": f"t{tag}.agentgov.transitions.dlq",
+            "scorer_group": f"scorer-{tag}",
+            "writer_group": f"writer-{tag}",
+            "clickhouse_dsn": f"chdb://{tmp_path / ('chdb-' + tag)}",
+            "metrics_port": 0,
+            "state_dir": tmp_path / f"state-{tag}",
+            "batch_max_seconds": 0.1,
+            "writer_batch_seconds": 0.2,
+        }
+        base.update(overrides)
+        settings = Settings.load(**base)
+        ensure_topics(settings)
+        return settings
+
+    return make
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory()
+
+
+@pytest.fixture
+def publisher_factory() -> Iterator[Callable[..., TransitionPublisher]]:
+    made: list[TransitionPublisher] = []
+
+    def make(settings: Settings, **kwargs: Any) -> TransitionPublisher:
+        pub = TransitionPublisher(settings, **kwargs)
+        made.append(pub)
+        return pub
+
+    yield make
+    for pub in made:
+        pub.producer.flush(5)
+
+
+@pytest.fixture
+def publisher(publisher_factory: Callable[..., TransitionPublisher], settings: Settings) -> TransitionPublisher:
+    return publisher_factory(settings)
+
+
+@pytest.fixture
+def pipeline_factory(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
+    made: list[Pipeline] = []
+
+    def make(settings: Settings, scorers: int = 1, **kwargs: Any) -> Pipeline:
+        kwargs.setdefault("metrics", Metrics(CollectorRegistry()))
+        kwargs.setdefault("log_dir", settings.state_dir)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        pipe = Pipeline(settings, scorers=scorers, **kwargs).start()
+        made.append(pipe)
+        return pipe
+
+    yield make
+    for pipe in made:
+        pipe.stop()
+
+
+def consume(settings: Settings, topic: str, count: int, timeout: float = 60.0) -> list[Message]:
+    """Read ``count`` messages of ``topic`` from the start (stops on the count, not on lag)."""
+    consumer = Consumer(settings.consumer_config(f"reader-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([topic])
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            out.extend(m for m in consumer.consume(1000, 0.5) if not m.error())
+    finally:
+        consumer.close()
+    return out
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a live /metrics endpoint, keyed by (name, sorted labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
