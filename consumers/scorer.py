@@ -6,11 +6,13 @@ one Kafka transaction per batch. Run as many as there are partitions to share, i
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
 import threading
 
+from pipeline.baselines import BaselineCache
 from pipeline.consumer import Scorer
 from pipeline.errors import AgentgovError
 from pipeline.logs import configure_logging
@@ -27,14 +29,17 @@ def main() -> int:
         configure_logging(settings.log_level, settings.log_format)
         metrics = Metrics()
         serve(metrics, settings.metrics_port, settings.metrics_addr)
-        scorer = Scorer(settings, metrics, load_policy(settings.policy_file))
+        baselines = BaselineCache(settings, metrics).start()
+        scorer = Scorer(settings, metrics, load_policy(settings.policy_file), baselines=baselines.get)
     except AgentgovError as exc:
         print(f"agentgov scorer: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    gc.freeze()  # start-up objects are long-lived: keep them out of every collection
     scorer.run(stop)
+    baselines.stop()
     log.info("scorer stopped", extra={"kv": {"processed": scorer.processed}})
     return 0
 

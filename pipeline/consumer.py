@@ -37,6 +37,7 @@ from .assessment import AssessmentEncoder
 from .errors import DeadLetter
 from .events import TransitionDict, check_values
 from .metrics import Metrics
+from .policy_watch import PolicyWatcher
 from .schemas import ASSESSMENT, SchemaSet
 from .scoring.context import AgentBaseline, ScoringContext
 from .scoring.engine import Scored, score
@@ -192,8 +193,12 @@ class Scorer:
         self.consumer.subscribe([self.settings.topic_transitions], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self.metrics.up.labels(role=self.role).set(1)
+        watcher = PolicyWatcher(self.settings.policy_file, self.policy, self.settings.policy_reload_seconds)
         try:
             while not stop.is_set():
+                changed = watcher.poll()
+                if changed is not None:
+                    self.set_policy(changed)
                 msgs = self.consumer.consume(self.settings.batch_max_messages, self.settings.batch_max_seconds)
                 if msgs:
                     self.process(msgs)

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     topic_transitions: str = "agentgov.transitions.v1"
     topic_assessments: str = "agentgov.assessments.v1"
     topic_dlq: str = "agentgov.transitions.dlq"
+    topic_baselines: str = "agentgov.baselines.v1"
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication: int = Field(default=1, ge=1)
 
@@ -72,9 +73,11 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=400, ge=1)
     writer_batch_rows: int = Field(default=20000, ge=1)
     writer_batch_seconds: float = Field(default=0.5, gt=0)
+    baseline_refresh_seconds: float = Field(default=60.0, gt=0, description="How often the writer republishes baselines.")
 
     # --- Governance ----------------------------------------------------------------------------
     policy_file: Path | None = Field(default=None, description="Governance policy YAML; unset uses the default.")
+    policy_reload_seconds: float = Field(default=2.0, gt=0, description="How often scorers check the file.")
     signing_keys: dict[str, SecretStr] = Field(default_factory=dict, description="key_id -> HMAC key.")
     require_signatures: bool = False
 

@@ -24,6 +24,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
                  config={"retention.ms": retention}),
         NewTopic(settings.topic_dlq, settings.topic_partitions, settings.topic_replication,
                  config={"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        NewTopic(settings.topic_baselines, 1, settings.topic_replication, config={"cleanup.policy": "compact"}),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

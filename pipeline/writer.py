@@ -50,6 +50,18 @@ class Writer:
         self.dlq = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
         self.stored = 0
         self.backoff_max = 10.0
+        self.tasks: list[list[Any]] = []  # [interval, next_due, fn]: work that needs the store's client
+
+    def add_task(self, interval: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` every ``interval`` seconds from the writer loop (the thread that owns the client)."""
+        self.tasks.append([interval, time.monotonic() + interval, fn])
+
+    def _run_tasks(self) -> None:
+        now = time.monotonic()
+        for task in self.tasks:
+            if now >= task[1]:
+                task[2]()
+                task[1] = time.monotonic() + task[0]
 
     # -- framing ------------------------------------------------------------------------------
     def _builder(self, value: bytes) -> tuple[int, ContainerBuilder]:
@@ -99,6 +111,8 @@ class Writer:
                     pending = []
                 if full or due or not pending:
                     started = time.monotonic()
+                if self.tasks and not pending:
+                    self._run_tasks()
             if pending:
                 self._flush(pending, stop)  # SIGTERM: finish the batch in flight
         finally:

@@ -45,6 +45,7 @@ def settings_factory(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Se
             "topic_transitions": f"t{tag}.agentgov.transitions.v1",
             "topic_assessments": f"t{tag}.agentgov.assessments.v1",
             "topic_dlq": f"t{tag}.agentgov.transitions.dlq",
+            "topic_baselines": f"t{tag}.agentgov.baselines.v1",
             "scorer_group": f"scorer-{tag}",
             "writer_group": f"writer-{tag}",
             "clickhouse_dsn": f"chdb://{tmp_path / ('chdb-' + tag)}",

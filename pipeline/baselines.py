@@ -1,0 +1,168 @@
+"""Per-agent behaviour baselines: aggregated from the audit store, shared through a compacted topic.
+
+The store owner (the writer process) runs :class:`BaselinePublisher` on a schedule: one aggregation
+query over ``transitions`` in the baseline window, one JSON record per agent to
+``agentgov.baselines.v1`` (compacted, keyed by agent_id). Every scorer runs a :class:`BaselineCache`
+that reads that topic from the beginning and keeps following it, so a fresh replica has the same
+baselines as an old one, and scorers never need to open the store (chdb is single-process).
+
+Example::
+
+    cache = BaselineCache(settings).start()
+    cache.get("agent-jml-01")              # AgentBaseline | None
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from .metrics import Metrics
+from .scoring.context import AgentBaseline
+from .settings import Settings
+from .sinks.clickhouse import ClickHouseSink
+
+log = logging.getLogger(__name__)
+
+BASELINE_SQL = """
+SELECT
+    agent_id,
+    count() AS events,
+    groupUniqArray(action) AS actions,
+    groupUniqArray(system) AS systems,
+    arrayFilter(x -> x != '', groupUniqArray(ifNull(entitlement, ''))) AS entitlements,
+    arrayDistinct(arrayFlatten(groupArray(arrayMap(i -> i.name, inputs_used)))) AS inputs,
+    max(privilege_tier) AS max_tier,
+    countIf(outcome = 'granted' AND action IN {grants:Array(String)})
+        / greatest(1, dateDiff('second', min(occurred_at), max(occurred_at)) / 3600) AS grants_per_hour,
+    countIf(NOT has({approved:Array(String)}, concat(policy_id, '@', policy_version))) / count()
+        AS stale_policy_share
+FROM {db}.transitions FINAL
+WHERE occurred_at >= now64(3) - toIntervalSecond({window:UInt32})
+GROUP BY agent_id
+"""
+
+
+def baselines_topic(settings: Settings) -> str:
+    return settings.topic_baselines
+
+
+def to_json(b: AgentBaseline) -> bytes:
+    doc: dict[str, Any] = {
+        "agent_id": b.agent_id, "events": b.events, "actions": sorted(b.actions), "systems": sorted(b.systems),
+        "entitlements": sorted(b.entitlements), "inputs": sorted(b.inputs), "max_tier": b.max_tier,
+        "grants_per_hour": b.grants_per_hour, "stale_policy_share": b.stale_policy_share, "as_of_ms": b.as_of_ms,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def from_json(data: bytes) -> AgentBaseline:
+    doc = json.loads(data)
+    return AgentBaseline(
+        agent_id=doc["agent_id"], events=int(doc["events"]), actions=frozenset(doc["actions"]),
+        systems=frozenset(doc["systems"]), entitlements=frozenset(doc["entitlements"]),
+        inputs=frozenset(doc["inputs"]), max_tier=int(doc["max_tier"]),
+        grants_per_hour=float(doc["grants_per_hour"]), stale_policy_share=float(doc["stale_policy_share"]),
+        as_of_ms=int(doc["as_of_ms"]),
+    )
+
+
+def compute(sink: ClickHouseSink, *, window_seconds: int, approved: list[str], grants: list[str],
+            now_ms: int) -> list[AgentBaseline]:
+    """Aggregate every agent's baseline over the window. ``approved`` holds ``policy_id@version`` strings."""
+    rows = sink.query(BASELINE_SQL, {"window": window_seconds, "approved": approved, "grants": grants})
+    return [
+        AgentBaseline(
+            agent_id=r["agent_id"], events=int(r["events"]), actions=frozenset(r["actions"]),
+            systems=frozenset(r["systems"]), entitlements=frozenset(r["entitlements"]),
+            inputs=frozenset(r["inputs"]), max_tier=int(r["max_tier"]),
+            grants_per_hour=float(r["grants_per_hour"]), stale_policy_share=float(r["stale_policy_share"]),
+            as_of_ms=now_ms,
+        )
+        for r in rows
+    ]
+
+
+class BaselinePublisher:
+    """Recomputes baselines every ``interval`` seconds and publishes them (run by the store owner)."""
+
+    def __init__(self, settings: Settings, sink: ClickHouseSink, *, window_seconds: int, approved: list[str],
+                 grants: list[str], interval: float = 60.0) -> None:
+        self.settings, self.sink = settings, sink
+        self.window_seconds, self.approved, self.grants = window_seconds, approved, grants
+        self.interval = interval
+        self.topic = baselines_topic(settings)
+        self.producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
+        self.published = 0
+
+    def publish_once(self) -> int:
+        """One refresh. Call it from the thread that owns the sink's client (the writer loop)."""
+        now_ms = int(time.time() * 1000)
+        baselines = compute(self.sink, window_seconds=self.window_seconds, approved=self.approved,
+                            grants=self.grants, now_ms=now_ms)
+        for b in baselines:
+            self.producer.produce(self.topic, to_json(b), key=b.agent_id.encode())
+        self.producer.flush(30)
+        self.published += 1
+        log.info("baselines published", extra={"kv": {"agents": len(baselines)}})
+        return len(baselines)
+
+    def __call__(self) -> None:
+        try:
+            self.publish_once()
+        except Exception as exc:  # the store may be failing; the writer reports that
+            log.warning("baseline refresh failed", extra={"kv": {"error": str(exc)}})
+
+
+class BaselineCache:
+    """Follows the baselines topic from its start; ``get`` is lock-free for the scoring loop."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.topic = baselines_topic(settings)
+        self.data: dict[str, AgentBaseline] = {}
+        self.as_of_ms = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def get(self, agent_id: str) -> AgentBaseline | None:
+        return self.data.get(agent_id)
+
+    def start(self) -> BaselineCache:
+        self._thread = threading.Thread(target=self._follow, name="baselines", daemon=True)
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        consumer = Consumer(self.settings.kafka_config(**{
+            "group.id": f"agentgov-baselines-{uuid.uuid4()}", "enable.auto.commit": False,
+            "session.timeout.ms": self.settings.session_timeout_ms}))
+        consumer.assign([TopicPartition(self.topic, 0, 0)])  # OFFSET_BEGINNING semantics via offset 0
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(500, 0.5):
+                    if msg.error() or msg.value() is None:
+                        continue
+                    try:
+                        b = from_json(msg.value())  # type: ignore[arg-type]
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("bad baseline record", extra={"kv": {"error": str(exc)}})
+                        continue
+                    self.data[b.agent_id] = b
+                    self.as_of_ms = max(self.as_of_ms, b.as_of_ms)
+                if self.metrics is not None and self.as_of_ms:
+                    self.metrics.baseline_age.set(max(0.0, time.time() - self.as_of_ms / 1000))
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
