@@ -1,0 +1,94 @@
+"""The SDK validates before sending, fills ids and evidence, chains runs, and surfaces delivery failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError
+
+from pipeline.errors import PublishError
+from pipeline.events import event_hash
+from pipeline.publisher import EventInvalid, TransitionPublisher
+from pipeline.schemas import SchemaSet
+from pipeline.serde import Serde
+from pipeline.settings import Settings
+from tests.factory import draft
+
+
+class FakeProducer:
+    """Records produce calls; ``fail`` makes every delivery report an error, as librdkafka would."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.pending: list[Any] = []
+        self.fail = fail
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        self.sent.append((topic, value, key))
+        self.pending.append(on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        return self.flush()
+
+    def flush(self, timeout: float = 0) -> int:
+        pending, self.pending = self.pending, []
+        for cb in pending:
+            cb(KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None, None)
+        return 0
+
+
+def make(fail: bool = False) -> tuple[TransitionPublisher, FakeProducer]:
+    producer = FakeProducer(fail)
+    return TransitionPublisher(Settings(), serde=Serde(SchemaSet.load()), producer=producer), producer  # type: ignore[arg-type]
+
+
+def test_fills_ids_and_chains_each_run() -> None:
+    pub, producer = make()
+    a0 = pub.complete(draft(run_id="a", step=0))
+    b0 = pub.complete(draft(run_id="b", step=0))
+    a1 = pub.complete(draft(run_id="a", step=1))
+    assert a0["evidence"]["prev_event_hash"] is None
+    assert a1["evidence"]["prev_event_hash"] == a0["evidence"]["event_hash"]
+    assert b0["evidence"]["prev_event_hash"] is None
+    assert a1["evidence"]["event_hash"] == event_hash(a1)
+    assert len(a0["event_id"]) == 36 and isinstance(a0["occurred_at"], int)
+
+
+def test_publish_keys_by_run_id() -> None:
+    pub, producer = make()
+    pub.publish(draft(run_id="run-42"))
+    pub.flush()
+    topic, value, key = producer.sent[0]
+    assert topic == "agentgov.transitions.v1" and key == b"run-42" and value[:2] == b"\xc3\x01"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"resource.privilege_tier": 7}, "resource.privilege_tier"),
+        ({"step": -1}, "step"),
+        ({"action": "make_coffee"}, "action"),
+        ({"agent.agent_id": ""}, "agent.agent_id"),
+        ({"occurred_at": "2026-01-01T00:00:00"}, "occurred_at"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_event_raises_naming_the_field_and_sends_nothing(changes: dict, field: str) -> None:
+    pub, producer = make()
+    with pytest.raises(EventInvalid) as info:
+        pub.publish(draft(**changes))
+    assert field in str(info.value)
+    assert field in info.value.fields["paths"]
+    assert producer.sent == []
+
+
+def test_delivery_failures_reach_the_caller() -> None:
+    pub, _ = make(fail=True)
+    seen: list[str] = []
+    pub.on_error = lambda event_id, err: seen.append(event_id)
+    event_id = pub.publish(draft())
+    with pytest.raises(PublishError) as info:
+        pub.flush()
+    assert info.value.fields["event_ids"] == [event_id]
+    assert seen == [event_id]
