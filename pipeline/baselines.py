@@ -151,7 +151,7 @@ class BaselineCache:
                     if msg.error() or msg.value() is None:
                         continue
                     try:
-                        b = from_json(msg.value())  # type: ignore[arg-type]
+                        b = from_json(msg.value())
                     except (ValueError, KeyError, TypeError) as exc:
                         log.warning("bad baseline record", extra={"kv": {"error": str(exc)}})
                         continue

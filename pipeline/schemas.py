@@ -155,9 +155,9 @@ def _load(directory: Path) -> SchemaSet:
         if not m:
             raise ConfigError(f"schema history file not named <record>.vN.avsc: {path.name}")
         raws.setdefault(m["record"], {})[int(m["version"])] = json.loads(path.read_text())
-    for record, versions in raws.items():
+    for record, history_versions in raws.items():
         current = directory / f"{record}.avsc"
-        if not current.exists() or json.loads(current.read_text()) != versions[max(versions)]:
+        if not current.exists() or json.loads(current.read_text()) != history_versions[max(history_versions)]:
             raise ConfigError(f"{current} must equal the newest file in history/ for {record}")
     # Named types defined by the latest transition are visible to the assessment schema.
     types: dict[str, dict[str, Any]] = {}

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=400, ge=1)
     writer_batch_rows: int = Field(default=20000, ge=1)
     writer_batch_seconds: float = Field(default=0.5, gt=0)
-    baseline_refresh_seconds: float = Field(default=60.0, gt=0, description="How often the writer republishes baselines.")
+    baseline_refresh_seconds: float = Field(default=60.0, gt=0, description="Writer republishes baselines every N s.")
 
     # --- Governance ----------------------------------------------------------------------------
     policy_file: Path | None = Field(default=None, description="Governance policy YAML; unset uses the default.")

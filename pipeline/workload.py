@@ -146,12 +146,14 @@ class Workload:
     def _leaver(self, n: int) -> list[dict[str, Any]]:
         r, user = f"run-leaver-{n}", f"u{n:06d}"
         agent, trig = self.rng.choice(JML_AGENTS), ("leaver", f"HR-{300000 + n}")
-        kw = {"lifecycle": "terminated"}
+        gone = "terminated"
         return [
-            _draft(r, 0, agent, "jml-provisioning", trig, "disable_account", user, "entra-id", "user-account", 0, **kw),
+            _draft(r, 0, agent, "jml-provisioning", trig, "disable_account", user, "entra-id", "user-account", 0,
+                   lifecycle=gone),
             _draft(r, 1, agent, "jml-provisioning", trig, "revoke_entitlement", user, "salesforce", "sf-profile", 1,
-                   entitlement="sales-standard", **kw),
-            _draft(r, 2, agent, "jml-provisioning", trig, "remove_role", user, "aws", "role/ReadOnly", 2, **kw),
+                   entitlement="sales-standard", lifecycle=gone),
+            _draft(r, 2, agent, "jml-provisioning", trig, "remove_role", user, "aws", "role/ReadOnly", 2,
+                   lifecycle=gone),
         ]
 
     def _request(self, n: int) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ def make(fail: bool = False) -> tuple[TransitionPublisher, FakeProducer]:
 
 
 def test_fills_ids_and_chains_each_run() -> None:
-    pub, producer = make()
+    pub, _ = make()
     a0 = pub.complete(draft(run_id="a", step=0))
     b0 = pub.complete(draft(run_id="b", step=0))
     a1 = pub.complete(draft(run_id="a", step=1))
