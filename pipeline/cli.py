@@ -217,3 +217,7 @@ def writer() -> None:
     from consumers.writer import main as writer_main
 
     sys.exit(writer_main())
+
+
+if __name__ == "__main__":
+    main()
