@@ -21,12 +21,12 @@ run: $(STAMP)
 	$(BIN)/agentgov run
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline consumers tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: $(STAMP)
 	bash ci/system-deps.sh
-	$(BIN)/ruff check pipeline consumers tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	bash ci/checks.sh
 	$(BIN)/pytest -q -ra
