@@ -1,8 +1,10 @@
 """Session-scoped real components: a Tansu broker, and per-test topics, groups and chdb stores.
 
 Fixture pairs follow quix-streams: ``settings_factory`` + ``settings``, ``publisher_factory`` + ``publisher``,
-``pipeline_factory`` + ``pipeline``. Every test gets its own topics, consumer groups and database
-path, so tests can run in parallel against one broker.
+``pipeline_factory`` + ``pipeline``. Every test gets its own topics, consumer groups and ClickHouse
+database, so tests can run in parallel against one broker. chdb serves ONE data path per process:
+in-process stores must use ``chdb_path`` (the factory's default) and a database of their own; a
+subprocess that owns a store (e.g. ``python -m consumers.writer``) may use any path.
 """
 
 from __future__ import annotations
@@ -36,8 +38,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield b
 
 
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded ClickHouse data path per test process: chdb serves a single path per process, so
+    tests are isolated by database name instead."""
+    return tmp_path_factory.mktemp("chdb")
+
+
 @pytest.fixture
-def settings_factory(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
+def settings_factory(broker: EmbeddedBroker, chdb_path: Path, tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         tag = uuid.uuid4().hex[:10]
         base: dict[str, Any] = {
@@ -48,7 +57,8 @@ def settings_factory(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Se
             "topic_baselines": f"t{tag}.agentgov.baselines.v1",
             "scorer_group": f"scorer-{tag}",
             "writer_group": f"writer-{tag}",
-            "clickhouse_dsn": f"chdb://{tmp_path / ('chdb-' + tag)}",
+            "clickhouse_dsn": f"chdb://{chdb_path}",
+            "clickhouse_database": f"t{tag}",
             "metrics_port": 0,
             "state_dir": tmp_path / f"state-{tag}",
             "batch_max_seconds": 0.1,
