@@ -1,0 +1,143 @@
+"""compose/: the stack renders, every service is probed and pinned, agentgov containers get only settings
+that exist, and secrets live in .env.example as placeholders."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.settings import ENV_PREFIX, Settings
+from tests.unit.test_alerting_promql import ROOT
+
+COMPOSE = ROOT / "compose"
+BASE = COMPOSE / "docker-compose.yml"
+LAPTOP = COMPOSE / "docker-compose.laptop.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+KNOWN_SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+AGENTGOV_SERVICES = {"topics", "migrate", "scorer", "writer", "demo"}
+
+
+def _env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def rendered(*files: Path) -> dict[str, Any]:
+    """``docker-compose config`` output (interpolated, merged) for the given files."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not installed (ci/system-deps.sh installs it)")
+    args = [exe, "--env-file", str(ENV_EXAMPLE)]
+    for f in files:
+        args += ["-f", str(f)]
+    out = subprocess.run([*args, "config"], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, Any]:
+    return rendered(BASE)
+
+
+@pytest.fixture(scope="module")
+def laptop() -> dict[str, Any]:
+    return rendered(BASE, LAPTOP)
+
+
+def test_every_service_has_a_healthcheck(base: dict[str, Any]) -> None:
+    missing = [name for name, svc in base["services"].items() if "healthcheck" not in svc]
+    assert not missing
+
+
+def test_images_are_pinned_and_overridable() -> None:
+    raw = yaml.safe_load(BASE.read_text())
+    images = [svc["image"] for svc in raw["services"].values() if "image" in svc]
+    images += [raw["x-kafka"]["image"], raw["x-agentgov"]["image"]]
+    for image in images:
+        m = re.fullmatch(r"\$\{([A-Z_]+_IMAGE):-([^}]+)\}", image)
+        assert m, f"{image}: use ${{X_IMAGE:-repo:tag}}"
+        tag = m.group(2).rsplit(":", 1)[-1]
+        assert ":" in m.group(2) and tag != "latest" and re.search(r"\d", tag), image
+        assert m.group(1) in _env_example(), f"{m.group(1)} not in .env.example"
+
+
+def test_kafka_is_three_kraft_brokers_with_rf3(base: dict[str, Any]) -> None:
+    brokers = {n: s for n, s in base["services"].items() if n.startswith("kafka-")}
+    assert len(brokers) == 3
+    for svc in brokers.values():
+        env = svc["environment"]
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert str(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == "3"
+        assert str(env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == "3"
+    for name in AGENTGOV_SERVICES:
+        assert str(base["services"][name]["environment"]["AGENTGOV_TOPIC_REPLICATION"]) == "3"
+    assert base["services"]["scorer"]["deploy"]["replicas"] == 3
+
+
+def test_laptop_is_one_broker_rf1(laptop: dict[str, Any]) -> None:
+    svcs = laptop["services"]
+    assert svcs["kafka-1"]["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093"
+    assert svcs["kafka-2"]["profiles"] == svcs["kafka-3"]["profiles"] == ["three-brokers"]
+    for name in AGENTGOV_SERVICES:
+        env = svcs[name]["environment"]
+        assert str(env["AGENTGOV_TOPIC_REPLICATION"]) == "1"
+        assert env["AGENTGOV_KAFKA_BOOTSTRAP"] == "kafka-1:9092"
+    depends = {dep for svc in svcs.values() for dep in svc.get("depends_on", {})}
+    assert not depends & {"kafka-2", "kafka-3"}, "nothing may depend on the brokers the laptop drops"
+
+
+@pytest.mark.parametrize("variant", ["base", "laptop"])
+def test_agentgov_containers_get_only_known_settings(variant: str, request: pytest.FixtureRequest) -> None:
+    # Settings rejects unknown AGENTGOV_* variables at start, so a typo here is a crash loop.
+    config = request.getfixturevalue(variant)
+    for name in AGENTGOV_SERVICES:
+        env = config["services"][name]["environment"]
+        unknown = {k for k in env if k.startswith(ENV_PREFIX)} - KNOWN_SETTINGS
+        assert not unknown, f"{name}: {sorted(unknown)}"
+    assert "AGENTGOV_CLICKHOUSE_PASSWORD" not in config["services"]["scorer"]["environment"]
+
+
+def test_writer_and_migrate_use_different_clickhouse_users(base: dict[str, Any]) -> None:
+    writer = base["services"]["writer"]["environment"]
+    migrate = base["services"]["migrate"]["environment"]
+    assert writer["AGENTGOV_CLICKHOUSE_USERNAME"] == "agentgov_writer"
+    assert migrate["AGENTGOV_CLICKHOUSE_USERNAME"] != "agentgov_writer"
+    assert base["services"]["writer"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    users = (COMPOSE / "clickhouse" / "users.d" / "agentgov.xml").read_text()
+    assert 'from_env="CLICKHOUSE_WRITER_PASSWORD"' in users and 'from_env="CLICKHOUSE_READER_PASSWORD"' in users
+    assert "DROP" not in users.upper().replace("NO DROP", "")
+
+
+def test_every_interpolated_variable_is_in_env_example() -> None:
+    used = set()
+    for f in (BASE, LAPTOP):
+        used |= set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", f.read_text()))
+    assert used - set(_env_example()) == set()
+
+
+def test_env_example_holds_placeholders_only() -> None:
+    env = _env_example()
+    for key, value in env.items():
+        if any(word in key for word in ("PASSWORD", "SECRET", "TOKEN")):
+            assert value.startswith("change-me"), key
+        assert not key.startswith(ENV_PREFIX), f"{key}: agentgov would reject it"
+
+
+def test_mounted_files_exist(base: dict[str, Any]) -> None:
+    raw = yaml.safe_load(BASE.read_text())
+    for name, svc in raw["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (COMPOSE / source).exists(), f"{name}: {source}"
