@@ -113,6 +113,21 @@ def publish(file: Path) -> None:
 
 
 @main.command()
+def topics() -> None:
+    """Create agentgov's topics on the configured cluster (idempotent)."""
+    from .topics import ensure_topics
+
+    try:
+        settings = _settings()
+        if settings.embedded_broker:
+            raise ConfigError("set AGENTGOV_KAFKA_BOOTSTRAP: `agentgov run` creates topics on the embedded broker")
+        ensure_topics(settings)
+    except AgentgovError as exc:
+        _fail(exc)
+    click.echo("topics ready")
+
+
+@main.command()
 def migrate() -> None:
     """Apply the ClickHouse DDL (idempotent)."""
     from .sinks.clickhouse import ClickHouseSink
