@@ -119,19 +119,19 @@ class Alertmanager(_Process):
 
 
 class Prometheus(_Process):
-    """Prometheus scraping ``targets`` every second, evaluating ``rule_files`` every second."""
+    """Prometheus scraping ``jobs`` (name -> targets) every second, evaluating ``rule_files`` every second."""
 
     binary = "prometheus"
 
-    def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path], alertmanager: str,
-                 job: str = "agentgov") -> None:
+    def __init__(self, workdir: Path, jobs: dict[str, list[str]], rule_files: list[Path], alertmanager: str) -> None:
         super().__init__(workdir)
         self.config_path = workdir / "prometheus.yml"
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(p.resolve()) for p in rule_files],
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager.split("//")[1]]}]}]},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
+                               for job, targets in jobs.items()],
         }
         self.config_path.write_text(yaml.safe_dump(config))
 
