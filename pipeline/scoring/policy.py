@@ -1,9 +1,19 @@
-"""The governance policy: per-workflow decision boundaries, written by a governance team as YAML.
+"""The governance policy: per-workflow decision boundaries plus identity-wide controls, written by a
+governance team as versioned YAML (reference: docs/policy.md).
+
+Per workflow (each field falls back to ``defaults`` unless the workflow sets it; an explicit ``null``
+means "no restriction"): allowed actions and systems, input allowlists and the signal cap, the tiers
+that need a human approval, and the lifecycle rules. Identity-wide (top level, because an identity's
+privileges do not depend on which workflow granted them): approved policy versions, privileged
+entitlements and groups, separation-of-duties pairs, escalation and drift settings.
+
+Validation happens once, at load; rules read the precomputed, plain-Python :class:`ResolvedBoundary`.
 
 Example::
 
     loaded = load_policy(Path("policies/default.yaml"))
-    loaded.policy.boundary_for("jml-provisioning").human_approval_tiers
+    loaded.policy.boundary_for("jml-provisioning").human_approval_tiers   # frozenset({2, 3})
+    print(check_policy(Path("policies/default.yaml")))
 """
 
 from __future__ import annotations
@@ -11,31 +21,213 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import ConfigError
+from ..events import Action, LifecycleState, TriggerKind
+
+Name = str  # an entitlement, role, group or system name as it appears in events
 
 
-class Boundary(BaseModel):
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lifecycle(_Strict):
+    """Which lifecycle triggers may cause which actions (AG-LCM-*)."""
+
+    trigger_actions: dict[TriggerKind, frozenset[Action]] = Field(default_factory=dict)
+    """Trigger kind -> the only actions it may cause. Kinds not listed may cause any action."""
+    access_triggers: frozenset[TriggerKind] = frozenset(
+        {TriggerKind.joiner, TriggerKind.mover, TriggerKind.leaver, TriggerKind.access_request})
+    """Trigger kinds that can justify an access change; anything else raises AG-LCM-003."""
+    blocked_states: dict[LifecycleState, frozenset[Action]] = Field(
+        default_factory=lambda: {LifecycleState.terminated: frozenset(),
+                                 LifecycleState.pre_hire: frozenset({Action.create_account})})
+    """Target lifecycle state -> the granting actions still allowed in that state (AG-LCM-001)."""
+
+
+class Boundary(_Strict):
     """What one workflow's agents may do. Unset fields fall back to the policy's defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    allowed_actions: frozenset[Action] | None = None
+    allowed_systems: frozenset[Name] | None = None
+    input_allowlist: dict[Action, frozenset[Name]] = Field(default_factory=dict)
+    """Action -> the input attributes it may evaluate; other actions use ``default_inputs``."""
+    default_inputs: frozenset[Name] | None = None
+    max_signals: int | None = Field(default=None, ge=0)
     human_approval_tiers: frozenset[int] = frozenset({2, 3})
+    lifecycle: Lifecycle = Lifecycle()
+
+    @model_validator(mode="after")
+    def _tiers(self) -> Boundary:
+        bad = sorted(t for t in self.human_approval_tiers if not 0 <= t <= 3)
+        if bad:
+            raise ValueError(f"human_approval_tiers: tiers {bad} outside 0..3")
+        return self
 
 
-class GovernancePolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Privileged(_Strict):
+    """What counts as privileged: a tier, plus names that are privileged whatever tier an event claims."""
 
+    min_tier: int = Field(default=3, ge=1, le=3)
+    entitlements: frozenset[Name] = frozenset()
+    groups: frozenset[Name] = frozenset()
+    """Resource ids (groups, roles) that are privileged."""
+
+
+class ToxicPair(_Strict):
+    """Two entitlements or roles that one identity must never hold together (AG-SOD-001)."""
+
+    name: str = Field(min_length=1)
+    entitlements: tuple[Name, Name]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ToxicPair:
+        if self.entitlements[0] == self.entitlements[1]:
+            raise ValueError(f"entitlements: a toxic pair needs two different names, got {self.entitlements[0]!r}")
+        return self
+
+
+class Escalation(_Strict):
+    window_seconds: int = Field(default=3600, gt=0)
+    """How far back a hidden-escalation chain may reach (event time)."""
+    transient_revoke_seconds: int = Field(default=900, gt=0)
+    """A privileged grant revoked within this many seconds is AG-ESC-003."""
+    tier_stepping_min_steps: int = Field(default=3, ge=2, le=4)
+    """Grants at strictly increasing tiers, ending at tier 3, that make AG-ESC-002."""
+    max_delegation_depth: int = Field(default=8, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _windows(self) -> Escalation:
+        if self.transient_revoke_seconds > self.window_seconds:
+            raise ValueError("transient_revoke_seconds must not exceed window_seconds "
+                             f"({self.transient_revoke_seconds} > {self.window_seconds})")
+        return self
+
+
+class Drift(_Strict):
+    baseline_window_seconds: int = Field(default=7 * 86400, gt=0)
+    """Window the agent baselines are aggregated over (read by the baseline publisher)."""
+    min_baseline_events: int = Field(default=200, ge=1)
+    """Warm-up: no drift findings until the agent's baseline holds this many events."""
+    rate_window_seconds: int = Field(default=3600, gt=0)
+    rate_factor: float = Field(default=3.0, gt=1.0)
+    rate_min_grants: int = Field(default=20, ge=1)
+    """Below this many grants in the rate window a rate is noise, not drift."""
+    stale_policy_share: float = Field(default=0.2, gt=0.0, le=1.0)
+    stale_min_events: int = Field(default=10, ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedBoundary:
+    """A workflow's boundary with defaults applied, as plain frozensets for the hot path.
+    ``None`` means unrestricted."""
+
+    allowed_actions: frozenset[str] | None
+    allowed_systems: frozenset[str] | None
+    input_allowlist: dict[str, frozenset[str]]
+    default_inputs: frozenset[str] | None
+    max_signals: int | None
+    human_approval_tiers: frozenset[int]
+    trigger_actions: dict[str, frozenset[str]]
+    access_triggers: frozenset[str]
+    blocked_states: dict[str, frozenset[str]]
+
+    def inputs_for(self, action: str) -> frozenset[str] | None:
+        return self.input_allowlist.get(action, self.default_inputs)
+
+
+def _strs(values: Any) -> frozenset[str]:
+    return frozenset(str(v) for v in values)
+
+
+def _resolve(defaults: Boundary, wf: Boundary | None) -> ResolvedBoundary:
+    def pick(name: str) -> Any:
+        return getattr(wf, name) if wf is not None and name in wf.model_fields_set else getattr(defaults, name)
+
+    actions, systems, inputs = pick("allowed_actions"), pick("allowed_systems"), pick("default_inputs")
+    lc: Lifecycle = pick("lifecycle")
+    return ResolvedBoundary(
+        allowed_actions=None if actions is None else _strs(actions),
+        allowed_systems=None if systems is None else _strs(systems),
+        input_allowlist={str(a): _strs(v) for a, v in pick("input_allowlist").items()},
+        default_inputs=None if inputs is None else _strs(inputs),
+        max_signals=pick("max_signals"),
+        human_approval_tiers=frozenset(pick("human_approval_tiers")),
+        trigger_actions={str(k): _strs(v) for k, v in lc.trigger_actions.items()},
+        access_triggers=_strs(lc.access_triggers),
+        blocked_states={str(k): _strs(v) for k, v in lc.blocked_states.items()},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    default: ResolvedBoundary
+    workflows: dict[str, ResolvedBoundary]
+    sod: dict[str, tuple[tuple[str, str], ...]]
+
+
+class GovernancePolicy(_Strict):
     version: str = Field(min_length=1)
+    description: str = ""
+    approved_policy_versions: dict[str, frozenset[str]] = Field(default_factory=dict)
+    """policy_id -> the versions of it agents may decide under. Empty: AG-POL-001/AG-DRF-006 are off."""
+    privileged: Privileged = Privileged()
+    separation_of_duties: tuple[ToxicPair, ...] = ()
+    escalation: Escalation = Escalation()
+    drift: Drift = Drift()
     defaults: Boundary = Boundary()
     workflows: dict[str, Boundary] = Field(default_factory=dict)
 
-    def boundary_for(self, workflow_id: str) -> Boundary:
-        return self.workflows.get(workflow_id, self.defaults)
+    _compiled: _Compiled | None = PrivateAttr(default=None)
+
+    def model_post_init(self, __context: Any) -> None:
+        partners: dict[str, list[tuple[str, str]]] = {}
+        for pair in self.separation_of_duties:
+            a, b = pair.entitlements
+            partners.setdefault(a, []).append((b, pair.name))
+            partners.setdefault(b, []).append((a, pair.name))
+        self._compiled = _Compiled(
+            default=_resolve(self.defaults, None),
+            workflows={wf: _resolve(self.defaults, b) for wf, b in self.workflows.items()},
+            sod={k: tuple(v) for k, v in partners.items()},
+        )
+
+    @property
+    def _c(self) -> _Compiled:
+        # Read through __pydantic_private__: plain attribute access to a private attribute goes through
+        # BaseModel.__getattr__, about 50x slower, and these lookups run for every event.
+        compiled: _Compiled = self.__pydantic_private__["_compiled"]  # type: ignore[index]
+        return compiled
+
+    @property
+    def default_boundary(self) -> ResolvedBoundary:
+        return self._c.default
+
+    def boundary_for(self, workflow_id: str) -> ResolvedBoundary:
+        """The workflow's boundary with defaults applied; unknown workflows get the defaults."""
+        c = self._c
+        return c.workflows.get(workflow_id, c.default)
+
+    def sod_partners(self, name: str) -> tuple[tuple[str, str], ...]:
+        """(partner, pair name) for every toxic pair ``name`` belongs to."""
+        return self._c.sod.get(name, ())
+
+    def version_approved(self, policy_id: str, policy_version: str) -> bool | None:
+        """Whether a decision's policy version is approved; None when no versions are configured."""
+        if not self.approved_policy_versions:
+            return None
+        versions = self.approved_policy_versions.get(policy_id)
+        return versions is not None and policy_version in versions
+
+    def approved_policy_refs(self) -> list[str]:
+        """``policy_id@version`` strings, as the baseline aggregation takes them."""
+        return sorted(f"{pid}@{v}" for pid, vs in self.approved_policy_versions.items() for v in vs)
 
 
 @dataclass(frozen=True)
@@ -55,6 +247,18 @@ def default_policy_path() -> Path:
     return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 
+def _where(loc: tuple[Any, ...]) -> str:
+    # pydantic appends validator names ("function-after[...]") to the location; keep the field path.
+    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "[key]"))) or "<root>"
+
+
+def _msg(err: Any) -> str:
+    value = err.get("input")
+    if isinstance(value, str | int | float | bool) and err["type"] not in ("value_error", "missing"):
+        return f"{err['msg']} (got {value!r})"
+    return str(err["msg"])
+
+
 def parse_policy(text: str, source: str = "<string>") -> LoadedPolicy:
     try:
         doc = yaml.safe_load(text)
@@ -62,13 +266,16 @@ def parse_policy(text: str, source: str = "<string>") -> LoadedPolicy:
         raise ConfigError(f"{source}: not valid YAML: {exc}", source=source) from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: the policy must be a YAML mapping", source=source)
+    if isinstance(doc.get("version"), int | float):
+        # `version: 7` would silently become "7" or "7.1" -> "7.1"; make the author quote it.
+        raise ConfigError(f"{source}: invalid policy: version: must be a quoted string, e.g. \"{doc['version']}\"",
+                          source=source, fields=["version"])
     try:
         policy = GovernancePolicy.model_validate(doc)
     except PydanticValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: invalid policy: {problems}", source=source) from exc
+        fields = [_where(err["loc"]) for err in exc.errors()]
+        problems = "; ".join(f"{f}: {_msg(err)}" for f, err in zip(fields, exc.errors(), strict=True))
+        raise ConfigError(f"{source}: invalid policy: {problems}", source=source, fields=fields) from exc
     return LoadedPolicy(policy, hashlib.sha256(text.encode()).hexdigest(), source)
 
 
@@ -79,3 +286,39 @@ def load_policy(path: Path | None = None) -> LoadedPolicy:
     except OSError as exc:
         raise ConfigError(f"cannot read policy file {path}: {exc}", source=str(path)) from exc
     return parse_policy(text, str(path))
+
+
+def _fmt(values: frozenset[str] | None) -> str:
+    return "any" if values is None else (", ".join(sorted(values)) or "none")
+
+
+def check_policy(path: Path | None = None) -> str:
+    """Validate a policy file and summarise it for a human. Raises :class:`ConfigError` naming the field."""
+    loaded = load_policy(path)
+    p = loaded.policy
+    lines = [f"policy {loaded.source}", f"  version {p.version}  sha256 {loaded.sha256}"]
+    refs = p.approved_policy_refs()
+    lines.append(f"  approved policy versions: {', '.join(refs) if refs else 'not configured (AG-POL-001 off)'}")
+    priv = p.privileged
+    lines.append(f"  privileged: tier >= {priv.min_tier}; {len(priv.entitlements)} entitlements, "
+                 f"{len(priv.groups)} groups/roles")
+    lines.append(f"  separation of duties: {len(p.separation_of_duties)} toxic pairs")
+    e, d = p.escalation, p.drift
+    lines.append(f"  escalation: window {e.window_seconds}s, transient revoke {e.transient_revoke_seconds}s, "
+                 f"tier stepping {e.tier_stepping_min_steps} steps")
+    lines.append(f"  drift: baseline {d.baseline_window_seconds}s, warm-up {d.min_baseline_events} events, "
+                 f"rate x{d.rate_factor} over {d.rate_window_seconds}s, stale share > {d.stale_policy_share:g}")
+    warnings: list[str] = []
+    scopes = [("defaults", p.default_boundary)]
+    scopes += [(f"workflows.{wf}", p.boundary_for(wf)) for wf in sorted(p.workflows)]
+    for name, b in scopes:
+        lines.append(f"  {name}: actions {_fmt(b.allowed_actions)}; systems {_fmt(b.allowed_systems)}; "
+                     f"approval tiers {sorted(b.human_approval_tiers)}; max signals {b.max_signals or 'any'}")
+        if b.allowed_actions is not None:
+            for kind, actions in sorted(b.trigger_actions.items()):
+                unused = actions - b.allowed_actions
+                if unused:
+                    warnings.append(f"{name}.lifecycle.trigger_actions.{kind}: "
+                                    f"{', '.join(sorted(unused))} not in allowed_actions")
+    lines += [f"  warning: {w}" for w in warnings]
+    return "\n".join(lines)
