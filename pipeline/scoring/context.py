@@ -6,7 +6,7 @@ never from one replica's private memory, so any replica computes the same contex
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..events import TransitionDict
@@ -47,3 +47,38 @@ class ScoringContext:
     """event_id -> event_hash of events already seen (duplicate-id tamper detection)."""
     signing_keys: Mapping[str, bytes] = field(default_factory=dict)
     require_signatures: bool = False
+
+
+_GRANTING = frozenset({"assign_role", "grant_entitlement", "add_group_member"})
+_REVOKING = frozenset({"remove_role", "revoke_entitlement", "remove_group_member"})
+
+
+def entitlements_from_history(
+    events: Iterable[TransitionDict], initial: Iterable[str] = ()
+) -> frozenset[str]:
+    """What an identity holds after ``events`` (its own, oldest first), starting from ``initial``.
+
+    Only executed changes count (``decision.outcome == "granted"``). An entitlement is named by
+    ``resource.entitlement``, or by ``resource.resource_id`` (role, group) when there is none; the same
+    naming :mod:`sod` and the policy's toxic pairs use. ``delete_account`` drops everything held on that
+    system. Replaying events the ``initial`` set already reflects changes nothing, so the consumer may
+    pass a set derived from the store plus the recent log. Pure; O(len(events)).
+
+    Example::
+
+        ctx = ScoringContext(policy, target_history=hist,
+                             target_entitlements=entitlements_from_history(hist))
+    """
+    held: dict[str, str | None] = dict.fromkeys(initial)  # name -> system it was granted on, if known
+    for ev in events:
+        if ev["decision"]["outcome"] != "granted":
+            continue
+        action, res = ev["action"], ev["resource"]
+        if action in _GRANTING:
+            held[res["entitlement"] or res["resource_id"]] = res["system"]
+        elif action in _REVOKING:
+            held.pop(res["entitlement"] or res["resource_id"], None)
+        elif action == "delete_account":
+            system = res["system"]
+            held = {name: sys for name, sys in held.items() if sys != system}
+    return frozenset(held)

@@ -1,6 +1,7 @@
-"""Per-event risk rules. Each is a pure function ``(event, context) -> list[Finding]``.
+"""Authority and approval rules, and the predicates every rule module shares.
 
-No I/O, no globals, no clock: the same event and context always give the same findings.
+A rule is a pure function ``(event, context) -> list[Finding]``: no I/O, no globals, no clock; the same
+event and context always give the same findings. ``engine.RULES`` lists them all.
 """
 
 from __future__ import annotations
@@ -11,22 +12,57 @@ from ..events import ACCESS_CHANGES, GRANTS, TransitionDict
 from . import catalogue as c
 from .context import ScoringContext
 from .findings import Finding
+from .policy import GovernancePolicy
 
 Rule = Callable[[TransitionDict, ScoringContext], list[Finding]]
 
 
-def _granted_access(ev: TransitionDict) -> bool:
+def granted_access(ev: TransitionDict) -> bool:
+    """The event added access and the decision was to do it."""
     return ev["action"] in GRANTS and ev["decision"]["outcome"] == "granted"
 
 
+def access_name(ev: TransitionDict) -> str:
+    """The entitlement an event grants or revokes: the entitlement, else the resource (role, group)."""
+    res = ev["resource"]
+    return res["entitlement"] or res["resource_id"]
+
+
+def is_privileged(ev: TransitionDict, policy: GovernancePolicy) -> bool:
+    """At or above the privileged tier, or naming a privileged entitlement or group."""
+    res, priv = ev["resource"], policy.privileged
+    return (res["privilege_tier"] >= priv.min_tier or res["resource_id"] in priv.groups
+            or (res["entitlement"] is not None and res["entitlement"] in priv.entitlements))
+
+
+def human_approved(ev: TransitionDict) -> bool:
+    """A human held final authority and is named. A per-step ``approved_by`` under policy-engine authority
+    approves that step only; escalation patterns need this stronger form (see docs/rules.md)."""
+    d = ev["decision"]
+    return d["authority"] == "human" and bool(d["approved_by"])
+
+
+def is_self_grant(ev: TransitionDict) -> bool:
+    """A granted access change whose target is the acting agent or its on_behalf_of principal."""
+    if not granted_access(ev):
+        return False
+    target, agent = ev["target"]["identity_id"], ev["agent"]
+    return target == agent["agent_id"] or (agent["on_behalf_of"] is not None and target == agent["on_behalf_of"])
+
+
 def privileged_without_approval(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    tier = ev["resource"]["privilege_tier"]
-    tiers = ctx.policy.policy.boundary_for(ev["workflow_id"]).human_approval_tiers
-    if not _granted_access(ev) or tier not in tiers or ev["decision"]["approved_by"]:
+    if not granted_access(ev) or ev["decision"]["approved_by"]:
         return []
-    what = ev["resource"]["entitlement"] or ev["resource"]["resource_id"]
+    policy = ctx.policy.policy
+    tier = ev["resource"]["privilege_tier"]
+    if tier in policy.boundary_for(ev["workflow_id"]).human_approval_tiers:
+        why = f"tier-{tier}"
+    elif is_privileged(ev, policy):
+        why = f"privileged (tier-{tier})"
+    else:
+        return []
     return [c.PRIVILEGED_WITHOUT_APPROVAL.finding(
-        f"{ev['action']} of tier-{tier} {what!r} on {ev['resource']['system']!r} to "
+        f"{ev['action']} of {why} {access_name(ev)!r} on {ev['resource']['system']!r} to "
         f"{ev['target']['identity_id']!r} granted with no approved_by"
     )]
 
@@ -42,37 +78,12 @@ def model_final_authority(ev: TransitionDict, ctx: ScoringContext) -> list[Findi
 
 
 def self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    if not _granted_access(ev):
+    if not is_self_grant(ev):
         return []
-    target = ev["target"]["identity_id"]
-    agent = ev["agent"]
-    if target == agent["agent_id"]:
-        who = f"the agent itself ({target!r})"
-    elif agent["on_behalf_of"] and target == agent["on_behalf_of"]:
-        who = f"its principal {target!r}"
-    else:
-        return []
-    return [c.SELF_GRANT.finding(f"agent {agent['agent_id']!r} granted {ev['action']} to {who}")]
+    target, agent = ev["target"]["identity_id"], ev["agent"]
+    who = f"the agent itself ({target!r})" if target == agent["agent_id"] else f"its principal {target!r}"
+    return [c.SELF_GRANT.finding(
+        f"agent {agent['agent_id']!r} granted {ev['action']} of {access_name(ev)!r} to {who}")]
 
 
-def missing_evidence(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    if ev["action"] not in ACCESS_CHANGES:
-        return []
-    missing = []
-    if not ev["trigger"]["ref"]:
-        missing.append("trigger.ref")
-    if not ev["inputs_used"]:
-        missing.append("inputs_used")
-    if not ev["policy"]["policy_version"].strip():
-        missing.append("policy.policy_version")
-    if not missing:
-        return []
-    return [c.MISSING_EVIDENCE.finding(f"{ev['action']} without {', '.join(missing)}")]
-
-
-RULES: tuple[Rule, ...] = (
-    privileged_without_approval,
-    model_final_authority,
-    self_grant,
-    missing_evidence,
-)
+AUTHORITY_RULES: tuple[Rule, ...] = (privileged_without_approval, model_final_authority, self_grant)

@@ -1,0 +1,248 @@
+"""Hidden escalation: multi-step patterns in which every step may pass the per-event rules but the
+chain ends in privilege. Each is reported once, critical, on the event that completes it, with
+``related_event_ids`` naming every step of the chain (oldest first, the completing event last).
+
+History: the union of ``ctx.run_history``, ``ctx.target_history`` and ``ctx.agent_history`` within
+``escalation.window_seconds`` of the event's own time, so a chain may span runs when it stays on one
+target or one agent.
+
+Approval: a chain counts as approved only when a human held final authority over its completing step
+(``decision.authority == "human"`` with ``approved_by``). A per-step ``approved_by`` under policy-engine
+authority satisfies AG-AUTH-001 for that step, but the approver saw one step, not the chain, which is
+exactly what these patterns exploit. Transient privilege is the exception: it is exempt when the grant
+itself was human-decided (approved just-in-time access).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..events import REVOKES, TransitionDict
+from . import catalogue as c
+from .context import ScoringContext
+from .findings import Finding
+from .rules import Rule, access_name, granted_access, human_approved, is_privileged, is_self_grant
+
+_GROUP_GRANTS = frozenset({"assign_role", "grant_entitlement", "add_group_member"})
+
+
+def _history(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
+    """Earlier events of the same run, target or agent inside the window; deduplicated, oldest first."""
+    lo = ev["occurred_at"] - ctx.policy.policy.escalation.window_seconds * 1000
+    seen = {(ev["event_id"], ev["evidence"]["event_hash"])}
+    out = []
+    for source in (ctx.run_history, ctx.target_history, ctx.agent_history):
+        for h in source:
+            key = (h["event_id"], h["evidence"]["event_hash"])
+            if h["occurred_at"] >= lo and key not in seen:
+                seen.add(key)
+                out.append(h)
+    out.sort(key=lambda h: (h["occurred_at"], h["run_id"], h["step"]))
+    return out
+
+
+def _on_target(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
+    """Like :func:`_history`, for patterns on one target: every such event is in the run or target history."""
+    target = ev["target"]["identity_id"]
+    lo = ev["occurred_at"] - ctx.policy.policy.escalation.window_seconds * 1000
+    seen = {(ev["event_id"], ev["evidence"]["event_hash"])}
+    out = []
+    for source in (ctx.run_history, ctx.target_history):
+        for h in source:
+            key = (h["event_id"], h["evidence"]["event_hash"])
+            if h["target"]["identity_id"] == target and h["occurred_at"] >= lo and key not in seen:
+                seen.add(key)
+                out.append(h)
+    out.sort(key=lambda h: (h["occurred_at"], h["run_id"], h["step"]))
+    return out
+
+
+def _where(h: TransitionDict) -> str:
+    return f"{h['run_id']}#{h['step']}"
+
+
+def _ids(chain: list[TransitionDict]) -> tuple[str, ...]:
+    return tuple(h["event_id"] for h in chain)
+
+
+# -- AG-ESC-001 group nesting ------------------------------------------------------------------------
+
+def _created(h: TransitionDict) -> tuple[str, str] | None:
+    if h["action"] != "create_group" or h["decision"]["outcome"] != "granted":
+        return None
+    return h["target"]["identity_id"], h["resource"]["resource_id"]
+
+
+def group_nesting(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    if ev["action"] not in _GROUP_GRANTS or not granted_access(ev) or human_approved(ev):
+        return []
+    policy = ctx.policy.policy
+    groups = set()
+    if ev["action"] == "add_group_member":
+        groups.add(ev["resource"]["resource_id"])  # as the "add a principal to the group" step
+    if is_privileged(ev, policy):
+        groups.add(ev["target"]["identity_id"])  # as the "grant the group privilege" step
+    # Cheap pre-check before merging history: most events never meet a freshly created group.
+    if not any((made := _created(h)) and groups.intersection(made)
+               for src in (ctx.run_history, ctx.target_history, ctx.agent_history) for h in src):
+        return []
+    hist = _history(ev, ctx)
+    for group in sorted(groups):
+        found = _group_chain(ev, hist, group, ctx)
+        if found:
+            return [found]
+    return []
+
+
+def _group_chain(ev: TransitionDict, hist: list[TransitionDict], group: str, ctx: ScoringContext) -> Finding | None:
+    policy = ctx.policy.policy
+    start = next((i for i, h in enumerate(hist) if (made := _created(h)) and group in made), None)
+    if start is None:
+        return None
+    create, steps = hist[start], [*hist[start + 1:], ev]
+    principals = {create["agent"]["agent_id"], create["agent"]["on_behalf_of"],
+                  ev["agent"]["agent_id"], ev["agent"]["on_behalf_of"]}
+    for h in steps:
+        if h["action"] == "add_group_member" and h["resource"]["resource_id"] == group:
+            principals.update((h["agent"]["agent_id"], h["agent"]["on_behalf_of"]))
+    principals.discard(None)
+    add = grant = None
+    for h in steps:
+        if not granted_access(h):
+            continue
+        if add is None and h["action"] == "add_group_member" and h["resource"]["resource_id"] == group \
+                and h["target"]["identity_id"] in principals:
+            add = h
+        elif grant is None and h["action"] in _GROUP_GRANTS and h["target"]["identity_id"] == group \
+                and is_privileged(h, policy):
+            grant = h
+        if add is not None and grant is not None:
+            if h is not ev:
+                return None  # completed (and reported or approved) earlier
+            break
+    if add is None or grant is None:
+        return None
+    chain = sorted((create, add, grant), key=lambda h: 1 if h is ev else 0)
+    return c.ESC_GROUP_NESTING.finding(
+        f"group_nesting: agent {ev['agent']['agent_id']!r} created group {group!r} ({_where(create)}), added "
+        f"{add['target']['identity_id']!r} to it ({_where(add)}) and granted it privileged {access_name(grant)!r} "
+        f"({_where(grant)}) with no human authority", _ids(chain))
+
+
+# -- AG-ESC-002 tier stepping ---------------------------------------------------------------------------
+
+def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    if ev["resource"]["privilege_tier"] != 3 or not granted_access(ev) or human_approved(ev):
+        return []
+    target = ev["target"]["identity_id"]
+    prior = [h for h in _on_target(ev, ctx) if granted_access(h)]
+    if any(h["resource"]["privilege_tier"] >= 3 for h in prior):
+        return []  # the identity already reached tier 3 in the window: that event completed any chain
+    # Longest strictly increasing run of tiers (0..2) before this grant; ties keep the latest event.
+    best: dict[int, list[TransitionDict]] = {}
+    for h in prior:
+        tier = h["resource"]["privilege_tier"]
+        below = max((best[t] for t in best if t < tier), key=len, default=[])
+        if len(below) + 1 >= len(best.get(tier, [])):
+            best[tier] = [*below, h]
+    chain = [*max(best.values(), key=len, default=[]), ev]
+    if len(chain) < ctx.policy.policy.escalation.tier_stepping_min_steps:
+        return []
+    steps = " -> ".join(f"tier {h['resource']['privilege_tier']} {access_name(h)!r} ({_where(h)})" for h in chain)
+    return [c.ESC_TIER_STEPPING.finding(
+        f"tier_stepping: {target!r} stepped up {steps} with no human authority over the last step", _ids(chain))]
+
+
+# -- AG-ESC-003 transient privilege ------------------------------------------------------------------------
+
+def transient_privilege(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    if ev["action"] not in REVOKES or ev["decision"]["outcome"] != "granted":
+        return []
+    policy = ctx.policy.policy
+    target, system, name = ev["target"]["identity_id"], ev["resource"]["system"], access_name(ev)
+
+    def same(h: TransitionDict) -> bool:
+        return (h["target"]["identity_id"] == target and h["resource"]["system"] == system
+                and access_name(h) == name and h["decision"]["outcome"] == "granted")
+
+    grant = None
+    for h in _on_target(ev, ctx):
+        if not same(h):
+            continue
+        if granted_access(h):
+            grant = h
+        elif h["action"] in REVOKES:
+            grant = None  # an earlier revoke closed that grant (and reported it if it was transient)
+    if grant is None or human_approved(grant):
+        return []
+    held_ms = ev["occurred_at"] - grant["occurred_at"]
+    if held_ms > policy.escalation.transient_revoke_seconds * 1000:
+        return []
+    if not (is_privileged(ev, policy) or is_privileged(grant, policy)):
+        return []
+    return [c.ESC_TRANSIENT_PRIVILEGE.finding(
+        f"transient_privilege: privileged {name!r} on {system!r} granted to {target!r} by "
+        f"{grant['agent']['agent_id']!r} ({_where(grant)}) and revoked {max(held_ms, 0) / 1000:.0f}s later "
+        f"({_where(ev)})", _ids([grant, ev]))]
+
+
+# -- AG-ESC-004 delegation chain ending in a self-grant ---------------------------------------------------
+
+def _link_into(hist: list[TransitionDict], before: int, agent: str, agents: set[str]) -> tuple[int, str] | None:
+    """The latest event before ``before`` that passes power to ``agent``: another agent granted it access,
+    or it acted on behalf of another agent. Returns (index, source agent)."""
+    for i in range(before - 1, -1, -1):
+        h = hist[i]
+        actor, behalf = h["agent"]["agent_id"], h["agent"]["on_behalf_of"]
+        if actor != agent and h["target"]["identity_id"] == agent and granted_access(h):
+            return i, actor
+        if actor == agent and behalf is not None and behalf != agent and behalf in agents:
+            return i, behalf
+    return None
+
+
+def delegation_self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    if not is_self_grant(ev) or human_approved(ev):
+        return []
+    hist = _history(ev, ctx)
+    if not hist:
+        return []
+    me = ev["agent"]["agent_id"]
+    agents = {h["agent"]["agent_id"] for h in hist} | {me}
+    agents.update(h["target"]["identity_id"] for h in hist if h["target"]["identity_type"] == "agent")
+    behalf = ev["agent"]["on_behalf_of"]
+    cur, before, visited = me, len(hist), {me}
+    links: list[tuple[int, str]] = []
+    for _ in range(ctx.policy.policy.escalation.max_delegation_depth):
+        link = _link_into(hist, before, cur, agents)
+        if link is None and not links and behalf in agents and behalf not in visited:
+            assert behalf is not None
+            cur = behalf  # this event itself is the on-behalf link; keep walking from the principal
+            visited.add(cur)
+            link = _link_into(hist, before, cur, agents)
+        if link is None:
+            break
+        links.append(link)
+        before, cur = link
+        if cur in visited:
+            break
+        visited.add(cur)
+    if not links:
+        return []
+    latest = links[0][0]
+    if any(h["agent"]["agent_id"] == me and is_self_grant(h) and not human_approved(h) for h in hist[latest + 1:]):
+        return []  # this chain already ended in a self-grant, reported then
+    chain = [hist[i] for i, _ in reversed(links)] + [ev]
+    path = " -> ".join([*(src for _, src in reversed(links)), me])
+    return [c.ESC_DELEGATION_SELF_GRANT.finding(
+        f"delegation_self_grant: delegation {path} ended with {me!r} granting {access_name(ev)!r} to "
+        f"{ev['target']['identity_id']!r} ({_where(ev)})", _ids(chain))]
+
+
+PATTERNS: dict[str, Callable[[TransitionDict, ScoringContext], list[Finding]]] = {
+    "group_nesting": group_nesting,
+    "tier_stepping": tier_stepping,
+    "transient_privilege": transient_privilege,
+    "delegation_self_grant": delegation_self_grant,
+}
+ESCALATION_RULES: tuple[Rule, ...] = tuple(PATTERNS.values())

@@ -1,0 +1,121 @@
+"""Evidence rules: is the event complete, unaltered, in its place in the run's hash chain, and signed?
+
+The hash and signature are checked over :func:`pipeline.events.canonical_bytes`, computed once per event.
+Chain checks read ``ctx.run_history`` (earlier events of the run); duplicate-id checks read
+``ctx.seen_event_hashes`` (event_id -> event_hash of events already seen on the partition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from ..events import ACCESS_CHANGES, TransitionDict, canonical_bytes
+from . import catalogue as c
+from .context import ScoringContext
+from .findings import Finding
+from .rules import Rule
+
+
+def missing_evidence(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    if ev["action"] not in ACCESS_CHANGES:
+        return []
+    missing = []
+    if not ev["trigger"]["ref"]:
+        missing.append("trigger.ref")
+    if not ev["inputs_used"]:
+        missing.append("inputs_used")
+    if not ev["policy"]["policy_version"].strip():
+        missing.append("policy.policy_version")
+    if not missing:
+        return []
+    return [c.MISSING_EVIDENCE.finding(f"{ev['action']} without {', '.join(missing)}")]
+
+
+def integrity(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    """AG-EVD-002 (content hash) and AG-EVD-006 (signature), sharing one canonical encoding."""
+    evidence = ev["evidence"]
+    content = canonical_bytes(ev)
+    found: list[Finding] = []
+    claimed = evidence["event_hash"]
+    actual = hashlib.sha256(content).hexdigest()
+    if not hmac.compare_digest(claimed, actual):
+        found.append(c.HASH_MISMATCH.finding(
+            f"event {ev['event_id']} claims event_hash {claimed[:16]}… but its content hashes to {actual[:16]}…"))
+    problem = _signature_problem(evidence.get("signature"), evidence.get("key_id"), content, ctx)
+    if problem:
+        found.append(c.BAD_SIGNATURE.finding(
+            f"event {ev['event_id']} by agent {ev['agent']['agent_id']!r}: {problem}"))
+    return found
+
+
+def _signature_problem(signature: str | None, key_id: str | None, content: bytes, ctx: ScoringContext) -> str:
+    if not signature:
+        return "unsigned, and signatures are required" if ctx.require_signatures else ""
+    key = ctx.signing_keys.get(key_id) if key_id else None
+    if key is None:
+        # Without the key nothing can be verified; that only matters when signing is required.
+        return f"signed with unknown key_id {key_id!r}" if ctx.require_signatures else ""
+    expected = hmac.new(key, content, hashlib.sha256).hexdigest()
+    if hmac.compare_digest(signature.lower(), expected):
+        return ""
+    return f"HMAC signature does not verify with key_id {key_id!r}"
+
+
+def chain_gap(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    step, prev = ev["step"], ev["evidence"]["prev_event_hash"]
+    run = ev["run_id"]
+    if step > 0 and not prev:
+        return [c.CHAIN_GAP.finding(f"run {run!r} step {step} has no prev_event_hash: the chain is broken")]
+    history = ctx.run_history
+    if not history or step == 0:
+        return []
+    last = max(history, key=lambda h: h["step"])
+    if step > last["step"] + 1:
+        missing = f"step {last['step'] + 1}" if step == last["step"] + 2 else f"steps {last['step'] + 1}-{step - 1}"
+        return [c.CHAIN_GAP.finding(
+            f"run {run!r} step {step} follows step {last['step']}: {missing} never arrived",
+            (last["event_id"], ev["event_id"]))]
+    if step != last["step"] + 1:
+        return []  # a repeated or late step: AG-EVD-004
+    before = [h for h in history if h["step"] == step - 1]
+    if any(h["evidence"]["event_hash"] == prev for h in before):
+        return []
+    return [c.CHAIN_GAP.finding(
+        f"run {run!r} step {step} prev_event_hash {prev[:16]}… does not match step {step - 1}'s event_hash "
+        f"{before[-1]['evidence']['event_hash'][:16]}…",
+        (before[-1]["event_id"], ev["event_id"]))]
+
+
+def reordered_or_replayed(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    event_id, digest, step = ev["event_id"], ev["evidence"]["event_hash"], ev["step"]
+    if ctx.seen_event_hashes.get(event_id) == digest:
+        return [c.REORDERED_OR_REPLAYED.finding(
+            f"event {event_id} (run {ev['run_id']!r} step {step}) is a replay of an event already seen",
+            (event_id,))]
+    later = [h for h in ctx.run_history if h["step"] >= step and h["event_id"] != event_id]
+    if not later:
+        return []
+    top = max(h["step"] for h in later)
+    what = f"repeats step {step}" if top == step else f"arrived after step {top}"
+    return [c.REORDERED_OR_REPLAYED.finding(
+        f"run {ev['run_id']!r} step {step} (event {event_id}) {what}",
+        (*(h["event_id"] for h in later), event_id))]
+
+
+def duplicate_id_conflict(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    event_id, digest = ev["event_id"], ev["evidence"]["event_hash"]
+    earlier = ctx.seen_event_hashes.get(event_id)
+    if earlier is None:
+        # The seen map is capped; the run's own history still holds recent events.
+        earlier = next((h["evidence"]["event_hash"] for h in ctx.run_history if h["event_id"] == event_id), None)
+    if earlier is None or earlier == digest:
+        return []
+    return [c.DUPLICATE_ID_CONFLICT.finding(
+        f"event_id {event_id} reused: earlier content hash {earlier[:16]}…, this one {digest[:16]}…",
+        (event_id,))]
+
+
+EVIDENCE_RULES: tuple[Rule, ...] = (
+    missing_evidence, integrity, chain_gap, reordered_or_replayed, duplicate_id_conflict,
+)

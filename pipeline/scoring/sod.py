@@ -1,0 +1,42 @@
+"""Separation of duties: no identity may hold both halves of a toxic pair (``separation_of_duties`` in
+the policy). Checked across workflows, because the halves are usually granted by different ones.
+
+What the target already holds is ``ctx.target_entitlements`` (derived by the consumer from the log or
+store) brought up to date with ``ctx.target_history``. Replaying history the set already reflects is
+a no-op (see :func:`~pipeline.scoring.context.entitlements_from_history`), so this is correct whether or
+not the consumer filled the set, and it costs nothing for grants outside every toxic pair.
+"""
+
+from __future__ import annotations
+
+from ..events import TransitionDict
+from . import catalogue as c
+from .context import ScoringContext, entitlements_from_history
+from .findings import Finding
+from .rules import Rule, access_name, granted_access
+
+
+def toxic_pair(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    if not granted_access(ev):
+        return []
+    name = access_name(ev)
+    partners = ctx.policy.policy.sod_partners(name)
+    if not partners:
+        return []
+    target = ev["target"]["identity_id"]
+    own = [h for h in ctx.target_history if h["target"]["identity_id"] == target]
+    held = entitlements_from_history(own, ctx.target_entitlements)
+    if name in held:
+        return []  # already held: the pair, if any, was completed earlier
+    found = []
+    for partner, pair in partners:
+        if partner not in held:
+            continue
+        related = tuple(h["event_id"] for h in own if access_name(h) == partner and granted_access(h))
+        found.append(c.TOXIC_PAIR.finding(
+            f"{target!r} granted {name!r} while holding {partner!r}: toxic pair {pair!r}",
+            (*related[-1:], ev["event_id"])))
+    return found
+
+
+SOD_RULES: tuple[Rule, ...] = (toxic_pair,)
