@@ -104,13 +104,22 @@ class Scorer:
         self.consumer = Consumer(settings.consumer_config(
             settings.scorer_group, **{"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304}))
         self.producer = Producer(settings.kafka_config(**{
-            "transactional.id": f"agentgov-scorer-{uuid.uuid4()}",
+            "transactional.id": self.transactional_id(settings),
             "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
         }))
         self.producer.init_transactions(30)
         self.metrics.policy_info.labels(role=self.role).info(
             {"version": policy.version, "sha256": policy.sha256})
         self.processed = 0
+
+    @staticmethod
+    def transactional_id(settings: Settings) -> str:
+        """Stable per slot when ``instance_id`` is set: the restarted scorer's ``init_transactions`` then
+        ends the open transaction of the one it replaces, instead of leaving it to block read_committed
+        readers until the broker times it out (Tansu never does)."""
+        if settings.instance_id:
+            return f"agentgov-scorer-{settings.scorer_group}-{settings.instance_id}"
+        return f"agentgov-scorer-{uuid.uuid4()}"
 
     # -- policy -------------------------------------------------------------------------------
     def set_policy(self, policy: LoadedPolicy) -> None:

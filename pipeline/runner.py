@@ -106,6 +106,7 @@ class Pipeline:
         else:
             port = port + 1 + index if port else 0
         env[ENV_PREFIX + "METRICS_PORT"] = str(port)
+        env[ENV_PREFIX + "INSTANCE_ID"] = f"scorer-{index}"  # a restart fences its predecessor's transaction
         out = open(self.log_dir / f"scorer-{index}.log", "ab") if self.log_dir else None  # noqa: SIM115
         return subprocess.Popen([sys.executable, "-m", "consumers.scorer"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT if out else None)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
 
     scorer_group: str = "agentgov-scorer"
     writer_group: str = "agentgov-writer"
+    instance_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Stable name of this process slot (e.g. scorer-0). A scorer derives its transactional.id "
+                    "from it, so a restarted scorer fences its crashed predecessor's open transaction at once.")
     session_timeout_ms: int = Field(default=6000, ge=1000)
     batch_max_messages: int = Field(default=2000, ge=1)
     batch_max_seconds: float = Field(default=0.2, gt=0)

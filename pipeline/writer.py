@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from .consumer import make_registry
 from .errors import DecodeError, SinkError
@@ -51,6 +51,7 @@ class Writer:
         self.stored = 0
         self.backoff_max = 10.0
         self.tasks: list[list[Any]] = []  # [interval, next_due, fn]: work that needs the store's client
+        self.pending: list[Message] = []  # consumed, not yet stored
 
     def add_task(self, interval: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` every ``interval`` seconds from the writer loop (the thread that owns the client)."""
@@ -93,28 +94,29 @@ class Writer:
 
     # -- loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event, on_stored: Callable[[int], None] | None = None) -> None:
-        self.consumer.subscribe([self.settings.topic_assessments], on_revoke=self._on_revoke)
+        self.consumer.subscribe([self.settings.topic_assessments], on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
         self.metrics.up.labels(role=self.role).set(1)
-        pending: list[Message] = []
         started = time.monotonic()
         try:
             while not stop.is_set():
-                room = self.settings.writer_batch_rows - len(pending)
+                room = self.settings.writer_batch_rows - len(self.pending)
                 msgs = self.consumer.consume(min(room, 10000), 0.1)
-                pending.extend(m for m in msgs if self._keep(m))
-                full = len(pending) >= self.settings.writer_batch_rows
+                self.pending.extend(m for m in msgs if self._keep(m))
+                full = len(self.pending) >= self.settings.writer_batch_rows
                 due = time.monotonic() - started >= self.settings.writer_batch_seconds
-                if pending and (full or due):
-                    self._flush(pending, stop)
+                if self.pending and (full or due):
+                    batch, self.pending = self.pending, []
+                    self._flush(batch, stop)
                     if on_stored is not None:
-                        on_stored(len(pending))
-                    pending = []
-                if full or due or not pending:
+                        on_stored(len(batch))
+                if full or due or not self.pending:
                     started = time.monotonic()
-                if self.tasks and not pending:
+                if self.tasks and not self.pending:
                     self._run_tasks()
-            if pending:
-                self._flush(pending, stop)  # SIGTERM: finish the batch in flight
+            if self.pending:
+                batch, self.pending = self.pending, []
+                self._flush(batch, stop)  # SIGTERM: finish the batch in flight
         finally:
             self.metrics.up.labels(role=self.role).set(0)
             self.close()
@@ -128,12 +130,30 @@ class Writer:
         return False
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches are flushed and committed synchronously inside the loop, so nothing stored is
-        # uncommitted when the rebalance callback runs (it only runs inside consume()).
-        log.info("partitions revoked", extra={"kv": {"partitions": [p.partition for p in partitions]}})
+        """Store and commit what was consumed from the revoked partitions before letting them go.
 
-    def _flush(self, msgs: list[Message], stop: threading.Event) -> bool:
-        """Store and commit one batch, retrying while the store fails. False if stopped before storing."""
+        Runs inside ``consume()``/``poll()``, so it must not poll: one store attempt, no backoff. If the
+        store fails, the messages are dropped from this writer uncommitted and the next owner re-reads
+        them (at least once; the store dedups)."""
+        revoked = {p.partition for p in partitions}
+        mine = [m for m in self.pending if m.partition() in revoked]
+        self.pending = [m for m in self.pending if m.partition() not in revoked]
+        if mine:
+            stored = self._flush(mine, None)
+            log.info("revoked partitions flushed" if stored else "revoked partitions left unstored",
+                     extra={"kv": {"partitions": sorted(revoked), "messages": len(mine)}})
+        log.info("partitions revoked", extra={"kv": {"partitions": sorted(revoked)}})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost partitions may already belong to someone else: commit nothing, let the owner re-read them."""
+        lost = {p.partition for p in partitions}
+        self.pending = [m for m in self.pending if m.partition() not in lost]
+        log.warning("partitions lost", extra={"kv": {"partitions": sorted(lost)}})
+
+    def _flush(self, msgs: list[Message], stop: threading.Event | None) -> bool:
+        """Store and commit one batch, retrying while the store fails. False if stopped before storing.
+
+        ``stop=None`` means one attempt only (inside a rebalance callback, where polling is not allowed)."""
         by_part: dict[int, list[Message]] = defaultdict(list)
         for msg in msgs:
             by_part[msg.partition()].append(msg)
@@ -147,6 +167,8 @@ class Writer:
                 attempt += 1
                 self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
                 log.error("store write failed; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
+                if stop is None:
+                    return False
                 self._pause(True)
                 if stop.is_set():
                     log.warning("stopping with an unstored batch; it will be redelivered",
@@ -154,9 +176,16 @@ class Writer:
                     return False
                 self._wait(delay)
                 delay = min(delay * 2, self.backoff_max)
-        self._pause(False)
+        if stop is not None:
+            self._pause(False)
         offsets = [TopicPartition(self.settings.topic_assessments, p, ms[-1].offset() + 1) for p, ms in by_part.items()]
-        self.consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Stored but not committed (e.g. the partitions moved during an outage, or the broker is
+            # restarting): the next owner re-reads them and the store's dedup absorbs the repeat.
+            log.warning("commit failed after store; batch will be redelivered",
+                        extra={"kv": {"error": str(exc), "messages": len(msgs)}})
         now = time.time()
         self.metrics.last_stored.set(now)
         for msg in msgs:
