@@ -68,8 +68,12 @@ def main() -> int:
             sink = pipe.sink
             assert sink is not None
             first = sink.query("SELECT toUnixTimestamp64Milli(min(scored_at)) AS first FROM {db}.assessments")
+            hop = sink.query("SELECT toUnixTimestamp64Milli(occurred_at) AS o, "
+                             "toUnixTimestamp64Milli(scored_at) - toUnixTimestamp64Milli(occurred_at) AS ms "
+                             "FROM {db}.assessments ORDER BY o")
             answer({
                 "first_scored_at": first[0]["first"] / 1000,
+                "to_scored": [(r["o"], r["ms"]) for r in hop],
                 "rows": {t: sink.count(t) for t in ("transitions", "assessments")},
                 "latency": recorder.samples,
                 "scorers": spec["scorers"],

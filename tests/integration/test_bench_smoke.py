@@ -1,0 +1,37 @@
+"""``python -m bench --smoke`` completes and emits one well-formed JSON document. Asserts no speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_emits_well_formed_json(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)
+    assert doc == json.loads(out.read_text())
+    assert doc["smoke"] is True
+    assert out.with_suffix(".md").read_text().count("|") > 20
+    for name in ("ceiling_1_process", "ceiling_2_processes", "agentgov_1_scorer", "agentgov_2_scorers", "quix"):
+        row = doc["throughput"][name]
+        assert row["events"] == doc["events"], name
+        assert math.isfinite(row["events_per_s"]) and row["events_per_s"] > 0, name
+    for name in ("agentgov_1_scorer", "agentgov_2_scorers", "quix"):
+        assert doc["throughput"][name]["rows"] == {"transitions": doc["events"], "assessments": doc["events"]}, name
+    assert [row["offered_per_s"] for row in doc["latency"]] == [1000]
+    assert doc["latency"][0]["n"] == doc["latency"][0]["events"] > 0
+    assert set(doc["targets"]) == {"pipeline_over_ceiling", "pipeline_over_quix", "scaling_2_over_1",
+                                   "p99_ms_at_10k", "peak_rss_mb"}
+    assert any(k.startswith("scorer[") for k in doc["rss_peak_mb"])
+    assert all(v > 0 for v in doc["rss_peak_mb"].values())
