@@ -1,0 +1,106 @@
+"""Resilience drills: consumer processes as restartable slots, ``kill -9``, and store reads from outside.
+
+A :class:`Slot` is one supervised process position (``scorer-0``, ``writer``): it can be killed with
+SIGKILL or SIGTERM and started again with the same settings and the same ``instance_id``, which is what a
+container orchestrator does. :func:`query_store` reads a chdb store from a short-lived subprocess,
+because chdb serves one data path per process and the drill's own process may already hold another.
+
+Example::
+
+    env = settings_env(settings)
+    writer = Slot("writer", "consumers.writer", env, log_dir).start()
+    writer.kill()                       # SIGKILL, mid-batch
+    writer.start()                      # same slot, same settings
+    rows = query_store(settings, "SELECT count() AS n FROM {db}.transitions FINAL")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .settings import ENV_PREFIX, Settings
+
+
+class Slot:
+    """One restartable consumer process (``python -m <module>``) with a stable ``instance_id``."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path | None = None,
+                 metrics_port: int = 0) -> None:
+        self.name = name
+        self.module = module
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        self.env.update(env)
+        self.env[ENV_PREFIX + "INSTANCE_ID"] = name
+        self.env[ENV_PREFIX + "METRICS_PORT"] = str(metrics_port)
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
+
+    def start(self) -> Slot:
+        out = open(self.log_dir / f"{self.name}.log", "ab") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=out,
+                                     stderr=subprocess.STDOUT)
+        self.starts += 1
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no goodbye (a crash, an OOM kill, a lost node)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.kills += 1
+
+    def terminate(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM and wait; returns the exit code (None if it had to be killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        return self.proc.returncode
+
+
+_QUERY_SCRIPT = """
+import json, sys
+from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import ClickHouseSink
+sink = ClickHouseSink.connect(Settings.load())
+out = [sink.query(sql) for sql in json.load(sys.stdin)]
+json.dump(out, sys.stdout, default=str)
+"""
+
+
+def query_store(settings: Settings, *sql: str, timeout: float = 120.0) -> list[list[dict[str, Any]]]:
+    """Run read queries (``{db}`` is the database) against the settings' store in a fresh process.
+
+    The store must not be open in another process at the time (chdb is single-process per path)."""
+    from .runner import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(settings_env(settings))
+    env[ENV_PREFIX + "METRICS_PORT"] = "0"
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run([sys.executable, "-c", _QUERY_SCRIPT], input=json.dumps(list(sql)).encode(),
+                              env=env, capture_output=True, timeout=timeout)
+        if done.returncode == 0:
+            return json.loads(done.stdout)  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"store query failed: {done.stderr.decode()[-2000:]}")
+        time.sleep(1.0)

@@ -1,0 +1,242 @@
+"""Outages on real components: the store failing for 30 s, SIGTERM, a partition revoke, a broker restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.chaos import Slot, query_store
+from pipeline.errors import PublishError
+from pipeline.faults import FaultyClient
+from pipeline.metrics import Metrics
+from pipeline.publisher import TransitionPublisher
+from pipeline.runner import settings_env
+from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.topics import ensure_topics
+from pipeline.writer import Writer
+from tests.factory import draft
+from tests.integration.conftest import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    reader = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        tps = reader.committed([TopicPartition(topic, p) for p in range(settings.topic_partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+    finally:
+        reader.close()
+
+
+def publish(pub: TransitionPublisher, n: int, tag: str) -> list[str]:
+    ids = [pub.publish(draft(run_id=f"run-{tag}-{i}", **{"target.identity_id": f"u{i}"})) for i in range(n)]
+    pub.flush()
+    return ids
+
+
+class WriterThread:
+    """The writer in this process, on a (possibly fault-wrapped) in-process chdb store."""
+
+    def __init__(self, settings: Settings, faults: bool = False) -> None:
+        self.metrics = Metrics(CollectorRegistry())
+        self.sink = ClickHouseSink.connect(settings)
+        self.sink.migrate()
+        self.faults: FaultyClient | None = None
+        if faults:
+            self.faults = FaultyClient(self.sink.client)
+            self.sink.client = self.faults  # type: ignore[assignment]
+        self.writer = Writer(settings, self.metrics, self.sink)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.writer.run, args=(self.stop,), daemon=True)
+
+    def start(self) -> WriterThread:
+        self.thread.start()
+        return self
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def scorer_slot(tmp_path: Path) -> Iterator[Callable[[Settings], Slot]]:
+    made: list[Slot] = []
+
+    def make(settings: Settings, name: str = "scorer-0") -> Slot:
+        slot = Slot(name, "consumers.scorer", settings_env(settings), tmp_path).start()
+        made.append(slot)
+        return slot
+
+    yield make
+    for slot in made:
+        slot.terminate(20)
+
+
+def test_store_outage_pauses_backs_off_commits_nothing_and_resumes_without_loss(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    scorer_slot: Callable[[Settings], Slot],
+) -> None:
+    settings = settings_factory()
+    scorer_slot(settings)
+    w = WriterThread(settings, faults=True).start()
+    faults = w.faults
+    assert faults is not None
+    pub = publisher_factory(settings)
+    try:
+        before = publish(pub, 100, "before")
+        assert wait_until(lambda: w.writer.stored >= 100, 90)
+        stored_offsets = committed(settings, settings.writer_group, settings.topic_assessments)
+        last_stored = w.sample("agentgov_last_stored_timestamp_seconds")
+
+        # 15 s of error responses, then 15 s of hanging requests, with traffic arriving all along.
+        faults.fail_for(15, kind="error")
+        during = publish(pub, 100, "during-errors")
+        assert wait_until(lambda: w.sample("agentgov_consumer_paused", role="writer") == 1, 15)
+        assert wait_until(lambda: not faults.failing, 20)
+        faults.fail_for(15, kind="timeout")
+        during += publish(pub, 100, "during-timeouts")
+        time.sleep(5)
+        # Nothing past what is stored is committed, and nothing new claims to be stored.
+        assert committed(settings, settings.writer_group, settings.topic_assessments) == stored_offsets
+        assert w.writer.stored == 100
+        assert w.sample("agentgov_last_stored_timestamp_seconds") == last_stored
+        assert w.sample("agentgov_consumer_paused", role="writer") == 1
+        assert w.sample("agentgov_process_up", role="writer") == 1  # alive, just waiting
+        assert wait_until(lambda: not faults.failing, 20)
+
+        assert wait_until(lambda: w.writer.stored >= 300, 60), f"stored {w.writer.stored} after the outage"
+        assert wait_until(lambda: w.sample("agentgov_consumer_paused", role="writer") == 0, 10)
+        errors = (w.sample("agentgov_sink_errors_total", table="ingest", kind="InjectedServerError")
+                  + w.sample("agentgov_sink_errors_total", table="ingest", kind="InjectedTimeout"))
+        failures = faults.failures["error"] + faults.failures["timeout"]
+        print(f"\nOUTAGE attempts_failed={failures} (errors={faults.failures['error']} "
+              f"timeouts={faults.failures['timeout']}) sink_errors_total={errors}")
+        assert errors == failures, "every failed attempt is counted once"
+        assert faults.failures["error"] >= 2 and faults.failures["timeout"] >= 1
+        assert failures <= 20, "the writer backs off instead of hammering a failing store"
+        assert w.sink.count("transitions") == 300
+        rows = w.sink.query("SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.transitions")[0]
+        assert rows["ids"] == 300
+        stored_ids = {r["event_id"] for r in w.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
+        assert stored_ids == set(before + during)
+    finally:
+        w.close()
+
+
+def test_sigterm_finishes_batch_commits_and_exits_zero(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    tmp_path: Path,
+) -> None:
+    settings = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'store'}", writer_batch_seconds=1.0)
+    env = settings_env(settings)
+    scorer = Slot("scorer-0", "consumers.scorer", env, tmp_path).start()
+    writer = Slot("writer", "consumers.writer", env, tmp_path).start()
+    pub = publisher_factory(settings)
+    ids = publish(pub, 3000, "term")
+    assert wait_until(lambda: sum(committed(settings, settings.scorer_group, settings.topic_transitions).values())
+                      > 0, 60)
+    # Mid-stream: both get SIGTERM, finish what they hold, commit, and exit 0.
+    assert scorer.terminate(60) == 0
+    assert writer.terminate(60) == 0
+    scorer.start()
+    writer.start()
+    assert wait_until(lambda: sum(committed(settings, settings.scorer_group, settings.topic_transitions).values())
+                      == len(ids), 90)
+    time.sleep(3)
+    assert scorer.terminate(60) == 0
+    assert writer.terminate(60) == 0
+    (raw,), (final,) = query_store(
+        settings, "SELECT count() AS n, uniqExact(event_id) AS ids FROM {db}.transitions",
+        "SELECT count() AS n FROM {db}.transitions FINAL")
+    assert final["n"] == raw["ids"] == len(ids)
+    # A clean stop is not a crash: nothing was stored twice.
+    assert raw["n"] == len(ids)
+    logs = (tmp_path / "scorer-0.log").read_text() + (tmp_path / "writer.log").read_text()
+    assert logs.count("scorer stopped") == 2 and logs.count("writer stopped") == 2
+
+
+def test_revoke_commits_what_is_stored_before_letting_go(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    scorer_slot: Callable[[Settings], Slot],
+) -> None:
+    # A long batch window, so the first writer still holds consumed-but-unstored messages at the rebalance.
+    settings = settings_factory(writer_batch_seconds=20.0)
+    scorer_slot(settings)
+    first = WriterThread(settings).start()
+    pub = publisher_factory(settings)
+    second: WriterThread | None = None
+    try:
+        ids = publish(pub, 600, "revoke")
+        assert wait_until(lambda: len(first.writer.pending) >= 100, 60)
+        assert first.writer.stored == 0
+        second = WriterThread(settings).start()
+        # The rebalance moves partitions; the first writer stores and commits their pending messages.
+        assert wait_until(lambda: committed(settings, settings.writer_group, settings.topic_assessments), 30)
+        assert first.writer.stored > 0
+        assert wait_until(lambda: first.writer.stored + second.writer.stored >= len(ids), 60)
+        raw = first.sink.query("SELECT count() AS n, uniqExact(event_id) AS ids FROM {db}.transitions")[0]
+        assert raw == {"n": len(ids), "ids": len(ids)}, "a revoke must not cause a second write"
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_broker_restart_clients_reconnect_and_sdk_surfaces_failures(
+    settings_factory: Callable[..., Settings], tmp_path: Path, scorer_slot: Callable[[Settings], Slot],
+) -> None:
+    port = free_port()
+    broker = EmbeddedBroker(port, tmp_path / "tansu.log").start()
+    settings = settings_factory(kafka_bootstrap=broker.bootstrap)  # topics created on this broker
+    scorer = scorer_slot(settings)
+    w = WriterThread(settings).start()
+    sdk = TransitionPublisher(settings)
+    short = TransitionPublisher(settings, producer=Producer(settings.kafka_config(**{
+        "enable.idempotence": True, "acks": "all", "message.timeout.ms": 5000})))
+    try:
+        publish(sdk, 50, "pre")
+        assert wait_until(lambda: w.writer.stored >= 50, 60)
+
+        broker.stop()
+        # Down: an agent's events cannot be delivered, and the SDK says so, naming every one of them.
+        lost = [short.publish(draft(run_id=f"run-down-{i}")) for i in range(20)]
+        with pytest.raises(PublishError) as caught:
+            short.flush(30)
+        assert sorted(caught.value.fields["event_ids"]) == sorted(lost)
+        assert short.delivered == 0 and short.failed == []
+
+        broker = EmbeddedBroker(port, tmp_path / "tansu.log").start()  # in-memory: a fresh, empty log
+        ensure_topics(settings)
+        time.sleep(8)  # longer than a session: the old group state is gone too
+        assert scorer.alive(), "the scorer must survive a broker restart"
+        assert w.thread.is_alive(), "the writer must survive a broker restart"
+
+        fresh = TransitionPublisher(settings)
+        after = publish(fresh, 50, "post")
+        # The agent's long-lived producer reconnects too; whatever it cannot deliver it reports, never drops.
+        sent = [sdk.publish(draft(run_id=f"run-old-{i}")) for i in range(20)]
+        try:
+            sdk.flush(60)
+        except PublishError as exc:
+            assert set(exc.fields.get("event_ids", sent)) <= set(sent)
+        else:
+            after += sent
+        assert wait_until(lambda: w.writer.stored >= 100, 90), f"stored {w.writer.stored}"
+        stored = {r["event_id"] for r in w.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
+        assert set(after) <= stored
+    finally:
+        w.close()
+        scorer.terminate(20)
+        broker.stop()
