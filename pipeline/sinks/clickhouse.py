@@ -64,6 +64,43 @@ def split_statements(sql: str) -> list[str]:
     return [s.strip() for s in body.split(";") if s.strip()]
 
 
+# Shards are chosen by run: a run's events, and every redelivered copy of one event, land on one shard,
+# so ReplacingMergeTree dedup and FINAL stay shard-local and a trail reads one shard
+# (optimize_skip_unused_shards).
+SHARDING_KEY = "cityHash64(run_id)"
+_LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
+_ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
+
+
+def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str, Any]:
+    """Placeholder values of the migration files, single node or cluster."""
+    if cluster:
+        return {
+            "db": database, "ttl_days": ttl_days, "on_cluster": f"ON CLUSTER {cluster}", "local": "_local",
+            "rmt": f"ReplicatedReplacingMergeTree({_ZK_PATH})",
+            "rmt_ver": f"ReplicatedReplacingMergeTree({_ZK_PATH}, scored_at)",
+            "dedup_window": "replicated_deduplication_window = 10000",
+        }
+    return {"db": database, "ttl_days": ttl_days, "on_cluster": "", "local": "",
+            "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)",
+            "dedup_window": "non_replicated_deduplication_window = 10000"}
+
+
+def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -> list[str]:
+    """The statements of one migration file. On a cluster, every ``X_local`` table (Replicated*MergeTree,
+    or Null for ingest) is followed by its ``Distributed`` twin ``X``, so readers and the writer use the
+    same table names in both modes."""
+    out = []
+    for statement in split_statements(Template(sql).substitute(template_vars(database, ttl_days, cluster))):
+        out.append(statement)
+        m = _LOCAL_TABLE.match(statement)
+        if m and cluster:
+            db, table = m[1], m[2]
+            out.append(f"CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS {db}.{table}_local "
+                       f"ENGINE = Distributed({cluster}, {db}, {table}_local, {SHARDING_KEY})")
+    return out
+
+
 class ClickHouseSink:
     """Writes assessment batches and serves audit reads."""
 
@@ -84,30 +121,24 @@ class ClickHouseSink:
                    cluster=settings.clickhouse_cluster)
 
     # -- DDL ----------------------------------------------------------------------------------
-    def _template_vars(self) -> dict[str, Any]:
-        if self.cluster:
-            return {
-                "db": self.database, "ttl_days": self.ttl_days, "on_cluster": f"ON CLUSTER {self.cluster}",
-                "rmt": "ReplicatedReplacingMergeTree",
-                "rmt_ver": "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', "
-                           "'{replica}', scored_at)",
-            }
-        return {"db": self.database, "ttl_days": self.ttl_days, "on_cluster": "",
-                "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)"}
-
     def migrate(self) -> list[int]:
         """Apply pending migrations. Idempotent; returns the versions applied now."""
         db = self.database
-        self.client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        on_cluster, engine = "", "ReplacingMergeTree"
+        if self.cluster:
+            # One ledger for the whole cluster (no {shard} in the path): every node sees what was applied.
+            on_cluster = f"ON CLUSTER {self.cluster}"
+            engine = "ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{replica}')"
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {db} {on_cluster}")
         self.client.command(
-            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
-            f"applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version")
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations {on_cluster} (version UInt32, name String, "
+            f"applied_at DateTime DEFAULT now()) ENGINE = {engine} ORDER BY version")
         done = {row[0] for row in self.client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows}
         applied = []
         for version, name, sql in migrations():
             if version in done:
                 continue
-            for statement in split_statements(Template(sql).substitute(self._template_vars())):
+            for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
             self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(version)
@@ -116,21 +147,26 @@ class ClickHouseSink:
 
     # -- writes -------------------------------------------------------------------------------
     def insert_assessments(self, container: bytes, token: str) -> None:
-        """Insert one Avro container into the ingest table. Raises :class:`SinkError` on failure."""
+        """Insert one Avro container into the ingest table. Raises :class:`SinkError` on failure.
+
+        On a cluster ``ingest`` is the Distributed table: the insert returns only once every shard holds
+        its rows (foreground insert), so committing the offsets afterwards stays honest."""
+        settings: dict[str, Any] = {"insert_deduplication_token": token,
+                                    "deduplicate_blocks_in_dependent_materialized_views": 1,
+                                    "insert_deduplicate": 1}
+        if self.cluster:
+            settings["distributed_foreground_insert"] = 1
         try:
-            self.client.raw_insert(
-                f"{self.database}.ingest", insert_block=container, fmt="Avro",
-                settings={"insert_deduplication_token": token,
-                          "deduplicate_blocks_in_dependent_materialized_views": 1,
-                          "insert_deduplicate": 1},
-            )
+            self.client.raw_insert(f"{self.database}.ingest", insert_block=container, fmt="Avro", settings=settings)
         except Exception as exc:
             raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table="ingest",
                             kind=type(exc).__name__) from exc
 
     # -- reads --------------------------------------------------------------------------------
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = self.client.query(sql.replace("{db}", self.database), parameters=parameters or {})
+    def query(self, sql: str, parameters: dict[str, Any] | None = None,
+              settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = self.client.query(sql.replace("{db}", self.database), parameters=parameters or {},
+                                   settings=settings)
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
     def count(self, table: str) -> int:

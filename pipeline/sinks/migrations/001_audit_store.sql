@@ -3,11 +3,16 @@
 -- views fan each batch out to `transitions`, `assessments` and `findings`. All three are
 -- ReplacingMergeTree keyed on event_id, and inserts carry a dedup token, so a redelivered batch never
 -- double counts (read with FINAL for exact counts before background merges).
--- Placeholders: ${db}, ${ttl_days}, ${on_cluster}, ${rmt}, ${rmt_ver} (engine text, see migrate.py).
+-- Keys (measured in docs/clickhouse.md): one partition per day of occurred_at, so retention drops whole
+-- parts (ttl_only_drop_parts) and time filters prune; ORDER BY starts with agent_id then run_id (agent
+-- and trail reads), bloom filters on run_id and target_id (identity reads). occurred_at ends every
+-- sorting key: under FINAL, ClickHouse prunes partitions only on sorting-key columns.
+-- Placeholders: ${db}, ${ttl_days}, ${on_cluster}, ${local}, ${rmt}, ${rmt_ver}, ${dedup_window} (see
+-- template_vars() in clickhouse.py; on a cluster, tables are X_local plus a Distributed twin X).
 
 CREATE DATABASE IF NOT EXISTS ${db} ${on_cluster};
 
-CREATE TABLE IF NOT EXISTS ${db}.ingest ${on_cluster}
+CREATE TABLE IF NOT EXISTS ${db}.ingest${local} ${on_cluster}
 (
     event_id String,
     run_id String,
@@ -48,7 +53,7 @@ CREATE TABLE IF NOT EXISTS ${db}.ingest ${on_cluster}
 )
 ENGINE = Null;
 
-CREATE TABLE IF NOT EXISTS ${db}.transitions ${on_cluster}
+CREATE TABLE IF NOT EXISTS ${db}.transitions${local} ${on_cluster}
 (
     event_id String,
     occurred_at DateTime64(3, 'UTC'),
@@ -89,17 +94,17 @@ CREATE TABLE IF NOT EXISTS ${db}.transitions ${on_cluster}
     tenant Nullable(String),
     source_partition Int32,
     source_offset Int64,
-    INDEX idx_run run_id TYPE bloom_filter(0.01) GRANULARITY 4,
-    INDEX idx_target target_id TYPE bloom_filter(0.01) GRANULARITY 4,
-    INDEX idx_event event_id TYPE bloom_filter(0.01) GRANULARITY 4
+    INDEX idx_run run_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_target target_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_event event_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = ${rmt}
-PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (agent_id, run_id, step, event_id)
+PARTITION BY toDate(occurred_at)
+ORDER BY (agent_id, run_id, step, event_id, occurred_at)
 TTL toDateTime(occurred_at) + INTERVAL ${ttl_days} DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS ${dedup_window}, ttl_only_drop_parts = 1;
 
-CREATE TABLE IF NOT EXISTS ${db}.assessments ${on_cluster}
+CREATE TABLE IF NOT EXISTS ${db}.assessments${local} ${on_cluster}
 (
     event_id String,
     run_id String,
@@ -114,16 +119,17 @@ CREATE TABLE IF NOT EXISTS ${db}.assessments ${on_cluster}
     scorer_version LowCardinality(String),
     governance_policy_version LowCardinality(String),
     governance_policy_hash LowCardinality(String),
-    INDEX idx_run run_id TYPE bloom_filter(0.01) GRANULARITY 4,
-    INDEX idx_event event_id TYPE bloom_filter(0.01) GRANULARITY 4
+    INDEX idx_run run_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_target target_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_event event_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = ${rmt_ver}
-PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (agent_id, run_id, event_id)
+PARTITION BY toDate(occurred_at)
+ORDER BY (agent_id, run_id, event_id, occurred_at)
 TTL toDateTime(occurred_at) + INTERVAL ${ttl_days} DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS ${dedup_window}, ttl_only_drop_parts = 1;
 
-CREATE TABLE IF NOT EXISTS ${db}.findings ${on_cluster}
+CREATE TABLE IF NOT EXISTS ${db}.findings${local} ${on_cluster}
 (
     event_id String,
     finding_idx UInt16,
@@ -140,15 +146,17 @@ CREATE TABLE IF NOT EXISTS ${db}.findings ${on_cluster}
     evidence_fields Array(String),
     refs Array(String),
     related_event_ids Array(String),
-    governance_policy_version LowCardinality(String)
+    governance_policy_version LowCardinality(String),
+    INDEX idx_run run_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_target target_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = ${rmt}
-PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (code, agent_id, run_id, event_id, finding_idx)
+PARTITION BY toDate(occurred_at)
+ORDER BY (code, agent_id, run_id, event_id, finding_idx, occurred_at)
 TTL toDateTime(occurred_at) + INTERVAL ${ttl_days} DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS ${dedup_window}, ttl_only_drop_parts = 1;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.mv_transitions ${on_cluster} TO ${db}.transitions AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.mv_transitions ${on_cluster} TO ${db}.transitions${local} AS
 SELECT
     transition.event_id AS event_id,
     transition.occurred_at AS occurred_at,
@@ -189,9 +197,9 @@ SELECT
     transition.tenant AS tenant,
     source_partition,
     source_offset
-FROM ${db}.ingest;
+FROM ${db}.ingest${local};
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.mv_assessments ${on_cluster} TO ${db}.assessments AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.mv_assessments ${on_cluster} TO ${db}.assessments${local} AS
 SELECT
     event_id, run_id, agent_id,
     transition.target.identity_id AS target_id,
@@ -202,9 +210,9 @@ SELECT
     risk_level,
     arrayMap(f -> f.code, findings) AS finding_codes,
     scorer_version, governance_policy_version, governance_policy_hash
-FROM ${db}.ingest;
+FROM ${db}.ingest${local};
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.mv_findings ${on_cluster} TO ${db}.findings AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.mv_findings ${on_cluster} TO ${db}.findings${local} AS
 SELECT
     event_id,
     toUInt16(idx) AS finding_idx,
@@ -216,5 +224,5 @@ SELECT
     f.code AS code, f.severity AS severity, f.category AS category, f.message AS message,
     f.evidence_fields AS evidence_fields, f.refs AS refs, f.related_event_ids AS related_event_ids,
     governance_policy_version
-FROM ${db}.ingest
+FROM ${db}.ingest${local}
 ARRAY JOIN findings AS f, arrayEnumerate(findings) AS idx;
