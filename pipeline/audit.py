@@ -1,6 +1,8 @@
 """Audit reads: reconstruct a run (``agentgov trail``) and export assessments (``agentgov export``).
 
-All reads use FINAL (exact under redelivery) and bound parameters (no event value becomes SQL).
+All reads use FINAL (exact under redelivery) and bound parameters (no event value becomes SQL). Filters
+name only immutable event fields (run, agent, target, time), so every version of a row passes or fails
+them together: skip indexes may drop granules without the exact-mode expansion (see docs/clickhouse.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from .sinks.clickhouse import ClickHouseSink
+
+# Safe because audit filters only use fields every version of a row shares (docs/clickhouse.md, "FINAL").
+AUDIT_SETTINGS: dict[str, Any] = {"use_skip_indexes_if_final": 1, "use_skip_indexes_if_final_exact_mode": 0}
 
 TRAIL_SQL = """
 SELECT t.step AS step, t.event_id AS event_id, t.occurred_at AS occurred_at, t.from_state AS from_state,
@@ -39,9 +44,9 @@ ORDER BY event_id, finding_idx
 
 def trail(sink: ClickHouseSink, run_id: str) -> list[dict[str, Any]]:
     """Every step of a run in order, each with its findings."""
-    steps = sink.query(TRAIL_SQL, {"run": run_id})
+    steps = sink.query(TRAIL_SQL, {"run": run_id}, AUDIT_SETTINGS)
     by_event: dict[str, list[dict[str, Any]]] = {}
-    for f in sink.query(FINDINGS_SQL, {"run": run_id}):
+    for f in sink.query(FINDINGS_SQL, {"run": run_id}, AUDIT_SETTINGS):
         by_event.setdefault(f.pop("event_id"), []).append(f)
     for step in steps:
         step["findings"] = by_event.get(step["event_id"], [])
@@ -80,26 +85,37 @@ SELECT a.event_id AS event_id, a.run_id AS run_id, a.agent_id AS agent_id, a.tar
        a.governance_policy_version AS governance_policy_version,
        a.governance_policy_hash AS governance_policy_hash
 FROM {db}.assessments AS a FINAL
-WHERE a.occurred_at >= {since:DateTime64(3)} AND a.occurred_at < {until:DateTime64(3)}
-  AND ({run:String} = '' OR a.run_id = {run:String})
-  AND ({agent:String} = '' OR a.agent_id = {agent:String})
-  AND a.risk_score >= {min_score:UInt8}
+WHERE {where} AND a.risk_score >= {min_score:UInt8}
 ORDER BY a.occurred_at, a.event_id
 """
+
+EXPORT_FINDINGS_SQL = """
+SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids
+FROM {db}.findings FINAL
+WHERE {where}
+ORDER BY event_id, finding_idx
+"""
+
+
+def _export_filter(run_id: str, agent_id: str) -> str:
+    """Only the filters asked for: an ``({x} = '' OR col = {x})`` form would hide the key from the index."""
+    where = ["occurred_at >= {since:DateTime64(3)}", "occurred_at < {until:DateTime64(3)}"]
+    if run_id:
+        where.append("run_id = {run:String}")
+    if agent_id:
+        where.append("agent_id = {agent:String}")
+    return " AND ".join(where)
 
 
 def export(sink: ClickHouseSink, *, since: datetime, until: datetime, run_id: str = "", agent_id: str = "",
            min_score: int = 0) -> Iterator[dict[str, Any]]:
     """Assessments with their findings, oldest first."""
     params = {"since": since, "until": until, "run": run_id, "agent": agent_id, "min_score": min_score}
-    rows = sink.query(EXPORT_SQL, params)
+    where = _export_filter(run_id, agent_id)
+    rows = sink.query(EXPORT_SQL.replace("{where}", where), params, AUDIT_SETTINGS)
     findings: dict[str, list[dict[str, Any]]] = {}
     if rows:
-        for f in sink.query(
-            "SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids "
-            "FROM {db}.findings FINAL WHERE occurred_at >= {since:DateTime64(3)} AND occurred_at < "
-            "{until:DateTime64(3)} AND ({run:String} = '' OR run_id = {run:String}) AND "
-            "({agent:String} = '' OR agent_id = {agent:String}) ORDER BY event_id, finding_idx", params):
+        for f in sink.query(EXPORT_FINDINGS_SQL.replace("{where}", where), params, AUDIT_SETTINGS):
             findings.setdefault(f.pop("event_id"), []).append(f)
     for row in rows:
         row["findings"] = findings.get(row["event_id"], [])
