@@ -165,7 +165,7 @@ MISSING_EVIDENCE = spec(
     "AG-EVD-001", "Access change without evidence", S.medium, C.evidence,
     "An access change lacks its trigger reference, the inputs it evaluated, or the policy version in force.",
     ("trigger.ref", "inputs_used", "policy.policy_version"),
-    (PR_AA_05, DE_AE),
+    (ASI09, PR_AA_05, DE_AE),
 )
 HASH_MISMATCH = spec(
     "AG-EVD-002", "Event hash does not match its content", S.critical, C.evidence,

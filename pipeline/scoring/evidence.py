@@ -39,7 +39,7 @@ def integrity(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     found: list[Finding] = []
     claimed = evidence["event_hash"]
     actual = hashlib.sha256(content).hexdigest()
-    if not hmac.compare_digest(claimed, actual):
+    if not hmac.compare_digest(claimed.encode(), actual.encode()):
         found.append(c.HASH_MISMATCH.finding(
             f"event {ev['event_id']} claims event_hash {claimed[:16]}… but its content hashes to {actual[:16]}…"))
     problem = _signature_problem(evidence.get("signature"), evidence.get("key_id"), content, ctx)
@@ -57,7 +57,7 @@ def _signature_problem(signature: str | None, key_id: str | None, content: bytes
         # Without the key nothing can be verified; that only matters when signing is required.
         return f"signed with unknown key_id {key_id!r}" if ctx.require_signatures else ""
     expected = hmac.new(key, content, hashlib.sha256).hexdigest()
-    if hmac.compare_digest(signature.lower(), expected):
+    if hmac.compare_digest(signature.lower().encode(), expected.encode()):
         return ""
     return f"HMAC signature does not verify with key_id {key_id!r}"
 
