@@ -1,0 +1,132 @@
+"""Valid decoded transition dicts (the hot-path form) and scoring contexts for rule tests.
+
+    ev = event(**{"resource.privilege_tier": 3, "decision.approved_by": None})
+    steps = chain({"action": "create_group"}, {"action": "add_group_member"}, each={"agent.agent_id": "a"})
+    ctx = context_for(steps[-1], steps[:-1])        # split like the consumer does: run/target/agent
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+from pipeline.events import TransitionDict, event_hash, sign
+from pipeline.scoring.context import AgentBaseline, ScoringContext
+from pipeline.scoring.engine import score
+from pipeline.scoring.policy import LoadedPolicy, load_policy, parse_policy
+
+T0 = 1_795_000_000_000  # 2026-11-18, epoch millis
+AGENT = "agent-jml-01"
+PRINCIPAL = "svc-iga-automation"
+
+BASE: dict[str, Any] = {
+    "event_id": "",
+    "occurred_at": T0,
+    "workflow_id": "jml-provisioning",
+    "workflow_version": "3",
+    "run_id": "run-1",
+    "step": 0,
+    "from_state": "start",
+    "to_state": "provisioned",
+    "agent": {"agent_id": AGENT, "agent_version": "1.4.2", "on_behalf_of": PRINCIPAL, "model_id": "gpt-iam"},
+    "trigger": {"kind": "joiner", "ref": "HR-1001"},
+    "action": "add_group_member",
+    "target": {"identity_id": "u000001", "identity_type": "human", "lifecycle_state": "active"},
+    "resource": {"system": "entra-id", "resource_id": "grp-sales", "entitlement": None, "privilege_tier": 1},
+    "inputs_used": [{"name": "department", "source": "hris"}, {"name": "job_code", "source": "hris"}],
+    "decision": {"outcome": "granted", "authority": "policy_engine", "recommended_by": "model",
+                 "approved_by": None, "approval_ref": None},
+    "policy": {"policy_id": "iga-access-policy", "policy_version": "7", "decision_id": "dec-1"},
+    "evidence": {"event_hash": "", "prev_event_hash": None, "signature": None, "key_id": None},
+    "attributes": {},
+    "tenant": None,
+}
+
+_ids = itertools.count(1)
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        doc = doc[p]
+    if leaf not in doc:
+        raise KeyError(f"{dotted}: not a field of the event")
+    doc[leaf] = value
+
+
+def event(changes: dict[str, Any] | None = None, /, *, rehash: bool = True, key: tuple[str, bytes] | None = None,
+          **dotted: Any) -> TransitionDict:
+    """A complete, hashed event. Changes use dotted paths; ``rehash=False`` keeps a stale hash (tampering)."""
+    doc = copy.deepcopy(BASE)
+    doc["event_id"] = str(uuid.UUID(int=next(_ids)))
+    for k, v in {**(changes or {}), **dotted}.items():
+        _set(doc, k, v)
+    if doc["step"] and "occurred_at" not in {**(changes or {}), **dotted}:
+        doc["occurred_at"] = T0 + doc["step"] * 1000
+    if rehash:
+        doc["evidence"]["event_hash"] = event_hash(doc)
+    elif not doc["evidence"]["event_hash"]:
+        doc["evidence"]["event_hash"] = "0" * 64
+    if key is not None:
+        doc["evidence"]["key_id"], doc["evidence"]["signature"] = key[0], sign(doc, key[1])
+    return doc
+
+
+def chain(*steps: dict[str, Any], run_id: str = "run-1", start: int = T0, gap_ms: int = 1000,
+          each: dict[str, Any] | None = None) -> list[TransitionDict]:
+    """One run's events, step-numbered and hash-chained. ``each`` applies to every step."""
+    out: list[TransitionDict] = []
+    for i, changes in enumerate(steps):
+        merged = {"run_id": run_id, "step": i, "occurred_at": start + i * gap_ms, **(each or {}), **changes}
+        if out and "evidence.prev_event_hash" not in merged:
+            merged["evidence.prev_event_hash"] = out[-1]["evidence"]["event_hash"]
+        out.append(event(merged))
+    return out
+
+
+@cache
+def default_policy() -> LoadedPolicy:
+    return load_policy()
+
+
+def policy_with(yaml_text: str) -> LoadedPolicy:
+    return parse_policy(yaml_text, "<test>")
+
+
+def context_for(ev: TransitionDict, history: Iterable[TransitionDict] = (), **kw: Any) -> ScoringContext:
+    """The context the consumer would build for ``ev`` after seeing ``history`` (oldest first)."""
+    hist = list(history)
+    kw.setdefault("policy", default_policy())
+    kw.setdefault("seen_event_hashes", {h["event_id"]: h["evidence"]["event_hash"] for h in hist})
+    return ScoringContext(
+        run_history=tuple(h for h in hist if h["run_id"] == ev["run_id"]),
+        target_history=tuple(h for h in hist if h["target"]["identity_id"] == ev["target"]["identity_id"]),
+        agent_history=tuple(h for h in hist if h["agent"]["agent_id"] == ev["agent"]["agent_id"]),
+        **kw,
+    )
+
+
+def baseline(**kw: Any) -> AgentBaseline:
+    """A warm baseline matching :data:`BASE`'s behaviour."""
+    doc: dict[str, Any] = {
+        "agent_id": AGENT, "events": 1000,
+        "actions": frozenset({"add_group_member", "grant_entitlement", "create_account", "assign_role"}),
+        "systems": frozenset({"entra-id", "salesforce"}), "entitlements": frozenset({"sales-standard"}),
+        "inputs": frozenset({"department", "job_code", "manager"}), "max_tier": 2, "grants_per_hour": 5.0,
+        "stale_policy_share": 0.0, "as_of_ms": T0,
+    }
+    doc.update(kw)
+    return AgentBaseline(**doc)
+
+
+def codes(ev: TransitionDict, ctx: ScoringContext) -> list[str]:
+    return [f.code for f in score(ev, ctx).findings]
+
+
+def replay(events: list[TransitionDict], **kw: Any) -> list[list[str]]:
+    """Score each event with the earlier ones as history, as the consumer does; codes per event."""
+    return [codes(ev, context_for(ev, events[:i], **kw)) for i, ev in enumerate(events)]

@@ -1,0 +1,98 @@
+"""The policy file: validation errors name the field, defaults inherit, the default policy is sound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.scoring.policy import check_policy, default_policy_path, load_policy, parse_policy
+
+V = 'version: "1"\n'
+
+ERRORS: list[tuple[str, str, str]] = [
+    # (id, yaml, field the error must name)
+    ("unquoted-version", "version: 7\n", "version"),
+    ("missing-version", "workflows: {}\n", "version"),
+    ("unknown-top-level-key", V + "separation_of_dutie: []\n", "separation_of_dutie"),
+    ("unknown-action", V + "workflows: {w: {allowed_actions: [grant]}}\n", "workflows.w.allowed_actions.0"),
+    ("unknown-trigger-kind", V + "defaults: {lifecycle: {trigger_actions: {levaer: []}}}\n",
+     "defaults.lifecycle.trigger_actions.levaer"),
+    ("unknown-lifecycle-state", V + "defaults: {lifecycle: {blocked_states: {fired: []}}}\n",
+     "defaults.lifecycle.blocked_states.fired"),
+    ("tier-out-of-range", V + "defaults: {human_approval_tiers: [4]}\n", "human_approval_tiers"),
+    ("negative-max-signals", V + "workflows: {w: {max_signals: -1}}\n", "workflows.w.max_signals"),
+    ("toxic-pair-same-name", V + "separation_of_duties: [{name: p, entitlements: [a, a]}]\n",
+     "separation_of_duties.0"),
+    ("toxic-pair-three-names", V + "separation_of_duties: [{name: p, entitlements: [a, b, c]}]\n",
+     "separation_of_duties.0.entitlements"),
+    ("transient-longer-than-window", V + "escalation: {window_seconds: 60, transient_revoke_seconds: 120}\n",
+     "transient_revoke_seconds"),
+    ("rate-factor-not-above-one", V + "drift: {rate_factor: 1.0}\n", "drift.rate_factor"),
+    ("share-above-one", V + "drift: {stale_policy_share: 1.5}\n", "drift.stale_policy_share"),
+    ("not-a-mapping", "- a\n- b\n", "mapping"),
+    ("bad-yaml", "version: [\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "field"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_invalid_policy_names_the_field(text: str, field: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_policy(text, "p.yaml")
+    assert field in str(exc.value) and str(exc.value).startswith("p.yaml")
+
+
+def test_workflow_inherits_unset_fields_and_null_lifts_a_restriction() -> None:
+    p = parse_policy(V + """
+defaults: {allowed_actions: [recommend], allowed_systems: [okta], max_signals: 3, human_approval_tiers: [3]}
+workflows:
+  w1: {allowed_actions: [allow_auth]}
+  w2: {allowed_systems: null}
+""").policy
+    w1, w2, other = p.boundary_for("w1"), p.boundary_for("w2"), p.boundary_for("nope")
+    assert w1.allowed_actions == {"allow_auth"} and w1.allowed_systems == {"okta"} and w1.max_signals == 3
+    assert w2.allowed_actions == {"recommend"} and w2.allowed_systems is None
+    assert other == p.default_boundary and other.human_approval_tiers == {3}
+
+
+def test_input_allowlist_per_action_falls_back_to_default_inputs() -> None:
+    text = V + "defaults: {default_inputs: [a], input_allowlist: {deny_auth: [b]}}\n"
+    b = parse_policy(text).policy.boundary_for("x")
+    assert b.inputs_for("deny_auth") == {"b"} and b.inputs_for("allow_auth") == {"a"}
+
+
+def test_approved_versions() -> None:
+    p = parse_policy(V + 'approved_policy_versions: {pol: ["3", "4"]}\n').policy
+    assert p.version_approved("pol", "4") is True
+    assert p.version_approved("pol", "2") is False and p.version_approved("other", "4") is False
+    assert p.approved_policy_refs() == ["pol@3", "pol@4"]
+    assert parse_policy(V).policy.version_approved("pol", "1") is None  # not configured: rule off
+
+
+def test_sod_partners_both_ways() -> None:
+    p = parse_policy(V + "separation_of_duties: [{name: vp, entitlements: [a, b]}]\n").policy
+    assert p.sod_partners("a") == (("b", "vp"),) and p.sod_partners("b") == (("a", "vp"),)
+    assert p.sod_partners("c") == ()
+
+
+def test_default_policy_is_valid_and_versioned() -> None:
+    loaded = load_policy()
+    assert isinstance(loaded.version, str) and loaded.version
+    assert loaded.source == str(default_policy_path()) and len(loaded.sha256) == 64
+    assert {"jml-provisioning", "access-request", "auth-gateway"} <= set(loaded.policy.workflows)
+    jml = loaded.policy.boundary_for("jml-provisioning")
+    assert jml.trigger_actions["leaver"] <= {"disable_account", "delete_account", "revoke_entitlement",
+                                             "remove_role", "remove_group_member"}
+
+
+def test_check_policy_summarises(tmp_path: Path) -> None:
+    summary = check_policy(default_policy_path())
+    assert "version 2026." in summary and "workflows.jml-provisioning" in summary and "warning" not in summary
+    odd = tmp_path / "p.yaml"
+    odd.write_text(V + "workflows: {w: {allowed_actions: [recommend], "
+                       "lifecycle: {trigger_actions: {joiner: [create_account]}}}}\n")
+    assert "warning: workflows.w.lifecycle.trigger_actions.joiner: create_account not in allowed_actions" \
+        in check_policy(odd)
+    with pytest.raises(ConfigError, match="cannot read"):
+        check_policy(tmp_path / "missing.yaml")

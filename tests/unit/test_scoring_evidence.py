@@ -1,0 +1,123 @@
+"""Evidence rules: completeness, content hash, the run's hash chain, duplicates and signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from pipeline.events import TransitionDict
+from pipeline.scoring.engine import score
+from tests.unit.scoring_factory import chain, codes, context_for, event
+
+KEY = ("k1", b"secret-key-1")
+
+
+def _evd(ev: TransitionDict, history: Sequence[TransitionDict] = (), **kw: Any) -> list[str]:
+    return [c for c in codes(ev, context_for(ev, history, **kw)) if c.startswith("AG-EVD")]
+
+
+@pytest.mark.parametrize(("changes", "fires"), [
+    ({"trigger.ref": None}, True),
+    ({"inputs_used": []}, True),
+    ({"policy.policy_version": " "}, True),
+    ({}, False),
+    ({"action": "recommend", "decision.outcome": "recommended", "inputs_used": []}, False),  # not an access change
+], ids=["no-ref", "no-inputs", "blank-version", "benign:complete", "benign:recommendation"])
+def test_missing_evidence(changes: dict[str, Any], fires: bool) -> None:
+    assert ("AG-EVD-001" in _evd(event(changes))) is fires
+
+
+def test_tampered_content_is_caught() -> None:
+    ev = event()
+    ev["resource"]["privilege_tier"] = 3  # changed after hashing
+    assert "AG-EVD-002" in _evd(ev)
+
+
+def test_forged_hash_is_caught() -> None:
+    assert "AG-EVD-002" in _evd(event({"evidence.event_hash": "ab" * 32}, rehash=False))
+
+
+def test_hash_ignores_schema_v2_nulls() -> None:
+    ev = event()
+    del ev["tenant"]  # a v1 record has no tenant field; nulls are outside the hash
+    assert _evd(ev) == []
+
+
+CHAIN_CASES: list[tuple[str, list[int], int, str | None]] = [
+    # (id, steps already seen, step arriving, code expected)
+    ("in-order", [0, 1], 2, None),
+    ("gap", [0], 2, "AG-EVD-003"),
+    ("gap-of-several", [0, 1], 5, "AG-EVD-003"),
+    ("late-step", [0, 2], 1, "AG-EVD-004"),
+    ("repeated-step", [0, 1], 1, "AG-EVD-004"),
+    ("first-step-no-history", [], 0, None),
+]
+
+
+@pytest.mark.parametrize(("seen", "arriving", "code"), [c[1:] for c in CHAIN_CASES], ids=[c[0] for c in CHAIN_CASES])
+def test_run_chain(seen: list[int], arriving: int, code: str | None) -> None:
+    events = chain(*[{"resource.resource_id": f"grp-{i}"} for i in range(6)])
+    history = [events[i] for i in seen]
+    ev = events[arriving]
+    if arriving in seen:  # a different event claiming a step already seen
+        ev = event({"step": arriving, "resource.resource_id": "grp-again",
+                    "evidence.prev_event_hash": ev["evidence"]["prev_event_hash"]})
+    found = _evd(ev, history)
+    assert found == ([code] if code else []), found
+
+
+def test_gap_names_both_ends() -> None:
+    events = chain({}, {}, {})
+    [finding] = [f for f in score(events[2], context_for(events[2], events[:1])).findings if f.code == "AG-EVD-003"]
+    assert finding.related_event_ids == (events[0]["event_id"], events[2]["event_id"])
+    assert "step 1 never arrived" in finding.message
+
+
+def test_missing_prev_hash_breaks_the_chain() -> None:
+    assert "AG-EVD-003" in _evd(event({"step": 3, "evidence.prev_event_hash": None}))
+
+
+def test_prev_hash_not_matching_previous_step() -> None:
+    events = chain({}, {"evidence.prev_event_hash": "cd" * 32})
+    assert _evd(events[1], events[:1]) == ["AG-EVD-003"]
+
+
+def test_exact_replay() -> None:
+    ev = event()
+    assert _evd(ev, [ev]) == ["AG-EVD-004"]
+
+
+def test_duplicate_id_with_different_content() -> None:
+    first = event()
+    second = event({"event_id": first["event_id"], "step": 1, "resource.resource_id": "grp-finance",
+                    "evidence.prev_event_hash": first["evidence"]["event_hash"]})
+    assert _evd(second, [first]) == ["AG-EVD-005"]
+    # also when the seen map has evicted it but the run history still holds it
+    assert _evd(second, [first], seen_event_hashes={}) == ["AG-EVD-005"]
+
+
+SIG_CASES: list[tuple[str, dict[str, Any], bool, str | None]] = [
+    # (id, how the event is signed, require_signatures, expected)
+    ("unsigned-required", {}, True, "AG-EVD-006"),
+    ("benign:unsigned-optional", {}, False, None),
+    ("good-signature-required", {"key": KEY}, True, None),
+    ("bad-signature", {"key": ("k1", b"other-key")}, False, "AG-EVD-006"),
+    ("bad-signature-required", {"key": ("k1", b"other-key")}, True, "AG-EVD-006"),
+    ("unknown-key-required", {"key": ("k9", b"x")}, True, "AG-EVD-006"),
+    ("benign:unknown-key-optional", {"key": ("k9", b"x")}, False, None),
+]
+
+
+@pytest.mark.parametrize(("how", "require", "code"), [c[1:] for c in SIG_CASES], ids=[c[0] for c in SIG_CASES])
+def test_signatures(how: dict[str, Any], require: bool, code: str | None) -> None:
+    ev = event(**how)
+    found = _evd(ev, signing_keys={KEY[0]: KEY[1]}, require_signatures=require)
+    assert found == ([code] if code else []), found
+
+
+def test_signature_over_tampered_content_fails() -> None:
+    ev = event(key=KEY)
+    ev["resource"]["resource_id"] = "grp-admins"
+    assert set(_evd(ev, signing_keys={KEY[0]: KEY[1]})) == {"AG-EVD-002", "AG-EVD-006"}
