@@ -197,9 +197,12 @@ class Writer:
         return True
 
     def _store(self, by_part: dict[int, list[Message]]) -> None:
-        topic = self.settings.topic_assessments
+        # One insert per writer schema for the whole batch, not one per partition: every insert has a
+        # fixed cost (a part in each table behind the materialized views) that dominates small batches.
+        groups: dict[bytes, tuple[ContainerBuilder, list[bytes]]] = {}
+        spans = []
         for partition, msgs in by_part.items():
-            groups: dict[bytes, tuple[ContainerBuilder, list[bytes]]] = {}
+            spans.append(f"{partition}:{msgs[0].offset()}-{msgs[-1].offset()}")
             for msg in msgs:
                 value = msg.value()
                 try:
@@ -208,13 +211,14 @@ class Writer:
                     self._dead_letter(msg, exc)
                     continue
                 groups.setdefault(value[:hlen], (builder, []))[1].append(value[hlen:])
-            for header, (builder, datums) in groups.items():
-                # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window.
-                token = f"{topic}-{partition}-{msgs[0].offset()}-{msgs[-1].offset()}-{header.hex()}"
-                t0 = time.perf_counter()
-                self.sink.insert_assessments(builder.build(datums), token)
-                self.metrics.sink_insert_duration.labels(table="ingest").observe(time.perf_counter() - t0)
-                self.metrics.sink_rows.labels(table="ingest").inc(len(datums))
+        batch = ",".join(spans)
+        for header, (builder, datums) in groups.items():
+            # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window.
+            token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}"
+            t0 = time.perf_counter()
+            self.sink.insert_assessments(builder.build(datums), token)
+            self.metrics.sink_insert_duration.labels(table="ingest").observe(time.perf_counter() - t0)
+            self.metrics.sink_rows.labels(table="ingest").inc(len(datums))
 
     def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
         from .consumer import dlq_headers
