@@ -35,11 +35,12 @@ from confluent_kafka import (
 from . import __version__
 from .assessment import AssessmentEncoder
 from .errors import DeadLetter
-from .events import TransitionDict, check_values
+from .events import GRANTS, TransitionDict, check_values
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
 from .schemas import ASSESSMENT, SchemaSet
-from .scoring.context import AgentBaseline, ScoringContext
+from .scoring.catalogue import CATALOGUE, ESCALATION_PATTERNS
+from .scoring.context import AgentBaseline, ScoringContext, entitlements_from_history
 from .scoring.engine import Scored, score
 from .scoring.policy import LoadedPolicy
 from .serde import Decoded, Serde
@@ -110,7 +111,11 @@ class Scorer:
         self.producer.init_transactions(30)
         self.metrics.policy_info.labels(role=self.role).info(
             {"version": policy.version, "sha256": policy.sha256})
+        # Every finding series exists from start-up at 0, so increase() sees a scorer's first finding.
+        for spec in CATALOGUE.values():
+            self.metrics.findings.labels(code=spec.code, severity=spec.severity.value, category=spec.category.value)
         self.processed = 0
+        self._next_housekeeping = 0.0
 
     @staticmethod
     def transactional_id(settings: Settings) -> str:
@@ -213,9 +218,19 @@ class Scorer:
                     self.process(msgs)
                     if on_batch is not None:
                         on_batch(len(msgs))
+                self._housekeeping()
         finally:
             self.metrics.up.labels(role=self.role).set(0)
             self.close()
+
+    def _housekeeping(self, every: float = 2.0) -> None:
+        """Every few seconds: per-partition lag, and expiry of old escalation-chain series."""
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + every
+        record_lag(self.consumer, self.metrics, self.role)
+        self.metrics.escalation_ring.expire(time.time() - ESCALATION_SERIES_TTL)
 
     def process(self, msgs: list[Message]) -> None:
         """Score one batch inside one transaction. On failure, abort and rewind to the last commit."""
@@ -264,10 +279,14 @@ class Scorer:
             if pctx is None:  # assignment raced; build on the fly
                 pctx = self.contexts[msg.partition()] = PartitionContext(self.window_ms)
             target_history = pctx.target_history(ev)
+            # Only a grant can complete a separation-of-duties pair: derive holdings just for those.
+            held = (entitlements_from_history(target_history)
+                    if ev["action"] in GRANTS and ev["decision"]["outcome"] == "granted" else frozenset())
             ctx = ScoringContext(
                 policy=policy,
                 run_history=pctx.run_history(ev),
                 target_history=target_history,
+                target_entitlements=held,
                 agent_history=pctx.agent_history(ev),
                 baseline=baselines(ev["agent"]["agent_id"]),
                 seen_event_hashes=pctx.seen,
@@ -335,6 +354,21 @@ class Scorer:
 
 
 ESCALATION_CATEGORY = "escalation"
+ESCALATION_SERIES_TTL = 900.0  # seconds a detected chain stays on /metrics (the page's window)
+
+
+def record_lag(consumer: Consumer, metrics: Metrics, role: str) -> None:
+    """Messages behind the high watermark per assigned partition (cached watermarks: no broker call)."""
+    assignment = consumer.assignment()
+    if not assignment:
+        return
+    for tp in consumer.position(assignment):
+        try:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            continue
+        if tp.offset >= 0 and high >= 0:
+            metrics.consumer_lag.labels(role=role, partition=str(tp.partition)).set(max(0, high - tp.offset))
 
 
 class _BatchStats:
@@ -360,4 +394,5 @@ class _BatchStats:
         for f in scored.findings:
             self.findings[(f.code, f.severity.value, f.category.value)] += 1
             if f.category.value == ESCALATION_CATEGORY:
-                self.escalations.append((f.code, ev["agent"]["agent_id"], ev["run_id"]))
+                pattern = ESCALATION_PATTERNS.get(f.code, f.code)
+                self.escalations.append((pattern, ev["agent"]["agent_id"], ev["run_id"]))
