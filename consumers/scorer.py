@@ -24,6 +24,11 @@ log = logging.getLogger("consumers.scorer")
 
 
 def main() -> int:
+    # Handlers first: a SIGTERM that lands during start-up (joining, replaying context) still ends in
+    # a clean stop with exit code 0.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         settings = Settings.load()
         configure_logging(settings.log_level, settings.log_format)
@@ -34,9 +39,6 @@ def main() -> int:
     except AgentgovError as exc:
         print(f"agentgov scorer: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     gc.freeze()  # start-up objects are long-lived: keep them out of every collection
     scorer.run(stop)
     baselines.stop()

@@ -22,6 +22,11 @@ log = logging.getLogger("consumers.writer")
 
 
 def main() -> int:
+    # Handlers first: a SIGTERM that lands during start-up (joining, replaying context) still ends in
+    # a clean stop with exit code 0.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         settings = Settings.load()
         configure_logging(settings.log_level, settings.log_format)
@@ -33,9 +38,6 @@ def main() -> int:
     except AgentgovError as exc:
         print(f"agentgov writer: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     writer.run(stop)
     log.info("writer stopped", extra={"kv": {"stored": writer.stored}})
     return 0

@@ -144,7 +144,7 @@ def test_sigterm_finishes_batch_commits_and_exits_zero(
     scorer = Slot("scorer-0", "consumers.scorer", env, tmp_path).start()
     writer = Slot("writer", "consumers.writer", env, tmp_path).start()
     pub = publisher_factory(settings)
-    ids = publish(pub, 3000, "term")
+    ids = publish(pub, 10_000, "term")
     assert wait_until(lambda: sum(committed(settings, settings.scorer_group, settings.topic_transitions).values())
                       > 0, 60)
     # Mid-stream: both get SIGTERM, finish what they hold, commit, and exit 0.
