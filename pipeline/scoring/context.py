@@ -35,18 +35,24 @@ class ScoringContext:
 
     policy: LoadedPolicy
     run_history: Sequence[TransitionDict] = ()
-    """Earlier events of the same run, in step order, within the context window."""
+    """Earlier events of the same run (chain checks AG-EVD-003/004, escalation within a run)."""
     target_history: Sequence[TransitionDict] = ()
-    """Earlier events on the same target identity (any run) within the window, oldest first."""
+    """Earlier events on the same target identity (any run), oldest first. Escalation and SoD read it;
+    it must reach back at least ``escalation.window_seconds`` of event time."""
     agent_history: Sequence[TransitionDict] = ()
-    """Earlier events by the same agent within the window, oldest first."""
+    """Earlier events by the same agent, oldest first. Escalation across runs and drift rates read it; it
+    must reach back at least max(``escalation.window_seconds``, ``drift.rate_window_seconds``)."""
     target_entitlements: frozenset[str] = frozenset()
-    """Entitlements/roles/groups the target holds before this event, as derived from the log or store."""
+    """Entitlements/roles/groups the target holds before this event, as derived from the log or store
+    (see :func:`entitlements_from_history`). AG-SOD-001 replays ``target_history`` over it."""
     baseline: AgentBaseline | None = None
+    """The agent's baseline over ``drift.baseline_window_seconds``; None (or warm-up) turns drift off."""
     seen_event_hashes: Mapping[str, str] = field(default_factory=dict)
-    """event_id -> event_hash of events already seen (duplicate-id tamper detection)."""
+    """event_id -> event_hash of events already seen (duplicate-id tamper detection, exact replays)."""
     signing_keys: Mapping[str, bytes] = field(default_factory=dict)
+    """key_id -> HMAC key. A present signature is verified whenever its key is known."""
     require_signatures: bool = False
+    """Unsigned events, and events signed with an unknown key, raise AG-EVD-006."""
 
 
 _GRANTING = frozenset({"assign_role", "grant_entitlement", "add_group_member"})

@@ -96,3 +96,11 @@ def test_check_policy_summarises(tmp_path: Path) -> None:
         in check_policy(odd)
     with pytest.raises(ConfigError, match="cannot read"):
         check_policy(tmp_path / "missing.yaml")
+
+
+def test_example_in_docs_is_valid() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    p = parse_policy(example, "docs/policy.md").policy
+    assert p.boundary_for("jml-provisioning").inputs_for("disable_account") == {"termination_date",
+                                                                               "employment_status"}
