@@ -11,9 +11,11 @@ import signal
 import sys
 import threading
 
+from pipeline.baselines import attach
 from pipeline.errors import AgentgovError
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics, serve
+from pipeline.scoring.policy import load_policy
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.writer import Writer
@@ -35,6 +37,7 @@ def main() -> int:
         sink = ClickHouseSink.connect(settings)
         sink.migrate()
         writer = Writer(settings, metrics, sink)
+        attach(writer, settings, sink, load_policy(settings.policy_file))
     except AgentgovError as exc:
         print(f"agentgov writer: {exc}", file=sys.stderr)
         return 2

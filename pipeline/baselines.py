@@ -19,14 +19,19 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from .events import GRANTS
 from .metrics import Metrics
 from .scoring.context import AgentBaseline
+from .scoring.policy import LoadedPolicy
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
+
+if TYPE_CHECKING:
+    from .writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,16 @@ def compute(sink: ClickHouseSink, *, window_seconds: int, approved: list[str], g
         )
         for r in rows
     ]
+
+
+def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, policy: LoadedPolicy) -> BaselinePublisher:
+    """Schedule baseline refreshes on the writer loop (the thread that owns the store's client)."""
+    publisher = BaselinePublisher(
+        settings, sink, window_seconds=policy.policy.drift.baseline_window_seconds,
+        approved=policy.policy.approved_policy_refs(), grants=sorted(str(a) for a in GRANTS),
+        interval=settings.baseline_refresh_seconds)
+    writer.add_task(settings.baseline_refresh_seconds, publisher)
+    return publisher
 
 
 class BaselinePublisher:

@@ -46,11 +46,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": logging.getLogger("librdkafka")})
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"broker exited with code {proc.returncode} before it was ready", bootstrap=bootstrap)
         try:
             admin.list_topics(timeout=2)
             return
@@ -73,6 +84,11 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> EmbeddedBroker:
+        if not port_free(self.port):
+            raise BrokerError(
+                f"port {self.port} is in use: another broker (an earlier `agentgov run`?) is listening there. "
+                "Stop it, or set AGENTGOV_EMBEDDED_BROKER_PORT (or AGENTGOV_KAFKA_BOOTSTRAP to use it).",
+                port=self.port)
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -81,7 +97,7 @@ class EmbeddedBroker:
             stdout=out, stderr=subprocess.STDOUT,
         )
         try:
-            wait_for_broker(self.bootstrap)
+            wait_for_broker(self.bootstrap, proc=self.proc)
         except BrokerError:
             self.stop()
             raise

@@ -28,8 +28,10 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
+from .baselines import attach
 from .broker import EmbeddedBroker
 from .metrics import Metrics
+from .scoring.policy import load_policy
 from .settings import ENV_PREFIX, Settings
 from .sinks.clickhouse import ClickHouseSink
 from .topics import ensure_topics
@@ -89,6 +91,7 @@ class Pipeline:
         for i in range(self.scorers):
             self.procs.append(self._spawn(i))
         self.writer = Writer(s, self.metrics, self.sink)
+        self.baselines = attach(self.writer, s, self.sink, load_policy(s.policy_file))
         self._writer_thread = threading.Thread(target=self.writer.run, args=(self.stop_event,),
                                                name="writer", daemon=True)
         self._writer_thread.start()
