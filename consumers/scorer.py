@@ -40,6 +40,9 @@ def main() -> int:
         print(f"agentgov scorer: {exc}", file=sys.stderr)
         return 2
     gc.freeze()  # start-up objects are long-lived: keep them out of every collection
+    # Every event allocates dozens of containers that die within its batch: a young generation of 50,000
+    # collects them far less often (bench: scorer CPU per event -14%). Full collections still run.
+    gc.set_threshold(50_000, 20, 10)
     scorer.run(stop)
     baselines.stop()
     log.info("scorer stopped", extra={"kv": {"processed": scorer.processed}})
