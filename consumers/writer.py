@@ -35,7 +35,8 @@ def main() -> int:
         metrics = Metrics()
         serve(metrics, settings.metrics_port, settings.metrics_addr)
         sink = ClickHouseSink.connect(settings)
-        sink.migrate()
+        if settings.clickhouse_migrate_on_start:
+            sink.migrate()
         writer = Writer(settings, metrics, sink)
         attach(writer, settings, sink, load_policy(settings.policy_file))
     except AgentgovError as exc:

@@ -208,14 +208,14 @@ def policy() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def policy_check(file: Path) -> None:
     """Validate a policy FILE; print its version and hash."""
-    from .scoring.policy import load_policy
+    from .scoring.policy import check_policy
 
     try:
-        loaded = load_policy(file)
+        summary = check_policy(file)
     except ConfigError as exc:
         click.echo(f"invalid: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"ok: {file} version {loaded.version} sha256 {loaded.sha256}")
+    click.echo(summary)
 
 
 @main.command()

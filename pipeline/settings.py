@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     clickhouse_verify_tls: bool = True
     clickhouse_ca_cert: Path | None = None
     clickhouse_cluster: str | None = Field(default=None, description="Use Replicated/Distributed DDL on this cluster.")
+    clickhouse_migrate_on_start: bool = Field(
+        default=True, description="Writer applies migrations at start; false lets it run with INSERT-only rights.")
     retention_days: int = Field(default=400, ge=1)
     writer_batch_rows: int = Field(default=20000, ge=1)
     writer_batch_seconds: float = Field(default=0.5, gt=0)
@@ -84,6 +86,8 @@ class Settings(BaseSettings):
     policy_reload_seconds: float = Field(default=2.0, gt=0, description="How often scorers check the file.")
     signing_keys: dict[str, SecretStr] = Field(default_factory=dict, description="key_id -> HMAC key.")
     require_signatures: bool = False
+
+    schema_dir: Path | None = Field(default=None, description="Where schemas/*.avsc live (default: beside pipeline/).")
 
     # --- Process -----------------------------------------------------------------------------
     metrics_port: int = Field(default=9464, ge=0, le=65535)

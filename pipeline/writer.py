@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from .consumer import make_registry
+from .consumer import make_registry, record_lag
 from .errors import DecodeError, SinkError
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
@@ -51,6 +51,7 @@ class Writer:
         self.stored = 0
         self.backoff_max = 10.0
         self.tasks: list[list[Any]] = []  # [interval, next_due, fn]: work that needs the store's client
+        self.add_task(2.0, lambda: record_lag(self.consumer, self.metrics, self.role))
         self.pending: list[Message] = []  # consumed, not yet stored
 
     def add_task(self, interval: float, fn: Callable[[], None]) -> None:
@@ -112,8 +113,8 @@ class Writer:
                         on_stored(len(batch))
                 if full or due or not self.pending:
                     started = time.monotonic()
-                if self.tasks and not self.pending:
-                    self._run_tasks()
+                if self.tasks:
+                    self._run_tasks()  # each task is time-gated; lag must be fresh under load too
             if self.pending:
                 batch, self.pending = self.pending, []
                 self._flush(batch, stop)  # SIGTERM: finish the batch in flight

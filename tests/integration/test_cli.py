@@ -103,7 +103,7 @@ def test_policy_check_and_rules(tmp_path: Path) -> None:
     ok = subprocess.run([*AGENTGOV, "policy", "check", "policies/default.yaml"], capture_output=True, text=True)
     assert ok.returncode == 0 and "version" in ok.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nunknown_key: true\n")
+    bad.write_text("version: \"1\"\nunknown_key: true\n")
     res = subprocess.run([*AGENTGOV, "policy", "check", str(bad)], capture_output=True, text=True)
     assert res.returncode == 1 and "unknown_key" in res.stderr
     rules = subprocess.run([*AGENTGOV, "rules"], capture_output=True, text=True)
