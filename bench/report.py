@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,13 @@ def machine() -> dict[str, Any]:
             ram = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) * 1024
     except (OSError, StopIteration):
         pass
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "nproc": os.cpu_count(), "cpu": model,
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__), timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit,
+            "load_average_1m_at_start": round(os.getloadavg()[0], 2), "nproc": os.cpu_count(), "cpu": model,
             "ram_gb": round(ram / 1024**3, 1), "python": platform.python_version(), "platform": platform.platform()}
 
 
