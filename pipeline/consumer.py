@@ -104,10 +104,11 @@ class Scorer:
         self.contexts: dict[int, PartitionContext] = {}
         self.consumer = Consumer(settings.consumer_config(
             settings.scorer_group, **{"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304}))
-        self.producer = Producer(settings.kafka_config(**{
+        self._producer_conf = settings.kafka_config(**{
             "transactional.id": self.transactional_id(settings),
             "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
-        }))
+        })
+        self.producer = Producer(self._producer_conf)
         self.producer.init_transactions(30)
         self.metrics.policy_info.labels(role=self.role).info(
             {"version": policy.version, "sha256": policy.sha256})
@@ -235,8 +236,8 @@ class Scorer:
     def process(self, msgs: list[Message]) -> None:
         """Score one batch inside one transaction. On failure, abort and rewind to the last commit."""
         started = time.perf_counter()
-        self.producer.begin_transaction()
         try:
+            self.producer.begin_transaction()
             stats = self._score_batch(msgs)
             self.producer.send_offsets_to_transaction(
                 self.consumer.position(self.consumer.assignment()),
@@ -329,11 +330,41 @@ class Scorer:
         if stats.escalations:
             log.warning("hidden escalation detected", extra={"kv": {"chains": stats.escalations}})
 
+    def _abort(self, attempts: int = 2) -> bool:
+        """Abort the open transaction; False if the producer cannot be brought back to a usable state."""
+        for _ in range(attempts):
+            try:
+                self.producer.abort_transaction(10)
+                return True
+            except KafkaException as exc:
+                err = exc.args[0]
+                log.error("abort failed", extra={"kv": {"error": str(exc)}})
+                if err.code() == KafkaError._STATE:
+                    return True  # no transaction open: nothing to abort
+                if err.fatal() or not (err.retriable() or err.code() == KafkaError._TIMED_OUT):
+                    return False
+        return False
+
+    def _new_producer(self, attempts: int = 10) -> None:
+        """Replace a producer the broker no longer recognises (e.g. a restarted in-memory broker lost its
+        transaction state). The same transactional.id fences anything the old one left open."""
+        with contextlib.suppress(Exception):
+            self.producer.flush(0)
+        for attempt in range(1, attempts + 1):
+            try:
+                producer = Producer(self._producer_conf)
+                producer.init_transactions(30)
+                self.producer = producer
+                log.warning("transactional producer replaced", extra={"kv": {"attempt": attempt}})
+                return
+            except KafkaException as exc:
+                log.error("producer init failed", extra={"kv": {"attempt": attempt, "error": str(exc)}})
+                time.sleep(min(2.0 * attempt, 10.0))
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "cannot re-create the transactional producer"))
+
     def _abort_and_rewind(self) -> None:
-        try:
-            self.producer.abort_transaction(30)
-        except KafkaException as exc:
-            log.error("abort failed", extra={"kv": {"error": str(exc)}})
+        if not self._abort():
+            self._new_producer()
         assignment = self.consumer.assignment()
         if not assignment:
             return

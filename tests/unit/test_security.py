@@ -1,0 +1,136 @@
+"""Secrets stay secret (repr, logs, /metrics, child-process logs) and TLS/SASL settings reach the clients."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from pipeline.logs import JsonFormatter, LogfmtFormatter, configure_logging
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+
+SECRETS = {
+    "kafka_sasl_password": "kafka-pw-Zq81!",
+    "kafka_ssl_key_password": "key-pw-Lm22?",
+    "clickhouse_password": "ch-pw-Vx93#",
+    "schema_registry_basic_auth": "user:sr-pw-Pp07$",
+}
+SIGNING = {"agent-key-2026": "hmac-key-Tt55%"}
+
+
+@pytest.fixture
+def secret_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in list(os.environ):
+        if key.startswith("AGENTGOV_"):
+            monkeypatch.delenv(key)
+    return Settings.load(
+        kafka_bootstrap="broker-1:9093", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="agentgov-writer", kafka_ssl_ca_location=Path("/etc/agentgov/ca.pem"),
+        kafka_ssl_certificate_location=Path("/etc/agentgov/client.pem"),
+        kafka_ssl_key_location=Path("/etc/agentgov/client.key"),
+        clickhouse_dsn="https://ch.internal:8443", clickhouse_username="agentgov_writer",
+        clickhouse_ca_cert=Path("/etc/agentgov/ch-ca.pem"), signing_keys=SIGNING, require_signatures=True,
+        **SECRETS,
+    )
+
+
+def leaked(text: str) -> list[str]:
+    values = [*SECRETS.values(), *SIGNING.values(), "sr-pw-Pp07$"]
+    return [v for v in values if v in text]
+
+
+def test_secrets_not_in_repr_str_or_dump(secret_settings: Settings) -> None:
+    for text in (repr(secret_settings), str(secret_settings), secret_settings.model_dump_json(),
+                 str(secret_settings.model_dump())):
+        assert leaked(text) == []
+    assert "**********" in repr(secret_settings)
+
+
+def test_secrets_not_in_logs(secret_settings: Settings) -> None:
+    for formatter in (LogfmtFormatter(), JsonFormatter()):
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        log = logging.getLogger(f"agentgov.test.{id(formatter)}")
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+        log.info("settings loaded", extra={"kv": {"settings": secret_settings,
+                                                   "sasl": secret_settings.kafka_sasl_password,
+                                                   "keys": secret_settings.signing_keys}})
+        log.info("settings %r", secret_settings)
+        try:
+            raise RuntimeError(f"connect failed for {secret_settings!r}")
+        except RuntimeError:
+            log.exception("boom")
+        text = stream.getvalue()
+        assert "settings loaded" in text and leaked(text) == []
+
+
+def test_configure_logging_installs_once_and_leaks_nothing(secret_settings: Settings,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()
+    try:
+        configure_logging("DEBUG", "logfmt")
+        configure_logging("DEBUG", "json")  # leaves the existing handler alone
+        assert len(root.handlers) == 1
+        logging.getLogger("pipeline.test").info("starting", extra={"kv": {"settings": secret_settings}})
+        err = capsys.readouterr().err
+        assert "starting" in err and leaked(err) == []
+    finally:
+        root.handlers[:] = saved
+
+
+def test_secrets_not_in_metrics(secret_settings: Settings) -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.policy_info.labels(role="scorer").info({"version": "7", "sha256": "ab" * 32})
+    metrics.sink_errors.labels(table="ingest", kind="OperationalError").inc()
+    text = generate_latest(metrics.registry).decode()
+    assert leaked(text) == []
+
+
+def test_kafka_sasl_ssl_and_mtls_pass_through(secret_settings: Settings) -> None:
+    conf = secret_settings.kafka_config()
+    assert conf["bootstrap.servers"] == "broker-1:9093"
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert conf["sasl.username"] == "agentgov-writer"
+    assert conf["sasl.password"] == SECRETS["kafka_sasl_password"]
+    assert conf["ssl.ca.location"] == "/etc/agentgov/ca.pem"
+    assert conf["ssl.certificate.location"] == "/etc/agentgov/client.pem"
+    assert conf["ssl.key.location"] == "/etc/agentgov/client.key"
+    assert conf["ssl.key.password"] == SECRETS["kafka_ssl_key_password"]
+    consumer = secret_settings.consumer_config("g")
+    assert consumer["security.protocol"] == "SASL_SSL" and consumer["ssl.ca.location"] == "/etc/agentgov/ca.pem"
+
+
+def test_mtls_without_sasl() -> None:
+    conf = Settings.load(kafka_bootstrap="b:9093", kafka_security_protocol="SSL",
+                         kafka_ssl_ca_location=Path("/ca"), kafka_ssl_certificate_location=Path("/crt"),
+                         kafka_ssl_key_location=Path("/key")).kafka_config()
+    assert conf["security.protocol"] == "SSL"
+    assert {k for k in conf if k.startswith("sasl.")} == set()
+    assert (conf["ssl.ca.location"], conf["ssl.certificate.location"], conf["ssl.key.location"]) == \
+        ("/ca", "/crt", "/key")
+
+
+def test_clickhouse_tls_pass_through(secret_settings: Settings) -> None:
+    kw = secret_settings.clickhouse_kwargs()
+    assert kw == {"dsn": "https://ch.internal:8443", "username": "agentgov_writer",
+                  "password": SECRETS["clickhouse_password"], "verify": True, "ca_cert": "/etc/agentgov/ch-ca.pem"}
+    insecure = Settings.load(clickhouse_dsn="https://ch:8443", clickhouse_verify_tls=False).clickhouse_kwargs()
+    assert insecure["verify"] is False
+    assert "verify" not in Settings.load(clickhouse_dsn="http://ch:8123").clickhouse_kwargs()
+
+
+def test_signing_keys_are_secret_and_rotatable(secret_settings: Settings) -> None:
+    rotated = secret_settings.model_copy(update={"signing_keys": {
+        **secret_settings.signing_keys, "agent-key-2027": type(secret_settings.signing_keys["agent-key-2026"])("k2")}})
+    assert set(rotated.signing_keys) == {"agent-key-2026", "agent-key-2027"}  # old and new accepted together
+    assert leaked(repr(rotated)) == []
