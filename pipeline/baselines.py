@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from .events import GRANTS
 from .metrics import Metrics
 from .scoring.context import AgentBaseline
 from .scoring.policy import LoadedPolicy
@@ -38,20 +37,21 @@ log = logging.getLogger(__name__)
 BASELINE_SQL = """
 SELECT
     agent_id,
-    count() AS events,
-    groupUniqArray(action) AS actions,
-    groupUniqArray(system) AS systems,
-    arrayFilter(x -> x != '', groupUniqArray(ifNull(entitlement, ''))) AS entitlements,
-    arrayDistinct(arrayFlatten(groupArray(arrayMap(i -> i.name, inputs_used)))) AS inputs,
-    max(privilege_tier) AS max_tier,
-    countIf(outcome = 'granted' AND action IN {grants:Array(String)})
-        / greatest(1, dateDiff('second', min(occurred_at), max(occurred_at)) / 3600) AS grants_per_hour,
-    countIf(NOT has({approved:Array(String)}, concat(policy_id, '@', policy_version))) / count()
-        AS stale_policy_share
-FROM {db}.transitions FINAL
-WHERE occurred_at >= now64(3) - toIntervalSecond({window:UInt32})
+    uniqMerge(events) AS events,
+    groupUniqArrayMerge(actions) AS actions,
+    groupUniqArrayMerge(systems) AS systems,
+    groupUniqArrayMerge(entitlements) AS entitlements,
+    groupUniqArrayMerge(inputs) AS inputs,
+    max(max_tier) AS max_tier,
+    uniqIfMerge(grants) / (dateDiff('hour', min(hour), max(hour)) + 1) AS grants_per_hour,
+    uniqMapMerge(policy_refs) AS refs,
+    arraySum(mapValues(mapFilter((ref, n) -> NOT has({approved:Array(String)}, ref), refs)))
+        / greatest(1, arraySum(mapValues(refs))) AS stale_policy_share
+FROM {db}.agent_hourly
+WHERE hour >= toStartOfHour(now() - toIntervalSecond({window:UInt32}))
 GROUP BY agent_id
 """
+"""Reads the per-agent hourly rollup (migration 002), so a refresh costs agents x hours, not events."""
 
 
 def baselines_topic(settings: Settings) -> str:
@@ -78,10 +78,9 @@ def from_json(data: bytes) -> AgentBaseline:
     )
 
 
-def compute(sink: ClickHouseSink, *, window_seconds: int, approved: list[str], grants: list[str],
-            now_ms: int) -> list[AgentBaseline]:
+def compute(sink: ClickHouseSink, *, window_seconds: int, approved: list[str], now_ms: int) -> list[AgentBaseline]:
     """Aggregate every agent's baseline over the window. ``approved`` holds ``policy_id@version`` strings."""
-    rows = sink.query(BASELINE_SQL, {"window": window_seconds, "approved": approved, "grants": grants})
+    rows = sink.query(BASELINE_SQL, {"window": window_seconds, "approved": approved})
     return [
         AgentBaseline(
             agent_id=r["agent_id"], events=int(r["events"]), actions=frozenset(r["actions"]),
@@ -98,8 +97,7 @@ def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, policy: Loa
     """Schedule baseline refreshes on the writer loop (the thread that owns the store's client)."""
     publisher = BaselinePublisher(
         settings, sink, window_seconds=policy.policy.drift.baseline_window_seconds,
-        approved=policy.policy.approved_policy_refs(), grants=sorted(str(a) for a in GRANTS),
-        interval=settings.baseline_refresh_seconds)
+        approved=policy.policy.approved_policy_refs(), interval=settings.baseline_refresh_seconds)
     writer.add_task(settings.baseline_refresh_seconds, publisher)
     return publisher
 
@@ -108,9 +106,9 @@ class BaselinePublisher:
     """Recomputes baselines every ``interval`` seconds and publishes them (run by the store owner)."""
 
     def __init__(self, settings: Settings, sink: ClickHouseSink, *, window_seconds: int, approved: list[str],
-                 grants: list[str], interval: float = 60.0) -> None:
+                 interval: float = 60.0) -> None:
         self.settings, self.sink = settings, sink
-        self.window_seconds, self.approved, self.grants = window_seconds, approved, grants
+        self.window_seconds, self.approved = window_seconds, approved
         self.interval = interval
         self.topic = baselines_topic(settings)
         self.producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
@@ -119,8 +117,7 @@ class BaselinePublisher:
     def publish_once(self) -> int:
         """One refresh. Call it from the thread that owns the sink's client (the writer loop)."""
         now_ms = int(time.time() * 1000)
-        baselines = compute(self.sink, window_seconds=self.window_seconds, approved=self.approved,
-                            grants=self.grants, now_ms=now_ms)
+        baselines = compute(self.sink, window_seconds=self.window_seconds, approved=self.approved, now_ms=now_ms)
         for b in baselines:
             self.producer.produce(self.topic, to_json(b), key=b.agent_id.encode())
         self.producer.flush(30)

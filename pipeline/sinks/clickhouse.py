@@ -25,6 +25,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from ..errors import ConfigError, SinkError
+from ..events import GRANTS
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,14 @@ def split_statements(sql: str) -> list[str]:
 # so ReplacingMergeTree dedup and FINAL stay shard-local and a trail reads one shard
 # (optimize_skip_unused_shards).
 SHARDING_KEY = "cityHash64(run_id)"
+# Tables without run_id shard by their own key (the baseline rollup is per agent).
+SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)"}
 _LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
 _ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
+
+
+# The actions that add access (pipeline.events.GRANTS), as a SQL list for the baseline rollup.
+_GRANT_ACTIONS = ", ".join(f"'{a}'" for a in sorted(str(a) for a in GRANTS))
 
 
 def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str, Any]:
@@ -79,11 +86,14 @@ def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str
             "db": database, "ttl_days": ttl_days, "on_cluster": f"ON CLUSTER {cluster}", "local": "_local",
             "rmt": f"ReplicatedReplacingMergeTree({_ZK_PATH})",
             "rmt_ver": f"ReplicatedReplacingMergeTree({_ZK_PATH}, scored_at)",
+            "amt": f"ReplicatedAggregatingMergeTree({_ZK_PATH})",
             "dedup_window": "replicated_deduplication_window = 10000",
+            "grant_actions": _GRANT_ACTIONS,
         }
     return {"db": database, "ttl_days": ttl_days, "on_cluster": "", "local": "",
             "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)",
-            "dedup_window": "non_replicated_deduplication_window = 10000"}
+            "amt": "AggregatingMergeTree",
+            "dedup_window": "non_replicated_deduplication_window = 10000", "grant_actions": _GRANT_ACTIONS}
 
 
 def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -> list[str]:
@@ -97,7 +107,8 @@ def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -
         if m and cluster:
             db, table = m[1], m[2]
             out.append(f"CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS {db}.{table}_local "
-                       f"ENGINE = Distributed({cluster}, {db}, {table}_local, {SHARDING_KEY})")
+                       f"ENGINE = Distributed({cluster}, {db}, {table}_local, "
+                       f"{SHARDING_KEYS.get(table, SHARDING_KEY)})")
     return out
 
 

@@ -76,7 +76,9 @@ def test_hidden_escalation_pages_once(
             time.sleep(8)  # any duplicate page would arrive within a few group intervals
 
     pages = _firing(hook, "/pager")
-    assert len(pages) == 1, [(t, b["groupKey"], [(a["fingerprint"], a["startsAt"], a["labels"]) for a in b["alerts"]]) for p, b, t in hook.received]
+    notifications = [(t, b["groupKey"], [(a["fingerprint"], a["startsAt"]) for a in b["alerts"]])
+                     for _, b, t in hook.received]
+    assert len(pages) == 1, notifications
     page = pages[0]
     labels, annotations = page["labels"], page["annotations"]
     assert labels["alertname"] == "AgentgovHiddenEscalation"

@@ -63,8 +63,12 @@ def test_cluster_variant_has_replicated_locals_and_distributed_twins_with_the_sa
         if table != "ingest":
             assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}'" in local
             assert "replicated_deduplication_window" in local
+    rollup = create_table(cluster, "agent_hourly_local")
+    assert "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')" in rollup
+    assert create_table(cluster, "agent_hourly").endswith("agent_hourly_local, cityHash64(agent_id))")
+    assert columns(rollup) == columns(create_table(single, "agent_hourly"))
     views = [s for s in cluster if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == 3
+    assert len(views) == 4
     for view in views:  # the fan-out runs on each shard: local source, local target
         assert re.search(r"TO agentgov\.\w+_local AS", view) and re.search(r"FROM agentgov\.ingest_local\b", view)
 
