@@ -217,11 +217,16 @@ _HASH_EXCLUDED = ("event_hash", "signature", "key_id")
 
 
 def _drop_nulls(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
-    if isinstance(node, list):
-        return [_drop_nulls(v) for v in node]
+    # Runs on every scored event: recurse only into containers, never call per scalar.
+    if type(node) is dict:
+        return {k: (_drop_nulls(v) if type(v) in _CONTAINERS else v) for k, v in node.items() if v is not None}
+    if type(node) is list:
+        return [_drop_nulls(v) if type(v) in _CONTAINERS else v for v in node]
     return node
+
+
+_CONTAINERS = (dict, list)
+_encode_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 def canonical_bytes(record: TransitionDict) -> bytes:
@@ -235,7 +240,7 @@ def canonical_bytes(record: TransitionDict) -> bytes:
     occurred = doc.get("occurred_at")
     if isinstance(occurred, datetime):
         doc["occurred_at"] = int(occurred.timestamp() * 1000)
-    return json.dumps(_drop_nulls(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode_canonical(_drop_nulls(doc)).encode()
 
 
 def event_hash(record: TransitionDict) -> str:
