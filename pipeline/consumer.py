@@ -341,7 +341,9 @@ class Scorer:
                 log.error("abort failed", extra={"kv": {"error": str(exc)}})
                 if err.code() == KafkaError._STATE:
                     return True  # no transaction open: nothing to abort
-                if err.fatal() or not (err.retriable() or err.code() == KafkaError._TIMED_OUT):
+                # Not after a timeout: resuming an abort the broker has forgotten (a restarted in-memory
+                # broker) was seen to end the process with no traceback. Replace the producer instead.
+                if err.fatal() or err.code() == KafkaError._TIMED_OUT or not err.retriable():
                     return False
         return False
 
