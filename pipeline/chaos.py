@@ -100,7 +100,8 @@ def query_store(settings: Settings, *sql: str, timeout: float = 120.0) -> list[l
         done = subprocess.run([sys.executable, "-c", _QUERY_SCRIPT], input=json.dumps(list(sql)).encode(),
                               env=env, capture_output=True, timeout=timeout)
         if done.returncode == 0:
-            return json.loads(done.stdout)  # type: ignore[no-any-return]
+            result: list[list[dict[str, Any]]] = json.loads(done.stdout)
+            return result
         if time.monotonic() > deadline:
             raise RuntimeError(f"store query failed: {done.stderr.decode()[-2000:]}")
         time.sleep(1.0)

@@ -34,6 +34,9 @@ from .sinks.ocf import ContainerBuilder
 
 log = logging.getLogger(__name__)
 
+Groups = dict[bytes, tuple[ContainerBuilder, list[bytes]]]
+"""Wire header -> (container builder for that writer schema, raw datums)."""
+
 
 class Writer:
     role = "writer"
@@ -160,9 +163,10 @@ class Writer:
             by_part[msg.partition()].append(msg)
         delay = 0.2
         attempt = 0
+        groups, spans = self._group(by_part)  # dead letters go out once, not once per retry
         while True:
             try:
-                self._store(by_part)
+                self._insert(groups, spans)
                 break
             except SinkError as exc:
                 attempt += 1
@@ -197,10 +201,11 @@ class Writer:
         self.stored += len(msgs)
         return True
 
-    def _store(self, by_part: dict[int, list[Message]]) -> None:
+    def _group(self, by_part: dict[int, list[Message]]) -> tuple[Groups, str]:
+        """Raw datums grouped by writer schema, and the batch's offset spans (for the dedup token)."""
         # One insert per writer schema for the whole batch, not one per partition: every insert has a
         # fixed cost (a part in each table behind the materialized views) that dominates small batches.
-        groups: dict[bytes, tuple[ContainerBuilder, list[bytes]]] = {}
+        groups: Groups = {}
         spans = []
         for partition, msgs in by_part.items():
             spans.append(f"{partition}:{msgs[0].offset()}-{msgs[-1].offset()}")
@@ -212,7 +217,9 @@ class Writer:
                     self._dead_letter(msg, exc)
                     continue
                 groups.setdefault(value[:hlen], (builder, []))[1].append(value[hlen:])
-        batch = ",".join(spans)
+        return groups, ",".join(spans)
+
+    def _insert(self, groups: Groups, batch: str) -> None:
         for header, (builder, datums) in groups.items():
             # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window.
             token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}"

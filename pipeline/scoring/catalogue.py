@@ -196,7 +196,7 @@ DUPLICATE_ID_CONFLICT = spec(
     (PR_DS_01, ASI07),
 )
 BAD_SIGNATURE = spec(
-    "AG-EVD-006", "Unsigned event or bad signature", S.high, C.evidence,
+    "AG-EVD-006", "Unsigned event or bad signature", S.critical, C.evidence,
     "Signing is required and the event carries no signature, names an unknown key, or its HMAC-SHA256 "
     "does not verify; or a signature that is present does not verify.",
     ("evidence.signature", "evidence.key_id", "agent.agent_id"),
