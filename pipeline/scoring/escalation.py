@@ -83,7 +83,7 @@ def group_nesting(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if is_privileged(ev, policy):
         groups.add(ev["target"]["identity_id"])  # as the "grant the group privilege" step
     # Cheap pre-check before merging history: most events never meet a freshly created group.
-    if not any((made := _created(h)) and groups.intersection(made)
+    if not any(h["action"] == "create_group" and (made := _created(h)) and groups.intersection(made)
                for src in (ctx.run_history, ctx.target_history, ctx.agent_history) for h in src):
         return []
     hist = _history(ev, ctx)
