@@ -135,11 +135,14 @@ class Scorer:
         self.metrics.policy_info.labels(role=self.role).info({"version": policy.version, "sha256": policy.sha256})
         log.info("policy loaded", extra={"kv": {"version": policy.version, "sha256": policy.sha256[:12]}})
 
+    def _new_context(self) -> PartitionContext:
+        return PartitionContext(self.window_ms, max_keys=self.settings.context_max_keys)
+
     # -- rebalance ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = consumer.committed(partitions, timeout=30)
         for tp in committed:
-            ctx = PartitionContext(self.window_ms)
+            ctx = self._new_context()
             self.contexts[tp.partition] = ctx
             if tp.offset not in (OFFSET_INVALID,) and tp.offset > 0:
                 replayed = self._replay(tp, ctx)
@@ -278,7 +281,7 @@ class Scorer:
                 continue
             pctx = self.contexts.get(msg.partition())
             if pctx is None:  # assignment raced; build on the fly
-                pctx = self.contexts[msg.partition()] = PartitionContext(self.window_ms)
+                pctx = self.contexts[msg.partition()] = self._new_context()
             target_history = pctx.target_history(ev)
             # Only a grant can complete a separation-of-duties pair: derive holdings just for those.
             held = (entitlements_from_history(target_history)
@@ -372,7 +375,7 @@ class Scorer:
             return
         committed = self.consumer.committed(assignment, timeout=30)
         for tp in committed:
-            ctx = PartitionContext(self.window_ms)
+            ctx = self._new_context()
             self.contexts[tp.partition] = ctx
             if tp.offset >= 0:
                 self._replay(tp, ctx)

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
     max_future_skew_seconds: int = Field(default=300, ge=0)
     context_window_seconds: int = Field(default=3600, ge=0, description="How far back a scorer replays.")
+    context_max_keys: int = Field(
+        default=4000, ge=100,
+        description="Runs, targets and agents a scorer remembers per partition (LRU); memory is about 4 KB "
+                    "per remembered event, so this bounds a scorer's resident size.")
 
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_dsn: str = Field(default="chdb://.agentgov/chdb", description="chdb:///path or http(s)://host:8123")

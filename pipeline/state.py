@@ -46,7 +46,7 @@ class _Index:
 class PartitionContext:
     """The recent past of one partition, as the rules need it."""
 
-    def __init__(self, window_ms: int, max_keys: int = 50_000, max_seen: int = 200_000) -> None:
+    def __init__(self, window_ms: int, max_keys: int = 4000, max_seen: int = 200_000) -> None:
         self.window_ms = window_ms
         self.runs = _Index(max_keys)
         self.targets = _Index(max_keys)
