@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +11,6 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from pipeline import broker as broker_module
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.chaos import Slot, query_store
 from pipeline.errors import PublishError
@@ -224,23 +222,9 @@ def test_revoke_commits_what_is_stored_before_letting_go(
             second.close()
 
 
-def listening(port: int) -> bool:
-    """True only if something listens on ``port`` (a plain bind also fails on the TIME_WAIT sockets the
-    stopped broker leaves behind, for a minute)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-        return False
-
-
 def test_broker_restart_clients_reconnect_and_sdk_surfaces_failures(
     settings_factory: Callable[..., Settings], tmp_path: Path, scorer_slot: Callable[[Settings], Slot],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(broker_module, "port_free", lambda port: not listening(port))
     port = free_port()
     broker = EmbeddedBroker(port, tmp_path / "tansu.log").start()
     settings = settings_factory(kafka_bootstrap=broker.bootstrap)  # topics created on this broker
