@@ -106,3 +106,36 @@ def test_drift_against_store_baselines(
     assert usual not in codes
     # warm-up: none of the 40 history events drew a drift finding
     assert all(not c.startswith("AG-DRF") for e, cs in codes.items() if e != new for c in cs)
+
+
+def test_changed_policy_file_is_picked_up_without_losing_events(
+    tmp_path: Path,
+    settings_factory: Callable[..., Settings],
+    publisher_factory: Callable[..., TransitionPublisher],
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    text = Path("policies/default.yaml").read_text()
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(text)
+    settings = settings_factory(policy_file=policy_file, policy_reload_seconds=0.5)
+    pipe = pipeline_factory(settings, scorers=1)
+    pub = publisher_factory(settings)
+    first = [pub.publish(draft(run_id=f"run-a{i}")) for i in range(50)]
+    pub.flush()
+    assert pipe.wait_stored(50, timeout=90)
+
+    policy_file.write_text(text.replace('version: "2026.11.0"', 'version: "2026.11.1-stricter"')
+                           .replace("human_approval_tiers: [2, 3]", "human_approval_tiers: [1, 2, 3]"))
+    time.sleep(3)
+    second = [pub.publish(draft(run_id=f"run-b{i}")) for i in range(50)]
+    pub.flush()
+    assert pipe.wait_stored(100, timeout=90)
+    assert pipe.sink is not None
+    rows = {r["event_id"]: r for r in pipe.sink.query(
+        "SELECT event_id, governance_policy_version AS v, finding_codes FROM {db}.assessments FINAL")}
+    assert len(rows) == 100
+    assert {rows[e]["v"] for e in first} == {"2026.11.0"}
+    assert {rows[e]["v"] for e in second} == {"2026.11.1-stricter"}
+    # the new boundary is in force: tier-1 grants without approval now need a human
+    assert all("AG-AUTH-001" in rows[e]["finding_codes"] for e in second)
+    assert not any(rows[e]["finding_codes"] for e in first)
