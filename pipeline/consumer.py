@@ -43,7 +43,7 @@ from .scoring.catalogue import CATALOGUE, ESCALATION_PATTERNS
 from .scoring.context import AgentBaseline, ScoringContext, entitlements_from_history
 from .scoring.engine import Scored, score
 from .scoring.policy import LoadedPolicy
-from .serde import Decoded, Serde
+from .serde import Decoded, Serde, make_registry
 from .settings import Settings
 from .state import PartitionContext
 
@@ -61,17 +61,6 @@ def dlq_headers(exc: BaseException, reason: str, msg: Message) -> list[tuple[str
         ("agentgov.source.partition", str(msg.partition()).encode()),
         ("agentgov.source.offset", str(msg.offset()).encode()),
     ]
-
-
-def make_registry(settings: Settings) -> Any:
-    if not settings.schema_registry_url:
-        return None
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    conf: dict[str, Any] = {"url": settings.schema_registry_url}
-    if settings.schema_registry_basic_auth:
-        conf["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
-    return SchemaRegistryClient.new_client(conf)
 
 
 class Scorer:

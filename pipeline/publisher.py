@@ -22,7 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 from .errors import PublishError, ValidationError
 from .events import AgentTransition, event_hash, sign
 from .schemas import SchemaSet
-from .serde import Serde
+from .serde import Serde, make_registry
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,15 +63,7 @@ class TransitionPublisher:
         self.settings = settings
         self.topic = settings.topic_transitions
         if serde is None:
-            registry = None
-            if settings.schema_registry_url:
-                from confluent_kafka.schema_registry import SchemaRegistryClient
-
-                conf: dict[str, Any] = {"url": settings.schema_registry_url}
-                if settings.schema_registry_basic_auth:
-                    conf["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
-                registry = SchemaRegistryClient.new_client(conf)
-            serde = Serde(SchemaSet.load(), registry, subject=f"{self.topic}-value")
+            serde = Serde(SchemaSet.load(), make_registry(settings), subject=f"{self.topic}-value")
         self.serde = serde
         self.producer = producer or Producer(settings.kafka_config(**{
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",

@@ -29,6 +29,8 @@ from .schemas import TRANSITION, SchemaSet, SchemaVersion, _strip_logical
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
+    from .settings import Settings
+
 SOE_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 SOE_HEADER = 10
@@ -43,6 +45,18 @@ class Decoded:
     datum: bytes
     current: bool
     writer_version: int | None
+
+
+def make_registry(settings: Settings) -> SchemaRegistryClient | None:
+    """The Schema Registry client the settings ask for, or None for single-object encoding."""
+    if not settings.schema_registry_url:
+        return None
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    conf: dict[str, Any] = {"url": settings.schema_registry_url}
+    if settings.schema_registry_basic_auth:
+        conf["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
+    return SchemaRegistryClient.new_client(conf)
 
 
 def frame_soe(fingerprint: bytes, datum: bytes) -> bytes:

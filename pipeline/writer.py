@@ -23,11 +23,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from .consumer import make_registry, record_lag
+from .consumer import dlq_headers, record_lag
 from .errors import DecodeError, SinkError
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
-from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC
+from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC, make_registry
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
 from .sinks.ocf import ContainerBuilder
@@ -229,8 +229,6 @@ class Writer:
             self.metrics.sink_rows.labels(table="ingest").inc(len(datums))
 
     def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
-        from .consumer import dlq_headers
-
         self.dlq.produce(self.settings.topic_dlq, msg.value(), key=msg.key(), headers=dlq_headers(exc, exc.reason, msg))
         self.dlq.flush(10)
         self.metrics.dead_letters.labels(reason=exc.reason).inc()

@@ -113,15 +113,18 @@ def pipeline_factory(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
         pipe.stop()
 
 
-def consume(settings: Settings, topic: str, count: int, timeout: float = 60.0) -> list[Message]:
-    """Read ``count`` messages of ``topic`` from the start (stops on the count, not on lag)."""
+def consume(settings: Settings, topic: str, count: int, timeout: float = 60.0, settle: float = 0.0) -> list[Message]:
+    """Read ``count`` messages of ``topic`` from the start (stops on the count, not on lag), then keep
+    reading ``settle`` seconds more to catch any surplus."""
     consumer = Consumer(settings.consumer_config(f"reader-{uuid.uuid4().hex[:8]}"))
     consumer.subscribe([topic])
     out: list[Message] = []
     deadline = time.monotonic() + timeout
     try:
-        while len(out) < count and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (len(out) < count or settle):
             out.extend(m for m in consumer.consume(1000, 0.5) if not m.error())
+            if settle and len(out) >= count:
+                deadline = min(deadline, time.monotonic() + settle)
     finally:
         consumer.close()
     return out

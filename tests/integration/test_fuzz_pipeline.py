@@ -10,14 +10,13 @@ import json
 import random
 import struct
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Message, Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from prometheus_client import CollectorRegistry
 
@@ -32,7 +31,7 @@ from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.writer import Writer
 from tests.factory import draft
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import consume, wait_until
 
 pytestmark = pytest.mark.integration
 SCHEMAS = SchemaSet.load()
@@ -75,18 +74,7 @@ def in_process() -> Iterator[Callable[[Settings, Any], InProcess]]:
 
 def read_topic(settings: Settings, topic: str, count: int, timeout: float = 60) -> list[Message]:
     """Read until ``count`` messages or ``timeout``, then 2 s more to catch any surplus."""
-    reader = Consumer(settings.consumer_config(f"read-{uuid.uuid4().hex[:8]}"))
-    reader.subscribe([topic])
-    out: list[Message] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            out.extend(m for m in reader.consume(1000, 0.5) if not m.error())
-            if len(out) >= count:
-                deadline = min(deadline, time.monotonic() + 2)
-    finally:
-        reader.close()
-    return out
+    return consume(settings, topic, count, timeout, settle=2.0)
 
 
 class Inputs:
