@@ -38,6 +38,7 @@ from .errors import DeadLetter
 from .events import GRANTS, TransitionDict, check_values
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
+from .risk_exceptions import ExceptionIndex, apply
 from .schemas import ASSESSMENT, SchemaSet
 from .scoring.catalogue import CATALOGUE, ESCALATION_PATTERNS
 from .scoring.context import AgentBaseline, ScoringContext, entitlements_from_history
@@ -75,12 +76,15 @@ class Scorer:
         policy: LoadedPolicy,
         *,
         baselines: Baselines | None = None,
+        exceptions: Callable[[], ExceptionIndex] | None = None,
         registry: Any = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.policy = policy
         self.baselines: Baselines = baselines or (lambda agent_id: None)
+        empty = ExceptionIndex()
+        self.exceptions: Callable[[], ExceptionIndex] = exceptions or (lambda: empty)
         schemas = SchemaSet.load()
         registry = registry if registry is not None else make_registry(settings)
         self.serde = Serde(schemas, registry, subject=f"{settings.topic_transitions}-value",
@@ -253,6 +257,7 @@ class Scorer:
         assessments, dlq = self.settings.topic_assessments, self.settings.topic_dlq
         policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
         baselines = self.baselines
+        excepted = self.exceptions()  # one index per batch: every event of it sees the same versions
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -287,7 +292,7 @@ class Scorer:
                 require_signatures=require,
             )
             try:
-                scored = score(ev, ctx)
+                scored = apply(score(ev, ctx), ev, excepted)
                 value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
             except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
                 log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
@@ -309,6 +314,8 @@ class Scorer:
             m.assessments.labels(risk_level=level).inc(n)
         for (code, sev, cat), n in stats.findings.items():
             m.findings.labels(code=code, severity=sev, category=cat).inc(n)
+        for (code, sev), n in stats.excepted.items():
+            m.findings_excepted.labels(code=code, severity=sev).inc(n)
         for reason, n in stats.dead.items():
             m.dead_letters.labels(reason=reason).inc(n)
         for value in stats.scores:
@@ -399,13 +406,15 @@ def record_lag(consumer: Consumer, metrics: Metrics, role: str) -> None:
 class _BatchStats:
     """Per-batch tallies, folded into Prometheus once per batch (cheaper than per-event label lookups)."""
 
-    __slots__ = ("consumed", "dead", "escalations", "findings", "latencies", "levels", "scores", "transitions")
+    __slots__ = ("consumed", "dead", "escalations", "excepted", "findings", "latencies", "levels", "scores",
+                 "transitions")
 
     def __init__(self) -> None:
         self.consumed = 0
         self.transitions: Counter[tuple[str, str]] = Counter()
         self.levels: Counter[str] = Counter()
         self.findings: Counter[tuple[str, str, str]] = Counter()
+        self.excepted: Counter[tuple[str, str]] = Counter()
         self.dead: Counter[str] = Counter()
         self.scores: list[int] = []
         self.latencies: list[float] = []
@@ -417,6 +426,9 @@ class _BatchStats:
         self.scores.append(scored.risk_score)
         self.latencies.append(max(0.0, (now_ms - ev["occurred_at"]) / 1000))
         for f in scored.findings:
+            if f.exception_id is not None:  # covered by an approved exception: stored, but never pages
+                self.excepted[(f.code, f.severity.value)] += 1
+                continue
             self.findings[(f.code, f.severity.value, f.category.value)] += 1
             if f.category.value == ESCALATION_CATEGORY:
                 pattern = ESCALATION_PATTERNS.get(f.code, f.code)
