@@ -35,7 +35,8 @@ ORDER BY t.step, t.occurred_at
 """
 
 FINDINGS_SQL = """
-SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids
+SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, exception_id,
+       exception_version
 FROM {db}.findings FINAL
 WHERE run_id = {run:String}
 ORDER BY event_id, finding_idx
@@ -74,7 +75,14 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
                         if s["approved_by"] else "; no approval"))
         lines.append(f"      risk {s['risk_score']} {s['risk_level']}; event_hash {s['event_hash'][:16]}…")
         for f in s["findings"]:
-            lines.append(f"      ! {f['code']} {f['severity']}: {f['message']}")
+            lines.append(f"      ! {f['code']} {f['severity']}: {f['message']}"
+                         + (f" [excepted by {f['exception_id']} v{f['exception_version']}]"
+                            if f.get("exception_id") else ""))
+        for d in s.get("decisions", ()):
+            lines.append(f"      > {d['kind']} v{d['subject_version']} by {d['actor']} at "
+                         f"{d['decided_at']:%Y-%m-%d %H:%M:%S} UTC: {d['from_state']} -> {d['to_state']}"
+                         + (f" ({d['classification']}, {d['reason']})" if d["classification"] else "")
+                         + (f": {d['comment']}" if d["comment"] else ""))
     return "\n".join(lines)
 
 
@@ -90,7 +98,8 @@ ORDER BY a.occurred_at, a.event_id
 """
 
 EXPORT_FINDINGS_SQL = """
-SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids
+SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, exception_id,
+       exception_version
 FROM {db}.findings FINAL
 WHERE {where}
 ORDER BY event_id, finding_idx

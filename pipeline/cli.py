@@ -147,10 +147,13 @@ def trail(run_id: str, as_json: bool) -> None:
     """Reconstruct RUN_ID for an auditor: every step, inputs, policy, authority, approval, findings."""
     from .audit import render_trail, to_json
     from .audit import trail as load_trail
+    from .review.store import ReviewStore, attach_decisions
     from .sinks.clickhouse import ClickHouseSink
 
     try:
-        steps = load_trail(ClickHouseSink.connect(_settings()), run_id)
+        sink = ClickHouseSink.connect(_settings())
+        steps = load_trail(sink, run_id)
+        attach_decisions(steps, ReviewStore(sink).run_decisions(run_id))  # review history (migration 005)
     except AgentgovError as exc:
         _fail(exc)
     click.echo(to_json(steps) if as_json else render_trail(steps))
