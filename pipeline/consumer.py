@@ -27,6 +27,7 @@ from .assessment import AssessmentEncoder
 from .deadletters import dlq_headers
 from .errors import DeadLetter
 from .events import GRANTS, TransitionDict, check_values
+from .facts import FACT, FactEmitter
 from .loop import TransactionalLoop, record_lag
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -72,6 +73,9 @@ class Scorer(TransactionalLoop):
         self.encoder = AssessmentEncoder(
             schemas, Serde(schemas, registry, record=ASSESSMENT, subject=f"{settings.topic_assessments}-value"),
             __version__, policy)
+        self.facts = (FactEmitter(settings, Serde(schemas, registry, record=FACT,
+                                                  subject=f"{settings.topic_facts_by_target}-value"))
+                      if settings.access_facts else None)
         self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
         self.window_ms = settings.context_window_seconds * 1000
         self.contexts: dict[int, PartitionContext] = {}
@@ -135,7 +139,7 @@ class Scorer(TransactionalLoop):
         produce = self.producer.produce
         assessments, dlq = self.settings.topic_assessments, self.settings.topic_dlq
         policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
-        baselines = self.baselines
+        baselines, facts = self.baselines, self.facts
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -179,6 +183,8 @@ class Scorer(TransactionalLoop):
                 continue
             produce(assessments, value, key=ev["event_id"].encode(),
                     headers=[("occurred_at", str(ev["occurred_at"]).encode())])
+            if facts is not None:
+                facts.emit(produce, ev, msg.partition(), msg.offset())
             pctx.observe(ev)
             stats.add(ev, scored, now_ms)
         return stats
