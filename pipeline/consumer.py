@@ -27,7 +27,7 @@ from .assessment import AssessmentEncoder
 from .deadletters import dlq_headers
 from .errors import DeadLetter
 from .events import GRANTS, TransitionDict, check_values
-from .facts import FACT, FactEmitter
+from .facts import FACT, FactEmitter, check_fact_topics
 from .loop import TransactionalLoop, record_lag
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -76,6 +76,8 @@ class Scorer(TransactionalLoop):
         self.facts = (FactEmitter(settings, Serde(schemas, registry, record=FACT,
                                                   subject=f"{settings.topic_facts_by_target}-value"))
                       if settings.access_facts else None)
+        if self.facts is not None:
+            check_fact_topics(settings, self.consumer.list_topics(timeout=30).topics)
         self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
         self.window_ms = settings.context_window_seconds * 1000
         self.contexts: dict[int, PartitionContext] = {}

@@ -8,9 +8,10 @@ transaction as its offsets (the :class:`~pipeline.loop.TransactionalLoop` shared
 Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
 ``max(latest event time seen on the partition, wall clock) - grace``. So facts arriving out of order
 within the grace period are evaluated in event-time order, and the wall-clock term closes the windows
-of a quiet partition. A fact later than the grace is evaluated on arrival against the earlier facts
-only (rules never look at events after the one they judge), and counted in
-``agentgov_correlator_late_facts_total``.
+of a quiet partition. Rules only look at facts before the one they judge. A fact that arrives after
+later facts of its partition were already judged (later than the grace) is judged, and then the later
+facts of its key are judged again with it, so the chain it completes is still found; findings already
+published are not published again. It is counted in ``agentgov_correlator_late_facts_total``.
 
 State is rebuilt from the log, never kept: on assignment the correlator replays
 ``correlation_retain_seconds`` of the partition before its committed offset (``recovery.py``), applies
@@ -74,6 +75,8 @@ class KeyedState:
     history: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
     holdings: dict[str, dict[str, TransitionDict]] = field(default_factory=dict)
     seen: set[tuple[str, int, int]] = field(default_factory=set)
+    emitted: dict[str, None] = field(default_factory=dict)
+    released: tuple[int, str, int, int] = (0, "", 0, 0)
     max_seen_ms: int = 0
 
     def key_of(self, ev: TransitionDict) -> str:
@@ -98,6 +101,19 @@ class KeyedState:
     def before(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
         hist = self.history.get(key, [])
         return [h for _, h in hist[:bisect.bisect_left(hist, _order(ev), key=lambda t: t[0])]]
+
+    def after(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
+        hist = self.history.get(key, [])
+        return [h for _, h in hist[bisect.bisect_right(hist, _order(ev), key=lambda t: t[0]):]]
+
+    def first_time(self, finding_id: str, limit: int = 100_000) -> bool:
+        """True once per finding id (re-judging after a late fact must not publish a chain twice)."""
+        if finding_id in self.emitted:
+            return False
+        if len(self.emitted) >= limit:
+            self.emitted.clear()  # bounded; the store keeps one row per finding_id regardless
+        self.emitted[finding_id] = None
+        return True
 
     def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
         hist = self.history.setdefault(key, [])
@@ -172,6 +188,7 @@ class Correlator(TransactionalLoop):
         # What the watermark had released before the last commit is history: apply it, judge it no more.
         for ev in state.release(state.max_seen_ms - self.grace_ms):
             state.apply(state.key_of(ev), ev, self.retain_ms)
+            state.released = max(state.released, _order(ev))
         log.info("correlator state rebuilt", extra={"kv": {
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
             "holdings": held, "pending": len(state.pending)}})
@@ -244,8 +261,6 @@ class Correlator(TransactionalLoop):
             if state is None:  # assignment raced; build on the fly
                 state = self.states[(msg.topic(), msg.partition())] = KeyedState(
                     msg.topic() == self.settings.topic_facts_by_target)
-            if ev["occurred_at"] < max(state.max_seen_ms, now_ms) - self.grace_ms:
-                tally.late += 1
             state.add(ev)
             tally.facts += 1
         produce = self.producer.produce
@@ -253,11 +268,20 @@ class Correlator(TransactionalLoop):
         for state in self.states.values():
             for ev in state.release(max(state.max_seen_ms, now_ms) - self.grace_ms):
                 key = state.key_of(ev)
-                for found in self._judge(state, key, ev):
-                    record = found.to_avro(now_ms, __version__, self.policy.version)
-                    produce(topic, self.out.encode(record), key=found.finding_id.encode())
-                    tally.found.append(found)
+                found = self._judge(state, key, ev)
                 state.apply(key, ev, self.retain_ms)
+                if _order(ev) < state.released:
+                    # Later than the grace: facts after it were judged without it. Judge them again so
+                    # the chain it belongs to is still found (findings already published are skipped).
+                    tally.late += 1
+                    for later in state.after(key, ev):
+                        found += self._judge(state, key, later)
+                state.released = max(state.released, _order(ev))
+                for f in found:
+                    if state.first_time(f.finding_id):
+                        record = f.to_avro(now_ms, __version__, self.policy.version)
+                        produce(topic, self.out.encode(record), key=f.finding_id.encode())
+                        tally.found.append(f)
             state.prune_seen()
         return tally
 

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from .errors import ConfigError
 from .events import GRANTS, REVOKES, TransitionDict
 from .serde import Serde
 from .settings import Settings
@@ -103,6 +104,20 @@ def is_delegation_change(fact: Fact) -> bool:
 def edge_key(fact: Fact) -> str:
     """Compaction key on the delegations topic: grantor, delegate, system, access."""
     return f"{fact['agent_id']}\x1f{fact['target_id']}\x1f{fact['system']}\x1f{access_of(fact)}"
+
+
+def check_fact_topics(settings: Settings, topics: dict[str, Any]) -> None:
+    """Fail at start, not in every transaction, when the fact topics are missing or mis-sized: facts are
+    routed to explicit partitions, and co-partitioning needs exactly ``facts_partitions`` of them."""
+    wanted = {settings.topic_facts_by_target: settings.facts_partitions,
+              settings.topic_facts_by_agent: settings.facts_partitions,
+              settings.topic_holdings: settings.facts_partitions, settings.topic_delegations: 1}
+    for topic, n in wanted.items():
+        meta = topics.get(topic)
+        have = len(meta.partitions) if meta is not None and not meta.error else 0
+        if have != n:
+            raise ConfigError(f"topic {topic} has {have} partitions, expected {n}: create the topics "
+                              "(agentgov run does it) or set AGENTGOV_ACCESS_FACTS=false")
 
 
 class FactEmitter:
