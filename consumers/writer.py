@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from pipeline import correlations
 from pipeline.baselines import attach
 from pipeline.errors import AgentgovError
 from pipeline.logs import configure_logging
@@ -40,6 +41,7 @@ def main() -> int:
             sink.migrate()
         writer = Writer(settings, metrics, sink)
         attach(writer, settings, sink, load_policy(settings.policy_file))
+        correlations.attach(writer, settings, sink)  # the correlators' findings -> cross_run_findings
     except AgentgovError as exc:
         print(f"agentgov writer: {exc}", file=sys.stderr)
         return 2
