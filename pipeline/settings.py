@@ -62,8 +62,15 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     batch_max_messages: int = Field(default=2000, ge=1)
     batch_max_seconds: float = Field(default=0.2, gt=0)
-    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=4096,
+        description="Largest Kafka record any agentgov producer sends (librdkafka message.max.bytes); an event "
+                    "may use this minus a head room for its assessment and dead-letter headers (pipeline/limits.py).")
     max_future_skew_seconds: int = Field(default=300, ge=0)
+    max_event_age_days: int | None = Field(
+        default=None, ge=1,
+        description="Events older than this are dead-lettered, not scored; unset means retention_days (older "
+                    "events would be dropped by the store's TTL). May not exceed retention_days.")
     context_window_seconds: int = Field(default=3600, ge=0, description="How far back a scorer replays.")
     context_max_keys: int = Field(
         default=4000, ge=100,
@@ -116,6 +123,17 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown settings in environment: {', '.join(unknown)}")
         return data
+
+    @model_validator(mode="after")
+    def _age_within_retention(self) -> Settings:
+        if self.max_event_age_days is not None and self.max_event_age_days > self.retention_days:
+            raise ValueError(f"max_event_age_days={self.max_event_age_days} exceeds retention_days="
+                             f"{self.retention_days}: older events would be scored, then dropped by TTL")
+        return self
+
+    @property
+    def event_age_days(self) -> int:
+        return self.max_event_age_days or self.retention_days
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

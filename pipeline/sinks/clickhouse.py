@@ -112,6 +112,42 @@ def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -
     return out
 
 
+# ClickHouse error codes that blame the inserted data, not the store: retrying the same rows cannot help,
+# so the writer isolates the rows instead (writer.py). Everything else (read-only table, timeouts, network,
+# memory) is the store's and is retried whole.
+DATA_ERROR_CODES = frozenset({
+    6,    # CANNOT_PARSE_TEXT
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    33,   # CANNOT_READ_ALL_DATA
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    252,  # TOO_MANY_PARTITIONS (a batch spanning more than max_partitions_per_insert_block days)
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    m = _CODE.search(str(exc))
+    return int(m[1]) if m else None
+
+
+def is_data_error(code: int | None, text: str) -> bool:
+    """True when the store refused the rows themselves (see DATA_ERROR_CODES); 1001 (STD_EXCEPTION) only
+    when it is the Avro reader's, e.g. ``Value out of range for Avro int``."""
+    return code in DATA_ERROR_CODES or (code == 1001 and "avro::Exception" in text)
+
+
 class ClickHouseSink:
     """Writes assessment batches and serves audit reads."""
 
@@ -170,8 +206,9 @@ class ClickHouseSink:
         try:
             self.client.raw_insert(f"{self.database}.ingest", insert_block=container, fmt="Avro", settings=settings)
         except Exception as exc:
+            code = error_code(exc)
             raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table="ingest",
-                            kind=type(exc).__name__) from exc
+                            kind=type(exc).__name__, code=code, data=is_data_error(code, str(exc))) from exc
 
     # -- reads --------------------------------------------------------------------------------
     def query(self, sql: str, parameters: dict[str, Any] | None = None,
