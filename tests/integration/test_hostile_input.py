@@ -1,0 +1,252 @@
+"""Hostile input through the real broker and store: no single event may stop a partition.
+
+Each case is sent, then ordinary events after it; every test asserts that those later events are stored
+(the pipeline keeps flowing), that produced = stored + dead-lettered, and that the right dead-letter
+reason or finding appears. Sizes are the real ones (1,000,000-byte records), not a lowered limit.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Message, Producer
+
+from pipeline.assessment import AssessmentEncoder
+from pipeline.deadletters import header
+from pipeline.limits import (
+    ATTRIBUTE_VALUE_MAX_CHARS,
+    ATTRIBUTES_MAX,
+    DAY_MS,
+    IDENT_MAX_CHARS,
+    STEP_MAX,
+    Limits,
+)
+from pipeline.publisher import EventInvalid, TransitionPublisher
+from pipeline.schemas import ASSESSMENT, SchemaSet
+from pipeline.scoring.engine import Scored
+from pipeline.scoring.policy import load_policy
+from pipeline.serde import Serde
+from pipeline.settings import Settings
+from tests.factory import draft
+from tests.integration.conftest import consume, wait_until
+from tests.integration.test_fuzz_pipeline import InProcess
+
+pytestmark = pytest.mark.integration
+SCHEMAS = SchemaSet.load()
+SERDE = Serde(SCHEMAS)
+
+
+@pytest.fixture
+def in_process() -> Iterator[Callable[[Settings], InProcess]]:
+    made: list[InProcess] = []
+
+    def make(settings: Settings) -> InProcess:
+        made.append(InProcess(settings, None))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def raw_producer(settings: Settings) -> Producer:
+    return Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
+
+
+def sized(pub: TransitionPublisher, size: int, **changes: Any) -> dict[str, Any]:
+    """A completed record whose encoded form is exactly ``size`` bytes (grown through ``attributes``, each
+    value within the attribute limit)."""
+    rec = pub.complete(draft(run_id=f"run-size-{uuid.uuid4().hex[:8]}", **changes))
+    attrs: dict[str, str] = {}
+    rec["attributes"] = attrs
+    rest = size - len(SERDE.encode(rec))
+    while rest > ATTRIBUTE_VALUE_MAX_CHARS:  # whole values, leaving 4 KB or so for the pad
+        attrs[f"k{len(attrs):03d}"] = "x" * min(ATTRIBUTE_VALUE_MAX_CHARS, rest - 4096)
+        rest = size - len(SERDE.encode(rec))
+    attrs["pad"] = ""
+    for _ in range(4):  # the pad's length prefix may grow by a byte: converge
+        rest = size - len(SERDE.encode(rec))
+        attrs["pad"] = "p" * (len(attrs["pad"]) + rest)
+    assert len(SERDE.encode(rec)) == size
+    return rec
+
+
+def dlq_by_source(settings: Settings, count: int) -> dict[tuple[int, int], Message]:
+    """Dead letters by source (partition, offset): a re-cut batch may repeat one; the source identifies it."""
+    dead = consume(settings, settings.topic_dlq, count, timeout=60, settle=2.0)
+    return {(int(header(m.headers(), "agentgov.source.partition") or -1),
+             int(header(m.headers(), "agentgov.source.offset") or -1)): m for m in dead}
+
+
+def stored_ids(pipe: InProcess) -> set[str]:
+    return {r["event_id"] for r in pipe.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
+
+
+def flowing(pipe: InProcess, pub: TransitionPublisher, n: int = 5) -> set[str]:
+    """Publish ``n`` ordinary events after the hostile ones; assert they are stored within seconds."""
+    ids = {pub.publish(draft(run_id=f"run-after-{uuid.uuid4().hex[:8]}")) for _ in range(n)}
+    pub.flush()
+    assert wait_until(lambda: ids <= stored_ids(pipe), 60), "events after the hostile input were not stored"
+    return ids
+
+
+def test_sizes_at_the_real_one_megabyte_limit(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    settings = settings_factory()
+    limits = Limits.from_settings(settings)
+    assert settings.max_message_bytes == 1_000_000 and limits.event_bytes == 934_464
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    raw = raw_producer(settings)
+
+    # The SDK (and so `agentgov publish`) refuses an event over the limit before sending anything.
+    with pytest.raises(EventInvalid, match="oversized|exceeds"):
+        pub.send(sized(pub, limits.event_bytes + 1))
+    at_limit = sized(pub, limits.event_bytes)
+    pub.send(at_limit)
+    pub.flush()
+    # What a client without the SDK can send: just over the limit, and the ~1 MB record of the report.
+    over = sized(pub, limits.event_bytes + 1)
+    huge = sized(pub, 999_000)
+    offsets: dict[str, int] = {}
+
+    def note(name: str) -> Callable[[Any, Message], None]:
+        def cb(err: Any, msg: Message) -> None:
+            assert err is None, err
+            offsets[name] = msg.offset()
+        return cb
+
+    for name, rec in (("over", over), ("huge", huge)):
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode(), on_delivery=note(name))
+    assert raw.flush(30) == 0
+    after = flowing(pipe, pub)
+
+    dead = dlq_by_source(settings, 2)
+    assert {header(m.headers(), "agentgov.error.reason") for m in dead.values()} == {"oversized"}
+    huge_dead = next(m for m in dead.values() if header(m.headers(), "agentgov.payload.bytes") == str(999_000))
+    assert header(huge_dead.headers(), "agentgov.payload.truncated") == "1"
+    assert len(huge_dead.value()) == limits.dlq_payload_bytes
+    ids = stored_ids(pipe)
+    assert at_limit["event_id"] in ids and over["event_id"] not in ids and huge["event_id"] not in ids
+    # Accounting: 1 + 2 + 5 produced = stored + dead-lettered.
+    assert len(ids) + len(dead) == 1 + 2 + len(after)
+
+
+def _raw(pub: TransitionPublisher, **changes: Any) -> dict[str, Any]:
+    rec = pub.complete(draft(run_id=f"run-b-{uuid.uuid4().hex[:8]}"))
+    for key, value in changes.items():
+        node = rec
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return rec
+
+
+def test_bounds_of_every_narrowed_value(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    settings = settings_factory()
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    raw = raw_producer(settings)
+    now = int(time.time() * 1000)
+    age = settings.event_age_days * DAY_MS
+    accepted = {
+        "step_max": _raw(pub, step=STEP_MAX),
+        "tier_3": _raw(pub, **{"resource.privilege_tier": 3}),
+        "ident_512": _raw(pub, from_state="s" * IDENT_MAX_CHARS),
+        "attributes_256": _raw(pub, attributes={f"k{i}": "v" for i in range(ATTRIBUTES_MAX)}),
+        "almost_too_old": _raw(pub, occurred_at=now - age + 3_600_000),
+        "skew_inside": _raw(pub, occurred_at=now + 60_000),
+    }
+    rejected = {  # name -> the field the dead letter names
+        "step_int32_overflow": (_raw(pub, step=STEP_MAX + 6), "step"),
+        "step_2_pow_40": (_raw(pub, step=2**40), "step"),
+        "tier_4": (_raw(pub, **{"resource.privilege_tier": 4}), "resource.privilege_tier"),
+        "ident_513": (_raw(pub, from_state="s" * (IDENT_MAX_CHARS + 1)), "from_state"),
+        "key_id_513": (_raw(pub, **{"evidence.key_id": "k" * 513}), "evidence.key_id"),
+        "attributes_257": (_raw(pub, attributes={f"k{i}": "v" for i in range(ATTRIBUTES_MAX + 1)}), "attributes"),
+        "decades_old": (_raw(pub, occurred_at=now - 30 * 365 * DAY_MS), "occurred_at"),
+        "just_too_old": (_raw(pub, occurred_at=now - age - 3_600_000), "occurred_at"),
+        "decades_ahead": (_raw(pub, occurred_at=now + 30 * 365 * DAY_MS), "occurred_at"),
+        "upper_case_uuid": (_raw(pub, event_id=str(uuid.uuid4()).upper()), "event_id"),
+    }
+    for rec in accepted.values():
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
+    for rec, _ in rejected.values():
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
+    assert raw.flush(30) == 0
+    # The SDK refuses the same records before they leave the process.
+    for name, (rec, field) in rejected.items():
+        with pytest.raises(EventInvalid) as caught:
+            pub.send(rec)
+        assert field in str(caught.value), (name, caught.value)
+    after = flowing(pipe, pub)
+
+    dead = dlq_by_source(settings, len(rejected))
+    fields = sorted(header(m.headers(), "agentgov.error.field") or "" for m in dead.values())
+    assert fields == sorted(f for _, f in rejected.values())
+    assert {header(m.headers(), "agentgov.error.reason") for m in dead.values()} == {"invalid_value"}
+    ids = stored_ids(pipe)
+    assert {r["event_id"] for r in accepted.values()} <= ids
+    assert len(ids) + len(dead) == len(accepted) + len(rejected) + len(after)
+    steps = {r["step"] for r in pipe.sink.query("SELECT step FROM {db}.transitions FINAL")}
+    assert STEP_MAX in steps
+
+
+def _assessment(rec: dict[str, Any], encoder: AssessmentEncoder, offset: int) -> bytes:
+    decoded = SERDE.decode(SERDE.encode(rec))
+    return encoder.encode(decoded, Scored((), 0, "low"), 0, offset, int(time.time() * 1000))
+
+
+def test_writer_isolates_rows_the_store_refuses(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Assessments already on the topic (e.g. scored before a limit existed) that ClickHouse refuses: an
+    Avro int overflow (one row) and a batch spanning 120 daily partitions (error 252: no row is bad)."""
+    settings = settings_factory(writer_batch_rows=5000, writer_batch_seconds=1.0)
+    pub = publisher_factory(settings)
+    encoder = AssessmentEncoder(SCHEMAS, Serde(SCHEMAS, record=ASSESSMENT), "test", load_policy(None))
+    now = int(time.time() * 1000)
+    spread = [_raw(pub, occurred_at=now - day * DAY_MS) for day in range(120)]
+    overflow = _raw(pub, step=2**31 + 5)
+    neighbours = [_raw(pub) for _ in range(4)]
+    raw = raw_producer(settings)
+    for i, rec in enumerate(spread):  # one partition, so they are one batch for the writer
+        raw.produce(settings.topic_assessments, _assessment(rec, encoder, i), key=rec["event_id"].encode(),
+                    partition=0)
+    assert raw.flush(30) == 0
+    pipe = in_process(settings)  # started after the records are on the topic: they arrive as one batch
+    assert wait_until(lambda: pipe.writer.stored >= len(spread), 60)
+    for i, rec in enumerate([neighbours[0], neighbours[1], overflow, neighbours[2], neighbours[3]]):
+        raw.produce(settings.topic_assessments, _assessment(rec, encoder, 1000 + i), key=rec["event_id"].encode(),
+                    partition=0)
+    assert raw.flush(30) == 0
+    records = [*spread, overflow, *neighbours]
+    assert wait_until(lambda: pipe.writer.stored >= len(records), 60)
+    after = flowing(pipe, pub)
+    ids = stored_ids(pipe)
+    assert {r["event_id"] for r in [*spread, *neighbours]} <= ids and overflow["event_id"] not in ids
+    dead = dlq_by_source(settings, 1)
+    assert list(dead) == [(0, 122)]  # the overflow: third of the second lot
+    msg = dead[(0, 122)]
+    assert header(msg.headers(), "agentgov.error.reason") == "store_rejected"
+    assert "Avro int" in (header(msg.headers(), "agentgov.error.message") or "")
+    assert header(msg.headers(), "agentgov.source.topic") == settings.topic_assessments
+    assert len(ids) + len(dead) == len(records) + len(after)
+    sample = pipe.metrics.registry.get_sample_value
+    assert sample("agentgov_poison_records_total", {"role": "writer", "reason": "store_rejected"}) == 1
+    assert sample("agentgov_dead_letters_total", {"reason": "store_rejected"}) == 1
+    codes = {r.kv["code"] for r in caplog.records if r.getMessage() == "store refused a batch's data; isolating the rows"}
+    assert {252, 1001} <= codes, codes  # both refusals were met, and bisected
+    # A refused row is the data's fault, not the store's: no store-error series, no pause.
+    assert not sample("agentgov_sink_errors_total", {"table": "ingest", "kind": "DatabaseError"})
