@@ -28,10 +28,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from .consumer import record_lag
 from .deadletters import dead_letter
 from .errors import DeadLetter, DecodeError, SinkError
 from .limits import Limits
+from .loop import record_lag
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
 from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC, make_registry
