@@ -77,6 +77,11 @@ class Metrics:
             "Records isolated so they could not stop a partition (dead-lettered), by role and reason "
             "(oversized, produce_failed, store_rejected).", ["role", "reason"], registry=r,
         )
+        self.duplicates = Counter(
+            "agentgov_duplicate_events_total",
+            "Later copies of an already stored event_id, kept apart in the duplicates table (AG-EVD-005).",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "agentgov_consumer_lag_messages", "Messages behind the high watermark, per partition.",
             ["role", "partition"], registry=r,

@@ -69,6 +69,7 @@ class Writer:
                                                      "message.max.bytes": settings.max_message_bytes}))
         self.metrics.poison.labels(role=self.role, reason="store_rejected")  # exists at 0 from start-up
         self.rejected = 0
+        self._duplicates = 0
         self.stored = 0
         self.backoff_max = 10.0
         self.tasks: list[list[Any]] = []  # [interval, next_due, fn]: work that needs the store's client
@@ -211,6 +212,10 @@ class Writer:
             # restarting): the next owner re-reads them and the store's dedup absorbs the repeat.
             log.warning("commit failed after store; batch will be redelivered",
                         extra={"kv": {"error": str(exc), "messages": len(msgs)}})
+        if self._duplicates:
+            self.metrics.duplicates.inc(self._duplicates)
+            log.warning("later copies of stored event_ids kept apart (AG-EVD-005)",
+                        extra={"kv": {"copies": self._duplicates}})
         now = time.time()
         self.metrics.last_stored.set(now)
         for msg in msgs:
@@ -243,22 +248,50 @@ class Writer:
         return groups, ",".join(spans), undecodable
 
     def _insert(self, groups: Groups, batch: str) -> Rejected:
-        """Insert every group; returns the rows the store refused (isolated by bisection)."""
+        """Insert every group; returns the rows the store refused (isolated by bisection).
+
+        First copy wins: a row whose event_id is already stored (or claimed earlier in this batch) from
+        another source record goes to ``ingest_duplicates``, never over the original (migration 004).
+        The split depends only on what is stored, so a retried attempt splits the same way and reuses the
+        same dedup tokens."""
         rejected: Rejected = []
+        ids = list({(m.key() or b"").decode("utf-8", "replace") for _, _, msgs in groups.values() for m in msgs})
+        stored = self.sink.stored_sources(ids)
+        claimed: dict[str, tuple[int, int] | None] = {}
+        self._duplicates = 0
         for header, (builder, datums, msgs) in groups.items():
+            first: tuple[list[bytes], list[Message]] = ([], [])
+            later: tuple[list[bytes], list[Message]] = ([], [])
+            for datum, msg in zip(datums, msgs, strict=True):
+                event_id, source = (msg.key() or b"").decode("utf-8", "replace"), _source(msg)
+                known = stored.get(event_id)
+                if known is not None:
+                    duplicate = source is None or source not in known
+                elif event_id in claimed:
+                    duplicate = source is None or claimed[event_id] != source
+                else:
+                    claimed[event_id], duplicate = source, False
+                side = later if duplicate else first
+                side[0].append(datum)
+                side[1].append(msg)
             # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window.
             token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}"
-            self._insert_isolating(builder, datums, msgs, token, rejected)
+            if first[0]:
+                self._insert_isolating(builder, first[0], first[1], token, rejected)
+            if later[0]:
+                self._insert_isolating(builder, later[0], later[1], token + "-dup", rejected,
+                                       table="ingest_duplicates")
+                self._duplicates += len(later[0])
         return rejected
 
     def _insert_isolating(self, builder: ContainerBuilder, datums: list[bytes], msgs: list[Message], token: str,
-                          rejected: Rejected) -> None:
+                          rejected: Rejected, table: str = "ingest") -> None:
         """Insert; if the store refuses the data, bisect until the refused rows stand alone. A failure of
         the store itself (any other error) propagates, and the whole batch is retried: the halves already
         stored carry deterministic tokens (``token/a``, ``token/ab``...), so the retry does not repeat them."""
         t0 = time.perf_counter()
         try:
-            self.sink.insert_assessments(builder.build(datums), token)
+            self.sink.insert_assessments(builder.build(datums), token, table=table)
         except SinkError as exc:
             if not exc.fields.get("data"):
                 raise
@@ -269,11 +302,11 @@ class Writer:
             log.warning("store refused a batch's data; isolating the rows",
                         extra={"kv": {"rows": len(datums), "code": exc.fields.get("code")}})
             mid = len(datums) // 2
-            self._insert_isolating(builder, datums[:mid], msgs[:mid], token + "/a", rejected)
-            self._insert_isolating(builder, datums[mid:], msgs[mid:], token + "/b", rejected)
+            self._insert_isolating(builder, datums[:mid], msgs[:mid], token + "/a", rejected, table)
+            self._insert_isolating(builder, datums[mid:], msgs[mid:], token + "/b", rejected, table)
             return
-        self.metrics.sink_insert_duration.labels(table="ingest").observe(time.perf_counter() - t0)
-        self.metrics.sink_rows.labels(table="ingest").inc(len(datums))
+        self.metrics.sink_insert_duration.labels(table=table).observe(time.perf_counter() - t0)
+        self.metrics.sink_rows.labels(table=table).inc(len(datums))
 
     def _dead_letter(self, rejected: Rejected) -> None:
         """Send the dead letters and wait for the broker to confirm each; SinkError if any is not confirmed
@@ -322,3 +355,19 @@ class Writer:
         with contextlib.suppress(RuntimeError):
             self.consumer.close()
         self.dlq.flush(10)
+
+
+def _source(msg: Message) -> tuple[int, int] | None:
+    """The transitions record an assessment was scored from (headers set by the scorer), if known."""
+    partition = offset = None
+    for key, value in msg.headers() or ():
+        if key == "agentgov.source.partition":
+            partition = value
+        elif key == "agentgov.source.offset":
+            offset = value
+    if partition is None or offset is None:
+        return None
+    try:
+        return int(partition), int(offset)
+    except ValueError:
+        return None

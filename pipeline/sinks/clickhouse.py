@@ -193,7 +193,7 @@ class ClickHouseSink:
         return applied
 
     # -- writes -------------------------------------------------------------------------------
-    def insert_assessments(self, container: bytes, token: str) -> None:
+    def insert_assessments(self, container: bytes, token: str, table: str = "ingest") -> None:
         """Insert one Avro container into the ingest table. Raises :class:`SinkError` on failure.
 
         On a cluster ``ingest`` is the Distributed table: the insert returns only once every shard holds
@@ -204,11 +204,33 @@ class ClickHouseSink:
         if self.cluster:
             settings["distributed_foreground_insert"] = 1
         try:
-            self.client.raw_insert(f"{self.database}.ingest", insert_block=container, fmt="Avro", settings=settings)
+            self.client.raw_insert(f"{self.database}.{table}", insert_block=container, fmt="Avro", settings=settings)
         except Exception as exc:
             code = error_code(exc)
-            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table="ingest",
+            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table=table,
                             kind=type(exc).__name__, code=code, data=is_data_error(code, str(exc))) from exc
+
+    def insert_duplicates(self, container: bytes, token: str) -> None:
+        """Insert later copies of stored event_ids (``ingest_duplicates`` -> ``duplicates``, append-only)."""
+        self.insert_assessments(container, token, table="ingest_duplicates")
+
+    def stored_sources(self, event_ids: list[str]) -> dict[str, set[tuple[int, int]]]:
+        """For each of ``event_ids`` already stored: the source records (transitions partition, offset) it
+        was stored from. A point lookup on ``event_ids``' primary key. Raises :class:`SinkError`."""
+        if not event_ids:
+            return {}
+        try:
+            result = self.client.query(
+                f"SELECT event_id, source_partition, source_offset FROM {self.database}.event_ids "
+                "WHERE event_id IN {ids:Array(String)}", parameters={"ids": event_ids})
+        except Exception as exc:
+            code = error_code(exc)
+            raise SinkError(f"event_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}", table="event_ids",
+                            kind=type(exc).__name__, code=code, data=False) from exc
+        out: dict[str, set[tuple[int, int]]] = {}
+        for event_id, partition, offset in result.result_rows:
+            out.setdefault(event_id, set()).add((int(partition), int(offset)))
+        return out
 
     # -- reads --------------------------------------------------------------------------------
     def query(self, sql: str, parameters: dict[str, Any] | None = None,

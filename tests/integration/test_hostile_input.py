@@ -251,3 +251,105 @@ def test_writer_isolates_rows_the_store_refuses(
     assert {252, 1001} <= codes, codes  # both refusals were met, and bisected
     # A refused row is the data's fault, not the store's: no store-error series, no pause.
     assert not sample("agentgov_sink_errors_total", {"table": "ingest", "kind": "DatabaseError"})
+
+
+def test_a_later_copy_never_replaces_the_original(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """A rewritten copy (same event_id, risk 80 turned to ~0, new hash) and a byte-identical signed replay,
+    both published later under other keys: trail and export still show the original; both copies are kept
+    apart with AG-EVD-005; nothing is replaced, whichever partition each copy came through."""
+    settings = settings_factory(signing_keys={"k-agent": "s3cret-agent"})
+    pipe = in_process(settings)
+    pub = publisher_factory(settings, signing_key=("k-agent", b"s3cret-agent"))
+    original = pub.complete(draft(run_id="run-orig", action="assign_role", **{
+        "resource.resource_id": "role/GlobalAdmin", "resource.privilege_tier": 3}))
+    pub.send(original)
+    pub.flush()
+    assert wait_until(lambda: original["event_id"] in stored_ids(pipe), 60)
+    from pipeline.audit import export, render_trail, trail
+    from pipeline.events import event_hash, sign
+
+    before = trail(pipe.sink, "run-orig")
+    assert before[0]["risk_score"] >= 50, before
+
+    rewritten = dict(original, action="remove_role", resource={**original["resource"], "privilege_tier": 0})
+    rewritten["evidence"] = dict(original["evidence"], event_hash=event_hash(rewritten))
+    rewritten["evidence"]["signature"] = sign(rewritten, b"s3cret-agent")
+    raw = raw_producer(settings)
+    keys = [b"another-key-1", b"another-key-2"]  # other partitions than run-orig's, most likely
+    raw.produce(settings.topic_transitions, SERDE.encode(rewritten), key=keys[0])
+    raw.produce(settings.topic_transitions, SERDE.encode(original), key=keys[1])  # byte-identical replay
+    assert raw.flush(30) == 0
+    after = flowing(pipe, pub)
+    assert wait_until(lambda: pipe.metrics.registry.get_sample_value("agentgov_duplicate_events_total") == 2, 60)
+
+    rows = pipe.sink.query("SELECT action, privilege_tier FROM {db}.transitions FINAL WHERE event_id = {e:String}",
+                           {"e": original["event_id"]})
+    assert rows == [{"action": "assign_role", "privilege_tier": 3}]
+    now = trail(pipe.sink, "run-orig")
+    assert [(s["action"], s["risk_score"]) for s in now] == [(s["action"], s["risk_score"]) for s in before]
+    assert len(now[0]["later_copies"]) == 2
+    assert all("AG-EVD-005" in c["finding_codes"] for c in now[0]["later_copies"])
+    text = render_trail(now)
+    assert text.count("AG-EVD-005 critical: a later copy") == 2 and "remove_role" in text
+    from datetime import UTC, datetime, timedelta
+
+    exported = list(export(pipe.sink, since=datetime.now(UTC) - timedelta(days=1),
+                           until=datetime.now(UTC) + timedelta(days=1), min_score=50))
+    mine = [r for r in exported if r["event_id"] == original["event_id"]]
+    assert len(mine) == 1 and mine[0]["action"] == "assign_role" and len(mine[0]["later_copies"]) == 2
+    # Accounting: every produced record is stored, kept apart, or dead-lettered (none here).
+    kept_apart = pipe.sink.query("SELECT count() AS n FROM {db}.duplicates")[0]["n"]
+    assert len(stored_ids(pipe)) + kept_apart == 1 + 2 + len(after)
+
+
+ESC_VALUES = {
+    "esc_erase": "ok\x1b[1A\x1b[2K",          # cursor up, erase line: would hide the finding above
+    "osc_title": "t\x1b]0;pwned\x07",          # OSC: set the terminal title
+    "newline_forgery": "x\n[9] 2026-01-01 00:00:00.000  forged -> step",
+    "c1_csi": "c\x9b2J",                       # 8-bit CSI
+    "bidi": "abc\u202edcba",                   # right-to-left override
+}
+
+
+def test_every_printed_field_is_inert(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """ESC/OSC/CSI/newline/bidi in every agent-supplied string `agentgov trail` prints (identifiers refuse
+    control characters at the edge; the rest are stored verbatim and escaped on output)."""
+    from pipeline.audit import render_trail, to_json, trail
+
+    settings = settings_factory()
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    printed = ("from_state", "to_state", "agent.model_id", "agent.agent_version", "trigger.ref",
+               "decision.approval_ref", "policy.policy_id", "policy.policy_version", "workflow_version")
+    runs = []
+    for name, value in ESC_VALUES.items():
+        rec = pub.complete(draft(run_id=f"run-esc-{name}", **{
+            "decision.approved_by": "mgr-1", "inputs_used": [{"name": value, "source": value}]}))
+        for path in printed:
+            node = rec
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        rec["attributes"] = {value: value}
+        pub.send(rec)
+        runs.append(rec)
+    pub.flush()
+    assert wait_until(lambda: {r["event_id"] for r in runs} <= stored_ids(pipe), 60)
+    for name, rec in zip(ESC_VALUES, runs, strict=True):
+        steps = trail(pipe.sink, rec["run_id"])
+        assert steps[0]["from_state"] == rec["from_state"]  # stored verbatim
+        text = render_trail(steps)
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e"), repr(text)
+        # No forged line: a step prints 5 lines plus one per finding.
+        assert len(text.splitlines()) == 5 + len(steps[0]["findings"]), text
+        escaped = "\\u202e" if name == "bidi" else "\\x"
+        assert text.count(escaped) >= len(printed) - 3, text  # agent_version, workflow_version, attrs unprinted
+        js = to_json(steps)
+        assert not any(c in js for c in "\x1b\x07\x9b\u202e\n")
