@@ -89,6 +89,7 @@ class Scorer(TransactionalLoop):
             schemas, Serde(schemas, registry, record=ASSESSMENT, subject=f"{settings.topic_assessments}-value"),
             __version__, policy)
         self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
+        self.key_agents = {k: tuple(v) for k, v in settings.signing_key_agents.items()}
         self.window_ms = settings.context_window_seconds * 1000
         self.contexts: dict[int, PartitionContext] = {}
         self.metrics.policy_info.labels(role=self.role).info(
@@ -193,6 +194,7 @@ class Scorer(TransactionalLoop):
                 seen_event_hashes=pctx.seen,
                 signing_keys=keys,
                 require_signatures=require,
+                key_agents=self.key_agents,
             )
             try:
                 scored = score(ev, ctx)

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     policy_reload_seconds: float = Field(default=2.0, gt=0, description="How often scorers check the file.")
     signing_keys: dict[str, SecretStr] = Field(default_factory=dict, description="key_id -> HMAC key.")
     require_signatures: bool = False
+    signing_key_agents: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="key_id -> agent_id patterns (fnmatch, e.g. agent-jml-*) the key may sign for. When set, a "
+                    "valid signature by a key not registered for the event's agent is AG-EVD-007.")
 
     schema_dir: Path | None = Field(default=None, description="Where schemas/*.avsc live (default: beside pipeline/).")
 

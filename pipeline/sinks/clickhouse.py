@@ -87,12 +87,13 @@ def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str
             "rmt": f"ReplicatedReplacingMergeTree({_ZK_PATH})",
             "rmt_ver": f"ReplicatedReplacingMergeTree({_ZK_PATH}, scored_at)",
             "amt": f"ReplicatedAggregatingMergeTree({_ZK_PATH})",
+            "mt": f"ReplicatedMergeTree({_ZK_PATH})",
             "dedup_window": "replicated_deduplication_window = 10000",
             "grant_actions": _GRANT_ACTIONS,
         }
     return {"db": database, "ttl_days": ttl_days, "on_cluster": "", "local": "",
             "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)",
-            "amt": "AggregatingMergeTree",
+            "amt": "AggregatingMergeTree", "mt": "MergeTree",
             "dedup_window": "non_replicated_deduplication_window = 10000", "grant_actions": _GRANT_ACTIONS}
 
 
@@ -187,6 +188,10 @@ class ClickHouseSink:
                 continue
             for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
+            if version == 4 and not self.cluster and done:  # ids of events stored before it (see 004)
+                self.client.command(
+                    f"INSERT INTO {db}.event_ids SELECT event_id, run_id, occurred_at, source_partition, "
+                    f"source_offset, event_hash FROM {db}.transitions")
             self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(version)
             log.info("migration applied", extra={"kv": {"version": version, "name": name}})

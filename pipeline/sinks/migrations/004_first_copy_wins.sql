@@ -7,7 +7,8 @@
 -- `duplicates` with AG-EVD-005 added to its finding codes. A redelivery (same source record) still goes to
 -- `ingest` and is absorbed by the dedup as before. Assessments are keyed by event_id on Kafka, so every
 -- copy of an id reaches the same writer, in order: the check is deterministic, whatever partition of the
--- transitions topic each copy came through.
+-- transitions topic each copy came through. ClickHouseSink.migrate() fills `event_ids` from the
+-- `transitions` stored before this version (single node).
 
 CREATE TABLE IF NOT EXISTS ${db}.event_ids${local} ${on_cluster}
 (
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS ${db}.duplicates${local} ${on_cluster}
     source_offset Int64,
     transition String
 )
-ENGINE = MergeTree
+ENGINE = ${mt}
 PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (event_id, stored_at)
 TTL toDateTime(occurred_at) + INTERVAL ${ttl_days} DAY;
@@ -83,7 +84,3 @@ SELECT
     toJSONString(transition) AS transition
 FROM ${db}.ingest_duplicates${local};
 
--- Events stored before this version: their ids, so a later copy of one is caught too (single node; on a
--- cluster run it on each shard).
-INSERT INTO ${db}.event_ids${local}
-SELECT event_id, run_id, occurred_at, source_partition, source_offset, event_hash FROM ${db}.transitions${local};
