@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 ENV_PREFIX = "AGENTGOV_"
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(url without user info, user, password) of ``scheme://user:password@host...``; unchanged otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, None
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url, None, None
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{host}{slash}{path}", unquote(user) or None, unquote(password) if colon else None
 
 
 class Settings(BaseSettings):
@@ -38,7 +52,8 @@ class Settings(BaseSettings):
     kafka_ssl_certificate_location: Path | None = None
     kafka_ssl_key_location: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
-    kafka_extra: dict[str, str] = Field(default_factory=dict, description="Raw librdkafka overrides.")
+    kafka_extra: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Raw librdkafka overrides (values kept secret: they may hold passwords).")
     embedded_broker_port: int = 19092
 
     schema_registry_url: str | None = Field(
@@ -128,6 +143,34 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown settings in environment: {', '.join(unknown)}")
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_urls(cls, data: Any) -> Any:
+        """Credentials written into a URL move to their SecretStr fields, so the URL left behind (shown in
+        logs, errors and the start-up line) holds none: ``http://u:p@host:8123`` becomes ``http://host:8123``
+        plus ``clickhouse_username``/``clickhouse_password``; a registry URL's go to
+        ``schema_registry_basic_auth``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        dsn = data.get("clickhouse_dsn")
+        if isinstance(dsn, str):
+            bare, user, password = split_credentials(dsn)
+            if user is not None or password is not None:
+                data["clickhouse_dsn"] = bare
+                if user and data.get("clickhouse_username") is None:
+                    data["clickhouse_username"] = user
+                if password is not None and data.get("clickhouse_password") is None:
+                    data["clickhouse_password"] = password
+        url = data.get("schema_registry_url")
+        if isinstance(url, str):
+            bare, user, password = split_credentials(url)
+            if user is not None or password is not None:
+                data["schema_registry_url"] = bare
+                if data.get("schema_registry_basic_auth") is None:
+                    data["schema_registry_basic_auth"] = f"{user or ''}:{password or ''}"
+        return data
+
     @model_validator(mode="after")
     def _age_within_retention(self) -> Settings:
         if self.max_event_age_days is not None and self.max_event_age_days > self.retention_days:
@@ -176,7 +219,7 @@ class Settings(BaseSettings):
                 conf[key] = str(path)
         if self.kafka_ssl_key_password is not None:
             conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
-        conf.update(self.kafka_extra)
+        conf.update({k: v.get_secret_value() for k, v in self.kafka_extra.items()})
         conf.update(extra)
         return conf
 

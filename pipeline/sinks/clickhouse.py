@@ -46,8 +46,11 @@ def connect(settings: Settings) -> Client:
     try:
         return clickhouse_connect.get_client(**kwargs)
     except Exception as exc:
-        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {exc}",
-                        dsn=settings.clickhouse_dsn) from exc
+        detail = str(exc)
+        if settings.clickhouse_password is not None and settings.clickhouse_password.get_secret_value():
+            detail = detail.replace(settings.clickhouse_password.get_secret_value(), "**********")
+        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {detail}",
+                        dsn=settings.clickhouse_dsn) from None
 
 
 def migrations() -> list[tuple[int, str, str]]:
