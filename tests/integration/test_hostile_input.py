@@ -353,3 +353,45 @@ def test_every_printed_field_is_inert(
         assert text.count(escaped) >= len(printed) - 3, text  # agent_version, workflow_version, attrs unprinted
         js = to_json(steps)
         assert not any(c in js for c in "\x1b\x07\x9b\u202e\n")
+
+
+def test_dlq_command_lists_shows_and_republishes_after_a_fix(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """An event dead-lettered for a cause that is then fixed (here: it was ahead of a zero clock skew, and
+    its time has come) is listed, shown and re-published by `agentgov dlq`, and then stored."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    settings = settings_factory(max_future_skew_seconds=0)
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    early = _raw(pub, occurred_at=int(time.time() * 1000) + 4000, from_state="ahead\x1b[2J")
+    cut = sized(pub, Limits.from_settings(settings).event_bytes + 10)
+    raw = raw_producer(settings)
+    for rec in (early, cut):
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
+    assert raw.flush(30) == 0
+    dlq_by_source(settings, 2)
+    env = {"AGENTGOV_KAFKA_BOOTSTRAP": settings.bootstrap(), "AGENTGOV_TOPIC_DLQ": settings.topic_dlq,
+           "AGENTGOV_TOPIC_TRANSITIONS": settings.topic_transitions}
+    runner = CliRunner()
+    listed = runner.invoke(main, ["dlq", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and any("invalid_value   field occurred_at" in x for x in lines), lines
+    assert any("oversized" in x and "(payload cut)" in x for x in lines), lines
+    ref_early = next(x.split()[0] for x in lines if "occurred_at" in x)
+    ref_cut = next(x.split()[0] for x in lines if "oversized" in x)
+    shown = runner.invoke(main, ["dlq", "show", ref_early], env=env)
+    assert shown.exit_code == 0 and early["event_id"] in shown.stdout and "\x1b" not in shown.stdout
+    refused = runner.invoke(main, ["dlq", "republish", ref_cut], env=env)
+    assert refused.exit_code == 2 and "cut payload" in refused.output and "Traceback" not in refused.output
+
+    time.sleep(max(0.0, early["occurred_at"] / 1000 - time.time()) + 0.5)  # the fix: its time has come
+    done = runner.invoke(main, ["dlq", "republish", ref_early], env=env)
+    assert done.exit_code == 0 and "re-published 1" in done.stdout, done.output
+    assert wait_until(lambda: early["event_id"] in stored_ids(pipe), 60)
+    flowing(pipe, pub, 2)
