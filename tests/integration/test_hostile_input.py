@@ -395,3 +395,39 @@ def test_dlq_command_lists_shows_and_republishes_after_a_fix(
     assert done.exit_code == 0 and "re-published 1" in done.stdout, done.output
     assert wait_until(lambda: early["event_id"] in stored_ids(pipe), 60)
     flowing(pipe, pub, 2)
+
+
+def test_cross_agent_signature_and_a_non_utf8_policy_file(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess], tmp_path: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Agent B's event signed with A's (valid, known) key is AG-EVD-007; A's own is clean. Then the policy
+    file is overwritten with non-UTF-8 bytes: the scorers keep the old policy and keep scoring."""
+    from pathlib import Path
+
+    policy = Path(tmp_path) / "policy.yaml"
+    policy.write_text(Path("policies/default.yaml").read_text())
+    settings = settings_factory(signing_keys={"k-a": "key-of-a", "k-b": "key-of-b"}, require_signatures=True,
+                                signing_key_agents={"k-a": ["agent-a"], "k-b": ["agent-b*"]},
+                                policy_file=policy, policy_reload_seconds=0.2)
+    pipe = in_process(settings)
+    as_a = publisher_factory(settings, signing_key=("k-a", b"key-of-a"))
+    own = as_a.publish(draft(run_id="run-sig-own", **{"agent.agent_id": "agent-a"}))
+    forged = as_a.publish(draft(run_id="run-sig-forged", **{"agent.agent_id": "agent-b-7"}))
+    as_a.flush()
+    assert wait_until(lambda: {own, forged} <= stored_ids(pipe), 60)
+    codes = {r["event_id"]: set(r["finding_codes"]) for r in pipe.sink.query(
+        "SELECT event_id, finding_codes FROM {db}.assessments FINAL")}
+    assert "AG-EVD-007" in codes[forged] and "AG-EVD-006" not in codes[forged]
+    assert not {"AG-EVD-006", "AG-EVD-007"} & codes[own]
+
+    version = pipe.scorer.policy.version
+    policy.write_bytes(policy.read_bytes().replace(b"version:", b"version: \xff\xfe #", 1))
+    time.sleep(1.0)  # several reload checks
+    after = {as_a.publish(draft(run_id=f"run-sig-after-{i}", **{"agent.agent_id": "agent-a"})) for i in range(3)}
+    as_a.flush()
+    assert wait_until(lambda: after <= stored_ids(pipe), 60)
+    assert pipe.scorer.policy.version == version
+    rejected = [r for r in caplog.records if r.getMessage().startswith("policy file changed but is invalid")]
+    assert rejected and "not UTF-8" in getattr(rejected[0], "kv", {})["error"]
+    assert all(t.is_alive() for t in pipe.threads)
