@@ -127,8 +127,9 @@ class TransitionPublisher:
             payload = self.serde.encode(dict(record))
             self.limits.check_size(len(payload))
         except ValidationError as exc:
-            field = exc.fields.get("field") or "event"
-            raise EventInvalid(f"invalid event: {field}: {exc.message}", paths=[field]) from exc
+            field = exc.fields.get("field") or ""
+            where = f"{field}: " if field else ""
+            raise EventInvalid(f"invalid event: {where}{exc.message}", paths=[field] if field else []) from exc
         except (ValueError, TypeError, KeyError, OverflowError) as exc:  # fastavro's view of a bad record
             raise EventInvalid(f"invalid event: cannot encode: {type(exc).__name__}: {exc}"[:600],
                                paths=[]) from exc
