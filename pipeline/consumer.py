@@ -27,6 +27,7 @@ from .assessment import AssessmentEncoder
 from .deadletters import dead_letter, dlq_headers, header
 from .errors import DeadLetter
 from .events import GRANTS, TransitionDict, check_values
+from .facts import FACT, FactEmitter, check_fact_topics
 from .limits import Limits
 from .loop import TransactionalLoop, record_lag
 from .metrics import Metrics
@@ -88,6 +89,11 @@ class Scorer(TransactionalLoop):
         self.encoder = AssessmentEncoder(
             schemas, Serde(schemas, registry, record=ASSESSMENT, subject=f"{settings.topic_assessments}-value"),
             __version__, policy)
+        self.facts = (FactEmitter(settings, Serde(schemas, registry, record=FACT,
+                                                  subject=f"{settings.topic_facts_by_target}-value"))
+                      if settings.access_facts else None)
+        if self.facts is not None:
+            check_fact_topics(settings, self.consumer.list_topics(timeout=30).topics)
         self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
         self.key_agents = {k: tuple(v) for k, v in settings.signing_key_agents.items()}
         self.window_ms = settings.context_window_seconds * 1000
@@ -157,7 +163,7 @@ class Scorer(TransactionalLoop):
         produce = self.producer.produce
         assessments = self.settings.topic_assessments
         policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
-        baselines = self.baselines
+        baselines, facts = self.baselines, self.facts
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -212,6 +218,8 @@ class Scorer(TransactionalLoop):
                 stats.poison["oversized"] += 1
                 self._send_dead(msg, exc, "oversized", stats)
                 continue
+            if facts is not None:
+                facts.emit(produce, ev, msg.partition(), msg.offset())
             pctx.observe(ev)
             stats.add(ev, scored, now_ms)
         return stats

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Callable[[Message], T | None],
-           observe: Callable[[T], None], *, max_events: int = 200_000, max_seconds: float = 120.0) -> int:
+           observe: Callable[[T], object], *, max_events: int = 200_000, max_seconds: float = 120.0) -> int:
     """Replay ``[committed - window, committed)`` of ``tp`` into ``observe``; returns events observed.
 
     ``window_ms == 0`` means "the last ``max_events`` messages". A message ``decode`` turns into None
