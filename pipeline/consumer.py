@@ -121,7 +121,8 @@ class Scorer(TransactionalLoop):
             self.set_policy(changed)
 
     def _new_context(self) -> PartitionContext:
-        return PartitionContext(self.window_ms, max_keys=self.settings.context_max_keys)
+        return PartitionContext(self.window_ms, max_keys=self.settings.context_max_keys,
+                                max_bytes=self.settings.context_max_bytes)
 
     # -- context: rebuilt by replay -----------------------------------------------------------
     def rebuild(self, tp: TopicPartition) -> None:

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         description="Runs, targets and agents a scorer remembers per partition (LRU); memory is about 4 KB "
                     "per remembered event, so this bounds a scorer's resident size.")
 
+    context_max_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1024 * 1024,
+        description="Approximate bytes of events a scorer remembers per owned partition (least recently used "
+                    "runs/targets/agents go first); with context_max_keys, this bounds a scorer's resident size.")
+
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_dsn: str = Field(default="chdb://.agentgov/chdb", description="chdb:///path or http(s)://host:8123")
     clickhouse_database: str = "agentgov"

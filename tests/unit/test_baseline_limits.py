@@ -56,3 +56,21 @@ def test_the_cache_evicts_stale_and_excess_baselines() -> None:
     cache.max_agents = 3
     assert cache.evict() == 2
     assert sorted(cache.data) == ["a2", "a3", "a4"]  # the most recent kept
+
+
+def test_scorer_context_is_capped_in_bytes() -> None:
+    from pipeline.state import PartitionContext, approx_bytes
+    from tests.unit.test_serde import record
+
+    cap = 4 * 1024 * 1024
+    ctx = PartitionContext(3_600_000, max_keys=100_000, max_bytes=cap)
+    big = {f"k{i}": "x" * 8000 for i in range(100)}  # ~800 KB per event, as a hostile client may send
+    events = [record(run_id=f"run-{i}", attributes=big, **{"target.identity_id": f"u{i}", "agent.agent_id": f"a{i}"})
+              for i in range(50)]
+    for ev in events:
+        ctx.observe(ev)
+    last = events[-1]
+    assert approx_bytes(last) > 800_000
+    assert ctx.held_bytes <= cap // 3 + approx_bytes(last)  # one index's share, plus the event just added
+    assert ctx.run_history(last) == (last,)  # the most recent survives
+    assert len(ctx.runs.data) < 50
