@@ -112,6 +112,66 @@ def publish(file: Path) -> None:
     sys.exit(1 if rejected else 0)
 
 
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, show, and re-publish after a fix (docs/runbooks/dead-letters.md)."""
+
+
+@dlq.command("list")
+@click.option("--reason", default=None, help="Only this reason (see docs/guarantees.md).")
+def dlq_list(reason: str | None) -> None:
+    """One line per dead letter: PARTITION:OFFSET, reason, field, source, size, error."""
+    from .dlq import read
+
+    try:
+        letters = read(_settings(), reason=reason)
+    except AgentgovError as exc:
+        _fail(exc)
+    for letter in letters:
+        click.echo(letter.line())
+    click.echo(f"{len(letters)} dead letters", err=True)
+
+
+@dlq.command("show")
+@click.argument("refs", nargs=-1, required=True)
+def dlq_show(refs: tuple[str, ...]) -> None:
+    """Headers and decoded payload of the dead letters REFS (PARTITION:OFFSET)."""
+    from .dlq import DlqError, read
+
+    try:
+        letters = read(_settings(), refs=refs)
+        missing = set(refs) - {x.ref for x in letters}
+        if missing:
+            raise DlqError(f"no dead letter at {', '.join(sorted(missing))}")
+    except AgentgovError as exc:
+        _fail(exc)
+    click.echo("\n\n".join(letter.show() for letter in letters))
+
+
+@dlq.command("republish")
+@click.argument("refs", nargs=-1)
+@click.option("--reason", default=None, help="Every dead letter with this reason (instead of REFS).")
+@click.option("--dry-run", is_flag=True, help="Say what would be re-published; send nothing.")
+def dlq_republish(refs: tuple[str, ...], reason: str | None, dry_run: bool) -> None:
+    """Send dead letters (REFS, or all of --reason) back to the topic they came from, after a fix."""
+    from .dlq import DlqError, read, republish
+
+    try:
+        if bool(refs) == bool(reason):
+            raise DlqError("give dead-letter refs (PARTITION:OFFSET) or --reason, not both")
+        settings = _settings()
+        letters = read(settings, refs=refs, reason=reason)
+        missing = set(refs) - {x.ref for x in letters}
+        if missing:
+            raise DlqError(f"no dead letter at {', '.join(sorted(missing))}")
+        for letter in letters:
+            click.echo(("would re-publish " if dry_run else "re-publishing ") + letter.line())
+        sent = 0 if dry_run else republish(settings, letters)
+    except AgentgovError as exc:
+        _fail(exc)
+    click.echo(f"re-published {sent} dead letters" if not dry_run else f"{len(letters)} would be re-published")
+
+
 @main.command()
 def topics() -> None:
     """Create agentgov's topics on the configured cluster (idempotent)."""

@@ -282,9 +282,12 @@ def parse_policy(text: str, source: str = "<string>") -> LoadedPolicy:
 def load_policy(path: Path | None = None) -> LoadedPolicy:
     path = path or default_policy_path()
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read policy file {path}: {exc}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:  # a ConfigError, so a running scorer keeps its previous policy
+        raise ConfigError(f"policy file {path} is not UTF-8 (byte {exc.start}: {exc.reason})",
+                          source=str(path)) from exc
     return parse_policy(text, str(path))
 
 
