@@ -207,10 +207,13 @@ def trail(run_id: str, as_json: bool) -> None:
     """Reconstruct RUN_ID for an auditor: every step, inputs, policy, authority, approval, findings."""
     from .audit import render_trail, to_json
     from .audit import trail as load_trail
+    from .review.store import ReviewStore, attach_decisions
     from .sinks.clickhouse import ClickHouseSink
 
     try:
-        steps = load_trail(ClickHouseSink.connect(_settings()), run_id)
+        sink = ClickHouseSink.connect(_settings())
+        steps = load_trail(sink, run_id)
+        attach_decisions(steps, ReviewStore(sink).run_decisions(run_id))  # review history (migration 005)
     except AgentgovError as exc:
         _fail(exc)
     click.echo(to_json(steps) if as_json else render_trail(steps))
@@ -276,6 +279,47 @@ def policy_check(file: Path) -> None:
         click.echo(f"invalid: {exc}", err=True)
         sys.exit(1)
     click.echo(summary)
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def review(ctx: click.Context) -> None:
+    """The review workbench: `agentgov review` (= serve) and `agentgov review export`."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(review_serve)
+
+
+@review.command("serve")
+@click.option("--scorers", default=1, show_default=True, help="With an embedded store: scorers of the pipeline.")
+def review_serve(scorers: int) -> None:
+    """Serve the workbench on AGENTGOV_REVIEW_ADDR:AGENTGOV_REVIEW_PORT.
+
+    With an embedded store (chdb://, one process per path) the pipeline runs in this process too, as
+    `agentgov run` does; with a ClickHouse server the app only reads it and publishes to Kafka."""
+    from .review.serve import serve_review
+
+    try:
+        serve_review(_settings(), scorers=scorers)
+    except AgentgovError as exc:
+        _fail(exc)
+
+
+@review.command("export")
+@click.option("--since", type=click.DateTime(), required=True, help="UTC start.")
+@click.option("-o", "--output", type=click.File("w"), default="-")
+def review_export(since: datetime, output: Any) -> None:
+    """Write review decisions and exception versions since --since as JSON lines (for auditors)."""
+    from .audit import to_json
+    from .review.store import ReviewStore
+    from .sinks.clickhouse import ClickHouseSink
+
+    try:
+        rows = ReviewStore(ClickHouseSink.connect(_settings())).export(since)
+    except AgentgovError as exc:
+        _fail(exc)
+    for row in rows:
+        output.write(to_json(row) + "\n")
+    click.echo(f"exported {len(rows)} review records", err=True)
 
 
 @main.command()
