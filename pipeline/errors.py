@@ -80,4 +80,12 @@ DLQ_REASONS = (
     "invalid_value",
     "invalid_utf8",
     "registry",
+    "internal",
+    "unproducible",
+    "store_rejected",
 )
+
+# Closed set of poison reasons: records that would have stopped a partition had they not been isolated
+# (agentgov_poison_records_total). ``oversized``: the scorer's output did not fit in a record;
+# ``produce_failed``: the broker refused an output record; ``store_rejected``: the store refused a row.
+POISON_REASONS = ("oversized", "produce_failed", "store_rejected")

@@ -51,6 +51,8 @@ def _emitted() -> set[str]:
     run(first, context_for(first, [first]))  # replay
     dup = event({"event_id": first["event_id"], "resource.resource_id": "grp-x"})
     run(dup, context_for(dup, [first]))
+    foreign = event({"agent.agent_id": "agent-other"}, key=("k1", b"key-1"))
+    run(foreign, context_for(foreign, signing_keys={"k1": b"key-1"}, key_agents={"k1": ("agent-jml-*",)}))
     return found
 
 
