@@ -81,3 +81,21 @@ DLQ_REASONS = (
     "invalid_utf8",
     "registry",
 )
+
+
+class PolicyError(ConfigError):
+    """A governance policy file is unreadable or invalid. Fatal at start; a reload keeps the previous one."""
+
+    reason = "policy"
+
+
+class StoreMissing(SinkError):
+    """The audit store (database and tables) has not been created at the configured DSN."""
+
+    reason = "store_missing"
+
+
+class StoreLocked(SinkError):
+    """An embedded (chdb) store is open in another process; chdb serves a data path from one process."""
+
+    reason = "store_locked"
