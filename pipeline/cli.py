@@ -106,6 +106,7 @@ def demo(events: int, scorers: int, keep: bool) -> None:
     .agentgov/chdb); it replaces an earlier demo's data but never a store holding other data."""
     from .demo import prepare_store, render, run_demo
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind: stop the broker and scorers too
     settings = _settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     prepare_store(settings, keep=keep)

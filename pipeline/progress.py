@@ -120,7 +120,7 @@ class StreamProgress:
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_line = 0.0
+        self._last_line = float("-inf")  # the first poll prints
         self._rich: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
 
@@ -179,6 +179,19 @@ class StreamProgress:
             self.out.write(self.line(shown, now - self.started) + "\n")
             self.out.flush()
 
+    def eta(self, shown: dict[str, tuple[int, float] | None]) -> float | None:
+        """Seconds until the last known stage is complete, at the rate of the latest stage that is moving
+        (before the writer's first batch, the scorers' rate)."""
+        known = [s for s in STAGES if shown.get(s) is not None]
+        if not known:
+            return None
+        value, _ = shown[known[-1]] or (0, 0.0)
+        left = self.totals[known[-1]] - value
+        if left <= 0:
+            return 0
+        rate = next((got[1] for s in reversed(known) if (got := shown[s]) is not None and got[1] > 0), 0.0)
+        return left / rate if rate > 0 else None
+
     def line(self, shown: dict[str, tuple[int, float] | None], elapsed: float) -> str:
         """The plain form: ``published 12,000/50,000 (5,100/s)  scored ...  stored ...  eta 8s``."""
         parts = []
@@ -186,12 +199,7 @@ class StreamProgress:
             if got is not None:
                 parts.append(f"{stage} {got[0]:,}/{self.totals[stage]:,} ({got[1]:,.0f}/s)")
         parts.append(f"elapsed {elapsed:.0f}s")
-        last = next((s for s in reversed(STAGES) if shown.get(s) is not None), None)
-        if last is not None:
-            value, rate = shown[last] or (0, 0.0)
-            left = self.totals[last] - value
-            if left <= 0:
-                parts.append("done")
-            elif rate > 0:
-                parts.append(f"eta {left / rate:.0f}s")
+        eta = self.eta(shown)
+        if eta is not None:
+            parts.append("done" if eta == 0 else f"eta {eta:.0f}s")
         return (self.title + "  " if self.title else "") + "  ".join(parts)
