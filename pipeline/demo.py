@@ -137,13 +137,12 @@ def next_steps(result: DemoResult, settings: Settings) -> list[str]:
     chains = sorted(result.escalation_chains, key=lambda c: c["code"])
     steps = []
     if chains:
-        steps.append(f"agentgov trail {chains[0]['run_id']}          # the planted {chains[0]['code']} chain, "
-                     "step by step (--json for the incident)")
-    steps.append("agentgov export --min-score 50 -o risky.jsonl   # the risky assessments, one JSON line each")
+        steps.append((f"agentgov trail {chains[0]['run_id']}", f"the planted {chains[0]['code']} chain, step by step"))
+    steps.append(("agentgov export --min-score 50 -o risky.jsonl", "the risky assessments, as JSON lines"))
     if settings.metrics_port:
-        steps.append(f"agentgov run      # the pipeline on this store: metrics at "
-                     f"http://{settings.metrics_addr}:{settings.metrics_port}/metrics, publish with agentgov publish")
-    return steps
+        steps.append(("agentgov run", f"then http://{settings.metrics_addr}:{settings.metrics_port}/metrics "
+                                      "(Ctrl-C stops)"))
+    return [f"{cmd:<46} # {why}" for cmd, why in steps]
 
 
 def render(result: DemoResult, settings: Settings | None = None) -> str:

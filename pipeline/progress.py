@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -30,7 +31,6 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -96,6 +96,11 @@ class _Rate:
         return (value - v0) / (now - t0) if now > t0 else 0.0
 
 
+class _CountColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{int(task.completed):>10,}/{int(task.total or 0):,}", style="progress.download")
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         rate = task.fields.get("rate", 0.0)
@@ -123,18 +128,24 @@ class StreamProgress:
         self._last_line = float("-inf")  # the first poll prints
         self._rich: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
+        self._rerouted: list[logging.StreamHandler] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> StreamProgress:
         self.started = time.monotonic()
         if self.tty:
             self._rich = Progress(
-                TextColumn("{task.description:<10}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                TextColumn("{task.description:<10}"), BarColumn(bar_width=30), _CountColumn(),
                 _RateColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=Console(file=self.out), refresh_per_second=4, transient=False)
             for stage in STAGES:
                 self._tasks[stage] = self._rich.add_task(stage, total=self.totals[stage], rate=0.0)
             self._rich.start()
+            # rich now proxies sys.stderr to print above the display; send log lines through it too
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is self.out:
+                    self._rerouted.append(handler)
+                    handler.setStream(sys.stderr)
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
         return self
@@ -146,6 +157,8 @@ class StreamProgress:
         self.poll(final=True)
         if self._rich is not None:
             self._rich.stop()
+            for handler in self._rerouted:
+                handler.setStream(self.out)
 
     def __enter__(self) -> StreamProgress:
         return self.start()
