@@ -71,6 +71,7 @@ def agentgov(bootstrap: str, topic: str, count: int, scorers: int, work: Path, r
         with StreamProgress(count, lambda: Counts(count, probe.scored(), stored[0]),
                             title=f"agentgov, {scorers} scorer{'s' if scorers > 1 else ''}"):
             done = child.ask(f"wait {count} 600", on_progress=lambda p: stored.__setitem__(0, p["stored"]))
+            stored[0] = done["stored"]
         probe.close()
         rep = child.ask("report")
     finally:
