@@ -122,7 +122,7 @@ def publish(file: Path) -> None:
     Exits 1 if any line was rejected, 9 if any event was not delivered."""
     from .broker import probe
     from .errors import PublishError
-    from .progress import Counts, StreamProgress
+    from .progress import Counts, PipelineProbe, StreamProgress
     from .publisher import EventInvalid, TransitionPublisher
 
     settings = _settings()
@@ -132,8 +132,9 @@ def publish(file: Path) -> None:
     accepted, rejected = 0, 0
     line_of: dict[str, int] = {}
     pub = TransitionPublisher(settings)
-    display = (StreamProgress(lines, lambda: Counts(published=pub.delivered), title=file.name).start()
-               if lines else None)
+    watch = PipelineProbe(settings) if lines else None
+    display = (StreamProgress(lines, lambda: Counts(pub.delivered, watch.scored(), watch.stored()),
+                              title=file.name).start() if watch is not None else None)
     undelivered = 0
     try:
         for lineno, line in _lines(file):
@@ -155,8 +156,9 @@ def publish(file: Path) -> None:
             for event_id in ids[:20]:
                 click.echo(f"{file}:{line_of.get(event_id, '?')}: not delivered (event_id {event_id})", err=True)
     finally:
-        if display is not None:
+        if display is not None and watch is not None:
             display.stop()
+            watch.close()
     click.echo(f"accepted {accepted}, rejected {rejected}" + (f", undelivered {undelivered}" if undelivered else ""))
     sys.exit(Exit.UNDELIVERED if undelivered else Exit.INCOMPLETE if rejected else Exit.OK)
 

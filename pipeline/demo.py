@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer
 
 from .errors import ConfigError
-from .progress import Counts, ScoredProbe, StreamProgress
+from .progress import Counts, PipelineProbe, StreamProgress
 from .publisher import TransitionPublisher
 from .runner import Pipeline
 from .settings import Settings
@@ -109,7 +109,7 @@ def run_demo(settings: Settings, events: int, scorers: int, out: TextIO | None =
     skipped = sum(1 for op in ops if op.kind == "record" and op.send == "skip")
     with Pipeline(settings, scorers=scorers, log_dir=settings.state_dir) as pipe:
         pub = TransitionPublisher(pipe.settings)
-        probe = ScoredProbe(pipe.settings)
+        probe = PipelineProbe(pipe.settings)
         result.published = len(ops) - skipped
         want = result.published - bad
         sent = 0

@@ -10,7 +10,7 @@ scorer batch, long before the writer's first insert moves the stored count.
 Example::
 
     with StreamProgress(total=50_000, counts=lambda: Counts(published=n, scored=probe.scored(),
-                                                           stored=writer.stored)):
+                                                           stored=probe.stored())):
         ...                                   # publish; a thread polls ``counts`` and redraws
 """
 
@@ -52,33 +52,66 @@ class Counts:
     stored: int | None = None
 
 
-class ScoredProbe:
-    """How many transitions the scorer group has committed (i.e. scored and handed on), since creation.
+class PipelineProbe:
+    """How many transitions the scorers have handled (and the writer stored) since this probe was made,
+    read from the broker, for a process that runs neither (``agentgov publish``).
 
-    Reads committed offsets with a consumer that never subscribes, so it does not join the group."""
+    Two readings, the larger wins: the scorer group's committed offsets on the transitions topic (exact,
+    but a broker may withhold them while transactions are open, as Tansu does under load), and the high
+    watermarks of the topics scorers write (assessments and dead letters), read uncommitted so they move
+    with every batch; those count one control record per transaction and partition, so they run a
+    fraction of a percent ahead until the commits catch up. Neither joins the group."""
 
-    def __init__(self, settings: Settings, group: str | None = None, topic: str | None = None) -> None:
-        self.topic = topic or settings.topic_transitions
-        self.consumer = Consumer(settings.consumer_config(group or settings.scorer_group,
-                                                          **{"client.id": f"agentgov-progress-{uuid.uuid4().hex[:8]}",
-                                                             "log_level": 0}))
-        meta = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        self.partitions = [TopicPartition(self.topic, p) for p in sorted(meta.partitions)] if meta else []
-        self.base = self._committed()
+    def __init__(self, settings: Settings, group: str | None = None) -> None:
+        self.topic = settings.topic_transitions
+        # read_uncommitted: a read_committed client asks for "stable" offsets (KIP-447) and gets the last
+        # stable offset instead of the high watermark.
+        self.consumer = Consumer(settings.consumer_config(
+            group or settings.scorer_group, **{"client.id": f"agentgov-progress-{uuid.uuid4().hex[:8]}",
+                                               "isolation.level": "read_uncommitted", "log_level": 0}))
+        self.inputs = self._partitions(self.topic)
+        self.outputs = self._partitions(settings.topic_assessments) + self._partitions(settings.topic_dlq)
+        self.writer_group = settings.writer_group
+        self.writer = Consumer(settings.consumer_config(
+            settings.writer_group, **{"client.id": f"agentgov-progress-{uuid.uuid4().hex[:8]}",
+                                      "isolation.level": "read_uncommitted", "log_level": 0}))
+        self.assessments = self._partitions(settings.topic_assessments)
+        self.base = (self._committed(), self._written(), self._stored())
+
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        meta = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+        return [TopicPartition(topic, p) for p in sorted(meta.partitions)] if meta else []
 
     def _committed(self) -> int:
-        if not self.partitions:
+        if not self.inputs:
             return 0
-        return sum(max(0, tp.offset) for tp in self.consumer.committed(self.partitions, timeout=5))
+        return sum(max(0, tp.offset) for tp in self.consumer.committed(self.inputs, timeout=5))
+
+    def _written(self) -> int:
+        return sum(self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)[1] for tp in self.outputs)
+
+    def _stored(self) -> int:
+        if not self.assessments:
+            return 0
+        return sum(max(0, tp.offset) for tp in self.writer.committed(self.assessments, timeout=5))
+
+    def stored(self) -> int | None:
+        """The writer group's committed offsets on the assessments topic: the writer commits only what the
+        store holds. Offsets count transaction markers too, so this runs slightly ahead of the rows."""
+        try:
+            return max(0, self._stored() - self.base[2])
+        except Exception:
+            return None
 
     def scored(self) -> int | None:
         try:
-            return max(0, self._committed() - self.base)
+            return max(0, self._committed() - self.base[0], self._written() - self.base[1])
         except Exception:  # a slow broker must not stop the display; the next poll tries again
             return None
 
     def close(self) -> None:
         self.consumer.close()
+        self.writer.close()
 
 
 class _Rate:
@@ -178,6 +211,8 @@ class StreamProgress:
         shown: dict[str, tuple[int, float] | None] = {}
         for stage in STAGES:
             value = getattr(counts, stage)
+            if value is not None:
+                value = min(value, self.totals[stage])
             if value is None:
                 value = self.last[stage]  # keep the last known value through a failed read
             self.last[stage] = value
