@@ -71,12 +71,15 @@ def main(debug: bool) -> None:
 @click.option("--scorers", default=2, show_default=True, help="Scorer processes to run.")
 def run(scorers: int) -> None:
     """Run the pipeline: broker (embedded unless AGENTGOV_KAFKA_BOOTSTRAP), scorers, writer, metrics."""
+    from .broker import probe
     from .metrics import Metrics, serve
     from .runner import Pipeline
     from .scoring.policy import load_policy
 
     settings = _settings()
     load_policy(settings.policy_file)  # an invalid policy stops here, before anything starts
+    if not settings.embedded_broker:
+        probe(settings)  # say "unreachable" in seconds, not after the topic admin's 30 s timeout
     metrics = Metrics()
     serve(metrics, settings.metrics_port, settings.metrics_addr)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
