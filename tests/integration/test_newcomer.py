@@ -4,6 +4,7 @@ failure a newcomer meets reads as one or two sentences with its own exit code an
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.failures import Exit
+from tests.factory import draft
 from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -154,13 +156,18 @@ CASES = [
      "AGENTGOV_TOPIC_PARTITIONS"),
     ("rejected lines", "agentgov publish {policy}", {"AGENTGOV_KAFKA_BOOTSTRAP": "{broker}"}, Exit.INCOMPLETE,
      "accepted 0, rejected 2"),
+    ("undelivered events", "agentgov publish {events}",
+     {"AGENTGOV_KAFKA_BOOTSTRAP": "{broker}", "AGENTGOV_TOPIC_TRANSITIONS": "no such topic!"}, Exit.UNDELIVERED,
+     "accepted 2, rejected 0, undelivered 2"),
 ]
 
 
 @pytest.mark.parametrize(("name", "cmd", "extra", "code", "says"), CASES, ids=[c[0] for c in CASES])
 def test_errors_read_as_sentences(tmp_path: Path, request: pytest.FixtureRequest, broker: EmbeddedBroker,
                                   name: str, cmd: str, extra: dict[str, str], code: Exit, says: str) -> None:
-    values = {"tmp_path": tmp_path, "policy": _bad_policy(tmp_path), "dead_port": free_port(),
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(draft(run_id="run-nc-1")) + "\n" + json.dumps(draft(run_id="run-nc-2")) + "\n")
+    values = {"tmp_path": tmp_path, "policy": _bad_policy(tmp_path), "dead_port": free_port(), "events": events,
               "broker": broker.bootstrap,
               "held": request.getfixturevalue("locked_store") if "{held}" in str(extra) else ""}
     env = _env(tmp_path, **{k: v.format(**values) for k, v in extra.items()})
@@ -169,7 +176,8 @@ def test_errors_read_as_sentences(tmp_path: Path, request: pytest.FixtureRequest
     output = res.stdout + res.stderr
     assert says.format(**values) in output
     assert "Traceback" not in output
-    told = [line for line in output.splitlines() if not line.startswith(("ts=", f"{values['policy']}:"))]
+    # log lines and the per-line reports of `publish` (file:line: ...) aside, one or two sentences
+    told = [line for line in output.splitlines() if not line.startswith(("ts=", f"{values['policy']}:", f"{events}:"))]
     assert 1 <= len(told) <= 2, told
 
 
