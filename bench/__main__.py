@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.progress import Counts, PipelineProbe, StreamProgress
 from pipeline.topics import ensure_topics
 
 from . import report
@@ -63,9 +64,15 @@ def agentgov(bootstrap: str, topic: str, count: int, scorers: int, work: Path, r
     child = Child("bench.agentgov_run", {"settings": settings_doc(settings), "scorers": scorers}, work,
                   f"agentgov{scorers}")
     rss.watch(child.pid)
+    stored = [0]
     try:
         child.ask("start")
-        done = child.ask(f"wait {count} 600")
+        probe = PipelineProbe(settings)
+        with StreamProgress(count, lambda: Counts(count, probe.scored(), stored[0]),
+                            title=f"agentgov, {scorers} scorer{'s' if scorers > 1 else ''}"):
+            done = child.ask(f"wait {count} 600", on_progress=lambda p: stored.__setitem__(0, p["stored"]))
+            stored[0] = done["stored"]
+        probe.close()
         rep = child.ask("report")
     finally:
         child.close()
