@@ -119,7 +119,7 @@ def topics() -> None:
 
     try:
         settings = _settings()
-        if settings.embedded_broker:
+        if settings.starts_embedded_broker:
             raise ConfigError("set AGENTGOV_KAFKA_BOOTSTRAP: `agentgov run` creates topics on the embedded broker")
         ensure_topics(settings)
     except AgentgovError as exc:
