@@ -85,8 +85,10 @@ def stream(settings: Settings, records: list[dict[str, Any]], errors: list[str],
 
 def workload(settings: Settings, events: int) -> list[dict[str, Any]]:
     pub = TransitionPublisher(settings)
-    return [pub.complete(op.payload) for op in Workload(seed=5, planted=False, bad_inputs=False).ops(events)
-            if op.kind == "record" and op.send == "send" and op.mutate is None]
+    records = [pub.complete(op.payload) for op in Workload(seed=5, planted=False, bad_inputs=False).ops(events)
+               if op.kind in ("draft", "record") and op.send == "send" and op.mutate is None]
+    assert len(records) >= 0.95 * events, f"the workload gave only {len(records)} events"
+    return records
 
 
 def wait_isr_full(cluster: KraftCluster, topics: list[str], timeout: float = 120.0) -> float:
