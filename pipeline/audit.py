@@ -42,12 +42,27 @@ ORDER BY event_id, finding_idx
 """
 
 
+CROSS_RUN_SQL = """
+SELECT finding_id, event_id AS completed_by, run_id AS completed_in, code, severity, category, message,
+       [] AS evidence_fields, refs, related_event_ids, related_run_ids
+FROM {db}.cross_run_findings FINAL
+WHERE has(related_run_ids, {run:String})
+ORDER BY occurred_at, finding_id
+"""
+"""The correlator's findings whose chain touches the run (any step, not only the completing one)."""
+
+
 def trail(sink: ClickHouseSink, run_id: str) -> list[dict[str, Any]]:
-    """Every step of a run in order, each with its findings."""
+    """Every step of a run in order, each with its findings, cross-run findings included on every step
+    of the run that is part of the chain (naming the other runs)."""
     steps = sink.query(TRAIL_SQL, {"run": run_id}, AUDIT_SETTINGS)
     by_event: dict[str, list[dict[str, Any]]] = {}
     for f in sink.query(FINDINGS_SQL, {"run": run_id}, AUDIT_SETTINGS):
         by_event.setdefault(f.pop("event_id"), []).append(f)
+    for f in sink.query(CROSS_RUN_SQL, {"run": run_id}, AUDIT_SETTINGS):
+        f["other_runs"] = [r for r in f["related_run_ids"] if r != run_id]
+        for event_id in f["related_event_ids"]:
+            by_event.setdefault(event_id, []).append(f)
     for step in steps:
         step["findings"] = by_event.get(step["event_id"], [])
     return steps
@@ -75,6 +90,10 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
         lines.append(f"      risk {s['risk_score']} {s['risk_level']}; event_hash {s['event_hash'][:16]}…")
         for f in s["findings"]:
             lines.append(f"      ! {f['code']} {f['severity']}: {f['message']}")
+            if "other_runs" in f:
+                others = ", ".join(f["other_runs"]) or "-"
+                lines.append(f"        cross-run chain {f['finding_id']}: other runs {others}; "
+                             f"completed by {f['completed_by']} in {f['completed_in']}")
     return "\n".join(lines)
 
 
@@ -85,9 +104,19 @@ SELECT a.event_id AS event_id, a.run_id AS run_id, a.agent_id AS agent_id, a.tar
        a.governance_policy_version AS governance_policy_version,
        a.governance_policy_hash AS governance_policy_hash
 FROM {db}.assessments AS a FINAL
-WHERE {where} AND a.risk_score >= {min_score:UInt8}
+WHERE {where} AND (a.risk_score >= {min_score:UInt8} OR a.event_id IN (
+    SELECT event_id FROM {db}.cross_run_findings FINAL WHERE {where}))
 ORDER BY a.occurred_at, a.event_id
 """
+
+EXPORT_CROSS_RUN_SQL = """
+SELECT event_id, finding_id, code, severity, category, message, [] AS evidence_fields, refs,
+       related_event_ids, related_run_ids
+FROM {db}.cross_run_findings FINAL
+WHERE {where}
+ORDER BY occurred_at, finding_id
+"""
+"""Cross-run findings attach to the assessment of the event that completed the chain."""
 
 EXPORT_FINDINGS_SQL = """
 SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids
@@ -116,6 +145,8 @@ def export(sink: ClickHouseSink, *, since: datetime, until: datetime, run_id: st
     findings: dict[str, list[dict[str, Any]]] = {}
     if rows:
         for f in sink.query(EXPORT_FINDINGS_SQL.replace("{where}", where), params, AUDIT_SETTINGS):
+            findings.setdefault(f.pop("event_id"), []).append(f)
+        for f in sink.query(EXPORT_CROSS_RUN_SQL.replace("{where}", where), params, AUDIT_SETTINGS):
             findings.setdefault(f.pop("event_id"), []).append(f)
     for row in rows:
         row["findings"] = findings.get(row["event_id"], [])

@@ -1,9 +1,10 @@
 """The scoring consumer: read transitions, decode, score, publish assessments, exactly once within Kafka.
 
 Each batch is one Kafka transaction holding the assessments, the dead letters and the consumed
-offsets (``send_offsets_to_transaction``), so a crash at any point either publishes all of a batch's
-outputs with its offsets or none of them. The scorer keeps no durable state: on assignment it replays
-the recent past of each partition to rebuild its context (see ``state.py``).
+offsets (the loop and checkpoint in ``loop.py`` and ``checkpoint.py``), so a crash at any point either
+publishes all of a batch's outputs with its offsets or none of them. The scorer keeps no durable state:
+on assignment it replays the recent past of each partition to rebuild its context (``recovery.py``
+into ``state.py``).
 
 Example::
 
@@ -13,31 +14,24 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import (
-    OFFSET_INVALID,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from . import __version__
 from .assessment import AssessmentEncoder
+from .deadletters import dlq_headers
 from .errors import DeadLetter
 from .events import GRANTS, TransitionDict, check_values
+from .facts import FACT, FactEmitter, check_fact_topics
+from .loop import TransactionalLoop, record_lag
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
+from .recovery import replay
 from .schemas import ASSESSMENT, SchemaSet
 from .scoring.catalogue import CATALOGUE, ESCALATION_PATTERNS
 from .scoring.context import AgentBaseline, ScoringContext, entitlements_from_history
@@ -49,21 +43,12 @@ from .state import PartitionContext
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Scorer", "dlq_headers", "record_lag"]  # the last two moved; re-exported for old imports
+
 Baselines = Callable[[str], AgentBaseline | None]
 
 
-def dlq_headers(exc: BaseException, reason: str, msg: Message) -> list[tuple[str, bytes]]:
-    return [
-        ("agentgov.error.class", type(exc).__name__.encode()),
-        ("agentgov.error.reason", reason.encode()),
-        ("agentgov.error.message", str(exc)[:1000].encode("utf-8", "replace")),
-        ("agentgov.source.topic", (msg.topic() or "").encode()),
-        ("agentgov.source.partition", str(msg.partition()).encode()),
-        ("agentgov.source.offset", str(msg.offset()).encode()),
-    ]
-
-
-class Scorer:
+class Scorer(TransactionalLoop):
     """Stateless scoring consumer. Scale out by running more of them in the same group."""
 
     role = "scorer"
@@ -77,8 +62,8 @@ class Scorer:
         baselines: Baselines | None = None,
         registry: Any = None,
     ) -> None:
-        self.settings = settings
-        self.metrics = metrics
+        super().__init__(settings, metrics, group=settings.scorer_group, topics=[settings.topic_transitions],
+                         consumer_extra={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304})
         self.policy = policy
         self.baselines: Baselines = baselines or (lambda agent_id: None)
         schemas = SchemaSet.load()
@@ -88,33 +73,20 @@ class Scorer:
         self.encoder = AssessmentEncoder(
             schemas, Serde(schemas, registry, record=ASSESSMENT, subject=f"{settings.topic_assessments}-value"),
             __version__, policy)
+        self.facts = (FactEmitter(settings, Serde(schemas, registry, record=FACT,
+                                                  subject=f"{settings.topic_facts_by_target}-value"))
+                      if settings.access_facts else None)
+        if self.facts is not None:
+            check_fact_topics(settings, self.consumer.list_topics(timeout=30).topics)
         self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
         self.window_ms = settings.context_window_seconds * 1000
         self.contexts: dict[int, PartitionContext] = {}
-        self.consumer = Consumer(settings.consumer_config(
-            settings.scorer_group, **{"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304}))
-        self._producer_conf = settings.kafka_config(**{
-            "transactional.id": self.transactional_id(settings),
-            "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
-        })
-        self.producer = Producer(self._producer_conf)
-        self.producer.init_transactions(30)
         self.metrics.policy_info.labels(role=self.role).info(
             {"version": policy.version, "sha256": policy.sha256})
         # Every finding series exists from start-up at 0, so increase() sees a scorer's first finding.
         for spec in CATALOGUE.values():
             self.metrics.findings.labels(code=spec.code, severity=spec.severity.value, category=spec.category.value)
-        self.processed = 0
-        self._next_housekeeping = 0.0
-
-    @staticmethod
-    def transactional_id(settings: Settings) -> str:
-        """Stable per slot when ``instance_id`` is set: the restarted scorer's ``init_transactions`` then
-        ends the open transaction of the one it replaces, instead of leaving it to block read_committed
-        readers until the broker times it out (Tansu never does)."""
-        if settings.instance_id:
-            return f"agentgov-scorer-{settings.scorer_group}-{settings.instance_id}"
-        return f"agentgov-scorer-{uuid.uuid4()}"
+        self._watcher = PolicyWatcher(settings.policy_file, policy, settings.policy_reload_seconds)
 
     # -- policy -------------------------------------------------------------------------------
     def set_policy(self, policy: LoadedPolicy) -> None:
@@ -124,68 +96,24 @@ class Scorer:
         self.metrics.policy_info.labels(role=self.role).info({"version": policy.version, "sha256": policy.sha256})
         log.info("policy loaded", extra={"kv": {"version": policy.version, "sha256": policy.sha256[:12]}})
 
+    def tick(self) -> None:
+        changed = self._watcher.poll()
+        if changed is not None:
+            self.set_policy(changed)
+
     def _new_context(self) -> PartitionContext:
         return PartitionContext(self.window_ms, max_keys=self.settings.context_max_keys)
 
-    # -- rebalance ----------------------------------------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        committed = consumer.committed(partitions, timeout=30)
-        for tp in committed:
-            ctx = self._new_context()
-            self.contexts[tp.partition] = ctx
-            if tp.offset not in (OFFSET_INVALID,) and tp.offset > 0:
-                replayed = self._replay(tp, ctx)
-                log.info("context rebuilt", extra={"kv": {"partition": tp.partition, "until": tp.offset,
-                                                          "events": replayed}})
-        log.info("partitions assigned", extra={"kv": {"partitions": [p.partition for p in partitions]}})
+    # -- context: rebuilt by replay -----------------------------------------------------------
+    def rebuild(self, tp: TopicPartition) -> None:
+        ctx = self.contexts[tp.partition] = self._new_context()
+        if tp.offset > 0:
+            replayed = replay(self.settings, tp, self.window_ms, self._decode_quiet, ctx.observe)
+            log.info("context rebuilt", extra={"kv": {"partition": tp.partition, "until": tp.offset,
+                                                      "events": replayed}})
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.contexts.pop(tp.partition, None)
-        log.info("partitions revoked", extra={"kv": {"partitions": [p.partition for p in partitions]}})
-
-    def _replay(self, tp: TopicPartition, ctx: PartitionContext, max_events: int = 200_000) -> int:
-        """Feed the window before the committed offset into ``ctx``. Reads only; publishes nothing."""
-        end = tp.offset  # exclusive
-        reader = Consumer(self.settings.kafka_config(**{
-            "group.id": f"agentgov-replay-{uuid.uuid4()}", "enable.auto.commit": False,
-            "enable.partition.eof": False}))
-        try:
-            last = self._read_one(reader, tp.topic, tp.partition, end - 1)
-            start = max(0, end - max_events)
-            if last is not None and self.window_ms:
-                ts = last.timestamp()[1] - self.window_ms
-                found = reader.offsets_for_times([TopicPartition(tp.topic, tp.partition, max(ts, 0))], timeout=10)
-                if found and found[0].offset >= 0:
-                    start = max(start, found[0].offset)
-            reader.assign([TopicPartition(tp.topic, tp.partition, start)])
-            count = 0
-            deadline = time.monotonic() + 120
-            offset = start
-            while offset < end and time.monotonic() < deadline:
-                for msg in reader.consume(1000, 1.0):
-                    if msg.error():
-                        continue
-                    offset = msg.offset() + 1
-                    if msg.offset() >= end:
-                        break
-                    ev = self._decode_quiet(msg)
-                    if ev is not None:
-                        ctx.observe(ev)
-                        count += 1
-            return count
-        finally:
-            reader.close()
-
-    @staticmethod
-    def _read_one(reader: Consumer, topic: str, partition: int, offset: int) -> Message | None:
-        reader.assign([TopicPartition(topic, partition, offset)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            msg = reader.poll(0.5)
-            if msg is not None and not msg.error():
-                return msg
-        return None
+    def forget(self, tp: TopicPartition) -> None:
+        self.contexts.pop(tp.partition, None)
 
     def _decode_quiet(self, msg: Message) -> TransitionDict | None:
         try:
@@ -195,55 +123,16 @@ class Scorer:
             return None
         return decoded.record
 
-    # -- the loop -----------------------------------------------------------------------------
-    def run(self, stop: threading.Event, on_batch: Callable[[int], None] | None = None) -> None:
-        self.consumer.subscribe([self.settings.topic_transitions], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        self.metrics.up.labels(role=self.role).set(1)
-        watcher = PolicyWatcher(self.settings.policy_file, self.policy, self.settings.policy_reload_seconds)
-        try:
-            while not stop.is_set():
-                changed = watcher.poll()
-                if changed is not None:
-                    self.set_policy(changed)
-                msgs = self.consumer.consume(self.settings.batch_max_messages, self.settings.batch_max_seconds)
-                if msgs:
-                    self.process(msgs)
-                    if on_batch is not None:
-                        on_batch(len(msgs))
-                self._housekeeping()
-        finally:
-            self.metrics.up.labels(role=self.role).set(0)
-            self.close()
-
-    def _housekeeping(self, every: float = 2.0) -> None:
-        """Every few seconds: per-partition lag, and expiry of old escalation-chain series."""
-        now = time.monotonic()
-        if now < self._next_housekeeping:
-            return
-        self._next_housekeeping = now + every
-        record_lag(self.consumer, self.metrics, self.role)
+    # -- one batch, inside the checkpoint's transaction ---------------------------------------
+    def housekeeping(self) -> None:
+        """Expiry of old escalation-chain series."""
         self.metrics.escalation_ring.expire(time.time() - ESCALATION_SERIES_TTL)
 
-    def process(self, msgs: list[Message]) -> None:
-        """Score one batch inside one transaction. On failure, abort and rewind to the last commit."""
-        started = time.perf_counter()
-        try:
-            self.producer.begin_transaction()
-            stats = self._score_batch(msgs)
-            self.producer.send_offsets_to_transaction(
-                self.consumer.position(self.consumer.assignment()),
-                self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(60)
-        except KafkaException as exc:
-            log.warning("batch aborted; rewinding", extra={"kv": {"error": str(exc)}})
-            self.metrics.batches.labels(role=self.role, outcome="aborted").inc()
-            self._abort_and_rewind()
-            return
-        self._count(stats)
-        self.processed += len(msgs)
-        self.metrics.batches.labels(role=self.role, outcome="committed").inc()
-        self.metrics.batch_duration.labels(role=self.role).observe(time.perf_counter() - started)
+    def handle(self, msgs: list[Message]) -> _BatchStats:
+        return self._score_batch(msgs)
+
+    def account(self, tally: _BatchStats, msgs: list[Message]) -> None:
+        self._count(tally)
 
     def _score_batch(self, msgs: list[Message]) -> _BatchStats:
         stats = _BatchStats()
@@ -252,7 +141,7 @@ class Scorer:
         produce = self.producer.produce
         assessments, dlq = self.settings.topic_assessments, self.settings.topic_dlq
         policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
-        baselines = self.baselines
+        baselines, facts = self.baselines, self.facts
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -296,6 +185,8 @@ class Scorer:
                 continue
             produce(assessments, value, key=ev["event_id"].encode(),
                     headers=[("occurred_at", str(ev["occurred_at"]).encode())])
+            if facts is not None:
+                facts.emit(produce, ev, msg.partition(), msg.offset())
             pctx.observe(ev)
             stats.add(ev, scored, now_ms)
         return stats
@@ -322,78 +213,8 @@ class Scorer:
         if stats.escalations:
             log.warning("hidden escalation detected", extra={"kv": {"chains": stats.escalations}})
 
-    def _abort(self, attempts: int = 2) -> bool:
-        """Abort the open transaction; False if the producer cannot be brought back to a usable state."""
-        for _ in range(attempts):
-            try:
-                self.producer.abort_transaction(10)
-                return True
-            except KafkaException as exc:
-                err = exc.args[0]
-                log.error("abort failed", extra={"kv": {"error": str(exc)}})
-                if err.code() == KafkaError._STATE:
-                    return True  # no transaction open: nothing to abort
-                # Not after a timeout: resuming an abort the broker has forgotten (a restarted in-memory
-                # broker) was seen to end the process with no traceback. Replace the producer instead.
-                if err.fatal() or err.code() == KafkaError._TIMED_OUT or not err.retriable():
-                    return False
-        return False
-
-    def _new_producer(self, attempts: int = 10) -> None:
-        """Replace a producer the broker no longer recognises (e.g. a restarted in-memory broker lost its
-        transaction state). The same transactional.id fences anything the old one left open."""
-        with contextlib.suppress(Exception):
-            self.producer.flush(0)
-        for attempt in range(1, attempts + 1):
-            try:
-                producer = Producer(self._producer_conf)
-                producer.init_transactions(30)
-                self.producer = producer
-                log.warning("transactional producer replaced", extra={"kv": {"attempt": attempt}})
-                return
-            except KafkaException as exc:
-                log.error("producer init failed", extra={"kv": {"attempt": attempt, "error": str(exc)}})
-                time.sleep(min(2.0 * attempt, 10.0))
-        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "cannot re-create the transactional producer"))
-
-    def _abort_and_rewind(self) -> None:
-        if not self._abort():
-            self._new_producer()
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return
-        committed = self.consumer.committed(assignment, timeout=30)
-        for tp in committed:
-            ctx = self._new_context()
-            self.contexts[tp.partition] = ctx
-            if tp.offset >= 0:
-                self._replay(tp, ctx)
-                self.consumer.seek(tp)
-            else:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
-
-    def close(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.consumer.close()
-        self.producer.flush(10)
-
-
 ESCALATION_CATEGORY = "escalation"
 ESCALATION_SERIES_TTL = 900.0  # seconds a detected chain stays on /metrics (the page's window)
-
-
-def record_lag(consumer: Consumer, metrics: Metrics, role: str) -> None:
-    """Messages behind the high watermark per assigned partition (cached watermarks: no broker call)."""
-    assignment = consumer.assignment()
-    if not assignment:
-        return
-    for tp in consumer.position(assignment):
-        try:
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-        except KafkaException:
-            continue
-        if tp.offset >= 0 and high >= 0:
-            metrics.consumer_lag.labels(role=role, partition=str(tp.partition)).set(max(0, high - tp.offset))
 
 
 class _BatchStats:

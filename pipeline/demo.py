@@ -15,7 +15,7 @@ from .publisher import TransitionPublisher
 from .runner import Pipeline
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
-from .workload import BAD_INPUTS, PLANTED, Workload
+from .workload import BAD_INPUTS, PLANTED, PLANTED_CROSS_RUN, Workload
 
 
 class Progress:
@@ -78,22 +78,25 @@ def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
     per_scenario = sink.query(
         "SELECT t.attributes['demo.scenario'] AS scenario, groupUniqArray(f.code) AS codes, "
         "uniqExact(t.event_id) AS events, countIf(f.code != '') AS findings "
-        "FROM {db}.transitions AS t FINAL LEFT JOIN (SELECT event_id, code FROM {db}.findings FINAL) AS f "
+        "FROM {db}.transitions AS t FINAL LEFT JOIN (SELECT event_id, code FROM {db}.findings FINAL "
+        "UNION ALL SELECT event_id, code FROM {db}.cross_run_findings FINAL) AS f "
         "ON f.event_id = t.event_id GROUP BY scenario")
     codes = {r["scenario"]: set(r["codes"]) - {""} for r in per_scenario}
     for r in per_scenario:
         if r["scenario"] == "benign":
             result.benign_findings = int(r["findings"])
             result.benign_events = int(r["events"])
-    result.caught = {scenario: code in codes.get(scenario, set()) for scenario, code in PLANTED.items()}
+    result.caught = {scenario: code in codes.get(scenario, set())
+                     for scenario, code in (PLANTED | PLANTED_CROSS_RUN).items()}
     result.escalation_chains = sink.query(
         "SELECT code, agent_id, run_id, length(related_event_ids) AS steps FROM {db}.findings FINAL "
-        "WHERE category = 'escalation' ORDER BY code")
+        "WHERE category = 'escalation' UNION ALL SELECT code, agent_id, run_id, length(related_event_ids) AS steps "
+        "FROM {db}.cross_run_findings FINAL WHERE category = 'escalation' ORDER BY code")
 
 
 def run_demo(settings: Settings, events: int, scorers: int, out: TextIO = sys.stderr) -> DemoResult:
     result = DemoResult()
-    ops = list(Workload().ops(events))
+    ops = list(Workload(cross_run=True).ops(events))
     bad = sum(1 for op in ops if op.scenario in BAD_INPUTS)
     skipped = sum(1 for op in ops if op.kind == "record" and op.send == "skip")
     progress = Progress(out)
@@ -115,6 +118,10 @@ def run_demo(settings: Settings, events: int, scorers: int, out: TextIO = sys.st
                             f"  {rate:,.0f} events/s")
             time.sleep(0.1)
         result.seconds = time.monotonic() - started
+        # Cross-run chains are judged by the correlators and stored beside the assessments.
+        store, deadline = pipe.correlation_store, time.monotonic() + 60
+        while store is not None and store.stored < len(PLANTED_CROSS_RUN) and time.monotonic() < deadline:
+            time.sleep(0.2)
         result.stored = pipe.writer.stored if pipe.writer else 0
         progress.update(f"stored {result.stored:,} in {result.seconds:.1f}s "
                         f"({result.events_per_second:,.0f} events/s)", force=True)
@@ -133,7 +140,7 @@ def render(result: DemoResult) -> str:
         "",
         "planted violations:",
     ]
-    for scenario, code in PLANTED.items():
+    for scenario, code in (PLANTED | PLANTED_CROSS_RUN).items():
         mark = "caught " if result.caught.get(scenario) else "MISSED "
         lines.append(f"  {mark} {scenario:<28} {code}")
     lines += ["", f"benign events {result.benign_events:,}, findings on them (false positives): "

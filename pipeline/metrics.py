@@ -112,6 +112,17 @@ class Metrics:
         self.baseline_age = Gauge(
             "agentgov_baseline_age_seconds", "Age of the drift baselines the scorer is using.", registry=r
         )
+        # -- correlator
+        self.correlator_facts = Counter(
+            "agentgov_correlator_facts_total", "Access facts the correlator consumed.", registry=r
+        )
+        self.correlator_late = Counter(
+            "agentgov_correlator_late_facts_total",
+            "Access facts that arrived after the grace period (judged against earlier facts only).", registry=r
+        )
+        self.correlator_pending = Gauge(
+            "agentgov_correlator_pending_facts", "Facts waiting for the event-time watermark.", registry=r
+        )
         self.up = Gauge("agentgov_process_up", "1 while the processing loop runs.", ["role"], registry=r)
         # One series per recently detected chain, so a page can name the agent and run. Agent ids are
         # free text, so the set is a bounded ring (BoundedSeries): an agent cannot grow it past its cap.

@@ -5,9 +5,11 @@
     │                                 AGENTGOV_EMBEDDED_BROKER=kafka one Apache Kafka KRaft node whose log
     │                                 survives restarts, under .agentgov/kafka)
     ├── scorer subprocess x N        (python -m consumers.scorer; stateless, one consumer group)
-    └── writer thread                (owns the ClickHouse client; chdb allows one process per path)
+    ├── correlator subprocess x M    (python -m consumers.correlator; cross-run rules, one consumer group)
+    └── writer thread                (owns the ClickHouse client; chdb allows one process per path; also
+                                      stores the correlator's findings)
 
-Scorer subprocesses are supervised: one that dies is restarted and its partitions move to the others
+Scorer and correlator subprocesses are supervised: one that dies is restarted and its partitions move to the others
 meanwhile. In production (compose) each box is its own container.
 
 Example::
@@ -30,6 +32,7 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
+from . import correlations
 from .baselines import attach
 from .broker import EmbeddedBroker
 from .kraft import KraftCluster
@@ -66,15 +69,20 @@ class Pipeline:
 
     def __init__(self, settings: Settings, *, scorers: int = 1, metrics: Metrics | None = None,
                  log_dir: Path | None = None, supervise: bool = True,
-                 scorer_metrics_ports: list[int] | None = None) -> None:
+                 scorer_metrics_ports: list[int] | None = None, correlators: int = 1,
+                 correlator_metrics_ports: list[int] | None = None) -> None:
         self.settings = settings
         self.scorers = scorers
+        self.correlators = correlators if settings.access_facts else 0
+        self.correlator_metrics_ports = correlator_metrics_ports
         self.metrics = metrics or Metrics()
         self.log_dir = log_dir
         self.supervise = supervise
         self.scorer_metrics_ports = scorer_metrics_ports
         self.broker: EmbeddedBroker | KraftCluster | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.correlator_procs: list[subprocess.Popen[bytes]] = []
+        self.correlation_store: correlations.CorrelationStore | None = None
         self.writer: Writer | None = None
         self.sink: ClickHouseSink | None = None
         self.stop_event = threading.Event()
@@ -96,8 +104,12 @@ class Pipeline:
         self.sink.migrate()
         for i in range(self.scorers):
             self.procs.append(self._spawn(i))
+        for i in range(self.correlators):
+            self.correlator_procs.append(self._spawn(i, "correlator"))
         self.writer = Writer(s, self.metrics, self.sink)
         self.baselines = attach(self.writer, s, self.sink, load_policy(s.policy_file))
+        if self.correlators:
+            self.correlation_store = correlations.attach(self.writer, s, self.sink)
         self._writer_thread = threading.Thread(target=self.writer.run, args=(self.stop_event,),
                                                name="writer", daemon=True)
         self._writer_thread.start()
@@ -106,30 +118,37 @@ class Pipeline:
             self._supervisor.start()
         return self
 
-    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int, role: str = "scorer") -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(settings_env(self.settings))
         port = self.settings.metrics_port
-        if self.scorer_metrics_ports is not None:
-            port = self.scorer_metrics_ports[index]
-        else:
-            port = port + 1 + index if port else 0
+        ports = self.scorer_metrics_ports if role == "scorer" else self.correlator_metrics_ports
+        if ports is not None:
+            port = ports[index]
+        else:  # scorers on port+1.., correlators after them
+            offset = 1 + index if role == "scorer" else 1 + self.scorers + index
+            port = port + offset if port else 0
         env[ENV_PREFIX + "METRICS_PORT"] = str(port)
-        env[ENV_PREFIX + "INSTANCE_ID"] = f"scorer-{index}"  # a restart fences its predecessor's transaction
-        out = open(self.log_dir / f"scorer-{index}.log", "ab") if self.log_dir else None  # noqa: SIM115
-        return subprocess.Popen([sys.executable, "-m", "consumers.scorer"], env=env, stdout=out,
+        env[ENV_PREFIX + "INSTANCE_ID"] = f"{role}-{index}"  # a restart fences its predecessor's transaction
+        out = open(self.log_dir / f"{role}-{index}.log", "ab") if self.log_dir else None  # noqa: SIM115
+        return subprocess.Popen([sys.executable, "-m", f"consumers.{role}"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT if out else None)
 
     def _watch(self) -> None:
         while not self.stop_event.wait(1.0):
-            for i, proc in enumerate(self.procs):
-                if proc.poll() is not None and not self.stop_event.is_set():
-                    log.warning("scorer exited; restarting", extra={"kv": {"index": i, "code": proc.returncode}})
-                    self.procs[i] = self._spawn(i)
-                    self.restarts += 1
+            for role, procs in (("scorer", self.procs), ("correlator", self.correlator_procs)):
+                for i, proc in enumerate(procs):
+                    if proc.poll() is not None and not self.stop_event.is_set():
+                        log.warning(f"{role} exited; restarting",
+                                    extra={"kv": {"index": i, "code": proc.returncode}})
+                        procs[i] = self._spawn(i, role)
+                        self.restarts += 1
 
     def scorer_pids(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+    def correlator_pids(self) -> list[int]:
+        return [p.pid for p in self.correlator_procs]
 
     def wait_stored(self, count: int, timeout: float, progress: bool = False) -> bool:
         deadline = time.monotonic() + timeout
@@ -141,10 +160,10 @@ class Pipeline:
 
     def stop(self) -> None:
         self.stop_event.set()
-        for proc in self.procs:
+        for proc in (*self.procs, *self.correlator_procs):
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs:
+        for proc in (*self.procs, *self.correlator_procs):
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -152,6 +171,8 @@ class Pipeline:
                 proc.wait()
         if self._writer_thread is not None:
             self._writer_thread.join(30)
+        if self.correlation_store is not None:
+            self.correlation_store.close()
         if self.broker is not None:
             self.broker.stop()
 

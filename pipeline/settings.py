@@ -57,10 +57,28 @@ class Settings(BaseSettings):
     topic_dlq: str = "agentgov.transitions.dlq"
     topic_baselines: str = "agentgov.baselines.v1"
     topic_partitions: int = Field(default=6, ge=1)
+    # Entity-keyed topics of the correlation stage (public topology: pinned names).
+    topic_facts_by_target: str = "agentgov.facts.by-target.v1"
+    topic_facts_by_agent: str = "agentgov.facts.by-agent.v1"
+    topic_holdings: str = "agentgov.holdings.v1"
+    topic_delegations: str = "agentgov.delegations.v1"
+    topic_correlations: str = "agentgov.correlations.v1"
+    facts_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the by-target, by-agent and holdings topics; the correlator "
+                                     "group scales up to this many replicas. Fixed once data exists (keys map "
+                                     "to partitions by crc32(key) mod this).")
+    access_facts: bool = Field(default=True, description="Scorers emit access facts for the correlator.")
     topic_replication: int = Field(default=1, ge=1)
 
     scorer_group: str = "agentgov-scorer"
     writer_group: str = "agentgov-writer"
+    correlator_group: str = "agentgov-correlator"
+    correlation_grace_seconds: float = Field(
+        default=300.0, ge=0, description="How long the correlator waits for late facts before evaluating a key "
+                                         "in event-time order.")
+    correlation_retain_seconds: int = Field(
+        default=7200, ge=60, description="Event time a correlator keeps (and replays) per key; at least the "
+                                         "policy's escalation and rate windows.")
     instance_id: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
         description="Stable name of this process slot (e.g. scorer-0). A scorer derives its transactional.id "

@@ -2,7 +2,7 @@
 
 A scorer keeps, for each partition it owns, the recent past of that partition: events by run, by target
 identity and by agent, bounded by an event-time window and a size cap. It is a cache, not state: on
-assignment the consumer replays the window before the committed offset (see ``consumer.py``), so any
+assignment the consumer replays the window before the committed offset (see ``recovery.py``), so any
 replica builds the same context for the same event. Runs are the partition key, so a run's whole
 history is always local to its partition.
 """

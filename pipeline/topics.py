@@ -25,6 +25,16 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
         NewTopic(settings.topic_dlq, settings.topic_partitions, settings.topic_replication,
                  config={"retention.ms": str(30 * 24 * 3600 * 1000)}),
         NewTopic(settings.topic_baselines, 1, settings.topic_replication, config={"cleanup.policy": "compact"}),
+        # The correlation stage (facts.py): entity-keyed facts, holdings of any age, the delegation graph.
+        NewTopic(settings.topic_facts_by_target, settings.facts_partitions, settings.topic_replication,
+                 config={"retention.ms": retention}),
+        NewTopic(settings.topic_facts_by_agent, settings.facts_partitions, settings.topic_replication,
+                 config={"retention.ms": retention}),
+        NewTopic(settings.topic_holdings, settings.facts_partitions, settings.topic_replication,
+                 config={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_delegations, 1, settings.topic_replication, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_correlations, settings.topic_partitions, settings.topic_replication,
+                 config={"retention.ms": retention}),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

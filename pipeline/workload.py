@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import random
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .publisher import TransitionPublisher
@@ -48,6 +50,15 @@ PLANTED: dict[str, str] = {
     "esc_tier_stepping": "AG-ESC-002",
     "esc_transient_privilege": "AG-ESC-003",
     "esc_delegation_self_grant": "AG-ESC-004",
+}
+# cross-run scenario -> finding code the correlator must raise (``Workload(cross_run=True)``). Their runs
+# hash to different partitions of a 6-partition topic, so no single scorer sees the chain.
+PLANTED_CROSS_RUN: dict[str, str] = {
+    "xrun_tier_stepping": "AG-XRN-001",
+    "xrun_transient_privilege": "AG-XRN-002",
+    "xrun_delegation_laundering": "AG-XRN-003",
+    "xrun_sod_against_holdings": "AG-XRN-005",
+    "xrun_duplicate_event_id": "AG-XRN-006",
 }
 # bad input -> DLQ reason it must produce
 BAD_INPUTS: dict[str, str] = {
@@ -114,6 +125,7 @@ class Workload:
     seed: int = 7
     planted: bool = True
     bad_inputs: bool = True
+    cross_run: bool = False
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -259,6 +271,70 @@ class Workload:
         ops.append(Op("record", "duplicate_event_id", dup2))
         return ops
 
+    def _cross_run(self) -> list[Op]:
+        """Chains split over runs on different partitions, minutes apart (event time in the recent past, so
+        they are judged as they arrive), plus an SoD half granted 30 days ago."""
+        ops: list[Op] = []
+        now = datetime.now(UTC)
+        used: set[int] = set()
+
+        def run_id(name: str) -> str:
+            """A run id whose partition (crc32 mod 6, the producer's) no other cross-run run uses."""
+            for i in range(1000):
+                run = f"run-x-{name}-{i}"
+                p = zlib.crc32(run.encode()) % 6
+                if p not in used or len(used) == 6:
+                    used.add(p)
+                    return run
+            raise AssertionError("unreachable")
+
+        def add(scenario: str, d: dict[str, Any], ago: timedelta, event_id: str | None = None) -> None:
+            d["attributes"]["demo.scenario"] = scenario
+            d["occurred_at"] = (now - ago).isoformat()
+            if event_id is not None:
+                d["event_id"] = event_id
+            ops.append(Op("draft", scenario, d))
+
+        rogue, jml, m = "agent-jml-04", "jml-provisioning", timedelta(minutes=1)
+        used.clear()
+        for i, t in enumerate((1, 2, 3)):
+            add("xrun_tier_stepping", _draft(run_id("tier"), 0, rogue, jml, ("mover", f"HR-99902{i}"), "assign_role",
+                                             "u900020", "aws", f"role/Step{t}", t,
+                                             approved_by="mgr-eng" if t == 2 else None), (30 - 10 * i) * m)
+        used.clear()
+        add("xrun_transient_privilege", _draft(run_id("jit"), 0, rogue, jml, ("mover", "HR-999030"),
+                                               "grant_entitlement", "u900030", "aws", "role/Admin", 3,
+                                               entitlement="aws-admin", approved_by="mgr-eng"), 10 * m)
+        add("xrun_transient_privilege", _draft(run_id("jit"), 0, rogue, jml, ("mover", "HR-999031"),
+                                               "revoke_entitlement", "u900030", "aws", "role/Admin", 3,
+                                               entitlement="aws-admin"), 8 * m)
+        used.clear()
+        agents = ("agent-x-a", "agent-x-b", "agent-x-c")
+        for i in range(2):
+            add("xrun_delegation_laundering", _draft(
+                run_id("deleg"), 0, agents[i], "access-request", ("access_request", f"REQ-99904{i}"), "assign_role",
+                agents[i + 1], "entra-id", "role/PrivilegedRoleAdministrator", 2, ttype="agent",
+                on_behalf_of="svc-x-owner" if i == 0 else None, approved_by="approver-7"), (20 - i) * m)
+        add("xrun_delegation_laundering", _draft(
+            run_id("deleg"), 0, agents[2], "access-request", ("access_request", "REQ-999042"), "grant_entitlement",
+            "svc-x-owner", "aws", "role/Admin", 3, entitlement="aws-admin", ttype="service", on_behalf_of=None,
+            approved_by="approver-7"), 12 * m)
+        used.clear()
+        add("xrun_sod_against_holdings", _draft(run_id("sod"), 0, "agent-access-01", "access-request",
+                                                ("access_request", "REQ-999050"), "grant_entitlement", "u900050", "sap",
+                                                "sap-fi", 1, entitlement="ap-create-vendor"), timedelta(days=30))
+        add("xrun_sod_against_holdings", _draft(run_id("sod"), 0, "agent-access-02", "access-request",
+                                                ("access_request", "REQ-999051"), "grant_entitlement", "u900050", "sap",
+                                                "sap-fi", 1, entitlement="ap-approve-payment"), 9 * m)
+        used.clear()
+        dup_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
+        add("xrun_duplicate_event_id", _draft(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999060"),
+                                              "add_group_member", "u900060", "entra-id", "grp-sales", 1), 7 * m, dup_id)
+        add("xrun_duplicate_event_id", _draft(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999061"),
+                                              "add_group_member", "u900060", "entra-id", "grp-finance", 1), 6 * m,
+            dup_id)
+        return ops
+
     def _bad(self) -> list[Op]:
         valid = _draft("run-bad", 0, "agent-jml-01", "jml-provisioning", ("joiner", "HR-1"), "create_account",
                        "u1", "entra-id", "user-account", 0)
@@ -271,7 +347,8 @@ class Workload:
 
     def ops(self, events: int) -> Iterator[Op]:
         """Benign runs interleaved with the planted ones, about ``events`` events in all."""
-        special = (self._planted() if self.planted else []) + (self._bad() if self.bad_inputs else [])
+        special = ((self._planted() if self.planted else []) + (self._cross_run() if self.cross_run else [])
+                   + (self._bad() if self.bad_inputs else []))
         every = max(1, events // (len(special) + 1))
         makers = (self._joiner, self._joiner, self._mover, self._leaver, self._request, self._auth, self._auth)
         produced, n = 0, 0

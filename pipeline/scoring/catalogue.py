@@ -279,11 +279,55 @@ ESC_DELEGATION_SELF_GRANT = spec(
     _ESC_FIELDS, (ASI07, ASI03, NHI9, PR_AA_05),
 )
 
+# -- across runs and partitions (crossrun.py; found by the correlator) ----------------------------------------
+XRN_TIER_STEPPING = spec(
+    "AG-XRN-001", "Hidden escalation across runs: tier stepping", S.critical, C.escalation,
+    "AG-ESC-002 over one identity's grants from different runs on different partitions, which no single "
+    "scorer sees together. The finding names every step's event and run.",
+    _ESC_FIELDS, (ASI03, NHI5, PR_AA_05),
+)
+XRN_TRANSIENT_PRIVILEGE = spec(
+    "AG-XRN-002", "Hidden escalation across runs: transient privilege", S.critical, C.escalation,
+    "AG-ESC-003 with the grant and the revoke in different runs on different partitions.",
+    _ESC_FIELDS, (ASI03, ASI10, PR_AA_05, DE_AE),
+)
+XRN_DELEGATION_LAUNDERING = spec(
+    "AG-XRN-003", "Hidden escalation: delegation laundering", S.critical, C.escalation,
+    "A privileged grant, with no human authority, landed on an agent upstream in the granting agent's "
+    "delegation chain, or on that agent's principal: power handed down came back up. Followed up to the "
+    "policy's max_delegation_depth; the finding names every hop.",
+    _ESC_FIELDS, (ASI07, ASI03, NHI9, PR_AA_05),
+)
+XRN_GRANT_RATE = spec(
+    "AG-XRN-004", "Grant rate far above baseline across partitions", S.medium, C.drift,
+    "AG-DRF-005 counted over all of the agent's grants, whichever run or partition they came from, with no "
+    "per-key cap: a burst split over many runs.",
+    ("agent.agent_id", "action", "decision.outcome", "occurred_at"),
+    (ASI10, ASI08, DE_AE),
+)
+XRN_TOXIC_PAIR = spec(
+    "AG-XRN-005", "Separation-of-duties toxic pair against holdings", S.high, C.risk,
+    "AG-SOD-001 against everything the identity holds, however long ago it was granted (holdings topic), "
+    "when the first half came from another partition or is older than a scorer's context.",
+    ("target.identity_id", "resource.entitlement", "resource.resource_id"),
+    (PR_AA_05, ASI03, NHI5),
+)
+XRN_DUPLICATE_ID = spec(
+    "AG-XRN-006", "Duplicate event_id across partitions", S.critical, C.evidence,
+    "Two events with the same event_id arrived on different partitions (so in different runs): one of "
+    "them was forged or replayed into another run.",
+    ("event_id", "evidence.event_hash", "run_id"),
+    (PR_DS_01, ASI07),
+)
+
 ESCALATION_PATTERNS: dict[str, str] = {
     "AG-ESC-001": "group_nesting",
     "AG-ESC-002": "tier_stepping",
     "AG-ESC-003": "transient_privilege",
     "AG-ESC-004": "delegation_self_grant",
+    "AG-XRN-001": "tier_stepping",
+    "AG-XRN-002": "transient_privilege",
+    "AG-XRN-003": "delegation_laundering",
 }
 """Escalation code -> pattern name. A closed set: used as the ``pattern`` metric label."""
 

@@ -25,7 +25,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from ..errors import ConfigError, SinkError
-from ..events import GRANTS
+from ..events import GRANTS, REVOKES
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,14 @@ def split_statements(sql: str) -> list[str]:
 # (optimize_skip_unused_shards).
 SHARDING_KEY = "cityHash64(run_id)"
 # Tables without run_id shard by their own key (the baseline rollup is per agent).
-SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)"}
+SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)"}
 _LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
 _ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 
 
 # The actions that add access (pipeline.events.GRANTS), as a SQL list for the baseline rollup.
 _GRANT_ACTIONS = ", ".join(f"'{a}'" for a in sorted(str(a) for a in GRANTS))
+_ACCESS_ACTIONS = ", ".join(f"'{a}'" for a in sorted(str(a) for a in GRANTS | REVOKES))
 
 
 def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str, Any]:
@@ -88,12 +89,13 @@ def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str
             "rmt_ver": f"ReplicatedReplacingMergeTree({_ZK_PATH}, scored_at)",
             "amt": f"ReplicatedAggregatingMergeTree({_ZK_PATH})",
             "dedup_window": "replicated_deduplication_window = 10000",
-            "grant_actions": _GRANT_ACTIONS,
+            "grant_actions": _GRANT_ACTIONS, "access_actions": _ACCESS_ACTIONS,
         }
     return {"db": database, "ttl_days": ttl_days, "on_cluster": "", "local": "",
             "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)",
             "amt": "AggregatingMergeTree",
-            "dedup_window": "non_replicated_deduplication_window = 10000", "grant_actions": _GRANT_ACTIONS}
+            "dedup_window": "non_replicated_deduplication_window = 10000", "grant_actions": _GRANT_ACTIONS,
+            "access_actions": _ACCESS_ACTIONS}
 
 
 def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -> list[str]:

@@ -105,6 +105,12 @@ def settings_factory(request: pytest.FixtureRequest, chdb_path: Path, tmp_path: 
             "topic_assessments": f"t{tag}.agentgov.assessments.v1",
             "topic_dlq": f"t{tag}.agentgov.transitions.dlq",
             "topic_baselines": f"t{tag}.agentgov.baselines.v1",
+            "topic_facts_by_target": f"t{tag}.agentgov.facts.by-target.v1",
+            "topic_facts_by_agent": f"t{tag}.agentgov.facts.by-agent.v1",
+            "topic_holdings": f"t{tag}.agentgov.holdings.v1",
+            "topic_delegations": f"t{tag}.agentgov.delegations.v1",
+            "topic_correlations": f"t{tag}.agentgov.correlations.v1",
+            "correlator_group": f"correlator-{tag}",
             "scorer_group": f"scorer-{tag}",
             "writer_group": f"writer-{tag}",
             "clickhouse_dsn": f"chdb://{chdb_path}",
@@ -152,6 +158,7 @@ def pipeline_factory(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
 
     def make(settings: Settings, scorers: int = 1, **kwargs: Any) -> Pipeline:
         kwargs.setdefault("metrics", Metrics(CollectorRegistry()))
+        kwargs.setdefault("correlators", 0)  # tests of the correlation stage ask for them
         kwargs.setdefault("log_dir", settings.state_dir)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         pipe = Pipeline(settings, scorers=scorers, **kwargs).start()

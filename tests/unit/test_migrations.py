@@ -68,7 +68,10 @@ def test_cluster_variant_has_replicated_locals_and_distributed_twins_with_the_sa
     assert create_table(cluster, "agent_hourly").endswith("agent_hourly_local, cityHash64(agent_id))")
     assert columns(rollup) == columns(create_table(single, "agent_hourly"))
     views = [s for s in cluster if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == 4
+    assert len(views) == 5  # transitions, assessments, findings, agent_hourly, access_changes (003)
+    assert create_table(cluster, "access_changes").endswith("access_changes_local, cityHash64(target_id))")
+    assert columns(create_table(cluster, "cross_run_findings_local")) == columns(
+        create_table(single, "cross_run_findings"))
     for view in views:  # the fan-out runs on each shard: local source, local target
         assert re.search(r"TO agentgov\.\w+_local AS", view) and re.search(r"FROM agentgov\.ingest_local\b", view)
 

@@ -145,7 +145,7 @@ def test_escalation_patterns_are_the_closed_set_of_escalation_codes() -> None:
     esc = {code for code, s in CATALOGUE.items() if s.category is Category.escalation}
     assert set(ESCALATION_PATTERNS) == esc
     assert set(ESCALATION_PATTERNS.values()) == {"group_nesting", "tier_stepping", "transient_privilege",
-                                                "delegation_self_grant"}
+                                                "delegation_self_grant", "delegation_laundering"}
 
 
 def test_plain_self_grant_is_not_a_delegation_chain() -> None:

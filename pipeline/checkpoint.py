@@ -1,0 +1,103 @@
+"""The transactional checkpoint: a batch's outputs and its consumed offsets in one Kafka transaction.
+
+Both stateful roles (the scorer and the correlator) publish through it: ``begin()``, produce outputs
+with ``producer.produce``, then ``commit()`` sends the consumer's positions into the transaction and
+commits. A crash at any point publishes all of a batch's outputs with its offsets, or none of them.
+When a transaction fails, ``recover()`` aborts it, or replaces a producer the broker no longer knows.
+
+Example::
+
+    cp = Checkpoint(settings, consumer, Checkpoint.transactional_id("scorer", group, instance_id))
+    cp.begin()
+    cp.producer.produce(topic, value, key=key)
+    cp.commit()                                  # raises KafkaException; then cp.recover() and rewind
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoint:
+    """One transactional producer bound to one consumer's positions."""
+
+    def __init__(self, settings: Settings, consumer: Consumer, transactional_id: str, **producer_extra: Any) -> None:
+        self.consumer = consumer
+        self._conf = settings.kafka_config(**{
+            "transactional.id": transactional_id,
+            "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
+            **producer_extra,
+        })
+        self.producer = Producer(self._conf)
+        self.producer.init_transactions(30)
+
+    @staticmethod
+    def transactional_id(role: str, group: str, instance_id: str | None) -> str:
+        """Stable per slot when ``instance_id`` is set: the restarted process's ``init_transactions`` then
+        ends the open transaction of the one it replaces, instead of leaving it to block read_committed
+        readers until the broker times it out (Tansu never does)."""
+        if instance_id:
+            return f"agentgov-{role}-{group}-{instance_id}"
+        return f"agentgov-{role}-{uuid.uuid4()}"
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+
+    def commit(self) -> None:
+        """Send the consumer's current positions into the open transaction and commit it."""
+        self.producer.send_offsets_to_transaction(
+            self.consumer.position(self.consumer.assignment()),
+            self.consumer.consumer_group_metadata(), 30)
+        self.producer.commit_transaction(60)
+
+    def recover(self) -> None:
+        """After a failed transaction: abort it, or replace the producer if it cannot be brought back."""
+        if not self.abort():
+            self.new_producer()
+
+    def abort(self, attempts: int = 2) -> bool:
+        """Abort the open transaction; False if the producer cannot be brought back to a usable state."""
+        for _ in range(attempts):
+            try:
+                self.producer.abort_transaction(10)
+                return True
+            except KafkaException as exc:
+                err = exc.args[0]
+                log.error("abort failed", extra={"kv": {"error": str(exc)}})
+                if err.code() == KafkaError._STATE:
+                    return True  # no transaction open: nothing to abort
+                # Not after a timeout: resuming an abort the broker has forgotten (a restarted in-memory
+                # broker) was seen to end the process with no traceback. Replace the producer instead.
+                if err.fatal() or err.code() == KafkaError._TIMED_OUT or not err.retriable():
+                    return False
+        return False
+
+    def new_producer(self, attempts: int = 10) -> None:
+        """Replace a producer the broker no longer recognises (e.g. a restarted in-memory broker lost its
+        transaction state). The same transactional.id fences anything the old one left open."""
+        with contextlib.suppress(Exception):
+            self.producer.flush(0)
+        for attempt in range(1, attempts + 1):
+            try:
+                producer = Producer(self._conf)
+                producer.init_transactions(30)
+                self.producer = producer
+                log.warning("transactional producer replaced", extra={"kv": {"attempt": attempt}})
+                return
+            except KafkaException as exc:
+                log.error("producer init failed", extra={"kv": {"attempt": attempt, "error": str(exc)}})
+                time.sleep(min(2.0 * attempt, 10.0))
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "cannot re-create the transactional producer"))
+
+    def flush(self, timeout: float = 10) -> None:
+        self.producer.flush(timeout)

@@ -1,0 +1,333 @@
+"""The correlator: every access fact of an entity, whichever run or partition it came from.
+
+A consumer group over the entity-keyed fact topics (``facts.py``). For each input partition it keeps
+windowed per-key state, evaluates the cross-run rules (``scoring/crossrun.py``) on each fact in
+event-time order, and publishes the findings to ``agentgov.correlations.v1`` in the same Kafka
+transaction as its offsets (the :class:`~pipeline.loop.TransactionalLoop` shared with the scorer).
+
+Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
+``max(latest event time seen on the partition, wall clock) - grace``. So facts arriving out of order
+within the grace period are evaluated in event-time order, and the wall-clock term closes the windows
+of a quiet partition. Rules only look at facts before the one they judge. A fact that arrives after
+later facts of its partition were already judged (later than the grace) is judged, and then the later
+facts of its key are judged again with it, so the chain it completes is still found; findings already
+published are not published again. It is counted in ``agentgov_correlator_late_facts_total``.
+
+State is rebuilt from the log, never kept: on assignment the correlator replays
+``correlation_retain_seconds`` of the partition before its committed offset (``recovery.py``), applies
+what the watermark had released without re-evaluating it, and buffers the rest; a by-target partition
+also reads its co-partitioned holdings partition whole. Findings have deterministic ids, so the few a
+replay evaluates again are stored once.
+
+Example::
+
+    Correlator(settings, Metrics(), load_policy(settings.policy_file), baselines=cache.get).run(stop)
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from . import __version__
+from .deadletters import dlq_headers
+from .delegations import DelegationGraph
+from .errors import DeadLetter
+from .events import TransitionDict
+from .facts import FACT, FINDING, as_event, holding_key
+from .loop import TransactionalLoop
+from .metrics import Metrics
+from .policy_watch import PolicyWatcher
+from .recovery import replay
+from .schemas import SchemaSet
+from .scoring.catalogue import CATALOGUE
+from .scoring.context import AgentBaseline
+from .scoring.crossrun import BY_AGENT_RULES, BY_TARGET_RULES, CrossRunContext, CrossRunFinding, correlate
+from .scoring.policy import LoadedPolicy
+from .serde import Serde, make_registry
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Baselines = Callable[[str], AgentBaseline | None]
+ESCALATION_SERIES_TTL = 900.0
+
+
+def _order(ev: TransitionDict) -> tuple[int, str, int, int]:
+    return (ev["occurred_at"], ev["event_id"], ev["source_partition"], ev["source_offset"])
+
+
+@dataclass
+class KeyedState:
+    """Windowed state of one input partition: pending facts, per-key history, and (by target) holdings."""
+
+    by_target: bool
+    pending: list[tuple[tuple[int, str, int, int], TransitionDict]] = field(default_factory=list)
+    history: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
+    holdings: dict[str, dict[str, TransitionDict]] = field(default_factory=dict)
+    seen: set[tuple[str, int, int]] = field(default_factory=set)
+    emitted: dict[str, None] = field(default_factory=dict)
+    released: tuple[int, str, int, int] = (0, "", 0, 0)
+    max_seen_ms: int = 0
+
+    def key_of(self, ev: TransitionDict) -> str:
+        return ev["target"]["identity_id"] if self.by_target else ev["agent"]["agent_id"]
+
+    def add(self, ev: TransitionDict) -> bool:
+        """Buffer a fact; False for a redelivered one (same source event, partition and offset)."""
+        mark = (ev["event_id"], ev["source_partition"], ev["source_offset"])
+        if mark in self.seen:
+            return False
+        self.seen.add(mark)
+        heapq.heappush(self.pending, (_order(ev), ev))
+        self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
+        return True
+
+    def release(self, watermark_ms: int) -> list[TransitionDict]:
+        out = []
+        while self.pending and self.pending[0][0][0] <= watermark_ms:
+            out.append(heapq.heappop(self.pending)[1])
+        return out
+
+    def before(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
+        hist = self.history.get(key, [])
+        return [h for _, h in hist[:bisect.bisect_left(hist, _order(ev), key=lambda t: t[0])]]
+
+    def after(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
+        hist = self.history.get(key, [])
+        return [h for _, h in hist[bisect.bisect_right(hist, _order(ev), key=lambda t: t[0]):]]
+
+    def first_time(self, finding_id: str, limit: int = 100_000) -> bool:
+        """True once per finding id (re-judging after a late fact must not publish a chain twice)."""
+        if finding_id in self.emitted:
+            return False
+        if len(self.emitted) >= limit:
+            self.emitted.clear()  # bounded; the store keeps one row per finding_id regardless
+        self.emitted[finding_id] = None
+        return True
+
+    def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
+        hist = self.history.setdefault(key, [])
+        bisect.insort(hist, (_order(ev), ev), key=lambda t: t[0])
+        lo = self.max_seen_ms - retain_ms
+        if hist[0][0][0] < lo:
+            del hist[:bisect.bisect_left(hist, (lo,), key=lambda t: t[0][:1])]
+        if self.by_target and ev["decision"]["outcome"] == "granted":
+            self.hold(ev)
+
+    def hold(self, ev: TransitionDict) -> None:
+        fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],
+                "entitlement": ev["resource"]["entitlement"], "resource_id": ev["resource"]["resource_id"]}
+        held = self.holdings.setdefault(ev["target"]["identity_id"], {})
+        hk = holding_key(fact)
+        old = held.get(hk)
+        if old is None or _order(old) <= _order(ev):
+            held[hk] = ev
+
+    def held(self, key: str) -> list[TransitionDict]:
+        return sorted(self.holdings.get(key, {}).values(), key=_order)
+
+    def prune_seen(self, limit: int = 500_000) -> None:
+        if len(self.seen) > limit:  # bounded: a redelivery older than this is caught by finding ids
+            self.seen.clear()
+
+
+class Correlator(TransactionalLoop):
+    """Cross-run correlation consumer. Scale out by running more of them in the same group."""
+
+    role = "correlator"
+
+    def __init__(self, settings: Settings, metrics: Metrics, policy: LoadedPolicy, *,
+                 baselines: Baselines | None = None, registry: Any = None,
+                 delegations: DelegationGraph | None = None) -> None:
+        super().__init__(settings, metrics, group=settings.correlator_group,
+                         topics=[settings.topic_facts_by_target, settings.topic_facts_by_agent])
+        self.policy = policy
+        self.baselines: Baselines = baselines or (lambda agent_id: None)
+        schemas = SchemaSet.load()
+        registry = registry if registry is not None else make_registry(settings)
+        self.facts = Serde(schemas, registry, record=FACT, subject=f"{settings.topic_facts_by_target}-value")
+        self.out = Serde(schemas, registry, record=FINDING, subject=f"{settings.topic_correlations}-value")
+        self.graph = delegations or DelegationGraph(settings, self.facts).start()
+        self.grace_ms = int(settings.correlation_grace_seconds * 1000)
+        self.retain_ms = settings.correlation_retain_seconds * 1000
+        self.scorer_window_ms = settings.context_window_seconds * 1000
+        self.states: dict[tuple[str, int], KeyedState] = {}
+        self._watcher = PolicyWatcher(settings.policy_file, policy, settings.policy_reload_seconds)
+        self._next_flush = 0.0
+        self.emitted = 0
+        for spec in CATALOGUE.values():
+            if spec.code.startswith("AG-XRN"):
+                self.metrics.findings.labels(code=spec.code, severity=spec.severity.value,
+                                             category=spec.category.value)
+        self.metrics.policy_info.labels(role=self.role).info({"version": policy.version, "sha256": policy.sha256})
+
+    # -- context: rebuilt by replay -----------------------------------------------------------
+    def _decode(self, msg: Message) -> TransitionDict | None:
+        try:
+            return as_event(self.facts.decode(msg.value()).record)
+        except DeadLetter as exc:
+            log.warning("bad access fact", extra={"kv": {"error": str(exc), "topic": msg.topic(),
+                                                          "partition": msg.partition(), "offset": msg.offset()}})
+            return None
+
+    def rebuild(self, tp: TopicPartition) -> None:
+        by_target = tp.topic == self.settings.topic_facts_by_target
+        state = self.states[(tp.topic, tp.partition)] = KeyedState(by_target)
+        held = self._load_holdings(tp.partition, state) if by_target else 0
+        replayed = replay(self.settings, tp, self.retain_ms, self._decode, state.add) if tp.offset > 0 else 0
+        # What the watermark had released before the last commit is history: apply it, judge it no more.
+        for ev in state.release(state.max_seen_ms - self.grace_ms):
+            state.apply(state.key_of(ev), ev, self.retain_ms)
+            state.released = max(state.released, _order(ev))
+        log.info("correlator state rebuilt", extra={"kv": {
+            "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
+            "holdings": held, "pending": len(state.pending)}})
+
+    def _load_holdings(self, partition: int, state: KeyedState) -> int:
+        """Read the co-partitioned holdings partition whole (compacted: one record per target and access)."""
+        topic = self.settings.topic_holdings
+        reader = Consumer(self.settings.kafka_config(**{
+            "group.id": f"agentgov-holdings-{uuid.uuid4()}", "enable.auto.commit": False,
+            "isolation.level": "read_committed"}))
+        try:
+            tp = TopicPartition(topic, partition, 0)
+            _, high = reader.get_watermark_offsets(tp, timeout=10)
+            if high <= 0:
+                return 0
+            reader.assign([tp])
+            count, deadline = 0, time.monotonic() + 60
+            while time.monotonic() < deadline:
+                msgs = reader.consume(1000, 0.5)
+                for msg in msgs:
+                    if msg.error():
+                        continue
+                    ev = self._decode(msg)
+                    if ev is not None:
+                        state.hold(ev)
+                        count += 1
+                if not msgs and reader.position([tp])[0].offset >= high:
+                    break
+            return count
+        finally:
+            reader.close()
+
+    def forget(self, tp: TopicPartition) -> None:
+        self.states.pop((tp.topic, tp.partition), None)
+
+    # -- policy -------------------------------------------------------------------------------
+    def tick(self) -> None:
+        changed = self._watcher.poll()
+        if changed is not None:
+            self.policy = changed
+            self.metrics.policy_info.labels(role=self.role).info(
+                {"version": changed.version, "sha256": changed.sha256})
+
+    def wants_empty_batch(self) -> bool:
+        """A wall-clock flush: once a second, release what the clock (not new facts) has made due."""
+        now = time.monotonic()
+        if now < self._next_flush:
+            return False
+        self._next_flush = now + 1.0
+        return any(s.pending for s in self.states.values())
+
+    # -- one batch, inside the checkpoint's transaction ---------------------------------------
+    def handle(self, msgs: list[Message]) -> _Tally:
+        tally = _Tally()
+        now_ms = int(time.time() * 1000)
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error", extra={"kv": {"error": str(err)}})
+                continue
+            try:
+                ev = as_event(self.facts.decode(msg.value()).record)
+            except DeadLetter as exc:
+                self.producer.produce(self.settings.topic_dlq, msg.value(), key=msg.key(),
+                                      headers=dlq_headers(exc, exc.reason, msg))
+                tally.dead[exc.reason] += 1
+                continue
+            state = self.states.get((msg.topic(), msg.partition()))
+            if state is None:  # assignment raced; build on the fly
+                state = self.states[(msg.topic(), msg.partition())] = KeyedState(
+                    msg.topic() == self.settings.topic_facts_by_target)
+            state.add(ev)
+            tally.facts += 1
+        produce = self.producer.produce
+        topic = self.settings.topic_correlations
+        for state in self.states.values():
+            for ev in state.release(max(state.max_seen_ms, now_ms) - self.grace_ms):
+                key = state.key_of(ev)
+                found = self._judge(state, key, ev)
+                state.apply(key, ev, self.retain_ms)
+                if _order(ev) < state.released:
+                    # Later than the grace: facts after it were judged without it. Judge them again so
+                    # the chain it belongs to is still found (findings already published are skipped).
+                    tally.late += 1
+                    for later in state.after(key, ev):
+                        found += self._judge(state, key, later)
+                state.released = max(state.released, _order(ev))
+                for f in found:
+                    if state.first_time(f.finding_id):
+                        record = f.to_avro(now_ms, __version__, self.policy.version)
+                        produce(topic, self.out.encode(record), key=f.finding_id.encode())
+                        tally.found.append(f)
+            state.prune_seen()
+        return tally
+
+    def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        history = state.before(key, ev)
+        if state.by_target:
+            cx = CrossRunContext(self.policy, key, history=history, holdings=state.held(key),
+                                 scorer_window_ms=self.scorer_window_ms)
+            return correlate(ev, cx, BY_TARGET_RULES)
+        cx = CrossRunContext(self.policy, key, history=history, delegations=self.graph.into,
+                             baseline=self.baselines(key), scorer_window_ms=self.scorer_window_ms)
+        return correlate(ev, cx, BY_AGENT_RULES)
+
+    def account(self, tally: _Tally, msgs: list[Message]) -> None:
+        m = self.metrics
+        m.correlator_facts.inc(tally.facts)
+        m.correlator_late.inc(tally.late)
+        m.correlator_pending.set(sum(len(s.pending) for s in self.states.values()))
+        for reason, n in tally.dead.items():
+            m.dead_letters.labels(reason=reason).inc(n)
+        now = time.time()
+        codes: Counter[tuple[str, str, str]] = Counter()
+        for f in tally.found:
+            codes[(f.spec.code, f.spec.severity.value, f.spec.category.value)] += 1
+            if f.pattern:
+                m.escalations.labels(pattern=f.pattern).inc()
+                m.escalation_ring.set((f.pattern, f.event["agent"]["agent_id"], f.event["run_id"]), now)
+                log.warning("cross-run escalation detected", extra={"kv": {
+                    "pattern": f.pattern, "finding_id": f.finding_id, "runs": list(f.run_ids)}})
+        for (code, sev, cat), n in codes.items():
+            m.findings.labels(code=code, severity=sev, category=cat).inc(n)
+        self.emitted += len(tally.found)
+
+    def housekeeping(self) -> None:
+        self.metrics.escalation_ring.expire(time.time() - ESCALATION_SERIES_TTL)
+
+    def close(self) -> None:
+        super().close()
+        self.graph.stop()
+
+
+class _Tally:
+    __slots__ = ("dead", "facts", "found", "late")
+
+    def __init__(self) -> None:
+        self.facts = 0
+        self.late = 0
+        self.dead: Counter[str] = Counter()
+        self.found: list[CrossRunFinding] = []

@@ -1,0 +1,105 @@
+"""The delegation graph: agent-to-agent grants, read whole by every correlator (GlobalKTable-style).
+
+Scorers publish every executed grant or revoke by one agent on another agent's access to the compacted
+``agentgov.delegations.v1`` (one record per edge: grantor, delegate, system, access). Each correlator
+follows that topic from its beginning in a background thread, so every replica holds the same graph,
+and the rules read it as of the event time of the grant they judge (edges granted later, or revoked
+before, do not count).
+
+Example::
+
+    graph = DelegationGraph(settings, serde).start()
+    graph.wait_ready(30)
+    graph.into("agent-b")        # edges into agent-b, event-time order
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+
+from .errors import DeadLetter
+from .events import TransitionDict
+from .facts import as_event, edge_key
+from .serde import Serde
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DelegationGraph:
+    """Follows the delegations topic; ``into`` is safe to call from the correlator loop."""
+
+    def __init__(self, settings: Settings, serde: Serde) -> None:
+        self.settings = settings
+        self.serde = serde
+        self.topic = settings.topic_delegations
+        self._into: dict[str, list[tuple[int, str, TransitionDict]]] = {}
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.edges = 0
+
+    def into(self, agent: str) -> list[TransitionDict]:
+        with self._lock:
+            return [e for _, _, e in self._into.get(agent, ())]
+
+    def add(self, fact: dict[str, object]) -> None:
+        ev = as_event(fact)
+        mark = (ev["event_id"], edge_key(fact))
+        with self._lock:
+            if mark in self._seen:
+                return  # a redelivered record (aborted transaction visible on Tansu, or compaction copy)
+            self._seen.add(mark)
+            bisect.insort(self._into.setdefault(ev["target"]["identity_id"], []),
+                          (ev["occurred_at"], ev["event_id"], ev), key=lambda t: (t[0], t[1]))
+            self.edges += 1
+
+    def start(self) -> DelegationGraph:
+        self._thread = threading.Thread(target=self._follow, name="delegations", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.ready.wait(timeout)
+
+    def _follow(self) -> None:
+        consumer = Consumer(self.settings.kafka_config(**{
+            "group.id": f"agentgov-delegations-{uuid.uuid4()}", "enable.auto.commit": False,
+            "isolation.level": "read_committed"}))
+        tp = TopicPartition(self.topic, 0, 0)
+        consumer.assign([tp])
+        try:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+        except Exception:  # topic not there yet: nothing to catch up with
+            high = 0
+        if high <= 0:
+            self.ready.set()
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(500, 0.2)
+                for msg in msgs:
+                    if msg.error() or msg.value() is None:
+                        continue
+                    try:
+                        self.add(self.serde.decode(msg.value()).record)
+                    except DeadLetter as exc:
+                        log.warning("bad delegation record", extra={"kv": {"error": str(exc)}})
+                if not msgs and not self.ready.is_set():
+                    # Transaction markers take offsets but are never delivered: ask for the position.
+                    position = consumer.position([tp])[0].offset
+                    if position >= high:
+                        self.ready.set()
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)

@@ -1,0 +1,148 @@
+"""Access facts: the scorer's repartitioning of access-changing events by entity.
+
+The scorer emits one compact :data:`FACT` record (``schemas/access_fact.avsc``) per access-changing
+event, in the same Kafka transaction as its assessment, to:
+
+- ``agentgov.facts.by-target.v1``, keyed and partitioned by target identity (tier stepping, transient
+  privilege, separation of duties, duplicate event ids);
+- ``agentgov.facts.by-agent.v1``, keyed and partitioned by agent (grant rates, delegation laundering);
+- ``agentgov.holdings.v1``, compacted, keyed by target + access and **co-partitioned** with by-target,
+  so a correlator owning by-target partition *p* reads holdings partition *p* whole: what every identity
+  holds, whatever its age;
+- ``agentgov.delegations.v1``, compacted, one partition: agent-to-agent grants, read whole by every
+  correlator (the delegation graph, GlobalKTable-style).
+
+Partitions are chosen explicitly as ``crc32(key) mod facts_partitions`` (:func:`partition_for`), so the
+mapping is the same in every client library and co-partitioning holds by construction.
+
+Example::
+
+    emitter = FactEmitter(settings, serde)
+    emitter.emit(producer.produce, ev, partition, offset)       # inside the scorer's transaction
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
+from .events import GRANTS, REVOKES, TransitionDict
+from .serde import Serde
+from .settings import Settings
+
+FACT = "access_fact"
+FINDING = "cross_run_finding"
+ACCESS_ACTIONS = frozenset(GRANTS | REVOKES)
+
+Fact = dict[str, Any]
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition of an entity key on every entity-keyed topic."""
+    return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+def is_access_change(ev: TransitionDict) -> bool:
+    return ev["action"] in ACCESS_ACTIONS
+
+
+def fact_from_event(ev: TransitionDict, partition: int, offset: int) -> Fact:
+    agent, target, res, dec = ev["agent"], ev["target"], ev["resource"], ev["decision"]
+    return {
+        "event_id": ev["event_id"], "occurred_at": ev["occurred_at"], "run_id": ev["run_id"], "step": ev["step"],
+        "agent_id": agent["agent_id"], "on_behalf_of": agent["on_behalf_of"],
+        "target_id": target["identity_id"], "target_type": str(target["identity_type"]),
+        "lifecycle_state": str(target["lifecycle_state"]), "action": str(ev["action"]),
+        "system": res["system"], "resource_id": res["resource_id"], "entitlement": res["entitlement"],
+        "privilege_tier": res["privilege_tier"], "outcome": str(dec["outcome"]), "authority": str(dec["authority"]),
+        "approved_by": dec["approved_by"], "event_hash": ev["evidence"]["event_hash"],
+        "source_partition": partition, "source_offset": offset,
+    }
+
+
+def as_event(fact: Fact) -> TransitionDict:
+    """The transition-shaped view of a fact that the scoring rules read (only the fields a fact has)."""
+    return {
+        "event_id": fact["event_id"], "occurred_at": fact["occurred_at"], "run_id": fact["run_id"],
+        "step": fact["step"], "action": fact["action"],
+        "agent": {"agent_id": fact["agent_id"], "on_behalf_of": fact["on_behalf_of"]},
+        "target": {"identity_id": fact["target_id"], "identity_type": fact["target_type"],
+                   "lifecycle_state": fact["lifecycle_state"]},
+        "resource": {"system": fact["system"], "resource_id": fact["resource_id"],
+                     "entitlement": fact["entitlement"], "privilege_tier": fact["privilege_tier"]},
+        "decision": {"outcome": fact["outcome"], "authority": fact["authority"], "approved_by": fact["approved_by"]},
+        "evidence": {"event_hash": fact["event_hash"]},
+        "source_partition": fact["source_partition"], "source_offset": fact["source_offset"],
+    }
+
+
+def access_of(fact: Fact) -> str:
+    """The access a fact grants or revokes (same naming as the SoD pairs): entitlement, else resource."""
+    return fact["entitlement"] or fact["resource_id"]
+
+
+def holding_key(fact: Fact) -> str:
+    """Compaction key on the holdings topic: one live record per (target, access); a deletion is per system."""
+    if fact["action"] == "delete_account":
+        return f"{fact['target_id']}\x1f#delete\x1f{fact['system']}"
+    return f"{fact['target_id']}\x1f{fact['system']}\x1f{access_of(fact)}"
+
+
+def is_delegation(fact: Fact) -> bool:
+    """An agent granted another agent access: an edge of the delegation graph (grantor -> delegate)."""
+    return fact["action"] in GRANTS and is_delegation_change(fact)
+
+
+def is_delegation_change(fact: Fact) -> bool:
+    """An executed grant or revoke by one agent on another agent's access (adds or removes an edge)."""
+    return (fact["target_type"] == "agent" and fact["outcome"] == "granted"
+            and fact["agent_id"] != fact["target_id"])
+
+
+def edge_key(fact: Fact) -> str:
+    """Compaction key on the delegations topic: grantor, delegate, system, access."""
+    return f"{fact['agent_id']}\x1f{fact['target_id']}\x1f{fact['system']}\x1f{access_of(fact)}"
+
+
+def check_fact_topics(settings: Settings, topics: dict[str, Any]) -> None:
+    """Fail at start, not in every transaction, when the fact topics are missing or mis-sized: facts are
+    routed to explicit partitions, and co-partitioning needs exactly ``facts_partitions`` of them."""
+    wanted = {settings.topic_facts_by_target: settings.facts_partitions,
+              settings.topic_facts_by_agent: settings.facts_partitions,
+              settings.topic_holdings: settings.facts_partitions, settings.topic_delegations: 1}
+    for topic, n in wanted.items():
+        meta = topics.get(topic)
+        have = len(meta.partitions) if meta is not None and not meta.error else 0
+        if have != n:
+            raise ConfigError(f"topic {topic} has {have} partitions, expected {n}: create the topics "
+                              "(agentgov run does it) or set AGENTGOV_ACCESS_FACTS=false")
+
+
+class FactEmitter:
+    """Encodes and routes the access facts of one event (the scorer calls it inside its transaction)."""
+
+    def __init__(self, settings: Settings, serde: Serde) -> None:
+        self.serde = serde
+        self.n = settings.facts_partitions
+        self.by_target, self.by_agent = settings.topic_facts_by_target, settings.topic_facts_by_agent
+        self.holdings, self.delegations = settings.topic_holdings, settings.topic_delegations
+
+    def emit(self, produce: Callable[..., None], ev: TransitionDict, partition: int, offset: int) -> int:
+        """Produce the facts of ``ev`` (none unless it changes access); returns how many were produced."""
+        if not is_access_change(ev):
+            return 0
+        fact = fact_from_event(ev, partition, offset)
+        value = self.serde.encode(fact)
+        target, agent = fact["target_id"], fact["agent_id"]
+        produce(self.by_target, value, key=target.encode(), partition=partition_for(target, self.n))
+        produce(self.by_agent, value, key=agent.encode(), partition=partition_for(agent, self.n))
+        sent = 2
+        if fact["outcome"] == "granted":
+            produce(self.holdings, value, key=holding_key(fact).encode(), partition=partition_for(target, self.n))
+            sent += 1
+            if is_delegation_change(fact):
+                produce(self.delegations, value, key=edge_key(fact).encode(), partition=0)
+                sent += 1
+        return sent

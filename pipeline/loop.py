@@ -1,0 +1,169 @@
+"""The batch loop of a transactional role: consume a batch, handle it in one transaction, repeat.
+
+:class:`TransactionalLoop` owns the consumer, the :class:`~pipeline.checkpoint.Checkpoint` and the
+rebalance callbacks; a role (the scorer, the correlator) fills in what a batch means:
+
+- ``rebuild(tp)``: on assignment, and after an aborted batch, rebuild the partition's context (usually
+  by :func:`~pipeline.recovery.replay` up to ``tp.offset``, the committed offset);
+- ``forget(partition)``: drop it on revoke;
+- ``handle(msgs)``: produce the batch's outputs with ``self.checkpoint.producer``; returns a tally;
+- ``account(tally, msgs)``: fold the tally into metrics after the commit;
+- ``tick()``: between batches (policy reload, time-based flushes).
+
+On a failed transaction the loop aborts (or replaces the producer), rewinds every assigned partition to
+its committed offset and rebuilds its context, so the batch is processed again from scratch.
+
+Example::
+
+    class Scorer(TransactionalLoop): ...
+    Scorer(settings, metrics, policy).run(stop)       # until ``stop`` (a threading.Event) is set
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from .checkpoint import Checkpoint
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TransactionalLoop:
+    """Consumer + checkpoint + rebalance handling shared by the stateful roles."""
+
+    role = "role"
+
+    def __init__(self, settings: Settings, metrics: Metrics, *, group: str, topics: list[str],
+                 consumer_extra: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = topics
+        self.consumer = Consumer(settings.consumer_config(group, **(consumer_extra or {})))
+        self.checkpoint = Checkpoint(settings, self.consumer,
+                                     Checkpoint.transactional_id(self.role, group, settings.instance_id))
+        self.processed = 0
+        self._next_housekeeping = 0.0
+
+    @property
+    def producer(self) -> Any:
+        return self.checkpoint.producer
+
+    # -- what a role fills in -----------------------------------------------------------------
+    def rebuild(self, tp: TopicPartition) -> None:
+        """Rebuild the context of ``tp`` from the log before ``tp.offset`` (the committed offset)."""
+
+    def forget(self, partition: TopicPartition) -> None:
+        """Drop what is kept for a partition this process no longer owns."""
+
+    def handle(self, msgs: list[Message]) -> Any:
+        raise NotImplementedError
+
+    def account(self, tally: Any, msgs: list[Message]) -> None:
+        """Fold a committed batch's tally into metrics."""
+
+    def tick(self) -> None:
+        """Called between batches, whether or not a batch arrived."""
+
+    def housekeeping(self) -> None:
+        """Called every few seconds."""
+
+    # -- rebalance ----------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in consumer.committed(partitions, timeout=30):
+            self.rebuild(tp)
+        log.info("partitions assigned", extra={"kv": {"role": self.role,
+                                                      "partitions": [p.partition for p in partitions]}})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.forget(tp)
+        log.info("partitions revoked", extra={"kv": {"role": self.role,
+                                                     "partitions": [p.partition for p in partitions]}})
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event, on_batch: Callable[[int], None] | None = None) -> None:
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.metrics.up.labels(role=self.role).set(1)
+        try:
+            while not stop.is_set():
+                self.tick()
+                msgs = self.consumer.consume(self.settings.batch_max_messages, self.settings.batch_max_seconds)
+                if msgs or self.wants_empty_batch():
+                    self.process(msgs)
+                    if on_batch is not None and msgs:
+                        on_batch(len(msgs))
+                self._housekeeping()
+        finally:
+            self.metrics.up.labels(role=self.role).set(0)
+            self.close()
+
+    def wants_empty_batch(self) -> bool:
+        """True when an empty poll should still run a transaction (e.g. a wall-clock flush is due)."""
+        return False
+
+    def _housekeeping(self, every: float = 2.0) -> None:
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + every
+        record_lag(self.consumer, self.metrics, self.role)
+        self.housekeeping()
+
+    def process(self, msgs: list[Message]) -> None:
+        """Handle one batch inside one transaction. On failure, abort and rewind to the last commit."""
+        started = time.perf_counter()
+        try:
+            self.checkpoint.begin()
+            tally = self.handle(msgs)
+            self.checkpoint.commit()
+        except KafkaException as exc:
+            log.warning("batch aborted; rewinding", extra={"kv": {"role": self.role, "error": str(exc)}})
+            self.metrics.batches.labels(role=self.role, outcome="aborted").inc()
+            self.checkpoint.recover()
+            self.rewind()
+            return
+        self.account(tally, msgs)
+        self.processed += len(msgs)
+        self.metrics.batches.labels(role=self.role, outcome="committed").inc()
+        self.metrics.batch_duration.labels(role=self.role).observe(time.perf_counter() - started)
+
+    def rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset and rebuild its context."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.committed(assignment, timeout=30):
+            self.rebuild(tp)
+            if tp.offset >= 0:
+                self.consumer.seek(tp)
+            else:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.consumer.close()
+        self.checkpoint.flush(10)
+
+
+def record_lag(consumer: Consumer, metrics: Metrics, role: str) -> None:
+    """Messages behind the high watermark per assigned partition (cached watermarks: no broker call)."""
+    assignment = consumer.assignment()
+    if not assignment:
+        return
+    for tp in consumer.position(assignment):
+        try:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            continue
+        if tp.offset >= 0 and high >= 0:
+            metrics.consumer_lag.labels(role=role, partition=str(tp.partition)).set(max(0, high - tp.offset))

@@ -1,0 +1,75 @@
+"""Context recovery by replay: feed the window before a partition's committed offset into a callback.
+
+A stateful role keeps no durable state of its own. On assignment (and after an aborted batch) it reads
+its input partition from ``window_ms`` of broker time before the committed offset up to that offset,
+decodes each message and hands it to ``observe``. Reads only; publishes nothing. Any replica therefore
+rebuilds the same context for the same partition.
+
+Example::
+
+    n = replay(settings, TopicPartition(topic, 3, committed), window_ms, decode, ctx.observe)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
+
+from .settings import Settings
+
+T = TypeVar("T")
+
+
+def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Callable[[Message], T | None],
+           observe: Callable[[T], object], *, max_events: int = 200_000, max_seconds: float = 120.0) -> int:
+    """Replay ``[committed - window, committed)`` of ``tp`` into ``observe``; returns events observed.
+
+    ``window_ms == 0`` means "the last ``max_events`` messages". A message ``decode`` turns into None
+    (undecodable, dead-lettered at the time) is skipped."""
+    end = tp.offset  # exclusive
+    if end in (OFFSET_INVALID,) or end <= 0:
+        return 0
+    reader = Consumer(settings.kafka_config(**{
+        "group.id": f"agentgov-replay-{uuid.uuid4()}", "enable.auto.commit": False,
+        "enable.partition.eof": False, "isolation.level": "read_committed"}))
+    try:
+        last = read_one(reader, tp.topic, tp.partition, end - 1)
+        start = max(0, end - max_events)
+        if last is not None and window_ms:
+            ts = last.timestamp()[1] - window_ms
+            found = reader.offsets_for_times([TopicPartition(tp.topic, tp.partition, max(ts, 0))], timeout=10)
+            if found and found[0].offset >= 0:
+                start = max(start, found[0].offset)
+        reader.assign([TopicPartition(tp.topic, tp.partition, start)])
+        count = 0
+        deadline = time.monotonic() + max_seconds
+        offset = start
+        while offset < end and time.monotonic() < deadline:
+            for msg in reader.consume(1000, 1.0):
+                if msg.error():
+                    continue
+                offset = msg.offset() + 1
+                if msg.offset() >= end:
+                    break
+                item = decode(msg)
+                if item is not None:
+                    observe(item)
+                    count += 1
+        return count
+    finally:
+        reader.close()
+
+
+def read_one(reader: Consumer, topic: str, partition: int, offset: int) -> Message | None:
+    """The message at ``offset`` (or the next readable one), or None within 10 s."""
+    reader.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        msg = reader.poll(0.5)
+        if msg is not None and not msg.error():
+            return msg
+    return None

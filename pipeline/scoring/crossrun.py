@@ -1,0 +1,306 @@
+"""Cross-run rules: chains that span runs and partitions, evaluated by the correlator. Pure.
+
+The correlator keys access facts by entity (target identity or agent) and calls these rules on each
+fact in event-time order, with the earlier facts of the same key (``cx.history``), what the target held
+before (``cx.holdings``, any age) and the delegation graph (``cx.delegations``). Facts are
+transition-shaped (:func:`pipeline.facts.as_event`) plus ``source_partition`` and ``source_offset``,
+so the per-run escalation rules in :mod:`escalation` are reused over the entity's whole history.
+
+Division of labour with the scorer, so that one chain raises one finding: a scorer sees everything of
+its own partition inside its context window, so the correlator reports a chain only when the scorer
+could not have seen it whole: its events come from two or more source partitions, or (holdings) the
+earlier half is older than the scorer's context. Delegation laundering has no per-run twin and is
+always reported here.
+
+Every finding attaches to the event that completed the chain, lists every event and run of the chain,
+and has a deterministic id (:func:`finding_id`: rule + key + chain), so a replay stores it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import TransitionDict
+from . import catalogue as c
+from . import escalation
+from .catalogue import ESCALATION_PATTERNS, RuleSpec
+from .context import AgentBaseline, ScoringContext
+from .policy import LoadedPolicy
+from .rules import Rule, access_name, granted_access, human_approved, is_privileged
+
+_REVOKING = frozenset({"remove_role", "revoke_entitlement", "remove_group_member"})
+
+
+def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
+    """Deterministic: the same rule over the same entity and chain has the same id on every replica."""
+    text = "\x1f".join([code, key, *event_ids])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class CrossRunContext:
+    """Read-only inputs of the cross-run rules for one fact."""
+
+    policy: LoadedPolicy
+    key: str
+    """The entity the fact was keyed by (a target identity or an agent id)."""
+    history: Sequence[TransitionDict] = ()
+    """Earlier facts of the same key in event-time order (the correlator's window)."""
+    holdings: Sequence[TransitionDict] = ()
+    """Executed grants and revokes of the target, any age, from the holdings topic (event-time order)."""
+    delegations: Callable[[str], Sequence[TransitionDict]] = field(default=lambda agent: ())
+    """agent -> executed agent-to-agent grants and revokes *into* that agent, event-time order."""
+    baseline: AgentBaseline | None = None
+    scorer_window_ms: int = 3_600_000
+    """A scorer's context window: older partners are out of any one scorer's sight."""
+
+
+@dataclass(frozen=True, slots=True)
+class CrossRunFinding:
+    """One chain found by the correlator, attached to its completing event ``chain[-1]``."""
+
+    spec: RuleSpec
+    key: str
+    message: str
+    chain: tuple[TransitionDict, ...]
+
+    @property
+    def event(self) -> TransitionDict:
+        return self.chain[-1]
+
+    @property
+    def event_ids(self) -> tuple[str, ...]:
+        return tuple(h["event_id"] for h in self.chain)
+
+    @property
+    def run_ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(h["run_id"] for h in self.chain))
+
+    @property
+    def partitions(self) -> tuple[int, ...]:
+        return tuple(int(h["source_partition"]) for h in self.chain)
+
+    @property
+    def finding_id(self) -> str:
+        return finding_id(self.spec.code, self.key, self.event_ids)
+
+    @property
+    def pattern(self) -> str:
+        return ESCALATION_PATTERNS.get(self.spec.code, "")
+
+    def to_avro(self, detected_at_ms: int, version: str, policy_version: str) -> dict[str, Any]:
+        ev = self.event
+        return {
+            "finding_id": self.finding_id, "code": self.spec.code, "severity": self.spec.severity.value,
+            "category": self.spec.category.value, "pattern": self.pattern, "message": self.message,
+            "entity_key": self.key, "event_id": ev["event_id"], "run_id": ev["run_id"],
+            "agent_id": ev["agent"]["agent_id"], "occurred_at": ev["occurred_at"],
+            "related_event_ids": list(self.event_ids), "related_run_ids": list(self.run_ids),
+            "related_partitions": list(self.partitions), "refs": list(self.spec.refs),
+            "detected_at": detected_at_ms, "correlator_version": version,
+            "governance_policy_version": policy_version,
+        }
+
+
+def _part(h: TransitionDict) -> int:
+    return int(h["source_partition"])
+
+
+def spans_partitions(chain: Iterable[TransitionDict]) -> bool:
+    return len({_part(h) for h in chain}) > 1
+
+
+def _where(h: TransitionDict) -> str:
+    return f"{h['run_id']}#{h['step']} (p{_part(h)})"
+
+
+def _runs(chain: Sequence[TransitionDict]) -> str:
+    return ", ".join(dict.fromkeys(h["run_id"] for h in chain))
+
+
+def _from_per_run(rule: Rule, spec: RuleSpec, ev: TransitionDict, cx: CrossRunContext
+                  ) -> list[CrossRunFinding]:
+    """Run a per-run escalation rule over the target's whole history; keep chains no one scorer saw."""
+    if ev["target"]["identity_id"] != cx.key:
+        return []
+    found = rule(ev, ScoringContext(policy=cx.policy, target_history=cx.history))
+    if not found:
+        return []
+    by_id = {h["event_id"]: h for h in cx.history}
+    by_id[ev["event_id"]] = ev
+    out = []
+    for f in found:
+        chain = tuple(by_id[i] for i in f.related_event_ids if i in by_id)
+        if len(chain) != len(f.related_event_ids) or not spans_partitions(chain):
+            continue
+        out.append(CrossRunFinding(spec, cx.key, f"{f.message}; across runs {_runs(chain)}", chain))
+    return out
+
+
+def tier_stepping_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-001: tier stepping over one identity, the steps on different partitions."""
+    return _from_per_run(escalation.tier_stepping, c.XRN_TIER_STEPPING, ev, cx)
+
+
+def transient_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-002: a privileged grant and its revoke within the transient window, on different partitions."""
+    return _from_per_run(escalation.transient_privilege, c.XRN_TRANSIENT_PRIVILEGE, ev, cx)
+
+
+def _live_edges(into: Sequence[TransitionDict], before_ms: int) -> list[TransitionDict]:
+    """Edges into an agent that were granted before ``before_ms`` and not revoked again before it."""
+    live: dict[tuple[str, str, str], TransitionDict] = {}
+    for h in into:
+        if h["occurred_at"] >= before_ms:
+            break
+        k = (h["agent"]["agent_id"], h["resource"]["system"], access_name(h))
+        if granted_access(h):
+            live[k] = h
+        elif h["action"] in _REVOKING:
+            live.pop(k, None)
+    return sorted(live.values(), key=lambda h: (h["occurred_at"], h["event_id"]))
+
+
+def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-003: a privileged grant lands on an upstream agent of the granter's delegation chain, or on
+    that agent's principal. Breadth-first up the delegation graph, so the shortest chain is named."""
+    if ev["agent"]["agent_id"] != cx.key or not granted_access(ev) or human_approved(ev):
+        return []
+    policy = cx.policy.policy
+    if not is_privileged(ev, policy):
+        return []
+    me, target = ev["agent"]["agent_id"], ev["target"]["identity_id"]
+    if target == me:
+        return []  # a self-grant: AG-ESC-004's pattern
+    frontier: list[tuple[str, tuple[TransitionDict, ...]]] = [(me, ())]
+    visited = {me}
+    for _ in range(policy.escalation.max_delegation_depth):
+        nxt: list[tuple[str, tuple[TransitionDict, ...]]] = []
+        for agent, hops in frontier:
+            for edge in _live_edges(cx.delegations(agent), ev["occurred_at"]):
+                src, principal = edge["agent"]["agent_id"], edge["agent"]["on_behalf_of"]
+                path = (edge, *hops)
+                if target in (src, principal):
+                    chain = (*path, ev)
+                    names = " -> ".join([path[0]["agent"]["agent_id"], *(h["target"]["identity_id"] for h in path)])
+                    hop_text = "; ".join(f"{h['agent']['agent_id']!r} gave {h['target']['identity_id']!r} "
+                                         f"{access_name(h)!r} ({_where(h)})" for h in path)
+                    whom = "itself" if target == src else f"its principal {target!r}"
+                    return [CrossRunFinding(c.XRN_DELEGATION_LAUNDERING, cx.key,
+                        f"delegation_laundering: delegation {names} ({hop_text}); then {me!r} granted privileged "
+                        f"{access_name(ev)!r} to {whom} of upstream agent {src!r} ({_where(ev)}) with no human "
+                        f"authority; depth {len(path)}; runs {_runs(chain)}", chain)]
+                if src not in visited:
+                    visited.add(src)
+                    nxt.append((src, path))
+        frontier = nxt
+        if not frontier:
+            break
+    return []
+
+
+def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-004: the agent's grants over all partitions cross its drift threshold with this grant.
+
+    Reported once per crossing (the grant that reaches the threshold), only when the window's grants
+    come from two or more partitions (else the scorer of that one partition counts them all)."""
+    b = cx.baseline
+    policy = cx.policy.policy
+    d = policy.drift
+    if (ev["agent"]["agent_id"] != cx.key or b is None or b.events < d.min_baseline_events
+            or not granted_access(ev)):
+        return []
+    needed = max(d.rate_min_grants, int(d.rate_factor * b.grants_per_hour * d.rate_window_seconds / 3600) + 1)
+    lo = ev["occurred_at"] - d.rate_window_seconds * 1000
+    grants = [h for h in cx.history if h["occurred_at"] >= lo and granted_access(h)
+              and h["event_id"] != ev["event_id"]]
+    if len(grants) + 1 != needed:
+        return []
+    chain = (*grants, ev)
+    if not spans_partitions(chain):
+        return []
+    per_hour = len(chain) * 3600 / d.rate_window_seconds
+    parts = len({_part(h) for h in chain})
+    runs = len({h["run_id"] for h in chain})
+    return [CrossRunFinding(c.XRN_GRANT_RATE, cx.key,
+        f"agent {cx.key!r} made {len(chain)} grants in {d.rate_window_seconds}s ({per_hour:.1f}/h) over "
+        f"{runs} runs on {parts} partitions, more than {d.rate_factor:g}x its baseline "
+        f"{b.grants_per_hour:.1f}/h", chain)]
+
+
+def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-005: the grant completes a toxic pair with access the target holds, however old."""
+    if ev["target"]["identity_id"] != cx.key or not granted_access(ev):
+        return []
+    name = access_name(ev)
+    partners = cx.policy.policy.sod_partners(name)
+    if not partners:
+        return []
+    held: dict[str, TransitionDict] = {}
+    seen: set[str] = set()
+    for h in (*cx.holdings, *cx.history):
+        if h["event_id"] in seen or h["decision"]["outcome"] != "granted" or h["event_id"] == ev["event_id"]:
+            continue
+        if (h["occurred_at"], h["event_id"]) >= (ev["occurred_at"], ev["event_id"]):
+            continue
+        seen.add(h["event_id"])
+        if granted_access(h):
+            held[access_name(h)] = h
+        elif h["action"] in _REVOKING:
+            held.pop(access_name(h), None)
+        elif h["action"] == "delete_account":
+            held = {n: g for n, g in held.items() if g["resource"]["system"] != h["resource"]["system"]}
+    if name in held:
+        return []  # already held: the pair, if any, was completed earlier
+    out = []
+    for partner, pair in partners:
+        first = held.get(partner)
+        if first is None:
+            continue
+        age_ms = ev["occurred_at"] - first["occurred_at"]
+        if _part(first) == _part(ev) and age_ms <= cx.scorer_window_ms:
+            continue  # the scorer of this partition saw both halves (AG-SOD-001)
+        chain = (first, ev)
+        out.append(CrossRunFinding(c.XRN_TOXIC_PAIR, cx.key,
+            f"{cx.key!r} granted {name!r} ({_where(ev)}) while holding {partner!r}, granted "
+            f"{age_ms / 86_400_000:.1f} days earlier ({_where(first)}): toxic pair {pair!r}", chain))
+    return out
+
+
+def duplicate_id_across_partitions(ev: TransitionDict, earlier: Iterable[TransitionDict]) -> TransitionDict | None:
+    """The earlier event with ``ev``'s event_id that came from another partition, if any.
+
+    Reusable on any keyed state: a redelivery of the same message (same partition) is not a duplicate."""
+    for h in earlier:
+        if h["event_id"] == ev["event_id"] and _part(h) != _part(ev):
+            return h
+    return None
+
+
+def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-006: the same event_id on two partitions of one target's facts."""
+    if ev["target"]["identity_id"] != cx.key:
+        return []
+    first = duplicate_id_across_partitions(ev, cx.history)
+    if first is None:
+        return []
+    same = "same" if first["evidence"]["event_hash"] == ev["evidence"]["event_hash"] else "different"
+    return [CrossRunFinding(c.XRN_DUPLICATE_ID, cx.key,
+        f"event_id {ev['event_id']!r} seen in {_where(first)} and again in {_where(ev)} with {same} content",
+        (first, ev))]
+
+
+CrossRunRule = Callable[[TransitionDict, CrossRunContext], list[CrossRunFinding]]
+BY_TARGET_RULES: tuple[CrossRunRule, ...] = (
+    duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings)
+BY_AGENT_RULES: tuple[CrossRunRule, ...] = (delegation_laundering, grant_rate_across_partitions)
+
+
+def correlate(ev: TransitionDict, cx: CrossRunContext, rules: Iterable[CrossRunRule]) -> list[CrossRunFinding]:
+    out: list[CrossRunFinding] = []
+    for rule in rules:
+        out.extend(rule(ev, cx))
+    return out

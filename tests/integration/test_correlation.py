@@ -1,0 +1,263 @@
+"""The correlation stage on the real broker and store: 2 scorers and 2 correlators, 6 partitions.
+
+Every chained case puts its runs on different partitions of ``agentgov.transitions.v1`` (run ids picked
+with the producer's partitioner, then asserted from the stored assessments' ``source_partition``), so no
+single scorer sees the chain. Each case has a benign look-alike that must raise nothing. One pipeline
+serves the whole module (start-up dominates the cost); each case uses identities of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from pipeline.audit import export, render_trail, trail
+from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.facts import partition_for
+from pipeline.metrics import Metrics
+from pipeline.publisher import TransitionPublisher
+from pipeline.runner import Pipeline
+from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import wait_for
+from pipeline.topics import ensure_topics
+from tests.factory import draft
+from tests.integration.conftest import consume, scrape
+
+pytestmark = pytest.mark.integration
+
+PARTS = 6
+TAG = uuid.uuid4().hex[:8]
+NOW = datetime.now(UTC)
+
+
+def runs_on_distinct_partitions(prefix: str, n: int) -> list[str]:
+    """``n`` run ids that the publisher (crc32 of the key) sends to ``n`` different partitions."""
+    out, used, i = [], set(), 0
+    while len(out) < n:
+        run = f"{prefix}-{TAG}-{i}"
+        p = partition_for(run, PARTS)
+        if p not in used:
+            used.add(p)
+            out.append(run)
+        i += 1
+    return out
+
+
+def at(**delta: float) -> str:
+    return (NOW - timedelta(**delta)).isoformat()
+
+
+class World:
+    def __init__(self, settings: Settings, pipe: Pipeline, pub: TransitionPublisher, ports: list[int]) -> None:
+        self.settings, self.pipe, self.pub, self.ports = settings, pipe, pub, ports
+        self.published = 0
+
+    def publish(self, *drafts: dict[str, Any]) -> list[str]:
+        ids = [self.pub.publish(d) for d in drafts]
+        self.pub.flush()
+        self.published += len(drafts)
+        assert self.pipe.wait_stored(self.published, timeout=120), "assessments not stored"
+        return ids
+
+    def findings(self) -> list[dict[str, Any]]:
+        assert self.pipe.sink is not None
+        return self.pipe.sink.query("SELECT * FROM {db}.cross_run_findings FINAL ORDER BY occurred_at, finding_id")
+
+    def partitions(self, event_ids: list[str]) -> list[int]:
+        assert self.pipe.sink is not None
+        rows = self.pipe.sink.query("SELECT event_id, any(source_partition) AS p FROM {db}.transitions FINAL "
+                                    "WHERE has({ids:Array(String)}, event_id) GROUP BY event_id", {"ids": event_ids})
+        by_id = {r["event_id"]: r["p"] for r in rows}
+        return [by_id[e] for e in event_ids]
+
+
+@pytest.fixture(scope="module")
+def world(broker: EmbeddedBroker, chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("correlation")
+    policy = yaml.safe_load(Path("policies/default.yaml").read_text())
+    policy["version"] = "test-correlation"
+    policy["drift"]["min_baseline_events"] = 30
+    (tmp / "policy.yaml").write_text(yaml.safe_dump(policy))
+    tag = uuid.uuid4().hex[:10]
+    names = {f"topic_{n}": f"t{tag}.{n}" for n in ("transitions", "assessments", "dlq", "baselines",
+                                                   "facts_by_target", "facts_by_agent", "holdings",
+                                                   "delegations", "correlations")}
+    settings = Settings.load(
+        kafka_bootstrap=broker.bootstrap, **names, scorer_group=f"scorer-{tag}", writer_group=f"writer-{tag}",
+        correlator_group=f"correlator-{tag}", clickhouse_dsn=f"chdb://{chdb_path}", clickhouse_database=f"t{tag}",
+        metrics_port=0, state_dir=tmp / "state", batch_max_seconds=0.1, writer_batch_seconds=0.2,
+        topic_partitions=PARTS, facts_partitions=PARTS, correlation_grace_seconds=15,
+        baseline_refresh_seconds=1.0, policy_file=tmp / "policy.yaml")
+    ensure_topics(settings)
+    settings.state_dir.mkdir(parents=True)
+    ports = [free_port(), free_port()]
+    pipe = Pipeline(settings, scorers=2, correlators=2, metrics=Metrics(CollectorRegistry()),
+                    log_dir=settings.state_dir, correlator_metrics_ports=ports).start()
+    pub = TransitionPublisher(settings)
+    try:
+        yield World(settings, pipe, pub, ports)
+    finally:
+        pub.producer.flush(5)
+        pipe.stop()
+
+
+def wait_findings(world: World, predicate: Callable[[list[dict[str, Any]]], bool],
+                  timeout: float = 90) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        nonlocal found
+        found = world.findings()
+        return predicate(found)
+
+    wait_for(check, timeout, interval=1.0)
+    return found
+
+
+def of(found: list[dict[str, Any]], code: str, key: str) -> list[dict[str, Any]]:
+    return [f for f in found if f["code"] == code and f["entity_key"] == key]
+
+
+def grant(run: str, target: str, *, step: int = 1, when: str, **extra: Any) -> dict[str, Any]:
+    return draft(run_id=run, step=step, occurred_at=when, action="assign_role",
+                 **{"target.identity_id": target, **extra})
+
+
+def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_are_not(world: World) -> None:
+    keys: dict[str, str] = {}
+    # 1. tier stepping over three runs; look-alike: a human approved the final step
+    for name, last in (("step", {}), ("step-ok", {"decision.authority": "human", "decision.approved_by": "ciso"})):
+        target = keys[name] = f"u-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 3)
+        ids = world.publish(grant(r[0], target, when=at(minutes=10), **{"resource.resource_id": "role/Step1",
+                                                                         "resource.privilege_tier": 1}),
+                            grant(r[1], target, when=at(minutes=5), **{"resource.resource_id": "role/Step2",
+                                                                        "resource.privilege_tier": 2}))
+        ids += world.publish(grant(r[2], target, when=at(seconds=1), **{"resource.resource_id": "role/Step3",
+                                                                         "resource.privilege_tier": 3, **last}))
+        assert len(set(world.partitions(ids))) == 3
+    # 2. transient privilege over two runs 90 s apart; look-alike: revoked after 2000 s (> 900 s window)
+    jit = {"resource.system": "aws", "resource.resource_id": "role/Admin", "resource.entitlement": "aws-admin",
+           "resource.privilege_tier": 3}
+    for name, held_s in (("jit", 90), ("jit-ok", 2000)):
+        target = keys[name] = f"u-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 2)
+        ids = world.publish(draft(run_id=r[0], step=1, occurred_at=at(seconds=held_s + 1), action="grant_entitlement",
+                                  **{"target.identity_id": target, **jit}))
+        ids += world.publish(draft(run_id=r[1], step=1, occurred_at=at(seconds=1), action="revoke_entitlement",
+                                   **{"target.identity_id": target, **jit}))
+        assert len(set(world.partitions(ids))) == 2
+    # 3. delegation laundering at depth 2 and 3; look-alike: the privileged grant goes to someone unrelated
+    for name, depth, to in (("deleg2", 2, None), ("deleg3", 3, None), ("deleg-ok", 3, f"h-other-{TAG}")):
+        agents = [f"agent-{name}-{c}-{TAG}" for c in "abcd"[:depth + 1]]
+        principal = f"h-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, depth + 1)
+        hops = [draft(run_id=r[i], step=1, occurred_at=at(minutes=10 - i), action="assign_role",
+                      **{"agent.agent_id": agents[i], "agent.on_behalf_of": principal if i == 0 else None,
+                         "target.identity_id": agents[i + 1], "target.identity_type": "agent",
+                         "resource.resource_id": "role/PrivilegedRoleAdministrator", "resource.privilege_tier": 2})
+                for i in range(depth)]
+        ids = world.publish(*hops)
+        time.sleep(2)  # the correlators follow the delegation topic
+        ids += world.publish(draft(run_id=r[depth], step=1, occurred_at=at(seconds=1), action="grant_entitlement",
+                                   **{"agent.agent_id": agents[-1], "agent.on_behalf_of": None,
+                                      "target.identity_id": to or principal, **jit}))
+        keys[name] = agents[-1]
+        assert len(set(world.partitions(ids))) == depth + 1
+    # 4. separation of duties: the first half granted 30 days earlier (event time) and stored
+    for name, second in (("sod", "ap-approve-payment"), ("sod-ok", "gl-post-journal")):
+        target = keys[name] = f"u-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 2)
+        sap = {"resource.system": "sap", "resource.resource_id": "sap-fi", "target.identity_id": target}
+        first = world.publish(draft(run_id=r[0], step=1, occurred_at=at(days=30), action="grant_entitlement",
+                                    **{**sap, "resource.entitlement": "ap-create-vendor"}))
+        assert world.pipe.sink is not None
+        stored = world.pipe.sink.query("SELECT access FROM {db}.access_changes FINAL WHERE target_id = {t:String}",
+                                       {"t": target})
+        assert [s["access"] for s in stored] == ["ap-create-vendor"]
+        ids = first + world.publish(draft(run_id=r[1], step=1, occurred_at=at(seconds=1), action="grant_entitlement",
+                                          **{**sap, "resource.entitlement": second}))
+        assert len(set(world.partitions(ids))) == 2
+    # 5. duplicate event_id across partitions; look-alike: the same event_id republished in its own run
+    for name in ("dup", "dup-ok"):
+        target = keys[name] = f"u-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 2)
+        event_id = str(uuid.uuid4())
+        second_run = r[1] if name == "dup" else r[0]
+        ids = world.publish(draft(run_id=r[0], step=1, event_id=event_id, occurred_at=at(seconds=3),
+                                  **{"target.identity_id": target}))
+        world.publish(draft(run_id=second_run, step=1, event_id=event_id, occurred_at=at(seconds=2),
+                            **{"target.identity_id": target, "resource.resource_id": "grp-finance"}))
+
+    found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006"}
+                          <= {x["code"] for x in f} and len(of(f, "AG-XRN-003", keys["deleg3"])) == 1
+                          and len(of(f, "AG-XRN-003", keys["deleg2"])) == 1)
+    step = of(found, "AG-XRN-001", keys["step"])
+    assert len(step) == 1 and len(step[0]["related_run_ids"]) == 3 and len(set(step[0]["related_partitions"])) == 3
+    assert step[0]["pattern"] == "tier_stepping"
+    jit_f = of(found, "AG-XRN-002", keys["jit"])
+    assert len(jit_f) == 1 and len(jit_f[0]["related_run_ids"]) == 2
+    for name, depth in (("deleg2", 2), ("deleg3", 3)):
+        f = of(found, "AG-XRN-003", keys[name])[0]
+        assert f"depth {depth}" in f["message"] and len(f["related_event_ids"]) == depth + 1
+        assert len(f["related_run_ids"]) == depth + 1
+    sod = of(found, "AG-XRN-005", keys["sod"])
+    assert len(sod) == 1 and "30.0 days earlier" in sod[0]["message"]
+    dup = of(found, "AG-XRN-006", keys["dup"])
+    assert len(dup) == 1 and len(set(dup[0]["related_partitions"])) == 2
+    # benign look-alikes: nothing, on any code
+    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok"):
+        assert [f for f in found if f["entity_key"] == keys[name]] == [], name
+    # stored once each (deterministic ids; FINAL and raw agree)
+    assert world.pipe.sink is not None
+    raw = world.pipe.sink.query("SELECT count() AS n, uniqExact(finding_id) AS u FROM {db}.cross_run_findings")[0]
+    assert raw["n"] == raw["u"] == len(found)
+
+    # trail names the other runs, on every step of the run that is part of the chain
+    first_run = step[0]["related_run_ids"][0]
+    text = render_trail(trail(world.pipe.sink, first_run))
+    assert "AG-XRN-001" in text and step[0]["related_run_ids"][2] in text
+    # export carries it on the completing event
+    docs = list(export(world.pipe.sink, since=datetime.now(UTC) - timedelta(days=40),
+                       until=datetime.now(UTC) + timedelta(days=1), run_id=step[0]["run_id"]))
+    assert any(f["code"] == "AG-XRN-001" for d in docs for f in d["findings"])
+    # the page: one chain series on the correlator that found it
+    series = [k for port in world.ports for k, v in scrape(port).items()
+              if k[0] == "agentgov_escalation_chain_detected" and v > 0]
+    pages = {dict(labels)["run_id"] for _, labels in series if dict(labels)["pattern"] == "tier_stepping"}
+    assert step[0]["run_id"] in pages
+
+
+def test_grant_rate_burst_over_six_partitions(world: World) -> None:
+    agent = f"agent-burst-{TAG}"
+    # six days of steady baseline: 40 grants
+    world.publish(*[draft(run_id=f"base-{TAG}-{i}", occurred_at=at(hours=144 - i * 3.5),
+                          **{"agent.agent_id": agent, "target.identity_id": f"u-base-{TAG}-{i}"}) for i in range(40)])
+    deadline = time.monotonic() + 60
+    baseline = None
+    while time.monotonic() < deadline and not baseline:
+        for msg in consume(world.settings, world.settings.topic_baselines, 1, timeout=5):
+            doc = json.loads(msg.value())
+            if doc["agent_id"] == agent and doc["events"] >= 40:
+                baseline = doc
+    assert baseline is not None
+    time.sleep(3)  # the correlators follow the compacted baselines topic
+    # 40 grants in 30 minutes, each in its own run, arriving as they happen (in event-time order)
+    ids = []
+    for i in range(40):
+        ids += world.publish(draft(run_id=f"burst-{TAG}-{i}", occurred_at=at(minutes=30 - i * 0.7),
+                                   **{"agent.agent_id": agent, "target.identity_id": f"u-burst-{TAG}-{i}"}))
+    assert len(set(world.partitions(ids))) == PARTS
+    found = wait_findings(world, lambda f: bool(of(f, "AG-XRN-004", agent)))
+    rate = of(found, "AG-XRN-004", agent)
+    assert len(rate) == 1, rate
+    assert len(rate[0]["related_event_ids"]) == 20 and len(set(rate[0]["related_partitions"])) >= 4

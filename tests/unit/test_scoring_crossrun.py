@@ -1,0 +1,242 @@
+"""Cross-run rules (scoring/crossrun.py): tables of chains over facts from different partitions, and the
+benign look-alikes that must raise nothing. Facts are built from full events with facts.fact_from_event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.events import TransitionDict
+from pipeline.facts import as_event, fact_from_event, partition_for
+from pipeline.scoring.context import AgentBaseline
+from pipeline.scoring.crossrun import (
+    BY_AGENT_RULES,
+    BY_TARGET_RULES,
+    CrossRunContext,
+    CrossRunFinding,
+    correlate,
+    duplicate_id_across_partitions,
+    finding_id,
+)
+from pipeline.scoring.policy import load_policy
+from tests.unit.scoring_factory import T0, event
+
+POLICY = load_policy(None)
+MIN = 60_000
+HUMAN: dict[str, Any] = {"decision.authority": "human", "decision.approved_by": "ciso"}
+
+
+def fact(partition: int, **changes: Any) -> TransitionDict:
+    ev = event(**changes)
+    return as_event(fact_from_event(ev, partition, ev["step"]))
+
+
+def run_key(facts: list[TransitionDict], key: str, by_target: bool = True, holdings: tuple[TransitionDict, ...] = (),
+            **cx: Any) -> list[CrossRunFinding]:
+    """Feed facts of one key in event-time order, as the correlator does; collect every finding."""
+    out: list[CrossRunFinding] = []
+    ordered = sorted(facts, key=lambda f: (f["occurred_at"], f["event_id"]))
+    for i, ev in enumerate(ordered):
+        ctx = CrossRunContext(POLICY, key, history=ordered[:i], holdings=holdings, **cx)
+        out += correlate(ev, ctx, BY_TARGET_RULES if by_target else BY_AGENT_RULES)
+    return out
+
+
+def tier(partition: int, t: int, minute: int, run: str, **extra: Any) -> TransitionDict:
+    return fact(partition, **{"action": "assign_role", "run_id": run, "target.identity_id": "u-step",
+                              "resource.system": "aws", "resource.resource_id": f"role/Step{t}",
+                              "resource.privilege_tier": t, "occurred_at": T0 + minute * MIN, **extra})
+
+
+def test_tier_stepping_over_three_runs_on_three_partitions() -> None:
+    found = run_key([tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2"), tier(2, 3, 10, "r3")], "u-step")
+    assert [f.spec.code for f in found] == ["AG-XRN-001"]
+    f = found[0]
+    assert f.run_ids == ("r1", "r2", "r3") and f.partitions == (0, 1, 2) and f.event["run_id"] == "r3"
+    assert f.pattern == "tier_stepping" and "r1" in f.message and "r3" in f.message
+
+
+@pytest.mark.parametrize("case", ["same_partition", "human_final_step", "two_steps_only"])
+def test_tier_stepping_benign_look_alikes(case: str) -> None:
+    parts = {"same_partition": (4, 4, 4)}.get(case, (0, 1, 2))
+    last = HUMAN if case == "human_final_step" else {}
+    facts = [tier(parts[0], 1, 0, "r1"), tier(parts[1], 2, 5, "r2"), tier(parts[2], 3, 10, "r3", **last)]
+    if case == "two_steps_only":
+        facts = facts[1:]
+    assert run_key(facts, "u-step") == []
+
+
+def transient(partition: int, action: str, second: int, run: str, **extra: Any) -> TransitionDict:
+    return fact(partition, **{"action": action, "run_id": run, "target.identity_id": "u-jit",
+                              "resource.system": "aws", "resource.resource_id": "role/Admin",
+                              "resource.entitlement": "aws-admin", "resource.privilege_tier": 3,
+                              "occurred_at": T0 + second * 1000, **extra})
+
+
+@pytest.mark.parametrize(("revoke_after_s", "grant_extra", "parts", "expected"), [
+    (90, {}, (0, 3), ["AG-XRN-002"]),
+    (90, {}, (3, 3), []),                       # one partition: the scorer's AG-ESC-003
+    (2000, {}, (0, 3), []),                     # revoked outside the transient window (900 s)
+    (90, HUMAN, (0, 3), []),                    # approved just-in-time access
+])
+def test_transient_privilege_across_runs(revoke_after_s: int, grant_extra: dict[str, Any],
+                                         parts: tuple[int, int], expected: list[str]) -> None:
+    facts = [transient(parts[0], "grant_entitlement", 0, "ra", **grant_extra),
+             transient(parts[1], "revoke_entitlement", revoke_after_s, "rb")]
+    found = run_key(facts, "u-jit")
+    assert [f.spec.code for f in found] == expected
+    if expected:
+        assert found[0].event["action"] == "revoke_entitlement" and found[0].run_ids == ("ra", "rb")
+
+
+def test_out_of_order_arrival_gives_the_same_findings() -> None:
+    facts = [tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2"), tier(2, 3, 10, "r3")]
+    a = run_key(facts, "u-step")
+    b = run_key(list(reversed(facts)), "u-step")  # run_key orders by event time, like the watermark does
+    assert [f.finding_id for f in a] == [f.finding_id for f in b] != []
+
+
+def _edges(*hops: tuple[str, str], start: int = 0, principal_of_first: str = "human-alice") -> list[TransitionDict]:
+    out = []
+    for i, (src, dst) in enumerate(hops):
+        out.append(fact(i % 6, **{"action": "assign_role", "run_id": f"deleg-{i}", "agent.agent_id": src,
+                                  "agent.on_behalf_of": principal_of_first if i == 0 else None,
+                                  "target.identity_id": dst, "target.identity_type": "agent",
+                                  "resource.system": "entra-id", "resource.resource_id": "role/RoleAdmin",
+                                  "resource.privilege_tier": 2, "occurred_at": T0 + (start + i) * MIN}))
+    return out
+
+
+def _graph(edges: list[TransitionDict]) -> Any:
+    def into(agent: str) -> list[TransitionDict]:
+        return sorted((e for e in edges if e["target"]["identity_id"] == agent),
+                      key=lambda e: (e["occurred_at"], e["event_id"]))
+    return into
+
+
+def _privileged_grant(by: str, to: str, minute: int, **extra: Any) -> TransitionDict:
+    return fact(5, **{"action": "grant_entitlement", "run_id": "final", "agent.agent_id": by,
+                      "agent.on_behalf_of": None, "target.identity_id": to, "resource.system": "aws",
+                      "resource.resource_id": "acct-prod", "resource.entitlement": "aws-admin",
+                      "resource.privilege_tier": 3, "occurred_at": T0 + minute * MIN, **extra})
+
+
+@pytest.mark.parametrize(("hops", "to", "depth"), [
+    ([("agent-a", "agent-b")], "human-alice", 1),
+    ([("agent-a", "agent-b"), ("agent-b", "agent-c")], "human-alice", 2),
+    ([("agent-a", "agent-b"), ("agent-b", "agent-c"), ("agent-c", "agent-d")], "human-alice", 3),
+    ([("agent-a", "agent-b"), ("agent-b", "agent-c"), ("agent-c", "agent-d")], "agent-b", 2),
+])
+def test_delegation_laundering_names_every_hop(hops: list[tuple[str, str]], to: str, depth: int) -> None:
+    edges = _edges(*hops)
+    last = hops[-1][1]
+    grant = _privileged_grant(last, to, 30)
+    found = run_key([grant], last, by_target=False, delegations=_graph(edges))
+    assert [f.spec.code for f in found] == ["AG-XRN-003"]
+    f = found[0]
+    assert f"depth {depth}" in f.message and f.event is grant and len(f.chain) == depth + 1
+    for src, dst in hops[-depth:]:
+        assert repr(src) in f.message and repr(dst) in f.message
+
+
+@pytest.mark.parametrize("case", ["human_approved", "edge_after_grant", "unrelated_target", "too_deep",
+                                  "not_privileged", "edge_revoked"])
+def test_delegation_laundering_benign(case: str) -> None:
+    hops = [("agent-a", "agent-b"), ("agent-b", "agent-c"), ("agent-c", "agent-d")]
+    edges = _edges(*hops, start=40 if case == "edge_after_grant" else 0)
+    extra: dict[str, Any] = HUMAN if case == "human_approved" else {}
+    if case == "not_privileged":
+        extra = {"resource.entitlement": "read-only", "resource.privilege_tier": 1}
+    to = "human-bob" if case == "unrelated_target" else "human-alice"
+    if case == "edge_revoked":
+        revoke = fact(2, **{"action": "remove_role", "run_id": "rv", "agent.agent_id": "agent-b",
+                            "target.identity_id": "agent-c", "target.identity_type": "agent",
+                            "resource.system": "entra-id", "resource.resource_id": "role/RoleAdmin",
+                            "occurred_at": T0 + 20 * MIN})
+        edges.append(revoke)
+    grant = _privileged_grant("agent-d", to, 30, **extra)
+    policy = POLICY
+    if case == "too_deep":
+        policy = load_policy(None)
+        object.__setattr__(policy.policy.escalation, "max_delegation_depth", 2)
+    found = correlate(grant, CrossRunContext(policy, "agent-d", delegations=_graph(edges)), BY_AGENT_RULES)
+    if case == "too_deep":
+        object.__setattr__(policy.policy.escalation, "max_delegation_depth", 8)
+    assert found == []
+
+
+BASELINE = AgentBaseline("agent-burst", events=1000, grants_per_hour=1.7)
+
+
+def _burst(partitions: int, n: int = 40) -> list[TransitionDict]:
+    return [fact(i % partitions, **{"action": "grant_entitlement", "run_id": f"burst-{i}",
+                                    "agent.agent_id": "agent-burst", "target.identity_id": f"u{i}",
+                                    "resource.entitlement": "crm-read", "occurred_at": T0 + i * 45_000})
+            for i in range(n)]
+
+
+def test_grant_rate_burst_over_six_partitions_is_reported_once() -> None:
+    found = run_key(_burst(6), "agent-burst", by_target=False, baseline=BASELINE)
+    assert [f.spec.code for f in found] == ["AG-XRN-004"]
+    assert len(found[0].chain) == 20 and len(set(found[0].partitions)) == 6
+
+
+@pytest.mark.parametrize(("partitions", "n", "baseline"), [
+    (1, 40, BASELINE),                                            # one partition: the scorer's AG-DRF-005
+    (6, 15, BASELINE),                                            # under rate_min_grants
+    (6, 40, AgentBaseline("agent-burst", events=1000, grants_per_hour=60.0)),  # busy agent: normal rate
+    (6, 40, None),                                                # no baseline yet
+])
+def test_grant_rate_benign(partitions: int, n: int, baseline: AgentBaseline | None) -> None:
+    assert run_key(_burst(partitions, n), "agent-burst", by_target=False, baseline=baseline) == []
+
+
+def sod(partition: int, ent: str, days_ago: float, run: str) -> TransitionDict:
+    return fact(partition, **{"action": "grant_entitlement", "run_id": run, "target.identity_id": "u-fin",
+                              "resource.system": "sap", "resource.resource_id": "sap-fi", "resource.entitlement": ent,
+                              "resource.privilege_tier": 1, "occurred_at": T0 - int(days_ago * 86_400_000)})
+
+
+@pytest.mark.parametrize(("first_part", "days_ago", "expected"), [
+    (2, 30, ["AG-XRN-005"]),      # month-old half, held (holdings topic)
+    (4, 30, ["AG-XRN-005"]),      # same partition but older than any scorer's context
+    (2, 0.001, ["AG-XRN-005"]),   # recent half on another partition
+    (4, 0.001, []),               # recent, same partition: the scorer's AG-SOD-001
+])
+def test_toxic_pair_against_holdings(first_part: int, days_ago: float, expected: list[str]) -> None:
+    first = sod(first_part, "ap-create-vendor", days_ago, "old")
+    second = sod(4, "ap-approve-payment", 0, "new")
+    found = correlate(second, CrossRunContext(POLICY, "u-fin", holdings=(first,)), BY_TARGET_RULES)
+    assert [f.spec.code for f in found] == expected
+    if expected:
+        assert found[0].event_ids == (first["event_id"], second["event_id"])
+
+
+def test_toxic_pair_not_reported_after_the_first_half_was_revoked() -> None:
+    first = sod(2, "ap-create-vendor", 30, "old")
+    revoke = fact(2, **{"action": "revoke_entitlement", "run_id": "rv", "target.identity_id": "u-fin",
+                        "resource.system": "sap", "resource.resource_id": "sap-fi",
+                        "resource.entitlement": "ap-create-vendor", "occurred_at": T0 - 10 * 86_400_000})
+    second = sod(4, "ap-approve-payment", 0, "new")
+    assert correlate(second, CrossRunContext(POLICY, "u-fin", holdings=(first, revoke)), BY_TARGET_RULES) == []
+
+
+def test_duplicate_event_id_across_partitions() -> None:
+    a = fact(1, **{"target.identity_id": "u-dup", "run_id": "ra"})
+    b = dict(a, source_partition=4, run_id="rb")
+    redelivered = dict(a)
+    assert duplicate_id_across_partitions(redelivered, [a]) is None  # same partition: a redelivery
+    found = correlate(b, CrossRunContext(POLICY, "u-dup", history=[a]), BY_TARGET_RULES)
+    assert [f.spec.code for f in found] == ["AG-XRN-006"] and found[0].run_ids == ("ra", "rb")
+
+
+def test_finding_id_is_deterministic_and_depends_on_rule_key_and_chain() -> None:
+    assert finding_id("AG-XRN-001", "u", ["a", "b"]) == finding_id("AG-XRN-001", "u", ["a", "b"])
+    assert len({finding_id("AG-XRN-001", "u", ["a", "b"]), finding_id("AG-XRN-002", "u", ["a", "b"]),
+                finding_id("AG-XRN-001", "v", ["a", "b"]), finding_id("AG-XRN-001", "u", ["b", "a"])}) == 4
+
+
+def test_partition_for_is_stable() -> None:
+    assert partition_for("u000001", 6) == partition_for("u000001", 6)
+    assert {partition_for(f"u{i}", 6) for i in range(100)} == set(range(6))
