@@ -48,6 +48,11 @@ rootLogger.level = WARN
 rootLogger.appenderRef.stdout.ref = STDOUT
 logger.started.name = kafka.server.KafkaRaftServer
 logger.started.level = INFO
+# with ACLs on: every refused request, one line naming principal, operation and resource
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = INFO
+logger.authorizer.additivity = false
+logger.authorizer.appenderRef.stdout.ref = STDOUT
 """
 
 
@@ -116,7 +121,7 @@ class KraftNode:
     def config(self) -> Path:
         return self.root / "server.properties"
 
-    def write_config(self, voters: str, nodes: int, extra: dict[str, str]) -> None:
+    def write_config(self, voters: str, nodes: int, extra: dict[str, str], admin_password: str | None = None) -> None:
         isr = str(min(2, nodes))
         props = {
             "process.roles": "broker,controller",
@@ -140,20 +145,48 @@ class KraftNode:
             "offsets.topic.num.partitions": "10",
             "transaction.state.log.num.partitions": "10",
             "group.initial.rebalance.delay.ms": "0",
+            **(self._secure(admin_password) if admin_password else {}),
             **extra,
         }
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.root / "log4j2.properties").write_text(LOG4J)
 
+    def _secure(self, admin: str) -> dict[str, str]:
+        """SASL/SCRAM-SHA-512 for clients and brokers, SASL/PLAIN between controllers (SCRAM credentials live
+        in the metadata the controllers serve), and the StandardAuthorizer: nothing is allowed without an ACL
+        except to ``admin``."""
+        scram = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="{admin}";'
+        plain = (f'org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" '
+                 f'password="{admin}" user_admin="{admin}";')
+        return {
+            "listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": scram,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:admin",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
     def _java(self, libs: Path, main: str, *args: str, heap: str = "512m") -> list[str]:
         return ["java", f"-Xmx{heap}", "-Xss1m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}", "-cp", f"{libs}/*", main, *args]
 
-    def format(self, libs: Path, cluster_id: str) -> subprocess.Popen[bytes]:
-        """Format the log dir (no-op when already formatted: a durable restart keeps its data)."""
+    def format(self, libs: Path, cluster_id: str, users: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Format the log dir (no-op when already formatted: a durable restart keeps its data), seeding the
+        SCRAM credentials of ``users``."""
+        scram: list[str] = []
+        for name, password in (users or {}).items():
+            scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
         cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config),
-                         "--ignore-formatted", heap="256m")
+                         "--ignore-formatted", *scram, heap="256m")
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def start(self, libs: Path) -> KraftNode:
@@ -191,7 +224,12 @@ class KraftCluster:
     """``nodes`` combined-mode KRaft nodes on loopback, all voters. ``root`` holds each node's config and log."""
 
     def __init__(self, root: Path, nodes: int = 3, *, ports: list[int] | None = None,
-                 extra: dict[str, str] | None = None, start_timeout: float = 120.0) -> None:
+                 extra: dict[str, str] | None = None, start_timeout: float = 120.0,
+                 users: dict[str, str] | None = None) -> None:
+        """``users`` (name -> password, with ``admin`` among them) turns on SASL/SCRAM and ACLs."""
+        if users is not None and "admin" not in users:
+            raise BrokerError("a secured cluster needs an 'admin' user (its super user)")
+        self.users = users
         self.root = root.resolve()
         self.extra = extra or {}
         self.start_timeout = start_timeout
@@ -202,6 +240,15 @@ class KraftCluster:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def client_config(self, user: str = "admin") -> dict[str, str | logging.Logger]:
+        """librdkafka settings to reach this cluster, as ``user`` when it is secured."""
+        conf: dict[str, str | logging.Logger] = {"bootstrap.servers": self.bootstrap,
+                                                 "logger": logging.getLogger("librdkafka")}
+        if self.users is not None:
+            conf.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
+                         "sasl.username": user, "sasl.password": self.users[user]})
+        return conf
 
     def node(self, node_id: int) -> KraftNode:
         return self.nodes[node_id - 1]
@@ -214,9 +261,10 @@ class KraftCluster:
         if not id_file.exists():
             id_file.write_text(new_cluster_id())
         cluster_id = id_file.read_text().strip()
+        admin = self.users["admin"] if self.users else None
         for n in self.nodes:
-            n.write_config(voters, len(self.nodes), self.extra)
-        formats = [n.format(self.libs, cluster_id) for n in self.nodes]
+            n.write_config(voters, len(self.nodes), self.extra, admin)
+        formats = [n.format(self.libs, cluster_id, self.users) for n in self.nodes]
         for n, proc in zip(self.nodes, formats, strict=True):
             out, _ = proc.communicate()
             if proc.returncode != 0:
@@ -233,7 +281,7 @@ class KraftCluster:
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         """Every node registered and the metadata quorum answering (an admin request that needs a controller)."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": logging.getLogger("librdkafka")})
+        admin = AdminClient(self.client_config())
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
@@ -261,7 +309,7 @@ class KraftCluster:
 
     def leader(self, topic: str, partition: int = 0) -> int:
         """The node id leading ``topic``/``partition`` now (``-1`` while it has none)."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": logging.getLogger("librdkafka")})
+        admin = AdminClient(self.client_config())
         md = admin.list_topics(topic, timeout=10)
         return int(md.topics[topic].partitions[partition].leader)
 
