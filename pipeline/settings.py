@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -33,6 +35,22 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
         return url, None, None
     user, colon, password = userinfo.partition(":")
     return f"{scheme}://{host}{slash}{path}", unquote(user) or None, unquote(password) if colon else None
+
+
+def unknown_env_message(cls: type[BaseSettings]) -> str:
+    """One sentence naming every unknown ``AGENTGOV_*`` environment variable, with the closest valid name."""
+    known = sorted(name.upper() for name in cls.model_fields)
+    unknown = sorted(k for k in os.environ
+                     if k.upper().startswith(ENV_PREFIX) and k.upper()[len(ENV_PREFIX):] not in known)
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper()[len(ENV_PREFIX):], known, n=1, cutoff=0.7)
+        parts.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if close else name)
+    if not parts:
+        return ""
+    many = len(parts) > 1
+    return (f"unknown setting{'s' if many else ''} in the environment: {', '.join(parts)}; "
+            f"unset {'them' if many else 'it'} or fix the name (valid names: README.md, Configuration)")
 
 
 class Settings(BaseSettings):
@@ -54,7 +72,13 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = None
     kafka_extra: dict[str, SecretStr] = Field(
         default_factory=dict, description="Raw librdkafka overrides (values kept secret: they may hold passwords).")
+    embedded_broker: Literal["tansu", "kafka"] = Field(
+        default="tansu",
+        description="Engine `agentgov run` starts when AGENTGOV_KAFKA_BOOTSTRAP is unset: tansu (in-memory, no "
+                    "Java) or kafka (Apache Kafka KRaft, one node, durable log under embedded_kafka_dir; Java 17).")
     embedded_broker_port: int = 19092
+    embedded_kafka_dir: Path | None = Field(
+        default=None, description="Log of the embedded Kafka node (default: <state_dir>/kafka).")
 
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible registry; unset means Avro single-object encoding."
@@ -185,10 +209,9 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown_env(cls, data: Any) -> Any:
-        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
-        if unknown:
-            raise ValueError(f"unknown settings in environment: {', '.join(unknown)}")
+        problem = unknown_env_message(cls)
+        if problem:
+            raise ValueError(problem)
         return data
 
     @model_validator(mode="before")
@@ -232,15 +255,26 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Build settings, turning validation problems into one :class:`ConfigError`."""
+        """Build settings, turning validation problems into one :class:`ConfigError` that names the variables
+        (never their values: they may be secrets)."""
+        problem = unknown_env_message(cls)
+        if problem:
+            raise ConfigError(problem, unknown=True)
         try:
             return cls(**overrides)
+        except PydanticValidationError as exc:
+            problems = "; ".join(f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper() or '?'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ConfigError(f"invalid settings: {problems}") from exc
         except ValueError as exc:
-            raise ConfigError(f"invalid settings: {exc}") from exc
+            raise ConfigError(f"invalid settings: {str(exc).splitlines()[0]}") from exc
 
     @property
-    def embedded_broker(self) -> bool:
+    def starts_embedded_broker(self) -> bool:
         return self.kafka_bootstrap is None
+
+    def kafka_dir(self) -> Path:
+        return self.embedded_kafka_dir or self.state_dir / "kafka"
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"
