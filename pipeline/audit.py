@@ -44,7 +44,8 @@ ORDER BY t.step, t.occurred_at
 """
 
 FINDINGS_SQL = """
-SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids
+SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, exception_id,
+       exception_version
 FROM {db}.findings FINAL
 WHERE run_id = {run:String}
 ORDER BY event_id, finding_idx
@@ -134,7 +135,9 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
                         if s["approved_by"] else "; no approval"))
         lines.append(f"      risk {s['risk_score']} {s['risk_level']}; event_hash {s['event_hash'][:16]}…")
         for f in s["findings"]:
-            lines.append(f"      ! {inert(f['code'])} {inert(f['severity'])}: {inert(f['message'])}")
+            lines.append(f"      ! {inert(f['code'])} {inert(f['severity'])}: {inert(f['message'])}"
+                         + (f" [excepted by {inert(f['exception_id'])} v{f['exception_version']}]"
+                            if f.get("exception_id") else ""))
             if "other_runs" in f:
                 others = ", ".join(inert(r) for r in f["other_runs"]) or "-"
                 lines.append(f"        cross-run chain {inert(f['finding_id'])}: other runs {others}; "
@@ -146,6 +149,11 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
                 f"{inert(c['agent_id'])}, step {c['step']}, {inert(c['action'])} {inert(c['system'])}/"
                 f"{inert(c['resource_id'])} tier {c['privilege_tier']} {inert(c['outcome'])}, risk "
                 f"{c['risk_score']}, event_hash {inert(c['event_hash'])[:16]}…)")
+        for d in s.get("decisions", ()):
+            lines.append(f"      > {inert(d['kind'])} v{d['subject_version']} by {inert(d['actor'])} at "
+                         f"{d['decided_at']:%Y-%m-%d %H:%M:%S} UTC: {inert(d['from_state'])} -> {inert(d['to_state'])}"
+                         + (f" ({inert(d['classification'])}, {inert(d['reason'])})" if d["classification"] else "")
+                         + (f": {inert(d['comment'])}" if d["comment"] else ""))
     return "\n".join(lines)
 
 
@@ -171,7 +179,8 @@ ORDER BY occurred_at, finding_id
 """Cross-run findings attach to the assessment of the event that completed the chain."""
 
 EXPORT_FINDINGS_SQL = """
-SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids
+SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, exception_id,
+       exception_version
 FROM {db}.findings FINAL
 WHERE {where}
 ORDER BY event_id, finding_idx

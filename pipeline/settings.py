@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -33,6 +35,22 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
         return url, None, None
     user, colon, password = userinfo.partition(":")
     return f"{scheme}://{host}{slash}{path}", unquote(user) or None, unquote(password) if colon else None
+
+
+def unknown_env_message(cls: type[BaseSettings]) -> str:
+    """One sentence naming every unknown ``AGENTGOV_*`` environment variable, with the closest valid name."""
+    known = sorted(name.upper() for name in cls.model_fields)
+    unknown = sorted(k for k in os.environ
+                     if k.upper().startswith(ENV_PREFIX) and k.upper()[len(ENV_PREFIX):] not in known)
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper()[len(ENV_PREFIX):], known, n=1, cutoff=0.7)
+        parts.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if close else name)
+    if not parts:
+        return ""
+    many = len(parts) > 1
+    return (f"unknown setting{'s' if many else ''} in the environment: {', '.join(parts)}; "
+            f"unset {'them' if many else 'it'} or fix the name (valid names: README.md, Configuration)")
 
 
 class Settings(BaseSettings):
@@ -54,7 +72,13 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = None
     kafka_extra: dict[str, SecretStr] = Field(
         default_factory=dict, description="Raw librdkafka overrides (values kept secret: they may hold passwords).")
+    embedded_broker: Literal["tansu", "kafka"] = Field(
+        default="tansu",
+        description="Engine `agentgov run` starts when AGENTGOV_KAFKA_BOOTSTRAP is unset: tansu (in-memory, no "
+                    "Java) or kafka (Apache Kafka KRaft, one node, durable log under embedded_kafka_dir; Java 17).")
     embedded_broker_port: int = 19092
+    embedded_kafka_dir: Path | None = Field(
+        default=None, description="Log of the embedded Kafka node (default: <state_dir>/kafka).")
 
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible registry; unset means Avro single-object encoding."
@@ -65,6 +89,9 @@ class Settings(BaseSettings):
     topic_assessments: str = "agentgov.assessments.v1"
     topic_dlq: str = "agentgov.transitions.dlq"
     topic_baselines: str = "agentgov.baselines.v1"
+    topic_decisions: str = "agentgov.decisions.v1"
+    topic_exceptions: str = "agentgov.exceptions.v1"
+    topic_remediations: str = "agentgov.remediations.v1"
     topic_partitions: int = Field(default=6, ge=1)
     # Entity-keyed topics of the correlation stage (public topology: pinned names).
     topic_facts_by_target: str = "agentgov.facts.by-target.v1"
@@ -142,6 +169,28 @@ class Settings(BaseSettings):
 
     schema_dir: Path | None = Field(default=None, description="Where schemas/*.avsc live (default: beside pipeline/).")
 
+    # --- Review workbench (docs/review.md) ---------------------------------------------------
+    review_addr: str = "127.0.0.1"
+    review_port: int = Field(default=8088, ge=0, le=65535)
+    review_auth: Literal["token", "proxy"] = Field(
+        default="token", description="token: bearer tokens / login form (local, tests); proxy: trust the "
+                                     "identity headers of an authenticating proxy at review_trusted_proxies.")
+    review_tokens: dict[str, SecretStr] = Field(default_factory=dict, description="user -> login token (token mode).")
+    review_users: dict[str, list[str]] = Field(default_factory=dict, description="user -> roles (token mode).")
+    review_trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Addresses (CIDR) whose identity headers are trusted (proxy mode); others get 401.")
+    review_user_header: str = "X-Forwarded-User"
+    review_groups_header: str = "X-Forwarded-Groups"
+    review_group_roles: dict[str, str] = Field(
+        default_factory=lambda: {"agentgov-reviewers": "reviewer", "agentgov-approvers": "approver",
+                                 "agentgov-auditors": "auditor"},
+        description="Proxy group -> role (reviewer, approver, auditor).")
+    review_secret: SecretStr | None = Field(
+        default=None, description="Key for session cookies and CSRF tokens; unset draws a random one per start.")
+    review_store_wait_seconds: float = Field(
+        default=15.0, gt=0, description="How long a write waits to see its decision stored before answering 503.")
+
     # --- Process -----------------------------------------------------------------------------
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
@@ -160,10 +209,9 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown_env(cls, data: Any) -> Any:
-        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
-        if unknown:
-            raise ValueError(f"unknown settings in environment: {', '.join(unknown)}")
+        problem = unknown_env_message(cls)
+        if problem:
+            raise ValueError(problem)
         return data
 
     @model_validator(mode="before")
@@ -207,15 +255,26 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Build settings, turning validation problems into one :class:`ConfigError`."""
+        """Build settings, turning validation problems into one :class:`ConfigError` that names the variables
+        (never their values: they may be secrets)."""
+        problem = unknown_env_message(cls)
+        if problem:
+            raise ConfigError(problem, unknown=True)
         try:
             return cls(**overrides)
+        except PydanticValidationError as exc:
+            problems = "; ".join(f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper() or '?'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ConfigError(f"invalid settings: {problems}") from exc
         except ValueError as exc:
-            raise ConfigError(f"invalid settings: {exc}") from exc
+            raise ConfigError(f"invalid settings: {str(exc).splitlines()[0]}") from exc
 
     @property
-    def embedded_broker(self) -> bool:
+    def starts_embedded_broker(self) -> bool:
         return self.kafka_bootstrap is None
+
+    def kafka_dir(self) -> Path:
+        return self.embedded_kafka_dir or self.state_dir / "kafka"
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"

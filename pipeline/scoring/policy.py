@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from ..errors import ConfigError
+from ..errors import PolicyError
 from ..events import Action, LifecycleState, TriggerKind
 
 Name = str  # an entitlement, role, group or system name as it appears in events
@@ -123,6 +123,22 @@ class Drift(_Strict):
     stale_min_events: int = Field(default=10, ge=1)
 
 
+class Review(_Strict):
+    """Review workbench: triage SLA per severity and the cap on exception lifetimes (docs/review.md)."""
+
+    sla_hours: dict[str, float] = Field(default_factory=lambda: {"critical": 4.0, "high": 24.0, "medium": 72.0})
+    exception_max_days: int = Field(default=90, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _severities(self) -> Review:
+        unknown = sorted(set(self.sla_hours) - {"critical", "high", "medium", "low", "info"})
+        if unknown:
+            raise ValueError(f"sla_hours: unknown severities {unknown}")
+        if any(h <= 0 for h in self.sla_hours.values()):
+            raise ValueError("sla_hours: hours must be positive")
+        return self
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedBoundary:
     """A workflow's boundary with defaults applied, as plain frozensets for the hot path.
@@ -183,6 +199,7 @@ class GovernancePolicy(_Strict):
     drift: Drift = Drift()
     defaults: Boundary = Boundary()
     workflows: dict[str, Boundary] = Field(default_factory=dict)
+    review: Review = Review()
 
     _compiled: _Compiled | None = PrivateAttr(default=None)
 
@@ -263,19 +280,19 @@ def parse_policy(text: str, source: str = "<string>") -> LoadedPolicy:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}", source=source) from exc
+        raise PolicyError(f"{source}: not valid YAML: {exc}", source=source) from exc
     if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: the policy must be a YAML mapping", source=source)
+        raise PolicyError(f"{source}: the policy must be a YAML mapping", source=source)
     if isinstance(doc.get("version"), int | float):
         # `version: 7` would silently become "7" or "7.1" -> "7.1"; make the author quote it.
-        raise ConfigError(f"{source}: invalid policy: version: must be a quoted string, e.g. \"{doc['version']}\"",
+        raise PolicyError(f"{source}: invalid policy: version: must be a quoted string, e.g. \"{doc['version']}\"",
                           source=source, fields=["version"])
     try:
         policy = GovernancePolicy.model_validate(doc)
     except PydanticValidationError as exc:
         fields = [_where(err["loc"]) for err in exc.errors()]
         problems = "; ".join(f"{f}: {_msg(err)}" for f, err in zip(fields, exc.errors(), strict=True))
-        raise ConfigError(f"{source}: invalid policy: {problems}", source=source, fields=fields) from exc
+        raise PolicyError(f"{source}: invalid policy: {problems}", source=source, fields=fields) from exc
     return LoadedPolicy(policy, hashlib.sha256(text.encode()).hexdigest(), source)
 
 
@@ -284,9 +301,9 @@ def load_policy(path: Path | None = None) -> LoadedPolicy:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read policy file {path}: {exc}", source=str(path)) from exc
-    except UnicodeDecodeError as exc:  # a ConfigError, so a running scorer keeps its previous policy
-        raise ConfigError(f"policy file {path} is not UTF-8 (byte {exc.start}: {exc.reason})",
+        raise PolicyError(f"cannot read policy file {path}: {exc}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:  # a PolicyError, so a running scorer keeps its previous policy
+        raise PolicyError(f"policy file {path} is not UTF-8 (byte {exc.start}: {exc.reason})",
                           source=str(path)) from exc
     return parse_policy(text, str(path))
 

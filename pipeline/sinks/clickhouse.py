@@ -13,7 +13,9 @@ Example::
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import time
 import uuid
@@ -25,7 +27,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from ..errors import ConfigError, SinkError
+from ..errors import ConfigError, SinkError, StoreLocked, StoreMissing
 from ..events import GRANTS, REVOKES
 from ..settings import Settings
 
@@ -41,8 +43,43 @@ def _normalise_dsn(dsn: str) -> str:
     return dsn
 
 
+def chdb_path(dsn: str) -> Path | None:
+    """The data directory of an embedded (``chdb://``) store, or None for a server DSN."""
+    return Path(dsn[len("chdb://"):]).expanduser().resolve() if dsn.startswith("chdb://") else None
+
+
+def check_unlocked(path: Path) -> None:
+    """Raise :class:`StoreLocked` if another process has the chdb store at ``path`` open.
+
+    chdb, like clickhouse-server, holds an exclusive ``flock`` on ``<path>/status`` (which names its PID)
+    while the store is open; asking for a shared lock without blocking tells whether someone holds it."""
+    status = path / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return  # never opened: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return
+    except OSError:
+        m = re.search(r"PID:\s*(\d+)", status.read_text(errors="replace"))
+        pid = int(m[1]) if m else None
+        if pid == os.getpid():
+            return  # this process has it open already: chdb shares it between our connections
+    finally:
+        os.close(fd)
+    raise StoreLocked(
+        f"the audit store at {path} is open in another process (pid {pid or '?'}, e.g. a running `agentgov run`); "
+        "an embedded store serves one process at a time: stop that process first, or read through a "
+        "ClickHouse server (AGENTGOV_CLICKHOUSE_DSN=http://host:8123)", path=str(path), pid=pid)
+
+
 def connect(settings: Settings) -> Client:
     kwargs = settings.clickhouse_kwargs()
+    path = chdb_path(kwargs["dsn"])
+    if path is not None and path.exists():
+        check_unlocked(path)
     kwargs["dsn"] = _normalise_dsn(kwargs["dsn"])
     try:
         return clickhouse_connect.get_client(**kwargs)
@@ -74,8 +111,9 @@ def split_statements(sql: str) -> list[str]:
 # (optimize_skip_unused_shards).
 SHARDING_KEY = "cityHash64(run_id)"
 # Tables without run_id shard by their own key (the baseline rollup is per agent).
-SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "id_probe": "cityHash64(event_id)",
-                 "access_changes": "cityHash64(target_id)"}
+SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)",
+                 "decisions": "cityHash64(subject_id)", "exceptions": "cityHash64(exception_id)",
+                 "id_probe": "cityHash64(event_id)"}
 _LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
 _ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 
@@ -174,6 +212,31 @@ class ClickHouseSink:
     def connect(cls, settings: Settings) -> ClickHouseSink:
         return cls(connect(settings), settings.clickhouse_database, ttl_days=settings.retention_days,
                    cluster=settings.clickhouse_cluster)
+
+    @classmethod
+    def open_existing(cls, settings: Settings) -> ClickHouseSink:
+        """Connect for reading only: raise :class:`StoreMissing` (creating nothing) unless the store's tables
+        exist, so ``agentgov trail`` on a fresh machine says so instead of failing inside a query."""
+        path = chdb_path(settings.clickhouse_dsn)
+        missing = StoreMissing(
+            f"no audit store at {path or settings.clickhouse_dsn} (database {settings.clickhouse_database}); "
+            "run `agentgov run` or `agentgov migrate`, or set AGENTGOV_CLICKHOUSE_DSN",
+            dsn=settings.clickhouse_dsn)
+        if path is not None and not (path / "metadata").is_dir():
+            raise missing
+        sink = cls.connect(settings)
+        try:
+            found = sink.client.query("SELECT count() FROM system.tables WHERE database = {db:String} "
+                                      "AND name = 'transitions'", parameters={"db": sink.database})
+            exists = bool(found.result_rows[0][0])
+        except Exception as exc:
+            sink.close()
+            raise SinkError(f"cannot read the audit store at {settings.clickhouse_dsn}: {exc}",
+                            dsn=settings.clickhouse_dsn) from exc
+        if not exists:
+            sink.close()
+            raise missing
+        return sink
 
     # -- DDL ----------------------------------------------------------------------------------
     def migrate(self) -> list[int]:

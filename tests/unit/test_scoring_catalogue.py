@@ -57,7 +57,9 @@ def _emitted() -> set[str]:
 
 
 def test_every_code_is_emitted_by_some_rule() -> None:
-    assert set(CATALOGUE) - _emitted() == set()
+    # AG-XRN-* come from the correlator's cross-run rules; test_scoring_crossrun.py raises each of them.
+    cross_run = {code for code in CATALOGUE if code.startswith("AG-XRN-")}
+    assert set(CATALOGUE) - cross_run - _emitted() == set()
 
 
 @pytest.mark.parametrize("code", sorted(CATALOGUE))
