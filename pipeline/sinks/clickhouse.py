@@ -255,6 +255,10 @@ class ClickHouseSink:
         applied = []
         for version, name, sql in migrations():
             if version in done:
+                if version == 4:  # id_probe joined 004 after some stores had applied it: create it if missing
+                    for statement in render(sql, db, self.ttl_days, self.cluster):
+                        if ".id_probe" in statement:
+                            self.client.command(statement)
                 continue
             for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
