@@ -81,7 +81,11 @@ def run(scorers: int) -> None:
     if not settings.embedded_broker:
         probe(settings)  # say "unreachable" in seconds, not after the topic admin's 30 s timeout
     metrics = Metrics()
-    serve(metrics, settings.metrics_port, settings.metrics_addr)
+    try:
+        serve(metrics, settings.metrics_port, settings.metrics_addr)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve /metrics on {settings.metrics_addr}:{settings.metrics_port}: {exc.strerror}; "
+                          "is another `agentgov run` up? Stop it, or set AGENTGOV_METRICS_PORT (0 disables)") from exc
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(settings, scorers=scorers, metrics=metrics, log_dir=settings.state_dir)
     try:
