@@ -49,8 +49,10 @@ def main() -> int:
     recorder = Recorder()
     metrics.event_to_stored = recorder  # type: ignore[assignment]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # No correlator unless the spec asks: the with/without-correlator comparison is not wired yet (the
+    # scorers still emit access facts unless the spec's settings set access_facts false).
     pipe = Pipeline(settings, scorers=spec["scorers"], metrics=metrics, log_dir=settings.state_dir,
-                    supervise=False)
+                    supervise=False, correlators=spec.get("correlators", 0))
     for line in sys.stdin:
         cmd, *args = line.split()
         if cmd == "start":

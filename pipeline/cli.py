@@ -185,6 +185,66 @@ def _count_lines(file: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, show, and re-publish after a fix (docs/runbooks/dead-letters.md)."""
+
+
+@dlq.command("list")
+@click.option("--reason", default=None, help="Only this reason (see docs/guarantees.md).")
+def dlq_list(reason: str | None) -> None:
+    """One line per dead letter: PARTITION:OFFSET, reason, field, source, size, error."""
+    from .dlq import read
+
+    try:
+        letters = read(_settings(), reason=reason)
+    except AgentgovError as exc:
+        _fail(exc)
+    for letter in letters:
+        click.echo(letter.line())
+    click.echo(f"{len(letters)} dead letters", err=True)
+
+
+@dlq.command("show")
+@click.argument("refs", nargs=-1, required=True)
+def dlq_show(refs: tuple[str, ...]) -> None:
+    """Headers and decoded payload of the dead letters REFS (PARTITION:OFFSET)."""
+    from .dlq import DlqError, read
+
+    try:
+        letters = read(_settings(), refs=refs)
+        missing = set(refs) - {x.ref for x in letters}
+        if missing:
+            raise DlqError(f"no dead letter at {', '.join(sorted(missing))}")
+    except AgentgovError as exc:
+        _fail(exc)
+    click.echo("\n\n".join(letter.show() for letter in letters))
+
+
+@dlq.command("republish")
+@click.argument("refs", nargs=-1)
+@click.option("--reason", default=None, help="Every dead letter with this reason (instead of REFS).")
+@click.option("--dry-run", is_flag=True, help="Say what would be re-published; send nothing.")
+def dlq_republish(refs: tuple[str, ...], reason: str | None, dry_run: bool) -> None:
+    """Send dead letters (REFS, or all of --reason) back to the topic they came from, after a fix."""
+    from .dlq import DlqError, read, republish
+
+    try:
+        if bool(refs) == bool(reason):
+            raise DlqError("give dead-letter refs (PARTITION:OFFSET) or --reason, not both")
+        settings = _settings()
+        letters = read(settings, refs=refs, reason=reason)
+        missing = set(refs) - {x.ref for x in letters}
+        if missing:
+            raise DlqError(f"no dead letter at {', '.join(sorted(missing))}")
+        for letter in letters:
+            click.echo(("would re-publish " if dry_run else "re-publishing ") + letter.line())
+        sent = 0 if dry_run else republish(settings, letters)
+    except AgentgovError as exc:
+        _fail(exc)
+    click.echo(f"re-published {sent} dead letters" if not dry_run else f"{len(letters)} would be re-published")
+
+
 @main.command()
 def topics() -> None:
     """Create agentgov's topics on the configured cluster (idempotent)."""
@@ -216,9 +276,12 @@ def trail(run_id: str, as_json: bool) -> None:
     """Reconstruct RUN_ID for an auditor: every step, inputs, policy, authority, approval, findings."""
     from .audit import render_trail, to_json
     from .audit import trail as load_trail
+    from .review.store import ReviewStore, attach_decisions
     from .sinks.clickhouse import ClickHouseSink
 
-    steps = load_trail(ClickHouseSink.open_existing(_settings()), run_id)
+    sink = ClickHouseSink.open_existing(_settings())
+    steps = load_trail(sink, run_id)
+    attach_decisions(steps, ReviewStore(sink).run_decisions(run_id))  # review history (migration 005)
     click.echo(to_json(steps) if as_json else render_trail(steps))
     sys.exit(Exit.OK if steps else Exit.INCOMPLETE)
 
@@ -273,6 +336,47 @@ def policy_check(file: Path) -> None:
     from .scoring.policy import check_policy
 
     click.echo(check_policy(file))  # an invalid file exits 4 (Exit.POLICY) through the one error path
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def review(ctx: click.Context) -> None:
+    """The review workbench: `agentgov review` (= serve) and `agentgov review export`."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(review_serve)
+
+
+@review.command("serve")
+@click.option("--scorers", default=1, show_default=True, help="With an embedded store: scorers of the pipeline.")
+def review_serve(scorers: int) -> None:
+    """Serve the workbench on AGENTGOV_REVIEW_ADDR:AGENTGOV_REVIEW_PORT.
+
+    With an embedded store (chdb://, one process per path) the pipeline runs in this process too, as
+    `agentgov run` does; with a ClickHouse server the app only reads it and publishes to Kafka."""
+    from .review.serve import serve_review
+
+    try:
+        serve_review(_settings(), scorers=scorers)
+    except AgentgovError as exc:
+        _fail(exc)
+
+
+@review.command("export")
+@click.option("--since", type=click.DateTime(), required=True, help="UTC start.")
+@click.option("-o", "--output", type=click.File("w"), default="-")
+def review_export(since: datetime, output: Any) -> None:
+    """Write review decisions and exception versions since --since as JSON lines (for auditors)."""
+    from .audit import to_json
+    from .review.store import ReviewStore
+    from .sinks.clickhouse import ClickHouseSink
+
+    try:
+        rows = ReviewStore(ClickHouseSink.open_existing(_settings())).export(since)
+    except AgentgovError as exc:
+        _fail(exc)
+    for row in rows:
+        output.write(to_json(row) + "\n")
+    click.echo(f"exported {len(rows)} review records", err=True)
 
 
 @main.command()

@@ -54,7 +54,8 @@ def count_dead_letters(settings: Settings, expected: int, timeout: float = 30.0)
 
 
 def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
-    rows = sink.query("SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code")
+    rows = sink.query("SELECT code, count() AS n FROM (SELECT code FROM {db}.findings FINAL UNION ALL "
+                      "SELECT code FROM {db}.cross_run_findings FINAL) GROUP BY code ORDER BY code")
     result.findings_by_code = {r["code"]: int(r["n"]) for r in rows}
     per_scenario = sink.query(
         "SELECT t.attributes['demo.scenario'] AS scenario, groupUniqArray(f.code) AS codes, "

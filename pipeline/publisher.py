@@ -20,7 +20,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import PublishError, ValidationError
-from .events import AgentTransition, event_hash, sign
+from .events import AgentTransition, check_values, event_hash, sign
+from .limits import Limits
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
 from .settings import Settings
@@ -65,6 +66,7 @@ class TransitionPublisher:
         if serde is None:
             serde = Serde(SchemaSet.load(), make_registry(settings), subject=f"{self.topic}-value")
         self.serde = serde
+        self.limits = Limits.from_settings(settings)
         self.producer = producer or Producer(settings.kafka_config(**{
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
             "message.timeout.ms": 30000,
@@ -106,7 +108,7 @@ class TransitionPublisher:
     def send(self, record: dict[str, Any]) -> str:
         """Send a completed Avro record as is."""
         event_id = str(record["event_id"])
-        payload = self.serde.encode(record)
+        payload = self.encode(record)
         while True:
             try:
                 self.producer.produce(self.topic, payload, key=record["run_id"].encode(),
@@ -116,6 +118,22 @@ class TransitionPublisher:
                 self.producer.poll(0.1)  # local queue full: wait for deliveries, never drop
         self.producer.poll(0)
         return event_id
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Check a completed record against :mod:`pipeline.limits` and encode it; raises
+        :class:`EventInvalid` naming the field (nothing is sent)."""
+        try:
+            check_values(dict(record), now_ms=int(datetime.now(UTC).timestamp() * 1000), limits=self.limits)
+            payload = self.serde.encode(dict(record))
+            self.limits.check_size(len(payload))
+        except ValidationError as exc:
+            field = exc.fields.get("field") or ""
+            where = f"{field}: " if field else ""
+            raise EventInvalid(f"invalid event: {where}{exc.message}", paths=[field] if field else []) from exc
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:  # fastavro's view of a bad record
+            raise EventInvalid(f"invalid event: cannot encode: {type(exc).__name__}: {exc}"[:600],
+                               paths=[]) from exc
+        return payload
 
     def _delivered(self, event_id: str) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, msg: Message) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -21,6 +22,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 ENV_PREFIX = "AGENTGOV_"
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(url without user info, user, password) of ``scheme://user:password@host...``; unchanged otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, None
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url, None, None
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{host}{slash}{path}", unquote(user) or None, unquote(password) if colon else None
 
 
 def unknown_env_message(cls: type[BaseSettings]) -> str:
@@ -56,7 +70,8 @@ class Settings(BaseSettings):
     kafka_ssl_certificate_location: Path | None = None
     kafka_ssl_key_location: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
-    kafka_extra: dict[str, str] = Field(default_factory=dict, description="Raw librdkafka overrides.")
+    kafka_extra: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Raw librdkafka overrides (values kept secret: they may hold passwords).")
     embedded_broker_port: int = 19092
 
     schema_registry_url: str | None = Field(
@@ -68,6 +83,9 @@ class Settings(BaseSettings):
     topic_assessments: str = "agentgov.assessments.v1"
     topic_dlq: str = "agentgov.transitions.dlq"
     topic_baselines: str = "agentgov.baselines.v1"
+    topic_decisions: str = "agentgov.decisions.v1"
+    topic_exceptions: str = "agentgov.exceptions.v1"
+    topic_remediations: str = "agentgov.remediations.v1"
     topic_partitions: int = Field(default=6, ge=1)
     # Entity-keyed topics of the correlation stage (public topology: pinned names).
     topic_facts_by_target: str = "agentgov.facts.by-target.v1"
@@ -98,13 +116,25 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     batch_max_messages: int = Field(default=2000, ge=1)
     batch_max_seconds: float = Field(default=0.2, gt=0)
-    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=4096,
+        description="Largest Kafka record any agentgov producer sends (librdkafka message.max.bytes); an event "
+                    "may use this minus a head room for its assessment and dead-letter headers (pipeline/limits.py).")
     max_future_skew_seconds: int = Field(default=300, ge=0)
+    max_event_age_days: int | None = Field(
+        default=None, ge=1,
+        description="Events older than this are dead-lettered, not scored; unset means retention_days (older "
+                    "events would be dropped by the store's TTL). May not exceed retention_days.")
     context_window_seconds: int = Field(default=3600, ge=0, description="How far back a scorer replays.")
     context_max_keys: int = Field(
         default=4000, ge=100,
         description="Runs, targets and agents a scorer remembers per partition (LRU); memory is about 4 KB "
                     "per remembered event, so this bounds a scorer's resident size.")
+
+    context_max_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1024 * 1024,
+        description="Approximate bytes of events a scorer remembers per owned partition (least recently used "
+                    "runs/targets/agents go first); with context_max_keys, this bounds a scorer's resident size.")
 
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_dsn: str = Field(default="chdb://.agentgov/chdb", description="chdb:///path or http(s)://host:8123")
@@ -126,8 +156,34 @@ class Settings(BaseSettings):
     policy_reload_seconds: float = Field(default=2.0, gt=0, description="How often scorers check the file.")
     signing_keys: dict[str, SecretStr] = Field(default_factory=dict, description="key_id -> HMAC key.")
     require_signatures: bool = False
+    signing_key_agents: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="key_id -> agent_id patterns (fnmatch, e.g. agent-jml-*) the key may sign for. When set, a "
+                    "valid signature by a key not registered for the event's agent is AG-EVD-007.")
 
     schema_dir: Path | None = Field(default=None, description="Where schemas/*.avsc live (default: beside pipeline/).")
+
+    # --- Review workbench (docs/review.md) ---------------------------------------------------
+    review_addr: str = "127.0.0.1"
+    review_port: int = Field(default=8088, ge=0, le=65535)
+    review_auth: Literal["token", "proxy"] = Field(
+        default="token", description="token: bearer tokens / login form (local, tests); proxy: trust the "
+                                     "identity headers of an authenticating proxy at review_trusted_proxies.")
+    review_tokens: dict[str, SecretStr] = Field(default_factory=dict, description="user -> login token (token mode).")
+    review_users: dict[str, list[str]] = Field(default_factory=dict, description="user -> roles (token mode).")
+    review_trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Addresses (CIDR) whose identity headers are trusted (proxy mode); others get 401.")
+    review_user_header: str = "X-Forwarded-User"
+    review_groups_header: str = "X-Forwarded-Groups"
+    review_group_roles: dict[str, str] = Field(
+        default_factory=lambda: {"agentgov-reviewers": "reviewer", "agentgov-approvers": "approver",
+                                 "agentgov-auditors": "auditor"},
+        description="Proxy group -> role (reviewer, approver, auditor).")
+    review_secret: SecretStr | None = Field(
+        default=None, description="Key for session cookies and CSRF tokens; unset draws a random one per start.")
+    review_store_wait_seconds: float = Field(
+        default=15.0, gt=0, description="How long a write waits to see its decision stored before answering 503.")
 
     # --- Process -----------------------------------------------------------------------------
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -151,6 +207,45 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_urls(cls, data: Any) -> Any:
+        """Credentials written into a URL move to their SecretStr fields, so the URL left behind (shown in
+        logs, errors and the start-up line) holds none: ``http://u:p@host:8123`` becomes ``http://host:8123``
+        plus ``clickhouse_username``/``clickhouse_password``; a registry URL's go to
+        ``schema_registry_basic_auth``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        dsn = data.get("clickhouse_dsn")
+        if isinstance(dsn, str):
+            bare, user, password = split_credentials(dsn)
+            if user is not None or password is not None:
+                data["clickhouse_dsn"] = bare
+                if user and data.get("clickhouse_username") is None:
+                    data["clickhouse_username"] = user
+                if password is not None and data.get("clickhouse_password") is None:
+                    data["clickhouse_password"] = password
+        url = data.get("schema_registry_url")
+        if isinstance(url, str):
+            bare, user, password = split_credentials(url)
+            if user is not None or password is not None:
+                data["schema_registry_url"] = bare
+                if data.get("schema_registry_basic_auth") is None:
+                    data["schema_registry_basic_auth"] = f"{user or ''}:{password or ''}"
+        return data
+
+    @model_validator(mode="after")
+    def _age_within_retention(self) -> Settings:
+        if self.max_event_age_days is not None and self.max_event_age_days > self.retention_days:
+            raise ValueError(f"max_event_age_days={self.max_event_age_days} exceeds retention_days="
+                             f"{self.retention_days}: older events would be scored, then dropped by TTL")
+        return self
+
+    @property
+    def event_age_days(self) -> int:
+        return self.max_event_age_days or self.retention_days
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -197,7 +292,7 @@ class Settings(BaseSettings):
                 conf[key] = str(path)
         if self.kafka_ssl_key_password is not None:
             conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
-        conf.update(self.kafka_extra)
+        conf.update({k: v.get_secret_value() for k, v in self.kafka_extra.items()})
         conf.update(extra)
         return conf
 

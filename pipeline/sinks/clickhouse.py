@@ -83,8 +83,11 @@ def connect(settings: Settings) -> Client:
     try:
         return clickhouse_connect.get_client(**kwargs)
     except Exception as exc:
-        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {exc}",
-                        dsn=settings.clickhouse_dsn) from exc
+        detail = str(exc)
+        if settings.clickhouse_password is not None and settings.clickhouse_password.get_secret_value():
+            detail = detail.replace(settings.clickhouse_password.get_secret_value(), "**********")
+        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {detail}",
+                        dsn=settings.clickhouse_dsn) from None
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -107,7 +110,8 @@ def split_statements(sql: str) -> list[str]:
 # (optimize_skip_unused_shards).
 SHARDING_KEY = "cityHash64(run_id)"
 # Tables without run_id shard by their own key (the baseline rollup is per agent).
-SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)"}
+SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)",
+                 "decisions": "cityHash64(subject_id)", "exceptions": "cityHash64(exception_id)"}
 _LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
 _ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 
@@ -125,12 +129,13 @@ def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str
             "rmt": f"ReplicatedReplacingMergeTree({_ZK_PATH})",
             "rmt_ver": f"ReplicatedReplacingMergeTree({_ZK_PATH}, scored_at)",
             "amt": f"ReplicatedAggregatingMergeTree({_ZK_PATH})",
+            "mt": f"ReplicatedMergeTree({_ZK_PATH})",
             "dedup_window": "replicated_deduplication_window = 10000",
             "grant_actions": _GRANT_ACTIONS, "access_actions": _ACCESS_ACTIONS,
         }
     return {"db": database, "ttl_days": ttl_days, "on_cluster": "", "local": "",
             "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)",
-            "amt": "AggregatingMergeTree",
+            "amt": "AggregatingMergeTree", "mt": "MergeTree",
             "dedup_window": "non_replicated_deduplication_window = 10000", "grant_actions": _GRANT_ACTIONS,
             "access_actions": _ACCESS_ACTIONS}
 
@@ -149,6 +154,42 @@ def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -
                        f"ENGINE = Distributed({cluster}, {db}, {table}_local, "
                        f"{SHARDING_KEYS.get(table, SHARDING_KEY)})")
     return out
+
+
+# ClickHouse error codes that blame the inserted data, not the store: retrying the same rows cannot help,
+# so the writer isolates the rows instead (writer.py). Everything else (read-only table, timeouts, network,
+# memory) is the store's and is retried whole.
+DATA_ERROR_CODES = frozenset({
+    6,    # CANNOT_PARSE_TEXT
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    33,   # CANNOT_READ_ALL_DATA
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    252,  # TOO_MANY_PARTITIONS (a batch spanning more than max_partitions_per_insert_block days)
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    m = _CODE.search(str(exc))
+    return int(m[1]) if m else None
+
+
+def is_data_error(code: int | None, text: str) -> bool:
+    """True when the store refused the rows themselves (see DATA_ERROR_CODES); 1001 (STD_EXCEPTION) only
+    when it is the Avro reader's, e.g. ``Value out of range for Avro int``."""
+    return code in DATA_ERROR_CODES or (code == 1001 and "avro::Exception" in text)
 
 
 class ClickHouseSink:
@@ -215,13 +256,17 @@ class ClickHouseSink:
                 continue
             for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
+            if version == 4 and not self.cluster and done:  # ids of events stored before it (see 004)
+                self.client.command(
+                    f"INSERT INTO {db}.event_ids SELECT event_id, run_id, occurred_at, source_partition, "
+                    f"source_offset, event_hash FROM {db}.transitions")
             self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(version)
             log.info("migration applied", extra={"kv": {"version": version, "name": name}})
         return applied
 
     # -- writes -------------------------------------------------------------------------------
-    def insert_assessments(self, container: bytes, token: str) -> None:
+    def insert_assessments(self, container: bytes, token: str, table: str = "ingest") -> None:
         """Insert one Avro container into the ingest table. Raises :class:`SinkError` on failure.
 
         On a cluster ``ingest`` is the Distributed table: the insert returns only once every shard holds
@@ -232,10 +277,33 @@ class ClickHouseSink:
         if self.cluster:
             settings["distributed_foreground_insert"] = 1
         try:
-            self.client.raw_insert(f"{self.database}.ingest", insert_block=container, fmt="Avro", settings=settings)
+            self.client.raw_insert(f"{self.database}.{table}", insert_block=container, fmt="Avro", settings=settings)
         except Exception as exc:
-            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table="ingest",
-                            kind=type(exc).__name__) from exc
+            code = error_code(exc)
+            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table=table,
+                            kind=type(exc).__name__, code=code, data=is_data_error(code, str(exc))) from exc
+
+    def insert_duplicates(self, container: bytes, token: str) -> None:
+        """Insert later copies of stored event_ids (``ingest_duplicates`` -> ``duplicates``, append-only)."""
+        self.insert_assessments(container, token, table="ingest_duplicates")
+
+    def stored_sources(self, event_ids: list[str]) -> dict[str, set[tuple[int, int]]]:
+        """For each of ``event_ids`` already stored: the source records (transitions partition, offset) it
+        was stored from. A point lookup on ``event_ids``' primary key. Raises :class:`SinkError`."""
+        if not event_ids:
+            return {}
+        try:
+            result = self.client.query(
+                f"SELECT event_id, source_partition, source_offset FROM {self.database}.event_ids "
+                "WHERE event_id IN {ids:Array(String)}", parameters={"ids": event_ids})
+        except Exception as exc:
+            code = error_code(exc)
+            raise SinkError(f"event_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}", table="event_ids",
+                            kind=type(exc).__name__, code=code, data=False) from exc
+        out: dict[str, set[tuple[int, int]]] = {}
+        for event_id, partition, offset in result.result_rows:
+            out.setdefault(event_id, set()).add((int(partition), int(offset)))
+        return out
 
     # -- reads --------------------------------------------------------------------------------
     def query(self, sql: str, parameters: dict[str, Any] | None = None,
