@@ -62,8 +62,9 @@ class AgentgovCli(click.Group):
 def main(debug: bool) -> None:
     """agentgov: governance pipeline for AI agents that make IAM decisions.
 
-    Exit codes: 0 ok, 1 some input failed, 2 usage, 3 settings, 4 policy, 5 no store, 6 store in use,
-    7 store error, 8 broker unreachable, 9 events undelivered, 70 internal error."""
+    Exit codes: 0 ok, 1 not all done (rejected lines, no such run), 2 usage, 3 settings, 4 policy,
+    5 no store, 6 store in use, 7 store error, 8 broker unreachable, 9 events undelivered, 70 internal error
+    (README.md, "Exit codes")."""
     Settings.load()  # every command, even `rules`, rejects unknown or invalid AGENTGOV_* variables
 
 
