@@ -133,7 +133,7 @@ def probe(settings: Settings, timeout: float = 10.0) -> None:
     except Exception as exc:  # KafkaException: transport failure or timeout
         cause = str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
     where = settings.bootstrap()
-    if settings.embedded_broker:
+    if settings.starts_embedded_broker:
         hint = ("nothing listens there: start `agentgov run` (it runs the embedded broker), "
                 "or set AGENTGOV_KAFKA_BOOTSTRAP to your Kafka cluster")
     else:

@@ -79,7 +79,7 @@ def run(scorers: int) -> None:
 
     settings = _settings()
     load_policy(settings.policy_file)  # an invalid policy stops here, before anything starts
-    if not settings.embedded_broker:
+    if not settings.starts_embedded_broker:
         probe(settings)  # say "unreachable" in seconds, not after the topic admin's 30 s timeout
     metrics = Metrics()
     try:
@@ -253,7 +253,7 @@ def topics() -> None:
     from .topics import ensure_topics
 
     settings = _settings()
-    if settings.embedded_broker:
+    if settings.starts_embedded_broker:
         raise ConfigError("set AGENTGOV_KAFKA_BOOTSTRAP: `agentgov run` creates topics on the embedded broker")
     probe(settings)
     ensure_topics(settings)

@@ -125,6 +125,11 @@ class Metrics:
             "agentgov_sink_errors_total", "Failed ClickHouse writes, by table and error kind.", ["table", "kind"],
             registry=r,
         )
+        self.publish_failures = Counter(
+            "agentgov_publish_failures_total",
+            "Events the SDK could not deliver, by reason (not_authorized, timed_out, other).", ["reason"],
+            registry=r,
+        )
         self.last_stored = Gauge(
             "agentgov_last_stored_timestamp_seconds", "Unix time of the last successful store write.", registry=r
         )

@@ -22,11 +22,25 @@ from pydantic import ValidationError as PydanticValidationError
 from .errors import PublishError, ValidationError
 from .events import AgentTransition, check_values, event_hash, sign
 from .limits import Limits
+from .metrics import Metrics
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+_NOT_AUTHORIZED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                   KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.SASL_AUTHENTICATION_FAILED,
+                   KafkaError._AUTHENTICATION}
+_TIMED_OUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
+
+
+def failure_reason(err: KafkaError) -> str:
+    """A closed label set for delivery failures (never the broker's free text)."""
+    code = err.code()
+    if code in _NOT_AUTHORIZED:
+        return "not_authorized"
+    return "timed_out" if code in _TIMED_OUT else "other"
 
 
 class EventInvalid(ValidationError):
@@ -60,6 +74,7 @@ class TransitionPublisher:
         producer: Producer | None = None,
         signing_key: tuple[str, bytes] | None = None,
         on_error: Callable[[str, KafkaError], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.topic = settings.topic_transitions
@@ -73,6 +88,7 @@ class TransitionPublisher:
         }))
         self.signing_key = signing_key
         self.on_error = on_error
+        self.metrics = metrics
         self._last_hash: dict[str, str] = {}
         self.failed: list[tuple[str, str]] = []
         self.delivered = 0
@@ -141,7 +157,11 @@ class TransitionPublisher:
                 self.delivered += 1
                 return
             self.failed.append((event_id, str(err)))
-            log.error("delivery failed", extra={"kv": {"event_id": event_id, "error": str(err)}})
+            reason = failure_reason(err)
+            if self.metrics is not None:
+                self.metrics.publish_failures.labels(reason=reason).inc()
+            log.error("delivery failed", extra={"kv": {"event_id": event_id, "reason": reason, "topic": self.topic,
+                                                       "error": str(err)}})
             if self.on_error is not None:
                 self.on_error(event_id, err)
 

@@ -72,7 +72,13 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = None
     kafka_extra: dict[str, SecretStr] = Field(
         default_factory=dict, description="Raw librdkafka overrides (values kept secret: they may hold passwords).")
+    embedded_broker: Literal["tansu", "kafka"] = Field(
+        default="tansu",
+        description="Engine `agentgov run` starts when AGENTGOV_KAFKA_BOOTSTRAP is unset: tansu (in-memory, no "
+                    "Java) or kafka (Apache Kafka KRaft, one node, durable log under embedded_kafka_dir; Java 17).")
     embedded_broker_port: int = 19092
+    embedded_kafka_dir: Path | None = Field(
+        default=None, description="Log of the embedded Kafka node (default: <state_dir>/kafka).")
 
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible registry; unset means Avro single-object encoding."
@@ -264,8 +270,11 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid settings: {str(exc).splitlines()[0]}") from exc
 
     @property
-    def embedded_broker(self) -> bool:
+    def starts_embedded_broker(self) -> bool:
         return self.kafka_bootstrap is None
+
+    def kafka_dir(self) -> Path:
+        return self.embedded_kafka_dir or self.state_dir / "kafka"
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"

@@ -21,7 +21,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     s = Settings.load()
-    assert s.embedded_broker and s.bootstrap() == "127.0.0.1:19092"
+    assert s.starts_embedded_broker and s.bootstrap() == "127.0.0.1:19092"
     assert s.topic_transitions == "agentgov.transitions.v1"
     assert s.session_timeout_ms <= 6000  # Tansu's ceiling
     assert s.instance_id is None and s.require_signatures is False
