@@ -195,3 +195,21 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert res.returncode == Exit.STORE_MISSING and "Traceback" in res.stderr and "StoreMissing" in res.stderr
     res = _sh("agentgov trail run-1", {**env, "AGENTGOV_LOG_LEVEL": "debug"}, tmp_path)
     assert res.returncode == Exit.STORE_MISSING and "Traceback" in res.stderr
+
+
+def test_demo_never_replaces_a_store_holding_other_data(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert _sh("agentgov migrate", env, tmp_path).returncode == 0
+    store = env["AGENTGOV_CLICKHOUSE_DSN"]
+    insert = subprocess.run(
+        [sys.executable, "-c", "import clickhouse_connect; "
+         f"c = clickhouse_connect.get_client(dsn='{store}'); "
+         "c.command(\"INSERT INTO agentgov.transitions (event_id, run_id, occurred_at) "
+         "VALUES (generateUUIDv4(), 'run-real', now64(3))\")"],
+        capture_output=True, text=True, timeout=60)
+    assert insert.returncode == 0, insert.stderr
+    res = _sh("agentgov demo --events 100 --scorers 1", env, tmp_path)
+    assert res.returncode == Exit.CONFIG, res.stderr
+    assert "holds 1 events that no demo wrote" in res.stderr and "Traceback" not in res.stderr
+    trail = _sh("agentgov trail run-real", env, tmp_path)  # still there
+    assert trail.returncode == 0 and "[0]" in trail.stdout, trail.stderr
