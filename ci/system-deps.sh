@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: real Prometheus/promtool, Alertmanager/amtool, docker-compose (config only).
+# Debian packages the tests need: real Prometheus/promtool, Alertmanager/amtool, docker-compose (config only),
+# and Chromium for the review workbench's browser tests (driven by Playwright through executable_path; no
+# browser download).
 set -euo pipefail
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

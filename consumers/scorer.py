@@ -17,6 +17,7 @@ from pipeline.consumer import Scorer
 from pipeline.errors import AgentgovError
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics, serve
+from pipeline.risk_exceptions import ExceptionCache
 from pipeline.scoring.policy import load_policy
 from pipeline.settings import Settings
 
@@ -35,7 +36,9 @@ def main() -> int:
         metrics = Metrics()
         serve(metrics, settings.metrics_port, settings.metrics_addr)
         baselines = BaselineCache(settings, metrics).start()
-        scorer = Scorer(settings, metrics, load_policy(settings.policy_file), baselines=baselines.get)
+        exceptions = ExceptionCache(settings, metrics).start()
+        scorer = Scorer(settings, metrics, load_policy(settings.policy_file), baselines=baselines.get,
+                        exceptions=lambda: exceptions.index)
     except AgentgovError as exc:
         print(f"agentgov scorer: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +48,7 @@ def main() -> int:
     gc.set_threshold(50_000, 20, 10)
     scorer.run(stop)
     baselines.stop()
+    exceptions.stop()
     log.info("scorer stopped", extra={"kv": {"processed": scorer.processed}})
     return 0
 

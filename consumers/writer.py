@@ -13,6 +13,7 @@ import sys
 import threading
 
 from pipeline.baselines import attach
+from pipeline.decision_log import attach as attach_decision_log
 from pipeline.errors import AgentgovError
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics, serve
@@ -40,6 +41,7 @@ def main() -> int:
             sink.migrate()
         writer = Writer(settings, metrics, sink)
         attach(writer, settings, sink, load_policy(settings.policy_file))
+        attach_decision_log(writer, settings, sink)
     except AgentgovError as exc:
         print(f"agentgov writer: {exc}", file=sys.stderr)
         return 2

@@ -218,6 +218,47 @@ def policy_check(file: Path) -> None:
     click.echo(summary)
 
 
+@main.group(invoke_without_command=True)
+@click.pass_context
+def review(ctx: click.Context) -> None:
+    """The review workbench: `agentgov review` (= serve) and `agentgov review export`."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(review_serve)
+
+
+@review.command("serve")
+@click.option("--scorers", default=1, show_default=True, help="With an embedded store: scorers of the pipeline.")
+def review_serve(scorers: int) -> None:
+    """Serve the workbench on AGENTGOV_REVIEW_ADDR:AGENTGOV_REVIEW_PORT.
+
+    With an embedded store (chdb://, one process per path) the pipeline runs in this process too, as
+    `agentgov run` does; with a ClickHouse server the app only reads it and publishes to Kafka."""
+    from .review.serve import serve_review
+
+    try:
+        serve_review(_settings(), scorers=scorers)
+    except AgentgovError as exc:
+        _fail(exc)
+
+
+@review.command("export")
+@click.option("--since", type=click.DateTime(), required=True, help="UTC start.")
+@click.option("-o", "--output", type=click.File("w"), default="-")
+def review_export(since: datetime, output: Any) -> None:
+    """Write review decisions and exception versions since --since as JSON lines (for auditors)."""
+    from .audit import to_json
+    from .review.store import ReviewStore
+    from .sinks.clickhouse import ClickHouseSink
+
+    try:
+        rows = ReviewStore(ClickHouseSink.connect(_settings())).export(since)
+    except AgentgovError as exc:
+        _fail(exc)
+    for row in rows:
+        output.write(to_json(row) + "\n")
+    click.echo(f"exported {len(rows)} review records", err=True)
+
+
 @main.command()
 def scorer() -> None:
     """Run one scoring consumer (same as python -m consumers.scorer)."""

@@ -32,6 +32,7 @@ from .loop import TransactionalLoop, record_lag
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
 from .recovery import replay
+from .risk_exceptions import ExceptionIndex, apply
 from .schemas import ASSESSMENT, SchemaSet
 from .scoring.catalogue import CATALOGUE, ESCALATION_PATTERNS
 from .scoring.context import AgentBaseline, ScoringContext, entitlements_from_history
@@ -60,12 +61,15 @@ class Scorer(TransactionalLoop):
         policy: LoadedPolicy,
         *,
         baselines: Baselines | None = None,
+        exceptions: Callable[[], ExceptionIndex] | None = None,
         registry: Any = None,
     ) -> None:
         super().__init__(settings, metrics, group=settings.scorer_group, topics=[settings.topic_transitions],
                          consumer_extra={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304})
         self.policy = policy
         self.baselines: Baselines = baselines or (lambda agent_id: None)
+        empty = ExceptionIndex()
+        self.exceptions: Callable[[], ExceptionIndex] = exceptions or (lambda: empty)
         schemas = SchemaSet.load()
         registry = registry if registry is not None else make_registry(settings)
         self.serde = Serde(schemas, registry, subject=f"{settings.topic_transitions}-value",
@@ -142,6 +146,7 @@ class Scorer(TransactionalLoop):
         assessments, dlq = self.settings.topic_assessments, self.settings.topic_dlq
         policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
         baselines, facts = self.baselines, self.facts
+        excepted = self.exceptions()  # one index per batch: every event of it sees the same versions
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -176,7 +181,7 @@ class Scorer(TransactionalLoop):
                 require_signatures=require,
             )
             try:
-                scored = score(ev, ctx)
+                scored = apply(score(ev, ctx), ev, excepted)
                 value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
             except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
                 log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
@@ -200,6 +205,8 @@ class Scorer(TransactionalLoop):
             m.assessments.labels(risk_level=level).inc(n)
         for (code, sev, cat), n in stats.findings.items():
             m.findings.labels(code=code, severity=sev, category=cat).inc(n)
+        for (code, sev), n in stats.excepted.items():
+            m.findings_excepted.labels(code=code, severity=sev).inc(n)
         for reason, n in stats.dead.items():
             m.dead_letters.labels(reason=reason).inc(n)
         for value in stats.scores:
@@ -220,13 +227,15 @@ ESCALATION_SERIES_TTL = 900.0  # seconds a detected chain stays on /metrics (the
 class _BatchStats:
     """Per-batch tallies, folded into Prometheus once per batch (cheaper than per-event label lookups)."""
 
-    __slots__ = ("consumed", "dead", "escalations", "findings", "latencies", "levels", "scores", "transitions")
+    __slots__ = ("consumed", "dead", "escalations", "excepted", "findings", "latencies", "levels", "scores",
+                 "transitions")
 
     def __init__(self) -> None:
         self.consumed = 0
         self.transitions: Counter[tuple[str, str]] = Counter()
         self.levels: Counter[str] = Counter()
         self.findings: Counter[tuple[str, str, str]] = Counter()
+        self.excepted: Counter[tuple[str, str]] = Counter()
         self.dead: Counter[str] = Counter()
         self.scores: list[int] = []
         self.latencies: list[float] = []
@@ -238,6 +247,9 @@ class _BatchStats:
         self.scores.append(scored.risk_score)
         self.latencies.append(max(0.0, (now_ms - ev["occurred_at"]) / 1000))
         for f in scored.findings:
+            if f.exception_id is not None:  # covered by an approved exception: stored, but never pages
+                self.excepted[(f.code, f.severity.value)] += 1
+                continue
             self.findings[(f.code, f.severity.value, f.category.value)] += 1
             if f.category.value == ESCALATION_CATEGORY:
                 pattern = ESCALATION_PATTERNS.get(f.code, f.code)

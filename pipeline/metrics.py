@@ -64,6 +64,15 @@ class Metrics:
             "agentgov_findings_total", "Findings raised, by code, severity and category.",
             ["code", "severity", "category"], registry=r,
         )
+        self.findings_excepted = Counter(
+            "agentgov_findings_excepted_total",
+            "Findings covered by an approved risk exception: stored, kept out of the queue, never paged.",
+            ["code", "severity"], registry=r,
+        )
+        self.exceptions_followed = Gauge(
+            "agentgov_exceptions_followed", "Risk exceptions (any state) a scorer has read from the exceptions topic.",
+            registry=r,
+        )
         self.escalations = Counter(
             "agentgov_escalations_total", "Hidden-escalation chains detected, by pattern.", ["pattern"], registry=r
         )
@@ -132,6 +141,45 @@ class Metrics:
             ["pattern", "agent_id", "run_id"], registry=r,
         )
         self.escalation_ring = BoundedSeries(self.escalation_chain, capacity=64)
+
+
+REVIEW_AGE_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 8 * 3600.0, 24 * 3600.0, 72 * 3600.0,
+                      7 * 86400.0, 30 * 86400.0)
+
+
+class ReviewMetrics:
+    """Instruments of the review app (``agentgov review``). Gauges are refreshed from the store by the app."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        r = self.registry = registry
+        self.open_findings = Gauge(
+            "agentgov_review_open_findings", "Open findings in the review queue (new or acknowledged), by severity.",
+            ["severity"], registry=r)
+        self.sla_breaches = Gauge(
+            "agentgov_review_sla_breaches",
+            "Open findings past their triage SLA (policy review.sla_hours), by severity.",
+            ["severity"], registry=r)
+        self.time_to_acknowledge = Histogram(
+            "agentgov_review_time_to_acknowledge_seconds", "From a finding's event to its acknowledgement.",
+            ["severity"], buckets=REVIEW_AGE_BUCKETS, registry=r)
+        self.time_to_close = Histogram(
+            "agentgov_review_time_to_close_seconds", "From a finding's event to its closing.", ["severity"],
+            buckets=REVIEW_AGE_BUCKETS, registry=r)
+        self.exceptions = Gauge(
+            "agentgov_review_exceptions", "Risk exceptions by state (requested, active, expired, rejected, revoked).",
+            ["state"], registry=r)
+        self.exceptions_expiring = Gauge(
+            "agentgov_review_exceptions_expiring_7d", "Active risk exceptions that lapse within 7 days.", registry=r)
+        self.decisions = Counter(
+            "agentgov_review_decisions_total", "Review decisions published, by kind.", ["kind"], registry=r)
+        self.refresh_errors = Counter(
+            "agentgov_review_refresh_errors_total", "Failed refreshes of the review gauges from the store.",
+            registry=r)
+        for sev in ("critical", "high", "medium"):
+            self.open_findings.labels(severity=sev)
+            self.sla_breaches.labels(severity=sev)
+        for state in ("requested", "active", "expired", "rejected", "revoked"):
+            self.exceptions.labels(state=state)
 
 
 class BoundedSeries:

@@ -33,6 +33,7 @@ from pydantic import SecretStr
 from . import correlations
 from .baselines import attach
 from .broker import EmbeddedBroker
+from .decision_log import attach as attach_decision_log
 from .metrics import Metrics
 from .scoring.policy import load_policy
 from .settings import ENV_PREFIX, Settings
@@ -55,6 +56,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         elif isinstance(value, dict):
             value = json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v
                                 for k, v in value.items()})
+        elif isinstance(value, list):
+            value = json.dumps(value)
         elif isinstance(value, bool):
             value = "true" if value else "false"
         env[ENV_PREFIX + name.upper()] = str(value)
@@ -104,6 +107,7 @@ class Pipeline:
         self.baselines = attach(self.writer, s, self.sink, load_policy(s.policy_file))
         if self.correlators:
             self.correlation_store = correlations.attach(self.writer, s, self.sink)
+        self.decision_log = attach_decision_log(self.writer, s, self.sink)
         self._writer_thread = threading.Thread(target=self.writer.run, args=(self.stop_event,),
                                                name="writer", daemon=True)
         self._writer_thread.start()

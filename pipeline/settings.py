@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     topic_assessments: str = "agentgov.assessments.v1"
     topic_dlq: str = "agentgov.transitions.dlq"
     topic_baselines: str = "agentgov.baselines.v1"
+    topic_decisions: str = "agentgov.decisions.v1"
+    topic_exceptions: str = "agentgov.exceptions.v1"
+    topic_remediations: str = "agentgov.remediations.v1"
     topic_partitions: int = Field(default=6, ge=1)
     # Entity-keyed topics of the correlation stage (public topology: pinned names).
     topic_facts_by_target: str = "agentgov.facts.by-target.v1"
@@ -110,6 +113,28 @@ class Settings(BaseSettings):
     require_signatures: bool = False
 
     schema_dir: Path | None = Field(default=None, description="Where schemas/*.avsc live (default: beside pipeline/).")
+
+    # --- Review workbench (docs/review.md) ---------------------------------------------------
+    review_addr: str = "127.0.0.1"
+    review_port: int = Field(default=8088, ge=0, le=65535)
+    review_auth: Literal["token", "proxy"] = Field(
+        default="token", description="token: bearer tokens / login form (local, tests); proxy: trust the "
+                                     "identity headers of an authenticating proxy at review_trusted_proxies.")
+    review_tokens: dict[str, SecretStr] = Field(default_factory=dict, description="user -> login token (token mode).")
+    review_users: dict[str, list[str]] = Field(default_factory=dict, description="user -> roles (token mode).")
+    review_trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Addresses (CIDR) whose identity headers are trusted (proxy mode); others get 401.")
+    review_user_header: str = "X-Forwarded-User"
+    review_groups_header: str = "X-Forwarded-Groups"
+    review_group_roles: dict[str, str] = Field(
+        default_factory=lambda: {"agentgov-reviewers": "reviewer", "agentgov-approvers": "approver",
+                                 "agentgov-auditors": "auditor"},
+        description="Proxy group -> role (reviewer, approver, auditor).")
+    review_secret: SecretStr | None = Field(
+        default=None, description="Key for session cookies and CSRF tokens; unset draws a random one per start.")
+    review_store_wait_seconds: float = Field(
+        default=15.0, gt=0, description="How long a write waits to see its decision stored before answering 503.")
 
     # --- Process -----------------------------------------------------------------------------
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -43,6 +43,9 @@ class Finding:
     evidence_fields: tuple[str, ...]
     refs: tuple[str, ...]
     related_event_ids: tuple[str, ...] = ()
+    # Set by the scorer when an approved risk exception covers the finding (pipeline/risk_exceptions.py).
+    exception_id: str | None = None
+    exception_version: int | None = None
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,8 @@ class Finding:
             "evidence_fields": list(self.evidence_fields),
             "refs": list(self.refs),
             "related_event_ids": list(self.related_event_ids),
+            "exception_id": self.exception_id,
+            "exception_version": self.exception_version,
         }
 
 

@@ -123,6 +123,22 @@ class Drift(_Strict):
     stale_min_events: int = Field(default=10, ge=1)
 
 
+class Review(_Strict):
+    """Review workbench: triage SLA per severity and the cap on exception lifetimes (docs/review.md)."""
+
+    sla_hours: dict[str, float] = Field(default_factory=lambda: {"critical": 4.0, "high": 24.0, "medium": 72.0})
+    exception_max_days: int = Field(default=90, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _severities(self) -> Review:
+        unknown = sorted(set(self.sla_hours) - {"critical", "high", "medium", "low", "info"})
+        if unknown:
+            raise ValueError(f"sla_hours: unknown severities {unknown}")
+        if any(h <= 0 for h in self.sla_hours.values()):
+            raise ValueError("sla_hours: hours must be positive")
+        return self
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedBoundary:
     """A workflow's boundary with defaults applied, as plain frozensets for the hot path.
@@ -183,6 +199,7 @@ class GovernancePolicy(_Strict):
     drift: Drift = Drift()
     defaults: Boundary = Boundary()
     workflows: dict[str, Boundary] = Field(default_factory=dict)
+    review: Review = Review()
 
     _compiled: _Compiled | None = PrivateAttr(default=None)
 

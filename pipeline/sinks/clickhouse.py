@@ -70,7 +70,8 @@ def split_statements(sql: str) -> list[str]:
 # (optimize_skip_unused_shards).
 SHARDING_KEY = "cityHash64(run_id)"
 # Tables without run_id shard by their own key (the baseline rollup is per agent).
-SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)"}
+SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)",
+                 "decisions": "cityHash64(subject_id)", "exceptions": "cityHash64(exception_id)"}
 _LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
 _ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 

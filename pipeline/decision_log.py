@@ -1,0 +1,139 @@
+"""The writer's second duty: append review decisions and exception versions to the audit store.
+
+People's decisions travel like everything else in agentgov: the review app publishes ``ReviewDecision``
+records to ``agentgov.decisions.v1`` and ``RiskException`` versions to ``agentgov.exceptions.v1``; the
+store owner (the writer loop, which holds the ClickHouse client) reads both and appends them to the
+``decisions`` and ``exceptions`` tables (migration 005). Rows are only ever inserted: a change of state
+is a new row. Offsets are committed after the insert returned, and each insert carries a dedup token
+made of the offsets, so a redelivered batch is dropped by ClickHouse (at least once, stored once).
+
+Example::
+
+    log = attach(writer, settings, sink)      # runs every 0.2 s on the writer loop
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from .errors import DeadLetter, SinkError
+from .metrics import Metrics
+from .schemas import SchemaSet
+from .serde import Serde, make_registry
+from .settings import Settings
+from .sinks.clickhouse import ClickHouseSink
+
+if TYPE_CHECKING:
+    from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+DECISION_COLUMNS = ["decision_id", "kind", "subject_kind", "subject_id", "subject_version", "actor", "actor_roles",
+                    "decided_at", "from_state", "to_state", "classification", "reason", "comment", "payload"]
+EXCEPTION_COLUMNS = ["exception_id", "version", "state", "code", "agent_id", "workflow_id", "target_id",
+                     "entitlement", "justification", "requester", "approver", "requested_at", "effective_at",
+                     "expires_at", "ended_at", "updated_by", "updated_at"]
+_TIMES = {"decided_at", "requested_at", "effective_at", "expires_at", "ended_at", "updated_at"}
+
+
+def _ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def row(record: dict[str, Any], columns: list[str]) -> list[Any]:
+    return [_ts(record.get(c)) if c in _TIMES else record.get(c) for c in columns]
+
+
+class DecisionLog:
+    """Consumes the decisions and exceptions topics and appends them to the store."""
+
+    def __init__(self, settings: Settings, sink: ClickHouseSink, metrics: Metrics | None = None, *,
+                 registry: Any = None) -> None:
+        self.settings, self.sink, self.metrics = settings, sink, metrics
+        schemas = SchemaSet.load()
+        registry = registry if registry is not None else make_registry(settings)
+        self.tables = {
+            settings.topic_decisions: ("decisions", DECISION_COLUMNS,
+                                       Serde(schemas, registry, record="review_decision",
+                                             subject=f"{settings.topic_decisions}-value")),
+            settings.topic_exceptions: ("exceptions", EXCEPTION_COLUMNS,
+                                        Serde(schemas, registry, record="risk_exception",
+                                              subject=f"{settings.topic_exceptions}-value")),
+        }
+        self.consumer = Consumer(settings.consumer_config(f"{settings.writer_group}-decisions"))
+        self.consumer.subscribe(list(self.tables))
+        self.pending: list[Message] = []
+        self.stored = 0
+
+    def poll_once(self, timeout: float = 0.0) -> int:
+        """Read what is there, store it, commit. Returns rows stored now (0 while the store fails)."""
+        self.pending.extend(m for m in self.consumer.consume(1000, timeout) if m.error() is None)
+        if not self.pending:
+            return 0
+        rows: dict[str, list[list[Any]]] = {}
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for msg in self.pending:
+            table, columns, serde = self.tables[msg.topic()]
+            key = (msg.topic(), msg.partition())
+            first = spans.get(key, (msg.offset(), msg.offset()))[0]
+            spans[key] = (first, msg.offset())
+            try:
+                record = serde.decode(msg.value()).record
+            except DeadLetter as exc:  # only the review app writes here; a bad record is logged, not stored
+                log.error("undecodable review record skipped",
+                          extra={"kv": {"topic": msg.topic(), "offset": msg.offset(), "error": str(exc)}})
+                continue
+            rows.setdefault(table, []).append(row(record, columns))
+        token = ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(spans.items()))
+        try:
+            for table, values in rows.items():
+                columns = self.tables[self.settings.topic_decisions if table == "decisions"
+                                      else self.settings.topic_exceptions][1]
+                self._insert(table, columns, values, token)
+        except SinkError as exc:
+            log.error("review records not stored; will retry", extra={"kv": {"error": exc.message}})
+            return 0
+        offsets = [TopicPartition(t, p, b + 1) for (t, p), (_, b) in spans.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit failed after store; records will be redelivered", extra={"kv": {"error": str(exc)}})
+        n = sum(len(v) for v in rows.values())
+        self.pending = []
+        self.stored += n
+        return n
+
+    def _insert(self, table: str, columns: list[str], values: list[list[Any]], token: str) -> None:
+        try:
+            self.sink.client.insert(f"{self.sink.database}.{table}", values, column_names=columns,
+                                    settings={"insert_deduplication_token": f"{table}-{token}",
+                                              "insert_deduplicate": 1})
+        except Exception as exc:
+            if self.metrics is not None:
+                self.metrics.sink_errors.labels(table=table, kind=type(exc).__name__).inc()
+            raise SinkError(f"insert into {table} failed: {type(exc).__name__}: {str(exc)[:300]}", table=table,
+                            kind=type(exc).__name__) from exc
+        if self.metrics is not None:
+            self.metrics.sink_rows.labels(table=table).inc(len(values))
+
+    def __call__(self) -> None:
+        self.poll_once()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: float = 0.2) -> DecisionLog:
+    """Schedule the decision log on the writer loop (the thread that owns the store's client)."""
+    decision_log = DecisionLog(settings, sink, writer.metrics, registry=writer.registry)
+    writer.add_task(interval, decision_log)
+    return decision_log
+
+
+def new_id(prefix: str = "") -> str:
+    return f"{prefix}{uuid.uuid4()}"

@@ -1,0 +1,173 @@
+"""The review workbench app (FastAPI, server-rendered Jinja2 pages beside a JSON API).
+
+Pages live in ``pages.py``, the JSON API in ``api.py``; this module wires them: identity (``auth.py``),
+CSRF on every state-changing request, error pages, ``/metrics`` and ``/healthz``. Jinja autoescaping is
+on for every template, so agent-supplied text (agent ids, messages, run ids) is rendered inert.
+
+Example::
+
+    app = create_app(settings, ClickHouseSink.connect(settings))
+    uvicorn.run(app, host=settings.review_addr, port=settings.review_port)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CollectorRegistry, generate_latest
+
+from .. import __version__
+from ..metrics import ReviewMetrics
+from ..scoring.policy import LoadedPolicy, load_policy
+from ..settings import Settings
+from ..sinks.clickhouse import ClickHouseSink
+from .auth import CSRF_FIELD, CSRF_HEADER, Authenticator
+from .model import Actor, Conflict, ReviewError
+from .service import ReviewService, now_ms
+from .store import ReviewStore
+
+log = logging.getLogger(__name__)
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class Unauthenticated(ReviewError):
+    status = 401
+
+
+class CsrfRefused(ReviewError):
+    status = 403
+
+
+@dataclass
+class ReviewContext:
+    settings: Settings
+    policy: LoadedPolicy
+    auth: Authenticator
+    store: ReviewStore
+    service: ReviewService
+    metrics: ReviewMetrics
+    templates: Jinja2Templates
+
+    def actor(self, request: Request) -> Actor:
+        """The authenticated identity of the request, or :class:`Unauthenticated`."""
+        host = request.client.host if request.client else None
+        actor = self.auth.identify(host, request.headers, request.cookies)
+        if actor is None:
+            raise Unauthenticated("not authenticated")
+        return actor
+
+    async def writer(self, request: Request) -> Actor:
+        """The identity of a state-changing request, after its CSRF token checked out."""
+        actor = self.actor(request)
+        token = request.headers.get(CSRF_HEADER)
+        if token is None and "form" in request.headers.get("content-type", ""):
+            form = await request.form()
+            value = form.get(CSRF_FIELD)
+            token = value if isinstance(value, str) else None
+        if not self.auth.csrf_ok(actor, token):
+            raise CsrfRefused("missing or invalid CSRF token")
+        return actor
+
+    def refresh_metrics(self) -> None:
+        """Set the review gauges from the store (called on each scrape of /metrics)."""
+        t = now_ms()
+        try:
+            open_, breached = self.store.open_by_severity(self.policy.policy.review.sla_hours, t)
+            counts, expiring = self.store.exception_counts(t)
+        except Exception as exc:  # the store may be down; the scrape still answers
+            self.metrics.refresh_errors.inc()
+            log.warning("review metrics refresh failed", extra={"kv": {"error": str(exc)[:300]}})
+            return
+        for sev, n in open_.items():
+            self.metrics.open_findings.labels(severity=sev).set(n)
+            self.metrics.sla_breaches.labels(severity=sev).set(breached[sev])
+        for state, n in counts.items():
+            self.metrics.exceptions.labels(state=state).set(n)
+        self.metrics.exceptions_expiring.set(expiring)
+
+
+def ctx_of(request: Request) -> ReviewContext:
+    ctx: ReviewContext = request.app.state.ctx
+    return ctx
+
+
+def _fmt_ms(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _fmt_dt(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    return "-" if value is None else str(value)
+
+
+def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy | None = None,
+               registry: CollectorRegistry | None = None, schema_registry: Any = None) -> FastAPI:
+    """Build the app. ``sink`` is a client of the audit store (the app only reads it)."""
+    from . import api, pages
+
+    policy = policy or load_policy(settings.policy_file)
+    metrics = ReviewMetrics(registry or CollectorRegistry())
+    store = ReviewStore(sink)
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    templates.env.autoescape = True  # every template, whatever its extension
+    templates.env.filters["ms"] = _fmt_ms
+    templates.env.filters["dt"] = _fmt_dt
+    ctx = ReviewContext(settings, policy, Authenticator(settings), store,
+                        ReviewService(settings, store, policy, metrics, registry=schema_registry), metrics, templates)
+
+    app = FastAPI(title="agentgov review", version=__version__,
+                  description="Triage findings, record attributable decisions, grant time-boxed exceptions. "
+                              "State-changing calls need the X-CSRF-Token header (GET /api/me returns it).")
+    app.state.ctx = ctx
+
+    @app.exception_handler(ReviewError)
+    async def review_error(request: Request, exc: ReviewError) -> Response:
+        status = getattr(exc, "status", 400)
+        body: dict[str, Any] = {"error": exc.message}
+        if isinstance(exc, Conflict):
+            body.update(current=exc.fields)
+        if request.url.path.startswith("/api/") or request.headers.get("accept", "") == "application/json":
+            return JSONResponse(body, status_code=status)
+        if status == 401 and settings.review_auth == "token":
+            return RedirectResponse("/login", status_code=303)
+        return templates.TemplateResponse(request, "error.html", {"status": status, "error": exc.message,
+                                                                  "current": body.get("current"), "actor": None},
+                                          status_code=status)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        ctx.refresh_metrics()
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = ("default-src 'self'; script-src 'none'; object-src 'none'; "
+                                                       "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Cache-Control"] = "no-store"
+        log.debug("request", extra={"kv": {"method": request.method, "path": request.url.path,
+                                           "status": response.status_code,
+                                           "ms": round((time.perf_counter() - started) * 1000, 1)}})
+        return response
+
+    app.include_router(pages.router)
+    app.include_router(api.router, prefix="/api")
+    return app

@@ -1,0 +1,122 @@
+"""Who is asking: identities from an authenticating proxy or from tokens, roles, sessions and CSRF tokens.
+
+Proxy mode (production): oauth2-proxy or any OIDC proxy authenticates the user and passes
+``X-Forwarded-User`` and ``X-Forwarded-Groups``. Those headers are trusted only when the TCP peer is one of
+``review_trusted_proxies``; from anywhere else they are ignored and the request is unauthenticated.
+Token mode (local use, tests): ``Authorization: Bearer <token>``, or a signed session cookie set by the
+login form. The actor of every decision is the identity found here, never a form field.
+
+CSRF: every state-changing request must carry ``csrf_token`` (form field) or ``X-CSRF-Token`` (header),
+an HMAC of the user under the app's secret. A cross-site page can make the browser send the cookie, but
+it cannot read the token.
+
+Example::
+
+    auth = Authenticator(settings)
+    actor = auth.identify(client_host, headers, cookies)   # Actor | None
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Mapping
+
+from ..errors import ConfigError
+from ..settings import Settings
+from .model import ROLES, Actor
+
+SESSION_COOKIE = "agentgov_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+class Authenticator:
+    """Resolves the identity of a request according to ``settings.review_auth``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.review_auth
+        secret = settings.review_secret.get_secret_value() if settings.review_secret else secrets.token_hex(32)
+        self._key = hashlib.sha256(secret.encode()).digest()
+        self._tokens = {hashlib.sha256(t.get_secret_value().encode()).digest(): user
+                        for user, t in settings.review_tokens.items()}
+        self._users = {u: tuple(r for r in ROLES if r in roles) for u, roles in settings.review_users.items()}
+        for user, roles in settings.review_users.items():
+            unknown = sorted(set(roles) - set(ROLES))
+            if unknown:
+                raise ConfigError(f"review_users[{user!r}]: unknown roles {unknown}")
+        try:
+            self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.review_trusted_proxies]
+        except ValueError as exc:
+            raise ConfigError(f"review_trusted_proxies: {exc}") from exc
+        self._user_header = settings.review_user_header.lower()
+        self._groups_header = settings.review_groups_header.lower()
+        self._group_roles = dict(settings.review_group_roles)
+        if self.mode == "token" and not self._tokens:
+            raise ConfigError("review_auth=token needs AGENTGOV_REVIEW_TOKENS (user -> token)")
+
+    # -- identity -------------------------------------------------------------------------------
+    def identify(self, client_host: str | None, headers: Mapping[str, str],
+                 cookies: Mapping[str, str]) -> Actor | None:
+        if self.mode == "proxy":
+            return self._from_proxy(client_host, headers)
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return self.login(auth[7:].strip())
+        session = cookies.get(SESSION_COOKIE)
+        return self._from_session(session) if session else None
+
+    def trusted(self, client_host: str | None) -> bool:
+        if not client_host:
+            return False
+        try:
+            addr = ipaddress.ip_address(client_host)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._proxies)
+
+    def _from_proxy(self, client_host: str | None, headers: Mapping[str, str]) -> Actor | None:
+        if not self.trusted(client_host):
+            return None  # identity headers from anyone but the proxy are ignored
+        user = headers.get(self._user_header, "").strip()
+        if not user or len(user) > 256:
+            return None
+        groups = [g.strip() for g in headers.get(self._groups_header, "").split(",")]
+        roles = {self._group_roles[g] for g in groups if g in self._group_roles}
+        return Actor(user, tuple(r for r in ROLES if r in roles))
+
+    def login(self, token: str) -> Actor | None:
+        """The user a token belongs to (constant-time lookup by digest), or None."""
+        digest = hashlib.sha256(token.encode()).digest()
+        for known, user in self._tokens.items():
+            if hmac.compare_digest(known, digest):
+                return Actor(user, self._users.get(user, ()))
+        return None
+
+    # -- sessions (token mode) ------------------------------------------------------------------
+    def _sign(self, purpose: str, value: str) -> str:
+        return hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+    def session_cookie(self, actor: Actor) -> str:
+        user = base64.urlsafe_b64encode(actor.user.encode()).decode()
+        return f"{user}.{self._sign('session', actor.user)}"
+
+    def _from_session(self, cookie: str) -> Actor | None:
+        user_b64, _, sig = cookie.partition(".")
+        try:
+            user = base64.urlsafe_b64decode(user_b64.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not hmac.compare_digest(sig, self._sign("session", user)) or user not in self._tokens.values():
+            return None
+        return Actor(user, self._users.get(user, ()))
+
+    # -- CSRF -----------------------------------------------------------------------------------
+    def csrf_token(self, actor: Actor) -> str:
+        return self._sign("csrf", actor.user)
+
+    def csrf_ok(self, actor: Actor, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(str(token), self.csrf_token(actor))

@@ -1,0 +1,186 @@
+"""The review state machine, decision records and exception rules. Pure: no I/O, no clock (callers pass ``now``).
+
+A finding is ``new`` until someone decides about it. Every decision is a ``ReviewDecision`` record
+(decision kind, subject, version, actor, time, payload) appended to the log; the current state of a subject
+is its decision with the highest version. Exceptions are versioned ``RiskException`` records.
+
+    new ──acknowledge──▶ acknowledged ──close──▶ closed ──reopen──▶ acknowledged
+     └──────────────────close──────────────────▶ closed
+
+Example::
+
+    check_transition("new", "close", classification="true_positive", reason="confirmed_misuse", comment="x")
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AgentgovError
+
+FINDING_STATES = ("new", "acknowledged", "closed")
+OPEN_STATES = ("new", "acknowledged")
+ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    # action -> (states it may start from, state it leads to)
+    "acknowledge": (("new",), "acknowledged"),
+    "close": (("new", "acknowledged"), "closed"),
+    "reopen": (("closed",), "acknowledged"),
+}
+CLASSIFICATIONS = ("true_positive", "benign_positive", "false_positive", "duplicate")
+REASONS: dict[str, str] = {
+    "confirmed_misuse": "Confirmed misuse or policy violation by the agent",
+    "confirmed_misconfiguration": "Confirmed misconfiguration of the agent or its policy",
+    "authorized_change": "Authorized change (ticket or approval found out of band)",
+    "expected_behaviour": "Expected behaviour of the workflow",
+    "test_activity": "Test or drill activity",
+    "rule_too_broad": "Rule fired on activity it should not cover",
+    "data_quality": "Bad or incomplete event data",
+    "duplicate_of_other": "Already tracked in another finding",
+}
+REVIEW_SEVERITIES = ("critical", "high", "medium")
+SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
+ROLES = ("reviewer", "approver", "auditor")
+EXCEPTION_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "approve": (("requested",), "active"),
+    "reject": (("requested",), "rejected"),
+    "revoke": (("active",), "revoked"),
+}
+MAX_TEXT = 4000
+
+
+class ReviewError(AgentgovError):
+    """A decision the state machine or the rules refuse (HTTP 400/403)."""
+
+    status = 400
+
+
+class Forbidden(ReviewError):
+    status = 403
+
+
+class Conflict(ReviewError):
+    """The form was rendered from an older version of the subject (HTTP 409)."""
+
+    status = 409
+
+
+def finding_id(event_id: str, code: str) -> str:
+    return f"{event_id}/{code}"
+
+
+def split_finding_id(fid: str) -> tuple[str, str]:
+    event_id, _, code = fid.rpartition("/")
+    if not event_id or not code:
+        raise ReviewError(f"not a finding id: {fid!r}")
+    return event_id, code
+
+
+def check_transition(state: str, action: str, *, classification: str | None = None, reason: str | None = None,
+                     comment: str | None = None) -> str:
+    """The state ``action`` leads to from ``state``; raises :class:`ReviewError` when not allowed."""
+    if action not in ACTIONS:
+        raise ReviewError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    sources, target = ACTIONS[action]
+    if state not in sources:
+        raise ReviewError(f"cannot {action} a finding that is {state}")
+    if comment is not None and len(comment) > MAX_TEXT:
+        raise ReviewError(f"comment longer than {MAX_TEXT} characters")
+    if action == "close":
+        if classification not in CLASSIFICATIONS:
+            raise ReviewError(f"closing needs a classification: one of {', '.join(CLASSIFICATIONS)}")
+        if reason not in REASONS:
+            raise ReviewError(f"closing needs a reason from the list: {', '.join(REASONS)}")
+        if not comment or not comment.strip():
+            raise ReviewError("closing needs a comment")
+    return target
+
+
+def require_role(roles: tuple[str, ...], *allowed: str) -> None:
+    if not set(roles) & set(allowed):
+        raise Forbidden(f"needs the role {' or '.join(allowed)}; you have {', '.join(roles) or 'none'}")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An authenticated identity (from the proxy or a token; never from a form field)."""
+
+    user: str
+    roles: tuple[str, ...]
+
+    @property
+    def read_only(self) -> bool:
+        return not set(self.roles) & {"reviewer", "approver"}
+
+
+def decision(kind: str, subject_kind: str, subject_id: str, version: int, actor: Actor, now_ms: int, *,
+             from_state: str | None = None, to_state: str | None = None, classification: str | None = None,
+             reason: str | None = None, comment: str | None = None,
+             payload: dict[str, str] | None = None) -> dict[str, Any]:
+    """A ``ReviewDecision`` record (schemas/review_decision.avsc)."""
+    return {
+        "decision_id": str(uuid.uuid4()), "kind": kind, "subject_kind": subject_kind, "subject_id": subject_id,
+        "subject_version": version, "actor": actor.user, "actor_roles": list(actor.roles), "decided_at": now_ms,
+        "from_state": from_state, "to_state": to_state, "classification": classification, "reason": reason,
+        "comment": comment, "payload": {k: v for k, v in (payload or {}).items() if v is not None},
+    }
+
+
+# -- exceptions ----------------------------------------------------------------------------------
+DAY_MS = 86_400_000
+
+
+def exception_status(record: dict[str, Any], now_ms: int) -> str:
+    """requested, active, expired, rejected or revoked (expiry follows from the clock, not from a record)."""
+    if record["state"] == "active" and record["expires_at"] <= now_ms:
+        return "expired"
+    return str(record["state"])
+
+
+def new_exception(actor: Actor, now_ms: int, *, code: str, agent_id: str, justification: str, expires_at_ms: int,
+                  max_days: int, workflow_id: str | None = None, target_id: str | None = None,
+                  entitlement: str | None = None) -> dict[str, Any]:
+    """Version 1 of a requested exception. Raises :class:`ReviewError` on a bad scope or expiry."""
+    require_role(actor.roles, "reviewer", "approver")
+    if not code.strip() or not agent_id.strip():
+        raise ReviewError("an exception needs a finding code and an agent")
+    if not justification.strip():
+        raise ReviewError("an exception needs a justification")
+    if len(justification) > MAX_TEXT:
+        raise ReviewError(f"justification longer than {MAX_TEXT} characters")
+    if expires_at_ms <= now_ms:
+        raise ReviewError("the expiry must be in the future")
+    if expires_at_ms > now_ms + max_days * DAY_MS:
+        raise ReviewError(f"the expiry may be at most {max_days} days ahead (governance policy)")
+    return {
+        "exception_id": f"EXC-{uuid.uuid4().hex[:12]}", "version": 1, "state": "requested", "code": code.strip(),
+        "agent_id": agent_id.strip(), "workflow_id": workflow_id or None, "target_id": target_id or None,
+        "entitlement": entitlement or None, "justification": justification, "requester": actor.user,
+        "approver": None, "requested_at": now_ms, "effective_at": None, "expires_at": expires_at_ms,
+        "ended_at": None, "updated_by": actor.user, "updated_at": now_ms,
+    }
+
+
+def decide_exception(current: dict[str, Any], action: str, actor: Actor, now_ms: int) -> dict[str, Any]:
+    """The next version of an exception after ``action`` (approve, reject, revoke). Four-eyes enforced."""
+    if action not in EXCEPTION_ACTIONS:
+        raise ReviewError(f"unknown action {action!r}; expected one of {', '.join(EXCEPTION_ACTIONS)}")
+    sources, target = EXCEPTION_ACTIONS[action]
+    status = exception_status(current, now_ms)
+    if status not in sources:
+        raise ReviewError(f"cannot {action} an exception that is {status}")
+    if action in ("approve", "reject"):
+        require_role(actor.roles, "approver")
+        if actor.user == current["requester"]:
+            raise Forbidden("four-eyes: the requester cannot approve or reject their own exception")
+    else:
+        require_role(actor.roles, "approver", "reviewer")
+    nxt = dict(current, version=current["version"] + 1, state=target, updated_by=actor.user, updated_at=now_ms)
+    if action == "approve":
+        nxt.update(approver=actor.user, effective_at=now_ms)
+    elif action == "reject":
+        nxt.update(approver=actor.user, ended_at=now_ms)
+    else:
+        nxt.update(ended_at=now_ms)
+    return nxt

@@ -1,0 +1,214 @@
+"""Review writes: check a decision against the current state, publish it to Kafka, wait until it is stored.
+
+Decisions are never written to the store directly: they go to ``agentgov.decisions.v1`` (exceptions also
+to the compacted ``agentgov.exceptions.v1`` that scorers follow; true-positive closes also raise a
+``RemediationRequest`` on ``agentgov.remediations.v1``), and the writer appends them. A write answers
+only once its decision is visible in the store, so the page that follows shows it.
+
+Optimistic concurrency: every form carries the version it was rendered from. Under one lock, the service
+reads the current version, refuses a stale one with :class:`Conflict` (HTTP 409 with the current state),
+publishes version + 1 and waits for it to be stored. One app instance serialises its writers this way;
+several instances would need a partitioned owner per subject (docs/review.md, limits).
+
+Example::
+
+    svc = ReviewService(settings, store, policy)
+    svc.transition(actor, "evt-1/AG-ESC-003", "acknowledge", expected_version=0)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Producer
+
+from ..errors import PublishError
+from ..metrics import ReviewMetrics
+from ..schemas import SchemaSet
+from ..scoring.policy import LoadedPolicy
+from ..serde import Serde, make_registry
+from ..settings import Settings
+from .model import (
+    Actor,
+    Conflict,
+    ReviewError,
+    check_transition,
+    decide_exception,
+    decision,
+    finding_id,
+    new_exception,
+    require_role,
+    split_finding_id,
+)
+from .store import QueueFilter, ReviewStore
+
+log = logging.getLogger(__name__)
+BULK_MAX = 5000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class NotStored(ReviewError):
+    """Published, but not visible in the store in time (the writer is behind): HTTP 503, safe to reload."""
+
+    status = 503
+
+
+class ReviewService:
+    """All state-changing operations of the review app."""
+
+    def __init__(self, settings: Settings, store: ReviewStore, policy: LoadedPolicy,
+                 metrics: ReviewMetrics | None = None, *, registry: Any = None) -> None:
+        self.settings, self.store, self.policy, self.metrics = settings, store, policy, metrics
+        schemas = SchemaSet.load()
+        registry = registry if registry is not None else make_registry(settings)
+        self.serdes = {
+            name: Serde(schemas, registry, record=name, subject=f"{topic}-value")
+            for name, topic in (("review_decision", settings.topic_decisions),
+                                ("risk_exception", settings.topic_exceptions),
+                                ("remediation_request", settings.topic_remediations))
+        }
+        self.producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
+        self._lock = threading.Lock()
+
+    # -- publishing -------------------------------------------------------------------------------
+    def _publish(self, record_name: str, topic: str, key: str, record: dict[str, Any]) -> None:
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        self.producer.produce(topic, self.serdes[record_name].encode(record), key=key.encode(), on_delivery=delivered)
+        left = self.producer.flush(30)
+        if left or errors:
+            raise PublishError(f"could not publish to {topic}: {errors or 'timed out'}", topic=topic)
+
+    def _wait_stored(self, subject_id: str, version: int) -> None:
+        deadline = time.monotonic() + self.settings.review_store_wait_seconds
+        while time.monotonic() < deadline:
+            if self.store.has_decision(subject_id, version):
+                return
+            time.sleep(0.1)
+        raise NotStored(f"decision published but not yet stored (subject {subject_id} v{version}); reload shortly")
+
+    # -- findings ---------------------------------------------------------------------------------
+    def transition(self, actor: Actor, fid: str, action: str, expected_version: int, *,
+                   classification: str | None = None, reason: str | None = None, comment: str | None = None
+                   ) -> dict[str, Any]:
+        """Acknowledge, close or reopen one finding. Returns the stored decision."""
+        require_role(actor.roles, "reviewer")
+        event_id, code = split_finding_id(fid)
+        finding = self.store.finding(event_id, code)
+        if finding is None:
+            raise ReviewError(f"no such finding {fid}")
+        with self._lock:
+            state, version, assignee = self.store.state("finding", fid)
+            if version != expected_version:
+                raise Conflict(f"finding changed since the form was loaded: it is {state} at version {version}",
+                               state=state, version=version, assignee=assignee)
+            to_state = check_transition(state, action, classification=classification, reason=reason,
+                                        comment=comment)
+            t = now_ms()
+            payload = {"run_id": finding["run_id"], "agent_id": finding["agent_id"], "code": code,
+                       "severity": finding["severity"], "event_id": event_id,
+                       "assignee": actor.user if to_state == "acknowledged" else assignee}
+            record = decision(f"finding.{action}", "finding", fid, version + 1, actor, t, from_state=state,
+                              to_state=to_state, classification=classification if action == "close" else None,
+                              reason=reason if action == "close" else None, comment=comment or None, payload=payload)
+            if action == "close" and classification == "true_positive":
+                record["payload"]["remediation_id"] = self._remediate(finding, record, actor, t)
+            self._publish("review_decision", self.settings.topic_decisions, fid, record)
+            self._wait_stored(fid, version + 1)
+        if self.metrics is not None:
+            self.metrics.decisions.labels(kind=record["kind"]).inc()
+            age = max(0.0, (t - finding["occurred_at_ms"]) / 1000)
+            if action == "acknowledge":
+                self.metrics.time_to_acknowledge.labels(severity=finding["severity"]).observe(age)
+            elif action == "close":
+                self.metrics.time_to_close.labels(severity=finding["severity"]).observe(age)
+        log.info("finding decided", extra={"kv": {"finding": fid, "action": action, "actor": actor.user,
+                                                  "version": version + 1}})
+        return record
+
+    def _remediate(self, finding: dict[str, Any], record: dict[str, Any], actor: Actor, t: int) -> str:
+        request_id = str(uuid.uuid4())
+        self._publish("remediation_request", self.settings.topic_remediations, record["subject_id"], {
+            "request_id": request_id, "decision_id": record["decision_id"], "finding_id": record["subject_id"],
+            "code": finding["code"], "severity": finding["severity"], "agent_id": finding["agent_id"],
+            "run_id": finding["run_id"], "target_id": finding["target_id"],
+            "related_event_ids": list(finding["related_event_ids"]) or [finding["event_id"]],
+            "reason": record["reason"], "comment": record["comment"] or "", "requested_by": actor.user,
+            "requested_at": t})
+        return request_id
+
+    def bulk(self, actor: Actor, action: str, *, selection: dict[str, int] | None = None,
+             matching: QueueFilter | None = None, classification: str | None = None, reason: str | None = None,
+             comment: str | None = None) -> dict[str, Any]:
+        """Apply one action to a selection (finding id -> version seen) or to everything matching a filter.
+
+        Each finding gets its own decision. Stale or disallowed ones are reported, not forced."""
+        require_role(actor.roles, "reviewer")
+        if matching is not None:
+            rows, total = self.store.queue(matching, now_ms(), limit=BULK_MAX)
+            if total > BULK_MAX:
+                raise ReviewError(f"{total} findings match; narrow the filter to at most {BULK_MAX}")
+            selection = {finding_id(r["event_id"], r["code"]): int(r["version"]) for r in rows}
+        if not selection:
+            raise ReviewError("nothing selected")
+        done, refused = [], {}
+        for fid, version in selection.items():
+            try:
+                self.transition(actor, fid, action, version, classification=classification, reason=reason,
+                                comment=comment)
+                done.append(fid)
+            except ReviewError as exc:
+                refused[fid] = exc.message
+        return {"done": done, "refused": refused}
+
+    # -- exceptions -------------------------------------------------------------------------------
+    def request_exception(self, actor: Actor, **scope: Any) -> dict[str, Any]:
+        record = new_exception(actor, now_ms(), max_days=self.policy.policy.review.exception_max_days, **scope)
+        self._store_exception(actor, record, "request", None, comment=None)
+        return record
+
+    def decide_exception(self, actor: Actor, exception_id: str, action: str, expected_version: int,
+                         comment: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            current = self.store.exception(exception_id)
+            if current is None:
+                raise ReviewError(f"no such exception {exception_id}")
+            if current["version"] != expected_version:
+                raise Conflict(f"exception changed since the form was loaded: version {current['version']}",
+                               state=current["state"], version=current["version"])
+            nxt = decide_exception(current, action, actor, now_ms())
+            self._store_exception(actor, nxt, action, current["state"], comment=comment, locked=True)
+        return nxt
+
+    def _store_exception(self, actor: Actor, record: dict[str, Any], action: str, from_state: str | None, *,
+                         comment: str | None, locked: bool = False) -> None:
+        if not locked:
+            with self._lock:
+                self._store_exception(actor, record, action, from_state, comment=comment, locked=True)
+            return
+        xid = record["exception_id"]
+        payload = {"code": record["code"], "agent_id": record["agent_id"],
+                   "expires_at": str(record["expires_at"])}
+        d = decision(f"exception.{action}", "exception", xid, record["version"], actor, record["updated_at"],
+                     from_state=from_state, to_state=record["state"], comment=comment or None, payload=payload)
+        self._publish("risk_exception", self.settings.topic_exceptions, xid, record)
+        self._publish("review_decision", self.settings.topic_decisions, xid, d)
+        self._wait_stored(xid, record["version"])
+        if self.metrics is not None:
+            self.metrics.decisions.labels(kind=d["kind"]).inc()
+        log.info("exception decided", extra={"kv": {"exception": xid, "action": action, "actor": actor.user,
+                                                    "version": record["version"]}})
+
+    def close(self) -> None:
+        self.producer.flush(10)

@@ -1,0 +1,261 @@
+"""Review reads from the audit store: the queue, one finding, histories, exceptions, exports, metric counts.
+
+Every read uses bound parameters; filters are added only when asked for (an always-true ``OR`` form hides
+the key from the index, see audit.py). The current state of a finding is the ``to_state`` of its decision
+with the highest version; no decision means ``new`` at version 0.
+
+Example::
+
+    store = ReviewStore(sink)
+    rows, total = store.queue(QueueFilter(agent="agent-jml-03"), now_ms)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..audit import AUDIT_SETTINGS, trail
+from ..sinks.clickhouse import ClickHouseSink
+from .model import OPEN_STATES, REVIEW_SEVERITIES, SEVERITY_ORDER, exception_status
+
+LATEST_SQL = """
+SELECT subject_id, ifNull(argMax(to_state, subject_version), '') AS state, max(subject_version) AS version,
+       argMax(payload['assignee'], subject_version) AS assignee, argMax(decided_at, subject_version) AS updated_at
+FROM {db}.decisions FINAL
+WHERE subject_kind = 'finding'
+GROUP BY subject_id
+"""
+
+QUEUE_SQL = """
+SELECT f.event_id AS event_id, f.code AS code, f.severity AS severity, f.category AS category,
+       f.message AS message, f.agent_id AS agent_id, f.run_id AS run_id, f.target_id AS target_id,
+       f.action AS action, f.occurred_at AS occurred_at, f.related_event_ids AS related_event_ids,
+       if(d.state = '', 'new', d.state) AS status, d.version AS version, d.assignee AS assignee
+FROM {db}.findings AS f FINAL
+LEFT JOIN (LATEST) AS d ON d.subject_id = concat(f.event_id, '/', f.code)
+WHERE {where}
+ORDER BY multiIf(f.severity = 'critical', 0, f.severity = 'high', 1, 2), f.occurred_at, f.event_id, f.code
+LIMIT {limit:UInt32} OFFSET {offset:UInt32}
+"""
+
+COUNT_SQL = """
+SELECT count() AS n
+FROM {db}.findings AS f FINAL
+LEFT JOIN (LATEST) AS d ON d.subject_id = concat(f.event_id, '/', f.code)
+WHERE {where}
+"""
+
+
+@dataclass
+class QueueFilter:
+    """Queue filters; empty means any. ``status`` defaults to the open states."""
+
+    severity: list[str] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)
+    agent: str = ""
+    workflow: str = ""
+    status: list[str] = field(default_factory=lambda: list(OPEN_STATES))
+    assignee: str = ""
+    max_age_hours: float | None = None
+    min_age_hours: float | None = None
+
+    def where(self, now_ms: int) -> tuple[str, dict[str, Any]]:
+        sev = [s for s in self.severity if s in REVIEW_SEVERITIES] or list(REVIEW_SEVERITIES)
+        where = ["f.severity IN {sev:Array(String)}", "f.exception_id IS NULL"]
+        params: dict[str, Any] = {"sev": sev}
+        if self.code:
+            where.append("f.code IN {codes:Array(String)}")
+            params["codes"] = self.code
+        if self.agent:
+            where.append("f.agent_id = {agent:String}")
+            params["agent"] = self.agent
+        if self.workflow:
+            where.append("f.event_id IN (SELECT event_id FROM {db}.transitions WHERE workflow_id = {wf:String})")
+            params["wf"] = self.workflow
+        if self.status:
+            where.append("if(d.state = '', 'new', d.state) IN {status:Array(String)}")
+            params["status"] = self.status
+        if self.assignee:
+            where.append("d.assignee = {assignee:String}")
+            params["assignee"] = self.assignee
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        if self.max_age_hours is not None:
+            where.append("f.occurred_at >= {newest:DateTime64(3)} - toIntervalSecond({max_age:UInt32})")
+            params["max_age"] = int(self.max_age_hours * 3600)
+        if self.min_age_hours is not None:
+            where.append("f.occurred_at <= {newest:DateTime64(3)} - toIntervalSecond({min_age:UInt32})")
+            params["min_age"] = int(self.min_age_hours * 3600)
+        params["newest"] = now.replace(tzinfo=None)
+        return " AND ".join(where), params
+
+
+def _ms(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+class ReviewStore:
+    """Thread-safe reads (one lock around the client: the app serves requests from a thread pool)."""
+
+    def __init__(self, sink: ClickHouseSink) -> None:
+        self.sink = sink
+        self._lock = threading.Lock()
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.sink.query(sql, params or {}, AUDIT_SETTINGS)
+
+    # -- findings -------------------------------------------------------------------------------
+    def queue(self, flt: QueueFilter, now_ms: int, *, limit: int = 50, offset: int = 0
+              ) -> tuple[list[dict[str, Any]], int]:
+        where, params = flt.where(now_ms)
+        sql = QUEUE_SQL.replace("LATEST", LATEST_SQL).replace("{where}", where)
+        rows = self.query(sql, {**params, "limit": limit, "offset": offset})
+        total = self.query(COUNT_SQL.replace("LATEST", LATEST_SQL).replace("{where}", where), params)[0]["n"]
+        for r in rows:
+            r["occurred_at_ms"] = _ms(r["occurred_at"])
+        return rows, int(total)
+
+    def finding(self, event_id: str, code: str) -> dict[str, Any] | None:
+        rows = self.query(
+            "SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, run_id, "
+            "agent_id, target_id, action, occurred_at, scored_at, governance_policy_version, exception_id, "
+            "exception_version FROM {db}.findings FINAL WHERE event_id = {e:String} AND code = {c:String} "
+            "ORDER BY finding_idx LIMIT 1", {"e": event_id, "c": code})
+        if not rows:
+            return None
+        row = rows[0]
+        row["occurred_at_ms"] = _ms(row["occurred_at"])
+        return row
+
+    def state(self, subject_kind: str, subject_id: str) -> tuple[str, int, str]:
+        """(state, version, assignee) of a subject from its decisions; ('new', 0, '') without any."""
+        rows = self.query(
+            "SELECT ifNull(argMax(to_state, subject_version), '') AS state, max(subject_version) AS version, "
+            "argMax(payload['assignee'], subject_version) AS assignee FROM {db}.decisions FINAL "
+            "WHERE subject_kind = {k:String} AND subject_id = {s:String} HAVING count() > 0",
+            {"k": subject_kind, "s": subject_id})
+        if not rows:
+            return "new", 0, ""
+        return str(rows[0]["state"]), int(rows[0]["version"]), str(rows[0]["assignee"])
+
+    def history(self, subject_kind: str, subject_id: str) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT decision_id, kind, subject_version, actor, actor_roles, decided_at, from_state, to_state, "
+            "classification, reason, comment, payload FROM {db}.decisions FINAL "
+            "WHERE subject_kind = {k:String} AND subject_id = {s:String} ORDER BY subject_version, decided_at",
+            {"k": subject_kind, "s": subject_id})
+
+    def has_decision(self, subject_id: str, version: int) -> bool:
+        return bool(self.query(
+            "SELECT 1 FROM {db}.decisions WHERE subject_id = {s:String} AND subject_version = {v:Int32} LIMIT 1",
+            {"s": subject_id, "v": version}))
+
+    def trails(self, finding: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The finding's run trail, and for a chain the trail of every other run its events belong to."""
+        runs = [finding["run_id"]]
+        related = [e for e in finding["related_event_ids"] if e != finding["event_id"]]
+        if related:
+            for r in self.query("SELECT DISTINCT run_id FROM {db}.transitions WHERE event_id IN {ids:Array(String)} "
+                                "ORDER BY run_id", {"ids": related}):
+                if r["run_id"] not in runs:
+                    runs.append(r["run_id"])
+        with self._lock:
+            return [(run, trail(self.sink, run)) for run in runs]
+
+    def run_decisions(self, run_id: str) -> list[dict[str, Any]]:
+        """Decisions about the findings of one run (for ``agentgov trail``)."""
+        return self.query(
+            "SELECT subject_id, kind, subject_version, actor, decided_at, from_state, to_state, classification, "
+            "reason, comment FROM {db}.decisions FINAL WHERE payload['run_id'] = {r:String} "
+            "ORDER BY decided_at, subject_id, subject_version", {"r": run_id})
+
+    # -- exceptions -----------------------------------------------------------------------------
+    def exceptions(self) -> list[dict[str, Any]]:
+        """Latest version of every exception, newest request first."""
+        rows = self.query(
+            "SELECT * FROM {db}.exceptions FINAL ORDER BY exception_id, version DESC LIMIT 1 BY exception_id")
+        out = [self._exc(r) for r in rows]
+        return sorted(out, key=lambda r: -r["requested_at"])
+
+    def exception(self, exception_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM {db}.exceptions FINAL WHERE exception_id = {x:String} "
+                          "ORDER BY version DESC LIMIT 1", {"x": exception_id})
+        return self._exc(rows[0]) if rows else None
+
+    def exception_versions(self, exception_id: str) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM {db}.exceptions FINAL WHERE exception_id = {x:String} ORDER BY version",
+                          {"x": exception_id})
+        return [self._exc(r) for r in rows]
+
+    def excepted_findings(self, exception_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT event_id, code, severity, run_id, agent_id, occurred_at, exception_version FROM {db}.findings "
+            "FINAL WHERE exception_id = {x:String} ORDER BY occurred_at DESC LIMIT {n:UInt32}",
+            {"x": exception_id, "n": limit})
+
+    @staticmethod
+    def _exc(row: dict[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        for key in ("requested_at", "effective_at", "expires_at", "ended_at", "updated_at"):
+            out[key] = _ms(row.get(key))
+        return out
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, since: datetime) -> list[dict[str, Any]]:
+        """Every decision and exception version since ``since``, oldest first, each tagged with its type."""
+        decisions = self.query("SELECT * FROM {db}.decisions FINAL WHERE decided_at >= {t:DateTime64(3)} "
+                               "ORDER BY decided_at, subject_id, subject_version", {"t": since})
+        versions = self.query("SELECT * FROM {db}.exceptions FINAL WHERE updated_at >= {t:DateTime64(3)} "
+                              "ORDER BY updated_at, exception_id, version", {"t": since})
+        out = [{"type": "decision", **d} for d in decisions] + [{"type": "exception", **v} for v in versions]
+        return sorted(out, key=lambda d: d["decided_at"] if d["type"] == "decision" else d["updated_at"])
+
+    # -- metrics --------------------------------------------------------------------------------
+    def open_by_severity(self, sla_hours: dict[str, float], now_ms: int) -> tuple[dict[str, int], dict[str, int]]:
+        """Open findings (not excepted) and those past their SLA, by severity."""
+        rows = self.query(
+            "SELECT f.severity AS severity, count() AS open, "
+            "countIf(toUnixTimestamp64Milli(f.occurred_at) + multiIf(f.severity = 'critical', {c:UInt64}, "
+            "f.severity = 'high', {h:UInt64}, {m:UInt64}) < {now:UInt64}) "
+            "AS breached FROM {db}.findings AS f FINAL LEFT JOIN (LATEST) AS d "
+            "ON d.subject_id = concat(f.event_id, '/', f.code) WHERE f.severity IN {sev:Array(String)} "
+            "AND f.exception_id IS NULL AND d.state != 'closed' GROUP BY severity".replace("LATEST", LATEST_SQL),
+            {**{s[0]: int(sla_hours[s] * 3_600_000) if s in sla_hours else 2**62 for s in REVIEW_SEVERITIES},
+             "now": now_ms,
+             "sev": list(REVIEW_SEVERITIES)})
+        open_ = {s: 0 for s in REVIEW_SEVERITIES}
+        breached = dict(open_)
+        for r in rows:
+            open_[r["severity"]] = int(r["open"])
+            breached[r["severity"]] = int(r["breached"]) if r["severity"] in sla_hours else 0
+        return open_, breached
+
+    def exception_counts(self, now_ms: int) -> tuple[dict[str, int], int]:
+        counts = {s: 0 for s in ("requested", "active", "expired", "rejected", "revoked")}
+        expiring = 0
+        for e in self.exceptions():
+            status = exception_status(e, now_ms)
+            counts[status] += 1
+            if status == "active" and e["expires_at"] - now_ms <= 7 * 86_400_000:
+                expiring += 1
+        return counts, expiring
+
+
+def sla(severity: str, occurred_at_ms: int, sla_hours: dict[str, float], now_ms: int) -> dict[str, Any]:
+    """The SLA clock of one open finding: hours allowed, hours left (negative when breached)."""
+    hours = sla_hours.get(severity)
+    if hours is None:
+        return {"hours": None, "left_hours": None, "breached": False}
+    left = (occurred_at_ms + hours * 3_600_000 - now_ms) / 3_600_000
+    return {"hours": hours, "left_hours": round(left, 1), "breached": left < 0}
+
+
+def sort_key(row: dict[str, Any]) -> tuple[int, int]:
+    return SEVERITY_ORDER.get(row["severity"], 9), row["occurred_at_ms"]

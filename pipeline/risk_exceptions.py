@@ -1,0 +1,174 @@
+"""Approved risk exceptions, as the scorers see them: followed from a compacted topic, applied by event time.
+
+The review app publishes every version of an exception (``RiskException``) to ``agentgov.exceptions.v1``
+(compacted, keyed by exception_id). Every scorer runs an :class:`ExceptionCache` that reads the topic from
+its start and keeps following it, as :class:`pipeline.baselines.BaselineCache` does for baselines.
+
+:func:`apply` marks each finding an active exception covers with the exception's id and version. A marked
+finding is still stored, but it does not page (the scorer leaves it out of the paging metrics) and stays
+out of the review queue. Whether an exception covers an event is decided by the event's ``occurred_at``
+against the exception's window ``[effective_at, min(expires_at, ended_at))``, never by the wall clock, so
+a replay of the same events with the same exception versions marks the same findings; and the
+exception lapses by itself: the first matching event after ``expires_at`` pages again.
+
+Example::
+
+    cache = ExceptionCache(settings).start()
+    scored = apply(scored, ev, cache.index)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from .errors import DeadLetter
+from .events import TransitionDict
+from .metrics import Metrics
+from .schemas import SchemaSet
+from .scoring.engine import Scored
+from .serde import Serde, make_registry
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECORD = "risk_exception"
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveWindow:
+    """The part of one exception version a scorer needs: its scope and the event-time window it covers."""
+
+    exception_id: str
+    version: int
+    code: str
+    agent_id: str
+    workflow_id: str | None
+    target_id: str | None
+    entitlement: str | None
+    start_ms: int
+    end_ms: int
+
+    def covers(self, ev: TransitionDict) -> bool:
+        if not self.start_ms <= ev["occurred_at"] < self.end_ms:
+            return False
+        if self.workflow_id is not None and ev["workflow_id"] != self.workflow_id:
+            return False
+        if self.target_id is not None and ev["target"]["identity_id"] != self.target_id:
+            return False
+        return self.entitlement is None or ev["resource"]["entitlement"] == self.entitlement
+
+
+def window(record: dict[str, Any]) -> ActiveWindow | None:
+    """The window of one exception version; None if it never took effect (requested, rejected)."""
+    if record["state"] not in ("active", "revoked") or record.get("effective_at") is None:
+        return None
+    end = record["expires_at"]
+    if record.get("ended_at") is not None:
+        end = min(end, record["ended_at"])
+    return ActiveWindow(record["exception_id"], record["version"], record["code"], record["agent_id"],
+                        record.get("workflow_id"), record.get("target_id"), record.get("entitlement"),
+                        record["effective_at"], end)
+
+
+class ExceptionIndex:
+    """Latest version of every exception, indexed by (code, agent). Replaced whole, read lock-free."""
+
+    def __init__(self, latest: dict[str, dict[str, Any]] | None = None) -> None:
+        self.latest: dict[str, dict[str, Any]] = dict(latest or {})
+        self.by_scope: dict[tuple[str, str], tuple[ActiveWindow, ...]] = {}
+        grouped: dict[tuple[str, str], list[ActiveWindow]] = {}
+        for record in self.latest.values():
+            w = window(record)
+            if w is not None:
+                grouped.setdefault((w.code, w.agent_id), []).append(w)
+        for key, ws in grouped.items():
+            # Deterministic choice when several cover one finding: the oldest id wins.
+            self.by_scope[key] = tuple(sorted(ws, key=lambda w: w.exception_id))
+
+    def with_record(self, record: dict[str, Any]) -> ExceptionIndex:
+        current = self.latest.get(record["exception_id"])
+        if current is not None and current["version"] >= record["version"]:
+            return self  # a redelivered or older version changes nothing
+        return ExceptionIndex({**self.latest, record["exception_id"]: record})
+
+    def match(self, code: str, ev: TransitionDict) -> ActiveWindow | None:
+        for w in self.by_scope.get((code, ev["agent"]["agent_id"]), ()):
+            if w.covers(ev):
+                return w
+        return None
+
+    def __len__(self) -> int:
+        return len(self.latest)
+
+
+def apply(scored: Scored, ev: TransitionDict, index: ExceptionIndex) -> Scored:
+    """``scored`` with every finding an active exception covers marked with its id and version. Pure."""
+    if not index.by_scope:
+        return scored
+    marked = []
+    changed = False
+    for f in scored.findings:
+        w = index.match(f.code, ev)
+        if w is not None:
+            f = replace(f, exception_id=w.exception_id, exception_version=w.version)
+            changed = True
+        marked.append(f)
+    return Scored(tuple(marked), scored.risk_score, scored.risk_level) if changed else scored
+
+
+class ExceptionCache:
+    """Follows the exceptions topic from its start; ``index`` is swapped whole, so reads need no lock."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, *, registry: Any = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.topic = settings.topic_exceptions
+        schemas = SchemaSet.load()
+        self.serde = Serde(schemas, registry if registry is not None else make_registry(settings), record=RECORD,
+                           subject=f"{self.topic}-value")
+        self.index = ExceptionIndex()
+        self.records = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ExceptionCache:
+        self._thread = threading.Thread(target=self._follow, name="exceptions", daemon=True)
+        self._thread.start()
+        return self
+
+    def add(self, value: bytes) -> None:
+        """Fold one message into the index (bad records are logged and skipped)."""
+        try:
+            record = self.serde.decode(value).record
+        except DeadLetter as exc:
+            log.warning("bad exception record", extra={"kv": {"error": str(exc)}})
+            return
+        self.index = self.index.with_record(record)
+        self.records += 1
+
+    def _follow(self) -> None:
+        consumer = Consumer(self.settings.kafka_config(**{
+            "group.id": f"agentgov-exceptions-{uuid.uuid4()}", "enable.auto.commit": False,
+            "session.timeout.ms": self.settings.session_timeout_ms}))
+        consumer.assign([TopicPartition(self.topic, 0, 0)])
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(500, 0.5):
+                    if msg.error() or msg.value() is None:
+                        continue
+                    self.add(msg.value())
+                if self.metrics is not None:
+                    self.metrics.exceptions_followed.set(len(self.index))
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)

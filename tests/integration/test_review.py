@@ -1,0 +1,139 @@
+"""Review workbench through the real pipeline (embedded broker, scorer subprocess, writer, chdb), over HTTP.
+
+Decisions go app -> Kafka -> writer -> ClickHouse, and are read back from the store; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pipeline.publisher import TransitionPublisher
+from pipeline.runner import Pipeline
+from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import ClickHouseSink
+
+from .conftest import consume
+from .review_harness import Client, make_app, review_overrides, transient_chain, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _queue(c: Client, **params: str) -> list[dict]:
+    return c.get("/api/findings", params=params).json()["findings"]
+
+
+def test_triage_close_true_positive_history_conflict_and_auditor(
+        settings_factory: Callable[..., Settings], pipeline_factory: Callable[..., Pipeline],
+        publisher_factory: Callable[..., TransitionPublisher]) -> None:
+    settings = settings_factory(**review_overrides())
+    pipe = pipeline_factory(settings)
+    agent, run = "agent-rogue-<script>alert(1)</script>", f"run-{uuid.uuid4().hex[:8]}"
+    pub = publisher_factory(settings)
+    for d in transient_chain(agent, run):
+        pub.publish(d)
+    pub.producer.flush(10)
+    app = make_app(pipe, settings)
+    alice, audrey = Client(app, "alice"), Client(app, "audrey")
+
+    rows = wait_for(lambda: _queue(alice, agent=agent))
+    assert [r["code"] for r in rows] == ["AG-ESC-003"]
+    row = rows[0]
+    assert row["status"] == "new" and row["version"] == 0 and row["severity"] == "critical"
+    assert len(row["related_event_ids"]) == 2  # one row for the whole chain
+    assert row["sla"]["hours"] == 4.0 and row["sla"]["breached"] is False
+    path = f"/api/findings/{row['event_id']}/{row['code']}"
+
+    # The XSS payload in the agent id is escaped on the page, and scripts are off by CSP anyway.
+    page = alice.get("/queue", params={"agent": agent})
+    assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "script-src 'none'" in page.headers["content-security-policy"]
+
+    # Auditor: reads everything, changes nothing.
+    assert audrey.get(path).status_code == 200
+    refused = audrey.post(f"{path}/decisions", {"action": "acknowledge", "expected_version": 0})
+    assert refused.status_code == 403
+
+    # No CSRF header: refused, even with a valid identity.
+    no_csrf = alice.http.post(f"{path}/decisions", json={"action": "acknowledge", "expected_version": 0})
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.json()["error"]
+
+    ack = alice.post(f"{path}/decisions", {"action": "acknowledge", "expected_version": 0})
+    assert ack.status_code == 201, ack.text
+    # A stale form (version 0 again) gets 409 with the current state, never an overwrite.
+    stale = alice.post(f"{path}/decisions", {"action": "close", "expected_version": 0,
+                                             "classification": "false_positive", "reason": "rule_too_broad",
+                                             "comment": "x"})
+    assert stale.status_code == 409
+    assert stale.json()["current"] == {"state": "acknowledged", "version": 1, "assignee": "alice"}
+    # Closing needs a classification, a listed reason and a comment.
+    bad = alice.post(f"{path}/decisions", {"action": "close", "expected_version": 1, "classification": "true_positive",
+                                           "reason": "because", "comment": "x"})
+    assert bad.status_code == 400
+    # Actor spoofing through a body field is rejected (unknown field), through a form field ignored (below).
+    spoof = alice.post(f"{path}/decisions", {"action": "close", "expected_version": 1, "actor": "mallory"})
+    assert spoof.status_code == 422
+    closed = alice.post(f"{path}/decisions", {"action": "close", "expected_version": 1,
+                                              "classification": "true_positive", "reason": "confirmed_misuse",
+                                              "comment": "chain confirmed with the IAM team"})
+    assert closed.status_code == 201, closed.text
+    remediation_id = closed.json()["payload"]["remediation_id"]
+
+    doc = alice.get(path).json()
+    assert doc["state"] == "closed" and doc["version"] == 2
+    assert [(h["actor"], h["kind"], h["from_state"], h["to_state"]) for h in doc["history"]] == [
+        ("alice", "finding.acknowledge", "new", "acknowledged"), ("alice", "finding.close", "acknowledged", "closed")]
+    assert doc["history"][1]["classification"] == "true_positive" and doc["history"][1]["decided_at"]
+    assert set(doc["trails"]) == {run} and len(doc["trails"][run]) == 2
+    assert _queue(alice, agent=agent) == []  # closed leaves the open queue
+    assert [r["id"] for r in _queue(alice, agent=agent, status="closed")] == [row["id"]]
+
+    # The remediation request went to its own topic for IGA/SOAR tooling.
+    msgs = consume(pipe.settings, settings.topic_remediations, 1, timeout=20)
+    from pipeline.schemas import SchemaSet
+    from pipeline.serde import Serde
+
+    rem = Serde(SchemaSet.load(), record="remediation_request").decode(msgs[0].value()).record
+    assert rem["request_id"] == remediation_id and rem["finding_id"] == row["id"] and rem["requested_by"] == "alice"
+
+    # Reopen through the HTML form with a spoofed actor field: the history names the signed-in user.
+    form = {"action": "reopen", "version": "2", "comment": "regression", "actor": "mallory",
+            "csrf_token": alice.csrf}
+    r = alice.http.post(f"/findings/{row['event_id']}/{row['code']}", data=form, follow_redirects=False)
+    assert r.status_code == 303
+    hist = alice.get(path).json()["history"]
+    assert hist[-1]["actor"] == "alice" and hist[-1]["to_state"] == "acknowledged"
+    assert "mallory" not in json.dumps(hist)
+    # A form without the CSRF token is refused.
+    r = alice.http.post(f"/findings/{row['event_id']}/{row['code']}", data={"action": "close", "version": "3"},
+                        follow_redirects=False)
+    assert r.status_code == 403
+
+    # Decisions appear in `agentgov trail` and in `agentgov review export`.
+    sink = ClickHouseSink.connect(settings)
+    from pipeline.review.store import ReviewStore
+
+    store = ReviewStore(sink)
+    assert [d["kind"] for d in store.run_decisions(run)] == ["finding.acknowledge", "finding.close",
+                                                              "finding.reopen"]
+    exported = store.export(datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1))
+    assert {e["kind"] for e in exported if e["type"] == "decision"} >= {"finding.close"}
+
+
+def test_untrusted_proxy_headers_are_ignored(settings_factory: Callable[..., Settings],
+                                             pipeline_factory: Callable[..., Pipeline]) -> None:
+    settings = settings_factory(review_auth="proxy", review_trusted_proxies=["10.9.9.9/32"])
+    pipe = pipeline_factory(settings)
+    app = make_app(pipe, settings)
+    from fastapi.testclient import TestClient
+
+    headers = {"X-Forwarded-User": "mallory", "X-Forwarded-Groups": "agentgov-approvers"}
+    untrusted = TestClient(app, client=("203.0.113.5", 5000))
+    assert untrusted.get("/api/me", headers=headers).status_code == 401
+    trusted = TestClient(app, client=("10.9.9.9", 5000))
+    me = trusted.get("/api/me", headers=headers).json()
+    assert me["user"] == "mallory" and me["roles"] == ["approver"]

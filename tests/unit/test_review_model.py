@@ -1,0 +1,144 @@
+"""Review state machine, exception rules, identity/CSRF and the scorer-side exception matching (no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from pipeline.review.auth import Authenticator
+from pipeline.review.model import (
+    DAY_MS,
+    Actor,
+    Forbidden,
+    ReviewError,
+    check_transition,
+    decide_exception,
+    exception_status,
+    new_exception,
+)
+from pipeline.risk_exceptions import ExceptionIndex, apply
+from pipeline.scoring.engine import Scored
+from pipeline.scoring.findings import Category, Finding, Severity
+from pipeline.settings import Settings
+
+NOW = 1_800_000_000_000
+REVIEWER, RITA, BOB, AUDITOR = (Actor("alice", ("reviewer",)), Actor("rita", ("reviewer", "approver")),
+                                Actor("bob", ("approver",)), Actor("audrey", ("auditor",)))
+CLOSE = {"classification": "true_positive", "reason": "confirmed_misuse", "comment": "checked"}
+
+
+@pytest.mark.parametrize(("state", "action", "kw", "to"), [
+    ("new", "acknowledge", {}, "acknowledged"),
+    ("new", "close", CLOSE, "closed"),
+    ("acknowledged", "close", CLOSE, "closed"),
+    ("closed", "reopen", {}, "acknowledged"),
+])
+def test_allowed_transitions(state: str, action: str, kw: dict[str, Any], to: str) -> None:
+    assert check_transition(state, action, **kw) == to
+
+
+@pytest.mark.parametrize(("state", "action", "kw"), [
+    ("acknowledged", "acknowledge", {}),
+    ("closed", "close", CLOSE),
+    ("new", "reopen", {}),
+    ("new", "delete", {}),
+    ("new", "close", {**CLOSE, "classification": "maybe"}),
+    ("new", "close", {**CLOSE, "reason": "free text reason"}),
+    ("new", "close", {**CLOSE, "comment": "  "}),
+    ("new", "close", {**CLOSE, "comment": "x" * 5000}),
+])
+def test_refused_transitions(state: str, action: str, kw: dict[str, Any]) -> None:
+    with pytest.raises(ReviewError):
+        check_transition(state, action, **kw)
+
+
+def _exception(actor: Actor = RITA, days: float = 30, **kw: Any) -> dict[str, Any]:
+    return new_exception(actor, NOW, code="AG-ESC-003", agent_id="agent-x", justification="known batch job",
+                         expires_at_ms=int(NOW + days * DAY_MS), max_days=90, **kw)
+
+
+def test_exception_expiry_is_required_future_and_capped() -> None:
+    assert _exception(days=90)["state"] == "requested"
+    with pytest.raises(ReviewError, match="at most 90 days"):
+        _exception(days=91)
+    with pytest.raises(ReviewError, match="future"):
+        _exception(days=-1)
+    with pytest.raises(Forbidden):
+        _exception(actor=AUDITOR)
+
+
+def test_four_eyes_and_lifecycle() -> None:
+    requested = _exception()
+    with pytest.raises(Forbidden, match="four-eyes"):
+        decide_exception(requested, "approve", RITA, NOW + 1)
+    with pytest.raises(Forbidden):
+        decide_exception(requested, "approve", REVIEWER, NOW + 1)  # not an approver
+    active = decide_exception(requested, "approve", BOB, NOW + 1)
+    assert (active["state"], active["version"], active["approver"], active["effective_at"]) == ("active", 2, "bob",
+                                                                                                NOW + 1)
+    assert exception_status(active, NOW + 2) == "active"
+    assert exception_status(active, active["expires_at"]) == "expired"  # lapses by itself
+    with pytest.raises(ReviewError):
+        decide_exception(active, "approve", BOB, NOW + 2)
+    revoked = decide_exception(active, "revoke", REVIEWER, NOW + 3)
+    assert (revoked["state"], revoked["version"], revoked["ended_at"]) == ("revoked", 3, NOW + 3)
+
+
+def _finding(code: str = "AG-ESC-003") -> Finding:
+    return Finding(code, Severity.critical, Category.escalation, "m", (), ())
+
+
+def _event(occurred_at: int, agent: str = "agent-x", workflow: str = "wf", target: str = "u1",
+           entitlement: str | None = "aws-admin") -> Any:
+    return {"occurred_at": occurred_at, "agent": {"agent_id": agent}, "workflow_id": workflow,
+            "target": {"identity_id": target}, "resource": {"entitlement": entitlement}}
+
+
+def test_apply_marks_by_event_time_scope_and_version() -> None:
+    active = decide_exception(_exception(workflow_id="wf"), "approve", BOB, NOW)
+    index = ExceptionIndex().with_record(_exception()).with_record(active)
+    scored = Scored((_finding(), _finding("AG-AUTH-001")), 100, "critical")
+    marked = apply(scored, _event(NOW + 10), index)
+    assert [(f.exception_id, f.exception_version) for f in marked.findings] == [(active["exception_id"], 2),
+                                                                                (None, None)]
+    assert apply(scored, _event(NOW - 1), index).findings[0].exception_id is None  # before approval
+    assert apply(scored, _event(active["expires_at"]), index).findings[0].exception_id is None  # expired
+    assert apply(scored, _event(NOW + 10, agent="other"), index).findings[0].exception_id is None
+    assert apply(scored, _event(NOW + 10, workflow="other"), index).findings[0].exception_id is None
+    # An older version arriving late changes nothing (compaction/redelivery order).
+    requested_again = dict(active, version=1, state="requested")
+    assert index.with_record(requested_again) is index
+    revoked = decide_exception(active, "revoke", BOB, NOW + 20)
+    later = index.with_record(revoked)
+    assert apply(scored, _event(NOW + 10), later).findings[0].exception_version == 3  # inside [approved, revoked)
+    assert apply(scored, _event(NOW + 30), later).findings[0].exception_id is None
+
+
+def _auth(**kw: Any) -> Authenticator:
+    base: dict[str, Any] = {"review_tokens": {"alice": SecretStr("t-alice")}, "review_users": {"alice": ["reviewer"]}}
+    base.update(kw)
+    return Authenticator(Settings.load(**base))
+
+
+def test_token_session_and_csrf() -> None:
+    auth = _auth()
+    alice = auth.identify(None, {"authorization": "Bearer t-alice"}, {})
+    assert alice == Actor("alice", ("reviewer",))
+    assert auth.identify(None, {"authorization": "Bearer wrong"}, {}) is None
+    cookie = auth.session_cookie(alice)
+    assert auth.identify(None, {}, {"agentgov_session": cookie}) == alice
+    forged = "bWFsbG9yeQ==." + cookie.split(".")[1]  # mallory with alice's signature
+    assert auth.identify(None, {}, {"agentgov_session": forged}) is None
+    assert auth.csrf_ok(alice, auth.csrf_token(alice))
+    assert not auth.csrf_ok(alice, None) and not auth.csrf_ok(alice, "x")
+    assert not auth.csrf_ok(Actor("bob", ()), auth.csrf_token(alice))
+
+
+def test_proxy_headers_only_from_trusted_addresses() -> None:
+    auth = _auth(review_auth="proxy", review_trusted_proxies=["10.0.0.0/8"])
+    headers = {"x-forwarded-user": "rita", "x-forwarded-groups": "agentgov-reviewers, agentgov-approvers, other"}
+    assert auth.identify("10.1.2.3", headers, {}) == Actor("rita", ("reviewer", "approver"))
+    assert auth.identify("192.168.1.1", headers, {}) is None
+    assert auth.identify("10.1.2.3", {"authorization": "Bearer t-alice"}, {}) is None  # no tokens in proxy mode
