@@ -56,6 +56,11 @@ def _evidence(h: dict[str, Any], on_grant: list[tuple[str, str]], on_run: list[t
                     policy_approved=approved, approved_by=h["approved_by"], policy_ref=ref)
 
 
+def _input(value: Any) -> str:
+    name, source = (value["name"], value["source"]) if isinstance(value, dict) else value
+    return f"{name}:{source}"
+
+
 class RecertService:
     def __init__(self, service: ReviewService, store: RecertStore) -> None:
         self.service, self.store = service, store
@@ -120,7 +125,7 @@ class RecertService:
                 "identity_left": "1" if ev.identity_left else "0", "left_how": ev.left_how,
                 "evidence_retained": "1" if h["retained"] else "0",
                 "findings": json.dumps([list(f) for f in ev.findings]),
-                "inputs": json.dumps([f"{i[0]}:{i[1]}" for i in h["inputs_used"] or []]),
+                "inputs": json.dumps([_input(i) for i in h["inputs_used"] or []]),
                 "recommendation": rec, "reasons": json.dumps(reasons), "assignee": owner.strip()}
             records.append(decision("campaign.snapshot", "campaign_item", item_id(cid, n), 1, actor, t,
                                     to_state="pending", payload=payload))

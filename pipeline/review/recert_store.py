@@ -27,28 +27,28 @@ HELD_ACTIONS = sorted(str(a) for a in GRANTS if str(a) != "allow_auth")
 LEAVE_ACTIONS = ["disable_account", "delete_account"]
 
 HOLDINGS_SQL = """
-SELECT h.target_id AS target_id, h.system AS system, h.access AS access, h.event_id AS event_id,
-       h.run_id AS run_id, h.agent_id AS agent_id, h.tier AS tier, h.approved_by AS approved_by,
-       h.authority AS authority, h.action AS action, h.granted_at AS granted_at,
+SELECT h.target_id AS target_id, h.system AS system, h.access AS access, h.g_event AS event_id,
+       h.g_run AS run_id, h.g_agent AS agent_id, h.tier AS tier, h.g_approved AS approved_by,
+       h.g_authority AS authority, h.g_action AS action, h.granted_at AS granted_at,
        t.workflow_id AS workflow_id, t.policy_id AS policy_id, t.policy_version AS policy_version,
        t.inputs_used AS inputs_used, t.event_id != '' AS retained,
        l.left_at AS left_at, l.left_action AS left_action
 FROM (
     SELECT target_id, system, access,
-           argMax(action, (occurred_at, event_id)) AS action, argMax(event_id, (occurred_at, event_id)) AS event_id,
-           argMax(run_id, (occurred_at, event_id)) AS run_id, argMax(agent_id, (occurred_at, event_id)) AS agent_id,
+           argMax(action, (occurred_at, event_id)) AS g_action, argMax(event_id, (occurred_at, event_id)) AS g_event,
+           argMax(run_id, (occurred_at, event_id)) AS g_run, argMax(agent_id, (occurred_at, event_id)) AS g_agent,
            argMax(privilege_tier, (occurred_at, event_id)) AS tier,
-           argMax(approved_by, (occurred_at, event_id)) AS approved_by,
-           argMax(authority, (occurred_at, event_id)) AS authority, max(occurred_at) AS granted_at
+           argMax(approved_by, (occurred_at, event_id)) AS g_approved,
+           argMax(authority, (occurred_at, event_id)) AS g_authority, max(occurred_at) AS granted_at
     FROM {db}.access_changes FINAL
     GROUP BY target_id, system, access
-    HAVING action IN {held:Array(String)} {having}
+    HAVING g_action IN {held:Array(String)} {having}
 ) AS h
 LEFT JOIN (
     SELECT event_id, workflow_id, policy_id, policy_version, inputs_used FROM {db}.transitions FINAL
-    WHERE event_id IN (SELECT argMax(event_id, (occurred_at, event_id)) FROM {db}.access_changes FINAL
+    WHERE event_id IN (SELECT argMax(event_id, (occurred_at, event_id)) AS e FROM {db}.access_changes FINAL
                        GROUP BY target_id, system, access)
-) AS t ON t.event_id = h.event_id
+) AS t ON t.event_id = h.g_event
 LEFT JOIN (
     SELECT target_id, max(occurred_at) AS left_at, argMax(action, occurred_at) AS left_action
     FROM {db}.access_changes FINAL WHERE action IN {leave:Array(String)} GROUP BY target_id
@@ -91,10 +91,10 @@ class RecertStore:
             having.append("tier >= {tier:UInt8}")
             params["tier"] = scope.min_tier
         if scope.agent:
-            having.append("agent_id = {agent:String}")
+            having.append("g_agent = {agent:String}")
             params["agent"] = scope.agent
         if scope.within_days is not None:
-            having.append("granted_at >= {since:DateTime64(3)}")
+            having.append("max(occurred_at) >= {since:DateTime64(3)}")
             params["since"] = datetime.fromtimestamp(now_ms / 1000 - scope.within_days * 86400, UTC).replace(
                 tzinfo=None)
         if scope.workflow:
