@@ -43,13 +43,15 @@ class TransactionalLoop:
     role = "role"
 
     def __init__(self, settings: Settings, metrics: Metrics, *, group: str, topics: list[str],
-                 consumer_extra: dict[str, Any] | None = None) -> None:
+                 consumer_extra: dict[str, Any] | None = None, producer_extra: dict[str, Any] | None = None
+                 ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.topics = topics
         self.consumer = Consumer(settings.consumer_config(group, **(consumer_extra or {})))
         self.checkpoint = Checkpoint(settings, self.consumer,
-                                     Checkpoint.transactional_id(self.role, group, settings.instance_id))
+                                     Checkpoint.transactional_id(self.role, group, settings.instance_id),
+                                     **(producer_extra or {}))
         self.processed = 0
         self._next_housekeeping = 0.0
 

@@ -25,6 +25,13 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
         NewTopic(settings.topic_dlq, settings.topic_partitions, settings.topic_replication,
                  config={"retention.ms": str(30 * 24 * 3600 * 1000)}),
         NewTopic(settings.topic_baselines, 1, settings.topic_replication, config={"cleanup.policy": "compact"}),
+        # Review decisions are the audit record of people: keep them as long as the store keeps events.
+        NewTopic(settings.topic_decisions, settings.topic_partitions, settings.topic_replication,
+                 config={"retention.ms": str(settings.retention_days * 24 * 3600 * 1000)}),
+        # Scorers read the latest version of every exception from the start, as they read baselines.
+        NewTopic(settings.topic_exceptions, 1, settings.topic_replication, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_remediations, settings.topic_partitions, settings.topic_replication,
+                 config={"retention.ms": str(30 * 24 * 3600 * 1000)}),
         # The correlation stage (facts.py): entity-keyed facts, holdings of any age, the delegation graph.
         NewTopic(settings.topic_facts_by_target, settings.facts_partitions, settings.topic_replication,
                  config={"retention.ms": retention}),
@@ -35,13 +42,6 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
         NewTopic(settings.topic_delegations, 1, settings.topic_replication, config={"cleanup.policy": "compact"}),
         NewTopic(settings.topic_correlations, settings.topic_partitions, settings.topic_replication,
                  config={"retention.ms": retention}),
-        # Review decisions are the audit record of people: keep them as long as the store keeps events.
-        NewTopic(settings.topic_decisions, settings.topic_partitions, settings.topic_replication,
-                 config={"retention.ms": str(settings.retention_days * 24 * 3600 * 1000)}),
-        # Scorers read the latest version of every exception from the start, as they read baselines.
-        NewTopic(settings.topic_exceptions, 1, settings.topic_replication, config={"cleanup.policy": "compact"}),
-        NewTopic(settings.topic_remediations, settings.topic_partitions, settings.topic_replication,
-                 config={"retention.ms": str(30 * 24 * 3600 * 1000)}),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

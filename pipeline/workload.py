@@ -78,7 +78,8 @@ class Op:
     payload: Any
     key: bytes = b""
     mutate: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # applied after the SDK completed it
-    send: str = "send"  # for "record": "send", "skip" (chain advances, nothing sent) or "truncate"
+    send: str = "send"  # for "record": "send", "skip" (chain advances, nothing sent), "truncate", or "raw"
+    # ("raw": encoded and produced as is, past the SDK's limits, as a client without the SDK could)
 
     def publish(self, pub: TransitionPublisher) -> None:
         if self.kind == "draft":
@@ -91,6 +92,8 @@ class Op:
                 pub.producer.produce(pub.topic, pub.serde.encode(record)[:-7], key=record["run_id"].encode())
             elif self.send == "send":
                 pub.send(record)
+            elif self.send == "raw":
+                pub.producer.produce(pub.topic, pub.serde.encode(record), key=record["run_id"].encode())
         else:
             pub.producer.produce(pub.topic, self.payload, key=self.key or None)
 
@@ -342,7 +345,7 @@ class Workload:
             Op("raw", "garbage_bytes", b"\x17not-avro-at-all", key=b"run-bad"),
             Op("raw", "unknown_fingerprint", b"\xc3\x01" + b"\xee" * 8 + b"\x00\x02", key=b"run-bad"),
             Op("record", "truncated_avro", valid, send="truncate"),
-            Op("record", "tier_out_of_range", dict(valid), mutate=_tier9),
+            Op("record", "tier_out_of_range", dict(valid), mutate=_tier9, send="raw"),
         ]
 
     def ops(self, events: int) -> Iterator[Op]:

@@ -133,6 +133,27 @@ def build() -> dict[str, Any]:
                                 f" / ignoring (risk_level) group_left () sum(rate(agentgov_assessments_total[{rate}]))",
                                 "{{risk_level}}"),
                            stacked=True, description="Share of assessments at each risk level."))
+        # -- the review workbench (agentgov review)
+        .with_row(db.Row("Review"))
+        .with_panel(series("Open findings by severity", "short",
+                           prom("max without (instance) (agentgov_review_open_findings)", "{{severity}}"),
+                           prom("max without (instance) (agentgov_review_sla_breaches)", "{{severity}} past SLA", "B"),
+                           span=8, description="Review queue (medium and above, not excepted) and how many are past "
+                                               "the policy's triage SLA."))
+        .with_panel(series("Time to acknowledge / close (p50, p90)", "s",
+                           prom("histogram_quantile(0.5, sum by (le) "
+                                f"(rate(agentgov_review_time_to_acknowledge_seconds_bucket[{rate}])))", "ack p50"),
+                           prom("histogram_quantile(0.9, sum by (le) "
+                                f"(rate(agentgov_review_time_to_acknowledge_seconds_bucket[{rate}])))", "ack p90",
+                                "B"),
+                           prom("histogram_quantile(0.9, sum by (le) "
+                                f"(rate(agentgov_review_time_to_close_seconds_bucket[{rate}])))", "close p90", "C"),
+                           span=8, description="From a finding's event to the decision, across severities."))
+        .with_panel(series("Risk exceptions", "short",
+                           prom("max without (instance) (agentgov_review_exceptions)", "{{state}}"),
+                           prom("max(agentgov_review_exceptions_expiring_7d)", "expiring within 7 days", "B"),
+                           prom(f"sum(increase(agentgov_findings_excepted_total[{rate}]))", "findings excepted", "C"),
+                           span=8, description="Exceptions by state; excepted findings are stored but never page."))
         # -- pipeline health
         .with_row(db.Row("Pipeline health"))
         .with_panel(series("Dead letters by reason", "ops",

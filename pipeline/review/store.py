@@ -92,6 +92,9 @@ class QueueFilter:
         return " AND ".join(where), params
 
 
+EPOCH, LAST = datetime(1970, 1, 1), datetime(2299, 12, 31)
+
+
 def _ms(value: datetime | None) -> int | None:
     if value is None:
         return None
@@ -172,7 +175,8 @@ class ReviewStore:
     def run_decisions(self, run_id: str) -> list[dict[str, Any]]:
         """Decisions about the findings of one run (for ``agentgov trail``)."""
         return self.query(
-            "SELECT subject_id, kind, subject_version, actor, decided_at, from_state, to_state, classification, "
+            "SELECT payload['event_id'] AS event_id, subject_id, kind, subject_version, actor, decided_at, "
+            "from_state, to_state, classification, "
             "reason, comment FROM {db}.decisions FINAL WHERE payload['run_id'] = {r:String} "
             "ORDER BY decided_at, subject_id, subject_version", {"r": run_id})
 
@@ -210,6 +214,7 @@ class ReviewStore:
     # -- export ---------------------------------------------------------------------------------
     def export(self, since: datetime) -> list[dict[str, Any]]:
         """Every decision and exception version since ``since``, oldest first, each tagged with its type."""
+        since = min(max(since.replace(tzinfo=None), EPOCH), LAST)  # DateTime64 holds 1900..2299
         decisions = self.query("SELECT * FROM {db}.decisions FINAL WHERE decided_at >= {t:DateTime64(3)} "
                                "ORDER BY decided_at, subject_id, subject_version", {"t": since})
         versions = self.query("SELECT * FROM {db}.exceptions FINAL WHERE updated_at >= {t:DateTime64(3)} "
@@ -246,6 +251,15 @@ class ReviewStore:
             if status == "active" and e["expires_at"] - now_ms <= 7 * 86_400_000:
                 expiring += 1
         return counts, expiring
+
+
+def attach_decisions(steps: list[dict[str, Any]], decisions: list[dict[str, Any]]) -> None:
+    """Put each review decision under the trail step of the event its finding is on."""
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for d in decisions:
+        by_event.setdefault(d.pop("event_id"), []).append(d)
+    for step in steps:
+        step["decisions"] = by_event.get(step["event_id"], [])
 
 
 def sla(severity: str, occurred_at_ms: int, sla_hours: dict[str, float], now_ms: int) -> dict[str, Any]:

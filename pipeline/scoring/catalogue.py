@@ -202,6 +202,13 @@ BAD_SIGNATURE = spec(
     ("evidence.signature", "evidence.key_id", "agent.agent_id"),
     (PR_AA_03, PR_AA_04, NHI4, ASI07),
 )
+KEY_NOT_BOUND = spec(
+    "AG-EVD-007", "Signed with a key not registered for the agent", S.critical, C.evidence,
+    "The signature verifies, but its key_id is not registered for the event's agent.agent_id "
+    "(signing_key_agents): one agent signed in another's name, or a key is used outside its binding.",
+    ("evidence.key_id", "agent.agent_id"),
+    (PR_AA_03, PR_AA_04, NHI9, ASI03, ASI07),
+)
 
 # -- separation of duties (sod.py) ------------------------------------------------------------------------
 TOXIC_PAIR = spec(

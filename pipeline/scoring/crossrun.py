@@ -56,6 +56,11 @@ class CrossRunContext:
     baseline: AgentBaseline | None = None
     scorer_window_ms: int = 3_600_000
     """A scorer's context window: older partners are out of any one scorer's sight."""
+    recent_grants: Sequence[TransitionDict] | None = None
+    """The agent's executed grants in the rate window before the fact, if the caller indexed them (the
+    correlator does, so a busy agent costs O(log n) per fact); None means: derive from ``history``."""
+    same_id: Sequence[TransitionDict] | None = None
+    """Earlier facts of the key with the fact's event_id, if indexed; None means: scan ``history``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +220,13 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
         return []
     needed = max(d.rate_min_grants, int(d.rate_factor * b.grants_per_hour * d.rate_window_seconds / 3600) + 1)
     lo = ev["occurred_at"] - d.rate_window_seconds * 1000
-    grants = [h for h in cx.history if h["occurred_at"] >= lo and granted_access(h)
-              and h["event_id"] != ev["event_id"]]
+    if cx.recent_grants is not None:
+        if len(cx.recent_grants) + 1 != needed:
+            return []
+        grants = [h for h in cx.recent_grants if h["event_id"] != ev["event_id"]]
+    else:
+        grants = [h for h in cx.history if h["occurred_at"] >= lo and granted_access(h)
+                  and h["event_id"] != ev["event_id"]]
     if len(grants) + 1 != needed:
         return []
     chain = (*grants, ev)
@@ -284,7 +294,7 @@ def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFindin
     """AG-XRN-006: the same event_id on two partitions of one target's facts."""
     if ev["target"]["identity_id"] != cx.key:
         return []
-    first = duplicate_id_across_partitions(ev, cx.history)
+    first = duplicate_id_across_partitions(ev, cx.history if cx.same_id is None else cx.same_id)
     if first is None:
         return []
     same = "same" if first["evidence"]["event_hash"] == ev["evidence"]["event_hash"] else "different"

@@ -41,7 +41,9 @@ NOW = datetime.now(UTC)
 
 def runs_on_distinct_partitions(prefix: str, n: int) -> list[str]:
     """``n`` run ids that the publisher (crc32 of the key) sends to ``n`` different partitions."""
-    out, used, i = [], set(), 0
+    out: list[str] = []
+    used: set[int] = set()
+    i = 0
     while len(out) < n:
         run = f"{prefix}-{TAG}-{i}"
         p = partition_for(run, PARTS)
@@ -135,7 +137,9 @@ def grant(run: str, target: str, *, step: int = 1, when: str, **extra: Any) -> d
 def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_are_not(world: World) -> None:
     keys: dict[str, str] = {}
     # 1. tier stepping over three runs; look-alike: a human approved the final step
-    for name, last in (("step", {}), ("step-ok", {"decision.authority": "human", "decision.approved_by": "ciso"})):
+    lasts: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("step", {}), ("step-ok", {"decision.authority": "human", "decision.approved_by": "ciso"}))
+    for name, last in lasts:
         target = keys[name] = f"u-{name}-{TAG}"
         r = runs_on_distinct_partitions(name, 3)
         ids = world.publish(grant(r[0], target, when=at(minutes=10), **{"resource.resource_id": "role/Step1",

@@ -137,3 +137,80 @@ def test_untrusted_proxy_headers_are_ignored(settings_factory: Callable[..., Set
     trusted = TestClient(app, client=("10.9.9.9", 5000))
     me = trusted.get("/api/me", headers=headers).json()
     assert me["user"] == "mallory" and me["roles"] == ["approver"]
+
+
+def test_decisions_and_exceptions_survive_restarts_and_appear_in_trail_and_export(
+        settings_factory: Callable[..., Settings], pipeline_factory: Callable[..., Pipeline],
+        publisher_factory: Callable[..., TransitionPublisher]) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    settings = settings_factory(**review_overrides())
+    pipe = pipeline_factory(settings)
+    pub = publisher_factory(settings)
+    triaged, accepted = "agent-triaged", f"agent-accepted-{uuid.uuid4().hex[:6]}"
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    for d in transient_chain(triaged, run):
+        pub.publish(d)
+    pub.producer.flush(10)
+    app = make_app(pipe, settings)
+    alice, rita, bob = Client(app, "alice"), Client(app, "rita"), Client(app, "bob")
+    row = wait_for(lambda: _queue(alice, agent=triaged))[0]
+    path = f"/api/findings/{row['event_id']}/{row['code']}"
+    assert alice.post(f"{path}/decisions", {"action": "acknowledge", "expected_version": 0}).status_code == 201
+    assert alice.post(f"{path}/decisions", {"action": "close", "expected_version": 1, "classification": "duplicate",
+                                            "reason": "duplicate_of_other", "comment": "see INC-7"}).status_code == 201
+    expires = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    req = rita.post("/api/exceptions", {"code": "AG-ESC-003", "agent_id": accepted, "justification": "batch job",
+                                        "expires_at": expires})
+    assert req.status_code == 201, req.text
+    xid = req.json()["exception_id"]
+    own = rita.post(f"/api/exceptions/{xid}/decisions", {"action": "approve", "expected_version": 1})
+    assert own.status_code == 403 and "four-eyes" in own.json()["error"]
+    assert bob.post(f"/api/exceptions/{xid}/decisions", {"action": "approve", "expected_version": 1}).status_code == 200
+    stale = bob.post(f"/api/exceptions/{xid}/decisions", {"action": "revoke", "expected_version": 1})
+    assert stale.status_code == 409 and stale.json()["current"]["version"] == 2
+
+    # Restart the whole pipeline (broker stays: it is the session's) and the app.
+    pipe.stop()
+    app.state.ctx.service.close()
+    pipe2 = pipeline_factory(settings)
+    app2 = make_app(pipe2, settings)
+    alice2 = Client(app2, "alice")
+    doc = alice2.get(path).json()
+    assert (doc["state"], doc["version"]) == ("closed", 2)
+    assert [h["actor"] for h in doc["history"]] == ["alice", "alice"]
+    exc = alice2.get(f"/api/exceptions/{xid}").json()
+    assert exc["exception"]["status"] == "active" and [v["state"] for v in exc["versions"]] == ["requested", "active"]
+    assert [(h["kind"], h["actor"]) for h in exc["history"]] == [("exception.request", "rita"),
+                                                                 ("exception.approve", "bob")]
+
+    # The restarted scorer rebuilt its exceptions from the compacted topic: a new matching event is excepted.
+    excepted_run = f"run-{uuid.uuid4().hex[:8]}"
+    sink = ClickHouseSink.connect(settings)
+
+    def excepted() -> list[dict]:
+        return sink.query("SELECT exception_id, exception_version FROM {db}.findings FINAL WHERE run_id = {r:String}",
+                          {"r": excepted_run})
+
+    for d in transient_chain(accepted, excepted_run):
+        pub.publish(d)
+    pub.producer.flush(10)
+    assert wait_for(excepted) == [{"exception_id": xid, "exception_version": 2}]
+    assert _queue(alice2, agent=accepted) == []
+
+    env = {"AGENTGOV_CLICKHOUSE_DSN": settings.clickhouse_dsn,
+           "AGENTGOV_CLICKHOUSE_DATABASE": settings.clickhouse_database}
+    out = CliRunner().invoke(main, ["trail", run], env=env)
+    assert out.exit_code == 0, out.output
+    assert "> finding.close v2 by alice" in out.output and "(duplicate, duplicate_of_other): see INC-7" in out.output
+    out = CliRunner().invoke(main, ["trail", excepted_run], env=env)
+    assert f"[excepted by {xid} v2]" in out.output
+    since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    out = CliRunner().invoke(main, ["review", "export", "--since", since], env=env)
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    kinds = [(r["type"], r.get("kind") or r.get("state")) for r in lines]
+    assert ("decision", "finding.close") in kinds and ("exception", "active") in kinds
+    assert ("decision", "exception.approve") in kinds

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import Metrics, RecertMetrics
+from pipeline.metrics import Metrics, RecertMetrics, ReviewMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "compose" / "prometheus" / "rules"
@@ -38,9 +38,10 @@ _KEYWORDS = frozenset({"and", "or", "unless", "bool", "inf", "nan", "offset", "b
 
 def families() -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """name -> (type, help, label names) for every family the catalogue builds."""
-    metrics = Metrics(CollectorRegistry())
     out: dict[str, tuple[str, str, tuple[str, ...]]] = {}
-    for attr in [*vars(metrics).values(), *vars(RecertMetrics(CollectorRegistry())).values()]:
+    attrs = [*vars(Metrics(CollectorRegistry())).values(), *vars(ReviewMetrics(CollectorRegistry())).values(),
+             *vars(RecertMetrics(CollectorRegistry())).values()]
+    for attr in attrs:
         name = getattr(attr, "_name", None)
         if name is None:
             continue
@@ -53,6 +54,7 @@ def exposed_names(registry: CollectorRegistry | None = None) -> frozenset[str]:
     """Every sample name ``Metrics`` can expose, with the suffixes the exposition format adds."""
     registry = registry or CollectorRegistry()
     Metrics(registry)
+    ReviewMetrics(registry)
     RecertMetrics(registry)
     names: set[str] = set()
     for fam in registry.collect():
