@@ -162,10 +162,14 @@ def record_lag(consumer: Consumer, metrics: Metrics, role: str) -> None:
     assignment = consumer.assignment()
     if not assignment:
         return
+    lag: dict[int, int] = {}
     for tp in consumer.position(assignment):
         try:
             _, high = consumer.get_watermark_offsets(tp, cached=True)
         except KafkaException:
             continue
         if tp.offset >= 0 and high >= 0:
-            metrics.consumer_lag.labels(role=role, partition=str(tp.partition)).set(max(0, high - tp.offset))
+            # A role reading two topics (the correlator) reports partition p's lag summed over them.
+            lag[tp.partition] = lag.get(tp.partition, 0) + max(0, high - tp.offset)
+    for partition, behind in lag.items():
+        metrics.consumer_lag.labels(role=role, partition=str(partition)).set(behind)
