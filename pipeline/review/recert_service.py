@@ -139,7 +139,7 @@ class RecertService:
         self._count("campaign.create")
         log.info("campaign created", extra={"kv": {"campaign": cid, "actor": actor.user, "items": len(records),
                                                    "ms": now_ms() - t}})
-        return {"campaign_id": cid, "items": len(records), "recommended": recs}
+        return {"campaign_id": cid, "items": len(records) - 1, "recommended": recs}
 
     def decide(self, actor: Actor, iid: str, action: str, expected_version: int, *, justification: str | None,
                reassign_to: str | None = None, end_ms: int | None = None,
