@@ -105,10 +105,12 @@ class RecertService:
         t = now_ms()
         check_new_campaign(actor, name=name, owner=owner, due_at_ms=due_at_ms, now_ms=t, on_timeout=on_timeout)
         scope.check()
+        started = time.perf_counter()
         held = self.store.holdings(scope, t, limit=MAX_ITEMS + 1)
         if len(held) > MAX_ITEMS:
             raise ReviewError(f"more than {MAX_ITEMS} held access in scope; narrow the scope")
         by_event, by_run = self.store.findings_for([h["event_id"] for h in held], [h["run_id"] for h in held])
+        read_s = time.perf_counter() - started
         cid = campaign_id()
         records, recs = [], {"revoke": 0, "certify": 0, "none": 0}
         for n, h in enumerate(held, 1):
@@ -134,11 +136,15 @@ class RecertService:
                   "on_timeout": on_timeout, "policy_version": self.service.policy.version,
                   **{f"recommended_{k}": str(v) for k, v in recs.items()}, **scope.as_payload()}
         records.append(decision("campaign.create", "campaign", cid, 1, actor, t, to_state="open", payload=header))
+        snap_s = time.perf_counter() - started
         self._publish_many(cid, records)
+        publish_s = time.perf_counter() - started
         self._wait(cid, 1, max(self.settings.review_store_wait_seconds, 5 + len(records) / 2000))
         self._count("campaign.create")
-        log.info("campaign created", extra={"kv": {"campaign": cid, "actor": actor.user, "items": len(records),
-                                                   "ms": now_ms() - t}})
+        log.info("campaign created", extra={"kv": {
+            "campaign": cid, "actor": actor.user, "items": len(records) - 1, "read_s": round(read_s, 2),
+            "snapshot_s": round(snap_s, 2), "published_s": round(publish_s, 2),
+            "stored_s": round(time.perf_counter() - started, 2)}})
         return {"campaign_id": cid, "items": len(records) - 1, "recommended": recs}
 
     def decide(self, actor: Actor, iid: str, action: str, expected_version: int, *, justification: str | None,

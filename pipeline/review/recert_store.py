@@ -194,11 +194,11 @@ class RecertStore:
     @staticmethod
     def _item(r: dict[str, Any]) -> dict[str, Any]:
         snap = dict(r["snap"])
-        out = {"item_id": r["subject_id"], "state": r["state"], "version": int(r["version"]),
+        out: dict[str, Any] = dict(snap)  # the snapshot first: the current state below wins (assignee)
+        out.update({"item_id": r["subject_id"], "state": r["state"], "version": int(r["version"]),
                "assignee": r["assignee"], "last_kind": r["last_kind"], "last_actor": r["last_actor"],
                "last_comment": r["last_comment"], "last_at": _ms(r["last_at"]), "end_date": r["end_date"],
-               "last_decision_id": r["last_decision_id"]}
-        out.update(snap)
+               "last_decision_id": r["last_decision_id"]})
         out["findings"] = json.loads(snap.get("findings", "[]"))
         out["reasons"] = json.loads(snap.get("reasons", "[]"))
         out["inputs"] = json.loads(snap.get("inputs", "[]"))
