@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -143,6 +144,8 @@ def run(holdings: int, items: int, work: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s %(kv)s", defaults={"kv": ""})
+    logging.getLogger("pipeline.review.recert_service").setLevel(logging.INFO)  # the phase timings of create
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="20,000 holdings, 1,000 items")
     parser.add_argument("--out", type=Path, default=RESULTS / "recert.json")

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..events import GRANTS
-from .recert import Scope
+from .recert import Scope, item_id, split_item_id
 from .store import ReviewStore, _ms
 
 # Access that stays held (an allow_auth is a one-off authentication decision, not standing access).
@@ -181,6 +181,13 @@ class RecertStore:
         if after:
             sql = sql.replace("subject_id > {lo:String}", "subject_id > {after:String}")
             params["after"] = max(after, params["lo"])
+        if not having:
+            # Items are numbered 1..N without gaps: an unfiltered page is a bounded range of the primary key,
+            # not a scan to the campaign's end (GROUP BY would otherwise read every later item per page).
+            first = offset + 1 + (split_item_id(after)[1] if after else 0)
+            sql = ITEMS_SQL.replace("subject_id > {lo:String} AND subject_id < {hi:String}",
+                                    "subject_id >= {first:String} AND subject_id <= {last:String}")
+            params.update(first=item_id(cid, first), last=item_id(cid, first + limit - 1), offset=0)
         if having:
             sql += " HAVING " + " AND ".join(having)
         sql += " ORDER BY subject_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
