@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.progress import Counts, PipelineProbe, StreamProgress
 from pipeline.topics import ensure_topics
 
 from . import report
@@ -63,9 +65,15 @@ def agentgov(bootstrap: str, topic: str, count: int, scorers: int, work: Path, r
     child = Child("bench.agentgov_run", {"settings": settings_doc(settings), "scorers": scorers}, work,
                   f"agentgov{scorers}")
     rss.watch(child.pid)
+    stored = [0]
     try:
         child.ask("start")
-        done = child.ask(f"wait {count} 600")
+        probe = PipelineProbe(settings)
+        with StreamProgress(count, lambda: Counts(count, probe.scored(), stored[0]),
+                            title=f"agentgov, {scorers} scorer{'s' if scorers > 1 else ''}"):
+            done = child.ask(f"wait {count} 600", on_progress=lambda p: stored.__setitem__(0, p["stored"]))
+            stored[0] = done["stored"]
+        probe.close()
         rep = child.ask("report")
     finally:
         child.close()
@@ -74,13 +82,28 @@ def agentgov(bootstrap: str, topic: str, count: int, scorers: int, work: Path, r
             "scorers": scorers, "rows": rep["rows"]}
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def peer_python() -> str:
+    """The interpreter of the Quix Streams peer: its own venv (``make peer-venv``), because quixstreams pins
+    confluent-kafka below what the product is tested on; BENCH_PEER_PYTHON overrides."""
+    override = os.environ.get("BENCH_PEER_PYTHON")
+    if override:
+        return override
+    venv = ROOT / ".venv-peer" / "bin" / "python"
+    if venv.exists():
+        return str(venv)
+    raise RuntimeError("no Quix Streams peer venv: run `make peer-venv` (or set BENCH_PEER_PYTHON)")
+
+
 def quix(bootstrap: str, topic: str, count: int, work: Path, rss: RssSampler) -> dict[str, Any]:
     settings = scenario_settings(bootstrap, work, "quix", topic_transitions=topic)
     ensure_topics(settings)
     path = work / "quix.json"
     path.write_text(json.dumps({"settings": settings_doc(settings), "count": count}))
     with open(work / "quix.log", "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.quix_peer", str(path)], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([peer_python(), "-m", "bench.quix_peer", str(path)], stdout=subprocess.PIPE,
                                 stderr=err, text=True)
         rss.watch(proc.pid)
         out, _ = proc.communicate(timeout=900)

@@ -4,7 +4,8 @@ thread) in a process of its own, driven over stdin/stdout by ``python -m bench``
 Commands, one per line on stdin; each answer is one JSON line on stdout:
 
 - ``start``: start the pipeline; answers ``{"started": t}``.
-- ``wait N``: wait until N assessments are stored; answers ``{"stored": n, "at": t}``.
+- ``wait N``: wait until N assessments are stored; answers ``{"stored": n, "at": t}``, after a
+  ``{"progress": {"stored": n}}`` line every 0.5 s while it waits.
 - ``report``: stop the pipeline and answer with the timings and the store's row counts.
 
 The writer's ``agentgov_event_to_stored_latency_seconds`` histogram is swapped for a recorder, so the
@@ -48,8 +49,10 @@ def main() -> int:
     recorder = Recorder()
     metrics.event_to_stored = recorder  # type: ignore[assignment]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # No correlator unless the spec asks: the with/without-correlator comparison is not wired yet (the
+    # scorers still emit access facts unless the spec's settings set access_facts false).
     pipe = Pipeline(settings, scorers=spec["scorers"], metrics=metrics, log_dir=settings.state_dir,
-                    supervise=False)
+                    supervise=False, correlators=spec.get("correlators", 0))
     for line in sys.stdin:
         cmd, *args = line.split()
         if cmd == "start":
@@ -58,8 +61,12 @@ def main() -> int:
         elif cmd == "wait":
             want, deadline = int(args[0]), time.monotonic() + float(args[1] if len(args) > 1 else 600)
             writer = pipe.writer
+            shown = time.monotonic()
             while writer is not None and writer.stored < want and time.monotonic() < deadline:
                 time.sleep(0.005)
+                if time.monotonic() - shown >= 0.5:  # for the driver's progress display
+                    shown = time.monotonic()
+                    answer({"progress": {"stored": writer.stored}})
             stored = writer.stored if writer else 0
             last = recorder.samples[-1][0] if recorder.samples else time.time()
             answer({"stored": stored, "at": last})

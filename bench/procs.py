@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +122,21 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
-    def ask(self, command: str) -> dict[str, Any]:
+    def ask(self, command: str, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Send one command and return its answer; ``{"progress": ...}`` lines before it go to ``on_progress``."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"benchmark worker {self.proc.args} exited ({self.proc.wait()}); see {self.log.name}")
-        return dict(json.loads(line))
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"benchmark worker {self.proc.args} exited ({self.proc.wait()}); "
+                                   f"see {self.log.name}")
+            doc = dict(json.loads(line))
+            if "progress" not in doc:
+                return doc
+            if on_progress is not None:
+                on_progress(doc["progress"])
 
     def close(self, timeout: float = 60) -> None:
         if self.proc.stdin is not None:

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: real Prometheus/promtool, Alertmanager/amtool, docker-compose (config only),
-# and Chromium for the review workbench's browser tests (driven by Playwright through executable_path; no
-# browser download).
+# Chromium for the review workbench's browser tests (driven by Playwright through executable_path; no
+# browser download); on CI also a JDK and Maven for the Kafka tier (elsewhere a machine without them skips it).
 set -euo pipefail
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+if [ "${CI:-}" = "true" ]; then
+  command -v java >/dev/null || need+=(openjdk-17-jdk-headless)
+  command -v mvn >/dev/null || need+=(maven)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from pipeline import correlations
 from pipeline.baselines import attach
 from pipeline.decision_log import attach as attach_decision_log
 from pipeline.errors import AgentgovError
@@ -41,6 +42,7 @@ def main() -> int:
             sink.migrate()
         writer = Writer(settings, metrics, sink)
         attach(writer, settings, sink, load_policy(settings.policy_file))
+        correlations.attach(writer, settings, sink)  # the correlators' findings -> cross_run_findings
         decision_log = attach_decision_log(writer, settings, sink)
     except AgentgovError as exc:
         print(f"agentgov writer: {exc}", file=sys.stderr)

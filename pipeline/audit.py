@@ -3,11 +3,20 @@
 All reads use FINAL (exact under redelivery) and bound parameters (no event value becomes SQL). Filters
 name only immutable event fields (run, agent, target, time), so every version of a row passes or fails
 them together: skip indexes may drop granules without the exact-mode expansion (see docs/clickhouse.md).
+
+What people read is inert: every agent-supplied string in the text trail goes through :func:`inert`
+(control characters, ESC/OSC/CSI, C1 controls and bidirectional overrides become visible ``\\xNN`` /
+``\\uNNNN`` escapes, so a value cannot move the cursor, erase a line or forge a trail step), and JSON
+output escapes the same characters.
+
+The first stored copy of an event_id is the one shown (migration 004); later copies are listed under it
+from ``duplicates`` with AG-EVD-005.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -43,6 +52,39 @@ ORDER BY event_id, finding_idx
 """
 
 
+DUPLICATES_SQL = """
+SELECT event_id, stored_at, run_id, agent_id, step, action, system, resource_id, privilege_tier, outcome,
+       event_hash, key_id, risk_score, finding_codes, source_partition, source_offset
+FROM {db}.duplicates
+WHERE event_id IN {ids:Array(String)}
+ORDER BY event_id, stored_at
+"""
+
+# C0 controls, DEL, C1 controls, and the bidirectional overrides/isolates (a reordered line can lie).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m[0])
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def inert(value: Any) -> str:
+    """``value`` as text that a terminal shows and never interprets (see the module docstring)."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE.sub(_escape, text)
+
+
+def later_copies(sink: ClickHouseSink, event_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Later copies of these event_ids, kept apart from the originals (oldest first)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not event_ids:
+        return out
+    for row in sink.query(DUPLICATES_SQL, {"ids": event_ids}):
+        out.setdefault(row["event_id"], []).append(row)
+    return out
+
+
 CROSS_RUN_SQL = """
 SELECT finding_id, event_id AS completed_by, run_id AS completed_in, code, severity, category, message,
        [] AS evidence_fields, refs, related_event_ids, related_run_ids
@@ -55,7 +97,7 @@ ORDER BY occurred_at, finding_id
 
 def trail(sink: ClickHouseSink, run_id: str) -> list[dict[str, Any]]:
     """Every step of a run in order, each with its findings, cross-run findings included on every step
-    of the run that is part of the chain (naming the other runs)."""
+    of the run that is part of the chain (naming the other runs), and any later copies of its event_id."""
     steps = sink.query(TRAIL_SQL, {"run": run_id}, AUDIT_SETTINGS)
     by_event: dict[str, list[dict[str, Any]]] = {}
     for f in sink.query(FINDINGS_SQL, {"run": run_id}, AUDIT_SETTINGS):
@@ -64,8 +106,10 @@ def trail(sink: ClickHouseSink, run_id: str) -> list[dict[str, Any]]:
         f["other_runs"] = [r for r in f["related_run_ids"] if r != run_id]
         for event_id in f["related_event_ids"]:
             by_event.setdefault(event_id, []).append(f)
+    copies = later_copies(sink, [s["event_id"] for s in steps])
     for step in steps:
         step["findings"] = by_event.get(step["event_id"], [])
+        step["later_copies"] = copies.get(step["event_id"], [])
     return steps
 
 
@@ -73,8 +117,9 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
     if not steps:
         return "no such run"
     lines: list[str] = []
-    for s in steps:
-        inputs = ", ".join(f"{i['name']}@{i['source']}" for i in s["inputs_used"]) or "-"
+    for raw in steps:
+        s: dict[str, Any] = {k: (inert(v) if isinstance(v, str) else v) for k, v in raw.items()}
+        inputs = ", ".join(f"{inert(i['name'])}@{inert(i['source'])}" for i in s["inputs_used"]) or "-"
         lines.append(
             f"[{s['step']}] {s['occurred_at']:%Y-%m-%d %H:%M:%S.%f}"[:-3]
             + f"  {s['from_state']} -> {s['to_state']}  {s['action']} {s['system']}/{s['resource_id']}"
@@ -90,18 +135,25 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
                         if s["approved_by"] else "; no approval"))
         lines.append(f"      risk {s['risk_score']} {s['risk_level']}; event_hash {s['event_hash'][:16]}…")
         for f in s["findings"]:
-            lines.append(f"      ! {f['code']} {f['severity']}: {f['message']}"
-                         + (f" [excepted by {f['exception_id']} v{f['exception_version']}]"
+            lines.append(f"      ! {inert(f['code'])} {inert(f['severity'])}: {inert(f['message'])}"
+                         + (f" [excepted by {inert(f['exception_id'])} v{f['exception_version']}]"
                             if f.get("exception_id") else ""))
             if "other_runs" in f:
-                others = ", ".join(f["other_runs"]) or "-"
-                lines.append(f"        cross-run chain {f['finding_id']}: other runs {others}; "
-                             f"completed by {f['completed_by']} in {f['completed_in']}")
+                others = ", ".join(inert(r) for r in f["other_runs"]) or "-"
+                lines.append(f"        cross-run chain {inert(f['finding_id'])}: other runs {others}; "
+                             f"completed by {inert(f['completed_by'])} in {inert(f['completed_in'])}")
+        for c in s.get("later_copies", ()):
+            lines.append(
+                f"      ! AG-EVD-005 critical: a later copy of this event_id was kept apart, not stored over "
+                f"this one (stored {c['stored_at']:%Y-%m-%d %H:%M:%S}, run {inert(c['run_id'])}, agent "
+                f"{inert(c['agent_id'])}, step {c['step']}, {inert(c['action'])} {inert(c['system'])}/"
+                f"{inert(c['resource_id'])} tier {c['privilege_tier']} {inert(c['outcome'])}, risk "
+                f"{c['risk_score']}, event_hash {inert(c['event_hash'])[:16]}…)")
         for d in s.get("decisions", ()):
-            lines.append(f"      > {d['kind']} v{d['subject_version']} by {d['actor']} at "
-                         f"{d['decided_at']:%Y-%m-%d %H:%M:%S} UTC: {d['from_state']} -> {d['to_state']}"
-                         + (f" ({d['classification']}, {d['reason']})" if d["classification"] else "")
-                         + (f": {d['comment']}" if d["comment"] else ""))
+            lines.append(f"      > {inert(d['kind'])} v{d['subject_version']} by {inert(d['actor'])} at "
+                         f"{d['decided_at']:%Y-%m-%d %H:%M:%S} UTC: {inert(d['from_state'])} -> {inert(d['to_state'])}"
+                         + (f" ({inert(d['classification'])}, {inert(d['reason'])})" if d["classification"] else "")
+                         + (f": {inert(d['comment'])}" if d["comment"] else ""))
     return "\n".join(lines)
 
 
@@ -157,11 +209,15 @@ def export(sink: ClickHouseSink, *, since: datetime, until: datetime, run_id: st
             findings.setdefault(f.pop("event_id"), []).append(f)
         for f in sink.query(EXPORT_CROSS_RUN_SQL.replace("{where}", where), params, AUDIT_SETTINGS):
             findings.setdefault(f.pop("event_id"), []).append(f)
+    copies = later_copies(sink, [r["event_id"] for r in rows]) if rows else {}
     for row in rows:
         row["findings"] = findings.get(row["event_id"], [])
+        row["later_copies"] = copies.get(row["event_id"], [])
         yield row
 
 
 def to_json(doc: Any) -> str:
-    return json.dumps(doc, default=lambda o: o.isoformat() + "Z" if isinstance(o, datetime) else str(o),
+    """JSON with every character :func:`inert` escapes written as ``\\uNNNN`` (JSON itself only escapes C0)."""
+    text = json.dumps(doc, default=lambda o: o.isoformat() + "Z" if isinstance(o, datetime) else str(o),
                       ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)

@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from .metrics import Metrics
 from .scoring.context import AgentBaseline
@@ -111,19 +111,28 @@ class BaselinePublisher:
         self.window_seconds, self.approved = window_seconds, approved
         self.interval = interval
         self.topic = baselines_topic(settings)
-        self.producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
+        self.producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all",
+                                                          "message.max.bytes": settings.max_message_bytes}))
         self.published = 0
+        self.skipped = 0
 
     def publish_once(self) -> int:
         """One refresh. Call it from the thread that owns the sink's client (the writer loop)."""
         now_ms = int(time.time() * 1000)
         baselines = compute(self.sink, window_seconds=self.window_seconds, approved=self.approved, now_ms=now_ms)
+        sent = 0
         for b in baselines:
-            self.producer.produce(self.topic, to_json(b), key=b.agent_id.encode())
+            try:
+                self.producer.produce(self.topic, to_json(b), key=b.agent_id.encode())
+                sent += 1
+            except KafkaException as exc:  # one agent's baseline too large: skip it, not the whole refresh
+                self.skipped += 1
+                log.warning("baseline not published", extra={"kv": {"agent_id": b.agent_id[:128],
+                                                                     "error": str(exc)}})
         self.producer.flush(30)
         self.published += 1
-        log.info("baselines published", extra={"kv": {"agents": len(baselines)}})
-        return len(baselines)
+        log.info("baselines published", extra={"kv": {"agents": sent, "skipped": len(baselines) - sent}})
+        return sent
 
     def __call__(self) -> None:
         try:
@@ -135,11 +144,16 @@ class BaselinePublisher:
 class BaselineCache:
     """Follows the baselines topic from its start; ``get`` is lock-free for the scoring loop."""
 
+    max_agents = 100_000
+    """Baselines kept at most; the oldest (by ``as_of_ms``) go first."""
+
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.topic = baselines_topic(settings)
         self.data: dict[str, AgentBaseline] = {}
+        # A baseline not refreshed for this long belongs to an agent that left the baseline window.
+        self.max_age_ms = int(max(3 * settings.baseline_refresh_seconds, 600) * 1000)
         self.as_of_ms = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,6 +171,7 @@ class BaselineCache:
             "group.id": f"agentgov-baselines-{uuid.uuid4()}", "enable.auto.commit": False,
             "session.timeout.ms": self.settings.session_timeout_ms}))
         consumer.assign([TopicPartition(self.topic, 0, 0)])  # OFFSET_BEGINNING semantics via offset 0
+        next_evict = 0.0
         try:
             while not self._stop.is_set():
                 for msg in consumer.consume(500, 0.5):
@@ -169,10 +184,28 @@ class BaselineCache:
                         continue
                     self.data[b.agent_id] = b
                     self.as_of_ms = max(self.as_of_ms, b.as_of_ms)
+                if time.monotonic() >= next_evict:
+                    self.evict()
+                    next_evict = time.monotonic() + 10.0
                 if self.metrics is not None and self.as_of_ms:
                     self.metrics.baseline_age.set(max(0.0, time.time() - self.as_of_ms / 1000))
         finally:
             consumer.close()
+
+    def evict(self) -> int:
+        """Drop baselines the publisher stopped refreshing, and the oldest beyond ``max_agents``."""
+        horizon = self.as_of_ms - self.max_age_ms
+        stale = [a for a, b in self.data.items() if b.as_of_ms < horizon]
+        excess = len(self.data) - len(stale) - self.max_agents
+        if excess > 0:
+            kept = sorted((b.as_of_ms, a) for a, b in self.data.items() if b.as_of_ms >= horizon)
+            stale += [a for _, a in kept[:excess]]
+        data = dict(self.data)  # swap, so get() from the scoring thread never sees a dict mid-change
+        for agent in stale:
+            data.pop(agent, None)
+        if stale:
+            self.data = data
+        return len(stale)
 
     def stop(self) -> None:
         self._stop.set()

@@ -23,6 +23,7 @@ from types import TracebackType
 from confluent_kafka.admin import AdminClient
 
 from .errors import BrokerError
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +122,20 @@ class EmbeddedBroker:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def probe(settings: Settings, timeout: float = 10.0) -> None:
+    """Raise :class:`BrokerError` with what to do unless the configured cluster answers within ``timeout``."""
+    admin = AdminClient(settings.kafka_config(log_level=0))  # the error below says it once, not per retry
+    try:
+        admin.list_topics(timeout=timeout)
+        return
+    except Exception as exc:  # KafkaException: transport failure or timeout
+        cause = str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+    where = settings.bootstrap()
+    if settings.starts_embedded_broker:
+        hint = ("nothing listens there: start `agentgov run` (it runs the embedded broker), "
+                "or set AGENTGOV_KAFKA_BOOTSTRAP to your Kafka cluster")
+    else:
+        hint = "check AGENTGOV_KAFKA_BOOTSTRAP, that the cluster is up, and the AGENTGOV_KAFKA_SECURITY_* settings"
+    raise BrokerError(f"cannot reach the broker at {where} within {timeout:g}s ({cause}); {hint}", bootstrap=where)

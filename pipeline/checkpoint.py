@@ -36,6 +36,7 @@ class Checkpoint:
         self._conf = settings.kafka_config(**{
             "transactional.id": transactional_id,
             "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
+            "message.max.bytes": settings.max_message_bytes,  # the record cap of pipeline/limits.py
             **producer_extra,
         })
         self.producer = Producer(self._conf)

@@ -20,14 +20,15 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
 from .assessment import AssessmentEncoder
-from .deadletters import dlq_headers
+from .deadletters import dead_letter, dlq_headers, header
 from .errors import DeadLetter
 from .events import GRANTS, TransitionDict, check_values
 from .facts import FACT, FactEmitter, check_fact_topics
+from .limits import Limits
 from .loop import TransactionalLoop, record_lag
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -48,6 +49,17 @@ __all__ = ["Scorer", "dlq_headers", "record_lag"]  # the last two moved; re-expo
 
 Baselines = Callable[[str], AgentBaseline | None]
 
+# Produce errors that belong to one record (its size or content), not to the broker or the network: a
+# record that fails so is dead-lettered on the batch's replay instead of failing the batch forever.
+RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD,
+                           KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+class UnproducibleRecord(DeadLetter):
+    """The scorer's output for this event (assessment or dead letter) was refused by the producer or broker."""
+
+    reason = "unproducible"
+
 
 class Scorer(TransactionalLoop):
     """Stateless scoring consumer. Scale out by running more of them in the same group."""
@@ -64,16 +76,20 @@ class Scorer(TransactionalLoop):
         exceptions: Callable[[], ExceptionIndex] | None = None,
         registry: Any = None,
     ) -> None:
+        # (partition, offset) of input records whose output the broker refused -> times refused.
+        self._poison: dict[tuple[int, int], int] = {}
         super().__init__(settings, metrics, group=settings.scorer_group, topics=[settings.topic_transitions],
-                         consumer_extra={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304})
+                         consumer_extra={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304},
+                         producer_extra={"on_delivery": self._on_delivery})
         self.policy = policy
         self.baselines: Baselines = baselines or (lambda agent_id: None)
         empty = ExceptionIndex()
         self.exceptions: Callable[[], ExceptionIndex] = exceptions or (lambda: empty)
         schemas = SchemaSet.load()
         registry = registry if registry is not None else make_registry(settings)
+        self.limits = Limits.from_settings(settings)
         self.serde = Serde(schemas, registry, subject=f"{settings.topic_transitions}-value",
-                           max_bytes=settings.max_message_bytes)
+                           max_bytes=self.limits.event_bytes)
         self.encoder = AssessmentEncoder(
             schemas, Serde(schemas, registry, record=ASSESSMENT, subject=f"{settings.topic_assessments}-value"),
             __version__, policy)
@@ -83,6 +99,7 @@ class Scorer(TransactionalLoop):
         if self.facts is not None:
             check_fact_topics(settings, self.consumer.list_topics(timeout=30).topics)
         self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
+        self.key_agents = {k: tuple(v) for k, v in settings.signing_key_agents.items()}
         self.window_ms = settings.context_window_seconds * 1000
         self.contexts: dict[int, PartitionContext] = {}
         self.metrics.policy_info.labels(role=self.role).info(
@@ -90,6 +107,8 @@ class Scorer(TransactionalLoop):
         # Every finding series exists from start-up at 0, so increase() sees a scorer's first finding.
         for spec in CATALOGUE.values():
             self.metrics.findings.labels(code=spec.code, severity=spec.severity.value, category=spec.category.value)
+        for reason in ("oversized", "produce_failed"):
+            self.metrics.poison.labels(role=self.role, reason=reason)
         self._watcher = PolicyWatcher(settings.policy_file, policy, settings.policy_reload_seconds)
 
     # -- policy -------------------------------------------------------------------------------
@@ -106,7 +125,8 @@ class Scorer(TransactionalLoop):
             self.set_policy(changed)
 
     def _new_context(self) -> PartitionContext:
-        return PartitionContext(self.window_ms, max_keys=self.settings.context_max_keys)
+        return PartitionContext(self.window_ms, max_keys=self.settings.context_max_keys,
+                                max_bytes=self.settings.context_max_bytes)
 
     # -- context: rebuilt by replay -----------------------------------------------------------
     def rebuild(self, tp: TopicPartition) -> None:
@@ -137,15 +157,17 @@ class Scorer(TransactionalLoop):
 
     def account(self, tally: _BatchStats, msgs: list[Message]) -> None:
         self._count(tally)
+        if self._poison:  # committed: those inputs are dead-lettered for good
+            for msg in msgs:
+                self._poison.pop((msg.partition(), msg.offset()), None)
 
     def _score_batch(self, msgs: list[Message]) -> _BatchStats:
         stats = _BatchStats()
         now_ms = int(time.time() * 1000)
-        max_future = self.settings.max_future_skew_seconds * 1000
+        limits = self.limits
         produce = self.producer.produce
-        assessments, dlq = self.settings.topic_assessments, self.settings.topic_dlq
+        assessments = self.settings.topic_assessments
         policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
-        baselines = self.baselines
         excepted = self.exceptions()  # one index per batch: every event of it sees the same versions
         baselines, facts = self.baselines, self.facts
         for msg in msgs:
@@ -155,13 +177,17 @@ class Scorer(TransactionalLoop):
                     log.warning("consume error", extra={"kv": {"error": str(err)}})
                 continue
             stats.consumed += 1
+            strikes = self._poison.get((msg.partition(), msg.offset())) if self._poison else None
+            if strikes:  # its output was refused on an earlier try: dead-letter it, without payload if need be
+                refused = UnproducibleRecord("the broker refused this event's output record")
+                self._send_dead(msg, refused, refused.reason, stats, payload=strikes < 2)
+                continue
             try:
                 decoded: Decoded = self.serde.decode(msg.value())
                 ev = decoded.record
-                check_values(ev, now_ms=now_ms, max_future_ms=max_future)
+                check_values(ev, now_ms=now_ms, limits=limits)
             except DeadLetter as exc:
-                produce(dlq, msg.value(), key=msg.key(), headers=dlq_headers(exc, exc.reason, msg))
-                stats.dead[exc.reason] += 1
+                self._send_dead(msg, exc, exc.reason, stats)
                 continue
             pctx = self.contexts.get(msg.partition())
             if pctx is None:  # assignment raced; build on the fly
@@ -180,22 +206,56 @@ class Scorer(TransactionalLoop):
                 seen_event_hashes=pctx.seen,
                 signing_keys=keys,
                 require_signatures=require,
+                key_agents=self.key_agents,
             )
             try:
                 scored = apply(score(ev, ctx), ev, excepted)
                 value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
             except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
                 log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
-                produce(dlq, msg.value(), key=msg.key(), headers=dlq_headers(exc, "internal", msg))
-                stats.dead["internal"] += 1
+                self._send_dead(msg, exc, "internal", stats)
                 continue
-            produce(assessments, value, key=ev["event_id"].encode(),
-                    headers=[("occurred_at", str(ev["occurred_at"]).encode())])
+            try:
+                produce(assessments, value, key=ev["event_id"].encode(),
+                        headers=[("occurred_at", str(ev["occurred_at"]).encode()),
+                                 ("agentgov.source.partition", str(msg.partition()).encode()),
+                                 ("agentgov.source.offset", str(msg.offset()).encode())])
+            except KafkaException as exc:  # refused locally (e.g. MSG_SIZE_TOO_LARGE): this record only
+                stats.poison["oversized"] += 1
+                self._send_dead(msg, exc, "oversized", stats)
+                continue
             if facts is not None:
                 facts.emit(produce, ev, msg.partition(), msg.offset())
             pctx.observe(ev)
             stats.add(ev, scored, now_ms)
         return stats
+
+    def _send_dead(self, msg: Message, exc: BaseException, reason: str, stats: _BatchStats, *,
+                   payload: bool = True) -> None:
+        """Dead-letter ``msg`` in the open transaction; the payload is cut to fit (see deadletters.py)."""
+        value, key, headers = dead_letter(msg, exc, reason, self.limits, payload=payload)
+        try:
+            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers)
+        except KafkaException:  # even the cut payload is refused: the headers alone still say what happened
+            value, key, headers = dead_letter(msg, exc, reason, self.limits, payload=False)
+            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers)
+        stats.dead[reason] += 1
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """Remember the input behind an output the broker refused for the record's own sake, so the
+        replay after the abort dead-letters that input instead of failing the same batch forever."""
+        if err is None or err.code() not in RECORD_ERRORS:
+            return
+        partition = header(msg.headers(), "agentgov.source.partition")
+        offset = header(msg.headers(), "agentgov.source.offset")
+        if partition is None or offset is None:
+            return
+        source = (int(partition), int(offset))
+        self._poison[source] = self._poison.get(source, 0) + 1
+        self.metrics.poison.labels(role=self.role, reason="produce_failed").inc()
+        log.error("output record refused; its input will be dead-lettered",
+                  extra={"kv": {"topic": msg.topic(), "partition": source[0], "offset": source[1],
+                                "error": err.str()}})
 
     def _count(self, stats: _BatchStats) -> None:
         m = self.metrics
@@ -210,6 +270,8 @@ class Scorer(TransactionalLoop):
             m.findings_excepted.labels(code=code, severity=sev).inc(n)
         for reason, n in stats.dead.items():
             m.dead_letters.labels(reason=reason).inc(n)
+        for reason, n in stats.poison.items():
+            m.poison.labels(role=self.role, reason=reason).inc(n)
         for value in stats.scores:
             m.risk_score.observe(value)
         for lat in stats.latencies:
@@ -228,7 +290,7 @@ ESCALATION_SERIES_TTL = 900.0  # seconds a detected chain stays on /metrics (the
 class _BatchStats:
     """Per-batch tallies, folded into Prometheus once per batch (cheaper than per-event label lookups)."""
 
-    __slots__ = ("consumed", "dead", "escalations", "excepted", "findings", "latencies", "levels", "scores",
+    __slots__ = ("consumed", "dead", "escalations", "excepted", "findings", "latencies", "levels", "poison", "scores",
                  "transitions")
 
     def __init__(self) -> None:
@@ -238,6 +300,7 @@ class _BatchStats:
         self.findings: Counter[tuple[str, str, str]] = Counter()
         self.excepted: Counter[tuple[str, str]] = Counter()
         self.dead: Counter[str] = Counter()
+        self.poison: Counter[str] = Counter()
         self.scores: list[int] = []
         self.latencies: list[float] = []
         self.escalations: list[tuple[str, str, str]] = []

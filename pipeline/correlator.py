@@ -27,14 +27,15 @@ Example::
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -53,6 +54,7 @@ from .scoring.catalogue import CATALOGUE
 from .scoring.context import AgentBaseline
 from .scoring.crossrun import BY_AGENT_RULES, BY_TARGET_RULES, CrossRunContext, CrossRunFinding, correlate
 from .scoring.policy import LoadedPolicy
+from .scoring.rules import granted_access
 from .serde import Serde, make_registry
 from .settings import Settings
 
@@ -66,6 +68,47 @@ def _order(ev: TransitionDict) -> tuple[int, str, int, int]:
     return (ev["occurred_at"], ev["event_id"], ev["source_partition"], ev["source_offset"])
 
 
+def _first(t: tuple[Any, ...]) -> Any:
+    return t[0]
+
+
+def _time(t: tuple[Any, ...]) -> tuple[int]:
+    return (t[0][0],)
+
+
+class View(Sequence[TransitionDict]):
+    """A read-only window ``[start, end)`` of a sorted ``(order, event)`` list, without copying it."""
+
+    __slots__ = ("end", "items", "start")
+
+    def __init__(self, items: list[tuple[Any, TransitionDict]], start: int, end: int) -> None:
+        self.items, self.start, self.end = items, start, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    @overload
+    def __getitem__(self, i: int) -> TransitionDict: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[TransitionDict]: ...
+    def __getitem__(self, i: int | slice) -> TransitionDict | Sequence[TransitionDict]:
+        if isinstance(i, slice):
+            return [self.items[j][1] for j in range(self.start, self.end)][i]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.items[self.start + i][1]
+
+    def __iter__(self) -> Iterator[TransitionDict]:
+        items = self.items
+        for j in range(self.start, self.end):
+            yield items[j][1]
+
+
+_EMPTY: list[tuple[Any, TransitionDict]] = []
+
+
 @dataclass
 class KeyedState:
     """Windowed state of one input partition: pending facts, per-key history, and (by target) holdings."""
@@ -73,6 +116,8 @@ class KeyedState:
     by_target: bool
     pending: list[tuple[tuple[int, str, int, int], TransitionDict]] = field(default_factory=list)
     history: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
+    grants: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
+    ids: dict[str, list[TransitionDict]] = field(default_factory=dict)
     holdings: dict[str, dict[str, TransitionDict]] = field(default_factory=dict)
     seen: set[tuple[str, int, int]] = field(default_factory=set)
     emitted: dict[str, None] = field(default_factory=dict)
@@ -98,13 +143,27 @@ class KeyedState:
             out.append(heapq.heappop(self.pending)[1])
         return out
 
-    def before(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
-        hist = self.history.get(key, [])
-        return [h for _, h in hist[:bisect.bisect_left(hist, _order(ev), key=lambda t: t[0])]]
+    def before(self, key: str, ev: TransitionDict, window_ms: int | None = None) -> View:
+        """The key's facts before ``ev`` in event-time order (within ``window_ms`` of it, if given)."""
+        hist = self.history.get(key, _EMPTY)
+        end = bisect.bisect_left(hist, _order(ev), key=_first)
+        start = 0 if window_ms is None else bisect.bisect_left(
+            hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        return View(hist, start, end)
+
+    def grants_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
+        """The key's executed grants in ``[ev - window_ms, ev)``: O(log n), however busy the agent."""
+        grants = self.grants.get(key, _EMPTY)
+        end = bisect.bisect_left(grants, _order(ev), key=_first)
+        start = bisect.bisect_left(grants, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        return View(grants, start, end)
+
+    def same_id(self, ev: TransitionDict) -> list[TransitionDict]:
+        return [h for h in self.ids.get(ev["event_id"], ()) if _order(h) < _order(ev)]
 
     def after(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
-        hist = self.history.get(key, [])
-        return [h for _, h in hist[bisect.bisect_right(hist, _order(ev), key=lambda t: t[0]):]]
+        hist = self.history.get(key, _EMPTY)
+        return [h for _, h in hist[bisect.bisect_right(hist, _order(ev), key=_first):]]
 
     def first_time(self, finding_id: str, limit: int = 100_000) -> bool:
         """True once per finding id (re-judging after a late fact must not publish a chain twice)."""
@@ -116,13 +175,29 @@ class KeyedState:
         return True
 
     def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
+        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time."""
+        entry = (_order(ev), ev)
         hist = self.history.setdefault(key, [])
-        bisect.insort(hist, (_order(ev), ev), key=lambda t: t[0])
-        lo = self.max_seen_ms - retain_ms
-        if hist[0][0][0] < lo:
-            del hist[:bisect.bisect_left(hist, (lo,), key=lambda t: t[0][:1])]
-        if self.by_target and ev["decision"]["outcome"] == "granted":
-            self.hold(ev)
+        bisect.insort(hist, entry, key=_first)
+        if self.by_target:
+            self.ids.setdefault(ev["event_id"], []).append(ev)
+            if ev["decision"]["outcome"] == "granted":
+                self.hold(ev)
+        elif granted_access(ev):
+            bisect.insort(self.grants.setdefault(key, []), entry, key=_first)
+        lo = (self.max_seen_ms - retain_ms,)
+        if hist[0][0][0] < lo[0]:
+            cut = bisect.bisect_left(hist, lo, key=_time)
+            for _, old in hist[:cut]:
+                same = self.ids.get(old["event_id"])
+                if same is not None:
+                    same[:] = [h for h in same if h is not old]
+                    if not same:
+                        del self.ids[old["event_id"]]
+            del hist[:cut]
+            grants = self.grants.get(key)
+            if grants:
+                del grants[:bisect.bisect_left(grants, lo, key=_time)]
 
     def hold(self, ev: TransitionDict) -> None:
         fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],
@@ -135,6 +210,27 @@ class KeyedState:
 
     def held(self, key: str) -> list[TransitionDict]:
         return sorted(self.holdings.get(key, {}).values(), key=_order)
+
+    def judge_due(self, watermark_ms: int, retain_ms: int,
+                  judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> tuple[list[CrossRunFinding], int]:
+        """Judge the facts the watermark releases, oldest first; returns new findings and late facts.
+
+        A fact older than one already judged arrived after the grace: facts after it were judged without
+        it, so they are judged again with it and the chain it belongs to is still found. A finding id is
+        returned once."""
+        out: list[CrossRunFinding] = []
+        late = 0
+        for ev in self.release(watermark_ms):
+            key = self.key_of(ev)
+            found = judge(key, ev)
+            self.apply(key, ev, retain_ms)
+            if _order(ev) < self.released:
+                late += 1
+                for later in self.after(key, ev):
+                    found += judge(key, later)
+            self.released = max(self.released, _order(ev))
+            out += [f for f in found if self.first_time(f.finding_id)]
+        return out, late
 
     def prune_seen(self, limit: int = 500_000) -> None:
         if len(self.seen) > limit:  # bounded: a redelivery older than this is caught by finding ids
@@ -266,33 +362,30 @@ class Correlator(TransactionalLoop):
         produce = self.producer.produce
         topic = self.settings.topic_correlations
         for state in self.states.values():
-            for ev in state.release(max(state.max_seen_ms, now_ms) - self.grace_ms):
-                key = state.key_of(ev)
-                found = self._judge(state, key, ev)
-                state.apply(key, ev, self.retain_ms)
-                if _order(ev) < state.released:
-                    # Later than the grace: facts after it were judged without it. Judge them again so
-                    # the chain it belongs to is still found (findings already published are skipped).
-                    tally.late += 1
-                    for later in state.after(key, ev):
-                        found += self._judge(state, key, later)
-                state.released = max(state.released, _order(ev))
-                for f in found:
-                    if state.first_time(f.finding_id):
-                        record = f.to_avro(now_ms, __version__, self.policy.version)
-                        produce(topic, self.out.encode(record), key=f.finding_id.encode())
-                        tally.found.append(f)
+            found, late = state.judge_due(max(state.max_seen_ms, now_ms) - self.grace_ms, self.retain_ms,
+                                          functools.partial(self._judge, state))
+            tally.late += late
+            for f in found:
+                record = f.to_avro(now_ms, __version__, self.policy.version)
+                produce(topic, self.out.encode(record), key=f.finding_id.encode())
+                tally.found.append(f)
             state.prune_seen()
         return tally
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
-        history = state.before(key, ev)
+        policy = self.policy.policy
         if state.by_target:
-            cx = CrossRunContext(self.policy, key, history=history, holdings=state.held(key),
+            # Escalation and SoD read the escalation window; holdings cover anything older.
+            history = state.before(key, ev, policy.escalation.window_seconds * 1000)
+            held = state.held(key) if granted_access(ev) else ()
+            cx = CrossRunContext(self.policy, key, history=history, holdings=held, same_id=state.same_id(ev),
                                  scorer_window_ms=self.scorer_window_ms)
             return correlate(ev, cx, BY_TARGET_RULES)
-        cx = CrossRunContext(self.policy, key, history=history, delegations=self.graph.into,
-                             baseline=self.baselines(key), scorer_window_ms=self.scorer_window_ms)
+        if not granted_access(ev):
+            return []  # both agent rules judge executed grants only
+        cx = CrossRunContext(self.policy, key, delegations=self.graph.into, baseline=self.baselines(key),
+                             recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
+                             scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, BY_AGENT_RULES)
 
     def account(self, tally: _Tally, msgs: list[Message]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections import Counter
@@ -11,31 +10,13 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer
 
+from .errors import ConfigError
+from .progress import Counts, PipelineProbe, StreamProgress
 from .publisher import TransitionPublisher
 from .runner import Pipeline
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
 from .workload import BAD_INPUTS, PLANTED, PLANTED_CROSS_RUN, Workload
-
-
-class Progress:
-    """One status line on a terminal (or a line per update elsewhere), throttled to ``every`` seconds."""
-
-    def __init__(self, out: TextIO = sys.stderr, every: float = 0.5) -> None:
-        self.out, self.every, self.last = out, every, 0.0
-        self.tty = out.isatty()
-
-    def update(self, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        self.out.write(("\r\x1b[K" + text) if self.tty else text + "\n")
-        self.out.flush()
-
-    def done(self) -> None:
-        if self.tty:
-            self.out.write("\n")
 
 
 @dataclass
@@ -73,13 +54,15 @@ def count_dead_letters(settings: Settings, expected: int, timeout: float = 30.0)
 
 
 def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
-    rows = sink.query("SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code")
+    rows = sink.query("SELECT code, count() AS n FROM (SELECT code FROM {db}.findings FINAL UNION ALL "
+                      "SELECT code FROM {db}.cross_run_findings FINAL) GROUP BY code ORDER BY code")
     result.findings_by_code = {r["code"]: int(r["n"]) for r in rows}
     per_scenario = sink.query(
         "SELECT t.attributes['demo.scenario'] AS scenario, groupUniqArray(f.code) AS codes, "
         "uniqExact(t.event_id) AS events, countIf(f.code != '') AS findings "
         "FROM {db}.transitions AS t FINAL LEFT JOIN (SELECT event_id, code FROM {db}.findings FINAL "
-        "UNION ALL SELECT event_id, code FROM {db}.cross_run_findings FINAL) AS f "
+        "UNION ALL SELECT event_id, code FROM {db}.cross_run_findings FINAL "
+        "UNION ALL SELECT event_id, arrayJoin(finding_codes) AS code FROM {db}.duplicates) AS f "
         "ON f.event_id = t.event_id GROUP BY scenario")
     codes = {r["scenario"]: set(r["codes"]) - {""} for r in per_scenario}
     for r in per_scenario:
@@ -94,45 +77,84 @@ def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
         "FROM {db}.cross_run_findings FINAL WHERE category = 'escalation' ORDER BY code")
 
 
-def run_demo(settings: Settings, events: int, scorers: int, out: TextIO = sys.stderr) -> DemoResult:
+def prepare_store(settings: Settings, keep: bool = False) -> None:
+    """Make the configured store ready for a demo: an earlier demo's data is replaced (unless ``keep``);
+    a store holding anything a demo did not write is left alone and the demo refuses to run on it."""
+    from .sinks.clickhouse import chdb_path
+
+    path = chdb_path(settings.clickhouse_dsn)
+    if path is not None and not (path / "metadata").is_dir():
+        return  # a fresh store
+    sink = ClickHouseSink.connect(settings)
+    try:
+        tables = sink.query("SELECT name FROM system.tables WHERE database = {d:String}",
+                            {"d": sink.database})
+        if not any(t["name"] == "transitions" for t in tables):
+            return
+        foreign = sink.query("SELECT count() AS n FROM {db}.transitions WHERE attributes['demo.scenario'] = ''")
+        if foreign and int(foreign[0]["n"]):
+            raise ConfigError(
+                f"the audit store at {settings.clickhouse_dsn} holds {int(foreign[0]['n']):,} events that no demo "
+                "wrote; the demo will not mix with or replace them: point AGENTGOV_CLICKHOUSE_DSN at another "
+                "store, e.g. AGENTGOV_CLICKHOUSE_DSN=chdb://.agentgov/demo-chdb", dsn=settings.clickhouse_dsn)
+        if not keep:
+            sink.client.command(f"DROP DATABASE IF EXISTS {sink.database} SYNC")
+    finally:
+        sink.close()
+
+
+def run_demo(settings: Settings, events: int, scorers: int, out: TextIO | None = None,
+             every: float = 5.0) -> DemoResult:
     result = DemoResult()
     ops = list(Workload(cross_run=True).ops(events))
     bad = sum(1 for op in ops if op.scenario in BAD_INPUTS)
     skipped = sum(1 for op in ops if op.kind == "record" and op.send == "skip")
-    progress = Progress(out)
     with Pipeline(settings, scorers=scorers, log_dir=settings.state_dir) as pipe:
         pub = TransitionPublisher(pipe.settings)
-        started = time.monotonic()
-        for i, op in enumerate(ops, 1):
-            op.publish(pub)
-            if i % 500 == 0:
-                rate = pipe.writer.stored / max(1e-9, time.monotonic() - started) if pipe.writer else 0
-                progress.update(f"published {i:,}/{len(ops):,}  stored {pipe.writer.stored if pipe.writer else 0:,}"
-                                f"  {rate:,.0f} events/s")
-        pub.flush()
+        probe = PipelineProbe(pipe.settings)
         result.published = len(ops) - skipped
         want = result.published - bad
-        while pipe.writer is not None and pipe.writer.stored < want and time.monotonic() - started < 600:
-            rate = pipe.writer.stored / max(1e-9, time.monotonic() - started)
-            progress.update(f"published {len(ops):,}/{len(ops):,}  stored {pipe.writer.stored:,}/{want:,}"
-                            f"  {rate:,.0f} events/s")
-            time.sleep(0.1)
+        sent = 0
+
+        def counts() -> Counts:
+            return Counts(published=sent, scored=probe.scored(), stored=pipe.writer.stored if pipe.writer else 0)
+
+        started = time.monotonic()
+        with StreamProgress(result.published, counts, stored_total=want, out=out, every=every):
+            for op in ops:
+                op.publish(pub)
+                if not (op.kind == "record" and op.send == "skip"):
+                    sent += 1
+            pub.flush()
+            while pipe.writer is not None and pipe.writer.stored < want and time.monotonic() - started < 600:
+                time.sleep(0.1)
         result.seconds = time.monotonic() - started
         # Cross-run chains are judged by the correlators and stored beside the assessments.
         store, deadline = pipe.correlation_store, time.monotonic() + 60
         while store is not None and store.stored < len(PLANTED_CROSS_RUN) and time.monotonic() < deadline:
             time.sleep(0.2)
         result.stored = pipe.writer.stored if pipe.writer else 0
-        progress.update(f"stored {result.stored:,} in {result.seconds:.1f}s "
-                        f"({result.events_per_second:,.0f} events/s)", force=True)
-        progress.done()
+        probe.close()
         result.dead_letters = count_dead_letters(pipe.settings, bad)
     assert pipe.sink is not None  # the writer has stopped: this process may read the store now
     summarise(pipe.sink, result)
     return result
 
 
-def render(result: DemoResult) -> str:
+def next_steps(result: DemoResult, settings: Settings) -> list[str]:
+    """The commands worth trying after the demo, each runnable as printed (a test runs them)."""
+    chains = sorted(result.escalation_chains, key=lambda c: c["code"])
+    steps = []
+    if chains:
+        steps.append((f"agentgov trail {chains[0]['run_id']}", f"the planted {chains[0]['code']} chain, step by step"))
+    steps.append(("agentgov export --min-score 50 -o risky.jsonl", "the risky assessments, as JSON lines"))
+    if settings.metrics_port:
+        steps.append(("agentgov run", f"then http://{settings.metrics_addr}:{settings.metrics_port}/metrics "
+                                      "(Ctrl-C stops)"))
+    return [f"{cmd:<46} # {why}" for cmd, why in steps]
+
+
+def render(result: DemoResult, settings: Settings | None = None) -> str:
     lines = [
         f"events published   {result.published:,}",
         f"assessments stored {result.stored:,} in {result.seconds:.1f}s ({result.events_per_second:,.0f} events/s)",
@@ -147,7 +169,10 @@ def render(result: DemoResult) -> str:
               f"{result.benign_findings}", "", "findings by code:"]
     lines += [f"  {code:<12} {n:,}" for code, n in result.findings_by_code.items()]
     if result.escalation_chains:
-        lines += ["", "hidden escalation chains (page the SOC; see `agentgov trail RUN_ID`):"]
+        lines += ["", "hidden escalation chains (these page the SOC):"]
         lines += [f"  {c['code']} agent={c['agent_id']} run={c['run_id']} steps={c['steps']}"
                   for c in result.escalation_chains]
+    if settings is not None:
+        lines += ["", f"stored in {settings.clickhouse_dsn}. Try next:"]
+        lines += [f"  {step}" for step in next_steps(result, settings)]
     return "\n".join(lines)

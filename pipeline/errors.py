@@ -80,4 +80,29 @@ DLQ_REASONS = (
     "invalid_value",
     "invalid_utf8",
     "registry",
+    "internal",
+    "unproducible",
+    "store_rejected",
 )
+
+# Closed set of poison reasons: records that would have stopped a partition had they not been isolated
+# (agentgov_poison_records_total). ``oversized``: the scorer's output did not fit in a record;
+# ``produce_failed``: the broker refused an output record; ``store_rejected``: the store refused a row.
+POISON_REASONS = ("oversized", "produce_failed", "store_rejected")
+
+class PolicyError(ConfigError):
+    """A governance policy file is unreadable or invalid. Fatal at start; a reload keeps the previous one."""
+
+    reason = "policy"
+
+
+class StoreMissing(SinkError):
+    """The audit store (database and tables) has not been created at the configured DSN."""
+
+    reason = "store_missing"
+
+
+class StoreLocked(SinkError):
+    """An embedded (chdb) store is open in another process; chdb serves a data path from one process."""
+
+    reason = "store_locked"

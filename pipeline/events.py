@@ -24,6 +24,17 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ValidationError
+from .limits import (
+    ATTRIBUTE_KEY_MAX_CHARS,
+    ATTRIBUTE_VALUE_MAX_CHARS,
+    ATTRIBUTES_MAX,
+    IDENT_MAX_CHARS,
+    INPUTS_MAX,
+    STEP_MAX,
+    TIER_MAX,
+    Limits,
+    check_record,
+)
 
 
 class TriggerKind(StrEnum):
@@ -110,7 +121,8 @@ REVOKES = frozenset(
      Action.remove_group_member}
 )
 
-Ident = Annotated[str, Field(min_length=1, max_length=512)]
+Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX_CHARS)]
+DEFAULT_LIMITS = Limits()
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -140,7 +152,7 @@ class Resource(_Model):
     system: Ident
     resource_id: Ident
     entitlement: Ident | None = None
-    privilege_tier: int = Field(ge=0, le=3)
+    privilege_tier: int = Field(ge=0, le=TIER_MAX)
 
 
 class InputUsed(_Model):
@@ -165,8 +177,8 @@ class PolicyRef(_Model):
 class Evidence(_Model):
     event_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     prev_event_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    signature: str | None = None
-    key_id: str | None = None
+    signature: str | None = Field(default=None, max_length=IDENT_MAX_CHARS)
+    key_id: str | None = Field(default=None, max_length=IDENT_MAX_CHARS)
 
 
 class AgentTransition(_Model):
@@ -178,7 +190,7 @@ class AgentTransition(_Model):
     workflow_id: Ident
     workflow_version: Ident
     run_id: Ident
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=STEP_MAX)
     from_state: Ident
     to_state: Ident
     agent: Agent
@@ -186,12 +198,22 @@ class AgentTransition(_Model):
     action: Action
     target: Target
     resource: Resource
-    inputs_used: list[InputUsed] = Field(default_factory=list, max_length=256)
+    inputs_used: list[InputUsed] = Field(default_factory=list, max_length=INPUTS_MAX)
     decision: Decision
     policy: PolicyRef
     evidence: Evidence | None = None
-    attributes: dict[str, str] = Field(default_factory=dict)
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=ATTRIBUTES_MAX)
     tenant: Ident | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_sizes(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if len(key) > ATTRIBUTE_KEY_MAX_CHARS:
+                raise ValueError(f"attribute key of {len(key)} characters, over {ATTRIBUTE_KEY_MAX_CHARS}")
+            if len(value) > ATTRIBUTE_VALUE_MAX_CHARS:
+                raise ValueError(f"attribute value of {len(value)} characters, over {ATTRIBUTE_VALUE_MAX_CHARS}")
+        return v
 
     @field_validator("occurred_at")
     @classmethod
@@ -260,28 +282,29 @@ _ID_FIELDS = (
 )
 
 
-def check_values(record: TransitionDict, *, now_ms: int, max_future_ms: int) -> None:
+def check_values(record: TransitionDict, *, now_ms: int, max_future_ms: int | None = None,
+                 limits: Limits | None = None) -> None:
     """Value checks the Avro schema cannot express. Raises :class:`ValidationError` naming the field.
 
-    Cheap by design: it runs on every consumed event."""
-    tier = record["resource"]["privilege_tier"]
-    if not 0 <= tier <= 3:
-        raise ValidationError(f"resource.privilege_tier={tier} outside 0..3", reason="invalid_value",
-                              field="resource.privilege_tier")
-    if record["step"] < 0:
-        raise ValidationError(f"step={record['step']} is negative", reason="invalid_value", field="step")
-    if record["occurred_at"] > now_ms + max_future_ms:
-        raise ValidationError(
-            f"occurred_at={record['occurred_at']} is more than {max_future_ms // 1000}s in the future",
-            reason="invalid_value", field="occurred_at")
+    The bounds (integers, lengths, sizes, the ``occurred_at`` window) come from :mod:`pipeline.limits`;
+    ``max_future_ms`` overrides the future skew of ``limits``. Cheap by design: it runs on every
+    consumed event."""
+    if limits is None:
+        limits = DEFAULT_LIMITS
+    if max_future_ms is not None and max_future_ms != limits.max_future_ms:
+        limits = Limits(limits.message_bytes, max_future_ms, limits.max_age_ms)
+    check_record(record, limits, now_ms)
     event_id = record["event_id"]
     if len(event_id) != 36:
         raise ValidationError(f"event_id={event_id[:64]!r} is not a UUID", reason="invalid_value", field="event_id")
     try:
-        uuid.UUID(event_id)
+        canonical = str(uuid.UUID(event_id))
     except ValueError:
         raise ValidationError(f"event_id={event_id!r} is not a UUID", reason="invalid_value",
                               field="event_id") from None
+    if canonical != event_id:  # one spelling per id, so a variant cannot dodge duplicate detection
+        raise ValidationError(f"event_id={event_id!r} is not in canonical form {canonical!r}",
+                              reason="invalid_value", field="event_id")
     for path in _ID_FIELDS:
         value: Any = record
         for part in path:

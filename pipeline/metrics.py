@@ -81,6 +81,16 @@ class Metrics:
             "agentgov_dead_letters_total", "Messages sent to the dead-letter topic, by reason.", ["reason"],
             registry=r,
         )
+        self.poison = Counter(
+            "agentgov_poison_records_total",
+            "Records isolated so they could not stop a partition (dead-lettered), by role and reason "
+            "(oversized, produce_failed, store_rejected).", ["role", "reason"], registry=r,
+        )
+        self.duplicates = Counter(
+            "agentgov_duplicate_events_total",
+            "Later copies of an already stored event_id, kept apart in the duplicates table (AG-EVD-005).",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "agentgov_consumer_lag_messages", "Messages behind the high watermark, per partition.",
             ["role", "partition"], registry=r,
@@ -113,6 +123,11 @@ class Metrics:
         )
         self.sink_errors = Counter(
             "agentgov_sink_errors_total", "Failed ClickHouse writes, by table and error kind.", ["table", "kind"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "agentgov_publish_failures_total",
+            "Events the SDK could not deliver, by reason (not_authorized, timed_out, other).", ["reason"],
             registry=r,
         )
         self.last_stored = Gauge(
@@ -180,6 +195,26 @@ class ReviewMetrics:
             self.sla_breaches.labels(severity=sev)
         for state in ("requested", "active", "expired", "rejected", "revoked"):
             self.exceptions.labels(state=state)
+
+
+class RecertMetrics:
+    """Recertification gauges of the review app, refreshed from the store on each scrape (campaigns.py)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        r = self.registry = registry
+        self.campaigns = Gauge("agentgov_recert_campaigns", "Recertification campaigns by state (open, closed).",
+                               ["state"], registry=r)
+        self.items = Gauge(
+            "agentgov_recert_items",
+            "Items of open recertification campaigns by state (pending, certified, revoked): progress is "
+            "decided/total.", ["state"], registry=r)
+        self.overdue = Gauge("agentgov_recert_campaigns_overdue",
+                             "Open recertification campaigns past their due date (nothing is auto-applied).",
+                             registry=r)
+        for state in ("open", "closed"):
+            self.campaigns.labels(state=state)
+        for state in ("pending", "certified", "revoked"):
+            self.items.labels(state=state)
 
 
 class BoundedSeries:

@@ -20,12 +20,27 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import PublishError, ValidationError
-from .events import AgentTransition, event_hash, sign
+from .events import AgentTransition, check_values, event_hash, sign
+from .limits import Limits
+from .metrics import Metrics
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+_NOT_AUTHORIZED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                   KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.SASL_AUTHENTICATION_FAILED,
+                   KafkaError._AUTHENTICATION}
+_TIMED_OUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
+
+
+def failure_reason(err: KafkaError) -> str:
+    """A closed label set for delivery failures (never the broker's free text)."""
+    code = err.code()
+    if code in _NOT_AUTHORIZED:
+        return "not_authorized"
+    return "timed_out" if code in _TIMED_OUT else "other"
 
 
 class EventInvalid(ValidationError):
@@ -59,18 +74,21 @@ class TransitionPublisher:
         producer: Producer | None = None,
         signing_key: tuple[str, bytes] | None = None,
         on_error: Callable[[str, KafkaError], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.topic = settings.topic_transitions
         if serde is None:
             serde = Serde(SchemaSet.load(), make_registry(settings), subject=f"{self.topic}-value")
         self.serde = serde
+        self.limits = Limits.from_settings(settings)
         self.producer = producer or Producer(settings.kafka_config(**{
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
             "message.timeout.ms": 30000,
         }))
         self.signing_key = signing_key
         self.on_error = on_error
+        self.metrics = metrics
         self._last_hash: dict[str, str] = {}
         self.failed: list[tuple[str, str]] = []
         self.delivered = 0
@@ -106,7 +124,7 @@ class TransitionPublisher:
     def send(self, record: dict[str, Any]) -> str:
         """Send a completed Avro record as is."""
         event_id = str(record["event_id"])
-        payload = self.serde.encode(record)
+        payload = self.encode(record)
         while True:
             try:
                 self.producer.produce(self.topic, payload, key=record["run_id"].encode(),
@@ -117,13 +135,33 @@ class TransitionPublisher:
         self.producer.poll(0)
         return event_id
 
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Check a completed record against :mod:`pipeline.limits` and encode it; raises
+        :class:`EventInvalid` naming the field (nothing is sent)."""
+        try:
+            check_values(dict(record), now_ms=int(datetime.now(UTC).timestamp() * 1000), limits=self.limits)
+            payload = self.serde.encode(dict(record))
+            self.limits.check_size(len(payload))
+        except ValidationError as exc:
+            field = exc.fields.get("field") or ""
+            where = f"{field}: " if field else ""
+            raise EventInvalid(f"invalid event: {where}{exc.message}", paths=[field] if field else []) from exc
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:  # fastavro's view of a bad record
+            raise EventInvalid(f"invalid event: cannot encode: {type(exc).__name__}: {exc}"[:600],
+                               paths=[]) from exc
+        return payload
+
     def _delivered(self, event_id: str) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 self.delivered += 1
                 return
             self.failed.append((event_id, str(err)))
-            log.error("delivery failed", extra={"kv": {"event_id": event_id, "error": str(err)}})
+            reason = failure_reason(err)
+            if self.metrics is not None:
+                self.metrics.publish_failures.labels(reason=reason).inc()
+            log.error("delivery failed", extra={"kv": {"event_id": event_id, "reason": reason, "topic": self.topic,
+                                                       "error": str(err)}})
             if self.on_error is not None:
                 self.on_error(event_id, err)
 

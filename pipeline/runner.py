@@ -1,7 +1,9 @@
 """Process layout of one agentgov deployment on one machine (``agentgov run`` / ``agentgov demo``).
 
     agentgov run (this process)
-    ├── Tansu broker subprocess      (only when AGENTGOV_KAFKA_BOOTSTRAP is unset)
+    ├── embedded broker subprocess   (only when AGENTGOV_KAFKA_BOOTSTRAP is unset: Tansu, in memory, or with
+    │                                 AGENTGOV_EMBEDDED_BROKER=kafka one Apache Kafka KRaft node whose log
+    │                                 survives restarts, under .agentgov/kafka)
     ├── scorer subprocess x N        (python -m consumers.scorer; stateless, one consumer group)
     ├── correlator subprocess x M    (python -m consumers.correlator; cross-run rules, one consumer group)
     └── writer thread                (owns the ClickHouse client; chdb allows one process per path; also
@@ -34,6 +36,7 @@ from . import correlations
 from .baselines import attach
 from .broker import EmbeddedBroker
 from .decision_log import attach as attach_decision_log
+from .kraft import KraftCluster
 from .metrics import Metrics
 from .scoring.policy import load_policy
 from .settings import ENV_PREFIX, Settings
@@ -79,7 +82,7 @@ class Pipeline:
         self.log_dir = log_dir
         self.supervise = supervise
         self.scorer_metrics_ports = scorer_metrics_ports
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | KraftCluster | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self.correlator_procs: list[subprocess.Popen[bytes]] = []
         self.correlation_store: correlations.CorrelationStore | None = None
@@ -92,9 +95,12 @@ class Pipeline:
 
     def start(self) -> Pipeline:
         s = self.settings
-        if s.embedded_broker:
-            log_path = (self.log_dir / "tansu.log") if self.log_dir else None
-            self.broker = EmbeddedBroker(s.embedded_broker_port, log_path).start()
+        if s.starts_embedded_broker:
+            if s.embedded_broker == "kafka":
+                self.broker = KraftCluster(s.kafka_dir(), nodes=1, ports=[s.embedded_broker_port]).start()
+            else:
+                log_path = (self.log_dir / "tansu.log") if self.log_dir else None
+                self.broker = EmbeddedBroker(s.embedded_broker_port, log_path).start()
             s = self.settings = s.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
         ensure_topics(s)
         self.sink = ClickHouseSink.connect(s)

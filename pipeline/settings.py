@@ -8,17 +8,49 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
 ENV_PREFIX = "AGENTGOV_"
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(url without user info, user, password) of ``scheme://user:password@host...``; unchanged otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, None
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url, None, None
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{host}{slash}{path}", unquote(user) or None, unquote(password) if colon else None
+
+
+def unknown_env_message(cls: type[BaseSettings]) -> str:
+    """One sentence naming every unknown ``AGENTGOV_*`` environment variable, with the closest valid name."""
+    known = sorted(name.upper() for name in cls.model_fields)
+    unknown = sorted(k for k in os.environ
+                     if k.upper().startswith(ENV_PREFIX) and k.upper()[len(ENV_PREFIX):] not in known)
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper()[len(ENV_PREFIX):], known, n=1, cutoff=0.7)
+        parts.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if close else name)
+    if not parts:
+        return ""
+    many = len(parts) > 1
+    return (f"unknown setting{'s' if many else ''} in the environment: {', '.join(parts)}; "
+            f"unset {'them' if many else 'it'} or fix the name (valid names: README.md, Configuration)")
 
 
 class Settings(BaseSettings):
@@ -38,8 +70,15 @@ class Settings(BaseSettings):
     kafka_ssl_certificate_location: Path | None = None
     kafka_ssl_key_location: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
-    kafka_extra: dict[str, str] = Field(default_factory=dict, description="Raw librdkafka overrides.")
+    kafka_extra: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Raw librdkafka overrides (values kept secret: they may hold passwords).")
+    embedded_broker: Literal["tansu", "kafka"] = Field(
+        default="tansu",
+        description="Engine `agentgov run` starts when AGENTGOV_KAFKA_BOOTSTRAP is unset: tansu (in-memory, no "
+                    "Java) or kafka (Apache Kafka KRaft, one node, durable log under embedded_kafka_dir; Java 17).")
     embedded_broker_port: int = 19092
+    embedded_kafka_dir: Path | None = Field(
+        default=None, description="Log of the embedded Kafka node (default: <state_dir>/kafka).")
 
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible registry; unset means Avro single-object encoding."
@@ -83,13 +122,25 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     batch_max_messages: int = Field(default=2000, ge=1)
     batch_max_seconds: float = Field(default=0.2, gt=0)
-    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=4096,
+        description="Largest Kafka record any agentgov producer sends (librdkafka message.max.bytes); an event "
+                    "may use this minus a head room for its assessment and dead-letter headers (pipeline/limits.py).")
     max_future_skew_seconds: int = Field(default=300, ge=0)
+    max_event_age_days: int | None = Field(
+        default=None, ge=1,
+        description="Events older than this are dead-lettered, not scored; unset means retention_days (older "
+                    "events would be dropped by the store's TTL). May not exceed retention_days.")
     context_window_seconds: int = Field(default=3600, ge=0, description="How far back a scorer replays.")
     context_max_keys: int = Field(
         default=4000, ge=100,
         description="Runs, targets and agents a scorer remembers per partition (LRU); memory is about 4 KB "
                     "per remembered event, so this bounds a scorer's resident size.")
+
+    context_max_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1024 * 1024,
+        description="Approximate bytes of events a scorer remembers per owned partition (least recently used "
+                    "runs/targets/agents go first); with context_max_keys, this bounds a scorer's resident size.")
 
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_dsn: str = Field(default="chdb://.agentgov/chdb", description="chdb:///path or http(s)://host:8123")
@@ -111,6 +162,10 @@ class Settings(BaseSettings):
     policy_reload_seconds: float = Field(default=2.0, gt=0, description="How often scorers check the file.")
     signing_keys: dict[str, SecretStr] = Field(default_factory=dict, description="key_id -> HMAC key.")
     require_signatures: bool = False
+    signing_key_agents: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="key_id -> agent_id patterns (fnmatch, e.g. agent-jml-*) the key may sign for. When set, a "
+                    "valid signature by a key not registered for the event's agent is AG-EVD-007.")
 
     schema_dir: Path | None = Field(default=None, description="Where schemas/*.avsc live (default: beside pipeline/).")
 
@@ -154,23 +209,72 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown_env(cls, data: Any) -> Any:
-        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
-        if unknown:
-            raise ValueError(f"unknown settings in environment: {', '.join(unknown)}")
+        problem = unknown_env_message(cls)
+        if problem:
+            raise ValueError(problem)
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_urls(cls, data: Any) -> Any:
+        """Credentials written into a URL move to their SecretStr fields, so the URL left behind (shown in
+        logs, errors and the start-up line) holds none: ``http://u:p@host:8123`` becomes ``http://host:8123``
+        plus ``clickhouse_username``/``clickhouse_password``; a registry URL's go to
+        ``schema_registry_basic_auth``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        dsn = data.get("clickhouse_dsn")
+        if isinstance(dsn, str):
+            bare, user, password = split_credentials(dsn)
+            if user is not None or password is not None:
+                data["clickhouse_dsn"] = bare
+                if user and data.get("clickhouse_username") is None:
+                    data["clickhouse_username"] = user
+                if password is not None and data.get("clickhouse_password") is None:
+                    data["clickhouse_password"] = password
+        url = data.get("schema_registry_url")
+        if isinstance(url, str):
+            bare, user, password = split_credentials(url)
+            if user is not None or password is not None:
+                data["schema_registry_url"] = bare
+                if data.get("schema_registry_basic_auth") is None:
+                    data["schema_registry_basic_auth"] = f"{user or ''}:{password or ''}"
+        return data
+
+    @model_validator(mode="after")
+    def _age_within_retention(self) -> Settings:
+        if self.max_event_age_days is not None and self.max_event_age_days > self.retention_days:
+            raise ValueError(f"max_event_age_days={self.max_event_age_days} exceeds retention_days="
+                             f"{self.retention_days}: older events would be scored, then dropped by TTL")
+        return self
+
+    @property
+    def event_age_days(self) -> int:
+        return self.max_event_age_days or self.retention_days
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Build settings, turning validation problems into one :class:`ConfigError`."""
+        """Build settings, turning validation problems into one :class:`ConfigError` that names the variables
+        (never their values: they may be secrets)."""
+        problem = unknown_env_message(cls)
+        if problem:
+            raise ConfigError(problem, unknown=True)
         try:
             return cls(**overrides)
+        except PydanticValidationError as exc:
+            problems = "; ".join(f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper() or '?'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ConfigError(f"invalid settings: {problems}") from exc
         except ValueError as exc:
-            raise ConfigError(f"invalid settings: {exc}") from exc
+            raise ConfigError(f"invalid settings: {str(exc).splitlines()[0]}") from exc
 
     @property
-    def embedded_broker(self) -> bool:
+    def starts_embedded_broker(self) -> bool:
         return self.kafka_bootstrap is None
+
+    def kafka_dir(self) -> Path:
+        return self.embedded_kafka_dir or self.state_dir / "kafka"
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"
@@ -197,7 +301,7 @@ class Settings(BaseSettings):
                 conf[key] = str(path)
         if self.kafka_ssl_key_password is not None:
             conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
-        conf.update(self.kafka_extra)
+        conf.update({k: v.get_secret_value() for k, v in self.kafka_extra.items()})
         conf.update(extra)
         return conf
 

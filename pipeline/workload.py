@@ -59,6 +59,7 @@ PLANTED_CROSS_RUN: dict[str, str] = {
     "xrun_delegation_laundering": "AG-XRN-003",
     "xrun_sod_against_holdings": "AG-XRN-005",
     "xrun_duplicate_event_id": "AG-XRN-006",
+    "xrun_grant_to_leaver": "AG-XRN-007",
 }
 # bad input -> DLQ reason it must produce
 BAD_INPUTS: dict[str, str] = {
@@ -78,7 +79,8 @@ class Op:
     payload: Any
     key: bytes = b""
     mutate: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # applied after the SDK completed it
-    send: str = "send"  # for "record": "send", "skip" (chain advances, nothing sent) or "truncate"
+    send: str = "send"  # for "record": "send", "skip" (chain advances, nothing sent), "truncate", or "raw"
+    # ("raw": encoded and produced as is, past the SDK's limits, as a client without the SDK could)
 
     def publish(self, pub: TransitionPublisher) -> None:
         if self.kind == "draft":
@@ -91,6 +93,8 @@ class Op:
                 pub.producer.produce(pub.topic, pub.serde.encode(record)[:-7], key=record["run_id"].encode())
             elif self.send == "send":
                 pub.send(record)
+            elif self.send == "raw":
+                pub.producer.produce(pub.topic, pub.serde.encode(record), key=record["run_id"].encode())
         else:
             pub.producer.produce(pub.topic, self.payload, key=self.key or None)
 
@@ -333,6 +337,13 @@ class Workload:
         add("xrun_duplicate_event_id", _draft(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999061"),
                                               "add_group_member", "u900060", "entra-id", "grp-finance", 1), 6 * m,
             dup_id)
+        used.clear()
+        add("xrun_grant_to_leaver", _draft(run_id("left"), 0, "agent-jml-02", jml, ("leaver", "HR-999070"),
+                                           "disable_account", "u900070", "entra-id", "user-account", 0,
+                                           lifecycle="terminated"), timedelta(days=60))
+        add("xrun_grant_to_leaver", _draft(run_id("left"), 0, "agent-jml-02", jml, ("mover", "HR-999071"),
+                                           "grant_entitlement", "u900070", "salesforce", "sf-profile", 1,
+                                           entitlement="sales-standard"), 5 * m)
         return ops
 
     def _bad(self) -> list[Op]:
@@ -342,7 +353,7 @@ class Workload:
             Op("raw", "garbage_bytes", b"\x17not-avro-at-all", key=b"run-bad"),
             Op("raw", "unknown_fingerprint", b"\xc3\x01" + b"\xee" * 8 + b"\x00\x02", key=b"run-bad"),
             Op("record", "truncated_avro", valid, send="truncate"),
-            Op("record", "tier_out_of_range", dict(valid), mutate=_tier9),
+            Op("record", "tier_out_of_range", dict(valid), mutate=_tier9, send="raw"),
         ]
 
     def ops(self, events: int) -> Iterator[Op]:

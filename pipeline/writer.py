@@ -5,6 +5,11 @@ It never decodes Avro in Python. Each message's payload (after the wire header) 
 a dedup token ``topic-partition-first-last``. Offsets are committed only after the insert returned.
 While the store fails, the writer pauses fetching, backs off, and retries the same batch.
 
+When the store refuses the *data* (a ClickHouse error code in ``DATA_ERROR_CODES``, e.g. an Avro int out of
+range, or error 252 for a batch spanning too many partitions), the batch is bisected: halves are inserted
+with their own dedup tokens until the refused rows stand alone. Those rows are dead-lettered with the
+store's error (reason ``store_rejected``), the delivery is confirmed, and only then are offsets committed.
+
 Example::
 
     writer = Writer(settings, Metrics(), ClickHouseSink.connect(settings))
@@ -23,8 +28,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from .deadletters import dlq_headers
-from .errors import DecodeError, SinkError
+from .deadletters import dead_letter
+from .errors import DeadLetter, DecodeError, SinkError
+from .limits import Limits
 from .loop import record_lag
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
@@ -35,8 +41,15 @@ from .sinks.ocf import ContainerBuilder
 
 log = logging.getLogger(__name__)
 
-Groups = dict[bytes, tuple[ContainerBuilder, list[bytes]]]
-"""Wire header -> (container builder for that writer schema, raw datums)."""
+Groups = dict[bytes, tuple[ContainerBuilder, list[bytes], list[Message]]]
+"""Wire header -> (container builder for that writer schema, raw datums, their messages)."""
+Rejected = list[tuple[Message, DeadLetter]]
+
+
+class StoreRejected(DeadLetter):
+    """The store refused this row (the message carries ClickHouse's error)."""
+
+    reason = "store_rejected"
 
 
 class Writer:
@@ -51,7 +64,12 @@ class Writer:
         self._builders: dict[bytes, tuple[int, ContainerBuilder]] = {}
         self.consumer = Consumer(settings.consumer_config(settings.writer_group, **{
             "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
-        self.dlq = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
+        self.limits = Limits.from_settings(settings)
+        self.dlq = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all",
+                                                     "message.max.bytes": settings.max_message_bytes}))
+        self.metrics.poison.labels(role=self.role, reason="store_rejected")  # exists at 0 from start-up
+        self.rejected = 0
+        self._duplicates = 0
         self.stored = 0
         self.backoff_max = 10.0
         self.tasks: list[list[Any]] = []  # [interval, next_due, fn]: work that needs the store's client
@@ -164,10 +182,12 @@ class Writer:
             by_part[msg.partition()].append(msg)
         delay = 0.2
         attempt = 0
-        groups, spans = self._group(by_part)  # dead letters go out once, not once per retry
+        groups, spans, undecodable = self._group(by_part)
         while True:
             try:
-                self._insert(groups, spans)
+                rejected = self._insert(groups, spans)
+                # Confirmed before the commit: a dead letter the broker did not take fails the attempt.
+                self._dead_letter([*undecodable, *rejected])
                 break
             except SinkError as exc:
                 attempt += 1
@@ -192,6 +212,10 @@ class Writer:
             # restarting): the next owner re-reads them and the store's dedup absorbs the repeat.
             log.warning("commit failed after store; batch will be redelivered",
                         extra={"kv": {"error": str(exc), "messages": len(msgs)}})
+        if self._duplicates:
+            self.metrics.duplicates.inc(self._duplicates)
+            log.warning("later copies of stored event_ids kept apart (AG-EVD-005)",
+                        extra={"kv": {"copies": self._duplicates}})
         now = time.time()
         self.metrics.last_stored.set(now)
         for msg in msgs:
@@ -202,37 +226,118 @@ class Writer:
         self.stored += len(msgs)
         return True
 
-    def _group(self, by_part: dict[int, list[Message]]) -> tuple[Groups, str]:
+    def _group(self, by_part: dict[int, list[Message]]) -> tuple[Groups, str, Rejected]:
         """Raw datums grouped by writer schema, and the batch's offset spans (for the dedup token)."""
         # One insert per writer schema for the whole batch, not one per partition: every insert has a
         # fixed cost (a part in each table behind the materialized views) that dominates small batches.
         groups: Groups = {}
         spans = []
+        undecodable: Rejected = []
         for partition, msgs in by_part.items():
             spans.append(f"{partition}:{msgs[0].offset()}-{msgs[-1].offset()}")
             for msg in msgs:
-                value = msg.value()
+                value = msg.value() or b""
                 try:
                     hlen, builder = self._builder(value)
                 except DecodeError as exc:
-                    self._dead_letter(msg, exc)
+                    undecodable.append((msg, exc))
                     continue
-                groups.setdefault(value[:hlen], (builder, []))[1].append(value[hlen:])
-        return groups, ",".join(spans)
+                group = groups.setdefault(value[:hlen], (builder, [], []))
+                group[1].append(value[hlen:])
+                group[2].append(msg)
+        return groups, ",".join(spans), undecodable
 
-    def _insert(self, groups: Groups, batch: str) -> None:
-        for header, (builder, datums) in groups.items():
+    def _insert(self, groups: Groups, batch: str) -> Rejected:
+        """Insert every group; returns the rows the store refused (isolated by bisection).
+
+        First copy wins: a row whose event_id is already stored (or claimed earlier in this batch) from
+        another source record goes to ``ingest_duplicates``, never over the original (migration 004).
+        The split depends only on what is stored, so a retried attempt splits the same way and reuses the
+        same dedup tokens."""
+        rejected: Rejected = []
+        ids = list({(m.key() or b"").decode("utf-8", "replace") for _, _, msgs in groups.values() for m in msgs})
+        stored = self.sink.stored_sources(ids)
+        claimed: dict[str, tuple[int, int] | None] = {}
+        self._duplicates = 0
+        for header, (builder, datums, msgs) in groups.items():
+            first: tuple[list[bytes], list[Message]] = ([], [])
+            later: tuple[list[bytes], list[Message]] = ([], [])
+            for datum, msg in zip(datums, msgs, strict=True):
+                event_id, source = (msg.key() or b"").decode("utf-8", "replace"), _source(msg)
+                known = stored.get(event_id)
+                if known is not None:
+                    duplicate = source is None or source not in known
+                elif event_id in claimed:
+                    duplicate = source is None or claimed[event_id] != source
+                else:
+                    claimed[event_id], duplicate = source, False
+                side = later if duplicate else first
+                side[0].append(datum)
+                side[1].append(msg)
             # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window.
             token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}"
-            t0 = time.perf_counter()
-            self.sink.insert_assessments(builder.build(datums), token)
-            self.metrics.sink_insert_duration.labels(table="ingest").observe(time.perf_counter() - t0)
-            self.metrics.sink_rows.labels(table="ingest").inc(len(datums))
+            if first[0]:
+                self._insert_isolating(builder, first[0], first[1], token, rejected)
+            if later[0]:
+                self._insert_isolating(builder, later[0], later[1], token + "-dup", rejected,
+                                       table="ingest_duplicates")
+                self._duplicates += len(later[0])
+        return rejected
 
-    def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
-        self.dlq.produce(self.settings.topic_dlq, msg.value(), key=msg.key(), headers=dlq_headers(exc, exc.reason, msg))
-        self.dlq.flush(10)
-        self.metrics.dead_letters.labels(reason=exc.reason).inc()
+    def _insert_isolating(self, builder: ContainerBuilder, datums: list[bytes], msgs: list[Message], token: str,
+                          rejected: Rejected, table: str = "ingest") -> None:
+        """Insert; if the store refuses the data, bisect until the refused rows stand alone. A failure of
+        the store itself (any other error) propagates, and the whole batch is retried: the halves already
+        stored carry deterministic tokens (``token/a``, ``token/ab``...), so the retry does not repeat them."""
+        t0 = time.perf_counter()
+        try:
+            self.sink.insert_assessments(builder.build(datums), token, table=table)
+        except SinkError as exc:
+            if not exc.fields.get("data"):
+                raise
+            if len(datums) == 1:
+                rejected.append((msgs[0], StoreRejected(f"store refused the row: {exc.message}",
+                                                        code=exc.fields.get("code"))))
+                return
+            log.warning("store refused a batch's data; isolating the rows",
+                        extra={"kv": {"rows": len(datums), "code": exc.fields.get("code")}})
+            mid = len(datums) // 2
+            self._insert_isolating(builder, datums[:mid], msgs[:mid], token + "/a", rejected, table)
+            self._insert_isolating(builder, datums[mid:], msgs[mid:], token + "/b", rejected, table)
+            return
+        self.metrics.sink_insert_duration.labels(table=table).observe(time.perf_counter() - t0)
+        self.metrics.sink_rows.labels(table=table).inc(len(datums))
+
+    def _dead_letter(self, rejected: Rejected) -> None:
+        """Send the dead letters and wait for the broker to confirm each; SinkError if any is not confirmed
+        (the caller then retries the batch and commits nothing)."""
+        if not rejected:
+            return
+        failed: list[str] = []
+
+        def confirm(err: Any, _msg: Message) -> None:
+            if err is not None:
+                failed.append(str(err))
+
+        for msg, exc in rejected:
+            value, key, headers = dead_letter(msg, exc, exc.reason, self.limits)
+            try:
+                self.dlq.produce(self.settings.topic_dlq, value, key=key, headers=headers, on_delivery=confirm)
+            except KafkaException:  # even the cut payload is refused: the headers alone still say what happened
+                value, key, headers = dead_letter(msg, exc, exc.reason, self.limits, payload=False)
+                self.dlq.produce(self.settings.topic_dlq, value, key=key, headers=headers, on_delivery=confirm)
+        remaining = self.dlq.flush(30)
+        if remaining or failed:
+            raise SinkError(f"dead letters not confirmed: {remaining} pending, {len(failed)} failed "
+                            f"({failed[0] if failed else 'timeout'})", table="dlq", kind="DeadLetterUndelivered")
+        for msg, exc in rejected:
+            self.metrics.dead_letters.labels(reason=exc.reason).inc()
+            if isinstance(exc, StoreRejected):
+                self.metrics.poison.labels(role=self.role, reason="store_rejected").inc()
+                self.rejected += 1
+                log.error("row refused by the store; dead-lettered",
+                          extra={"kv": {"partition": msg.partition(), "offset": msg.offset(),
+                                        "error": exc.message[:300]}})
 
     def _pause(self, paused: bool) -> None:
         assignment = self.consumer.assignment()
@@ -250,3 +355,19 @@ class Writer:
         with contextlib.suppress(RuntimeError):
             self.consumer.close()
         self.dlq.flush(10)
+
+
+def _source(msg: Message) -> tuple[int, int] | None:
+    """The transitions record an assessment was scored from (headers set by the scorer), if known."""
+    partition = offset = None
+    for key, value in msg.headers() or ():
+        if key == "agentgov.source.partition":
+            partition = value
+        elif key == "agentgov.source.offset":
+            offset = value
+    if partition is None or offset is None:
+        return None
+    try:
+        return int(partition), int(offset)
+    except ValueError:
+        return None

@@ -202,6 +202,13 @@ BAD_SIGNATURE = spec(
     ("evidence.signature", "evidence.key_id", "agent.agent_id"),
     (PR_AA_03, PR_AA_04, NHI4, ASI07),
 )
+KEY_NOT_BOUND = spec(
+    "AG-EVD-007", "Signed with a key not registered for the agent", S.critical, C.evidence,
+    "The signature verifies, but its key_id is not registered for the event's agent.agent_id "
+    "(signing_key_agents): one agent signed in another's name, or a key is used outside its binding.",
+    ("evidence.key_id", "agent.agent_id"),
+    (PR_AA_03, PR_AA_04, NHI9, ASI03, ASI07),
+)
 
 # -- separation of duties (sod.py) ------------------------------------------------------------------------
 TOXIC_PAIR = spec(
@@ -318,6 +325,14 @@ XRN_DUPLICATE_ID = spec(
     "them was forged or replayed into another run.",
     ("event_id", "evidence.event_hash", "run_id"),
     (PR_DS_01, ASI07),
+)
+XRN_GRANT_TO_LEAVER = spec(
+    "AG-XRN-007", "Access granted to an identity the log shows has left", S.high, C.risk,
+    "The identity's account was disabled (an executed disable_account, however long ago, from the holdings "
+    "topic) and never re-created since, yet access was granted to it while the event called it active: "
+    "the agent's own lifecycle claim contradicts the log.",
+    ("target.identity_id", "target.lifecycle_state", "action"),
+    (NHI1, PR_AA_05, ASI03),
 )
 
 ESCALATION_PATTERNS: dict[str, str] = {

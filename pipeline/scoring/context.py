@@ -53,6 +53,9 @@ class ScoringContext:
     """key_id -> HMAC key. A present signature is verified whenever its key is known."""
     require_signatures: bool = False
     """Unsigned events, and events signed with an unknown key, raise AG-EVD-006."""
+    key_agents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """key_id -> agent_id patterns (fnmatch) the key may sign for. Empty: no binding is checked; otherwise a
+    verified signature by a key not registered for the event's agent raises AG-EVD-007."""
 
 
 _GRANTING = frozenset({"assign_role", "grant_entitlement", "add_group_member"})

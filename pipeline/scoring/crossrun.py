@@ -56,6 +56,11 @@ class CrossRunContext:
     baseline: AgentBaseline | None = None
     scorer_window_ms: int = 3_600_000
     """A scorer's context window: older partners are out of any one scorer's sight."""
+    recent_grants: Sequence[TransitionDict] | None = None
+    """The agent's executed grants in the rate window before the fact, if the caller indexed them (the
+    correlator does, so a busy agent costs O(log n) per fact); None means: derive from ``history``."""
+    same_id: Sequence[TransitionDict] | None = None
+    """Earlier facts of the key with the fact's event_id, if indexed; None means: scan ``history``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +220,13 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
         return []
     needed = max(d.rate_min_grants, int(d.rate_factor * b.grants_per_hour * d.rate_window_seconds / 3600) + 1)
     lo = ev["occurred_at"] - d.rate_window_seconds * 1000
-    grants = [h for h in cx.history if h["occurred_at"] >= lo and granted_access(h)
-              and h["event_id"] != ev["event_id"]]
+    if cx.recent_grants is not None:
+        if len(cx.recent_grants) + 1 != needed:
+            return []
+        grants = [h for h in cx.recent_grants if h["event_id"] != ev["event_id"]]
+    else:
+        grants = [h for h in cx.history if h["occurred_at"] >= lo and granted_access(h)
+                  and h["event_id"] != ev["event_id"]]
     if len(grants) + 1 != needed:
         return []
     chain = (*grants, ev)
@@ -270,6 +280,26 @@ def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list
     return out
 
 
+def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-007: a grant to an identity whose account an earlier executed disable_account (any age) left
+    disabled, while the event itself calls the identity active (else AG-LCM-001 already speaks)."""
+    if (ev["target"]["identity_id"] != cx.key or not granted_access(ev) or ev["action"] == "create_account"
+            or ev["target"]["lifecycle_state"] != "active"):
+        return []
+    last: TransitionDict | None = None
+    for h in (*cx.holdings, *cx.history):
+        if h["action"] in ("disable_account", "create_account") and h["decision"]["outcome"] == "granted" \
+                and (h["occurred_at"], h["event_id"]) < (ev["occurred_at"], ev["event_id"]) \
+                and (last is None or (h["occurred_at"], h["event_id"]) > (last["occurred_at"], last["event_id"])):
+            last = h
+    if last is None or last["action"] != "disable_account":
+        return []
+    days = (ev["occurred_at"] - last["occurred_at"]) / 86_400_000
+    return [CrossRunFinding(c.XRN_GRANT_TO_LEAVER, cx.key,
+        f"{ev['action']} of {access_name(ev)!r} to {cx.key!r} ({_where(ev)}), called active, whose account "
+        f"was disabled {days:.1f} days earlier ({_where(last)}) and not re-created since", (last, ev))]
+
+
 def duplicate_id_across_partitions(ev: TransitionDict, earlier: Iterable[TransitionDict]) -> TransitionDict | None:
     """The earlier event with ``ev``'s event_id that came from another partition, if any.
 
@@ -284,7 +314,7 @@ def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFindin
     """AG-XRN-006: the same event_id on two partitions of one target's facts."""
     if ev["target"]["identity_id"] != cx.key:
         return []
-    first = duplicate_id_across_partitions(ev, cx.history)
+    first = duplicate_id_across_partitions(ev, cx.history if cx.same_id is None else cx.same_id)
     if first is None:
         return []
     same = "same" if first["evidence"]["event_hash"] == ev["evidence"]["event_hash"] else "different"
@@ -295,7 +325,7 @@ def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFindin
 
 CrossRunRule = Callable[[TransitionDict, CrossRunContext], list[CrossRunFinding]]
 BY_TARGET_RULES: tuple[CrossRunRule, ...] = (
-    duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings)
+    duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings, grant_to_leaver)
 BY_AGENT_RULES: tuple[CrossRunRule, ...] = (delegation_laundering, grant_rate_across_partitions)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from fnmatch import fnmatchcase
 
 from ..events import ACCESS_CHANGES, TransitionDict, canonical_bytes
 from . import catalogue as c
@@ -42,10 +43,18 @@ def integrity(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if not hmac.compare_digest(claimed.encode(), actual.encode()):
         found.append(c.HASH_MISMATCH.finding(
             f"event {ev['event_id']} claims event_hash {claimed[:16]}… but its content hashes to {actual[:16]}…"))
-    problem = _signature_problem(evidence.get("signature"), evidence.get("key_id"), content, ctx)
+    key_id = evidence.get("key_id")
+    problem = _signature_problem(evidence.get("signature"), key_id, content, ctx)
     if problem:
         found.append(c.BAD_SIGNATURE.finding(
             f"event {ev['event_id']} by agent {ev['agent']['agent_id']!r}: {problem}"))
+    elif ctx.key_agents and evidence.get("signature") and key_id in ctx.signing_keys:
+        agent = ev["agent"]["agent_id"]
+        allowed = ctx.key_agents.get(key_id, ())
+        if not any(fnmatchcase(agent, pattern) for pattern in allowed):
+            whom = f"registered for {', '.join(repr(p) for p in allowed)}" if allowed else "registered for no agent"
+            found.append(c.KEY_NOT_BOUND.finding(
+                f"event {ev['event_id']} claims agent {agent!r} but is signed with key_id {key_id!r}, {whom}"))
     return found
 
 

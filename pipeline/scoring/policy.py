@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from ..errors import ConfigError
+from ..errors import PolicyError
 from ..events import Action, LifecycleState, TriggerKind
 
 Name = str  # an entitlement, role, group or system name as it appears in events
@@ -128,6 +128,10 @@ class Review(_Strict):
 
     sla_hours: dict[str, float] = Field(default_factory=lambda: {"critical": 4.0, "high": 24.0, "medium": 72.0})
     exception_max_days: int = Field(default=90, ge=1, le=3650)
+    certify_justification_required: bool = True
+    """Recertification: a certify decision needs a justification (revoke and reassign always do)."""
+    campaign_on_timeout: str = "none"
+    """What an overdue campaign does by itself: only ``none`` (see docs/recertification.md; no auto-apply)."""
 
     @model_validator(mode="after")
     def _severities(self) -> Review:
@@ -136,6 +140,9 @@ class Review(_Strict):
             raise ValueError(f"sla_hours: unknown severities {unknown}")
         if any(h <= 0 for h in self.sla_hours.values()):
             raise ValueError("sla_hours: hours must be positive")
+        if self.campaign_on_timeout != "none":
+            raise ValueError("campaign_on_timeout: only 'none' is accepted: auto-apply + deny by default revokes "
+                             "everything nobody looked at; overdue campaigns alert instead")
         return self
 
 
@@ -280,28 +287,31 @@ def parse_policy(text: str, source: str = "<string>") -> LoadedPolicy:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}", source=source) from exc
+        raise PolicyError(f"{source}: not valid YAML: {exc}", source=source) from exc
     if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: the policy must be a YAML mapping", source=source)
+        raise PolicyError(f"{source}: the policy must be a YAML mapping", source=source)
     if isinstance(doc.get("version"), int | float):
         # `version: 7` would silently become "7" or "7.1" -> "7.1"; make the author quote it.
-        raise ConfigError(f"{source}: invalid policy: version: must be a quoted string, e.g. \"{doc['version']}\"",
+        raise PolicyError(f"{source}: invalid policy: version: must be a quoted string, e.g. \"{doc['version']}\"",
                           source=source, fields=["version"])
     try:
         policy = GovernancePolicy.model_validate(doc)
     except PydanticValidationError as exc:
         fields = [_where(err["loc"]) for err in exc.errors()]
         problems = "; ".join(f"{f}: {_msg(err)}" for f, err in zip(fields, exc.errors(), strict=True))
-        raise ConfigError(f"{source}: invalid policy: {problems}", source=source, fields=fields) from exc
+        raise PolicyError(f"{source}: invalid policy: {problems}", source=source, fields=fields) from exc
     return LoadedPolicy(policy, hashlib.sha256(text.encode()).hexdigest(), source)
 
 
 def load_policy(path: Path | None = None) -> LoadedPolicy:
     path = path or default_policy_path()
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read policy file {path}: {exc}", source=str(path)) from exc
+        raise PolicyError(f"cannot read policy file {path}: {exc}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:  # a PolicyError, so a running scorer keeps its previous policy
+        raise PolicyError(f"policy file {path} is not UTF-8 (byte {exc.start}: {exc.reason})",
+                          source=str(path)) from exc
     return parse_policy(text, str(path))
 
 

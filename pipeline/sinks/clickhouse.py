@@ -13,9 +13,12 @@ Example::
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import time
+import uuid
 from importlib.resources import files
 from pathlib import Path
 from string import Template
@@ -24,7 +27,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from ..errors import ConfigError, SinkError
+from ..errors import ConfigError, SinkError, StoreLocked, StoreMissing
 from ..events import GRANTS, REVOKES
 from ..settings import Settings
 
@@ -40,14 +43,52 @@ def _normalise_dsn(dsn: str) -> str:
     return dsn
 
 
+def chdb_path(dsn: str) -> Path | None:
+    """The data directory of an embedded (``chdb://``) store, or None for a server DSN."""
+    return Path(dsn[len("chdb://"):]).expanduser().resolve() if dsn.startswith("chdb://") else None
+
+
+def check_unlocked(path: Path) -> None:
+    """Raise :class:`StoreLocked` if another process has the chdb store at ``path`` open.
+
+    chdb, like clickhouse-server, holds an exclusive ``flock`` on ``<path>/status`` (which names its PID)
+    while the store is open; asking for a shared lock without blocking tells whether someone holds it."""
+    status = path / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return  # never opened: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return
+    except OSError:
+        m = re.search(r"PID:\s*(\d+)", status.read_text(errors="replace"))
+        pid = int(m[1]) if m else None
+        if pid == os.getpid():
+            return  # this process has it open already: chdb shares it between our connections
+    finally:
+        os.close(fd)
+    raise StoreLocked(
+        f"the audit store at {path} is open in another process (pid {pid or '?'}, e.g. a running `agentgov run`); "
+        "an embedded store serves one process at a time: stop that process first, or read through a "
+        "ClickHouse server (AGENTGOV_CLICKHOUSE_DSN=http://host:8123)", path=str(path), pid=pid)
+
+
 def connect(settings: Settings) -> Client:
     kwargs = settings.clickhouse_kwargs()
+    path = chdb_path(kwargs["dsn"])
+    if path is not None and path.exists():
+        check_unlocked(path)
     kwargs["dsn"] = _normalise_dsn(kwargs["dsn"])
     try:
         return clickhouse_connect.get_client(**kwargs)
     except Exception as exc:
-        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {exc}",
-                        dsn=settings.clickhouse_dsn) from exc
+        detail = str(exc)
+        if settings.clickhouse_password is not None and settings.clickhouse_password.get_secret_value():
+            detail = detail.replace(settings.clickhouse_password.get_secret_value(), "**********")
+        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {detail}",
+                        dsn=settings.clickhouse_dsn) from None
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -71,7 +112,8 @@ def split_statements(sql: str) -> list[str]:
 SHARDING_KEY = "cityHash64(run_id)"
 # Tables without run_id shard by their own key (the baseline rollup is per agent).
 SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)",
-                 "decisions": "cityHash64(subject_id)", "exceptions": "cityHash64(exception_id)"}
+                 "decisions": "cityHash64(subject_id)", "exceptions": "cityHash64(exception_id)",
+                 "id_probe": "cityHash64(event_id)"}
 _LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
 _ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 
@@ -89,12 +131,13 @@ def template_vars(database: str, ttl_days: int, cluster: str | None) -> dict[str
             "rmt": f"ReplicatedReplacingMergeTree({_ZK_PATH})",
             "rmt_ver": f"ReplicatedReplacingMergeTree({_ZK_PATH}, scored_at)",
             "amt": f"ReplicatedAggregatingMergeTree({_ZK_PATH})",
+            "mt": f"ReplicatedMergeTree({_ZK_PATH})",
             "dedup_window": "replicated_deduplication_window = 10000",
             "grant_actions": _GRANT_ACTIONS, "access_actions": _ACCESS_ACTIONS,
         }
     return {"db": database, "ttl_days": ttl_days, "on_cluster": "", "local": "",
             "rmt": "ReplacingMergeTree", "rmt_ver": "ReplacingMergeTree(scored_at)",
-            "amt": "AggregatingMergeTree",
+            "amt": "AggregatingMergeTree", "mt": "MergeTree",
             "dedup_window": "non_replicated_deduplication_window = 10000", "grant_actions": _GRANT_ACTIONS,
             "access_actions": _ACCESS_ACTIONS}
 
@@ -113,6 +156,42 @@ def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -
                        f"ENGINE = Distributed({cluster}, {db}, {table}_local, "
                        f"{SHARDING_KEYS.get(table, SHARDING_KEY)})")
     return out
+
+
+# ClickHouse error codes that blame the inserted data, not the store: retrying the same rows cannot help,
+# so the writer isolates the rows instead (writer.py). Everything else (read-only table, timeouts, network,
+# memory) is the store's and is retried whole.
+DATA_ERROR_CODES = frozenset({
+    6,    # CANNOT_PARSE_TEXT
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    33,   # CANNOT_READ_ALL_DATA
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    252,  # TOO_MANY_PARTITIONS (a batch spanning more than max_partitions_per_insert_block days)
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    m = _CODE.search(str(exc))
+    return int(m[1]) if m else None
+
+
+def is_data_error(code: int | None, text: str) -> bool:
+    """True when the store refused the rows themselves (see DATA_ERROR_CODES); 1001 (STD_EXCEPTION) only
+    when it is the Avro reader's, e.g. ``Value out of range for Avro int``."""
+    return code in DATA_ERROR_CODES or (code == 1001 and "avro::Exception" in text)
 
 
 class ClickHouseSink:
@@ -134,6 +213,31 @@ class ClickHouseSink:
         return cls(connect(settings), settings.clickhouse_database, ttl_days=settings.retention_days,
                    cluster=settings.clickhouse_cluster)
 
+    @classmethod
+    def open_existing(cls, settings: Settings) -> ClickHouseSink:
+        """Connect for reading only: raise :class:`StoreMissing` (creating nothing) unless the store's tables
+        exist, so ``agentgov trail`` on a fresh machine says so instead of failing inside a query."""
+        path = chdb_path(settings.clickhouse_dsn)
+        missing = StoreMissing(
+            f"no audit store at {path or settings.clickhouse_dsn} (database {settings.clickhouse_database}); "
+            "run `agentgov run` or `agentgov migrate`, or set AGENTGOV_CLICKHOUSE_DSN",
+            dsn=settings.clickhouse_dsn)
+        if path is not None and not (path / "metadata").is_dir():
+            raise missing
+        sink = cls.connect(settings)
+        try:
+            found = sink.client.query("SELECT count() FROM system.tables WHERE database = {db:String} "
+                                      "AND name = 'transitions'", parameters={"db": sink.database})
+            exists = bool(found.result_rows[0][0])
+        except Exception as exc:
+            sink.close()
+            raise SinkError(f"cannot read the audit store at {settings.clickhouse_dsn}: {exc}",
+                            dsn=settings.clickhouse_dsn) from exc
+        if not exists:
+            sink.close()
+            raise missing
+        return sink
+
     # -- DDL ----------------------------------------------------------------------------------
     def migrate(self) -> list[int]:
         """Apply pending migrations. Idempotent; returns the versions applied now."""
@@ -151,16 +255,24 @@ class ClickHouseSink:
         applied = []
         for version, name, sql in migrations():
             if version in done:
+                if version == 4:  # id_probe joined 004 after some stores had applied it: create it if missing
+                    for statement in render(sql, db, self.ttl_days, self.cluster):
+                        if ".id_probe" in statement:
+                            self.client.command(statement)
                 continue
             for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
+            if version == 4 and not self.cluster and done:  # ids of events stored before it (see 004)
+                self.client.command(
+                    f"INSERT INTO {db}.event_ids SELECT event_id, run_id, occurred_at, source_partition, "
+                    f"source_offset, event_hash FROM {db}.transitions")
             self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(version)
             log.info("migration applied", extra={"kv": {"version": version, "name": name}})
         return applied
 
     # -- writes -------------------------------------------------------------------------------
-    def insert_assessments(self, container: bytes, token: str) -> None:
+    def insert_assessments(self, container: bytes, token: str, table: str = "ingest") -> None:
         """Insert one Avro container into the ingest table. Raises :class:`SinkError` on failure.
 
         On a cluster ``ingest`` is the Distributed table: the insert returns only once every shard holds
@@ -171,10 +283,38 @@ class ClickHouseSink:
         if self.cluster:
             settings["distributed_foreground_insert"] = 1
         try:
-            self.client.raw_insert(f"{self.database}.ingest", insert_block=container, fmt="Avro", settings=settings)
+            self.client.raw_insert(f"{self.database}.{table}", insert_block=container, fmt="Avro", settings=settings)
         except Exception as exc:
-            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table="ingest",
-                            kind=type(exc).__name__) from exc
+            code = error_code(exc)
+            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table=table,
+                            kind=type(exc).__name__, code=code, data=is_data_error(code, str(exc))) from exc
+
+    def insert_duplicates(self, container: bytes, token: str) -> None:
+        """Insert later copies of stored event_ids (``ingest_duplicates`` -> ``duplicates``, append-only)."""
+        self.insert_assessments(container, token, table="ingest_duplicates")
+
+    def stored_sources(self, event_ids: list[str]) -> dict[str, set[tuple[int, int]]]:
+        """For each of ``event_ids`` already stored: the source records (transitions partition, offset) it
+        was stored from. A point lookup on ``event_ids``' primary key. Raises :class:`SinkError`."""
+        if not event_ids:
+            return {}
+        token = uuid.uuid4().hex
+        try:
+            self.client.insert(f"{self.database}.id_probe", [[token, e] for e in event_ids],
+                               column_names=["token", "event_id"],
+                               settings={"distributed_foreground_insert": 1} if self.cluster else None)
+            result = self.client.query(
+                f"SELECT event_id, source_partition, source_offset FROM {self.database}.event_ids "
+                f"WHERE event_id GLOBAL IN (SELECT event_id FROM {self.database}.id_probe "
+                "WHERE token = {token:String})", parameters={"token": token})
+        except Exception as exc:
+            code = error_code(exc)
+            raise SinkError(f"event_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}", table="event_ids",
+                            kind=type(exc).__name__, code=code, data=False) from exc
+        out: dict[str, set[tuple[int, int]]] = {}
+        for event_id, partition, offset in result.result_rows:
+            out.setdefault(event_id, set()).add((int(partition), int(offset)))
+        return out
 
     # -- reads --------------------------------------------------------------------------------
     def query(self, sql: str, parameters: dict[str, Any] | None = None,

@@ -1,5 +1,11 @@
 """Session-scoped real components: a Tansu broker, and per-test topics, groups and chdb stores.
 
+Real Apache Kafka (KRaft, from the Maven jars of ``ci/kafka/pom.xml``) is opt-in by marker: tests marked
+``@pytest.mark.kafka`` may use ``kafka_cluster`` (3 brokers, RF 3, ``min.insync.replicas=2``) or
+``kafka_single`` (1 node). Tests that take the ``bus`` fixture run once per engine (Tansu and Kafka);
+``settings_factory`` then points at that engine. Without a JDK the Kafka tier is deselected with one
+line saying so (tests/conftest.py); under ``CI=true`` that is an error instead.
+
 Fixture pairs follow quix-streams: ``settings_factory`` + ``settings``, ``publisher_factory`` + ``publisher``,
 ``pipeline_factory`` + ``pipeline``. Every test gets its own topics, consumer groups and ClickHouse
 database, so tests can run in parallel against one broker. chdb serves ONE data path per process:
@@ -22,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.kraft import KraftCluster
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
@@ -39,6 +46,44 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 
 @pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KraftCluster]:
+    """Three KRaft nodes (each broker + controller voter): replication factor 3, min.insync.replicas=2,
+    transaction.state.log.replication.factor=3. Tests may kill and restart nodes; each test leaves them up."""
+    with KraftCluster(tmp_path_factory.mktemp("kafka3"), nodes=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kafka_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KraftCluster]:
+    """One KRaft node, for tests that need Kafka semantics but not replication."""
+    with KraftCluster(tmp_path_factory.mktemp("kafka1"), nodes=1) as cluster:
+        yield cluster
+
+
+class Bus:
+    """The broker a parametrized test runs on: its bootstrap and the topic replication it supports."""
+
+    def __init__(self, kind: str, bootstrap: str, replication: int, cluster: KraftCluster | None = None) -> None:
+        self.kind = kind
+        self.bootstrap = bootstrap
+        self.replication = replication
+        self.cluster = cluster
+
+    def __repr__(self) -> str:
+        return f"Bus({self.kind})"
+
+
+@pytest.fixture(params=["tansu", pytest.param("kafka", marks=pytest.mark.kafka)])
+def bus(request: pytest.FixtureRequest) -> Bus:
+    """Run the requesting test on Tansu and on the 3-broker Kafka cluster."""
+    if request.param == "kafka":
+        cluster: KraftCluster = request.getfixturevalue("kafka_cluster")
+        return Bus("kafka", cluster.bootstrap, 3, cluster)
+    tansu: EmbeddedBroker = request.getfixturevalue("broker")
+    return Bus("tansu", tansu.bootstrap, 1)
+
+
+@pytest.fixture(scope="session")
 def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One embedded ClickHouse data path per test process: chdb serves a single path per process, so
     tests are isolated by database name instead."""
@@ -46,11 +91,16 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings_factory(broker: EmbeddedBroker, chdb_path: Path, tmp_path: Path) -> Callable[..., Settings]:
+def settings_factory(request: pytest.FixtureRequest, chdb_path: Path, tmp_path: Path) -> Callable[..., Settings]:
+    # The engine of a test that takes ``bus``; otherwise the session's Tansu ``broker``.
+    on: Bus | EmbeddedBroker = request.getfixturevalue("bus" if "bus" in request.fixturenames else "broker")
+    replication = on.replication if isinstance(on, Bus) else 1
+
     def make(**overrides: Any) -> Settings:
         tag = uuid.uuid4().hex[:10]
         base: dict[str, Any] = {
-            "kafka_bootstrap": broker.bootstrap,
+            "kafka_bootstrap": on.bootstrap,
+            "topic_replication": replication,
             "topic_transitions": f"t{tag}.agentgov.transitions.v1",
             "topic_assessments": f"t{tag}.agentgov.assessments.v1",
             "topic_dlq": f"t{tag}.agentgov.transitions.dlq",

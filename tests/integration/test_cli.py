@@ -105,7 +105,7 @@ def test_policy_check_and_rules(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: \"1\"\nunknown_key: true\n")
     res = subprocess.run([*AGENTGOV, "policy", "check", str(bad)], capture_output=True, text=True)
-    assert res.returncode == 1 and "unknown_key" in res.stderr
+    assert res.returncode == 4 and "unknown_key" in res.stderr  # Exit.POLICY
     rules = subprocess.run([*AGENTGOV, "rules"], capture_output=True, text=True)
     assert rules.returncode == 0 and "AG-AUTH-001" in rules.stdout
 
@@ -113,4 +113,4 @@ def test_policy_check_and_rules(tmp_path: Path) -> None:
 def test_unknown_setting_is_a_clear_error(tmp_path: Path) -> None:
     env = {**os.environ, "AGENTGOV_KAFKA_BOOTSTARP": "typo:9092"}
     res = subprocess.run([*AGENTGOV, "migrate"], env=env, capture_output=True, text=True, timeout=30)
-    assert res.returncode == 2 and "AGENTGOV_KAFKA_BOOTSTARP" in res.stderr
+    assert res.returncode == 3 and "AGENTGOV_KAFKA_BOOTSTARP" in res.stderr  # Exit.CONFIG

@@ -15,6 +15,7 @@ from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.chaos import Slot, query_store
 from pipeline.errors import PublishError
 from pipeline.faults import FaultyClient
+from pipeline.kraft import KraftCluster
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
@@ -222,11 +223,29 @@ def test_revoke_commits_what_is_stored_before_letting_go(
             second.close()
 
 
+def restartable(engine: str, port: int, tmp_path: Path) -> EmbeddedBroker | KraftCluster:
+    """A broker of its own for a test that stops and restarts it on the same port."""
+    if engine == "kafka":
+        return KraftCluster(tmp_path / "kafka", nodes=1, ports=[port])
+    return EmbeddedBroker(port, tmp_path / "tansu.log")
+
+
+# On Kafka (one node, SIGTERM then restart on the same log) the scorer, alive, hangs inside librdkafka
+# 2.16.0's rd_kafka_send_offsets_to_transaction well past its 30 s timeout (native stack: Scorer.process
+# -> Producer_send_offsets_to_transaction -> rd_kafka_txn_op_req0 -> cnd_wait), so nothing more is scored.
+# Seen in 2 of 2 runs; upstream: librdkafka issues 5456 (the coordinator-request timeout is never checked)
+# and 5511 (a stale cached group coordinator is never re-looked-up). Tansu passes. Kept running so a
+# fixed librdkafka shows up as XPASS.
+KAFKA_TXN_HANG = pytest.mark.xfail(reason="librdkafka send_offsets_to_transaction hangs after a single-node "
+                                          "Kafka restart (upstream 5456/5511)", strict=False)
+
+
+@pytest.mark.parametrize("engine", ["tansu", pytest.param("kafka", marks=[pytest.mark.kafka, KAFKA_TXN_HANG])])
 def test_broker_restart_clients_reconnect_and_sdk_surfaces_failures(
-    settings_factory: Callable[..., Settings], tmp_path: Path, scorer_slot: Callable[[Settings], Slot],
+    engine: str, settings_factory: Callable[..., Settings], tmp_path: Path, scorer_slot: Callable[[Settings], Slot],
 ) -> None:
     port = free_port()
-    broker = EmbeddedBroker(port, tmp_path / "tansu.log").start()
+    broker = restartable(engine, port, tmp_path).start()
     settings = settings_factory(kafka_bootstrap=broker.bootstrap)  # topics created on this broker
     scorer = scorer_slot(settings)
     w = WriterThread(settings).start()
@@ -245,15 +264,11 @@ def test_broker_restart_clients_reconnect_and_sdk_surfaces_failures(
         assert sorted(caught.value.fields["event_ids"]) == sorted(lost)
         assert short.delivered == 0 and short.failed == []
 
-        broker = EmbeddedBroker(port, tmp_path / "tansu.log").start()  # in-memory: a fresh, empty log
+        # Tansu: in memory, a fresh, empty log. Kafka: the same log, offsets and transactions come back.
+        broker.start()
         ensure_topics(settings)
-        time.sleep(8)  # longer than a session: the old group state is gone too
-        if not scorer.alive():
-            code = scorer.proc.poll() if scorer.proc else None
-            # Was seen (about 1 run in 3) before the scorer stopped resuming timed-out aborts: the process
-            # vanished with no Python traceback inside the second abort_transaction. Kept as a guard that
-            # names the exit code if it ever comes back; not the promised behaviour.
-            pytest.xfail(f"scorer exited (code {code}) while the broker was down")
+        time.sleep(8)  # longer than a session: on Tansu the old group state is gone too
+        assert scorer.alive(), f"scorer exited (code {scorer.proc.poll() if scorer.proc else None}) across the restart"
         assert w.thread.is_alive(), "the writer must survive a broker restart"
 
         fresh = TransitionPublisher(settings)

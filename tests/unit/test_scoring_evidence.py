@@ -121,3 +121,29 @@ def test_signature_over_tampered_content_fails() -> None:
     ev = event(key=KEY)
     ev["resource"]["resource_id"] = "grp-admins"
     assert set(_evd(ev, signing_keys={KEY[0]: KEY[1]})) == {"AG-EVD-002", "AG-EVD-006"}
+
+
+BINDING_CASES: list[tuple[str, str, dict[str, tuple[str, ...]], str | None]] = [
+    # (id, the event's agent_id, key_agents, expected)
+    ("benign:registered-agent", "agent-jml-01", {"k1": ("agent-jml-01",)}, None),
+    ("benign:registered-by-pattern", "agent-jml-07", {"k1": ("agent-jml-*",)}, None),
+    ("benign:no-bindings-configured", "agent-other", {}, None),
+    ("other-agent", "agent-payroll-02", {"k1": ("agent-jml-01",)}, "AG-EVD-007"),
+    ("key-bound-to-nobody", "agent-jml-01", {"k2": ("agent-jml-01",)}, "AG-EVD-007"),
+    ("pattern-is-not-a-prefix", "xagent-jml-01", {"k1": ("agent-jml-*",)}, "AG-EVD-007"),
+]
+
+
+@pytest.mark.parametrize(("agent", "bindings", "code"), [c[1:] for c in BINDING_CASES],
+                         ids=[c[0] for c in BINDING_CASES])
+def test_a_signature_binds_the_agent(agent: str, bindings: dict[str, tuple[str, ...]], code: str | None) -> None:
+    ev = event({"agent.agent_id": agent}, key=KEY)
+    found = _evd(ev, signing_keys={KEY[0]: KEY[1]}, require_signatures=True, key_agents=bindings)
+    assert found == ([code] if code else []), found
+
+
+def test_a_bad_signature_is_006_not_007() -> None:
+    """Binding is judged only for signatures that verify: a forged one is AG-EVD-006 alone."""
+    ev = event({"agent.agent_id": "agent-payroll-02"}, key=("k1", b"other-key"))
+    found = _evd(ev, signing_keys={KEY[0]: KEY[1]}, key_agents={"k1": ("agent-jml-01",)})
+    assert found == ["AG-EVD-006"]

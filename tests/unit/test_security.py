@@ -134,3 +134,44 @@ def test_signing_keys_are_secret_and_rotatable(secret_settings: Settings) -> Non
         **secret_settings.signing_keys, "agent-key-2027": type(secret_settings.signing_keys["agent-key-2026"])("k2")}})
     assert set(rotated.signing_keys) == {"agent-key-2026", "agent-key-2027"}  # old and new accepted together
     assert leaked(repr(rotated)) == []
+
+
+URL_SECRETS = {
+    "AGENTGOV_CLICKHOUSE_DSN": "http://alice:ch-url-pw-Kk12@127.0.0.1:1/agentgov",
+    "AGENTGOV_SCHEMA_REGISTRY_URL": "https://bob:sr-url-pw-Jj34@registry.example:8081",
+    "AGENTGOV_KAFKA_EXTRA": '{"sasl.oauthbearer.client.secret": "extra-pw-Hh56"}',
+}
+
+
+@pytest.fixture
+def url_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in list(os.environ):
+        if key.startswith("AGENTGOV_"):
+            monkeypatch.delenv(key)
+    for key, value in URL_SECRETS.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_credentials_in_urls_and_kafka_extra_move_into_secrets(url_settings: Settings) -> None:
+    shown = repr(url_settings) + str(url_settings) + url_settings.model_dump_json()
+    for word in ("ch-url-pw-Kk12", "sr-url-pw-Jj34", "extra-pw-Hh56"):
+        assert word not in shown
+    assert url_settings.clickhouse_dsn == "http://127.0.0.1:1/agentgov"  # what the start-up line prints
+    assert url_settings.schema_registry_url == "https://registry.example:8081"
+    # ... and still reach the clients
+    assert url_settings.clickhouse_kwargs()["password"] == "ch-url-pw-Kk12"
+    assert url_settings.clickhouse_kwargs()["username"] == "alice"
+    assert url_settings.schema_registry_basic_auth is not None
+    assert url_settings.schema_registry_basic_auth.get_secret_value() == "bob:sr-url-pw-Jj34"
+    assert url_settings.kafka_config()["sasl.oauthbearer.client.secret"] == "extra-pw-Hh56"
+
+
+def test_sink_error_text_holds_no_credentials(url_settings: Settings) -> None:
+    from pipeline.errors import SinkError
+    from pipeline.sinks.clickhouse import connect
+
+    with pytest.raises(SinkError) as caught:
+        connect(url_settings)
+    text = str(caught.value) + repr(caught.value.fields)
+    assert "ch-url-pw-Kk12" not in text and "127.0.0.1:1" in text

@@ -21,7 +21,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     s = Settings.load()
-    assert s.embedded_broker and s.bootstrap() == "127.0.0.1:19092"
+    assert s.starts_embedded_broker and s.bootstrap() == "127.0.0.1:19092"
     assert s.topic_transitions == "agentgov.transitions.v1"
     assert s.session_timeout_ms <= 6000  # Tansu's ceiling
     assert s.instance_id is None and s.require_signatures is False
@@ -48,7 +48,22 @@ def test_unknown_env_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AGENTGOV_KAFKA_BOOTSTRAPP", "typo:9092")
     with pytest.raises(ConfigError) as caught:
         Settings.load()
-    assert "AGENTGOV_KAFKA_BOOTSTRAPP" in caught.value.message
+    assert "AGENTGOV_KAFKA_BOOTSTRAPP (did you mean AGENTGOV_KAFKA_BOOTSTRAP?)" in caught.value.message
+
+
+def test_unknown_env_key_without_a_close_name_is_named_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTGOV_FOO", "1")
+    with pytest.raises(ConfigError) as caught:
+        Settings.load()
+    assert "unknown setting in the environment: AGENTGOV_FOO;" in caught.value.message
+    assert "did you mean" not in caught.value.message
+
+
+def test_invalid_values_name_the_variable_but_never_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTGOV_TOPIC_PARTITIONS", "s3cr3t-looking")
+    with pytest.raises(ConfigError) as caught:
+        Settings.load()
+    assert "AGENTGOV_TOPIC_PARTITIONS" in caught.value.message and "s3cr3t" not in caught.value.message
 
 
 def test_unknown_keyword_is_a_config_error() -> None:

@@ -23,6 +23,17 @@ ALTER TABLE ${db}.findings ${on_cluster}
     ADD COLUMN IF NOT EXISTS exception_id Nullable(String),
     ADD COLUMN IF NOT EXISTS exception_version Nullable(Int32);
 
+-- 004's kept-apart copies arrive in the same Avro layout as `ingest`: keep their Null table in step.
+ALTER TABLE ${db}.ingest_duplicates${local} ${on_cluster}
+    MODIFY COLUMN findings Array(Tuple(code String, severity String, category String, message String,
+        evidence_fields Array(String), refs Array(String), related_event_ids Array(String),
+        exception_id Nullable(String), exception_version Nullable(Int32)));
+
+ALTER TABLE ${db}.ingest_duplicates ${on_cluster}
+    MODIFY COLUMN findings Array(Tuple(code String, severity String, category String, message String,
+        evidence_fields Array(String), refs Array(String), related_event_ids Array(String),
+        exception_id Nullable(String), exception_version Nullable(Int32)));
+
 -- The review queue filters findings by agent (the benchmarked read, bench/review_queue.py); the sorting
 -- key starts with code, so a bloom filter skips the other agents' granules. agent_id is the same in
 -- every version of a row, so the index is safe under FINAL (docs/clickhouse.md).

@@ -1,0 +1,99 @@
+"""Who may write where: the Kafka ACLs of each agentgov principal, derived from one Settings object.
+
+- ``agent``: writes the transitions topic, nothing else.
+- ``scorer``: reads transitions (and the baselines/delegations it follows); alone writes assessments, dead
+  letters and the fact topics it owns; its transactional ids and consumer groups.
+- ``correlator``: reads the fact topics; writes holdings and correlations.
+- ``store``: the writer (store owner) reads assessments and correlations; alone writes baselines.
+- ``reader``: reads every topic (consumer groups ``reader-*``), writes nothing.
+
+Used by the Kafka test tier (``tests/integration/test_acls.py``) and mirrored by compose's ``kafka-acls``
+service. Example::
+
+    apply_acls(AdminClient(admin_conf), settings, {"agent": "agent-1", "scorer": "scorer", ...})
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from .errors import BrokerError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROLES = ("agent", "scorer", "correlator", "store", "reader")
+READ, WRITE = AclOperation.READ, AclOperation.WRITE
+
+
+def _topic(principal: str, name: str, op: AclOperation) -> AclBinding:
+    return AclBinding(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, f"User:{principal}", "*", op,
+                      AclPermissionType.ALLOW)
+
+
+def _prefixed(principal: str, kind: ResourceType, prefix: str, op: AclOperation) -> AclBinding:
+    return AclBinding(kind, prefix, ResourcePatternType.PREFIXED, f"User:{principal}", "*", op,
+                      AclPermissionType.ALLOW)
+
+
+def bindings(settings: Settings, principals: Mapping[str, str]) -> list[AclBinding]:
+    """Every ACL for the roles named in ``principals`` (role -> Kafka user name)."""
+    s = settings
+    facts = [s.topic_facts_by_target, s.topic_facts_by_agent, s.topic_holdings, s.topic_delegations]
+    everything = [s.topic_transitions, s.topic_assessments, s.topic_dlq, s.topic_baselines, *facts,
+                  s.topic_correlations]
+    out: list[AclBinding] = []
+    group, txn = ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
+    if "agent" in principals:
+        out.append(_topic(principals["agent"], s.topic_transitions, WRITE))
+    if "scorer" in principals:
+        p = principals["scorer"]
+        out += [_topic(p, t, READ) for t in (s.topic_transitions, s.topic_baselines, s.topic_delegations)]
+        out += [_topic(p, t, WRITE) for t in (s.topic_assessments, s.topic_dlq, *facts)]
+        out += [_prefixed(p, group, s.scorer_group, READ), _prefixed(p, group, "agentgov-", READ),
+                _prefixed(p, txn, "agentgov-scorer-", WRITE)]
+    if "correlator" in principals:
+        p = principals["correlator"]
+        out += [_topic(p, t, READ) for t in facts]
+        out += [_topic(p, t, WRITE) for t in (s.topic_holdings, s.topic_correlations)]
+        out += [_prefixed(p, group, s.correlator_group, READ), _prefixed(p, group, "agentgov-", READ),
+                _prefixed(p, txn, "agentgov-correlator-", WRITE)]
+    if "store" in principals:
+        p = principals["store"]
+        out += [_topic(p, t, READ) for t in (s.topic_assessments, s.topic_correlations, s.topic_baselines)]
+        out.append(_topic(p, s.topic_baselines, WRITE))
+        out += [_prefixed(p, group, s.writer_group, READ), _prefixed(p, group, "agentgov-", READ)]
+    if "reader" in principals:
+        p = principals["reader"]
+        out += [_topic(p, t, READ) for t in everything]
+        out.append(_prefixed(p, group, "reader-", READ))
+    return out
+
+
+def apply_acls(admin: AdminClient, settings: Settings, principals: Mapping[str, str], timeout: float = 30.0) -> int:
+    """Create the ACLs (idempotent: the broker keeps one copy of each) and wait until the brokers serve
+    them (the controller commits them first; brokers apply metadata a moment later). Returns the count."""
+    wanted = bindings(settings, principals)
+    for future in admin.create_acls(wanted, request_timeout=timeout).values():
+        future.result()
+    every = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+                             AclPermissionType.ANY)
+    deadline = time.monotonic() + timeout
+    while not set(wanted) <= set(admin.describe_acls(every, request_timeout=timeout).result()):
+        if time.monotonic() > deadline:
+            raise BrokerError(f"ACLs not served by the brokers after {timeout}s")
+        time.sleep(0.2)
+    log.info("acls applied", extra={"kv": {"bindings": len(wanted), "roles": ",".join(sorted(principals))}})
+    return len(wanted)

@@ -1,0 +1,141 @@
+"""Every limit on what a client may send, defined once and enforced by the SDK, ``agentgov publish``,
+``events.check_values`` (scorer) and the store writer alike. docs/guarantees.md lists each limit and
+what happens beyond it.
+
+Sizes: one Kafka record may hold ``max_message_bytes`` (librdkafka's ``message.max.bytes``, the
+producer's own cap; brokers default to a little more). An event may use that minus a head room, so its
+assessment (the event plus findings) and its dead letter (the event plus error headers) still fit.
+
+Example::
+
+    limits = Limits.from_settings(settings)
+    limits.check_size(len(payload))          # raises ValidationError(reason="oversized")
+    check_record(record, limits, now_ms)      # every bound below, naming the field
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ValidationError
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+INT32_MAX = 2**31 - 1
+"""Avro ``int`` and the store's ``Int32`` columns: ``step`` may not exceed it."""
+STEP_MAX = INT32_MAX
+TIER_MAX = 3
+"""``resource.privilege_tier`` is 0..3 (stored as ``UInt8``)."""
+IDENT_MAX_CHARS = 512
+"""Every string field of an event (ids, states, names, refs, evidence)."""
+INPUTS_MAX = 256
+"""``inputs_used`` entries."""
+ATTRIBUTES_MAX = 256
+"""``attributes`` entries."""
+ATTRIBUTE_KEY_MAX_CHARS = 256
+ATTRIBUTE_VALUE_MAX_CHARS = 8192
+DAY_MS = 86_400_000
+
+HEAD_ROOM_MAX_BYTES = 65_536
+"""Bytes of a record kept free for the assessment's findings, dead-letter headers and the key."""
+KEY_MAX_BYTES = 512
+"""A dead letter carries at most this much of the original key."""
+ERROR_MESSAGE_MAX_CHARS = 500
+"""A dead letter's ``agentgov.error.message`` header."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits in force for one process (sizes and clock bounds come from settings)."""
+
+    message_bytes: int = 1_000_000
+    max_future_ms: int = 300_000
+    max_age_ms: int = 400 * DAY_MS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(message_bytes=settings.max_message_bytes,
+                   max_future_ms=settings.max_future_skew_seconds * 1000,
+                   max_age_ms=settings.event_age_days * DAY_MS)
+
+    @property
+    def head_room_bytes(self) -> int:
+        return min(HEAD_ROOM_MAX_BYTES, max(1024, self.message_bytes // 8))
+
+    @property
+    def event_bytes(self) -> int:
+        """Largest encoded event (wire header included) accepted anywhere."""
+        return self.message_bytes - self.head_room_bytes
+
+    @property
+    def dlq_payload_bytes(self) -> int:
+        """A dead letter carries at most this much of the original payload (the rest is cut, and the
+        ``agentgov.payload.*`` headers give the original size and SHA-256)."""
+        return self.event_bytes
+
+    def check_size(self, size: int) -> None:
+        if size > self.event_bytes:
+            raise ValidationError(f"event of {size} bytes exceeds the {self.event_bytes}-byte limit",
+                                  reason="oversized", field="")
+
+
+def _text(value: Any, field: str, limit: int = IDENT_MAX_CHARS) -> None:
+    if len(value) > limit:
+        raise ValidationError(f"{field} is {len(value)} characters, over the {limit} limit",
+                              reason="invalid_value", field=field)
+
+
+# (path, optional): every string field of a transition except the map, checked by length.
+_STRINGS: tuple[tuple[str, ...], ...] = (
+    ("event_id",), ("workflow_id",), ("workflow_version",), ("run_id",), ("from_state",), ("to_state",),
+    ("agent", "agent_id"), ("agent", "agent_version"), ("agent", "on_behalf_of"), ("agent", "model_id"),
+    ("trigger", "ref"), ("target", "identity_id"), ("resource", "system"), ("resource", "resource_id"),
+    ("resource", "entitlement"), ("decision", "approved_by"), ("decision", "approval_ref"),
+    ("policy", "policy_id"), ("policy", "policy_version"), ("policy", "decision_id"),
+    ("evidence", "event_hash"), ("evidence", "prev_event_hash"), ("evidence", "signature"),
+    ("evidence", "key_id"), ("tenant",),
+)
+
+
+def check_record(record: dict[str, Any], limits: Limits, now_ms: int) -> None:
+    """Integer ranges, string lengths, collection sizes and the ``occurred_at`` window.
+
+    Raises :class:`ValidationError` (reason ``invalid_value``) naming the field."""
+    step = record["step"]
+    if not 0 <= step <= STEP_MAX:
+        raise ValidationError(f"step={step} outside 0..{STEP_MAX}", reason="invalid_value", field="step")
+    tier = record["resource"]["privilege_tier"]
+    if not 0 <= tier <= TIER_MAX:
+        raise ValidationError(f"resource.privilege_tier={tier} outside 0..{TIER_MAX}", reason="invalid_value",
+                              field="resource.privilege_tier")
+    occurred = record["occurred_at"]
+    if occurred > now_ms + limits.max_future_ms:
+        raise ValidationError(
+            f"occurred_at={occurred} is more than {limits.max_future_ms // 1000}s in the future",
+            reason="invalid_value", field="occurred_at")
+    if occurred < now_ms - limits.max_age_ms:
+        raise ValidationError(
+            f"occurred_at={occurred} is more than {limits.max_age_ms // DAY_MS} days old (max event age)",
+            reason="invalid_value", field="occurred_at")
+    for path in _STRINGS:
+        node: Any = record
+        for part in path:
+            node = node.get(part) if node is not None else None
+        if node is not None:
+            _text(node, ".".join(path))
+    inputs = record["inputs_used"]
+    if len(inputs) > INPUTS_MAX:
+        raise ValidationError(f"inputs_used has {len(inputs)} entries, over {INPUTS_MAX}",
+                              reason="invalid_value", field="inputs_used")
+    for item in inputs:
+        _text(item["name"], "inputs_used.name")
+        _text(item["source"], "inputs_used.source")
+    attributes = record["attributes"]
+    if len(attributes) > ATTRIBUTES_MAX:
+        raise ValidationError(f"attributes has {len(attributes)} entries, over {ATTRIBUTES_MAX}",
+                              reason="invalid_value", field="attributes")
+    for key, value in attributes.items():
+        _text(key, "attributes.<key>", ATTRIBUTE_KEY_MAX_CHARS)
+        _text(value, "attributes.<value>", ATTRIBUTE_VALUE_MAX_CHARS)

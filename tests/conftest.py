@@ -1,0 +1,32 @@
+"""Suite-wide collection rules: the Kafka tier (``@pytest.mark.kafka``) needs a JDK and Maven.
+
+Without them the tier is deselected with one line in the summary saying why and how to enable it; under
+``CI=true`` that is a usage error instead, so CI never passes without having run it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.kraft import HOW_TO_ENABLE, java_missing
+
+_skipped: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kafka = [item for item in items if item.get_closest_marker("kafka") is not None]
+    missing = java_missing() if kafka else None
+    if not missing:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        raise pytest.UsageError(f"Kafka tier cannot run on CI: {missing}; {HOW_TO_ENABLE}")
+    config.hook.pytest_deselected(items=kafka)
+    items[:] = [item for item in items if item.get_closest_marker("kafka") is None]
+    _skipped.append(f"kafka tier skipped ({len(kafka)} tests): {missing}; to enable, {HOW_TO_ENABLE}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _skipped:
+        terminalreporter.write_line(line, yellow=True)

@@ -1,0 +1,433 @@
+"""Hostile input through the real broker and store: no single event may stop a partition.
+
+Each case is sent, then ordinary events after it; every test asserts that those later events are stored
+(the pipeline keeps flowing), that produced = stored + dead-lettered, and that the right dead-letter
+reason or finding appears. Sizes are the real ones (1,000,000-byte records), not a lowered limit.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Message, Producer
+
+from pipeline.assessment import AssessmentEncoder
+from pipeline.deadletters import header
+from pipeline.limits import (
+    ATTRIBUTE_VALUE_MAX_CHARS,
+    ATTRIBUTES_MAX,
+    DAY_MS,
+    IDENT_MAX_CHARS,
+    STEP_MAX,
+    Limits,
+)
+from pipeline.publisher import EventInvalid, TransitionPublisher
+from pipeline.schemas import ASSESSMENT, SchemaSet
+from pipeline.scoring.engine import Scored
+from pipeline.scoring.policy import load_policy
+from pipeline.serde import Serde
+from pipeline.settings import Settings
+from tests.factory import draft
+from tests.integration.conftest import consume, wait_until
+from tests.integration.test_fuzz_pipeline import InProcess
+
+pytestmark = pytest.mark.integration
+SCHEMAS = SchemaSet.load()
+SERDE = Serde(SCHEMAS)
+
+
+@pytest.fixture
+def in_process() -> Iterator[Callable[[Settings], InProcess]]:
+    made: list[InProcess] = []
+
+    def make(settings: Settings) -> InProcess:
+        made.append(InProcess(settings, None))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def raw_producer(settings: Settings) -> Producer:
+    return Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
+
+
+def sized(pub: TransitionPublisher, size: int, **changes: Any) -> dict[str, Any]:
+    """A completed record whose encoded form is exactly ``size`` bytes (grown through ``attributes``, each
+    value within the attribute limit)."""
+    rec = pub.complete(draft(run_id=f"run-size-{uuid.uuid4().hex[:8]}", **changes))
+    attrs: dict[str, str] = {}
+    rec["attributes"] = attrs
+    rest = size - len(SERDE.encode(rec))
+    while rest > ATTRIBUTE_VALUE_MAX_CHARS:  # whole values, leaving 4 KB or so for the pad
+        attrs[f"k{len(attrs):03d}"] = "x" * min(ATTRIBUTE_VALUE_MAX_CHARS, rest - 4096)
+        rest = size - len(SERDE.encode(rec))
+    attrs["pad"] = ""
+    for _ in range(4):  # the pad's length prefix may grow by a byte: converge
+        rest = size - len(SERDE.encode(rec))
+        attrs["pad"] = "p" * (len(attrs["pad"]) + rest)
+    assert len(SERDE.encode(rec)) == size
+    return rec
+
+
+def dlq_by_source(settings: Settings, count: int) -> dict[tuple[int, int], Message]:
+    """Dead letters by source (partition, offset): a re-cut batch may repeat one; the source identifies it."""
+    dead = consume(settings, settings.topic_dlq, count, timeout=60, settle=2.0)
+    return {(int(header(m.headers(), "agentgov.source.partition") or -1),
+             int(header(m.headers(), "agentgov.source.offset") or -1)): m for m in dead}
+
+
+def stored_ids(pipe: InProcess) -> set[str]:
+    return {r["event_id"] for r in pipe.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
+
+
+def flowing(pipe: InProcess, pub: TransitionPublisher, n: int = 5) -> set[str]:
+    """Publish ``n`` ordinary events after the hostile ones; assert they are stored within seconds."""
+    ids = {pub.publish(draft(run_id=f"run-after-{uuid.uuid4().hex[:8]}")) for _ in range(n)}
+    pub.flush()
+    assert wait_until(lambda: ids <= stored_ids(pipe), 60), "events after the hostile input were not stored"
+    return ids
+
+
+def test_sizes_at_the_real_one_megabyte_limit(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    settings = settings_factory()
+    limits = Limits.from_settings(settings)
+    assert settings.max_message_bytes == 1_000_000 and limits.event_bytes == 934_464
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    raw = raw_producer(settings)
+
+    # The SDK (and so `agentgov publish`) refuses an event over the limit before sending anything.
+    with pytest.raises(EventInvalid, match=r"exceeds the \d+-byte limit"):
+        pub.send(sized(pub, limits.event_bytes + 1))
+    at_limit = sized(pub, limits.event_bytes)
+    pub.send(at_limit)
+    pub.flush()
+    # What a client without the SDK can send: just over the limit, and the ~1 MB record of the report.
+    over = sized(pub, limits.event_bytes + 1)
+    huge = sized(pub, 999_000)
+    offsets: dict[str, int] = {}
+
+    def note(name: str) -> Callable[[Any, Message], None]:
+        def cb(err: Any, msg: Message) -> None:
+            assert err is None, err
+            offsets[name] = msg.offset()
+        return cb
+
+    for name, rec in (("over", over), ("huge", huge)):
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode(), on_delivery=note(name))
+    assert raw.flush(30) == 0
+    after = flowing(pipe, pub)
+
+    dead = dlq_by_source(settings, 2)
+    assert {header(m.headers(), "agentgov.error.reason") for m in dead.values()} == {"oversized"}
+    huge_dead = next(m for m in dead.values() if header(m.headers(), "agentgov.payload.bytes") == str(999_000))
+    assert header(huge_dead.headers(), "agentgov.payload.truncated") == "1"
+    assert len(huge_dead.value()) == limits.dlq_payload_bytes
+    ids = stored_ids(pipe)
+    assert at_limit["event_id"] in ids and over["event_id"] not in ids and huge["event_id"] not in ids
+    # Accounting: 1 + 2 + 5 produced = stored + dead-lettered.
+    assert len(ids) + len(dead) == 1 + 2 + len(after)
+
+
+def _raw(pub: TransitionPublisher, **changes: Any) -> dict[str, Any]:
+    rec = pub.complete(draft(run_id=f"run-b-{uuid.uuid4().hex[:8]}"))
+    for key, value in changes.items():
+        node = rec
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return rec
+
+
+def test_bounds_of_every_narrowed_value(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    settings = settings_factory()
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    raw = raw_producer(settings)
+    now = int(time.time() * 1000)
+    age = settings.event_age_days * DAY_MS
+    accepted = {
+        "step_max": _raw(pub, step=STEP_MAX),
+        "tier_3": _raw(pub, **{"resource.privilege_tier": 3}),
+        "ident_512": _raw(pub, from_state="s" * IDENT_MAX_CHARS),
+        "attributes_256": _raw(pub, attributes={f"k{i}": "v" for i in range(ATTRIBUTES_MAX)}),
+        "almost_too_old": _raw(pub, occurred_at=now - age + 3_600_000),
+        "skew_inside": _raw(pub, occurred_at=now + 60_000),
+    }
+    rejected = {  # name -> the field the dead letter names
+        "step_int32_overflow": (_raw(pub, step=STEP_MAX + 6), "step"),
+        "step_2_pow_40": (_raw(pub, step=2**40), "step"),
+        "tier_4": (_raw(pub, **{"resource.privilege_tier": 4}), "resource.privilege_tier"),
+        "ident_513": (_raw(pub, from_state="s" * (IDENT_MAX_CHARS + 1)), "from_state"),
+        "key_id_513": (_raw(pub, **{"evidence.key_id": "k" * 513}), "evidence.key_id"),
+        "attributes_257": (_raw(pub, attributes={f"k{i}": "v" for i in range(ATTRIBUTES_MAX + 1)}), "attributes"),
+        "decades_old": (_raw(pub, occurred_at=now - 30 * 365 * DAY_MS), "occurred_at"),
+        "just_too_old": (_raw(pub, occurred_at=now - age - 3_600_000), "occurred_at"),
+        "decades_ahead": (_raw(pub, occurred_at=now + 30 * 365 * DAY_MS), "occurred_at"),
+        "upper_case_uuid": (_raw(pub, event_id=str(uuid.uuid4()).upper()), "event_id"),
+    }
+    for rec in accepted.values():
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
+    for rec, _ in rejected.values():
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
+    assert raw.flush(30) == 0
+    # The SDK refuses the same records before they leave the process.
+    for name, (rec, field) in rejected.items():
+        with pytest.raises(EventInvalid) as caught:
+            pub.send(rec)
+        assert field in str(caught.value), (name, caught.value)
+    after = flowing(pipe, pub)
+
+    dead = dlq_by_source(settings, len(rejected))
+    fields = sorted(header(m.headers(), "agentgov.error.field") or "" for m in dead.values())
+    assert fields == sorted(f for _, f in rejected.values())
+    assert {header(m.headers(), "agentgov.error.reason") for m in dead.values()} == {"invalid_value"}
+    ids = stored_ids(pipe)
+    assert {r["event_id"] for r in accepted.values()} <= ids
+    assert len(ids) + len(dead) == len(accepted) + len(rejected) + len(after)
+    steps = {r["step"] for r in pipe.sink.query("SELECT step FROM {db}.transitions FINAL")}
+    assert STEP_MAX in steps
+
+
+def _assessment(rec: dict[str, Any], encoder: AssessmentEncoder, offset: int) -> bytes:
+    decoded = SERDE.decode(SERDE.encode(rec))
+    return encoder.encode(decoded, Scored((), 0, "low"), 0, offset, int(time.time() * 1000))
+
+
+def test_writer_isolates_rows_the_store_refuses(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Assessments already on the topic (e.g. scored before a limit existed) that ClickHouse refuses: an
+    Avro int overflow (one row) and a batch spanning 120 daily partitions (error 252: no row is bad)."""
+    settings = settings_factory(writer_batch_rows=5000, writer_batch_seconds=1.0)
+    pub = publisher_factory(settings)
+    encoder = AssessmentEncoder(SCHEMAS, Serde(SCHEMAS, record=ASSESSMENT), "test", load_policy(None))
+    now = int(time.time() * 1000)
+    spread = [_raw(pub, occurred_at=now - day * DAY_MS) for day in range(120)]
+    overflow = _raw(pub, step=2**31 + 5)
+    neighbours = [_raw(pub) for _ in range(4)]
+    raw = raw_producer(settings)
+    for i, rec in enumerate(spread):  # one partition, so they are one batch for the writer
+        raw.produce(settings.topic_assessments, _assessment(rec, encoder, i), key=rec["event_id"].encode(),
+                    partition=0)
+    assert raw.flush(30) == 0
+    pipe = in_process(settings)  # started after the records are on the topic: they arrive as one batch
+    assert wait_until(lambda: pipe.writer.stored >= len(spread), 60)
+    for i, rec in enumerate([neighbours[0], neighbours[1], overflow, neighbours[2], neighbours[3]]):
+        raw.produce(settings.topic_assessments, _assessment(rec, encoder, 1000 + i), key=rec["event_id"].encode(),
+                    partition=0)
+    assert raw.flush(30) == 0
+    records = [*spread, overflow, *neighbours]
+    assert wait_until(lambda: pipe.writer.stored >= len(records), 60)
+    after = flowing(pipe, pub)
+    ids = stored_ids(pipe)
+    assert {r["event_id"] for r in [*spread, *neighbours]} <= ids and overflow["event_id"] not in ids
+    dead = dlq_by_source(settings, 1)
+    assert list(dead) == [(0, 122)]  # the overflow: third of the second lot
+    msg = dead[(0, 122)]
+    assert header(msg.headers(), "agentgov.error.reason") == "store_rejected"
+    assert "Avro int" in (header(msg.headers(), "agentgov.error.message") or "")
+    assert header(msg.headers(), "agentgov.source.topic") == settings.topic_assessments
+    assert len(ids) + len(dead) == len(records) + len(after)
+    sample = pipe.metrics.registry.get_sample_value
+    assert sample("agentgov_poison_records_total", {"role": "writer", "reason": "store_rejected"}) == 1
+    assert sample("agentgov_dead_letters_total", {"reason": "store_rejected"}) == 1
+    isolating = "store refused a batch's data; isolating the rows"
+    codes = {getattr(r, "kv", {}).get("code") for r in caplog.records if r.getMessage() == isolating}
+    assert {252, 1001} <= codes, codes  # both refusals were met, and bisected
+    # A refused row is the data's fault, not the store's: no store-error series, no pause.
+    assert not sample("agentgov_sink_errors_total", {"table": "ingest", "kind": "DatabaseError"})
+
+
+def test_a_later_copy_never_replaces_the_original(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """A rewritten copy (same event_id, risk 80 turned to ~0, new hash) and a byte-identical signed replay,
+    both published later under other keys: trail and export still show the original; both copies are kept
+    apart with AG-EVD-005; nothing is replaced, whichever partition each copy came through."""
+    settings = settings_factory(signing_keys={"k-agent": "s3cret-agent"})
+    pipe = in_process(settings)
+    pub = publisher_factory(settings, signing_key=("k-agent", b"s3cret-agent"))
+    original = pub.complete(draft(run_id="run-orig", action="assign_role", **{
+        "resource.resource_id": "role/GlobalAdmin", "resource.privilege_tier": 3}))
+    pub.send(original)
+    pub.flush()
+    assert wait_until(lambda: original["event_id"] in stored_ids(pipe), 60)
+    from pipeline.audit import export, render_trail, trail
+    from pipeline.events import event_hash, sign
+
+    before = trail(pipe.sink, "run-orig")
+    assert before[0]["risk_score"] >= 50, before
+
+    rewritten = dict(original, action="remove_role", resource={**original["resource"], "privilege_tier": 0})
+    rewritten["evidence"] = dict(original["evidence"], event_hash=event_hash(rewritten))
+    rewritten["evidence"]["signature"] = sign(rewritten, b"s3cret-agent")
+    raw = raw_producer(settings)
+    keys = [b"another-key-1", b"another-key-2"]  # other partitions than run-orig's, most likely
+    raw.produce(settings.topic_transitions, SERDE.encode(rewritten), key=keys[0])
+    raw.produce(settings.topic_transitions, SERDE.encode(original), key=keys[1])  # byte-identical replay
+    assert raw.flush(30) == 0
+    after = flowing(pipe, pub)
+    assert wait_until(lambda: pipe.metrics.registry.get_sample_value("agentgov_duplicate_events_total") == 2, 60)
+
+    rows = pipe.sink.query("SELECT action, privilege_tier FROM {db}.transitions FINAL WHERE event_id = {e:String}",
+                           {"e": original["event_id"]})
+    assert rows == [{"action": "assign_role", "privilege_tier": 3}]
+    now = trail(pipe.sink, "run-orig")
+    assert [(s["action"], s["risk_score"]) for s in now] == [(s["action"], s["risk_score"]) for s in before]
+    assert len(now[0]["later_copies"]) == 2
+    assert all("AG-EVD-005" in c["finding_codes"] for c in now[0]["later_copies"])
+    text = render_trail(now)
+    assert text.count("AG-EVD-005 critical: a later copy") == 2 and "remove_role" in text
+    from datetime import UTC, datetime, timedelta
+
+    exported = list(export(pipe.sink, since=datetime.now(UTC) - timedelta(days=1),
+                           until=datetime.now(UTC) + timedelta(days=1), min_score=50))
+    mine = [r for r in exported if r["event_id"] == original["event_id"]]
+    assert len(mine) == 1 and mine[0]["action"] == "assign_role" and len(mine[0]["later_copies"]) == 2
+    # Accounting: every produced record is stored, kept apart, or dead-lettered (none here).
+    kept_apart = pipe.sink.query("SELECT count() AS n FROM {db}.duplicates")[0]["n"]
+    assert len(stored_ids(pipe)) + kept_apart == 1 + 2 + len(after)
+
+
+ESC_VALUES = {
+    "esc_erase": "ok\x1b[1A\x1b[2K",          # cursor up, erase line: would hide the finding above
+    "osc_title": "t\x1b]0;pwned\x07",          # OSC: set the terminal title
+    "newline_forgery": "x\n[9] 2026-01-01 00:00:00.000  forged -> step",
+    "c1_csi": "c\x9b2J",                       # 8-bit CSI
+    "bidi": "abc\u202edcba",                   # right-to-left override
+}
+
+
+def test_every_printed_field_is_inert(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """ESC/OSC/CSI/newline/bidi in every agent-supplied string `agentgov trail` prints (identifiers refuse
+    control characters at the edge; the rest are stored verbatim and escaped on output)."""
+    from pipeline.audit import render_trail, to_json, trail
+
+    settings = settings_factory()
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    printed = ("from_state", "to_state", "agent.model_id", "agent.agent_version", "trigger.ref",
+               "decision.approval_ref", "policy.policy_id", "policy.policy_version", "workflow_version")
+    runs = []
+    for name, value in ESC_VALUES.items():
+        rec = pub.complete(draft(run_id=f"run-esc-{name}", **{
+            "decision.approved_by": "mgr-1", "inputs_used": [{"name": value, "source": value}]}))
+        for path in printed:
+            node = rec
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        rec["attributes"] = {value: value}
+        pub.send(rec)
+        runs.append(rec)
+    pub.flush()
+    assert wait_until(lambda: {r["event_id"] for r in runs} <= stored_ids(pipe), 60)
+    for name, rec in zip(ESC_VALUES, runs, strict=True):
+        steps = trail(pipe.sink, rec["run_id"])
+        assert steps[0]["from_state"] == rec["from_state"]  # stored verbatim
+        text = render_trail(steps)
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e"), repr(text)
+        # No forged line: a step prints 5 lines plus one per finding.
+        assert len(text.splitlines()) == 5 + len(steps[0]["findings"]), text
+        escaped = "\\u202e" if name == "bidi" else "\\x"
+        assert text.count(escaped) >= len(printed) - 3, text  # agent_version, workflow_version, attrs unprinted
+        js = to_json(steps)
+        assert not any(c in js for c in "\x1b\x07\x9b\u202e\n")
+
+
+def test_dlq_command_lists_shows_and_republishes_after_a_fix(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """An event dead-lettered for a cause that is then fixed (here: it was ahead of a zero clock skew, and
+    its time has come) is listed, shown and re-published by `agentgov dlq`, and then stored."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    settings = settings_factory(max_future_skew_seconds=0)
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    early = _raw(pub, occurred_at=int(time.time() * 1000) + 4000, from_state="ahead\x1b[2J")
+    cut = sized(pub, Limits.from_settings(settings).event_bytes + 10)
+    raw = raw_producer(settings)
+    for rec in (early, cut):
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
+    assert raw.flush(30) == 0
+    dlq_by_source(settings, 2)
+    env = {"AGENTGOV_KAFKA_BOOTSTRAP": settings.bootstrap(), "AGENTGOV_TOPIC_DLQ": settings.topic_dlq,
+           "AGENTGOV_TOPIC_TRANSITIONS": settings.topic_transitions}
+    runner = CliRunner()
+    listed = runner.invoke(main, ["dlq", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and any("invalid_value   field occurred_at" in x for x in lines), lines
+    assert any("oversized" in x and "(payload cut)" in x for x in lines), lines
+    ref_early = next(x.split()[0] for x in lines if "occurred_at" in x)
+    ref_cut = next(x.split()[0] for x in lines if "oversized" in x)
+    shown = runner.invoke(main, ["dlq", "show", ref_early], env=env)
+    assert shown.exit_code == 0 and early["event_id"] in shown.stdout and "\x1b" not in shown.stdout
+    refused = runner.invoke(main, ["dlq", "republish", ref_cut], env=env)
+    assert refused.exit_code == 2 and "cut payload" in refused.output and "Traceback" not in refused.output
+
+    time.sleep(max(0.0, early["occurred_at"] / 1000 - time.time()) + 0.5)  # the fix: its time has come
+    done = runner.invoke(main, ["dlq", "republish", ref_early], env=env)
+    assert done.exit_code == 0 and "re-published 1" in done.stdout, done.output
+    assert wait_until(lambda: early["event_id"] in stored_ids(pipe), 60)
+    flowing(pipe, pub, 2)
+
+
+def test_cross_agent_signature_and_a_non_utf8_policy_file(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess], tmp_path: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Agent B's event signed with A's (valid, known) key is AG-EVD-007; A's own is clean. Then the policy
+    file is overwritten with non-UTF-8 bytes: the scorers keep the old policy and keep scoring."""
+    from pathlib import Path
+
+    policy = Path(tmp_path) / "policy.yaml"
+    policy.write_text(Path("policies/default.yaml").read_text())
+    settings = settings_factory(signing_keys={"k-a": "key-of-a", "k-b": "key-of-b"}, require_signatures=True,
+                                signing_key_agents={"k-a": ["agent-a"], "k-b": ["agent-b*"]},
+                                policy_file=policy, policy_reload_seconds=0.2)
+    pipe = in_process(settings)
+    as_a = publisher_factory(settings, signing_key=("k-a", b"key-of-a"))
+    own = as_a.publish(draft(run_id="run-sig-own", **{"agent.agent_id": "agent-a"}))
+    forged = as_a.publish(draft(run_id="run-sig-forged", **{"agent.agent_id": "agent-b-7"}))
+    as_a.flush()
+    assert wait_until(lambda: {own, forged} <= stored_ids(pipe), 60)
+    codes = {r["event_id"]: set(r["finding_codes"]) for r in pipe.sink.query(
+        "SELECT event_id, finding_codes FROM {db}.assessments FINAL")}
+    assert "AG-EVD-007" in codes[forged] and "AG-EVD-006" not in codes[forged]
+    assert not {"AG-EVD-006", "AG-EVD-007"} & codes[own]
+
+    version = pipe.scorer.policy.version
+    policy.write_bytes(policy.read_bytes().replace(b"version:", b"version: \xff\xfe #", 1))
+    time.sleep(1.0)  # several reload checks
+    after = {as_a.publish(draft(run_id=f"run-sig-after-{i}", **{"agent.agent_id": "agent-a"})) for i in range(3)}
+    as_a.flush()
+    assert wait_until(lambda: after <= stored_ids(pipe), 60)
+    assert pipe.scorer.policy.version == version
+    rejected = [r for r in caplog.records if r.getMessage().startswith("policy file changed but is invalid")]
+    assert rejected and "not UTF-8" in getattr(rejected[0], "kv", {})["error"]
+    assert all(t.is_alive() for t in pipe.threads)
