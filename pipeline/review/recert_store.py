@@ -41,6 +41,7 @@ FROM (
            argMax(approved_by, (occurred_at, event_id)) AS g_approved,
            argMax(authority, (occurred_at, event_id)) AS g_authority, max(occurred_at) AS granted_at
     FROM {db}.access_changes
+    {prefilter}
     GROUP BY target_id, system, access
     HAVING g_action IN {held:Array(String)} {having}
 ) AS h
@@ -86,16 +87,19 @@ class RecertStore:
 
     # -- holdings -------------------------------------------------------------------------------
     def holdings(self, scope: Scope, now_ms: int, limit: int = 1_000_000) -> list[dict[str, Any]]:
-        having, where = [], ["1"]
+        having, where, pre = [], ["1"], []
         params: dict[str, Any] = {"held": HELD_ACTIONS, "leave": LEAVE_ACTIONS, "limit": limit}
         if scope.min_tier is not None:
             having.append("tier >= {tier:UInt8}")
+            pre.append("privilege_tier >= {tier:UInt8}")
             params["tier"] = scope.min_tier
         if scope.agent:
             having.append("g_agent = {agent:String}")
+            pre.append("agent_id = {agent:String}")
             params["agent"] = scope.agent
         if scope.within_days is not None:
             having.append("max(occurred_at) >= {since:DateTime64(3)}")
+            pre.append("occurred_at >= {since:DateTime64(3)}")
             params["since"] = datetime.fromtimestamp(now_ms / 1000 - scope.within_days * 86400, UTC).replace(
                 tzinfo=None)
         if scope.workflow:  # the workflow is on the grant's event (while the transitions are retained)
@@ -105,7 +109,11 @@ class RecertStore:
             where.append("(h.target_id, h.system, h.access) NOT IN (SELECT payload['target_id'], payload['system'], "
                          "payload['access'] FROM {db}.decisions WHERE subject_kind = 'campaign_item' "
                          "AND to_state = 'certified')")
-        sql = (HOLDINGS_SQL.replace("{having}", "".join(f" AND {h}" for h in having))
+        # Aggregate only the accesses a change in scope touched (the HAVING still judges the latest change):
+        # a tier >= 2 campaign over a million holdings groups its few percent, not all of them.
+        prefilter = ("WHERE (target_id, system, access) IN (SELECT target_id, system, access FROM "
+                     "{db}.access_changes WHERE " + " AND ".join(pre) + ")") if pre else ""
+        sql = (HOLDINGS_SQL.replace("{prefilter}", prefilter).replace("{having}", "".join(f" AND {h}" for h in having))
                .replace("{where}", " AND ".join(where)) + " LIMIT {limit:UInt32}")
         rows = self.query(sql, params)
         evidence: dict[str, dict[str, Any]] = {}
