@@ -62,8 +62,9 @@ class AgentgovCli(click.Group):
 def main(debug: bool) -> None:
     """agentgov: governance pipeline for AI agents that make IAM decisions.
 
-    Exit codes: 0 ok, 1 some input failed, 2 usage, 3 settings, 4 policy, 5 no store, 6 store in use,
-    7 store error, 8 broker unreachable, 9 events undelivered, 70 internal error."""
+    Exit codes: 0 ok, 1 not all done (rejected lines, no such run), 2 usage, 3 settings, 4 policy,
+    5 no store, 6 store in use, 7 store error, 8 broker unreachable, 9 events undelivered, 70 internal error
+    (README.md, "Exit codes")."""
     Settings.load()  # every command, even `rules`, rejects unknown or invalid AGENTGOV_* variables
 
 
@@ -81,7 +82,11 @@ def run(scorers: int) -> None:
     if not settings.starts_embedded_broker:
         probe(settings)  # say "unreachable" in seconds, not after the topic admin's 30 s timeout
     metrics = Metrics()
-    serve(metrics, settings.metrics_port, settings.metrics_addr)
+    try:
+        serve(metrics, settings.metrics_port, settings.metrics_addr)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve /metrics on {settings.metrics_addr}:{settings.metrics_port}: {exc.strerror}; "
+                          "is another `agentgov run` up? Stop it, or set AGENTGOV_METRICS_PORT (0 disables)") from exc
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(settings, scorers=scorers, metrics=metrics, log_dir=settings.state_dir)
     try:

@@ -33,7 +33,7 @@ class Exit(IntEnum):
     """``agentgov`` exit codes."""
 
     OK = 0
-    INCOMPLETE = 1       # the command ran, but some input failed: rejected lines, no such run
+    INCOMPLETE = 1       # the command could not do all it was asked: rejected lines, no such run
     USAGE = 2            # bad command line (click's own code)
     CONFIG = 3           # invalid or unknown AGENTGOV_* setting
     POLICY = 4           # invalid governance policy file
@@ -94,8 +94,8 @@ def explain(exc: BaseException) -> Failure:
                                               "once the broker is reachable")
     if isinstance(exc, AgentgovError) and exc.reason == "dlq":  # pipeline.dlq.DlqError: no such letter, cut payload
         return Failure(Exit.INCOMPLETE, msg, "see `agentgov dlq list` and docs/runbooks/dead-letters.md")
-    if isinstance(exc, AgentgovError):
-        return Failure(Exit.INTERNAL, msg, "rerun with --debug for the traceback")
+    if isinstance(exc, AgentgovError):  # a command's own refusal (`dlq show` of a missing ref...): it says why
+        return Failure(Exit.INCOMPLETE, msg)
     code = _kafka_code(exc)
     if code is not None:
         if code in _UNREACHABLE:

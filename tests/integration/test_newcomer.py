@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -148,6 +149,8 @@ CASES = [
      Exit.BROKER, "cannot reach the broker at 127.0.0.1:{dead_port}"),
     ("policy invalid, check", "agentgov policy check {policy}", {}, Exit.POLICY, "unknown_key"),
     ("policy invalid, run", "agentgov run", {"AGENTGOV_POLICY_FILE": "{policy}"}, Exit.POLICY, "invalid policy"),
+    ("metrics port taken", "agentgov run", {"AGENTGOV_METRICS_PORT": "{taken_port}"}, Exit.CONFIG,
+     "cannot serve /metrics on 127.0.0.1:{taken_port}: Address already in use; is another `agentgov run` up?"),
     ("unknown variable", "agentgov rules", {"AGENTGOV_FOO": "1"}, Exit.CONFIG,
      "unknown setting in the environment: AGENTGOV_FOO"),
     ("misspelt variable", "agentgov migrate", {"AGENTGOV_KAFKA_BOOTSTARP": "h:9092"}, Exit.CONFIG,
@@ -167,7 +170,12 @@ def test_errors_read_as_sentences(tmp_path: Path, request: pytest.FixtureRequest
                                   name: str, cmd: str, extra: dict[str, str], code: Exit, says: str) -> None:
     events = tmp_path / "events.jsonl"
     events.write_text(json.dumps(draft(run_id="run-nc-1")) + "\n" + json.dumps(draft(run_id="run-nc-2")) + "\n")
-    values = {"tmp_path": tmp_path, "policy": _bad_policy(tmp_path), "dead_port": free_port(), "events": events,
+    taken = socket.socket()
+    request.addfinalizer(taken.close)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    values = {"tmp_path": tmp_path, "taken_port": taken.getsockname()[1], "policy": _bad_policy(tmp_path),
+              "dead_port": free_port(), "events": events,
               "broker": broker.bootstrap,
               "held": request.getfixturevalue("locked_store") if "{held}" in str(extra) else ""}
     env = _env(tmp_path, **{k: v.format(**values) for k, v in extra.items()})
@@ -187,3 +195,21 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert res.returncode == Exit.STORE_MISSING and "Traceback" in res.stderr and "StoreMissing" in res.stderr
     res = _sh("agentgov trail run-1", {**env, "AGENTGOV_LOG_LEVEL": "debug"}, tmp_path)
     assert res.returncode == Exit.STORE_MISSING and "Traceback" in res.stderr
+
+
+def test_demo_never_replaces_a_store_holding_other_data(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert _sh("agentgov migrate", env, tmp_path).returncode == 0
+    store = env["AGENTGOV_CLICKHOUSE_DSN"]
+    insert = subprocess.run(
+        [sys.executable, "-c", "import clickhouse_connect; "
+         f"c = clickhouse_connect.get_client(dsn='{store}'); "
+         "c.command(\"INSERT INTO agentgov.transitions (event_id, run_id, occurred_at) "
+         "VALUES (generateUUIDv4(), 'run-real', now64(3))\")"],
+        capture_output=True, text=True, timeout=60)
+    assert insert.returncode == 0, insert.stderr
+    res = _sh("agentgov demo --events 100 --scorers 1", env, tmp_path)
+    assert res.returncode == Exit.CONFIG, res.stderr
+    assert "holds 1 events that no demo wrote" in res.stderr and "Traceback" not in res.stderr
+    trail = _sh("agentgov trail run-real", env, tmp_path)  # still there
+    assert trail.returncode == 0 and "[0]" in trail.stdout, trail.stderr

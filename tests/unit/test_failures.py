@@ -9,6 +9,7 @@ import re
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from pipeline.dlq import DlqError
 from pipeline.errors import (
     BrokerError,
     ConfigError,
@@ -33,7 +34,8 @@ from pipeline.progress import Counts, StreamProgress
     (KafkaException(KafkaError(KafkaError._TRANSPORT)), Exit.BROKER, "cannot reach the broker"),
     (KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)), Exit.BROKER, "refused"),
     (PublishError("2 events were not delivered"), Exit.UNDELIVERED, "not delivered"),
-    (DecodeError("bad bytes"), Exit.INTERNAL, "bad bytes"),
+    (DecodeError("bad bytes"), Exit.INCOMPLETE, "bad bytes"),
+    (DlqError("no dead letter at 3:17"), Exit.INCOMPLETE, "no dead letter at 3:17"),
     (RuntimeError("boom"), Exit.INTERNAL, "unexpected error: RuntimeError: boom"),
     (KeyboardInterrupt(), Exit.INTERRUPTED, "interrupted"),
 ])
