@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=None, help="events per throughput scenario (default 200000)")
     ap.add_argument("--rates", default=None, help="latency offered rates, comma-separated (default 2000,10000,25000)")
     ap.add_argument("--latency-seconds", type=float, default=None, help="seconds per latency rate (default 6)")
-    ap.add_argument("--only", default="ceiling,agentgov,quix,latency",
+    ap.add_argument("--only", default="ceiling,agentgov,quix,latency,review",
                     help="scenarios to run, comma-separated (default: all; ratios need all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -225,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in only:
             doc["latency"] = latency(bootstrap, rates, lat_seconds, per_event, work, rss, scorers=2)
         rss.stop()
+    if "review" in only:
+        # The review queue's first page filtered by agent over 1,000,000 stored findings (target < 500 ms).
+        out_json = subprocess.run(
+            [sys.executable, "-m", "bench.review_queue", "--findings", str(10_000 if smoke else 1_000_000),
+             "--path", str(work / "review-chdb")], capture_output=True, text=True, check=True).stdout
+        doc["review_queue"] = json.loads(out_json.strip().splitlines()[-1])
+        log(f"review queue: {doc['review_queue']}")
     doc["rss_peak_mb"] = {k: round(v / report.MB, 1) for k, v in sorted(rss.peaks.items())}
     doc["ratios"] = report.ratios(doc)
     doc["targets"] = report.verdicts(doc)

@@ -92,6 +92,10 @@ def verdicts(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ):
         met = None if measured is None else (measured >= target if higher else measured <= target)
         out[name] = {"measured": measured, "target": target, "met": met}
+    review = doc.get("review_queue")
+    if review:  # queue first page by agent over 1M findings; the max of the repeats is judged
+        out["review_queue_first_page_ms"] = {"measured": review["first_page_ms_max"], "target": review["target_ms"],
+                                             "met": review["first_page_ms_max"] < review["target_ms"]}
     return out
 
 

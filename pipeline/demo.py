@@ -61,7 +61,8 @@ def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
         "SELECT t.attributes['demo.scenario'] AS scenario, groupUniqArray(f.code) AS codes, "
         "uniqExact(t.event_id) AS events, countIf(f.code != '') AS findings "
         "FROM {db}.transitions AS t FINAL LEFT JOIN (SELECT event_id, code FROM {db}.findings FINAL "
-        "UNION ALL SELECT event_id, code FROM {db}.cross_run_findings FINAL) AS f "
+        "UNION ALL SELECT event_id, code FROM {db}.cross_run_findings FINAL "
+        "UNION ALL SELECT event_id, arrayJoin(finding_codes) AS code FROM {db}.duplicates) AS f "
         "ON f.event_id = t.event_id GROUP BY scenario")
     codes = {r["scenario"]: set(r["codes"]) - {""} for r in per_scenario}
     for r in per_scenario:

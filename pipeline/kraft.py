@@ -300,6 +300,20 @@ class KraftCluster:
             time.sleep(0.5)
         raise BrokerError(f"kafka cluster at {self.bootstrap} not healthy after {timeout}s: {last}")
 
+    def wait_in_sync(self, timeout: float = 180.0) -> float:
+        """Seconds until every partition of every topic has all its replicas in sync (after a restart)."""
+        admin = AdminClient(self.client_config())
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                md = admin.list_topics(timeout=10)
+                if all(len(p.isrs) == len(p.replicas) for t in md.topics.values() for p in t.partitions.values()):
+                    return time.monotonic() - t0
+            except Exception:  # KafkaException while a node is still coming back
+                pass
+            time.sleep(1.0)
+        raise BrokerError(f"replicas of {self.bootstrap} not back in sync after {timeout}s")
+
     def kill(self, node_id: int) -> None:
         self.node(node_id).kill()
 

@@ -59,6 +59,7 @@ PLANTED_CROSS_RUN: dict[str, str] = {
     "xrun_delegation_laundering": "AG-XRN-003",
     "xrun_sod_against_holdings": "AG-XRN-005",
     "xrun_duplicate_event_id": "AG-XRN-006",
+    "xrun_grant_to_leaver": "AG-XRN-007",
 }
 # bad input -> DLQ reason it must produce
 BAD_INPUTS: dict[str, str] = {
@@ -336,6 +337,13 @@ class Workload:
         add("xrun_duplicate_event_id", _draft(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999061"),
                                               "add_group_member", "u900060", "entra-id", "grp-finance", 1), 6 * m,
             dup_id)
+        used.clear()
+        add("xrun_grant_to_leaver", _draft(run_id("left"), 0, "agent-jml-02", jml, ("leaver", "HR-999070"),
+                                           "disable_account", "u900070", "entra-id", "user-account", 0,
+                                           lifecycle="terminated"), timedelta(days=60))
+        add("xrun_grant_to_leaver", _draft(run_id("left"), 0, "agent-jml-02", jml, ("mover", "HR-999071"),
+                                           "grant_entitlement", "u900070", "salesforce", "sf-profile", 1,
+                                           entitlement="sales-standard"), 5 * m)
         return ops
 
     def _bad(self) -> list[Op]:

@@ -25,15 +25,18 @@ LATEST_SQL = """
 SELECT subject_id, ifNull(argMax(to_state, subject_version), '') AS state, max(subject_version) AS version,
        argMax(payload['assignee'], subject_version) AS assignee, argMax(decided_at, subject_version) AS updated_at
 FROM {db}.decisions FINAL
-WHERE subject_kind = 'finding'
+WHERE subject_kind = 'finding' {latest_where}
 GROUP BY subject_id
 """
+"""Current state of findings; narrowed to the filtered agent (decisions carry it) so a page does not
+aggregate every decision ever made."""
 
 QUEUE_SQL = """
 SELECT f.event_id AS event_id, f.code AS code, f.severity AS severity, f.category AS category,
        f.message AS message, f.agent_id AS agent_id, f.run_id AS run_id, f.target_id AS target_id,
        f.action AS action, f.occurred_at AS occurred_at, f.related_event_ids AS related_event_ids,
-       if(d.state = '', 'new', d.state) AS status, d.version AS version, d.assignee AS assignee
+       if(d.state = '', 'new', d.state) AS status, d.version AS version, d.assignee AS assignee,
+       count() OVER () AS total_rows
 FROM {db}.findings AS f FINAL
 LEFT JOIN (LATEST) AS d ON d.subject_id = concat(f.event_id, '/', f.code)
 WHERE {where}
@@ -118,9 +121,15 @@ class ReviewStore:
     def queue(self, flt: QueueFilter, now_ms: int, *, limit: int = 50, offset: int = 0
               ) -> tuple[list[dict[str, Any]], int]:
         where, params = flt.where(now_ms)
-        sql = QUEUE_SQL.replace("LATEST", LATEST_SQL).replace("{where}", where)
+        latest = LATEST_SQL.replace("{latest_where}", "AND payload['agent_id'] = {agent:String}" if flt.agent else "")
+        sql = QUEUE_SQL.replace("LATEST", latest).replace("{where}", where)
         rows = self.query(sql, {**params, "limit": limit, "offset": offset})
-        total = self.query(COUNT_SQL.replace("LATEST", LATEST_SQL).replace("{where}", where), params)[0]["n"]
+        if rows:  # one scan: the window count is taken before LIMIT
+            total = rows[0]["total_rows"]
+        else:
+            total = self.query(COUNT_SQL.replace("LATEST", latest).replace("{where}", where), params)[0]["n"]
+        for r in rows:
+            r.pop("total_rows")
         for r in rows:
             r["occurred_at_ms"] = _ms(r["occurred_at"])
         return rows, int(total)
@@ -231,7 +240,8 @@ class ReviewStore:
             "f.severity = 'high', {h:UInt64}, {m:UInt64}) < {now:UInt64}) "
             "AS breached FROM {db}.findings AS f FINAL LEFT JOIN (LATEST) AS d "
             "ON d.subject_id = concat(f.event_id, '/', f.code) WHERE f.severity IN {sev:Array(String)} "
-            "AND f.exception_id IS NULL AND d.state != 'closed' GROUP BY severity".replace("LATEST", LATEST_SQL),
+            "AND f.exception_id IS NULL AND d.state != 'closed' GROUP BY severity"
+            .replace("LATEST", LATEST_SQL.replace("{latest_where}", "")),
             {**{s[0]: int(sla_hours[s] * 3_600_000) if s in sla_hours else 2**62 for s in REVIEW_SEVERITIES},
              "now": now_ms,
              "sev": list(REVIEW_SEVERITIES)})

@@ -326,6 +326,14 @@ XRN_DUPLICATE_ID = spec(
     ("event_id", "evidence.event_hash", "run_id"),
     (PR_DS_01, ASI07),
 )
+XRN_GRANT_TO_LEAVER = spec(
+    "AG-XRN-007", "Access granted to an identity the log shows has left", S.high, C.risk,
+    "The identity's account was disabled (an executed disable_account, however long ago, from the holdings "
+    "topic) and never re-created since, yet access was granted to it while the event called it active: "
+    "the agent's own lifecycle claim contradicts the log.",
+    ("target.identity_id", "target.lifecycle_state", "action"),
+    (NHI1, PR_AA_05, ASI03),
+)
 
 ESCALATION_PATTERNS: dict[str, str] = {
     "AG-ESC-001": "group_nesting",

@@ -280,6 +280,26 @@ def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list
     return out
 
 
+def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-007: a grant to an identity whose account an earlier executed disable_account (any age) left
+    disabled, while the event itself calls the identity active (else AG-LCM-001 already speaks)."""
+    if (ev["target"]["identity_id"] != cx.key or not granted_access(ev) or ev["action"] == "create_account"
+            or ev["target"]["lifecycle_state"] != "active"):
+        return []
+    last: TransitionDict | None = None
+    for h in (*cx.holdings, *cx.history):
+        if h["action"] in ("disable_account", "create_account") and h["decision"]["outcome"] == "granted" \
+                and (h["occurred_at"], h["event_id"]) < (ev["occurred_at"], ev["event_id"]) \
+                and (last is None or (h["occurred_at"], h["event_id"]) > (last["occurred_at"], last["event_id"])):
+            last = h
+    if last is None or last["action"] != "disable_account":
+        return []
+    days = (ev["occurred_at"] - last["occurred_at"]) / 86_400_000
+    return [CrossRunFinding(c.XRN_GRANT_TO_LEAVER, cx.key,
+        f"{ev['action']} of {access_name(ev)!r} to {cx.key!r} ({_where(ev)}), called active, whose account "
+        f"was disabled {days:.1f} days earlier ({_where(last)}) and not re-created since", (last, ev))]
+
+
 def duplicate_id_across_partitions(ev: TransitionDict, earlier: Iterable[TransitionDict]) -> TransitionDict | None:
     """The earlier event with ``ev``'s event_id that came from another partition, if any.
 
@@ -305,7 +325,7 @@ def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFindin
 
 CrossRunRule = Callable[[TransitionDict, CrossRunContext], list[CrossRunFinding]]
 BY_TARGET_RULES: tuple[CrossRunRule, ...] = (
-    duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings)
+    duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings, grant_to_leaver)
 BY_AGENT_RULES: tuple[CrossRunRule, ...] = (delegation_laundering, grant_rate_across_partitions)
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from importlib.resources import files
 from pathlib import Path
 from string import Template
@@ -111,7 +112,8 @@ def split_statements(sql: str) -> list[str]:
 SHARDING_KEY = "cityHash64(run_id)"
 # Tables without run_id shard by their own key (the baseline rollup is per agent).
 SHARDING_KEYS = {"agent_hourly": "cityHash64(agent_id)", "access_changes": "cityHash64(target_id)",
-                 "decisions": "cityHash64(subject_id)", "exceptions": "cityHash64(exception_id)"}
+                 "decisions": "cityHash64(subject_id)", "exceptions": "cityHash64(exception_id)",
+                 "id_probe": "cityHash64(event_id)"}
 _LOCAL_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)_local\b")
 _ZK_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 
@@ -253,6 +255,10 @@ class ClickHouseSink:
         applied = []
         for version, name, sql in migrations():
             if version in done:
+                if version == 4:  # id_probe joined 004 after some stores had applied it: create it if missing
+                    for statement in render(sql, db, self.ttl_days, self.cluster):
+                        if ".id_probe" in statement:
+                            self.client.command(statement)
                 continue
             for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
@@ -292,10 +298,15 @@ class ClickHouseSink:
         was stored from. A point lookup on ``event_ids``' primary key. Raises :class:`SinkError`."""
         if not event_ids:
             return {}
+        token = uuid.uuid4().hex
         try:
+            self.client.insert(f"{self.database}.id_probe", [[token, e] for e in event_ids],
+                               column_names=["token", "event_id"],
+                               settings={"distributed_foreground_insert": 1} if self.cluster else None)
             result = self.client.query(
                 f"SELECT event_id, source_partition, source_offset FROM {self.database}.event_ids "
-                "WHERE event_id IN {ids:Array(String)}", parameters={"ids": event_ids})
+                f"WHERE event_id GLOBAL IN (SELECT event_id FROM {self.database}.id_probe "
+                "WHERE token = {token:String})", parameters={"token": token})
         except Exception as exc:
             code = error_code(exc)
             raise SinkError(f"event_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}", table="event_ids",

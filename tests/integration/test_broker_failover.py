@@ -166,10 +166,11 @@ def test_broker_kill_and_txn_coordinator_kill_lose_nothing(
         time.sleep(8)  # the writer stores the last committed assessments
     finally:
         progress.stop.set()
-        for n in cluster.nodes:  # leave the session's cluster whole for the next test
+        codes = [slot.terminate(60) for slot in [*scorers, writer]]
+        for n in cluster.nodes:  # leave the session's cluster whole, every replica in sync, for the next test
             if not n.alive():
                 cluster.restart(n.node_id)
-        codes = [slot.terminate(60) for slot in [*scorers, writer]]
+        cluster.wait_in_sync()
     figures["total_seconds"] = round(time.monotonic() - t_start, 1)
 
     got = read_store(settings)

@@ -201,8 +201,24 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
                                   **{"target.identity_id": target}))
         world.publish(draft(run_id=second_run, step=1, event_id=event_id, occurred_at=at(seconds=2),
                             **{"target.identity_id": target, "resource.resource_id": "grp-finance"}))
+    # 6. a grant to an identity disabled 90 days earlier (event time), the event calling it active;
+    #    look-alike: re-hired (account created again) in between
+    for name in ("left", "left-ok"):
+        target = keys[name] = f"u-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 3)
+        account = {"target.identity_id": target, "resource.resource_id": "user-account",
+                   "resource.privilege_tier": 0}
+        ids = world.publish(draft(run_id=r[0], step=1, occurred_at=at(days=90), action="disable_account",
+                                  trigger={"kind": "leaver", "ref": "HR-9"},
+                                  **{**account, "target.lifecycle_state": "terminated"}))
+        if name == "left-ok":
+            world.publish(draft(run_id=r[1], step=1, occurred_at=at(days=10), action="create_account", **account))
+        ids += world.publish(draft(run_id=r[2], step=1, occurred_at=at(seconds=1), action="grant_entitlement",
+                                   **{"target.identity_id": target, "resource.system": "salesforce",
+                                      "resource.resource_id": "sf-profile", "resource.entitlement": "sales-standard"}))
+        assert len(set(world.partitions(ids))) == 2
 
-    found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006"}
+    found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006", "AG-XRN-007"}
                           <= {x["code"] for x in f} and len(of(f, "AG-XRN-003", keys["deleg3"])) == 1
                           and len(of(f, "AG-XRN-003", keys["deleg2"])) == 1)
     step = of(found, "AG-XRN-001", keys["step"])
@@ -218,8 +234,10 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     assert len(sod) == 1 and "30.0 days earlier" in sod[0]["message"]
     dup = of(found, "AG-XRN-006", keys["dup"])
     assert len(dup) == 1 and len(set(dup[0]["related_partitions"])) == 2
+    left = of(found, "AG-XRN-007", keys["left"])
+    assert len(left) == 1 and "90.0 days earlier" in left[0]["message"]
     # benign look-alikes: nothing, on any code
-    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok"):
+    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok", "left-ok"):
         assert [f for f in found if f["entity_key"] == keys[name]] == [], name
     # stored once each (deterministic ids; FINAL and raw agree)
     assert world.pipe.sink is not None

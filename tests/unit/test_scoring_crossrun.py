@@ -240,3 +240,29 @@ def test_finding_id_is_deterministic_and_depends_on_rule_key_and_chain() -> None
 def test_partition_for_is_stable() -> None:
     assert partition_for("u000001", 6) == partition_for("u000001", 6)
     assert {partition_for(f"u{i}", 6) for i in range(100)} == set(range(6))
+
+
+def _account(partition: int, action: str, days_ago: float, run: str, **extra: Any) -> TransitionDict:
+    return fact(partition, **{"action": action, "run_id": run, "target.identity_id": "u-left",
+                              "resource.system": "entra-id", "resource.resource_id": "user-account",
+                              "resource.privilege_tier": 0, "occurred_at": T0 - int(days_ago * 86_400_000),
+                              **extra})
+
+
+@pytest.mark.parametrize(("history", "grant_extra", "expected"), [
+    ([("disable_account", 90)], {}, ["AG-XRN-007"]),
+    ([("disable_account", 90), ("create_account", 30)], {}, []),        # re-hired since
+    ([("create_account", 400)], {}, []),                                 # never left
+    ([("disable_account", 90)], {"target.lifecycle_state": "terminated"}, []),  # the event says so: AG-LCM-001
+    ([("disable_account", 90, {"decision.outcome": "denied"})], {}, []),  # the disable never happened
+])
+def test_grant_to_an_identity_the_log_shows_has_left(history: list[tuple[Any, ...]], grant_extra: dict[str, Any],
+                                                     expected: list[str]) -> None:
+    held = tuple(_account(1, h[0], h[1], f"old-{i}", **(h[2] if len(h) > 2 else {})) for i, h in enumerate(history))
+    grant = fact(3, **{"action": "grant_entitlement", "run_id": "late", "target.identity_id": "u-left",
+                       "resource.system": "salesforce", "resource.resource_id": "sf-profile",
+                       "resource.entitlement": "sales-standard", "occurred_at": T0, **grant_extra})
+    found = correlate(grant, CrossRunContext(POLICY, "u-left", holdings=held), BY_TARGET_RULES)
+    assert [f.spec.code for f in found] == expected
+    if expected:
+        assert "90.0 days earlier" in found[0].message and found[0].event is grant

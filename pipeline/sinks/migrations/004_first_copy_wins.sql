@@ -30,6 +30,18 @@ SELECT event_id, run_id, transition.occurred_at AS occurred_at, source_partition
        transition.evidence.event_hash AS event_hash
 FROM ${db}.ingest${local};
 
+-- The writer's lookup: a batch's ids go in here by a binary insert (fast), and the lookup joins on them,
+-- instead of 20,000 ids inlined into the query text (slow to parse). Rows expire after an hour.
+CREATE TABLE IF NOT EXISTS ${db}.id_probe${local} ${on_cluster}
+(
+    token String,
+    event_id String,
+    at DateTime DEFAULT now()
+)
+ENGINE = ${mt}
+ORDER BY (token, event_id)
+TTL at + INTERVAL 1 HOUR;
+
 CREATE TABLE IF NOT EXISTS ${db}.ingest_duplicates${local} ${on_cluster} AS ${db}.ingest${local} ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS ${db}.duplicates${local} ${on_cluster}
