@@ -49,6 +49,7 @@ test: $(STAMP) $(PEER_STAMP)
 
 bench: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.recert
 
 bench-smoke: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python -m bench --smoke

@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import logging
 import time
@@ -210,6 +211,27 @@ class KeyedState:
     def held(self, key: str) -> list[TransitionDict]:
         return sorted(self.holdings.get(key, {}).values(), key=_order)
 
+    def judge_due(self, watermark_ms: int, retain_ms: int,
+                  judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> tuple[list[CrossRunFinding], int]:
+        """Judge the facts the watermark releases, oldest first; returns new findings and late facts.
+
+        A fact older than one already judged arrived after the grace: facts after it were judged without
+        it, so they are judged again with it and the chain it belongs to is still found. A finding id is
+        returned once."""
+        out: list[CrossRunFinding] = []
+        late = 0
+        for ev in self.release(watermark_ms):
+            key = self.key_of(ev)
+            found = judge(key, ev)
+            self.apply(key, ev, retain_ms)
+            if _order(ev) < self.released:
+                late += 1
+                for later in self.after(key, ev):
+                    found += judge(key, later)
+            self.released = max(self.released, _order(ev))
+            out += [f for f in found if self.first_time(f.finding_id)]
+        return out, late
+
     def prune_seen(self, limit: int = 500_000) -> None:
         if len(self.seen) > limit:  # bounded: a redelivery older than this is caught by finding ids
             self.seen.clear()
@@ -340,22 +362,13 @@ class Correlator(TransactionalLoop):
         produce = self.producer.produce
         topic = self.settings.topic_correlations
         for state in self.states.values():
-            for ev in state.release(max(state.max_seen_ms, now_ms) - self.grace_ms):
-                key = state.key_of(ev)
-                found = self._judge(state, key, ev)
-                state.apply(key, ev, self.retain_ms)
-                if _order(ev) < state.released:
-                    # Later than the grace: facts after it were judged without it. Judge them again so
-                    # the chain it belongs to is still found (findings already published are skipped).
-                    tally.late += 1
-                    for later in state.after(key, ev):
-                        found += self._judge(state, key, later)
-                state.released = max(state.released, _order(ev))
-                for f in found:
-                    if state.first_time(f.finding_id):
-                        record = f.to_avro(now_ms, __version__, self.policy.version)
-                        produce(topic, self.out.encode(record), key=f.finding_id.encode())
-                        tally.found.append(f)
+            found, late = state.judge_due(max(state.max_seen_ms, now_ms) - self.grace_ms, self.retain_ms,
+                                          functools.partial(self._judge, state))
+            tally.late += late
+            for f in found:
+                record = f.to_avro(now_ms, __version__, self.policy.version)
+                produce(topic, self.out.encode(record), key=f.finding_id.encode())
+                tally.found.append(f)
             state.prune_seen()
         return tally
 

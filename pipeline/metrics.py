@@ -197,6 +197,26 @@ class ReviewMetrics:
             self.exceptions.labels(state=state)
 
 
+class RecertMetrics:
+    """Recertification gauges of the review app, refreshed from the store on each scrape (campaigns.py)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        r = self.registry = registry
+        self.campaigns = Gauge("agentgov_recert_campaigns", "Recertification campaigns by state (open, closed).",
+                               ["state"], registry=r)
+        self.items = Gauge(
+            "agentgov_recert_items",
+            "Items of open recertification campaigns by state (pending, certified, revoked): progress is "
+            "decided/total.", ["state"], registry=r)
+        self.overdue = Gauge("agentgov_recert_campaigns_overdue",
+                             "Open recertification campaigns past their due date (nothing is auto-applied).",
+                             registry=r)
+        for state in ("open", "closed"):
+            self.campaigns.labels(state=state)
+        for state in ("pending", "certified", "revoked"):
+            self.items.labels(state=state)
+
+
 class BoundedSeries:
     """Keeps at most ``capacity`` label sets of a gauge alive, evicting the oldest.
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class ReviewContext:
     service: ReviewService
     metrics: ReviewMetrics
     templates: Jinja2Templates
+    refreshers: list[Callable[[int], None]] = field(default_factory=list)  # more gauges (campaigns.py)
 
     def actor(self, request: Request) -> Actor:
         """The authenticated identity of the request, or :class:`Unauthenticated`."""
@@ -92,6 +94,12 @@ class ReviewContext:
         for state, n in counts.items():
             self.metrics.exceptions.labels(state=state).set(n)
         self.metrics.exceptions_expiring.set(expiring)
+        for refresh in self.refreshers:
+            try:
+                refresh(t)
+            except Exception as exc:
+                self.metrics.refresh_errors.inc()
+                log.warning("review metrics refresh failed", extra={"kv": {"error": str(exc)[:300]}})
 
 
 def ctx_of(request: Request) -> ReviewContext:
@@ -114,7 +122,7 @@ def _fmt_dt(value: Any) -> str:
 def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy | None = None,
                registry: CollectorRegistry | None = None, schema_registry: Any = None) -> FastAPI:
     """Build the app. ``sink`` is a client of the audit store (the app only reads it)."""
-    from . import api, pages
+    from . import api, campaigns, pages
 
     policy = policy or load_policy(settings.policy_file)
     metrics = ReviewMetrics(registry or CollectorRegistry())
@@ -170,4 +178,5 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
 
     app.include_router(pages.router)
     app.include_router(api.router, prefix="/api")
+    campaigns.install(app, ctx)
     return app

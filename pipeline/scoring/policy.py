@@ -128,6 +128,10 @@ class Review(_Strict):
 
     sla_hours: dict[str, float] = Field(default_factory=lambda: {"critical": 4.0, "high": 24.0, "medium": 72.0})
     exception_max_days: int = Field(default=90, ge=1, le=3650)
+    certify_justification_required: bool = True
+    """Recertification: a certify decision needs a justification (revoke and reassign always do)."""
+    campaign_on_timeout: str = "none"
+    """What an overdue campaign does by itself: only ``none`` (see docs/recertification.md; no auto-apply)."""
 
     @model_validator(mode="after")
     def _severities(self) -> Review:
@@ -136,6 +140,9 @@ class Review(_Strict):
             raise ValueError(f"sla_hours: unknown severities {unknown}")
         if any(h <= 0 for h in self.sla_hours.values()):
             raise ValueError("sla_hours: hours must be positive")
+        if self.campaign_on_timeout != "none":
+            raise ValueError("campaign_on_timeout: only 'none' is accepted: auto-apply + deny by default revokes "
+                             "everything nobody looked at; overdue campaigns alert instead")
         return self
 
 

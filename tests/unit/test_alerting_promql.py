@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import Metrics, ReviewMetrics
+from pipeline.metrics import Metrics, RecertMetrics, ReviewMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "compose" / "prometheus" / "rules"
@@ -39,7 +39,8 @@ _KEYWORDS = frozenset({"and", "or", "unless", "bool", "inf", "nan", "offset", "b
 def families() -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """name -> (type, help, label names) for every family the catalogue builds."""
     out: dict[str, tuple[str, str, tuple[str, ...]]] = {}
-    attrs = [*vars(Metrics(CollectorRegistry())).values(), *vars(ReviewMetrics(CollectorRegistry())).values()]
+    attrs = [*vars(Metrics(CollectorRegistry())).values(), *vars(ReviewMetrics(CollectorRegistry())).values(),
+             *vars(RecertMetrics(CollectorRegistry())).values()]
     for attr in attrs:
         name = getattr(attr, "_name", None)
         if name is None:
@@ -54,6 +55,7 @@ def exposed_names(registry: CollectorRegistry | None = None) -> frozenset[str]:
     registry = registry or CollectorRegistry()
     Metrics(registry)
     ReviewMetrics(registry)
+    RecertMetrics(registry)
     names: set[str] = set()
     for fam in registry.collect():
         suffixes = _SUFFIXES.get(fam.type, ("",))

@@ -266,3 +266,39 @@ def test_grant_to_an_identity_the_log_shows_has_left(history: list[tuple[Any, ..
     assert [f.spec.code for f in found] == expected
     if expected:
         assert "90.0 days earlier" in found[0].message and found[0].event is grant
+
+
+def _judge_with_rules(key: str, ev: TransitionDict, state: Any) -> list[CrossRunFinding]:
+    cx = CrossRunContext(POLICY, key, history=state.before(key, ev), holdings=state.held(key))
+    return correlate(ev, cx, BY_TARGET_RULES)
+
+
+@pytest.mark.parametrize("arrival", ["ordered", "reversed", "revoke_judged_before_grant_arrives"])
+def test_correlator_state_judges_in_event_time_and_rejudges_after_a_late_fact(arrival: str) -> None:
+    """KeyedState.judge_due, the correlator's loop body: the same single finding in every arrival order,
+    including a revoke already judged (past the grace) before its grant arrived."""
+    from pipeline.correlator import KeyedState
+
+    grant = transient(0, "grant_entitlement", 0, "ra")
+    revoke = transient(3, "revoke_entitlement", 90, "rb")
+    state = KeyedState(by_target=True)
+
+    def judge(key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        return _judge_with_rules(key, ev, state)
+
+    found: list[CrossRunFinding] = []
+    late = 0
+    if arrival == "revoke_judged_before_grant_arrives":
+        state.add(revoke)
+        found += state.judge_due(revoke["occurred_at"], 1 << 40, judge)[0]
+        assert found == []  # alone, the revoke completes nothing
+        state.add(grant)
+        more, late = state.judge_due(revoke["occurred_at"], 1 << 40, judge)
+        found += more
+    else:
+        for ev in ([grant, revoke] if arrival == "ordered" else [revoke, grant]):
+            state.add(ev)  # both inside the grace: held until the watermark passes them
+        found, late = state.judge_due(revoke["occurred_at"], 1 << 40, judge)
+    assert [f.spec.code for f in found] == ["AG-XRN-002"] and found[0].event is revoke
+    assert late == (1 if arrival == "revoke_judged_before_grant_arrives" else 0)
+    assert state.judge_due(revoke["occurred_at"] + 1, 1 << 40, judge)[0] == []  # nothing published twice

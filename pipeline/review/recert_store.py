@@ -1,0 +1,265 @@
+"""Recertification reads from the audit store: held access in a scope, campaign items, attribute usage.
+
+Held access comes from ``access_changes`` (migration 003: every executed grant and revoke, no TTL): a
+(target, system, access) is held when its latest change is a grant. The evidence of the grant (workflow,
+policy version, inputs) comes from ``transitions`` while it is retained; older grants show it as not
+retained. Campaigns, items and their decisions are ``decisions`` rows (subject kinds ``campaign``,
+``campaign_item``, ``attribute_review``, ``attribute``), so the current state of a subject is its row with
+the highest version, as for findings.
+
+Example::
+
+    rows = RecertStore(store).holdings(Scope(min_tier=2), now_ms)
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from ..events import GRANTS
+from .recert import Scope, item_id, split_item_id
+from .store import ReviewStore, _ms
+
+# Access that stays held (an allow_auth is a one-off authentication decision, not standing access).
+HELD_ACTIONS = sorted(str(a) for a in GRANTS if str(a) != "allow_auth")
+LEAVE_ACTIONS = ["disable_account", "delete_account"]
+
+HOLDINGS_SQL = """
+SELECT h.target_id AS target_id, h.system AS system, h.access AS access, h.g_event AS event_id,
+       h.g_run AS run_id, h.g_agent AS agent_id, h.tier AS tier, h.g_approved AS approved_by,
+       h.g_authority AS authority, h.g_action AS action, h.granted_at AS granted_at,
+       t.workflow_id AS workflow_id, t.policy_id AS policy_id, t.policy_version AS policy_version,
+       t.inputs_used AS inputs_used, t.event_id != '' AS retained,
+       l.left_at AS left_at, l.left_action AS left_action
+FROM (
+    SELECT target_id, system, access,
+           argMax(action, (occurred_at, event_id)) AS g_action, argMax(event_id, (occurred_at, event_id)) AS g_event,
+           argMax(run_id, (occurred_at, event_id)) AS g_run, argMax(agent_id, (occurred_at, event_id)) AS g_agent,
+           argMax(privilege_tier, (occurred_at, event_id)) AS tier,
+           argMax(approved_by, (occurred_at, event_id)) AS g_approved,
+           argMax(authority, (occurred_at, event_id)) AS g_authority, max(occurred_at) AS granted_at
+    FROM {db}.access_changes FINAL
+    GROUP BY target_id, system, access
+    HAVING g_action IN {held:Array(String)} {having}
+) AS h
+LEFT JOIN (
+    SELECT event_id, workflow_id, policy_id, policy_version, inputs_used FROM {db}.transitions FINAL
+    WHERE event_id IN (SELECT argMax(event_id, (occurred_at, event_id)) AS e FROM {db}.access_changes FINAL
+                       GROUP BY target_id, system, access)
+) AS t ON t.event_id = h.g_event
+LEFT JOIN (
+    SELECT target_id, max(occurred_at) AS left_at, argMax(action, occurred_at) AS left_action
+    FROM {db}.access_changes FINAL WHERE action IN {leave:Array(String)} GROUP BY target_id
+) AS l ON l.target_id = h.target_id
+WHERE {where}
+ORDER BY h.tier DESC, h.granted_at, h.target_id, h.system, h.access
+"""
+
+ITEMS_SQL = """
+SELECT subject_id, argMax(to_state, subject_version) AS state, max(subject_version) AS version,
+       argMax(payload['assignee'], subject_version) AS assignee, argMin(payload, subject_version) AS snap,
+       argMax(kind, subject_version) AS last_kind, argMax(actor, subject_version) AS last_actor,
+       argMax(comment, subject_version) AS last_comment, argMax(decided_at, subject_version) AS last_at,
+       argMax(payload['end_date'], subject_version) AS end_date,
+       argMax(decision_id, subject_version) AS last_decision_id
+FROM {db}.decisions FINAL
+WHERE subject_kind = 'campaign_item' AND subject_id > {lo:String} AND subject_id < {hi:String}
+GROUP BY subject_id
+"""
+
+
+def _bounds(cid: str) -> dict[str, str]:
+    return {"lo": f"{cid}/", "hi": f"{cid}0"}  # '0' follows '/': every '<cid>/...' id sorts between
+
+
+class RecertStore:
+    """Reads for campaigns and attribute reviews (shares the workbench's client and lock)."""
+
+    def __init__(self, store: ReviewStore) -> None:
+        self.store = store
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self.store.query(sql, params)
+
+    # -- holdings -------------------------------------------------------------------------------
+    def holdings(self, scope: Scope, now_ms: int, limit: int = 1_000_000) -> list[dict[str, Any]]:
+        having, where = [], ["1"]
+        params: dict[str, Any] = {"held": HELD_ACTIONS, "leave": LEAVE_ACTIONS, "limit": limit}
+        if scope.min_tier is not None:
+            having.append("tier >= {tier:UInt8}")
+            params["tier"] = scope.min_tier
+        if scope.agent:
+            having.append("g_agent = {agent:String}")
+            params["agent"] = scope.agent
+        if scope.within_days is not None:
+            having.append("max(occurred_at) >= {since:DateTime64(3)}")
+            params["since"] = datetime.fromtimestamp(now_ms / 1000 - scope.within_days * 86400, UTC).replace(
+                tzinfo=None)
+        if scope.workflow:
+            where.append("t.workflow_id = {wf:String}")
+            params["wf"] = scope.workflow
+        if scope.never_certified:
+            where.append("(h.target_id, h.system, h.access) NOT IN (SELECT payload['target_id'], payload['system'], "
+                         "payload['access'] FROM {db}.decisions WHERE subject_kind = 'campaign_item' "
+                         "AND to_state = 'certified')")
+        sql = (HOLDINGS_SQL.replace("{having}", "".join(f" AND {h}" for h in having))
+               .replace("{where}", " AND ".join(where)) + " LIMIT {limit:UInt32}")
+        rows = self.query(sql, params)
+        for r in rows:
+            r["granted_at_ms"] = _ms(r["granted_at"])
+            left = _ms(r["left_at"]) if r["left_at"] is not None else None
+            r["identity_left"] = bool(left and r["granted_at_ms"] is not None and left > r["granted_at_ms"]
+                                      and left > 0)
+            r["left_how"] = (f"{r['left_action']} at {datetime.fromtimestamp(left / 1000, UTC):%Y-%m-%d %H:%M} UTC"
+                             if r["identity_left"] and left else "")
+        return rows
+
+    def findings_for(self, event_ids: list[str], run_ids: list[str]) -> tuple[dict[str, list[tuple[str, str]]],
+                                                                            dict[str, list[tuple[str, str]]]]:
+        """Findings per grant event and per run (per-event findings plus cross-run findings naming the run)."""
+        by_event: dict[str, list[tuple[str, str]]] = {}
+        by_run: dict[str, list[tuple[str, str]]] = {}
+        if not run_ids:
+            return by_event, by_run
+        for r in self.query("SELECT event_id, run_id, code, severity FROM {db}.findings FINAL "
+                            "WHERE run_id IN {runs:Array(String)} AND exception_id IS NULL",
+                            {"runs": sorted(set(run_ids))}):
+            pair = (r["code"], r["severity"])
+            by_run.setdefault(r["run_id"], []).append(pair)
+            by_event.setdefault(r["event_id"], []).append(pair)
+        for r in self.query("SELECT arrayJoin(arrayIntersect(related_run_ids, {runs:Array(String)})) AS run_id, "
+                            "code, severity FROM {db}.cross_run_findings FINAL "
+                            "WHERE hasAny(related_run_ids, {runs:Array(String)})", {"runs": sorted(set(run_ids))}):
+            by_run.setdefault(r["run_id"], []).append((r["code"], r["severity"]))
+        return by_event, by_run
+
+    # -- campaigns ------------------------------------------------------------------------------
+    def campaigns(self) -> list[dict[str, Any]]:
+        rows = self.query(
+            "SELECT subject_id AS campaign_id, argMin(payload, subject_version) AS header, "
+            "argMax(to_state, subject_version) AS state, max(subject_version) AS version, "
+            "argMax(actor, subject_version) AS last_actor, argMax(decided_at, subject_version) AS last_at "
+            "FROM {db}.decisions FINAL WHERE subject_kind = 'campaign' GROUP BY subject_id")
+        return sorted((self._campaign(r) for r in rows), key=lambda c: -c["created_at"])
+
+    def campaign(self, cid: str) -> dict[str, Any] | None:
+        rows = self.query(
+            "SELECT subject_id AS campaign_id, argMin(payload, subject_version) AS header, "
+            "argMax(to_state, subject_version) AS state, max(subject_version) AS version, "
+            "argMax(actor, subject_version) AS last_actor, argMax(decided_at, subject_version) AS last_at "
+            "FROM {db}.decisions FINAL WHERE subject_kind = 'campaign' AND subject_id = {c:String} "
+            "GROUP BY subject_id", {"c": cid})
+        return self._campaign(rows[0]) if rows else None
+
+    @staticmethod
+    def _campaign(r: dict[str, Any]) -> dict[str, Any]:
+        h = r["header"]
+        return {"campaign_id": r["campaign_id"], "state": r["state"], "version": int(r["version"]),
+                "name": h.get("name", ""), "owner": h.get("owner", ""), "created_by": h.get("created_by", ""),
+                "created_at": int(h.get("created_at", "0")), "due_at": int(h.get("due_at", "0")),
+                "scope": h.get("scope", ""), "item_count": int(h.get("item_count", "0")),
+                "on_timeout": h.get("on_timeout", "none"), "last_actor": r["last_actor"],
+                "last_at": _ms(r["last_at"])}
+
+    def items(self, cid: str, *, state: str = "", recommendation: str = "", assignee: str = "",
+              after: str = "", limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """A page of items (keyset on the item id with ``after``; ``offset`` for numbered pages)."""
+        having: list[str] = []
+        params: dict[str, Any] = {**_bounds(cid), "limit": limit, "offset": offset}
+        if state:
+            having.append("state = {st:String}")
+            params["st"] = state
+        if recommendation:
+            having.append("snap['recommendation'] = {rec:String}")
+            params["rec"] = recommendation
+        if assignee:
+            having.append("assignee = {asg:String}")
+            params["asg"] = assignee
+        sql = ITEMS_SQL
+        if after:
+            sql = sql.replace("subject_id > {lo:String}", "subject_id > {after:String}")
+            params["after"] = max(after, params["lo"])
+        if not having:
+            # Items are numbered 1..N without gaps: an unfiltered page is a bounded range of the primary key,
+            # not a scan to the campaign's end (GROUP BY would otherwise read every later item per page).
+            first = offset + 1 + (split_item_id(after)[1] if after else 0)
+            sql = ITEMS_SQL.replace("subject_id > {lo:String} AND subject_id < {hi:String}",
+                                    "subject_id >= {first:String} AND subject_id <= {last:String}")
+            params.update(first=item_id(cid, first), last=item_id(cid, first + limit - 1), offset=0)
+        if having:
+            sql += " HAVING " + " AND ".join(having)
+        sql += " ORDER BY subject_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
+        return [self._item(r) for r in self.query(sql, params)]
+
+    def item(self, iid: str) -> dict[str, Any] | None:
+        rows = self.query(ITEMS_SQL.replace("subject_id > {lo:String} AND subject_id < {hi:String}",
+                                            "subject_id = {s:String}"), {"s": iid})
+        return self._item(rows[0]) if rows else None
+
+    @staticmethod
+    def _item(r: dict[str, Any]) -> dict[str, Any]:
+        snap = dict(r["snap"])
+        out: dict[str, Any] = dict(snap)  # the snapshot first: the current state below wins (assignee)
+        out.update({"item_id": r["subject_id"], "state": r["state"], "version": int(r["version"]),
+               "assignee": r["assignee"], "last_kind": r["last_kind"], "last_actor": r["last_actor"],
+               "last_comment": r["last_comment"], "last_at": _ms(r["last_at"]), "end_date": r["end_date"],
+               "last_decision_id": r["last_decision_id"]})
+        out["findings"] = json.loads(snap.get("findings", "[]"))
+        out["reasons"] = json.loads(snap.get("reasons", "[]"))
+        out["inputs"] = json.loads(snap.get("inputs", "[]"))
+        out["granted_at_ms"] = int(snap.get("granted_at", "0"))
+        return out
+
+    def item_counts(self, cid: str | None = None) -> dict[str, dict[str, int]]:
+        """campaign id -> item state -> count (all campaigns, or one)."""
+        where = "subject_kind = 'campaign_item'"
+        params: dict[str, Any] = {}
+        if cid:
+            where += " AND subject_id > {lo:String} AND subject_id < {hi:String}"
+            params.update(_bounds(cid))
+        rows = self.query(
+            "SELECT splitByChar('/', subject_id)[1] AS cid, state, count() AS n FROM ("
+            "SELECT subject_id, argMax(to_state, subject_version) AS state FROM {db}.decisions FINAL "
+            f"WHERE {where} GROUP BY subject_id) GROUP BY cid, state", params)
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            out.setdefault(r["cid"], {"pending": 0, "certified": 0, "revoked": 0})[r["state"]] = int(r["n"])
+        return out
+
+    # -- attribute usage ------------------------------------------------------------------------
+    def workflows(self) -> list[dict[str, Any]]:
+        return self.query("SELECT workflow_id, count() AS events, countIf(notEmpty(inputs_used)) AS with_inputs "
+                          "FROM {db}.transitions FINAL GROUP BY workflow_id ORDER BY workflow_id")
+
+    def attribute_usage(self, workflow: str) -> list[dict[str, Any]]:
+        """Per (attribute, action): events, first/last seen, AG-BND-001/002 findings on those events."""
+        rows = self.query(
+            "SELECT i.name AS name, t.action AS action, count() AS n, min(t.occurred_at) AS first_seen, "
+            "max(t.occurred_at) AS last_seen, countIf(has(f.codes, 'AG-BND-001')) AS bnd001, "
+            "countIf(has(f.codes, 'AG-BND-002')) AS bnd002, groupUniqArray(3)(i.source) AS sources "
+            "FROM (SELECT event_id, action, occurred_at, inputs_used FROM {db}.transitions FINAL "
+            "      WHERE workflow_id = {wf:String}) AS t "
+            "ARRAY JOIN t.inputs_used AS i "
+            "LEFT JOIN (SELECT event_id, groupArray(code) AS codes FROM {db}.findings FINAL "
+            "           WHERE code IN ('AG-BND-001', 'AG-BND-002') GROUP BY event_id) AS f ON f.event_id = t.event_id "
+            "GROUP BY name, action ORDER BY name, action", {"wf": workflow})
+        for r in rows:
+            r["first_ms"], r["last_ms"] = _ms(r["first_seen"]), _ms(r["last_seen"])
+        return rows
+
+    def subjects(self, kind: str, prefix: str) -> list[dict[str, Any]]:
+        """Latest state of every subject of ``kind`` whose id starts with ``prefix``."""
+        return self.query(
+            "SELECT subject_id, argMax(to_state, subject_version) AS state, max(subject_version) AS version, "
+            "argMax(actor, subject_version) AS actor, argMax(comment, subject_version) AS comment, "
+            "argMax(decided_at, subject_version) AS decided_at, argMax(payload, subject_version) AS payload "
+            "FROM {db}.decisions FINAL WHERE subject_kind = {k:String} AND startsWith(subject_id, {p:String}) "
+            "GROUP BY subject_id ORDER BY subject_id", {"k": kind, "p": prefix})
+
+    def history_prefix(self, kind: str, prefix: str) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT subject_id, kind, subject_version, actor, decided_at, from_state, to_state, comment, payload "
+            "FROM {db}.decisions FINAL WHERE subject_kind = {k:String} AND startsWith(subject_id, {p:String}) "
+            "ORDER BY decided_at, subject_id, subject_version", {"k": kind, "p": prefix})

@@ -1,0 +1,219 @@
+"""Recertification rules as tables: recommendation with reasons, item decisions, bulk, sign-off, no auto-apply;
+the proposed policy diff of an input-attribute review."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.review.attributes import attribute_rows
+from pipeline.review.model import Actor, Forbidden, ReviewError
+from pipeline.review.policy_diff import check_text, propose, satisfies
+from pipeline.review.recert import (
+    Evidence,
+    Scope,
+    check_bulk,
+    check_item_decision,
+    check_new_campaign,
+    check_signoff,
+    progress,
+    recommend,
+)
+from pipeline.scoring.policy import default_policy_path, parse_policy
+
+ALICE = Actor("alice", ("reviewer",))
+OK: dict[str, Any] = {"policy_approved": True, "approved_by": "mgr-eng", "policy_ref": "iga@7"}
+
+RECOMMEND_CASES = [
+    # (evidence, recommendation, reasons that must appear)
+    (Evidence(findings=(("AG-AUTH-001", "critical", "grant"),), **OK), "revoke",
+     ["critical finding AG-AUTH-001 on the grant"]),
+    (Evidence(findings=(("AG-ESC-003", "high", "run"),), **OK), "revoke", ["high finding AG-ESC-003 on its run"]),
+    (Evidence(identity_left=True, left_how="disable_account at 2026-11-01 10:00 UTC", **OK), "revoke",
+     ["identity has left since (disable_account at 2026-11-01 10:00 UTC)"]),
+    (Evidence(findings=(("AG-AUTH-001", "critical", "grant"),), identity_left=True, **OK), "revoke",
+     ["critical finding AG-AUTH-001 on the grant", "identity has left since (account disabled or deleted)"]),
+    (Evidence(**OK), "certify", ["approved policy version iga@7", "no finding on the grant or its run",
+                                 "human-approved by mgr-eng"]),
+    (Evidence(findings=(("AG-BND-001", "medium", "grant"),), **OK), "none", ["medium finding AG-BND-001 on the grant"]),
+    (Evidence(policy_approved=True, approved_by=None, policy_ref="iga@7"), "none", ["no human approval recorded"]),
+    (Evidence(policy_approved=False, approved_by="m", policy_ref="iga@5"), "none",
+     ["policy version iga@5 is not approved"]),
+    (Evidence(policy_approved=None, approved_by="m"), "none",
+     ["policy version unknown or no approved versions configured"]),
+    (Evidence(findings=(("AG-DRF-001", "low", "run"),), policy_approved=False, approved_by=None), "none",
+     ["low finding AG-DRF-001 on its run", "policy version ? is not approved", "no human approval recorded"]),
+]
+
+
+@pytest.mark.parametrize(("evidence", "expected", "reasons"), RECOMMEND_CASES)
+def test_recommendation_with_reasons(evidence: Evidence, expected: str, reasons: list[str]) -> None:
+    rec, why = recommend(evidence)
+    assert rec == expected
+    assert why == reasons
+
+
+def _decide(**kw: object) -> str:
+    base: dict[str, object] = dict(state="pending", assignee="alice", owner="alice", campaign_state="open",
+                                   action="certify", justification="still needed", certify_needs_justification=True)
+    base.update(kw)
+    actor = base.pop("actor", ALICE)
+    return check_item_decision(actor, **base)  # type: ignore[arg-type]
+
+
+DECISION_CASES = [
+    ({}, "certified"),
+    ({"action": "revoke"}, "revoked"),
+    ({"action": "revoke", "end_ms": 2_000, "now_ms": 1_000}, "revoked"),
+    ({"action": "reassign", "reassign_to": "rita"}, "pending"),
+    ({"action": "certify", "justification": "", "certify_needs_justification": False}, "certified"),
+    ({"actor": Actor("rita", ("reviewer",)), "assignee": "rita"}, "certified"),
+]
+REFUSED_CASES = [
+    ({"justification": ""}, ReviewError, "certify needs a justification"),
+    ({"action": "revoke", "justification": " "}, ReviewError, "revoke needs a justification"),
+    ({"action": "reassign", "reassign_to": ""}, ReviewError, "reassign needs the reviewer"),
+    ({"action": "reassign", "reassign_to": "alice"}, ReviewError, "already assigned"),
+    ({"action": "revoke", "end_ms": 500, "now_ms": 1_000}, ReviewError, "end date"),
+    ({"state": "certified"}, ReviewError, "already certified"),
+    ({"campaign_state": "closed"}, ReviewError, "signed off"),
+    ({"action": "delete"}, ReviewError, "unknown action"),
+    ({"actor": Actor("rita", ("reviewer",))}, Forbidden, "assigned to alice"),
+    ({"actor": Actor("audrey", ("auditor",))}, Forbidden, "needs the role"),
+]
+
+
+@pytest.mark.parametrize(("kw", "state"), DECISION_CASES)
+def test_item_decisions(kw: dict[str, object], state: str) -> None:
+    assert _decide(**kw) == state
+
+
+@pytest.mark.parametrize(("kw", "error", "message"), REFUSED_CASES)
+def test_item_decisions_refused(kw: dict[str, object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        _decide(**kw)
+
+
+def test_bulk_only_on_one_recommendation() -> None:
+    assert check_bulk({"a": "certify", "b": "certify"}) == "certify"
+    with pytest.raises(ReviewError, match="sharing one recommendation; selected: certify, revoke"):
+        check_bulk({"a": "certify", "b": "revoke"})
+    with pytest.raises(ReviewError, match="nothing selected"):
+        check_bulk({})
+
+
+def test_signoff_needs_every_item_decided_and_the_owner() -> None:
+    check_signoff(ALICE, owner="alice", campaign_state="open", pending=0)
+    check_signoff(Actor("bob", ("approver",)), owner="alice", campaign_state="open", pending=0)
+    with pytest.raises(ReviewError, match="2 items are still pending"):
+        check_signoff(ALICE, owner="alice", campaign_state="open", pending=2)
+    with pytest.raises(Forbidden, match="only the owner"):
+        check_signoff(Actor("rita", ("reviewer",)), owner="alice", campaign_state="open", pending=0)
+    with pytest.raises(ReviewError, match="already signed off"):
+        check_signoff(ALICE, owner="alice", campaign_state="closed", pending=0)
+
+
+@pytest.mark.parametrize("on_timeout", ["revoke", "certify", "apply_recommendation"])
+def test_auto_apply_on_timeout_is_refused(on_timeout: str) -> None:
+    with pytest.raises(ReviewError, match="revokes everything nobody looked at"):
+        check_new_campaign(ALICE, name="q4", owner="alice", due_at_ms=2_000, now_ms=1_000, on_timeout=on_timeout)
+    check_new_campaign(ALICE, name="q4", owner="alice", due_at_ms=2_000, now_ms=1_000)
+
+
+def test_policy_refuses_a_timeout_action() -> None:
+    text = default_policy_path().read_text().replace("workflows:\n", "review:\n  campaign_on_timeout: revoke\n\n"
+                                                     "workflows:\n", 1)
+    with pytest.raises(ConfigError, match=r"campaign_on_timeout: .*revokes everything nobody looked at"):
+        parse_policy(text)
+
+
+def test_scope_checks_and_progress() -> None:
+    assert Scope(min_tier=2, agent="a").check().describe() == "held access granted by agents, tier >= 2, agent a"
+    with pytest.raises(ReviewError, match="min_tier"):
+        Scope(min_tier=5).check()
+    with pytest.raises(ReviewError, match="within_days"):
+        Scope(within_days=0).check()
+    assert progress({"pending": 1, "certified": 2, "revoked": 1}) == {
+        "total": 4, "decided": 3, "pending": 1, "certified": 2, "revoked": 1, "percent": 75.0}
+
+
+# -- input-attribute review ---------------------------------------------------------------------------
+POLICY = default_policy_path().read_text()
+WF = "jml-provisioning"
+USAGE = {"department": {"add_group_member", "disable_account"}, "job_code": {"add_group_member"},
+         "credit_score": {"add_group_member"}, "location": {"grant_entitlement"}}
+
+DIFF_CASES = [
+    # (decisions, lines the diff removes, lines it adds)
+    ({"location": "disallow"},
+     ["    default_inputs: [department, job_code, manager, location, cost_center, employment_type]"],
+     ["    default_inputs: [department, job_code, manager, cost_center, employment_type]"]),
+    ({"credit_score": "approve"}, [],
+     ["    default_inputs: [department, job_code, manager, location, cost_center, employment_type, credit_score]"]),
+    ({"department": "disallow"},
+     ["      disable_account: [department, job_code, manager, termination_date, employment_status]"],
+     ["      disable_account: [job_code, manager, termination_date, employment_status]",
+      "    default_inputs: [job_code, manager, location, cost_center, employment_type]"]),
+    ({"credit_score": "disallow"}, [], []),  # already outside the allowlist: nothing to change
+]
+
+
+@pytest.mark.parametrize(("decisions", "removed", "added"), DIFF_CASES)
+def test_proposed_policy_diff(decisions: dict[str, str], removed: list[str], added: list[str]) -> None:
+    new_text, diff, notes = propose(POLICY, WF, decisions, USAGE, "ARV-0123")
+    minus = {line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")}
+    plus = {line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")}
+    assert set(removed) <= minus and set(added) <= plus
+    if not added:
+        assert diff == "" and new_text == POLICY and "no change needed" in notes[-1]
+        return
+    assert 'version: "2026.11.0+arv-0123"' in plus
+    assert "version 2026.11.0+arv-0123" in check_text(new_text)  # the `agentgov policy check` code accepts it
+    assert satisfies(new_text, WF, decisions, USAGE) == []
+    assert satisfies(POLICY, WF, decisions, USAGE) != []
+    assert new_text.count("#") == POLICY.count("#")  # comments survive
+
+
+def test_diff_for_a_workflow_inheriting_defaults_and_an_unrestricted_one() -> None:
+    text = POLICY.replace("    default_inputs: [department, job_code, manager, request_justification, "
+                          "peer_entitlements]\n", "", 1)
+    usage = {"department": {"grant_entitlement"}, "peer_entitlements": {"grant_entitlement"}}
+    new_text, diff, _ = propose(text, "access-request", {"department": "disallow"}, usage, "ARV-1")
+    assert "+    default_inputs: [job_code, manager]" in diff.splitlines()
+    assert satisfies(new_text, "access-request", {"department": "disallow"}, usage) == []
+    unrestricted = POLICY.replace("    default_inputs: [risk_score, device_trust, geo_velocity, ip_reputation, "
+                                  "mfa_recent]\n", "    default_inputs: null\n", 1)
+    usage = {"risk_score": {"allow_auth"}, "credit_score": {"allow_auth"}}
+    new_text, diff, notes = propose(unrestricted, "auth-gateway", {"credit_score": "disallow"}, usage, "ARV-2")
+    assert "+    default_inputs: [risk_score]" in diff.splitlines() and "had no allowlist" in notes[0]
+    check_text(new_text)
+
+
+def test_proposal_for_a_workflow_missing_from_the_policy_is_refused() -> None:
+    with pytest.raises(ReviewError, match="not in the policy"):
+        propose(POLICY, "payroll-bot", {"department": "disallow"}, {"department": {"recommend"}}, "ARV-3")
+
+
+def test_attribute_rows_count_findings_where_not_permitted(tmp_path: Path) -> None:
+    b = parse_policy(POLICY).policy.boundary_for(WF)
+    usage = [
+        {"name": "credit_score", "action": "add_group_member", "n": 3, "first_ms": 10, "last_ms": 30,
+         "bnd001": 3, "bnd002": 0, "sources": ["model"]},
+        {"name": "department", "action": "add_group_member", "n": 5, "first_ms": 5, "last_ms": 50,
+         "bnd001": 3, "bnd002": 1, "sources": ["hris"]},
+        {"name": "department", "action": "disable_account", "n": 2, "first_ms": 1, "last_ms": 20,
+         "bnd001": 0, "bnd002": 0, "sources": ["hris"]},
+        {"name": "location", "action": "disable_account", "n": 1, "first_ms": 7, "last_ms": 7,
+         "bnd001": 1, "bnd002": 0, "sources": ["hris"]},
+    ]
+    rows = {r["name"]: r for r in attribute_rows(usage, b)}
+    assert rows["credit_score"]["permitted"] == "no" and rows["credit_score"]["bnd001"] == 3
+    assert rows["department"]["permitted"] == "yes" and rows["department"]["bnd001"] == 0
+    dep = rows["department"]
+    assert dep["events"] == 7 and (dep["first_ms"], dep["last_ms"]) == (1, 50)
+    assert rows["department"]["bnd002"] == 1
+    assert rows["location"]["permitted"] == "no"  # disable_account has its own list without location
+    assert [r["name"] for r in attribute_rows(usage, b)][:2] == ["credit_score", "location"]  # problems first
