@@ -31,7 +31,9 @@ def test_bench_smoke_emits_well_formed_json(tmp_path: Path) -> None:
         assert doc["throughput"][name]["rows"] == {"transitions": doc["events"], "assessments": doc["events"]}, name
     assert [row["offered_per_s"] for row in doc["latency"]] == [1000]
     assert doc["latency"][0]["n"] == doc["latency"][0]["events"] > 0
-    assert set(doc["targets"]) == {"pipeline_over_ceiling", "pipeline_over_quix", "scaling_2_over_1",
-                                   "p99_ms_at_10k", "peak_rss_mb"}
+    assert set(doc["targets"]) >= {"pipeline_over_ceiling", "pipeline_over_quix", "scaling_2_over_1",
+                                   "p99_ms_at_10k", "peak_rss_mb", "review_queue_first_page_ms"}
+    review = doc["review_queue"]  # the queue's first page by agent, over the smoke's stored findings
+    assert review["first_page_ms_max"] > 0 and review["target_ms"] == 500
     assert any(k.startswith("scorer[") for k in doc["rss_peak_mb"])
     assert all(v > 0 for v in doc["rss_peak_mb"].values())
