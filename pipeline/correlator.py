@@ -189,9 +189,7 @@ class KeyedState:
         lo = bisect.bisect_right(hist, _order(ev), key=_first)
         for j in range(lo, bisect.bisect_right(hist, reach, lo=lo, key=_first)):
             found += judge(key, hist[j][1])
-        cut = self.max_seen_ms - keep_ms
-        if hist and hist[0][0][0] < cut:
-            del hist[:bisect.bisect_left(hist, (cut,), key=_time)]
+        self.trim_arrived(keep_ms, key)
         out = []
         for f in found:
             if f.finding_id not in self.emitted and f.finding_id not in self.paged:
@@ -200,6 +198,16 @@ class KeyedState:
                 self.paged[f.finding_id] = None
                 out.append(f)
         return out
+
+    def trim_arrived(self, keep_ms: int, key: str | None = None) -> None:
+        """Forget arrived facts older than ``keep_ms`` before the latest event time (one key, or all)."""
+        cut = self.max_seen_ms - keep_ms
+        for k in ([key] if key is not None else list(self.arrived)):
+            hist = self.arrived.get(k)
+            if hist and hist[0][0][0] < cut:
+                del hist[:bisect.bisect_left(hist, (cut,), key=_time)]
+                if not hist:
+                    del self.arrived[k]
 
     def grants_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
         """The key's executed grants in ``[ev - window_ms, ev)``: O(log n), however busy the agent."""
@@ -335,6 +343,7 @@ class Correlator(TransactionalLoop):
         for ev in state.release(state.max_seen_ms - self.grace_ms):
             state.apply(state.key_of(ev), ev, self.retain_ms)
             state.released = max(state.released, _order(ev))
+        state.trim_arrived(self._early_keep_ms(state))
         log.info("correlator state rebuilt", extra={"kv": {
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
             "holdings": held, "pending": len(state.pending)}})
@@ -426,10 +435,13 @@ class Correlator(TransactionalLoop):
     def _page_early(self, state: KeyedState, ev: TransitionDict) -> list[CrossRunFinding]:
         """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
         arrived facts; by agent over the delegation graph, which holds no per-key history to re-judge."""
-        window = self.policy.policy.escalation.window_seconds * 1000
-        if state.by_target:
-            return state.judge_early(ev, window, window + self.grace_ms, functools.partial(self._paging, state))
-        return state.judge_early(ev, 0, 0, functools.partial(self._paging, state))
+        reach = self.policy.policy.escalation.window_seconds * 1000 if state.by_target else 0
+        return state.judge_early(ev, reach, self._early_keep_ms(state), functools.partial(self._paging, state))
+
+    def _early_keep_ms(self, state: KeyedState) -> int:
+        """How much event time of arrived facts early pages read: a fact arriving within the grace reaches
+        back one escalation window; the by-agent paging rule reads the delegation graph, not the key."""
+        return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms if state.by_target else 0
 
     def _paging(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         if state.by_target:
