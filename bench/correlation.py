@@ -45,10 +45,11 @@ def _runs(i: int) -> tuple[str, str]:
     raise AssertionError("unreachable")
 
 
-def paced_events(n: int, rate: int, start: float, chain_every: int, seed: int) -> tuple[list[Message], list[str]]:
+def paced_events(n: int, rate: int, start: float, chain_every: int, seed: int
+                 ) -> tuple[list[Message], dict[str, float]]:
     """``n`` events stamped ``start + k / rate``; every ``chain_every``-th pair of slots carries a cross-run
-    transient-privilege chain (grant, and the revoke ``rate`` slots = 1 s later). Returns the encoded
-    messages and the event ids of the revokes (the chains' last events)."""
+    transient-privilege chain (grant, and the revoke about 1 s later). Returns the encoded messages and
+    the event id of each revoke (the chain's last event) with its stamp (its planned send time)."""
     pub = _completer()
     base = drafts(n, seed)
     slots: dict[int, dict[str, Any]] = {}
@@ -58,18 +59,17 @@ def paced_events(n: int, rate: int, start: float, chain_every: int, seed: int) -
         slots[k] = _draft(grant_run, 0, "agent-jml-04", "jml-provisioning", ("mover", f"HR-8{c:05d}"),
                           "grant_entitlement", target, "aws", "role/Admin", 3, entitlement="aws-admin",
                           approved_by="mgr-eng", scenario="xrun_transient_privilege")
-        slots[k + rate] = _draft(revoke_run, 0, "agent-jml-04", "jml-provisioning", ("mover", f"HR-9{c:05d}"),
-                                 "revoke_entitlement", target, "aws", "role/Admin", 3, entitlement="aws-admin",
-                                 scenario="xrun_transient_privilege")
+        slots[k + rate + chain_every // 2] = _draft(  # between two grants' slots
+            revoke_run, 0, "agent-jml-04", "jml-provisioning", ("mover", f"HR-9{c:05d}"), "revoke_entitlement",
+            target, "aws", "role/Admin", 3, entitlement="aws-admin", scenario="xrun_transient_privilege")
     messages: list[Message] = []
-    last_ids: list[str] = []
+    last_ids: dict[str, float] = {}
     for k in range(n):
         chain = k in slots
-        draft = dict(slots.get(k, base[k]),
-                     occurred_at=datetime.fromtimestamp(start + k / rate, UTC))
+        draft = dict(slots.get(k, base[k]), occurred_at=datetime.fromtimestamp(start + k / rate, UTC))
         record = pub.complete(draft)
         if chain and draft["action"] == "revoke_entitlement":
-            last_ids.append(record["event_id"])
+            last_ids[record["event_id"]] = start + k / rate
         messages.append((record["run_id"].encode(), pub.serde.encode(record)))
     return messages, last_ids
 
@@ -115,7 +115,7 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
         log_path = settings.state_dir / "correlator-0.log"
         paged: dict[str, float] = {}
         if correlator:  # the last chain's page may trail the last event stored by a batch
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 paged = pages(log_path)
                 if all(i in paged for i in last_ids):
@@ -126,8 +126,7 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
         child.close()
     span = first["at"] - rep["first_scored_at"]
     samples = [lat for _, lat in rep["latency"]]
-    stamp = {i: start + (k * chain_every + rate) / rate for k, i in enumerate(last_ids)}
-    to_page = [paged[i] - stamp[i] for i in last_ids if i in paged]
+    to_page = [paged[i] - stamped for i, stamped in last_ids.items() if i in paged]
     return {
         "throughput": {"events": first["stored"], "seconds": round(span, 3),
                        "events_per_s": round(first["stored"] / span, 1)},
