@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.decision_log import DecisionLog
+from pipeline.logs import configure_logging
 from pipeline.metrics import ReviewMetrics
 from pipeline.review.model import Actor
 from pipeline.review.recert import Scope
@@ -144,7 +145,7 @@ def run(holdings: int, items: int, work: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s %(kv)s", defaults={"kv": ""})
+    configure_logging("WARNING")
     logging.getLogger("pipeline.review.recert_service").setLevel(logging.INFO)  # the phase timings of create
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="20,000 holdings, 1,000 items")

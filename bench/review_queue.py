@@ -41,8 +41,8 @@ FILL_DECISIONS = """
 INSERT INTO {db}.decisions (decision_id, kind, subject_kind, subject_id, subject_version, actor, actor_roles,
     decided_at, from_state, to_state, payload)
 SELECT toString(generateUUIDv4(number)), 'finding.acknowledge', 'finding', concat(event_id, '/', code), 1, 'bench',
-       ['reviewer'], now64(3), 'new', 'acknowledged', map('assignee', 'bench', 'run_id', run_id)
-FROM (SELECT event_id, code, run_id, rowNumberInAllBlocks() AS number FROM {db}.findings)
+       ['reviewer'], now64(3), 'new', 'acknowledged', map('assignee', 'bench', 'run_id', run_id, 'agent_id', agent_id)
+FROM (SELECT event_id, code, run_id, agent_id, rowNumberInAllBlocks() AS number FROM {db}.findings)
 WHERE number % 10 = 0
 """
 

@@ -43,13 +43,14 @@ def main() -> int:
         writer = Writer(settings, metrics, sink)
         attach(writer, settings, sink, load_policy(settings.policy_file))
         correlations.attach(writer, settings, sink)  # the correlators' findings -> cross_run_findings
-        attach_decision_log(writer, settings, sink)
+        decision_log = attach_decision_log(writer, settings, sink)
     except AgentgovError as exc:
         print(f"agentgov writer: {exc}", file=sys.stderr)
         return 2
     gc.freeze()  # start-up objects are long-lived: keep them out of every collection
     gc.set_threshold(50_000, 20, 10)  # fewer gen-0 collections on the per-message hot path
     writer.run(stop)
+    decision_log.close()
     log.info("writer stopped", extra={"kv": {"stored": writer.stored}})
     return 0
 

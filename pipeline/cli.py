@@ -128,6 +128,8 @@ def publish(file: Path) -> None:
     """Publish events from a JSON-lines FILE (the schema's JSON form); reports accepted/rejected by line.
 
     Exits 1 if any line was rejected, 9 if any event was not delivered."""
+    from confluent_kafka import KafkaException
+
     from .broker import probe
     from .errors import PublishError
     from .progress import Counts, PipelineProbe, StreamProgress
@@ -155,11 +157,15 @@ def publish(file: Path) -> None:
             except EventInvalid as exc:
                 rejected += 1
                 click.echo(f"{file}:{lineno}: {exc}", err=True)
+            except KafkaException as exc:  # refused before sending (e.g. unknown topic): not delivered
+                undelivered += 1
+                if undelivered <= 20:
+                    click.echo(f"{file}:{lineno}: not delivered: {exc.args[0].str() if exc.args else exc}", err=True)
         try:
             pub.flush()
         except PublishError as exc:  # every undelivered event is named, by line
             ids = exc.fields.get("event_ids") or []
-            undelivered = len(ids) or int(exc.fields.get("pending", 0)) or 1
+            undelivered += len(ids) or int(exc.fields.get("pending", 0)) or 1
             click.echo(f"{file}: {exc}", err=True)
             for event_id in ids[:20]:
                 click.echo(f"{file}:{line_of.get(event_id, '?')}: not delivered (event_id {event_id})", err=True)

@@ -69,6 +69,7 @@ class DecisionLog:
         self.consumer.subscribe(list(self.tables))
         self.pending: list[Message] = []
         self.stored = 0
+        self._closed = False
 
     def poll_once(self, timeout: float = 0.0) -> int:
         """Read what is there, store it, commit. Returns rows stored now (0 while the store fails)."""
@@ -125,7 +126,10 @@ class DecisionLog:
         self.poll_once()
 
     def close(self) -> None:
-        self.consumer.close()
+        """Leave the group. An open consumer nobody polls any more keeps librdkafka's main thread busy."""
+        if not self._closed:
+            self._closed = True
+            self.consumer.close()
 
 
 def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: float = 0.2) -> DecisionLog:

@@ -92,6 +92,8 @@ def explain(exc: BaseException) -> Failure:
     if isinstance(exc, PublishError):
         return Failure(Exit.UNDELIVERED, msg, "nothing was lost silently: republish the events named above "
                                               "once the broker is reachable")
+    if isinstance(exc, AgentgovError) and exc.reason == "dlq":  # pipeline.dlq.DlqError: no such letter, cut payload
+        return Failure(Exit.INCOMPLETE, msg, "see `agentgov dlq list` and docs/runbooks/dead-letters.md")
     if isinstance(exc, AgentgovError):  # a command's own refusal (`dlq show` of a missing ref...): it says why
         return Failure(Exit.INCOMPLETE, msg)
     code = _kafka_code(exc)

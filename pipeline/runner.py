@@ -175,6 +175,8 @@ class Pipeline:
                 proc.wait()
         if self._writer_thread is not None:
             self._writer_thread.join(30)
+        if getattr(self, "decision_log", None) is not None:
+            self.decision_log.close()
         if self.correlation_store is not None:
             self.correlation_store.close()
         if self.broker is not None:

@@ -67,6 +67,9 @@ BAD_INPUTS: dict[str, str] = {
     "unknown_fingerprint": "unknown_schema",
     "truncated_avro": "truncated",
     "tier_out_of_range": "invalid_value",
+    # poison: before pipeline/limits.py, each of these stopped a partition for good
+    "step_int32_overflow": "invalid_value",
+    "oversized_event": "oversized",
 }
 
 
@@ -354,6 +357,8 @@ class Workload:
             Op("raw", "unknown_fingerprint", b"\xc3\x01" + b"\xee" * 8 + b"\x00\x02", key=b"run-bad"),
             Op("record", "truncated_avro", valid, send="truncate"),
             Op("record", "tier_out_of_range", dict(valid), mutate=_tier9, send="raw"),
+            Op("record", "step_int32_overflow", dict(valid), mutate=_step_overflow, send="raw"),
+            Op("record", "oversized_event", dict(valid), mutate=_oversized, send="raw"),
         ]
 
     def ops(self, events: int) -> Iterator[Op]:
@@ -378,6 +383,15 @@ class Workload:
 def _tamper(record: dict[str, Any]) -> dict[str, Any]:
     record = dict(record, resource={**record["resource"], "privilege_tier": 3})  # changed after hashing
     return record
+
+
+def _step_overflow(record: dict[str, Any]) -> dict[str, Any]:
+    return dict(record, step=2**31 + 5)  # over Avro int: the store used to refuse it forever
+
+
+def _oversized(record: dict[str, Any]) -> dict[str, Any]:
+    # ~960 KB: under the producer's 1,000,000-byte record, over the event limit (its assessment would not fit)
+    return dict(record, attributes={f"blob{i:03d}": "x" * 8000 for i in range(120)})
 
 
 def _tier9(record: dict[str, Any]) -> dict[str, Any]:

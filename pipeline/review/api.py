@@ -7,10 +7,11 @@ rejected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from .app import ReviewContext, ctx_of
@@ -19,7 +20,21 @@ from .pages import queue_filter
 from .service import now_ms
 from .store import sla
 
-router = APIRouter(tags=["review"])
+_ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _ROUTES.append((method, path, fn, kw))
+        return fn
+    return register
+
+
+def register(app: FastAPI, prefix: str = "") -> None:
+    """Add these routes to ``app`` directly. Not through ``include_router``: since FastAPI 0.137 an included
+    router rebuilds a shared route cache lazily on first requests, which hung our multi-app test runs."""
+    for method, path, fn, kw in _ROUTES:
+        app.add_api_route(prefix + path, fn, methods=[method], tags=["review"], **kw)
 Ctx = Annotated[ReviewContext, Depends(ctx_of)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
@@ -85,13 +100,13 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
                 else v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
-@router.get("/me", response_model=Me)
+@_route("GET", "/me", response_model=Me)
 def me(request: Request, ctx: Ctx) -> Me:
     actor = ctx.actor(request)
     return Me(user=actor.user, roles=list(actor.roles), csrf_token=ctx.auth.csrf_token(actor))
 
 
-@router.get("/findings")
+@_route("GET", "/findings")
 def findings(request: Request, ctx: Ctx,
              severity: Annotated[list[Literal["critical", "high", "medium"]], Query()] = [],  # noqa: B006
              code: Annotated[list[Annotated[str, Field(max_length=256)]], Query()] = [],  # noqa: B006
@@ -117,7 +132,7 @@ def findings(request: Request, ctx: Ctx,
     return {"total": total, "findings": out}
 
 
-@router.get("/findings/{event_id}/{code}")
+@_route("GET", "/findings/{event_id}/{code}")
 def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> dict[str, Any]:
     """One finding with its state, SLA, history and run trails."""
     ctx.actor(request)
@@ -134,7 +149,7 @@ def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> dict[str, A
             "trails": {run: [_json(s) for s in steps] for run, steps in ctx.store.trails(f)}}
 
 
-@router.post("/findings/{event_id}/{code}/decisions", status_code=201)
+@_route("POST", "/findings/{event_id}/{code}/decisions", status_code=201)
 async def decide(request: Request, ctx: Ctx, event_id: str, code: str, body: FindingDecision) -> dict[str, Any]:
     """Acknowledge, close (classification, reason and comment required) or reopen. 409 on a stale version."""
     actor = await ctx.writer(request)
@@ -142,7 +157,7 @@ async def decide(request: Request, ctx: Ctx, event_id: str, code: str, body: Fin
                                   classification=body.classification, reason=body.reason, comment=body.comment)
 
 
-@router.post("/findings/bulk")
+@_route("POST", "/findings/bulk")
 async def bulk(request: Request, ctx: Ctx, body: BulkDecision) -> dict[str, Any]:
     """One decision per finding, on a selection or on everything matching a filter."""
     actor = await ctx.writer(request)
@@ -156,7 +171,7 @@ async def bulk(request: Request, ctx: Ctx, body: BulkDecision) -> dict[str, Any]
                             classification=body.classification, reason=body.reason, comment=body.comment)
 
 
-@router.get("/exceptions")
+@_route("GET", "/exceptions")
 def exceptions(request: Request, ctx: Ctx) -> dict[str, Any]:
     """Latest version of every exception, with its status (expired follows from the clock)."""
     ctx.actor(request)
@@ -164,7 +179,7 @@ def exceptions(request: Request, ctx: Ctx) -> dict[str, Any]:
     return {"exceptions": [dict(_json(e), status=exception_status(e, t)) for e in ctx.store.exceptions()]}
 
 
-@router.post("/exceptions", status_code=201)
+@_route("POST", "/exceptions", status_code=201)
 async def request_exception(request: Request, ctx: Ctx, body: ExceptionRequest) -> dict[str, Any]:
     """Request an exception; it takes effect only when a different approver approves it."""
     actor = await ctx.writer(request)
@@ -175,7 +190,7 @@ async def request_exception(request: Request, ctx: Ctx, body: ExceptionRequest) 
                                          target_id=body.target_id, entitlement=body.entitlement)
 
 
-@router.get("/exceptions/{exception_id}")
+@_route("GET", "/exceptions/{exception_id}")
 def exception(request: Request, ctx: Ctx, exception_id: str) -> dict[str, Any]:
     ctx.actor(request)
     e = ctx.store.exception(exception_id)
@@ -188,14 +203,14 @@ def exception(request: Request, ctx: Ctx, exception_id: str) -> dict[str, Any]:
             "history": [_json(h) for h in ctx.store.history("exception", exception_id)]}
 
 
-@router.post("/exceptions/{exception_id}/decisions")
+@_route("POST", "/exceptions/{exception_id}/decisions")
 async def decide_exception(request: Request, ctx: Ctx, exception_id: str, body: ExceptionDecision) -> dict[str, Any]:
     """Approve or reject (approver role, not the requester) or revoke. 409 on a stale version."""
     actor = await ctx.writer(request)
     return ctx.service.decide_exception(actor, exception_id, body.action, body.expected_version, body.comment)
 
 
-@router.get("/export")
+@_route("GET", "/export")
 def export(request: Request, ctx: Ctx, since: datetime) -> list[dict[str, Any]]:
     """Decisions and exception versions since ``since`` (what `agentgov review export` writes)."""
     ctx.actor(request)
@@ -203,4 +218,4 @@ def export(request: Request, ctx: Ctx, since: datetime) -> list[dict[str, Any]]:
     return [_json(r) for r in ctx.store.export(since)]
 
 
-__all__ = ["CLASSIFICATIONS", "FINDING_STATES", "REVIEW_SEVERITIES", "router"]
+__all__ = ["CLASSIFICATIONS", "FINDING_STATES", "REVIEW_SEVERITIES", "register"]

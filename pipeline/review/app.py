@@ -176,7 +176,7 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
                                            "ms": round((time.perf_counter() - started) * 1000, 1)}})
         return response
 
-    app.include_router(pages.router)
-    app.include_router(api.router, prefix="/api")
+    pages.register(app)
+    api.register(app, prefix="/api")
     campaigns.install(app, ctx)
     return app

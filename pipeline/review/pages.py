@@ -6,10 +6,11 @@ an actor, requester or approver from the form.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .app import ReviewContext, Unauthenticated, ctx_of
@@ -27,7 +28,21 @@ from .model import (
 from .service import now_ms
 from .store import QueueFilter, sla
 
-router = APIRouter(include_in_schema=False)
+_ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _ROUTES.append((method, path, fn, kw))
+        return fn
+    return register
+
+
+def register(app: FastAPI, prefix: str = "") -> None:
+    """Add these routes to ``app`` directly. Not through ``include_router``: since FastAPI 0.137 an included
+    router rebuilds a shared route cache lazily on first requests, which hung our multi-app test runs."""
+    for method, path, fn, kw in _ROUTES:
+        app.add_api_route(prefix + path, fn, methods=[method], include_in_schema=False, **kw)
 Ctx = Annotated[ReviewContext, Depends(ctx_of)]
 PAGE = 50
 
@@ -60,18 +75,18 @@ def queue_filter(severity: list[str], code: list[str], agent: str, workflow: str
                        min_age_hours=_hours(min_age_hours))
 
 
-@router.get("/")
+@_route("GET", "/")
 def index() -> RedirectResponse:
     return RedirectResponse("/queue", status_code=303)
 
 
 # -- login (token mode) ---------------------------------------------------------------------------
-@router.get("/login")
+@_route("GET", "/login")
 def login_page(request: Request, ctx: Ctx) -> HTMLResponse:
     return _render(ctx, request, "login.html", None, mode=ctx.settings.review_auth)
 
 
-@router.post("/login")
+@_route("POST", "/login")
 def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "") -> Response:
     actor = ctx.auth.login(token) if ctx.settings.review_auth == "token" else None
     if actor is None:
@@ -83,7 +98,7 @@ def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "") -> Res
     return response
 
 
-@router.post("/logout")
+@_route("POST", "/logout")
 async def logout(request: Request, ctx: Ctx) -> Response:
     await ctx.writer(request)
     response = RedirectResponse("/login", status_code=303)
@@ -92,7 +107,7 @@ async def logout(request: Request, ctx: Ctx) -> Response:
 
 
 # -- queue ----------------------------------------------------------------------------------------
-@router.get("/queue")
+@_route("GET", "/queue")
 def queue(request: Request, ctx: Ctx, severity: Annotated[list[str], Query()] = [],  # noqa: B006
           code: Annotated[list[str], Query()] = [], agent: str = "", workflow: str = "",  # noqa: B006
           status: Annotated[list[str], Query()] = [], assignee: str = "",  # noqa: B006
@@ -112,7 +127,7 @@ def queue(request: Request, ctx: Ctx, severity: Annotated[list[str], Query()] = 
                    reasons=REASONS, query=str(request.url.query))
 
 
-@router.post("/queue/bulk")
+@_route("POST", "/queue/bulk")
 async def bulk(request: Request, ctx: Ctx) -> HTMLResponse:
     actor = await ctx.writer(request)
     form = await request.form()
@@ -138,7 +153,7 @@ async def bulk(request: Request, ctx: Ctx) -> HTMLResponse:
 
 
 # -- finding --------------------------------------------------------------------------------------
-@router.get("/findings/{event_id}/{code}")
+@_route("GET", "/findings/{event_id}/{code}")
 def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> HTMLResponse:
     actor = ctx.actor(request)
     f = ctx.store.finding(event_id, code)
@@ -153,7 +168,7 @@ def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> HTMLRespons
                    classifications=CLASSIFICATIONS, reasons=REASONS)
 
 
-@router.post("/findings/{event_id}/{code}")
+@_route("POST", "/findings/{event_id}/{code}")
 async def decide_finding(request: Request, ctx: Ctx, event_id: str, code: str,
                          action: Annotated[str, Form()], version: Annotated[int, Form()],
                          classification: Annotated[str | None, Form()] = None,
@@ -166,7 +181,7 @@ async def decide_finding(request: Request, ctx: Ctx, event_id: str, code: str,
 
 
 # -- exceptions -----------------------------------------------------------------------------------
-@router.get("/exceptions")
+@_route("GET", "/exceptions")
 def exceptions(request: Request, ctx: Ctx, code: str = "", agent: str = "") -> HTMLResponse:
     actor = ctx.actor(request)
     t = now_ms()
@@ -187,7 +202,7 @@ def _expiry(value: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-@router.post("/exceptions")
+@_route("POST", "/exceptions")
 async def request_exception(request: Request, ctx: Ctx, code: Annotated[str, Form()],
                             agent_id: Annotated[str, Form()], justification: Annotated[str, Form()],
                             expires_at: Annotated[str, Form()], workflow_id: Annotated[str, Form()] = "",
@@ -200,7 +215,7 @@ async def request_exception(request: Request, ctx: Ctx, code: Annotated[str, For
     return RedirectResponse(f"/exceptions/{record['exception_id']}", status_code=303)
 
 
-@router.get("/exceptions/{exception_id}")
+@_route("GET", "/exceptions/{exception_id}")
 def exception_page(request: Request, ctx: Ctx, exception_id: str) -> HTMLResponse:
     actor = ctx.actor(request)
     e = ctx.store.exception(exception_id)
@@ -213,7 +228,7 @@ def exception_page(request: Request, ctx: Ctx, exception_id: str) -> HTMLRespons
                    findings=ctx.store.excepted_findings(exception_id))
 
 
-@router.post("/exceptions/{exception_id}")
+@_route("POST", "/exceptions/{exception_id}")
 async def decide_exception(request: Request, ctx: Ctx, exception_id: str, action: Annotated[str, Form()],
                            version: Annotated[int, Form()], comment: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
@@ -221,4 +236,4 @@ async def decide_exception(request: Request, ctx: Ctx, exception_id: str, action
     return RedirectResponse(f"/exceptions/{exception_id}", status_code=303)
 
 
-__all__ = ["Unauthenticated", "router"]
+__all__ = ["Unauthenticated", "register"]

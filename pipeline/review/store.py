@@ -32,9 +32,8 @@ GROUP BY subject_id
 aggregate every decision ever made."""
 
 QUEUE_SQL = """
-SELECT f.event_id AS event_id, f.code AS code, f.severity AS severity, f.category AS category,
-       f.message AS message, f.agent_id AS agent_id, f.run_id AS run_id, f.target_id AS target_id,
-       f.action AS action, f.occurred_at AS occurred_at, f.related_event_ids AS related_event_ids,
+SELECT f.event_id AS event_id, f.code AS code, f.severity AS severity, f.agent_id AS agent_id,
+       f.run_id AS run_id, f.occurred_at AS occurred_at,
        if(d.state = '', 'new', d.state) AS status, d.version AS version, d.assignee AS assignee,
        count() OVER () AS total_rows
 FROM {db}.findings AS f FINAL
@@ -42,6 +41,14 @@ LEFT JOIN (LATEST) AS d ON d.subject_id = concat(f.event_id, '/', f.code)
 WHERE {where}
 ORDER BY multiIf(f.severity = 'critical', 0, f.severity = 'high', 1, 2), f.occurred_at, f.event_id, f.code
 LIMIT {limit:UInt32} OFFSET {offset:UInt32}
+"""
+"""Narrow columns only: an agent's findings spread over many granules, so the page is chosen on the small
+columns and the wide ones (message, arrays) are read for those rows alone (DETAIL_SQL)."""
+
+DETAIL_SQL = """
+SELECT event_id, code, category, message, target_id, action, related_event_ids
+FROM {db}.findings FINAL
+WHERE code IN {codes:Array(String)} AND agent_id IN {agents:Array(String)} AND event_id IN {ids:Array(String)}
 """
 
 COUNT_SQL = """
@@ -130,6 +137,12 @@ class ReviewStore:
             total = self.query(COUNT_SQL.replace("LATEST", latest).replace("{where}", where), params)[0]["n"]
         for r in rows:
             r.pop("total_rows")
+        if rows:
+            details = {(d["event_id"], d["code"]): d for d in self.query(DETAIL_SQL, {
+                "codes": sorted({r["code"] for r in rows}), "agents": sorted({r["agent_id"] for r in rows}),
+                "ids": [r["event_id"] for r in rows]})}
+            for r in rows:
+                r.update(details.get((r["event_id"], r["code"]), {}))
         for r in rows:
             r["occurred_at_ms"] = _ms(r["occurred_at"])
         return rows, int(total)

@@ -388,7 +388,7 @@ def test_dlq_command_lists_shows_and_republishes_after_a_fix(
     shown = runner.invoke(main, ["dlq", "show", ref_early], env=env)
     assert shown.exit_code == 0 and early["event_id"] in shown.stdout and "\x1b" not in shown.stdout
     refused = runner.invoke(main, ["dlq", "republish", ref_cut], env=env)
-    assert refused.exit_code == 2 and "cut payload" in refused.output and "Traceback" not in refused.output
+    assert refused.exit_code == 1 and "cut payload" in refused.output and "Traceback" not in refused.output
 
     time.sleep(max(0.0, early["occurred_at"] / 1000 - time.time()) + 0.5)  # the fix: its time has come
     done = runner.invoke(main, ["dlq", "republish", ref_early], env=env)
@@ -431,3 +431,35 @@ def test_cross_agent_signature_and_a_non_utf8_policy_file(
     rejected = [r for r in caplog.records if r.getMessage().startswith("policy file changed but is invalid")]
     assert rejected and "not UTF-8" in getattr(rejected[0], "kv", {})["error"]
     assert all(t.is_alive() for t in pipe.threads)
+
+
+def test_cli_publish_rejects_huge_integers_and_oversized_events_without_a_traceback(
+    settings_factory: Callable[..., Settings], tmp_path: Any,
+) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    settings = settings_factory()
+    tmp_path = Path(tmp_path)
+
+    lines = [json.dumps(draft(step=2**64)), json.dumps(draft(step=2**31)),
+             json.dumps(draft(attributes={f"k{i}": "x" * 8192 for i in range(120)})),
+             json.dumps(draft(attributes={"k": "x" * 9000}))]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    env = {k: "" for k in os.environ if k.startswith("AGENTGOV_")}
+    env.update({"AGENTGOV_KAFKA_BOOTSTRAP": settings.bootstrap(), "AGENTGOV_STATE_DIR": str(tmp_path),
+                "AGENTGOV_TOPIC_TRANSITIONS": settings.topic_transitions})
+    result = CliRunner().invoke(main, ["publish", str(path)], env={k: v for k, v in env.items() if v})
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert "accepted 0, rejected 4" in result.stdout
+    err = result.stderr
+    assert f"{path}:1: invalid event: step" in err and f"{path}:2: invalid event: step" in err
+    assert f"{path}:3: invalid event: event of" in err and "exceeds the 934464-byte limit" in err
+    assert f"{path}:4: invalid event: attributes" in err

@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS ${db}.decisions${local} ${on_cluster}
     reason LowCardinality(Nullable(String)),
     comment Nullable(String),
     payload Map(String, String),
-    INDEX idx_run payload['run_id'] TYPE bloom_filter(0.01) GRANULARITY 1
+    INDEX idx_run payload['run_id'] TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_agent payload['agent_id'] TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = ${rmt}
 PARTITION BY toYYYYMM(decided_at)
