@@ -32,7 +32,7 @@ def test_bench_smoke_emits_well_formed_json(tmp_path: Path) -> None:
     assert [row["offered_per_s"] for row in doc["latency"]] == [1000]
     assert doc["latency"][0]["n"] == doc["latency"][0]["events"] > 0
     assert set(doc["targets"]) == {"pipeline_over_ceiling", "pipeline_over_quix", "scaling_2_over_1",
-                                   "p99_ms_at_10k", "peak_rss_mb"}
+                                   "p99_ms_at_10k", "peak_rss_mb", "review_queue_first_page_ms"}
     corr = doc["correlation"]  # with and without the correlator; cross-run chains page before the grace
     for name in ("with_correlator", "without_correlator"):
         assert corr[name]["throughput"]["events"] == doc["events"], name
