@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"produced at {rate:,.0f}/s; partitions {counts}")
         per_event = pool.seconds / count  # to plan when paced events must be ready
         # Each correlation run gets a topic of its own, with at most 50,000 of the events (keeps `make bench` short).
-        source = pool.messages[:50_000] if "correlation" in only else []
+        corr_source = pool.messages[:50_000] if "correlation" in only else []
         del pool
         t = doc["throughput"]
         for procs, name in ((1, "ceiling_1_process"), (2, "ceiling_2_processes")) if "ceiling" in only else ():
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["latency"] = latency(bootstrap, rates, lat_seconds, per_event, work, rss, scorers=2)
         if "correlation" in only:
             doc["correlation"] = correlation.compare(
-                bootstrap, source, rate=1000 if smoke else 2000, seconds=lat_seconds,
+                bootstrap, corr_source, rate=1000 if smoke else 2000, seconds=lat_seconds,
                 chain_every=100 if smoke else 200, work=work, rss=rss, per_event_gen=per_event)
             log(f"correlation: {doc['correlation']}")
         rss.stop()
