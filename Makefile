@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PEER ?= .venv-peer
 PEER_STAMP := $(PEER)/.installed
 
-.PHONY: demo run test lint typecheck check bench bench-smoke clean kafka-jars peer-venv
+.PHONY: demo run test test-unit lint typecheck check bench bench-smoke clean kafka-jars peer-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,9 @@ test: $(STAMP) $(PEER_STAMP)
 	$(BIN)/mypy
 	bash ci/checks.sh
 	$(BIN)/pytest -q -ra
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 bench: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python -m bench

@@ -4,7 +4,9 @@
 - ``scorer``: reads transitions (and the baselines/delegations it follows); alone writes assessments, dead
   letters and the fact topics it owns; its transactional ids and consumer groups.
 - ``correlator``: reads the fact topics; writes holdings and correlations.
-- ``store``: the writer (store owner) reads assessments and correlations; alone writes baselines.
+- ``store``: the writer (store owner) reads assessments, correlations and review decisions; alone writes
+  baselines; writes dead letters for rows the store refuses.
+- ``review``: the review app writes decisions, exceptions and remediation requests, and reads them back.
 - ``reader``: reads every topic (consumer groups ``reader-*``), writes nothing.
 
 Used by the Kafka test tier (``tests/integration/test_acls.py``) and mirrored by compose's ``kafka-acls``
@@ -34,7 +36,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROLES = ("agent", "scorer", "correlator", "store", "reader")
+ROLES = ("agent", "scorer", "correlator", "store", "review", "reader")
 READ, WRITE = AclOperation.READ, AclOperation.WRITE
 
 
@@ -52,15 +54,17 @@ def bindings(settings: Settings, principals: Mapping[str, str]) -> list[AclBindi
     """Every ACL for the roles named in ``principals`` (role -> Kafka user name)."""
     s = settings
     facts = [s.topic_facts_by_target, s.topic_facts_by_agent, s.topic_holdings, s.topic_delegations]
+    review = [s.topic_decisions, s.topic_exceptions, s.topic_remediations]
     everything = [s.topic_transitions, s.topic_assessments, s.topic_dlq, s.topic_baselines, *facts,
-                  s.topic_correlations]
+                  s.topic_correlations, *review]
     out: list[AclBinding] = []
     group, txn = ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
     if "agent" in principals:
         out.append(_topic(principals["agent"], s.topic_transitions, WRITE))
     if "scorer" in principals:
         p = principals["scorer"]
-        out += [_topic(p, t, READ) for t in (s.topic_transitions, s.topic_baselines, s.topic_delegations)]
+        out += [_topic(p, t, READ) for t in (s.topic_transitions, s.topic_baselines, s.topic_delegations,
+                                                    s.topic_exceptions)]
         out += [_topic(p, t, WRITE) for t in (s.topic_assessments, s.topic_dlq, *facts)]
         out += [_prefixed(p, group, s.scorer_group, READ), _prefixed(p, group, "agentgov-", READ),
                 _prefixed(p, txn, "agentgov-scorer-", WRITE)]
@@ -72,9 +76,14 @@ def bindings(settings: Settings, principals: Mapping[str, str]) -> list[AclBindi
                 _prefixed(p, txn, "agentgov-correlator-", WRITE)]
     if "store" in principals:
         p = principals["store"]
-        out += [_topic(p, t, READ) for t in (s.topic_assessments, s.topic_correlations, s.topic_baselines)]
-        out.append(_topic(p, s.topic_baselines, WRITE))
+        out += [_topic(p, t, READ) for t in (s.topic_assessments, s.topic_correlations, s.topic_baselines,
+                                             s.topic_decisions, s.topic_exceptions)]
+        out += [_topic(p, t, WRITE) for t in (s.topic_baselines, s.topic_dlq)]
         out += [_prefixed(p, group, s.writer_group, READ), _prefixed(p, group, "agentgov-", READ)]
+    if "review" in principals:
+        p = principals["review"]
+        out += [_topic(p, t, op) for t in review for op in (READ, WRITE)]
+        out.append(_prefixed(p, group, "agentgov-review", READ))
     if "reader" in principals:
         p = principals["reader"]
         out += [_topic(p, t, READ) for t in everything]

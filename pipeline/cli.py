@@ -65,7 +65,12 @@ def main(debug: bool) -> None:
     Exit codes: 0 ok, 1 not all done (rejected lines, no such run), 2 usage, 3 settings, 4 policy,
     5 no store, 6 store in use, 7 store error, 8 broker unreachable, 9 events undelivered, 70 internal error
     (README.md, "Exit codes")."""
-    Settings.load()  # every command, even `rules`, rejects unknown or invalid AGENTGOV_* variables
+    if not _asks_for_help(sys.argv[1:]):  # help works whatever the environment holds
+        Settings.load()  # every command, even `rules`, rejects unknown or invalid AGENTGOV_* variables
+
+
+def _asks_for_help(args: list[str]) -> bool:
+    return "--help" in args
 
 
 @main.command()

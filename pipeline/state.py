@@ -10,7 +10,6 @@ history is always local to its partition.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
 
 from .events import TransitionDict
 
@@ -119,7 +118,3 @@ class PartitionContext:
     def held_bytes(self) -> int:
         """Approximate bytes of the events held (each counted once)."""
         return max(self.runs.bytes, self.targets.bytes, self.agents.bytes)
-
-    def observe_all(self, events: Iterable[TransitionDict]) -> None:
-        for ev in events:
-            self.observe(ev)

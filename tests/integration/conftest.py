@@ -35,8 +35,6 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -233,11 +234,12 @@ def restartable(engine: str, port: int, tmp_path: Path) -> EmbeddedBroker | Kraf
 # On Kafka (one node, SIGTERM then restart on the same log) the scorer, alive, hangs inside librdkafka
 # 2.16.0's rd_kafka_send_offsets_to_transaction well past its 30 s timeout (native stack: Scorer.process
 # -> Producer_send_offsets_to_transaction -> rd_kafka_txn_op_req0 -> cnd_wait), so nothing more is scored.
-# Seen in 2 of 2 runs; upstream: librdkafka issues 5456 (the coordinator-request timeout is never checked)
-# and 5511 (a stale cached group coordinator is never re-looked-up). Tansu passes. Kept running so a
-# fixed librdkafka shows up as XPASS.
+# Seen in 3 of 3 runs; upstream: librdkafka issues 5456 (the coordinator-request timeout is never checked)
+# and 5511 (a stale cached group coordinator is never re-looked-up). Tansu passes. Not run by default (it
+# costs 4 min of CI to watch the hang); run it with RUN_KAFKA_TXN_HANG=1 to check a new librdkafka.
 KAFKA_TXN_HANG = pytest.mark.xfail(reason="librdkafka send_offsets_to_transaction hangs after a single-node "
-                                          "Kafka restart (upstream 5456/5511)", strict=False)
+                                          "Kafka restart (upstream 5456/5511)", strict=False,
+                                   run=os.environ.get("RUN_KAFKA_TXN_HANG") == "1")
 
 
 @pytest.mark.parametrize("engine", ["tansu", pytest.param("kafka", marks=[pytest.mark.kafka, KAFKA_TXN_HANG])])

@@ -44,7 +44,10 @@ def test_sql_looking_identifiers_are_stored_and_read_back_verbatim(
     assert pipe.sink.count("transitions") == len(HOSTILE)  # nothing dropped, nothing else touched
 
 
-@pytest.mark.skipif("AG-EVD-006" not in CATALOGUE, reason="AG-EVD-006 not in the scoring catalogue yet")
+def test_the_signature_code_is_in_the_catalogue() -> None:
+    assert "AG-EVD-006" in CATALOGUE, "the signature rule left the catalogue: the test below must follow it"
+
+
 def test_signatures_required_unsigned_or_bad_is_flagged_good_passes(
     settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
     pipeline_factory: Callable[..., Pipeline],

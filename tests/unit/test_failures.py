@@ -92,3 +92,20 @@ def test_progress_lines_are_throttled_to_every_seconds() -> None:
         progress.poll()
     progress.stop()
     assert len(out.getvalue().splitlines()) == 2  # the first poll, then only the final line
+
+
+def test_help_works_and_commands_refuse_with_an_unknown_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.setenv("AGENTGOV_KAFKA_BOOTSTARP", "x:1")
+    monkeypatch.setattr(sys, "argv", ["agentgov", "rules", "--help"])
+    helped = CliRunner().invoke(main, ["rules", "--help"])
+    assert helped.exit_code == 0 and "Usage: main rules" in helped.output
+    monkeypatch.setattr(sys, "argv", ["agentgov", "rules"])
+    refused = CliRunner().invoke(main, ["rules"])
+    assert refused.exit_code == Exit.CONFIG
+    assert "did you mean AGENTGOV_KAFKA_BOOTSTRAP?" in refused.output
