@@ -19,7 +19,7 @@ from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.progress import Counts, PipelineProbe, StreamProgress
 from pipeline.topics import ensure_topics
 
-from . import report
+from . import correlation, report
 from .events import EventPool, produce_all, produce_paced, producer
 from .procs import Child, RssSampler
 from .spec import SCORER_BATCH, SCORER_BATCH_SECONDS, SINK_BATCH_ROWS, SINK_BATCH_SECONDS, scenario_settings
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=None, help="events per throughput scenario (default 200000)")
     ap.add_argument("--rates", default=None, help="latency offered rates, comma-separated (default 2000,10000,25000)")
     ap.add_argument("--latency-seconds", type=float, default=None, help="seconds per latency rate (default 6)")
-    ap.add_argument("--only", default="ceiling,agentgov,quix,latency,review",
+    ap.add_argument("--only", default="ceiling,agentgov,quix,latency,correlation,review",
                     help="scenarios to run, comma-separated (default: all; ratios need all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["throughput"]["producer_raw"] = {"events_per_s": round(rate, 1), "events": count}
         log(f"produced at {rate:,.0f}/s; partitions {counts}")
         per_event = pool.seconds / count  # to plan when paced events must be ready
+        # Each correlation run gets a topic of its own, with at most 50,000 of the events (keeps `make bench` short).
+        corr_source = pool.messages[:50_000] if "correlation" in only else []
         del pool
         t = doc["throughput"]
         for procs, name in ((1, "ceiling_1_process"), (2, "ceiling_2_processes")) if "ceiling" in only else ():
@@ -224,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"quix: {t['quix']}")
         if "latency" in only:
             doc["latency"] = latency(bootstrap, rates, lat_seconds, per_event, work, rss, scorers=2)
+        if "correlation" in only:
+            doc["correlation"] = correlation.compare(
+                bootstrap, corr_source, rate=1000 if smoke else 2000, seconds=lat_seconds,
+                chain_every=100 if smoke else 200, work=work, rss=rss, per_event_gen=per_event)
+            log(f"correlation: {doc['correlation']}")
         rss.stop()
     if "review" in only:
         # The review queue's first page filtered by agent over 1,000,000 stored findings (target < 500 ms).

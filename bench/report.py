@@ -112,6 +112,19 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in doc.get("latency", []):
         lines.append(f"| {row['offered_per_s']:,} | {row['achieved_per_s']:,.0f} | {row['p50_ms']} | {row['p95_ms']} "
                      f"| {row['p99_ms']} | {row['max_ms']} |")
+    corr = doc.get("correlation")
+    if corr:
+        a, b = corr["with_correlator"], corr["without_correlator"]
+        lines += ["", "| correlation stage (same run) | without correlator | with correlator |",
+                  "| --- | ---: | ---: |",
+                  f"| throughput end to end, events/s | {b['throughput']['events_per_s']:,.0f} "
+                  f"| {a['throughput']['events_per_s']:,.0f} |",
+                  f"| event to stored at {a['latency']['offered_per_s']:,}/s offered, p50 / p95 ms "
+                  f"| {b['latency']['p50_ms']} / {b['latency']['p95_ms']} | {a['latency']['p50_ms']} / "
+                  f"{a['latency']['p95_ms']} |",
+                  f"| cross-run chain's last event to page, p50 / p95 ms ({a['paged']}/{a['chains']} paged) "
+                  f"| never (no correlator) | {a['to_page']['p50_ms']} / {a['to_page']['p95_ms']} |",
+                  f"| throughput with / without | | {corr['throughput_with_over_without']} |"]
     lines += ["", "| peak RSS | MB |", "| --- | ---: |"]
     for key, mb in sorted(doc["rss_peak_mb"].items()):
         lines.append(f"| {key} | {mb:.0f} |")

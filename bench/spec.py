@@ -24,6 +24,10 @@ def scenario_settings(bootstrap: str, workdir: Path, name: str, **overrides: Any
         "topic_assessments": f"bench.{tag}.agentgov.assessments.v1",
         "topic_dlq": f"bench.{tag}.agentgov.transitions.dlq",
         "topic_baselines": f"bench.{tag}.agentgov.baselines.v1",
+        **{f"topic_{t}": f"bench.{tag}.agentgov.{t.replace('_', '.')}.v1" for t in (
+            "decisions", "exceptions", "remediations", "facts_by_target", "facts_by_agent", "holdings",
+            "delegations", "correlations")},
+        "correlator_group": f"bench-correlator-{tag}",
         "scorer_group": f"bench-scorer-{tag}",
         "writer_group": f"bench-writer-{tag}",
         "clickhouse_dsn": f"chdb://{workdir / ('chdb-' + tag)}",

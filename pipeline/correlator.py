@@ -5,6 +5,13 @@ windowed per-key state, evaluates the cross-run rules (``scoring/crossrun.py``) 
 event-time order, and publishes the findings to ``agentgov.correlations.v1`` in the same Kafka
 transaction as its offsets (the :class:`~pipeline.loop.TransactionalLoop` shared with the scorer).
 
+Early pages: each fact is also judged the moment it arrives, against the facts of its key that arrived so
+far (event-time order), by the rules that page (``PAGING_BY_TARGET``/``PAGING_BY_AGENT``: tier stepping,
+transient privilege, delegation laundering); a fact older than facts of its key already judged so makes
+them be judged again with it. A chain found so sets the page (``agentgov_escalation_chain_detected``)
+at once; its finding is published at the watermark, below, so the stored findings do not depend on
+arrival order (docs/guarantees.md, "Early pages").
+
 Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
 ``max(latest event time seen on the partition, wall clock) - grace``. So facts arriving out of order
 within the grace period are evaluated in event-time order, and the wall-clock term closes the windows
@@ -52,7 +59,15 @@ from .recovery import replay
 from .schemas import SchemaSet
 from .scoring.catalogue import CATALOGUE
 from .scoring.context import AgentBaseline
-from .scoring.crossrun import BY_AGENT_RULES, BY_TARGET_RULES, CrossRunContext, CrossRunFinding, correlate
+from .scoring.crossrun import (
+    BY_AGENT_RULES,
+    BY_TARGET_RULES,
+    PAGING_BY_AGENT,
+    PAGING_BY_TARGET,
+    CrossRunContext,
+    CrossRunFinding,
+    correlate,
+)
 from .scoring.policy import LoadedPolicy
 from .scoring.rules import granted_access
 from .serde import Serde, make_registry
@@ -121,6 +136,9 @@ class KeyedState:
     holdings: dict[str, dict[str, TransitionDict]] = field(default_factory=dict)
     seen: set[tuple[str, int, int]] = field(default_factory=set)
     emitted: dict[str, None] = field(default_factory=dict)
+    arrived: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
+    """Per key, every fact arrived so far (judged or pending), event-time order: what early pages read."""
+    paged: dict[str, None] = field(default_factory=dict)
     released: tuple[int, str, int, int] = (0, "", 0, 0)
     max_seen_ms: int = 0
 
@@ -134,6 +152,7 @@ class KeyedState:
             return False
         self.seen.add(mark)
         heapq.heappush(self.pending, (_order(ev), ev))
+        bisect.insort(self.arrived.setdefault(self.key_of(ev), []), (_order(ev), ev), key=_first)
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
 
@@ -150,6 +169,45 @@ class KeyedState:
         start = 0 if window_ms is None else bisect.bisect_left(
             hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
         return View(hist, start, end)
+
+    def arrived_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
+        """The key's facts arrived so far that precede ``ev`` in event time, within ``window_ms`` of it."""
+        hist = self.arrived.get(key, _EMPTY)
+        end = bisect.bisect_left(hist, _order(ev), key=_first)
+        start = bisect.bisect_left(hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        return View(hist, start, end)
+
+    def judge_early(self, ev: TransitionDict, reach_ms: int, keep_ms: int,
+                    judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> list[CrossRunFinding]:
+        """Early firing: judge a just-added fact against its key's facts arrived so far, then the key's later
+        facts within ``reach_ms`` again (their chains may need it: a grant arriving after its revoke).
+        Returns the chains not paged (nor published) before; forgets arrived facts older than ``keep_ms``."""
+        key = self.key_of(ev)
+        hist = self.arrived.get(key, _EMPTY)
+        found = judge(key, ev)
+        reach = (ev["occurred_at"] + reach_ms, "\U0010ffff")
+        lo = bisect.bisect_right(hist, _order(ev), key=_first)
+        for j in range(lo, bisect.bisect_right(hist, reach, lo=lo, key=_first)):
+            found += judge(key, hist[j][1])
+        self.trim_arrived(keep_ms, key)
+        out = []
+        for f in found:
+            if f.finding_id not in self.emitted and f.finding_id not in self.paged:
+                if len(self.paged) >= 100_000:
+                    self.paged.clear()  # bounded: a page again at worst, for a chain paged long ago
+                self.paged[f.finding_id] = None
+                out.append(f)
+        return out
+
+    def trim_arrived(self, keep_ms: int, key: str | None = None) -> None:
+        """Forget arrived facts older than ``keep_ms`` before the latest event time (one key, or all)."""
+        cut = self.max_seen_ms - keep_ms
+        for k in ([key] if key is not None else list(self.arrived)):
+            hist = self.arrived.get(k)
+            if hist and hist[0][0][0] < cut:
+                del hist[:bisect.bisect_left(hist, (cut,), key=_time)]
+                if not hist:
+                    del self.arrived[k]
 
     def grants_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
         """The key's executed grants in ``[ev - window_ms, ev)``: O(log n), however busy the agent."""
@@ -285,6 +343,7 @@ class Correlator(TransactionalLoop):
         for ev in state.release(state.max_seen_ms - self.grace_ms):
             state.apply(state.key_of(ev), ev, self.retain_ms)
             state.released = max(state.released, _order(ev))
+        state.trim_arrived(self._early_keep_ms(state))
         log.info("correlator state rebuilt", extra={"kv": {
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
             "holdings": held, "pending": len(state.pending)}})
@@ -357,7 +416,8 @@ class Correlator(TransactionalLoop):
             if state is None:  # assignment raced; build on the fly
                 state = self.states[(msg.topic(), msg.partition())] = KeyedState(
                     msg.topic() == self.settings.topic_facts_by_target)
-            state.add(ev)
+            if state.add(ev):
+                tally.paged += self._page_early(state, ev)
             tally.facts += 1
         produce = self.producer.produce
         topic = self.settings.topic_correlations
@@ -371,6 +431,27 @@ class Correlator(TransactionalLoop):
                 tally.found.append(f)
             state.prune_seen()
         return tally
+
+    def _page_early(self, state: KeyedState, ev: TransitionDict) -> list[CrossRunFinding]:
+        """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
+        arrived facts; by agent over the delegation graph, which holds no per-key history to re-judge."""
+        reach = self.policy.policy.escalation.window_seconds * 1000 if state.by_target else 0
+        return state.judge_early(ev, reach, self._early_keep_ms(state), functools.partial(self._paging, state))
+
+    def _early_keep_ms(self, state: KeyedState) -> int:
+        """How much event time of arrived facts early pages read: a fact arriving within the grace reaches
+        back one escalation window; the by-agent paging rule reads the delegation graph, not the key."""
+        return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms if state.by_target else 0
+
+    def _paging(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        if state.by_target:
+            history = state.arrived_before(key, ev, self.policy.policy.escalation.window_seconds * 1000)
+            cx = CrossRunContext(self.policy, key, history=history, scorer_window_ms=self.scorer_window_ms)
+            return correlate(ev, cx, PAGING_BY_TARGET)
+        if not granted_access(ev):
+            return []
+        cx = CrossRunContext(self.policy, key, delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)
+        return correlate(ev, cx, PAGING_BY_AGENT)
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         policy = self.policy.policy
@@ -404,6 +485,11 @@ class Correlator(TransactionalLoop):
                 m.escalation_ring.set((f.pattern, f.event["agent"]["agent_id"], f.event["run_id"]), now)
                 log.warning("cross-run escalation detected", extra={"kv": {
                     "pattern": f.pattern, "finding_id": f.finding_id, "runs": list(f.run_ids)}})
+        for f in tally.paged:  # early: the finding itself follows at the watermark
+            m.escalation_ring.set((f.pattern, f.event["agent"]["agent_id"], f.event["run_id"]), now)
+            log.warning("cross-run escalation paged early", extra={"kv": {
+                "pattern": f.pattern, "finding_id": f.finding_id, "event_id": f.event["event_id"],
+                "runs": list(f.run_ids)}})
         for (code, sev, cat), n in codes.items():
             m.findings.labels(code=code, severity=sev, category=cat).inc(n)
         self.emitted += len(tally.found)
@@ -417,10 +503,11 @@ class Correlator(TransactionalLoop):
 
 
 class _Tally:
-    __slots__ = ("dead", "facts", "found", "late")
+    __slots__ = ("dead", "facts", "found", "late", "paged")
 
     def __init__(self) -> None:
         self.facts = 0
         self.late = 0
         self.dead: Counter[str] = Counter()
         self.found: list[CrossRunFinding] = []
+        self.paged: list[CrossRunFinding] = []

@@ -327,6 +327,11 @@ CrossRunRule = Callable[[TransitionDict, CrossRunContext], list[CrossRunFinding]
 BY_TARGET_RULES: tuple[CrossRunRule, ...] = (
     duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings, grant_to_leaver)
 BY_AGENT_RULES: tuple[CrossRunRule, ...] = (delegation_laundering, grant_rate_across_partitions)
+# The rules whose chains page (an escalation pattern). The correlator also runs these on each fact as it
+# arrives, over the facts arrived so far, so the page does not wait for the grace; every rule's finding
+# is published at the watermark (docs/guarantees.md, "Early pages").
+PAGING_BY_TARGET: tuple[CrossRunRule, ...] = (tier_stepping_across_runs, transient_across_runs)
+PAGING_BY_AGENT: tuple[CrossRunRule, ...] = (delegation_laundering,)
 
 
 def correlate(ev: TransitionDict, cx: CrossRunContext, rules: Iterable[CrossRunRule]) -> list[CrossRunFinding]:

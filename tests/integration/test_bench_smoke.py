@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_smoke_emits_well_formed_json(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)
     assert doc == json.loads(out.read_text())
@@ -31,8 +31,16 @@ def test_bench_smoke_emits_well_formed_json(tmp_path: Path) -> None:
         assert doc["throughput"][name]["rows"] == {"transitions": doc["events"], "assessments": doc["events"]}, name
     assert [row["offered_per_s"] for row in doc["latency"]] == [1000]
     assert doc["latency"][0]["n"] == doc["latency"][0]["events"] > 0
-    assert set(doc["targets"]) >= {"pipeline_over_ceiling", "pipeline_over_quix", "scaling_2_over_1",
+    assert set(doc["targets"]) == {"pipeline_over_ceiling", "pipeline_over_quix", "scaling_2_over_1",
                                    "p99_ms_at_10k", "peak_rss_mb", "review_queue_first_page_ms"}
+    corr = doc["correlation"]  # with and without the correlator; cross-run chains page before the grace
+    for name in ("with_correlator", "without_correlator"):
+        assert corr[name]["throughput"]["events"] == doc["events"], name
+        assert corr[name]["stored"] == doc["events"] + corr[name]["latency"]["events"], name
+    assert corr["with_correlator"]["paged"] == corr["with_correlator"]["chains"] > 0
+    assert corr["with_correlator"]["to_page"]["n"] == corr["with_correlator"]["chains"]
+    assert corr["without_correlator"]["paged"] is None
+    assert corr["throughput_with_over_without"] > 0
     review = doc["review_queue"]  # the queue's first page by agent, over the smoke's stored findings
     assert review["first_page_ms_max"] > 0 and review["target_ms"] == 500
     assert any(k.startswith("scorer[") for k in doc["rss_peak_mb"])

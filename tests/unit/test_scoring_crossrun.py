@@ -13,6 +13,7 @@ from pipeline.scoring.context import AgentBaseline
 from pipeline.scoring.crossrun import (
     BY_AGENT_RULES,
     BY_TARGET_RULES,
+    PAGING_BY_TARGET,
     CrossRunContext,
     CrossRunFinding,
     correlate,
@@ -302,3 +303,51 @@ def test_correlator_state_judges_in_event_time_and_rejudges_after_a_late_fact(ar
     assert [f.spec.code for f in found] == ["AG-XRN-002"] and found[0].event is revoke
     assert late == (1 if arrival == "revoke_judged_before_grant_arrives" else 0)
     assert state.judge_due(revoke["occurred_at"] + 1, 1 << 40, judge)[0] == []  # nothing published twice
+
+
+def _page_with_rules(key: str, ev: TransitionDict, state: Any) -> list[CrossRunFinding]:
+    cx = CrossRunContext(POLICY, key, history=state.arrived_before(key, ev, 3_600_000))
+    return correlate(ev, cx, PAGING_BY_TARGET)
+
+
+@pytest.mark.parametrize(("chain", "order"), [
+    ("transient", "ordered"), ("transient", "reversed"),
+    ("tier", "ordered"), ("tier", "reversed"), ("tier", "middle_last"),
+])
+def test_early_page_fires_on_arrival_in_any_order_and_matches_the_watermark_finding(chain: str, order: str) -> None:
+    """KeyedState.judge_early: the chain pages as soon as its last fact *arrives* (no watermark), whichever
+    fact that is; a fact older than ones already judged re-judges them. The finding published later at
+    the watermark has the same id, and neither is emitted twice."""
+    from pipeline.correlator import KeyedState
+
+    if chain == "transient":
+        facts = [transient(0, "grant_entitlement", 0, "ra"), transient(3, "revoke_entitlement", 90, "rb")]
+    else:
+        facts = [tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2"), tier(2, 3, 10, "r3")]
+    arrival = {"ordered": facts, "reversed": facts[::-1], "middle_last": [*facts[:1], *facts[2:], *facts[1:2]]}[order]
+    state = KeyedState(by_target=True)
+    pages: list[list[CrossRunFinding]] = []
+    for ev in arrival:
+        assert state.add(ev)
+        pages.append(state.judge_early(ev, 3_600_000, 1 << 40, lambda k, e: _page_with_rules(k, e, state)))
+    assert all(p == [] for p in pages[:-1])  # nothing before the chain is whole
+    code = "AG-XRN-002" if chain == "transient" else "AG-XRN-001"
+    assert [f.spec.code for f in pages[-1]] == [code] and pages[-1][0].event is facts[-1]
+    assert state.pending  # the watermark has released nothing yet: the page did not wait for it
+    found, _ = state.judge_due(facts[-1]["occurred_at"], 1 << 40, lambda k, e: _judge_with_rules(k, e, state))
+    assert [f.finding_id for f in found] == [pages[-1][0].finding_id]  # same chain, same id
+    again = state.add(TransitionDict(**{**facts[0], "source_offset": 99}))
+    assert again and state.judge_early(facts[0], 3_600_000, 1 << 40,
+                                       lambda k, e: _page_with_rules(k, e, state)) == []  # paged once
+
+
+def test_early_page_forgets_arrived_facts_past_the_keep_window() -> None:
+    from pipeline.correlator import KeyedState
+
+    state = KeyedState(by_target=True)
+    old, new = transient(0, "grant_entitlement", 0, "ra"), transient(3, "revoke_entitlement", 7200, "rb")
+    for ev in (old, new):
+        state.add(ev)
+        state.judge_early(ev, 3_600_000, 3_600_000, lambda k, e: _page_with_rules(k, e, state))
+    assert [e["event_id"] for e in state.arrived_before("u-jit", dict(new, occurred_at=new["occurred_at"] + 1),
+                                                        1 << 40)] == [new["event_id"]]
