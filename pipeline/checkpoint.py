@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -26,6 +28,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How long past its own timeout a transactional call may block before the producer is given up on.
+# librdkafka can block in send_offsets_to_transaction/commit_transaction well past the timeout it was
+# given after the transaction coordinator's broker dies (seen on a 3-broker Apache Kafka cluster:
+# rd_kafka_txn_op_req0 -> cnd_wait, tests/integration/test_broker_failover.py). A blocked call would
+# hold the consumer's partitions forever; the watchdog turns it into a failed batch instead.
+HANG_GRACE_SECONDS = 15.0
 
 
 class Checkpoint:
@@ -41,6 +50,10 @@ class Checkpoint:
         })
         self.producer = Producer(self._conf)
         self.producer.init_transactions(30)
+        # Producers abandoned with a call still blocked inside librdkafka: never destroyed (destroying a
+        # handle with a call in flight is unsafe), fenced by the replacement's init_transactions.
+        self._abandoned: list[Producer] = []
+        self._hung = False
 
     @staticmethod
     def transactional_id(role: str, group: str, instance_id: str | None) -> str:
@@ -56,14 +69,44 @@ class Checkpoint:
 
     def commit(self) -> None:
         """Send the consumer's current positions into the open transaction and commit it."""
-        self.producer.send_offsets_to_transaction(
-            self.consumer.position(self.consumer.assignment()),
-            self.consumer.consumer_group_metadata(), 30)
-        self.producer.commit_transaction(60)
+        producer = self.producer
+        offsets = self.consumer.position(self.consumer.assignment())
+        group = self.consumer.consumer_group_metadata()
+        self._bounded("send_offsets_to_transaction",
+                      lambda: producer.send_offsets_to_transaction(offsets, group, 30), 30)
+        self._bounded("commit_transaction", lambda: producer.commit_transaction(60), 60)
+
+    def _bounded(self, name: str, call: Callable[[], None], timeout: float) -> None:
+        """Run ``call`` (which has its own ``timeout``) with a watchdog: if it is still blocked
+        ``HANG_GRACE_SECONDS`` after that, raise a timed-out KafkaException so the batch is aborted and
+        replayed, and mark the producer for replacement by :meth:`recover`."""
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call()
+                outcome.append(None)
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run, name=f"txn-{name}", daemon=True)
+        worker.start()
+        worker.join(timeout + HANG_GRACE_SECONDS)
+        if worker.is_alive():
+            self._hung = True
+            log.error("transactional call blocked past its timeout; the producer will be replaced",
+                      extra={"kv": {"call": name, "timeout_s": timeout}})
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{name} blocked past {timeout:g}s"))
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
 
     def recover(self) -> None:
         """After a failed transaction: abort it, or replace the producer if it cannot be brought back."""
-        if not self.abort():
+        if self._hung:  # a call is still blocked in the old producer: aborting on it would block too
+            self._abandoned.append(self.producer)
+            self._hung = False
+            self.new_producer(flush_old=False)
+        elif not self.abort():
             self.new_producer()
 
     def abort(self, attempts: int = 2) -> bool:
@@ -83,11 +126,12 @@ class Checkpoint:
                     return False
         return False
 
-    def new_producer(self, attempts: int = 10) -> None:
+    def new_producer(self, attempts: int = 10, flush_old: bool = True) -> None:
         """Replace a producer the broker no longer recognises (e.g. a restarted in-memory broker lost its
         transaction state). The same transactional.id fences anything the old one left open."""
-        with contextlib.suppress(Exception):
-            self.producer.flush(0)
+        if flush_old:
+            with contextlib.suppress(Exception):
+                self.producer.flush(0)
         for attempt in range(1, attempts + 1):
             try:
                 producer = Producer(self._conf)

@@ -1,0 +1,77 @@
+"""The transactional checkpoint's watchdog: a librdkafka call blocked past its own timeout fails the batch
+and gets the producer replaced, instead of holding the consumer's partitions forever."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from pipeline import checkpoint
+from pipeline.checkpoint import Checkpoint
+
+
+class _Producer:
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.aborted = 0
+
+    def send_offsets_to_transaction(self, *_: Any) -> None:
+        self.release.wait()  # blocks like rd_kafka_send_offsets_to_transaction after a coordinator death
+
+    def commit_transaction(self, *_: Any) -> None:
+        pass
+
+    def abort_transaction(self, *_: Any) -> None:
+        self.aborted += 1
+
+
+class _Consumer:
+    def assignment(self) -> list[Any]:
+        return []
+
+    def position(self, _: Any) -> list[Any]:
+        return []
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+def _checkpoint(producer: _Producer) -> Checkpoint:
+    cp = Checkpoint.__new__(Checkpoint)
+    cp.consumer = _Consumer()  # type: ignore[assignment]
+    cp.producer = producer  # type: ignore[assignment]
+    cp._abandoned, cp._hung = [], False
+    return cp
+
+
+def test_a_blocked_commit_fails_the_batch_and_the_producer_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint, "HANG_GRACE_SECONDS", 0.2)
+    release = threading.Event()
+    hung = _Producer(release)
+    cp = _checkpoint(hung)
+    replaced: list[bool] = []
+    monkeypatch.setattr(cp, "new_producer", lambda flush_old=True: replaced.append(flush_old))
+    # The call's own timeout is 30 s; shrink it for the test through _bounded.
+    with pytest.raises(KafkaException) as err:
+        cp._bounded("send_offsets_to_transaction", lambda: hung.send_offsets_to_transaction(), 0.1)
+    assert err.value.args[0].code() == KafkaError._TIMED_OUT
+    cp.recover()
+    assert replaced == [False] and hung.aborted == 0  # no abort on the blocked handle: it would block too
+    assert cp._abandoned == [hung] and not cp._hung  # kept, never destroyed with a call in flight
+    release.set()
+
+
+def test_errors_of_the_call_reach_the_caller_and_a_normal_failure_aborts() -> None:
+    cp = _checkpoint(_Producer(threading.Event()))
+
+    def fail() -> None:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "down"))
+
+    with pytest.raises(KafkaException) as err:
+        cp._bounded("commit_transaction", fail, 1.0)
+    assert err.value.args[0].code() == KafkaError._TRANSPORT
+    cp.recover()
+    assert cp.producer.aborted == 1 and not cp._abandoned  # type: ignore[attr-defined]
