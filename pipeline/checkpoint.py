@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -104,6 +105,9 @@ class Checkpoint:
         """After a failed transaction: abort it, or replace the producer if it cannot be brought back."""
         if self._hung:  # a call is still blocked in the old producer: aborting on it would block too
             self._abandoned.append(self.producer)
+            # Never deallocated, not even at interpreter exit: rd_kafka_destroy on a handle with a call in
+            # flight can block the process's exit. One leaked handle per hang (a rare, logged event).
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.producer))
             self._hung = False
             self.new_producer(flush_old=False)
         elif not self.abort():
