@@ -47,7 +47,7 @@ FROM (
            cityHash64(number, 'f') % 100 < 3 AS flagged,
            if(flagged, 90, 0) AS risk_score, if(flagged, 'critical', 'none') AS risk_level,
            if(flagged, [tuple('AG-AUTH-001', 'critical', 'risk', 'privileged grant without approval',
-                              ['resource.privilege_tier'], ['OWASP-ASI03'], [])],
+                              ['resource.privilege_tier'], ['OWASP-ASI03'], [], NULL, NULL)],
               []) AS findings,
            toDateTime64('2026-01-01 00:00:00', 3, 'UTC')
                + toIntervalMillisecond(intDiv(run * {span_ms}, {runs}) + step * 1500) AS occurred_at
