@@ -7,34 +7,22 @@ rejected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from .app import ReviewContext, ctx_of
 from .model import CLASSIFICATIONS, FINDING_STATES, MAX_TEXT, REVIEW_SEVERITIES, exception_status, finding_id
 from .pages import queue_filter
+from .routes import Routes
 from .service import now_ms
 from .store import sla
 
-_ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+_route = Routes(tags=["review"])
+register = _route.register
 
-
-def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _ROUTES.append((method, path, fn, kw))
-        return fn
-    return register
-
-
-def register(app: FastAPI, prefix: str = "") -> None:
-    """Add these routes to ``app`` directly. Not through ``include_router``: since FastAPI 0.137 an included
-    router rebuilds a shared route cache lazily on first requests, which hung our multi-app test runs."""
-    for method, path, fn, kw in _ROUTES:
-        app.add_api_route(prefix + path, fn, methods=[method], tags=["review"], **kw)
 Ctx = Annotated[ReviewContext, Depends(ctx_of)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]

@@ -6,11 +6,10 @@ an actor, requester or approver from the form.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi import Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .app import ReviewContext, Unauthenticated, ctx_of
@@ -25,24 +24,13 @@ from .model import (
     exception_status,
     finding_id,
 )
+from .routes import Routes
 from .service import now_ms
 from .store import QueueFilter, sla
 
-_ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+_route = Routes(include_in_schema=False)
+register = _route.register
 
-
-def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _ROUTES.append((method, path, fn, kw))
-        return fn
-    return register
-
-
-def register(app: FastAPI, prefix: str = "") -> None:
-    """Add these routes to ``app`` directly. Not through ``include_router``: since FastAPI 0.137 an included
-    router rebuilds a shared route cache lazily on first requests, which hung our multi-app test runs."""
-    for method, path, fn, kw in _ROUTES:
-        app.add_api_route(prefix + path, fn, methods=[method], include_in_schema=False, **kw)
 Ctx = Annotated[ReviewContext, Depends(ctx_of)]
 PAGE = 50
 
