@@ -40,7 +40,7 @@ from .recert import (
     split_item_id,
 )
 from .recert_store import RecertStore
-from .service import NotStored, ReviewService, now_ms
+from .service import NotStored, ReviewService, apply_each, now_ms
 
 log = logging.getLogger(__name__)
 MAX_ITEMS = 200_000
@@ -201,15 +201,8 @@ class RecertService:
         check_bulk(recs)
         if action == "reassign":
             raise ReviewError("reassign items one by one")
-        done, refused = [], {}
-        for iid, version in selection.items():
-            try:
-                self.decide(actor, iid, action, version, justification=justification, end_ms=end_ms,
-                            campaign=campaign)
-                done.append(iid)
-            except ReviewError as exc:
-                refused[iid] = exc.message
-        return {"done": done, "refused": refused}
+        return apply_each(selection, lambda iid, version: self.decide(
+            actor, iid, action, version, justification=justification, end_ms=end_ms, campaign=campaign))
 
     def signoff(self, actor: Actor, cid: str, expected_version: int, comment: str | None) -> dict[str, Any]:
         with self.service._lock:

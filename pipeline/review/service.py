@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -162,15 +163,8 @@ class ReviewService:
             selection = {finding_id(r["event_id"], r["code"]): int(r["version"]) for r in rows}
         if not selection:
             raise ReviewError("nothing selected")
-        done, refused = [], {}
-        for fid, version in selection.items():
-            try:
-                self.transition(actor, fid, action, version, classification=classification, reason=reason,
-                                comment=comment)
-                done.append(fid)
-            except ReviewError as exc:
-                refused[fid] = exc.message
-        return {"done": done, "refused": refused}
+        return apply_each(selection, lambda fid, version: self.transition(
+            actor, fid, action, version, classification=classification, reason=reason, comment=comment))
 
     # -- exceptions -------------------------------------------------------------------------------
     def request_exception(self, actor: Actor, **scope: Any) -> dict[str, Any]:
@@ -212,3 +206,16 @@ class ReviewService:
 
     def close(self) -> None:
         self.producer.flush(10)
+
+
+def apply_each(selection: dict[str, int], act: Callable[[str, int], Any]) -> dict[str, Any]:
+    """A bulk action: ``act(id, expected_version)`` on each selected id; one refusal does not stop the rest."""
+    done: list[str] = []
+    refused: dict[str, str] = {}
+    for sid, version in selection.items():
+        try:
+            act(sid, version)
+            done.append(sid)
+        except ReviewError as exc:
+            refused[sid] = exc.message
+    return {"done": done, "refused": refused}
