@@ -17,6 +17,7 @@ from ..metrics import RecertMetrics
 from .app import ReviewContext, ctx_of
 from .attributes import AttributeReviews
 from .model import MAX_TEXT, ReviewError
+from .pages import date_ms
 from .recert import ITEM_STATES, RECOMMENDATIONS, Scope, progress
 from .recert_service import RecertService
 from .recert_store import RecertStore
@@ -78,16 +79,6 @@ def _render(ctx: ReviewContext, request: Request, name: str, status: int = 200, 
     return ctx.templates.TemplateResponse(request, name, values, status_code=status)
 
 
-def _date_ms(value: str, what: str) -> int:
-    try:
-        dt = datetime.fromisoformat(value.strip())
-    except ValueError as exc:
-        raise ReviewError(f"{what} must be a date or date-time (ISO 8601), got {value!r}") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
-
-
 def _int(value: str, what: str) -> int | None:
     if not value.strip():
         return None
@@ -118,7 +109,7 @@ async def create_campaign(request: Request, ctx: Ctx, recert: Recert, name: Anno
     actor = await ctx.writer(request)
     scope = Scope(min_tier=_int(min_tier, "tier"), workflow=workflow.strip(), agent=agent.strip(),
                   within_days=_int(within_days, "days"), never_certified=bool(never_certified))
-    out = recert.create(actor, name=name, owner=owner, due_at_ms=_date_ms(due, "due date"), scope=scope,
+    out = recert.create(actor, name=name, owner=owner, due_at_ms=date_ms(due, "due date"), scope=scope,
                         on_timeout=on_timeout)
     return RedirectResponse(f"/campaigns/{out['campaign_id']}", status_code=303)
 
@@ -158,7 +149,7 @@ async def decide_item(request: Request, ctx: Ctx, recert: Recert, cid: str, n: s
                       justification: Annotated[str, Form()] = "", reassign_to: Annotated[str, Form()] = "",
                       end_date: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
-    end = _date_ms(end_date, "end date") if end_date.strip() else None
+    end = date_ms(end_date, "end date") if end_date.strip() else None
     recert.decide(actor, f"{cid}/{n}", action, version, justification=justification or None,
                   reassign_to=reassign_to or None, end_ms=end)
     return RedirectResponse(f"/campaigns/{cid}/items/{n}", status_code=303)
@@ -177,7 +168,7 @@ async def bulk(request: Request, ctx: Ctx, recert: Recert, cid: str) -> HTMLResp
     end_date = str(form.get("end_date") or "")
     result = recert.bulk(actor, cid, str(form.get("action", "")), selection,
                          justification=str(form.get("justification") or "") or None,
-                         end_ms=_date_ms(end_date, "end date") if end_date.strip() else None)
+                         end_ms=date_ms(end_date, "end date") if end_date.strip() else None)
     return _render(ctx, request, "campaign_bulk.html", cid=cid, action=str(form.get("action", "")), result=result)
 
 

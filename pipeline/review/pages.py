@@ -180,11 +180,12 @@ def exceptions(request: Request, ctx: Ctx, code: str = "", agent: str = "") -> H
                    max_days=ctx.policy.policy.review.exception_max_days)
 
 
-def _expiry(value: str) -> int:
+def date_ms(value: str, what: str) -> int:
+    """Epoch milliseconds of a form's ISO 8601 date or date-time (UTC unless it says otherwise)."""
     try:
         dt = datetime.fromisoformat(value.strip())
     except ValueError as exc:
-        raise ReviewError(f"expiry must be a date or date-time (ISO 8601), got {value!r}") from exc
+        raise ReviewError(f"{what} must be a date or date-time (ISO 8601), got {value!r}") from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
@@ -198,7 +199,7 @@ async def request_exception(request: Request, ctx: Ctx, code: Annotated[str, For
                             entitlement: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
     record = ctx.service.request_exception(actor, code=code, agent_id=agent_id, justification=justification,
-                                           expires_at_ms=_expiry(expires_at), workflow_id=workflow_id or None,
+                                           expires_at_ms=date_ms(expires_at, "expiry"), workflow_id=workflow_id or None,
                                            target_id=target_id or None, entitlement=entitlement or None)
     return RedirectResponse(f"/exceptions/{record['exception_id']}", status_code=303)
 
