@@ -351,14 +351,14 @@ class Workload:
         used.clear()
         nester = "agent-x-nest"
         add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("joiner", "HR-999080"), "create_group",
-                                         "grp-x-sync", "entra-id", "grp-x-sync", 0, ttype="service"), 25 * m)
+                                         "grp-x-sync", "entra-id", "grp-x-sync", 0, ttype="service"), 28 * m)
         add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("joiner", "HR-999081"), "add_group_member",
                                          "svc-x-nest-owner", "entra-id", "grp-x-sync", 1, ttype="service",
-                                         on_behalf_of="svc-x-nest-owner"), 15 * m)
+                                         on_behalf_of="svc-x-nest-owner"), 18 * m)
         add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("mover", "HR-999082"), "assign_role",
                                          "grp-x-sync", "entra-id", "role/GlobalAdmin", 3, ttype="service",
                                          on_behalf_of="svc-x-nest-owner", approved_by="mgr-sales",
-                                         entitlement="global-admin"), 4 * m)
+                                         entitlement="global-admin"), 7 * m)  # past the 300 s grace
         return ops
 
     def _bad(self) -> list[Op]:
