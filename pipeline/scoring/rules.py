@@ -1,7 +1,8 @@
 """Authority and approval rules, and the predicates every rule module shares.
 
 A rule is a pure function ``(event, context) -> list[Finding]``: no I/O, no globals, no clock; the same
-event and context always give the same findings. ``engine.RULES`` lists them all.
+event and context always give the same findings. Each is declared with ``spec`` and registered with
+``@rule`` beside it (``catalogue.RULES``; docs/rules.md "Adding a rule").
 """
 
 from __future__ import annotations
