@@ -440,8 +440,9 @@ class Correlator(TransactionalLoop):
 
     def _early_keep_ms(self, state: KeyedState) -> int:
         """How much event time of arrived facts early pages read: a fact arriving within the grace reaches
-        back one escalation window; the by-agent paging rule reads the delegation graph, not the key."""
-        return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms if state.by_target else 0
+        back one escalation window (group nesting reads the agent's facts, the other paging rules the
+        target's)."""
+        return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms
 
     def _paging(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         if state.by_target:
@@ -450,7 +451,9 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, PAGING_BY_TARGET)
         if not granted_access(ev):
             return []
-        cx = CrossRunContext(self.policy, key, delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)
+        history = state.arrived_before(key, ev, self.policy.policy.escalation.window_seconds * 1000)
+        cx = CrossRunContext(self.policy, key, history=history, delegations=self.graph.into,
+                             scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, PAGING_BY_AGENT)
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
@@ -464,7 +467,8 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        cx = CrossRunContext(self.policy, key, delegations=self.graph.into, baseline=self.baselines(key),
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, policy.escalation.window_seconds * 1000),
+                             delegations=self.graph.into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, BY_AGENT_RULES)

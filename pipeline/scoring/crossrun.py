@@ -201,12 +201,15 @@ def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFindin
         (first, ev))]
 
 
-def _from_per_run(per_run: Rule, code: RuleSpec, ev: TransitionDict, cx: CrossRunContext
-                  ) -> list[CrossRunFinding]:
-    """Run a per-run escalation rule over the target's whole history; keep chains no one scorer saw."""
-    if ev["target"]["identity_id"] != cx.key:
+def _from_per_run(per_run: Rule, code: RuleSpec, ev: TransitionDict, cx: CrossRunContext, *,
+                  by_agent: bool = False) -> list[CrossRunFinding]:
+    """Run a per-run escalation rule over the key's whole history (the target's, or with ``by_agent`` the
+    agent's); keep chains no one scorer saw."""
+    if (ev["agent"]["agent_id"] if by_agent else ev["target"]["identity_id"]) != cx.key:
         return []
-    found = per_run(ev, ScoringContext(policy=cx.policy, target_history=cx.history))
+    ctx = (ScoringContext(policy=cx.policy, agent_history=cx.history) if by_agent
+           else ScoringContext(policy=cx.policy, target_history=cx.history))
+    found = per_run(ev, ctx)
     if not found:
         return []
     by_id = {h["event_id"]: h for h in cx.history}
@@ -351,6 +354,22 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
         f"agent {cx.key!r} made {len(chain)} grants in {d.rate_window_seconds}s ({per_hour:.1f}/h) over "
         f"{runs} runs on {parts} partitions, more than {d.rate_factor:g}x its baseline "
         f"{b.grants_per_hour:.1f}/h", chain)]
+
+
+XRN_GROUP_NESTING = spec(
+    "AG-XRN-008", "Hidden escalation across runs: group nesting", S.critical, C.escalation,
+    "AG-ESC-001 over one agent's steps from different runs on different partitions: a group created in one "
+    "run, a principal added to it in another, the group granted privilege in a third, with no human "
+    "authority. The finding names every step's event and run.",
+    ESC_FIELDS, (ASI03, NHI5, PR_AA_05), pattern="group_nesting",
+)
+
+
+@cross_run(XRN_GROUP_NESTING, key="agent", pages=True)
+def group_nesting_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-008: one agent creates a group, adds a principal to it and grants it privilege, the steps on
+    different partitions (the by-agent facts carry ``create_group``, :data:`pipeline.facts.FACT_ACTIONS`)."""
+    return _from_per_run(escalation.group_nesting, XRN_GROUP_NESTING, ev, cx, by_agent=True)
 
 
 XRN_TOXIC_PAIR = spec(
