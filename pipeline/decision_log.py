@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +136,3 @@ def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: f
     decision_log = DecisionLog(settings, sink, writer.metrics, registry=writer.registry)
     writer.add_task(interval, decision_log)
     return decision_log
-
-
-def new_id(prefix: str = "") -> str:
-    return f"{prefix}{uuid.uuid4()}"

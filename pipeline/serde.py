@@ -59,6 +59,23 @@ def make_registry(settings: Settings) -> SchemaRegistryClient | None:
     return SchemaRegistryClient.new_client(conf)
 
 
+def split_header(data: bytes) -> tuple[bytes, int | None]:
+    """The wire header of ``data``, and the registry id it names (None for single-object encoding, whose
+    header is the magic and the writer schema's fingerprint, ``header[2:]``). The datum is ``data[len(header):]``.
+
+    Raises :class:`DecodeError`: ``bad_magic`` for neither format, ``truncated`` for a header cut short.
+    """
+    if data[:2] == SOE_MAGIC:
+        if len(data) < SOE_HEADER:
+            raise DecodeError("single-object header truncated", reason="truncated")
+        return data[:SOE_HEADER], None
+    if data[:1] == CONFLUENT_MAGIC:
+        if len(data) < CONFLUENT_HEADER:
+            raise DecodeError("registry header truncated", reason="truncated")
+        return data[:CONFLUENT_HEADER], struct.unpack(">I", data[1:CONFLUENT_HEADER])[0]
+    raise DecodeError(f"unknown magic byte 0x{data[0]:02x}" if data else "empty message", reason="bad_magic")
+
+
 def frame_soe(fingerprint: bytes, datum: bytes) -> bytes:
     return SOE_MAGIC + fingerprint + datum
 
@@ -122,22 +139,14 @@ class Serde:
             raise DecodeError("empty message", reason="bad_magic")
         if len(data) > self.max_bytes:
             raise DecodeError(f"message of {len(data)} bytes exceeds {self.max_bytes}", reason="oversized")
-        if data[:2] == SOE_MAGIC:
-            if len(data) < SOE_HEADER:
-                raise DecodeError("single-object header truncated", reason="truncated")
-            writer = self.schemas.by_fingerprint.get(data[2:SOE_HEADER])
+        header, schema_id = split_header(data)
+        if schema_id is None:
+            writer = self.schemas.by_fingerprint.get(header[2:])
             if writer is None or writer.record != self.record:
-                raise DecodeError(
-                    f"unknown schema fingerprint {data[2:SOE_HEADER].hex()}", reason="unknown_schema"
-                )
-            return self._read(data, SOE_HEADER, writer.parsed, writer is self.current, writer.version)
-        if data[:1] == CONFLUENT_MAGIC:
-            if len(data) < CONFLUENT_HEADER:
-                raise DecodeError("registry header truncated", reason="truncated")
-            (schema_id,) = struct.unpack(">I", data[1:CONFLUENT_HEADER])
-            parsed, current, version = self._registry_schema(schema_id)
-            return self._read(data, CONFLUENT_HEADER, parsed, current, version)
-        raise DecodeError(f"unknown magic byte 0x{data[0]:02x}", reason="bad_magic")
+                raise DecodeError(f"unknown schema fingerprint {header[2:].hex()}", reason="unknown_schema")
+            return self._read(data, len(header), writer.parsed, writer is self.current, writer.version)
+        parsed, current, version = self._registry_schema(schema_id)
+        return self._read(data, len(header), parsed, current, version)
 
     def _registry_schema(self, schema_id: int) -> tuple[Any, bool, int | None]:
         hit = self._by_registry_id.get(schema_id)

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -34,7 +35,7 @@ from .limits import Limits
 from .loop import record_lag
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
-from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC, make_registry
+from .serde import make_registry, split_header
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
 from .sinks.ocf import ContainerBuilder
@@ -89,31 +90,23 @@ class Writer:
 
     # -- framing ------------------------------------------------------------------------------
     def _builder(self, value: bytes) -> tuple[int, ContainerBuilder]:
-        """Header length and container builder for this message's writer schema."""
-        if value[:2] == SOE_MAGIC:
-            key = value[:SOE_HEADER]
-            hit = self._builders.get(key)
-            if hit:
-                return hit
-            sv = self.schemas.by_fingerprint.get(value[2:SOE_HEADER])
-            if sv is None or sv.record != ASSESSMENT:
-                raise DecodeError(f"unknown assessment fingerprint {value[2:SOE_HEADER].hex()}",
-                                  reason="unknown_schema")
-            hit = self._builders[key] = (SOE_HEADER, ContainerBuilder(sv.raw))
+        """Header length and container builder for this message's writer schema (the wire header split
+        is the serde's: :func:`~pipeline.serde.split_header`)."""
+        header, schema_id = split_header(value)
+        hit = self._builders.get(header)
+        if hit:
             return hit
-        if value[:1] == CONFLUENT_MAGIC and len(value) >= CONFLUENT_HEADER:
-            key = value[:CONFLUENT_HEADER]
-            hit = self._builders.get(key)
-            if hit:
-                return hit
+        if schema_id is None:
+            sv = self.schemas.by_fingerprint.get(header[2:])
+            if sv is None or sv.record != ASSESSMENT:
+                raise DecodeError(f"unknown assessment fingerprint {header[2:].hex()}", reason="unknown_schema")
+            schema = sv.raw
+        else:
             if self.registry is None:
                 raise DecodeError("registry-framed assessment but no registry configured", reason="unknown_schema")
-            import json
-
-            schema = json.loads(self.registry.get_schema(int.from_bytes(value[1:5], "big")).schema_str)
-            hit = self._builders[key] = (CONFLUENT_HEADER, ContainerBuilder(schema))
-            return hit
-        raise DecodeError("assessment without a known wire header", reason="bad_magic")
+            schema = json.loads(self.registry.get_schema(schema_id).schema_str)
+        hit = self._builders[header] = (len(header), ContainerBuilder(schema))
+        return hit
 
     # -- loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event, on_stored: Callable[[int], None] | None = None) -> None:

@@ -14,7 +14,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from pipeline.errors import DecodeError
 from pipeline.events import AgentTransition, event_hash
 from pipeline.schemas import ASSESSMENT, TRANSITION, SchemaSet
-from pipeline.serde import CONFLUENT_MAGIC, SOE_MAGIC, Serde, encode_datum, frame_soe
+from pipeline.serde import CONFLUENT_MAGIC, SOE_MAGIC, Serde, encode_datum, frame_soe, split_header
 from tests.factory import draft
 
 SCHEMAS = SchemaSet.load()
@@ -58,6 +58,21 @@ def test_confluent_wire_format_round_trip() -> None:
     assert schema_id == reg.get_latest_version("agentgov.transitions.v1-value").schema_id
     # A consumer with its own client on the same registry resolves the id and reads it.
     assert Serde(SCHEMAS, reg).decode(data).record == rec
+
+
+def test_the_header_split_the_serde_and_the_writer_share() -> None:
+    reg = registry()
+    soe = Serde(SCHEMAS).encode(record())
+    assert split_header(soe) == (soe[:10], None)
+    serde = Serde(SCHEMAS, reg)
+    confluent = serde.encode(record())
+    header, schema_id = split_header(confluent)
+    assert header == confluent[:5] and schema_id == reg.get_latest_version(serde.subject).schema_id
+    for cut, reason in ((soe[:9], "truncated"), (confluent[:4], "truncated"), (b"{json", "bad_magic"),
+                        (b"", "bad_magic")):
+        with pytest.raises(DecodeError) as err:
+            split_header(cut)
+        assert err.value.reason == reason
 
 
 def test_a_transition_is_not_an_assessment() -> None:
