@@ -29,12 +29,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from .deadletters import dead_letter
-from .errors import DeadLetter, DecodeError, SinkError
+from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError
 from .limits import Limits
 from .loop import record_lag
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
-from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC, make_registry
+from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC, full_name, make_registry, registry_schema
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
 from .sinks.ocf import ContainerBuilder
@@ -62,6 +62,7 @@ class Writer:
         self.schemas = SchemaSet.load()
         self.registry = registry if registry is not None else make_registry(settings)
         self._builders: dict[bytes, tuple[int, ContainerBuilder]] = {}
+        self._assessment_name = full_name(self.schemas.latest(ASSESSMENT).raw)
         self.consumer = Consumer(settings.consumer_config(settings.writer_group, **{
             "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
         self.limits = Limits.from_settings(settings)
@@ -108,9 +109,7 @@ class Writer:
                 return hit
             if self.registry is None:
                 raise DecodeError("registry-framed assessment but no registry configured", reason="unknown_schema")
-            import json
-
-            schema = json.loads(self.registry.get_schema(int.from_bytes(value[1:5], "big")).schema_str)
+            schema = registry_schema(self.registry, int.from_bytes(value[1:5], "big"), self._assessment_name)
             hit = self._builders[key] = (CONFLUENT_HEADER, ContainerBuilder(schema))
             return hit
         raise DecodeError("assessment without a known wire header", reason="bad_magic")
@@ -182,16 +181,20 @@ class Writer:
             by_part[msg.partition()].append(msg)
         delay = 0.2
         attempt = 0
-        groups, spans, undecodable = self._group(by_part)
         while True:
             try:
+                # inside the retry: a registry that does not answer is waited out like a failing store
+                groups, spans, undecodable = self._group(by_part)
                 rejected = self._insert(groups, spans)
                 # Confirmed before the commit: a dead letter the broker did not take fails the attempt.
                 self._dead_letter([*undecodable, *rejected])
                 break
             except SinkError as exc:
                 attempt += 1
-                self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
+                if isinstance(exc, RegistryUnavailable):
+                    self.metrics.registry_errors.labels(role=self.role).inc()
+                else:
+                    self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
                 log.error("store write failed; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
                 if stop is None:
                     return False
