@@ -32,7 +32,7 @@ from pipeline.schemas import TRANSITION, SchemaSet
 from pipeline.serde import CONFLUENT_MAGIC, Serde, encode_datum
 from pipeline.settings import Settings
 from tests.factory import draft
-from tests.integration.conftest import Bus, consume, wait_until
+from tests.integration.conftest import Bus, consume
 
 pytestmark = pytest.mark.kafka
 
@@ -172,5 +172,4 @@ def test_writer_trusts_a_registry_id_only_for_the_assessment_record(
     assert len(dead) == 1
     assert header(dead[0].headers(), "agentgov.error.reason") == "unknown_schema"
     assert "AgentTransition, not " in (header(dead[0].headers(), "agentgov.error.message") or "")
-    assert wait_until(lambda: pipe.writer is not None and pipe.writer.stored == 5, 5)
-    assert sorted(stored_ids(pipe)) == sorted(sent)
+    assert sorted(stored_ids(pipe)) == sorted(sent)  # the forged record is not in the audit store
