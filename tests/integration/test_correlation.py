@@ -25,6 +25,7 @@ from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.facts import partition_for
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
+from pipeline.review.store import QueueFilter, ReviewStore
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import wait_for
@@ -252,6 +253,14 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     docs = list(export(world.pipe.sink, since=datetime.now(UTC) - timedelta(days=40),
                        until=datetime.now(UTC) + timedelta(days=1), run_id=step[0]["run_id"]))
     assert any(f["code"] == "AG-XRN-001" for d in docs for f in d["findings"])
+    # the review queue lists the chain as a finding of its completing event, and its page names every run
+    review = ReviewStore(world.pipe.sink)
+    queued, _ = review.queue(QueueFilter(agent=step[0]["agent_id"], code=["AG-XRN-001"]), int(time.time() * 1000),
+                             limit=500)
+    assert [r["event_id"] for r in queued if r["event_id"] == step[0]["event_id"]] == [step[0]["event_id"]]
+    page = review.finding(step[0]["event_id"], "AG-XRN-001")
+    assert page is not None
+    assert {run for run, _ in review.trails(page)} == set(step[0]["related_run_ids"])
     # the page: one chain series on the correlator that found it
     series = [k for port in world.ports for k, v in scrape(port).items()
               if k[0] == "agentgov_escalation_chain_detected" and v > 0]
