@@ -195,7 +195,8 @@ class Writer:
                     self.metrics.registry_errors.labels(role=self.role).inc()
                 else:
                     self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
-                log.error("store write failed; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
+                what = "schema registry unreachable" if isinstance(exc, RegistryUnavailable) else "store write failed"
+                log.error(f"{what}; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
                 if stop is None:
                     return False
                 self._pause(True)
