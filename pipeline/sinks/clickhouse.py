@@ -101,6 +101,11 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
+SCORER_FINDINGS = "finding_idx < 1000"
+"""Rows of ``findings`` that a scorer raised: migration 006 copies each cross-run finding in with
+``finding_idx`` 1000 and above. Readers that show ``cross_run_findings`` in their own right (trail, export,
+recertification evidence, the demo) add this condition so a cross-run finding is not shown twice."""
+
 BACKFILL = {
     # 004: ids of the events stored before first-copy-wins.
     4: "INSERT INTO {db}.event_ids SELECT event_id, run_id, occurred_at, source_partition, source_offset, "

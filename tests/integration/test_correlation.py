@@ -219,8 +219,27 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
                                       "resource.resource_id": "sf-profile", "resource.entitlement": "sales-standard"}))
         assert len(set(world.partitions(ids))) == 2
 
-    found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006", "AG-XRN-007"}
-                          <= {x["code"] for x in f} and len(of(f, "AG-XRN-003", keys["deleg3"])) == 1
+    # 7. group nesting over three runs by one agent: create a group, add the agent's principal, grant the
+    #    group tier 3; look-alike: a human approved the grant
+    for name, last in (("nest", {}), ("nest-ok", {"decision.authority": "human", "decision.approved_by": "ciso"})):
+        agent = keys[name] = f"agent-{name}-{TAG}"
+        group, owner = f"grp-{name}-{TAG}", f"h-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 3)
+        who = {"agent.agent_id": agent, "agent.on_behalf_of": owner}
+        ids = world.publish(draft(run_id=r[0], step=1, occurred_at=at(minutes=20), action="create_group",
+                                  **{**who, "target.identity_id": group, "target.identity_type": "service",
+                                     "resource.resource_id": group, "resource.privilege_tier": 0}),
+                            draft(run_id=r[1], step=1, occurred_at=at(minutes=10), action="add_group_member",
+                                  **{**who, "target.identity_id": owner, "resource.resource_id": group}))
+        ids += world.publish(draft(run_id=r[2], step=1, occurred_at=at(seconds=1), action="assign_role",
+                                   **{**who, "target.identity_id": group, "target.identity_type": "service",
+                                      "resource.resource_id": "role/GlobalAdmin", "resource.privilege_tier": 3,
+                                      **last}))
+        assert len(set(world.partitions(ids))) == 3
+
+    found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006", "AG-XRN-007",
+                                            "AG-XRN-008"} <= {x["code"] for x in f}
+                          and len(of(f, "AG-XRN-003", keys["deleg3"])) == 1
                           and len(of(f, "AG-XRN-003", keys["deleg2"])) == 1)
     step = of(found, "AG-XRN-001", keys["step"])
     assert len(step) == 1 and len(step[0]["related_run_ids"]) == 3 and len(set(step[0]["related_partitions"])) == 3
@@ -237,8 +256,10 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     assert len(dup) == 1 and len(set(dup[0]["related_partitions"])) == 2
     left = of(found, "AG-XRN-007", keys["left"])
     assert len(left) == 1 and "90.0 days earlier" in left[0]["message"]
+    nest = of(found, "AG-XRN-008", keys["nest"])
+    assert len(nest) == 1 and len(nest[0]["related_run_ids"]) == 3 and nest[0]["pattern"] == "group_nesting"
     # benign look-alikes: nothing, on any code
-    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok", "left-ok"):
+    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok", "left-ok", "nest-ok"):
         assert [f for f in found if f["entity_key"] == keys[name]] == [], name
     # stored once each (deterministic ids; FINAL and raw agree)
     assert world.pipe.sink is not None
