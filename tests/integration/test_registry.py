@@ -67,7 +67,7 @@ def stored_ids(pipe: Pipeline) -> list[str]:
     return [r["event_id"] for r in pipe.sink.query("SELECT event_id FROM {db}.transitions")]
 
 
-def test_registration_and_backward_evolution_v1_to_v2(
+def test_registration_backward_evolution_and_the_writers_schema_check(
     registry: ApicurioRegistry, settings_factory: Callable[..., Settings],
     pipeline_factory: Callable[..., Pipeline],
 ) -> None:
@@ -92,6 +92,19 @@ def test_registration_and_backward_evolution_v1_to_v2(
     assert {m.value()[:1] for m in assessments} == {CONFLUENT_MAGIC}  # the scorer writes the wire format too
     assert registry.request("GET", f"/subjects/{settings.topic_assessments}-value/versions") == [1]
     assert consume(settings, settings.topic_dlq, 0, timeout=3) == []
+
+    # The writer trusts a registry id only when it names the assessment record: a client that may write
+    # the assessments topic frames a transition under the transitions subject's id -> dead letter.
+    forged_record = new.complete(draft(run_id="run-forged"))
+    forged = new.serde.header() + encode_datum(new.serde.current.parsed, forged_record)
+    producer = Producer(settings.kafka_config(acks="all"))
+    producer.produce(settings.topic_assessments, forged, key=str(forged_record["event_id"]).encode())
+    assert producer.flush(30) == 0
+    dead = consume(settings, settings.topic_dlq, 1, timeout=60)
+    assert len(dead) == 1
+    assert header(dead[0].headers(), "agentgov.error.reason") == "unknown_schema"
+    assert "AgentTransition, not " in (header(dead[0].headers(), "agentgov.error.message") or "")
+    assert sorted(stored_ids(pipe)) == sorted(sent)  # the forged record is not in the audit store
 
     # BACKWARD is the registry's rule, not ours: a v3 whose new field has no default is refused (409) ...
     raw = dict(SchemaSet.load().latest(TRANSITION).raw)
@@ -151,25 +164,3 @@ def test_registry_away_30s_sdk_waits_scorer_stalls_nothing_lost(
     assert "RegistryUnavailable" in logs or "registry unreachable" in logs
     print(f"\nregistry away 30 s: pipeline caught up {caught_up:.1f} s after it came back; "
           f"{len(sent)} events stored once, 0 dead letters")
-
-
-def test_writer_trusts_a_registry_id_only_for_the_assessment_record(
-    registry: ApicurioRegistry, settings_factory: Callable[..., Settings],
-    pipeline_factory: Callable[..., Pipeline],
-) -> None:
-    settings = settings_factory(schema_registry_url=registry.url)
-    pipe = pipeline_factory(settings)
-    sdk = TransitionPublisher(settings)
-    sent = publish(sdk, 5, "real")
-    assert pipe.wait_stored(5, 120)
-    # A client that may write the assessments topic frames a transition under the transitions subject's id.
-    record = sdk.complete(draft(run_id="run-forged"))
-    forged = sdk.serde.header() + encode_datum(sdk.serde.current.parsed, record)
-    producer = Producer(settings.kafka_config(acks="all"))
-    producer.produce(settings.topic_assessments, forged, key=str(record["event_id"]).encode())
-    assert producer.flush(30) == 0
-    dead = consume(settings, settings.topic_dlq, 1, timeout=60)
-    assert len(dead) == 1
-    assert header(dead[0].headers(), "agentgov.error.reason") == "unknown_schema"
-    assert "AgentTransition, not " in (header(dead[0].headers(), "agentgov.error.message") or "")
-    assert sorted(stored_ids(pipe)) == sorted(sent)  # the forged record is not in the audit store
