@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from . import __version__
 from .assessment import AssessmentEncoder
 from .deadletters import dead_letter, dlq_headers, header
-from .errors import DeadLetter
+from .errors import DeadLetter, RegistryUnavailable
 from .events import GRANTS, TransitionDict, check_values
 from .facts import FACT, FactEmitter, check_fact_topics
 from .limits import Limits
@@ -145,6 +145,10 @@ class Scorer(TransactionalLoop):
             check_values(decoded.record, now_ms=decoded.record["occurred_at"], max_future_ms=0)
         except DeadLetter:
             return None
+        except RegistryUnavailable:  # context only: the event itself is scored when the registry answers
+            log.warning("registry unreachable during replay; event left out of the context",
+                        extra={"kv": {"partition": msg.partition(), "offset": msg.offset()}})
+            return None
         return decoded.record
 
     # -- one batch, inside the checkpoint's transaction ---------------------------------------
@@ -211,6 +215,8 @@ class Scorer(TransactionalLoop):
             try:
                 scored = apply(score(ev, ctx), ev, excepted)
                 value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
+            except RegistryUnavailable:  # registering the assessment schema: wait for the registry
+                raise
             except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
                 log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
                 self._send_dead(msg, exc, "internal", stats)

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -30,12 +29,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from .deadletters import dead_letter
-from .errors import DeadLetter, DecodeError, SinkError
+from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError
 from .limits import Limits
 from .loop import record_lag
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
-from .serde import make_registry, split_header
+from .serde import full_name, make_registry, registry_schema, split_header
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
 from .sinks.ocf import ContainerBuilder
@@ -63,6 +62,7 @@ class Writer:
         self.schemas = SchemaSet.load()
         self.registry = registry if registry is not None else make_registry(settings)
         self._builders: dict[bytes, tuple[int, ContainerBuilder]] = {}
+        self._assessment_name = full_name(self.schemas.latest(ASSESSMENT).raw)
         self.consumer = Consumer(settings.consumer_config(settings.writer_group, **{
             "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
         self.limits = Limits.from_settings(settings)
@@ -104,7 +104,7 @@ class Writer:
         else:
             if self.registry is None:
                 raise DecodeError("registry-framed assessment but no registry configured", reason="unknown_schema")
-            schema = json.loads(self.registry.get_schema(schema_id).schema_str)
+            schema = registry_schema(self.registry, schema_id, self._assessment_name)
         hit = self._builders[header] = (len(header), ContainerBuilder(schema))
         return hit
 
@@ -175,17 +175,22 @@ class Writer:
             by_part[msg.partition()].append(msg)
         delay = 0.2
         attempt = 0
-        groups, spans, undecodable = self._group(by_part)
         while True:
             try:
+                # inside the retry: a registry that does not answer is waited out like a failing store
+                groups, spans, undecodable = self._group(by_part)
                 rejected = self._insert(groups, spans)
                 # Confirmed before the commit: a dead letter the broker did not take fails the attempt.
                 self._dead_letter([*undecodable, *rejected])
                 break
             except SinkError as exc:
                 attempt += 1
-                self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
-                log.error("store write failed; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
+                if isinstance(exc, RegistryUnavailable):
+                    self.metrics.registry_errors.labels(role=self.role).inc()
+                else:
+                    self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
+                what = "schema registry unreachable" if isinstance(exc, RegistryUnavailable) else "store write failed"
+                log.error(f"{what}; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
                 if stop is None:
                     return False
                 self._pause(True)
