@@ -482,7 +482,8 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, policy.escalation.window_seconds * 1000),
+        reach = max(policy.escalation.window_seconds, policy.drift.rate_window_seconds) * 1000  # nesting, drift
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, reach),
                              delegations=self.graph.into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)

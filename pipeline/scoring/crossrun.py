@@ -32,6 +32,7 @@ from .catalogue import (
     ASI10,
     CATALOGUE,
     DE_AE,
+    DE_CM,
     NHI1,
     NHI5,
     NHI9,
@@ -354,6 +355,57 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
         f"agent {cx.key!r} made {len(chain)} grants in {d.rate_window_seconds}s ({per_hour:.1f}/h) over "
         f"{runs} runs on {parts} partitions, more than {d.rate_factor:g}x its baseline "
         f"{b.grants_per_hour:.1f}/h", chain)]
+
+
+XRN_STALE_POLICY = spec(
+    "AG-XRN-009", "Policy drift across partitions: share of stale policy versions", S.medium, C.drift,
+    "AG-DRF-006 counted over all of the agent's access changes in the recent window, whichever run or "
+    "partition they came from: more of them than the policy's threshold ran under unapproved policy "
+    "versions, while no one partition's share crossed it. Reported once per crossing.",
+    ("agent.agent_id", "policy.policy_id", "policy.policy_version"),
+    (ASI10, PR_AA_05, DE_CM),
+)
+
+
+def _stale(policy: GovernancePolicy, h: TransitionDict) -> bool:
+    ref = h.get("policy") or {}
+    if ref.get("policy_id") is None or ref.get("policy_version") is None:
+        return False  # a fact written before version 2 of the fact schema: unknown, not stale
+    return policy.version_approved(ref["policy_id"], ref["policy_version"]) is False
+
+
+def _over(stale: int, n: int, policy: GovernancePolicy) -> bool:
+    return n >= policy.drift.stale_min_events and stale / n > policy.drift.stale_policy_share
+
+
+@cross_run(XRN_STALE_POLICY, key="agent")
+def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-009: the agent's share of decisions under unapproved policy versions, over every partition's
+    facts in the drift window, crosses the threshold with this (stale) decision.
+
+    Once per crossing: the window without this decision was at or under the threshold. Only when the
+    partition this decision came from does not cross it on its own (else its scorer raises AG-DRF-006)."""
+    policy = cx.governance
+    b = cx.baseline
+    if (ev["agent"]["agent_id"] != cx.key or b is None or b.events < policy.drift.min_baseline_events
+            or not _stale(policy, ev)):
+        return []
+    lo = ev["occurred_at"] - policy.drift.rate_window_seconds * 1000
+    window = [h for h in cx.history if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
+    stale = [h for h in window if _stale(policy, h)]
+    if not _over(len(stale) + 1, len(window) + 1, policy) or _over(len(stale), len(window), policy):
+        return []
+    mine = [h for h in window if _part(h) == _part(ev)]
+    if _over(sum(1 for h in mine if _stale(policy, h)) + 1, len(mine) + 1, policy):
+        return []  # the scorer of this partition sees the drift by itself
+    chain = (*stale, ev)
+    parts = len({_part(h) for h in chain})
+    share = len(chain) / (len(window) + 1)
+    ref = ev["policy"]
+    return [CrossRunFinding(XRN_STALE_POLICY, cx.key,
+        f"agent {cx.key!r}: {len(chain)} of its last {len(window) + 1} access changes ({share:.0%}) ran under "
+        f"unapproved policy versions, over {parts} partitions, now {ref['policy_id']!r} {ref['policy_version']!r} "
+        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%})", chain)]
 
 
 XRN_GROUP_NESTING = spec(
