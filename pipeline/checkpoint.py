@@ -55,6 +55,10 @@ class Checkpoint:
         # handle with a call in flight is unsafe), fenced by the replacement's init_transactions.
         self._abandoned: list[Producer] = []
         self._hung = False
+        # Set when the broker refused a record for its own sake (e.g. MESSAGE_TOO_LARGE): librdkafka's
+        # idempotent sequence is then broken ("skipped sequence numbers" on every later transaction,
+        # seen on Apache Kafka), so the producer is replaced after the abort instead of reused.
+        self.replace_after_abort = False
 
     @staticmethod
     def transactional_id(role: str, group: str, instance_id: str | None) -> str:
@@ -110,6 +114,15 @@ class Checkpoint:
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.producer))
             self._hung = False
             self.new_producer(flush_old=False)
+            return
+        # Serve the failed transaction's delivery reports first: a role's on_delivery learns there which
+        # records the broker refused (it may set replace_after_abort).
+        with contextlib.suppress(Exception):
+            self.producer.poll(0)
+        if self.replace_after_abort:
+            self.replace_after_abort = False
+            self.abort()
+            self.new_producer()
         elif not self.abort():
             self.new_producer()
 
