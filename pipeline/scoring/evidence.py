@@ -77,6 +77,14 @@ def chain_gap(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if step > 0 and not prev:
         return [c.CHAIN_GAP.finding(f"run {run!r} step {step} has no prev_event_hash: the chain is broken")]
     history = ctx.run_history
+    if not history and step > 0 and ctx.runs_complete:
+        # No earlier step of this run in a context known to hold every run of the partition over the
+        # window: its steps before this one never arrived (or are older than the window), and its
+        # prev_event_hash links to nothing the pipeline saw.
+        missing = "step 0" if step == 1 else f"steps 0-{step - 1}"
+        return [c.CHAIN_GAP.finding(
+            f"run {run!r} first seen at step {step}: {missing} never arrived within the scorer's context window, "
+            f"so prev_event_hash {prev[:16]}… links to no event seen", (ev["event_id"],))]
     if not history or step == 0:
         return []
     last = max(history, key=lambda h: h["step"])
