@@ -463,3 +463,41 @@ def test_cli_publish_rejects_huge_integers_and_oversized_events_without_a_traceb
     assert f"{path}:1: invalid event: step" in err and f"{path}:2: invalid event: step" in err
     assert f"{path}:3: invalid event: event of" in err and "exceeds the 934464-byte limit" in err
     assert f"{path}:4: invalid event: attributes" in err
+
+
+def test_a_run_first_seen_at_a_later_step_and_its_look_alike_after_a_restart(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """A run whose first event is step k > 0 (steps before it never sent, a well-formed prev_event_hash)
+    raises AG-EVD-003, on a fresh scorer and right after a restart. The look-alike: a run continued after
+    the restart, whose earlier steps lie before the committed offset, is found by the replay: no finding."""
+    from pipeline.audit import trail
+
+    settings = settings_factory()
+    pub = publisher_factory(settings)
+
+    def gap_run(run_id: str, first_sent: int) -> str:
+        records = [pub.complete(draft(run_id=run_id, step=i)) for i in range(first_sent + 1)]
+        return pub.send(records[-1])  # the steps before it are hashed into the chain, never sent
+
+    def evd3(run_id: str) -> dict[int, list[str]]:
+        return {s["step"]: [f["message"] for f in s["findings"] if f["code"] == "AG-EVD-003"]
+                for s in trail(pipe.sink, run_id)}
+
+    pipe = in_process(settings)
+    ids = {pub.publish(draft(run_id="run-cont", step=0)), pub.publish(draft(run_id="run-cont", step=1)),
+           gap_run("run-gap-1", 3)}
+    pub.flush()
+    assert wait_until(lambda: ids <= stored_ids(pipe), 60)
+    assert wait_until(lambda: bool(evd3("run-gap-1").get(3)), 30)
+    assert "first seen at step 3: steps 0-2 never arrived" in evd3("run-gap-1")[3][0]
+    assert evd3("run-cont") == {0: [], 1: []}
+    pipe.close()
+
+    pipe = in_process(settings)  # a restart (or a reassignment): the context is rebuilt by replay
+    ids = {pub.publish(draft(run_id="run-cont", step=2)), gap_run("run-gap-2", 2)}
+    pub.flush()
+    assert wait_until(lambda: ids <= stored_ids(pipe), 60)
+    assert wait_until(lambda: bool(evd3("run-gap-2").get(2)), 30)
+    assert evd3("run-cont") == {0: [], 1: [], 2: []}
