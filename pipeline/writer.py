@@ -191,7 +191,9 @@ class Writer:
                 break
             except SinkError as exc:
                 attempt += 1
-                self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
+                # Closed set: the event-id lookup (first copy wins) or the batch insert behind the ingest views.
+                table = "event_ids" if exc.fields.get("table") == "event_ids" else "ingest"
+                self.metrics.sink_errors.labels(table=table, kind=exc.fields.get("kind", "unknown")).inc()
                 log.error("store write failed; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
                 if stop is None:
                     return False
