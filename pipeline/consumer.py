@@ -276,7 +276,7 @@ class Scorer(TransactionalLoop):
             stats.poison["oversized"] += 1
             self._send_dead(msg, exc, "oversized", stats)
             return
-        if self.facts is not None:
+        if self.facts is not None and not _copy_seen(ev, ctx):
             self.facts.emit(partial(self.producer.produce, on_delivery=report), ev, msg.partition(), msg.offset())
         pctx.observe(ev)
         stats.add(ev, scored, now_ms)
@@ -344,6 +344,14 @@ class Scorer(TransactionalLoop):
 
 ESCALATION_CATEGORY = "escalation"
 ESCALATION_SERIES_TTL = 900.0  # seconds a detected chain stays on /metrics (the page's window)
+
+
+def _copy_seen(ev: TransitionDict, ctx: ScoringContext) -> bool:
+    """A later copy of an event_id this partition already scored (a replay, or a rewritten copy: AG-EVD-004
+    or AG-EVD-005). It is scored and kept apart by the writer, but emits no access facts: the correlator
+    must not count its grant as a new one. Copies on other partitions: the correlator's AG-XRN-006."""
+    event_id = ev["event_id"]
+    return event_id in ctx.seen_event_hashes or any(h["event_id"] == event_id for h in ctx.run_history)
 
 
 class _Batch:

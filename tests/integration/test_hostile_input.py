@@ -501,3 +501,32 @@ def test_a_run_first_seen_at_a_later_step_and_its_look_alike_after_a_restart(
     assert wait_until(lambda: ids <= stored_ids(pipe), 60)
     assert wait_until(lambda: bool(evd3("run-gap-2").get(2)), 30)
     assert evd3("run-cont") == {0: [], 1: [], 2: []}
+
+
+def test_later_copies_on_the_same_partition_emit_no_access_facts(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """A byte-identical replay and a rewritten copy under the run's own key (its partition): both are
+    scored and kept apart, and neither feeds the correlator a grant of its own (one fact per topic)."""
+    from pipeline.events import event_hash
+    from pipeline.facts import FACT
+
+    settings = settings_factory()
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    original = pub.complete(draft(run_id="run-copied", action="grant_entitlement", **{
+        "resource.entitlement": "aws-admin", "resource.privilege_tier": 3}))
+    rewritten = dict(original, resource={**original["resource"], "entitlement": "org-owner"})
+    rewritten["evidence"] = dict(original["evidence"], event_hash=event_hash(rewritten))
+    raw = raw_producer(settings)
+    for rec in (original, original, rewritten):
+        raw.produce(settings.topic_transitions, SERDE.encode(rec), key=b"run-copied")
+    assert raw.flush(30) == 0
+    after = flowing(pipe, pub)
+    assert wait_until(lambda: pipe.metrics.registry.get_sample_value("agentgov_duplicate_events_total") == 2, 60)
+    facts = Serde(SCHEMAS, record=FACT)
+    by_target = consume(settings, settings.topic_facts_by_target, 1, timeout=30, settle=1.0)
+    mine = [f for f in (facts.decode(m.value()).record for m in by_target) if f["event_id"] == original["event_id"]]
+    assert [f["entitlement"] for f in mine] == ["aws-admin"]
+    assert len(stored_ids(pipe)) == 1 + len(after)
