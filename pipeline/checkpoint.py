@@ -41,6 +41,11 @@ HANG_GRACE_SECONDS = 15.0
 class Checkpoint:
     """One transactional producer bound to one consumer's positions."""
 
+    # Set when the broker refused a record for its own sake (e.g. MESSAGE_TOO_LARGE): librdkafka's
+    # idempotent sequence is then broken ("skipped sequence numbers" on every later transaction, seen on
+    # Apache Kafka), so the producer is replaced after the abort instead of reused.
+    replace_after_abort = False
+
     def __init__(self, settings: Settings, consumer: Consumer, transactional_id: str, **producer_extra: Any) -> None:
         self.consumer = consumer
         self._conf = settings.kafka_config(**{
@@ -55,10 +60,6 @@ class Checkpoint:
         # handle with a call in flight is unsafe), fenced by the replacement's init_transactions.
         self._abandoned: list[Producer] = []
         self._hung = False
-        # Set when the broker refused a record for its own sake (e.g. MESSAGE_TOO_LARGE): librdkafka's
-        # idempotent sequence is then broken ("skipped sequence numbers" on every later transaction,
-        # seen on Apache Kafka), so the producer is replaced after the abort instead of reused.
-        self.replace_after_abort = False
 
     @staticmethod
     def transactional_id(role: str, group: str, instance_id: str | None) -> str:
