@@ -28,7 +28,7 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.chaos import Slot
 from pipeline.correlations import CorrelationStore
 from pipeline.correlator import Correlator
-from pipeline.facts import FINDING, FactEmitter, is_access_change, partition_for
+from pipeline.facts import FACT_ACTIONS, FINDING, FactEmitter, partition_for
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
@@ -75,7 +75,7 @@ def workload_facts(settings: Settings) -> tuple[list[tuple[str, bytes, bytes, in
 
     for op in Workload(seed=5, planted=False, bad_inputs=False, cross_run=True).ops(EVENTS):
         record = pub.complete(op.payload)
-        if not is_access_change(record):
+        if record["action"] not in FACT_ACTIONS:
             continue
         p = partition_for(record["run_id"], PARTS)  # the producer's partitioner (crc32 of the run id)
         emitter.emit(capture, record, p, offsets[p])
