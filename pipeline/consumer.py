@@ -165,6 +165,9 @@ class Scorer(TransactionalLoop):
 
     def forget(self, tp: TopicPartition) -> None:
         self.contexts.pop(tp.partition, None)
+        for source in [s for s in self._refused if s[0] == tp.partition]:  # its next owner learns them anew
+            self._refused.pop(source, None)
+            self._refusals.pop(source, None)
 
     def _decode_quiet(self, msg: Message) -> TransitionDict | None:
         try:

@@ -69,8 +69,8 @@ def test_one_refused_assessment_is_dead_lettered_and_its_neighbours_stored(
     big = pub.complete(draft(run_id="run-big", attributes={
         f"blob{i}": secrets.token_urlsafe(3000) for i in range(8)}))
     assert TOPIC_MAX_BYTES < len(SERDE.encode(big)) < 40_000
-    before = [pub.complete(draft(run_id=f"run-n{i}", step=0)) for i in range(6)]
-    after = [pub.complete(draft(run_id=f"run-m{i}", step=0)) for i in range(6)]
+    before = [pub.complete(draft(run_id=f"run-n{i}", step=0)) for i in range(4)]
+    after = [pub.complete(draft(run_id=f"run-m{i}", step=0)) for i in range(4)]
     raw = Producer(settings.kafka_config(**{"acks": "all", "enable.idempotence": True}))
     for rec in [*before, big, *after]:  # one partition: one batch for the scorer, in this order
         raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
