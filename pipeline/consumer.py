@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from . import __version__
 from .assessment import AssessmentEncoder
 from .deadletters import dead_letter, dlq_headers
-from .errors import DeadLetter
+from .errors import DeadLetter, RegistryUnavailable
 from .events import GRANTS, TransitionDict, check_values
 from .facts import FACT, FactEmitter, check_fact_topics
 from .limits import Limits
@@ -90,6 +90,7 @@ class Scorer(TransactionalLoop):
         self._refused: dict[tuple[int, int], int] = {}
         self._refusals: dict[tuple[int, int], str] = {}
         self._isolated: tuple[int, int] | None = None  # the input whose outputs are being produced alone
+        self._replay_gap = False  # a rebuild left an event out of the context (registry unreachable)
         super().__init__(settings, metrics, group=settings.scorer_group, topics=[settings.topic_transitions],
                          consumer_extra={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304})
         self.policy = policy
@@ -155,8 +156,10 @@ class Scorer(TransactionalLoop):
                 span.append(seen)
             return self._decode_quiet(msg)
 
+        self._replay_gap = False
         replayed = replay(self.settings, tp, self.window_ms, decode, ctx.observe, max_events=REPLAY_MAX_EVENTS)
-        if span and span[-1][0] == tp.offset - 1:  # read up to the committed offset: complete from its start
+        # Read up to the committed offset, nothing left out: complete from the replay's start.
+        if span and span[-1][0] == tp.offset - 1 and not self._replay_gap:
             (first, first_ms), (_, last_ms) = span[0], span[-1]
             reached_window = self.window_ms > 0 and tp.offset - first < REPLAY_MAX_EVENTS
             ctx.complete_from_ms = 0 if first == 0 else (last_ms - self.window_ms if reached_window else first_ms)
@@ -174,6 +177,11 @@ class Scorer(TransactionalLoop):
             decoded = self.serde.decode(msg.value())
             check_values(decoded.record, now_ms=decoded.record["occurred_at"], max_future_ms=0)
         except DeadLetter:
+            return None
+        except RegistryUnavailable:  # context only: the event itself is scored when the registry answers
+            self._replay_gap = True
+            log.warning("registry unreachable during replay; event left out of the context",
+                        extra={"kv": {"partition": msg.partition(), "offset": msg.offset()}})
             return None
         return decoded.record
 
@@ -262,6 +270,8 @@ class Scorer(TransactionalLoop):
         try:
             scored = apply(score(ev, ctx), ev, batch.excepted)
             value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
+        except RegistryUnavailable:  # registering the assessment schema: wait for the registry
+            raise
         except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
             log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
             self._send_dead(msg, exc, "internal", stats)

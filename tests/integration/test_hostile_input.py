@@ -77,7 +77,7 @@ def sized(pub: TransitionPublisher, size: int, **changes: Any) -> dict[str, Any]
 
 def dlq_by_source(settings: Settings, count: int) -> dict[tuple[int, int], Message]:
     """Dead letters by source (partition, offset): a re-cut batch may repeat one; the source identifies it."""
-    dead = consume(settings, settings.topic_dlq, count, timeout=60, settle=2.0)
+    dead = consume(settings, settings.topic_dlq, count, timeout=60, settle=1.0)
     return {(int(header(m.headers(), "agentgov.source.partition") or -1),
              int(header(m.headers(), "agentgov.source.offset") or -1)): m for m in dead}
 
