@@ -67,6 +67,7 @@ from .scoring.crossrun import (
     CrossRunContext,
     CrossRunFinding,
     correlate,
+    duplicate_id_across_partitions,
 )
 from .scoring.policy import LoadedPolicy
 from .scoring.rules import granted_access
@@ -233,7 +234,11 @@ class KeyedState:
         return True
 
     def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
-        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time."""
+        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time. A later copy
+        of an event_id held from another partition is not recorded: it raised AG-XRN-006, and must not
+        stand in any later chain or holding as a grant of its own (scoring/crossrun.py ``later_copy``)."""
+        if self.by_target and duplicate_id_across_partitions(ev, self.same_id(ev)) is not None:
+            return
         entry = (_order(ev), ev)
         hist = self.history.setdefault(key, [])
         bisect.insort(hist, entry, key=_first)

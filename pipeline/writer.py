@@ -188,7 +188,9 @@ class Writer:
                 if isinstance(exc, RegistryUnavailable):
                     self.metrics.registry_errors.labels(role=self.role).inc()
                 else:
-                    self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
+                    # Closed set: the event-id lookup (first copy wins) or the batch insert behind the ingest views.
+                    table = "event_ids" if exc.fields.get("table") == "event_ids" else "ingest"
+                    self.metrics.sink_errors.labels(table=table, kind=exc.fields.get("kind", "unknown")).inc()
                 what = "schema registry unreachable" if isinstance(exc, RegistryUnavailable) else "store write failed"
                 log.error(f"{what}; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
                 if stop is None:

@@ -56,6 +56,10 @@ class ScoringContext:
     key_agents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """key_id -> agent_id patterns (fnmatch) the key may sign for. Empty: no binding is checked; otherwise a
     verified signature by a key not registered for the event's agent raises AG-EVD-007."""
+    runs_complete: bool = False
+    """The context holds every run of the partition active over the last ``context_window_seconds`` (or
+    since the log's start): a run first seen at step > 0 then raises AG-EVD-003. False (unknown: just
+    after a partial replay, or after runs were evicted by the size caps) keeps the rule silent."""
 
     @property
     def governance(self) -> GovernancePolicy:

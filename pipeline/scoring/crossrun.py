@@ -513,8 +513,19 @@ PAGING_BY_TARGET: tuple[CrossRunRule, ...] = tuple(r for r in BY_TARGET_RULES if
 PAGING_BY_AGENT: tuple[CrossRunRule, ...] = tuple(r for r in BY_AGENT_RULES if r in _PAGING)
 
 
+def later_copy(ev: TransitionDict, cx: CrossRunContext) -> bool:
+    """The fact of a later copy of an event_id the key's facts already hold from another partition (a replay
+    or a rewritten copy under another Kafka key). It raises AG-XRN-006 and nothing else: its grant is not a
+    new grant (the writer keeps the copy apart; first copy wins)."""
+    if ev["target"]["identity_id"] != cx.key:
+        return False
+    return duplicate_id_across_partitions(ev, cx.history if cx.same_id is None else cx.same_id) is not None
+
+
 def correlate(ev: TransitionDict, cx: CrossRunContext, rules: Iterable[CrossRunRule]) -> list[CrossRunFinding]:
     out: list[CrossRunFinding] = []
+    if later_copy(ev, cx):
+        rules = [r for r in rules if r is duplicate_id]
     for rule in rules:
         out.extend(rule(ev, cx))
     return out

@@ -121,7 +121,8 @@ def _signature_problem(signature: str | None, key_id: str | None, content: bytes
 CHAIN_GAP = spec(
     "AG-EVD-003", "Missing step in the run's evidence chain", S.high, C.evidence,
     "A step's prev_event_hash is missing or does not match the previous step's event_hash, or steps "
-    "between it and the last seen step of the run never arrived.",
+    "between it and the last seen step of the run never arrived, or the run is first seen at a step > 0 "
+    "by a scorer whose context holds every run of the partition over its window.",
     ("run_id", "step", "evidence.prev_event_hash"),
     (PR_DS_01, DE_AE, ASI10),
 )
@@ -134,6 +135,14 @@ def chain_gap(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if step > 0 and not prev:
         return [CHAIN_GAP.finding(f"run {run!r} step {step} has no prev_event_hash: the chain is broken")]
     history = ctx.run_history
+    if not history and step > 0 and ctx.runs_complete:
+        # No earlier step of this run in a context known to hold every run of the partition over the
+        # window: its steps before this one never arrived (or are older than the window), and its
+        # prev_event_hash links to nothing the pipeline saw.
+        missing = "step 0" if step == 1 else f"steps 0-{step - 1}"
+        return [CHAIN_GAP.finding(
+            f"run {run!r} first seen at step {step}: {missing} never arrived within the scorer's context window, "
+            f"so prev_event_hash {prev[:16]}… links to no event seen", (ev["event_id"],))]
     if not history or step == 0:
         return []
     last = max(history, key=lambda h: h["step"])

@@ -424,3 +424,25 @@ def test_early_page_forgets_arrived_facts_past_the_keep_window() -> None:
         state.judge_early(ev, 3_600_000, 3_600_000, lambda k, e: _page_with_rules(k, e, state))
     assert [e["event_id"] for e in state.arrived_before("u-jit", dict(new, occurred_at=new["occurred_at"] + 1),
                                                         1 << 40)] == [new["event_id"]]
+
+
+def test_a_later_copy_from_another_partition_raises_only_the_duplicate_finding() -> None:
+    """A copy of r2's event (its event_id, rewritten to tier 3, under another Kafka key) is no new grant: it
+    completes no tier-stepping chain. The look-alike under its own event_id does."""
+    r1, r2 = tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2")
+    copy = dict(tier(2, 3, 10, "r3"), event_id=r2["event_id"])
+    assert [f.spec.code for f in run_key([r1, r2, copy], "u-step")] == ["AG-XRN-006"]
+    assert [f.spec.code for f in run_key([r1, r2, tier(2, 3, 10, "r3")], "u-step")] == ["AG-XRN-001"]
+
+
+def test_the_correlator_state_keeps_a_later_copy_out_of_history_and_holdings() -> None:
+    from pipeline.correlator import KeyedState
+
+    state = KeyedState(by_target=True)
+    r2 = tier(1, 2, 5, "r2")
+    copy = dict(tier(2, 3, 10, "r3"), event_id=r2["event_id"])
+    for ev in (r2, copy):
+        state.apply("u-step", ev, 86_400_000)
+    assert [h["run_id"] for _, h in state.history["u-step"]] == ["r2"]
+    assert [h["run_id"] for h in state.ids[r2["event_id"]]] == ["r2"]
+    assert [h["run_id"] for h in state.held("u-step")] == ["r2"]
