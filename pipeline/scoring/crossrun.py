@@ -143,6 +143,16 @@ def _where(h: TransitionDict) -> str:
     return f"{h['run_id']}#{h['step']} (p{_part(h)})"
 
 
+MAX_EVIDENCE = 100
+"""Most events a count-based finding (rate, stale share) names: the latest ones, ending with the event
+that crossed the threshold. A busy agent's window can hold thousands; the finding must stay a small
+record (its ids travel in three arrays) and its message says how many there were."""
+
+
+def _named(chain: Sequence[TransitionDict]) -> str:
+    return f"; the latest {MAX_EVIDENCE} are named" if len(chain) > MAX_EVIDENCE else ""
+
+
 def _runs(chain: Sequence[TransitionDict]) -> str:
     return ", ".join(dict.fromkeys(h["run_id"] for h in chain))
 
@@ -354,7 +364,7 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
     return [CrossRunFinding(XRN_GRANT_RATE, cx.key,
         f"agent {cx.key!r} made {len(chain)} grants in {d.rate_window_seconds}s ({per_hour:.1f}/h) over "
         f"{runs} runs on {parts} partitions, more than {d.rate_factor:g}x its baseline "
-        f"{b.grants_per_hour:.1f}/h", chain)]
+        f"{b.grants_per_hour:.1f}/h{_named(chain)}", chain[-MAX_EVIDENCE:])]
 
 
 XRN_STALE_POLICY = spec(
@@ -405,7 +415,8 @@ def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> l
     return [CrossRunFinding(XRN_STALE_POLICY, cx.key,
         f"agent {cx.key!r}: {len(chain)} of its last {len(window) + 1} access changes ({share:.0%}) ran under "
         f"unapproved policy versions, over {parts} partitions, now {ref['policy_id']!r} {ref['policy_version']!r} "
-        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%})", chain)]
+        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%})"
+        f"{_named(chain)}", chain[-MAX_EVIDENCE:])]
 
 
 XRN_GROUP_NESTING = spec(
