@@ -68,6 +68,7 @@ from .scoring.crossrun import (
     CrossRunFinding,
     correlate,
     duplicate_id_across_partitions,
+    stale_decision,
 )
 from .scoring.policy import LoadedPolicy
 from .scoring.rules import granted_access
@@ -487,9 +488,12 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        reach = max(policy.escalation.window_seconds, policy.drift.rate_window_seconds) * 1000  # nesting, drift
-        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, reach),
-                             delegations=self.graph.into, baseline=self.baselines(key),
+        # The stale-share rule reads the drift window only for a stale decision (a busy agent on an approved
+        # policy costs nothing here).
+        drift_ms = policy.drift.rate_window_seconds * 1000
+        recent = state.before(key, ev, drift_ms) if stale_decision(policy, ev) else ()
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, policy.escalation.window_seconds * 1000),
+                             recent_decisions=recent, delegations=self.graph.into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, BY_AGENT_RULES)
