@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi import Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,10 +21,12 @@ from .pages import date_ms
 from .recert import ITEM_STATES, RECOMMENDATIONS, Scope, progress
 from .recert_service import RecertService
 from .recert_store import RecertStore
+from .routes import Routes
 from .service import now_ms
 
-router = APIRouter(include_in_schema=False)
-api = APIRouter(tags=["recertification"])
+# Route tables added to the app directly (routes.py says why not include_router).
+router = Routes(include_in_schema=False)
+api = Routes(tags=["recertification"])
 Ctx = Annotated[ReviewContext, Depends(ctx_of)]
 PAGE = 50
 
@@ -52,8 +54,8 @@ def install(app: FastAPI, ctx: ReviewContext) -> None:
     app.router.on_shutdown.append(watch.close)
     metrics = RecertMetrics(ctx.metrics.registry)
     ctx.refreshers.append(lambda t: refresh(recert.store, metrics, t))
-    app.include_router(router)
-    app.include_router(api, prefix="/api")
+    router.register(app)
+    api.register(app, prefix="/api")
 
 
 def refresh(store: RecertStore, metrics: RecertMetrics, t: int) -> None:
@@ -90,7 +92,7 @@ def _int(value: str, what: str) -> int | None:
 
 
 # -- campaign pages -------------------------------------------------------------------------------
-@router.get("/campaigns")
+@router("GET", "/campaigns")
 def campaigns(request: Request, ctx: Ctx, recert: Recert) -> HTMLResponse:
     t = now_ms()
     rows = recert.store.campaigns()
@@ -101,7 +103,7 @@ def campaigns(request: Request, ctx: Ctx, recert: Recert) -> HTMLResponse:
     return _render(ctx, request, "campaigns.html", rows=rows)
 
 
-@router.post("/campaigns")
+@router("POST", "/campaigns")
 async def create_campaign(request: Request, ctx: Ctx, recert: Recert, name: Annotated[str, Form()],
                           owner: Annotated[str, Form()], due: Annotated[str, Form()],
                           min_tier: Annotated[str, Form()] = "", workflow: Annotated[str, Form()] = "",
@@ -116,7 +118,7 @@ async def create_campaign(request: Request, ctx: Ctx, recert: Recert, name: Anno
     return RedirectResponse(f"/campaigns/{out['campaign_id']}", status_code=303)
 
 
-@router.get("/campaigns/{cid}")
+@router("GET", "/campaigns/{cid}")
 def campaign(request: Request, ctx: Ctx, recert: Recert, cid: str, state: str = "", recommendation: str = "",
              page: Annotated[int, Query(ge=1, le=100000)] = 1) -> HTMLResponse:
     c = recert.store.campaign(cid)
@@ -134,7 +136,7 @@ def campaign(request: Request, ctx: Ctx, recert: Recert, cid: str, state: str = 
                    certify_needs_justification=ctx.policy.policy.review.certify_justification_required)
 
 
-@router.get("/campaigns/{cid}/items/{n}")
+@router("GET", "/campaigns/{cid}/items/{n}")
 def item_page(request: Request, ctx: Ctx, recert: Recert, cid: str, n: str) -> HTMLResponse:
     iid = f"{cid}/{n}"
     item = recert.store.item(iid)
@@ -145,7 +147,7 @@ def item_page(request: Request, ctx: Ctx, recert: Recert, cid: str, n: str) -> H
                    certify_needs_justification=ctx.policy.policy.review.certify_justification_required)
 
 
-@router.post("/campaigns/{cid}/items/{n}")
+@router("POST", "/campaigns/{cid}/items/{n}")
 async def decide_item(request: Request, ctx: Ctx, recert: Recert, cid: str, n: str,
                       action: Annotated[str, Form()], version: Annotated[int, Form()],
                       justification: Annotated[str, Form()] = "", reassign_to: Annotated[str, Form()] = "",
@@ -157,7 +159,7 @@ async def decide_item(request: Request, ctx: Ctx, recert: Recert, cid: str, n: s
     return RedirectResponse(f"/campaigns/{cid}/items/{n}", status_code=303)
 
 
-@router.post("/campaigns/{cid}/bulk")
+@router("POST", "/campaigns/{cid}/bulk")
 async def bulk(request: Request, ctx: Ctx, recert: Recert, cid: str) -> HTMLResponse:
     actor = await ctx.writer(request)
     form = await request.form()
@@ -174,7 +176,7 @@ async def bulk(request: Request, ctx: Ctx, recert: Recert, cid: str) -> HTMLResp
     return _render(ctx, request, "campaign_bulk.html", cid=cid, action=str(form.get("action", "")), result=result)
 
 
-@router.post("/campaigns/{cid}/signoff")
+@router("POST", "/campaigns/{cid}/signoff")
 async def signoff(request: Request, ctx: Ctx, recert: Recert, cid: str, version: Annotated[int, Form()],
                   comment: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
@@ -183,20 +185,20 @@ async def signoff(request: Request, ctx: Ctx, recert: Recert, cid: str, version:
 
 
 # -- attribute review pages -----------------------------------------------------------------------
-@router.get("/attributes")
+@router("GET", "/attributes")
 def attributes(request: Request, ctx: Ctx, recert: Recert) -> HTMLResponse:
     reviews = recert.store.subjects("attribute_review", "ARV-")
     return _render(ctx, request, "attributes.html", workflows=recert.store.workflows(), reviews=reviews)
 
 
-@router.post("/attributes")
+@router("POST", "/attributes")
 async def open_review(request: Request, ctx: Ctx, attrs: Attrs, workflow: Annotated[str, Form()]) -> Response:
     actor = await ctx.writer(request)
     rid = attrs.open(actor, workflow)
     return RedirectResponse(f"/attributes/{rid}", status_code=303)
 
 
-@router.get("/attributes/{rid}")
+@router("GET", "/attributes/{rid}")
 def attribute_review(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> HTMLResponse:
     rev = attrs.review(rid)
     if rev is None:
@@ -205,7 +207,7 @@ def attribute_review(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> HTML
                    policy_version=ctx.policy.version)
 
 
-@router.post("/attributes/{rid}/decide")
+@router("POST", "/attributes/{rid}/decide")
 async def decide_attribute(request: Request, ctx: Ctx, attrs: Attrs, rid: str, name: Annotated[str, Form()],
                            verdict: Annotated[str, Form()], version: Annotated[int, Form()],
                            justification: Annotated[str, Form()] = "") -> Response:
@@ -214,14 +216,14 @@ async def decide_attribute(request: Request, ctx: Ctx, attrs: Attrs, rid: str, n
     return RedirectResponse(f"/attributes/{rid}", status_code=303)
 
 
-@router.post("/attributes/{rid}/propose")
+@router("POST", "/attributes/{rid}/propose")
 async def propose_change(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> Response:
     actor = await ctx.writer(request)
     attrs.propose(actor, rid)
     return RedirectResponse(f"/attributes/{rid}#proposal", status_code=303)
 
 
-@router.post("/attributes/{rid}/link")
+@router("POST", "/attributes/{rid}/link")
 async def link_policy(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> Response:
     actor = await ctx.writer(request)
     attrs.link_policy(actor, rid)
@@ -263,7 +265,7 @@ def _ms_of(dt: datetime) -> int:
     return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
-@api.post("/campaigns")
+@api("POST", "/campaigns")
 async def api_create(request: Request, ctx: Ctx, recert: Recert, body: NewCampaign) -> dict[str, Any]:
     actor = await ctx.writer(request)
     scope = Scope(min_tier=body.min_tier, workflow=body.workflow, agent=body.agent, within_days=body.within_days,
@@ -272,14 +274,14 @@ async def api_create(request: Request, ctx: Ctx, recert: Recert, body: NewCampai
                          on_timeout=body.on_timeout)
 
 
-@api.get("/campaigns")
+@api("GET", "/campaigns")
 def api_campaigns(request: Request, ctx: Ctx, recert: Recert) -> list[dict[str, Any]]:
     ctx.actor(request)
     counts = recert.store.item_counts()
     return [{**c, "progress": progress(counts.get(c["campaign_id"], {}))} for c in recert.store.campaigns()]
 
 
-@api.get("/campaigns/{cid}/items")
+@api("GET", "/campaigns/{cid}/items")
 def api_items(request: Request, ctx: Ctx, recert: Recert, cid: str, after: str = "",
               state: str = "", recommendation: str = "",
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
@@ -291,7 +293,7 @@ def api_items(request: Request, ctx: Ctx, recert: Recert, cid: str, after: str =
     return {"items": items, "next": items[-1]["item_id"] if len(items) == limit else None}
 
 
-@api.post("/campaigns/{cid}/items/{n}")
+@api("POST", "/campaigns/{cid}/items/{n}")
 async def api_decide(request: Request, ctx: Ctx, recert: Recert, cid: str, n: str,
                      body: ItemDecision) -> dict[str, Any]:
     actor = await ctx.writer(request)
@@ -300,20 +302,20 @@ async def api_decide(request: Request, ctx: Ctx, recert: Recert, cid: str, n: st
                          end_ms=_ms_of(body.end_date) if body.end_date else None)
 
 
-@api.post("/campaigns/{cid}/bulk")
+@api("POST", "/campaigns/{cid}/bulk")
 async def api_bulk(request: Request, ctx: Ctx, recert: Recert, cid: str, body: BulkItems) -> dict[str, Any]:
     actor = await ctx.writer(request)
     return recert.bulk(actor, cid, body.action, body.selection, justification=body.justification or None)
 
 
-@api.post("/campaigns/{cid}/signoff")
+@api("POST", "/campaigns/{cid}/signoff")
 async def api_signoff(request: Request, ctx: Ctx, recert: Recert, cid: str,
                       expected_version: Annotated[int, Query(ge=1)], comment: str = "") -> dict[str, Any]:
     actor = await ctx.writer(request)
     return recert.signoff(actor, cid, expected_version, comment or None)
 
 
-@api.get("/attributes/{rid}")
+@api("GET", "/attributes/{rid}")
 def api_attribute_review(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> dict[str, Any]:
     ctx.actor(request)
     rev = attrs.review(rid)

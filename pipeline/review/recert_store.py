@@ -73,6 +73,26 @@ GROUP BY subject_id
 """
 
 
+DISMISSED = ("false_positive", "benign_positive", "duplicate")
+"""Closing classifications that take a finding out of a recommendation: a reviewer judged it wrong,
+authorised, or a copy of another. An open finding, or one closed as true_positive, still counts."""
+
+# Findings of these runs (scorers' and cross-run ones, which carry the completing event's id) whose latest
+# decision closed them with a DISMISSED classification.
+DISMISSED_SQL = f"""
+SELECT subject_id
+FROM {{db}}.decisions FINAL
+WHERE subject_kind = 'finding' AND subject_id IN (
+    SELECT concat(event_id, '/', code) FROM {{db}}.findings WHERE run_id IN {{runs:Array(String)}}
+    UNION ALL
+    SELECT concat(event_id, '/', code) FROM {{db}}.cross_run_findings
+    WHERE hasAny(related_run_ids, {{runs:Array(String)}}))
+GROUP BY subject_id
+HAVING argMax(to_state, subject_version) = 'closed'
+   AND argMax(classification, subject_version) IN {DISMISSED!r}
+"""
+
+
 def _bounds(cid: str) -> dict[str, str]:
     return {"lo": f"{cid}/", "hi": f"{cid}0"}  # '0' follows '/': every '<cid>/...' id sorts between
 
@@ -143,16 +163,21 @@ class RecertStore:
         by_run: dict[str, list[tuple[str, str]]] = {}
         if not run_ids:
             return by_event, by_run
+        runs = {"runs": sorted(set(run_ids))}
+        dismissed = {r["subject_id"] for r in self.query(DISMISSED_SQL, runs)}
         for r in self.query("SELECT event_id, run_id, code, severity FROM {db}.findings FINAL "
                             f"WHERE run_id IN {{runs:Array(String)}} AND exception_id IS NULL AND {SCORER_FINDINGS}",
-                            {"runs": sorted(set(run_ids))}):
+                            runs):
+            if f"{r['event_id']}/{r['code']}" in dismissed:
+                continue
             pair = (r["code"], r["severity"])
             by_run.setdefault(r["run_id"], []).append(pair)
             by_event.setdefault(r["event_id"], []).append(pair)
         for r in self.query("SELECT arrayJoin(arrayIntersect(related_run_ids, {runs:Array(String)})) AS run_id, "
-                            "code, severity FROM {db}.cross_run_findings FINAL "
-                            "WHERE hasAny(related_run_ids, {runs:Array(String)})", {"runs": sorted(set(run_ids))}):
-            by_run.setdefault(r["run_id"], []).append((r["code"], r["severity"]))
+                            "event_id, code, severity FROM {db}.cross_run_findings FINAL "
+                            "WHERE hasAny(related_run_ids, {runs:Array(String)})", runs):
+            if f"{r['event_id']}/{r['code']}" not in dismissed:
+                by_run.setdefault(r["run_id"], []).append((r["code"], r["severity"]))
         return by_event, by_run
 
     # -- campaigns ------------------------------------------------------------------------------

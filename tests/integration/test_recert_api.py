@@ -32,7 +32,7 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     pipe = pipeline_factory(settings)
     pub = publisher_factory(settings)
     tag = uuid.uuid4().hex[:6]
-    a1, a2 = f"agent-jml-x{tag}", f"agent-access-x{tag}"
+    a1, a2, a3 = f"agent-jml-x{tag}", f"agent-access-x{tag}", f"agent-priv-x{tag}"
     joiner, leaver = ("joiner", f"HR-{tag}"), ("leaver", f"HR-{tag}-l")
     drafts: list[dict[str, Any]] = [
         # a1 in jml-provisioning: 3 approved tier-2 grants; the identity of the first one leaves afterwards.
@@ -47,6 +47,9 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
                f"u-{tag}-9", "github", "org", 2, entitlement="gh-admin-tmp", approved_by="mgr"),
         _draft(f"run-{tag}-r", 2, a2, "access-request", ("access_request", f"REQ-{tag}"), "revoke_entitlement",
                f"u-{tag}-9", "github", "org", 2, entitlement="gh-admin-tmp"),
+        # a3: a tier-3 grant with no human approval (a serious finding), later dismissed by a reviewer.
+        _draft(f"run-{tag}-p", 0, a3, "access-request", ("access_request", f"REQ-{tag}-p"), "grant_entitlement",
+               f"u-{tag}-p", "aws", "role/Admin", 3, entitlement="aws-admin"),
     ]
     start = datetime.now(UTC) - timedelta(minutes=5)
     for i, d in enumerate(drafts):  # distinct event times: the revoke is the latest change of its access
@@ -122,6 +125,20 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     assert listed[cid]["state"] == "closed" and listed[cid]["progress"]["decided"] == 3
     r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=2")
     assert r.status_code == 400 and "already signed off" in r.json()["error"]
+
+    # -- a finding a reviewer closed as false positive no longer drives the recommendation ------------
+    [priv] = items(create(agent=a3)["campaign_id"])
+    assert priv["recommendation"] == "revoke", priv
+    findings = wait_for(lambda: alice.get("/api/findings", params={"agent": a3}).json()["findings"])
+    assert findings
+    for f in findings:
+        r = alice.post(f"/api/findings/{f['event_id']}/{f['code']}/decisions",
+                       {"action": "close", "expected_version": f["version"], "classification": "false_positive",
+                        "reason": "rule_too_broad", "comment": "break-glass drill, approved out of band"})
+        assert r.status_code == 201, r.text
+    [again_priv] = items(create(agent=a3)["campaign_id"])
+    assert again_priv["recommendation"] != "revoke", again_priv
+    assert not any("finding" in reason for reason in again_priv["reasons"]), again_priv["reasons"]
 
     # -- never certified: the two certified grants drop out of the next campaign ----------------------
     again = create(agent=a1, never_certified=True)
