@@ -278,7 +278,7 @@ def _judge_with_rules(key: str, ev: TransitionDict, state: Any) -> list[CrossRun
 def test_correlator_state_judges_in_event_time_and_rejudges_after_a_late_fact(arrival: str) -> None:
     """KeyedState.judge_due, the correlator's loop body: the same single finding in every arrival order,
     including a revoke already judged (past the grace) before its grant arrived."""
-    from pipeline.correlator import KeyedState
+    from pipeline.keyed_state import KeyedState
 
     grant = transient(0, "grant_entitlement", 0, "ra")
     revoke = transient(3, "revoke_entitlement", 90, "rb")
@@ -318,7 +318,7 @@ def test_early_page_fires_on_arrival_in_any_order_and_matches_the_watermark_find
     """KeyedState.judge_early: the chain pages as soon as its last fact *arrives* (no watermark), whichever
     fact that is; a fact older than ones already judged re-judges them. The finding published later at
     the watermark has the same id, and neither is emitted twice."""
-    from pipeline.correlator import KeyedState
+    from pipeline.keyed_state import KeyedState
 
     if chain == "transient":
         facts = [transient(0, "grant_entitlement", 0, "ra"), transient(3, "revoke_entitlement", 90, "rb")]
@@ -342,7 +342,7 @@ def test_early_page_fires_on_arrival_in_any_order_and_matches_the_watermark_find
 
 
 def test_early_page_forgets_arrived_facts_past_the_keep_window() -> None:
-    from pipeline.correlator import KeyedState
+    from pipeline.keyed_state import KeyedState
 
     state = KeyedState(by_target=True)
     old, new = transient(0, "grant_entitlement", 0, "ra"), transient(3, "revoke_entitlement", 7200, "rb")
