@@ -13,12 +13,15 @@ at once; its finding is published at the watermark, below, so the stored finding
 arrival order (docs/guarantees.md, "Early pages").
 
 Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
-``max(latest event time seen on the partition, wall clock) - grace``. So facts arriving out of order
-within the grace period are evaluated in event-time order, and the wall-clock term closes the windows
-of a quiet partition. Rules only look at facts before the one they judge. A fact that arrives after
-later facts of its partition were already judged (later than the grace) is judged, and then the later
-facts of its key are judged again with it, so the chain it completes is still found; findings already
-published are not published again. It is counted in ``agentgov_correlator_late_facts_total``.
+``latest event time seen on the partition - grace`` while facts keep arriving, and
+``max(latest event time seen, wall clock) - grace`` once the partition has been quiet for
+``QUIET_SECONDS``. So facts arriving out of order within the grace period are evaluated in event-time
+order, a backlog (a correlator catching up, scorers lagging by more than the grace) too, and the
+wall-clock term closes the windows of a quiet partition. Rules only look at facts before the one they
+judge. A fact that arrives after later facts of its partition were already judged (later than the grace)
+is judged, and then the later facts of its key are judged again with it, so the chain it completes is
+still found; findings already published are not published again. It is counted in
+``agentgov_correlator_late_facts_total``.
 
 The per-partition state and its event-time bookkeeping are :class:`~pipeline.keyed_state.KeyedState`; this
 module is the role: the consumer group, the rules it passes the state, rebuild on assignment, the transaction.
@@ -78,6 +81,7 @@ log = logging.getLogger(__name__)
 
 Baselines = Callable[[str], AgentBaseline | None]
 ESCALATION_SERIES_TTL = 900.0
+QUIET_SECONDS = 1.0  # a partition without a new fact this long is quiet: the wall clock moves its watermark
 
 
 class Correlator(TransactionalLoop):
@@ -129,6 +133,7 @@ class Correlator(TransactionalLoop):
             state.apply(state.key_of(ev), ev, self.retain_ms)
             state.released = max(state.released, order(ev))
         state.trim_arrived(self._early_keep_ms(state))
+        state.arrived_at = time.monotonic()  # busy until shown quiet: what follows the replay may be a backlog
         log.info("correlator state rebuilt", extra={"kv": {
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
             "holdings": held, "pending": len(state.pending)}})
@@ -183,7 +188,7 @@ class Correlator(TransactionalLoop):
     # -- one batch, inside the checkpoint's transaction ---------------------------------------
     def handle(self, msgs: list[Message]) -> _Tally:
         tally = _Tally()
-        now_ms = int(time.time() * 1000)
+        now_ms, now = int(time.time() * 1000), time.monotonic()
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -202,12 +207,14 @@ class Correlator(TransactionalLoop):
                 state = self.states[(msg.topic(), msg.partition())] = KeyedState(
                     msg.topic() == self.settings.topic_facts_by_target)
             if state.add(ev):
+                state.arrived_at = now
                 tally.paged += self._page_early(state, ev)
             tally.facts += 1
         produce = self.producer.produce
         topic = self.settings.topic_correlations
         for state in self.states.values():
-            found, late = state.judge_due(max(state.max_seen_ms, now_ms) - self.grace_ms, self.retain_ms,
+            quiet = now - state.arrived_at >= QUIET_SECONDS
+            found, late = state.judge_due(state.watermark(now_ms, self.grace_ms, quiet), self.retain_ms,
                                           functools.partial(self._judge, state))
             tally.late += late
             for f in found:

@@ -94,6 +94,8 @@ class KeyedState:
     paged: dict[str, None] = field(default_factory=dict)
     released: Order = (0, "", 0, 0)
     max_seen_ms: int = 0
+    arrived_at: float = 0.0
+    """When the caller last added a fact (its clock, seconds): what tells a busy partition from a quiet one."""
 
     def key_of(self, ev: TransitionDict) -> str:
         return ev["target"]["identity_id"] if self.by_target else ev["agent"]["agent_id"]
@@ -108,6 +110,13 @@ class KeyedState:
         bisect.insort(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev), key=_first)
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
+
+    def watermark(self, now_ms: int, grace_ms: int, quiet: bool) -> int:
+        """Event time up to which facts are judged: ``grace_ms`` before the latest event time seen while the
+        partition is busy, so a backlog is judged in event-time order however far the clock is ahead; once
+        it is ``quiet`` (no fact for a while), the wall clock ``now_ms`` too, so its windows still close
+        (Flink's idle-source watermark)."""
+        return max(self.max_seen_ms, now_ms if quiet else 0) - grace_ms
 
     def release(self, watermark_ms: int) -> list[TransitionDict]:
         out = []

@@ -351,3 +351,24 @@ def test_early_page_forgets_arrived_facts_past_the_keep_window() -> None:
         state.judge_early(ev, 3_600_000, 3_600_000, lambda k, e: _page_with_rules(k, e, state))
     assert [e["event_id"] for e in state.arrived_before("u-jit", dict(new, occurred_at=new["occurred_at"] + 1),
                                                         1 << 40)] == [new["event_id"]]
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_backlog_is_judged_in_event_time_order_while_its_partition_is_busy(quiet: bool) -> None:
+    """KeyedState.watermark: a correlator catching up a backlog (the clock far past its facts) judges in
+    event-time order while facts keep arriving; only a quiet partition lets the wall clock release them.
+    Facts of two sources 3 s apart (inside the grace), arriving interleaved: with the clock's watermark
+    every older fact is late (each re-judges the key's later facts: quadratic on a busy key)."""
+    from pipeline.keyed_state import KeyedState
+
+    state = KeyedState(by_target=True)
+    now_ms, grace_ms, late = T0 + 86_400_000, 5_000, 0
+    ahead = [transient(0, "grant_entitlement", 3 + i, f"ra{i}") for i in range(40)]
+    behind = [transient(1, "grant_entitlement", i, f"rb{i}") for i in range(40)]
+    for a, b in zip(ahead, behind, strict=True):  # the lagging source's fact arrives after the leading one's
+        for ev in (a, b):
+            state.add(ev)
+            late += state.judge_due(state.watermark(now_ms, grace_ms, quiet), 1 << 40, lambda k, e: [])[1]
+    assert late == (40 if quiet else 0)
+    assert state.watermark(now_ms, grace_ms, quiet=False) == ahead[-1]["occurred_at"] - grace_ms
+    assert state.watermark(now_ms, grace_ms, quiet=True) == now_ms - grace_ms  # a quiet partition still closes
