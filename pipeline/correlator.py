@@ -13,14 +13,14 @@ at once; its finding is published at the watermark, below, so the stored finding
 arrival order (docs/guarantees.md, "Early pages").
 
 Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
-``latest event time seen on the partition - grace`` while facts keep arriving, and
-``max(latest event time seen, wall clock) - grace`` once the partition has been quiet for
-``QUIET_SECONDS``. So facts arriving out of order within the grace period are evaluated in event-time
-order, a backlog (a correlator catching up, scorers lagging by more than the grace) too, and the
-wall-clock term closes the windows of a quiet partition. Rules only look at facts before the one they
-judge. A fact that arrives after later facts of its partition were already judged (later than the grace)
-is judged, and then the later facts of its key are judged again with it, so the chain it completes is
-still found; findings already published are not published again. It is counted in
+``latest event time seen on the partition - grace`` while facts keep arriving, and ``max(latest event
+time seen, wall clock) - grace`` once the partition has been quiet for ``QUIET_SECONDS`` and the consumer
+is not behind (its last batch was not full). So facts arriving out of order within the grace period are
+evaluated in event-time order, a backlog too (a correlator catching up, however far the clock is ahead),
+and the wall-clock term closes the windows of a quiet partition. Rules only look at facts before the one
+they judge. A fact that arrives after later facts of its partition were already judged (later than the
+grace) is judged, and then the later facts of its key are judged again with it, so the chain it completes
+is still found; findings already published are not published again. It is counted in
 ``agentgov_correlator_late_facts_total``.
 
 The per-partition state and its event-time bookkeeping are :class:`~pipeline.keyed_state.KeyedState`; this
@@ -189,6 +189,7 @@ class Correlator(TransactionalLoop):
     def handle(self, msgs: list[Message]) -> _Tally:
         tally = _Tally()
         now_ms, now = int(time.time() * 1000), time.monotonic()
+        behind = len(msgs) >= self.settings.batch_max_messages
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -213,7 +214,8 @@ class Correlator(TransactionalLoop):
         produce = self.producer.produce
         topic = self.settings.topic_correlations
         for state in self.states.values():
-            quiet = now - state.arrived_at >= QUIET_SECONDS
+            # A full batch means a backlog: a partition missing from it is not quiet, only not fetched yet.
+            quiet = not behind and now - state.arrived_at >= QUIET_SECONDS
             found, late = state.judge_due(state.watermark(now_ms, self.grace_ms, quiet), self.retain_ms,
                                           functools.partial(self._judge, state))
             tally.late += late

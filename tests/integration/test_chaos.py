@@ -40,7 +40,7 @@ EVENTS = int(os.environ.get("CHAOS_EVENTS", "100000"))
 SCORERS = 2
 CORRELATORS = 2
 MIN_KILLS = 12
-GRACE = 15.0  # over the event-time skew between scorers (a killed one lags); the events are older by the end
+GRACE = 30.0  # over the event-time skew between scorers (a killed one lags); the events are older by the end
 
 
 def encode_workload(settings: Settings, events: int
