@@ -45,7 +45,7 @@ test: $(STAMP) $(PEER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	bash ci/checks.sh
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=40
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -4,11 +4,14 @@ without it (no access facts, no correlator), in the same benchmark run.
 For each of the two runs, one ``bench.agentgov_run`` child:
 
 - throughput: ``count`` events at full speed, end to end (first scored to last stored);
-- time to page at ``rate`` events/s offered: benign events paced for ``seconds``, with a cross-run
-  transient-privilege chain every ``chain_every`` events (a privileged grant in one run, its revoke one
-  second later in another run on another partition, so no scorer sees it whole). The time to page is
-  from the revoke being published (its ``occurred_at`` is its planned send time) to the correlator's
-  ``cross-run escalation paged early`` log line, the moment it set ``agentgov_escalation_chain_detected``.
+- time to page at ``rate`` events/s offered: benign events paced for ``seconds``, with a
+  transient-privilege chain every ``chain_every`` events (a privileged grant, its revoke about a second
+  later). With the correlator the two steps are in different runs on different partitions, so no scorer
+  sees the chain whole and the correlator pages it; without it they are in one run, so the scorer does.
+  The time to page is from the revoke being published (its ``occurred_at`` is its planned send time) to
+  the log line of the process that set ``agentgov_escalation_chain_detected``: the correlator's
+  ``cross-run escalation paged early`` or the scorer's ``hidden escalation detected``. The difference of
+  the two p50s is what the stage adds to the time to page (issue 10's 300 ms budget).
 
 The chain's finding is published at the watermark, ``correlation_grace_seconds`` (default 300 s) after
 its last event: that wait is by design (docs/guarantees.md, "Early pages") and is not timed here.
@@ -33,6 +36,7 @@ from .procs import Child, RssSampler
 from .spec import scenario_settings
 
 PAGE_LINE = re.compile(r'^ts=(\S+) .*msg="cross-run escalation paged early".* event_id=(\S+)')
+SCORER_PAGE_LINE = re.compile(r'^ts=(\S+) .*msg="hidden escalation detected".* chains="(.*)"')
 
 
 def _runs(i: int) -> tuple[str, str]:
@@ -45,16 +49,19 @@ def _runs(i: int) -> tuple[str, str]:
     raise AssertionError("unreachable")
 
 
-def paced_events(n: int, rate: int, start: float, chain_every: int, seed: int
-                 ) -> tuple[list[Message], dict[str, float]]:
-    """``n`` events stamped ``start + k / rate``; every ``chain_every``-th pair of slots carries a cross-run
-    transient-privilege chain (grant, and the revoke about 1 s later). Returns the encoded messages and
-    the event id of each revoke (the chain's last event) with its stamp (its planned send time)."""
+def paced_events(n: int, rate: int, start: float, chain_every: int, seed: int, cross_run: bool = True
+                 ) -> tuple[list[Message], dict[str, float], dict[str, str]]:
+    """``n`` events stamped ``start + k / rate``; every ``chain_every``-th pair of slots carries a
+    transient-privilege chain (grant, and the revoke about 1 s later), over two runs on two partitions
+    (``cross_run``) or inside one run. Returns the encoded messages, the event id of each revoke (the
+    chain's last event) with its stamp (its planned send time), and each revoke's run id."""
     pub = _completer()
     base = drafts(n, seed)
     slots: dict[int, dict[str, Any]] = {}
     for c, k in enumerate(range(chain_every, n - rate, chain_every)):
         grant_run, revoke_run = _runs(c)
+        if not cross_run:
+            revoke_run = grant_run
         target = f"u-bench-xrun-{seed}-{c}"
         slots[k] = _draft(grant_run, 0, "agent-jml-04", "jml-provisioning", ("mover", f"HR-8{c:05d}"),
                           "grant_entitlement", target, "aws", "role/Admin", 3, entitlement="aws-admin",
@@ -64,14 +71,20 @@ def paced_events(n: int, rate: int, start: float, chain_every: int, seed: int
             target, "aws", "role/Admin", 3, entitlement="aws-admin", scenario="xrun_transient_privilege")
     messages: list[Message] = []
     last_ids: dict[str, float] = {}
+    runs: dict[str, str] = {}
     for k in range(n):
         chain = k in slots
         draft = dict(slots.get(k, base[k]), occurred_at=datetime.fromtimestamp(start + k / rate, UTC))
         record = pub.complete(draft)
         if chain and draft["action"] == "revoke_entitlement":
             last_ids[record["event_id"]] = start + k / rate
+            runs[record["event_id"]] = record["run_id"]
         messages.append((record["run_id"].encode(), pub.serde.encode(record)))
-    return messages, last_ids
+    return messages, last_ids, runs
+
+
+def _ts(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def pages(log: Path) -> dict[str, float]:
@@ -82,8 +95,26 @@ def pages(log: Path) -> dict[str, float]:
     for line in log.read_text(errors="replace").splitlines():
         m = PAGE_LINE.match(line)
         if m:
-            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-            out.setdefault(m.group(2).strip('"'), at)
+            out.setdefault(m.group(2).strip('"'), _ts(m.group(1)))
+    return out
+
+
+def scorer_pages(logs: list[Path], runs: dict[str, str]) -> dict[str, float]:
+    """event_id of a chain's last event -> unix time a scorer paged its run (first time), from the scorers'
+    ``hidden escalation detected`` lines (they name pattern, agent and run of every chain)."""
+    by_run = {run: eid for eid, run in runs.items()}
+    out: dict[str, float] = {}
+    for log in logs:
+        if not log.exists():
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            m = SCORER_PAGE_LINE.match(line)
+            if not m:
+                continue
+            for run in re.findall(r"'transient_privilege', '[^']*', '([^']*)'", m.group(2)):
+                if run in by_run:
+                    at = _ts(m.group(1))
+                    out[by_run[run]] = min(out.get(by_run[run], at), at)
     return out
 
 
@@ -104,23 +135,25 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
         first = child.ask(f"wait {count} 600")  # throughput: produced before the start
         n = max(rate, int(rate * seconds))
         start = time.time() + n * per_event_gen * 1.5 + 1.0
-        messages, last_ids = paced_events(n, rate, start, chain_every, seed=300 + int(correlator))
+        messages, last_ids, runs = paced_events(n, rate, start, chain_every, seed=300 + int(correlator),
+                                                cross_run=correlator)
         if time.time() > start:
             start = time.time() + 0.5
-            messages, last_ids = paced_events(n, rate, start, chain_every, seed=300 + int(correlator))
+            messages, last_ids, runs = paced_events(n, rate, start, chain_every, seed=300 + int(correlator),
+                                                    cross_run=correlator)
         lat_topic = settings.topic_transitions
         worst = produce_paced(p, lat_topic, messages, rate, start)
         sent_for = time.time() - start
         stored = child.ask(f"wait {count + n} 600")
         log_path = settings.state_dir / "correlator-0.log"
+        scorer_logs = [settings.state_dir / f"scorer-{i}.log" for i in range(2)]
         paged: dict[str, float] = {}
-        if correlator:  # the last chain's page may trail the last event stored by a batch
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                paged = pages(log_path)
-                if all(i in paged for i in last_ids):
-                    break
-                time.sleep(0.2)
+        deadline = time.monotonic() + 120  # the last chain's page may trail the last event stored by a batch
+        while time.monotonic() < deadline:
+            paged = pages(log_path) if correlator else scorer_pages(scorer_logs, runs)
+            if all(i in paged for i in last_ids):
+                break
+            time.sleep(0.2)
         rep = child.ask("report")
     finally:
         child.close()
@@ -132,8 +165,8 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
                        "events_per_s": round(first["stored"] / span, 1)},
         "latency": {"offered_per_s": rate, "achieved_per_s": round(n / sent_for, 1), "events": n,
                     "producer_max_lag_ms": round(worst * 1000, 1), **report.quantiles(samples[count:count + n])},
-        "chains": len(last_ids), "paged": len(to_page) if correlator else None,
-        "to_page": report.quantiles(to_page) if correlator else None,
+        "chains": len(last_ids), "chains_span_runs": correlator, "paged": len(to_page),
+        "paged_by": "correlator" if correlator else "scorer", "to_page": report.quantiles(to_page),
         "stored": stored["stored"],
     }
 
@@ -155,4 +188,7 @@ def compare(bootstrap: str, source: list[Message], rate: int, seconds: float, ch
     out["throughput_with_over_without"] = report._ratio(a["throughput"]["events_per_s"],
                                                         b["throughput"]["events_per_s"])
     out["stored_p50_ms_added"] = round(a["latency"]["p50_ms"] - b["latency"]["p50_ms"], 1)
+    if a["to_page"]["n"] and b["to_page"]["n"]:
+        # the same chain paged by the correlator (split over runs) vs by a scorer (inside one run)
+        out["to_page_p50_ms_added"] = round(a["to_page"]["p50_ms"] - b["to_page"]["p50_ms"], 1)
     return out

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from .sinks.clickhouse import ClickHouseSink
+from .sinks.clickhouse import SCORER_FINDINGS, ClickHouseSink
 
 # Safe because audit filters only use fields every version of a row shares (docs/clickhouse.md, "FINAL").
 AUDIT_SETTINGS: dict[str, Any] = {"use_skip_indexes_if_final": 1, "use_skip_indexes_if_final_exact_mode": 0}
@@ -47,7 +47,7 @@ FINDINGS_SQL = """
 SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, exception_id,
        exception_version
 FROM {db}.findings FINAL
-WHERE run_id = {run:String}
+WHERE run_id = {run:String} AND """ + SCORER_FINDINGS + """
 ORDER BY event_id, finding_idx
 """
 
@@ -182,7 +182,7 @@ EXPORT_FINDINGS_SQL = """
 SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, exception_id,
        exception_version
 FROM {db}.findings FINAL
-WHERE {where}
+WHERE {where} AND """ + SCORER_FINDINGS + """
 ORDER BY event_id, finding_idx
 """
 

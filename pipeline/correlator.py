@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
 from .deadletters import dlq_headers
@@ -190,6 +190,8 @@ class Correlator(TransactionalLoop):
         tally = _Tally()
         now_ms, now = int(time.time() * 1000), time.monotonic()
         behind = len(msgs) >= self.settings.batch_max_messages
+        if any(m.error() is None and m.topic() == self.settings.topic_facts_by_agent for m in msgs):
+            self._sync_graph()
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -226,16 +228,30 @@ class Correlator(TransactionalLoop):
             state.prune_seen()
         return tally
 
+    def _sync_graph(self) -> None:
+        """Bring the delegation graph up to the topic's end before judging by-agent facts (DelegationGraph.sync)."""
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.settings.topic_delegations, 0),
+                                                          timeout=5, cached=False)
+        except KafkaException as exc:
+            log.warning("delegation topic end unknown; judging with the graph as it is",
+                        extra={"kv": {"error": str(exc)}})
+            return
+        if not self.graph.sync(high, 10.0):
+            log.warning("delegation graph behind its topic; judging with the graph as it is",
+                        extra={"kv": {"graph_position": self.graph.position, "topic_end": high}})
+
     def _page_early(self, state: KeyedState, ev: TransitionDict) -> list[CrossRunFinding]:
         """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
-        arrived facts; by agent over the delegation graph, which holds no per-key history to re-judge."""
-        reach = self.policy.policy.escalation.window_seconds * 1000 if state.by_target else 0
+        arrived facts; by agent over the agent's arrived facts (group nesting) and the delegation graph."""
+        reach = self.policy.policy.escalation.window_seconds * 1000
         return state.judge_early(ev, reach, self._early_keep_ms(state), functools.partial(self._paging, state))
 
     def _early_keep_ms(self, state: KeyedState) -> int:
         """How much event time of arrived facts early pages read: a fact arriving within the grace reaches
-        back one escalation window; the by-agent paging rule reads the delegation graph, not the key."""
-        return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms if state.by_target else 0
+        back one escalation window (group nesting reads the agent's facts, the other paging rules the
+        target's)."""
+        return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms
 
     def _paging(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         if state.by_target:
@@ -244,7 +260,9 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, PAGING_BY_TARGET)
         if not granted_access(ev):
             return []
-        cx = CrossRunContext(self.policy, key, delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)
+        history = state.arrived_before(key, ev, self.policy.policy.escalation.window_seconds * 1000)
+        cx = CrossRunContext(self.policy, key, history=history, delegations=self.graph.into,
+                             scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, PAGING_BY_AGENT)
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
@@ -258,7 +276,8 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        cx = CrossRunContext(self.policy, key, delegations=self.graph.into, baseline=self.baselines(key),
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, policy.escalation.window_seconds * 1000),
+                             delegations=self.graph.into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, BY_AGENT_RULES)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 import uuid
 
 from confluent_kafka import Consumer, TopicPartition
@@ -45,6 +46,8 @@ class DelegationGraph:
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.edges = 0
+        self.position = 0
+        """Offset the follower has read the topic up to (transaction markers included)."""
 
     def into(self, agent: str) -> list[TransitionDict]:
         with self._lock:
@@ -69,6 +72,20 @@ class DelegationGraph:
     def wait_ready(self, timeout: float) -> bool:
         return self.ready.wait(timeout)
 
+    def sync(self, high: int, timeout: float) -> bool:
+        """Wait until the follower has read the topic up to offset ``high``; False on timeout.
+
+        The correlator calls it before judging by-agent facts: an edge is committed in the scorer's
+        transaction before (or with) the facts that complete a laundering chain, so once the follower has
+        read up to the end the topic had when those facts were read, the graph holds every edge they need.
+        Without it, a fact judged a few milliseconds before the follower reads its edge misses the chain."""
+        deadline = time.monotonic() + timeout
+        while self.position < high:
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return False
+            time.sleep(0.005)
+        return True
+
     def _follow(self) -> None:
         consumer = Consumer(self.settings.kafka_config(**{
             "group.id": f"agentgov-delegations-{uuid.uuid4()}", "enable.auto.commit": False,
@@ -91,11 +108,12 @@ class DelegationGraph:
                         self.add(self.serde.decode(msg.value()).record)
                     except DeadLetter as exc:
                         log.warning("bad delegation record", extra={"kv": {"error": str(exc)}})
-                if not msgs and not self.ready.is_set():
-                    # Transaction markers take offsets but are never delivered: ask for the position.
-                    position = consumer.position([tp])[0].offset
-                    if position >= high:
-                        self.ready.set()
+                # Transaction markers take offsets but are never delivered: ask for the position.
+                position = consumer.position([tp])[0].offset
+                if position >= 0:
+                    self.position = position
+                if not msgs and not self.ready.is_set() and self.position >= high:
+                    self.ready.set()
         finally:
             consumer.close()
 

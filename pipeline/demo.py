@@ -54,14 +54,13 @@ def count_dead_letters(settings: Settings, expected: int, timeout: float = 30.0)
 
 
 def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
-    rows = sink.query("SELECT code, count() AS n FROM (SELECT code FROM {db}.findings FINAL UNION ALL "
-                      "SELECT code FROM {db}.cross_run_findings FINAL) GROUP BY code ORDER BY code")
+    # findings holds the cross-run ones too (migration 006): one read, each finding once
+    rows = sink.query("SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code")
     result.findings_by_code = {r["code"]: int(r["n"]) for r in rows}
     per_scenario = sink.query(
         "SELECT t.attributes['demo.scenario'] AS scenario, groupUniqArray(f.code) AS codes, "
         "uniqExact(t.event_id) AS events, countIf(f.code != '') AS findings "
         "FROM {db}.transitions AS t FINAL LEFT JOIN (SELECT event_id, code FROM {db}.findings FINAL "
-        "UNION ALL SELECT event_id, code FROM {db}.cross_run_findings FINAL "
         "UNION ALL SELECT event_id, arrayJoin(finding_codes) AS code FROM {db}.duplicates) AS f "
         "ON f.event_id = t.event_id GROUP BY scenario")
     codes = {r["scenario"]: set(r["codes"]) - {""} for r in per_scenario}
@@ -73,8 +72,7 @@ def summarise(sink: ClickHouseSink, result: DemoResult) -> None:
                      for scenario, code in (PLANTED | PLANTED_CROSS_RUN).items()}
     result.escalation_chains = sink.query(
         "SELECT code, agent_id, run_id, length(related_event_ids) AS steps FROM {db}.findings FINAL "
-        "WHERE category = 'escalation' UNION ALL SELECT code, agent_id, run_id, length(related_event_ids) AS steps "
-        "FROM {db}.cross_run_findings FINAL WHERE category = 'escalation' ORDER BY code")
+        "WHERE category = 'escalation' ORDER BY code")
 
 
 def prepare_store(settings: Settings, keep: bool = False) -> None:

@@ -28,13 +28,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
-from .events import GRANTS, REVOKES, TransitionDict
+from .events import GRANTS, REVOKES, Action, TransitionDict
 from .serde import Serde
 from .settings import Settings
 
 FACT = "access_fact"
 FINDING = "cross_run_finding"
 ACCESS_ACTIONS = frozenset(GRANTS | REVOKES)
+FACT_ACTIONS = frozenset(ACCESS_ACTIONS | {Action.create_group})
+"""What the scorers emit facts for: every access change, and group creation (by agent only: the first step
+of group nesting, AG-XRN-008, which changes no one's access by itself)."""
 
 Fact = dict[str, Any]
 
@@ -131,11 +134,14 @@ class FactEmitter:
 
     def emit(self, produce: Callable[..., None], ev: TransitionDict, partition: int, offset: int) -> int:
         """Produce the facts of ``ev`` (none unless it changes access); returns how many were produced."""
-        if not is_access_change(ev):
+        if ev["action"] not in FACT_ACTIONS:
             return 0
         fact = fact_from_event(ev, partition, offset)
         value = self.serde.encode(fact)
         target, agent = fact["target_id"], fact["agent_id"]
+        if not is_access_change(ev):  # group creation: the agent's chain only
+            produce(self.by_agent, value, key=agent.encode(), partition=partition_for(agent, self.n))
+            return 1
         produce(self.by_target, value, key=target.encode(), partition=partition_for(target, self.n))
         produce(self.by_agent, value, key=agent.encode(), partition=partition_for(agent, self.n))
         sent = 2

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     batch_max_messages: int = Field(default=2000, ge=1)
     batch_max_seconds: float = Field(default=0.2, gt=0)
+    fetch_wait_max_ms: int = Field(
+        default=100, ge=0, le=5000,
+        description="librdkafka fetch.wait.max.ms of every agentgov consumer: how long a broker may hold a fetch "
+                    "that has not reached fetch.min.bytes. Each hop of the pipeline (transitions -> scorer -> "
+                    "facts -> correlator -> page) can wait this long; librdkafka's 500 ms default put ~0.5 s on "
+                    "each hop on a broker that holds fetches to the limit.")
     max_message_bytes: int = Field(
         default=1_000_000, ge=4096,
         description="Largest Kafka record any agentgov producer sends (librdkafka message.max.bytes); an event "
@@ -315,6 +321,7 @@ class Settings(BaseSettings):
                 "heartbeat.interval.ms": max(500, self.session_timeout_ms // 3),
                 "isolation.level": "read_committed",
                 "partition.assignment.strategy": "cooperative-sticky",
+                "fetch.wait.max.ms": self.fetch_wait_max_ms,
                 **extra,
             }
         )

@@ -60,6 +60,7 @@ PLANTED_CROSS_RUN: dict[str, str] = {
     "xrun_sod_against_holdings": "AG-XRN-005",
     "xrun_duplicate_event_id": "AG-XRN-006",
     "xrun_grant_to_leaver": "AG-XRN-007",
+    "xrun_group_nesting": "AG-XRN-008",
 }
 # bad input -> DLQ reason it must produce
 BAD_INPUTS: dict[str, str] = {
@@ -347,6 +348,17 @@ class Workload:
         add("xrun_grant_to_leaver", _draft(run_id("left"), 0, "agent-jml-02", jml, ("mover", "HR-999071"),
                                            "grant_entitlement", "u900070", "salesforce", "sf-profile", 1,
                                            entitlement="sales-standard"), 5 * m)
+        used.clear()
+        nester = "agent-x-nest"
+        add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("joiner", "HR-999080"), "create_group",
+                                         "grp-x-sync", "entra-id", "grp-x-sync", 0, ttype="service"), 28 * m)
+        add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("joiner", "HR-999081"), "add_group_member",
+                                         "svc-x-nest-owner", "entra-id", "grp-x-sync", 1, ttype="service",
+                                         on_behalf_of="svc-x-nest-owner"), 18 * m)
+        add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("mover", "HR-999082"), "assign_role",
+                                         "grp-x-sync", "entra-id", "role/GlobalAdmin", 3, ttype="service",
+                                         on_behalf_of="svc-x-nest-owner", approved_by="mgr-sales",
+                                         entitlement="global-admin"), 7 * m)  # past the 300 s grace
         return ops
 
     def _bad(self) -> list[Op]:

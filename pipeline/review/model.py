@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AgentgovError
+from ..scoring.catalogue import CATALOGUE
 
 FINDING_STATES = ("new", "acknowledged", "closed")
 OPEN_STATES = ("new", "acknowledged")
@@ -138,6 +139,9 @@ def exception_status(record: dict[str, Any], now_ms: int) -> str:
     return str(record["state"])
 
 
+CROSS_RUN_PREFIX = "AG-XRN-"
+
+
 def new_exception(actor: Actor, now_ms: int, *, code: str, agent_id: str, justification: str, expires_at_ms: int,
                   max_days: int, workflow_id: str | None = None, target_id: str | None = None,
                   entitlement: str | None = None) -> dict[str, Any]:
@@ -145,6 +149,13 @@ def new_exception(actor: Actor, now_ms: int, *, code: str, agent_id: str, justif
     require_role(actor.roles, "reviewer", "approver")
     if not code.strip() or not agent_id.strip():
         raise ReviewError("an exception needs a finding code and an agent")
+    if code.strip() not in CATALOGUE:
+        raise ReviewError("unknown finding code (agentgov rules lists them)")
+    if code.strip().startswith(CROSS_RUN_PREFIX):
+        # Scorers apply exceptions to their findings; the correlator does not yet, so an exception for a
+        # cross-run code would be accepted and never take effect. Refused instead of silently ignored.
+        raise ReviewError("cross-run findings (AG-XRN-*) cannot be excepted: the correlator does not apply "
+                          "exceptions; disposition each finding instead")
     if not justification.strip():
         raise ReviewError("an exception needs a justification")
     if len(justification) > MAX_TEXT:

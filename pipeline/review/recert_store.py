@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..events import GRANTS
+from ..sinks.clickhouse import SCORER_FINDINGS
 from .recert import Scope, item_id, split_item_id
 from .store import ReviewStore, _ms
 
@@ -143,7 +144,7 @@ class RecertStore:
         if not run_ids:
             return by_event, by_run
         for r in self.query("SELECT event_id, run_id, code, severity FROM {db}.findings FINAL "
-                            "WHERE run_id IN {runs:Array(String)} AND exception_id IS NULL",
+                            f"WHERE run_id IN {{runs:Array(String)}} AND exception_id IS NULL AND {SCORER_FINDINGS}",
                             {"runs": sorted(set(run_ids))}):
             pair = (r["code"], r["severity"])
             by_run.setdefault(r["run_id"], []).append(pair)

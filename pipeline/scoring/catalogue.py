@@ -334,6 +334,13 @@ XRN_GRANT_TO_LEAVER = spec(
     ("target.identity_id", "target.lifecycle_state", "action"),
     (NHI1, PR_AA_05, ASI03),
 )
+XRN_GROUP_NESTING = spec(
+    "AG-XRN-008", "Hidden escalation across runs: group nesting", S.critical, C.escalation,
+    "AG-ESC-001 over one agent's steps from different runs on different partitions: a group created in one "
+    "run, a principal added to it in another, the group granted privilege in a third, with no human "
+    "authority. The finding names every step's event and run.",
+    _ESC_FIELDS, (ASI03, NHI5, PR_AA_05),
+)
 
 ESCALATION_PATTERNS: dict[str, str] = {
     "AG-ESC-001": "group_nesting",
@@ -343,6 +350,7 @@ ESCALATION_PATTERNS: dict[str, str] = {
     "AG-XRN-001": "tier_stepping",
     "AG-XRN-002": "transient_privilege",
     "AG-XRN-003": "delegation_laundering",
+    "AG-XRN-008": "group_nesting",
 }
 """Escalation code -> pattern name. A closed set: used as the ``pattern`` metric label."""
 

@@ -126,12 +126,15 @@ def _runs(chain: Sequence[TransitionDict]) -> str:
     return ", ".join(dict.fromkeys(h["run_id"] for h in chain))
 
 
-def _from_per_run(rule: Rule, spec: RuleSpec, ev: TransitionDict, cx: CrossRunContext
+def _from_per_run(rule: Rule, spec: RuleSpec, ev: TransitionDict, cx: CrossRunContext, *, by_agent: bool = False
                   ) -> list[CrossRunFinding]:
-    """Run a per-run escalation rule over the target's whole history; keep chains no one scorer saw."""
-    if ev["target"]["identity_id"] != cx.key:
+    """Run a per-run escalation rule over the key's whole history (the target's, or with ``by_agent`` the
+    agent's); keep chains no one scorer saw."""
+    if (ev["agent"]["agent_id"] if by_agent else ev["target"]["identity_id"]) != cx.key:
         return []
-    found = rule(ev, ScoringContext(policy=cx.policy, target_history=cx.history))
+    ctx = (ScoringContext(policy=cx.policy, agent_history=cx.history) if by_agent
+           else ScoringContext(policy=cx.policy, target_history=cx.history))
+    found = rule(ev, ctx)
     if not found:
         return []
     by_id = {h["event_id"]: h for h in cx.history}
@@ -153,6 +156,12 @@ def tier_stepping_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[C
 def transient_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-002: a privileged grant and its revoke within the transient window, on different partitions."""
     return _from_per_run(escalation.transient_privilege, c.XRN_TRANSIENT_PRIVILEGE, ev, cx)
+
+
+def group_nesting_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-008: one agent creates a group, adds a principal to it and grants it privilege, the steps on
+    different partitions (the by-agent facts carry ``create_group``, :data:`pipeline.facts.FACT_ACTIONS`)."""
+    return _from_per_run(escalation.group_nesting, c.XRN_GROUP_NESTING, ev, cx, by_agent=True)
 
 
 def _live_edges(into: Sequence[TransitionDict], before_ms: int) -> list[TransitionDict]:
@@ -326,12 +335,13 @@ def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFindin
 CrossRunRule = Callable[[TransitionDict, CrossRunContext], list[CrossRunFinding]]
 BY_TARGET_RULES: tuple[CrossRunRule, ...] = (
     duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings, grant_to_leaver)
-BY_AGENT_RULES: tuple[CrossRunRule, ...] = (delegation_laundering, grant_rate_across_partitions)
+BY_AGENT_RULES: tuple[CrossRunRule, ...] = (delegation_laundering, grant_rate_across_partitions,
+                                             group_nesting_across_runs)
 # The rules whose chains page (an escalation pattern). The correlator also runs these on each fact as it
 # arrives, over the facts arrived so far, so the page does not wait for the grace; every rule's finding
 # is published at the watermark (docs/guarantees.md, "Early pages").
 PAGING_BY_TARGET: tuple[CrossRunRule, ...] = (tier_stepping_across_runs, transient_across_runs)
-PAGING_BY_AGENT: tuple[CrossRunRule, ...] = (delegation_laundering,)
+PAGING_BY_AGENT: tuple[CrossRunRule, ...] = (delegation_laundering, group_nesting_across_runs)
 
 
 def correlate(ev: TransitionDict, cx: CrossRunContext, rules: Iterable[CrossRunRule]) -> list[CrossRunFinding]:

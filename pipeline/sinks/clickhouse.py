@@ -101,6 +101,27 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
+SCORER_FINDINGS = "finding_idx < 1000"
+"""Rows of ``findings`` that a scorer raised: migration 006 copies each cross-run finding in with
+``finding_idx`` 1000 and above. Readers that show ``cross_run_findings`` in their own right (trail, export,
+recertification evidence, the demo) add this condition so a cross-run finding is not shown twice."""
+
+BACKFILL = {
+    # 004: ids of the events stored before first-copy-wins.
+    4: "INSERT INTO {db}.event_ids SELECT event_id, run_id, occurred_at, source_partition, source_offset, "
+       "event_hash FROM {db}.transitions",
+    # 006: cross-run findings stored before they reached the review queue.
+    6: "INSERT INTO {db}.findings (event_id, finding_idx, run_id, agent_id, target_id, action, occurred_at, "
+       "scored_at, code, severity, category, message, evidence_fields, refs, related_event_ids, "
+       "governance_policy_version) SELECT event_id, toUInt16(1000 + cityHash64(finding_id) % 60000), run_id, "
+       "agent_id, '', '', occurred_at, detected_at, code, severity, category, message, [], refs, "
+       "related_event_ids, governance_policy_version FROM {db}.cross_run_findings FINAL",
+}
+"""What a migration's new materialized views would have written for rows stored before it, applied once
+on a store that already had data (single node; on a cluster the back-fill is an operator's step,
+docs/clickhouse.md)."""
+
+
 def split_statements(sql: str) -> list[str]:
     body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
     return [s.strip() for s in body.split(";") if s.strip()]
@@ -262,10 +283,8 @@ class ClickHouseSink:
                 continue
             for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
-            if version == 4 and not self.cluster and done:  # ids of events stored before it (see 004)
-                self.client.command(
-                    f"INSERT INTO {db}.event_ids SELECT event_id, run_id, occurred_at, source_partition, "
-                    f"source_offset, event_hash FROM {db}.transitions")
+            if version in BACKFILL and not self.cluster and done:  # rows stored before the version's views
+                self.client.command(BACKFILL[version].format(db=db))
             self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(version)
             log.info("migration applied", extra={"kv": {"version": version, "name": name}})

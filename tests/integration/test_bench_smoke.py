@@ -36,10 +36,13 @@ def test_bench_smoke_emits_well_formed_json(tmp_path: Path) -> None:
     corr = doc["correlation"]  # with and without the correlator; cross-run chains page before the grace
     for name in ("with_correlator", "without_correlator"):
         assert corr[name]["throughput"]["events"] == doc["events"], name
-        assert corr[name]["stored"] == doc["events"] + corr[name]["latency"]["events"], name
-    assert corr["with_correlator"]["paged"] == corr["with_correlator"]["chains"] > 0
-    assert corr["with_correlator"]["to_page"]["n"] == corr["with_correlator"]["chains"]
-    assert corr["without_correlator"]["paged"] is None
+        # at least: a batch aborted under load is replayed, and Tansu shows aborted records to the writer
+        # (docs/guarantees.md); exactly-once storage is the chaos tests' verdict, not a benchmark's
+        assert corr[name]["stored"] >= doc["events"] + corr[name]["latency"]["events"], name
+    for name, by in (("with_correlator", "correlator"), ("without_correlator", "scorer")):
+        assert corr[name]["paged"] == corr[name]["chains"] > 0, name  # split over runs vs inside one run
+        assert corr[name]["to_page"]["n"] == corr[name]["chains"] and corr[name]["paged_by"] == by
+    assert "to_page_p50_ms_added" in corr
     assert corr["throughput_with_over_without"] > 0
     review = doc["review_queue"]  # the queue's first page by agent, over the smoke's stored findings
     assert review["first_page_ms_max"] > 0 and review["target_ms"] == 500

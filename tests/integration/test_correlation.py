@@ -25,6 +25,7 @@ from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.facts import partition_for
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
+from pipeline.review.store import QueueFilter, ReviewStore
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import wait_for
@@ -218,8 +219,27 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
                                       "resource.resource_id": "sf-profile", "resource.entitlement": "sales-standard"}))
         assert len(set(world.partitions(ids))) == 2
 
-    found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006", "AG-XRN-007"}
-                          <= {x["code"] for x in f} and len(of(f, "AG-XRN-003", keys["deleg3"])) == 1
+    # 7. group nesting over three runs by one agent: create a group, add the agent's principal, grant the
+    #    group tier 3; look-alike: a human approved the grant
+    for name, last in (("nest", {}), ("nest-ok", {"decision.authority": "human", "decision.approved_by": "ciso"})):
+        agent = keys[name] = f"agent-{name}-{TAG}"
+        group, owner = f"grp-{name}-{TAG}", f"h-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 3)
+        who = {"agent.agent_id": agent, "agent.on_behalf_of": owner}
+        ids = world.publish(draft(run_id=r[0], step=1, occurred_at=at(minutes=20), action="create_group",
+                                  **{**who, "target.identity_id": group, "target.identity_type": "service",
+                                     "resource.resource_id": group, "resource.privilege_tier": 0}),
+                            draft(run_id=r[1], step=1, occurred_at=at(minutes=10), action="add_group_member",
+                                  **{**who, "target.identity_id": owner, "resource.resource_id": group}))
+        ids += world.publish(draft(run_id=r[2], step=1, occurred_at=at(seconds=1), action="assign_role",
+                                   **{**who, "target.identity_id": group, "target.identity_type": "service",
+                                      "resource.resource_id": "role/GlobalAdmin", "resource.privilege_tier": 3,
+                                      **last}))
+        assert len(set(world.partitions(ids))) == 3
+
+    found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006", "AG-XRN-007",
+                                            "AG-XRN-008"} <= {x["code"] for x in f}
+                          and len(of(f, "AG-XRN-003", keys["deleg3"])) == 1
                           and len(of(f, "AG-XRN-003", keys["deleg2"])) == 1)
     step = of(found, "AG-XRN-001", keys["step"])
     assert len(step) == 1 and len(step[0]["related_run_ids"]) == 3 and len(set(step[0]["related_partitions"])) == 3
@@ -236,8 +256,10 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     assert len(dup) == 1 and len(set(dup[0]["related_partitions"])) == 2
     left = of(found, "AG-XRN-007", keys["left"])
     assert len(left) == 1 and "90.0 days earlier" in left[0]["message"]
+    nest = of(found, "AG-XRN-008", keys["nest"])
+    assert len(nest) == 1 and len(nest[0]["related_run_ids"]) == 3 and nest[0]["pattern"] == "group_nesting"
     # benign look-alikes: nothing, on any code
-    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok", "left-ok"):
+    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok", "left-ok", "nest-ok"):
         assert [f for f in found if f["entity_key"] == keys[name]] == [], name
     # stored once each (deterministic ids; FINAL and raw agree)
     assert world.pipe.sink is not None
@@ -252,6 +274,14 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     docs = list(export(world.pipe.sink, since=datetime.now(UTC) - timedelta(days=40),
                        until=datetime.now(UTC) + timedelta(days=1), run_id=step[0]["run_id"]))
     assert any(f["code"] == "AG-XRN-001" for d in docs for f in d["findings"])
+    # the review queue lists the chain as a finding of its completing event, and its page names every run
+    review = ReviewStore(world.pipe.sink)
+    queued, _ = review.queue(QueueFilter(agent=step[0]["agent_id"], code=["AG-XRN-001"]), int(time.time() * 1000),
+                             limit=500)
+    assert [r["event_id"] for r in queued if r["event_id"] == step[0]["event_id"]] == [step[0]["event_id"]]
+    page = review.finding(step[0]["event_id"], "AG-XRN-001")
+    assert page is not None
+    assert {run for run, _ in review.trails(page)} == set(step[0]["related_run_ids"])
     # the page: one chain series on the correlator that found it
     series = [k for port in world.ports for k, v in scrape(port).items()
               if k[0] == "agentgov_escalation_chain_detected" and v > 0]

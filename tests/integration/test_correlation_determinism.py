@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.broker import EmbeddedBroker
 from pipeline.correlator import Correlator
 from pipeline.events import TransitionDict
-from pipeline.facts import FINDING, FactEmitter, is_access_change, partition_for
+from pipeline.facts import FACT_ACTIONS, FINDING, FactEmitter, partition_for
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import SchemaSet
@@ -64,12 +64,12 @@ def make_settings(broker: EmbeddedBroker, chdb: Path, facts_tag: str, parts: int
 
 
 def access_events(settings: Settings) -> list[TransitionDict]:
-    """The workload's access-changing events, completed by the SDK (event ids, hashes, event times)."""
+    """The workload's events the scorers emit facts for, completed by the SDK (event ids, hashes, event times)."""
     pub = TransitionPublisher(settings)
     out = []
     for op in Workload(seed=5, planted=False, bad_inputs=False, cross_run=True).ops(EVENTS):
         record = pub.complete(op.payload)
-        if is_access_change(record):
+        if record["action"] in FACT_ACTIONS:
             out.append(record)
     return out
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from pipeline.broker import EmbeddedBroker
+from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.schemas import ASSESSMENT, SchemaSet
@@ -42,7 +42,8 @@ from pipeline.settings import ENV_PREFIX, Settings
 from pipeline.topics import ensure_topics
 from pipeline.workload import BAD_INPUTS, PLANTED, Workload
 
-pytestmark = pytest.mark.integration
+# The module fixture scores the topic three times; a stalled run fails with the scorers' logs well before this.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 EVENTS = int(os.environ.get("SCALE_OUT_EVENTS", "200000"))
 KILL_EVENTS = 6_000
@@ -142,6 +143,16 @@ def owned(log: Path) -> set[int]:
     return now
 
 
+def diagnose(settings: Settings, procs: list[subprocess.Popen[bytes]]) -> str:
+    """Exit codes and the tail of every scorer's log: what a failed run tells the reader."""
+    out = []
+    for i, p in enumerate(procs):
+        log = settings.state_dir / f"scorer-{i}.log"
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        out.append(f"scorer-{i} exit={p.poll()}:\n  " + "\n  ".join(tail))
+    return "\n".join(out)
+
+
 # -- reading assessments ----------------------------------------------------------------------------
 class Reader:
     """Follows an assessments topic (read_committed) and keeps every message.
@@ -155,12 +166,20 @@ class Reader:
         self.values: list[bytes] = []
         self.first_ms = self.last_ms = 0
 
-    def until(self, count: int, timeout: float, want: set[str] | None = None) -> bool:
-        """Read until ``count`` messages (or every key in ``want``) arrived; False on timeout."""
+    def until(self, count: int, timeout: float, want: set[str] | None = None,
+              procs: list[subprocess.Popen[bytes]] | None = None, stall: float = 120) -> bool:
+        """Read until ``count`` messages (or every key in ``want``) arrived; False on timeout, or when a
+        scorer in ``procs`` exited or nothing arrived for ``stall`` seconds (the caller says why)."""
         deadline = time.monotonic() + timeout
+        progress = time.monotonic()
         keys: set[str] = set()
         while time.monotonic() < deadline:
+            if procs and any(p.poll() is not None for p in procs):
+                return False
+            if time.monotonic() - progress > stall:
+                return False
             for m in self.consumer.consume(5000, 0.2):
+                progress = time.monotonic()
                 if m.error():
                     continue
                 ts = m.timestamp()[1]
@@ -243,13 +262,24 @@ def score(broker: EmbeddedBroker, root: Path, topic: str, expected: int, scorers
     reader = Reader(settings)
     procs = [spawn(settings, i, settings.state_dir) for i in range(scorers)]
     try:
-        assert reader.until(expected, timeout), f"{scorers} scorers: {len(reader.values)}/{expected} in {timeout}s"
+        if not reader.until(expected, timeout, procs=procs):
+            pytest.fail(f"{scorers} scorers: {len(reader.values)}/{expected} assessments read\n"
+                        + diagnose(settings, procs))
     finally:
         stop(procs)
         reader.close()
     outcomes, copies, flagged = decode(reader.values)
     parts = [partitions_seen(settings.state_dir / f"scorer-{i}.log") for i in range(scorers)]
     return Run(scorers, outcomes, copies, flagged, (reader.last_ms - reader.first_ms) / 1000, parts)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A broker of this module's own: the throughput runs must not share Tansu's in-memory log with the
+    hundreds of topics the rest of the suite leaves on the session broker (a CI run stalled there)."""
+    log = tmp_path_factory.mktemp("tansu-scale") / "tansu.log"
+    with EmbeddedBroker(free_port(), log) as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +380,8 @@ def killed(broker: EmbeddedBroker, workdir: Path) -> Killed:
     procs = [spawn(settings, i, settings.state_dir) for i in range(2)]
     try:
         produce(settings, settings.topic_transitions, encoded.messages[:cut])
-        assert reader.until(0, 120, want={chain_events[1]}), "step 2 of the chain was never scored"
+        assert reader.until(0, 120, want={chain_events[1]}, procs=procs), \
+            "step 2 of the chain was never scored\n" + diagnose(settings, procs)
         assessed = Serde(SchemaSet.load(), record=ASSESSMENT)
         src = next(rec["source_partition"] for rec in (assessed.decode(v).record for v in reader.values)
                    if rec["event_id"] == chain_events[1])
@@ -359,7 +390,8 @@ def killed(broker: EmbeddedBroker, workdir: Path) -> Killed:
         procs[slot].wait(10)
         procs[slot] = spawn(settings, slot, settings.state_dir)  # what the supervisor / restart policy does
         produce(settings, settings.topic_transitions, encoded.messages[cut:])
-        assert reader.until(valid_count(encoded), 300), f"{len(reader.values)}/{valid_count(encoded)} after kill"
+        assert reader.until(valid_count(encoded), 300, procs=procs), \
+            f"{len(reader.values)}/{valid_count(encoded)} after kill\n" + diagnose(settings, procs)
     finally:
         stop(procs)
         reader.close()

@@ -69,6 +69,16 @@ def test_exception_expiry_is_required_future_and_capped() -> None:
         _exception(actor=AUDITOR)
 
 
+@pytest.mark.parametrize(("code", "message"), [
+    ("AG-NOPE-001", "unknown finding code"),
+    ("AG-XRN-001", "cannot be excepted"),  # the correlator does not apply exceptions: refused, not ignored
+])
+def test_exception_scope_must_name_a_code_an_exception_can_cover(code: str, message: str) -> None:
+    with pytest.raises(ReviewError, match=message):
+        new_exception(RITA, NOW, code=code, agent_id="agent-x", justification="j", expires_at_ms=NOW + DAY_MS,
+                      max_days=90)
+
+
 def test_four_eyes_and_lifecycle() -> None:
     requested = _exception()
     with pytest.raises(Forbidden, match="four-eyes"):

@@ -177,6 +177,40 @@ def _burst(partitions: int, n: int = 40) -> list[TransitionDict]:
             for i in range(n)]
 
 
+def nesting(parts: tuple[int, int, int], grant: dict[str, Any] | None = None, agent: str = "agent-rogue",
+            creator: str | None = None) -> list[TransitionDict]:
+    """Group nesting in three runs: create a group, add the agent's principal, grant the group tier 3."""
+    steps: list[dict[str, Any]] = [
+        {"action": "create_group", "target.identity_id": "grp-tmp", "target.identity_type": "service",
+         "resource.resource_id": "grp-tmp", "resource.privilege_tier": 0},
+        {"action": "add_group_member", "target.identity_id": "h-principal", "target.identity_type": "human",
+         "resource.resource_id": "grp-tmp"},
+        {"action": "assign_role", "target.identity_id": "grp-tmp", "target.identity_type": "service",
+         "resource.resource_id": "role/GlobalAdmin", "resource.privilege_tier": 3, **(grant or {})},
+    ]
+    return [fact(p, **{**s, "run_id": f"r-nest-{i}", "occurred_at": T0 + i * 5 * MIN, "step": 1,
+                       "agent.agent_id": creator if (creator and i == 0) else agent,
+                       "agent.on_behalf_of": "h-principal"})
+            for i, (p, s) in enumerate(zip(parts, steps, strict=True))]
+
+
+def test_group_nesting_over_three_runs_by_one_agent() -> None:
+    found = run_key(nesting((0, 2, 4)), "agent-rogue", by_target=False)
+    assert [f.spec.code for f in found] == ["AG-XRN-008"]
+    f = found[0]
+    assert f.pattern == "group_nesting" and f.run_ids == ("r-nest-0", "r-nest-1", "r-nest-2")
+    assert f.partitions == (0, 2, 4) and f.event["action"] == "assign_role"
+
+
+@pytest.mark.parametrize("case", ["same_partition", "human_final_step", "someone_else_created_it"])
+def test_group_nesting_across_runs_benign_look_alikes(case: str) -> None:
+    facts = nesting((3, 3, 3) if case == "same_partition" else (0, 2, 4),  # one partition: the scorer's AG-ESC-001
+                    grant=HUMAN if case == "human_final_step" else None,
+                    creator="agent-other" if case == "someone_else_created_it" else None)
+    mine = [f for f in facts if f["agent"]["agent_id"] == "agent-rogue"]  # the agent's key sees its own facts
+    assert run_key(mine, "agent-rogue", by_target=False) == []
+
+
 def test_grant_rate_burst_over_six_partitions_is_reported_once() -> None:
     found = run_key(_burst(6), "agent-burst", by_target=False, baseline=BASELINE)
     assert [f.spec.code for f in found] == ["AG-XRN-004"]
