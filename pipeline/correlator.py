@@ -44,7 +44,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -260,8 +260,12 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, PAGING_BY_TARGET)
         if not granted_access(ev):
             return []
-        history = state.arrived_before(key, ev, self.policy.policy.escalation.window_seconds * 1000)
-        cx = CrossRunContext(self.policy, key, history=history, delegations=self.graph.into,
+        window = self.policy.policy.escalation.window_seconds * 1000
+        # An agent's history is only for group nesting, which needs a create_group in it: skip the scan
+        # (linear in a busy agent's facts) when there is none.
+        agent_history: Sequence[TransitionDict] = (
+            state.arrived_before(key, ev, window) if state.created_before(key, ev, window) else ())
+        cx = CrossRunContext(self.policy, key, history=agent_history, delegations=self.graph.into,
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, PAGING_BY_AGENT)
 
@@ -276,8 +280,11 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, policy.escalation.window_seconds * 1000),
-                             delegations=self.graph.into, baseline=self.baselines(key),
+        window = policy.escalation.window_seconds * 1000
+        agent_history: Sequence[TransitionDict] = (
+            state.before(key, ev, window) if state.created_before(key, ev, window) else ())
+        cx = CrossRunContext(self.policy, key, history=agent_history, delegations=self.graph.into,
+                             baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, BY_AGENT_RULES)

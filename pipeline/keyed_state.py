@@ -92,6 +92,9 @@ class KeyedState:
     arrived: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
     """Per key, every fact arrived so far (judged or pending), event-time order: what early pages read."""
     paged: dict[str, None] = field(default_factory=dict)
+    creates: dict[str, list[Order]] = field(default_factory=dict)
+    """Per key, when each ``create_group`` fact happened: group nesting (AG-XRN-008) needs one before it can
+    find anything, so a key without one in the window is judged without scanning its history."""
     released: Order = (0, "", 0, 0)
     max_seen_ms: int = 0
     arrived_at: float = 0.0
@@ -108,8 +111,18 @@ class KeyedState:
         self.seen.add(mark)
         heapq.heappush(self.pending, (order(ev), ev))
         bisect.insort(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev), key=_first)
+        if ev["action"] == "create_group":
+            bisect.insort(self.creates.setdefault(self.key_of(ev), []), order(ev))
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
+
+    def created_before(self, key: str, ev: TransitionDict, window_ms: int) -> bool:
+        """Whether a ``create_group`` fact of the key (arrived so far) lies in ``[ev - window_ms, ev)``."""
+        made = self.creates.get(key)
+        if not made:
+            return False
+        i = bisect.bisect_left(made, (ev["occurred_at"] - window_ms,))
+        return i < len(made) and made[i] < order(ev)
 
     def watermark(self, now_ms: int, grace_ms: int, quiet: bool) -> int:
         """Event time up to which facts are judged: ``grace_ms`` before the latest event time seen while the
@@ -218,6 +231,9 @@ class KeyedState:
             grants = self.grants.get(key)
             if grants:
                 del grants[:bisect.bisect_left(grants, lo, key=_time)]
+            made = self.creates.get(key)
+            if made:
+                del made[:bisect.bisect_left(made, lo)]
 
     def hold(self, ev: TransitionDict) -> None:
         fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],

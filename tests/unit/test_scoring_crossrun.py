@@ -406,3 +406,20 @@ def test_a_backlog_is_judged_in_event_time_order_while_its_partition_is_busy(qui
     assert late == (40 if quiet else 0)
     assert state.watermark(now_ms, grace_ms, quiet=False) == ahead[-1]["occurred_at"] - grace_ms
     assert state.watermark(now_ms, grace_ms, quiet=True) == now_ms - grace_ms  # a quiet partition still closes
+
+
+def test_created_before_tells_when_an_agent_history_can_hold_a_group_nesting_chain() -> None:
+    """KeyedState.created_before: the correlator hands group nesting an agent's history only when a
+    create_group of the agent lies in the window before the fact (else the scan finds nothing anyway)."""
+    from pipeline.keyed_state import KeyedState
+
+    state = KeyedState(by_target=False)
+    grant = fact(0, **{"action": "assign_role", "occurred_at": T0 + 10 * MIN})
+    state.add(grant)
+    assert not state.created_before(grant["agent"]["agent_id"], grant, 3_600_000)
+    made = fact(1, **{"action": "create_group", "occurred_at": T0 + 5 * MIN})
+    state.add(made)
+    key = made["agent"]["agent_id"]
+    assert state.created_before(key, grant, 3_600_000)
+    assert not state.created_before(key, grant, 4 * MIN)  # outside the window
+    assert not state.created_before(key, made, 3_600_000)  # not before itself
