@@ -92,9 +92,10 @@ class KeyedState:
     arrived: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
     """Per key, every fact arrived so far (judged or pending), event-time order: what early pages read."""
     paged: dict[str, None] = field(default_factory=dict)
-    creates: dict[str, list[Order]] = field(default_factory=dict)
-    """Per key, when each ``create_group`` fact happened: group nesting (AG-XRN-008) needs one before it can
-    find anything, so a key without one in the window is judged without scanning its history."""
+    creates: dict[str, list[tuple[Order, tuple[str, str]]]] = field(default_factory=dict)
+    """Per key, each ``create_group`` fact's time and the group it made (target and resource id): group
+    nesting (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact
+    without one is judged without scanning the key's history."""
     released: Order = (0, "", 0, 0)
     max_seen_ms: int = 0
     arrived_at: float = 0.0
@@ -112,17 +113,23 @@ class KeyedState:
         heapq.heappush(self.pending, (order(ev), ev))
         bisect.insort(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev), key=_first)
         if ev["action"] == "create_group":
-            bisect.insort(self.creates.setdefault(self.key_of(ev), []), order(ev))
+            made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
+            bisect.insort(self.creates.setdefault(self.key_of(ev), []), (order(ev), made), key=_first)
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
 
     def created_before(self, key: str, ev: TransitionDict, window_ms: int) -> bool:
-        """Whether a ``create_group`` fact of the key (arrived so far) lies in ``[ev - window_ms, ev)``."""
+        """Whether a ``create_group`` fact of the key (arrived so far) in ``[ev - window_ms, ev)`` made a
+        group ``ev`` may act on: the group it adds a member to, or its target."""
         made = self.creates.get(key)
         if not made:
             return False
-        i = bisect.bisect_left(made, (ev["occurred_at"] - window_ms,))
-        return i < len(made) and made[i] < order(ev)
+        groups = {ev["target"]["identity_id"]}
+        if ev["action"] == "add_group_member":
+            groups.add(ev["resource"]["resource_id"])
+        start = bisect.bisect_left(made, (ev["occurred_at"] - window_ms,), key=_time)
+        end = bisect.bisect_left(made, order(ev), key=_first)
+        return any(groups.intersection(ids) for _, ids in made[start:end])
 
     def watermark(self, now_ms: int, grace_ms: int, quiet: bool) -> int:
         """Event time up to which facts are judged: ``grace_ms`` before the latest event time seen while the
@@ -233,7 +240,7 @@ class KeyedState:
                 del grants[:bisect.bisect_left(grants, lo, key=_time)]
             made = self.creates.get(key)
             if made:
-                del made[:bisect.bisect_left(made, lo)]
+                del made[:bisect.bisect_left(made, lo, key=_time)]
 
     def hold(self, ev: TransitionDict) -> None:
         fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],

@@ -417,9 +417,12 @@ def test_created_before_tells_when_an_agent_history_can_hold_a_group_nesting_cha
     grant = fact(0, **{"action": "assign_role", "occurred_at": T0 + 10 * MIN})
     state.add(grant)
     assert not state.created_before(grant["agent"]["agent_id"], grant, 3_600_000)
-    made = fact(1, **{"action": "create_group", "occurred_at": T0 + 5 * MIN})
+    made = fact(1, **{"action": "create_group", "occurred_at": T0 + 5 * MIN,
+                      "target.identity_id": grant["target"]["identity_id"]})
     state.add(made)
     key = made["agent"]["agent_id"]
     assert state.created_before(key, grant, 3_600_000)
+    other = fact(2, **{"action": "assign_role", "occurred_at": T0 + 10 * MIN, "target.identity_id": "u-else"})
+    assert not state.created_before(key, other, 3_600_000)  # a group it does not touch
     assert not state.created_before(key, grant, 4 * MIN)  # outside the window
     assert not state.created_before(key, made, 3_600_000)  # not before itself
