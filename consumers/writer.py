@@ -6,20 +6,15 @@ committing offsets only after each insert. With chdb, run exactly one (chdb is s
 
 from __future__ import annotations
 
-import gc
 import logging
-import signal
 import sys
-import threading
 
+from consumers._main import fatal, freeze_start_up, start, stop_on_signals
 from pipeline import correlations
 from pipeline.baselines import attach
 from pipeline.decision_log import attach as attach_decision_log
 from pipeline.errors import AgentgovError
-from pipeline.logs import configure_logging
-from pipeline.metrics import Metrics, serve
 from pipeline.scoring.policy import load_policy
-from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.writer import Writer
 
@@ -27,16 +22,9 @@ log = logging.getLogger("consumers.writer")
 
 
 def main() -> int:
-    # Handlers first: a SIGTERM that lands during start-up (joining, replaying context) still ends in
-    # a clean stop with exit code 0.
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()  # first: a SIGTERM during start-up still ends in a clean stop (exit 0)
     try:
-        settings = Settings.load()
-        configure_logging(settings.log_level, settings.log_format)
-        metrics = Metrics()
-        serve(metrics, settings.metrics_port, settings.metrics_addr)
+        settings, metrics = start()
         sink = ClickHouseSink.connect(settings)
         if settings.clickhouse_migrate_on_start:
             sink.migrate()
@@ -45,10 +33,8 @@ def main() -> int:
         correlations.attach(writer, settings, sink)  # the correlators' findings -> cross_run_findings
         decision_log = attach_decision_log(writer, settings, sink)
     except AgentgovError as exc:
-        print(f"agentgov writer: {exc}", file=sys.stderr)
-        return 2
-    gc.freeze()  # start-up objects are long-lived: keep them out of every collection
-    gc.set_threshold(50_000, 20, 10)  # fewer gen-0 collections on the per-message hot path
+        return fatal("writer", exc)  # exit 2
+    freeze_start_up()
     writer.run(stop)
     decision_log.close()
     log.info("writer stopped", extra={"kv": {"stored": writer.stored}})

@@ -8,8 +8,12 @@
   baselines; writes dead letters for rows the store refuses.
 - ``review``: the review app writes decisions, exceptions and remediation requests, and reads them back.
 - ``reader``: reads every topic (consumer groups ``reader-*``), writes nothing.
+- ``registry`` (compose only): the schema registry's own store, topic ``_schemas`` and group ``schema-registry``.
 
-Used by the Kafka test tier (``tests/integration/test_acls.py``) and mirrored by compose's ``kafka-acls``
+:func:`create_users` sets each principal's SCRAM-SHA-512 credential; ``python -m consumers.kafka_access``
+(compose's one-shot ``kafka-access`` service) runs both before the pipeline starts.
+
+Used by the Kafka test tier (``tests/integration/test_acls.py``) and by compose's ``kafka-access``
 service. Example::
 
     apply_acls(AdminClient(admin_conf), settings, {"agent": "agent-1", "scorer": "scorer", ...})
@@ -29,14 +33,18 @@ from confluent_kafka.admin import (
     AdminClient,
     ResourcePatternType,
     ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
 )
 
-from .errors import BrokerError
+from .errors import BrokerError, ConfigError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 ROLES = ("agent", "scorer", "correlator", "store", "review", "reader")
+REGISTRY_TOPIC = "_schemas"
 READ, WRITE = AclOperation.READ, AclOperation.WRITE
 
 
@@ -88,7 +96,35 @@ def bindings(settings: Settings, principals: Mapping[str, str]) -> list[AclBindi
         p = principals["reader"]
         out += [_topic(p, t, READ) for t in everything]
         out.append(_prefixed(p, group, "reader-", READ))
+    if "registry" in principals:
+        p, every = principals["registry"], AclOperation.ALL
+        out += [_topic(p, REGISTRY_TOPIC, every), AclBinding(group, "schema-registry", ResourcePatternType.LITERAL,
+                                                             f"User:{p}", "*", every, AclPermissionType.ALLOW)]
     return out
+
+
+def passwords_from_env(env: Mapping[str, str], roles: tuple[str, ...] = (*ROLES, "registry")) -> dict[str, str]:
+    """role -> SCRAM password from ``SCRAM_PASSWORD_<ROLE>`` (compose's names; not AGENTGOV_*, which the
+    settings would reject). Every role in ``ROLES`` must have one; ``registry`` is optional."""
+    out = {role: env[f"SCRAM_PASSWORD_{role.upper()}"] for role in roles if env.get(f"SCRAM_PASSWORD_{role.upper()}")}
+    missing = [f"SCRAM_PASSWORD_{r.upper()}" for r in ROLES if r not in out]
+    if missing:
+        raise ConfigError(f"missing SCRAM passwords: {', '.join(missing)}", missing=missing)
+    return out
+
+
+def create_users(admin: AdminClient, passwords: Mapping[str, str], timeout: float = 30.0,
+                 iterations: int = 8192) -> None:
+    """Create or reset the SCRAM-SHA-512 credential of each user (idempotent). Passwords never reach a log."""
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, iterations)
+    upserts = [UserScramCredentialUpsertion(user, info, password.encode()) for user, password in passwords.items()]
+    for user, future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).items():
+        try:
+            future.result()
+        except Exception as exc:  # KafkaException: not authorized, or the controller is not ready
+            raise BrokerError(f"could not set the SCRAM credential of {user}: {type(exc).__name__}",
+                              user=user) from None
+    log.info("scram users set", extra={"kv": {"users": ",".join(sorted(passwords))}})
 
 
 def apply_acls(admin: AdminClient, settings: Settings, principals: Mapping[str, str], timeout: float = 30.0) -> int:

@@ -41,6 +41,11 @@ HANG_GRACE_SECONDS = 15.0
 class Checkpoint:
     """One transactional producer bound to one consumer's positions."""
 
+    # Set when the broker refused a record for its own sake (e.g. MESSAGE_TOO_LARGE): librdkafka's
+    # idempotent sequence is then broken ("skipped sequence numbers" on every later transaction, seen on
+    # Apache Kafka), so the producer is replaced after the abort instead of reused.
+    replace_after_abort = False
+
     def __init__(self, settings: Settings, consumer: Consumer, transactional_id: str, **producer_extra: Any) -> None:
         self.consumer = consumer
         self._conf = settings.kafka_config(**{
@@ -110,6 +115,15 @@ class Checkpoint:
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.producer))
             self._hung = False
             self.new_producer(flush_old=False)
+            return
+        # Serve the failed transaction's delivery reports first: a role's on_delivery learns there which
+        # records the broker refused (it may set replace_after_abort).
+        with contextlib.suppress(Exception):
+            self.producer.poll(0)
+        if self.replace_after_abort:
+            self.replace_after_abort = False
+            self.abort()
+            self.new_producer()
         elif not self.abort():
             self.new_producer()
 

@@ -328,12 +328,7 @@ def rules(fmt: str) -> None:
     """Print the rule catalogue: code, severity, meaning, evidence fields, OWASP/NIST refs."""
     from .scoring import catalogue
 
-    render = getattr(catalogue, "render_catalogue", None)
-    if render is None:
-        for spec in catalogue.CATALOGUE.values():
-            click.echo(f"{spec.code}  {spec.severity.value:<8} {spec.title}")
-        return
-    click.echo(render(fmt))
+    click.echo(catalogue.render_catalogue(fmt))
 
 
 @main.group()

@@ -18,14 +18,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
 from .assessment import AssessmentEncoder
-from .deadletters import dead_letter, dlq_headers, header
-from .errors import DeadLetter
+from .deadletters import dead_letter, dlq_headers
+from .errors import DeadLetter, RegistryUnavailable
 from .events import GRANTS, TransitionDict, check_values
 from .facts import FACT, FactEmitter, check_fact_topics
 from .limits import Limits
@@ -55,6 +56,14 @@ RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG
                            KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
+REPLAY_MAX_EVENTS = 200_000  # messages a context rebuild replays at most (recovery.replay)
+
+# What the broker refused of an input's outputs (Scorer._refused).
+SUSPECT = 1       # refused in a request with other records: perhaps only a neighbour's fault
+REFUSED = 2       # refused alone: dead-letter the input (with its payload)
+DEAD_REFUSED = 3  # its dead letter was refused alone too: dead-letter it without payload
+
+
 class UnproducibleRecord(DeadLetter):
     """The scorer's output for this event (assessment or dead letter) was refused by the producer or broker."""
 
@@ -76,11 +85,14 @@ class Scorer(TransactionalLoop):
         exceptions: Callable[[], ExceptionIndex] | None = None,
         registry: Any = None,
     ) -> None:
-        # (partition, offset) of input records whose output the broker refused -> times refused.
-        self._poison: dict[tuple[int, int], int] = {}
+        # (partition, offset) of input records whose output the broker refused -> SUSPECT, REFUSED or
+        # DEAD_REFUSED (and why); kept until the batch holding the input commits.
+        self._refused: dict[tuple[int, int], int] = {}
+        self._refusals: dict[tuple[int, int], str] = {}
+        self._isolated: tuple[int, int] | None = None  # the input whose outputs are being produced alone
+        self._replay_gap = False  # a rebuild left an event out of the context (registry unreachable)
         super().__init__(settings, metrics, group=settings.scorer_group, topics=[settings.topic_transitions],
-                         consumer_extra={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304},
-                         producer_extra={"on_delivery": self._on_delivery})
+                         consumer_extra={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 4194304})
         self.policy = policy
         self.baselines: Baselines = baselines or (lambda agent_id: None)
         empty = ExceptionIndex()
@@ -131,19 +143,45 @@ class Scorer(TransactionalLoop):
     # -- context: rebuilt by replay -----------------------------------------------------------
     def rebuild(self, tp: TopicPartition) -> None:
         ctx = self.contexts[tp.partition] = self._new_context()
-        if tp.offset > 0:
-            replayed = replay(self.settings, tp, self.window_ms, self._decode_quiet, ctx.observe)
-            log.info("context rebuilt", extra={"kv": {"partition": tp.partition, "until": tp.offset,
-                                                      "events": replayed}})
+        if tp.offset <= 0:  # nothing committed: the partition is read from its start
+            ctx.complete_from_ms = 0
+            return
+        span: list[tuple[int, int]] = []  # (offset, log time) of the first and the last message replayed
+
+        def decode(msg: Message) -> TransitionDict | None:
+            seen = (msg.offset(), msg.timestamp()[1])
+            if span:
+                span[1:] = [seen]
+            else:
+                span.append(seen)
+            return self._decode_quiet(msg)
+
+        self._replay_gap = False
+        replayed = replay(self.settings, tp, self.window_ms, decode, ctx.observe, max_events=REPLAY_MAX_EVENTS)
+        # Read up to the committed offset, nothing left out: complete from the replay's start.
+        if span and span[-1][0] == tp.offset - 1 and not self._replay_gap:
+            (first, first_ms), (_, last_ms) = span[0], span[-1]
+            reached_window = self.window_ms > 0 and tp.offset - first < REPLAY_MAX_EVENTS
+            ctx.complete_from_ms = 0 if first == 0 else (last_ms - self.window_ms if reached_window else first_ms)
+        log.info("context rebuilt", extra={"kv": {"partition": tp.partition, "until": tp.offset,
+                                                  "events": replayed}})
 
     def forget(self, tp: TopicPartition) -> None:
         self.contexts.pop(tp.partition, None)
+        for source in [s for s in self._refused if s[0] == tp.partition]:  # its next owner learns them anew
+            self._refused.pop(source, None)
+            self._refusals.pop(source, None)
 
     def _decode_quiet(self, msg: Message) -> TransitionDict | None:
         try:
             decoded = self.serde.decode(msg.value())
             check_values(decoded.record, now_ms=decoded.record["occurred_at"], max_future_ms=0)
         except DeadLetter:
+            return None
+        except RegistryUnavailable:  # context only: the event itself is scored when the registry answers
+            self._replay_gap = True
+            log.warning("registry unreachable during replay; event left out of the context",
+                        extra={"kv": {"partition": msg.partition(), "offset": msg.offset()}})
             return None
         return decoded.record
 
@@ -157,19 +195,14 @@ class Scorer(TransactionalLoop):
 
     def account(self, tally: _BatchStats, msgs: list[Message]) -> None:
         self._count(tally)
-        if self._poison:  # committed: those inputs are dead-lettered for good
+        if self._refused:  # committed: those inputs are stored or dead-lettered for good
             for msg in msgs:
-                self._poison.pop((msg.partition(), msg.offset()), None)
+                self._refused.pop((msg.partition(), msg.offset()), None)
+                self._refusals.pop((msg.partition(), msg.offset()), None)
 
     def _score_batch(self, msgs: list[Message]) -> _BatchStats:
         stats = _BatchStats()
-        now_ms = int(time.time() * 1000)
-        limits = self.limits
-        produce = self.producer.produce
-        assessments = self.settings.topic_assessments
-        policy, keys, require = self.policy, self.signing_keys, self.settings.require_signatures
-        excepted = self.exceptions()  # one index per batch: every event of it sees the same versions
-        baselines, facts = self.baselines, self.facts
+        batch = _Batch(self, int(time.time() * 1000))
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -177,82 +210,121 @@ class Scorer(TransactionalLoop):
                     log.warning("consume error", extra={"kv": {"error": str(err)}})
                 continue
             stats.consumed += 1
-            strikes = self._poison.get((msg.partition(), msg.offset())) if self._poison else None
-            if strikes:  # its output was refused on an earlier try: dead-letter it, without payload if need be
-                refused = UnproducibleRecord("the broker refused this event's output record")
-                self._send_dead(msg, refused, refused.reason, stats, payload=strikes < 2)
-                continue
-            try:
-                decoded: Decoded = self.serde.decode(msg.value())
-                ev = decoded.record
-                check_values(ev, now_ms=now_ms, limits=limits)
-            except DeadLetter as exc:
-                self._send_dead(msg, exc, exc.reason, stats)
-                continue
-            pctx = self.contexts.get(msg.partition())
-            if pctx is None:  # assignment raced; build on the fly
-                pctx = self.contexts[msg.partition()] = self._new_context()
-            target_history = pctx.target_history(ev)
-            # Only a grant can complete a separation-of-duties pair: derive holdings just for those.
-            held = (entitlements_from_history(target_history)
-                    if ev["action"] in GRANTS and ev["decision"]["outcome"] == "granted" else frozenset())
-            ctx = ScoringContext(
-                policy=policy,
-                run_history=pctx.run_history(ev),
-                target_history=target_history,
-                target_entitlements=held,
-                agent_history=pctx.agent_history(ev),
-                baseline=baselines(ev["agent"]["agent_id"]),
-                seen_event_hashes=pctx.seen,
-                signing_keys=keys,
-                require_signatures=require,
-                key_agents=self.key_agents,
-            )
-            try:
-                scored = apply(score(ev, ctx), ev, excepted)
-                value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
-            except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
-                log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
-                self._send_dead(msg, exc, "internal", stats)
-                continue
-            try:
-                produce(assessments, value, key=ev["event_id"].encode(),
-                        headers=[("occurred_at", str(ev["occurred_at"]).encode()),
-                                 ("agentgov.source.partition", str(msg.partition()).encode()),
-                                 ("agentgov.source.offset", str(msg.offset()).encode())])
-            except KafkaException as exc:  # refused locally (e.g. MSG_SIZE_TOO_LARGE): this record only
-                stats.poison["oversized"] += 1
-                self._send_dead(msg, exc, "oversized", stats)
-                continue
-            if facts is not None:
-                facts.emit(produce, ev, msg.partition(), msg.offset())
-            pctx.observe(ev)
-            stats.add(ev, scored, now_ms)
+            refused = self._refused.get((msg.partition(), msg.offset())) if self._refused else None
+            if refused is None:
+                self._score_one(msg, batch, stats)
+            elif refused >= REFUSED:  # its own output was refused alone: dead-letter it, without payload if need be
+                exc = UnproducibleRecord(self._refusals.get((msg.partition(), msg.offset()),
+                                                            "the broker refused this event's output record"))
+                self._alone(msg, partial(self._send_dead, msg, exc, exc.reason, stats,
+                                         payload=refused < DEAD_REFUSED))
+                stats.poison["produce_failed"] += 1
+            else:  # refused with others in one request: produce its outputs alone to learn whose fault it was
+                self._alone(msg, partial(self._score_one, msg, batch, stats))
         return stats
+
+    def _alone(self, msg: Message, produce_outputs: Callable[[], None]) -> None:
+        """Produce one input's outputs in requests of their own (flushed before and after), so a refusal
+        names this input alone; a refusal aborts the batch at once."""
+        flush = self.producer.flush
+        if flush(30) or self.checkpoint.replace_after_abort:
+            raise KafkaException(KafkaError(KafkaError._FAIL, "an output record was refused"))
+        self._isolated = (msg.partition(), msg.offset())
+        try:
+            produce_outputs()
+            left = flush(30)
+        finally:
+            self._isolated = None
+        if left or self.checkpoint.replace_after_abort:
+            raise KafkaException(KafkaError(KafkaError._FAIL, "an output record was refused"))
+
+    def _score_one(self, msg: Message, batch: _Batch, stats: _BatchStats) -> None:
+        now_ms = batch.now_ms
+        try:
+            decoded: Decoded = self.serde.decode(msg.value())
+            ev = decoded.record
+            check_values(ev, now_ms=now_ms, limits=self.limits)
+        except DeadLetter as exc:
+            self._send_dead(msg, exc, exc.reason, stats)
+            return
+        pctx = self.contexts.get(msg.partition())
+        if pctx is None:  # assignment raced; build on the fly
+            pctx = self.contexts[msg.partition()] = self._new_context()
+        target_history = pctx.target_history(ev)
+        # Only a grant can complete a separation-of-duties pair: derive holdings just for those.
+        held = (entitlements_from_history(target_history)
+                if ev["action"] in GRANTS and ev["decision"]["outcome"] == "granted" else frozenset())
+        ctx = ScoringContext(
+            policy=batch.policy,
+            run_history=pctx.run_history(ev),
+            target_history=target_history,
+            target_entitlements=held,
+            agent_history=pctx.agent_history(ev),
+            baseline=self.baselines(ev["agent"]["agent_id"]),
+            seen_event_hashes=pctx.seen,
+            signing_keys=batch.keys,
+            require_signatures=batch.require,
+            key_agents=self.key_agents,
+            runs_complete=pctx.runs_complete(log_ms if (log_ms := msg.timestamp()[1]) > 0 else now_ms),
+        )
+        try:
+            scored = apply(score(ev, ctx), ev, batch.excepted)
+            value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
+        except RegistryUnavailable:  # registering the assessment schema: wait for the registry
+            raise
+        except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
+            log.exception("scoring failed", extra={"kv": {"event_id": ev.get("event_id")}})
+            self._send_dead(msg, exc, "internal", stats)
+            return
+        report = partial(self._on_delivery, (msg.partition(), msg.offset()))
+        try:
+            self.producer.produce(self.settings.topic_assessments, value, key=ev["event_id"].encode(),
+                                  on_delivery=report,
+                                  headers=[("occurred_at", str(ev["occurred_at"]).encode()),
+                                           ("agentgov.source.partition", str(msg.partition()).encode()),
+                                           ("agentgov.source.offset", str(msg.offset()).encode())])
+        except KafkaException as exc:  # refused locally (MSG_SIZE_TOO_LARGE): this record only
+            if exc.args[0].code() not in RECORD_ERRORS:
+                raise  # e.g. _STATE: the transaction already failed; abort it
+            stats.poison["oversized"] += 1
+            self._send_dead(msg, exc, "oversized", stats)
+            return
+        if self.facts is not None and not _copy_seen(ev, ctx):
+            self.facts.emit(partial(self.producer.produce, on_delivery=report), ev, msg.partition(), msg.offset())
+        pctx.observe(ev)
+        stats.add(ev, scored, now_ms)
 
     def _send_dead(self, msg: Message, exc: BaseException, reason: str, stats: _BatchStats, *,
                    payload: bool = True) -> None:
         """Dead-letter ``msg`` in the open transaction; the payload is cut to fit (see deadletters.py)."""
         value, key, headers = dead_letter(msg, exc, reason, self.limits, payload=payload)
+        report = partial(self._on_delivery, (msg.partition(), msg.offset()))
         try:
-            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers)
-        except KafkaException:  # even the cut payload is refused: the headers alone still say what happened
+            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers, on_delivery=report)
+        except KafkaException as err:  # even the cut payload is refused: the headers alone still say what happened
+            if err.args[0].code() not in RECORD_ERRORS:
+                raise
             value, key, headers = dead_letter(msg, exc, reason, self.limits, payload=False)
-            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers)
+            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers, on_delivery=report)
         stats.dead[reason] += 1
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        """Remember the input behind an output the broker refused for the record's own sake, so the
-        replay after the abort dead-letters that input instead of failing the same batch forever."""
+    def _on_delivery(self, source: tuple[int, int], err: KafkaError | None, msg: Message) -> None:
+        """Note the input behind an output the broker refused for the record's own sake. Kafka refuses a
+        whole produce request (every record of it gets the error), so a refusal among others only makes
+        the input a suspect; the replay produces a suspect's outputs alone, and a refusal then is its own."""
         if err is None or err.code() not in RECORD_ERRORS:
             return
-        partition = header(msg.headers(), "agentgov.source.partition")
-        offset = header(msg.headers(), "agentgov.source.offset")
-        if partition is None or offset is None:
+        self.checkpoint.replace_after_abort = True
+        if source != self._isolated:
+            self._refused.setdefault(source, SUSPECT)
             return
-        source = (int(partition), int(offset))
-        self._poison[source] = self._poison.get(source, 0) + 1
-        self.metrics.poison.labels(role=self.role, reason="produce_failed").inc()
+        level = DEAD_REFUSED if msg.topic() == self.settings.topic_dlq else REFUSED
+        self._refused[source] = max(self._refused.get(source, SUSPECT), level)
+        what = "dead letter" if level == DEAD_REFUSED else "output record"
+        why = (f"the broker refused this event's {what} ({len(msg.value() or b'')} bytes to {msg.topic()}): "
+               f"{err.str()} [{err.name()}]")
+        earlier = self._refusals.get(source)
+        self._refusals[source] = f"{earlier}; then {why}" if earlier else why
         log.error("output record refused; its input will be dead-lettered",
                   extra={"kv": {"topic": msg.topic(), "partition": source[0], "offset": source[1],
                                 "error": err.str()}})
@@ -285,6 +357,27 @@ class Scorer(TransactionalLoop):
 
 ESCALATION_CATEGORY = "escalation"
 ESCALATION_SERIES_TTL = 900.0  # seconds a detected chain stays on /metrics (the page's window)
+
+
+def _copy_seen(ev: TransitionDict, ctx: ScoringContext) -> bool:
+    """A later copy of an event_id this partition already scored (a replay, or a rewritten copy: AG-EVD-004
+    or AG-EVD-005). It is scored and kept apart by the writer, but emits no access facts: the correlator
+    must not count its grant as a new one. Copies on other partitions: the correlator's AG-XRN-006."""
+    event_id = ev["event_id"]
+    return event_id in ctx.seen_event_hashes or any(h["event_id"] == event_id for h in ctx.run_history)
+
+
+class _Batch:
+    """What every event of one batch sees the same: the clock, the policy, keys and exceptions."""
+
+    __slots__ = ("excepted", "keys", "now_ms", "policy", "require")
+
+    def __init__(self, scorer: Scorer, now_ms: int) -> None:
+        self.now_ms = now_ms
+        self.policy = scorer.policy
+        self.keys = scorer.signing_keys
+        self.require = scorer.settings.require_signatures
+        self.excepted = scorer.exceptions()  # one index per batch: every event of it sees the same versions
 
 
 class _BatchStats:

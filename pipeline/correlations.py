@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from .errors import DeadLetter
+from .errors import DeadLetter, RegistryUnavailable
 from .facts import FINDING
 from .metrics import Metrics
 from .schemas import SchemaSet
@@ -68,6 +68,11 @@ class CorrelationStore:
         for msg in self.pending:
             try:
                 r = self.serde.decode(msg.value()).record
+            except RegistryUnavailable as exc:  # kept pending: retried on the next tick, never skipped
+                log.error("schema registry unreachable; cross-run findings will be retried",
+                          extra={"kv": {"error": exc.message}})
+                self.metrics.registry_errors.labels(role="writer").inc()
+                return 0
             except DeadLetter as exc:
                 log.error("undecodable cross-run finding skipped", extra={"kv": {
                     "error": str(exc), "partition": msg.partition(), "offset": msg.offset()}})

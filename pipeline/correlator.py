@@ -44,7 +44,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -71,6 +71,7 @@ from .scoring.crossrun import (
     CrossRunContext,
     CrossRunFinding,
     correlate,
+    group_nesting_across_runs,
 )
 from .scoring.policy import LoadedPolicy
 from .scoring.rules import granted_access
@@ -81,6 +82,10 @@ log = logging.getLogger(__name__)
 
 Baselines = Callable[[str], AgentBaseline | None]
 ESCALATION_SERIES_TTL = 900.0
+# Group nesting (AG-XRN-008) scans an agent's whole window for the group's creation; without a matching
+# create_group in it (KeyedState.created_before) it finds nothing, and the scan is quadratic on a busy agent.
+AGENT_RULES_BUT_NESTING = tuple(r for r in BY_AGENT_RULES if r is not group_nesting_across_runs)
+PAGING_BUT_NESTING = tuple(r for r in PAGING_BY_AGENT if r is not group_nesting_across_runs)
 QUIET_SECONDS = 1.0  # a partition without a new fact this long is quiet: the wall clock moves its watermark
 
 
@@ -261,13 +266,10 @@ class Correlator(TransactionalLoop):
         if not granted_access(ev):
             return []
         window = self.policy.policy.escalation.window_seconds * 1000
-        # An agent's history is only for group nesting, which needs a create_group in it: skip the scan
-        # (linear in a busy agent's facts) when there is none.
-        agent_history: Sequence[TransitionDict] = (
-            state.arrived_before(key, ev, window) if state.created_before(key, ev, window) else ())
-        cx = CrossRunContext(self.policy, key, history=agent_history, delegations=self.graph.into,
-                             scorer_window_ms=self.scorer_window_ms)
-        return correlate(ev, cx, PAGING_BY_AGENT)
+        rules = PAGING_BY_AGENT if state.created_before(key, ev, window) else PAGING_BUT_NESTING
+        cx = CrossRunContext(self.policy, key, history=state.arrived_before(key, ev, window),
+                             delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)
+        return correlate(ev, cx, rules)
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         policy = self.policy.policy
@@ -280,14 +282,14 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        window = policy.escalation.window_seconds * 1000
-        agent_history: Sequence[TransitionDict] = (
-            state.before(key, ev, window) if state.created_before(key, ev, window) else ())
-        cx = CrossRunContext(self.policy, key, history=agent_history, delegations=self.graph.into,
-                             baseline=self.baselines(key),
+        reach = max(policy.escalation.window_seconds, policy.drift.rate_window_seconds) * 1000  # nesting, drift
+        # Group nesting scans the agent's history; it can only find a group created in it: skip it otherwise.
+        rules = BY_AGENT_RULES if state.created_before(key, ev, reach) else AGENT_RULES_BUT_NESTING
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, reach),
+                             delegations=self.graph.into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
-        return correlate(ev, cx, BY_AGENT_RULES)
+        return correlate(ev, cx, rules)
 
     def account(self, tally: _Tally, msgs: list[Message]) -> None:
         m = self.metrics

@@ -15,13 +15,12 @@ Example::
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from .errors import DeadLetter, SinkError
+from .errors import DeadLetter, RegistryUnavailable, SinkError
 from .metrics import Metrics
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
@@ -85,6 +84,12 @@ class DecisionLog:
             spans[key] = (first, msg.offset())
             try:
                 record = serde.decode(msg.value()).record
+            except RegistryUnavailable as exc:  # kept pending: retried on the next poll, never skipped
+                log.error("schema registry unreachable; review records will be retried",
+                          extra={"kv": {"error": exc.message}})
+                if self.metrics is not None:
+                    self.metrics.registry_errors.labels(role="writer").inc()
+                return 0
             except DeadLetter as exc:  # only the review app writes here; a bad record is logged, not stored
                 log.error("undecodable review record skipped",
                           extra={"kv": {"topic": msg.topic(), "offset": msg.offset(), "error": str(exc)}})
@@ -137,7 +142,3 @@ def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: f
     decision_log = DecisionLog(settings, sink, writer.metrics, registry=writer.registry)
     writer.add_task(interval, decision_log)
     return decision_log
-
-
-def new_id(prefix: str = "") -> str:
-    return f"{prefix}{uuid.uuid4()}"

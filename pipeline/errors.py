@@ -1,7 +1,8 @@
 """One exception tree. Subclasses are named for what the caller does with them.
 
 - :class:`DecodeError` and :class:`ValidationError`: the record goes to the dead-letter topic.
-- :class:`SinkError`: retried; the offset is not committed.
+- :class:`SinkError`: retried; the offset is not committed. :class:`RegistryUnavailable` is one: a registry
+  that does not answer stalls the consumer, it never dead-letters what it could not look up.
 - :class:`ConfigError`: fatal at start.
 - :class:`PublishError`: surfaced to the agent that published.
 """
@@ -55,6 +56,12 @@ class SinkError(AgentgovError):
     """The store rejected or failed a write. Retry; do not commit."""
 
     reason = "sink"
+
+
+class RegistryUnavailable(SinkError):
+    """The schema registry did not answer (down, hung, 5xx). Never a dead letter: retry; do not commit."""
+
+    reason = "registry_unavailable"
 
 
 class PublishError(AgentgovError):

@@ -120,6 +120,10 @@ REVOKES = frozenset(
     {Action.disable_account, Action.delete_account, Action.remove_role, Action.revoke_entitlement,
      Action.remove_group_member}
 )
+# The grants and revokes of one named access (role, entitlement, group membership; see access_name), as
+# opposed to account-wide changes: what an identity holds is replayed from these.
+ENTITLEMENT_GRANTS = frozenset({Action.assign_role, Action.grant_entitlement, Action.add_group_member})
+ENTITLEMENT_REVOKES = frozenset({Action.remove_role, Action.revoke_entitlement, Action.remove_group_member})
 
 Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX_CHARS)]
 DEFAULT_LIMITS = Limits()

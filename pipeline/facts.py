@@ -60,7 +60,8 @@ def fact_from_event(ev: TransitionDict, partition: int, offset: int) -> Fact:
         "lifecycle_state": str(target["lifecycle_state"]), "action": str(ev["action"]),
         "system": res["system"], "resource_id": res["resource_id"], "entitlement": res["entitlement"],
         "privilege_tier": res["privilege_tier"], "outcome": str(dec["outcome"]), "authority": str(dec["authority"]),
-        "approved_by": dec["approved_by"], "event_hash": ev["evidence"]["event_hash"],
+        "approved_by": dec["approved_by"], "policy_id": ev["policy"]["policy_id"],
+        "policy_version": ev["policy"]["policy_version"], "event_hash": ev["evidence"]["event_hash"],
         "source_partition": partition, "source_offset": offset,
     }
 
@@ -76,6 +77,7 @@ def as_event(fact: Fact) -> TransitionDict:
         "resource": {"system": fact["system"], "resource_id": fact["resource_id"],
                      "entitlement": fact["entitlement"], "privilege_tier": fact["privilege_tier"]},
         "decision": {"outcome": fact["outcome"], "authority": fact["authority"], "approved_by": fact["approved_by"]},
+        "policy": {"policy_id": fact.get("policy_id"), "policy_version": fact.get("policy_version")},
         "evidence": {"event_hash": fact["event_hash"]},
         "source_partition": fact["source_partition"], "source_offset": fact["source_offset"],
     }

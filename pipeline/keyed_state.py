@@ -25,7 +25,7 @@ from typing import Any, overload
 
 from .events import TransitionDict
 from .facts import holding_key
-from .scoring.crossrun import CrossRunFinding
+from .scoring.crossrun import CrossRunFinding, duplicate_id_across_partitions
 from .scoring.rules import granted_access
 
 Order = tuple[int, str, int, int]
@@ -215,7 +215,11 @@ class KeyedState:
         return True
 
     def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
-        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time."""
+        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time. A later copy
+        of an event_id held from another partition is not recorded: it raised AG-XRN-006, and must not
+        stand in any later chain or holding as a grant of its own (scoring/crossrun.py ``later_copy``)."""
+        if self.by_target and duplicate_id_across_partitions(ev, self.same_id(ev)) is not None:
+            return
         entry = (order(ev), ev)
         hist = self.history.setdefault(key, [])
         bisect.insort(hist, entry, key=_first)

@@ -1,6 +1,8 @@
 """Structured logging: ``key="value"`` pairs (logfmt) or JSON lines, through the stdlib ``logging``.
 
-Call :func:`configure_logging` once in ``main()``. Pass fields with ``extra={"kv": {...}}`` or use :func:`kv`.
+Call :func:`configure_logging` once in ``main()``. Pass fields with ``extra={"kv": {...}}``::
+
+    log.info("stored", extra={"kv": {"rows": 10}})
 """
 
 from __future__ import annotations
@@ -10,11 +12,6 @@ import logging
 import sys
 import time
 from typing import Any
-
-
-def kv(**fields: Any) -> dict[str, Any]:
-    """``log.info("stored", extra=kv(rows=10))`` attaches structured fields to a record."""
-    return {"kv": fields}
 
 
 def _quote(value: Any) -> str:

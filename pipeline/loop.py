@@ -11,7 +11,9 @@ rebalance callbacks; a role (the scorer, the correlator) fills in what a batch m
 - ``tick()``: between batches (policy reload, time-based flushes).
 
 On a failed transaction the loop aborts (or replaces the producer), rewinds every assigned partition to
-its committed offset and rebuilds its context, so the batch is processed again from scratch.
+its committed offset and rebuilds its context, so the batch is processed again from scratch. A schema
+registry that does not answer (:class:`~pipeline.errors.RegistryUnavailable`) is handled the same way,
+after a back-off: the batch waits for the registry instead of being dead-lettered.
 
 Example::
 
@@ -30,6 +32,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .checkpoint import Checkpoint
+from .errors import RegistryUnavailable
 from .metrics import Metrics
 from .settings import Settings
 
@@ -52,6 +55,7 @@ class TransactionalLoop:
                                      Checkpoint.transactional_id(self.role, group, settings.instance_id),
                                      **(producer_extra or {}))
         self.processed = 0
+        self._registry_backoff = 0.0
         self._next_housekeeping = 0.0
 
     @property
@@ -127,12 +131,17 @@ class TransactionalLoop:
             self.checkpoint.begin()
             tally = self.handle(msgs)
             self.checkpoint.commit()
-        except KafkaException as exc:
+        except (KafkaException, RegistryUnavailable) as exc:
             log.warning("batch aborted; rewinding", extra={"kv": {"role": self.role, "error": str(exc)}})
             self.metrics.batches.labels(role=self.role, outcome="aborted").inc()
             self.checkpoint.recover()
             self.rewind()
+            if isinstance(exc, RegistryUnavailable):
+                self.metrics.registry_errors.labels(role=self.role).inc()
+                self._registry_backoff = min(max(self._registry_backoff * 2, 0.5), 5.0)
+                time.sleep(self._registry_backoff)
             return
+        self._registry_backoff = 0.0
         self.account(tally, msgs)
         self.processed += len(msgs)
         self.metrics.batches.labels(role=self.role, outcome="committed").inc()

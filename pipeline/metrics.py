@@ -125,6 +125,11 @@ class Metrics:
             "agentgov_sink_errors_total", "Failed ClickHouse writes, by table and error kind.", ["table", "kind"],
             registry=r,
         )
+        self.registry_errors = Counter(
+            "agentgov_registry_errors_total",
+            "Schema registry look-ups or registrations that got no answer; the batch was retried, not "
+            "dead-lettered.", ["role"], registry=r,
+        )
         self.publish_failures = Counter(
             "agentgov_publish_failures_total",
             "Events the SDK could not deliver, by reason (not_authorized, timed_out, other).", ["reason"],

@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 from pydantic import ValidationError as PydanticValidationError
 
-from .errors import PublishError, ValidationError
+from .errors import PublishError, RegistryUnavailable, ValidationError
 from .events import AgentTransition, check_values, event_hash, sign
 from .limits import Limits
 from .metrics import Metrics
@@ -79,7 +79,8 @@ class TransitionPublisher:
         self.settings = settings
         self.topic = settings.topic_transitions
         if serde is None:
-            serde = Serde(SchemaSet.load(), make_registry(settings), subject=f"{self.topic}-value")
+            serde = Serde(SchemaSet.load(), make_registry(settings), subject=f"{self.topic}-value",
+                          register_wait=settings.schema_registry_wait_seconds)
         self.serde = serde
         self.limits = Limits.from_settings(settings)
         self.producer = producer or Producer(settings.kafka_config(**{
@@ -146,6 +147,8 @@ class TransitionPublisher:
             field = exc.fields.get("field") or ""
             where = f"{field}: " if field else ""
             raise EventInvalid(f"invalid event: {where}{exc.message}", paths=[field] if field else []) from exc
+        except RegistryUnavailable as exc:  # waited schema_registry_wait_seconds for it: nothing was sent
+            raise PublishError(f"schema registry unreachable: {exc.message}", reason="registry") from exc
         except (ValueError, TypeError, KeyError, OverflowError) as exc:  # fastavro's view of a bad record
             raise EventInvalid(f"invalid event: cannot encode: {type(exc).__name__}: {exc}"[:600],
                                paths=[]) from exc

@@ -91,7 +91,6 @@ class Pipeline:
         self.stop_event = threading.Event()
         self._writer_thread: threading.Thread | None = None
         self._supervisor: threading.Thread | None = None
-        self.restarts = 0
 
     def start(self) -> Pipeline:
         s = self.settings
@@ -146,7 +145,6 @@ class Pipeline:
                         log.warning(f"{role} exited; restarting",
                                     extra={"kv": {"index": i, "code": proc.returncode}})
                         procs[i] = self._spawn(i, role)
-                        self.restarts += 1
 
     def scorer_pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -154,7 +152,7 @@ class Pipeline:
     def correlator_pids(self) -> list[int]:
         return [p.pid for p in self.correlator_procs]
 
-    def wait_stored(self, count: int, timeout: float, progress: bool = False) -> bool:
+    def wait_stored(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.writer is not None and self.writer.stored >= count:

@@ -59,10 +59,6 @@ class SchemaVersion:
     fingerprint: bytes = b""  # CRC-64-AVRO, little-endian, as in single-object encoding
     canonical: str = ""
 
-    @property
-    def full_name(self) -> str:
-        return f"{self.raw['namespace']}.{self.raw['name']}"
-
     def json(self) -> str:
         return json.dumps(self.raw, separators=(",", ":"))
 

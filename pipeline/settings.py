@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         default=None, description="Confluent-compatible registry; unset means Avro single-object encoding."
     )
     schema_registry_basic_auth: SecretStr | None = None
+    schema_registry_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Per request to the registry; without one a hung registry hangs its callers.")
+    schema_registry_wait_seconds: float = Field(
+        default=60.0, ge=0, description="How long a publisher retries registering its schema while the registry "
+                                        "does not answer, before raising PublishError (nothing is sent).")
 
     topic_transitions: str = "agentgov.transitions.v1"
     topic_assessments: str = "agentgov.assessments.v1"

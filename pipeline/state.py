@@ -33,7 +33,7 @@ class _Index:
     """key -> recent events (oldest first), capped per key, in number of keys and in approximate bytes
     (least recently used keys go first)."""
 
-    __slots__ = ("bytes", "data", "max_bytes", "max_keys", "sizes")
+    __slots__ = ("bytes", "data", "evicted", "max_bytes", "max_keys", "sizes")
 
     def __init__(self, max_keys: int, max_bytes: int | None = None) -> None:
         self.data: OrderedDict[str, deque[TransitionDict]] = OrderedDict()
@@ -41,6 +41,7 @@ class _Index:
         self.max_keys = max_keys
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.evicted = 0  # keys dropped by the caps (not by the window)
 
     def get(self, key: str | None) -> tuple[TransitionDict, ...]:
         if key is None:
@@ -69,6 +70,7 @@ class _Index:
 
     def _drop_oldest_key(self) -> None:
         key, _ = self.data.popitem(last=False)
+        self.evicted += 1
         self.bytes -= sum(self.sizes.pop(key, ()))
 
 
@@ -86,6 +88,20 @@ class PartitionContext:
         self.agents = _Index(max_keys, per_index)
         self.seen: OrderedDict[str, str] = OrderedDict()
         self.max_seen = max_seen
+        # Log time (ms) since which every run of the partition is held: 0 = since the log's start, None =
+        # unknown. Set by the scorer after its replay; moved forward whenever the caps evict a run.
+        self.complete_from_ms: int | None = None
+        self._evicted = 0
+
+    def runs_complete(self, log_ms: int) -> bool:
+        """True when every run of the partition active over the window before ``log_ms`` is held (or every
+        run since the log's start): a run missing from the context then never had a step in that span."""
+        if self.runs.evicted != self._evicted:  # runs were dropped by the caps: complete only from now on
+            self._evicted = self.runs.evicted
+            if self.complete_from_ms is not None:
+                self.complete_from_ms = log_ms
+        since = self.complete_from_ms
+        return since is not None and (since == 0 or (self.window_ms > 0 and log_ms - since >= self.window_ms))
 
     def _recent(self, events: tuple[TransitionDict, ...], now_ms: int) -> tuple[TransitionDict, ...]:
         lo = now_ms - self.window_ms

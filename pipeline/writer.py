@@ -29,12 +29,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from .deadletters import dead_letter
-from .errors import DeadLetter, DecodeError, SinkError
+from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError
 from .limits import Limits
 from .loop import record_lag
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
-from .serde import CONFLUENT_HEADER, CONFLUENT_MAGIC, SOE_HEADER, SOE_MAGIC, make_registry
+from .serde import full_name, make_registry, registry_schema, split_header
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseSink
 from .sinks.ocf import ContainerBuilder
@@ -62,6 +62,7 @@ class Writer:
         self.schemas = SchemaSet.load()
         self.registry = registry if registry is not None else make_registry(settings)
         self._builders: dict[bytes, tuple[int, ContainerBuilder]] = {}
+        self._assessment_name = full_name(self.schemas.latest(ASSESSMENT).raw)
         self.consumer = Consumer(settings.consumer_config(settings.writer_group, **{
             "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
         self.limits = Limits.from_settings(settings)
@@ -89,31 +90,23 @@ class Writer:
 
     # -- framing ------------------------------------------------------------------------------
     def _builder(self, value: bytes) -> tuple[int, ContainerBuilder]:
-        """Header length and container builder for this message's writer schema."""
-        if value[:2] == SOE_MAGIC:
-            key = value[:SOE_HEADER]
-            hit = self._builders.get(key)
-            if hit:
-                return hit
-            sv = self.schemas.by_fingerprint.get(value[2:SOE_HEADER])
-            if sv is None or sv.record != ASSESSMENT:
-                raise DecodeError(f"unknown assessment fingerprint {value[2:SOE_HEADER].hex()}",
-                                  reason="unknown_schema")
-            hit = self._builders[key] = (SOE_HEADER, ContainerBuilder(sv.raw))
+        """Header length and container builder for this message's writer schema (the wire header split
+        is the serde's: :func:`~pipeline.serde.split_header`)."""
+        header, schema_id = split_header(value)
+        hit = self._builders.get(header)
+        if hit:
             return hit
-        if value[:1] == CONFLUENT_MAGIC and len(value) >= CONFLUENT_HEADER:
-            key = value[:CONFLUENT_HEADER]
-            hit = self._builders.get(key)
-            if hit:
-                return hit
+        if schema_id is None:
+            sv = self.schemas.by_fingerprint.get(header[2:])
+            if sv is None or sv.record != ASSESSMENT:
+                raise DecodeError(f"unknown assessment fingerprint {header[2:].hex()}", reason="unknown_schema")
+            schema = sv.raw
+        else:
             if self.registry is None:
                 raise DecodeError("registry-framed assessment but no registry configured", reason="unknown_schema")
-            import json
-
-            schema = json.loads(self.registry.get_schema(int.from_bytes(value[1:5], "big")).schema_str)
-            hit = self._builders[key] = (CONFLUENT_HEADER, ContainerBuilder(schema))
-            return hit
-        raise DecodeError("assessment without a known wire header", reason="bad_magic")
+            schema = registry_schema(self.registry, schema_id, self._assessment_name)
+        hit = self._builders[header] = (len(header), ContainerBuilder(schema))
+        return hit
 
     # -- loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event, on_stored: Callable[[int], None] | None = None) -> None:
@@ -182,17 +175,24 @@ class Writer:
             by_part[msg.partition()].append(msg)
         delay = 0.2
         attempt = 0
-        groups, spans, undecodable = self._group(by_part)
         while True:
             try:
+                # inside the retry: a registry that does not answer is waited out like a failing store
+                groups, spans, undecodable = self._group(by_part)
                 rejected = self._insert(groups, spans)
                 # Confirmed before the commit: a dead letter the broker did not take fails the attempt.
                 self._dead_letter([*undecodable, *rejected])
                 break
             except SinkError as exc:
                 attempt += 1
-                self.metrics.sink_errors.labels(table="ingest", kind=exc.fields.get("kind", "unknown")).inc()
-                log.error("store write failed; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
+                if isinstance(exc, RegistryUnavailable):
+                    self.metrics.registry_errors.labels(role=self.role).inc()
+                else:
+                    # Closed set: the event-id lookup (first copy wins) or the batch insert behind the ingest views.
+                    table = "event_ids" if exc.fields.get("table") == "event_ids" else "ingest"
+                    self.metrics.sink_errors.labels(table=table, kind=exc.fields.get("kind", "unknown")).inc()
+                what = "schema registry unreachable" if isinstance(exc, RegistryUnavailable) else "store write failed"
+                log.error(f"{what}; will retry", extra={"kv": {"attempt": attempt, "error": exc.message}})
                 if stop is None:
                     return False
                 self._pause(True)

@@ -15,3 +15,4 @@ if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
 fi
 libs=$("$PY" -c 'from pipeline.kraft import kafka_libs; print(kafka_libs())')
 echo "kafka jars: $libs ($(ls "$libs" | wc -l) files, $(( $(date +%s) - start ))s)"
+bash ci/registry/build.sh

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..audit import AUDIT_SETTINGS, trail
 from ..sinks.clickhouse import ClickHouseSink
-from .model import OPEN_STATES, REVIEW_SEVERITIES, SEVERITY_ORDER, exception_status
+from .model import OPEN_STATES, REVIEW_SEVERITIES, exception_status
 
 LATEST_SQL = """
 SELECT subject_id, ifNull(argMax(to_state, subject_version), '') AS state, max(subject_version) AS version,
@@ -292,7 +292,3 @@ def sla(severity: str, occurred_at_ms: int, sla_hours: dict[str, float], now_ms:
         return {"hours": None, "left_hours": None, "breached": False}
     left = (occurred_at_ms + hours * 3_600_000 - now_ms) / 3_600_000
     return {"hours": hours, "left_hours": round(left, 1), "breached": left < 0}
-
-
-def sort_key(row: dict[str, Any]) -> tuple[int, int]:
-    return SEVERITY_ORDER.get(row["severity"], 9), row["occurred_at_ms"]

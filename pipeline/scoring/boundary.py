@@ -4,68 +4,102 @@ which policy versions. All read the workflow's resolved boundary (``policy.bound
 from __future__ import annotations
 
 from ..events import TransitionDict
-from . import catalogue as c
+from .catalogue import ASI01, ASI02, ASI06, ASI10, DE_CM, NHI5, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext
 from .findings import Finding
-from .rules import Rule
+from .rules import quoted
 
-_SHOWN = 5  # offending values named in a message; the rest are counted
+INPUT_OUTSIDE_ALLOWLIST = spec(
+    "AG-BND-001", "Input attribute outside the allowlist", S.medium, C.risk,
+    "The decision evaluated an attribute or signal the workflow's allowlist for this action does not "
+    "permit: a route for context poisoning or decisions on data the agent should not use.",
+    ("workflow_id", "action", "inputs_used"),
+    (ASI06, ASI01, PR_AA_05),
+)
 
 
-def _names(values: list[str]) -> str:
-    shown = ", ".join(repr(v) for v in values[:_SHOWN])
-    return shown if len(values) <= _SHOWN else f"{shown} and {len(values) - _SHOWN} more"
-
-
+@rule(INPUT_OUTSIDE_ALLOWLIST)
 def input_outside_allowlist(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     inputs = ev["inputs_used"]
     if not inputs:
         return []
-    allowed = ctx.policy.policy.boundary_for(ev["workflow_id"]).inputs_for(ev["action"])
+    allowed = ctx.governance.boundary_for(ev["workflow_id"]).inputs_for(ev["action"])
     if allowed is None:
         return []
     bad = sorted({i["name"] for i in inputs if i["name"] not in allowed})
     if not bad:
         return []
-    return [c.INPUT_OUTSIDE_ALLOWLIST.finding(
-        f"{ev['action']} in {ev['workflow_id']!r} evaluated {_names(bad)} outside the input allowlist")]
+    return [INPUT_OUTSIDE_ALLOWLIST.finding(
+        f"{ev['action']} in {ev['workflow_id']!r} evaluated {quoted(bad)} outside the input allowlist")]
 
 
+TOO_MANY_SIGNALS = spec(
+    "AG-BND-002", "Too many signals (blast radius)", S.low, C.risk,
+    "The decision evaluated more inputs than the workflow's max_signals: a wider attack surface and a "
+    "decision no reviewer can follow.",
+    ("workflow_id", "inputs_used"),
+    (ASI06, ASI02, PR_AA_05),
+)
+
+
+@rule(TOO_MANY_SIGNALS)
 def too_many_signals(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    cap = ctx.policy.policy.boundary_for(ev["workflow_id"]).max_signals
+    cap = ctx.governance.boundary_for(ev["workflow_id"]).max_signals
     n = len(ev["inputs_used"])
     if cap is None or n <= cap:
         return []
-    return [c.TOO_MANY_SIGNALS.finding(
+    return [TOO_MANY_SIGNALS.finding(
         f"{ev['action']} in {ev['workflow_id']!r} evaluated {n} signals, more than max_signals={cap}")]
 
 
+ACTION_OUTSIDE_BOUNDARY = spec(
+    "AG-BND-003", "Action outside the workflow boundary", S.high, C.risk,
+    "The agent took an action its workflow is not allowed to take.",
+    ("workflow_id", "action", "agent.agent_id"),
+    (ASI02, ASI10, NHI5, PR_AA_05),
+)
+
+
+@rule(ACTION_OUTSIDE_BOUNDARY)
 def action_outside_boundary(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    allowed = ctx.policy.policy.boundary_for(ev["workflow_id"]).allowed_actions
+    allowed = ctx.governance.boundary_for(ev["workflow_id"]).allowed_actions
     if allowed is None or ev["action"] in allowed:
         return []
-    return [c.ACTION_OUTSIDE_BOUNDARY.finding(
+    return [ACTION_OUTSIDE_BOUNDARY.finding(
         f"agent {ev['agent']['agent_id']!r} took {ev['action']!r}, not allowed in workflow {ev['workflow_id']!r}")]
 
 
+SYSTEM_OUTSIDE_BOUNDARY = spec(
+    "AG-BND-004", "Target system outside the workflow boundary", S.high, C.risk,
+    "The agent acted on a system its workflow is not allowed to touch.",
+    ("workflow_id", "resource.system", "agent.agent_id"),
+    (ASI02, ASI10, NHI5, PR_AA_05),
+)
+
+
+@rule(SYSTEM_OUTSIDE_BOUNDARY)
 def system_outside_boundary(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    allowed = ctx.policy.policy.boundary_for(ev["workflow_id"]).allowed_systems
+    allowed = ctx.governance.boundary_for(ev["workflow_id"]).allowed_systems
     system = ev["resource"]["system"]
     if allowed is None or system in allowed:
         return []
-    return [c.SYSTEM_OUTSIDE_BOUNDARY.finding(
+    return [SYSTEM_OUTSIDE_BOUNDARY.finding(
         f"agent {ev['agent']['agent_id']!r} acted on system {system!r}, outside workflow {ev['workflow_id']!r}")]
 
 
+UNAPPROVED_POLICY_VERSION = spec(
+    "AG-POL-001", "Stale or unapproved policy version", S.medium, C.risk,
+    "The decision was taken under a policy id or version that is not in the approved list: policy drift.",
+    ("policy.policy_id", "policy.policy_version"),
+    (ASI10, PR_AA_05, DE_CM),
+)
+
+
+@rule(UNAPPROVED_POLICY_VERSION)
 def unapproved_policy_version(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     ref = ev["policy"]
-    if ctx.policy.policy.version_approved(ref["policy_id"], ref["policy_version"]) is not False:
+    if ctx.governance.version_approved(ref["policy_id"], ref["policy_version"]) is not False:
         return []
-    return [c.UNAPPROVED_POLICY_VERSION.finding(
+    return [UNAPPROVED_POLICY_VERSION.finding(
         f"decision under {ref['policy_id']!r} version {ref['policy_version']!r}, which is not an approved version")]
 
-
-BOUNDARY_RULES: tuple[Rule, ...] = (
-    input_outside_allowlist, too_many_signals, action_outside_boundary, system_outside_boundary,
-    unapproved_policy_version,
-)

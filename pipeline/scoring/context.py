@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..events import TransitionDict
-from .policy import LoadedPolicy
+from ..events import ENTITLEMENT_GRANTS, ENTITLEMENT_REVOKES, TransitionDict
+from .policy import GovernancePolicy, LoadedPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +56,21 @@ class ScoringContext:
     key_agents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """key_id -> agent_id patterns (fnmatch) the key may sign for. Empty: no binding is checked; otherwise a
     verified signature by a key not registered for the event's agent raises AG-EVD-007."""
+    runs_complete: bool = False
+    """The context holds every run of the partition active over the last ``context_window_seconds`` (or
+    since the log's start): a run first seen at step > 0 then raises AG-EVD-003. False (unknown: just
+    after a partial replay, or after runs were evicted by the size caps) keeps the rule silent."""
+
+    @property
+    def governance(self) -> GovernancePolicy:
+        """The governance policy the rules apply (``policy`` is the loaded file: policy, version, hash)."""
+        return self.policy.policy
 
 
-_GRANTING = frozenset({"assign_role", "grant_entitlement", "add_group_member"})
-_REVOKING = frozenset({"remove_role", "revoke_entitlement", "remove_group_member"})
+def access_name(ev: TransitionDict) -> str:
+    """The entitlement an event grants or revokes: the entitlement, else the resource (role, group)."""
+    res = ev["resource"]
+    return res["entitlement"] or res["resource_id"]
 
 
 def entitlements_from_history(
@@ -82,12 +93,12 @@ def entitlements_from_history(
     for ev in events:
         if ev["decision"]["outcome"] != "granted":
             continue
-        action, res = ev["action"], ev["resource"]
-        if action in _GRANTING:
-            held[res["entitlement"] or res["resource_id"]] = res["system"]
-        elif action in _REVOKING:
-            held.pop(res["entitlement"] or res["resource_id"], None)
+        action = ev["action"]
+        if action in ENTITLEMENT_GRANTS:
+            held[access_name(ev)] = ev["resource"]["system"]
+        elif action in ENTITLEMENT_REVOKES:
+            held.pop(access_name(ev), None)
         elif action == "delete_account":
-            system = res["system"]
+            system = ev["resource"]["system"]
             held = {name: sys for name, sys in held.items() if sys != system}
     return frozenset(held)

@@ -23,15 +23,31 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import TransitionDict
-from . import catalogue as c
+from ..events import ENTITLEMENT_REVOKES, TransitionDict
 from . import escalation
-from .catalogue import ESCALATION_PATTERNS, RuleSpec
-from .context import AgentBaseline, ScoringContext
-from .policy import LoadedPolicy
-from .rules import Rule, access_name, granted_access, human_approved, is_privileged
-
-_REVOKING = frozenset({"remove_role", "revoke_entitlement", "remove_group_member"})
+from .catalogue import (
+    ASI03,
+    ASI07,
+    ASI08,
+    ASI10,
+    CATALOGUE,
+    DE_AE,
+    DE_CM,
+    NHI1,
+    NHI5,
+    NHI9,
+    PR_AA_05,
+    PR_DS_01,
+    C,
+    Rule,
+    RuleSpec,
+    S,
+    spec,
+)
+from .context import AgentBaseline, ScoringContext, access_name
+from .escalation import ESC_FIELDS
+from .policy import GovernancePolicy, LoadedPolicy
+from .rules import granted_access, human_approved, is_privileged
 
 
 def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
@@ -61,6 +77,11 @@ class CrossRunContext:
     correlator does, so a busy agent costs O(log n) per fact); None means: derive from ``history``."""
     same_id: Sequence[TransitionDict] | None = None
     """Earlier facts of the key with the fact's event_id, if indexed; None means: scan ``history``."""
+
+    @property
+    def governance(self) -> GovernancePolicy:
+        """The governance policy the rules apply."""
+        return self.policy.policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +115,7 @@ class CrossRunFinding:
 
     @property
     def pattern(self) -> str:
-        return ESCALATION_PATTERNS.get(self.spec.code, "")
+        return self.spec.pattern or ""
 
     def to_avro(self, detected_at_ms: int, version: str, policy_version: str) -> dict[str, Any]:
         ev = self.event
@@ -126,15 +147,70 @@ def _runs(chain: Sequence[TransitionDict]) -> str:
     return ", ".join(dict.fromkeys(h["run_id"] for h in chain))
 
 
-def _from_per_run(rule: Rule, spec: RuleSpec, ev: TransitionDict, cx: CrossRunContext, *, by_agent: bool = False
-                  ) -> list[CrossRunFinding]:
+CrossRunRule = Callable[[TransitionDict, CrossRunContext], list[CrossRunFinding]]
+_REGISTERED: dict[str, list[CrossRunRule]] = {"target": [], "agent": []}
+_PAGING: list[CrossRunRule] = []
+
+
+def cross_run(code: RuleSpec, *, key: str, pages: bool = False) -> Callable[[CrossRunRule], CrossRunRule]:
+    """Register a cross-run rule that emits ``code`` over facts keyed by ``key`` ("target" or "agent").
+
+    ``pages``: the correlator also runs it on each fact as it arrives (an escalation pattern). The rule
+    runs in registration order; the tuples below are built when this module has been read."""
+    if CATALOGUE.get(code.code) is not code:
+        raise ValueError(f"cross-run rule emits {code.code}, which is not declared with spec()")
+
+    def register(fn: CrossRunRule) -> CrossRunRule:
+        _REGISTERED[key].append(fn)
+        if pages:
+            _PAGING.append(fn)
+        return fn
+
+    return register
+
+
+def duplicate_id_across_partitions(ev: TransitionDict, earlier: Iterable[TransitionDict]) -> TransitionDict | None:
+    """The earlier event with ``ev``'s event_id that came from another partition, if any.
+
+    Reusable on any keyed state: a redelivery of the same message (same partition) is not a duplicate."""
+    for h in earlier:
+        if h["event_id"] == ev["event_id"] and _part(h) != _part(ev):
+            return h
+    return None
+
+
+XRN_DUPLICATE_ID = spec(
+    "AG-XRN-006", "Duplicate event_id across partitions", S.critical, C.evidence,
+    "Two events with the same event_id arrived on different partitions (so in different runs): one of "
+    "them was forged or replayed into another run.",
+    ("event_id", "evidence.event_hash", "run_id"),
+    (PR_DS_01, ASI07),
+)
+
+
+@cross_run(XRN_DUPLICATE_ID, key="target")
+def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-006: the same event_id on two partitions of one target's facts."""
+    if ev["target"]["identity_id"] != cx.key:
+        return []
+    first = duplicate_id_across_partitions(ev, cx.history if cx.same_id is None else cx.same_id)
+    if first is None:
+        return []
+    same = "same" if first["evidence"]["event_hash"] == ev["evidence"]["event_hash"] else "different"
+    return [CrossRunFinding(XRN_DUPLICATE_ID, cx.key,
+        f"event_id {ev['event_id']!r} seen in {_where(first)} and again in {_where(ev)} with {same} content",
+        (first, ev))]
+
+
+def _from_per_run(per_run: Rule, code: RuleSpec, ev: TransitionDict, cx: CrossRunContext, *,
+                  by_agent: bool = False) -> list[CrossRunFinding]:
     """Run a per-run escalation rule over the key's whole history (the target's, or with ``by_agent`` the
     agent's); keep chains no one scorer saw."""
     if (ev["agent"]["agent_id"] if by_agent else ev["target"]["identity_id"]) != cx.key:
         return []
     ctx = (ScoringContext(policy=cx.policy, agent_history=cx.history) if by_agent
            else ScoringContext(policy=cx.policy, target_history=cx.history))
-    found = rule(ev, ctx)
+    found = per_run(ev, ctx)
     if not found:
         return []
     by_id = {h["event_id"]: h for h in cx.history}
@@ -144,24 +220,35 @@ def _from_per_run(rule: Rule, spec: RuleSpec, ev: TransitionDict, cx: CrossRunCo
         chain = tuple(by_id[i] for i in f.related_event_ids if i in by_id)
         if len(chain) != len(f.related_event_ids) or not spans_partitions(chain):
             continue
-        out.append(CrossRunFinding(spec, cx.key, f"{f.message}; across runs {_runs(chain)}", chain))
+        out.append(CrossRunFinding(code, cx.key, f"{f.message}; across runs {_runs(chain)}", chain))
     return out
 
 
+XRN_TIER_STEPPING = spec(
+    "AG-XRN-001", "Hidden escalation across runs: tier stepping", S.critical, C.escalation,
+    "AG-ESC-002 over one identity's grants from different runs on different partitions, which no single "
+    "scorer sees together. The finding names every step's event and run.",
+    ESC_FIELDS, (ASI03, NHI5, PR_AA_05), pattern="tier_stepping",
+)
+
+
+@cross_run(XRN_TIER_STEPPING, key="target", pages=True)
 def tier_stepping_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-001: tier stepping over one identity, the steps on different partitions."""
-    return _from_per_run(escalation.tier_stepping, c.XRN_TIER_STEPPING, ev, cx)
+    return _from_per_run(escalation.tier_stepping, XRN_TIER_STEPPING, ev, cx)
 
 
+XRN_TRANSIENT_PRIVILEGE = spec(
+    "AG-XRN-002", "Hidden escalation across runs: transient privilege", S.critical, C.escalation,
+    "AG-ESC-003 with the grant and the revoke in different runs on different partitions.",
+    ESC_FIELDS, (ASI03, ASI10, PR_AA_05, DE_AE), pattern="transient_privilege",
+)
+
+
+@cross_run(XRN_TRANSIENT_PRIVILEGE, key="target", pages=True)
 def transient_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-002: a privileged grant and its revoke within the transient window, on different partitions."""
-    return _from_per_run(escalation.transient_privilege, c.XRN_TRANSIENT_PRIVILEGE, ev, cx)
-
-
-def group_nesting_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
-    """AG-XRN-008: one agent creates a group, adds a principal to it and grants it privilege, the steps on
-    different partitions (the by-agent facts carry ``create_group``, :data:`pipeline.facts.FACT_ACTIONS`)."""
-    return _from_per_run(escalation.group_nesting, c.XRN_GROUP_NESTING, ev, cx, by_agent=True)
+    return _from_per_run(escalation.transient_privilege, XRN_TRANSIENT_PRIVILEGE, ev, cx)
 
 
 def _live_edges(into: Sequence[TransitionDict], before_ms: int) -> list[TransitionDict]:
@@ -173,17 +260,27 @@ def _live_edges(into: Sequence[TransitionDict], before_ms: int) -> list[Transiti
         k = (h["agent"]["agent_id"], h["resource"]["system"], access_name(h))
         if granted_access(h):
             live[k] = h
-        elif h["action"] in _REVOKING:
+        elif h["action"] in ENTITLEMENT_REVOKES:
             live.pop(k, None)
     return sorted(live.values(), key=lambda h: (h["occurred_at"], h["event_id"]))
 
 
+XRN_DELEGATION_LAUNDERING = spec(
+    "AG-XRN-003", "Hidden escalation: delegation laundering", S.critical, C.escalation,
+    "A privileged grant, with no human authority, landed on an agent upstream in the granting agent's "
+    "delegation chain, or on that agent's principal: power handed down came back up. Followed up to the "
+    "policy's max_delegation_depth; the finding names every hop.",
+    ESC_FIELDS, (ASI07, ASI03, NHI9, PR_AA_05), pattern="delegation_laundering",
+)
+
+
+@cross_run(XRN_DELEGATION_LAUNDERING, key="agent", pages=True)
 def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-003: a privileged grant lands on an upstream agent of the granter's delegation chain, or on
     that agent's principal. Breadth-first up the delegation graph, so the shortest chain is named."""
     if ev["agent"]["agent_id"] != cx.key or not granted_access(ev) or human_approved(ev):
         return []
-    policy = cx.policy.policy
+    policy = cx.governance
     if not is_privileged(ev, policy):
         return []
     me, target = ev["agent"]["agent_id"], ev["target"]["identity_id"]
@@ -203,7 +300,7 @@ def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
                     hop_text = "; ".join(f"{h['agent']['agent_id']!r} gave {h['target']['identity_id']!r} "
                                          f"{access_name(h)!r} ({_where(h)})" for h in path)
                     whom = "itself" if target == src else f"its principal {target!r}"
-                    return [CrossRunFinding(c.XRN_DELEGATION_LAUNDERING, cx.key,
+                    return [CrossRunFinding(XRN_DELEGATION_LAUNDERING, cx.key,
                         f"delegation_laundering: delegation {names} ({hop_text}); then {me!r} granted privileged "
                         f"{access_name(ev)!r} to {whom} of upstream agent {src!r} ({_where(ev)}) with no human "
                         f"authority; depth {len(path)}; runs {_runs(chain)}", chain)]
@@ -216,13 +313,23 @@ def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
     return []
 
 
+XRN_GRANT_RATE = spec(
+    "AG-XRN-004", "Grant rate far above baseline across partitions", S.medium, C.drift,
+    "AG-DRF-005 counted over all of the agent's grants, whichever run or partition they came from, with no "
+    "per-key cap: a burst split over many runs.",
+    ("agent.agent_id", "action", "decision.outcome", "occurred_at"),
+    (ASI10, ASI08, DE_AE),
+)
+
+
+@cross_run(XRN_GRANT_RATE, key="agent")
 def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-004: the agent's grants over all partitions cross its drift threshold with this grant.
 
     Reported once per crossing (the grant that reaches the threshold), only when the window's grants
     come from two or more partitions (else the scorer of that one partition counts them all)."""
     b = cx.baseline
-    policy = cx.policy.policy
+    policy = cx.governance
     d = policy.drift
     if (ev["agent"]["agent_id"] != cx.key or b is None or b.events < d.min_baseline_events
             or not granted_access(ev)):
@@ -244,18 +351,95 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
     per_hour = len(chain) * 3600 / d.rate_window_seconds
     parts = len({_part(h) for h in chain})
     runs = len({h["run_id"] for h in chain})
-    return [CrossRunFinding(c.XRN_GRANT_RATE, cx.key,
+    return [CrossRunFinding(XRN_GRANT_RATE, cx.key,
         f"agent {cx.key!r} made {len(chain)} grants in {d.rate_window_seconds}s ({per_hour:.1f}/h) over "
         f"{runs} runs on {parts} partitions, more than {d.rate_factor:g}x its baseline "
         f"{b.grants_per_hour:.1f}/h", chain)]
 
 
+XRN_STALE_POLICY = spec(
+    "AG-XRN-009", "Policy drift across partitions: share of stale policy versions", S.medium, C.drift,
+    "AG-DRF-006 counted over all of the agent's access changes in the recent window, whichever run or "
+    "partition they came from: more of them than the policy's threshold ran under unapproved policy "
+    "versions, while no one partition's share crossed it. Reported once per crossing.",
+    ("agent.agent_id", "policy.policy_id", "policy.policy_version"),
+    (ASI10, PR_AA_05, DE_CM),
+)
+
+
+def _stale(policy: GovernancePolicy, h: TransitionDict) -> bool:
+    ref = h.get("policy") or {}
+    if ref.get("policy_id") is None or ref.get("policy_version") is None:
+        return False  # a fact written before version 2 of the fact schema: unknown, not stale
+    return policy.version_approved(ref["policy_id"], ref["policy_version"]) is False
+
+
+def _over(stale: int, n: int, policy: GovernancePolicy) -> bool:
+    return n >= policy.drift.stale_min_events and stale / n > policy.drift.stale_policy_share
+
+
+@cross_run(XRN_STALE_POLICY, key="agent")
+def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-009: the agent's share of decisions under unapproved policy versions, over every partition's
+    facts in the drift window, crosses the threshold with this (stale) decision.
+
+    Once per crossing: the window without this decision was at or under the threshold. Only when the
+    partition this decision came from does not cross it on its own (else its scorer raises AG-DRF-006)."""
+    policy = cx.governance
+    b = cx.baseline
+    if (ev["agent"]["agent_id"] != cx.key or b is None or b.events < policy.drift.min_baseline_events
+            or not _stale(policy, ev)):
+        return []
+    lo = ev["occurred_at"] - policy.drift.rate_window_seconds * 1000
+    window = [h for h in cx.history if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
+    stale = [h for h in window if _stale(policy, h)]
+    if not _over(len(stale) + 1, len(window) + 1, policy) or _over(len(stale), len(window), policy):
+        return []
+    mine = [h for h in window if _part(h) == _part(ev)]
+    if _over(sum(1 for h in mine if _stale(policy, h)) + 1, len(mine) + 1, policy):
+        return []  # the scorer of this partition sees the drift by itself
+    chain = (*stale, ev)
+    parts = len({_part(h) for h in chain})
+    share = len(chain) / (len(window) + 1)
+    ref = ev["policy"]
+    return [CrossRunFinding(XRN_STALE_POLICY, cx.key,
+        f"agent {cx.key!r}: {len(chain)} of its last {len(window) + 1} access changes ({share:.0%}) ran under "
+        f"unapproved policy versions, over {parts} partitions, now {ref['policy_id']!r} {ref['policy_version']!r} "
+        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%})", chain)]
+
+
+XRN_GROUP_NESTING = spec(
+    "AG-XRN-008", "Hidden escalation across runs: group nesting", S.critical, C.escalation,
+    "AG-ESC-001 over one agent's steps from different runs on different partitions: a group created in one "
+    "run, a principal added to it in another, the group granted privilege in a third, with no human "
+    "authority. The finding names every step's event and run.",
+    ESC_FIELDS, (ASI03, NHI5, PR_AA_05), pattern="group_nesting",
+)
+
+
+@cross_run(XRN_GROUP_NESTING, key="agent", pages=True)
+def group_nesting_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
+    """AG-XRN-008: one agent creates a group, adds a principal to it and grants it privilege, the steps on
+    different partitions (the by-agent facts carry ``create_group``, :data:`pipeline.facts.FACT_ACTIONS`)."""
+    return _from_per_run(escalation.group_nesting, XRN_GROUP_NESTING, ev, cx, by_agent=True)
+
+
+XRN_TOXIC_PAIR = spec(
+    "AG-XRN-005", "Separation-of-duties toxic pair against holdings", S.high, C.risk,
+    "AG-SOD-001 against everything the identity holds, however long ago it was granted (holdings topic), "
+    "when the first half came from another partition or is older than a scorer's context.",
+    ("target.identity_id", "resource.entitlement", "resource.resource_id"),
+    (PR_AA_05, ASI03, NHI5),
+)
+
+
+@cross_run(XRN_TOXIC_PAIR, key="target")
 def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-005: the grant completes a toxic pair with access the target holds, however old."""
     if ev["target"]["identity_id"] != cx.key or not granted_access(ev):
         return []
     name = access_name(ev)
-    partners = cx.policy.policy.sod_partners(name)
+    partners = cx.governance.sod_partners(name)
     if not partners:
         return []
     held: dict[str, TransitionDict] = {}
@@ -268,7 +452,7 @@ def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list
         seen.add(h["event_id"])
         if granted_access(h):
             held[access_name(h)] = h
-        elif h["action"] in _REVOKING:
+        elif h["action"] in ENTITLEMENT_REVOKES:
             held.pop(access_name(h), None)
         elif h["action"] == "delete_account":
             held = {n: g for n, g in held.items() if g["resource"]["system"] != h["resource"]["system"]}
@@ -283,12 +467,23 @@ def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list
         if _part(first) == _part(ev) and age_ms <= cx.scorer_window_ms:
             continue  # the scorer of this partition saw both halves (AG-SOD-001)
         chain = (first, ev)
-        out.append(CrossRunFinding(c.XRN_TOXIC_PAIR, cx.key,
+        out.append(CrossRunFinding(XRN_TOXIC_PAIR, cx.key,
             f"{cx.key!r} granted {name!r} ({_where(ev)}) while holding {partner!r}, granted "
             f"{age_ms / 86_400_000:.1f} days earlier ({_where(first)}): toxic pair {pair!r}", chain))
     return out
 
 
+XRN_GRANT_TO_LEAVER = spec(
+    "AG-XRN-007", "Access granted to an identity the log shows has left", S.high, C.risk,
+    "The identity's account was disabled (an executed disable_account, however long ago, from the holdings "
+    "topic) and never re-created since, yet access was granted to it while the event called it active: "
+    "the agent's own lifecycle claim contradicts the log.",
+    ("target.identity_id", "target.lifecycle_state", "action"),
+    (NHI1, PR_AA_05, ASI03),
+)
+
+
+@cross_run(XRN_GRANT_TO_LEAVER, key="target")
 def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-007: a grant to an identity whose account an earlier executed disable_account (any age) left
     disabled, while the event itself calls the identity active (else AG-LCM-001 already speaks)."""
@@ -304,48 +499,33 @@ def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFin
     if last is None or last["action"] != "disable_account":
         return []
     days = (ev["occurred_at"] - last["occurred_at"]) / 86_400_000
-    return [CrossRunFinding(c.XRN_GRANT_TO_LEAVER, cx.key,
+    return [CrossRunFinding(XRN_GRANT_TO_LEAVER, cx.key,
         f"{ev['action']} of {access_name(ev)!r} to {cx.key!r} ({_where(ev)}), called active, whose account "
         f"was disabled {days:.1f} days earlier ({_where(last)}) and not re-created since", (last, ev))]
 
 
-def duplicate_id_across_partitions(ev: TransitionDict, earlier: Iterable[TransitionDict]) -> TransitionDict | None:
-    """The earlier event with ``ev``'s event_id that came from another partition, if any.
-
-    Reusable on any keyed state: a redelivery of the same message (same partition) is not a duplicate."""
-    for h in earlier:
-        if h["event_id"] == ev["event_id"] and _part(h) != _part(ev):
-            return h
-    return None
-
-
-def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
-    """AG-XRN-006: the same event_id on two partitions of one target's facts."""
-    if ev["target"]["identity_id"] != cx.key:
-        return []
-    first = duplicate_id_across_partitions(ev, cx.history if cx.same_id is None else cx.same_id)
-    if first is None:
-        return []
-    same = "same" if first["evidence"]["event_hash"] == ev["evidence"]["event_hash"] else "different"
-    return [CrossRunFinding(c.XRN_DUPLICATE_ID, cx.key,
-        f"event_id {ev['event_id']!r} seen in {_where(first)} and again in {_where(ev)} with {same} content",
-        (first, ev))]
-
-
-CrossRunRule = Callable[[TransitionDict, CrossRunContext], list[CrossRunFinding]]
-BY_TARGET_RULES: tuple[CrossRunRule, ...] = (
-    duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings, grant_to_leaver)
-BY_AGENT_RULES: tuple[CrossRunRule, ...] = (delegation_laundering, grant_rate_across_partitions,
-                                             group_nesting_across_runs)
+BY_TARGET_RULES: tuple[CrossRunRule, ...] = tuple(_REGISTERED["target"])
+BY_AGENT_RULES: tuple[CrossRunRule, ...] = tuple(_REGISTERED["agent"])
 # The rules whose chains page (an escalation pattern). The correlator also runs these on each fact as it
 # arrives, over the facts arrived so far, so the page does not wait for the grace; every rule's finding
 # is published at the watermark (docs/guarantees.md, "Early pages").
-PAGING_BY_TARGET: tuple[CrossRunRule, ...] = (tier_stepping_across_runs, transient_across_runs)
-PAGING_BY_AGENT: tuple[CrossRunRule, ...] = (delegation_laundering, group_nesting_across_runs)
+PAGING_BY_TARGET: tuple[CrossRunRule, ...] = tuple(r for r in BY_TARGET_RULES if r in _PAGING)
+PAGING_BY_AGENT: tuple[CrossRunRule, ...] = tuple(r for r in BY_AGENT_RULES if r in _PAGING)
+
+
+def later_copy(ev: TransitionDict, cx: CrossRunContext) -> bool:
+    """The fact of a later copy of an event_id the key's facts already hold from another partition (a replay
+    or a rewritten copy under another Kafka key). It raises AG-XRN-006 and nothing else: its grant is not a
+    new grant (the writer keeps the copy apart; first copy wins)."""
+    if ev["target"]["identity_id"] != cx.key:
+        return False
+    return duplicate_id_across_partitions(ev, cx.history if cx.same_id is None else cx.same_id) is not None
 
 
 def correlate(ev: TransitionDict, cx: CrossRunContext, rules: Iterable[CrossRunRule]) -> list[CrossRunFinding]:
     out: list[CrossRunFinding] = []
+    if later_copy(ev, cx):
+        rules = [r for r in rules if r is duplicate_id]
     for rule in rules:
         out.extend(rule(ev, cx))
     return out

@@ -15,20 +15,21 @@ itself was human-decided (approved just-in-time access).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ..events import REVOKES, TransitionDict
-from . import catalogue as c
-from .context import ScoringContext
+from ..events import ENTITLEMENT_GRANTS, REVOKES, TransitionDict
+from .catalogue import ASI03, ASI07, ASI10, DE_AE, NHI5, NHI9, PR_AA_05, C, S, rule, spec
+from .context import ScoringContext, access_name
 from .findings import Finding
-from .rules import Rule, access_name, granted_access, human_approved, is_privileged, is_self_grant
+from .rules import granted_access, human_approved, is_privileged, is_self_grant
 
-_GROUP_GRANTS = frozenset({"assign_role", "grant_entitlement", "add_group_member"})
+ESC_FIELDS = ("agent.agent_id", "agent.on_behalf_of", "target.identity_id", "action", "resource.resource_id",
+              "resource.entitlement", "resource.privilege_tier", "decision.authority", "decision.approved_by")
+"""The evidence fields of every escalation finding, here and across runs (:mod:`crossrun`)."""
+
 
 
 def _history(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
     """Earlier events of the same run, target or agent inside the window; deduplicated, oldest first."""
-    lo = ev["occurred_at"] - ctx.policy.policy.escalation.window_seconds * 1000
+    lo = ev["occurred_at"] - ctx.governance.escalation.window_seconds * 1000
     seen = {(ev["event_id"], ev["evidence"]["event_hash"])}
     out = []
     for source in (ctx.run_history, ctx.target_history, ctx.agent_history):
@@ -44,7 +45,7 @@ def _history(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
 def _on_target(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
     """Like :func:`_history`, for patterns on one target: every such event is in the run or target history."""
     target = ev["target"]["identity_id"]
-    lo = ev["occurred_at"] - ctx.policy.policy.escalation.window_seconds * 1000
+    lo = ev["occurred_at"] - ctx.governance.escalation.window_seconds * 1000
     seen = {(ev["event_id"], ev["evidence"]["event_hash"])}
     out = []
     for source in (ctx.run_history, ctx.target_history):
@@ -73,10 +74,19 @@ def _created(h: TransitionDict) -> tuple[str, str] | None:
     return h["target"]["identity_id"], h["resource"]["resource_id"]
 
 
+ESC_GROUP_NESTING = spec(
+    "AG-ESC-001", "Hidden escalation: group nesting", S.critical, C.escalation,
+    "The agent created a group, put itself or its principal in it, and had a privileged role or entitlement "
+    "granted to the group, with no human authority over the completing step.",
+    ESC_FIELDS, (ASI03, ASI10, NHI5, PR_AA_05), pattern="group_nesting",
+)
+
+
+@rule(ESC_GROUP_NESTING)
 def group_nesting(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    if ev["action"] not in _GROUP_GRANTS or not granted_access(ev) or human_approved(ev):
+    if ev["action"] not in ENTITLEMENT_GRANTS or not granted_access(ev) or human_approved(ev):
         return []
-    policy = ctx.policy.policy
+    policy = ctx.governance
     groups = set()
     if ev["action"] == "add_group_member":
         groups.add(ev["resource"]["resource_id"])  # as the "add a principal to the group" step
@@ -95,7 +105,7 @@ def group_nesting(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
 
 
 def _group_chain(ev: TransitionDict, hist: list[TransitionDict], group: str, ctx: ScoringContext) -> Finding | None:
-    policy = ctx.policy.policy
+    policy = ctx.governance
     start = next((i for i, h in enumerate(hist) if (made := _created(h)) and group in made), None)
     if start is None:
         return None
@@ -113,7 +123,7 @@ def _group_chain(ev: TransitionDict, hist: list[TransitionDict], group: str, ctx
         if add is None and h["action"] == "add_group_member" and h["resource"]["resource_id"] == group \
                 and h["target"]["identity_id"] in principals:
             add = h
-        elif grant is None and h["action"] in _GROUP_GRANTS and h["target"]["identity_id"] == group \
+        elif grant is None and h["action"] in ENTITLEMENT_GRANTS and h["target"]["identity_id"] == group \
                 and is_privileged(h, policy):
             grant = h
         if add is not None and grant is not None:
@@ -123,7 +133,7 @@ def _group_chain(ev: TransitionDict, hist: list[TransitionDict], group: str, ctx
     if add is None or grant is None:
         return None
     chain = sorted((create, add, grant), key=lambda h: 1 if h is ev else 0)
-    return c.ESC_GROUP_NESTING.finding(
+    return ESC_GROUP_NESTING.finding(
         f"group_nesting: agent {ev['agent']['agent_id']!r} created group {group!r} ({_where(create)}), added "
         f"{add['target']['identity_id']!r} to it ({_where(add)}) and granted it privileged {access_name(grant)!r} "
         f"({_where(grant)}) with no human authority", _ids(chain))
@@ -131,14 +141,25 @@ def _group_chain(ev: TransitionDict, hist: list[TransitionDict], group: str, ctx
 
 # -- AG-ESC-002 tier stepping ---------------------------------------------------------------------------
 
+ESC_TIER_STEPPING = spec(
+    "AG-ESC-002", "Hidden escalation: tier stepping", S.critical, C.escalation,
+    "One identity was granted access at strictly increasing privilege tiers, ending at the privileged tier "
+    "(privileged.min_tier, 3 by default), with no human authority over the final step: each step looks "
+    "small, the sum is admin.",
+    ESC_FIELDS, (ASI03, NHI5, PR_AA_05), pattern="tier_stepping",
+)
+
+
+@rule(ESC_TIER_STEPPING)
 def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    if ev["resource"]["privilege_tier"] != 3 or not granted_access(ev) or human_approved(ev):
+    top = ctx.governance.privileged.min_tier
+    if ev["resource"]["privilege_tier"] < top or not granted_access(ev) or human_approved(ev):
         return []
     target = ev["target"]["identity_id"]
     prior = [h for h in _on_target(ev, ctx) if granted_access(h)]
-    if any(h["resource"]["privilege_tier"] >= 3 for h in prior):
-        return []  # the identity already reached tier 3 in the window: that event completed any chain
-    # Longest strictly increasing run of tiers (0..2) before this grant; ties keep the latest event.
+    if any(h["resource"]["privilege_tier"] >= top for h in prior):
+        return []  # the identity already reached the privileged tier in the window: that completed any chain
+    # Longest strictly increasing run of tiers below it before this grant; ties keep the latest event.
     best: dict[int, list[TransitionDict]] = {}
     for h in prior:
         tier = h["resource"]["privilege_tier"]
@@ -146,19 +167,28 @@ def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
         if len(below) + 1 >= len(best.get(tier, [])):
             best[tier] = [*below, h]
     chain = [*max(best.values(), key=len, default=[]), ev]
-    if len(chain) < ctx.policy.policy.escalation.tier_stepping_min_steps:
+    if len(chain) < ctx.governance.escalation.tier_stepping_min_steps:
         return []
     steps = " -> ".join(f"tier {h['resource']['privilege_tier']} {access_name(h)!r} ({_where(h)})" for h in chain)
-    return [c.ESC_TIER_STEPPING.finding(
+    return [ESC_TIER_STEPPING.finding(
         f"tier_stepping: {target!r} stepped up {steps} with no human authority over the last step", _ids(chain))]
 
 
 # -- AG-ESC-003 transient privilege ------------------------------------------------------------------------
 
+ESC_TRANSIENT_PRIVILEGE = spec(
+    "AG-ESC-003", "Hidden escalation: transient privilege", S.critical, C.escalation,
+    "A privileged entitlement was granted and revoked again within the transient window: used and hidden "
+    "before any review could see it.",
+    ESC_FIELDS, (ASI03, ASI10, PR_AA_05, DE_AE), pattern="transient_privilege",
+)
+
+
+@rule(ESC_TRANSIENT_PRIVILEGE)
 def transient_privilege(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if ev["action"] not in REVOKES or ev["decision"]["outcome"] != "granted":
         return []
-    policy = ctx.policy.policy
+    policy = ctx.governance
     target, system, name = ev["target"]["identity_id"], ev["resource"]["system"], access_name(ev)
 
     def same(h: TransitionDict) -> bool:
@@ -180,7 +210,7 @@ def transient_privilege(ev: TransitionDict, ctx: ScoringContext) -> list[Finding
         return []
     if not (is_privileged(ev, policy) or is_privileged(grant, policy)):
         return []
-    return [c.ESC_TRANSIENT_PRIVILEGE.finding(
+    return [ESC_TRANSIENT_PRIVILEGE.finding(
         f"transient_privilege: privileged {name!r} on {system!r} granted to {target!r} by "
         f"{grant['agent']['agent_id']!r} ({_where(grant)}) and revoked {max(held_ms, 0) / 1000:.0f}s later "
         f"({_where(ev)})", _ids([grant, ev]))]
@@ -201,6 +231,14 @@ def _link_into(hist: list[TransitionDict], before: int, agent: str, agents: set[
     return None
 
 
+ESC_DELEGATION_SELF_GRANT = spec(
+    "AG-ESC-004", "Hidden escalation: delegation chain ending in a self-grant", S.critical, C.escalation,
+    "Access was delegated from agent to agent, and the last agent granted access to itself or its principal.",
+    ESC_FIELDS, (ASI07, ASI03, NHI9, PR_AA_05), pattern="delegation_self_grant",
+)
+
+
+@rule(ESC_DELEGATION_SELF_GRANT)
 def delegation_self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if not is_self_grant(ev) or human_approved(ev):
         return []
@@ -213,7 +251,7 @@ def delegation_self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Findi
     behalf = ev["agent"]["on_behalf_of"]
     cur, before, visited = me, len(hist), {me}
     links: list[tuple[int, str]] = []
-    for _ in range(ctx.policy.policy.escalation.max_delegation_depth):
+    for _ in range(ctx.governance.escalation.max_delegation_depth):
         link = _link_into(hist, before, cur, agents)
         if link is None and not links and behalf in agents and behalf not in visited:
             assert behalf is not None
@@ -234,15 +272,6 @@ def delegation_self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Findi
         return []  # this chain already ended in a self-grant, reported then
     chain = [hist[i] for i, _ in reversed(links)] + [ev]
     path = " -> ".join([*(src for _, src in reversed(links)), me])
-    return [c.ESC_DELEGATION_SELF_GRANT.finding(
+    return [ESC_DELEGATION_SELF_GRANT.finding(
         f"delegation_self_grant: delegation {path} ended with {me!r} granting {access_name(ev)!r} to "
         f"{ev['target']['identity_id']!r} ({_where(ev)})", _ids(chain))]
-
-
-PATTERNS: dict[str, Callable[[TransitionDict, ScoringContext], list[Finding]]] = {
-    "group_nesting": group_nesting,
-    "tier_stepping": tier_stepping,
-    "transient_privilege": transient_privilege,
-    "delegation_self_grant": delegation_self_grant,
-}
-ESCALATION_RULES: tuple[Rule, ...] = tuple(PATTERNS.values())

@@ -1,20 +1,19 @@
 """Authority and approval rules, and the predicates every rule module shares.
 
 A rule is a pure function ``(event, context) -> list[Finding]``: no I/O, no globals, no clock; the same
-event and context always give the same findings. ``engine.RULES`` lists them all.
+event and context always give the same findings. Each is declared with ``spec`` and registered with
+``@rule`` beside it (``catalogue.RULES``; docs/rules.md "Adding a rule").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from ..events import ACCESS_CHANGES, GRANTS, TransitionDict
-from . import catalogue as c
-from .context import ScoringContext
+from .catalogue import ASI03, ASI09, NHI5, PR_AA_05, C, S, rule, spec
+from .context import ScoringContext, access_name
 from .findings import Finding
 from .policy import GovernancePolicy
-
-Rule = Callable[[TransitionDict, ScoringContext], list[Finding]]
 
 
 def granted_access(ev: TransitionDict) -> bool:
@@ -22,10 +21,13 @@ def granted_access(ev: TransitionDict) -> bool:
     return ev["action"] in GRANTS and ev["decision"]["outcome"] == "granted"
 
 
-def access_name(ev: TransitionDict) -> str:
-    """The entitlement an event grants or revokes: the entitlement, else the resource (role, group)."""
-    res = ev["resource"]
-    return res["entitlement"] or res["resource_id"]
+_SHOWN = 5  # offending values named in a message; the rest are counted
+
+
+def quoted(values: Sequence[str]) -> str:
+    """The first few values, quoted, for a finding message: ``'a', 'b' and 3 more``."""
+    shown = ", ".join(repr(v) for v in values[:_SHOWN])
+    return shown if len(values) <= _SHOWN else f"{shown} and {len(values) - _SHOWN} more"
 
 
 def is_privileged(ev: TransitionDict, policy: GovernancePolicy) -> bool:
@@ -50,10 +52,21 @@ def is_self_grant(ev: TransitionDict) -> bool:
     return target == agent["agent_id"] or (agent["on_behalf_of"] is not None and target == agent["on_behalf_of"])
 
 
+PRIVILEGED_WITHOUT_APPROVAL = spec(
+    "AG-AUTH-001", "Privileged grant without human approval", S.critical, C.risk,
+    "Access at a privilege tier the workflow says needs a human approval, or to an entitlement or group the "
+    "policy lists as privileged, was granted with no approved_by.",
+    ("action", "decision.outcome", "resource.privilege_tier", "resource.entitlement", "resource.resource_id",
+     "decision.approved_by"),
+    (ASI03, NHI5, PR_AA_05),
+)
+
+
+@rule(PRIVILEGED_WITHOUT_APPROVAL)
 def privileged_without_approval(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if not granted_access(ev) or ev["decision"]["approved_by"]:
         return []
-    policy = ctx.policy.policy
+    policy = ctx.governance
     tier = ev["resource"]["privilege_tier"]
     if tier in policy.boundary_for(ev["workflow_id"]).human_approval_tiers:
         why = f"tier-{tier}"
@@ -61,29 +74,46 @@ def privileged_without_approval(ev: TransitionDict, ctx: ScoringContext) -> list
         why = f"privileged (tier-{tier})"
     else:
         return []
-    return [c.PRIVILEGED_WITHOUT_APPROVAL.finding(
+    return [PRIVILEGED_WITHOUT_APPROVAL.finding(
         f"{ev['action']} of {why} {access_name(ev)!r} on {ev['resource']['system']!r} to "
         f"{ev['target']['identity_id']!r} granted with no approved_by"
     )]
 
 
+MODEL_FINAL_AUTHORITY = spec(
+    "AG-AUTH-002", "Model held final authority over an access change", S.high, C.risk,
+    "The LLM's output was the final authorization of an access change: no separation of interpretation "
+    "from authorization.",
+    ("action", "decision.authority", "decision.outcome", "agent.model_id"),
+    (ASI09, ASI03, PR_AA_05),
+)
+
+
+@rule(MODEL_FINAL_AUTHORITY)
 def model_final_authority(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     d = ev["decision"]
     if d["authority"] != "model" or ev["action"] not in ACCESS_CHANGES or d["outcome"] != "granted":
         return []
     model = ev["agent"]["model_id"] or "unknown model"
-    return [c.MODEL_FINAL_AUTHORITY.finding(
+    return [MODEL_FINAL_AUTHORITY.finding(
         f"{ev['action']} on {ev['target']['identity_id']!r} authorized by {model!r} (authority=model)"
     )]
 
 
+SELF_GRANT = spec(
+    "AG-AUTH-003", "Self-grant", S.critical, C.risk,
+    "The agent granted access to itself or to the principal it acts on behalf of.",
+    ("agent.agent_id", "agent.on_behalf_of", "target.identity_id", "action"),
+    (ASI03, NHI5, PR_AA_05),
+)
+
+
+@rule(SELF_GRANT)
 def self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if not is_self_grant(ev):
         return []
     target, agent = ev["target"]["identity_id"], ev["agent"]
     who = f"the agent itself ({target!r})" if target == agent["agent_id"] else f"its principal {target!r}"
-    return [c.SELF_GRANT.finding(
+    return [SELF_GRANT.finding(
         f"agent {agent['agent_id']!r} granted {ev['action']} of {access_name(ev)!r} to {who}")]
 
-
-AUTHORITY_RULES: tuple[Rule, ...] = (privileged_without_approval, model_final_authority, self_grant)

@@ -10,17 +10,25 @@ not the consumer filled the set, and it costs nothing for grants outside every t
 from __future__ import annotations
 
 from ..events import TransitionDict
-from . import catalogue as c
-from .context import ScoringContext, entitlements_from_history
+from .catalogue import ASI03, NHI5, PR_AA_05, C, S, rule, spec
+from .context import ScoringContext, access_name, entitlements_from_history
 from .findings import Finding
-from .rules import Rule, access_name, granted_access
+from .rules import granted_access
+
+TOXIC_PAIR = spec(
+    "AG-SOD-001", "Separation-of-duties toxic pair completed", S.high, C.risk,
+    "The grant gives an identity the second half of a toxic pair it must not hold together.",
+    ("target.identity_id", "resource.entitlement", "resource.resource_id"),
+    (PR_AA_05, ASI03, NHI5),
+)
 
 
+@rule(TOXIC_PAIR)
 def toxic_pair(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if not granted_access(ev):
         return []
     name = access_name(ev)
-    partners = ctx.policy.policy.sod_partners(name)
+    partners = ctx.governance.sod_partners(name)
     if not partners:
         return []
     target = ev["target"]["identity_id"]
@@ -33,10 +41,8 @@ def toxic_pair(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
         if partner not in held:
             continue
         related = tuple(h["event_id"] for h in own if access_name(h) == partner and granted_access(h))
-        found.append(c.TOXIC_PAIR.finding(
+        found.append(TOXIC_PAIR.finding(
             f"{target!r} granted {name!r} while holding {partner!r}: toxic pair {pair!r}",
             (*related[-1:], ev["event_id"])))
     return found
 
-
-SOD_RULES: tuple[Rule, ...] = (toxic_pair,)

@@ -9,11 +9,15 @@ naming the principal and the topic.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -118,3 +122,43 @@ def test_least_privilege_pipeline_and_refused_writes(
     assert got["event_ids"] == set(ids)
     for name in ("scorer-0.log", "writer.log"):
         assert "AUTHORIZATION_FAILED" not in (logs / name).read_text(), f"{name} was refused something it needs"
+
+
+def test_kafka_access_one_shot_sets_each_principals_password_and_acls(
+    secured: KraftCluster, settings_factory: Callable[..., Settings], tmp_path: Path,
+) -> None:
+    """compose's ``kafka-access`` service: run as the super user, it (re)sets every principal's SCRAM
+    credential from SCRAM_PASSWORD_<ROLE> and applies the ACLs; the agent then writes transitions with
+    its new password, and its old password no longer authenticates."""
+    assert secured.users is not None
+    admin = settings_factory(
+        kafka_bootstrap=secured.bootstrap, kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="admin",
+        kafka_sasl_password=SecretStr(secured.users["admin"]))
+    fresh = {role: secrets.token_urlsafe(16) for role in ROLES}
+    env = {**os.environ, **settings_env(admin), "AGENTGOV_METRICS_PORT": "0",
+           **{f"SCRAM_PASSWORD_{role.upper()}": pw for role, pw in fresh.items()}}
+    done = subprocess.run([sys.executable, "-m", "consumers.kafka_access"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for pw in fresh.values():  # the passwords never reach a log line
+        assert pw not in done.stdout + done.stderr
+    old = secured.users["agent"]
+    secured.users.update(fresh)  # later tests in this module use the new credentials
+
+    agent = as_user(admin, secured, "agent")
+    pub = TransitionPublisher(agent)
+    pub.publish(draft(run_id="run-access"))
+    pub.flush(30)
+    assert pub.delivered == 1
+    stale = TransitionPublisher(agent.model_copy(update={"kafka_sasl_password": SecretStr(old)}),
+                                producer=Producer(agent.model_copy(update={"kafka_sasl_password": SecretStr(old)})
+                                                  .kafka_config(**{"message.timeout.ms": 5000})))
+    stale.publish(draft(run_id="run-stale"))
+    with pytest.raises(PublishError):
+        stale.flush(20)
+    # missing a principal's password is a clear configuration error, not a half-applied cluster
+    partial = {k: v for k, v in env.items() if k != "SCRAM_PASSWORD_READER"}
+    done = subprocess.run([sys.executable, "-m", "consumers.kafka_access"], env=partial, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "SCRAM_PASSWORD_READER" in done.stdout + done.stderr

@@ -289,7 +289,7 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     assert step[0]["run_id"] in pages
 
 
-def test_grant_rate_burst_over_six_partitions(world: World) -> None:
+def test_grant_rate_burst_and_stale_policy_drift_over_six_partitions(world: World) -> None:
     agent = f"agent-burst-{TAG}"
     # six days of steady baseline: 40 grants
     world.publish(*[draft(run_id=f"base-{TAG}-{i}", occurred_at=at(hours=144 - i * 3.5),
@@ -303,13 +303,17 @@ def test_grant_rate_burst_over_six_partitions(world: World) -> None:
                 baseline = doc
     assert baseline is not None
     time.sleep(3)  # the correlators follow the compacted baselines topic
-    # 40 grants in 30 minutes, each in its own run, arriving as they happen (in event-time order)
+    # 40 grants in 30 minutes, each in its own run, arriving as they happen (in event-time order); every
+    # third under an unapproved policy version (35%: over the 20% share, yet no partition has 10 decisions)
     ids = []
     for i in range(40):
+        stale = {"policy.policy_version": "5"} if i % 3 == 0 else {}
         ids += world.publish(draft(run_id=f"burst-{TAG}-{i}", occurred_at=at(minutes=30 - i * 0.7),
-                                   **{"agent.agent_id": agent, "target.identity_id": f"u-burst-{TAG}-{i}"}))
+                                   **{"agent.agent_id": agent, "target.identity_id": f"u-burst-{TAG}-{i}", **stale}))
     assert len(set(world.partitions(ids))) == PARTS
-    found = wait_findings(world, lambda f: bool(of(f, "AG-XRN-004", agent)))
+    found = wait_findings(world, lambda f: bool(of(f, "AG-XRN-004", agent)) and bool(of(f, "AG-XRN-009", agent)))
     rate = of(found, "AG-XRN-004", agent)
     assert len(rate) == 1, rate
     assert len(rate[0]["related_event_ids"]) == 20 and len(set(rate[0]["related_partitions"])) >= 4
+    drift = of(found, "AG-XRN-009", agent)
+    assert len(drift) == 1 and len(set(drift[0]["related_partitions"])) >= 2, drift

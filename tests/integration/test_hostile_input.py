@@ -77,7 +77,7 @@ def sized(pub: TransitionPublisher, size: int, **changes: Any) -> dict[str, Any]
 
 def dlq_by_source(settings: Settings, count: int) -> dict[tuple[int, int], Message]:
     """Dead letters by source (partition, offset): a re-cut batch may repeat one; the source identifies it."""
-    dead = consume(settings, settings.topic_dlq, count, timeout=60, settle=2.0)
+    dead = consume(settings, settings.topic_dlq, count, timeout=60, settle=1.0)
     return {(int(header(m.headers(), "agentgov.source.partition") or -1),
              int(header(m.headers(), "agentgov.source.offset") or -1)): m for m in dead}
 
@@ -258,8 +258,10 @@ def test_a_later_copy_never_replaces_the_original(
     in_process: Callable[[Settings], InProcess],
 ) -> None:
     """A rewritten copy (same event_id, risk 80 turned to ~0, new hash) and a byte-identical signed replay,
-    both published later under other keys: trail and export still show the original; both copies are kept
-    apart with AG-EVD-005; nothing is replaced, whichever partition each copy came through."""
+    both published later under other keys, and a replay under the run's own key (its partition): trail and
+    export still show the original; all copies are kept apart with AG-EVD-005; nothing is replaced,
+    whichever partition each copy came through. The copy on the original's partition emits no access fact
+    (the correlator must not count its grant again)."""
     settings = settings_factory(signing_keys={"k-agent": "s3cret-agent"})
     pipe = in_process(settings)
     pub = publisher_factory(settings, signing_key=("k-agent", b"s3cret-agent"))
@@ -281,28 +283,39 @@ def test_a_later_copy_never_replaces_the_original(
     keys = [b"another-key-1", b"another-key-2"]  # other partitions than run-orig's, most likely
     raw.produce(settings.topic_transitions, SERDE.encode(rewritten), key=keys[0])
     raw.produce(settings.topic_transitions, SERDE.encode(original), key=keys[1])  # byte-identical replay
+    raw.produce(settings.topic_transitions, SERDE.encode(original), key=b"run-orig")  # on its own partition
     assert raw.flush(30) == 0
     after = flowing(pipe, pub)
-    assert wait_until(lambda: pipe.metrics.registry.get_sample_value("agentgov_duplicate_events_total") == 2, 60)
+    assert wait_until(lambda: pipe.metrics.registry.get_sample_value("agentgov_duplicate_events_total") == 3, 60)
 
     rows = pipe.sink.query("SELECT action, privilege_tier FROM {db}.transitions FINAL WHERE event_id = {e:String}",
                            {"e": original["event_id"]})
     assert rows == [{"action": "assign_role", "privilege_tier": 3}]
     now = trail(pipe.sink, "run-orig")
     assert [(s["action"], s["risk_score"]) for s in now] == [(s["action"], s["risk_score"]) for s in before]
-    assert len(now[0]["later_copies"]) == 2
+    assert len(now[0]["later_copies"]) == 3
     assert all("AG-EVD-005" in c["finding_codes"] for c in now[0]["later_copies"])
     text = render_trail(now)
-    assert text.count("AG-EVD-005 critical: a later copy") == 2 and "remove_role" in text
+    assert text.count("AG-EVD-005 critical: a later copy") == 3 and "remove_role" in text
     from datetime import UTC, datetime, timedelta
 
     exported = list(export(pipe.sink, since=datetime.now(UTC) - timedelta(days=1),
                            until=datetime.now(UTC) + timedelta(days=1), min_score=50))
     mine = [r for r in exported if r["event_id"] == original["event_id"]]
-    assert len(mine) == 1 and mine[0]["action"] == "assign_role" and len(mine[0]["later_copies"]) == 2
+    assert len(mine) == 1 and mine[0]["action"] == "assign_role" and len(mine[0]["later_copies"]) == 3
     # Accounting: every produced record is stored, kept apart, or dead-lettered (none here).
     kept_apart = pipe.sink.query("SELECT count() AS n FROM {db}.duplicates")[0]["n"]
-    assert len(stored_ids(pipe)) + kept_apart == 1 + 2 + len(after)
+    assert len(stored_ids(pipe)) + kept_apart == 1 + 3 + len(after)
+    # Access facts of the original's partition: one for the event_id, the original's (not the replay's).
+    from pipeline.facts import FACT
+
+    facts = Serde(SCHEMAS, record=FACT)
+    home = next(r["source_partition"] for r in pipe.sink.query(
+        "SELECT source_partition FROM {db}.event_ids WHERE event_id = {e:String}", {"e": original["event_id"]}))
+    mine_facts = [f for f in (facts.decode(m.value()).record for m in consume(
+        settings, settings.topic_facts_by_target, 1 + 2, timeout=30, settle=1.0))
+        if f["event_id"] == original["event_id"] and f["source_partition"] == home]
+    assert len(mine_facts) == 1
 
 
 ESC_VALUES = {
@@ -463,3 +476,42 @@ def test_cli_publish_rejects_huge_integers_and_oversized_events_without_a_traceb
     assert f"{path}:1: invalid event: step" in err and f"{path}:2: invalid event: step" in err
     assert f"{path}:3: invalid event: event of" in err and "exceeds the 934464-byte limit" in err
     assert f"{path}:4: invalid event: attributes" in err
+
+
+def test_a_run_first_seen_at_a_later_step_and_its_look_alike_after_a_restart(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """A run whose first event is step k > 0 (steps before it never sent, a well-formed prev_event_hash)
+    raises AG-EVD-003, on a fresh scorer and right after a restart. The look-alike: a run continued after
+    the restart, whose earlier steps lie before the committed offset, is found by the replay: no finding."""
+    from pipeline.audit import trail
+
+    settings = settings_factory()
+    pub = publisher_factory(settings)
+
+    def gap_run(run_id: str, first_sent: int) -> str:
+        records = [pub.complete(draft(run_id=run_id, step=i)) for i in range(first_sent + 1)]
+        return pub.send(records[-1])  # the steps before it are hashed into the chain, never sent
+
+    def evd3(run_id: str) -> dict[int, list[str]]:
+        return {s["step"]: [f["message"] for f in s["findings"] if f["code"] == "AG-EVD-003"]
+                for s in trail(pipe.sink, run_id)}
+
+    pipe = in_process(settings)
+    ids = {pub.publish(draft(run_id="run-cont", step=0)), pub.publish(draft(run_id="run-cont", step=1)),
+           gap_run("run-gap-1", 3)}
+    pub.flush()
+    assert wait_until(lambda: ids <= stored_ids(pipe), 60)
+    assert wait_until(lambda: bool(evd3("run-gap-1").get(3)), 30)
+    assert "first seen at step 3: steps 0-2 never arrived" in evd3("run-gap-1")[3][0]
+    assert evd3("run-cont") == {0: [], 1: []}
+    pipe.close()
+
+    pipe = in_process(settings)  # a restart (or a reassignment): the context is rebuilt by replay
+    ids = {pub.publish(draft(run_id="run-cont", step=2)), gap_run("run-gap-2", 2)}
+    pub.flush()
+    assert wait_until(lambda: ids <= stored_ids(pipe), 60)
+    assert wait_until(lambda: bool(evd3("run-gap-2").get(2)), 30)
+    assert evd3("run-cont") == {0: [], 1: [], 2: []}
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,8 +143,10 @@ def test_store_outage_pauses_backs_off_commits_nothing_and_resumes_without_loss(
 
         assert wait_until(lambda: w.writer.stored >= 300, 60), f"stored {w.writer.stored} after the outage"
         assert wait_until(lambda: w.sample("agentgov_consumer_paused", role="writer") == 0, 10)
-        errors = (w.sample("agentgov_sink_errors_total", table="ingest", kind="InjectedServerError")
-                  + w.sample("agentgov_sink_errors_total", table="ingest", kind="InjectedTimeout"))
+        # A failed attempt fails at the event_id lookup (first copy wins) or at the insert: one closed label each.
+        errors = sum(w.sample("agentgov_sink_errors_total", table=table, kind=kind)
+                     for table in ("event_ids", "ingest") for kind in ("InjectedServerError", "InjectedTimeout"))
+        assert w.sample("agentgov_sink_errors_total", table="event_ids", kind="InjectedServerError") >= 1
         failures = faults.failures["error"] + faults.failures["timeout"]
         print(f"\nOUTAGE attempts_failed={failures} (errors={faults.failures['error']} "
               f"timeouts={faults.failures['timeout']}) sink_errors_total={errors}")
@@ -231,18 +232,10 @@ def restartable(engine: str, port: int, tmp_path: Path) -> EmbeddedBroker | Kraf
     return EmbeddedBroker(port, tmp_path / "tansu.log")
 
 
-# On Kafka (one node, SIGTERM then restart on the same log) the scorer, alive, hangs inside librdkafka
-# 2.16.0's rd_kafka_send_offsets_to_transaction well past its 30 s timeout (native stack: Scorer.process
-# -> Producer_send_offsets_to_transaction -> rd_kafka_txn_op_req0 -> cnd_wait), so nothing more is scored.
-# Seen in 3 of 3 runs; upstream: librdkafka issues 5456 (the coordinator-request timeout is never checked)
-# and 5511 (a stale cached group coordinator is never re-looked-up). Tansu passes. Not run by default (it
-# costs 4 min of CI to watch the hang); run it with RUN_KAFKA_TXN_HANG=1 to check a new librdkafka.
-KAFKA_TXN_HANG = pytest.mark.xfail(reason="librdkafka send_offsets_to_transaction hangs after a single-node "
-                                          "Kafka restart (upstream 5456/5511)", strict=False,
-                                   run=os.environ.get("RUN_KAFKA_TXN_HANG") == "1")
-
-
-@pytest.mark.parametrize("engine", ["tansu", pytest.param("kafka", marks=[pytest.mark.kafka, KAFKA_TXN_HANG])])
+# On Kafka (one node, SIGTERM then restart on the same log) librdkafka 2.16.0 was seen to block inside
+# rd_kafka_send_offsets_to_transaction well past its timeout (upstream 5456/5511); the checkpoint's watchdog
+# (pipeline/checkpoint.py) now aborts, replays and replaces the producer when a coordinator call blocks.
+@pytest.mark.parametrize("engine", ["tansu", pytest.param("kafka", marks=pytest.mark.kafka)])
 def test_broker_restart_clients_reconnect_and_sdk_surfaces_failures(
     engine: str, settings_factory: Callable[..., Settings], tmp_path: Path, scorer_slot: Callable[[Settings], Slot],
 ) -> None:
@@ -283,9 +276,12 @@ def test_broker_restart_clients_reconnect_and_sdk_surfaces_failures(
             assert set(exc.fields.get("event_ids", sent)) <= set(sent)
         else:
             after += sent
-        assert wait_until(lambda: w.writer.stored >= 100, 150), f"stored {w.writer.stored}"
-        stored = {r["event_id"] for r in w.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
-        assert set(after) <= stored
+        def stored() -> set[str]:
+            return {r["event_id"] for r in w.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
+
+        # Every event delivered after the restart is stored (not just any 100: the old SDK's 20 may come last).
+        assert wait_until(lambda: set(after) <= stored(), 150, interval=1.0), \
+            f"stored {w.writer.stored}; missing {len(set(after) - stored())} of {len(after)}"
     finally:
         w.close()
         scorer.terminate(20)

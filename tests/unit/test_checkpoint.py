@@ -75,3 +75,27 @@ def test_errors_of_the_call_reach_the_caller_and_a_normal_failure_aborts() -> No
     assert err.value.args[0].code() == KafkaError._TRANSPORT
     cp.recover()
     assert cp.producer.aborted == 1 and not cp._abandoned  # type: ignore[attr-defined]
+
+
+def test_a_refused_record_serves_its_delivery_reports_then_aborts_and_replaces_the_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The delivery report of a record the broker refused sets replace_after_abort (Scorer._on_delivery);
+    it is served before the abort, and the producer, whose idempotent sequence is broken, is replaced."""
+    old = _Producer(threading.Event())
+    cp = _checkpoint(old)
+
+    reports = [True]  # one refused record's report is queued
+
+    def poll(_: float) -> int:
+        if reports:  # the scorer's per-message callback on MSG_SIZE_TOO_LARGE
+            cp.replace_after_abort = reports.pop()
+        return 1
+
+    old.poll = poll  # type: ignore[attr-defined]
+    replaced: list[bool] = []
+    monkeypatch.setattr(cp, "new_producer", lambda: replaced.append(True))
+    cp.recover()
+    assert old.aborted == 1 and replaced == [True] and not cp.replace_after_abort
+    cp.recover()  # a normal failure afterwards: abort only
+    assert old.aborted == 2 and replaced == [True]

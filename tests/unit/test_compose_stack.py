@@ -21,6 +21,9 @@ LAPTOP = COMPOSE / "docker-compose.laptop.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 KNOWN_SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 AGENTGOV_SERVICES = {"topics", "migrate", "scorer", "writer", "demo"}
+# Every Kafka client service -> the principal it authenticates as (pipeline/acls.py roles; admin = super user).
+KAFKA_CLIENTS = {"scorer": "scorer", "correlator": "correlator", "writer": "store", "review": "review",
+                 "demo": "agent", "topics": "admin", "kafka-access": "admin"}
 
 
 def _env_example() -> dict[str, str]:
@@ -73,7 +76,7 @@ def test_images_are_pinned_and_overridable() -> None:
 
 
 def test_kafka_is_three_kraft_brokers_with_rf3(base: dict[str, Any]) -> None:
-    brokers = {n: s for n, s in base["services"].items() if n.startswith("kafka-")}
+    brokers = {n: s for n, s in base["services"].items() if re.fullmatch(r"kafka-\d", n)}
     assert len(brokers) == 3
     for svc in brokers.values():
         env = svc["environment"]
@@ -101,7 +104,7 @@ def test_laptop_is_one_broker_rf1(laptop: dict[str, Any]) -> None:
 def test_agentgov_containers_get_only_known_settings(variant: str, request: pytest.FixtureRequest) -> None:
     # Settings rejects unknown AGENTGOV_* variables at start, so a typo here is a crash loop.
     config = request.getfixturevalue(variant)
-    for name in AGENTGOV_SERVICES:
+    for name in AGENTGOV_SERVICES | set(KAFKA_CLIENTS):
         env = config["services"][name]["environment"]
         unknown = {k for k in env if k.startswith(ENV_PREFIX)} - KNOWN_SETTINGS
         assert not unknown, f"{name}: {sorted(unknown)}"
@@ -141,3 +144,55 @@ def test_mounted_files_exist(base: dict[str, Any]) -> None:
             source = volume.split(":", 1)[0]
             if source.startswith("."):
                 assert (COMPOSE / source).exists(), f"{name}: {source}"
+
+
+def test_kafka_authenticates_every_listener_and_denies_without_an_acl(base: dict[str, Any]) -> None:
+    for name in ("kafka-1", "kafka-2", "kafka-3"):
+        env = base["services"][name]["environment"]
+        protocols = {p.split(":")[1] for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")}
+        assert protocols == {"SASL_PLAINTEXT"}, f"{name}: an unauthenticated listener"
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+        assert str(env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"]) == "false"
+        assert env["KAFKA_SUPER_USERS"] == "User:admin"
+        assert env["KAFKA_LISTENER_NAME_EXTERNAL_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+        assert env["BROKER_ADMIN_PASSWORD"] == _env_example()["KAFKA_ADMIN_PASSWORD"]
+        assert "PLAINTEXT://" not in env["KAFKA_ADVERTISED_LISTENERS"].replace("SASL_PLAINTEXT://", "")
+    script = (COMPOSE / "kafka" / "start.sh").read_text()
+    assert "ScramLoginModule" in script and "user_admin=" in script and "${BROKER_RUN:-/etc/kafka/docker/run}" in script
+
+
+@pytest.mark.parametrize("variant", ["base", "laptop"])
+def test_every_kafka_client_authenticates_with_its_own_principal(variant: str, request: pytest.FixtureRequest) -> None:
+    config = request.getfixturevalue(variant)
+    secrets = _env_example()
+    for service, principal in KAFKA_CLIENTS.items():
+        env = config["services"][service]["environment"]
+        assert env["AGENTGOV_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", service
+        assert env["AGENTGOV_KAFKA_SASL_USERNAME"] == principal, service
+        if principal == "admin":
+            assert env["AGENTGOV_KAFKA_SASL_MECHANISM"] == "PLAIN", service
+            assert env["AGENTGOV_KAFKA_SASL_PASSWORD"] == secrets["KAFKA_ADMIN_PASSWORD"], service
+        else:  # its own secret, not another role's
+            assert env["AGENTGOV_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", service
+            assert env["AGENTGOV_KAFKA_SASL_PASSWORD"] == secrets[f"SCRAM_PASSWORD_{principal.upper()}"], service
+    roles = [p for p in KAFKA_CLIENTS.values() if p != "admin"]
+    assert len(roles) == len(set(roles)), "two services share a principal"
+    registry = config["services"]["schema-registry"]["environment"]
+    assert registry["SCHEMA_REGISTRY_KAFKASTORE_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert 'username="registry"' in registry["SCHEMA_REGISTRY_KAFKASTORE_SASL_JAAS_CONFIG"]
+    bootstrap = registry["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"]
+    assert "PLAINTEXT://" not in bootstrap.replace("SASL_PLAINTEXT://", "")
+
+
+def test_kafka_access_creates_every_principal_before_the_pipeline_starts(base: dict[str, Any]) -> None:
+    from pipeline.acls import ROLES, passwords_from_env
+
+    svcs = base["services"]
+    access = svcs["kafka-access"]
+    assert access["command"] == ["python", "-m", "consumers.kafka_access"]
+    assert set(passwords_from_env(access["environment"])) == {*ROLES, "registry"}
+    for service in ("topics", "schema-registry", "scorer", "correlator", "writer"):
+        after = svcs[service]["depends_on"]
+        assert any(dep == "kafka-access" or svcs[dep].get("depends_on", {}).get("kafka-access") for dep in after), \
+            f"{service} may start before its principal exists"
+    assert svcs["topics"]["depends_on"]["kafka-access"]["condition"] == "service_completed_successfully"

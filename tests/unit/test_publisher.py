@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
+from pipeline.broker import free_port
 from pipeline.errors import PublishError
 from pipeline.events import event_hash
 from pipeline.publisher import EventInvalid, TransitionPublisher
@@ -92,3 +93,16 @@ def test_delivery_failures_reach_the_caller() -> None:
         pub.flush()
     assert info.value.fields["event_ids"] == [event_id]
     assert seen == [event_id]
+
+
+def test_registry_that_never_answers_is_a_publish_error_and_nothing_is_sent() -> None:
+    # The SDK waits schema_registry_wait_seconds for its first registration (test_registry.py shows it
+    # waiting out a 30 s outage); past that the caller gets reason "registry", and nothing was produced.
+    settings = Settings(schema_registry_url=f"http://127.0.0.1:{free_port()}", schema_registry_timeout_seconds=0.5,
+                        schema_registry_wait_seconds=1.0)
+    producer = FakeProducer()
+    pub = TransitionPublisher(settings, producer=producer)  # type: ignore[arg-type]
+    with pytest.raises(PublishError) as caught:
+        pub.publish(draft())
+    assert caught.value.reason == "registry"
+    assert producer.sent == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.events import TransitionDict
-from pipeline.scoring.catalogue import CATALOGUE, render_catalogue
+from pipeline.scoring.catalogue import CATALOGUE, MARKDOWN_END, render_catalogue
 from pipeline.scoring.context import ScoringContext
 from pipeline.scoring.engine import score
 from tests.unit.scoring_factory import baseline, chain, context_for, event
@@ -81,5 +81,9 @@ def test_render_formats() -> None:
 
 
 def test_docs_rules_md_is_generated_from_the_catalogue() -> None:
-    assert (ROOT / "docs" / "rules.md").read_text() == render_catalogue("markdown"), \
-        "regenerate: agentgov rules --format markdown > docs/rules.md"
+    doc = (ROOT / "docs" / "rules.md").read_text()
+    generated, marker, guide = doc.partition(MARKDOWN_END)
+    assert marker, "docs/rules.md lost its end-of-catalogue marker"
+    assert generated + marker + "\n" == render_catalogue("markdown"), \
+        "regenerate: replace docs/rules.md above the end marker with `agentgov rules --format markdown`"
+    assert "## Adding a rule" in guide

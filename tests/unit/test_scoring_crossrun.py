@@ -211,6 +211,45 @@ def test_group_nesting_across_runs_benign_look_alikes(case: str) -> None:
     assert run_key(mine, "agent-rogue", by_target=False) == []
 
 
+def decisions(stale_per_partition: list[tuple[int, int]], agent: str = "agent-drift") -> list[TransitionDict]:
+    """(partition, stale) per access change, a minute apart, one run each; stale ones under version 5."""
+    return [fact(p, **{"run_id": f"r-pol-{i}", "agent.agent_id": agent, "target.identity_id": f"u-pol-{i}",
+                       "policy.policy_version": "5" if stale else "7", "occurred_at": T0 + i * MIN})
+            for i, (p, stale) in enumerate(stale_per_partition)]
+
+
+WARM = AgentBaseline("agent-drift", events=500, grants_per_hour=30.0, stale_policy_share=0.0)
+
+
+def test_stale_policy_share_over_partitions_is_reported_once_per_crossing() -> None:
+    # 20 decisions over 6 partitions, every third stale: 7/20 = 35% > 20%, no partition over 20% of >= 10
+    facts = decisions([(i % 6, i % 3 == 0) for i in range(21)])
+    found = run_key(facts, "agent-drift", by_target=False, baseline=WARM)
+    assert [f.spec.code for f in found] == ["AG-XRN-009"]
+    f = found[0]
+    assert all(h["policy"]["policy_version"] == "5" for h in f.chain) and len(set(f.partitions)) > 1
+    assert "unapproved policy versions" in f.message
+
+
+@pytest.mark.parametrize(("case", "stale_per_partition", "baseline"), [
+    ("under the threshold", [(i % 6, i % 10 == 0) for i in range(20)], WARM),
+    ("one partition crosses alone", [(2, True)] * 12, WARM),   # the scorer's AG-DRF-006
+    ("cold baseline", [(i % 6, i % 3 == 0) for i in range(21)], AgentBaseline("agent-drift", events=3)),
+    ("no baseline", [(i % 6, i % 3 == 0) for i in range(21)], None),
+    ("all approved", [(i % 6, False) for i in range(21)], WARM),
+])
+def test_stale_policy_share_benign(case: str, stale_per_partition: list[tuple[int, bool]],
+                                   baseline: AgentBaseline | None) -> None:
+    facts = decisions(stale_per_partition)
+    assert run_key(facts, "agent-drift", by_target=False, baseline=baseline) == [], case
+
+
+def test_facts_written_before_schema_version_2_are_never_stale() -> None:
+    old = [dict(f, policy={"policy_id": None, "policy_version": None})
+           for f in decisions([(i % 6, True) for i in range(21)])]
+    assert run_key(old, "agent-drift", by_target=False, baseline=WARM) == []  # type: ignore[arg-type]
+
+
 def test_grant_rate_burst_over_six_partitions_is_reported_once() -> None:
     found = run_key(_burst(6), "agent-burst", by_target=False, baseline=BASELINE)
     assert [f.spec.code for f in found] == ["AG-XRN-004"]
@@ -426,3 +465,25 @@ def test_created_before_tells_when_an_agent_history_can_hold_a_group_nesting_cha
     assert not state.created_before(key, other, 3_600_000)  # a group it does not touch
     assert not state.created_before(key, grant, 4 * MIN)  # outside the window
     assert not state.created_before(key, made, 3_600_000)  # not before itself
+
+
+def test_a_later_copy_from_another_partition_raises_only_the_duplicate_finding() -> None:
+    """A copy of r2's event (its event_id, rewritten to tier 3, under another Kafka key) is no new grant: it
+    completes no tier-stepping chain. The look-alike under its own event_id does."""
+    r1, r2 = tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2")
+    copy = dict(tier(2, 3, 10, "r3"), event_id=r2["event_id"])
+    assert [f.spec.code for f in run_key([r1, r2, copy], "u-step")] == ["AG-XRN-006"]
+    assert [f.spec.code for f in run_key([r1, r2, tier(2, 3, 10, "r3")], "u-step")] == ["AG-XRN-001"]
+
+
+def test_the_correlator_state_keeps_a_later_copy_out_of_history_and_holdings() -> None:
+    from pipeline.keyed_state import KeyedState
+
+    state = KeyedState(by_target=True)
+    r2 = tier(1, 2, 5, "r2")
+    copy = dict(tier(2, 3, 10, "r3"), event_id=r2["event_id"])
+    for ev in (r2, copy):
+        state.apply("u-step", ev, 86_400_000)
+    assert [h["run_id"] for _, h in state.history["u-step"]] == ["r2"]
+    assert [h["run_id"] for h in state.ids[r2["event_id"]]] == ["r2"]
+    assert [h["run_id"] for h in state.held("u-step")] == ["r2"]

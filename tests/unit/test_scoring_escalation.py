@@ -9,7 +9,8 @@ import pytest
 from pipeline.scoring.catalogue import CATALOGUE, ESCALATION_PATTERNS
 from pipeline.scoring.engine import score
 from pipeline.scoring.findings import Category, Severity
-from tests.unit.scoring_factory import AGENT, PRINCIPAL, T0, chain, context_for, event, replay
+from pipeline.scoring.policy import default_policy_path
+from tests.unit.scoring_factory import AGENT, PRINCIPAL, T0, chain, context_for, event, policy_with, replay
 
 ROGUE = "agent-jml-03"
 HUMAN: dict[str, Any] = {"decision.authority": "human", "decision.approved_by": "ciso"}
@@ -152,3 +153,14 @@ def test_plain_self_grant_is_not_a_delegation_chain() -> None:
     ev = event({"target.identity_id": AGENT, "target.identity_type": "agent"})
     found = [f.code for f in score(ev, context_for(ev)).findings]
     assert "AG-AUTH-003" in found and "AG-ESC-004" not in found
+
+
+def test_tier_stepping_ends_at_the_policys_privileged_tier() -> None:
+    # The chain ends at privileged.min_tier, not at a hard-coded tier 3: 0 -> 1 -> 2 is escalation when
+    # the policy makes tier 2 privileged (and is benign under the default policy, row stops-at-tier-2).
+    text = default_policy_path().read_text()
+    assert "  min_tier: 3\n" in text
+    tier2 = policy_with(text.replace("  min_tier: 3\n", "  min_tier: 2\n"))
+    events = chain(*_tiers(0, 1, 2))
+    assert ["AG-ESC-002" in found for found in replay(events, policy=tier2)] == [False, False, True]
+    assert not any("AG-ESC-002" in found for found in replay(events))

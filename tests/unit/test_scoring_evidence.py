@@ -147,3 +147,29 @@ def test_a_bad_signature_is_006_not_007() -> None:
     ev = event({"agent.agent_id": "agent-payroll-02"}, key=("k1", b"other-key"))
     found = _evd(ev, signing_keys={KEY[0]: KEY[1]}, key_agents={"k1": ("agent-jml-01",)})
     assert found == ["AG-EVD-006"]
+
+
+# A run first seen at step > 0: AG-EVD-003 when the context is known to hold every run of the partition
+# over the window (ScoringContext.runs_complete), silence when it is not (after a partial replay, evictions).
+@pytest.mark.parametrize(("step", "complete", "fires"), [
+    (3, True, True),
+    (1, True, True),
+    (3, False, False),  # benign: the context may lack the earlier steps (partial replay, evicted runs)
+    (0, True, False),   # benign: a run's first step
+], ids=["first-seen-at-3", "first-seen-at-1", "benign:context-incomplete", "benign:step-0"])
+def test_run_first_seen_after_step_0(step: int, complete: bool, fires: bool) -> None:
+    ev = event({"run_id": "run-fresh", "step": step, "evidence.prev_event_hash": "ab" * 32 if step else None})
+    assert ("AG-EVD-003" in _evd(ev, runs_complete=complete)) is fires
+
+
+def test_run_first_seen_after_step_0_names_what_is_missing() -> None:
+    ev = event({"run_id": "run-fresh", "step": 4, "evidence.prev_event_hash": "ab" * 32})
+    [finding] = [f for f in score(ev, context_for(ev, runs_complete=True)).findings if f.code == "AG-EVD-003"]
+    assert "first seen at step 4: steps 0-3 never arrived" in finding.message
+    assert finding.related_event_ids == (ev["event_id"],)
+
+
+def test_a_continued_run_is_checked_as_before_when_the_context_is_complete() -> None:
+    events = chain({}, {}, {})
+    assert _evd(events[2], events[:2], runs_complete=True) == []  # benign: the replay holds steps 0 and 1
+    assert _evd(events[2], events[:1], runs_complete=True) == ["AG-EVD-003"]  # the usual gap, once

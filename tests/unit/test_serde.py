@@ -11,10 +11,12 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import schemaless_reader, schemaless_writer
 
-from pipeline.errors import DecodeError
+from pipeline.broker import free_port
+from pipeline.errors import DeadLetter, DecodeError, RegistryUnavailable
 from pipeline.events import AgentTransition, event_hash
 from pipeline.schemas import ASSESSMENT, TRANSITION, SchemaSet
-from pipeline.serde import CONFLUENT_MAGIC, SOE_MAGIC, Serde, encode_datum, frame_soe
+from pipeline.serde import CONFLUENT_MAGIC, SOE_MAGIC, Serde, encode_datum, frame_soe, make_registry, split_header
+from pipeline.settings import Settings
 from tests.factory import draft
 
 SCHEMAS = SchemaSet.load()
@@ -60,10 +62,49 @@ def test_confluent_wire_format_round_trip() -> None:
     assert Serde(SCHEMAS, reg).decode(data).record == rec
 
 
+def test_the_header_split_the_serde_and_the_writer_share() -> None:
+    reg = registry()
+    soe = Serde(SCHEMAS).encode(record())
+    assert split_header(soe) == (soe[:10], None)
+    serde = Serde(SCHEMAS, reg)
+    confluent = serde.encode(record())
+    header, schema_id = split_header(confluent)
+    assert header == confluent[:5] and schema_id == reg.get_latest_version(serde.subject).schema_id
+    for cut, reason in ((soe[:9], "truncated"), (confluent[:4], "truncated"), (b"{json", "bad_magic"),
+                        (b"", "bad_magic")):
+        with pytest.raises(DecodeError) as err:
+            split_header(cut)
+        assert err.value.reason == reason
+
+
 def test_a_transition_is_not_an_assessment() -> None:
     with pytest.raises(DecodeError) as caught:
         Serde(SCHEMAS, record=ASSESSMENT).decode(Serde(SCHEMAS).encode(record()))
     assert caught.value.reason == "unknown_schema"
+
+
+def test_a_registry_id_naming_another_record_is_not_trusted() -> None:
+    # Registry-framed: an id whose schema is the transition, offered as an assessment (mock:// is fine
+    # here; tests/integration/test_registry.py does it through Apicurio and the writer).
+    reg = registry()
+    data = Serde(SCHEMAS, reg, subject="agentgov.transitions.v1-value").encode(record())
+    with pytest.raises(DecodeError, match=r"names agentgov\.events\.AgentTransition, not ") as caught:
+        Serde(SCHEMAS, reg, record=ASSESSMENT).decode(data)
+    assert caught.value.reason == "unknown_schema"
+    with pytest.raises(DecodeError, match="not found") as missing:  # an id the registry does not know
+        Serde(SCHEMAS, reg).decode(CONFLUENT_MAGIC + struct.pack(">I", 4242) + data[5:])
+    assert missing.value.reason == "unknown_schema"
+
+
+def test_a_registry_that_does_not_answer_is_not_a_dead_letter() -> None:
+    dead = make_registry(Settings.load(schema_registry_url=f"http://127.0.0.1:{free_port()}",
+                                       schema_registry_timeout_seconds=1.0))
+    data = CONFLUENT_MAGIC + struct.pack(">I", 7) + b"\x00"
+    with pytest.raises(RegistryUnavailable) as caught:
+        Serde(SCHEMAS, dead).decode(data)
+    assert not isinstance(caught.value, DeadLetter)
+    with pytest.raises(RegistryUnavailable):  # registering: the SDK's patience is register_wait (0 here)
+        Serde(SCHEMAS, dead, subject="s-value").encode(record())
 
 
 def _write(version: int, rec: dict[str, Any]) -> bytes:
