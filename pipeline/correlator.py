@@ -72,6 +72,7 @@ from .scoring.crossrun import (
     CrossRunFinding,
     correlate,
     group_nesting_across_runs,
+    stale_decision,
 )
 from .scoring.policy import LoadedPolicy
 from .scoring.rules import granted_access
@@ -286,11 +287,15 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        reach = max(policy.escalation.window_seconds, policy.drift.rate_window_seconds) * 1000  # nesting, drift
-        # Group nesting scans the agent's history; it can only find a group created in it: skip it otherwise.
-        rules = BY_AGENT_RULES if state.created_before(key, ev, reach) else AGENT_RULES_BUT_NESTING
-        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, reach),
-                             delegations=self.graph.into, baseline=self.baselines(key),
+        # The stale-share rule reads the drift window only for a stale decision (a busy agent on an approved
+        # policy costs nothing here). Group nesting scans the agent's history; it can only find a group
+        # created in it, so it is skipped without one.
+        drift_ms = policy.drift.rate_window_seconds * 1000
+        recent = state.before(key, ev, drift_ms) if stale_decision(policy, ev) else ()
+        window = policy.escalation.window_seconds * 1000
+        rules = BY_AGENT_RULES if state.created_before(key, ev, window) else AGENT_RULES_BUT_NESTING
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, window),
+                             recent_decisions=recent, delegations=self.graph.into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, rules)

@@ -15,6 +15,8 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from .model import MAX_TEXT, Actor, ReviewError, decision, require_role
 from .policy_diff import check_text, propose, satisfies
 from .recert_service import RecertService
 from .service import now_ms
+
+log = logging.getLogger(__name__)
 
 VERDICTS = ("approve", "disallow")
 MAX_ATTRIBUTES = 500
@@ -59,6 +63,48 @@ def attribute_rows(usage: list[dict[str, Any]], boundary: ResolvedBoundary) -> l
         r["sources"] = sorted(r["sources"])
         out.append(r)
     return sorted(out, key=lambda r: (r["permitted"] not in ("no", "partly"), r["name"]))
+
+
+POLICY_WATCH = Actor("agentgov:policy-watch", ("approver",))
+"""The app itself, when it sees a new policy version include a proposed review's decisions."""
+
+
+class PolicyWatch:
+    """Links attribute reviews to the policy version that included them, without a click: a thread checks
+    the policy file's content every ``interval`` seconds and, when it changed (and once at start), calls
+    :meth:`AttributeReviews.link_included`."""
+
+    def __init__(self, reviews: AttributeReviews, interval: float) -> None:
+        self.reviews, self.interval = reviews, interval
+        self.stop = threading.Event()
+        self._seen: bytes | None = None
+        self._thread = threading.Thread(target=self._run, name="policy-watch", daemon=True)
+
+    def start(self) -> PolicyWatch:
+        self._thread.start()
+        return self
+
+    def check(self) -> list[str]:
+        """One pass: link what the file now includes, if the file changed since the last pass."""
+        content = self.reviews._policy_path().read_bytes()
+        if content == self._seen:
+            return []
+        linked = self.reviews.link_included()
+        self._seen = content
+        if linked:
+            log.info("attribute reviews linked to the policy in force", extra={"kv": {"reviews": linked}})
+        return linked
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception as exc:  # a store or broker hiccup: the next pass tries again
+                log.warning("policy watch pass failed", extra={"kv": {"error": str(exc)[:300]}})
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(10)
 
 
 def review_id() -> str:
@@ -177,6 +223,21 @@ class AttributeReviews:
             self.recert._publish_many(rid, [record])
             self.recert._wait(rid, rev["version"] + 1)
         return {"diff": diff, "notes": notes, "check": check}
+
+    def link_included(self) -> list[str]:
+        """Link every proposed review whose decisions the policy file in force now includes (the policy
+        watch calls it when the file changes); returns the review ids linked. Attributed to
+        :data:`POLICY_WATCH`, so the history says the link was observed, not clicked."""
+        linked = []
+        for row in self.store.subjects("attribute_review", "ARV-"):
+            if row["state"] != "proposed":
+                continue
+            try:
+                self.link_policy(POLICY_WATCH, row["subject_id"])
+            except ReviewError:
+                continue  # not included yet (or changed meanwhile): the next change of the file tries again
+            linked.append(row["subject_id"])
+        return linked
 
     def link_policy(self, actor: Actor, rid: str) -> dict[str, Any]:
         """Record the policy version in force that includes every decision (refused while one is missing)."""

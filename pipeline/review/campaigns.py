@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..metrics import RecertMetrics
 from .app import ReviewContext, ctx_of
-from .attributes import AttributeReviews
+from .attributes import AttributeReviews, PolicyWatch
 from .model import MAX_TEXT, ReviewError
 from .pages import date_ms
 from .recert import ITEM_STATES, RECOMMENDATIONS, Scope, progress
@@ -48,6 +48,8 @@ def install(app: FastAPI, ctx: ReviewContext) -> None:
     recert = RecertService(ctx.service, RecertStore(ctx.store))
     app.state.recert = recert
     app.state.attribute_reviews = AttributeReviews(recert)
+    watch = PolicyWatch(app.state.attribute_reviews, ctx.settings.policy_reload_seconds).start()
+    app.router.on_shutdown.append(watch.close)
     metrics = RecertMetrics(ctx.metrics.registry)
     ctx.refreshers.append(lambda t: refresh(recert.store, metrics, t))
     app.include_router(router)

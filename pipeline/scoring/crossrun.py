@@ -77,6 +77,9 @@ class CrossRunContext:
     correlator does, so a busy agent costs O(log n) per fact); None means: derive from ``history``."""
     same_id: Sequence[TransitionDict] | None = None
     """Earlier facts of the key with the fact's event_id, if indexed; None means: scan ``history``."""
+    recent_decisions: Sequence[TransitionDict] | None = None
+    """The agent's facts in the drift window before the fact, for the stale-share rule; the correlator reads
+    them only for a stale decision (:func:`stale_decision`). None means: derive from ``history``."""
 
     @property
     def governance(self) -> GovernancePolicy:
@@ -141,6 +144,16 @@ def spans_partitions(chain: Iterable[TransitionDict]) -> bool:
 
 def _where(h: TransitionDict) -> str:
     return f"{h['run_id']}#{h['step']} (p{_part(h)})"
+
+
+MAX_EVIDENCE = 100
+"""Most events a count-based finding (rate, stale share) names: the latest ones, ending with the event
+that crossed the threshold. A busy agent's window can hold thousands; the finding must stay a small
+record (its ids travel in three arrays) and its message says how many there were."""
+
+
+def _named(chain: Sequence[TransitionDict]) -> str:
+    return f"; the latest {MAX_EVIDENCE} are named" if len(chain) > MAX_EVIDENCE else ""
 
 
 def _runs(chain: Sequence[TransitionDict]) -> str:
@@ -354,7 +367,7 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
     return [CrossRunFinding(XRN_GRANT_RATE, cx.key,
         f"agent {cx.key!r} made {len(chain)} grants in {d.rate_window_seconds}s ({per_hour:.1f}/h) over "
         f"{runs} runs on {parts} partitions, more than {d.rate_factor:g}x its baseline "
-        f"{b.grants_per_hour:.1f}/h", chain)]
+        f"{b.grants_per_hour:.1f}/h{_named(chain)}", chain[-MAX_EVIDENCE:])]
 
 
 XRN_STALE_POLICY = spec(
@@ -367,7 +380,8 @@ XRN_STALE_POLICY = spec(
 )
 
 
-def _stale(policy: GovernancePolicy, h: TransitionDict) -> bool:
+def stale_decision(policy: GovernancePolicy, h: TransitionDict) -> bool:
+    """The decision ran under a policy version the governance policy does not approve."""
     ref = h.get("policy") or {}
     if ref.get("policy_id") is None or ref.get("policy_version") is None:
         return False  # a fact written before version 2 of the fact schema: unknown, not stale
@@ -388,15 +402,16 @@ def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> l
     policy = cx.governance
     b = cx.baseline
     if (ev["agent"]["agent_id"] != cx.key or b is None or b.events < policy.drift.min_baseline_events
-            or not _stale(policy, ev)):
+            or not stale_decision(policy, ev)):
         return []
     lo = ev["occurred_at"] - policy.drift.rate_window_seconds * 1000
-    window = [h for h in cx.history if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
-    stale = [h for h in window if _stale(policy, h)]
+    source = cx.history if cx.recent_decisions is None else cx.recent_decisions
+    window = [h for h in source if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
+    stale = [h for h in window if stale_decision(policy, h)]
     if not _over(len(stale) + 1, len(window) + 1, policy) or _over(len(stale), len(window), policy):
         return []
     mine = [h for h in window if _part(h) == _part(ev)]
-    if _over(sum(1 for h in mine if _stale(policy, h)) + 1, len(mine) + 1, policy):
+    if _over(sum(1 for h in mine if stale_decision(policy, h)) + 1, len(mine) + 1, policy):
         return []  # the scorer of this partition sees the drift by itself
     chain = (*stale, ev)
     parts = len({_part(h) for h in chain})
@@ -405,7 +420,8 @@ def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> l
     return [CrossRunFinding(XRN_STALE_POLICY, cx.key,
         f"agent {cx.key!r}: {len(chain)} of its last {len(window) + 1} access changes ({share:.0%}) ran under "
         f"unapproved policy versions, over {parts} partitions, now {ref['policy_id']!r} {ref['policy_version']!r} "
-        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%})", chain)]
+        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%})"
+        f"{_named(chain)}", chain[-MAX_EVIDENCE:])]
 
 
 XRN_GROUP_NESTING = spec(

@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -217,11 +218,18 @@ def test_recertification_and_input_review_in_chromium(settings_factory: Callable
         assert check.returncode == 0, check.stderr
         assert "2026.11.0+arv-" in check.stdout
         policy_file.write_text(proposed.read_text())  # the governance team's change process applied it
-        page.goto(review_url)
-        page.click("#a-link")
+        # nobody clicks: the app's policy watch sees the new version include the decisions and links it
+        deadline = time.monotonic() + 60
+        while True:
+            page.goto(review_url)
+            if page.locator("#a-included").count():
+                break
+            assert time.monotonic() < deadline, "the policy watch never linked the review to the new version"
+            time.sleep(1)
         assert "included in policy version 2026.11.0+arv-" in page.text_content("#a-included")
         history = page.locator("#history tbody tr")
-        assert {history.nth(i).locator("td.who").inner_text() for i in range(history.count())} == {"alice"}
+        who = {history.nth(i).locator("td.who").inner_text() for i in range(history.count())}
+        assert who == {"alice", "agentgov:policy-watch"}
 
     # -- 3. `agentgov review export` carries campaigns, items, decisions and attribute reviews ------
     from click.testing import CliRunner

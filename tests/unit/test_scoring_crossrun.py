@@ -244,6 +244,25 @@ def test_stale_policy_share_benign(case: str, stale_per_partition: list[tuple[in
     assert run_key(facts, "agent-drift", by_target=False, baseline=baseline) == [], case
 
 
+def test_count_findings_name_at_most_the_latest_hundred_events() -> None:
+    """A busy agent's crossing can involve hundreds of events; the finding names the latest 100."""
+    # 400 approved decisions over 60 partitions (fewer than 10 each), then stale ones: the share crosses
+    # 20% at the 101st stale decision
+    facts = decisions([(i % 60, i >= 400) for i in range(520)])
+    facts = [dict(f, occurred_at=T0 + i * 5000) for i, f in enumerate(facts)]  # 5 s apart: one window
+    found = run_key(facts, "agent-drift", by_target=False, baseline=WARM)  # type: ignore[arg-type]
+    [drift] = [f for f in found if f.spec.code == "AG-XRN-009"]
+    assert len(drift.chain) == 100 and drift.chain[-1]["event_id"] == facts[500]["event_id"]
+    assert "101 of its last 501" in drift.message and "the latest 100 are named" in drift.message
+    # grant rate: a baseline of 50/h needs 151 grants in the hour to cross
+    burst = [dict(f, occurred_at=T0 + i * 20_000)
+             for i, f in enumerate(decisions([(i % 6, False) for i in range(151)]))]
+    rate = run_key(burst, "agent-drift", by_target=False,  # type: ignore[arg-type]
+                   baseline=AgentBaseline("agent-drift", events=500, grants_per_hour=50.0))
+    [f] = [f for f in rate if f.spec.code == "AG-XRN-004"]
+    assert len(f.chain) == 100 and "made 151 grants" in f.message
+
+
 def test_facts_written_before_schema_version_2_are_never_stale() -> None:
     old = [dict(f, policy={"policy_id": None, "policy_version": None})
            for f in decisions([(i % 6, True) for i in range(21)])]
