@@ -1,7 +1,7 @@
 """Correlator judging rate and state size, without Kafka: ``python -m bench.correlator_judge [EVENTS]``.
 
 Completes benign workload events with the SDK, turns the access changes into facts, and runs them
-through :class:`pipeline.correlator.KeyedState` and the AG-XRN rules the way ``Correlator.handle`` does
+through :class:`pipeline.keyed_state.KeyedState` and the AG-XRN rules the way ``Correlator.handle`` does
 (release in event-time order, judge, apply), once keyed by target and once by agent. Prints facts/s per
 keying and the bytes a retained fact costs (tracemalloc). docs/scaling.md quotes its figures.
 """
@@ -13,9 +13,10 @@ import time
 import tracemalloc
 from typing import Any
 
-from pipeline.correlator import Correlator, KeyedState
+from pipeline.correlator import Correlator
 from pipeline.events import TransitionDict
 from pipeline.facts import as_event, fact_from_event, is_access_change, partition_for
+from pipeline.keyed_state import KeyedState
 from pipeline.publisher import TransitionPublisher
 from pipeline.scoring.context import AgentBaseline
 from pipeline.scoring.policy import load_policy

@@ -13,12 +13,18 @@ at once; its finding is published at the watermark, below, so the stored finding
 arrival order (docs/guarantees.md, "Early pages").
 
 Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
-``max(latest event time seen on the partition, wall clock) - grace``. So facts arriving out of order
-within the grace period are evaluated in event-time order, and the wall-clock term closes the windows
-of a quiet partition. Rules only look at facts before the one they judge. A fact that arrives after
-later facts of its partition were already judged (later than the grace) is judged, and then the later
-facts of its key are judged again with it, so the chain it completes is still found; findings already
-published are not published again. It is counted in ``agentgov_correlator_late_facts_total``.
+``latest event time seen on the partition - grace`` while facts keep arriving, and ``max(latest event
+time seen, wall clock) - grace`` once the partition has been quiet for ``QUIET_SECONDS`` and the consumer
+is not behind (its last batch was not full). So facts arriving out of order within the grace period are
+evaluated in event-time order, a backlog too (a correlator catching up, however far the clock is ahead),
+and the wall-clock term closes the windows of a quiet partition. Rules only look at facts before the one
+they judge. A fact that arrives after later facts of its partition were already judged (later than the
+grace) is judged, and then the later facts of its key are judged again with it, so the chain it completes
+is still found; findings already published are not published again. It is counted in
+``agentgov_correlator_late_facts_total``.
+
+The per-partition state and its event-time bookkeeping are :class:`~pipeline.keyed_state.KeyedState`; this
+module is the role: the consumer group, the rules it passes the state, rebuild on assignment, the transaction.
 
 State is rebuilt from the log, never kept: on assignment the correlator replays
 ``correlation_retain_seconds`` of the partition before its committed offset (``recovery.py``), applies
@@ -33,16 +39,13 @@ Example::
 
 from __future__ import annotations
 
-import bisect
 import functools
-import heapq
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, overload
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -51,7 +54,8 @@ from .deadletters import dlq_headers
 from .delegations import DelegationGraph
 from .errors import DeadLetter
 from .events import TransitionDict
-from .facts import FACT, FINDING, as_event, holding_key
+from .facts import FACT, FINDING, as_event
+from .keyed_state import KeyedState, order
 from .loop import TransactionalLoop
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -67,7 +71,7 @@ from .scoring.crossrun import (
     CrossRunContext,
     CrossRunFinding,
     correlate,
-    duplicate_id_across_partitions,
+    group_nesting_across_runs,
     stale_decision,
 )
 from .scoring.policy import LoadedPolicy
@@ -79,226 +83,11 @@ log = logging.getLogger(__name__)
 
 Baselines = Callable[[str], AgentBaseline | None]
 ESCALATION_SERIES_TTL = 900.0
-
-
-def _order(ev: TransitionDict) -> tuple[int, str, int, int]:
-    return (ev["occurred_at"], ev["event_id"], ev["source_partition"], ev["source_offset"])
-
-
-def _first(t: tuple[Any, ...]) -> Any:
-    return t[0]
-
-
-def _time(t: tuple[Any, ...]) -> tuple[int]:
-    return (t[0][0],)
-
-
-class View(Sequence[TransitionDict]):
-    """A read-only window ``[start, end)`` of a sorted ``(order, event)`` list, without copying it."""
-
-    __slots__ = ("end", "items", "start")
-
-    def __init__(self, items: list[tuple[Any, TransitionDict]], start: int, end: int) -> None:
-        self.items, self.start, self.end = items, start, end
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.start)
-
-    @overload
-    def __getitem__(self, i: int) -> TransitionDict: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[TransitionDict]: ...
-    def __getitem__(self, i: int | slice) -> TransitionDict | Sequence[TransitionDict]:
-        if isinstance(i, slice):
-            return [self.items[j][1] for j in range(self.start, self.end)][i]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.items[self.start + i][1]
-
-    def __iter__(self) -> Iterator[TransitionDict]:
-        items = self.items
-        for j in range(self.start, self.end):
-            yield items[j][1]
-
-
-_EMPTY: list[tuple[Any, TransitionDict]] = []
-
-
-@dataclass
-class KeyedState:
-    """Windowed state of one input partition: pending facts, per-key history, and (by target) holdings."""
-
-    by_target: bool
-    pending: list[tuple[tuple[int, str, int, int], TransitionDict]] = field(default_factory=list)
-    history: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
-    grants: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
-    ids: dict[str, list[TransitionDict]] = field(default_factory=dict)
-    holdings: dict[str, dict[str, TransitionDict]] = field(default_factory=dict)
-    seen: set[tuple[str, int, int]] = field(default_factory=set)
-    emitted: dict[str, None] = field(default_factory=dict)
-    arrived: dict[str, list[tuple[tuple[int, str, int, int], TransitionDict]]] = field(default_factory=dict)
-    """Per key, every fact arrived so far (judged or pending), event-time order: what early pages read."""
-    paged: dict[str, None] = field(default_factory=dict)
-    released: tuple[int, str, int, int] = (0, "", 0, 0)
-    max_seen_ms: int = 0
-
-    def key_of(self, ev: TransitionDict) -> str:
-        return ev["target"]["identity_id"] if self.by_target else ev["agent"]["agent_id"]
-
-    def add(self, ev: TransitionDict) -> bool:
-        """Buffer a fact; False for a redelivered one (same source event, partition and offset)."""
-        mark = (ev["event_id"], ev["source_partition"], ev["source_offset"])
-        if mark in self.seen:
-            return False
-        self.seen.add(mark)
-        heapq.heappush(self.pending, (_order(ev), ev))
-        bisect.insort(self.arrived.setdefault(self.key_of(ev), []), (_order(ev), ev), key=_first)
-        self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
-        return True
-
-    def release(self, watermark_ms: int) -> list[TransitionDict]:
-        out = []
-        while self.pending and self.pending[0][0][0] <= watermark_ms:
-            out.append(heapq.heappop(self.pending)[1])
-        return out
-
-    def before(self, key: str, ev: TransitionDict, window_ms: int | None = None) -> View:
-        """The key's facts before ``ev`` in event-time order (within ``window_ms`` of it, if given)."""
-        hist = self.history.get(key, _EMPTY)
-        end = bisect.bisect_left(hist, _order(ev), key=_first)
-        start = 0 if window_ms is None else bisect.bisect_left(
-            hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
-        return View(hist, start, end)
-
-    def arrived_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
-        """The key's facts arrived so far that precede ``ev`` in event time, within ``window_ms`` of it."""
-        hist = self.arrived.get(key, _EMPTY)
-        end = bisect.bisect_left(hist, _order(ev), key=_first)
-        start = bisect.bisect_left(hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
-        return View(hist, start, end)
-
-    def judge_early(self, ev: TransitionDict, reach_ms: int, keep_ms: int,
-                    judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> list[CrossRunFinding]:
-        """Early firing: judge a just-added fact against its key's facts arrived so far, then the key's later
-        facts within ``reach_ms`` again (their chains may need it: a grant arriving after its revoke).
-        Returns the chains not paged (nor published) before; forgets arrived facts older than ``keep_ms``."""
-        key = self.key_of(ev)
-        hist = self.arrived.get(key, _EMPTY)
-        found = judge(key, ev)
-        reach = (ev["occurred_at"] + reach_ms, "\U0010ffff")
-        lo = bisect.bisect_right(hist, _order(ev), key=_first)
-        for j in range(lo, bisect.bisect_right(hist, reach, lo=lo, key=_first)):
-            found += judge(key, hist[j][1])
-        self.trim_arrived(keep_ms, key)
-        out = []
-        for f in found:
-            if f.finding_id not in self.emitted and f.finding_id not in self.paged:
-                if len(self.paged) >= 100_000:
-                    self.paged.clear()  # bounded: a page again at worst, for a chain paged long ago
-                self.paged[f.finding_id] = None
-                out.append(f)
-        return out
-
-    def trim_arrived(self, keep_ms: int, key: str | None = None) -> None:
-        """Forget arrived facts older than ``keep_ms`` before the latest event time (one key, or all)."""
-        cut = self.max_seen_ms - keep_ms
-        for k in ([key] if key is not None else list(self.arrived)):
-            hist = self.arrived.get(k)
-            if hist and hist[0][0][0] < cut:
-                del hist[:bisect.bisect_left(hist, (cut,), key=_time)]
-                if not hist:
-                    del self.arrived[k]
-
-    def grants_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
-        """The key's executed grants in ``[ev - window_ms, ev)``: O(log n), however busy the agent."""
-        grants = self.grants.get(key, _EMPTY)
-        end = bisect.bisect_left(grants, _order(ev), key=_first)
-        start = bisect.bisect_left(grants, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
-        return View(grants, start, end)
-
-    def same_id(self, ev: TransitionDict) -> list[TransitionDict]:
-        return [h for h in self.ids.get(ev["event_id"], ()) if _order(h) < _order(ev)]
-
-    def after(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
-        hist = self.history.get(key, _EMPTY)
-        return [h for _, h in hist[bisect.bisect_right(hist, _order(ev), key=_first):]]
-
-    def first_time(self, finding_id: str, limit: int = 100_000) -> bool:
-        """True once per finding id (re-judging after a late fact must not publish a chain twice)."""
-        if finding_id in self.emitted:
-            return False
-        if len(self.emitted) >= limit:
-            self.emitted.clear()  # bounded; the store keeps one row per finding_id regardless
-        self.emitted[finding_id] = None
-        return True
-
-    def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
-        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time. A later copy
-        of an event_id held from another partition is not recorded: it raised AG-XRN-006, and must not
-        stand in any later chain or holding as a grant of its own (scoring/crossrun.py ``later_copy``)."""
-        if self.by_target and duplicate_id_across_partitions(ev, self.same_id(ev)) is not None:
-            return
-        entry = (_order(ev), ev)
-        hist = self.history.setdefault(key, [])
-        bisect.insort(hist, entry, key=_first)
-        if self.by_target:
-            self.ids.setdefault(ev["event_id"], []).append(ev)
-            if ev["decision"]["outcome"] == "granted":
-                self.hold(ev)
-        elif granted_access(ev):
-            bisect.insort(self.grants.setdefault(key, []), entry, key=_first)
-        lo = (self.max_seen_ms - retain_ms,)
-        if hist[0][0][0] < lo[0]:
-            cut = bisect.bisect_left(hist, lo, key=_time)
-            for _, old in hist[:cut]:
-                same = self.ids.get(old["event_id"])
-                if same is not None:
-                    same[:] = [h for h in same if h is not old]
-                    if not same:
-                        del self.ids[old["event_id"]]
-            del hist[:cut]
-            grants = self.grants.get(key)
-            if grants:
-                del grants[:bisect.bisect_left(grants, lo, key=_time)]
-
-    def hold(self, ev: TransitionDict) -> None:
-        fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],
-                "entitlement": ev["resource"]["entitlement"], "resource_id": ev["resource"]["resource_id"]}
-        held = self.holdings.setdefault(ev["target"]["identity_id"], {})
-        hk = holding_key(fact)
-        old = held.get(hk)
-        if old is None or _order(old) <= _order(ev):
-            held[hk] = ev
-
-    def held(self, key: str) -> list[TransitionDict]:
-        return sorted(self.holdings.get(key, {}).values(), key=_order)
-
-    def judge_due(self, watermark_ms: int, retain_ms: int,
-                  judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> tuple[list[CrossRunFinding], int]:
-        """Judge the facts the watermark releases, oldest first; returns new findings and late facts.
-
-        A fact older than one already judged arrived after the grace: facts after it were judged without
-        it, so they are judged again with it and the chain it belongs to is still found. A finding id is
-        returned once."""
-        out: list[CrossRunFinding] = []
-        late = 0
-        for ev in self.release(watermark_ms):
-            key = self.key_of(ev)
-            found = judge(key, ev)
-            self.apply(key, ev, retain_ms)
-            if _order(ev) < self.released:
-                late += 1
-                for later in self.after(key, ev):
-                    found += judge(key, later)
-            self.released = max(self.released, _order(ev))
-            out += [f for f in found if self.first_time(f.finding_id)]
-        return out, late
-
-    def prune_seen(self, limit: int = 500_000) -> None:
-        if len(self.seen) > limit:  # bounded: a redelivery older than this is caught by finding ids
-            self.seen.clear()
+# Group nesting (AG-XRN-008) scans an agent's whole window for the group's creation; without a matching
+# create_group in it (KeyedState.created_before) it finds nothing, and the scan is quadratic on a busy agent.
+AGENT_RULES_BUT_NESTING = tuple(r for r in BY_AGENT_RULES if r is not group_nesting_across_runs)
+PAGING_BUT_NESTING = tuple(r for r in PAGING_BY_AGENT if r is not group_nesting_across_runs)
+QUIET_SECONDS = 1.0  # a partition without a new fact this long is quiet: the wall clock moves its watermark
 
 
 class Correlator(TransactionalLoop):
@@ -348,8 +137,9 @@ class Correlator(TransactionalLoop):
         # What the watermark had released before the last commit is history: apply it, judge it no more.
         for ev in state.release(state.max_seen_ms - self.grace_ms):
             state.apply(state.key_of(ev), ev, self.retain_ms)
-            state.released = max(state.released, _order(ev))
+            state.released = max(state.released, order(ev))
         state.trim_arrived(self._early_keep_ms(state))
+        state.arrived_at = time.monotonic()  # busy until shown quiet: what follows the replay may be a backlog
         log.info("correlator state rebuilt", extra={"kv": {
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
             "holdings": held, "pending": len(state.pending)}})
@@ -404,7 +194,8 @@ class Correlator(TransactionalLoop):
     # -- one batch, inside the checkpoint's transaction ---------------------------------------
     def handle(self, msgs: list[Message]) -> _Tally:
         tally = _Tally()
-        now_ms = int(time.time() * 1000)
+        now_ms, now = int(time.time() * 1000), time.monotonic()
+        behind = len(msgs) >= self.settings.batch_max_messages
         if any(m.error() is None and m.topic() == self.settings.topic_facts_by_agent for m in msgs):
             self._sync_graph()
         for msg in msgs:
@@ -425,12 +216,15 @@ class Correlator(TransactionalLoop):
                 state = self.states[(msg.topic(), msg.partition())] = KeyedState(
                     msg.topic() == self.settings.topic_facts_by_target)
             if state.add(ev):
+                state.arrived_at = now
                 tally.paged += self._page_early(state, ev)
             tally.facts += 1
         produce = self.producer.produce
         topic = self.settings.topic_correlations
         for state in self.states.values():
-            found, late = state.judge_due(max(state.max_seen_ms, now_ms) - self.grace_ms, self.retain_ms,
+            # A full batch means a backlog: a partition missing from it is not quiet, only not fetched yet.
+            quiet = not behind and now - state.arrived_at >= QUIET_SECONDS
+            found, late = state.judge_due(state.watermark(now_ms, self.grace_ms, quiet), self.retain_ms,
                                           functools.partial(self._judge, state))
             tally.late += late
             for f in found:
@@ -457,6 +251,10 @@ class Correlator(TransactionalLoop):
         """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
         arrived facts; by agent over the agent's arrived facts (group nesting) and the delegation graph."""
         reach = self.policy.policy.escalation.window_seconds * 1000
+        if not state.by_target and not state.creates.get(state.key_of(ev)):
+            # By agent, re-judging the key's later facts can only matter to group nesting, which needs a
+            # create_group of the agent: without one it is O(facts of a busy agent) per fact for nothing.
+            reach = 0
         return state.judge_early(ev, reach, self._early_keep_ms(state), functools.partial(self._paging, state))
 
     def _early_keep_ms(self, state: KeyedState) -> int:
@@ -472,10 +270,11 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, PAGING_BY_TARGET)
         if not granted_access(ev):
             return []
-        history = state.arrived_before(key, ev, self.policy.policy.escalation.window_seconds * 1000)
-        cx = CrossRunContext(self.policy, key, history=history, delegations=self.graph.into,
-                             scorer_window_ms=self.scorer_window_ms)
-        return correlate(ev, cx, PAGING_BY_AGENT)
+        window = self.policy.policy.escalation.window_seconds * 1000
+        rules = PAGING_BY_AGENT if state.created_before(key, ev, window) else PAGING_BUT_NESTING
+        cx = CrossRunContext(self.policy, key, history=state.arrived_before(key, ev, window),
+                             delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)
+        return correlate(ev, cx, rules)
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         policy = self.policy.policy
@@ -489,14 +288,17 @@ class Correlator(TransactionalLoop):
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
         # The stale-share rule reads the drift window only for a stale decision (a busy agent on an approved
-        # policy costs nothing here).
+        # policy costs nothing here). Group nesting scans the agent's history; it can only find a group
+        # created in it, so it is skipped without one.
         drift_ms = policy.drift.rate_window_seconds * 1000
         recent = state.before(key, ev, drift_ms) if stale_decision(policy, ev) else ()
-        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, policy.escalation.window_seconds * 1000),
+        window = policy.escalation.window_seconds * 1000
+        rules = BY_AGENT_RULES if state.created_before(key, ev, window) else AGENT_RULES_BUT_NESTING
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, window),
                              recent_decisions=recent, delegations=self.graph.into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
-        return correlate(ev, cx, BY_AGENT_RULES)
+        return correlate(ev, cx, rules)
 
     def account(self, tally: _Tally, msgs: list[Message]) -> None:
         m = self.metrics

@@ -370,7 +370,7 @@ def _judge_with_rules(key: str, ev: TransitionDict, state: Any) -> list[CrossRun
 def test_correlator_state_judges_in_event_time_and_rejudges_after_a_late_fact(arrival: str) -> None:
     """KeyedState.judge_due, the correlator's loop body: the same single finding in every arrival order,
     including a revoke already judged (past the grace) before its grant arrived."""
-    from pipeline.correlator import KeyedState
+    from pipeline.keyed_state import KeyedState
 
     grant = transient(0, "grant_entitlement", 0, "ra")
     revoke = transient(3, "revoke_entitlement", 90, "rb")
@@ -410,7 +410,7 @@ def test_early_page_fires_on_arrival_in_any_order_and_matches_the_watermark_find
     """KeyedState.judge_early: the chain pages as soon as its last fact *arrives* (no watermark), whichever
     fact that is; a fact older than ones already judged re-judges them. The finding published later at
     the watermark has the same id, and neither is emitted twice."""
-    from pipeline.correlator import KeyedState
+    from pipeline.keyed_state import KeyedState
 
     if chain == "transient":
         facts = [transient(0, "grant_entitlement", 0, "ra"), transient(3, "revoke_entitlement", 90, "rb")]
@@ -434,7 +434,7 @@ def test_early_page_fires_on_arrival_in_any_order_and_matches_the_watermark_find
 
 
 def test_early_page_forgets_arrived_facts_past_the_keep_window() -> None:
-    from pipeline.correlator import KeyedState
+    from pipeline.keyed_state import KeyedState
 
     state = KeyedState(by_target=True)
     old, new = transient(0, "grant_entitlement", 0, "ra"), transient(3, "revoke_entitlement", 7200, "rb")
@@ -443,6 +443,47 @@ def test_early_page_forgets_arrived_facts_past_the_keep_window() -> None:
         state.judge_early(ev, 3_600_000, 3_600_000, lambda k, e: _page_with_rules(k, e, state))
     assert [e["event_id"] for e in state.arrived_before("u-jit", dict(new, occurred_at=new["occurred_at"] + 1),
                                                         1 << 40)] == [new["event_id"]]
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_backlog_is_judged_in_event_time_order_while_its_partition_is_busy(quiet: bool) -> None:
+    """KeyedState.watermark: a correlator catching up a backlog (the clock far past its facts) judges in
+    event-time order while facts keep arriving; only a quiet partition lets the wall clock release them.
+    Facts of two sources 3 s apart (inside the grace), arriving interleaved: with the clock's watermark
+    every older fact is late (each re-judges the key's later facts: quadratic on a busy key)."""
+    from pipeline.keyed_state import KeyedState
+
+    state = KeyedState(by_target=True)
+    now_ms, grace_ms, late = T0 + 86_400_000, 5_000, 0
+    ahead = [transient(0, "grant_entitlement", 3 + i, f"ra{i}") for i in range(40)]
+    behind = [transient(1, "grant_entitlement", i, f"rb{i}") for i in range(40)]
+    for a, b in zip(ahead, behind, strict=True):  # the lagging source's fact arrives after the leading one's
+        for ev in (a, b):
+            state.add(ev)
+            late += state.judge_due(state.watermark(now_ms, grace_ms, quiet), 1 << 40, lambda k, e: [])[1]
+    assert late == (40 if quiet else 0)
+    assert state.watermark(now_ms, grace_ms, quiet=False) == ahead[-1]["occurred_at"] - grace_ms
+    assert state.watermark(now_ms, grace_ms, quiet=True) == now_ms - grace_ms  # a quiet partition still closes
+
+
+def test_created_before_tells_when_an_agent_history_can_hold_a_group_nesting_chain() -> None:
+    """KeyedState.created_before: the correlator hands group nesting an agent's history only when a
+    create_group of the agent lies in the window before the fact (else the scan finds nothing anyway)."""
+    from pipeline.keyed_state import KeyedState
+
+    state = KeyedState(by_target=False)
+    grant = fact(0, **{"action": "assign_role", "occurred_at": T0 + 10 * MIN})
+    state.add(grant)
+    assert not state.created_before(grant["agent"]["agent_id"], grant, 3_600_000)
+    made = fact(1, **{"action": "create_group", "occurred_at": T0 + 5 * MIN,
+                      "target.identity_id": grant["target"]["identity_id"]})
+    state.add(made)
+    key = made["agent"]["agent_id"]
+    assert state.created_before(key, grant, 3_600_000)
+    other = fact(2, **{"action": "assign_role", "occurred_at": T0 + 10 * MIN, "target.identity_id": "u-else"})
+    assert not state.created_before(key, other, 3_600_000)  # a group it does not touch
+    assert not state.created_before(key, grant, 4 * MIN)  # outside the window
+    assert not state.created_before(key, made, 3_600_000)  # not before itself
 
 
 def test_a_later_copy_from_another_partition_raises_only_the_duplicate_finding() -> None:
@@ -455,7 +496,7 @@ def test_a_later_copy_from_another_partition_raises_only_the_duplicate_finding()
 
 
 def test_the_correlator_state_keeps_a_later_copy_out_of_history_and_holdings() -> None:
-    from pipeline.correlator import KeyedState
+    from pipeline.keyed_state import KeyedState
 
     state = KeyedState(by_target=True)
     r2 = tier(1, 2, 5, "r2")

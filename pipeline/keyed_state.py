@@ -1,0 +1,284 @@
+"""Keyed state of the correlator: one input partition's facts, in event-time order, per entity key.
+
+What :class:`~pipeline.correlator.Correlator` keeps for each fact partition it owns, and nothing else:
+the facts the watermark has not released yet (``pending``), the released ones per key (``history``,
+``grants``, ``ids``), what each target holds whatever its age (``holdings``), the facts arrived so far per
+key for early pages (``arrived``), and the finding ids already published or paged. The rules are passed
+in as ``judge`` callables; the state does no I/O and reads no clock, so the same facts in any arrival
+order within the grace give the same findings (``tests/unit/test_scoring_crossrun.py``). It is rebuilt
+from the log on assignment, never kept (``Correlator.rebuild``).
+
+Example::
+
+    state = KeyedState(by_target=True)
+    state.add(ev)                                            # a fact arrived
+    found, late = state.judge_due(watermark_ms, retain_ms, judge)
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from .events import TransitionDict
+from .facts import holding_key
+from .scoring.crossrun import CrossRunFinding, duplicate_id_across_partitions
+from .scoring.rules import granted_access
+
+Order = tuple[int, str, int, int]
+"""A fact's place in event-time order: time, event id, source partition and offset (a total order)."""
+
+
+def order(ev: TransitionDict) -> Order:
+    return (ev["occurred_at"], ev["event_id"], ev["source_partition"], ev["source_offset"])
+
+
+def _first(t: tuple[Any, ...]) -> Any:
+    return t[0]
+
+
+def _time(t: tuple[Any, ...]) -> tuple[int]:
+    return (t[0][0],)
+
+
+class View(Sequence[TransitionDict]):
+    """A read-only window ``[start, end)`` of a sorted ``(order, event)`` list, without copying it."""
+
+    __slots__ = ("end", "items", "start")
+
+    def __init__(self, items: list[tuple[Any, TransitionDict]], start: int, end: int) -> None:
+        self.items, self.start, self.end = items, start, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    @overload
+    def __getitem__(self, i: int) -> TransitionDict: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[TransitionDict]: ...
+    def __getitem__(self, i: int | slice) -> TransitionDict | Sequence[TransitionDict]:
+        if isinstance(i, slice):
+            return [self.items[j][1] for j in range(self.start, self.end)][i]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.items[self.start + i][1]
+
+    def __iter__(self) -> Iterator[TransitionDict]:
+        items = self.items
+        for j in range(self.start, self.end):
+            yield items[j][1]
+
+
+_EMPTY: list[tuple[Any, TransitionDict]] = []
+
+
+@dataclass
+class KeyedState:
+    """Windowed state of one input partition: pending facts, per-key history, and (by target) holdings."""
+
+    by_target: bool
+    pending: list[tuple[Order, TransitionDict]] = field(default_factory=list)
+    history: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
+    grants: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
+    ids: dict[str, list[TransitionDict]] = field(default_factory=dict)
+    holdings: dict[str, dict[str, TransitionDict]] = field(default_factory=dict)
+    seen: set[tuple[str, int, int]] = field(default_factory=set)
+    emitted: dict[str, None] = field(default_factory=dict)
+    arrived: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
+    """Per key, every fact arrived so far (judged or pending), event-time order: what early pages read."""
+    paged: dict[str, None] = field(default_factory=dict)
+    creates: dict[str, list[tuple[Order, tuple[str, str]]]] = field(default_factory=dict)
+    """Per key, each ``create_group`` fact's time and the group it made (target and resource id): group
+    nesting (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact
+    without one is judged without scanning the key's history."""
+    released: Order = (0, "", 0, 0)
+    max_seen_ms: int = 0
+    arrived_at: float = 0.0
+    """When the caller last added a fact (its clock, seconds): what tells a busy partition from a quiet one."""
+
+    def key_of(self, ev: TransitionDict) -> str:
+        return ev["target"]["identity_id"] if self.by_target else ev["agent"]["agent_id"]
+
+    def add(self, ev: TransitionDict) -> bool:
+        """Buffer a fact; False for a redelivered one (same source event, partition and offset)."""
+        mark = (ev["event_id"], ev["source_partition"], ev["source_offset"])
+        if mark in self.seen:
+            return False
+        self.seen.add(mark)
+        heapq.heappush(self.pending, (order(ev), ev))
+        bisect.insort(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev), key=_first)
+        if ev["action"] == "create_group":
+            made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
+            bisect.insort(self.creates.setdefault(self.key_of(ev), []), (order(ev), made), key=_first)
+        self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
+        return True
+
+    def created_before(self, key: str, ev: TransitionDict, window_ms: int) -> bool:
+        """Whether a ``create_group`` fact of the key (arrived so far) in ``[ev - window_ms, ev)`` made a
+        group ``ev`` may act on: the group it adds a member to, or its target."""
+        made = self.creates.get(key)
+        if not made:
+            return False
+        groups = {ev["target"]["identity_id"]}
+        if ev["action"] == "add_group_member":
+            groups.add(ev["resource"]["resource_id"])
+        start = bisect.bisect_left(made, (ev["occurred_at"] - window_ms,), key=_time)
+        end = bisect.bisect_left(made, order(ev), key=_first)
+        return any(groups.intersection(ids) for _, ids in made[start:end])
+
+    def watermark(self, now_ms: int, grace_ms: int, quiet: bool) -> int:
+        """Event time up to which facts are judged: ``grace_ms`` before the latest event time seen while the
+        partition is busy, so a backlog is judged in event-time order however far the clock is ahead; once
+        it is ``quiet`` (no fact for a while), the wall clock ``now_ms`` too, so its windows still close
+        (Flink's idle-source watermark)."""
+        return max(self.max_seen_ms, now_ms if quiet else 0) - grace_ms
+
+    def release(self, watermark_ms: int) -> list[TransitionDict]:
+        out = []
+        while self.pending and self.pending[0][0][0] <= watermark_ms:
+            out.append(heapq.heappop(self.pending)[1])
+        return out
+
+    def before(self, key: str, ev: TransitionDict, window_ms: int | None = None) -> View:
+        """The key's facts before ``ev`` in event-time order (within ``window_ms`` of it, if given)."""
+        hist = self.history.get(key, _EMPTY)
+        end = bisect.bisect_left(hist, order(ev), key=_first)
+        start = 0 if window_ms is None else bisect.bisect_left(
+            hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        return View(hist, start, end)
+
+    def arrived_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
+        """The key's facts arrived so far that precede ``ev`` in event time, within ``window_ms`` of it."""
+        hist = self.arrived.get(key, _EMPTY)
+        end = bisect.bisect_left(hist, order(ev), key=_first)
+        start = bisect.bisect_left(hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        return View(hist, start, end)
+
+    def judge_early(self, ev: TransitionDict, reach_ms: int, keep_ms: int,
+                    judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> list[CrossRunFinding]:
+        """Early firing: judge a just-added fact against its key's facts arrived so far, then the key's later
+        facts within ``reach_ms`` again (their chains may need it: a grant arriving after its revoke).
+        Returns the chains not paged (nor published) before; forgets arrived facts older than ``keep_ms``."""
+        key = self.key_of(ev)
+        hist = self.arrived.get(key, _EMPTY)
+        found = judge(key, ev)
+        reach = (ev["occurred_at"] + reach_ms, "\U0010ffff")
+        lo = bisect.bisect_right(hist, order(ev), key=_first)
+        for j in range(lo, bisect.bisect_right(hist, reach, lo=lo, key=_first)):
+            found += judge(key, hist[j][1])
+        self.trim_arrived(keep_ms, key)
+        out = []
+        for f in found:
+            if f.finding_id not in self.emitted and f.finding_id not in self.paged:
+                if len(self.paged) >= 100_000:
+                    self.paged.clear()  # bounded: a page again at worst, for a chain paged long ago
+                self.paged[f.finding_id] = None
+                out.append(f)
+        return out
+
+    def trim_arrived(self, keep_ms: int, key: str | None = None) -> None:
+        """Forget arrived facts older than ``keep_ms`` before the latest event time (one key, or all)."""
+        cut = self.max_seen_ms - keep_ms
+        for k in ([key] if key is not None else list(self.arrived)):
+            hist = self.arrived.get(k)
+            if hist and hist[0][0][0] < cut:
+                del hist[:bisect.bisect_left(hist, (cut,), key=_time)]
+                if not hist:
+                    del self.arrived[k]
+
+    def grants_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
+        """The key's executed grants in ``[ev - window_ms, ev)``: O(log n), however busy the agent."""
+        grants = self.grants.get(key, _EMPTY)
+        end = bisect.bisect_left(grants, order(ev), key=_first)
+        start = bisect.bisect_left(grants, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        return View(grants, start, end)
+
+    def same_id(self, ev: TransitionDict) -> list[TransitionDict]:
+        return [h for h in self.ids.get(ev["event_id"], ()) if order(h) < order(ev)]
+
+    def after(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
+        hist = self.history.get(key, _EMPTY)
+        return [h for _, h in hist[bisect.bisect_right(hist, order(ev), key=_first):]]
+
+    def first_time(self, finding_id: str, limit: int = 100_000) -> bool:
+        """True once per finding id (re-judging after a late fact must not publish a chain twice)."""
+        if finding_id in self.emitted:
+            return False
+        if len(self.emitted) >= limit:
+            self.emitted.clear()  # bounded; the store keeps one row per finding_id regardless
+        self.emitted[finding_id] = None
+        return True
+
+    def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
+        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time. A later copy
+        of an event_id held from another partition is not recorded: it raised AG-XRN-006, and must not
+        stand in any later chain or holding as a grant of its own (scoring/crossrun.py ``later_copy``)."""
+        if self.by_target and duplicate_id_across_partitions(ev, self.same_id(ev)) is not None:
+            return
+        entry = (order(ev), ev)
+        hist = self.history.setdefault(key, [])
+        bisect.insort(hist, entry, key=_first)
+        if self.by_target:
+            self.ids.setdefault(ev["event_id"], []).append(ev)
+            if ev["decision"]["outcome"] == "granted":
+                self.hold(ev)
+        elif granted_access(ev):
+            bisect.insort(self.grants.setdefault(key, []), entry, key=_first)
+        lo = (self.max_seen_ms - retain_ms,)
+        if hist[0][0][0] < lo[0]:
+            cut = bisect.bisect_left(hist, lo, key=_time)
+            for _, old in hist[:cut]:
+                same = self.ids.get(old["event_id"])
+                if same is not None:
+                    same[:] = [h for h in same if h is not old]
+                    if not same:
+                        del self.ids[old["event_id"]]
+            del hist[:cut]
+            grants = self.grants.get(key)
+            if grants:
+                del grants[:bisect.bisect_left(grants, lo, key=_time)]
+            made = self.creates.get(key)
+            if made:
+                del made[:bisect.bisect_left(made, lo, key=_time)]
+
+    def hold(self, ev: TransitionDict) -> None:
+        fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],
+                "entitlement": ev["resource"]["entitlement"], "resource_id": ev["resource"]["resource_id"]}
+        held = self.holdings.setdefault(ev["target"]["identity_id"], {})
+        hk = holding_key(fact)
+        old = held.get(hk)
+        if old is None or order(old) <= order(ev):
+            held[hk] = ev
+
+    def held(self, key: str) -> list[TransitionDict]:
+        return sorted(self.holdings.get(key, {}).values(), key=order)
+
+    def judge_due(self, watermark_ms: int, retain_ms: int,
+                  judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> tuple[list[CrossRunFinding], int]:
+        """Judge the facts the watermark releases, oldest first; returns new findings and late facts.
+
+        A fact older than one already judged arrived after the grace: facts after it were judged without
+        it, so they are judged again with it and the chain it belongs to is still found. A finding id is
+        returned once."""
+        out: list[CrossRunFinding] = []
+        late = 0
+        for ev in self.release(watermark_ms):
+            key = self.key_of(ev)
+            found = judge(key, ev)
+            self.apply(key, ev, retain_ms)
+            if order(ev) < self.released:
+                late += 1
+                for later in self.after(key, ev):
+                    found += judge(key, later)
+            self.released = max(self.released, order(ev))
+            out += [f for f in found if self.first_time(f.finding_id)]
+        return out, late
+
+    def prune_seen(self, limit: int = 500_000) -> None:
+        if len(self.seen) > limit:  # bounded: a redelivery older than this is caught by finding ids
+            self.seen.clear()
