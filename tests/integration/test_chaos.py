@@ -1,19 +1,14 @@
-"""Chaos: 100,000 events consumed while scorers, correlators and the writer are ``kill -9``-ed and restarted.
+"""Chaos: 100,000 events consumed while scorers and the writer are ``kill -9``-ed and restarted at random.
 
-The workload mixes planted findings, cross-run chains (``cross_run=True``) and poison input
-(``bad_inputs=True``: garbage, unknown schema, truncated, out-of-range values, an oversized event). Every
-valid event_id must be stored exactly once (FINAL), every bad input dead-lettered once with its reason
-(produced = stored + dead-lettered), the findings must equal a clean run's on the same events, and so must
-the cross-run findings, each stored once (``cross_run_findings`` FINAL = uniqExact(finding_id)). The run
-prints its figures (kills, events, raw duplicates the store's dedup absorbed, losses). It runs on each
-broker (``bus``). On Apache Kafka, which hides aborted transactions from read_committed readers, the
-assessments and dead-letter topics themselves must hold no duplicate at all: a killed scorer's open
-transaction is aborted (fenced by its successor's transactional.id), never seen.
+Every event_id must be stored exactly once (FINAL), and the findings must equal a clean run's on the
+same events. The run prints its figures (kills, events, raw duplicates the store's dedup absorbed, losses).
+It runs on each broker (``bus``). On Apache Kafka, which hides aborted transactions from read_committed
+readers, the assessments topic itself must hold no duplicate at all: a killed scorer's open transaction is
+aborted (fenced by its successor's transactional.id), never seen.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -27,53 +22,36 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.chaos import Slot, query_store
-from pipeline.deadletters import header
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.settings import Settings
-from pipeline.workload import BAD_INPUTS, PLANTED_CROSS_RUN, Workload
+from pipeline.workload import Workload
 from tests.integration.conftest import Bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EVENTS = int(os.environ.get("CHAOS_EVENTS", "100000"))
+EVENTS = 100_000
 SCORERS = 2
-CORRELATORS = 2
 MIN_KILLS = 12
-GRACE = 30.0  # over the event-time skew between scorers (a killed one lags); the events are older by the end
 
 
-def encode_workload(settings: Settings, events: int
-                    ) -> tuple[list[tuple[bytes, bytes]], list[str], Counter[str], int]:
-    """The workload as (key, wire bytes), the valid events' ids, the bad inputs' expected DLQ reasons and the
-    latest event time (ms),
-    encoded once through the SDK's completion and serde (bad inputs past it, as a client without it could).
+def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+    """The workload as (key, wire bytes) and event ids, encoded once through the SDK's completion and serde.
 
     The planted ``duplicate_event_id`` scenario sends one id twice with different content (tampering):
     transitions keeps both versions (they differ in ``step``, part of its sorting key), assessments one."""
     pub = TransitionPublisher(settings)
     out: list[tuple[bytes, bytes]] = []
     ids: list[str] = []
-    bad: Counter[str] = Counter()
-    latest = 0
-    for op in Workload(seed=11, planted=True, bad_inputs=True, cross_run=True).ops(events):
-        if op.kind == "raw":
-            out.append((op.key, op.payload))
-            bad[BAD_INPUTS[op.scenario]] += 1
-            continue
+    for op in Workload(seed=11, planted=True, bad_inputs=False).ops(events):
         record = pub.complete(op.payload)
         if op.mutate is not None:
             record = op.mutate(record)
         if op.kind == "record" and op.send == "skip":
             continue
-        value = pub.serde.encode(record)
-        out.append((record["run_id"].encode(), value[:-7] if op.send == "truncate" else value))
-        if op.scenario in BAD_INPUTS:
-            bad[BAD_INPUTS[op.scenario]] += 1
-        else:
-            ids.append(str(record["event_id"]))
-            latest = max(latest, record["occurred_at"])
-    return out, ids, bad, latest
+        out.append((record["run_id"].encode(), pub.serde.encode(record)))
+        ids.append(str(record["event_id"]))
+    return out, ids
 
 
 def produce(settings: Settings, records: list[tuple[bytes, bytes]], *, chunk: int = 0, pause: float = 0.0) -> None:
@@ -99,66 +77,15 @@ def produce(settings: Settings, records: list[tuple[bytes, bytes]], *, chunk: in
     assert not failed, failed[:3]
 
 
-def committed(settings: Settings, group: str, topic: str, partitions: int | None = None) -> int:
-    return sum(max(o, 0) for o in committed_offsets(settings, group, topic, partitions).values())
-
-
-def committed_offsets(settings: Settings, group: str, topic: str, partitions: int | None = None) -> dict[int, int]:
-    """The group's committed offset per partition of ``topic`` (-1 where none, or on error)."""
-    n = partitions or settings.topic_partitions
+def committed(settings: Settings, group: str, topic: str) -> int:
     reader = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
     try:
-        tps = reader.committed([TopicPartition(topic, p) for p in range(n)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
+        tps = reader.committed([TopicPartition(topic, p) for p in range(settings.topic_partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
     except Exception:
-        return dict.fromkeys(range(n), -1)
+        return -1
     finally:
         reader.close()
-
-
-def last_offsets(settings: Settings, topic: str, partitions: int, idle: float = 2.0) -> dict[int, int]:
-    """The offset of the last message a read_committed reader sees in each non-empty partition. Reads on
-    from a little before the reported high watermark (Tansu under-reports it) until idle."""
-    reader = Consumer(settings.consumer_config(f"last-{uuid.uuid4().hex[:8]}"))
-    try:
-        starts = []
-        for p in range(partitions):
-            _, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            starts.append(TopicPartition(topic, p, max(0, high - 50)))
-        reader.assign(starts)
-        last: dict[int, int] = {}
-        quiet = time.monotonic()
-        while time.monotonic() - quiet < idle:
-            for msg in reader.consume(5000, 0.5):
-                if not msg.error():
-                    last[msg.partition()] = max(last.get(msg.partition(), -1), msg.offset())
-                    quiet = time.monotonic()
-        return last
-    finally:
-        reader.close()
-
-
-def dead_letters(settings: Settings, idle: float = 5.0) -> tuple[int, dict[tuple[str, str], set[str]]]:
-    """Dead-letter messages a read_committed reader sees, and the reasons given per source record
-    (partition, offset on the transitions topic)."""
-    reader = Consumer(settings.consumer_config(f"dlq-{uuid.uuid4().hex[:8]}"))
-    reader.subscribe([settings.topic_dlq])
-    messages, sources = 0, dict[tuple[str, str], set[str]]()
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            for msg in reader.consume(1000, 0.5):
-                if msg.error():
-                    continue
-                last = time.monotonic()
-                messages += 1
-                h = msg.headers()
-                assert header(h, "agentgov.source.topic") == settings.topic_transitions
-                source = (header(h, "agentgov.source.partition") or "", header(h, "agentgov.source.offset") or "")
-                sources.setdefault(source, set()).add(header(h, "agentgov.error.reason") or "")
-    finally:
-        reader.close()
-    return messages, sources
 
 
 def topic_keys(settings: Settings, topic: str, idle: float = 5.0) -> Counter[bytes]:
@@ -180,31 +107,23 @@ def topic_keys(settings: Settings, topic: str, idle: float = 5.0) -> Counter[byt
 
 
 class Drill:
-    """Scorer slots, correlator slots and one writer slot for one settings object."""
+    """Scorer slots and one writer slot for one settings object."""
 
-    def __init__(self, settings: Settings, log_dir: Path, release_at: float) -> None:
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
-        self.release_at = release_at  # wall clock past the latest event time + the correlators' grace
         log_dir.mkdir(parents=True, exist_ok=True)
         env = settings_env(settings)
         self.scorers = [Slot(f"scorer-{i}", "consumers.scorer", env, log_dir) for i in range(SCORERS)]
-        self.correlators = [Slot(f"correlator-{i}", "consumers.correlator", env, log_dir)
-                            for i in range(CORRELATORS)]
         self.writer = Slot("writer", "consumers.writer", env, log_dir)
 
     @property
     def slots(self) -> list[Slot]:
-        return [*self.scorers, *self.correlators, self.writer]
+        return [*self.scorers, self.writer]
 
     def start(self) -> Drill:
         for slot in self.slots:
             slot.start()
         return self
-
-    def kill_all(self) -> None:
-        """After a failure: leave no process behind."""
-        for slot in self.slots:
-            slot.kill()
 
     def scored(self) -> int:
         return committed(self.settings, self.settings.scorer_group, self.settings.topic_transitions)
@@ -212,36 +131,22 @@ class Drill:
     def written(self) -> int:
         return committed(self.settings, self.settings.writer_group, self.settings.topic_assessments)
 
-    def _supervise(self) -> None:
-        for slot in self.slots:  # the supervisor's job: nothing stays dead
-            if not slot.alive():
-                slot.start()
-
-    def _catch_up(self, group: str, topic: str, partitions: int, deadline: float) -> None:
-        """Wait until ``group`` committed past the last message of every partition of ``topic``
-        (call once nothing more is written to it)."""
-        last = last_offsets(self.settings, topic, partitions)
-        while time.monotonic() < deadline:
-            have = committed_offsets(self.settings, group, topic, partitions)
-            if all(have[p] > o for p, o in last.items()):
-                return
-            self._supervise()
-            time.sleep(0.5)
-        have = committed_offsets(self.settings, group, topic, partitions)
-        raise AssertionError(f"{group} did not catch up on {topic}: committed {have}, last messages {last}")
-
     def drain(self, produced: int, timeout: float) -> None:
-        """Wait until every stage committed all its input (scorers, then correlators, then the writer's
-        assessments and cross-run findings), then stop all with SIGTERM."""
-        s = self.settings
+        """Wait until the scorers committed every input and the writer stopped advancing, then stop all."""
         deadline = time.monotonic() + timeout
-        while (self.scored() < produced or time.time() < self.release_at) and time.monotonic() < deadline:
-            self._supervise()
+        while self.scored() < produced and time.monotonic() < deadline:
+            for slot in self.slots:  # the supervisor's job: nothing stays dead
+                if not slot.alive():
+                    slot.start()
             time.sleep(1.0)
-        for topic in (s.topic_facts_by_target, s.topic_facts_by_agent):
-            self._catch_up(s.correlator_group, topic, s.facts_partitions, deadline)
-        self._catch_up(s.writer_group, s.topic_assessments, s.topic_partitions, deadline)
-        self._catch_up(f"{s.writer_group}-correlations", s.topic_correlations, s.topic_partitions, deadline)
+        last, stable_since = -2, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.written()
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since > 5:
+                break
+            time.sleep(0.5)
         codes = [slot.terminate() for slot in self.slots]
         assert codes == [0] * len(self.slots), f"SIGTERM exit codes {codes}"
 
@@ -255,17 +160,12 @@ STORE_SQL = (
     "SELECT event_id FROM {db}.transitions FINAL",
     "SELECT event_id FROM {db}.transitions FINAL GROUP BY event_id HAVING count() > 1",
     "SELECT event_id FROM {db}.assessments FINAL GROUP BY event_id HAVING count() > 1",
-    "SELECT count() AS raw, uniqExact(finding_id) AS ids FROM {db}.cross_run_findings",
-    "SELECT finding_id, code FROM {db}.cross_run_findings FINAL",
 )
 
 
 def read_store(settings: Settings) -> dict[str, Any]:
-    (t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated, x_raw, cross_run
-     ) = query_store(settings, *STORE_SQL)
+    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated = query_store(settings, *STORE_SQL)
     return {
-        "cross_run_raw": x_raw[0]["raw"], "cross_run_ids": x_raw[0]["ids"],
-        "cross_run": [(r["finding_id"], r["code"]) for r in cross_run],
         "transitions_raw": t_raw[0]["raw"], "transitions_ids": t_raw[0]["ids"], "transitions": t_final[0]["final"],
         "assessments_raw": a_raw[0]["raw"], "assessments_ids": a_raw[0]["ids"], "assessments": a_final[0]["final"],
         "findings": {r["code"]: r["n"] for r in findings},
@@ -275,63 +175,53 @@ def read_store(settings: Settings) -> dict[str, Any]:
     }
 
 
-@pytest.mark.timeout(2400)  # two 100,000-event runs; on a loaded 2-core machine the Kafka one passed 600 s
+@pytest.mark.timeout(1500)  # two 100,000-event runs; on a loaded 2-core machine the Kafka one passed 600 s
 def test_kill9_consumers_store_every_event_exactly_once(
     bus: Bus, settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
     # Baselines are refreshed from the store on a timer; keep them out of the comparison, which is about
     # redelivery, not about when a refresh happened to land.
-    fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0, "correlation_grace_seconds": GRACE}
+    fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0}
     clean = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'clean'}", **fixed)
     chaos = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'chaos'}", **fixed)
-    records, id_list, bad, latest = encode_workload(chaos, EVENTS)
+    records, id_list = encode_workload(chaos, EVENTS)
     produced = len(records)
     expected_ids = set(id_list)
     tampered = {i for i, n in Counter(id_list).items() if n > 1}
-    release_at = latest / 1000 + GRACE + 2
 
     # The clean run: same events, same partitioning, same order, nobody killed.
     t0 = time.monotonic()
-    clean_drill = Drill(clean, tmp_path / "clean-logs", release_at).start()
-    try:
-        produce(clean, records)
-        clean_drill.drain(produced, timeout=600)
-    finally:
-        clean_drill.kill_all()
+    clean_drill = Drill(clean, tmp_path / "clean-logs").start()
+    produce(clean, records)
+    clean_drill.drain(produced, timeout=300)
     clean_secs = time.monotonic() - t0
     reference = read_store(clean)
     assert reference["transitions_ids"] == len(expected_ids), "the clean run itself lost events"
-    assert set(PLANTED_CROSS_RUN.values()) <= {code for _, code in reference["cross_run"]}
 
     # The chaos run: paced production while random consumers die with SIGKILL and come back.
     rng = random.Random(int(uuid.uuid4()) % 10_000)
-    drill = Drill(chaos, tmp_path / "chaos-logs", release_at).start()
-    try:
-        feeder = threading.Thread(target=produce, args=(chaos, records), kwargs={"chunk": 2500, "pause": 0.6})
-        t0 = time.monotonic()
-        feeder.start()
-        kills: list[str] = []
-        while len(kills) < MIN_KILLS or (feeder.is_alive() and time.monotonic() - t0 < 240):
-            time.sleep(rng.uniform(1.0, 3.5))
-            # in turn a random scorer, the writer, a random correlator
-            victim = (rng.choice(drill.scorers), drill.writer, rng.choice(drill.correlators))[len(kills) % 3]
-            victim.kill()
-            kills.append(victim.name)
-            time.sleep(rng.uniform(0.0, 1.5))
-            victim.start()
-            if time.monotonic() - t0 > 300:
-                break
-        feeder.join()
-        scored_during_chaos = drill.scored()
-        drill.drain(produced, timeout=600)
-    finally:
-        drill.kill_all()
+    drill = Drill(chaos, tmp_path / "chaos-logs").start()
+    feeder = threading.Thread(target=produce, args=(chaos, records), kwargs={"chunk": 2500, "pause": 0.6})
+    t0 = time.monotonic()
+    feeder.start()
+    kills: list[str] = []
+    while len(kills) < MIN_KILLS or (feeder.is_alive() and time.monotonic() - t0 < 240):
+        time.sleep(rng.uniform(1.0, 3.5))
+        # every third kill takes the writer, the rest a random scorer
+        victim = drill.writer if len(kills) % 3 == 1 else rng.choice(drill.scorers)
+        victim.kill()
+        kills.append(victim.name)
+        time.sleep(rng.uniform(0.0, 1.5))
+        victim.start()
+        if time.monotonic() - t0 > 300:
+            break
+    feeder.join()
+    scored_during_chaos = drill.scored()
+    drill.drain(produced, timeout=300)
     chaos_secs = time.monotonic() - t0
     got = read_store(chaos)
     topic = topic_keys(chaos, chaos.topic_assessments)
     clean_topic = topic_keys(clean, clean.topic_assessments)
-    dlq_messages, dlq_sources = dead_letters(chaos)
-    dead = Counter(reason for reasons in dlq_sources.values() for reason in reasons)
 
     lost = expected_ids - got["event_ids"]
     unexpected = got["event_ids"] - expected_ids
@@ -341,8 +231,7 @@ def test_kill9_consumers_store_every_event_exactly_once(
         "distinct_event_ids": len(expected_ids),
         "kills": len(kills),
         "kills_writer": kills.count("writer"),
-        "kills_scorer": sum(k.startswith("scorer") for k in kills),
-        "kills_correlator": sum(k.startswith("correlator") for k in kills),
+        "kills_scorer": len(kills) - kills.count("writer"),
         "scored_when_kills_ended": scored_during_chaos,
         "assessment_messages_clean_run": sum(clean_topic.values()),
         "assessment_messages_chaos_run": sum(topic.values()),
@@ -352,12 +241,6 @@ def test_kill9_consumers_store_every_event_exactly_once(
         "stored_transitions_final": got["transitions"],
         "stored_assessments_final": got["assessments"],
         "lost": len(lost),
-        "bad_inputs": sum(bad.values()),
-        "dead_lettered": len(dlq_sources),
-        "dead_letter_messages": dlq_messages,
-        "cross_run_findings_clean_run": len(reference["cross_run"]),
-        "cross_run_findings_chaos_run": len(got["cross_run"]),
-        "raw_duplicate_cross_run_findings_before_dedup": got["cross_run_raw"] - got["cross_run_ids"],
         "clean_run_seconds": round(clean_secs, 1),
         "chaos_run_seconds": round(chaos_secs, 1),
     }
@@ -374,16 +257,8 @@ def test_kill9_consumers_store_every_event_exactly_once(
     assert got["assessments"] - len(expected_ids) <= len(tampered)
     assert (got["transitions"], got["assessments"]) == (reference["transitions"], reference["assessments"])
     assert got["findings"] == reference["findings"]
-    # Poison: every bad input dead-lettered once, with its reason; produced = stored + dead-lettered.
-    assert dead == bad, f"dead letters by reason {dict(dead)}, expected {dict(bad)}"
-    assert all(len(reasons) == 1 for reasons in dlq_sources.values())
-    assert produced == len(id_list) + len(dlq_sources)
-    # Cross-run: each finding stored once, the same ones (ids and codes) as the clean run.
-    assert got["cross_run_ids"] == len(got["cross_run"]) == len(set(got["cross_run"]))
-    assert sorted(got["cross_run"]) == sorted(reference["cross_run"])
     if bus.kind == "kafka":
         # read_committed on Kafka: the topic holds exactly what a clean run wrote, key for key (the one
         # tampered id was published twice, so it has two assessments in both runs), and nothing more.
         assert topic == clean_topic, {k: (topic[k], clean_topic[k]) for k in topic if topic[k] != clean_topic[k]}
         assert sum(topic.values()) - len(topic) <= len(tampered)
-        assert dlq_messages == len(dlq_sources), "a dead letter was published twice"
