@@ -251,9 +251,12 @@ class Correlator(TransactionalLoop):
         """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
         arrived facts; by agent over the agent's arrived facts (group nesting) and the delegation graph."""
         reach = self.policy.policy.escalation.window_seconds * 1000
-        if not state.by_target and not state.creates.get(state.key_of(ev)):
-            # By agent, re-judging the key's later facts can only matter to group nesting, which needs a
-            # create_group of the agent: without one it is O(facts of a busy agent) per fact for nothing.
+        if not state.by_target and not (ev["action"] == "create_group"
+                                        or state.created_before(state.key_of(ev), ev, reach)):
+            # By agent, re-judging the key's later facts can only matter to group nesting, and only when this
+            # fact is a step of a chain: the group's creation, or an act on a group the agent created before
+            # it. Any other fact of a busy agent would cost O(its window) for nothing (a busy agent that
+            # once created a group included).
             reach = 0
         return state.judge_early(ev, reach, self._early_keep_ms(state), functools.partial(self._paging, state))
 

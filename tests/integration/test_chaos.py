@@ -1,9 +1,12 @@
 """Chaos: 100,000 events consumed while scorers and the writer are ``kill -9``-ed and restarted at random.
 
-Every event_id must be stored exactly once (FINAL), and the findings must equal a clean run's on the
-same events. The run prints its figures (kills, events, raw duplicates the store's dedup absorbed, losses).
-It runs on each broker (``bus``). On Apache Kafka, which hides aborted transactions from read_committed
-readers, the assessments topic itself must hold no duplicate at all: a killed scorer's open transaction is
+The workload mixes in the poison inputs of ``pipeline.workload.BAD_INPUTS`` (garbage bytes, unknown
+schema, truncated Avro, values out of range, an oversized event). Every valid event_id must be stored
+exactly once (FINAL), every bad input dead-lettered once with its reason (produced = stored +
+dead-lettered), and the findings must equal a clean run's on the same events. The run prints its figures
+(kills, events, raw duplicates the store's dedup absorbed, losses, dead letters). It runs on each broker
+(``bus``). On Apache Kafka, which hides aborted transactions from read_committed readers, the assessments
+and dead-letter topics themselves must hold no duplicate at all: a killed scorer's open transaction is
 aborted (fenced by its successor's transactional.id), never seen.
 """
 
@@ -22,10 +25,11 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.chaos import Slot, query_store
+from pipeline.deadletters import header
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.settings import Settings
-from pipeline.workload import Workload
+from pipeline.workload import BAD_INPUTS, Workload
 from tests.integration.conftest import Bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,23 +39,58 @@ SCORERS = 2
 MIN_KILLS = 12
 
 
-def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, bytes]], list[str]]:
-    """The workload as (key, wire bytes) and event ids, encoded once through the SDK's completion and serde.
+def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, bytes]], list[str], Counter[str]]:
+    """The workload as (key, wire bytes), the valid events' ids and the bad inputs' expected dead-letter
+    reasons, encoded once through the SDK's completion and serde (bad inputs past it, as a client without
+    it could send them).
 
     The planted ``duplicate_event_id`` scenario sends one id twice with different content (tampering):
     transitions keeps both versions (they differ in ``step``, part of its sorting key), assessments one."""
     pub = TransitionPublisher(settings)
     out: list[tuple[bytes, bytes]] = []
     ids: list[str] = []
-    for op in Workload(seed=11, planted=True, bad_inputs=False).ops(events):
+    bad: Counter[str] = Counter()
+    for op in Workload(seed=11, planted=True, bad_inputs=True).ops(events):
+        if op.kind == "raw":
+            assert op.key is not None
+            out.append((op.key, op.payload))
+            bad[BAD_INPUTS[op.scenario]] += 1
+            continue
         record = pub.complete(op.payload)
         if op.mutate is not None:
             record = op.mutate(record)
         if op.kind == "record" and op.send == "skip":
             continue
-        out.append((record["run_id"].encode(), pub.serde.encode(record)))
-        ids.append(str(record["event_id"]))
-    return out, ids
+        value = pub.serde.encode(record)
+        out.append((record["run_id"].encode(), value[:-7] if op.send == "truncate" else value))
+        if op.scenario in BAD_INPUTS:
+            bad[BAD_INPUTS[op.scenario]] += 1
+        else:
+            ids.append(str(record["event_id"]))
+    return out, ids, bad
+
+
+def dead_letters(settings: Settings, idle: float = 5.0) -> tuple[int, dict[tuple[str, str], set[str]]]:
+    """Dead-letter messages a read_committed reader sees, and the reasons given per source record
+    (partition, offset on the transitions topic)."""
+    reader = Consumer(settings.consumer_config(f"dlq-{uuid.uuid4().hex[:8]}"))
+    reader.subscribe([settings.topic_dlq])
+    messages, sources = 0, dict[tuple[str, str], set[str]]()
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle:
+            for msg in reader.consume(1000, 0.5):
+                if msg.error():
+                    continue
+                last = time.monotonic()
+                messages += 1
+                h = msg.headers()
+                assert header(h, "agentgov.source.topic") == settings.topic_transitions
+                source = (header(h, "agentgov.source.partition") or "", header(h, "agentgov.source.offset") or "")
+                sources.setdefault(source, set()).add(header(h, "agentgov.error.reason") or "")
+    finally:
+        reader.close()
+    return messages, sources
 
 
 def produce(settings: Settings, records: list[tuple[bytes, bytes]], *, chunk: int = 0, pause: float = 0.0) -> None:
@@ -184,7 +223,7 @@ def test_kill9_consumers_store_every_event_exactly_once(
     fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0}
     clean = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'clean'}", **fixed)
     chaos = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'chaos'}", **fixed)
-    records, id_list = encode_workload(chaos, EVENTS)
+    records, id_list, bad = encode_workload(chaos, EVENTS)
     produced = len(records)
     expected_ids = set(id_list)
     tampered = {i for i, n in Counter(id_list).items() if n > 1}
@@ -222,6 +261,8 @@ def test_kill9_consumers_store_every_event_exactly_once(
     got = read_store(chaos)
     topic = topic_keys(chaos, chaos.topic_assessments)
     clean_topic = topic_keys(clean, clean.topic_assessments)
+    dlq_messages, dlq_sources = dead_letters(chaos)
+    dead = Counter(reason for reasons in dlq_sources.values() for reason in reasons)
 
     lost = expected_ids - got["event_ids"]
     unexpected = got["event_ids"] - expected_ids
@@ -241,6 +282,9 @@ def test_kill9_consumers_store_every_event_exactly_once(
         "stored_transitions_final": got["transitions"],
         "stored_assessments_final": got["assessments"],
         "lost": len(lost),
+        "bad_inputs": sum(bad.values()),
+        "dead_lettered": len(dlq_sources),
+        "dead_letter_messages": dlq_messages,
         "clean_run_seconds": round(clean_secs, 1),
         "chaos_run_seconds": round(chaos_secs, 1),
     }
@@ -257,7 +301,12 @@ def test_kill9_consumers_store_every_event_exactly_once(
     assert got["assessments"] - len(expected_ids) <= len(tampered)
     assert (got["transitions"], got["assessments"]) == (reference["transitions"], reference["assessments"])
     assert got["findings"] == reference["findings"]
+    # Poison: every bad input dead-lettered once, with its reason; produced = stored + dead-lettered.
+    assert dead == bad, f"dead letters by reason {dict(dead)}, expected {dict(bad)}"
+    assert all(len(reasons) == 1 for reasons in dlq_sources.values())
+    assert produced == len(id_list) + len(dlq_sources)
     if bus.kind == "kafka":
+        assert dlq_messages == len(dlq_sources), "a dead letter was published twice"
         # read_committed on Kafka: the topic holds exactly what a clean run wrote, key for key (the one
         # tampered id was published twice, so it has two assessments in both runs), and nothing more.
         assert topic == clean_topic, {k: (topic[k], clean_topic[k]) for k in topic if topic[k] != clean_topic[k]}

@@ -506,3 +506,51 @@ def test_the_correlator_state_keeps_a_later_copy_out_of_history_and_holdings() -
     assert [h["run_id"] for _, h in state.history["u-step"]] == ["r2"]
     assert [h["run_id"] for h in state.ids[r2["event_id"]]] == ["r2"]
     assert [h["run_id"] for h in state.held("u-step")] == ["r2"]
+
+
+def _bare_correlator() -> Any:
+    """The judging half of a Correlator: no consumer, no producer, no delegation edges."""
+    from pipeline.correlator import Correlator
+
+    c: Any = Correlator.__new__(Correlator)
+    c.policy, c.scorer_window_ms, c.grace_ms = POLICY, 3_600_000, 300_000
+    c.graph = type("NoEdges", (), {"into": staticmethod(lambda agent: [])})()
+    return c
+
+
+@pytest.mark.parametrize("arrival", [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
+def test_group_nesting_pages_once_on_arrival_in_any_order(arrival: tuple[int, int, int]) -> None:
+    from pipeline.keyed_state import KeyedState
+
+    c, state = _bare_correlator(), KeyedState(by_target=False)
+    facts = nesting((0, 2, 4))
+    pages = []
+    for i in arrival:
+        assert state.add(facts[i])
+        pages += c._page_early(state, facts[i])
+    assert [f.spec.code for f in pages] == ["AG-XRN-008"] and pages[0].event is facts[2]
+
+
+def test_a_busy_agent_that_once_created_a_group_is_not_rejudged_per_fact() -> None:
+    """Early paging re-judges a key's later facts only for a step of a possible group-nesting chain: 300
+    grants arriving newest first (each older than all before it) cost 300 judgements, not 300 x 300 / 2."""
+    from pipeline.keyed_state import KeyedState
+
+    c, state = _bare_correlator(), KeyedState(by_target=False)
+    calls = 0
+    paging = c._paging
+
+    def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return paging(*args)
+
+    c._paging = counted
+    create = nesting((0, 2, 4))[0]  # the agent made a group once...
+    grants = [fact(i % 6, **{"run_id": f"r-busy-{i}", "agent.agent_id": "agent-rogue", "step": 1,
+                             "target.identity_id": f"u-busy-{i}", "occurred_at": T0 + MIN + i * 1000})
+              for i in range(300)]  # ...and then granted ordinary access to 300 others
+    for ev in [create, *reversed(grants)]:
+        state.add(ev)
+        c._page_early(state, ev)
+    assert calls <= 301 + 300, calls
