@@ -73,6 +73,10 @@ class Metrics:
             "agentgov_exceptions_followed", "Risk exceptions (any state) a scorer has read from the exceptions topic.",
             registry=r,
         )
+        self.exceptions_approved = Gauge(
+            "agentgov_exceptions_approved", "Risk exceptions a scorer holds in the approved (active) state, expired "
+            "or not: what it can apply.", registry=r,
+        )
         self.escalations = Counter(
             "agentgov_escalations_total", "Hidden-escalation chains detected, by pattern.", ["pattern"], registry=r
         )

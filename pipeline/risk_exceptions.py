@@ -106,6 +106,10 @@ class ExceptionIndex:
     def __len__(self) -> int:
         return len(self.latest)
 
+    def approved(self) -> int:
+        """Exceptions whose latest version is approved (``active``), expired or not."""
+        return sum(1 for r in self.latest.values() if r["state"] == "active")
+
 
 def apply(scored: Scored, ev: TransitionDict, index: ExceptionIndex) -> Scored:
     """``scored`` with every finding an active exception covers marked with its id and version. Pure."""
@@ -165,6 +169,7 @@ class ExceptionCache:
                     self.add(msg.value())
                 if self.metrics is not None:
                     self.metrics.exceptions_followed.set(len(self.index))
+                    self.metrics.exceptions_approved.set(self.index.approved())
         finally:
             consumer.close()
 

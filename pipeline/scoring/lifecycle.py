@@ -49,8 +49,9 @@ def trigger_action_mismatch(ev: TransitionDict, ctx: ScoringContext) -> list[Fin
     allowed = ctx.governance.boundary_for(ev["workflow_id"]).trigger_actions.get(kind)
     if allowed is None or ev["action"] in allowed:
         return []
+    ref = ev["trigger"]["ref"]
     return [TRIGGER_ACTION_MISMATCH.finding(
-        f"{kind} trigger {ev['trigger']['ref'] or '(no ref)'} caused {ev['action']!r}, which the lifecycle "
+        f"{kind} trigger {repr(ref) if ref else '(no ref)'} caused {ev['action']!r}, which the lifecycle "
         f"rules of {ev['workflow_id']!r} do not allow for {kind}")]
 
 

@@ -52,6 +52,9 @@ def test_triage_close_true_positive_history_conflict_and_auditor(
     page = alice.get("/queue", params={"agent": agent})
     assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "script-src 'none'" in page.headers["content-security-policy"]
+    # The finding page's trail names the attributes each step evaluated, with their source.
+    finding_page = alice.get(f"/findings/{row['event_id']}/{row['code']}")
+    assert "department@hris" in finding_page.text, "the evaluated inputs are missing from the trail"
 
     # Auditor: reads everything, changes nothing.
     assert audrey.get(path).status_code == 200

@@ -160,7 +160,8 @@ def test_review_workbench_in_chromium(settings_factory: Callable[..., Settings],
         page.click("#x-approve")
         assert page.text_content("#x-status") == "active"
         assert "bob" in page.text_content("#x-approver")
-        assert wait_for(lambda: _metric(scorer_port, "agentgov_exceptions_followed") >= 1, 30)
+        # the scorer holds the approved version (not only the request) before the matching event is sent
+        assert wait_for(lambda: _metric(scorer_port, "agentgov_exceptions_approved") >= 1, 30)
 
         excepted_run = f"run-exc-{uuid.uuid4().hex[:6]}"
         for d in transient_chain(agent, excepted_run):
