@@ -196,8 +196,7 @@ class Correlator(TransactionalLoop):
         tally = _Tally()
         now_ms, now = int(time.time() * 1000), time.monotonic()
         behind = len(msgs) >= self.settings.batch_max_messages
-        if any(m.error() is None and m.topic() == self.settings.topic_facts_by_agent for m in msgs):
-            self._sync_graph()
+        self._graph_synced = False  # a batch reads the graph as of its start (_edges_into)
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -233,6 +232,15 @@ class Correlator(TransactionalLoop):
                 tally.found.append(f)
             state.prune_seen()
         return tally
+
+    def _edges_into(self, agent: str) -> list[TransitionDict]:
+        """The delegation graph's edges into ``agent``, the graph brought up to its topic's end first (once per
+        batch, and only when a rule asks: the laundering rule does for a privileged grant with no human
+        authority, a rare fact; asking the broker for every batch slowed the whole stage)."""
+        if not getattr(self, "_graph_synced", True):
+            self._sync_graph()
+            self._graph_synced = True
+        return self.graph.into(agent)
 
     def _sync_graph(self) -> None:
         """Bring the delegation graph up to the topic's end before judging by-agent facts (DelegationGraph.sync)."""
@@ -276,7 +284,7 @@ class Correlator(TransactionalLoop):
         window = self.policy.policy.escalation.window_seconds * 1000
         rules = PAGING_BY_AGENT if state.created_before(key, ev, window) else PAGING_BUT_NESTING
         cx = CrossRunContext(self.policy, key, history=state.arrived_before(key, ev, window),
-                             delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)
+                             delegations=self._edges_into, scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, rules)
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
@@ -298,7 +306,7 @@ class Correlator(TransactionalLoop):
         window = policy.escalation.window_seconds * 1000
         rules = BY_AGENT_RULES if state.created_before(key, ev, window) else AGENT_RULES_BUT_NESTING
         cx = CrossRunContext(self.policy, key, history=state.before(key, ev, window),
-                             recent_decisions=recent, delegations=self.graph.into, baseline=self.baselines(key),
+                             recent_decisions=recent, delegations=self._edges_into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, rules)
