@@ -72,10 +72,9 @@ from .scoring.crossrun import (
     CrossRunFinding,
     correlate,
     group_nesting_across_runs,
-    stale_decision,
 )
 from .scoring.policy import LoadedPolicy
-from .scoring.rules import granted_access
+from .scoring.rules import granted_access, stale_decision
 from .serde import Serde, make_registry
 from .settings import Settings
 

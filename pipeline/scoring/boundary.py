@@ -7,7 +7,7 @@ from ..events import TransitionDict
 from .catalogue import ASI01, ASI02, ASI06, ASI10, DE_CM, NHI5, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext
 from .findings import Finding
-from .rules import quoted
+from .rules import quoted, stale_decision
 
 INPUT_OUTSIDE_ALLOWLIST = spec(
     "AG-BND-001", "Input attribute outside the allowlist", S.medium, C.risk,
@@ -98,7 +98,7 @@ UNAPPROVED_POLICY_VERSION = spec(
 @rule(UNAPPROVED_POLICY_VERSION)
 def unapproved_policy_version(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     ref = ev["policy"]
-    if ctx.governance.version_approved(ref["policy_id"], ref["policy_version"]) is not False:
+    if not stale_decision(ctx.governance, ev):
         return []
     return [UNAPPROVED_POLICY_VERSION.finding(
         f"decision under {ref['policy_id']!r} version {ref['policy_version']!r}, which is not an approved version")]

@@ -47,7 +47,7 @@ from .catalogue import (
 from .context import AgentBaseline, ScoringContext, access_name
 from .escalation import ESC_FIELDS
 from .policy import GovernancePolicy, LoadedPolicy
-from .rules import granted_access, human_approved, is_privileged
+from .rules import granted_access, human_approved, is_privileged, stale_decision, stale_share_over
 
 
 def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
@@ -380,18 +380,6 @@ XRN_STALE_POLICY = spec(
 )
 
 
-def stale_decision(policy: GovernancePolicy, h: TransitionDict) -> bool:
-    """The decision ran under a policy version the governance policy does not approve."""
-    ref = h.get("policy") or {}
-    if ref.get("policy_id") is None or ref.get("policy_version") is None:
-        return False  # a fact written before version 2 of the fact schema: unknown, not stale
-    return policy.version_approved(ref["policy_id"], ref["policy_version"]) is False
-
-
-def _over(stale: int, n: int, policy: GovernancePolicy) -> bool:
-    return n >= policy.drift.stale_min_events and stale / n > policy.drift.stale_policy_share
-
-
 @cross_run(XRN_STALE_POLICY, key="agent")
 def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-009: the agent's share of decisions under unapproved policy versions, over every partition's
@@ -408,10 +396,11 @@ def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> l
     source = cx.history if cx.recent_decisions is None else cx.recent_decisions
     window = [h for h in source if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
     stale = [h for h in window if stale_decision(policy, h)]
-    if not _over(len(stale) + 1, len(window) + 1, policy) or _over(len(stale), len(window), policy):
+    if not stale_share_over(len(stale) + 1, len(window) + 1, policy) \
+            or stale_share_over(len(stale), len(window), policy):
         return []
     mine = [h for h in window if _part(h) == _part(ev)]
-    if _over(sum(1 for h in mine if stale_decision(policy, h)) + 1, len(mine) + 1, policy):
+    if stale_share_over(sum(1 for h in mine if stale_decision(policy, h)) + 1, len(mine) + 1, policy):
         return []  # the scorer of this partition sees the drift by itself
     chain = (*stale, ev)
     parts = len({_part(h) for h in chain})

@@ -15,7 +15,7 @@ from ..events import TransitionDict
 from .catalogue import ASI03, ASI06, ASI08, ASI10, DE_AE, DE_CM, NHI5, PR_AA_05, C, S, rule, spec
 from .context import AgentBaseline, ScoringContext
 from .findings import Finding
-from .rules import granted_access, quoted
+from .rules import granted_access, quoted, stale_decision, stale_share_over
 
 
 def _warm(ctx: ScoringContext) -> AgentBaseline | None:
@@ -155,17 +155,14 @@ def stale_policy_share(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]
     ref = ev["policy"]
     b = _warm(ctx)
     # Only a stale decision can raise it: the finding points at an event that is part of the drift.
-    if b is None or policy.version_approved(ref["policy_id"], ref["policy_version"]) is not False:
+    if b is None or not stale_decision(policy, ev):
         return []
     recent = _recent(ev, ctx)
     n = len(recent) + 1
-    if n < policy.drift.stale_min_events:
+    stale = 1 + sum(1 for h in recent if stale_decision(policy, h))
+    if not stale_share_over(stale, n, policy):
         return []
-    stale = 1 + sum(1 for h in recent
-                    if policy.version_approved(h["policy"]["policy_id"], h["policy"]["policy_version"]) is False)
     share = stale / n
-    if share <= policy.drift.stale_policy_share:
-        return []
     return [STALE_POLICY_SHARE.finding(
         f"agent {b.agent_id!r}: {stale} of its last {n} decisions ({share:.0%}) ran under unapproved policy "
         f"versions, now {ref['policy_id']!r} {ref['policy_version']!r} (threshold "

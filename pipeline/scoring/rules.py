@@ -16,6 +16,21 @@ from .findings import Finding
 from .policy import GovernancePolicy
 
 
+def stale_decision(policy: GovernancePolicy, ev: TransitionDict) -> bool:
+    """The decision ran under a policy version the governance policy does not approve (False when no versions
+    are configured, or the event does not say: an access fact written before version 2 of its schema)."""
+    ref = ev.get("policy") or {}
+    if ref.get("policy_id") is None or ref.get("policy_version") is None:
+        return False
+    return policy.version_approved(ref["policy_id"], ref["policy_version"]) is False
+
+
+def stale_share_over(stale: int, n: int, policy: GovernancePolicy) -> bool:
+    """``stale`` of ``n`` decisions cross the drift threshold (at least ``stale_min_events`` of them, and a share
+    over ``stale_policy_share``): AG-DRF-006 over one partition, AG-XRN-009 over all of them."""
+    return n >= policy.drift.stale_min_events and stale / n > policy.drift.stale_policy_share
+
+
 def granted_access(ev: TransitionDict) -> bool:
     """The event added access and the decision was to do it."""
     return ev["action"] in GRANTS and ev["decision"]["outcome"] == "granted"
