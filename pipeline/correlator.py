@@ -72,6 +72,7 @@ from .scoring.crossrun import (
     CrossRunFinding,
     correlate,
     group_nesting_across_runs,
+    may_page,
 )
 from .scoring.policy import LoadedPolicy
 from .scoring.rules import granted_access, stale_decision
@@ -274,14 +275,19 @@ class Correlator(TransactionalLoop):
         return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms
 
     def _paging(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        policy = self.policy.policy
         if state.by_target:
+            if not may_page(ev, policy, PAGING_BY_TARGET):
+                return []  # most facts: nothing to read
             history = state.arrived_before(key, ev, self.policy.policy.escalation.window_seconds * 1000)
             cx = CrossRunContext(self.policy, key, history=history, scorer_window_ms=self.scorer_window_ms)
             return correlate(ev, cx, PAGING_BY_TARGET)
         if not granted_access(ev):
             return []
-        window = self.policy.policy.escalation.window_seconds * 1000
+        window = policy.escalation.window_seconds * 1000
         rules = PAGING_BY_AGENT if state.created_before(key, ev, window) else PAGING_BUT_NESTING
+        if not may_page(ev, policy, rules):
+            return []
         cx = CrossRunContext(self.policy, key, history=state.arrived_before(key, ev, window),
                              delegations=self._edges_into, scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, rules)

@@ -139,16 +139,19 @@ class FactEmitter:
         if ev["action"] not in FACT_ACTIONS:
             return 0
         fact = fact_from_event(ev, partition, offset)
-        value = self.serde.encode(fact)
-        target, agent = fact["target_id"], fact["agent_id"]
+        value = self.serde.encode(fact)  # once, for every topic it goes to
+        n = self.n
+        agent = fact["agent_id"].encode()
         if not is_access_change(ev):  # group creation: the agent's chain only
-            produce(self.by_agent, value, key=agent.encode(), partition=partition_for(agent, self.n))
+            produce(self.by_agent, value, key=agent, partition=zlib.crc32(agent) % n)
             return 1
-        produce(self.by_target, value, key=target.encode(), partition=partition_for(target, self.n))
-        produce(self.by_agent, value, key=agent.encode(), partition=partition_for(agent, self.n))
+        target = fact["target_id"].encode()
+        target_partition = zlib.crc32(target) % n  # partition_for(target_id), the key's bytes hashed once
+        produce(self.by_target, value, key=target, partition=target_partition)
+        produce(self.by_agent, value, key=agent, partition=zlib.crc32(agent) % n)
         sent = 2
         if fact["outcome"] == "granted":
-            produce(self.holdings, value, key=holding_key(fact).encode(), partition=partition_for(target, self.n))
+            produce(self.holdings, value, key=holding_key(fact).encode(), partition=target_partition)
             sent += 1
             if is_delegation_change(fact):
                 produce(self.delegations, value, key=edge_key(fact).encode(), partition=0)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import ENTITLEMENT_REVOKES, TransitionDict
+from ..events import ENTITLEMENT_GRANTS, ENTITLEMENT_REVOKES, REVOKES, TransitionDict
 from . import escalation
 from .catalogue import (
     ASI03,
@@ -516,6 +516,45 @@ BY_AGENT_RULES: tuple[CrossRunRule, ...] = tuple(_REGISTERED["agent"])
 # is published at the watermark (docs/guarantees.md, "Early pages").
 PAGING_BY_TARGET: tuple[CrossRunRule, ...] = tuple(r for r in BY_TARGET_RULES if r in _PAGING)
 PAGING_BY_AGENT: tuple[CrossRunRule, ...] = tuple(r for r in BY_AGENT_RULES if r in _PAGING)
+
+
+# The entry test of each paging rule: what the fact itself must be for the rule to complete a chain on it,
+# checked before any history is read. The correlator judges every arriving fact by the paging rules, and
+# most facts (a benign grant, an approved step) can complete none: ``may_page`` lets it skip building
+# their context. Each test is the first check of its rule, nothing more (tests/unit/test_scoring_crossrun.py
+# proves a fact failing it gets no finding from the rule, whatever its history).
+def _executed_revoke_or_unapproved_top_grant(ev: TransitionDict, policy: GovernancePolicy) -> bool:
+    if ev["decision"]["outcome"] != "granted":
+        return False
+    if ev["action"] in REVOKES:  # transient privilege: the revoke completes it
+        return True
+    return (granted_access(ev) and ev["resource"]["privilege_tier"] >= policy.privileged.min_tier
+            and not human_approved(ev))  # tier stepping: the unapproved privileged step completes it
+
+
+_ENTRY: dict[CrossRunRule, Callable[[TransitionDict, GovernancePolicy], bool]] = {
+    tier_stepping_across_runs: _executed_revoke_or_unapproved_top_grant,
+    transient_across_runs: _executed_revoke_or_unapproved_top_grant,
+    delegation_laundering: lambda ev, policy: (granted_access(ev) and not human_approved(ev)
+                                               and ev["target"]["identity_id"] != ev["agent"]["agent_id"]
+                                               and is_privileged(ev, policy)),
+    group_nesting_across_runs: lambda ev, policy: (ev["action"] in ENTITLEMENT_GRANTS and granted_access(ev)
+                                                   and not human_approved(ev)),
+}
+if set(_ENTRY) != set(_PAGING):  # a new paging rule needs its entry test
+    raise RuntimeError(f"paging rules without an entry test: {set(_PAGING) - set(_ENTRY)}")
+
+
+_ENTRIES: dict[tuple[CrossRunRule, ...], tuple[Callable[[TransitionDict, GovernancePolicy], bool], ...]] = {}
+
+
+def may_page(ev: TransitionDict, policy: GovernancePolicy, rules: tuple[CrossRunRule, ...]) -> bool:
+    """Whether any of the paging ``rules`` can complete a chain on ``ev`` (their entry tests): when False,
+    ``correlate(ev, cx, rules)`` finds nothing, whatever ``cx`` holds."""
+    entries = _ENTRIES.get(rules)
+    if entries is None:  # each distinct test once (tier stepping and transient privilege share one)
+        entries = _ENTRIES[rules] = tuple(dict.fromkeys(_ENTRY[r] for r in rules))
+    return any(entry(ev, policy) for entry in entries)
 
 
 def later_copy(ev: TransitionDict, cx: CrossRunContext) -> bool:

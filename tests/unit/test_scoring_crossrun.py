@@ -554,3 +554,64 @@ def test_a_busy_agent_that_once_created_a_group_is_not_rejudged_per_fact() -> No
         state.add(ev)
         c._page_early(state, ev)
     assert calls <= 301 + 300, calls
+
+
+def _workload_facts(events: int) -> list[TransitionDict]:
+    """The demo workload's access facts (planted and cross-run cases included), routed like the scorer."""
+    from pipeline.facts import FACT_ACTIONS
+    from pipeline.publisher import TransitionPublisher
+    from pipeline.settings import Settings
+    from pipeline.workload import Workload
+
+    pub = TransitionPublisher(Settings.load(kafka_bootstrap="127.0.0.1:1"))  # complete() only
+    out, offsets = [], [0] * 6
+    for op in Workload(seed=7, bad_inputs=False, cross_run=True).ops(events):
+        record = pub.complete(op.payload)
+        if record["action"] in FACT_ACTIONS:
+            p = partition_for(record["run_id"], 6)
+            offsets[p] += 1
+            out.append(as_event(fact_from_event(record, p, offsets[p])))
+    return out
+
+
+def test_the_paging_entry_tests_skip_only_facts_that_cannot_complete_a_chain(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    """``may_page`` lets the correlator skip most arriving facts; the pages are the same as without it, over the
+    demo workload with its planted chains (by target and by agent), and a fact it turns away gets nothing from
+    the paging rules whatever its history."""
+    from pipeline import correlator as correlator_module
+    from pipeline.keyed_state import KeyedState
+    from pipeline.scoring.crossrun import PAGING_BY_AGENT, may_page
+
+    facts = _workload_facts(6_000)
+
+    def pages(gate: bool) -> tuple[list[str], int]:
+        monkeypatch.setattr(correlator_module, "may_page", may_page if gate else lambda *_: True)
+        c, found, turned_away = _bare_correlator(), [], 0
+        for by_target in (True, False):
+            state = KeyedState(by_target)
+            for ev in facts:
+                state.add(ev)
+                found += [f.finding_id for f in c._page_early(state, ev)]
+                rules = PAGING_BY_TARGET if by_target else PAGING_BY_AGENT
+                turned_away += not may_page(ev, POLICY.policy, rules)
+        return found, turned_away
+
+    gated, turned_away = pages(True)
+    ungated, _ = pages(False)
+    assert gated == ungated and len(gated) >= 3, gated
+    assert turned_away > len(facts), turned_away  # most facts of both keyings are turned away
+
+    # A completing step made to fail its rule's entry test is found by no paging rule.
+    denied = {"decision.outcome": "denied"}
+    chains = [([tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2")], tier(2, 3, 10, "r3"), tier(2, 3, 10, "r3", **HUMAN)),
+              ([transient(0, "grant_entitlement", 0, "g")], transient(1, "revoke_entitlement", 60, "r"),
+               transient(1, "revoke_entitlement", 60, "r", **denied)),
+              (nesting((0, 2, 4))[:2], nesting((0, 2, 4))[2], nesting((0, 2, 4), grant=HUMAN)[2])]
+    for history, last, spoiled in chains:
+        by_target = last["action"] != "assign_role" or last["target"]["identity_id"] != "grp-tmp"
+        key = last["target"]["identity_id"] if by_target else last["agent"]["agent_id"]
+        rules = PAGING_BY_TARGET if by_target else PAGING_BY_AGENT
+        cx = CrossRunContext(POLICY, key, history=history)
+        assert correlate(last, cx, rules) and may_page(last, POLICY.policy, rules)
+        assert not may_page(spoiled, POLICY.policy, rules) and correlate(spoiled, cx, rules) == []
