@@ -8,10 +8,20 @@ dead-lettered), and the findings must equal a clean run's on the same events. Th
 (``bus``). On Apache Kafka, which hides aborted transactions from read_committed readers, the assessments
 and dead-letter topics themselves must hold no duplicate at all: a killed scorer's open transaction is
 aborted (fenced by its successor's transactional.id), never seen.
+
+Correlators too: two correlator processes consume the scorers' access facts during the chaos run and are
+``kill -9``-ed with the rest (every fourth kill). The workload plants the cross-run chains
+(``Workload(cross_run=True)``); every cross-run finding must be stored exactly once (FINAL, by its
+deterministic id) and the set must equal a clean correlator's over the clean run's facts: judged in process,
+in event-time order, by the correlator's own state and rules (``clean_cross_run_findings``), not by a second
+group of processes. The grace is set longer than the run, so nothing is released while facts still come in
+(arrival delayed by a kill is never "late"); at the end one sentinel fact per fact partition, an hour ahead
+in event time, moves the watermark past every real fact, and the correlators judge them all.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -25,18 +35,29 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.chaos import Slot, query_store
+from pipeline.correlator import Correlator
 from pipeline.deadletters import header
+from pipeline.delegations import DelegationGraph
+from pipeline.facts import FACT, as_event
+from pipeline.keyed_state import KeyedState
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
+from pipeline.schemas import SchemaSet
+from pipeline.scoring.crossrun import CrossRunFinding
+from pipeline.scoring.policy import load_policy
+from pipeline.serde import Serde
 from pipeline.settings import Settings
-from pipeline.workload import BAD_INPUTS, Workload
+from pipeline.workload import BAD_INPUTS, PLANTED_CROSS_RUN, Workload
 from tests.integration.conftest import Bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = 100_000
 SCORERS = 2
+CORRELATORS = 2
 MIN_KILLS = 12
+STALL_SECONDS = 20.0
+GRACE = 3600.0  # longer than the whole test: no fact is released before the sentinels (module docstring)
 
 
 def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, bytes]], list[str], Counter[str]]:
@@ -50,7 +71,7 @@ def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, 
     out: list[tuple[bytes, bytes]] = []
     ids: list[str] = []
     bad: Counter[str] = Counter()
-    for op in Workload(seed=11, planted=True, bad_inputs=True).ops(events):
+    for op in Workload(seed=11, planted=True, bad_inputs=True, cross_run=True).ops(events):
         if op.kind == "raw":
             assert op.key is not None
             out.append((op.key, op.payload))
@@ -146,18 +167,21 @@ def topic_keys(settings: Settings, topic: str, idle: float = 5.0) -> Counter[byt
 
 
 class Drill:
-    """Scorer slots and one writer slot for one settings object."""
+    """Scorer slots, one writer slot and (``correlators``) correlator slots for one settings object."""
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, correlators: bool = False) -> None:
         self.settings = settings
         log_dir.mkdir(parents=True, exist_ok=True)
         env = settings_env(settings)
         self.scorers = [Slot(f"scorer-{i}", "consumers.scorer", env, log_dir) for i in range(SCORERS)]
         self.writer = Slot("writer", "consumers.writer", env, log_dir)
+        self.correlators = [Slot(f"correlator-{i}", "consumers.correlator", env, log_dir)
+                            for i in range(CORRELATORS if correlators else 0)]
+        self.stall_restarts = 0
 
     @property
     def slots(self) -> list[Slot]:
-        return [*self.scorers, self.writer]
+        return [*self.scorers, self.writer, *self.correlators]
 
     def start(self) -> Drill:
         for slot in self.slots:
@@ -170,24 +194,136 @@ class Drill:
     def written(self) -> int:
         return committed(self.settings, self.settings.writer_group, self.settings.topic_assessments)
 
-    def drain(self, produced: int, timeout: float) -> None:
-        """Wait until the scorers committed every input and the writer stopped advancing, then stop all."""
+    def correlated(self) -> int:
+        """Facts the correlator group has committed, over both fact topics."""
+        reader = Consumer(self.settings.kafka_config(**{"group.id": self.settings.correlator_group,
+                                                        "enable.auto.commit": False}))
+        try:
+            tps = [TopicPartition(topic, p) for topic in (self.settings.topic_facts_by_target,
+                                                          self.settings.topic_facts_by_agent)
+                   for p in range(self.settings.facts_partitions)]
+            return sum(max(tp.offset, 0) for tp in reader.committed(tps, timeout=10))
+        except Exception:
+            return -1
+        finally:
+            reader.close()
+
+    def stored_findings(self) -> int:
+        """Cross-run findings the writer has stored (its correlations consumer's committed offsets)."""
+        return committed(self.settings, f"{self.settings.writer_group}-correlations",
+                         self.settings.topic_correlations)
+
+    def drain(self, produced: int, timeout: float, findings: int | None = None) -> None:
+        """Wait until the scorers committed every input and the writer stopped advancing, then stop all.
+        With correlators: then advance their watermark (sentinels) and wait until ``findings`` distinct
+        cross-run findings are on the correlations topic and the writer stopped storing them."""
         deadline = time.monotonic() + timeout
         while self.scored() < produced and time.monotonic() < deadline:
             for slot in self.slots:  # the supervisor's job: nothing stays dead
                 if not slot.alive():
                     slot.start()
             time.sleep(1.0)
-        last, stable_since = -2, time.monotonic()
-        while time.monotonic() < deadline:
-            now = self.written()
-            if now != last:
-                last, stable_since = now, time.monotonic()
-            elif time.monotonic() - stable_since > 5:
-                break
-            time.sleep(0.5)
+        self._stable(self.written, deadline)
+        if self.correlators:
+            send_sentinels(self.settings)
+            last, moved_at = -2, time.monotonic()
+            while len(correlation_ids(self.settings)) < (findings or 1) and time.monotonic() < deadline:
+                now = self.correlated()
+                if now != last:
+                    last, moved_at = now, time.monotonic()
+                elif time.monotonic() - moved_at > STALL_SECONDS:
+                    # A correlator assigned partitions but fetching nothing (seen on Tansu after a cooperative
+                    # rebalance: no error, no progress). A liveness probe would restart it; so does the drill,
+                    # and counts it (figures: correlator_stall_restarts).
+                    for slot in self.correlators:
+                        slot.kill()
+                        slot.start()
+                    self.stall_restarts += 1
+                    moved_at = time.monotonic()
+                for slot in self.correlators:
+                    if not slot.alive():
+                        slot.start()
+                time.sleep(1.0)
+            self._stable(self.stored_findings, deadline)
         codes = [slot.terminate() for slot in self.slots]
         assert codes == [0] * len(self.slots), f"SIGTERM exit codes {codes}"
+
+    @staticmethod
+    def _stable(progress: Callable[[], int], deadline: float, quiet: float = 5.0) -> None:
+        last, stable_since = -2, time.monotonic()
+        while time.monotonic() < deadline:
+            now = progress()
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since > quiet:
+                break
+            time.sleep(0.5)
+
+
+def send_sentinels(settings: Settings) -> None:
+    """One fact per partition of both fact topics, an hour past the grace in event time: each correlator's
+    busy watermark (latest event time - grace) passes every real fact, so all are judged, in event-time
+    order. A sentinel is a denied grant by an agent, on an identity, of its own: no rule finds anything in
+    it, and it is never released itself."""
+    serde = Serde(SchemaSet.load(), None, record=FACT)
+    producer = Producer(settings.kafka_config(**{"enable.idempotence": True}))
+    at = int((time.time() + settings.correlation_grace_seconds + 3600) * 1000)
+    for topic in (settings.topic_facts_by_target, settings.topic_facts_by_agent):
+        for p in range(settings.facts_partitions):
+            name = f"sentinel-{uuid.uuid4().hex[:8]}"  # the explicit partition routes it; no rule reads the key
+            fact = {"event_id": str(uuid.uuid4()), "occurred_at": at, "run_id": name, "step": 0,
+                    "agent_id": f"agent-{name}", "on_behalf_of": None, "target_id": f"u-{name}",
+                    "target_type": "human", "lifecycle_state": "active", "action": "grant_entitlement",
+                    "system": "none", "resource_id": "none", "entitlement": None, "privilege_tier": 0,
+                    "outcome": "denied", "authority": "policy_engine", "approved_by": None, "policy_id": None,
+                    "policy_version": None, "event_hash": "0" * 64, "source_partition": p, "source_offset": 0}
+            producer.produce(topic, serde.encode(fact), key=name.encode(), partition=p)
+    assert producer.flush(30) == 0
+
+
+def correlation_ids(settings: Settings, idle: float = 3.0) -> set[str]:
+    """Distinct finding ids on the correlations topic (read_committed)."""
+    return {key.decode() for key in topic_keys(settings, settings.topic_correlations, idle=idle)}
+
+
+def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
+    """finding_id -> code of what a clean correlator finds in the clean run's access facts: every fact of each
+    fact partition judged in event-time order by the correlator's state (``KeyedState``) and rules
+    (``Correlator._judge``), with the delegation graph read whole, as the correlators judge them once the
+    watermark passes (no baselines: the chaos settings refresh them daily, so none is published)."""
+    serde = Serde(SchemaSet.load(), None, record=FACT)
+    graph = DelegationGraph(settings, serde)
+    states: dict[tuple[str, int], KeyedState] = {}
+    reader = Consumer(settings.consumer_config(f"clean-facts-{uuid.uuid4().hex[:8]}"))
+    topics = [settings.topic_facts_by_target, settings.topic_facts_by_agent, settings.topic_delegations]
+    reader.subscribe(topics)
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < 5.0:
+            for msg in reader.consume(5000, 0.5):
+                if msg.error():
+                    continue
+                last = time.monotonic()
+                record = serde.decode(msg.value()).record
+                if msg.topic() == settings.topic_delegations:
+                    graph.add(record)
+                    continue
+                key = (msg.topic(), msg.partition())
+                state = states.setdefault(key, KeyedState(msg.topic() == settings.topic_facts_by_target))
+                state.add(as_event(record))
+    finally:
+        reader.close()
+    judge: Any = Correlator.__new__(Correlator)  # the judging half: no consumer, no producer
+    judge.policy, judge.graph = load_policy(settings.policy_file), graph
+    judge.scorer_window_ms = settings.context_window_seconds * 1000
+    judge.baselines = lambda agent: None
+    found: list[CrossRunFinding] = []
+    for state in states.values():
+        out, late = state.judge_due(1 << 62, settings.correlation_retain_seconds * 1000,
+                                    functools.partial(judge._judge, state))
+        assert late == 0
+        found += out
+    return {f.finding_id: f.spec.code for f in found}
 
 
 STORE_SQL = (
@@ -199,11 +335,14 @@ STORE_SQL = (
     "SELECT event_id FROM {db}.transitions FINAL",
     "SELECT event_id FROM {db}.transitions FINAL GROUP BY event_id HAVING count() > 1",
     "SELECT event_id FROM {db}.assessments FINAL GROUP BY event_id HAVING count() > 1",
+    "SELECT finding_id, code FROM {db}.cross_run_findings FINAL",
+    "SELECT count() AS raw FROM {db}.cross_run_findings",
 )
 
 
 def read_store(settings: Settings) -> dict[str, Any]:
-    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated = query_store(settings, *STORE_SQL)
+    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated, xrn, xrn_raw = query_store(
+        settings, *STORE_SQL)
     return {
         "transitions_raw": t_raw[0]["raw"], "transitions_ids": t_raw[0]["ids"], "transitions": t_final[0]["final"],
         "assessments_raw": a_raw[0]["raw"], "assessments_ids": a_raw[0]["ids"], "assessments": a_final[0]["final"],
@@ -211,6 +350,8 @@ def read_store(settings: Settings) -> dict[str, Any]:
         "event_ids": {r["event_id"] for r in ids},
         "repeated_ids": {r["event_id"] for r in repeated},
         "repeated_assessment_ids": {r["event_id"] for r in a_repeated},
+        "cross_run": [(r["finding_id"], r["code"]) for r in xrn],
+        "cross_run_raw": xrn_raw[0]["raw"],
     }
 
 
@@ -220,7 +361,7 @@ def test_kill9_consumers_store_every_event_exactly_once(
 ) -> None:
     # Baselines are refreshed from the store on a timer; keep them out of the comparison, which is about
     # redelivery, not about when a refresh happened to land.
-    fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0}
+    fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0, "correlation_grace_seconds": GRACE}
     clean = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'clean'}", **fixed)
     chaos = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'chaos'}", **fixed)
     records, id_list, bad = encode_workload(chaos, EVENTS)
@@ -236,18 +377,22 @@ def test_kill9_consumers_store_every_event_exactly_once(
     clean_secs = time.monotonic() - t0
     reference = read_store(clean)
     assert reference["transitions_ids"] == len(expected_ids), "the clean run itself lost events"
+    t1 = time.monotonic()
+    cross_run = clean_cross_run_findings(clean)
+    judge_secs = time.monotonic() - t1
+    assert set(PLANTED_CROSS_RUN.values()) <= set(cross_run.values()), sorted(set(cross_run.values()))
 
     # The chaos run: paced production while random consumers die with SIGKILL and come back.
     rng = random.Random(int(uuid.uuid4()) % 10_000)
-    drill = Drill(chaos, tmp_path / "chaos-logs").start()
+    drill = Drill(chaos, tmp_path / "chaos-logs", correlators=True).start()
     feeder = threading.Thread(target=produce, args=(chaos, records), kwargs={"chunk": 2500, "pause": 0.6})
     t0 = time.monotonic()
     feeder.start()
     kills: list[str] = []
     while len(kills) < MIN_KILLS or (feeder.is_alive() and time.monotonic() - t0 < 240):
         time.sleep(rng.uniform(1.0, 3.5))
-        # every third kill takes the writer, the rest a random scorer
-        victim = drill.writer if len(kills) % 3 == 1 else rng.choice(drill.scorers)
+        # of every four kills: the writer, a correlator and two random scorers
+        victim = {1: drill.writer, 3: rng.choice(drill.correlators)}.get(len(kills) % 4) or rng.choice(drill.scorers)
         victim.kill()
         kills.append(victim.name)
         time.sleep(rng.uniform(0.0, 1.5))
@@ -256,7 +401,7 @@ def test_kill9_consumers_store_every_event_exactly_once(
             break
     feeder.join()
     scored_during_chaos = drill.scored()
-    drill.drain(produced, timeout=300)
+    drill.drain(produced, timeout=300, findings=len(cross_run))
     chaos_secs = time.monotonic() - t0
     got = read_store(chaos)
     topic = topic_keys(chaos, chaos.topic_assessments)
@@ -272,7 +417,12 @@ def test_kill9_consumers_store_every_event_exactly_once(
         "distinct_event_ids": len(expected_ids),
         "kills": len(kills),
         "kills_writer": kills.count("writer"),
-        "kills_scorer": len(kills) - kills.count("writer"),
+        "kills_scorer": sum(k.startswith("scorer") for k in kills),
+        "kills_correlator": sum(k.startswith("correlator") for k in kills),
+        "correlator_stall_restarts": drill.stall_restarts,
+        "cross_run_findings_clean": len(cross_run),
+        "cross_run_findings_stored": len(got["cross_run"]),
+        "raw_duplicate_cross_run_findings_before_dedup": got["cross_run_raw"] - len(got["cross_run"]),
         "scored_when_kills_ended": scored_during_chaos,
         "assessment_messages_clean_run": sum(clean_topic.values()),
         "assessment_messages_chaos_run": sum(topic.values()),
@@ -287,6 +437,7 @@ def test_kill9_consumers_store_every_event_exactly_once(
         "dead_letter_messages": dlq_messages,
         "clean_run_seconds": round(clean_secs, 1),
         "chaos_run_seconds": round(chaos_secs, 1),
+        "clean_correlator_judge_seconds": round(judge_secs, 1),
     }
     print("\nCHAOS FIGURES " + " ".join(f"{k}={v}" for k, v in figures.items()))
 
@@ -300,7 +451,15 @@ def test_kill9_consumers_store_every_event_exactly_once(
     assert got["transitions"] - len(expected_ids) <= len(tampered)
     assert got["assessments"] - len(expected_ids) <= len(tampered)
     assert (got["transitions"], got["assessments"]) == (reference["transitions"], reference["assessments"])
-    assert got["findings"] == reference["findings"]
+    # The scorers' findings as the clean run's; the chaos run's correlators add the cross-run ones (below).
+    assert {c: n for c, n in got["findings"].items() if not c.startswith("AG-XRN")} == reference["findings"]
+    assert {c: n for c, n in got["findings"].items() if c.startswith("AG-XRN")} == Counter(cross_run.values())
+    # Cross-run findings: each stored once (FINAL, by its deterministic id), the same as a clean correlator's.
+    stored_ids = [finding_id for finding_id, _ in got["cross_run"]]
+    assert len(stored_ids) == len(set(stored_ids)), "a cross-run finding is stored twice"
+    assert dict(got["cross_run"]) == cross_run, {
+        "missing": sorted(set(cross_run) - set(stored_ids))[:5], "extra": sorted(set(stored_ids) - set(cross_run))[:5]}
+    assert sum(k.startswith("correlator") for k in kills) >= MIN_KILLS // 4
     # Poison: every bad input dead-lettered once, with its reason; produced = stored + dead-lettered.
     assert dead == bad, f"dead letters by reason {dict(dead)}, expected {dict(bad)}"
     assert all(len(reasons) == 1 for reasons in dlq_sources.values())
