@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from pydantic import SecretStr
+
 from .broker import free_port
 from .errors import BrokerError
 from .kraft import HOW_TO_ENABLE, _die_with_parent, java_missing
@@ -102,7 +104,7 @@ class RegistryDatabase:
     def __init__(self, root: Path, database: str = "registry", user: str = "registry", password: str = "registry",
                  port: int | None = None) -> None:
         self.root = root.resolve()
-        self.database, self.user, self._password = database, user, password
+        self.database, self.user, self.password = database, user, SecretStr(password)
         self.port = port or free_port()
         self.home = Path(tempfile.mkdtemp(prefix="agentgov-registry-db-"))
         self.data = self.home / "data"
@@ -114,7 +116,8 @@ class RegistryDatabase:
     def env(self) -> dict[str, str]:
         """What the registry reads (the apicurio-registry-sql image's variables)."""
         return {"REGISTRY_DATASOURCE_URL": f"jdbc:postgresql://127.0.0.1:{self.port}/{self.database}",
-                "REGISTRY_DATASOURCE_USERNAME": self.user, "REGISTRY_DATASOURCE_PASSWORD": self._password}
+                "REGISTRY_DATASOURCE_USERNAME": self.user,
+                "REGISTRY_DATASOURCE_PASSWORD": self.password.get_secret_value()}
 
     def _run(self, *args: str) -> None:
         done = subprocess.run(list(args), capture_output=True, text=True, user=self.as_user, cwd=self.home)
@@ -126,7 +129,7 @@ class RegistryDatabase:
         fresh = not self.data.exists()
         if fresh:
             pwfile = self.home / "pw"
-            pwfile.write_text(self._password + "\n")
+            pwfile.write_text(self.password.get_secret_value() + "\n")
             if self.as_user:
                 shutil.chown(pwfile, self.as_user)
             try:  # local socket: trust (to create the database); TCP: the password
@@ -177,7 +180,11 @@ class RegistryDatabase:
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> RegistryDatabase:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.remove()
+            raise
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.remove()

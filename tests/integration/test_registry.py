@@ -192,10 +192,11 @@ def test_compose_registry_keeps_its_schemas_through_a_crash_and_a_database_resta
     assert client.hostname == "schema-registry" and client.path == CCOMPAT and client.port == health.port
 
     db = RegistryDatabase(tmp_path / "db", database=db_env["POSTGRES_DB"], user=db_env["POSTGRES_USER"],
-                          password=db_env["POSTGRES_PASSWORD"]).start()
+                          password=db_env["POSTGRES_PASSWORD"])
     env["REGISTRY_DATASOURCE_URL"] = env["REGISTRY_DATASOURCE_URL"].replace("registry-db:5432", f"127.0.0.1:{db.port}")
     reg = ApicurioRegistry(tmp_path / "registry", env)
     try:
+        db.start()
         reg.start()
         assert reg.request_raw("GET", health.path) == 200  # compose's healthcheck, answered
         settings = Settings.load(schema_registry_url=reg.url, metrics_port=0)
