@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -145,7 +144,7 @@ class RegistryDatabase:
                                      preexec_fn=_die_with_parent)
         out.close()
         deadline = time.monotonic() + timeout
-        while not (self.home / f".s.PGSQL.{self.port}").exists() or not self._accepts():
+        while not self._accepts(bin_dir):  # listening is not enough: it refuses sessions while starting up
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = (self.root / "postgres.log").read_text(errors="replace")[-1500:]
                 self.stop()
@@ -156,12 +155,11 @@ class RegistryDatabase:
                       self.database)
         return self
 
-    def _accepts(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
+    def _accepts(self, bin_dir: Path) -> bool:
+        """pg_isready: exit 0 only once the server accepts sessions (1 while it starts up, 2 no answer)."""
+        probe = subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
+                                "-d", self.database, "-t", "1"], capture_output=True)
+        return probe.returncode == 0
 
     def stop(self, timeout: float = 30.0) -> None:
         """A clean shutdown (SIGTERM: PostgreSQL's "smart" mode would wait for the registry's pool, so
