@@ -15,8 +15,8 @@ Correlators too: two correlator processes consume the scorers' access facts duri
 deterministic id) and the set must equal a clean correlator's over the clean run's facts: judged in process,
 in event-time order, by the correlator's own state and rules (``clean_cross_run_findings``), not by a second
 group of processes. The grace is set longer than the run, so nothing is released while facts still come in
-(arrival delayed by a kill is never "late"); at the end one sentinel fact per fact partition, an hour ahead
-in event time, moves the watermark past every real fact, and the correlators judge them all.
+(arrival delayed by a kill is never "late"); at the end one sentinel fact per fact partition, just past the
+grace in event time, moves the watermark past every real fact, and the correlators judge them all.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ CORRELATORS = 2
 MIN_KILLS = 12
 STALL_SECONDS = 20.0
 GRACE = 3600.0  # longer than the whole test: no fact is released before the sentinels (module docstring)
+RETAIN = 4 * 3600  # the sentinels are GRACE ahead; the chains they release reach 30 minutes back before that
 
 
 def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, bytes]], list[str], Counter[str]]:
@@ -183,10 +184,18 @@ class Drill:
     def slots(self) -> list[Slot]:
         return [*self.scorers, self.writer, *self.correlators]
 
+    started: list[Drill] = []
+
     def start(self) -> Drill:
         for slot in self.slots:
             slot.start()
+        Drill.started.append(self)
         return self
+
+    def kill_all(self) -> None:
+        for slot in self.slots:
+            slot.kill()
+
 
     def scored(self) -> int:
         return committed(self.settings, self.settings.scorer_group, self.settings.topic_transitions)
@@ -194,17 +203,22 @@ class Drill:
     def written(self) -> int:
         return committed(self.settings, self.settings.writer_group, self.settings.topic_assessments)
 
-    def correlated(self) -> int:
-        """Facts the correlator group has committed, over both fact topics."""
+    def correlated(self) -> tuple[int, int]:
+        """Facts the correlator group has committed over both fact topics, and how many it is behind."""
         reader = Consumer(self.settings.kafka_config(**{"group.id": self.settings.correlator_group,
                                                         "enable.auto.commit": False}))
         try:
             tps = [TopicPartition(topic, p) for topic in (self.settings.topic_facts_by_target,
                                                           self.settings.topic_facts_by_agent)
                    for p in range(self.settings.facts_partitions)]
-            return sum(max(tp.offset, 0) for tp in reader.committed(tps, timeout=10))
+            done, behind = 0, 0
+            for tp in reader.committed(tps, timeout=10):
+                _, high = reader.get_watermark_offsets(tp, timeout=10)
+                done += max(tp.offset, 0)
+                behind += max(0, high - max(tp.offset, 0))
+            return done, behind
         except Exception:
-            return -1
+            return -1, 0
         finally:
             reader.close()
 
@@ -228,8 +242,8 @@ class Drill:
             send_sentinels(self.settings)
             last, moved_at = -2, time.monotonic()
             while len(correlation_ids(self.settings)) < (findings or 1) and time.monotonic() < deadline:
-                now = self.correlated()
-                if now != last:
+                now, behind = self.correlated()
+                if now != last or not behind:
                     last, moved_at = now, time.monotonic()
                 elif time.monotonic() - moved_at > STALL_SECONDS:
                     # A correlator assigned partitions but fetching nothing (seen on Tansu after a cooperative
@@ -260,14 +274,26 @@ class Drill:
             time.sleep(0.5)
 
 
+@pytest.fixture(autouse=True)
+def _no_slot_outlives_its_test() -> Iterator[None]:
+    """A failed assertion mid-drill must not leave consumer processes running (SIGKILL: they are done)."""
+    yield
+    for drill in Drill.started:
+        drill.kill_all()
+    Drill.started.clear()
+
+
 def send_sentinels(settings: Settings) -> None:
-    """One fact per partition of both fact topics, an hour past the grace in event time: each correlator's
+    """One fact per partition of both fact topics, a minute past the grace in event time: each correlator's
     busy watermark (latest event time - grace) passes every real fact, so all are judged, in event-time
     order. A sentinel is a denied grant by an agent, on an identity, of its own: no rule finds anything in
     it, and it is never released itself."""
     serde = Serde(SchemaSet.load(), None, record=FACT)
     producer = Producer(settings.kafka_config(**{"enable.idempotence": True}))
-    at = int((time.time() + settings.correlation_grace_seconds + 3600) * 1000)
+    # Just past the grace: far enough to release every real fact, near enough that the correlators still
+    # retain them (``correlation_retain_seconds`` before the latest event time) for the chains they close.
+    at = int((time.time() + settings.correlation_grace_seconds + 60) * 1000)
+    assert settings.correlation_retain_seconds >= settings.correlation_grace_seconds + 60 + 3600
     for topic in (settings.topic_facts_by_target, settings.topic_facts_by_agent):
         for p in range(settings.facts_partitions):
             name = f"sentinel-{uuid.uuid4().hex[:8]}"  # the explicit partition routes it; no rule reads the key
@@ -361,7 +387,8 @@ def test_kill9_consumers_store_every_event_exactly_once(
 ) -> None:
     # Baselines are refreshed from the store on a timer; keep them out of the comparison, which is about
     # redelivery, not about when a refresh happened to land.
-    fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0, "correlation_grace_seconds": GRACE}
+    fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0,
+             "correlation_grace_seconds": GRACE, "correlation_retain_seconds": RETAIN}
     clean = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'clean'}", **fixed)
     chaos = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'chaos'}", **fixed)
     records, id_list, bad = encode_workload(chaos, EVENTS)
