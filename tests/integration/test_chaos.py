@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from pipeline.chaos import Slot, query_store
 from pipeline.correlator import Correlator
@@ -307,9 +307,22 @@ def send_sentinels(settings: Settings) -> None:
     assert producer.flush(30) == 0
 
 
-def correlation_ids(settings: Settings, idle: float = 3.0) -> set[str]:
-    """Distinct finding ids on the correlations topic (read_committed)."""
-    return {key.decode() for key in topic_keys(settings, settings.topic_correlations, idle=idle)}
+def correlation_ids(settings: Settings, idle: float = 2.0) -> set[str]:
+    """Distinct finding ids on the correlations topic (read_committed; partitions assigned, no group join)."""
+    reader = Consumer(settings.consumer_config(f"ids-{uuid.uuid4().hex[:8]}"))
+    reader.assign([TopicPartition(settings.topic_correlations, p, OFFSET_BEGINNING)
+                   for p in range(settings.topic_partitions)])
+    ids: set[str] = set()
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle:
+            for msg in reader.consume(1000, 0.5):
+                if not msg.error():
+                    ids.add(msg.key().decode())
+                    last = time.monotonic()
+    finally:
+        reader.close()
+    return ids
 
 
 def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
@@ -321,11 +334,13 @@ def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
     graph = DelegationGraph(settings, serde)
     states: dict[tuple[str, int], KeyedState] = {}
     reader = Consumer(settings.consumer_config(f"clean-facts-{uuid.uuid4().hex[:8]}"))
-    topics = [settings.topic_facts_by_target, settings.topic_facts_by_agent, settings.topic_delegations]
-    reader.subscribe(topics)
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic in (settings.topic_facts_by_target,
+                                                                           settings.topic_facts_by_agent)
+                   for p in range(settings.facts_partitions)]
+                  + [TopicPartition(settings.topic_delegations, 0, OFFSET_BEGINNING)])  # no group join
     last = time.monotonic()
     try:
-        while time.monotonic() - last < 5.0:
+        while time.monotonic() - last < 3.0:
             for msg in reader.consume(5000, 0.5):
                 if msg.error():
                     continue
