@@ -34,7 +34,7 @@ def test_each_fact_goes_once_encoded_to_its_keyed_topics_and_partitions() -> Non
         calls.append((topic, value, key, partition))
 
     seen = {"delegations": 0, "group": 0}
-    for i, op in enumerate(Workload(seed=3, bad_inputs=False, cross_run=True).ops(3_000)):
+    for i, op in enumerate(Workload(seed=3, bad_inputs=False, cross_run=True).ops(1_000)):
         ev = pub.complete(op.payload)
         calls.clear()
         sent = emitter.emit(produce, ev, i % 6, i)

@@ -583,7 +583,7 @@ def test_the_paging_entry_tests_skip_only_facts_that_cannot_complete_a_chain(mon
     from pipeline.keyed_state import KeyedState
     from pipeline.scoring.crossrun import PAGING_BY_AGENT, may_page
 
-    facts = _workload_facts(6_000)
+    facts = _workload_facts(2_000)
 
     def pages(gate: bool) -> tuple[list[str], int]:
         monkeypatch.setattr(correlator_module, "may_page", may_page if gate else lambda *_: True)
