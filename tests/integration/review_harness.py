@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -20,6 +21,7 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.workload import _draft
+from tests.support.helpers import wait_until
 
 # user -> (token, roles)
 USERS: dict[str, tuple[str, list[str]]] = {
@@ -50,16 +52,6 @@ def transient_chain(agent: str, run: str) -> list[dict[str, Any]]:
     ]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
 class Client:
     """A TestClient signed in with one user's token, sending the CSRF header on writes."""
 
@@ -86,9 +78,16 @@ def served(app: FastAPI) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 20, 0.05)
+    wait_until(lambda: server.started, 20, 0.05)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where a browser test saves its screenshots: ``$AGENTGOV_SCREENSHOT_DIR``, else the test's tmp dir."""
+    out = Path(os.environ.get("AGENTGOV_SCREENSHOT_DIR", tmp_path / "screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out

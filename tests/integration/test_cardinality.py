@@ -14,7 +14,7 @@ from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from tests.factory import draft
-from tests.integration.conftest import scrape, wait_until
+from tests.support.helpers import scrape, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from pipeline.chaos import Slot, query_store
 from pipeline.deadletters import header
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.settings import Settings
 from pipeline.workload import BAD_INPUTS, Workload
-from tests.integration.conftest import Bus
+from tests.support.chaos import Slot, read_store
+from tests.support.helpers import Bus, committed, read_until_idle, topic_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -73,23 +73,13 @@ def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, 
 def dead_letters(settings: Settings, idle: float = 5.0) -> tuple[int, dict[tuple[str, str], set[str]]]:
     """Dead-letter messages a read_committed reader sees, and the reasons given per source record
     (partition, offset on the transitions topic)."""
-    reader = Consumer(settings.consumer_config(f"dlq-{uuid.uuid4().hex[:8]}"))
-    reader.subscribe([settings.topic_dlq])
     messages, sources = 0, dict[tuple[str, str], set[str]]()
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            for msg in reader.consume(1000, 0.5):
-                if msg.error():
-                    continue
-                last = time.monotonic()
-                messages += 1
-                h = msg.headers()
-                assert header(h, "agentgov.source.topic") == settings.topic_transitions
-                source = (header(h, "agentgov.source.partition") or "", header(h, "agentgov.source.offset") or "")
-                sources.setdefault(source, set()).add(header(h, "agentgov.error.reason") or "")
-    finally:
-        reader.close()
+    for msg in read_until_idle(settings, settings.topic_dlq, idle):
+        messages += 1
+        h = msg.headers()
+        assert header(h, "agentgov.source.topic") == settings.topic_transitions
+        source = (header(h, "agentgov.source.partition") or "", header(h, "agentgov.source.offset") or "")
+        sources.setdefault(source, set()).add(header(h, "agentgov.error.reason") or "")
     return messages, sources
 
 
@@ -114,35 +104,6 @@ def produce(settings: Settings, records: list[tuple[bytes, bytes]], *, chunk: in
             time.sleep(pause)
     assert producer.flush(120) == 0
     assert not failed, failed[:3]
-
-
-def committed(settings: Settings, group: str, topic: str) -> int:
-    reader = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        tps = reader.committed([TopicPartition(topic, p) for p in range(settings.topic_partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    except Exception:
-        return -1
-    finally:
-        reader.close()
-
-
-def topic_keys(settings: Settings, topic: str, idle: float = 5.0) -> Counter[bytes]:
-    """Keys of every message a read_committed reader sees on ``topic`` (reads until idle: Tansu's high
-    watermarks are under-reported, so lag cannot tell the end)."""
-    reader = Consumer(settings.consumer_config(f"count-{uuid.uuid4().hex[:8]}"))
-    reader.subscribe([topic])
-    keys: Counter[bytes] = Counter()
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            for msg in reader.consume(5000, 0.5):
-                if not msg.error():
-                    keys[msg.key()] += 1
-                    last = time.monotonic()
-    finally:
-        reader.close()
-    return keys
 
 
 class Drill:
@@ -188,30 +149,6 @@ class Drill:
             time.sleep(0.5)
         codes = [slot.terminate() for slot in self.slots]
         assert codes == [0] * len(self.slots), f"SIGTERM exit codes {codes}"
-
-
-STORE_SQL = (
-    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.transitions",
-    "SELECT count() AS final FROM {db}.transitions FINAL",
-    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.assessments",
-    "SELECT count() AS final FROM {db}.assessments FINAL",
-    "SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code",
-    "SELECT event_id FROM {db}.transitions FINAL",
-    "SELECT event_id FROM {db}.transitions FINAL GROUP BY event_id HAVING count() > 1",
-    "SELECT event_id FROM {db}.assessments FINAL GROUP BY event_id HAVING count() > 1",
-)
-
-
-def read_store(settings: Settings) -> dict[str, Any]:
-    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated = query_store(settings, *STORE_SQL)
-    return {
-        "transitions_raw": t_raw[0]["raw"], "transitions_ids": t_raw[0]["ids"], "transitions": t_final[0]["final"],
-        "assessments_raw": a_raw[0]["raw"], "assessments_ids": a_raw[0]["ids"], "assessments": a_final[0]["final"],
-        "findings": {r["code"]: r["n"] for r in findings},
-        "event_ids": {r["event_id"] for r in ids},
-        "repeated_ids": {r["event_id"] for r in repeated},
-        "repeated_assessment_ids": {r["event_id"] for r in a_repeated},
-    }
 
 
 @pytest.mark.timeout(1500)  # two 100,000-event runs; on a loaded 2-core machine the Kafka one passed 600 s

@@ -27,7 +27,7 @@ from pipeline.runner import settings_env
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
 from tests.factory import draft
-from tests.integration.conftest import wait_until
+from tests.support.helpers import wait_until
 from tests.unit.test_compose_stack import BASE, COMPOSE, LAPTOP, _env_example, rendered
 
 pytestmark = pytest.mark.kafka

@@ -31,7 +31,7 @@ from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import wait_for
 from pipeline.topics import ensure_topics
 from tests.factory import draft
-from tests.integration.conftest import consume, scrape
+from tests.support.helpers import consume, scrape
 
 pytestmark = pytest.mark.integration
 

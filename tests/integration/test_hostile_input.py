@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,25 +32,11 @@ from pipeline.scoring.policy import load_policy
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from tests.factory import draft
-from tests.integration.conftest import consume, wait_until
-from tests.integration.test_fuzz_pipeline import InProcess
+from tests.support.helpers import InProcess, consume, wait_until
 
 pytestmark = pytest.mark.integration
 SCHEMAS = SchemaSet.load()
 SERDE = Serde(SCHEMAS)
-
-
-@pytest.fixture
-def in_process() -> Iterator[Callable[[Settings], InProcess]]:
-    made: list[InProcess] = []
-
-    def make(settings: Settings) -> InProcess:
-        made.append(InProcess(settings, None))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def raw_producer(settings: Settings) -> Producer:

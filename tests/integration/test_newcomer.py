@@ -21,7 +21,7 @@ import pytest
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.failures import Exit
 from tests.factory import draft
-from tests.integration.conftest import wait_until
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

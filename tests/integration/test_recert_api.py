@@ -15,8 +15,9 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.workload import _draft
+from tests.support.helpers import wait_until
 
-from .review_harness import Client, make_app, review_overrides, wait_for
+from .review_harness import Client, make_app, review_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
         pub.publish(d)
     pub.producer.flush(10)
     sink = ClickHouseSink.connect(settings)
-    assert wait_for(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE run_id LIKE {r:String}",
+    assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE run_id LIKE {r:String}",
                                        {"r": f"run-{tag}-%"})[0]["n"] == len(drafts))
     app = make_app(pipe, settings)
     alice, rita, audrey = Client(app, "alice"), Client(app, "rita"), Client(app, "audrey")
@@ -129,7 +130,7 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     # -- a finding a reviewer closed as false positive no longer drives the recommendation ------------
     [priv] = items(create(agent=a3)["campaign_id"])
     assert priv["recommendation"] == "revoke", priv
-    findings = wait_for(lambda: alice.get("/api/findings", params={"agent": a3}).json()["findings"])
+    findings = wait_until(lambda: alice.get("/api/findings", params={"agent": a3}).json()["findings"])
     assert findings
     for f in findings:
         r = alice.post(f"/api/findings/{f['event_id']}/{f['code']}/decisions",

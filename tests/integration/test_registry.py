@@ -32,7 +32,7 @@ from pipeline.schemas import TRANSITION, SchemaSet
 from pipeline.serde import CONFLUENT_MAGIC, Serde, encode_datum
 from pipeline.settings import Settings
 from tests.factory import draft
-from tests.integration.conftest import Bus, consume
+from tests.support.helpers import Bus, consume
 
 pytestmark = pytest.mark.kafka
 

@@ -14,7 +14,7 @@ from pipeline.schemas import ASSESSMENT, SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from tests.factory import draft
-from tests.integration.conftest import Bus, consume, scrape, wait_until
+from tests.support.helpers import Bus, consume, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,7 @@ Example::
     writer.kill()                       # SIGKILL, mid-batch
     writer.start()                      # same slot, same settings
     rows = query_store(settings, "SELECT count() AS n FROM {db}.transitions FINAL")
+    store = read_store(settings)        # counts, raw vs FINAL, findings per code, repeated ids
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .settings import ENV_PREFIX, Settings
+from pipeline.settings import ENV_PREFIX, Settings
 
 
 class Slot:
@@ -90,7 +91,7 @@ def query_store(settings: Settings, *sql: str, timeout: float = 120.0) -> list[l
     """Run read queries (``{db}`` is the database) against the settings' store in a fresh process.
 
     The store must not be open in another process at the time (chdb is single-process per path)."""
-    from .runner import settings_env
+    from pipeline.runner import settings_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(settings_env(settings))
@@ -105,3 +106,27 @@ def query_store(settings: Settings, *sql: str, timeout: float = 120.0) -> list[l
         if time.monotonic() > deadline:
             raise RuntimeError(f"store query failed: {done.stderr.decode()[-2000:]}")
         time.sleep(1.0)
+
+
+STORE_SQL = (
+    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.transitions",
+    "SELECT count() AS final FROM {db}.transitions FINAL",
+    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.assessments",
+    "SELECT count() AS final FROM {db}.assessments FINAL",
+    "SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code",
+    "SELECT event_id FROM {db}.transitions FINAL",
+    "SELECT event_id FROM {db}.transitions FINAL GROUP BY event_id HAVING count() > 1",
+    "SELECT event_id FROM {db}.assessments FINAL GROUP BY event_id HAVING count() > 1",
+)
+
+
+def read_store(settings: Settings) -> dict[str, Any]:
+    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated = query_store(settings, *STORE_SQL)
+    return {
+        "transitions_raw": t_raw[0]["raw"], "transitions_ids": t_raw[0]["ids"], "transitions": t_final[0]["final"],
+        "assessments_raw": a_raw[0]["raw"], "assessments_ids": a_raw[0]["ids"], "assessments": a_final[0]["final"],
+        "findings": {r["code"]: r["n"] for r in findings},
+        "event_ids": {r["event_id"] for r in ids},
+        "repeated_ids": {r["event_id"] for r in repeated},
+        "repeated_assessment_ids": {r["event_id"] for r in a_repeated},
+    }
