@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.process import ChildProcess
 from pipeline.settings import ENV_PREFIX, Settings
 
 
@@ -41,40 +41,29 @@ class Slot:
         self.env[ENV_PREFIX + "INSTANCE_ID"] = name
         self.env[ENV_PREFIX + "METRICS_PORT"] = str(metrics_port)
         self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        self.proc = ChildProcess([sys.executable, "-m", module], env=self.env,
+                                 log_path=log_dir / f"{name}.log" if log_dir else None)
         self.kills = 0
 
+    @property
+    def starts(self) -> int:
+        return self.proc.starts
+
     def start(self) -> Slot:
-        out = open(self.log_dir / f"{self.name}.log", "ab") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=out,
-                                     stderr=subprocess.STDOUT)
-        self.starts += 1
+        self.proc.start()
         return self
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc.alive()
 
     def kill(self) -> None:
         """SIGKILL: no flush, no commit, no goodbye (a crash, an OOM kill, a lost node)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        if self.proc.kill():
             self.kills += 1
 
     def terminate(self, timeout: float = 60.0) -> int | None:
         """SIGTERM and wait; returns the exit code (None if it had to be killed)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return None
-        return self.proc.returncode
+        return self.proc.stop(grace=timeout)
 
 
 _QUERY_SCRIPT = """
