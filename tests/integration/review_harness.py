@@ -20,7 +20,7 @@ from pipeline.review.app import create_app
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
-from pipeline.workload import _draft
+from pipeline.workload import run_step
 from tests.support.helpers import wait_until
 
 # user -> (token, roles)
@@ -45,10 +45,10 @@ def transient_chain(agent: str, run: str) -> list[dict[str, Any]]:
     """Two events that each pass the per-event rules; together AG-ESC-003 (transient privilege), critical."""
     trig = ("mover", f"HR-{uuid.uuid4().hex[:6]}")
     return [
-        _draft(run, 0, agent, "jml-provisioning", trig, "grant_entitlement", f"u-{run}", "aws", "role/Admin", 3,
-               entitlement="aws-admin", approved_by="mgr-eng"),
-        _draft(run, 1, agent, "jml-provisioning", trig, "revoke_entitlement", f"u-{run}", "aws", "role/Admin", 3,
-               entitlement="aws-admin"),
+        run_step(run, 0, agent, "jml-provisioning", trig, "grant_entitlement", f"u-{run}", "aws", "role/Admin", 3,
+                 resource__entitlement="aws-admin", decision__approved_by="mgr-eng"),
+        run_step(run, 1, agent, "jml-provisioning", trig, "revoke_entitlement", f"u-{run}", "aws", "role/Admin", 3,
+                 resource__entitlement="aws-admin"),
     ]
 
 

@@ -20,11 +20,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.deadletters import header
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from tests.factory import draft
 from tests.support.helpers import Bus, InProcess, committed, consume, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]

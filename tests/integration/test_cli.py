@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.broker import free_port
-from tests.factory import draft
+from pipeline.drafts import draft
 from tests.support.helpers import scrape, wait_until
 
 pytestmark = pytest.mark.integration

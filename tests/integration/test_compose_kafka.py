@@ -20,13 +20,13 @@ from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from pipeline.broker import free_port
+from pipeline.drafts import draft
 from pipeline.errors import PublishError
 from pipeline.kraft import _die_with_parent, kafka_libs
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
-from tests.factory import draft
 from tests.support.helpers import wait_until
 from tests.unit.test_compose_stack import BASE, COMPOSE, LAPTOP, _env_example, rendered
 

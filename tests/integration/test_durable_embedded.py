@@ -18,9 +18,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.broker import free_port
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.settings import Settings
-from tests.factory import draft
 from tests.support.chaos import query_store
 from tests.support.helpers import consume, scrape, wait_until
 

@@ -18,12 +18,12 @@ import pytest
 from confluent_kafka import Message, Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from pipeline.drafts import draft
 from pipeline.events import event_hash
 from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import TRANSITION, SchemaSet, SchemaVersion, _strip_logical
 from pipeline.serde import CONFLUENT_MAGIC, SOE_HEADER, Serde, encode_datum
 from pipeline.settings import Settings
-from tests.factory import draft
 from tests.support.helpers import InProcess, consume, wait_until
 
 pytestmark = pytest.mark.integration

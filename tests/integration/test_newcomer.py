@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.drafts import draft
 from pipeline.failures import Exit
-from tests.factory import draft
 from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.integration

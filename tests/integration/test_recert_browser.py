@@ -34,7 +34,7 @@ from pipeline.scoring.policy import default_policy_path
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
-from pipeline.workload import Workload, _draft
+from pipeline.workload import Workload, run_step
 from tests.support.helpers import consume, wait_until
 
 from .review_harness import USERS, make_app, review_overrides, screenshot_dir, served
@@ -55,14 +55,14 @@ def _grants(agent: str) -> list[dict[str, Any]]:
     tier-2 grants, each in its own run; one tier-1 grant outside the scope."""
     joiner = ("joiner", f"HR-{uuid.uuid4().hex[:6]}")
     tag = uuid.uuid4().hex[:6]
-    out = [_draft(f"run-rc-{tag}-0", 0, agent, "jml-provisioning", joiner, "grant_entitlement", f"u-rc-{tag}-0",
-                  "aws", "role/Admin", 3, entitlement="aws-admin")]
+    out = [run_step(f"run-rc-{tag}-0", 0, agent, "jml-provisioning", joiner, "grant_entitlement", f"u-rc-{tag}-0",
+                    "aws", "role/Admin", 3, resource__entitlement="aws-admin")]
     for i in (1, 2, 3):
-        out.append(_draft(f"run-rc-{tag}-{i}", 0, agent, "jml-provisioning", joiner, "grant_entitlement",
-                          f"u-rc-{tag}-{i}", "salesforce", "crm", 2, entitlement=f"crm-manager-{i}",
-                          approved_by="mgr-sales"))
-    out.append(_draft(f"run-rc-{tag}-4", 0, agent, "jml-provisioning", joiner, "add_group_member",
-                      f"u-rc-{tag}-4", "slack", "grp-general", 1))
+        out.append(run_step(f"run-rc-{tag}-{i}", 0, agent, "jml-provisioning", joiner, "grant_entitlement",
+                            f"u-rc-{tag}-{i}", "salesforce", "crm", 2, resource__entitlement=f"crm-manager-{i}",
+                            decision__approved_by="mgr-sales"))
+    out.append(run_step(f"run-rc-{tag}-4", 0, agent, "jml-provisioning", joiner, "add_group_member",
+                        f"u-rc-{tag}-4", "slack", "grp-general", 1))
     return out
 
 

@@ -24,6 +24,7 @@ from confluent_kafka import Producer
 
 from pipeline.apicurio import ApicurioRegistry
 from pipeline.deadletters import header
+from pipeline.drafts import draft
 from pipeline.errors import ConfigError
 from pipeline.kraft import KraftCluster
 from pipeline.publisher import TransitionPublisher
@@ -31,7 +32,6 @@ from pipeline.runner import Pipeline
 from pipeline.schemas import TRANSITION, SchemaSet
 from pipeline.serde import CONFLUENT_MAGIC, Serde, encode_datum
 from pipeline.settings import Settings
-from tests.factory import draft
 from tests.support.helpers import Bus, consume
 
 pytestmark = pytest.mark.kafka

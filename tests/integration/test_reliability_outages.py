@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.drafts import draft
 from pipeline.errors import PublishError
 from pipeline.kraft import KraftCluster
 from pipeline.metrics import Metrics
@@ -21,7 +22,6 @@ from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.topics import ensure_topics
 from pipeline.writer import Writer
-from tests.factory import draft
 from tests.support.chaos import Slot, query_store
 from tests.support.faults import FaultyClient
 from tests.support.helpers import wait_until

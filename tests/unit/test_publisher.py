@@ -8,13 +8,13 @@ import pytest
 from confluent_kafka import KafkaError
 
 from pipeline.broker import free_port
+from pipeline.drafts import draft
 from pipeline.errors import PublishError
 from pipeline.events import event_hash
 from pipeline.publisher import EventInvalid, TransitionPublisher
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from tests.factory import draft
 
 
 class FakeProducer:
