@@ -38,6 +38,12 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+RETRY_BACKOFF_MAX = 10.0
+"""Longest pause between two attempts to abort-and-rewind, or to read committed offsets on assignment."""
+ASSIGN_RETRY_SECONDS = 120.0
+"""How long an assignment retries reading committed offsets and replaying before the process gives up
+(well inside librdkafka's max.poll.interval.ms; the group's heartbeats go on meanwhile)."""
+
 
 class TransactionalLoop:
     """Consumer + checkpoint + rebalance handling shared by the stateful roles."""
@@ -55,6 +61,7 @@ class TransactionalLoop:
                                      Checkpoint.transactional_id(self.role, group, settings.instance_id),
                                      **(producer_extra or {}))
         self.processed = 0
+        self._stop = threading.Event()
         self._registry_backoff = 0.0
         self._next_housekeeping = 0.0
 
@@ -83,8 +90,22 @@ class TransactionalLoop:
 
     # -- rebalance ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in consumer.committed(partitions, timeout=30):
-            self.rebuild(tp)
+        # During a broker failover the group coordinator or a partition leader may be away for a while:
+        # retry rather than let the exception out of consume(), which would end the process.
+        deadline = time.monotonic() + ASSIGN_RETRY_SECONDS
+        backoff = 0.5
+        while True:
+            try:
+                for tp in consumer.committed(partitions, timeout=30):
+                    self.rebuild(tp)
+                break
+            except KafkaException as exc:
+                if time.monotonic() + backoff > deadline or self._stop.is_set():
+                    raise
+                log.warning("assignment not recovered yet; retrying",
+                            extra={"kv": {"role": self.role, "error": str(exc), "retry_in_s": backoff}})
+                time.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
         log.info("partitions assigned", extra={"kv": {"role": self.role,
                                                       "partitions": [p.partition for p in partitions]}})
 
@@ -96,6 +117,7 @@ class TransactionalLoop:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event, on_batch: Callable[[int], None] | None = None) -> None:
+        self._stop = stop
         self.consumer.subscribe(self.topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self.metrics.up.labels(role=self.role).set(1)
@@ -134,8 +156,7 @@ class TransactionalLoop:
         except (KafkaException, RegistryUnavailable) as exc:
             log.warning("batch aborted; rewinding", extra={"kv": {"role": self.role, "error": str(exc)}})
             self.metrics.batches.labels(role=self.role, outcome="aborted").inc()
-            self.checkpoint.recover()
-            self.rewind()
+            self._recover()
             if isinstance(exc, RegistryUnavailable):
                 self.metrics.registry_errors.labels(role=self.role).inc()
                 self._registry_backoff = min(max(self._registry_backoff * 2, 0.5), 5.0)
@@ -146,6 +167,26 @@ class TransactionalLoop:
         self.processed += len(msgs)
         self.metrics.batches.labels(role=self.role, outcome="committed").inc()
         self.metrics.batch_duration.labels(role=self.role).observe(time.perf_counter() - started)
+
+    def _recover(self) -> None:
+        """Abort the failed transaction and rewind to the last commit. Both talk to the cluster, which may
+        be failing over (the transaction coordinator or a partition leader away): retried with backoff
+        until they succeed or the process is asked to stop. Consuming on without a rewind would skip the
+        aborted batch, so there is no giving up half-way."""
+        backoff = 0.5
+        while True:
+            try:
+                self.checkpoint.recover()
+                self.rewind()
+                return
+            except KafkaException as exc:
+                if self._stop.is_set():  # stopping: nothing of the batch was committed; the next owner replays
+                    log.warning("rewind abandoned at stop", extra={"kv": {"role": self.role, "error": str(exc)}})
+                    return
+                log.warning("rewind failed; retrying", extra={"kv": {"role": self.role, "error": str(exc),
+                                                                   "retry_in_s": backoff}})
+                time.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
 
     def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset and rebuild its context."""

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Message, TopicPartition
 
 from .settings import Settings
 
@@ -41,7 +41,7 @@ def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Calla
         start = max(0, end - max_events)
         if last is not None and window_ms:
             ts = last.timestamp()[1] - window_ms
-            found = reader.offsets_for_times([TopicPartition(tp.topic, tp.partition, max(ts, 0))], timeout=10)
+            found = offsets_for_time(reader, TopicPartition(tp.topic, tp.partition, max(ts, 0)))
             if found and found[0].offset >= 0:
                 start = max(start, found[0].offset)
         reader.assign([TopicPartition(tp.topic, tp.partition, start)])
@@ -62,6 +62,19 @@ def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Calla
         return count
     finally:
         reader.close()
+
+
+def offsets_for_time(reader: Consumer, tp: TopicPartition, attempts: int = 4) -> list[TopicPartition]:
+    """``offsets_for_times`` with retries: while a partition's leader is failing over, the lookup times
+    out or names no leader for a few seconds. Raises the last KafkaException if it never answers."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return list(reader.offsets_for_times([tp], timeout=10))
+        except KafkaException:
+            if attempt == attempts:
+                raise
+            time.sleep(min(2.0 * attempt, 5.0))
+    return []
 
 
 def read_one(reader: Consumer, topic: str, partition: int, offset: int) -> Message | None:

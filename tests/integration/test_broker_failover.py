@@ -82,6 +82,14 @@ def stream(settings: Settings, records: list[dict[str, Any]], errors: list[str],
         errors.append(repr(exc))
 
 
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The end of a process's log without librdkafka's connection chatter, for a failure message."""
+    if not path.exists():
+        return "(no log)"
+    kept = [ln for ln in path.read_text(errors="replace").splitlines() if "logger=librdkafka" not in ln]
+    return "\n".join(kept[-lines:])
+
+
 def workload(settings: Settings, events: int) -> list[dict[str, Any]]:
     pub = TransitionPublisher(settings)
     records = [pub.complete(op.payload) for op in Workload(seed=5, planted=False, bad_inputs=False).ops(events)
@@ -180,7 +188,10 @@ def test_broker_kill_and_txn_coordinator_kill_lose_nothing(
     print("\nFAILOVER FIGURES " + " ".join(f"{k}={v}" for k, v in figures.items()))
 
     assert not errors, errors[:3]
-    assert alive == [True, True] and same, "the scorers must ride through broker failures without a restart"
+    assert alive == [True, True] and same, (
+        "the scorers must ride through broker failures without a restart; "
+        f"exit codes {codes[:2]}; logs:\n" + "\n".join(f"--- {s.name}\n{log_tail(log_dir / (s.name + '.log'))}"
+                                                 for s in scorers))
     assert codes == [0, 0, 0], f"SIGTERM exit codes {codes}"
     assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:3]}"
     assert got["transitions_ids"] == got["assessments_ids"] == got["transitions"] == len(expected)
