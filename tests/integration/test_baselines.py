@@ -21,7 +21,7 @@ from pipeline.serde import SOE_HEADER, Serde
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.sinks.ocf import ContainerBuilder
-from tests.unit.test_publisher import FakeProducer
+from tests.support.helpers import FakeProducer
 
 pytestmark = pytest.mark.integration
 

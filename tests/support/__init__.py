@@ -8,3 +8,8 @@
 Events for tests come from :mod:`pipeline.drafts` (the same builder the demo workload uses); scoring
 contexts from :mod:`tests.unit.scoring_factory`.
 """
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository's root (compose files, policies, docs)."""

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -120,6 +120,28 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
             return value
         time.sleep(interval)
     return predicate()
+
+
+class FakeProducer:
+    """Records produce calls; ``fail`` makes every delivery report an error, as librdkafka would."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.pending: list[Any] = []
+        self.fail = fail
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        self.sent.append((topic, value, key))
+        self.pending.append(on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        return self.flush()
+
+    def flush(self, timeout: float = 0) -> int:
+        pending, self.pending = self.pending, []
+        for cb in pending:
+            cb(KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None, None)
+        return 0
 
 
 class InProcess:
