@@ -64,8 +64,9 @@ def wait_for_broker(bootstrap: str, timeout: float = 30.0, proc: ChildProcess | 
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise BrokerError(f"broker exited with code {proc.returncode} before it was ready: {proc.tail(5)}",
-                              bootstrap=bootstrap)
+            tail = proc.tail(5)
+            raise BrokerError(f"broker exited with code {proc.returncode} before it was ready"
+                              + (f"; its log ends: {tail}" if tail else ""), bootstrap=bootstrap)
         try:
             admin.list_topics(timeout=2)
             return

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.process import ChildProcess
 
 READY_THEN_TERM = """
@@ -87,3 +89,14 @@ def test_pipes_carry_a_line_protocol_and_stderr_goes_to_the_log(tmp_path: Path) 
     child.proc.stdin.close()
     assert child.stop(grace=10, sig=None) == 0  # EOF ends it; no signal sent
     assert child.tail() == "saw hello"
+
+
+def test_a_broker_that_dies_at_start_is_reported_with_its_log_tail(tmp_path: Path) -> None:
+    from pipeline.broker import wait_for_broker
+    from pipeline.errors import BrokerError
+
+    child = ChildProcess([sys.executable, "-c", "print('cannot bind'); raise SystemExit(2)"],
+                         log_path=tmp_path / "broker.log").start()
+    child.wait(10)
+    with pytest.raises(BrokerError, match=r"exited with code 2 .*its log ends: cannot bind"):
+        wait_for_broker("127.0.0.1:1", timeout=10, proc=child)
