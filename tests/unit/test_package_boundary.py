@@ -61,6 +61,23 @@ def test_chaos_and_faults_are_not_in_the_installed_packages() -> None:
     assert (ROOT / "tests" / "support" / "chaos.py").exists() and (ROOT / "tests" / "support" / "faults.py").exists()
 
 
+def from_a_test_module(module: str) -> bool:
+    parts = module.split(".")
+    return parts[0] == "tests" and any(p.startswith("test_") or p == "conftest" for p in parts[1:-1])
+
+
+def test_tests_import_helpers_from_support_not_from_test_modules_or_conftest() -> None:
+    """Helpers live in tests/support/ (or a factory); a test module or conftest.py is never imported."""
+    bad: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        hits = sorted(m for m in imported_modules(path, ".".join(rel.parts[:-1])) if from_a_test_module(m))
+        if hits:
+            bad[str(rel)] = hits
+    assert bad == {}
+    assert from_a_test_module("tests.unit.test_serde.record") and from_a_test_module("tests.integration.conftest.Bus")
+
+
 @pytest.mark.parametrize("source", [
     "from tests.support.chaos import Slot",
     "from .faults import FaultyClient",
