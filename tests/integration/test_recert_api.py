@@ -60,7 +60,7 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     pub.producer.flush(10)
     sink = ClickHouseSink.connect(settings)
     assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE run_id LIKE {r:String}",
-                                       {"r": f"run-{tag}-%"})[0]["n"] == len(drafts))
+                                         {"r": f"run-{tag}-%"})[0]["n"] == len(drafts))
     app = make_app(pipe, settings)
     alice, rita, audrey = Client(app, "alice"), Client(app, "rita"), Client(app, "audrey")
 

@@ -92,7 +92,7 @@ def test_recertification_and_input_review_in_chromium(settings_factory: Callable
                                                       pipeline_factory: Callable[..., Pipeline],
                                                       publisher_factory: Callable[..., TransitionPublisher],
                                                       browser_page: Any, tmp_path: Path) -> None:
-    page, shots = screenshot_dir(tmp_path)
+    page, shots = browser_page, screenshot_dir(tmp_path)
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(default_policy_path().read_text())
     settings = settings_factory(**review_overrides(policy_file=policy_file))
@@ -106,9 +106,9 @@ def test_recertification_and_input_review_in_chromium(settings_factory: Callable
     pub.producer.flush(10)
     sink = ClickHouseSink.connect(settings)
     assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE agent_id = {a:String}",
-                                       {"a": agent})[0]["n"] == 5)
+                                         {"a": agent})[0]["n"] == 5)
     assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE agent_id = {a:String} "
-                                       "AND code = 'AG-AUTH-001'", {"a": agent})[0]["n"] == 1)
+                                         "AND code = 'AG-AUTH-001'", {"a": agent})[0]["n"] == 1)
     assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE code = 'AG-BND-001'")[0]["n"])
     app = make_app(pipe, settings)
 

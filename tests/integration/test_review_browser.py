@@ -62,7 +62,7 @@ def test_review_workbench_in_chromium(settings_factory: Callable[..., Settings],
                                       pipeline_factory: Callable[..., Pipeline],
                                       publisher_factory: Callable[..., TransitionPublisher], browser_page: Any,
                                       tmp_path: Path) -> None:
-    page, shots = screenshot_dir(tmp_path)
+    page, shots = browser_page, screenshot_dir(tmp_path)
     settings = settings_factory(**review_overrides())
     scorer_port = free_port()
     pipe = pipeline_factory(settings, scorer_metrics_ports=[scorer_port])
