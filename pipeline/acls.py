@@ -8,7 +8,8 @@
   baselines; writes dead letters for rows the store refuses.
 - ``review``: the review app writes decisions, exceptions and remediation requests, and reads them back.
 - ``reader``: reads every topic (consumer groups ``reader-*``), writes nothing.
-- ``registry`` (compose only): the schema registry's own store, topic ``_schemas`` and group ``schema-registry``.
+
+The schema registry has no Kafka principal: compose's Apicurio keeps its schemas in PostgreSQL.
 
 :func:`create_users` sets each principal's SCRAM-SHA-512 credential; ``python -m consumers.kafka_access``
 (compose's one-shot ``kafka-access`` service) runs both before the pipeline starts.
@@ -44,7 +45,6 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 ROLES = ("agent", "scorer", "correlator", "store", "review", "reader")
-REGISTRY_TOPIC = "_schemas"
 READ, WRITE = AclOperation.READ, AclOperation.WRITE
 
 
@@ -96,16 +96,12 @@ def bindings(settings: Settings, principals: Mapping[str, str]) -> list[AclBindi
         p = principals["reader"]
         out += [_topic(p, t, READ) for t in everything]
         out.append(_prefixed(p, group, "reader-", READ))
-    if "registry" in principals:
-        p, every = principals["registry"], AclOperation.ALL
-        out += [_topic(p, REGISTRY_TOPIC, every), AclBinding(group, "schema-registry", ResourcePatternType.LITERAL,
-                                                             f"User:{p}", "*", every, AclPermissionType.ALLOW)]
     return out
 
 
-def passwords_from_env(env: Mapping[str, str], roles: tuple[str, ...] = (*ROLES, "registry")) -> dict[str, str]:
+def passwords_from_env(env: Mapping[str, str], roles: tuple[str, ...] = ROLES) -> dict[str, str]:
     """role -> SCRAM password from ``SCRAM_PASSWORD_<ROLE>`` (compose's names; not AGENTGOV_*, which the
-    settings would reject). Every role in ``ROLES`` must have one; ``registry`` is optional."""
+    settings would reject). Every role in ``ROLES`` must have one."""
     out = {role: env[f"SCRAM_PASSWORD_{role.upper()}"] for role in roles if env.get(f"SCRAM_PASSWORD_{role.upper()}")}
     missing = [f"SCRAM_PASSWORD_{r.upper()}" for r in ROLES if r not in out]
     if missing:

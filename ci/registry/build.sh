@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the runnable Apicurio Registry named in ci/registry/pom.xml into .cache/registry/<pom hash>/ (ignored),
+# Build the runnable Apicurio Registry (SQL variant) named in ci/registry/pom.xml into .cache/registry/<hash>/ (ignored),
 # once: a second run finds it and returns at once. The registry tests (marker kafka) run it.
 # Called by ci/kafka/resolve.sh, so `make test` and `make kafka-jars` build it; same JDK/Maven rule as there.
 set -euo pipefail

@@ -1,28 +1,33 @@
 """The Confluent wire format through a real Confluent-compatible registry: Apicurio Registry (ccompat v7),
-built from Maven Central by ci/registry/pom.xml, on the 3-broker Kafka cluster.
+built from Maven Central by ci/registry/pom.xml (the SQL variant compose runs, on PostgreSQL), on the
+3-broker Kafka cluster.
 
 - registration, and the evolution of the transition schema from v1 to v2 under BACKWARD compatibility
   (the registry itself refuses an incompatible v3);
 - the registry going away for 30 s: the SDK that registered keeps publishing, a new SDK waits for it,
   the scorer stalls on a schema id it has not seen (it never dead-letters for it) and catches up;
-- the writer trusts a registry id only when it names the assessment record.
+- the writer trusts a registry id only when it names the assessment record;
+- compose's registry, started with compose's own storage settings, keeps its schemas through a crash
+  (kill -9) of the registry and a restart of its database.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
 import threading
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import Producer
 
-from pipeline.apicurio import ApicurioRegistry
+from pipeline.apicurio import CCOMPAT, POM, ApicurioRegistry, RegistryDatabase, postgres_major
 from pipeline.deadletters import header
 from pipeline.drafts import draft
 from pipeline.errors import ConfigError
@@ -30,16 +35,19 @@ from pipeline.kraft import KraftCluster
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.schemas import TRANSITION, SchemaSet
-from pipeline.serde import CONFLUENT_MAGIC, Serde, encode_datum
+from pipeline.serde import CONFLUENT_MAGIC, Serde, encode_datum, make_registry
 from pipeline.settings import Settings
+from tests.support.compose import BASE, rendered
 from tests.support.helpers import Bus, consume
+from tests.unit.scoring_factory import record
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApicurioRegistry]:
-    with ApicurioRegistry(tmp_path_factory.mktemp("apicurio")) as reg:
+    root = tmp_path_factory.mktemp("apicurio")
+    with RegistryDatabase(root / "db") as db, ApicurioRegistry(root, db.env()) as reg:
         yield reg
 
 
@@ -64,7 +72,8 @@ def publish(pub: TransitionPublisher, n: int, tag: str) -> list[str]:
 
 def stored_ids(pipe: Pipeline) -> list[str]:
     assert pipe.sink is not None
-    return [r["event_id"] for r in pipe.sink.query("SELECT event_id FROM {db}.transitions")]
+    # FINAL, as every audit read: raw rows may repeat until merges run (docs/guarantees.md, "Raw counts")
+    return [r["event_id"] for r in pipe.sink.query("SELECT event_id FROM {db}.transitions FINAL")]
 
 
 def test_registration_backward_evolution_and_the_writers_schema_check(
@@ -164,3 +173,50 @@ def test_registry_away_30s_sdk_waits_scorer_stalls_nothing_lost(
     assert "RegistryUnavailable" in logs or "registry unreachable" in logs
     print(f"\nregistry away 30 s: pipeline caught up {caught_up:.1f} s after it came back; "
           f"{len(sent)} events stored once, 0 dead letters")
+
+
+def test_compose_registry_keeps_its_schemas_through_a_crash_and_a_database_restart(tmp_path: Path) -> None:
+    """compose's schema-registry and registry-db, as ``docker-compose config`` renders them with .env.example:
+    the image is the version built here, the registry runs with exactly compose's REGISTRY_DATASOURCE_*
+    (host name mapped to a loopback port), and clients reach it at compose's URL path."""
+    svcs = rendered(BASE)["services"]
+    service, db_service = svcs["schema-registry"], svcs["registry-db"]
+    built = re.search(r"<apicurio.version>(.+)</apicurio.version>", POM.read_text())
+    assert built and service["image"] == f"apicurio/apicurio-registry-sql:{built[1]}"
+    assert int(db_service["image"].rsplit(":", 1)[1].split(".")[0]) == postgres_major()
+    db_env = db_service["environment"]
+    env = {k: str(v) for k, v in service["environment"].items()}
+    jdbc = re.fullmatch(r"jdbc:postgresql://registry-db:5432/(\w+)", env["REGISTRY_DATASOURCE_URL"])
+    assert jdbc and jdbc[1] == db_env["POSTGRES_DB"] and env["REGISTRY_DATASOURCE_USERNAME"] == db_env["POSTGRES_USER"]
+    client = urlsplit(svcs["scorer"]["environment"]["AGENTGOV_SCHEMA_REGISTRY_URL"])
+    health = urlsplit(service["healthcheck"]["test"][-1])
+    assert client.hostname == "schema-registry" and client.path == CCOMPAT and client.port == health.port
+
+    db = RegistryDatabase(tmp_path / "db", database=db_env["POSTGRES_DB"], user=db_env["POSTGRES_USER"],
+                          password=db_env["POSTGRES_PASSWORD"])
+    env["REGISTRY_DATASOURCE_URL"] = env["REGISTRY_DATASOURCE_URL"].replace("registry-db:5432", f"127.0.0.1:{db.port}")
+    reg = ApicurioRegistry(tmp_path / "registry", env)
+    try:
+        db.start()
+        reg.start()
+        assert reg.request_raw("GET", health.path) == 200  # compose's healthcheck, answered
+        settings = Settings.load(schema_registry_url=reg.url, metrics_port=0)
+        subject = f"{settings.topic_transitions}-value"
+        reg.set_compatibility(subject, "BACKWARD")
+        old = v1_serde(settings, make_registry(settings))
+        sent = old.encode(record())  # an agent still on v1 publishes ...
+        new_header = Serde(SchemaSet.load(), make_registry(settings), subject=subject).header()  # ... v2 arrives
+
+        reg.kill()  # a crash: nothing flushed, nothing closed
+        db.stop()  # and the database restarts (its data on disk, as on compose's volume)
+        db.start()
+        reg.start()
+        fresh = Serde(SchemaSet.load(), make_registry(settings), subject=subject)  # a client that knows no ids
+        assert reg.request("GET", f"/subjects/{subject}/versions") == [1, 2]
+        assert fresh.header() == new_header  # the same schema keeps its id: nothing was re-registered
+        decoded = fresh.decode(sent)  # a message framed before the crash still resolves
+        assert decoded.writer_version == 1 and not decoded.current
+        assert reg.request("GET", f"/config/{subject}") == {"compatibilityLevel": "BACKWARD"}
+    finally:
+        reg.stop()
+        db.remove()

@@ -46,6 +46,19 @@ def test_images_are_pinned_and_overridable() -> None:
         assert m.group(1) in env_example(), f"{m.group(1)} not in .env.example"
 
 
+def test_the_registry_is_apicurio_on_a_durable_database(base: dict[str, Any]) -> None:
+    # What the Kafka-tier registry tests run (tests/integration/test_registry.py proves the storage
+    # settings by starting the registry with them); clients use its Confluent-compatible API.
+    svcs = base["services"]
+    assert svcs["schema-registry"]["image"].startswith("apicurio/apicurio-registry-sql:")
+    assert svcs["schema-registry"]["depends_on"]["registry-db"]["condition"] == "service_healthy"
+    assert "registry-db:/var/lib/postgresql/data:rw" in svcs["registry-db"]["volumes"]  # a named volume
+    for name in ("scorer", "correlator", "writer", "demo", "review"):
+        assert svcs[name]["environment"]["AGENTGOV_SCHEMA_REGISTRY_URL"] == "http://schema-registry:8080/apis/ccompat/v7"
+        assert svcs[name]["depends_on"].get("schema-registry", {"condition": "service_healthy"})["condition"] == \
+            "service_healthy"
+
+
 def test_kafka_is_three_kraft_brokers_with_rf3(base: dict[str, Any]) -> None:
     brokers = {n: s for n, s in base["services"].items() if re.fullmatch(r"kafka-\d", n)}
     assert len(brokers) == 3
@@ -148,11 +161,11 @@ def test_every_kafka_client_authenticates_with_its_own_principal(variant: str, r
             assert env["AGENTGOV_KAFKA_SASL_PASSWORD"] == secrets[f"SCRAM_PASSWORD_{principal.upper()}"], service
     roles = [p for p in KAFKA_CLIENTS.values() if p != "admin"]
     assert len(roles) == len(set(roles)), "two services share a principal"
+    # The registry is no Kafka client: its schemas live in PostgreSQL, under a password of its own.
     registry = config["services"]["schema-registry"]["environment"]
-    assert registry["SCHEMA_REGISTRY_KAFKASTORE_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
-    assert 'username="registry"' in registry["SCHEMA_REGISTRY_KAFKASTORE_SASL_JAAS_CONFIG"]
-    bootstrap = registry["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"]
-    assert "PLAINTEXT://" not in bootstrap.replace("SASL_PLAINTEXT://", "")
+    assert not {k for k in registry if "KAFKA" in k}
+    assert registry["REGISTRY_DATASOURCE_PASSWORD"] == secrets["REGISTRY_DB_PASSWORD"]
+    assert config["services"]["registry-db"]["environment"]["POSTGRES_PASSWORD"] == secrets["REGISTRY_DB_PASSWORD"]
 
 
 def test_kafka_access_creates_every_principal_before_the_pipeline_starts(base: dict[str, Any]) -> None:
@@ -161,8 +174,8 @@ def test_kafka_access_creates_every_principal_before_the_pipeline_starts(base: d
     svcs = base["services"]
     access = svcs["kafka-access"]
     assert access["command"] == ["python", "-m", "consumers.kafka_access"]
-    assert set(passwords_from_env(access["environment"])) == {*ROLES, "registry"}
-    for service in ("topics", "schema-registry", "scorer", "correlator", "writer"):
+    assert set(passwords_from_env(access["environment"])) == set(ROLES)
+    for service in ("topics", "scorer", "correlator", "writer"):
         after = svcs[service]["depends_on"]
         assert any(dep == "kafka-access" or svcs[dep].get("depends_on", {}).get("kafka-access") for dep in after), \
             f"{service} may start before its principal exists"
