@@ -120,7 +120,8 @@ def run_step(run: str, step: int, agent: str, workflow: str, trigger: tuple[str,
     decision = d["decision"]
     by_model = "model" in (decision["recommended_by"], decision["authority"])
     d["agent"]["model_id"] = "gpt-iam-2026-10" if by_model else None
-    decision["approval_ref"] = f"APR-{abs(hash((run, step))) % 10**6}" if decision["approved_by"] else None
+    ref = zlib.crc32(f"{run}#{step}".encode()) % 10**6  # stable across processes, unlike hash()
+    decision["approval_ref"] = f"APR-{ref}" if decision["approved_by"] else None
     return d
 
 
