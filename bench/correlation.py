@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.topics import ensure_topics
-from pipeline.workload import _draft
+from pipeline.workload import run_step
 
 from . import report
 from .events import Message, _completer, drafts, produce_all, produce_paced, producer
@@ -63,12 +63,13 @@ def paced_events(n: int, rate: int, start: float, chain_every: int, seed: int, c
         if not cross_run:
             revoke_run = grant_run
         target = f"u-bench-xrun-{seed}-{c}"
-        slots[k] = _draft(grant_run, 0, "agent-jml-04", "jml-provisioning", ("mover", f"HR-8{c:05d}"),
-                          "grant_entitlement", target, "aws", "role/Admin", 3, entitlement="aws-admin",
-                          approved_by="mgr-eng", scenario="xrun_transient_privilege")
-        slots[k + rate + chain_every // 2] = _draft(  # between two grants' slots
+        slots[k] = run_step(grant_run, 0, "agent-jml-04", "jml-provisioning", ("mover", f"HR-8{c:05d}"),
+                            "grant_entitlement", target, "aws", "role/Admin", 3, resource__entitlement="aws-admin",
+                            decision__approved_by="mgr-eng", attributes={"demo.scenario": "xrun_transient_privilege"})
+        slots[k + rate + chain_every // 2] = run_step(  # between two grants' slots
             revoke_run, 0, "agent-jml-04", "jml-provisioning", ("mover", f"HR-9{c:05d}"), "revoke_entitlement",
-            target, "aws", "role/Admin", 3, entitlement="aws-admin", scenario="xrun_transient_privilege")
+            target, "aws", "role/Admin", 3, resource__entitlement="aws-admin",
+            attributes={"demo.scenario": "xrun_transient_privilege"})
     messages: list[Message] = []
     last_ids: dict[str, float] = {}
     runs: dict[str, str] = {}

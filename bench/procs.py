@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from pipeline.process import ChildProcess
 
 
 def role_of(proc: psutil.Process) -> str:
@@ -114,9 +115,8 @@ class Child:
     def __init__(self, module: str, spec: dict[str, Any], workdir: Path, name: str) -> None:
         path = workdir / f"{name}.spec.json"
         path.write_text(json.dumps(spec, default=str))
-        self.log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", module, str(path)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = ChildProcess([sys.executable, "-m", module, path], log_path=workdir / f"{name}.log",
+                                 pipes=True).start()
 
     @property
     def pid(self) -> int:
@@ -124,14 +124,15 @@ class Child:
 
     def ask(self, command: str, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Send one command and return its answer; ``{"progress": ...}`` lines before it go to ``on_progress``."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
+        popen = self.proc.proc
+        assert popen is not None and popen.stdin is not None and popen.stdout is not None
+        popen.stdin.write(command + "\n")
+        popen.stdin.flush()
         while True:
-            line = self.proc.stdout.readline()
+            line = popen.stdout.readline()
             if not line:
-                raise RuntimeError(f"benchmark worker {self.proc.args} exited ({self.proc.wait()}); "
-                                   f"see {self.log.name}")
+                raise RuntimeError(f"benchmark worker {self.proc.argv} exited ({self.proc.wait()}): "
+                                   f"{self.proc.tail(10)}")
             doc = dict(json.loads(line))
             if "progress" not in doc:
                 return doc
@@ -139,11 +140,8 @@ class Child:
                 on_progress(doc["progress"])
 
     def close(self, timeout: float = 60) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        """Close its stdin (the worker's cue to finish), wait up to ``timeout``, then kill."""
+        popen = self.proc.proc
+        if popen is not None and popen.stdin is not None:
+            popen.stdin.close()
+        self.proc.stop(grace=timeout, sig=None)

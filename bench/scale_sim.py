@@ -28,17 +28,11 @@ HISTOGRAM_BUCKETS_RISK = 11
 
 def measure_store(rows: int = 300_000) -> dict[str, Any]:
     """Writer-path insert rate, baseline scan rate, on the embedded engine."""
-    import importlib.util
-
     import clickhouse_connect
 
+    from bench import clickhouse_keys as keys
     from pipeline.baselines import BASELINE_SQL
     from pipeline.sinks.clickhouse import ClickHouseSink
-
-    spec = importlib.util.spec_from_file_location("ck", MEASURED.parent / "clickhouse_keys.py")
-    assert spec and spec.loader
-    keys = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(keys)
     sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{tempfile.mkdtemp(prefix='sim-')}"), "sim",
                           ttl_days=100_000)
     sink.migrate()

@@ -96,8 +96,8 @@ def compute(sink: ClickHouseSink, *, window_seconds: int, approved: list[str], n
 def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, policy: LoadedPolicy) -> BaselinePublisher:
     """Schedule baseline refreshes on the writer loop (the thread that owns the store's client)."""
     publisher = BaselinePublisher(
-        settings, sink, window_seconds=policy.policy.drift.baseline_window_seconds,
-        approved=policy.policy.approved_policy_refs(), interval=settings.baseline_refresh_seconds)
+        settings, sink, window_seconds=policy.governance.drift.baseline_window_seconds,
+        approved=policy.governance.approved_policy_refs(), interval=settings.baseline_refresh_seconds)
     writer.add_task(settings.baseline_refresh_seconds, publisher)
     return publisher
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import subprocess
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -23,6 +22,7 @@ from types import TracebackType
 from confluent_kafka.admin import AdminClient
 
 from .errors import BrokerError
+from .process import ChildProcess
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,15 @@ def port_free(port: int) -> bool:
         return True
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_broker(bootstrap: str, timeout: float = 30.0, proc: ChildProcess | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap, "logger": logging.getLogger("librdkafka")})
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise BrokerError(f"broker exited with code {proc.returncode} before it was ready", bootstrap=bootstrap)
+            tail = proc.tail(5)
+            raise BrokerError(f"broker exited with code {proc.returncode} before it was ready"
+                              + (f"; its log ends: {tail}" if tail else ""), bootstrap=bootstrap)
         try:
             admin.list_topics(timeout=2)
             return
@@ -80,7 +82,7 @@ class EmbeddedBroker:
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -93,12 +95,9 @@ class EmbeddedBroker:
                 "Stop it, or set AGENTGOV_EMBEDDED_BROKER_PORT (or AGENTGOV_KAFKA_BOOTSTRAP to use it).",
                 port=self.port)
         url = f"tcp://127.0.0.1:{self.port}"
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
+        self.proc = ChildProcess(
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"], log_path=self.log_path).start()
         try:
             wait_for_broker(self.bootstrap, proc=self.proc)
         except BrokerError:
@@ -108,13 +107,8 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            self.proc.stop(grace=5)
         self.proc = None
 
     def __enter__(self) -> EmbeddedBroker:

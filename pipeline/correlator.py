@@ -258,7 +258,7 @@ class Correlator(TransactionalLoop):
     def _page_early(self, state: KeyedState, ev: TransitionDict) -> list[CrossRunFinding]:
         """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
         arrived facts; by agent over the agent's arrived facts (group nesting) and the delegation graph."""
-        reach = self.policy.policy.escalation.window_seconds * 1000
+        reach = self.policy.governance.escalation.window_seconds * 1000
         if not state.by_target and not (ev["action"] == "create_group"
                                         or state.created_before(state.key_of(ev), ev, reach)):
             # By agent, re-judging the key's later facts can only matter to group nesting, and only when this
@@ -272,14 +272,14 @@ class Correlator(TransactionalLoop):
         """How much event time of arrived facts early pages read: a fact arriving within the grace reaches
         back one escalation window (group nesting reads the agent's facts, the other paging rules the
         target's)."""
-        return self.policy.policy.escalation.window_seconds * 1000 + self.grace_ms
+        return self.policy.governance.escalation.window_seconds * 1000 + self.grace_ms
 
     def _paging(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
-        policy = self.policy.policy
+        policy = self.policy.governance
         if state.by_target:
             if not may_page(ev, policy, PAGING_BY_TARGET):
                 return []  # most facts: nothing to read
-            history = state.arrived_before(key, ev, self.policy.policy.escalation.window_seconds * 1000)
+            history = state.arrived_before(key, ev, policy.escalation.window_seconds * 1000)
             cx = CrossRunContext(self.policy, key, history=history, scorer_window_ms=self.scorer_window_ms)
             return correlate(ev, cx, PAGING_BY_TARGET)
         if not granted_access(ev):
@@ -293,7 +293,7 @@ class Correlator(TransactionalLoop):
         return correlate(ev, cx, rules)
 
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
-        policy = self.policy.policy
+        policy = self.policy.governance
         if state.by_target:
             # Escalation and SoD read the escalation window; holdings cover anything older.
             history = state.before(key, ev, policy.escalation.window_seconds * 1000)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from .broker import EmbeddedBroker
 from .decision_log import attach as attach_decision_log
 from .kraft import KraftCluster
 from .metrics import Metrics
+from .process import ChildProcess
 from .scoring.policy import load_policy
 from .settings import ENV_PREFIX, Settings
 from .sinks.clickhouse import ClickHouseSink
@@ -83,8 +83,8 @@ class Pipeline:
         self.supervise = supervise
         self.scorer_metrics_ports = scorer_metrics_ports
         self.broker: EmbeddedBroker | KraftCluster | None = None
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.correlator_procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[ChildProcess] = []
+        self.correlator_procs: list[ChildProcess] = []
         self.correlation_store: correlations.CorrelationStore | None = None
         self.writer: Writer | None = None
         self.sink: ClickHouseSink | None = None
@@ -121,7 +121,7 @@ class Pipeline:
             self._supervisor.start()
         return self
 
-    def _spawn(self, index: int, role: str = "scorer") -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int, role: str = "scorer") -> ChildProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(settings_env(self.settings))
         port = self.settings.metrics_port
@@ -133,9 +133,9 @@ class Pipeline:
             port = port + offset if port else 0
         env[ENV_PREFIX + "METRICS_PORT"] = str(port)
         env[ENV_PREFIX + "INSTANCE_ID"] = f"{role}-{index}"  # a restart fences its predecessor's transaction
-        out = open(self.log_dir / f"{role}-{index}.log", "ab") if self.log_dir else None  # noqa: SIM115
-        return subprocess.Popen([sys.executable, "-m", f"consumers.{role}"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT if out else None)
+        log_path = self.log_dir / f"{role}-{index}.log" if self.log_dir else None
+        return ChildProcess([sys.executable, "-m", f"consumers.{role}"], env=env, log_path=log_path,
+                            inherit_output=True).start()
 
     def _watch(self) -> None:
         while not self.stop_event.wait(1.0):
@@ -144,7 +144,7 @@ class Pipeline:
                     if proc.poll() is not None and not self.stop_event.is_set():
                         log.warning(f"{role} exited; restarting",
                                     extra={"kv": {"index": i, "code": proc.returncode}})
-                        procs[i] = self._spawn(i, role)
+                        proc.start()
 
     def scorer_pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -163,14 +163,9 @@ class Pipeline:
     def stop(self) -> None:
         self.stop_event.set()
         for proc in (*self.procs, *self.correlator_procs):
-            if proc.poll() is None:
-                proc.terminate()
+            proc.terminate()
         for proc in (*self.procs, *self.correlator_procs):
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.stop(grace=20)
         if self._writer_thread is not None:
             self._writer_thread.join(30)
         if getattr(self, "decision_log", None) is not None:

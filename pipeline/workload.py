@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .drafts import draft
 from .publisher import TransitionPublisher
 
 POLICY_ID = "iga-access-policy"
@@ -103,29 +104,25 @@ class Op:
             pub.producer.produce(pub.topic, self.payload, key=self.key or None)
 
 
-def _draft(run: str, step: int, agent: str, workflow: str, trigger: tuple[str, str | None], action: str,
-           target: str, system: str, resource: str, tier: int, *, entitlement: str | None = None,
-           lifecycle: str = "active", ttype: str = "human", outcome: str = "granted",
-           authority: str = "policy_engine", recommended_by: str | None = "model",
-           approved_by: str | None = None, inputs: tuple[dict[str, str], ...] = HR_INPUTS,
-           on_behalf_of: str | None = SERVICE_PRINCIPAL, policy_version: str = POLICY_VERSION,
-           scenario: str = "benign", states: tuple[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "workflow_id": workflow, "workflow_version": "3", "run_id": run, "step": step,
-        "from_state": states[0] if states else f"s{step}", "to_state": states[1] if states else f"s{step + 1}",
-        "agent": {"agent_id": agent, "agent_version": "1.4.2", "on_behalf_of": on_behalf_of,
-                  "model_id": "gpt-iam-2026-10" if recommended_by == "model" or authority == "model" else None},
-        "trigger": {"kind": trigger[0], "ref": trigger[1]},
-        "action": action,
-        "target": {"identity_id": target, "identity_type": ttype, "lifecycle_state": lifecycle},
-        "resource": {"system": system, "resource_id": resource, "entitlement": entitlement, "privilege_tier": tier},
-        "inputs_used": list(inputs),
-        "decision": {"outcome": outcome, "authority": authority, "recommended_by": recommended_by,
-                     "approved_by": approved_by, "approval_ref": f"APR-{abs(hash((run, step))) % 10**6}"
-                     if approved_by else None},
-        "policy": {"policy_id": POLICY_ID, "policy_version": policy_version, "decision_id": f"dec-{uuid.uuid4()}"},
-        "attributes": {"demo.scenario": scenario},
-    }
+def run_step(run: str, step: int, agent: str, workflow: str, trigger: tuple[str, str | None], action: str,
+             target: str, system: str, resource: str, tier: int, /, **changes: Any) -> dict[str, Any]:
+    """One step of a workload run: :func:`pipeline.drafts.draft` with the run's and the step's fields, the
+    workload's inputs (HR), states ``s<step>`` -> ``s<step+1>``, the ``benign`` scenario and a fresh decision
+    id; ``changes`` are builder paths (``resource__entitlement=...``). A model id is set when a model
+    recommended or decided, an approval reference when someone approved."""
+    d = draft({"workflow_id": workflow, "run_id": run, "step": step, "from_state": f"s{step}",
+               "to_state": f"s{step + 1}", "agent.agent_id": agent, "agent.on_behalf_of": SERVICE_PRINCIPAL,
+               "trigger.kind": trigger[0], "trigger.ref": trigger[1], "action": action,
+               "target.identity_id": target, "resource.system": system, "resource.resource_id": resource,
+               "resource.privilege_tier": tier, "inputs_used": list(HR_INPUTS),
+               "policy.policy_id": POLICY_ID, "policy.policy_version": POLICY_VERSION,
+               "policy.decision_id": f"dec-{uuid.uuid4()}", "attributes": {"demo.scenario": "benign"}}, **changes)
+    decision = d["decision"]
+    by_model = "model" in (decision["recommended_by"], decision["authority"])
+    d["agent"]["model_id"] = "gpt-iam-2026-10" if by_model else None
+    ref = zlib.crc32(f"{run}#{step}".encode()) % 10**6  # stable across processes, unlike hash()
+    decision["approval_ref"] = f"APR-{ref}" if decision["approved_by"] else None
+    return d
 
 
 @dataclass
@@ -144,12 +141,12 @@ class Workload:
         r, user, dept = f"run-joiner-{n}", f"u{n:06d}", self.rng.choice(DEPARTMENTS)
         agent, trig = self.rng.choice(JML_AGENTS), ("joiner", f"HR-{100000 + n}")
         return [
-            _draft(r, 0, agent, "jml-provisioning", trig, "create_account", user, "entra-id", "user-account", 0),
-            _draft(r, 1, agent, "jml-provisioning", trig, "add_group_member", user, "entra-id", f"grp-{dept}", 1),
-            _draft(r, 2, agent, "jml-provisioning", trig, "grant_entitlement", user, "salesforce", "sf-profile", 1,
-                   entitlement=f"{dept}-standard"),
-            _draft(r, 3, agent, "jml-provisioning", trig, "assign_role", user, "aws", "role/ReadOnly", 2,
-                   approved_by=f"mgr-{dept}"),
+            run_step(r, 0, agent, "jml-provisioning", trig, "create_account", user, "entra-id", "user-account", 0),
+            run_step(r, 1, agent, "jml-provisioning", trig, "add_group_member", user, "entra-id", f"grp-{dept}", 1),
+            run_step(r, 2, agent, "jml-provisioning", trig, "grant_entitlement", user, "salesforce", "sf-profile", 1,
+                     resource__entitlement=f"{dept}-standard"),
+            run_step(r, 3, agent, "jml-provisioning", trig, "assign_role", user, "aws", "role/ReadOnly", 2,
+                     decision__approved_by=f"mgr-{dept}"),
         ]
 
     def _mover(self, n: int) -> list[dict[str, Any]]:
@@ -157,10 +154,10 @@ class Workload:
         old, new = self.rng.sample(DEPARTMENTS, 2)
         agent, trig = self.rng.choice(JML_AGENTS), ("mover", f"HR-{200000 + n}")
         return [
-            _draft(r, 0, agent, "jml-provisioning", trig, "remove_group_member", user, "entra-id", f"grp-{old}", 1),
-            _draft(r, 1, agent, "jml-provisioning", trig, "add_group_member", user, "entra-id", f"grp-{new}", 1),
-            _draft(r, 2, agent, "jml-provisioning", trig, "grant_entitlement", user, "salesforce", "sf-profile", 1,
-                   entitlement=f"{new}-standard"),
+            run_step(r, 0, agent, "jml-provisioning", trig, "remove_group_member", user, "entra-id", f"grp-{old}", 1),
+            run_step(r, 1, agent, "jml-provisioning", trig, "add_group_member", user, "entra-id", f"grp-{new}", 1),
+            run_step(r, 2, agent, "jml-provisioning", trig, "grant_entitlement", user, "salesforce", "sf-profile", 1,
+                     resource__entitlement=f"{new}-standard"),
         ]
 
     def _leaver(self, n: int) -> list[dict[str, Any]]:
@@ -168,22 +165,23 @@ class Workload:
         agent, trig = self.rng.choice(JML_AGENTS), ("leaver", f"HR-{300000 + n}")
         gone = "terminated"
         return [
-            _draft(r, 0, agent, "jml-provisioning", trig, "disable_account", user, "entra-id", "user-account", 0,
-                   lifecycle=gone),
-            _draft(r, 1, agent, "jml-provisioning", trig, "revoke_entitlement", user, "salesforce", "sf-profile", 1,
-                   entitlement="sales-standard", lifecycle=gone),
-            _draft(r, 2, agent, "jml-provisioning", trig, "remove_role", user, "aws", "role/ReadOnly", 2,
-                   lifecycle=gone),
+            run_step(r, 0, agent, "jml-provisioning", trig, "disable_account", user, "entra-id", "user-account", 0,
+                     target__lifecycle_state=gone),
+            run_step(r, 1, agent, "jml-provisioning", trig, "revoke_entitlement", user, "salesforce", "sf-profile", 1,
+                     resource__entitlement="sales-standard", target__lifecycle_state=gone),
+            run_step(r, 2, agent, "jml-provisioning", trig, "remove_role", user, "aws", "role/ReadOnly", 2,
+                     target__lifecycle_state=gone),
         ]
 
     def _request(self, n: int) -> list[dict[str, Any]]:
         r, user = f"run-request-{n}", f"u{n:06d}"
         agent, trig = self.rng.choice(REQ_AGENTS), ("access_request", f"REQ-{n}")
         return [
-            _draft(r, 0, agent, "access-request", trig, "recommend", user, "github", "org-acme", 2,
-                   entitlement="repo-maintain", outcome="recommended"),
-            _draft(r, 1, agent, "access-request", trig, "grant_entitlement", user, "github", "org-acme", 2,
-                   entitlement="repo-maintain", approved_by="approver-7", authority="human"),
+            run_step(r, 0, agent, "access-request", trig, "recommend", user, "github", "org-acme", 2,
+                     resource__entitlement="repo-maintain", decision__outcome="recommended"),
+            run_step(r, 1, agent, "access-request", trig, "grant_entitlement", user, "github", "org-acme", 2,
+                     resource__entitlement="repo-maintain", decision__approved_by="approver-7",
+                     decision__authority="human"),
         ]
 
     def _auth(self, n: int) -> list[dict[str, Any]]:
@@ -191,8 +189,9 @@ class Workload:
         signal_inputs = ({"name": "risk_score", "source": "idp"}, {"name": "device_trust", "source": "mdm"})
         action = self.rng.choice(("allow_auth", "allow_auth", "step_up_auth", "deny_auth"))
         outcome = "denied" if action == "deny_auth" else "granted"
-        return [_draft(r, 0, AUTH_AGENTS[0], "auth-gateway", ("signal", f"SIG-{n}"), action, user, "okta",
-                       "app-portal", 0, outcome=outcome, inputs=signal_inputs, recommended_by="rule")]
+        return [run_step(r, 0, AUTH_AGENTS[0], "auth-gateway", ("signal", f"SIG-{n}"), action, user, "okta",
+                         "app-portal", 0, decision__outcome=outcome, inputs_used=list(signal_inputs),
+                         decision__recommended_by="rule")]
 
     # -- planted violations --------------------------------------------------------------------
     def _planted(self) -> list[Op]:
@@ -205,73 +204,80 @@ class Workload:
                 ops.append(Op("draft", scenario, d))
 
         a = "agent-jml-01"
-        run("self_grant", [_draft("run-p-self", 0, a, jml, trig, "grant_entitlement", SERVICE_PRINCIPAL,
-                                  "salesforce", "sf-profile", 1, entitlement="sales-standard", ttype="service")])
-        run("model_final_authority", [_draft("run-p-model", 0, a, jml, trig, "assign_role", "u900002", "aws",
-                                             "role/ReadOnly", 1, authority="model")])
-        run("unapproved_privileged_grant", [_draft("run-p-unapproved", 0, a, jml, trig, "assign_role", "u900003",
-                                                   "aws", "role/Admin", 3)])
-        run("missing_evidence", [_draft("run-p-noevidence", 0, a, jml, ("joiner", None), "add_group_member",
-                                        "u900004", "entra-id", "grp-sales", 1, inputs=())])
-        run("input_outside_allowlist", [_draft("run-p-inputs", 0, a, jml, trig, "add_group_member", "u900005",
-                                               "entra-id", "grp-sales", 1,
-                                               inputs=(*HR_INPUTS, {"name": "credit_score", "source": "model"}))])
-        run("system_outside_boundary", [_draft("run-p-system", 0, a, jml, trig, "grant_entitlement", "u900006",
-                                               "payroll-prod", "payroll-app", 1, entitlement="payroll-viewer")])
-        run("stale_policy_version", [_draft("run-p-stale", 0, a, jml, trig, "add_group_member", "u900007",
-                                            "entra-id", "grp-sales", 1, policy_version="2")])
-        run("grant_to_terminated", [_draft("run-p-terminated", 0, a, jml, ("mover", "HR-999008"),
-                                           "grant_entitlement", "u900008", "salesforce", "sf-profile", 1,
-                                           entitlement="sales-standard", lifecycle="terminated")])
+        run("self_grant", [run_step("run-p-self", 0, a, jml, trig, "grant_entitlement", SERVICE_PRINCIPAL,
+                                    "salesforce", "sf-profile", 1, resource__entitlement="sales-standard",
+                                    target__identity_type="service")])
+        run("model_final_authority", [run_step("run-p-model", 0, a, jml, trig, "assign_role", "u900002", "aws",
+                                               "role/ReadOnly", 1, decision__authority="model")])
+        run("unapproved_privileged_grant", [run_step("run-p-unapproved", 0, a, jml, trig, "assign_role", "u900003",
+                                                     "aws", "role/Admin", 3)])
+        run("missing_evidence", [run_step("run-p-noevidence", 0, a, jml, ("joiner", None), "add_group_member",
+                                          "u900004", "entra-id", "grp-sales", 1, inputs_used=[])])
+        credit = {"name": "credit_score", "source": "model"}
+        run("input_outside_allowlist", [run_step("run-p-inputs", 0, a, jml, trig, "add_group_member", "u900005",
+                                                 "entra-id", "grp-sales", 1, inputs_used=[*HR_INPUTS, credit])])
+        run("system_outside_boundary", [run_step("run-p-system", 0, a, jml, trig, "grant_entitlement", "u900006",
+                                                 "payroll-prod", "payroll-app", 1,
+                                                 resource__entitlement="payroll-viewer")])
+        run("stale_policy_version", [run_step("run-p-stale", 0, a, jml, trig, "add_group_member", "u900007",
+                                              "entra-id", "grp-sales", 1, policy__policy_version="2")])
+        run("grant_to_terminated", [run_step("run-p-terminated", 0, a, jml, ("mover", "HR-999008"),
+                                             "grant_entitlement", "u900008", "salesforce", "sf-profile", 1,
+                                             resource__entitlement="sales-standard",
+                                             target__lifecycle_state="terminated")])
         run("sod_toxic_pair", [
-            _draft("run-p-sod", 0, "agent-access-01", "access-request", ("access_request", "REQ-999009"),
-                   "grant_entitlement", "u900009", "sap", "sap-fi", 1, entitlement="ap-create-vendor"),
-            _draft("run-p-sod", 1, "agent-access-01", "access-request", ("access_request", "REQ-999009"),
-                   "grant_entitlement", "u900009", "sap", "sap-fi", 1, entitlement="ap-approve-payment"),
+            run_step("run-p-sod", 0, "agent-access-01", "access-request", ("access_request", "REQ-999009"),
+                     "grant_entitlement", "u900009", "sap", "sap-fi", 1, resource__entitlement="ap-create-vendor"),
+            run_step("run-p-sod", 1, "agent-access-01", "access-request", ("access_request", "REQ-999009"),
+                     "grant_entitlement", "u900009", "sap", "sap-fi", 1, resource__entitlement="ap-approve-payment"),
         ])
         # Escalation chains: each step on its own passes the per-event rules.
         rogue = "agent-jml-03"
         run("esc_group_nesting", [
-            _draft("run-p-esc-group", 0, rogue, jml, ("joiner", "HR-999010"), "create_group", "grp-tmp-sync",
-                   "entra-id", "grp-tmp-sync", 0, ttype="service"),
-            _draft("run-p-esc-group", 1, rogue, jml, ("joiner", "HR-999010"), "add_group_member", SERVICE_PRINCIPAL,
-                   "entra-id", "grp-tmp-sync", 1, ttype="service", on_behalf_of=None),
-            _draft("run-p-esc-group", 2, rogue, jml, ("joiner", "HR-999010"), "assign_role", "grp-tmp-sync",
-                   "entra-id", "role/GlobalReader", 2, approved_by="mgr-sales", ttype="service"),
-            _draft("run-p-esc-group", 3, rogue, jml, ("joiner", "HR-999010"), "assign_role", "grp-tmp-sync",
-                   "entra-id", "role/GlobalAdmin", 3, approved_by="mgr-sales", recommended_by="model",
-                   authority="policy_engine", ttype="service", entitlement="global-admin"),
+            run_step("run-p-esc-group", 0, rogue, jml, ("joiner", "HR-999010"), "create_group", "grp-tmp-sync",
+                     "entra-id", "grp-tmp-sync", 0, target__identity_type="service"),
+            run_step("run-p-esc-group", 1, rogue, jml, ("joiner", "HR-999010"), "add_group_member", SERVICE_PRINCIPAL,
+                     "entra-id", "grp-tmp-sync", 1, target__identity_type="service", agent__on_behalf_of=None),
+            run_step("run-p-esc-group", 2, rogue, jml, ("joiner", "HR-999010"), "assign_role", "grp-tmp-sync",
+                     "entra-id", "role/GlobalReader", 2, decision__approved_by="mgr-sales",
+                     target__identity_type="service"),
+            run_step("run-p-esc-group", 3, rogue, jml, ("joiner", "HR-999010"), "assign_role", "grp-tmp-sync",
+                     "entra-id", "role/GlobalAdmin", 3, decision__approved_by="mgr-sales",
+                     decision__recommended_by="model",
+                     decision__authority="policy_engine", target__identity_type="service",
+                     resource__entitlement="global-admin"),
         ])
         run("esc_tier_stepping", [
-            _draft("run-p-esc-tier", i, rogue, jml, ("mover", "HR-999011"), "assign_role", "u900011", "aws",
-                   f"role/Step{i}", i + 1, approved_by="mgr-eng" if i + 1 >= 2 else None)
+            run_step("run-p-esc-tier", i, rogue, jml, ("mover", "HR-999011"), "assign_role", "u900011", "aws",
+                     f"role/Step{i}", i + 1, decision__approved_by="mgr-eng" if i + 1 >= 2 else None)
             for i in range(3)
         ])
         run("esc_transient_privilege", [
-            _draft("run-p-esc-transient", 0, rogue, jml, ("mover", "HR-999012"), "grant_entitlement", "u900012",
-                   "aws", "role/Admin", 3, entitlement="aws-admin", approved_by="mgr-eng"),
-            _draft("run-p-esc-transient", 1, rogue, jml, ("mover", "HR-999012"), "revoke_entitlement", "u900012",
-                   "aws", "role/Admin", 3, entitlement="aws-admin"),
+            run_step("run-p-esc-transient", 0, rogue, jml, ("mover", "HR-999012"), "grant_entitlement", "u900012",
+                     "aws", "role/Admin", 3, resource__entitlement="aws-admin", decision__approved_by="mgr-eng"),
+            run_step("run-p-esc-transient", 1, rogue, jml, ("mover", "HR-999012"), "revoke_entitlement", "u900012",
+                     "aws", "role/Admin", 3, resource__entitlement="aws-admin"),
         ])
         run("esc_delegation_self_grant", [
-            _draft("run-p-esc-deleg", 0, "agent-access-01", "access-request", ("access_request", "REQ-999013"),
-                   "grant_entitlement", "agent-access-02", "github", "org-acme", 1, entitlement="delegate",
-                   ttype="agent", on_behalf_of=None),
-            _draft("run-p-esc-deleg", 1, "agent-access-02", "access-request", ("access_request", "REQ-999013"),
-                   "grant_entitlement", "agent-access-02", "github", "org-acme", 3, entitlement="org-owner",
-                   ttype="agent", on_behalf_of="agent-access-01", approved_by="approver-7"),
+            run_step("run-p-esc-deleg", 0, "agent-access-01", "access-request", ("access_request", "REQ-999013"),
+                     "grant_entitlement", "agent-access-02", "github", "org-acme", 1, resource__entitlement="delegate",
+                     target__identity_type="agent", agent__on_behalf_of=None),
+            run_step("run-p-esc-deleg", 1, "agent-access-02", "access-request", ("access_request", "REQ-999013"),
+                     "grant_entitlement", "agent-access-02", "github", "org-acme", 3, resource__entitlement="org-owner",
+                     target__identity_type="agent", agent__on_behalf_of="agent-access-01",
+                     decision__approved_by="approver-7"),
         ])
         # Evidence-chain tampering: bypass the SDK's own hashing.
-        tamper = _draft("run-p-tamper", 0, a, jml, trig, "add_group_member", "u900014", "entra-id", "grp-sales", 1,
-                        scenario="tampered_event")
+        tamper = run_step("run-p-tamper", 0, a, jml, trig, "add_group_member", "u900014", "entra-id", "grp-sales", 1,
+                          attributes={"demo.scenario": "tampered_event"})
         ops.append(Op("record", "tampered_event", tamper, mutate=_tamper))
-        gap = [_draft("run-p-gap", i, a, jml, trig, "add_group_member", "u900015", "entra-id", f"grp-{d}", 1,
-                      scenario="missing_step") for i, d in enumerate(("sales", "hr", "legal"))]
+        gap = [run_step("run-p-gap", i, a, jml, trig, "add_group_member", "u900015", "entra-id", f"grp-{d}", 1,
+                        attributes={"demo.scenario": "missing_step"}) for i, d in enumerate(("sales", "hr", "legal"))]
         ops.append(Op("draft", "missing_step", gap[0]))
         ops.append(Op("record", "missing_step", gap[1], send="skip"))
         ops.append(Op("draft", "missing_step", gap[2]))
-        dup = _draft("run-p-dup", 0, a, jml, trig, "add_group_member", "u900016", "entra-id", "grp-sales", 1,
-                     scenario="duplicate_event_id")
+        dup = run_step("run-p-dup", 0, a, jml, trig, "add_group_member", "u900016", "entra-id", "grp-sales", 1,
+                       attributes={"demo.scenario": "duplicate_event_id"})
         dup_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
         dup["event_id"] = dup_id
         ops.append(Op("draft", "duplicate_event_id", dup))
@@ -306,64 +312,74 @@ class Workload:
         rogue, jml, m = "agent-jml-04", "jml-provisioning", timedelta(minutes=1)
         used.clear()
         for i, t in enumerate((1, 2, 3)):
-            add("xrun_tier_stepping", _draft(run_id("tier"), 0, rogue, jml, ("mover", f"HR-99902{i}"), "assign_role",
-                                             "u900020", "aws", f"role/Step{t}", t,
-                                             approved_by="mgr-eng" if t == 2 else None), (30 - 10 * i) * m)
+            add("xrun_tier_stepping", run_step(run_id("tier"), 0, rogue, jml, ("mover", f"HR-99902{i}"), "assign_role",
+                                               "u900020", "aws", f"role/Step{t}", t,
+                                               decision__approved_by="mgr-eng" if t == 2 else None), (30 - 10 * i) * m)
         used.clear()
-        add("xrun_transient_privilege", _draft(run_id("jit"), 0, rogue, jml, ("mover", "HR-999030"),
-                                               "grant_entitlement", "u900030", "aws", "role/Admin", 3,
-                                               entitlement="aws-admin", approved_by="mgr-eng"), 10 * m)
-        add("xrun_transient_privilege", _draft(run_id("jit"), 0, rogue, jml, ("mover", "HR-999031"),
-                                               "revoke_entitlement", "u900030", "aws", "role/Admin", 3,
-                                               entitlement="aws-admin"), 8 * m)
+        add("xrun_transient_privilege", run_step(run_id("jit"), 0, rogue, jml, ("mover", "HR-999030"),
+                                                 "grant_entitlement", "u900030", "aws", "role/Admin", 3,
+                                                 resource__entitlement="aws-admin", decision__approved_by="mgr-eng"),
+                                               10 * m)
+        add("xrun_transient_privilege", run_step(run_id("jit"), 0, rogue, jml, ("mover", "HR-999031"),
+                                                 "revoke_entitlement", "u900030", "aws", "role/Admin", 3,
+                                                 resource__entitlement="aws-admin"), 8 * m)
         used.clear()
         agents = ("agent-x-a", "agent-x-b", "agent-x-c")
         for i in range(2):
-            add("xrun_delegation_laundering", _draft(
+            add("xrun_delegation_laundering", run_step(
                 run_id("deleg"), 0, agents[i], "access-request", ("access_request", f"REQ-99904{i}"), "assign_role",
-                agents[i + 1], "entra-id", "role/PrivilegedRoleAdministrator", 2, ttype="agent",
-                on_behalf_of="svc-x-owner" if i == 0 else None, approved_by="approver-7"), (20 - i) * m)
-        add("xrun_delegation_laundering", _draft(
+                agents[i + 1], "entra-id", "role/PrivilegedRoleAdministrator", 2, target__identity_type="agent",
+                agent__on_behalf_of="svc-x-owner" if i == 0 else None, decision__approved_by="approver-7"),
+                (20 - i) * m)
+        add("xrun_delegation_laundering", run_step(
             run_id("deleg"), 0, agents[2], "access-request", ("access_request", "REQ-999042"), "grant_entitlement",
-            "svc-x-owner", "aws", "role/Admin", 3, entitlement="aws-admin", ttype="service", on_behalf_of=None,
-            approved_by="approver-7"), 12 * m)
+            "svc-x-owner", "aws", "role/Admin", 3, resource__entitlement="aws-admin",
+            target__identity_type="service", agent__on_behalf_of=None,
+            decision__approved_by="approver-7"), 12 * m)
         used.clear()
-        add("xrun_sod_against_holdings", _draft(run_id("sod"), 0, "agent-access-01", "access-request",
-                                                ("access_request", "REQ-999050"), "grant_entitlement", "u900050", "sap",
-                                                "sap-fi", 1, entitlement="ap-create-vendor"), timedelta(days=30))
-        add("xrun_sod_against_holdings", _draft(run_id("sod"), 0, "agent-access-02", "access-request",
-                                                ("access_request", "REQ-999051"), "grant_entitlement", "u900050", "sap",
-                                                "sap-fi", 1, entitlement="ap-approve-payment"), 9 * m)
+        add("xrun_sod_against_holdings", run_step(run_id("sod"), 0, "agent-access-01", "access-request",
+                                                  ("access_request", "REQ-999050"), "grant_entitlement", "u900050",
+                                                  "sap",
+                                                  "sap-fi", 1, resource__entitlement="ap-create-vendor"),
+                                                timedelta(days=30))
+        add("xrun_sod_against_holdings", run_step(run_id("sod"), 0, "agent-access-02", "access-request",
+                                                  ("access_request", "REQ-999051"), "grant_entitlement", "u900050",
+                                                  "sap",
+                                                  "sap-fi", 1, resource__entitlement="ap-approve-payment"), 9 * m)
         used.clear()
         dup_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
-        add("xrun_duplicate_event_id", _draft(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999060"),
-                                              "add_group_member", "u900060", "entra-id", "grp-sales", 1), 7 * m, dup_id)
-        add("xrun_duplicate_event_id", _draft(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999061"),
-                                              "add_group_member", "u900060", "entra-id", "grp-finance", 1), 6 * m,
+        add("xrun_duplicate_event_id", run_step(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999060"),
+                                                "add_group_member", "u900060", "entra-id", "grp-sales", 1), 7 * m,
+                                                dup_id)
+        add("xrun_duplicate_event_id", run_step(run_id("dup"), 0, "agent-jml-01", jml, ("joiner", "HR-999061"),
+                                                "add_group_member", "u900060", "entra-id", "grp-finance", 1), 6 * m,
             dup_id)
         used.clear()
-        add("xrun_grant_to_leaver", _draft(run_id("left"), 0, "agent-jml-02", jml, ("leaver", "HR-999070"),
-                                           "disable_account", "u900070", "entra-id", "user-account", 0,
-                                           lifecycle="terminated"), timedelta(days=60))
-        add("xrun_grant_to_leaver", _draft(run_id("left"), 0, "agent-jml-02", jml, ("mover", "HR-999071"),
-                                           "grant_entitlement", "u900070", "salesforce", "sf-profile", 1,
-                                           entitlement="sales-standard"), 5 * m)
+        add("xrun_grant_to_leaver", run_step(run_id("left"), 0, "agent-jml-02", jml, ("leaver", "HR-999070"),
+                                             "disable_account", "u900070", "entra-id", "user-account", 0,
+                                             target__lifecycle_state="terminated"), timedelta(days=60))
+        add("xrun_grant_to_leaver", run_step(run_id("left"), 0, "agent-jml-02", jml, ("mover", "HR-999071"),
+                                             "grant_entitlement", "u900070", "salesforce", "sf-profile", 1,
+                                             resource__entitlement="sales-standard"), 5 * m)
         used.clear()
         nester = "agent-x-nest"
-        add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("joiner", "HR-999080"), "create_group",
-                                         "grp-x-sync", "entra-id", "grp-x-sync", 0, ttype="service"), 28 * m)
-        add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("joiner", "HR-999081"), "add_group_member",
-                                         "svc-x-nest-owner", "entra-id", "grp-x-sync", 1, ttype="service",
-                                         on_behalf_of="svc-x-nest-owner"), 18 * m)
-        add("xrun_group_nesting", _draft(run_id("nest"), 0, nester, jml, ("mover", "HR-999082"), "assign_role",
-                                         "grp-x-sync", "entra-id", "role/GlobalAdmin", 3, ttype="service",
-                                         on_behalf_of="svc-x-nest-owner", approved_by="mgr-sales",
-                                         entitlement="global-admin"), 7 * m)  # past the 300 s grace
+        add("xrun_group_nesting", run_step(run_id("nest"), 0, nester, jml, ("joiner", "HR-999080"), "create_group",
+                                           "grp-x-sync", "entra-id", "grp-x-sync", 0, target__identity_type="service"),
+                                         28 * m)
+        add("xrun_group_nesting", run_step(run_id("nest"), 0, nester, jml, ("joiner", "HR-999081"), "add_group_member",
+                                           "svc-x-nest-owner", "entra-id", "grp-x-sync", 1,
+                                           target__identity_type="service",
+                                           agent__on_behalf_of="svc-x-nest-owner"), 18 * m)
+        add("xrun_group_nesting", run_step(run_id("nest"), 0, nester, jml, ("mover", "HR-999082"), "assign_role",
+                                           "grp-x-sync", "entra-id", "role/GlobalAdmin", 3,
+                                           target__identity_type="service",
+                                           agent__on_behalf_of="svc-x-nest-owner", decision__approved_by="mgr-sales",
+                                           resource__entitlement="global-admin"), 7 * m)  # past the 300 s grace
         return ops
 
     def _bad(self) -> list[Op]:
-        valid = _draft("run-bad", 0, "agent-jml-01", "jml-provisioning", ("joiner", "HR-1"), "create_account",
-                       "u1", "entra-id", "user-account", 0)
+        valid = run_step("run-bad", 0, "agent-jml-01", "jml-provisioning", ("joiner", "HR-1"), "create_account",
+                         "u1", "entra-id", "user-account", 0)
         return [
             Op("raw", "garbage_bytes", b"\x17not-avro-at-all", key=b"run-bad"),
             Op("raw", "unknown_fingerprint", b"\xc3\x01" + b"\xee" * 8 + b"\x00\x02", key=b"run-bad"),

@@ -115,7 +115,7 @@ def findings(request: Request, ctx: Ctx,
     out = []
     for r in rows:
         r["id"] = finding_id(r["event_id"], r["code"])
-        r["sla"] = sla(r["severity"], r["occurred_at_ms"], ctx.policy.policy.review.sla_hours, t)
+        r["sla"] = sla(r["severity"], r["occurred_at_ms"], ctx.policy.governance.review.sla_hours, t)
         out.append(_json(r))
     return {"total": total, "findings": out}
 
@@ -132,7 +132,7 @@ def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> dict[str, A
     fid = finding_id(event_id, code)
     state, version, assignee = ctx.store.state("finding", fid)
     return {"finding": _json(f), "id": fid, "state": state, "version": version, "assignee": assignee,
-            "sla": sla(f["severity"], f["occurred_at_ms"], ctx.policy.policy.review.sla_hours, now_ms()),
+            "sla": sla(f["severity"], f["occurred_at_ms"], ctx.policy.governance.review.sla_hours, now_ms()),
             "history": [_json(h) for h in ctx.store.history("finding", fid)],
             "trails": {run: [_json(s) for s in steps] for run, steps in ctx.store.trails(f)}}
 

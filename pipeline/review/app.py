@@ -82,7 +82,7 @@ class ReviewContext:
         """Set the review gauges from the store (called on each scrape of /metrics)."""
         t = now_ms()
         try:
-            open_, breached = self.store.open_by_severity(self.policy.policy.review.sla_hours, t)
+            open_, breached = self.store.open_by_severity(self.policy.governance.review.sla_hours, t)
             counts, expiring = self.store.exception_counts(t)
         except Exception as exc:  # the store may be down; the scrape still answers
             self.metrics.refresh_errors.inc()

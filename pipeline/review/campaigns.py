@@ -133,7 +133,7 @@ def campaign(request: Request, ctx: Ctx, recert: Recert, cid: str, state: str = 
                    recommendation=recommendation, states=ITEM_STATES, recommendations=RECOMMENDATIONS,
                    overdue=c["state"] == "open" and c["due_at"] < now_ms(),
                    history=ctx.store.history("campaign", cid),
-                   certify_needs_justification=ctx.policy.policy.review.certify_justification_required)
+                   certify_needs_justification=ctx.policy.governance.review.certify_justification_required)
 
 
 @router("GET", "/campaigns/{cid}/items/{n}")
@@ -144,7 +144,7 @@ def item_page(request: Request, ctx: Ctx, recert: Recert, cid: str, n: str) -> H
     if item is None or c is None:
         raise ReviewError(f"no such item {iid}")
     return _render(ctx, request, "campaign_item.html", c=c, item=item, history=ctx.store.history("campaign_item", iid),
-                   certify_needs_justification=ctx.policy.policy.review.certify_justification_required)
+                   certify_needs_justification=ctx.policy.governance.review.certify_justification_required)
 
 
 @router("POST", "/campaigns/{cid}/items/{n}")

@@ -105,7 +105,7 @@ def queue(request: Request, ctx: Ctx, severity: Annotated[list[str], Query()] = 
     flt = queue_filter(severity, code, agent, workflow, status, assignee, max_age_hours, min_age_hours)
     t = now_ms()
     rows, total = ctx.store.queue(flt, t, limit=PAGE, offset=(page - 1) * PAGE)
-    sla_hours = ctx.policy.policy.review.sla_hours
+    sla_hours = ctx.policy.governance.review.sla_hours
     for r in rows:
         r["id"] = finding_id(r["event_id"], r["code"])
         r["sla"] = sla(r["severity"], r["occurred_at_ms"], sla_hours, t)
@@ -152,7 +152,7 @@ def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> HTMLRespons
     t = now_ms()
     return _render(ctx, request, "finding.html", actor, f=f, fid=fid, state=state, version=version,
                    assignee=assignee, history=ctx.store.history("finding", fid), trails=ctx.store.trails(f),
-                   sla=sla(f["severity"], f["occurred_at_ms"], ctx.policy.policy.review.sla_hours, t),
+                   sla=sla(f["severity"], f["occurred_at_ms"], ctx.policy.governance.review.sla_hours, t),
                    classifications=CLASSIFICATIONS, reasons=REASONS)
 
 
@@ -177,7 +177,7 @@ def exceptions(request: Request, ctx: Ctx, code: str = "", agent: str = "") -> H
     for r in rows:
         r["status"] = exception_status(r, t)
     return _render(ctx, request, "exceptions.html", actor, rows=rows, code=code, agent=agent,
-                   max_days=ctx.policy.policy.review.exception_max_days)
+                   max_days=ctx.policy.governance.review.exception_max_days)
 
 
 def date_ms(value: str, what: str) -> int:

@@ -26,6 +26,7 @@ import uuid
 from typing import Any
 
 from ..errors import PublishError
+from ..scoring.policy import GovernancePolicy
 from .model import Actor, Conflict, ReviewError, decision, require_role
 from .recert import (
     Evidence,
@@ -67,8 +68,9 @@ class RecertService:
         self.settings = service.settings
 
     @property
-    def policy(self) -> Any:
-        return self.service.policy.policy
+    def governance(self) -> GovernancePolicy:
+        """The governance policy the service's rules read."""
+        return self.service.policy.governance
 
     # -- publishing -------------------------------------------------------------------------------
     def _publish_many(self, key: str, records: list[dict[str, Any]]) -> None:
@@ -114,7 +116,7 @@ class RecertService:
         cid = campaign_id()
         records, recs = [], {"revoke": 0, "certify": 0, "none": 0}
         for n, h in enumerate(held, 1):
-            approved = (self.policy.version_approved(h["policy_id"], h["policy_version"]) if h["retained"] else None)
+            approved = self.governance.version_approved(h["policy_id"], h["policy_version"]) if h["retained"] else None
             ev = _evidence(h, by_event.get(h["event_id"], []), by_run.get(h["run_id"], []), approved)
             rec, reasons = recommend(ev)
             recs[rec] += 1
@@ -166,7 +168,7 @@ class RecertService:
             to_state = check_item_decision(
                 actor, state=item["state"], assignee=item["assignee"], owner=campaign["owner"],
                 campaign_state=campaign["state"], action=action, justification=justification,
-                certify_needs_justification=self.policy.review.certify_justification_required,
+                certify_needs_justification=self.governance.review.certify_justification_required,
                 reassign_to=reassign_to, end_ms=end_ms, now_ms=t)
             payload = {"campaign_id": cid, "assignee": (reassign_to or "").strip() or item["assignee"],
                        "recommendation": item["recommendation"], "target_id": item["target_id"],

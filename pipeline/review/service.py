@@ -168,7 +168,7 @@ class ReviewService:
 
     # -- exceptions -------------------------------------------------------------------------------
     def request_exception(self, actor: Actor, **scope: Any) -> dict[str, Any]:
-        record = new_exception(actor, now_ms(), max_days=self.policy.policy.review.exception_max_days, **scope)
+        record = new_exception(actor, now_ms(), max_days=self.policy.governance.review.exception_max_days, **scope)
         self._store_exception(actor, record, "request", None, comment=None)
         return record
 

@@ -64,7 +64,7 @@ class ScoringContext:
     @property
     def governance(self) -> GovernancePolicy:
         """The governance policy the rules apply (``policy`` is the loaded file: policy, version, hash)."""
-        return self.policy.policy
+        return self.policy.governance
 
 
 def access_name(ev: TransitionDict) -> str:

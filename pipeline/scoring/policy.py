@@ -266,6 +266,11 @@ class LoadedPolicy:
     def version(self) -> str:
         return self.policy.version
 
+    @property
+    def governance(self) -> GovernancePolicy:
+        """The governance policy itself, the way rules read it (``ctx.governance``)."""
+        return self.policy
+
 
 def default_policy_path() -> Path:
     return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"

@@ -15,17 +15,13 @@ subprocess that owns a store (e.g. ``python -m consumers.writer``) may use any p
 
 from __future__ import annotations
 
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Message
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.kraft import KraftCluster
@@ -34,6 +30,7 @@ from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
+from tests.support.helpers import Bus, InProcess
 
 
 @pytest.fixture(scope="session")
@@ -56,19 +53,6 @@ def kafka_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KraftClus
     """One KRaft node, for tests that need Kafka semantics but not replication."""
     with KraftCluster(tmp_path_factory.mktemp("kafka1"), nodes=1) as cluster:
         yield cluster
-
-
-class Bus:
-    """The broker a parametrized test runs on: its bootstrap and the topic replication it supports."""
-
-    def __init__(self, kind: str, bootstrap: str, replication: int, cluster: KraftCluster | None = None) -> None:
-        self.kind = kind
-        self.bootstrap = bootstrap
-        self.replication = replication
-        self.cluster = cluster
-
-    def __repr__(self) -> str:
-        return f"Bus({self.kind})"
 
 
 @pytest.fixture(params=["tansu", pytest.param("kafka", marks=pytest.mark.kafka)])
@@ -171,37 +155,37 @@ def pipeline_factory(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
         pipe.stop()
 
 
-def consume(settings: Settings, topic: str, count: int, timeout: float = 60.0, settle: float = 0.0) -> list[Message]:
-    """Read ``count`` messages of ``topic`` from the start (stops on the count, not on lag), then keep
-    reading ``settle`` seconds more to catch any surplus."""
-    consumer = Consumer(settings.consumer_config(f"reader-{uuid.uuid4().hex[:8]}"))
-    consumer.subscribe([topic])
-    out: list[Message] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and (len(out) < count or settle):
-            out.extend(m for m in consumer.consume(1000, 0.5) if not m.error())
-            if settle and len(out) >= count:
-                deadline = min(deadline, time.monotonic() + settle)
-    finally:
-        consumer.close()
-    return out
+@pytest.fixture
+def in_process() -> Iterator[Callable[..., InProcess]]:
+    """``in_process(settings, registry=None)``: scorer and writer threads in this process, closed after the test."""
+    made: list[InProcess] = []
+
+    def make(settings: Settings, registry: Any = None) -> InProcess:
+        made.append(InProcess(settings, registry))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Samples of a live /metrics endpoint, keyed by (name, sorted labels)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Any]:
+    """A page of a headless Debian Chromium driven by Playwright (no browser download)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is missing: ci/system-deps.sh installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1500, "height": 900})
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()

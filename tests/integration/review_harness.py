@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -19,7 +20,8 @@ from pipeline.review.app import create_app
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
-from pipeline.workload import _draft
+from pipeline.workload import run_step
+from tests.support.helpers import wait_until
 
 # user -> (token, roles)
 USERS: dict[str, tuple[str, list[str]]] = {
@@ -43,21 +45,11 @@ def transient_chain(agent: str, run: str) -> list[dict[str, Any]]:
     """Two events that each pass the per-event rules; together AG-ESC-003 (transient privilege), critical."""
     trig = ("mover", f"HR-{uuid.uuid4().hex[:6]}")
     return [
-        _draft(run, 0, agent, "jml-provisioning", trig, "grant_entitlement", f"u-{run}", "aws", "role/Admin", 3,
-               entitlement="aws-admin", approved_by="mgr-eng"),
-        _draft(run, 1, agent, "jml-provisioning", trig, "revoke_entitlement", f"u-{run}", "aws", "role/Admin", 3,
-               entitlement="aws-admin"),
+        run_step(run, 0, agent, "jml-provisioning", trig, "grant_entitlement", f"u-{run}", "aws", "role/Admin", 3,
+                 resource__entitlement="aws-admin", decision__approved_by="mgr-eng"),
+        run_step(run, 1, agent, "jml-provisioning", trig, "revoke_entitlement", f"u-{run}", "aws", "role/Admin", 3,
+                 resource__entitlement="aws-admin"),
     ]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 class Client:
@@ -86,9 +78,16 @@ def served(app: FastAPI) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 20, 0.05)
+    wait_until(lambda: server.started, 20, 0.05)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where a browser test saves its screenshots: ``$AGENTGOV_SCREENSHOT_DIR``, else the test's tmp dir."""
+    out = Path(os.environ.get("AGENTGOV_SCREENSHOT_DIR", tmp_path / "screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -23,16 +23,15 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from pipeline.acls import ROLES, apply_acls
-from pipeline.chaos import Slot
+from pipeline.drafts import draft
 from pipeline.errors import PublishError
 from pipeline.kraft import KraftCluster
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.settings import Settings
-from tests.factory import draft
-from tests.integration.conftest import wait_until
-from tests.integration.test_chaos import committed, read_store
+from tests.support.chaos import Slot, read_store
+from tests.support.helpers import committed, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 

@@ -18,7 +18,7 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.workload import Op, Workload
 from tests.integration.alerting import Alertmanager, Prometheus, Webhook
-from tests.integration.conftest import wait_until
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 RULES = sorted(Path("compose/prometheus/rules").glob("*.yml"))

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.assessment import AssessmentEncoder
 from pipeline.baselines import compute, from_json, to_json
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import ASSESSMENT, SchemaSet
 from pipeline.scoring.context import ScoringContext
@@ -20,8 +21,7 @@ from pipeline.serde import SOE_HEADER, Serde
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.sinks.ocf import ContainerBuilder
-from tests.factory import draft
-from tests.unit.test_publisher import FakeProducer
+from tests.support.helpers import FakeProducer
 
 pytestmark = pytest.mark.integration
 

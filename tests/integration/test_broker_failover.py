@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.chaos import Slot
 from pipeline.kraft import KraftCluster
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.settings import Settings
 from pipeline.workload import Workload
-from tests.integration.conftest import Bus
-from tests.integration.test_chaos import committed, read_store, topic_keys
+from tests.support.chaos import Slot, read_store
+from tests.support.helpers import Bus, committed, topic_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.kafka]
 

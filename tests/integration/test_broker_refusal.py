@@ -13,38 +13,23 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.deadletters import header
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from tests.factory import draft
-from tests.integration.conftest import Bus, consume, wait_until
-from tests.integration.test_chaos import committed
-from tests.integration.test_fuzz_pipeline import InProcess
+from tests.support.helpers import Bus, InProcess, committed, consume, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 SERDE = Serde(SchemaSet.load())
 TOPIC_MAX_BYTES = 16_384  # max.message.bytes of the assessments and DLQ topics: a neighbour batch fits, the big one not
-
-
-@pytest.fixture
-def in_process() -> Iterator[Callable[[Settings], InProcess]]:
-    made: list[InProcess] = []
-
-    def make(settings: Settings) -> InProcess:
-        made.append(InProcess(settings, None))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def stored_ids(pipe: InProcess) -> set[str]:

@@ -34,7 +34,6 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from pipeline.chaos import Slot, query_store
 from pipeline.correlator import Correlator
 from pipeline.deadletters import header
 from pipeline.delegations import DelegationGraph
@@ -48,7 +47,8 @@ from pipeline.scoring.policy import load_policy
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from pipeline.workload import BAD_INPUTS, PLANTED_CROSS_RUN, Workload
-from tests.integration.conftest import Bus
+from tests.support.chaos import Slot, query_store
+from tests.support.helpers import Bus, committed, read_until_idle, topic_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,23 +95,13 @@ def encode_workload(settings: Settings, events: int) -> tuple[list[tuple[bytes, 
 def dead_letters(settings: Settings, idle: float = 5.0) -> tuple[int, dict[tuple[str, str], set[str]]]:
     """Dead-letter messages a read_committed reader sees, and the reasons given per source record
     (partition, offset on the transitions topic)."""
-    reader = Consumer(settings.consumer_config(f"dlq-{uuid.uuid4().hex[:8]}"))
-    reader.subscribe([settings.topic_dlq])
     messages, sources = 0, dict[tuple[str, str], set[str]]()
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            for msg in reader.consume(1000, 0.5):
-                if msg.error():
-                    continue
-                last = time.monotonic()
-                messages += 1
-                h = msg.headers()
-                assert header(h, "agentgov.source.topic") == settings.topic_transitions
-                source = (header(h, "agentgov.source.partition") or "", header(h, "agentgov.source.offset") or "")
-                sources.setdefault(source, set()).add(header(h, "agentgov.error.reason") or "")
-    finally:
-        reader.close()
+    for msg in read_until_idle(settings, settings.topic_dlq, idle):
+        messages += 1
+        h = msg.headers()
+        assert header(h, "agentgov.source.topic") == settings.topic_transitions
+        source = (header(h, "agentgov.source.partition") or "", header(h, "agentgov.source.offset") or "")
+        sources.setdefault(source, set()).add(header(h, "agentgov.error.reason") or "")
     return messages, sources
 
 
@@ -136,35 +126,6 @@ def produce(settings: Settings, records: list[tuple[bytes, bytes]], *, chunk: in
             time.sleep(pause)
     assert producer.flush(120) == 0
     assert not failed, failed[:3]
-
-
-def committed(settings: Settings, group: str, topic: str) -> int:
-    reader = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        tps = reader.committed([TopicPartition(topic, p) for p in range(settings.topic_partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    except Exception:
-        return -1
-    finally:
-        reader.close()
-
-
-def topic_keys(settings: Settings, topic: str, idle: float = 5.0) -> Counter[bytes]:
-    """Keys of every message a read_committed reader sees on ``topic`` (reads until idle: Tansu's high
-    watermarks are under-reported, so lag cannot tell the end)."""
-    reader = Consumer(settings.consumer_config(f"count-{uuid.uuid4().hex[:8]}"))
-    reader.subscribe([topic])
-    keys: Counter[bytes] = Counter()
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            for msg in reader.consume(5000, 0.5):
-                if not msg.error():
-                    keys[msg.key()] += 1
-                    last = time.monotonic()
-    finally:
-        reader.close()
-    return keys
 
 
 class Drill:
@@ -367,7 +328,7 @@ def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
     return {f.finding_id: f.spec.code for f in found}
 
 
-STORE_SQL = (
+STORE_SQL = (  # tests.support.chaos's, and the cross-run findings
     "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.transitions",
     "SELECT count() AS final FROM {db}.transitions FINAL",
     "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.assessments",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.broker import free_port
-from tests.factory import draft
-from tests.integration.conftest import scrape, wait_until
+from pipeline.drafts import draft
+from tests.support.helpers import scrape, wait_until
 
 pytestmark = pytest.mark.integration
 AGENTGOV = [sys.executable, "-m", "pipeline.cli"]

@@ -1,22 +1,21 @@
 """The audit store's keys on ~1M rows in the embedded engine: the auditors' reads touch few granules.
 
 Rows go in through ``ingest`` (the materialized views fan out as for the writer's batches), generated in
-SQL by ``docs/clickhouse_keys.py``, the script behind the figures in docs/clickhouse.md.
+SQL by ``bench/clickhouse_keys.py``, the script behind the figures in docs/clickhouse.md.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import clickhouse_connect
 import pytest
 
+from bench import clickhouse_keys as keys
 from pipeline import audit
 from pipeline.sinks.clickhouse import ClickHouseSink
 
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.integration
 ROWS = 1_000_000
 
 
-def _keys_script() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "docs" / "clickhouse_keys.py"
-    spec = importlib.util.spec_from_file_location("clickhouse_keys", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-keys = _keys_script()
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,15 @@ from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from pipeline.broker import free_port
+from pipeline.drafts import draft
 from pipeline.errors import PublishError
 from pipeline.kraft import _die_with_parent, kafka_libs
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import settings_env
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
-from tests.factory import draft
-from tests.integration.conftest import wait_until
-from tests.unit.test_compose_stack import BASE, COMPOSE, LAPTOP, _env_example, rendered
+from tests.support.compose import BASE, COMPOSE, LAPTOP, env_example, rendered
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.kafka
 NOT_PROPERTIES = {"KAFKA_OPTS", "KAFKA_HEAP_OPTS", "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_LOG4J_OPTS"}
@@ -101,7 +101,7 @@ def compose_broker(tmp_path: Path) -> Iterator[ComposeBroker]:
 
 
 def test_compose_kafka_security_boots_and_each_principal_gets_only_its_acls(compose_broker: ComposeBroker) -> None:
-    secrets = _env_example()  # a broker of its own: the default topic names are free
+    secrets = env_example()  # a broker of its own: the default topic names are free
     admin = Settings.load(kafka_bootstrap=f"127.0.0.1:{compose_broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
                           kafka_sasl_mechanism="PLAIN", kafka_sasl_username="admin",
                           kafka_sasl_password=SecretStr(secrets["KAFKA_ADMIN_PASSWORD"]), topic_replication=1,

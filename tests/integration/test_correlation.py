@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.audit import export, render_trail, trail
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.drafts import draft
 from pipeline.facts import partition_for
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
@@ -30,8 +31,7 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import wait_for
 from pipeline.topics import ensure_topics
-from tests.factory import draft
-from tests.integration.conftest import consume, scrape
+from tests.support.helpers import consume, scrape
 
 pytestmark = pytest.mark.integration
 

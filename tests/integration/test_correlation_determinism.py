@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from pipeline.broker import EmbeddedBroker
-from pipeline.chaos import Slot
 from pipeline.correlations import CorrelationStore
 from pipeline.correlator import Correlator
 from pipeline.events import TransitionDict
@@ -43,6 +42,8 @@ from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.topics import ensure_topics
 from pipeline.workload import PLANTED_CROSS_RUN, Workload
+from tests.support.chaos import Slot
+from tests.support.helpers import read_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -111,21 +112,8 @@ def produce(settings: Settings, facts: list[Fact]) -> None:
 def findings(settings: Settings, idle: float = 3.0) -> dict[str, str]:
     """finding_id -> code of every finding on the correlations topic."""
     serde = Serde(SchemaSet.load(), None, record=FINDING)
-    reader = Consumer(settings.consumer_config(f"read-{uuid.uuid4().hex[:8]}"))
-    reader.assign([TopicPartition(settings.topic_correlations, p, OFFSET_BEGINNING)
-                   for p in range(settings.topic_partitions)])  # no group join to wait for
-    ids: dict[str, str] = {}
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            for msg in reader.consume(1000, 0.5):
-                if msg.error():
-                    continue
-                last = time.monotonic()
-                ids[msg.key().decode()] = serde.decode(msg.value()).record["code"]
-    finally:
-        reader.close()
-    return ids
+    msgs = read_until_idle(settings, settings.topic_correlations, idle, assign_partitions=True)  # no group join
+    return {msg.key().decode(): serde.decode(msg.value()).record["code"] for msg in msgs}
 
 
 def consumed(settings: Settings, facts: list[Fact]) -> int:

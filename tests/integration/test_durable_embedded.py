@@ -18,11 +18,11 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.broker import free_port
-from pipeline.chaos import query_store
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.settings import Settings
-from tests.factory import draft
-from tests.integration.conftest import consume, scrape, wait_until
+from tests.support.chaos import query_store
+from tests.support.helpers import consume, scrape, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 AGENTGOV = [sys.executable, "-m", "pipeline.cli"]

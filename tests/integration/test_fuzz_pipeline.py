@@ -9,67 +9,25 @@ from __future__ import annotations
 import json
 import random
 import struct
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from confluent_kafka import Message, Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from prometheus_client import CollectorRegistry
 
-from pipeline.consumer import Scorer
+from pipeline.drafts import draft
 from pipeline.events import event_hash
-from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import TRANSITION, SchemaSet, SchemaVersion, _strip_logical
-from pipeline.scoring.policy import load_policy
 from pipeline.serde import CONFLUENT_MAGIC, SOE_HEADER, Serde, encode_datum
 from pipeline.settings import Settings
-from pipeline.sinks.clickhouse import ClickHouseSink
-from pipeline.writer import Writer
-from tests.factory import draft
-from tests.integration.conftest import consume, wait_until
+from tests.support.helpers import InProcess, consume, wait_until
 
 pytestmark = pytest.mark.integration
 SCHEMAS = SchemaSet.load()
-
-
-class InProcess:
-    """Scorer and writer threads sharing one (mock) registry client."""
-
-    def __init__(self, settings: Settings, registry: Any) -> None:
-        self.settings = settings
-        self.metrics = Metrics(CollectorRegistry())
-        self.sink = ClickHouseSink.connect(settings)
-        self.sink.migrate()
-        self.scorer = Scorer(settings, self.metrics, load_policy(settings.policy_file), registry=registry)
-        self.writer = Writer(settings, self.metrics, self.sink, registry=registry)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.scorer.run, args=(self.stop,), daemon=True),
-                        threading.Thread(target=self.writer.run, args=(self.stop,), daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-
-@pytest.fixture
-def in_process() -> Iterator[Callable[[Settings, Any], InProcess]]:
-    made: list[InProcess] = []
-
-    def make(settings: Settings, registry: Any) -> InProcess:
-        made.append(InProcess(settings, registry))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def read_topic(settings: Settings, topic: str, count: int, timeout: float = 60) -> list[Message]:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.workload import BAD_INPUTS, PLANTED, Workload
-from tests.factory import draft
-from tests.integration.conftest import consume
+from tests.support.helpers import consume
 
 pytestmark = pytest.mark.integration
 

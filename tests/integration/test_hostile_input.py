@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from confluent_kafka import Message, Producer
 
 from pipeline.assessment import AssessmentEncoder
 from pipeline.deadletters import header
+from pipeline.drafts import apply, draft
 from pipeline.limits import (
     ATTRIBUTE_VALUE_MAX_CHARS,
     ATTRIBUTES_MAX,
@@ -31,26 +32,11 @@ from pipeline.scoring.engine import Scored
 from pipeline.scoring.policy import load_policy
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from tests.factory import draft
-from tests.integration.conftest import consume, wait_until
-from tests.integration.test_fuzz_pipeline import InProcess
+from tests.support.helpers import InProcess, consume, wait_until
 
 pytestmark = pytest.mark.integration
 SCHEMAS = SchemaSet.load()
 SERDE = Serde(SCHEMAS)
-
-
-@pytest.fixture
-def in_process() -> Iterator[Callable[[Settings], InProcess]]:
-    made: list[InProcess] = []
-
-    def make(settings: Settings) -> InProcess:
-        made.append(InProcess(settings, None))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def raw_producer(settings: Settings) -> Producer:
@@ -139,14 +125,7 @@ def test_sizes_at_the_real_one_megabyte_limit(
 
 
 def _raw(pub: TransitionPublisher, **changes: Any) -> dict[str, Any]:
-    rec = pub.complete(draft(run_id=f"run-b-{uuid.uuid4().hex[:8]}"))
-    for key, value in changes.items():
-        node = rec
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return rec
+    return apply(pub.complete(draft(run_id=f"run-b-{uuid.uuid4().hex[:8]}")), changes)
 
 
 def test_bounds_of_every_narrowed_value(

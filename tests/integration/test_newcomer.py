@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.drafts import draft
 from pipeline.failures import Exit
-from tests.factory import draft
-from tests.integration.conftest import wait_until
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,9 +14,10 @@ from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
-from pipeline.workload import _draft
+from pipeline.workload import run_step
+from tests.support.helpers import wait_until
 
-from .review_harness import Client, make_app, review_overrides, wait_for
+from .review_harness import Client, make_app, review_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +37,21 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     joiner, leaver = ("joiner", f"HR-{tag}"), ("leaver", f"HR-{tag}-l")
     drafts: list[dict[str, Any]] = [
         # a1 in jml-provisioning: 3 approved tier-2 grants; the identity of the first one leaves afterwards.
-        *[_draft(f"run-{tag}-{i}", 0, a1, "jml-provisioning", joiner, "grant_entitlement", f"u-{tag}-{i}",
-                 "salesforce", "crm", 2, entitlement=f"crm-{i}", approved_by="mgr") for i in range(3)],
-        _draft(f"run-{tag}-l", 0, a1, "jml-provisioning", leaver, "disable_account", f"u-{tag}-0", "entra-id",
-               f"acct-{tag}-0", 1, lifecycle="terminated"),
+        *[run_step(f"run-{tag}-{i}", 0, a1, "jml-provisioning", joiner, "grant_entitlement", f"u-{tag}-{i}",
+                   "salesforce", "crm", 2, resource__entitlement=f"crm-{i}",
+                   decision__approved_by="mgr") for i in range(3)],
+        run_step(f"run-{tag}-l", 0, a1, "jml-provisioning", leaver, "disable_account", f"u-{tag}-0", "entra-id",
+                 f"acct-{tag}-0", 1, target__lifecycle_state="terminated"),
         # a2 in access-request: one tier-2 grant, and one later revoked (no longer held).
-        _draft(f"run-{tag}-r", 0, a2, "access-request", ("access_request", f"REQ-{tag}"), "grant_entitlement",
-               f"u-{tag}-9", "github", "org", 2, entitlement="gh-maintain", approved_by="mgr"),
-        _draft(f"run-{tag}-r", 1, a2, "access-request", ("access_request", f"REQ-{tag}"), "grant_entitlement",
-               f"u-{tag}-9", "github", "org", 2, entitlement="gh-admin-tmp", approved_by="mgr"),
-        _draft(f"run-{tag}-r", 2, a2, "access-request", ("access_request", f"REQ-{tag}"), "revoke_entitlement",
-               f"u-{tag}-9", "github", "org", 2, entitlement="gh-admin-tmp"),
+        run_step(f"run-{tag}-r", 0, a2, "access-request", ("access_request", f"REQ-{tag}"), "grant_entitlement",
+                 f"u-{tag}-9", "github", "org", 2, resource__entitlement="gh-maintain", decision__approved_by="mgr"),
+        run_step(f"run-{tag}-r", 1, a2, "access-request", ("access_request", f"REQ-{tag}"), "grant_entitlement",
+                 f"u-{tag}-9", "github", "org", 2, resource__entitlement="gh-admin-tmp", decision__approved_by="mgr"),
+        run_step(f"run-{tag}-r", 2, a2, "access-request", ("access_request", f"REQ-{tag}"), "revoke_entitlement",
+                 f"u-{tag}-9", "github", "org", 2, resource__entitlement="gh-admin-tmp"),
         # a3: a tier-3 grant with no human approval (a serious finding), later dismissed by a reviewer.
-        _draft(f"run-{tag}-p", 0, a3, "access-request", ("access_request", f"REQ-{tag}-p"), "grant_entitlement",
-               f"u-{tag}-p", "aws", "role/Admin", 3, entitlement="aws-admin"),
+        run_step(f"run-{tag}-p", 0, a3, "access-request", ("access_request", f"REQ-{tag}-p"), "grant_entitlement",
+                 f"u-{tag}-p", "aws", "role/Admin", 3, resource__entitlement="aws-admin"),
     ]
     start = datetime.now(UTC) - timedelta(minutes=5)
     for i, d in enumerate(drafts):  # distinct event times: the revoke is the latest change of its access
@@ -57,8 +59,8 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
         pub.publish(d)
     pub.producer.flush(10)
     sink = ClickHouseSink.connect(settings)
-    assert wait_for(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE run_id LIKE {r:String}",
-                                       {"r": f"run-{tag}-%"})[0]["n"] == len(drafts))
+    assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE run_id LIKE {r:String}",
+                                         {"r": f"run-{tag}-%"})[0]["n"] == len(drafts))
     app = make_app(pipe, settings)
     alice, rita, audrey = Client(app, "alice"), Client(app, "rita"), Client(app, "audrey")
 
@@ -129,7 +131,7 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     # -- a finding a reviewer closed as false positive no longer drives the recommendation ------------
     [priv] = items(create(agent=a3)["campaign_id"])
     assert priv["recommendation"] == "revoke", priv
-    findings = wait_for(lambda: alice.get("/api/findings", params={"agent": a3}).json()["findings"])
+    findings = wait_until(lambda: alice.get("/api/findings", params={"agent": a3}).json()["findings"])
     assert findings
     for f in findings:
         r = alice.post(f"/api/findings/{f['event_id']}/{f['code']}/decisions",

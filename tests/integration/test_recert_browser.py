@@ -34,11 +34,10 @@ from pipeline.scoring.policy import default_policy_path
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
-from pipeline.workload import Workload, _draft
+from pipeline.workload import Workload, run_step
+from tests.support.helpers import consume, wait_until
 
-from .conftest import consume
-from .review_harness import USERS, make_app, review_overrides, served, wait_for
-from .test_review_browser import _shots, browser_page  # noqa: F401  (the Chromium fixture)
+from .review_harness import USERS, make_app, review_overrides, screenshot_dir, served
 
 pytestmark = pytest.mark.integration
 
@@ -56,14 +55,14 @@ def _grants(agent: str) -> list[dict[str, Any]]:
     tier-2 grants, each in its own run; one tier-1 grant outside the scope."""
     joiner = ("joiner", f"HR-{uuid.uuid4().hex[:6]}")
     tag = uuid.uuid4().hex[:6]
-    out = [_draft(f"run-rc-{tag}-0", 0, agent, "jml-provisioning", joiner, "grant_entitlement", f"u-rc-{tag}-0",
-                  "aws", "role/Admin", 3, entitlement="aws-admin")]
+    out = [run_step(f"run-rc-{tag}-0", 0, agent, "jml-provisioning", joiner, "grant_entitlement", f"u-rc-{tag}-0",
+                    "aws", "role/Admin", 3, resource__entitlement="aws-admin")]
     for i in (1, 2, 3):
-        out.append(_draft(f"run-rc-{tag}-{i}", 0, agent, "jml-provisioning", joiner, "grant_entitlement",
-                          f"u-rc-{tag}-{i}", "salesforce", "crm", 2, entitlement=f"crm-manager-{i}",
-                          approved_by="mgr-sales"))
-    out.append(_draft(f"run-rc-{tag}-4", 0, agent, "jml-provisioning", joiner, "add_group_member",
-                      f"u-rc-{tag}-4", "slack", "grp-general", 1))
+        out.append(run_step(f"run-rc-{tag}-{i}", 0, agent, "jml-provisioning", joiner, "grant_entitlement",
+                            f"u-rc-{tag}-{i}", "salesforce", "crm", 2, resource__entitlement=f"crm-manager-{i}",
+                            decision__approved_by="mgr-sales"))
+    out.append(run_step(f"run-rc-{tag}-4", 0, agent, "jml-provisioning", joiner, "add_group_member",
+                        f"u-rc-{tag}-4", "slack", "grp-general", 1))
     return out
 
 
@@ -92,8 +91,8 @@ def _gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_recertification_and_input_review_in_chromium(settings_factory: Callable[..., Settings],
                                                       pipeline_factory: Callable[..., Pipeline],
                                                       publisher_factory: Callable[..., TransitionPublisher],
-                                                      browser_page: Any, tmp_path: Path) -> None:  # noqa: F811
-    page, shots = browser_page, _shots(tmp_path)
+                                                      browser_page: Any, tmp_path: Path) -> None:
+    page, shots = browser_page, screenshot_dir(tmp_path)
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(default_policy_path().read_text())
     settings = settings_factory(**review_overrides(policy_file=policy_file))
@@ -106,11 +105,11 @@ def test_recertification_and_input_review_in_chromium(settings_factory: Callable
         pub.publish(d)
     pub.producer.flush(10)
     sink = ClickHouseSink.connect(settings)
-    assert wait_for(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE agent_id = {a:String}",
-                                       {"a": agent})[0]["n"] == 5)
-    assert wait_for(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE agent_id = {a:String} "
-                                       "AND code = 'AG-AUTH-001'", {"a": agent})[0]["n"] == 1)
-    assert wait_for(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE code = 'AG-BND-001'")[0]["n"])
+    assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE agent_id = {a:String}",
+                                         {"a": agent})[0]["n"] == 5)
+    assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE agent_id = {a:String} "
+                                         "AND code = 'AG-AUTH-001'", {"a": agent})[0]["n"] == 1)
+    assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE code = 'AG-BND-001'")[0]["n"])
     app = make_app(pipe, settings)
 
     with served(app) as base:

@@ -29,6 +29,7 @@ from confluent_kafka import Producer
 
 from pipeline.apicurio import CCOMPAT, POM, ApicurioRegistry, RegistryDatabase, postgres_major
 from pipeline.deadletters import header
+from pipeline.drafts import draft
 from pipeline.errors import ConfigError
 from pipeline.kraft import KraftCluster
 from pipeline.publisher import TransitionPublisher
@@ -36,10 +37,9 @@ from pipeline.runner import Pipeline
 from pipeline.schemas import TRANSITION, SchemaSet
 from pipeline.serde import CONFLUENT_MAGIC, Serde, encode_datum, make_registry
 from pipeline.settings import Settings
-from tests.factory import draft
-from tests.integration.conftest import Bus, consume
-from tests.unit.test_compose_stack import BASE, rendered
-from tests.unit.test_serde import record
+from tests.support.compose import BASE, rendered
+from tests.support.helpers import Bus, consume
+from tests.unit.scoring_factory import record
 
 pytestmark = pytest.mark.kafka
 

@@ -12,9 +12,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pipeline.broker import EmbeddedBroker, free_port
-from pipeline.chaos import Slot, query_store
+from pipeline.drafts import draft
 from pipeline.errors import PublishError
-from pipeline.faults import FaultyClient
 from pipeline.kraft import KraftCluster
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
@@ -23,8 +22,9 @@ from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.topics import ensure_topics
 from pipeline.writer import Writer
-from tests.factory import draft
-from tests.integration.conftest import wait_until
+from tests.support.chaos import Slot, query_store
+from tests.support.faults import FaultyClient
+from tests.support.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import pytest
 
 from pipeline.audit import trail
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.scoring.catalogue import CATALOGUE
 from pipeline.settings import Settings
-from tests.factory import draft
 
 pytestmark = pytest.mark.integration
 

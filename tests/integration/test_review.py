@@ -16,9 +16,9 @@ from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
+from tests.support.helpers import consume, wait_until
 
-from .conftest import consume
-from .review_harness import Client, make_app, review_overrides, transient_chain, wait_for
+from .review_harness import Client, make_app, review_overrides, transient_chain
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def test_triage_close_true_positive_history_conflict_and_auditor(
     app = make_app(pipe, settings)
     alice, audrey = Client(app, "alice"), Client(app, "audrey")
 
-    rows = wait_for(lambda: _queue(alice, agent=agent))
+    rows = wait_until(lambda: _queue(alice, agent=agent))
     assert [r["code"] for r in rows] == ["AG-ESC-003"]
     row = rows[0]
     assert row["status"] == "new" and row["version"] == 0 and row["severity"] == "critical"
@@ -159,7 +159,7 @@ def test_decisions_and_exceptions_survive_restarts_and_appear_in_trail_and_expor
     pub.producer.flush(10)
     app = make_app(pipe, settings)
     alice, rita, bob = Client(app, "alice"), Client(app, "rita"), Client(app, "bob")
-    row = wait_for(lambda: _queue(alice, agent=triaged))[0]
+    row = wait_until(lambda: _queue(alice, agent=triaged))[0]
     path = f"/api/findings/{row['event_id']}/{row['code']}"
     assert alice.post(f"{path}/decisions", {"action": "acknowledge", "expected_version": 0}).status_code == 201
     assert alice.post(f"{path}/decisions", {"action": "close", "expected_version": 1, "classification": "duplicate",
@@ -200,7 +200,7 @@ def test_decisions_and_exceptions_survive_restarts_and_appear_in_trail_and_expor
     for d in transient_chain(accepted, excepted_run):
         pub.publish(d)
     pub.producer.flush(10)
-    assert wait_for(excepted) == [{"exception_id": xid, "exception_version": 2}]
+    assert wait_until(excepted) == [{"exception_id": xid, "exception_version": 2}]
     assert _queue(alice2, agent=accepted) == []
 
     env = {"AGENTGOV_CLICKHOUSE_DSN": settings.clickhouse_dsn,

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,36 +26,11 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.workload import Workload
+from tests.support.helpers import scrape, wait_until
 
-from .conftest import scrape
-from .review_harness import USERS, make_app, review_overrides, served, transient_chain, wait_for
+from .review_harness import USERS, make_app, review_overrides, screenshot_dir, served, transient_chain
 
 pytestmark = pytest.mark.integration
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is missing: ci/system-deps.sh installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1500, "height": 900})
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
-
-
-def _shots(tmp_path: Path) -> Path:
-    out = Path(os.environ.get("AGENTGOV_SCREENSHOT_DIR", tmp_path / "screenshots"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _sign_in(page: Any, base: str, user: str) -> None:
@@ -87,7 +62,7 @@ def test_review_workbench_in_chromium(settings_factory: Callable[..., Settings],
                                       pipeline_factory: Callable[..., Pipeline],
                                       publisher_factory: Callable[..., TransitionPublisher], browser_page: Any,
                                       tmp_path: Path) -> None:
-    page, shots = browser_page, _shots(tmp_path)
+    page, shots = browser_page, screenshot_dir(tmp_path)
     settings = settings_factory(**review_overrides())
     scorer_port = free_port()
     pipe = pipeline_factory(settings, scorer_metrics_ports=[scorer_port])
@@ -101,7 +76,7 @@ def test_review_workbench_in_chromium(settings_factory: Callable[..., Settings],
     with served(app) as base:
         # -- 1. reviewer finds the escalation chain, acknowledges, closes as true positive -------------
         _sign_in(page, base, "alice")
-        wait_for(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE code LIKE 'AG-ESC-%'")[0]["n"] >= 4)
+        wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.findings WHERE code LIKE 'AG-ESC-%'")[0]["n"] >= 4)
         page.goto(f"{base}/queue")
         page.screenshot(path=str(shots / "review-queue.png"), full_page=True)
         page.goto(f"{base}/queue?agent=agent-jml-03&code=AG-ESC-003")
@@ -161,13 +136,13 @@ def test_review_workbench_in_chromium(settings_factory: Callable[..., Settings],
         assert page.text_content("#x-status") == "active"
         assert "bob" in page.text_content("#x-approver")
         # the scorer holds the approved version (not only the request) before the matching event is sent
-        assert wait_for(lambda: _metric(scorer_port, "agentgov_exceptions_approved") >= 1, 30)
+        assert wait_until(lambda: _metric(scorer_port, "agentgov_exceptions_approved") >= 1, 30)
 
         excepted_run = f"run-exc-{uuid.uuid4().hex[:6]}"
         for d in transient_chain(agent, excepted_run):
             pub.publish(d)
         pub.producer.flush(10)
-        stored = wait_for(lambda: _stored_finding(sink, excepted_run))
+        stored = wait_until(lambda: _stored_finding(sink, excepted_run))
         assert stored and stored["exception_id"] == exception_url.rsplit("/", 1)[1] and stored["exception_version"] == 2
         assert _metric(scorer_port, "agentgov_findings_excepted_total", code="AG-ESC-003") == 1
         assert not _chain_paged(scorer_port, excepted_run)  # no page
@@ -185,9 +160,9 @@ def test_review_workbench_in_chromium(settings_factory: Callable[..., Settings],
         for d in transient_chain(agent, lapsed_run):
             pub.publish(d)
         pub.producer.flush(10)
-        stored = wait_for(lambda: _stored_finding(sink, lapsed_run))
+        stored = wait_until(lambda: _stored_finding(sink, lapsed_run))
         assert stored and stored["exception_id"] is None
-        assert wait_for(lambda: _chain_paged(scorer_port, lapsed_run), 20)
+        assert wait_until(lambda: _chain_paged(scorer_port, lapsed_run), 20)
         page.goto(f"{base}/queue?agent={agent}")
         assert page.locator("tr.finding-row").count() == 1
 

@@ -8,13 +8,13 @@ from collections.abc import Callable
 import pytest
 
 from pipeline.broker import free_port
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.schemas import ASSESSMENT, SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from tests.factory import draft
-from tests.integration.conftest import Bus, consume, scrape, wait_until
+from tests.support.helpers import Bus, consume, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 

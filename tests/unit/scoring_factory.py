@@ -1,6 +1,8 @@
-"""Valid decoded transition dicts (the hot-path form) and scoring contexts for rule tests.
+"""Valid transitions as the consumer and the serde see them, built on :func:`pipeline.drafts.draft`, and
+scoring contexts for rule tests.
 
-    ev = event(**{"resource.privilege_tier": 3, "decision.approved_by": None})
+    ev = event(**{"resource.privilege_tier": 3, "decision.approved_by": None})   # decoded, hashed (hot path)
+    rec = record(run_id="run-9")                   # a complete Avro record, as the SDK sends it
     steps = chain({"action": "create_group"}, {"action": "add_group_member"}, each={"agent.agent_id": "a"})
     ctx = context_for(steps[-1], steps[:-1])        # split like the consumer does: run/target/agent
 """
@@ -14,57 +16,29 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
-from pipeline.events import TransitionDict, event_hash, sign
+from pipeline.drafts import BASE, apply, draft
+from pipeline.events import AgentTransition, TransitionDict, event_hash, sign
 from pipeline.scoring.context import AgentBaseline, ScoringContext
 from pipeline.scoring.engine import score
 from pipeline.scoring.policy import LoadedPolicy, load_policy, parse_policy
 
 T0 = 1_795_000_000_000  # 2026-11-18, epoch millis
-AGENT = "agent-jml-01"
-PRINCIPAL = "svc-iga-automation"
+AGENT = BASE["agent"]["agent_id"]
+PRINCIPAL = BASE["agent"]["on_behalf_of"]
 
-BASE: dict[str, Any] = {
-    "event_id": "",
-    "occurred_at": T0,
-    "workflow_id": "jml-provisioning",
-    "workflow_version": "3",
-    "run_id": "run-1",
-    "step": 0,
-    "from_state": "start",
-    "to_state": "provisioned",
-    "agent": {"agent_id": AGENT, "agent_version": "1.4.2", "on_behalf_of": PRINCIPAL, "model_id": "gpt-iam"},
-    "trigger": {"kind": "joiner", "ref": "HR-1001"},
-    "action": "add_group_member",
-    "target": {"identity_id": "u000001", "identity_type": "human", "lifecycle_state": "active"},
-    "resource": {"system": "entra-id", "resource_id": "grp-sales", "entitlement": None, "privilege_tier": 1},
-    "inputs_used": [{"name": "department", "source": "hris"}, {"name": "job_code", "source": "hris"}],
-    "decision": {"outcome": "granted", "authority": "policy_engine", "recommended_by": "model",
-                 "approved_by": None, "approval_ref": None},
-    "policy": {"policy_id": "iga-access-policy", "policy_version": "7", "decision_id": "dec-1"},
-    "evidence": {"event_hash": "", "prev_event_hash": None, "signature": None, "key_id": None},
-    "attributes": {},
-    "tenant": None,
+EVENT_FIELDS: dict[str, Any] = {  # what the SDK adds to a draft; decoded records carry them
+    "event_id": "", "occurred_at": T0,
+    "evidence": {"event_hash": "", "prev_event_hash": None, "signature": None, "key_id": None}, "tenant": None,
 }
 
 _ids = itertools.count(1)
 
 
-def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        doc = doc[p]
-    if leaf not in doc:
-        raise KeyError(f"{dotted}: not a field of the event")
-    doc[leaf] = value
-
-
 def event(changes: dict[str, Any] | None = None, /, *, rehash: bool = True, key: tuple[str, bytes] | None = None,
           **dotted: Any) -> TransitionDict:
     """A complete, hashed event. Changes use dotted paths; ``rehash=False`` keeps a stale hash (tampering)."""
-    doc = copy.deepcopy(BASE)
-    doc["event_id"] = str(uuid.UUID(int=next(_ids)))
-    for k, v in {**(changes or {}), **dotted}.items():
-        _set(doc, k, v)
+    doc: dict[str, Any] = draft(copy.deepcopy(EVENT_FIELDS), event_id=str(uuid.UUID(int=next(_ids))))
+    apply(doc, {**(changes or {}), **dotted})
     if doc["step"] and "occurred_at" not in {**(changes or {}), **dotted}:
         doc["occurred_at"] = T0 + doc["step"] * 1000
     if rehash:
@@ -86,6 +60,17 @@ def chain(*steps: dict[str, Any], run_id: str = "run-1", start: int = T0, gap_ms
             merged["evidence.prev_event_hash"] = out[-1]["evidence"]["event_hash"]
         out.append(event(merged))
     return out
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    """A complete Avro transition record (what the SDK would send): a draft with a random id and a hash."""
+    doc = draft(**changes)
+    doc.update(event_id=str(uuid.uuid4()), occurred_at="2026-05-01T10:00:00Z", evidence={"event_hash": "0" * 64})
+    rec = AgentTransition.model_validate(doc).to_avro()
+    rec["evidence"]["event_hash"] = event_hash(rec)
+    rec["evidence"].setdefault("key_id", None)
+    rec.setdefault("tenant", None)
+    return rec
 
 
 @cache
@@ -111,7 +96,7 @@ def context_for(ev: TransitionDict, history: Iterable[TransitionDict] = (), **kw
 
 
 def baseline(**kw: Any) -> AgentBaseline:
-    """A warm baseline matching :data:`BASE`'s behaviour."""
+    """A warm baseline matching :data:`pipeline.drafts.BASE`'s behaviour."""
     doc: dict[str, Any] = {
         "agent_id": AGENT, "events": 1000,
         "actions": frozenset({"add_group_member", "grant_entitlement", "create_account", "assign_role"}),

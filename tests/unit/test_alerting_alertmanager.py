@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_alerting_promql import ROOT, all_rules
+from tests.support import ROOT
+from tests.support.promql import all_rules
 
 AM_DIR = ROOT / "compose" / "alertmanager"
 render = runpy.run_path(str(AM_DIR / "render.py"))["render"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.unit.test_alerting_promql import ROOT, families, recorded_names
+from tests.support import ROOT
+from tests.support.promql import families, recorded_names
 
 DOC = (ROOT / "docs" / "metrics.md").read_text()
 ROW = re.compile(r"^\| `(agentgov_\w+)` \| (\w+) \| [^|]+ \| ([^|]+) \|", re.M)

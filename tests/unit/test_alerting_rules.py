@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from tests.unit.test_alerting_promql import (
+from tests.support import ROOT
+from tests.support.promql import (
     PROMETHEUS_NAMES,
-    ROOT,
     RULES_DIR,
     all_rules,
     exposed_names,

@@ -8,6 +8,7 @@ import pytest
 from fastavro import reader, schemaless_writer
 
 from pipeline.assessment import AssessmentEncoder
+from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import ASSESSMENT, TRANSITION, SchemaSet
 from pipeline.scoring.context import ScoringContext
@@ -16,7 +17,6 @@ from pipeline.scoring.policy import load_policy
 from pipeline.serde import SOE_HEADER, Decoded, Serde
 from pipeline.settings import Settings
 from pipeline.sinks.ocf import ContainerBuilder
-from tests.factory import draft
 
 
 class _NullProducer:

@@ -60,7 +60,7 @@ def test_the_cache_evicts_stale_and_excess_baselines() -> None:
 
 def test_scorer_context_is_capped_in_bytes() -> None:
     from pipeline.state import PartitionContext, approx_bytes
-    from tests.unit.test_serde import record
+    from tests.unit.scoring_factory import record
 
     cap = 4 * 1024 * 1024
     ctx = PartitionContext(3_600_000, max_keys=100_000, max_bytes=cap)

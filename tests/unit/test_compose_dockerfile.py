@@ -8,7 +8,7 @@ import tomllib
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from tests.unit.test_alerting_promql import ROOT
+from tests.support import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -4,48 +4,19 @@ that exist, and secrets live in .env.example as placeholders."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from pipeline.settings import ENV_PREFIX, Settings
-from tests.unit.test_alerting_promql import ROOT
+from tests.support.compose import BASE, COMPOSE, LAPTOP, env_example, rendered
 
-COMPOSE = ROOT / "compose"
-BASE = COMPOSE / "docker-compose.yml"
-LAPTOP = COMPOSE / "docker-compose.laptop.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
 KNOWN_SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 AGENTGOV_SERVICES = {"topics", "migrate", "scorer", "writer", "demo"}
 # Every Kafka client service -> the principal it authenticates as (pipeline/acls.py roles; admin = super user).
 KAFKA_CLIENTS = {"scorer": "scorer", "correlator": "correlator", "writer": "store", "review": "review",
                  "demo": "agent", "topics": "admin", "kafka-access": "admin"}
-
-
-def _env_example() -> dict[str, str]:
-    out = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out
-
-
-def rendered(*files: Path) -> dict[str, Any]:
-    """``docker-compose config`` output (interpolated, merged) for the given files."""
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.skip("docker-compose not installed (ci/system-deps.sh installs it)")
-    args = [exe, "--env-file", str(ENV_EXAMPLE)]
-    for f in files:
-        args += ["-f", str(f)]
-    out = subprocess.run([*args, "config"], capture_output=True, text=True, check=False, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +43,7 @@ def test_images_are_pinned_and_overridable() -> None:
         assert m, f"{image}: use ${{X_IMAGE:-repo:tag}}"
         tag = m.group(2).rsplit(":", 1)[-1]
         assert ":" in m.group(2) and tag != "latest" and re.search(r"\d", tag), image
-        assert m.group(1) in _env_example(), f"{m.group(1)} not in .env.example"
+        assert m.group(1) in env_example(), f"{m.group(1)} not in .env.example"
 
 
 def test_the_registry_is_apicurio_on_a_durable_database(base: dict[str, Any]) -> None:
@@ -139,11 +110,11 @@ def test_every_interpolated_variable_is_in_env_example() -> None:
     used = set()
     for f in (BASE, LAPTOP):
         used |= set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", f.read_text()))
-    assert used - set(_env_example()) == set()
+    assert used - set(env_example()) == set()
 
 
 def test_env_example_holds_placeholders_only() -> None:
-    env = _env_example()
+    env = env_example()
     for key, value in env.items():
         if any(word in key for word in ("PASSWORD", "SECRET", "TOKEN")):
             assert value.startswith("change-me"), key
@@ -168,7 +139,7 @@ def test_kafka_authenticates_every_listener_and_denies_without_an_acl(base: dict
         assert str(env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"]) == "false"
         assert env["KAFKA_SUPER_USERS"] == "User:admin"
         assert env["KAFKA_LISTENER_NAME_EXTERNAL_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
-        assert env["BROKER_ADMIN_PASSWORD"] == _env_example()["KAFKA_ADMIN_PASSWORD"]
+        assert env["BROKER_ADMIN_PASSWORD"] == env_example()["KAFKA_ADMIN_PASSWORD"]
         assert "PLAINTEXT://" not in env["KAFKA_ADVERTISED_LISTENERS"].replace("SASL_PLAINTEXT://", "")
     script = (COMPOSE / "kafka" / "start.sh").read_text()
     assert "ScramLoginModule" in script and "user_admin=" in script and "${BROKER_RUN:-/etc/kafka/docker/run}" in script
@@ -177,7 +148,7 @@ def test_kafka_authenticates_every_listener_and_denies_without_an_acl(base: dict
 @pytest.mark.parametrize("variant", ["base", "laptop"])
 def test_every_kafka_client_authenticates_with_its_own_principal(variant: str, request: pytest.FixtureRequest) -> None:
     config = request.getfixturevalue(variant)
-    secrets = _env_example()
+    secrets = env_example()
     for service, principal in KAFKA_CLIENTS.items():
         env = config["services"][service]["environment"]
         assert env["AGENTGOV_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", service

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_alerting_promql import PROMETHEUS_NAMES, ROOT, exposed_names, metric_names, promtool_check
+from tests.support import ROOT
+from tests.support.promql import PROMETHEUS_NAMES, exposed_names, metric_names, promtool_check
 
 GRAFANA = ROOT / "compose" / "grafana"
 COMMITTED = GRAFANA / "dashboards" / "agentgov-soc.json"

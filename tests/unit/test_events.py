@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.errors import ValidationError
 from pipeline.events import canonical_bytes, check_values, event_hash, sign
-from tests.unit.test_serde import record
+from tests.unit.scoring_factory import record
 
 
 def test_hash_ignores_nulls_key_order_and_its_own_evidence() -> None:

@@ -11,7 +11,7 @@ from pipeline.deadletters import dead_letter, header
 from pipeline.errors import ValidationError
 from pipeline.events import check_values
 from pipeline.limits import DAY_MS, KEY_MAX_BYTES, STEP_MAX, Limits
-from tests.unit.test_serde import record
+from tests.unit.scoring_factory import record
 
 
 def test_head_room_and_event_limit() -> None:

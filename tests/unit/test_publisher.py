@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from confluent_kafka import KafkaError
 
 from pipeline.broker import free_port
+from pipeline.drafts import draft
 from pipeline.errors import PublishError
 from pipeline.events import event_hash
 from pipeline.publisher import EventInvalid, TransitionPublisher
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from tests.factory import draft
-
-
-class FakeProducer:
-    """Records produce calls; ``fail`` makes every delivery report an error, as librdkafka would."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-        self.pending: list[Any] = []
-        self.fail = fail
-
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
-        self.sent.append((topic, value, key))
-        self.pending.append(on_delivery)
-
-    def poll(self, timeout: float = 0) -> int:
-        return self.flush()
-
-    def flush(self, timeout: float = 0) -> int:
-        pending, self.pending = self.pending, []
-        for cb in pending:
-            cb(KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None, None)
-        return 0
+from tests.support.helpers import FakeProducer
 
 
 def make(fail: bool = False) -> tuple[TransitionPublisher, FakeProducer]:

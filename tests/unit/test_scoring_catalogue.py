@@ -11,11 +11,8 @@ from pipeline.events import TransitionDict
 from pipeline.scoring.catalogue import CATALOGUE, MARKDOWN_END, render_catalogue
 from pipeline.scoring.context import ScoringContext
 from pipeline.scoring.engine import score
+from tests.unit.scoring_cases import DRIFT_CASES, ESC_CASES, RULE_CASES, SOD, SOD_CASES
 from tests.unit.scoring_factory import baseline, chain, context_for, event
-from tests.unit.test_scoring_drift import CASES as DRIFT_CASES
-from tests.unit.test_scoring_escalation import CASES as ESC_CASES
-from tests.unit.test_scoring_rules import CASES as RULE_CASES
-from tests.unit.test_scoring_rules import SOD, SOD_CASES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,30 +6,12 @@ from typing import Any
 
 import pytest
 
+from tests.unit.scoring_cases import DRIFT_CASES
 from tests.unit.scoring_factory import T0, baseline, codes, context_for, event
 
-CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, bool]] = [
-    # (id, event changes, baseline overrides, code, fires)
-    ("new-action", {"action": "remove_group_member"}, {}, "AG-DRF-001", True),
-    ("benign:known-action", {}, {}, "AG-DRF-001", False),
-    ("benign:warm-up", {"action": "remove_group_member"}, {"events": 199}, "AG-DRF-001", False),
-    ("new-system", {"resource.system": "aws"}, {}, "AG-DRF-002", True),
-    ("benign:known-system", {"resource.system": "salesforce"}, {}, "AG-DRF-002", False),
-    ("benign:warm-up-system", {"resource.system": "aws"}, {"events": 10}, "AG-DRF-002", False),
-    ("new-entitlement", {"action": "grant_entitlement", "resource.entitlement": "finance-standard"}, {},
-     "AG-DRF-003", True),
-    ("higher-tier", {"action": "assign_role", "resource.privilege_tier": 3, "decision.approved_by": "mgr"}, {},
-     "AG-DRF-003", True),
-    ("benign:known-entitlement", {"action": "grant_entitlement", "resource.entitlement": "sales-standard"}, {},
-     "AG-DRF-003", False),
-    ("benign:new-entitlement-denied", {"action": "grant_entitlement", "resource.entitlement": "x",
-                                       "decision.outcome": "denied"}, {}, "AG-DRF-003", False),
-    ("new-input", {"inputs_used": [{"name": "location", "source": "hris"}]}, {}, "AG-DRF-004", True),
-    ("benign:known-inputs", {}, {}, "AG-DRF-004", False),
-]
 
-
-@pytest.mark.parametrize(("changes", "b", "code", "fires"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("changes", "b", "code", "fires"), [c[1:] for c in DRIFT_CASES],
+                         ids=[c[0] for c in DRIFT_CASES])
 def test_drift(changes: dict[str, Any], b: dict[str, Any], code: str, fires: bool) -> None:
     ev = event(changes)
     assert (code in codes(ev, context_for(ev, baseline=baseline(**b)))) is fires

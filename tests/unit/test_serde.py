@@ -13,26 +13,14 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from pipeline.broker import free_port
 from pipeline.errors import DeadLetter, DecodeError, RegistryUnavailable
-from pipeline.events import AgentTransition, event_hash
+from pipeline.events import event_hash
 from pipeline.schemas import ASSESSMENT, TRANSITION, SchemaSet
 from pipeline.serde import CONFLUENT_MAGIC, SOE_MAGIC, Serde, encode_datum, frame_soe, make_registry, split_header
 from pipeline.settings import Settings
-from tests.factory import draft
+from tests.unit.scoring_factory import record
 
 SCHEMAS = SchemaSet.load()
 V2_ONLY = {"tenant"}
-
-
-def record(**changes: Any) -> dict[str, Any]:
-    """A complete Avro transition record (what the SDK would send)."""
-    doc = draft(**changes)
-    doc.update(event_id=str(uuid.uuid4()), occurred_at="2026-05-01T10:00:00Z",
-               evidence={"event_hash": "0" * 64})
-    rec = AgentTransition.model_validate(doc).to_avro()
-    rec["evidence"]["event_hash"] = event_hash(rec)
-    rec["evidence"].setdefault("key_id", None)
-    rec.setdefault("tenant", None)
-    return rec
 
 
 def registry() -> SchemaRegistryClient:

@@ -16,7 +16,7 @@ from pipeline.errors import DLQ_REASONS, DecodeError, ValidationError
 from pipeline.events import check_values
 from pipeline.schemas import TRANSITION, SchemaSet
 from pipeline.serde import CONFLUENT_MAGIC, SOE_HEADER, Serde
-from tests.unit.test_serde import record
+from tests.unit.scoring_factory import record
 
 SCHEMAS = SchemaSet.load()
 SERDE = Serde(SCHEMAS, max_bytes=64 * 1024)

@@ -12,20 +12,21 @@ Example::
     writer.kill()                       # SIGKILL, mid-batch
     writer.start()                      # same slot, same settings
     rows = query_store(settings, "SELECT count() AS n FROM {db}.transitions FINAL")
+    store = read_store(settings)        # counts, raw vs FINAL, findings per code, repeated ids
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .settings import ENV_PREFIX, Settings
+from pipeline.process import ChildProcess
+from pipeline.settings import ENV_PREFIX, Settings
 
 
 class Slot:
@@ -40,40 +41,29 @@ class Slot:
         self.env[ENV_PREFIX + "INSTANCE_ID"] = name
         self.env[ENV_PREFIX + "METRICS_PORT"] = str(metrics_port)
         self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        self.proc = ChildProcess([sys.executable, "-m", module], env=self.env,
+                                 log_path=log_dir / f"{name}.log" if log_dir else None)
         self.kills = 0
 
+    @property
+    def starts(self) -> int:
+        return self.proc.starts
+
     def start(self) -> Slot:
-        out = open(self.log_dir / f"{self.name}.log", "ab") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=out,
-                                     stderr=subprocess.STDOUT)
-        self.starts += 1
+        self.proc.start()
         return self
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc.alive()
 
     def kill(self) -> None:
         """SIGKILL: no flush, no commit, no goodbye (a crash, an OOM kill, a lost node)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        if self.proc.kill():
             self.kills += 1
 
     def terminate(self, timeout: float = 60.0) -> int | None:
         """SIGTERM and wait; returns the exit code (None if it had to be killed)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return None
-        return self.proc.returncode
+        return self.proc.stop(grace=timeout)
 
 
 _QUERY_SCRIPT = """
@@ -90,7 +80,7 @@ def query_store(settings: Settings, *sql: str, timeout: float = 120.0) -> list[l
     """Run read queries (``{db}`` is the database) against the settings' store in a fresh process.
 
     The store must not be open in another process at the time (chdb is single-process per path)."""
-    from .runner import settings_env
+    from pipeline.runner import settings_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(settings_env(settings))
@@ -105,3 +95,27 @@ def query_store(settings: Settings, *sql: str, timeout: float = 120.0) -> list[l
         if time.monotonic() > deadline:
             raise RuntimeError(f"store query failed: {done.stderr.decode()[-2000:]}")
         time.sleep(1.0)
+
+
+STORE_SQL = (
+    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.transitions",
+    "SELECT count() AS final FROM {db}.transitions FINAL",
+    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.assessments",
+    "SELECT count() AS final FROM {db}.assessments FINAL",
+    "SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code",
+    "SELECT event_id FROM {db}.transitions FINAL",
+    "SELECT event_id FROM {db}.transitions FINAL GROUP BY event_id HAVING count() > 1",
+    "SELECT event_id FROM {db}.assessments FINAL GROUP BY event_id HAVING count() > 1",
+)
+
+
+def read_store(settings: Settings) -> dict[str, Any]:
+    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated = query_store(settings, *STORE_SQL)
+    return {
+        "transitions_raw": t_raw[0]["raw"], "transitions_ids": t_raw[0]["ids"], "transitions": t_final[0]["final"],
+        "assessments_raw": a_raw[0]["raw"], "assessments_ids": a_raw[0]["ids"], "assessments": a_final[0]["final"],
+        "findings": {r["code"]: r["n"] for r in findings},
+        "event_ids": {r["event_id"] for r in ids},
+        "repeated_ids": {r["event_id"] for r in repeated},
+        "repeated_assessment_ids": {r["event_id"] for r in a_repeated},
+    }

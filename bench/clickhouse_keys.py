@@ -1,4 +1,4 @@
-"""Measure the audit store's keys on the embedded engine: ``python docs/clickhouse_keys.py [rows]``.
+"""Measure the audit store's keys on the embedded engine: ``python -m bench.clickhouse_keys [rows]``.
 
 Fills a fresh database through the real ingest path (``INSERT INTO ingest SELECT ... FROM numbers(N)``,
 so the materialized views fan out exactly as for the writer's Avro batches), then runs the auditors'

@@ -1,0 +1,225 @@
+"""The rule tables: one row per case, positives and their benign look-alikes, for the per-event rules,
+drift against a baseline, and escalation chains. The rule tests run them; the catalogue test checks that
+every code is raised by some positive row. A new rule adds its rows here (docs/rules.md, "Adding a rule").
+
+Rows name changes from the benign base event (:data:`pipeline.drafts.BASE`) by dotted path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.unit.scoring_factory import AGENT, PRINCIPAL, T0
+
+# -- per-event rules (tests/unit/test_scoring_rules.py): (id, changes, code, fires) ----------------------
+HR = [{"name": "department", "source": "hris"}, {"name": "job_code", "source": "hris"}]
+
+RULE_CASES: list[tuple[str, dict[str, Any], str, bool]] = [
+    # AG-AUTH-001 privileged grant without human approval
+    ("tier3-unapproved", {"action": "assign_role", "resource.resource_id": "role/X", "resource.privilege_tier": 3},
+     "AG-AUTH-001", True),
+    ("tier2-unapproved", {"action": "assign_role", "resource.privilege_tier": 2}, "AG-AUTH-001", True),
+    ("listed-privileged-at-tier1", {"action": "grant_entitlement", "resource.entitlement": "aws-admin",
+                                    "resource.system": "aws"}, "AG-AUTH-001", True),
+    ("privileged-group-at-tier1", {"resource.resource_id": "grp-domain-admins"}, "AG-AUTH-001", True),
+    ("benign:approved-privileged", {"action": "assign_role", "resource.privilege_tier": 3,
+                                    "decision.approved_by": "mgr-eng"}, "AG-AUTH-001", False),
+    ("benign:tier1", {}, "AG-AUTH-001", False),
+    ("benign:denied-privileged", {"resource.privilege_tier": 3, "decision.outcome": "denied"}, "AG-AUTH-001", False),
+    ("benign:revoke-privileged", {"action": "remove_role", "resource.privilege_tier": 3}, "AG-AUTH-001", False),
+    ("auth-gateway-tier2-no-approval-tier", {"workflow_id": "auth-gateway", "action": "allow_auth",
+                                             "resource.system": "okta", "resource.privilege_tier": 2,
+                                             "trigger.kind": "signal",
+                                             "inputs_used": [{"name": "risk_score", "source": "idp"}]},
+     "AG-AUTH-001", False),
+    # AG-AUTH-002 model final authority
+    ("model-authority", {"decision.authority": "model"}, "AG-AUTH-002", True),
+    ("benign:model-recommended-only", {"decision.recommended_by": "model"}, "AG-AUTH-002", False),
+    ("benign:model-authority-denied", {"decision.authority": "model", "decision.outcome": "denied"},
+     "AG-AUTH-002", False),
+    ("benign:model-authority-recommend", {"decision.authority": "model", "action": "recommend",
+                                          "decision.outcome": "recommended"}, "AG-AUTH-002", False),
+    # AG-AUTH-003 self-grant
+    ("self-grant-agent", {"target.identity_id": AGENT, "target.identity_type": "agent"}, "AG-AUTH-003", True),
+    ("self-grant-principal", {"target.identity_id": PRINCIPAL, "target.identity_type": "service"},
+     "AG-AUTH-003", True),
+    ("benign:revoke-from-self", {"target.identity_id": AGENT, "action": "remove_group_member"}, "AG-AUTH-003", False),
+    ("benign:grant-to-other-service", {"target.identity_id": "svc-other", "target.identity_type": "service"},
+     "AG-AUTH-003", False),
+    ("benign:no-principal", {"agent.on_behalf_of": None}, "AG-AUTH-003", False),
+    # AG-BND-001 input outside allowlist
+    ("input-outside", {"inputs_used": [*HR, {"name": "credit_score", "source": "model"}]}, "AG-BND-001", True),
+    ("input-outside-for-action", {"action": "create_account", "resource.privilege_tier": 0,
+                                  "inputs_used": [{"name": "termination_date", "source": "hris"}]},
+     "AG-BND-001", True),
+    ("benign:per-action-allowlist", {"action": "disable_account", "trigger.kind": "leaver",
+                                     "target.lifecycle_state": "terminated",
+                                     "inputs_used": [{"name": "termination_date", "source": "hris"}]},
+     "AG-BND-001", False),
+    ("benign:no-inputs", {"inputs_used": []}, "AG-BND-001", False),
+    # AG-BND-002 too many signals
+    ("nine-signals", {"inputs_used": [{"name": "department", "source": f"s{i}"} for i in range(9)]},
+     "AG-BND-002", True),
+    ("benign:eight-signals", {"inputs_used": [{"name": "department", "source": f"s{i}"} for i in range(8)]},
+     "AG-BND-002", False),
+    # AG-BND-003 action outside boundary
+    ("modify-policy-in-jml", {"action": "modify_policy"}, "AG-BND-003", True),
+    ("unknown-workflow-grants", {"workflow_id": "shadow-flow"}, "AG-BND-003", True),
+    ("benign:unknown-workflow-recommends", {"workflow_id": "shadow-flow", "action": "recommend",
+                                            "decision.outcome": "recommended"}, "AG-BND-003", False),
+    # AG-BND-004 system outside boundary
+    ("payroll-in-jml", {"resource.system": "payroll-prod"}, "AG-BND-004", True),
+    ("benign:aws-in-jml", {"resource.system": "aws"}, "AG-BND-004", False),
+    ("benign:unknown-workflow-any-system", {"workflow_id": "shadow-flow", "action": "recommend",
+                                            "resource.system": "anything"}, "AG-BND-004", False),
+    # AG-POL-001 stale or unapproved policy version
+    ("stale-version", {"policy.policy_version": "2"}, "AG-POL-001", True),
+    ("unknown-policy-id", {"policy.policy_id": "shadow-policy"}, "AG-POL-001", True),
+    ("benign:previous-approved-version", {"policy.policy_version": "6"}, "AG-POL-001", False),
+    # AG-LCM-001 grant to terminated / pre-hire identity
+    ("grant-to-terminated", {"target.lifecycle_state": "terminated", "trigger.kind": "mover"}, "AG-LCM-001", True),
+    ("group-to-pre-hire", {"target.lifecycle_state": "pre_hire"}, "AG-LCM-001", True),
+    ("benign:account-for-pre-hire", {"target.lifecycle_state": "pre_hire", "action": "create_account",
+                                     "resource.privilege_tier": 0}, "AG-LCM-001", False),
+    ("benign:revoke-from-terminated", {"target.lifecycle_state": "terminated", "action": "revoke_entitlement",
+                                       "trigger.kind": "leaver"}, "AG-LCM-001", False),
+    ("benign:on-leave", {"target.lifecycle_state": "on_leave"}, "AG-LCM-001", False),
+    # AG-LCM-002 trigger kind does not allow the action
+    ("leaver-grants", {"trigger.kind": "leaver"}, "AG-LCM-002", True),
+    ("scheduled-grants", {"trigger.kind": "scheduled"}, "AG-LCM-002", True),
+    ("benign:leaver-revokes", {"trigger.kind": "leaver", "action": "remove_group_member"}, "AG-LCM-002", False),
+    ("benign:unlisted-kind", {"trigger.kind": "manual"}, "AG-LCM-002", False),
+    # AG-LCM-003 access change not tied to a lifecycle or request trigger
+    ("manual-trigger", {"trigger.kind": "manual"}, "AG-LCM-003", True),
+    ("joiner-without-ref", {"trigger.ref": None}, "AG-LCM-003", True),
+    ("signal-in-jml", {"trigger.kind": "signal"}, "AG-LCM-003", True),
+    ("benign:signal-in-auth-gateway", {"workflow_id": "auth-gateway", "action": "allow_auth", "trigger.kind": "signal",
+                                       "resource.system": "okta", "resource.privilege_tier": 0,
+                                       "inputs_used": [{"name": "risk_score", "source": "idp"}]},
+     "AG-LCM-003", False),
+    ("benign:manual-recommend", {"trigger.kind": "manual", "action": "recommend",
+                                 "decision.outcome": "recommended"}, "AG-LCM-003", False),
+    ("benign:manual-denied", {"trigger.kind": "manual", "decision.outcome": "denied"}, "AG-LCM-003", False),
+]
+
+
+# -- AG-SOD-001: (id, earlier steps, the completing step, fires) -------------------------------------
+SOD = {"workflow_id": "access-request", "trigger.kind": "access_request", "trigger.ref": "REQ-9",
+       "action": "grant_entitlement", "resource.system": "sap", "resource.resource_id": "sap-fi"}
+
+SOD_CASES: list[tuple[str, list[dict[str, Any]], dict[str, Any], bool]] = [
+    ("pair-completed", [{"resource.entitlement": "ap-create-vendor"}], {"resource.entitlement": "ap-approve-payment"},
+     True),
+    ("pair-completed-other-order", [{"resource.entitlement": "ap-approve-payment"}],
+     {"resource.entitlement": "ap-create-vendor"}, True),
+    ("benign:first-half-revoked", [{"resource.entitlement": "ap-create-vendor"},
+                                   {"resource.entitlement": "ap-create-vendor", "action": "revoke_entitlement"}],
+     {"resource.entitlement": "ap-approve-payment"}, False),
+    ("benign:first-half-denied", [{"resource.entitlement": "ap-create-vendor", "decision.outcome": "denied"}],
+     {"resource.entitlement": "ap-approve-payment"}, False),
+    ("benign:unrelated-entitlements", [{"resource.entitlement": "ap-create-vendor"}],
+     {"resource.entitlement": "gl-post-journal"}, False),
+    ("benign:halves-on-different-identities", [{"resource.entitlement": "ap-create-vendor",
+                                                "target.identity_id": "u-other"}],
+     {"resource.entitlement": "ap-approve-payment"}, False),
+    ("benign:pair-already-held", [{"resource.entitlement": "ap-create-vendor"},
+                                  {"resource.entitlement": "ap-approve-payment"}],
+     {"resource.entitlement": "ap-approve-payment"}, False),
+]
+
+
+# -- drift (tests/unit/test_scoring_drift.py): (id, changes, baseline overrides, code, fires) ------------
+DRIFT_CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, bool]] = [
+    # (id, event changes, baseline overrides, code, fires)
+    ("new-action", {"action": "remove_group_member"}, {}, "AG-DRF-001", True),
+    ("benign:known-action", {}, {}, "AG-DRF-001", False),
+    ("benign:warm-up", {"action": "remove_group_member"}, {"events": 199}, "AG-DRF-001", False),
+    ("new-system", {"resource.system": "aws"}, {}, "AG-DRF-002", True),
+    ("benign:known-system", {"resource.system": "salesforce"}, {}, "AG-DRF-002", False),
+    ("benign:warm-up-system", {"resource.system": "aws"}, {"events": 10}, "AG-DRF-002", False),
+    ("new-entitlement", {"action": "grant_entitlement", "resource.entitlement": "finance-standard"}, {},
+     "AG-DRF-003", True),
+    ("higher-tier", {"action": "assign_role", "resource.privilege_tier": 3, "decision.approved_by": "mgr"}, {},
+     "AG-DRF-003", True),
+    ("benign:known-entitlement", {"action": "grant_entitlement", "resource.entitlement": "sales-standard"}, {},
+     "AG-DRF-003", False),
+    ("benign:new-entitlement-denied", {"action": "grant_entitlement", "resource.entitlement": "x",
+                                       "decision.outcome": "denied"}, {}, "AG-DRF-003", False),
+    ("new-input", {"inputs_used": [{"name": "location", "source": "hris"}]}, {}, "AG-DRF-004", True),
+    ("benign:known-inputs", {}, {}, "AG-DRF-004", False),
+]
+
+
+# -- escalation chains (tests/unit/test_scoring_escalation.py) -------------------------------------------
+ROGUE = "agent-jml-03"
+HUMAN: dict[str, Any] = {"decision.authority": "human", "decision.approved_by": "ciso"}
+MGR: dict[str, Any] = {"decision.approved_by": "mgr-eng"}  # approved step, policy-engine authority
+
+
+def group_chain(member: str = PRINCIPAL, grant: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [
+        {"action": "create_group", "target.identity_id": "grp-tmp", "target.identity_type": "service",
+         "resource.resource_id": "grp-tmp", "resource.privilege_tier": 0},
+        {"action": "add_group_member", "target.identity_id": member, "target.identity_type": "service",
+         "resource.resource_id": "grp-tmp", "agent.on_behalf_of": None},
+        {"action": "assign_role", "target.identity_id": "grp-tmp", "target.identity_type": "service",
+         "resource.resource_id": "role/GlobalAdmin", "resource.privilege_tier": 3, **MGR, **(grant or {})},
+    ]
+
+
+def tier_chain(*tiers: int, last: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    steps = [{"action": "assign_role", "trigger.kind": "mover", "resource.system": "aws",
+              "resource.resource_id": f"role/Step{t}", "resource.privilege_tier": t, **(MGR if t >= 2 else {})}
+             for t in tiers]
+    steps[-1].update(last or {})
+    return steps
+
+
+TRANSIENT = {"trigger.kind": "mover", "resource.system": "aws", "resource.resource_id": "role/Admin",
+             "resource.entitlement": "aws-admin", "resource.privilege_tier": 3}
+
+
+def transient_chain(revoke_after_ms: int, grant: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [{"action": "grant_entitlement", **TRANSIENT, **MGR, **(grant or {})},
+            {"action": "revoke_entitlement", **TRANSIENT, "occurred_at": T0 + revoke_after_ms}]
+
+
+DELEG = {"workflow_id": "access-request", "trigger.kind": "access_request", "trigger.ref": "REQ-1",
+         "action": "grant_entitlement", "resource.system": "github", "resource.resource_id": "org-acme"}
+
+
+def delegation_chain(final_target: str = "agent-access-02",
+                     final: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [
+        {**DELEG, "agent.agent_id": "agent-access-01", "agent.on_behalf_of": None, "target.identity_id":
+         "agent-access-02", "target.identity_type": "agent", "resource.entitlement": "delegate"},
+        {**DELEG, "agent.agent_id": "agent-access-02", "agent.on_behalf_of": "agent-access-01",
+         "target.identity_id": final_target, "target.identity_type": "agent" if final_target.startswith("agent")
+         else "human", "resource.entitlement": "org-owner", "resource.privilege_tier": 3, **MGR, **(final or {})},
+    ]
+
+
+ESC_CASES: list[tuple[str, list[dict[str, Any]], dict[str, Any], str, int | None]] = [
+    # (id, steps, common changes, code, index of the completing step or None)
+    ("group-nesting", group_chain(), {"agent.agent_id": ROGUE}, "AG-ESC-001", 2),
+    ("group-nesting-agent-itself", group_chain(member=ROGUE), {"agent.agent_id": ROGUE}, "AG-ESC-001", 2),
+    ("group-nesting-grant-before-add", [group_chain()[0], group_chain()[2], group_chain()[1]],
+     {"agent.agent_id": ROGUE}, "AG-ESC-001", 2),
+    ("benign:group-used-legitimately", group_chain(member="u000042"), {}, "AG-ESC-001", None),
+    ("benign:group-gets-low-privilege", group_chain(grant={"resource.resource_id": "role/Reader",
+                                                           "resource.privilege_tier": 1}), {}, "AG-ESC-001", None),
+    ("benign:group-grant-human-decided", group_chain(grant=HUMAN), {"agent.agent_id": ROGUE}, "AG-ESC-001", None),
+    ("tier-stepping", tier_chain(1, 2, 3), {}, "AG-ESC-002", 2),
+    ("tier-stepping-from-zero", tier_chain(0, 1, 3), {}, "AG-ESC-002", 2),
+    ("benign:tier-increase-human-decided", tier_chain(1, 2, 3, last=HUMAN), {}, "AG-ESC-002", None),
+    ("benign:single-jump", tier_chain(1, 3), {}, "AG-ESC-002", None),
+    ("benign:stops-at-tier-2", tier_chain(0, 1, 2), {}, "AG-ESC-002", None),
+    ("transient-privilege", transient_chain(60_000), {}, "AG-ESC-003", 1),
+    ("benign:revoke-long-after-grant", transient_chain(2 * 3_600_000 - 1), {}, "AG-ESC-003", None),
+    ("benign:revoke-after-transient-window", transient_chain(901_000), {}, "AG-ESC-003", None),
+    ("benign:jit-grant-human-decided", transient_chain(60_000, grant=HUMAN), {}, "AG-ESC-003", None),
+    ("delegation-self-grant", delegation_chain(), {}, "AG-ESC-004", 1),
+    ("delegation-grant-to-delegator", delegation_chain("agent-access-01"), {}, "AG-ESC-004", 1),
+    ("benign:delegation-to-a-user", delegation_chain("u000077"), {}, "AG-ESC-004", None),
+    ("benign:delegated-self-grant-human-decided", delegation_chain(final=HUMAN), {}, "AG-ESC-004", None),
+]
