@@ -81,6 +81,9 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+HOLDINGS_READ_SECONDS = 60.0
+"""How long a rebuild may take to read one holdings partition to its end before it is retried."""
+
 Baselines = Callable[[str], AgentBaseline | None]
 ESCALATION_SERIES_TTL = 900.0
 # Group nesting (AG-XRN-008) scans an agent's whole window for the group's creation; without a matching
@@ -144,31 +147,37 @@ class Correlator(TransactionalLoop):
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
             "holdings": held, "pending": len(state.pending)}})
 
-    def _load_holdings(self, partition: int, state: KeyedState) -> int:
-        """Read the co-partitioned holdings partition whole (compacted: one record per target and access)."""
+    def _load_holdings(self, partition: int, state: KeyedState, max_seconds: float = HOLDINGS_READ_SECONDS) -> int:
+        """Read the co-partitioned holdings partition whole (compacted: one record per target and access).
+
+        Read until the fetch itself reports the partition's end (``enable.partition.eof``; with
+        read_committed that is the last stable offset, so a scorer's open transaction does not hold the
+        read up: what it writes arrives as facts after this partition's committed offset). Not a watermark
+        asked for beforehand: a broker that answers that lookup low (Tansu was seen to answer 0) would
+        leave old holdings out, and SoD or leaver rules would miss grants made long ago. A read that
+        does not reach the end in ``max_seconds`` raises, so the rebuild is retried, never half done."""
         topic = self.settings.topic_holdings
         reader = Consumer(self.settings.kafka_config(**{
             "group.id": f"agentgov-holdings-{uuid.uuid4()}", "enable.auto.commit": False,
-            "isolation.level": "read_committed"}))
+            "enable.partition.eof": True, "isolation.level": "read_committed"}))
         try:
-            tp = TopicPartition(topic, partition, 0)
-            _, high = reader.get_watermark_offsets(tp, timeout=10)
-            if high <= 0:
-                return 0
-            reader.assign([tp])
-            count, deadline = 0, time.monotonic() + 60
+            reader.assign([TopicPartition(topic, partition, 0)])
+            count, deadline = 0, time.monotonic() + max_seconds
             while time.monotonic() < deadline:
-                msgs = reader.consume(1000, 0.5)
-                for msg in msgs:
-                    if msg.error():
+                for msg in reader.consume(1000, 0.5):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            return count
                         continue
                     ev = self._decode(msg)
                     if ev is not None:
                         state.hold(ev)
                         count += 1
-                if not msgs and reader.position([tp])[0].offset >= high:
-                    break
-            return count
+            log.warning("holdings not read to their end; the rebuild will be retried",
+                        extra={"kv": {"partition": partition, "read": count, "seconds": max_seconds}})
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"holdings partition {partition} not read "
+                                                                   f"to its end in {max_seconds:g}s"))
         finally:
             reader.close()
 
