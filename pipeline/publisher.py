@@ -93,6 +93,7 @@ class TransitionPublisher:
         self._last_hash: dict[str, str] = {}
         self.failed: list[tuple[str, str]] = []
         self.delivered = 0
+        self._in_flight: set[str] = set()  # sent, no delivery report yet: named if a flush times out
 
     def complete(self, draft: Mapping[str, Any] | AgentTransition) -> dict[str, Any]:
         """Validate a draft and return the Avro record with ids, timestamps and evidence filled in."""
@@ -130,6 +131,7 @@ class TransitionPublisher:
             try:
                 self.producer.produce(self.topic, payload, key=record["run_id"].encode(),
                                       on_delivery=self._delivered(event_id))
+                self._in_flight.add(event_id)
                 break
             except BufferError:
                 self.producer.poll(0.1)  # local queue full: wait for deliveries, never drop
@@ -156,6 +158,7 @@ class TransitionPublisher:
 
     def _delivered(self, event_id: str) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, msg: Message) -> None:
+            self._in_flight.discard(event_id)
             if err is None:
                 self.delivered += 1
                 return
@@ -174,7 +177,12 @@ class TransitionPublisher:
         """Wait for every pending delivery. Raises :class:`PublishError` if any event was not delivered."""
         remaining = self.producer.flush(timeout)
         if remaining:
-            raise PublishError(f"{remaining} events still undelivered after {timeout}s", pending=remaining)
+            # Named like failed ones: the caller can resend exactly these (the same event_id is stored once).
+            failed, self.failed = self.failed, []
+            ids = sorted(self._in_flight) + [e for e, _ in failed]
+            raise PublishError(f"{remaining} events still undelivered after {timeout}s"
+                               + (f", {len(failed)} not delivered" if failed else ""),
+                               pending=remaining, event_ids=ids)
         if self.failed:
             failed, self.failed = self.failed, []
             raise PublishError(f"{len(failed)} events were not delivered: {failed[0][1]}",

@@ -71,6 +71,28 @@ def test_delivery_failures_reach_the_caller() -> None:
     assert seen == [event_id]
 
 
+class _StuckProducer(FakeProducer):
+    """A broker that never answers within the flush: no delivery report at all (librdkafka's flush
+    returns the count still queued)."""
+
+    def poll(self, timeout: float = 0) -> int:
+        return len(self.pending)
+
+    def flush(self, timeout: float = 0) -> int:
+        return len(self.pending)
+
+
+def test_a_flush_that_times_out_names_every_undelivered_event() -> None:
+    producer = _StuckProducer()
+    pub = TransitionPublisher(Settings(), serde=Serde(SchemaSet.load()), producer=producer)  # type: ignore[arg-type]
+    sent = [pub.publish(draft(run_id=f"run-{i}")) for i in range(3)]
+    producer.pending.pop(1)(None, None)  # one delivered before the broker went quiet
+    with pytest.raises(PublishError) as info:
+        pub.flush(1)
+    assert info.value.fields["pending"] == 2
+    assert info.value.fields["event_ids"] == sorted([sent[0], sent[2]])
+
+
 def test_registry_that_never_answers_is_a_publish_error_and_nothing_is_sent() -> None:
     # The SDK waits schema_registry_wait_seconds for its first registration (test_registry.py shows it
     # waiting out a 30 s outage); past that the caller gets reason "registry", and nothing was produced.
