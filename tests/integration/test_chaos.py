@@ -47,7 +47,7 @@ from pipeline.scoring.policy import load_policy
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from pipeline.workload import BAD_INPUTS, PLANTED_CROSS_RUN, Workload
-from tests.support.chaos import Slot, query_store
+from tests.support.chaos import Slot, read_store
 from tests.support.helpers import Bus, committed, read_until_idle, topic_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -326,35 +326,6 @@ def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
         assert late == 0
         found += out
     return {f.finding_id: f.spec.code for f in found}
-
-
-STORE_SQL = (  # tests.support.chaos's, and the cross-run findings
-    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.transitions",
-    "SELECT count() AS final FROM {db}.transitions FINAL",
-    "SELECT count() AS raw, uniqExact(event_id) AS ids FROM {db}.assessments",
-    "SELECT count() AS final FROM {db}.assessments FINAL",
-    "SELECT code, count() AS n FROM {db}.findings FINAL GROUP BY code ORDER BY code",
-    "SELECT event_id FROM {db}.transitions FINAL",
-    "SELECT event_id FROM {db}.transitions FINAL GROUP BY event_id HAVING count() > 1",
-    "SELECT event_id FROM {db}.assessments FINAL GROUP BY event_id HAVING count() > 1",
-    "SELECT finding_id, code FROM {db}.cross_run_findings FINAL",
-    "SELECT count() AS raw FROM {db}.cross_run_findings",
-)
-
-
-def read_store(settings: Settings) -> dict[str, Any]:
-    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated, xrn, xrn_raw = query_store(
-        settings, *STORE_SQL)
-    return {
-        "transitions_raw": t_raw[0]["raw"], "transitions_ids": t_raw[0]["ids"], "transitions": t_final[0]["final"],
-        "assessments_raw": a_raw[0]["raw"], "assessments_ids": a_raw[0]["ids"], "assessments": a_final[0]["final"],
-        "findings": {r["code"]: r["n"] for r in findings},
-        "event_ids": {r["event_id"] for r in ids},
-        "repeated_ids": {r["event_id"] for r in repeated},
-        "repeated_assessment_ids": {r["event_id"] for r in a_repeated},
-        "cross_run": [(r["finding_id"], r["code"]) for r in xrn],
-        "cross_run_raw": xrn_raw[0]["raw"],
-    }
 
 
 @pytest.mark.timeout(1500)  # two 100,000-event runs; on a loaded 2-core machine the Kafka one passed 600 s

@@ -12,7 +12,7 @@ Example::
     writer.kill()                       # SIGKILL, mid-batch
     writer.start()                      # same slot, same settings
     rows = query_store(settings, "SELECT count() AS n FROM {db}.transitions FINAL")
-    store = read_store(settings)        # counts, raw vs FINAL, findings per code, repeated ids
+    store = read_store(settings)        # counts, raw vs FINAL, findings per code, repeated ids, cross-run findings
 """
 
 from __future__ import annotations
@@ -106,11 +106,14 @@ STORE_SQL = (
     "SELECT event_id FROM {db}.transitions FINAL",
     "SELECT event_id FROM {db}.transitions FINAL GROUP BY event_id HAVING count() > 1",
     "SELECT event_id FROM {db}.assessments FINAL GROUP BY event_id HAVING count() > 1",
+    "SELECT finding_id, code FROM {db}.cross_run_findings FINAL",
+    "SELECT count() AS raw FROM {db}.cross_run_findings",
 )
 
 
 def read_store(settings: Settings) -> dict[str, Any]:
-    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated = query_store(settings, *STORE_SQL)
+    t_raw, t_final, a_raw, a_final, findings, ids, repeated, a_repeated, xrn, xrn_raw = query_store(
+        settings, *STORE_SQL)
     return {
         "transitions_raw": t_raw[0]["raw"], "transitions_ids": t_raw[0]["ids"], "transitions": t_final[0]["final"],
         "assessments_raw": a_raw[0]["raw"], "assessments_ids": a_raw[0]["ids"], "assessments": a_final[0]["final"],
@@ -118,4 +121,6 @@ def read_store(settings: Settings) -> dict[str, Any]:
         "event_ids": {r["event_id"] for r in ids},
         "repeated_ids": {r["event_id"] for r in repeated},
         "repeated_assessment_ids": {r["event_id"] for r in a_repeated},
+        "cross_run": [(r["finding_id"], r["code"]) for r in xrn],
+        "cross_run_raw": xrn_raw[0]["raw"],
     }
