@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         if "correlation" in only:
             doc["correlation"] = correlation.compare(
                 bootstrap, corr_source, rate=1000 if smoke else 2000, seconds=lat_seconds,
-                chain_every=100 if smoke else 200, work=work, rss=rss, per_event_gen=per_event)
+                chain_every=100 if smoke else 200, work=work, rss=rss, per_event_gen=per_event,
+                rounds=1 if smoke else 3)
             log(f"correlation: {doc['correlation']}")
         rss.stop()
     if "review" in only:

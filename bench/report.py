@@ -128,6 +128,16 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"{a['to_page']['p95_ms']} ({a['paged']}/{a['chains']}) |",
                   f"| p50 to page added by the stage, ms | | {corr.get('to_page_p50_ms_added')} |",
                   f"| throughput with / without | | {corr['throughput_with_over_without']} |"]
+        rounds = corr.get("rounds", [])
+        if len(rounds) > 1:  # the figures above are the median round's; the ratios the rounds' medians
+            lines += ["", f"| correlation round (median: {corr['median_round']}) | order | events/s without / with "
+                      "| ratio | p50 to page without / with, ms | added |",
+                      "| ---: | --- | ---: | ---: | ---: | ---: |"]
+            for i, r in enumerate(rounds):
+                eps, page = r["events_per_s"], r["to_page_p50_ms"]
+                lines.append(f"| {i} | {r['order']} | {eps['without_correlator']:,.0f} / {eps['with_correlator']:,.0f} "
+                             f"| {r['throughput_with_over_without']} | {page['without_correlator']} / "
+                             f"{page['with_correlator']} | {r.get('to_page_p50_ms_added')} |")
     lines += ["", "| peak RSS | MB |", "| --- | ---: |"]
     for key, mb in sorted(doc["rss_peak_mb"].items()):
         lines.append(f"| {key} | {mb:.0f} |")
