@@ -19,7 +19,8 @@ def role_of(proc: psutil.Process) -> str:
         cmd = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
-    for needle, role in (("consumers.scorer", "scorer"), ("bench.agentgov_run", "agentgov-runner+writer"),
+    for needle, role in (("consumers.scorer", "scorer"), ("consumers.correlator", "correlator"),
+                         ("bench.agentgov_run", "agentgov-runner+writer"),
                          ("bench.quix_peer", "quix-app"), ("bench.ceiling", "ceiling"), ("tansu", "tansu-broker"),
                          ("-m bench", "bench-driver")):
         if needle in cmd:

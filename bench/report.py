@@ -133,11 +133,12 @@ def markdown(doc: dict[str, Any]) -> str:
             lines += ["", f"| correlation round (median: {corr['median_round']}) | order | events/s without / with "
                       "| ratio | p50 to page without / with, ms | added |",
                       "| ---: | --- | ---: | ---: | ---: | ---: |"]
-            for i, r in enumerate(rounds):
-                eps, page = r["events_per_s"], r["to_page_p50_ms"]
-                lines.append(f"| {i} | {r['order']} | {eps['without_correlator']:,.0f} / {eps['with_correlator']:,.0f} "
-                             f"| {r['throughput_with_over_without']} | {page['without_correlator']} / "
-                             f"{page['with_correlator']} | {r.get('to_page_p50_ms_added')} |")
+            for i, rnd in enumerate(rounds):
+                eps, page = rnd["events_per_s"], rnd["to_page_p50_ms"]
+                lines.append(f"| {i} | {rnd['order']} | {eps['without_correlator']:,.0f} / "
+                             f"{eps['with_correlator']:,.0f} | {rnd['throughput_with_over_without']} | "
+                             f"{page['without_correlator']} / {page['with_correlator']} | "
+                             f"{rnd.get('to_page_p50_ms_added')} |")
     lines += ["", "| peak RSS | MB |", "| --- | ---: |"]
     for key, mb in sorted(doc["rss_peak_mb"].items()):
         lines.append(f"| {key} | {mb:.0f} |")
