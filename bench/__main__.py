@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="ceiling,agentgov,quix,latency,correlation,review",
                     help="scenarios to run, comma-separated (default: all; ratios need all)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--correlation-rounds", type=int, default=3,
+                    help="with/without-correlator pairs, order alternating, each on a fresh broker (default 3)")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     smoke = args.smoke
@@ -228,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             doc["latency"] = latency(bootstrap, rates, lat_seconds, per_event, work, rss, scorers=2)
         if "correlation" in only:
             doc["correlation"] = correlation.compare(
-                bootstrap, corr_source, rate=1000 if smoke else 2000, seconds=lat_seconds,
+                corr_source, rate=1000 if smoke else 2000, seconds=lat_seconds,
                 chain_every=100 if smoke else 200, work=work, rss=rss, per_event_gen=per_event,
-                rounds=1 if smoke else 3)
+                rounds=1 if smoke else args.correlation_rounds)
             log(f"correlation: {doc['correlation']}")
         rss.stop()
     if "review" in only:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.topics import ensure_topics
 from pipeline.workload import run_step
 
@@ -176,21 +177,26 @@ def report_settings(settings: Any) -> dict[str, Any]:
     return dict(json.loads(settings.model_dump_json()))
 
 
-def compare(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_every: int, work: Path,
+def compare(source: list[Message], rate: int, seconds: float, chain_every: int, work: Path,
             rss: RssSampler, per_event_gen: float, rounds: int = 3) -> dict[str, Any]:
     """Both runs over the same source events, ``rounds`` times in one benchmark run, the order alternating
-    (without/with, with/without, ...): on two shared, noisy cores one pair's ratio ranged 0.57-0.95 over
-    four runs of the same commit, and the scenario run second was not consistently favoured. Reported: each
-    round's figures, the medians of the rounds' ratio and added time to page, and the full figures of the
-    median round (``with_correlator``/``without_correlator``)."""
+    (without/with, with/without, ...), each run on a fresh embedded broker of its own (Tansu keeps its log
+    in memory, and a broker holding earlier runs' records answers more slowly). On two shared, noisy cores
+    one pair's ratio ranged 0.57-0.95 over four runs of the same commit. Reported: each round's figures,
+    the medians of the rounds' ratio and added time to page, and the full figures of the median round
+    (``with_correlator``/``without_correlator``)."""
     pairs: list[dict[str, Any]] = []
     for r in range(rounds):
         pair: dict[str, Any] = {}
         for correlator in (False, True) if r % 2 == 0 else (True, False):
             key = "with_correlator" if correlator else "without_correlator"
-            w = rss.window()
-            pair[key] = run(bootstrap, source, rate, seconds, chain_every, correlator, work, rss, per_event_gen)
-            pair[key]["cpu_seconds"] = w.close()
+            with EmbeddedBroker(free_port(), work / f"tansu-{key}-{r}.log") as broker:
+                assert broker.proc is not None
+                rss.watch(broker.proc.pid)
+                w = rss.window()
+                pair[key] = run(broker.bootstrap, source, rate, seconds, chain_every, correlator, work, rss,
+                                per_event_gen)
+                pair[key]["cpu_seconds"] = w.close()
         a, b = pair["with_correlator"], pair["without_correlator"]
         pair["throughput_with_over_without"] = report._ratio(a["throughput"]["events_per_s"],
                                                              b["throughput"]["events_per_s"])

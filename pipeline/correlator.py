@@ -225,7 +225,7 @@ class Correlator(TransactionalLoop):
                     msg.topic() == self.settings.topic_facts_by_target)
             if state.add(ev):
                 state.arrived_at = now
-                tally.paged += self._page_early(state, ev)
+                self._page(self._page_early(state, ev))
             tally.facts += 1
         produce = self.producer.produce
         topic = self.settings.topic_correlations
@@ -325,6 +325,18 @@ class Correlator(TransactionalLoop):
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, rules)
 
+    def _page(self, chains: list[CrossRunFinding]) -> None:
+        """Set the page of each chain found on arrival, at once: not after the batch's commit, which would add
+        the rest of the batch and the commit to the time to page. The page is an alert, not an output of the
+        transaction; a batch aborted after it is replayed and sets the same series again (one page per
+        chain). The chain's finding follows at the watermark, in a transaction."""
+        now = time.time()
+        for f in chains:
+            self.metrics.escalation_ring.set((f.pattern, f.event["agent"]["agent_id"], f.event["run_id"]), now)
+            log.warning("cross-run escalation paged early", extra={"kv": {
+                "pattern": f.pattern, "finding_id": f.finding_id, "event_id": f.event["event_id"],
+                "runs": list(f.run_ids)}})
+
     def account(self, tally: _Tally, msgs: list[Message]) -> None:
         m = self.metrics
         m.correlator_facts.inc(tally.facts)
@@ -341,11 +353,6 @@ class Correlator(TransactionalLoop):
                 m.escalation_ring.set((f.pattern, f.event["agent"]["agent_id"], f.event["run_id"]), now)
                 log.warning("cross-run escalation detected", extra={"kv": {
                     "pattern": f.pattern, "finding_id": f.finding_id, "runs": list(f.run_ids)}})
-        for f in tally.paged:  # early: the finding itself follows at the watermark
-            m.escalation_ring.set((f.pattern, f.event["agent"]["agent_id"], f.event["run_id"]), now)
-            log.warning("cross-run escalation paged early", extra={"kv": {
-                "pattern": f.pattern, "finding_id": f.finding_id, "event_id": f.event["event_id"],
-                "runs": list(f.run_ids)}})
         for (code, sev, cat), n in codes.items():
             m.findings.labels(code=code, severity=sev, category=cat).inc(n)
         self.emitted += len(tally.found)
@@ -359,11 +366,10 @@ class Correlator(TransactionalLoop):
 
 
 class _Tally:
-    __slots__ = ("dead", "facts", "found", "late", "paged")
+    __slots__ = ("dead", "facts", "found", "late")
 
     def __init__(self) -> None:
         self.facts = 0
         self.late = 0
         self.dead: Counter[str] = Counter()
         self.found: list[CrossRunFinding] = []
-        self.paged: list[CrossRunFinding] = []
