@@ -36,13 +36,18 @@ def facts(events: int) -> list[TransitionDict]:
     return out
 
 
-def judge(items: list[TransitionDict], by_target: bool) -> tuple[int, float]:
+def judging_half() -> Any:
     c: Any = Correlator.__new__(Correlator)  # the judging half only: no consumer, no producer
     c.policy, c.scorer_window_ms = load_policy(None), 3_600_000
     c.graph = type("NoEdges", (), {"into": staticmethod(lambda agent: [])})()
     busy = AgentBaseline("any", events=1000, grants_per_hour=500.0)
     c.baselines = lambda key: busy
-    state = KeyedState(by_target)
+    return c
+
+
+def judge(items: list[TransitionDict], by_target: bool) -> tuple[int, float]:
+    c = judging_half()
+    state = c._new_state(by_target)
     t0 = time.perf_counter()
     for ev in items:
         state.add(ev)
@@ -65,7 +70,8 @@ def main() -> None:
     del items
     tracemalloc.start()
     items = facts(events)  # traced: the retained facts themselves count
-    both = [KeyedState(True), KeyedState(False)]
+    c = judging_half()
+    both: list[KeyedState] = [c._new_state(True), c._new_state(False)]  # as the correlator builds them
     for state in both:
         for ev in items:
             state.add(ev)

@@ -134,7 +134,7 @@ class Correlator(TransactionalLoop):
 
     def rebuild(self, tp: TopicPartition) -> None:
         by_target = tp.topic == self.settings.topic_facts_by_target
-        state = self.states[(tp.topic, tp.partition)] = KeyedState(by_target)
+        state = self.states[(tp.topic, tp.partition)] = self._new_state(by_target)
         held = self._load_holdings(tp.partition, state) if by_target else 0
         replayed = replay(self.settings, tp, self.retain_ms, self._decode, state.add) if tp.offset > 0 else 0
         # What the watermark had released before the last commit is history: apply it, judge it no more.
@@ -181,6 +181,12 @@ class Correlator(TransactionalLoop):
         finally:
             reader.close()
 
+    def _new_state(self, by_target: bool) -> KeyedState:
+        return KeyedState(by_target, stale_of=None if by_target else self._stale_of())
+
+    def _stale_of(self) -> Callable[[TransitionDict], bool]:
+        return functools.partial(stale_decision, self.policy.governance)
+
     def forget(self, tp: TopicPartition) -> None:
         self.states.pop((tp.topic, tp.partition), None)
 
@@ -189,6 +195,9 @@ class Correlator(TransactionalLoop):
         changed = self._watcher.poll()
         if changed is not None:
             self.policy = changed
+            for state in self.states.values():  # which versions are approved may have changed
+                if not state.by_target:
+                    state.restale(self._stale_of())
             self.metrics.policy_info.labels(role=self.role).info(
                 {"version": changed.version, "sha256": changed.sha256})
 
@@ -221,7 +230,7 @@ class Correlator(TransactionalLoop):
                 continue
             state = self.states.get((msg.topic(), msg.partition()))
             if state is None:  # assignment raced; build on the fly
-                state = self.states[(msg.topic(), msg.partition())] = KeyedState(
+                state = self.states[(msg.topic(), msg.partition())] = self._new_state(
                     msg.topic() == self.settings.topic_facts_by_target)
             if state.add(ev):
                 state.arrived_at = now
@@ -312,15 +321,15 @@ class Correlator(TransactionalLoop):
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):
             return []  # both agent rules judge executed grants only
-        # The stale-share rule reads the drift window only for a stale decision (a busy agent on an approved
-        # policy costs nothing here). Group nesting scans the agent's history; it can only find a group
-        # created in it, so it is skipped without one.
+        # The stale-share rule reads the drift window's counts only for a stale decision (indexed: O(log n) for
+        # a busy agent). Group nesting scans the agent's history; it can only find a group created in it, so
+        # it is skipped without one.
         drift_ms = policy.drift.rate_window_seconds * 1000
-        recent = state.before(key, ev, drift_ms) if stale_decision(policy, ev) else ()
+        decisions = state.decision_window(key, ev, drift_ms) if stale_decision(policy, ev) else None
         window = policy.escalation.window_seconds * 1000
         rules = BY_AGENT_RULES if state.created_before(key, ev, window) else AGENT_RULES_BUT_NESTING
         cx = CrossRunContext(self.policy, key, history=state.before(key, ev, window),
-                             recent_decisions=recent, delegations=self._edges_into, baseline=self.baselines(key),
+                             decision_window=decisions, delegations=self._edges_into, baseline=self.baselines(key),
                              recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, rules)

@@ -25,7 +25,7 @@ from typing import Any, overload
 
 from .events import TransitionDict
 from .facts import holding_key
-from .scoring.crossrun import CrossRunFinding, duplicate_id_across_partitions
+from .scoring.crossrun import MAX_EVIDENCE, CrossRunFinding, DecisionWindow, duplicate_id_across_partitions
 from .scoring.rules import granted_access
 
 Order = tuple[int, str, int, int]
@@ -96,6 +96,13 @@ class KeyedState:
     """Per key, each ``create_group`` fact's time and the group it made (target and resource id): group
     nesting (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact
     without one is judged without scanning the key's history."""
+    stale_of: Callable[[TransitionDict], bool] | None = None
+    """By agent: whether a fact ran under an unapproved policy version (the correlator's policy). With it,
+    the applied facts are also indexed for the stale-share rule (:meth:`decision_window`)."""
+    stale: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
+    """By agent, per key: the applied stale decisions (``stale_of``), event-time order."""
+    by_part: dict[str, dict[int, tuple[list[Order], list[Order]]]] = field(default_factory=dict)
+    """By agent, per key, per source partition: the applied facts' places, and the stale ones'."""
     released: Order = (0, "", 0, 0)
     max_seen_ms: int = 0
     arrived_at: float = 0.0
@@ -223,12 +230,15 @@ class KeyedState:
         entry = (order(ev), ev)
         hist = self.history.setdefault(key, [])
         bisect.insort(hist, entry, key=_first)
+        self.ids.setdefault(ev["event_id"], []).append(ev)
         if self.by_target:
-            self.ids.setdefault(ev["event_id"], []).append(ev)
             if ev["decision"]["outcome"] == "granted":
                 self.hold(ev)
-        elif granted_access(ev):
-            bisect.insort(self.grants.setdefault(key, []), entry, key=_first)
+        else:
+            if granted_access(ev):
+                bisect.insort(self.grants.setdefault(key, []), entry, key=_first)
+            if self.stale_of is not None:
+                self._index_decision(key, entry)
         lo = (self.max_seen_ms - retain_ms,)
         if hist[0][0][0] < lo[0]:
             cut = bisect.bisect_left(hist, lo, key=_time)
@@ -245,6 +255,61 @@ class KeyedState:
             made = self.creates.get(key)
             if made:
                 del made[:bisect.bisect_left(made, lo, key=_time)]
+            stale = self.stale.get(key)
+            if stale:
+                del stale[:bisect.bisect_left(stale, lo, key=_time)]
+            for lists in self.by_part.get(key, {}).values():
+                for places in lists:
+                    del places[:bisect.bisect_left(places, lo)]
+
+    def _index_decision(self, key: str, entry: tuple[Order, TransitionDict]) -> None:
+        assert self.stale_of is not None
+        parts = self.by_part.setdefault(key, {})
+        places, stale_places = parts.setdefault(int(entry[1]["source_partition"]), ([], []))
+        bisect.insort(places, entry[0])
+        if self.stale_of(entry[1]):
+            bisect.insort(stale_places, entry[0])
+            bisect.insort(self.stale.setdefault(key, []), entry, key=_first)
+
+    def restale(self, stale_of: Callable[[TransitionDict], bool]) -> None:
+        """Index the applied facts again under a new ``stale_of`` (the policy's approved versions changed)."""
+        self.stale_of, self.stale, self.by_part = stale_of, {}, {}
+        if not self.by_target:
+            for key, hist in self.history.items():
+                for entry in hist:
+                    self._index_decision(key, entry)
+
+    def decision_window(self, key: str, ev: TransitionDict, window_ms: int) -> DecisionWindow:
+        """AG-XRN-009's counts over the key's applied facts in ``[ev - window_ms, ev)``, in O(P log n) for P
+        source partitions, however busy the agent (the rule would otherwise scan the window for every stale
+        decision: quadratic on an agent making thousands of them). Copies of ``ev``'s event_id are not
+        counted, as the rule's own scan does not count them."""
+        if self.stale_of is None:
+            raise ValueError("decision_window needs stale_of")
+        o, lo = order(ev), (ev["occurred_at"] - window_ms,)
+        hist = self.history.get(key, _EMPTY)
+        end = bisect.bisect_left(hist, o, key=_first)
+        decisions = end - bisect.bisect_left(hist, lo, key=_time, hi=end)
+        stale = self.stale.get(key, _EMPTY)
+        s_end = bisect.bisect_left(stale, o, key=_first)
+        s_start = bisect.bisect_left(stale, lo, key=_time, hi=s_end)
+        per_part: dict[int, list[int]] = {}
+        for part, (places, stale_places) in self.by_part.get(key, {}).items():
+            n_end, st_end = bisect.bisect_left(places, o), bisect.bisect_left(stale_places, o)
+            per_part[part] = [n_end - bisect.bisect_left(places, lo, hi=n_end),
+                              st_end - bisect.bisect_left(stale_places, lo, hi=st_end)]
+        copies = [h for h in self.ids.get(ev["event_id"], ()) if h["occurred_at"] >= lo[0] and order(h) < o]
+        for h in copies:  # rare: the same event under another Kafka key or partition
+            counts = per_part[int(h["source_partition"])]
+            decisions -= 1
+            counts[0] -= 1
+            if self.stale_of(h):
+                counts[1] -= 1
+        own = per_part.get(int(ev["source_partition"]), [0, 0])
+        take = max(s_start, s_end - MAX_EVIDENCE - len(copies))
+        latest = [h for _, h in stale[take:s_end] if not any(h is c for c in copies)][-MAX_EVIDENCE:]
+        return DecisionWindow(decisions, sum(c[1] for c in per_part.values()), own[0], own[1],
+                              frozenset(p for p, c in per_part.items() if c[1] > 0), latest)
 
     def hold(self, ev: TransitionDict) -> None:
         fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],

@@ -78,13 +78,33 @@ class CrossRunContext:
     same_id: Sequence[TransitionDict] | None = None
     """Earlier facts of the key with the fact's event_id, if indexed; None means: scan ``history``."""
     recent_decisions: Sequence[TransitionDict] | None = None
-    """The agent's facts in the drift window before the fact, for the stale-share rule; the correlator reads
-    them only for a stale decision (:func:`stale_decision`). None means: derive from ``history``."""
+    """The agent's facts in the drift window before the fact, for the stale-share rule. None means: derive
+    from ``history`` (or use ``decision_window``)."""
+    decision_window: DecisionWindow | None = None
+    """The stale-share rule's counts over the drift window, if the caller indexed them (the correlator does,
+    so a stale decision of a busy agent costs O(log n), not a scan of its window)."""
 
     @property
     def governance(self) -> GovernancePolicy:
         """The governance policy the rules apply."""
         return self.policy.policy
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionWindow:
+    """An agent's access changes in the drift window before a fact, counted for AG-XRN-009; copies of the
+    fact's own event_id are not counted (as when the rule scans the window itself)."""
+
+    decisions: int
+    stale: int
+    """Of ``decisions``, those under an unapproved policy version."""
+    own_decisions: int
+    """Of ``decisions``, those from the fact's own source partition."""
+    own_stale: int
+    stale_partitions: frozenset[int]
+    """Source partitions with a stale decision in the window."""
+    latest_stale: Sequence[TransitionDict]
+    """The latest stale decisions (at most ``MAX_EVIDENCE``), event-time order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,25 +412,33 @@ def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> l
     if (ev["agent"]["agent_id"] != cx.key or b is None or b.events < policy.drift.min_baseline_events
             or not stale_decision(policy, ev)):
         return []
+    w = cx.decision_window if cx.decision_window is not None else _decision_window(ev, cx)
+    if not stale_share_over(w.stale + 1, w.decisions + 1, policy) or stale_share_over(w.stale, w.decisions, policy):
+        return []
+    if stale_share_over(w.own_stale + 1, w.own_decisions + 1, policy):
+        return []  # the scorer of this partition sees the drift by itself
+    count = w.stale + 1
+    parts = len(w.stale_partitions | {_part(ev)})
+    share = count / (w.decisions + 1)
+    ref = ev["policy"]
+    named = f"; the latest {MAX_EVIDENCE} are named" if count > MAX_EVIDENCE else ""
+    return [CrossRunFinding(XRN_STALE_POLICY, cx.key,
+        f"agent {cx.key!r}: {count} of its last {w.decisions + 1} access changes ({share:.0%}) ran under "
+        f"unapproved policy versions, over {parts} partitions, now {ref['policy_id']!r} {ref['policy_version']!r} "
+        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%}){named}",
+        (*w.latest_stale, ev)[-MAX_EVIDENCE:])]
+
+
+def _decision_window(ev: TransitionDict, cx: CrossRunContext) -> DecisionWindow:
+    """AG-XRN-009's counts by scanning the drift window (``recent_decisions``, else ``history``)."""
+    policy = cx.governance
     lo = ev["occurred_at"] - policy.drift.rate_window_seconds * 1000
     source = cx.history if cx.recent_decisions is None else cx.recent_decisions
     window = [h for h in source if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
     stale = [h for h in window if stale_decision(policy, h)]
-    if not stale_share_over(len(stale) + 1, len(window) + 1, policy) \
-            or stale_share_over(len(stale), len(window), policy):
-        return []
     mine = [h for h in window if _part(h) == _part(ev)]
-    if stale_share_over(sum(1 for h in mine if stale_decision(policy, h)) + 1, len(mine) + 1, policy):
-        return []  # the scorer of this partition sees the drift by itself
-    chain = (*stale, ev)
-    parts = len({_part(h) for h in chain})
-    share = len(chain) / (len(window) + 1)
-    ref = ev["policy"]
-    return [CrossRunFinding(XRN_STALE_POLICY, cx.key,
-        f"agent {cx.key!r}: {len(chain)} of its last {len(window) + 1} access changes ({share:.0%}) ran under "
-        f"unapproved policy versions, over {parts} partitions, now {ref['policy_id']!r} {ref['policy_version']!r} "
-        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%})"
-        f"{_named(chain)}", chain[-MAX_EVIDENCE:])]
+    return DecisionWindow(len(window), len(stale), len(mine), sum(1 for h in mine if stale_decision(policy, h)),
+                          frozenset(_part(h) for h in stale), stale[-MAX_EVIDENCE:])
 
 
 XRN_GROUP_NESTING = spec(

@@ -293,6 +293,10 @@ def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
     watermark passes (no baselines: the chaos settings refresh them daily, so none is published)."""
     serde = Serde(SchemaSet.load(), None, record=FACT)
     graph = DelegationGraph(settings, serde)
+    judge: Any = Correlator.__new__(Correlator)  # the judging half: no consumer, no producer
+    judge.policy, judge.graph = load_policy(settings.policy_file), graph
+    judge.scorer_window_ms = settings.context_window_seconds * 1000
+    judge.baselines = lambda agent: None
     states: dict[tuple[str, int], KeyedState] = {}
     reader = Consumer(settings.consumer_config(f"clean-facts-{uuid.uuid4().hex[:8]}"))
     reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic in (settings.topic_facts_by_target,
@@ -311,14 +315,12 @@ def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
                     graph.add(record)
                     continue
                 key = (msg.topic(), msg.partition())
-                state = states.setdefault(key, KeyedState(msg.topic() == settings.topic_facts_by_target))
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = judge._new_state(msg.topic() == settings.topic_facts_by_target)
                 state.add(as_event(record))
     finally:
         reader.close()
-    judge: Any = Correlator.__new__(Correlator)  # the judging half: no consumer, no producer
-    judge.policy, judge.graph = load_policy(settings.policy_file), graph
-    judge.scorer_window_ms = settings.context_window_seconds * 1000
-    judge.baselines = lambda agent: None
     found: list[CrossRunFinding] = []
     for state in states.values():
         out, late = state.judge_due(1 << 62, settings.correlation_retain_seconds * 1000,

@@ -263,6 +263,88 @@ def test_count_findings_name_at_most_the_latest_hundred_events() -> None:
     assert len(f.chain) == 100 and "made 151 grants" in f.message
 
 
+def _indexed_and_scanned(facts: list[TransitionDict], retain_ms: int, reload_at: int | None = None
+                         ) -> tuple[list[tuple[str, str, tuple[str, ...]]], list[tuple[str, str, tuple[str, ...]]]]:
+    """AG-XRN-009 over ``facts`` (one agent) judged twice per fact, as the correlator applies them: with the
+    state's indexed counts (``decision_window``) and by scanning the window (``recent_decisions``)."""
+    import functools
+
+    from pipeline.keyed_state import KeyedState
+    from pipeline.scoring.crossrun import DecisionWindow, stale_policy_across_partitions
+    from pipeline.scoring.rules import stale_decision
+
+    policy = POLICY
+    state = KeyedState(by_target=False, stale_of=functools.partial(stale_decision, policy.governance))
+    drift_ms = policy.governance.drift.rate_window_seconds * 1000
+    indexed, scanned = [], []
+    for i, ev in enumerate(sorted(facts, key=lambda f: (f["occurred_at"], f["event_id"]))):
+        if i == reload_at:  # a policy reload indexes the state again (here: with the same approvals)
+            state.restale(functools.partial(stale_decision, policy.governance))
+        window: DecisionWindow = state.decision_window("agent-drift", ev, drift_ms)
+        for out, cx in ((indexed, CrossRunContext(policy, "agent-drift", baseline=WARM, decision_window=window)),
+                        (scanned, CrossRunContext(policy, "agent-drift", baseline=WARM,
+                                                  recent_decisions=state.before("agent-drift", ev, drift_ms)))):
+            out += [(f.finding_id, f.message, f.event_ids) for f in stale_policy_across_partitions(ev, cx)]
+        state.max_seen_ms = max(state.max_seen_ms, ev["occurred_at"])
+        state.apply("agent-drift", ev, retain_ms)
+    return indexed, scanned
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stale_share_indexed_counts_equal_a_scan_of_the_window(seed: int) -> None:
+    """The correlator's O(log n) counts (KeyedState.decision_window) give the very findings the rule gets by
+    scanning the window: crossings, messages, evidence, with copies of an event_id on other partitions,
+    retention cutting the window, and a policy reload in between."""
+    import random
+
+    rng = random.Random(seed)
+    facts: list[TransitionDict] = []
+    t = T0
+    for i in range(400):
+        t += rng.choice((1_000, 20_000, 60_000, 300_000))
+        facts.append(fact(rng.randrange(6), **{
+            "run_id": f"r-idx-{i}", "agent.agent_id": "agent-drift", "target.identity_id": f"u-idx-{i}",
+            "policy.policy_version": "5" if rng.random() < rng.choice((0.1, 0.3, 0.6)) else "7",
+            "occurred_at": t}))
+        if rng.random() < 0.05:  # the same event again, on another partition (a replay or a rewritten copy)
+            copy = dict(facts[-1], source_partition=(facts[-1]["source_partition"] + 1) % 6)
+            facts.append(copy)  # type: ignore[arg-type]
+    indexed, scanned = _indexed_and_scanned(facts, retain_ms=rng.choice((3_600_000, 7_200_000)), reload_at=200)
+    assert indexed == scanned
+    assert seed > 2 or indexed, "the seeds must include crossings, or the comparison says little"
+
+
+def test_stale_share_of_a_busy_agent_is_not_quadratic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runaway agent on an unapproved policy: 3,000 stale decisions in one drift window. Judging them reads
+    each fact's staleness a bounded number of times (indexed), not once per fact in the window for every
+    stale decision (3,000 x 3,000 / 2)."""
+    import pipeline.correlator as correlator_module
+    from pipeline.scoring import crossrun, rules
+
+    calls = 0
+    real = rules.stale_decision
+
+    def counted(policy: Any, ev: TransitionDict) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(policy, ev)
+
+    facts = [fact(i % 6, **{"run_id": f"r-busy-{i}", "agent.agent_id": "agent-drift", "policy.policy_version": "5",
+                            "target.identity_id": f"u-busy-{i}", "occurred_at": T0 + i * 100})
+             for i in range(3000)]
+    c = _bare_correlator()
+    c.baselines = lambda key: WARM
+    for module in (correlator_module, crossrun):  # the correlator's reads and the rule's own
+        monkeypatch.setattr(module, "stale_decision", counted)
+    state = c._new_state(False)
+    for ev in facts:
+        state.add(ev)
+    found, _ = state.judge_due(1 << 62, 1 << 40, lambda key, ev: c._judge(state, key, ev))
+    assert calls <= 4 * len(facts), calls
+    # once, at the crossing (no one partition had its minimum of decisions yet); not again while it stays over
+    assert len([f for f in found if f.spec.code == "AG-XRN-009"]) == 1
+
+
 def test_facts_written_before_schema_version_2_are_never_stale() -> None:
     old = [dict(f, policy={"policy_id": None, "policy_version": None})
            for f in decisions([(i % 6, True) for i in range(21)])]
