@@ -52,7 +52,8 @@ def main() -> int:
     # No correlator unless the spec asks: the with/without-correlator comparison is not wired yet (the
     # scorers still emit access facts unless the spec's settings set access_facts false).
     pipe = Pipeline(settings, scorers=spec["scorers"], metrics=metrics, log_dir=settings.state_dir,
-                    supervise=False, correlators=spec.get("correlators", 0))
+                    supervise=False, correlators=spec.get("correlators", 0),
+                    correlator_metrics_ports=spec.get("correlator_metrics_ports"))
     for line in sys.stdin:
         cmd, *args = line.split()
         if cmd == "start":

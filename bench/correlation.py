@@ -3,7 +3,8 @@ without it (no access facts, no correlator), in the same benchmark run.
 
 For each of the two runs, one ``bench.agentgov_run`` child:
 
-- throughput: ``count`` events at full speed, end to end (first scored to last stored);
+- throughput: ``count`` events at full speed, end to end: first scored to last stored, and with the stage
+  to the later of that and the correlator's last fact consumed (its fact counter still for 1.5 s);
 - time to page at ``rate`` events/s offered: benign events paced for ``seconds``, with a
   transient-privilege chain every ``chain_every`` events (a privileged grant, its revoke about a second
   later). With the correlator the two steps are in different runs on different partitions, so no scorer
@@ -128,13 +129,20 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
     ensure_topics(settings)
     count = len(source)
     produce_all(bootstrap, settings.topic_transitions, source)
+    metrics_port = free_port()
     child = Child("bench.agentgov_run", {"settings": report_settings(settings), "scorers": 2,
-                                         "correlators": 1 if correlator else 0}, work, name)
+                                         "correlators": 1 if correlator else 0,
+                                         "correlator_metrics_ports": [metrics_port]}, work, name)
     rss.watch(child.pid)
     p = producer(bootstrap)
     try:
         child.ask("start")
         first = child.ask(f"wait {count} 600")  # throughput: produced before the start
+        # With the stage, the throughput run ends when the correlator has consumed every fact too, not at the
+        # last stored assessment: a correlator lagging behind the writer is the stage's cost, and the paced
+        # run below must not start on its backlog (its pages would time the backlog, not the stage).
+        caught_up = correlator_caught_up(metrics_port) if correlator else None
+        end = max(first["at"], caught_up["at"]) if caught_up else first["at"]
         n = max(rate, int(rate * seconds))
         start = time.time() + n * per_event_gen * 1.5 + 1.0
         messages, last_ids, runs = paced_events(n, rate, start, chain_every, seed=300 + int(correlator),
@@ -159,18 +167,47 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
         rep = child.ask("report")
     finally:
         child.close()
-    span = first["at"] - rep["first_scored_at"]
+    span = end - rep["first_scored_at"]
     samples = [lat for _, lat in rep["latency"]]
     to_page = [paged[i] - stamped for i, stamped in last_ids.items() if i in paged]
     return {
         "throughput": {"events": first["stored"], "seconds": round(span, 3),
-                       "events_per_s": round(first["stored"] / span, 1)},
+                       "events_per_s": round(first["stored"] / span, 1),
+                       **({"correlator_facts": caught_up["facts"],
+                           "correlator_behind_writer_s": round(caught_up["at"] - first["at"], 3)}
+                          if caught_up else {})},
         "latency": {"offered_per_s": rate, "achieved_per_s": round(n / sent_for, 1), "events": n,
                     "producer_max_lag_ms": round(worst * 1000, 1), **report.quantiles(samples[count:count + n])},
         "chains": len(last_ids), "chains_span_runs": correlator, "paged": len(to_page),
         "paged_by": "correlator" if correlator else "scorer", "to_page": report.quantiles(to_page),
         "stored": stored["stored"],
     }
+
+
+FACTS_LINE = re.compile(r"^agentgov_correlator_facts_total (\S+)$", re.M)
+
+
+def correlator_caught_up(port: int, quiet: float = 1.5, timeout: float = 600.0) -> dict[str, Any]:
+    """Poll the correlator's ``agentgov_correlator_facts_total`` until it has not moved for ``quiet`` seconds
+    (the scorers are done by then: every assessment is stored); answers the count and when it last moved."""
+    import urllib.request
+
+    facts, moved = -1.0, time.time()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            m = FACTS_LINE.search(body)
+            value = float(m.group(1)) if m else -1.0
+        except OSError:
+            value = -1.0  # not serving yet
+        now = time.time()
+        if value != facts:
+            facts, moved = value, now
+        elif facts > 0 and now - moved >= quiet:
+            return {"facts": int(facts), "at": moved}
+        time.sleep(0.05)
+    raise TimeoutError(f"correlator's fact count still moving (or absent) after {timeout:g}s: {facts}")
 
 
 def report_settings(settings: Any) -> dict[str, Any]:
