@@ -127,16 +127,20 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"{b['to_page']['p95_ms']} ({b['paged']}/{b['chains']}) | {a['to_page']['p50_ms']} / "
                   f"{a['to_page']['p95_ms']} ({a['paged']}/{a['chains']}) |",
                   f"| p50 to page added by the stage, ms | | {corr.get('to_page_p50_ms_added')} |",
-                  f"| throughput with / without | | {corr['throughput_with_over_without']} |"]
+                  f"| throughput with / without (with: until the correlator has consumed every fact) | | "
+                  f"{corr['throughput_with_over_without']} |",
+                  f"| main path only (to the last stored assessment), with / without | | "
+                  f"{corr.get('main_path_with_over_without')} |"]
         rounds = corr.get("rounds", [])
         if len(rounds) > 1:  # the figures above are the median round's; the ratios the rounds' medians
             lines += ["", f"| correlation round (median: {corr['median_round']}) | order | events/s without / with "
-                      "| ratio | p50 to page without / with, ms | added |",
-                      "| ---: | --- | ---: | ---: | ---: | ---: |"]
+                      "| ratio | main path ratio | p50 to page without / with, ms | added |",
+                      "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
             for i, rnd in enumerate(rounds):
                 eps, page = rnd["events_per_s"], rnd["to_page_p50_ms"]
                 lines.append(f"| {i} | {rnd['order']} | {eps['without_correlator']:,.0f} / "
                              f"{eps['with_correlator']:,.0f} | {rnd['throughput_with_over_without']} | "
+                             f"{rnd.get('main_path_with_over_without')} | "
                              f"{page['without_correlator']} / {page['with_correlator']} | "
                              f"{rnd.get('to_page_p50_ms_added')} |")
     lines += ["", "| peak RSS | MB |", "| --- | ---: |"]
