@@ -298,7 +298,8 @@ class KeyedState:
             n_end, st_end = bisect.bisect_left(places, o), bisect.bisect_left(stale_places, o)
             per_part[part] = [n_end - bisect.bisect_left(places, lo, hi=n_end),
                               st_end - bisect.bisect_left(stale_places, lo, hi=st_end)]
-        copies = [h for h in self.ids.get(ev["event_id"], ()) if h["occurred_at"] >= lo[0] and order(h) < o]
+        copies = [h for h in self.ids.get(ev["event_id"], ())  # of this key only: a rewritten copy may name
+                  if self.key_of(h) == key and h["occurred_at"] >= lo[0] and order(h) < o]  # another agent
         for h in copies:  # rare: the same event under another Kafka key or partition
             counts = per_part[int(h["source_partition"])]
             decisions -= 1

@@ -269,23 +269,32 @@ def _indexed_and_scanned(facts: list[TransitionDict], retain_ms: int, reload_at:
     state's indexed counts (``decision_window``) and by scanning the window (``recent_decisions``)."""
     import functools
 
-    from pipeline.keyed_state import KeyedState
-    from pipeline.scoring.crossrun import DecisionWindow, stale_policy_across_partitions
+    from pipeline.keyed_state import KeyedState, order
+    from pipeline.scoring.crossrun import DecisionWindow, _decision_window, stale_policy_across_partitions
     from pipeline.scoring.rules import stale_decision
 
     policy = POLICY
     state = KeyedState(by_target=False, stale_of=functools.partial(stale_decision, policy.governance))
     drift_ms = policy.governance.drift.rate_window_seconds * 1000
     indexed, scanned = [], []
-    for i, ev in enumerate(sorted(facts, key=lambda f: (f["occurred_at"], f["event_id"]))):
+    for i, ev in enumerate(sorted(facts, key=order)):  # the correlator's event-time order
         if i == reload_at:  # a policy reload indexes the state again (here: with the same approvals)
             state.restale(functools.partial(stale_decision, policy.governance))
-        window: DecisionWindow = state.decision_window("agent-drift", ev, drift_ms)
-        for out, cx in ((indexed, CrossRunContext(policy, "agent-drift", baseline=WARM, decision_window=window)),
-                        (scanned, CrossRunContext(policy, "agent-drift", baseline=WARM,
-                                                  recent_decisions=state.before("agent-drift", ev, drift_ms)))):
-            out += [(f.finding_id, f.message, f.event_ids) for f in stale_policy_across_partitions(ev, cx)]
         state.max_seen_ms = max(state.max_seen_ms, ev["occurred_at"])
+        if state.key_of(ev) != "agent-drift":  # another agent's fact in the same partition's state
+            state.apply(state.key_of(ev), ev, retain_ms)
+            continue
+        window: DecisionWindow = state.decision_window("agent-drift", ev, drift_ms)
+        scan = CrossRunContext(policy, "agent-drift", baseline=WARM,
+                               recent_decisions=state.before("agent-drift", ev, drift_ms))
+        counted = _decision_window(ev, scan)  # the counts themselves, not only the findings they lead to
+        assert (window.decisions, window.stale, window.own_decisions, window.own_stale, window.stale_partitions,
+                [h["event_id"] for h in window.latest_stale]) == (
+                counted.decisions, counted.stale, counted.own_decisions, counted.own_stale,
+                counted.stale_partitions, [h["event_id"] for h in counted.latest_stale]), i
+        for out, cx in ((indexed, CrossRunContext(policy, "agent-drift", baseline=WARM, decision_window=window)),
+                        (scanned, scan)):
+            out += [(f.finding_id, f.message, f.event_ids) for f in stale_policy_across_partitions(ev, cx)]
         state.apply("agent-drift", ev, retain_ms)
     return indexed, scanned
 
@@ -309,6 +318,10 @@ def test_stale_share_indexed_counts_equal_a_scan_of_the_window(seed: int) -> Non
         if rng.random() < 0.05:  # the same event again, on another partition (a replay or a rewritten copy)
             copy = dict(facts[-1], source_partition=(facts[-1]["source_partition"] + 1) % 6)
             facts.append(copy)  # type: ignore[arg-type]
+        if rng.random() < 0.05:  # a copy rewritten to name another agent: in the same state, another key
+            other = dict(facts[-1], agent=dict(facts[-1]["agent"], agent_id="agent-other"),
+                         source_partition=rng.randrange(6))
+            facts.append(other)  # type: ignore[arg-type]
     indexed, scanned = _indexed_and_scanned(facts, retain_ms=rng.choice((3_600_000, 7_200_000)), reload_at=200)
     assert indexed == scanned
     assert seed > 2 or indexed, "the seeds must include crossings, or the comparison says little"
