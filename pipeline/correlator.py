@@ -242,7 +242,7 @@ class Correlator(TransactionalLoop):
             # A full batch means a backlog: a partition missing from it is not quiet, only not fetched yet.
             quiet = not behind and now - state.arrived_at >= QUIET_SECONDS
             found, late = state.judge_due(state.watermark(now_ms, self.grace_ms, quiet), self.retain_ms,
-                                          functools.partial(self._judge, state))
+                                          functools.partial(self._guarded, self._judge, state))
             tally.late += late
             for f in found:
                 record = f.to_avro(now_ms, __version__, self.policy.version)
@@ -284,7 +284,22 @@ class Correlator(TransactionalLoop):
             # it. Any other fact of a busy agent would cost O(its window) for nothing (a busy agent that
             # once created a group included).
             reach = 0
-        return state.judge_early(ev, reach, self._early_keep_ms(state), functools.partial(self._paging, state))
+        return state.judge_early(ev, reach, self._early_keep_ms(state),
+                                 functools.partial(self._guarded, self._paging, state))
+
+    def _guarded(self, rules: Callable[[KeyedState, str, TransitionDict], list[CrossRunFinding]],
+                 state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        """A rule that raises on a fact must not end the correlator: restarted, it would replay the same fact
+        and raise again, a crash loop for the partition. The fact's judgement is skipped (deterministically:
+        a replay skips it too), logged with the traceback and counted; the scorer does the same for its
+        rules (dead letter ``internal``)."""
+        try:
+            return rules(state, key, ev)
+        except Exception:
+            log.exception("cross-run rule failed; the fact's judgement is skipped", extra={"kv": {
+                "event_id": ev.get("event_id"), "key": key, "by_target": state.by_target}})
+            self.metrics.correlator_rule_errors.inc()
+            return []
 
     def _early_keep_ms(self, state: KeyedState) -> int:
         """How much event time of arrived facts early pages read: a fact arriving within the grace reaches

@@ -153,6 +153,11 @@ class Metrics:
             "agentgov_correlator_late_facts_total",
             "Access facts that arrived after the grace period (judged against earlier facts only).", registry=r
         )
+        self.correlator_rule_errors = Counter(
+            "agentgov_correlator_rule_errors_total",
+            "Facts a cross-run rule raised on; the fact's judgement was skipped, the correlator went on (logged "
+            "with the traceback).", registry=r
+        )
         self.correlator_pending = Gauge(
             "agentgov_correlator_pending_facts", "Facts waiting for the event-time watermark.", registry=r
         )

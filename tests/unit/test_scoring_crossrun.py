@@ -710,3 +710,30 @@ def test_the_paging_entry_tests_skip_only_facts_that_cannot_complete_a_chain(mon
         cx = CrossRunContext(POLICY, key, history=history)
         assert correlate(last, cx, rules) and may_page(last, POLICY.policy, rules)
         assert not may_page(spoiled, POLICY.policy, rules) and correlate(spoiled, cx, rules) == []
+
+
+def test_a_rule_that_raises_skips_the_fact_not_the_correlator(caplog: pytest.LogCaptureFixture) -> None:
+    """A rule bug on one fact must not end the correlator (restarted, it would replay the fact and raise
+    again): the judgement is skipped, logged with the traceback, and counted, on arrival and at the
+    watermark alike."""
+    import functools
+
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.metrics import Metrics
+
+    c = _bare_correlator()
+    c.metrics = Metrics(CollectorRegistry())
+
+    def broken(state: Any, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        raise KeyError("a rule bug")
+
+    c._paging = c._judge = broken
+    state = c._new_state(True)
+    for ev in (tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2"), tier(2, 3, 10, "r3")):
+        assert state.add(ev)
+        assert c._page_early(state, ev) == []
+    found, _ = state.judge_due(1 << 62, 1 << 40, functools.partial(c._guarded, c._judge, state))
+    assert found == []
+    assert c.metrics.correlator_rule_errors._value.get() == 6  # three on arrival, three at the watermark
+    assert caplog.text.count("cross-run rule failed") == 6 and "a rule bug" in caplog.text
