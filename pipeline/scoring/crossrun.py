@@ -172,8 +172,9 @@ that crossed the threshold. A busy agent's window can hold thousands; the findin
 record (its ids travel in three arrays) and its message says how many there were."""
 
 
-def _named(chain: Sequence[TransitionDict]) -> str:
-    return f"; the latest {MAX_EVIDENCE} are named" if len(chain) > MAX_EVIDENCE else ""
+def _named(count: int) -> str:
+    """What a count-based finding's message adds when its chain of ``count`` events is cut to the latest."""
+    return f"; the latest {MAX_EVIDENCE} are named" if count > MAX_EVIDENCE else ""
 
 
 def _runs(chain: Sequence[TransitionDict]) -> str:
@@ -387,7 +388,7 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
     return [CrossRunFinding(XRN_GRANT_RATE, cx.key,
         f"agent {cx.key!r} made {len(chain)} grants in {d.rate_window_seconds}s ({per_hour:.1f}/h) over "
         f"{runs} runs on {parts} partitions, more than {d.rate_factor:g}x its baseline "
-        f"{b.grants_per_hour:.1f}/h{_named(chain)}", chain[-MAX_EVIDENCE:])]
+        f"{b.grants_per_hour:.1f}/h{_named(len(chain))}", chain[-MAX_EVIDENCE:])]
 
 
 XRN_STALE_POLICY = spec(
@@ -421,11 +422,10 @@ def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> l
     parts = len(w.stale_partitions | {_part(ev)})
     share = count / (w.decisions + 1)
     ref = ev["policy"]
-    named = f"; the latest {MAX_EVIDENCE} are named" if count > MAX_EVIDENCE else ""
     return [CrossRunFinding(XRN_STALE_POLICY, cx.key,
         f"agent {cx.key!r}: {count} of its last {w.decisions + 1} access changes ({share:.0%}) ran under "
         f"unapproved policy versions, over {parts} partitions, now {ref['policy_id']!r} {ref['policy_version']!r} "
-        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%}){named}",
+        f"(threshold {policy.drift.stale_policy_share:.0%}, baseline {b.stale_policy_share:.0%}){_named(count)}",
         (*w.latest_stale, ev)[-MAX_EVIDENCE:])]
 
 
