@@ -30,12 +30,13 @@ def main() -> int:
             sink.migrate()
         writer = Writer(settings, metrics, sink)
         attach(writer, settings, sink, load_policy(settings.policy_file))
-        correlations.attach(writer, settings, sink)  # the correlators' findings -> cross_run_findings
+        correlation_store = correlations.attach(writer, settings, sink)  # the correlators' findings
         decision_log = attach_decision_log(writer, settings, sink)
     except AgentgovError as exc:
         return fatal("writer", exc)  # exit 2
     freeze_start_up()
     writer.run(stop)
+    correlation_store.close()
     decision_log.close()
     log.info("writer stopped", extra={"kv": {"stored": writer.stored}})
     return 0

@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from .errors import DeadLetter, RegistryUnavailable
 from .facts import FINDING
+from .membership import Membership
 from .metrics import Metrics
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
@@ -51,7 +51,8 @@ class CorrelationStore:
         self.serde = Serde(SchemaSet.load(), registry, record=FINDING,
                            subject=f"{settings.topic_correlations}-value")
         self.consumer = Consumer(settings.consumer_config(f"{settings.writer_group}-correlations"))
-        self.consumer.subscribe([settings.topic_correlations])
+        self.membership = Membership(self.consumer, "writer")
+        self.membership.subscribe([settings.topic_correlations])
         self.pending: list[Message] = []
         self.stored = 0
 
@@ -113,8 +114,7 @@ class CorrelationStore:
         return False
 
     def close(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.consumer.close()
+        self.membership.leave()
 
 
 def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: float = 0.2) -> CorrelationStore:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .errors import DeadLetter, RegistryUnavailable, SinkError
+from .membership import Membership
 from .metrics import Metrics
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
@@ -65,10 +66,10 @@ class DecisionLog:
                                               subject=f"{settings.topic_exceptions}-value")),
         }
         self.consumer = Consumer(settings.consumer_config(f"{settings.writer_group}-decisions"))
-        self.consumer.subscribe(list(self.tables))
+        self.membership = Membership(self.consumer, "writer")
+        self.membership.subscribe(list(self.tables))
         self.pending: list[Message] = []
         self.stored = 0
-        self._closed = False
 
     def poll_once(self, timeout: float = 0.0) -> int:
         """Read what is there, store it, commit. Returns rows stored now (0 while the store fails)."""
@@ -132,9 +133,7 @@ class DecisionLog:
 
     def close(self) -> None:
         """Leave the group. An open consumer nobody polls any more keeps librdkafka's main thread busy."""
-        if not self._closed:
-            self._closed = True
-            self.consumer.close()
+        self.membership.leave()
 
 
 def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: float = 0.2) -> DecisionLog:

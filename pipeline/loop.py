@@ -34,6 +34,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .checkpoint import Checkpoint
 from .errors import RegistryUnavailable
+from .membership import Membership
 from .metrics import Metrics
 from .settings import Settings
 
@@ -60,6 +61,7 @@ class TransactionalLoop:
         self.metrics = metrics
         self.topics = topics
         self.consumer = Consumer(settings.consumer_config(group, **(consumer_extra or {})))
+        self.membership = Membership(self.consumer, self.role)
         self.checkpoint = Checkpoint(settings, self.consumer,
                                      Checkpoint.transactional_id(self.role, group, settings.instance_id),
                                      **(producer_extra or {}))
@@ -122,8 +124,8 @@ class TransactionalLoop:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event, on_batch: Callable[[int], None] | None = None) -> None:
         self._stop = stop
-        self.consumer.subscribe(self.topics, on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.membership.subscribe(self.topics, on_assign=self._on_assign,
+                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self.metrics.up.labels(role=self.role).set(1)
         try:
             while not stop.is_set():
@@ -222,9 +224,7 @@ class TransactionalLoop:
 
     def close(self) -> None:
         try:
-            self.consumer.close()
-        except RuntimeError:
-            pass  # already closed
+            self.membership.leave()
         except Exception as exc:  # KafkaException/KafkaError: a slow coordinator on a real cluster at shutdown;
             # what was processed is committed with its transaction already, so exiting 0 is right
             log.warning("consumer close failed", extra={"kv": {"role": self.role, "error": str(exc)}})

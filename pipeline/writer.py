@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -32,6 +31,7 @@ from .deadletters import dead_letter
 from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError
 from .limits import Limits
 from .loop import record_lag
+from .membership import Membership
 from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
 from .serde import full_name, make_registry, registry_schema, split_header
@@ -65,6 +65,7 @@ class Writer:
         self._assessment_name = full_name(self.schemas.latest(ASSESSMENT).raw)
         self.consumer = Consumer(settings.consumer_config(settings.writer_group, **{
             "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
+        self.membership = Membership(self.consumer, self.role)
         self.limits = Limits.from_settings(settings)
         self.dlq = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all",
                                                      "message.max.bytes": settings.max_message_bytes}))
@@ -110,8 +111,8 @@ class Writer:
 
     # -- loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event, on_stored: Callable[[int], None] | None = None) -> None:
-        self.consumer.subscribe([self.settings.topic_assessments], on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self.membership.subscribe([self.settings.topic_assessments], on_revoke=self._on_revoke,
+                                  on_lost=self._on_lost)
         self.metrics.up.labels(role=self.role).set(1)
         started = time.monotonic()
         try:
@@ -352,8 +353,7 @@ class Writer:
             self.consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.consumer.close()
+        self.membership.leave()
         self.dlq.flush(10)
 
 
