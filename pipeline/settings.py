@@ -134,14 +134,13 @@ class Settings(BaseSettings):
                     "facts -> correlator -> page) can wait this long; librdkafka's 500 ms default put ~0.5 s on "
                     "each hop on a broker that holds fetches to the limit.")
     fetch_min_bytes: int = Field(
-        default=1, ge=1, le=1_048_576,
+        default=16384, ge=1, le=1_048_576,
         description="librdkafka fetch.min.bytes of every agentgov consumer: a broker answers a fetch once this "
-                    "much is ready, or after fetch_wait_max_ms. Requests, not records, cost a broker CPU, and "
-                    "with 1 byte a consumer of a steady stream fetches back to back; 16384 cut Tansu's CPU and "
-                    "the correlator's time to page in the benchmark (docs/performance.md). It stays 1 by "
-                    "default: on the embedded Tansu a writer restarted after SIGTERM with 16384 never received "
-                    "a record (tests/integration/test_reliability_outages.py, 2 of 3 runs). Raise it on Apache "
-                    "Kafka, which honours it.")
+                    "much is ready, or after fetch_wait_max_ms. With librdkafka's 1 byte a consumer of a steady "
+                    "stream fetched back to back, a few records a request, and requests, not records, are what "
+                    "cost a broker CPU (Tansu: about 0.5 ms each): 16384 cut Tansu's CPU and the correlator's "
+                    "time to page in the benchmark (docs/performance.md). Below ~16 KB per fetch_wait_max_ms "
+                    "(a few hundred events/s) each hop waits up to that; set 1 to never wait.")
     max_message_bytes: int = Field(
         default=1_000_000, ge=4096,
         description="Largest Kafka record any agentgov producer sends (librdkafka message.max.bytes); an event "
