@@ -1,8 +1,8 @@
 """A role stopped during its first group join must not leave its group unable to assign partitions.
 
 On Tansu 0.6 a member that sends LeaveGroup before its first join completed stays the group's leader:
-every later member is answered REBALANCE_IN_PROGRESS for good (see ``pipeline/membership.py``). On Tansu both tests fail with a
-plain ``consumer.close()``; on Kafka the first shows the wait costs nothing there."""
+every later member is answered REBALANCE_IN_PROGRESS for good (see ``pipeline/membership.py``). On Tansu
+both tests fail with a plain ``consumer.close()``; on Kafka the first shows the wait costs nothing there."""
 
 from __future__ import annotations
 
