@@ -36,18 +36,21 @@ def test_hidden_escalation_pages_once(
     pipeline_factory: Callable[..., Pipeline],
 ) -> None:
     settings = settings_factory()
-    scorer_port, writer_port = free_port(), free_port()
+    scorer_port, writer_port, correlator_port = free_port(), free_port(), free_port()
     metrics = Metrics(CollectorRegistry())
     served = serve(metrics, writer_port)
     assert served is not None
-    pipe = pipeline_factory(settings, scorers=1, metrics=metrics, scorer_metrics_ports=[scorer_port])
+    # As deployed: a correlator too, scraped as agentgov-correlator (without one, AgentgovCorrelatorDown pages).
+    pipe = pipeline_factory(settings, scorers=1, metrics=metrics, scorer_metrics_ports=[scorer_port],
+                            correlators=1, correlator_metrics_ports=[correlator_port])
     render = runpy.run_path("compose/alertmanager/render.py")["render"]
 
     with Webhook() as hook:
         config = render(pager_url=hook.url + "/pager", ticket_url=hook.url + "/ticket", fast=True)
         with Alertmanager(tmp_path, config) as am, Prometheus(
             tmp_path,
-            {"agentgov-scorer": [f"127.0.0.1:{scorer_port}"], "agentgov-writer": [f"127.0.0.1:{writer_port}"]},
+            {"agentgov-scorer": [f"127.0.0.1:{scorer_port}"], "agentgov-writer": [f"127.0.0.1:{writer_port}"],
+             "agentgov-correlator": [f"127.0.0.1:{correlator_port}"]},
             RULES, am.url,
         ) as prom:
             pub = publisher_factory(settings)

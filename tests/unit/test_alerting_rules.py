@@ -62,7 +62,7 @@ def test_escalation_page_names_agent_and_run() -> None:
 def test_pages_are_the_intended_ones() -> None:
     pages = {r["alert"] for r in ALERTS if r["labels"]["severity"] == "critical"}
     assert pages == {"AgentgovHiddenEscalation", "AgentgovPrivilegedGrantWithoutApproval",
-                     "AgentgovPipelineDown", "AgentgovStoreStalled"}
+                     "AgentgovPipelineDown", "AgentgovCorrelatorDown", "AgentgovStoreStalled"}
 
 
 def test_promtool_check_rules() -> None:
