@@ -36,12 +36,35 @@ def order(ev: TransitionDict) -> Order:
     return (ev["occurred_at"], ev["event_id"], ev["source_partition"], ev["source_offset"])
 
 
-def _first(t: tuple[Any, ...]) -> Any:
-    return t[0]
+# Per-key lists hold ``(order, payload)`` entries sorted by order. They are searched with probes compared
+# with the entries themselves, not through a ``key=`` function (bisect calls it at every step: a fifth of
+# the by-agent judging time). A probe is a 1-tuple, so an entry whose order equals the probe's is decided by
+# length and a payload (a dict) is never compared. Orders are unique per fact and offsets are integers,
+# which :func:`_past` relies on.
 
 
-def _time(t: tuple[Any, ...]) -> tuple[int]:
-    return (t[0][0],)
+def _at(o: Order) -> tuple[Order]:
+    """Probe: ``bisect_left(entries, _at(o))`` is the first entry whose order is ``>= o``."""
+    return (o,)
+
+
+def _past(o: Order) -> tuple[Order]:
+    """Probe: ``bisect_left(entries, _past(o))`` is the first entry whose order is ``> o`` (no integer offset
+    lies between ``o``'s and the next one)."""
+    return ((o[0], o[1], o[2], o[3] + 1),)
+
+
+def _since(ms: int) -> tuple[tuple[int]]:
+    """Probe: ``bisect_left(entries, _since(ms))`` is the first entry at or after event time ``ms``."""
+    return ((ms,),)
+
+
+def _insert(entries: list[Any], entry: tuple[Order, Any]) -> None:
+    """Insert in order, after entries of an equal order (facts mostly arrive in order: an append)."""
+    if not entries or entries[-1][0] < entry[0]:
+        entries.append(entry)
+    else:
+        entries.insert(bisect.bisect_left(entries, _past(entry[0])), entry)
 
 
 class View(Sequence[TransitionDict]):
@@ -82,7 +105,10 @@ class KeyedState:
     """Windowed state of one input partition: pending facts, per-key history, and (by target) holdings."""
 
     by_target: bool
-    pending: list[tuple[Order, TransitionDict]] = field(default_factory=list)
+    pending: list[tuple[Order, int, TransitionDict]] = field(default_factory=list)
+    """A heap of the facts not judged yet: order, arrival number (so two facts of an equal order, a copy let
+    through after ``seen`` was pruned, never compare their dicts), fact."""
+    arrivals: int = 0
     history: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
     grants: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
     ids: dict[str, list[TransitionDict]] = field(default_factory=dict)
@@ -117,11 +143,12 @@ class KeyedState:
         if mark in self.seen:
             return False
         self.seen.add(mark)
-        heapq.heappush(self.pending, (order(ev), ev))
-        bisect.insort(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev), key=_first)
+        self.arrivals += 1
+        heapq.heappush(self.pending, (order(ev), self.arrivals, ev))
+        _insert(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev))
         if ev["action"] == "create_group":
             made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
-            bisect.insort(self.creates.setdefault(self.key_of(ev), []), (order(ev), made), key=_first)
+            _insert(self.creates.setdefault(self.key_of(ev), []), (order(ev), made))
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
 
@@ -134,8 +161,8 @@ class KeyedState:
         groups = {ev["target"]["identity_id"]}
         if ev["action"] == "add_group_member":
             groups.add(ev["resource"]["resource_id"])
-        start = bisect.bisect_left(made, (ev["occurred_at"] - window_ms,), key=_time)
-        end = bisect.bisect_left(made, order(ev), key=_first)
+        start = bisect.bisect_left(made, _since(ev["occurred_at"] - window_ms))
+        end = bisect.bisect_left(made, _at(order(ev)))
         return any(groups.intersection(ids) for _, ids in made[start:end])
 
     def watermark(self, now_ms: int, grace_ms: int, quiet: bool) -> int:
@@ -148,22 +175,22 @@ class KeyedState:
     def release(self, watermark_ms: int) -> list[TransitionDict]:
         out = []
         while self.pending and self.pending[0][0][0] <= watermark_ms:
-            out.append(heapq.heappop(self.pending)[1])
+            out.append(heapq.heappop(self.pending)[2])
         return out
 
     def before(self, key: str, ev: TransitionDict, window_ms: int | None = None) -> View:
         """The key's facts before ``ev`` in event-time order (within ``window_ms`` of it, if given)."""
         hist = self.history.get(key, _EMPTY)
-        end = bisect.bisect_left(hist, order(ev), key=_first)
+        end = bisect.bisect_left(hist, _at(order(ev)))
         start = 0 if window_ms is None else bisect.bisect_left(
-            hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+            hist, _since(ev["occurred_at"] - window_ms), hi=end)
         return View(hist, start, end)
 
     def arrived_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
         """The key's facts arrived so far that precede ``ev`` in event time, within ``window_ms`` of it."""
         hist = self.arrived.get(key, _EMPTY)
-        end = bisect.bisect_left(hist, order(ev), key=_first)
-        start = bisect.bisect_left(hist, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        end = bisect.bisect_left(hist, _at(order(ev)))
+        start = bisect.bisect_left(hist, _since(ev["occurred_at"] - window_ms), hi=end)
         return View(hist, start, end)
 
     def judge_early(self, ev: TransitionDict, reach_ms: int, keep_ms: int,
@@ -174,9 +201,8 @@ class KeyedState:
         key = self.key_of(ev)
         hist = self.arrived.get(key, _EMPTY)
         found = judge(key, ev)
-        reach = (ev["occurred_at"] + reach_ms, "\U0010ffff")
-        lo = bisect.bisect_right(hist, order(ev), key=_first)
-        for j in range(lo, bisect.bisect_right(hist, reach, lo=lo, key=_first)):
+        lo = bisect.bisect_left(hist, _past(order(ev)))
+        for j in range(lo, bisect.bisect_left(hist, _since(ev["occurred_at"] + reach_ms + 1), lo=lo)):
             found += judge(key, hist[j][1])
         self.trim_arrived(keep_ms, key)
         out = []
@@ -194,15 +220,15 @@ class KeyedState:
         for k in ([key] if key is not None else list(self.arrived)):
             hist = self.arrived.get(k)
             if hist and hist[0][0][0] < cut:
-                del hist[:bisect.bisect_left(hist, (cut,), key=_time)]
+                del hist[:bisect.bisect_left(hist, _since(cut))]
                 if not hist:
                     del self.arrived[k]
 
     def grants_before(self, key: str, ev: TransitionDict, window_ms: int) -> View:
         """The key's executed grants in ``[ev - window_ms, ev)``: O(log n), however busy the agent."""
         grants = self.grants.get(key, _EMPTY)
-        end = bisect.bisect_left(grants, order(ev), key=_first)
-        start = bisect.bisect_left(grants, (ev["occurred_at"] - window_ms,), key=_time, hi=end)
+        end = bisect.bisect_left(grants, _at(order(ev)))
+        start = bisect.bisect_left(grants, _since(ev["occurred_at"] - window_ms), hi=end)
         return View(grants, start, end)
 
     def same_id(self, ev: TransitionDict) -> list[TransitionDict]:
@@ -210,7 +236,7 @@ class KeyedState:
 
     def after(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
         hist = self.history.get(key, _EMPTY)
-        return [h for _, h in hist[bisect.bisect_right(hist, order(ev), key=_first):]]
+        return [h for _, h in hist[bisect.bisect_left(hist, _past(order(ev))):]]
 
     def first_time(self, finding_id: str, limit: int = 100_000) -> bool:
         """True once per finding id (re-judging after a late fact must not publish a chain twice)."""
@@ -229,19 +255,20 @@ class KeyedState:
             return
         entry = (order(ev), ev)
         hist = self.history.setdefault(key, [])
-        bisect.insort(hist, entry, key=_first)
+        _insert(hist, entry)
         self.ids.setdefault(ev["event_id"], []).append(ev)
         if self.by_target:
             if ev["decision"]["outcome"] == "granted":
                 self.hold(ev)
         else:
             if granted_access(ev):
-                bisect.insort(self.grants.setdefault(key, []), entry, key=_first)
+                _insert(self.grants.setdefault(key, []), entry)
             if self.stale_of is not None:
                 self._index_decision(key, entry)
-        lo = (self.max_seen_ms - retain_ms,)
-        if hist[0][0][0] < lo[0]:
-            cut = bisect.bisect_left(hist, lo, key=_time)
+        oldest = self.max_seen_ms - retain_ms
+        if hist[0][0][0] < oldest:
+            lo = _since(oldest)
+            cut = bisect.bisect_left(hist, lo)
             for _, old in hist[:cut]:
                 same = self.ids.get(old["event_id"])
                 if same is not None:
@@ -251,16 +278,16 @@ class KeyedState:
             del hist[:cut]
             grants = self.grants.get(key)
             if grants:
-                del grants[:bisect.bisect_left(grants, lo, key=_time)]
+                del grants[:bisect.bisect_left(grants, lo)]
             made = self.creates.get(key)
             if made:
-                del made[:bisect.bisect_left(made, lo, key=_time)]
+                del made[:bisect.bisect_left(made, lo)]
             stale = self.stale.get(key)
             if stale:
-                del stale[:bisect.bisect_left(stale, lo, key=_time)]
+                del stale[:bisect.bisect_left(stale, lo)]
             for lists in self.by_part.get(key, {}).values():
                 for places in lists:
-                    del places[:bisect.bisect_left(places, lo)]
+                    del places[:bisect.bisect_left(places, lo[0])]
 
     def _index_decision(self, key: str, entry: tuple[Order, TransitionDict]) -> None:
         assert self.stale_of is not None
@@ -269,7 +296,7 @@ class KeyedState:
         bisect.insort(places, entry[0])
         if self.stale_of(entry[1]):
             bisect.insort(stale_places, entry[0])
-            bisect.insort(self.stale.setdefault(key, []), entry, key=_first)
+            _insert(self.stale.setdefault(key, []), entry)
 
     def restale(self, stale_of: Callable[[TransitionDict], bool]) -> None:
         """Index the applied facts again under a new ``stale_of`` (the policy's approved versions changed)."""
@@ -286,20 +313,21 @@ class KeyedState:
         counted, as the rule's own scan does not count them."""
         if self.stale_of is None:
             raise ValueError("decision_window needs stale_of")
-        o, lo = order(ev), (ev["occurred_at"] - window_ms,)
+        o, since = order(ev), ev["occurred_at"] - window_ms
+        lo = _since(since)
         hist = self.history.get(key, _EMPTY)
-        end = bisect.bisect_left(hist, o, key=_first)
-        decisions = end - bisect.bisect_left(hist, lo, key=_time, hi=end)
+        end = bisect.bisect_left(hist, _at(o))
+        decisions = end - bisect.bisect_left(hist, lo, hi=end)
         stale = self.stale.get(key, _EMPTY)
-        s_end = bisect.bisect_left(stale, o, key=_first)
-        s_start = bisect.bisect_left(stale, lo, key=_time, hi=s_end)
+        s_end = bisect.bisect_left(stale, _at(o))
+        s_start = bisect.bisect_left(stale, lo, hi=s_end)
         per_part: dict[int, list[int]] = {}
         for part, (places, stale_places) in self.by_part.get(key, {}).items():
             n_end, st_end = bisect.bisect_left(places, o), bisect.bisect_left(stale_places, o)
-            per_part[part] = [n_end - bisect.bisect_left(places, lo, hi=n_end),
-                              st_end - bisect.bisect_left(stale_places, lo, hi=st_end)]
+            per_part[part] = [n_end - bisect.bisect_left(places, lo[0], hi=n_end),
+                              st_end - bisect.bisect_left(stale_places, lo[0], hi=st_end)]
         copies = [h for h in self.ids.get(ev["event_id"], ())  # of this key only: a rewritten copy may name
-                  if self.key_of(h) == key and h["occurred_at"] >= lo[0] and order(h) < o]  # another agent
+                  if self.key_of(h) == key and h["occurred_at"] >= since and order(h) < o]  # another agent
         for h in copies:  # rare: the same event under another Kafka key or partition
             counts = per_part[int(h["source_partition"])]
             decisions -= 1

@@ -737,3 +737,74 @@ def test_a_rule_that_raises_skips_the_fact_not_the_correlator(caplog: pytest.Log
     assert found == []
     assert c.metrics.correlator_rule_errors._value.get() == 6  # three on arrival, three at the watermark
     assert caplog.text.count("cross-run rule failed") == 6 and "a rule bug" in caplog.text
+
+
+def test_a_copy_let_through_after_seen_was_pruned_neither_crashes_nor_publishes_twice() -> None:
+    """``seen`` is bounded (prune_seen); a copy of a fact arriving after it was cleared has the very order of the
+    original. The pending heap and the per-key lists must still order them (no dict is ever compared), and the
+    chain is published once."""
+    from pipeline.keyed_state import KeyedState
+
+    grant, revoke = transient(0, "grant_entitlement", 0, "ra"), transient(3, "revoke_entitlement", 90, "rb")
+    state = KeyedState(by_target=True)
+
+    def judge(key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        return _judge_with_rules(key, ev, state)
+
+    for ev in (grant, revoke):
+        assert state.add(ev)
+    state.prune_seen(limit=0)
+    # same order as the originals, other content
+    for ev in (TransitionDict(**{**grant, "step": 7}), TransitionDict(**{**revoke, "step": 8})):
+        assert state.add(ev)
+        state.judge_early(ev, 3_600_000, 1 << 40, lambda k, e: _page_with_rules(k, e, state))
+    found, _ = state.judge_due(revoke["occurred_at"], 1 << 40, judge)
+    assert [f.spec.code for f in found] == ["AG-XRN-002"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_keyed_state_windows_equal_a_scan(seed: int) -> None:
+    """The bisect probes of KeyedState (``before``, ``arrived_before``, ``after``, ``grants_before``,
+    ``created_before``) against a plain scan, over facts with clashing times, shuffled arrival and copies of
+    one event id on several partitions."""
+    import random
+
+    from pipeline.keyed_state import KeyedState, order
+
+    rnd = random.Random(seed)
+    facts = []
+    for i in range(120):
+        action = rnd.choice(["grant_entitlement", "revoke_entitlement", "assign_role", "create_group",
+                             "add_group_member"])
+        ev = fact(rnd.randrange(3), event_id=f"e{rnd.randrange(60)}", run_id=f"r{i}", step=0,
+                  occurred_at=T0 + rnd.randrange(40) * 60_000, source_offset=i, action=action,
+                  target={"identity_id": rnd.choice(["g1", "g2"]), "identity_type": "group",
+                          "lifecycle_state": "active"},
+                  resource={"system": "okta", "resource_id": rnd.choice(["g1", "g2", "role/x"]),
+                            "entitlement": None, "privilege_tier": rnd.randrange(4)})
+        facts.append(ev)
+    rnd.shuffle(facts)
+    state = KeyedState(by_target=False)
+    for ev in facts:
+        state.add(ev)
+    released = state.release(1 << 62)
+    for ev in released:
+        state.apply(state.key_of(ev), ev, 1 << 40)
+    key = facts[0]["agent"]["agent_id"]
+    for ev in facts:
+        o, t = order(ev), ev["occurred_at"]
+        for window in (0, 5 * 60_000, 17 * 60_000, 1 << 40):
+            lo = t - window
+            want = [h for h in released if lo <= h["occurred_at"] and order(h) < o]
+            assert list(state.before(key, ev, window)) == want
+            assert list(state.arrived_before(key, ev, window)) == want
+            assert list(state.grants_before(key, ev, window)) == [h for h in want if h["action"] in
+                                                                   ("grant_entitlement", "assign_role",
+                                                                    "add_group_member")
+                                                                   and h["decision"]["outcome"] == "granted"]
+            groups = {ev["target"]["identity_id"]} | ({ev["resource"]["resource_id"]}
+                                                      if ev["action"] == "add_group_member" else set())
+            assert state.created_before(key, ev, window) == any(
+                h["action"] == "create_group" and {h["target"]["identity_id"], h["resource"]["resource_id"]} & groups
+                for h in want)
+        assert state.after(key, ev) == [h for h in released if order(h) > o]
