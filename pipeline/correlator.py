@@ -232,7 +232,7 @@ class Correlator(TransactionalLoop):
             if state is None:  # assignment raced; build on the fly
                 state = self.states[(msg.topic(), msg.partition())] = self._new_state(
                     msg.topic() == self.settings.topic_facts_by_target)
-            if state.add(ev):
+            if state.add(ev, now):
                 state.arrived_at = now
                 self._page(self._page_early(state, ev))
             tally.facts += 1
@@ -241,8 +241,11 @@ class Correlator(TransactionalLoop):
         for state in self.states.values():
             # A full batch means a backlog: a partition missing from it is not quiet, only not fetched yet.
             quiet = not behind and now - state.arrived_at >= QUIET_SECONDS
-            found, late = state.judge_due(state.watermark(now_ms, self.grace_ms, quiet), self.retain_ms,
-                                          functools.partial(self._guarded, self._judge, state))
+            cut = state.rejudge_cut
+            found, late = state.judge_due(state.watermark(now_ms, self.grace_ms, quiet, now), self.retain_ms,
+                                          functools.partial(self._guarded, self._judge, state),
+                                          rejudge=functools.partial(self._rejudge, state))
+            tally.rejudge_cut += state.rejudge_cut - cut
             tally.late += late
             for f in found:
                 record = f.to_avro(now_ms, __version__, self.policy.version)
@@ -349,6 +352,32 @@ class Correlator(TransactionalLoop):
                              scorer_window_ms=self.scorer_window_ms)
         return correlate(ev, cx, rules)
 
+    def _rejudge(self, state: KeyedState, key: str, late: TransitionDict
+                 ) -> tuple[Callable[[str, TransitionDict], list[CrossRunFinding]], int | None] | None:
+        """Which later facts of its key a late fact (past the grace) is judged again with, and by which rules
+        (``KeyedState.judge_due``). By target, all of them with every rule: a target's facts are few, and the
+        holdings rules (SoD, a grant to a leaver) reach back any age. By agent, only a step of a group
+        nesting chain (like the early pages' reach, ``_page_early``) makes the agent's later facts within
+        the escalation window be judged again, by group nesting alone: laundering reads the delegation
+        graph, not the agent's history, and the counting rules (grant rate, stale share) count the late fact
+        from then on but do not report again a crossing it would have moved earlier. Judging a busy agent's
+        whole window again with them for every late fact cost the square of the window: a backlog whose
+        partitions were read unevenly (or an agent backdating its events) stalled the correlator."""
+        if state.by_target:
+            return functools.partial(self._guarded, self._judge, state), None
+        window = self.policy.governance.escalation.window_seconds * 1000
+        if late["action"] != "create_group" and not state.created_before(key, late, window):
+            return None
+        return functools.partial(self._guarded, self._nesting, state), window
+
+    def _nesting(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        window = self.policy.governance.escalation.window_seconds * 1000
+        if not granted_access(ev) or not state.created_before(key, ev, window):
+            return []
+        cx = CrossRunContext(self.policy, key, history=state.before(key, ev, window),
+                             scorer_window_ms=self.scorer_window_ms)
+        return correlate(ev, cx, (group_nesting_across_runs,))
+
     def _page(self, chains: list[CrossRunFinding]) -> None:
         """Set the page of each chain found on arrival, at once: not after the batch's commit, which would add
         the rest of the batch and the commit to the time to page. The page is an alert, not an output of the
@@ -365,6 +394,7 @@ class Correlator(TransactionalLoop):
         m = self.metrics
         m.correlator_facts.inc(tally.facts)
         m.correlator_late.inc(tally.late)
+        m.correlator_rejudge_cut.inc(tally.rejudge_cut)
         m.correlator_pending.set(sum(len(s.pending) for s in self.states.values()))
         for reason, n in tally.dead.items():
             m.dead_letters.labels(reason=reason).inc(n)
@@ -390,10 +420,11 @@ class Correlator(TransactionalLoop):
 
 
 class _Tally:
-    __slots__ = ("dead", "facts", "found", "late")
+    __slots__ = ("dead", "facts", "found", "late", "rejudge_cut")
 
     def __init__(self) -> None:
         self.facts = 0
         self.late = 0
+        self.rejudge_cut = 0
         self.dead: Counter[str] = Counter()
         self.found: list[CrossRunFinding] = []

@@ -28,6 +28,17 @@ from .facts import holding_key
 from .scoring.crossrun import MAX_EVIDENCE, CrossRunFinding, DecisionWindow, duplicate_id_across_partitions
 from .scoring.rules import granted_access
 
+Judge = Callable[[str, TransitionDict], list[CrossRunFinding]]
+"""A rule set bound to a state: ``judge(key, fact)`` -> its findings."""
+REJUDGE_LIMIT = 1_000
+"""At most this many later facts of its key are judged again for one late fact (``KeyedState.judge_due``)."""
+
+SOURCE_IDLE_SECONDS = 5.0
+"""A source partition with no fact this long no longer holds the watermark back (``KeyedState.watermark``)."""
+SOURCE_LAG_CAP_MS = 15 * 60_000
+"""The watermark trails the latest event time seen by at most this much (plus the grace), however far a source
+lags: what waits for it is held in memory, and a source that far behind is an outage, whose facts are late."""
+
 Order = tuple[int, str, int, int]
 """A fact's place in event-time order: time, event id, source partition and offset (a total order)."""
 
@@ -129,6 +140,10 @@ class KeyedState:
     """By agent, per key: the applied stale decisions (``stale_of``), event-time order."""
     by_part: dict[str, dict[int, tuple[list[Order], list[Order]]]] = field(default_factory=dict)
     """By agent, per key, per source partition: the applied facts' places, and the stale ones'."""
+    sources: dict[int, list[Any]] = field(default_factory=dict)
+    """Per source partition: the latest event time of its facts, and when (caller's clock) it was last heard."""
+    rejudge_cut: int = 0
+    """Late facts whose later facts were judged again only up to ``judge_due``'s limit."""
     released: Order = (0, "", 0, 0)
     max_seen_ms: int = 0
     arrived_at: float = 0.0
@@ -137,12 +152,20 @@ class KeyedState:
     def key_of(self, ev: TransitionDict) -> str:
         return ev["target"]["identity_id"] if self.by_target else ev["agent"]["agent_id"]
 
-    def add(self, ev: TransitionDict) -> bool:
-        """Buffer a fact; False for a redelivered one (same source event, partition and offset)."""
+    def add(self, ev: TransitionDict, now: float = 0.0) -> bool:
+        """Buffer a fact; False for a redelivered one (same source event, partition and offset). ``now`` is
+        the caller's clock (seconds): when the fact's source partition was last heard from (a replay leaves
+        it 0: a source is not counted as active until a live fact of it arrives)."""
         mark = (ev["event_id"], ev["source_partition"], ev["source_offset"])
         if mark in self.seen:
             return False
         self.seen.add(mark)
+        source = self.sources.get(ev["source_partition"])
+        if source is None:
+            self.sources[ev["source_partition"]] = [ev["occurred_at"], now]
+        else:
+            source[0] = max(source[0], ev["occurred_at"])
+            source[1] = now
         self.arrivals += 1
         heapq.heappush(self.pending, (order(ev), self.arrivals, ev))
         _insert(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev))
@@ -165,12 +188,23 @@ class KeyedState:
         end = bisect.bisect_left(made, _at(order(ev)))
         return any(groups.intersection(ids) for _, ids in made[start:end])
 
-    def watermark(self, now_ms: int, grace_ms: int, quiet: bool) -> int:
-        """Event time up to which facts are judged: ``grace_ms`` before the latest event time seen while the
-        partition is busy, so a backlog is judged in event-time order however far the clock is ahead; once
-        it is ``quiet`` (no fact for a while), the wall clock ``now_ms`` too, so its windows still close
-        (Flink's idle-source watermark)."""
-        return max(self.max_seen_ms, now_ms if quiet else 0) - grace_ms
+    def watermark(self, now_ms: int, grace_ms: int, quiet: bool, now: float | None = None) -> int:
+        """Event time up to which facts are judged, ``grace_ms`` before:
+
+        - while the partition is busy, the least of the latest event times of the *source* partitions (the
+          scorers' input partitions, ``source_partition``) heard from in the last ``SOURCE_IDLE_SECONDS`` of
+          ``now`` (all of them when ``now`` is None), but no less than ``SOURCE_LAG_CAP_MS`` before the latest
+          seen. A fact partition interleaves the facts of every source partition in the order the scorers
+          committed them; a backlog read unevenly (one scorer ahead of another by minutes of event time)
+          would otherwise make every fact of the slower sources late. This is Flink's per-input watermark,
+          with its idleness: a source with no fact for a while does not hold the others back;
+        - once it is ``quiet`` (no fact for a while), the wall clock ``now_ms`` too, so its windows still
+          close (Flink's idle-source watermark)."""
+        if quiet:
+            return max(self.max_seen_ms, now_ms) - grace_ms
+        heard = [t for t, at in self.sources.values() if now is None or now - at < SOURCE_IDLE_SECONDS]
+        slowest = min(heard) if heard else self.max_seen_ms
+        return max(slowest, self.max_seen_ms - SOURCE_LAG_CAP_MS) - grace_ms
 
     def release(self, watermark_ms: int) -> list[TransitionDict]:
         out = []
@@ -352,13 +386,18 @@ class KeyedState:
     def held(self, key: str) -> list[TransitionDict]:
         return sorted(self.holdings.get(key, {}).values(), key=order)
 
-    def judge_due(self, watermark_ms: int, retain_ms: int,
-                  judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> tuple[list[CrossRunFinding], int]:
+    def judge_due(self, watermark_ms: int, retain_ms: int, judge: Judge, *,
+                  rejudge: Callable[[str, TransitionDict], tuple[Judge, int | None] | None] | None = None,
+                  limit: int = REJUDGE_LIMIT) -> tuple[list[CrossRunFinding], int]:
         """Judge the facts the watermark releases, oldest first; returns new findings and late facts.
 
         A fact older than one already judged arrived after the grace: facts after it were judged without
-        it, so they are judged again with it and the chain it belongs to is still found. A finding id is
-        returned once."""
+        it, so some are judged again with it and the chain it belongs to is still found. Which ones is
+        ``rejudge(key, late)``'s answer: ``None`` for none, else the judge to use and how far after the late
+        fact (ms of event time; ``None``: as far as the key's history goes). Without ``rejudge``, every later
+        fact of the key, with ``judge``. At most ``limit`` later facts per late fact (``rejudge_cut`` counts
+        the late facts cut short): a backlog of late facts on a busy key, or an agent backdating its
+        events, must not cost the square of the key's history. A finding id is returned once."""
         out: list[CrossRunFinding] = []
         late = 0
         for ev in self.release(watermark_ms):
@@ -367,11 +406,26 @@ class KeyedState:
             self.apply(key, ev, retain_ms)
             if order(ev) < self.released:
                 late += 1
-                for later in self.after(key, ev):
-                    found += judge(key, later)
+                how = (judge, None) if rejudge is None else rejudge(key, ev)
+                if how is not None:
+                    found += self._rejudge(key, ev, how[0], how[1], limit)
             self.released = max(self.released, order(ev))
             out += [f for f in found if self.first_time(f.finding_id)]
         return out, late
+
+    def _rejudge(self, key: str, late: TransitionDict, judge: Judge, reach_ms: int | None,
+                 limit: int) -> list[CrossRunFinding]:
+        hist = self.history.get(key, _EMPTY)
+        lo = bisect.bisect_left(hist, _past(order(late)))
+        hi = len(hist) if reach_ms is None else bisect.bisect_left(hist, _since(late["occurred_at"] + reach_ms + 1),
+                                                                   lo=lo)
+        if hi - lo > limit:
+            self.rejudge_cut += 1
+            hi = lo + limit
+        found: list[CrossRunFinding] = []
+        for j in range(lo, hi):
+            found += judge(key, hist[j][1])
+        return found
 
     def prune_seen(self, limit: int = 500_000) -> None:
         if len(self.seen) > limit:  # bounded: a redelivery older than this is caught by finding ids

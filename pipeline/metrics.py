@@ -151,7 +151,13 @@ class Metrics:
         )
         self.correlator_late = Counter(
             "agentgov_correlator_late_facts_total",
-            "Access facts that arrived after the grace period (judged against earlier facts only).", registry=r
+            "Access facts that arrived after the grace period (judged; chains they complete with later facts are "
+            "judged again, docs/guarantees.md).", registry=r
+        )
+        self.correlator_rejudge_cut = Counter(
+            "agentgov_correlator_rejudge_truncated_total",
+            "Late facts whose key's later facts were judged again only up to the limit (1,000): a chain completed "
+            "further on may be missed.", registry=r
         )
         self.correlator_rule_errors = Counter(
             "agentgov_correlator_rule_errors_total",

@@ -557,7 +557,7 @@ def test_a_backlog_is_judged_in_event_time_order_while_its_partition_is_busy(qui
             state.add(ev)
             late += state.judge_due(state.watermark(now_ms, grace_ms, quiet), 1 << 40, lambda k, e: [])[1]
     assert late == (40 if quiet else 0)
-    assert state.watermark(now_ms, grace_ms, quiet=False) == ahead[-1]["occurred_at"] - grace_ms
+    assert state.watermark(now_ms, grace_ms, quiet=False) == behind[-1]["occurred_at"] - grace_ms  # the slower
     assert state.watermark(now_ms, grace_ms, quiet=True) == now_ms - grace_ms  # a quiet partition still closes
 
 
@@ -808,3 +808,135 @@ def test_keyed_state_windows_equal_a_scan(seed: int) -> None:
                 h["action"] == "create_group" and {h["target"]["identity_id"], h["resource"]["resource_id"]} & groups
                 for h in want)
         assert state.after(key, ev) == [h for h in released if order(h) > o]
+
+
+def _stale_of() -> Any:
+    import functools
+
+    from pipeline.scoring.rules import stale_decision
+
+    return functools.partial(stale_decision, POLICY.governance)
+
+
+def _judge_late(c: Any, state: Any, arrival: list[TransitionDict]) -> tuple[list[CrossRunFinding], int]:
+    """Each fact judged as it arrives (watermark at its own time), the way a correlator past the grace does."""
+    import functools
+
+    found: list[CrossRunFinding] = []
+    late = 0
+    for ev in arrival:
+        state.add(ev)
+        out, n = state.judge_due(ev["occurred_at"], 1 << 40, functools.partial(c._guarded, c._judge, state),
+                                 rejudge=functools.partial(c._rejudge, state))
+        found, late = found + out, late + n
+    return found, late
+
+
+@pytest.mark.parametrize("arrival", [(0, 1, 2), (1, 2, 0), (2, 1, 0), (0, 2, 1)])
+def test_a_group_nesting_step_arriving_past_the_grace_still_completes_its_chain(arrival: tuple[int, ...]) -> None:
+    """Correlator._rejudge by agent: a late step of a nesting chain has the agent's later facts judged again
+    by group nesting, so the chain is found whichever step came last."""
+    from pipeline.keyed_state import KeyedState
+
+    c, state = _bare_correlator(), KeyedState(by_target=False, stale_of=_stale_of())
+    c.baselines = lambda key: None
+    facts = nesting((0, 2, 4))
+    found, late = _judge_late(c, state, [facts[i] for i in arrival])
+    assert [f.spec.code for f in found] == ["AG-XRN-008"] and found[0].event is facts[2]
+    assert late == sum(1 for i, a in enumerate(arrival) if any(b > a for b in arrival[:i]))
+
+
+def test_a_late_grant_of_a_busy_agent_does_not_rejudge_its_window() -> None:
+    """A backlog read unevenly (or an agent backdating its events) makes late facts on busy agents: each is
+    judged, but the agent's later facts are judged again only for a group-nesting step. 400 grants arriving
+    newest first cost 400 judgements, not 400 x 400 / 2."""
+    from pipeline.keyed_state import KeyedState
+
+    c, state = _bare_correlator(), KeyedState(by_target=False, stale_of=_stale_of())
+    c.baselines = lambda key: AgentBaseline("agent-rogue", events=1000, grants_per_hour=1.0)
+    calls = 0
+    judge = c._judge
+
+    def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return judge(*args)
+
+    c._judge = counted
+    grants = [fact(i % 6, **{"run_id": f"r-busy-{i}", "agent.agent_id": "agent-rogue", "step": 1,
+                             "target.identity_id": f"u-busy-{i}", "occurred_at": T0 + i * 1000})
+              for i in range(400)]
+    found, late = _judge_late(c, state, grants[::-1])
+    assert late == 399 and calls == 400
+    # The documented limit (docs/guarantees.md): a counting rule counts a late fact from then on, it does not
+    # report a crossing the fact moved earlier. Every grant here came late, so the burst is not reported.
+    assert found == []
+
+
+def test_late_rejudging_of_one_key_is_bounded() -> None:
+    """By target every later fact is judged again (the holdings rules reach back any age), up to
+    REJUDGE_LIMIT per late fact; the cut is counted."""
+    from pipeline.keyed_state import REJUDGE_LIMIT, KeyedState
+
+    state = KeyedState(by_target=True)
+    calls = 0
+
+    def judge(key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        nonlocal calls
+        calls += 1
+        return []
+
+    later = [fact(i % 6, **{"run_id": f"r-svc-{i}", "target.identity_id": "svc-busy", "step": 1,
+                            "occurred_at": T0 + (i + 1) * 1000}) for i in range(REJUDGE_LIMIT + 200)]
+    for ev in later:
+        state.add(ev)
+    state.judge_due(1 << 62, 1 << 40, judge)
+    calls = 0
+    early = fact(0, **{"run_id": "r-svc-late", "target.identity_id": "svc-busy", "step": 1, "occurred_at": T0})
+    state.add(early)
+    _, late = state.judge_due(1 << 62, 1 << 40, judge)
+    assert late == 1 and calls == 1 + REJUDGE_LIMIT and state.rejudge_cut == 1
+
+
+@pytest.mark.parametrize("lag_minutes", [3, 14])
+def test_a_source_minutes_behind_holds_the_watermark_so_its_facts_are_not_late(lag_minutes: int) -> None:
+    """KeyedState.watermark per source partition: a backlog whose scorers read their partitions unevenly (one
+    source minutes of event time behind the other, far past the grace) is still judged in event-time order
+    while both sources are heard from; the chain split over them is found once, with no late fact."""
+    from pipeline.keyed_state import KeyedState
+
+    state = KeyedState(by_target=True)
+    grace_ms, late, found = 5_000, 0, []
+    grant = transient(1, "grant_entitlement", 0, "rb-grant")
+    revoke = transient(0, "revoke_entitlement", 90, "ra-revoke")
+    ahead = [revoke, *(transient(0, "assign_role", lag_minutes * 60 + i, f"ra{i}",
+                                 **{"resource.resource_id": f"role/R{i}", "resource.entitlement": None,
+                                    "resource.privilege_tier": 1}) for i in range(30))]
+    behind = [grant, *(transient(1, "assign_role", 60 + i, f"rb{i}",
+                                 **{"resource.resource_id": f"role/B{i}", "resource.entitlement": None,
+                                    "resource.privilege_tier": 1}) for i in range(30))]
+    clock = 100.0
+    for a, b in zip(ahead, behind, strict=True):  # the lagging source's fact arrives after the leading one's
+        for ev in (a, b):
+            clock += 0.01
+            state.add(ev, clock)
+            out, n = state.judge_due(state.watermark(T0 + 86_400_000, grace_ms, False, clock), 1 << 40,
+                                     lambda k, e: _judge_with_rules(k, e, state))
+            found, late = found + out, late + n
+    out, n = state.judge_due(state.watermark(T0 + 86_400_000, grace_ms, True), 1 << 40,  # then quiet
+                             lambda k, e: _judge_with_rules(k, e, state))
+    assert late + n == 0
+    assert [f.spec.code for f in found + out] == ["AG-XRN-002"]
+
+
+def test_an_idle_source_does_not_hold_the_watermark_and_a_lagging_one_only_up_to_the_cap() -> None:
+    from pipeline.keyed_state import SOURCE_IDLE_SECONDS, SOURCE_LAG_CAP_MS, KeyedState
+
+    state = KeyedState(by_target=True)
+    state.add(transient(1, "assign_role", 0, "rb"), 10.0)
+    state.add(transient(0, "assign_role", 600, "ra"), 10.0)
+    assert state.watermark(0, 0, False, 10.0) == T0  # source 1 is heard from: it holds the watermark
+    assert state.watermark(0, 0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 600_000  # idle: it does not
+    state.add(transient(0, "assign_role", 3600, "ra2"), 11.0)
+    assert state.watermark(0, 0, False, 11.0) == T0 + 3_600_000 - SOURCE_LAG_CAP_MS  # an hour behind: capped
+    assert state.watermark(T0 + 7_200_000, 0, True, 11.0) == T0 + 7_200_000  # quiet: the wall clock
