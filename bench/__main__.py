@@ -207,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         doc["throughput"]["producer_raw"] = {"events_per_s": round(rate, 1), "events": count}
         log(f"produced at {rate:,.0f}/s; partitions {counts}")
         per_event = pool.seconds / count  # to plan when paced events must be ready
-        # Each correlation run gets a topic of its own, with at most 50,000 of the events (keeps `make bench` short).
-        corr_source = pool.messages[:50_000] if "correlation" in only else []
         del pool
+        # Each correlation run gets a topic of its own, with at most 50,000 events (keeps `make bench` short),
+        # stamped as a live stream's (correlation.burst_event_times) so the correlator judges them within the run.
+        corr_count = min(count, 50_000)
+        corr_source = EventPool.build(corr_count, occurred_at_ms=correlation.burst_event_times(
+            corr_count, time.time())).messages if "correlation" in only else []
         t = doc["throughput"]
         for procs, name in ((1, "ceiling_1_process"), (2, "ceiling_2_processes")) if "ceiling" in only else ():
             w = rss.window()

@@ -4,7 +4,19 @@ without it (no access facts, no correlator), in the same benchmark run.
 For each of the two runs, one ``bench.agentgov_run`` child:
 
 - throughput: ``count`` events at full speed, end to end: first scored to last stored, and with the stage
-  to the later of that and the correlator's last fact consumed (its fact counter still for 1.5 s);
+  to the later of that and the correlator having judged every fact (its fact counter still for 1.5 s and
+  no fact of the burst left waiting for the watermark). A pipeline in its steady state judges each fact one
+  grace period after it arrived, so the judging belongs in the stage's cost; stamped "now", as a burst
+  would be, the facts would be released after the grace (300 s), when the run is over, and the run would
+  time the arrival half of the stage alone (the case until session 7: about half its CPU per fact). So the
+  burst's event time advances at about the rate the pipeline processes it, as a live stream's does
+  (:func:`burst_event_times`, 10,000 events/s), the stage's grace is ``BENCH_GRACE_S`` (2 s, not the 300 s
+  default, which would hold a 5 s burst whole until its end), and the burst is followed by
+  :func:`tail_events`, one per fact partition and later than the burst: the stream going on, which moves
+  every partition's watermark past the burst (a partition that goes quiet is released by the wall clock
+  only a second or two later, an idle wait that is not the stage's cost). The judging cost of a fact does
+  not depend on the grace, only when it is paid; facts arriving later than the grace are counted
+  (``late_facts``) and judged too;
 - time to page at ``rate`` events/s offered: benign events paced for ``seconds``, with a
   transient-privilege chain every ``chain_every`` events (a privileged grant, its revoke about a second
   later). With the correlator the two steps are in different runs on different partitions, so no scorer
@@ -29,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.facts import partition_for
 from pipeline.topics import ensure_topics
 from pipeline.workload import run_step
 
@@ -121,11 +134,13 @@ def scorer_pages(logs: list[Path], runs: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_every: int, correlator: bool,
-        work: Path, rss: RssSampler, per_event_gen: float) -> dict[str, Any]:
-    """One run on a source topic of its own: ``source`` first (throughput), then the paced events."""
+def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], rate: int, seconds: float,
+        chain_every: int, correlator: bool, work: Path, rss: RssSampler, per_event_gen: float) -> dict[str, Any]:
+    """One run on a source topic of its own: ``source`` first (throughput), then ``tail`` (the messages of
+    :func:`tail_events` and the facts they leave waiting), then the paced events."""
     name = "with_correlator" if correlator else "without_correlator"
-    settings = scenario_settings(bootstrap, work, name, access_facts=correlator)
+    settings = scenario_settings(bootstrap, work, name, access_facts=correlator,
+                                 correlation_grace_seconds=BENCH_GRACE_S)
     ensure_topics(settings)
     count = len(source)
     produce_all(bootstrap, settings.topic_transitions, source)
@@ -138,10 +153,14 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
     try:
         child.ask("start")
         first = child.ask(f"wait {count} 600")  # throughput: produced before the start
-        # With the stage, the throughput run ends when the correlator has consumed every fact too, not at the
+        # The tail only after every assessment is stored: a tail fact consumed before a burst fact of its
+        # partition would make that fact late (past the grace), judged late, at a cost the stage does not have.
+        produce_all(bootstrap, settings.topic_transitions, tail[0])
+        count += len(tail[0])
+        # With the stage, the throughput run ends when the correlator has judged every fact too, not at the
         # last stored assessment: a correlator lagging behind the writer is the stage's cost, and the paced
         # run below must not start on its backlog (its pages would time the backlog, not the stage).
-        caught_up = correlator_caught_up(metrics_port) if correlator else None
+        caught_up = correlator_caught_up(metrics_port, tail[1]) if correlator else None
         end = max(first["at"], caught_up["at"]) if caught_up else first["at"]
         n = max(rate, int(rate * seconds))
         start = time.time() + n * per_event_gen * 1.5 + 1.0
@@ -174,7 +193,7 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
         "throughput": {"events": first["stored"], "seconds": round(span, 3),
                        "events_per_s": round(first["stored"] / span, 1),
                        "to_last_stored_events_per_s": round(first["stored"] / main_span, 1),
-                       **({"correlator_facts": caught_up["facts"],
+                       **({"correlator_facts": caught_up["facts"], "late_facts": caught_up["late"],
                            "correlator_behind_writer_s": round(caught_up["at"] - first["at"], 3)}
                           if caught_up else {})},
         "latency": {"offered_per_s": rate, "achieved_per_s": round(n / sent_for, 1), "events": n,
@@ -186,29 +205,68 @@ def run(bootstrap: str, source: list[Message], rate: int, seconds: float, chain_
 
 
 FACTS_LINE = re.compile(r"^agentgov_correlator_facts_total (\S+)$", re.M)
+PENDING_LINE = re.compile(r"^agentgov_correlator_pending_facts (\S+)$", re.M)
+LATE_LINE = re.compile(r"^agentgov_correlator_late_facts_total (\S+)$", re.M)
+BENCH_GRACE_S = 2.0
+BURST_EVENTS_PER_S = 10_000
 
 
-def correlator_caught_up(port: int, quiet: float = 1.5, timeout: float = 600.0) -> dict[str, Any]:
-    """Poll the correlator's ``agentgov_correlator_facts_total`` until it has not moved for ``quiet`` seconds
-    (the scorers are done by then: every assessment is stored); answers the count and when it last moved."""
+def burst_event_times(count: int, now: float) -> list[int]:
+    """Event times (ms) of the throughput events: ``BURST_EVENTS_PER_S`` apart, in order, the last a minute
+    before ``now`` (the tail's time)."""
+    start = now * 1000 - 60_000 - count * 1000 / BURST_EVENTS_PER_S
+    return [int(start + i * 1000 / BURST_EVENTS_PER_S) for i in range(count)]
+
+
+def tail_events(now: float, partitions: int = 6) -> tuple[list[Message], int]:
+    """One benign grant per fact partition, stamped ``now``: its target on by-target partition *j* and its
+    agent on by-agent partition *j*. Returns the messages and the facts they make (two each), which stay
+    waiting for the watermark at the end of the run."""
+    pub = _completer()
+
+    def on(prefix: str, j: int) -> str:
+        return next(f"{prefix}-{i}" for i in range(10_000) if partition_for(f"{prefix}-{i}", partitions) == j)
+
+    out: list[Message] = []
+    for j in range(partitions):
+        draft = run_step(f"run-bench-tail-{j}", 0, on("agent-bench-tail", j), "jml-provisioning",
+                         ("joiner", f"HR-7{j:05d}"), "assign_role", on("u-bench-tail", j), "okta",
+                         "role/Reader", 1)
+        record = pub.complete(dict(draft, occurred_at=datetime.fromtimestamp(now, UTC)))
+        out.append((record["run_id"].encode(), pub.serde.encode(record)))
+    return out, 2 * partitions
+
+
+def correlator_caught_up(port: int, waiting_allowed: int, quiet: float = 1.5, timeout: float = 600.0
+                         ) -> dict[str, Any]:
+    """Poll the correlator's metrics until ``agentgov_correlator_facts_total`` has not moved for ``quiet``
+    seconds (the scorers are done by then: every assessment is stored) with at most ``waiting_allowed``
+    facts waiting for the watermark (``agentgov_correlator_pending_facts``: the tail's); answers the count
+    and when the correlator was done: its last fact consumed, or the burst's last fact judged if later."""
     import urllib.request
 
-    facts, moved = -1.0, time.time()
+    facts, moved, judged_at = -1.0, time.time(), None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            m = FACTS_LINE.search(body)
+            m, p = FACTS_LINE.search(body), PENDING_LINE.search(body)
             value = float(m.group(1)) if m else -1.0
+            waiting = float(p.group(1)) if p else -1.0
         except OSError:
-            value = -1.0  # not serving yet
+            value = waiting = -1.0  # not serving yet
+            body = ""
         now = time.time()
         if value != facts:
-            facts, moved = value, now
-        elif facts > 0 and now - moved >= quiet:
-            return {"facts": int(facts), "at": moved}
+            facts, moved, judged_at = value, now, None
+        if judged_at is None and facts > 0 and 0 <= waiting <= waiting_allowed:
+            judged_at = now
+        if judged_at is not None and now - moved >= quiet:
+            late = LATE_LINE.search(body)
+            return {"facts": int(facts), "at": max(moved, judged_at),
+                    "late": int(float(late.group(1))) if late else None}
         time.sleep(0.05)
-    raise TimeoutError(f"correlator's fact count still moving (or absent) after {timeout:g}s: {facts}")
+    raise TimeoutError(f"correlator not caught up after {timeout:g}s: {facts} facts, {waiting} waiting")
 
 
 def report_settings(settings: Any) -> dict[str, Any]:
@@ -224,6 +282,7 @@ def compare(source: list[Message], rate: int, seconds: float, chain_every: int, 
     the medians of the rounds' ratio and added time to page, and the full figures of the median round
     (``with_correlator``/``without_correlator``)."""
     pairs: list[dict[str, Any]] = []
+    tail = tail_events(time.time())
     for r in range(rounds):
         pair: dict[str, Any] = {}
         for correlator in (False, True) if r % 2 == 0 else (True, False):
@@ -232,8 +291,8 @@ def compare(source: list[Message], rate: int, seconds: float, chain_every: int, 
                 assert broker.proc is not None
                 rss.watch(broker.proc.pid)
                 w = rss.window()
-                pair[key] = run(broker.bootstrap, source, rate, seconds, chain_every, correlator, work, rss,
-                                per_event_gen)
+                pair[key] = run(broker.bootstrap, source, tail, rate, seconds, chain_every, correlator, work,
+                                rss, per_event_gen)
                 pair[key]["cpu_seconds"] = w.close()
         a, b = pair["with_correlator"], pair["without_correlator"]
         pair["throughput_with_over_without"] = report._ratio(a["throughput"]["events_per_s"],

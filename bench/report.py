@@ -127,7 +127,7 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"{b['to_page']['p95_ms']} ({b['paged']}/{b['chains']}) | {a['to_page']['p50_ms']} / "
                   f"{a['to_page']['p95_ms']} ({a['paged']}/{a['chains']}) |",
                   f"| p50 to page added by the stage, ms | | {corr.get('to_page_p50_ms_added')} |",
-                  f"| throughput with / without (with: until the correlator has consumed every fact) | | "
+                  f"| throughput with / without (with: until the correlator has judged every fact) | | "
                   f"{corr['throughput_with_over_without']} |",
                   f"| main path only (to the last stored assessment), with / without | | "
                   f"{corr.get('main_path_with_over_without')} |"]
