@@ -54,7 +54,8 @@ from .deadletters import dlq_headers
 from .delegations import DelegationGraph
 from .errors import DeadLetter
 from .events import TransitionDict
-from .facts import FACT, FINDING, as_event
+from .fact_reader import FactReader
+from .facts import FACT, FINDING
 from .keyed_state import KeyedState, order
 from .loop import TransactionalLoop
 from .metrics import Metrics
@@ -108,6 +109,7 @@ class Correlator(TransactionalLoop):
         schemas = SchemaSet.load()
         registry = registry if registry is not None else make_registry(settings)
         self.facts = Serde(schemas, registry, record=FACT, subject=f"{settings.topic_facts_by_target}-value")
+        self.reader = FactReader(self.facts)
         self.out = Serde(schemas, registry, record=FINDING, subject=f"{settings.topic_correlations}-value")
         self.graph = delegations or DelegationGraph(settings, self.facts).start()
         self.grace_ms = int(settings.correlation_grace_seconds * 1000)
@@ -126,7 +128,7 @@ class Correlator(TransactionalLoop):
     # -- context: rebuilt by replay -----------------------------------------------------------
     def _decode(self, msg: Message) -> TransitionDict | None:
         try:
-            return as_event(self.facts.decode(msg.value()).record)
+            return self.reader.read(msg.value())
         except DeadLetter as exc:
             log.warning("bad access fact", extra={"kv": {"error": str(exc), "topic": msg.topic(),
                                                           "partition": msg.partition(), "offset": msg.offset()}})
@@ -222,7 +224,7 @@ class Correlator(TransactionalLoop):
                     log.warning("consume error", extra={"kv": {"error": str(err)}})
                 continue
             try:
-                ev = as_event(self.facts.decode(msg.value()).record)
+                ev = self.reader.read(msg.value())
             except DeadLetter as exc:
                 self.producer.produce(self.settings.topic_dlq, msg.value(), key=msg.key(),
                                       headers=dlq_headers(exc, exc.reason, msg))

@@ -208,6 +208,20 @@ class Serde:
 
     # -- decoding -----------------------------------------------------------------------------
     def decode(self, data: bytes | None) -> Decoded:
+        start, parsed, current, version = self._writer(data)
+        assert data is not None  # _writer refused an empty message
+        return self._read(data, start, parsed, current, version)
+
+    def current_datum_start(self, data: bytes | None) -> int | None:
+        """Where the Avro datum of ``data`` starts when it was written with the current schema; None when it
+        was written with another version. Checks framing, size and schema as :meth:`decode` does (same
+        ``DecodeError``), without decoding: for readers specialised to the current schema
+        (``fact_reader.py``)."""
+        start, _, current, _ = self._writer(data)
+        return start if current else None
+
+    def _writer(self, data: bytes | None) -> tuple[int, Any, bool, int | None]:
+        """The datum's start, its writer schema (parsed), whether that is the current one, and its version."""
         if not data:
             raise DecodeError("empty message", reason="bad_magic")
         if len(data) > self.max_bytes:
@@ -217,9 +231,9 @@ class Serde:
             writer = self.schemas.by_fingerprint.get(header[2:])
             if writer is None or writer.record != self.record:
                 raise DecodeError(f"unknown schema fingerprint {header[2:].hex()}", reason="unknown_schema")
-            return self._read(data, len(header), writer.parsed, writer is self.current, writer.version)
+            return len(header), writer.parsed, writer is self.current, writer.version
         parsed, current, version = self._registry_schema(schema_id)
-        return self._read(data, len(header), parsed, current, version)
+        return len(header), parsed, current, version
 
     def _registry_schema(self, schema_id: int) -> tuple[Any, bool, int | None]:
         hit = self._by_registry_id.get(schema_id)

@@ -1,0 +1,163 @@
+"""The correlator's fact reader (pipeline/fact_reader.py) against the Serde it stands in for."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+
+from pipeline.errors import DecodeError
+from pipeline.fact_reader import FIELDS, FactReader, read_fact, schema_kinds, varint
+from pipeline.facts import FACT, as_event, fact_from_event
+from pipeline.schemas import SchemaSet
+from pipeline.serde import CONFLUENT_MAGIC, SOE_MAGIC, Serde
+from tests.unit.scoring_factory import event
+
+SCHEMAS = SchemaSet.load()
+
+
+def serde() -> Serde:
+    return Serde(SCHEMAS, None, record=FACT, subject="agentgov.facts.by-target.v1-value")
+
+
+def facts(n: int, seed: int, huge: bool = False) -> list[dict[str, object]]:
+    """Facts with every optional field both set and null, long and non-ASCII strings, and values whose
+    varints take one to nine bytes (``huge``: ten, which the fast path leaves to fastavro)."""
+    rnd = random.Random(seed)
+    words = ["", "a", "é", "用户", "x" * 63, "y" * 64, "z" * 200, "🔐" * 40, "u-1234"]
+    longs = [0, 1, 63, 64, 8191, 8192, 2**40, 2**62 - 1, *([2**63 - 1] if huge else [])]
+    out = []
+    for i in range(n):
+        f = fact_from_event(event(), rnd.randrange(12), rnd.choice(longs))
+        for name, kind in FIELDS:
+            if kind == "string" and name not in ("action", "outcome", "authority", "target_type"):
+                f[name] = rnd.choice(words) + str(i)
+            elif kind == "optional":
+                f[name] = rnd.choice([None, rnd.choice(words)])
+        f["occurred_at"] = rnd.choice([0, 1, -1, 1_790_000_000_000, -(2**62), *([-(2**63)] if huge else [])])
+        f["privilege_tier"] = rnd.choice([0, 3, -64, 2**31 - 1, -(2**31)])
+        f["step"] = rnd.choice([0, 63, 64, 5000])
+        out.append(f)
+    return out
+
+
+def test_the_fast_path_covers_the_current_fact_schema() -> None:
+    """A schema change that the reader does not follow must fail here, not misread in production (the
+    reader would fall back to fastavro, at twice the cost)."""
+    s = serde()
+    assert schema_kinds(s.current.raw) == FIELDS
+    assert FactReader(s).fast
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reads_exactly_what_serde_and_as_event_read(seed: int) -> None:
+    s, reader = serde(), FactReader(serde())
+    for f in facts(300, seed):
+        data = s.encode(f)
+        want = as_event(s.decode(data).record)
+        start = s.current_datum_start(data)
+        assert start is not None
+        assert read_fact(data, start) == want  # the fast path itself, not a fallback
+        assert reader.read(data) == want
+
+
+def test_ten_byte_varints_are_read_by_serde() -> None:
+    s, reader = serde(), FactReader(serde())
+    for f in facts(200, 4, huge=True):
+        data = s.encode(f)
+        assert reader.read(data) == as_event(s.decode(data).record)
+
+
+def test_registry_framed_facts_take_the_fast_path_too() -> None:
+    class Registry:
+        def register_schema(self, subject: str, schema: object) -> int:
+            return 7
+
+        def get_schema(self, schema_id: int) -> object:
+            return type("S", (), {"schema_str": serde().current.json()})()
+
+    s = Serde(SCHEMAS, Registry(), record=FACT, subject="agentgov.facts.by-target.v1-value")
+    data = s.encode(facts(1, 9)[0])
+    assert data[:1] == CONFLUENT_MAGIC
+    assert s.current_datum_start(data) == 5
+    assert FactReader(s).read(data) == as_event(s.decode(data).record)
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, 2**31, -(2**40), 2**62 - 1, -(2**62), 2**62, -(2**63)])
+def test_varint_reads_up_to_nine_bytes_and_leaves_longer_ones_to_fastavro(value: int) -> None:
+    zigzag = ((value << 1) ^ (value >> 63)) & (2**64 - 1)
+    raw = bytearray()
+    while True:
+        byte = zigzag & 0x7F
+        zigzag >>= 7
+        raw.append(byte | (0x80 if zigzag else 0))
+        if not zigzag:
+            break
+    if len(raw) <= 9:
+        assert varint(bytes(raw) + b"\x00", 0) == (value, len(raw))
+    else:
+        with pytest.raises(ValueError):
+            varint(bytes(raw) + b"\x00", 0)
+
+
+def _mutations(data: bytes, start: int, rnd: random.Random) -> list[bytes]:
+    body = data[start:]
+    cuts = [data[:start + k] for k in (0, 1, len(body) // 2, len(body) - 1)]
+    flips = []
+    for _ in range(40):
+        b = bytearray(data)
+        i = rnd.randrange(start, len(b))
+        b[i] = rnd.randrange(256)
+        flips.append(bytes(b))
+    return [*cuts, data + b"\x00", *flips,
+            data[:start] + b"\x01" + body[1:],            # negative length
+            data[:start] + b"\xff" * 11 + body,             # varint past 10 bytes
+            data[:start] + b"\x04\xc3\x28" + body[3:]]      # invalid UTF-8
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bad_datums_get_the_answer_serde_gives(seed: int) -> None:
+    """Truncated, flipped, padded: the reader never answers on its own where Serde would refuse, and refuses
+    with Serde's reason; where a flip still decodes (a changed letter), it reads what Serde reads."""
+    rnd = random.Random(seed)
+    s, reader = serde(), FactReader(serde())
+    for f in facts(20, seed):
+        data = s.encode(f)
+        for bad in _mutations(data, s.current_datum_start(data) or 0, rnd):
+            try:
+                want: object = as_event(s.decode(bad).record)
+            except DecodeError as exc:
+                want = ("refused", exc.reason)
+            try:
+                got: object = reader.read(bad)
+            except DecodeError as exc:
+                got = ("refused", exc.reason)
+            assert got == want
+
+
+def test_an_older_schema_version_is_decoded_by_serde() -> None:
+    """Facts written before the current version resolve through fastavro (the reader is for the current
+    version only): decoding one gives the Serde's record, with the defaults of the fields it lacks."""
+    s = serde()
+    versions = sorted(SCHEMAS.versions[FACT])
+    assert len(versions) >= 2, "facts have had more than one schema version"
+    old = SCHEMAS.versions[FACT][versions[0]]
+    datum = {f["name"]: f.get("default") for f in old.raw["fields"]}
+    datum.update({k: v for k, v in facts(1, 3)[0].items() if k in datum})
+    from fastavro import schemaless_writer
+
+    buf = io.BytesIO()
+    schemaless_writer(buf, old.parsed, datum)
+    data = SOE_MAGIC + old.fingerprint + buf.getvalue()
+    assert s.current_datum_start(data) is None
+    assert FactReader(s).read(data) == as_event(s.decode(data).record)
+
+
+def test_empty_oversized_and_unframed_messages_are_refused_as_serde_refuses() -> None:
+    reader = FactReader(serde())
+    for data, reason in ((b"", "bad_magic"), (b"\x07abc", "bad_magic"), (b"\x00\x00", "truncated"),
+                         (SOE_MAGIC + b"\x00" * 8 + b"x" * 2_000_000, "oversized")):
+        with pytest.raises(DecodeError) as info:
+            reader.read(data)
+        assert info.value.reason == reason
