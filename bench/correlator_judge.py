@@ -38,6 +38,7 @@ def facts(events: int) -> list[TransitionDict]:
 
 def judging_half() -> Any:
     c: Any = Correlator.__new__(Correlator)  # the judging half only: no consumer, no producer
+    c._sources = 0
     c.policy, c.scorer_window_ms = load_policy(None), 3_600_000
     c.graph = type("NoEdges", (), {"into": staticmethod(lambda agent: [])})()
     busy = AgentBaseline("any", events=1000, grants_per_hour=500.0)

@@ -98,6 +98,7 @@ class Correlator(TransactionalLoop):
     """Cross-run correlation consumer. Scale out by running more of them in the same group."""
 
     role = "correlator"
+    _sources: int | None = None  # the scorers' input partitions, once asked (_source_partitions)
 
     def __init__(self, settings: Settings, metrics: Metrics, policy: LoadedPolicy, *,
                  baselines: Baselines | None = None, registry: Any = None,
@@ -184,7 +185,23 @@ class Correlator(TransactionalLoop):
             reader.close()
 
     def _new_state(self, by_target: bool) -> KeyedState:
-        return KeyedState(by_target, stale_of=None if by_target else self._stale_of())
+        return KeyedState(by_target, stale_of=None if by_target else self._stale_of(),
+                          expected_sources=self._source_partitions())
+
+    def _source_partitions(self) -> int:
+        """The scorers' input partitions (``source_partition`` of the facts), which a fact partition's watermark
+        waits to have heard from (``KeyedState.expected_sources``); 0 when the broker does not say (the
+        watermark then counts the sources as they appear)."""
+        if self._sources is None:
+            try:
+                meta = self.consumer.list_topics(self.settings.topic_transitions, timeout=10).topics
+                topic = meta.get(self.settings.topic_transitions)
+                self._sources = len(topic.partitions) if topic is not None and not topic.error else 0
+            except KafkaException as exc:
+                log.warning("source partition count unknown; the watermark counts sources as they appear",
+                            extra={"kv": {"error": str(exc)}})
+                self._sources = 0
+        return self._sources
 
     def _stale_of(self) -> Callable[[TransitionDict], bool]:
         return functools.partial(stale_decision, self.policy.governance)

@@ -33,8 +33,10 @@ Judge = Callable[[str, TransitionDict], list[CrossRunFinding]]
 REJUDGE_LIMIT = 1_000
 """At most this many later facts of its key are judged again for one late fact (``KeyedState.judge_due``)."""
 
-SOURCE_IDLE_SECONDS = 5.0
-"""A source partition with no fact this long no longer holds the watermark back (``KeyedState.watermark``)."""
+SOURCE_IDLE_SECONDS = 15.0
+"""A source partition with no fact this long no longer holds the watermark back (``KeyedState.watermark``); nor,
+this long after a state's first live fact, one never heard from. Longer than a scorer group's rebalance
+(seconds), so the sources of a rebalancing scorer hold it."""
 SOURCE_LAG_CAP_MS = 15 * 60_000
 """The watermark trails the latest event time seen by at most this much (plus the grace), however far a source
 lags: what waits for it is held in memory, and a source that far behind is an outage, whose facts are late."""
@@ -142,6 +144,12 @@ class KeyedState:
     """By agent, per key, per source partition: the applied facts' places, and the stale ones'."""
     sources: dict[int, list[Any]] = field(default_factory=dict)
     """Per source partition: the latest event time of its facts, and when (caller's clock) it was last heard."""
+    expected_sources: int = 0
+    """How many source partitions there are (the scorers' input topic), when known: until each was heard from,
+    or ``SOURCE_IDLE_SECONDS`` after the first live fact, the busy watermark releases nothing (a source not
+    heard from yet would find its facts late)."""
+    live_since: float = 0.0
+    """The caller's clock at the first live fact (``add`` with a clock)."""
     rejudge_cut: int = 0
     """Late facts whose later facts were judged again only up to ``judge_due``'s limit."""
     released: Order = (0, "", 0, 0)
@@ -160,6 +168,8 @@ class KeyedState:
         if mark in self.seen:
             return False
         self.seen.add(mark)
+        if now and not self.live_since:
+            self.live_since = now
         source = self.sources.get(ev["source_partition"])
         if source is None:
             self.sources[ev["source_partition"]] = [ev["occurred_at"], now]
@@ -197,11 +207,16 @@ class KeyedState:
           seen. A fact partition interleaves the facts of every source partition in the order the scorers
           committed them; a backlog read unevenly (one scorer ahead of another by minutes of event time)
           would otherwise make every fact of the slower sources late. This is Flink's per-input watermark,
-          with its idleness: a source with no fact for a while does not hold the others back;
+          with its idleness: a source with no fact for a while does not hold the others back. While
+          ``expected_sources`` were not all heard from yet, for at most ``SOURCE_IDLE_SECONDS`` after the
+          first live fact, nothing is released;
         - once it is ``quiet`` (no fact for a while), the wall clock ``now_ms`` too, so its windows still
           close (Flink's idle-source watermark)."""
         if quiet:
             return max(self.max_seen_ms, now_ms) - grace_ms
+        if (now is not None and len(self.sources) < self.expected_sources and self.live_since
+                and now - self.live_since < SOURCE_IDLE_SECONDS):
+            return -(1 << 62)  # warming up: a source not heard from yet may be behind every one heard
         heard = [t for t, at in self.sources.values() if now is None or now - at < SOURCE_IDLE_SECONDS]
         slowest = min(heard) if heard else self.max_seen_ms
         return max(slowest, self.max_seen_ms - SOURCE_LAG_CAP_MS) - grace_ms

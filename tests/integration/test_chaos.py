@@ -294,6 +294,7 @@ def clean_cross_run_findings(settings: Settings) -> dict[str, str]:
     serde = Serde(SchemaSet.load(), None, record=FACT)
     graph = DelegationGraph(settings, serde)
     judge: Any = Correlator.__new__(Correlator)  # the judging half: no consumer, no producer
+    judge._sources = 0  # sources counted as they appear
     judge.policy, judge.graph = load_policy(settings.policy_file), graph
     judge.scorer_window_ms = settings.context_window_seconds * 1000
     judge.baselines = lambda agent: None

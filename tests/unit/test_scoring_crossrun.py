@@ -608,6 +608,7 @@ def _bare_correlator() -> Any:
     from pipeline.correlator import Correlator
 
     c: Any = Correlator.__new__(Correlator)
+    c._sources = 0
     c.policy, c.scorer_window_ms, c.grace_ms = POLICY, 3_600_000, 300_000
     c.graph = type("NoEdges", (), {"into": staticmethod(lambda agent: [])})()
     return c
@@ -940,3 +941,17 @@ def test_an_idle_source_does_not_hold_the_watermark_and_a_lagging_one_only_up_to
     state.add(transient(0, "assign_role", 3600, "ra2"), 11.0)
     assert state.watermark(0, 0, False, 11.0) == T0 + 3_600_000 - SOURCE_LAG_CAP_MS  # an hour behind: capped
     assert state.watermark(T0 + 7_200_000, 0, True, 11.0) == T0 + 7_200_000  # quiet: the wall clock
+
+
+def test_a_source_not_heard_from_yet_holds_the_watermark_while_the_state_warms_up() -> None:
+    """KeyedState.expected_sources: on a fresh state, facts of the sources heard first must not be released
+    before the others are heard (their facts would all be late: seen in the correlation benchmark, where one
+    scorer's sources arrived a batch after the other's), for at most SOURCE_IDLE_SECONDS."""
+    from pipeline.keyed_state import SOURCE_IDLE_SECONDS, KeyedState
+
+    state = KeyedState(by_target=True, expected_sources=2)
+    state.add(transient(0, "assign_role", 600, "ra"), 10.0)
+    assert state.watermark(0, 0, False, 11.0) < T0  # source 1 not heard from yet: nothing released
+    assert state.watermark(0, 0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 600_000  # waited long enough
+    state.add(transient(1, "assign_role", 0, "rb"), 11.0)
+    assert state.watermark(0, 0, False, 11.0) == T0  # both heard: the slower one holds it
