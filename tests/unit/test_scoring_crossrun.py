@@ -603,6 +603,19 @@ def test_the_correlator_state_keeps_a_later_copy_out_of_history_and_holdings() -
     assert [h["run_id"] for h in state.held("u-step")] == ["r2"]
 
 
+def _count_calls(obj: Any, name: str) -> list[int]:
+    """Replace ``obj.<name>`` by a wrapper counting its calls; the count is the returned list's item."""
+    calls = [0]
+    real = getattr(obj, name)
+
+    def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return real(*args)
+
+    setattr(obj, name, counted)
+    return calls
+
+
 def _bare_correlator() -> Any:
     """The judging half of a Correlator: no consumer, no producer, no delegation edges."""
     from pipeline.correlator import Correlator
@@ -633,15 +646,7 @@ def test_a_busy_agent_that_once_created_a_group_is_not_rejudged_per_fact() -> No
     from pipeline.keyed_state import KeyedState
 
     c, state = _bare_correlator(), KeyedState(by_target=False)
-    calls = 0
-    paging = c._paging
-
-    def counted(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return paging(*args)
-
-    c._paging = counted
+    calls = _count_calls(c, "_paging")
     create = nesting((0, 2, 4))[0]  # the agent made a group once...
     grants = [fact(i % 6, **{"run_id": f"r-busy-{i}", "agent.agent_id": "agent-rogue", "step": 1,
                              "target.identity_id": f"u-busy-{i}", "occurred_at": T0 + MIN + i * 1000})
@@ -649,7 +654,7 @@ def test_a_busy_agent_that_once_created_a_group_is_not_rejudged_per_fact() -> No
     for ev in [create, *reversed(grants)]:
         state.add(ev)
         c._page_early(state, ev)
-    assert calls <= 301 + 300, calls
+    assert calls[0] <= 301 + 300, calls
 
 
 def _workload_facts(events: int) -> list[TransitionDict]:
@@ -855,20 +860,12 @@ def test_a_late_grant_of_a_busy_agent_does_not_rejudge_its_window() -> None:
 
     c, state = _bare_correlator(), KeyedState(by_target=False, stale_of=_stale_of())
     c.baselines = lambda key: AgentBaseline("agent-rogue", events=1000, grants_per_hour=1.0)
-    calls = 0
-    judge = c._judge
-
-    def counted(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return judge(*args)
-
-    c._judge = counted
+    calls = _count_calls(c, "_judge")
     grants = [fact(i % 6, **{"run_id": f"r-busy-{i}", "agent.agent_id": "agent-rogue", "step": 1,
                              "target.identity_id": f"u-busy-{i}", "occurred_at": T0 + i * 1000})
               for i in range(400)]
     found, late = _judge_late(c, state, grants[::-1])
-    assert late == 399 and calls == 400
+    assert late == 399 and calls == [400]
     # The documented limit (docs/guarantees.md): a counting rule counts a late fact from then on, it does not
     # report a crossing the fact moved earlier. Every grant here came late, so the burst is not reported.
     assert found == []
