@@ -28,7 +28,8 @@ module is the role: the consumer group, the rules it passes the state, rebuild o
 
 State is rebuilt from the log, never kept: on assignment the correlator replays
 ``correlation_retain_seconds`` of the partition before its committed offset (``recovery.py``), applies
-what the watermark had released without re-evaluating it, and buffers the rest; a by-target partition
+what the watermark had surely released without re-evaluating it (up to ``KeyedState.floor``), and buffers
+the rest; a by-target partition
 also reads its co-partitioned holdings partition whole. Findings have deterministic ids, so the few a
 replay evaluates again are stored once.
 
@@ -140,8 +141,9 @@ class Correlator(TransactionalLoop):
         state = self.states[(tp.topic, tp.partition)] = self._new_state(by_target)
         held = self._load_holdings(tp.partition, state) if by_target else 0
         replayed = replay(self.settings, tp, self.retain_ms, self._decode, state.add) if tp.offset > 0 else 0
-        # What the watermark had released before the last commit is history: apply it, judge it no more.
-        for ev in state.release(state.max_seen_ms - self.grace_ms):
+        # What the watermark had surely released before the last commit is history: apply it, judge it no more.
+        # The rest is judged (again, for what had been released past the floor: same finding ids, stored once).
+        for ev in state.release(state.floor(self.grace_ms)):
             state.apply(state.key_of(ev), ev, self.retain_ms)
             state.released = max(state.released, order(ev))
         state.trim_arrived(self._early_keep_ms(state))

@@ -37,9 +37,10 @@ SOURCE_IDLE_SECONDS = 15.0
 """A source partition with no fact this long no longer holds the watermark back (``KeyedState.watermark``); nor,
 this long after a state's first live fact, one never heard from. Longer than a scorer group's rebalance
 (seconds), so the sources of a rebalancing scorer hold it."""
-SOURCE_LAG_CAP_MS = 15 * 60_000
-"""The watermark trails the latest event time seen by at most this much (plus the grace), however far a source
-lags: what waits for it is held in memory, and a source that far behind is an outage, whose facts are late."""
+SOURCE_LAG_CAP_MS = 5 * 60_000
+"""The busy watermark trails the latest event time seen by at most this much (plus the grace), however far a
+source lags: what waits for it is held in memory, a rebuild judges that much again (``KeyedState.floor``),
+and a source that far behind is an outage, whose facts are late."""
 
 Order = tuple[int, str, int, int]
 """A fact's place in event-time order: time, event id, source partition and offset (a total order)."""
@@ -209,17 +210,24 @@ class KeyedState:
           would otherwise make every fact of the slower sources late. This is Flink's per-input watermark,
           with its idleness: a source with no fact for a while does not hold the others back. While
           ``expected_sources`` were not all heard from yet, for at most ``SOURCE_IDLE_SECONDS`` after the
-          first live fact, nothing is released;
+          first live fact, only what is past the :meth:`floor`;
         - once it is ``quiet`` (no fact for a while), the wall clock ``now_ms`` too, so its windows still
           close (Flink's idle-source watermark)."""
         if quiet:
             return max(self.max_seen_ms, now_ms) - grace_ms
         if (now is not None and len(self.sources) < self.expected_sources and self.live_since
                 and now - self.live_since < SOURCE_IDLE_SECONDS):
-            return -(1 << 62)  # warming up: a source not heard from yet may be behind every one heard
+            return self.floor(grace_ms)  # warming up: a source not heard from yet may be behind all heard
         heard = [t for t, at in self.sources.values() if now is None or now - at < SOURCE_IDLE_SECONDS]
         slowest = min(heard) if heard else self.max_seen_ms
-        return max(slowest, self.max_seen_ms - SOURCE_LAG_CAP_MS) - grace_ms
+        return max(slowest - grace_ms, self.floor(grace_ms))
+
+    def floor(self, grace_ms: int) -> int:
+        """The least watermark this state can have given what it has seen: every fact at or before it was
+        released by the batch that saw ``max_seen_ms``. A rebuild releases (applies unjudged) only up to it:
+        what lies past it may have been pending at the last commit, so it is judged again, and its findings,
+        whose ids are deterministic, are stored once."""
+        return self.max_seen_ms - SOURCE_LAG_CAP_MS - grace_ms
 
     def release(self, watermark_ms: int) -> list[TransitionDict]:
         out = []
