@@ -146,9 +146,10 @@ class KeyedState:
     sources: dict[int, list[Any]] = field(default_factory=dict)
     """Per source partition: the latest event time of its facts, and when (caller's clock) it was last heard."""
     expected_sources: int = 0
-    """How many source partitions there are (the scorers' input topic), when known: until each was heard from,
-    or ``SOURCE_IDLE_SECONDS`` after the first live fact, the busy watermark releases nothing (a source not
-    heard from yet would find its facts late)."""
+    """How many source partitions there are (the scorers' input topic), when known: until each was heard from
+    live (a replayed fact does not count: after a rebuild the sources resume at their own pace), or
+    ``SOURCE_IDLE_SECONDS`` after the first live fact, the busy watermark stays at the :meth:`floor` (a
+    source not heard from yet would find its facts late)."""
     live_since: float = 0.0
     """The caller's clock at the first live fact (``add`` with a clock)."""
     rejudge_cut: int = 0
@@ -215,8 +216,8 @@ class KeyedState:
           close (Flink's idle-source watermark)."""
         if quiet:
             return max(self.max_seen_ms, now_ms) - grace_ms
-        if (now is not None and len(self.sources) < self.expected_sources and self.live_since
-                and now - self.live_since < SOURCE_IDLE_SECONDS):
+        if (now is not None and self.live_since and now - self.live_since < SOURCE_IDLE_SECONDS
+                and sum(1 for _, at in self.sources.values() if at) < self.expected_sources):
             return self.floor(grace_ms)  # warming up: a source not heard from yet may be behind all heard
         heard = [t for t, at in self.sources.values() if now is None or now - at < SOURCE_IDLE_SECONDS]
         slowest = min(heard) if heard else self.max_seen_ms

@@ -952,6 +952,13 @@ def test_a_source_not_heard_from_yet_holds_the_watermark_while_the_state_warms_u
     assert state.watermark(0, 0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 240_000  # waited long enough
     state.add(transient(1, "assign_role", 0, "rb"), 11.0)
     assert state.watermark(0, 0, False, 11.0) == T0  # both heard: the slower one holds it
+    rebuilt = KeyedState(by_target=True, expected_sources=2)  # after a rebuild: both sources replayed...
+    rebuilt.add(transient(0, "assign_role", 200, "ra0"))
+    rebuilt.add(transient(1, "assign_role", 100, "rb0"))
+    rebuilt.add(transient(0, "assign_role", 240, "ra"), 10.0)  # ...one heard live: warming up still
+    assert rebuilt.watermark(0, 0, False, 11.0) == rebuilt.floor(0)
+    rebuilt.add(transient(1, "assign_role", 120, "rb"), 12.0)
+    assert rebuilt.watermark(0, 0, False, 12.0) == T0 + 120_000
 
 
 @pytest.mark.parametrize("case", ["lagging_source", "warming_up", "idle_source"])
