@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .events import TransitionDict
+from .facts import as_event
 from .serde import Serde
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,4 @@ class FactReader:
                 return read_fact(data, start)
             except (IndexError, ValueError, EOFError):  # UnicodeDecodeError is a ValueError
                 pass  # Serde decides: it reads what it can and names the reason of what it cannot
-        from .facts import as_event
-
         return as_event(self.serde.decode(data).record)

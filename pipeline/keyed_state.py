@@ -73,6 +73,15 @@ def _since(ms: int) -> tuple[tuple[int]]:
     return ((ms,),)
 
 
+def _later(entries: list[Any], ev: TransitionDict, reach_ms: int | None = None) -> tuple[int, int]:
+    """The index range of the entries after ``ev`` in order, within ``reach_ms`` of its event time (None: to
+    the end)."""
+    lo = bisect.bisect_left(entries, _past(order(ev)))
+    if reach_ms is None:
+        return lo, len(entries)
+    return lo, bisect.bisect_left(entries, _since(ev["occurred_at"] + reach_ms + 1), lo=lo)
+
+
 def _insert(entries: list[Any], entry: tuple[Order, Any]) -> None:
     """Insert in order, after entries of an equal order (facts mostly arrive in order: an append)."""
     if not entries or entries[-1][0] < entry[0]:
@@ -259,8 +268,7 @@ class KeyedState:
         key = self.key_of(ev)
         hist = self.arrived.get(key, _EMPTY)
         found = judge(key, ev)
-        lo = bisect.bisect_left(hist, _past(order(ev)))
-        for j in range(lo, bisect.bisect_left(hist, _since(ev["occurred_at"] + reach_ms + 1), lo=lo)):
+        for j in range(*_later(hist, ev, reach_ms)):
             found += judge(key, hist[j][1])
         self.trim_arrived(keep_ms, key)
         out = []
@@ -292,9 +300,10 @@ class KeyedState:
     def same_id(self, ev: TransitionDict) -> list[TransitionDict]:
         return [h for h in self.ids.get(ev["event_id"], ()) if order(h) < order(ev)]
 
-    def after(self, key: str, ev: TransitionDict) -> list[TransitionDict]:
+    def after(self, key: str, ev: TransitionDict, reach_ms: int | None = None) -> View:
+        """The key's judged facts after ``ev`` in event-time order (within ``reach_ms`` of it, if given)."""
         hist = self.history.get(key, _EMPTY)
-        return [h for _, h in hist[bisect.bisect_left(hist, _past(order(ev))):]]
+        return View(hist, *_later(hist, ev, reach_ms))
 
     def first_time(self, finding_id: str, limit: int = 100_000) -> bool:
         """True once per finding id (re-judging after a late fact must not publish a chain twice)."""
@@ -439,16 +448,13 @@ class KeyedState:
 
     def _rejudge(self, key: str, late: TransitionDict, judge: Judge, reach_ms: int | None,
                  limit: int) -> list[CrossRunFinding]:
-        hist = self.history.get(key, _EMPTY)
-        lo = bisect.bisect_left(hist, _past(order(late)))
-        hi = len(hist) if reach_ms is None else bisect.bisect_left(hist, _since(late["occurred_at"] + reach_ms + 1),
-                                                                   lo=lo)
-        if hi - lo > limit:
+        later = self.after(key, late, reach_ms)
+        if len(later) > limit:
             self.rejudge_cut += 1
-            hi = lo + limit
+            later = View(later.items, later.start, later.start + limit)
         found: list[CrossRunFinding] = []
-        for j in range(lo, hi):
-            found += judge(key, hist[j][1])
+        for ev in later:
+            found += judge(key, ev)
         return found
 
     def prune_seen(self, limit: int = 500_000) -> None:

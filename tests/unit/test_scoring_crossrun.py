@@ -813,7 +813,7 @@ def test_keyed_state_windows_equal_a_scan(seed: int) -> None:
             assert state.created_before(key, ev, window) == any(
                 h["action"] == "create_group" and {h["target"]["identity_id"], h["resource"]["resource_id"]} & groups
                 for h in want)
-        assert state.after(key, ev) == [h for h in released if order(h) > o]
+        assert list(state.after(key, ev)) == [h for h in released if order(h) > o]
 
 
 def _stale_of() -> Any:
