@@ -84,7 +84,10 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 HOLDINGS_READ_SECONDS = 60.0
-"""How long a rebuild may take to read one holdings partition to its end before it is retried."""
+"""How long a rebuild may take to read its holdings partitions to their ends before it is retried."""
+HOLDINGS_FETCH_WAIT_MS = 20
+"""The holdings reader's ``fetch.wait.max.ms``: an empty or fully read partition reports its end after one
+fetch wait (the default 500 ms made each empty partition cost about a second)."""
 
 Baselines = Callable[[str], AgentBaseline | None]
 ESCALATION_SERIES_TTL = 900.0
@@ -137,9 +140,20 @@ class Correlator(TransactionalLoop):
             return None
 
     def rebuild(self, tp: TopicPartition) -> None:
-        by_target = tp.topic == self.settings.topic_facts_by_target
-        state = self.states[(tp.topic, tp.partition)] = self._new_state(by_target)
-        held = self._load_holdings(tp.partition, state) if by_target else 0
+        self.rebuild_all([tp])
+
+    def rebuild_all(self, tps: list[TopicPartition]) -> None:
+        """Rebuild the state of every partition of an assignment (or a rewind): the holdings of all its
+        by-target partitions in one read (``_load_holdings``), then each partition's replay."""
+        states = {(tp.topic, tp.partition): self._new_state(tp.topic == self.settings.topic_facts_by_target)
+                  for tp in tps}
+        held = self._load_holdings({p: state for (topic, p), state in states.items()
+                                    if topic == self.settings.topic_facts_by_target})
+        for tp in tps:
+            state = self.states[(tp.topic, tp.partition)] = states[(tp.topic, tp.partition)]
+            self._replay_into(tp, state, held.get(tp.partition, 0) if state.by_target else 0)
+
+    def _replay_into(self, tp: TopicPartition, state: KeyedState, held: int) -> None:
         replayed = replay(self.settings, tp, self.retain_ms, self._decode, state.add) if tp.offset > 0 else 0
         # What the watermark had surely released before the last commit is history: apply it, judge it no more.
         # The rest is judged (again, for what had been released past the floor: same finding ids, stored once).
@@ -152,37 +166,53 @@ class Correlator(TransactionalLoop):
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
             "holdings": held, "pending": len(state.pending)}})
 
-    def _load_holdings(self, partition: int, state: KeyedState, max_seconds: float = HOLDINGS_READ_SECONDS) -> int:
-        """Read the co-partitioned holdings partition whole (compacted: one record per target and access).
+    def _load_holdings(self, states: dict[int, KeyedState], max_seconds: float = HOLDINGS_READ_SECONDS
+                       ) -> dict[int, int]:
+        """Read the co-partitioned holdings partition of each by-target partition in ``states`` whole
+        (compacted: one record per target and access) into its state; answers how many each held.
 
-        Read until the fetch itself reports the partition's end (``enable.partition.eof``; with
-        read_committed that is the last stable offset, so a scorer's open transaction does not hold the
-        read up: what it writes arrives as facts after this partition's committed offset). Not a watermark
-        asked for beforehand: a broker that answers that lookup low (Tansu was seen to answer 0) would
-        leave old holdings out, and SoD or leaver rules would miss grants made long ago. A read that
-        does not reach the end in ``max_seconds`` raises, so the rebuild is retried, never half done."""
+        One reader for all of them: a rebalance or a rewind rebuilds every partition it owns, and one read
+        per partition, each waiting for its own end, stalled the correlator about a second per partition
+        (with nothing to read). Each partition is read until the fetch itself reports its end
+        (``enable.partition.eof``; with read_committed that is the last stable offset, so a scorer's open
+        transaction does not hold the read up: what it writes arrives as facts after this partition's
+        committed offset); what arrives for it after that is left to the facts. Not a watermark asked for
+        beforehand: a broker that answers that lookup low (Tansu was seen to answer 0) would leave old
+        holdings out, and SoD or leaver rules would miss grants made long ago. A read that does not reach
+        every end in ``max_seconds`` raises, so the rebuild is retried, never half done."""
+        counts = dict.fromkeys(states, 0)
+        if not states:
+            return counts
         topic = self.settings.topic_holdings
         reader = Consumer(self.settings.kafka_config(**{
             "group.id": f"agentgov-holdings-{uuid.uuid4()}", "enable.auto.commit": False,
-            "enable.partition.eof": True, "isolation.level": "read_committed"}))
+            "enable.partition.eof": True, "isolation.level": "read_committed",
+            "fetch.wait.max.ms": HOLDINGS_FETCH_WAIT_MS}))
         try:
-            reader.assign([TopicPartition(topic, partition, 0)])
-            count, deadline = 0, time.monotonic() + max_seconds
-            while time.monotonic() < deadline:
-                for msg in reader.consume(1000, 0.5):
+            reader.assign([TopicPartition(topic, p, 0) for p in states])
+            reading, deadline = set(states), time.monotonic() + max_seconds
+            while reading and time.monotonic() < deadline:
+                for msg in reader.consume(1000, 0.2):
+                    p = msg.partition()
+                    if p not in reading:
+                        continue  # past its end: arrives as a fact
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            return count
+                            reading.discard(p)
                         continue
                     ev = self._decode(msg)
                     if ev is not None:
-                        state.hold(ev)
-                        count += 1
-            log.warning("holdings not read to their end; the rebuild will be retried",
-                        extra={"kv": {"partition": partition, "read": count, "seconds": max_seconds}})
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"holdings partition {partition} not read "
-                                                                   f"to its end in {max_seconds:g}s"))
+                        states[p].hold(ev)
+                        counts[p] += 1
+            if reading:
+                log.warning("holdings not read to their end; the rebuild will be retried",
+                            extra={"kv": {"partitions": sorted(reading), "read": sum(counts.values()),
+                                          "seconds": max_seconds}})
+                raise KafkaException(KafkaError(
+                    KafkaError._TIMED_OUT, f"holdings partitions {sorted(reading)} not read to their end in "
+                                           f"{max_seconds:g}s"))
+            return counts
         finally:
             reader.close()
 

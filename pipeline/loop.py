@@ -79,6 +79,12 @@ class TransactionalLoop:
     def rebuild(self, tp: TopicPartition) -> None:
         """Rebuild the context of ``tp`` from the log before ``tp.offset`` (the committed offset)."""
 
+    def rebuild_all(self, tps: list[TopicPartition]) -> None:
+        """Rebuild every partition of an assignment (or a rewind); a role whose rebuild reads other topics
+        may read them for all the partitions at once."""
+        for tp in tps:
+            self.rebuild(tp)
+
     def forget(self, partition: TopicPartition) -> None:
         """Drop what is kept for a partition this process no longer owns."""
 
@@ -102,8 +108,7 @@ class TransactionalLoop:
         backoff = 0.5
         while True:
             try:
-                for tp in consumer.committed(partitions, timeout=30):
-                    self.rebuild(tp)
+                self.rebuild_all(consumer.committed(partitions, timeout=30))
                 break
             except KafkaException as exc:
                 if time.monotonic() + backoff > deadline or self._stop.is_set():
@@ -215,8 +220,9 @@ class TransactionalLoop:
         assignment = self.consumer.assignment()
         if not assignment:
             return
-        for tp in self.consumer.committed(assignment, timeout=30):
-            self.rebuild(tp)
+        committed = self.consumer.committed(assignment, timeout=30)
+        self.rebuild_all(committed)
+        for tp in committed:
             if tp.offset >= 0:
                 self.consumer.seek(tp)
             else:

@@ -1,8 +1,9 @@
-"""A correlator's rebuild reads its holdings partition to the end the fetch reports, not to a watermark asked
+"""A correlator's rebuild reads its holdings partitions to the end the fetch reports, not to a watermark asked
 for beforehand: every committed holding is read (SoD and leaver rules judge against grants of any age),
 an empty partition is read at once, and a scorer's transaction left open on the partition does not hold the
 read up (read_committed stops at the last stable offset; the old read waited for the high watermark until
-its 60 s deadline). A read that cannot reach the end raises, so the rebuild is retried, never half done."""
+its 60 s deadline). The holdings of all the partitions a rebuild owns are read in one pass, each into its
+own partition's state. A read that cannot reach the end raises, so the rebuild is retried, never half done."""
 
 from __future__ import annotations
 
@@ -67,12 +68,13 @@ def test_rebuild_reads_every_committed_holding_and_an_open_transaction_does_not_
     correlator = Correlator(settings, Metrics(CollectorRegistry()), load_policy(settings.policy_file))
     emitter = FactEmitter(settings, correlator.facts)
     try:
-        assert correlator._load_holdings(1, KeyedState(True), max_seconds=20) == 0  # empty: the end at once
+        assert correlator._load_holdings({1: KeyedState(True)}, max_seconds=20) == {1: 0}  # empty: the end at once
 
-        committed = grants(settings, 0, 40)
+        committed = {p: grants(settings, p, 40 + p) for p in (0, 2)}
         producer = transactional(settings)
-        for i, ev in enumerate(committed):
-            emitter.emit(producer.produce, ev, 0, i)
+        for p, evs in committed.items():
+            for i, ev in enumerate(evs):
+                emitter.emit(producer.produce, ev, p, i)
         producer.commit_transaction(30)
 
         open_txn = transactional(settings)  # a scorer mid-batch: its holding is not committed yet
@@ -80,12 +82,15 @@ def test_rebuild_reads_every_committed_holding_and_an_open_transaction_does_not_
         emitter.emit(open_txn.produce, late, 0, 99)
         open_txn.flush(10)
 
-        state = KeyedState(True)
-        read = correlator._load_holdings(0, state, max_seconds=20)
-        held = {ev["event_id"] for evs in state.holdings.values() for ev in evs.values()}
-        assert {ev["event_id"] for ev in committed} <= held
+        states = {p: KeyedState(True) for p in (0, 1, 2)}  # one rebuild owning three partitions, one empty
+        read = correlator._load_holdings(states, max_seconds=20)
+        held = {p: {ev["event_id"] for evs in state.holdings.values() for ev in evs.values()}
+                for p, state in states.items()}
+        assert held[1] == set() and read[1] == 0
+        assert held[2] == {ev["event_id"] for ev in committed[2]} and read[2] == 42  # each into its own state
+        assert {ev["event_id"] for ev in committed[0]} <= held[0]
         if bus.kind == "kafka":  # read_committed hides the open transaction; Tansu does not (docs/guarantees.md)
-            assert read == len(committed) and late["event_id"] not in held
+            assert read[0] == 40 and late["event_id"] not in held[0]
         open_txn.abort_transaction(30)
     finally:
         correlator.close()
