@@ -209,7 +209,7 @@ class KeyedState:
         end = bisect.bisect_left(made, _at(order(ev)))
         return any(groups.intersection(ids) for _, ids in made[start:end])
 
-    def watermark(self, now_ms: int, grace_ms: int, quiet: bool, now: float | None = None) -> int:
+    def watermark(self, grace_ms: int, quiet: bool = False, now: float | None = None) -> int:
         """Event time up to which facts are judged, ``grace_ms`` before:
 
         - while the partition is busy, the least of the latest event times of the *source* partitions (the
@@ -221,10 +221,21 @@ class KeyedState:
           with its idleness: a source with no fact for a while does not hold the others back. While
           ``expected_sources`` were not all heard from yet, for at most ``SOURCE_IDLE_SECONDS`` after the
           first live fact, only what is past the :meth:`floor`;
-        - once it is ``quiet`` (no fact for a while), the wall clock ``now_ms`` too, so its windows still
-          close (Flink's idle-source watermark)."""
-        if quiet:
-            return max(self.max_seen_ms, now_ms) - grace_ms
+        - once it is ``quiet`` (no fact for a while; ``now`` is then required), that watermark moved on by the
+          time the partition has been quiet (``now - arrived_at``): event time is taken to go on at the wall
+          clock's pace from where the facts left it, so a quiet key's windows still close, a grace period
+          (plus the slowest source's lag) after its last fact arrived. Not the wall clock itself: a stream
+          whose event time runs behind the clock (a backlog, a pipeline catching up after a pause) would
+          have every fact that follows a one-second pause late (seen in the correlation benchmark: 32,000
+          of 89,000 facts, once the correlator kept up with the scorers)."""
+        busy = self._busy(grace_ms, now)
+        if not quiet:
+            return busy
+        if now is None:
+            raise ValueError("a quiet watermark needs the caller's clock")
+        return busy + max(0, int((now - self.arrived_at) * 1000))
+
+    def _busy(self, grace_ms: int, now: float | None) -> int:
         if (now is not None and self.live_since and now - self.live_since < SOURCE_IDLE_SECONDS
                 and sum(1 for _, at in self.sources.values() if at) < self.expected_sources):
             return self.floor(grace_ms)  # warming up: a source not heard from yet may be behind all heard

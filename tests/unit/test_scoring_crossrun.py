@@ -541,24 +541,30 @@ def test_early_page_forgets_arrived_facts_past_the_keep_window() -> None:
 
 
 @pytest.mark.parametrize("quiet", [False, True])
-def test_a_backlog_is_judged_in_event_time_order_while_its_partition_is_busy(quiet: bool) -> None:
-    """KeyedState.watermark: a correlator catching up a backlog (the clock far past its facts) judges in
-    event-time order while facts keep arriving; only a quiet partition lets the wall clock release them.
-    Facts of two sources 3 s apart (inside the grace), arriving interleaved: with the clock's watermark
-    every older fact is late (each re-judges the key's later facts: quadratic on a busy key)."""
+def test_a_backlog_is_judged_in_event_time_order_busy_or_quiet(quiet: bool) -> None:
+    """KeyedState.watermark: a correlator catching up a backlog (the clock a day past its facts) judges in
+    event-time order, while facts keep arriving and across a pause (a quiet partition: its watermark moves
+    on from where the facts left it, at the clock's pace, not to the clock). Facts of two sources 3 s apart
+    (inside the grace), arriving interleaved; with the clock's watermark every fact after a pause would be
+    late (each re-judges the key's later facts: quadratic on a busy key). A quiet partition still closes:
+    a grace period after its last fact arrived, everything is released."""
     from pipeline.keyed_state import KeyedState
 
     state = KeyedState(by_target=True)
-    now_ms, grace_ms, late = T0 + 86_400_000, 5_000, 0
+    grace_ms, late, clock = 5_000, 0, 100.0
     ahead = [transient(0, "grant_entitlement", 3 + i, f"ra{i}") for i in range(40)]
     behind = [transient(1, "grant_entitlement", i, f"rb{i}") for i in range(40)]
     for a, b in zip(ahead, behind, strict=True):  # the lagging source's fact arrives after the leading one's
         for ev in (a, b):
-            state.add(ev)
-            late += state.judge_due(state.watermark(now_ms, grace_ms, quiet), 1 << 40, lambda k, e: [])[1]
-    assert late == (40 if quiet else 0)
-    assert state.watermark(now_ms, grace_ms, quiet=False) == behind[-1]["occurred_at"] - grace_ms  # the slower
-    assert state.watermark(now_ms, grace_ms, quiet=True) == now_ms - grace_ms  # a quiet partition still closes
+            clock += 1.5 if quiet else 0.01  # a pause before every fact
+            state.add(ev, clock)
+            state.arrived_at = clock
+            late += state.judge_due(state.watermark(grace_ms, quiet, clock + 1.0), 1 << 40, lambda k, e: [])[1]
+    assert late == 0
+    assert state.watermark(grace_ms, False, clock) == behind[-1]["occurred_at"] - grace_ms  # the slower
+    assert state.watermark(grace_ms, True, clock + 2.0) == behind[-1]["occurred_at"] - grace_ms + 2_000
+    state.judge_due(state.watermark(grace_ms, True, clock + 8.0), 1 << 40, lambda k, e: [])
+    assert not state.pending  # quiet for longer than the grace (and the lag): all judged
 
 
 def test_created_before_tells_when_an_agent_history_can_hold_a_group_nesting_chain() -> None:
@@ -918,10 +924,11 @@ def test_a_source_minutes_behind_holds_the_watermark_so_its_facts_are_not_late(l
         for ev in (a, b):
             clock += 0.01
             state.add(ev, clock)
-            out, n = state.judge_due(state.watermark(T0 + 86_400_000, grace_ms, False, clock), 1 << 40,
+            out, n = state.judge_due(state.watermark(grace_ms, False, clock), 1 << 40,
                                      lambda k, e: _judge_with_rules(k, e, state))
             found, late = found + out, late + n
-    out, n = state.judge_due(state.watermark(T0 + 86_400_000, grace_ms, True), 1 << 40,  # then quiet
+    state.arrived_at = clock
+    out, n = state.judge_due(state.watermark(grace_ms, True, clock + lag_minutes * 60 + 10), 1 << 40,  # then quiet
                              lambda k, e: _judge_with_rules(k, e, state))
     assert late + n == 0
     assert [f.spec.code for f in found + out] == ["AG-XRN-002"]
@@ -933,11 +940,12 @@ def test_an_idle_source_does_not_hold_the_watermark_and_a_lagging_one_only_up_to
     state = KeyedState(by_target=True)
     state.add(transient(1, "assign_role", 0, "rb"), 10.0)
     state.add(transient(0, "assign_role", 240, "ra"), 10.0)
-    assert state.watermark(0, 0, False, 10.0) == T0  # source 1 is heard from: it holds the watermark
-    assert state.watermark(0, 0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 240_000  # idle: it does not
+    assert state.watermark(0, False, 10.0) == T0  # source 1 is heard from: it holds the watermark
+    assert state.watermark(0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 240_000  # idle: it does not
     state.add(transient(0, "assign_role", 3600, "ra2"), 11.0)
-    assert state.watermark(0, 0, False, 11.0) == T0 + 3_600_000 - SOURCE_LAG_CAP_MS  # an hour behind: capped
-    assert state.watermark(T0 + 7_200_000, 0, True, 11.0) == T0 + 7_200_000  # quiet: the wall clock
+    assert state.watermark(0, False, 11.0) == T0 + 3_600_000 - SOURCE_LAG_CAP_MS  # an hour behind: capped
+    state.arrived_at = 11.0
+    assert state.watermark(0, True, 16.0) == T0 + 3_600_000 - SOURCE_LAG_CAP_MS + 5_000  # quiet 5 s: on by 5 s
 
 
 def test_a_source_not_heard_from_yet_holds_the_watermark_while_the_state_warms_up() -> None:
@@ -948,17 +956,17 @@ def test_a_source_not_heard_from_yet_holds_the_watermark_while_the_state_warms_u
 
     state = KeyedState(by_target=True, expected_sources=2)
     state.add(transient(0, "assign_role", 240, "ra"), 10.0)
-    assert state.watermark(0, 0, False, 11.0) == state.floor(0) < T0  # source 1 not heard from: the floor
-    assert state.watermark(0, 0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 240_000  # waited long enough
+    assert state.watermark(0, False, 11.0) == state.floor(0) < T0  # source 1 not heard from: the floor
+    assert state.watermark(0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 240_000  # waited long enough
     state.add(transient(1, "assign_role", 0, "rb"), 11.0)
-    assert state.watermark(0, 0, False, 11.0) == T0  # both heard: the slower one holds it
+    assert state.watermark(0, False, 11.0) == T0  # both heard: the slower one holds it
     rebuilt = KeyedState(by_target=True, expected_sources=2)  # after a rebuild: both sources replayed...
     rebuilt.add(transient(0, "assign_role", 200, "ra0"))
     rebuilt.add(transient(1, "assign_role", 100, "rb0"))
     rebuilt.add(transient(0, "assign_role", 240, "ra"), 10.0)  # ...one heard live: warming up still
-    assert rebuilt.watermark(0, 0, False, 11.0) == rebuilt.floor(0)
+    assert rebuilt.watermark(0, False, 11.0) == rebuilt.floor(0)
     rebuilt.add(transient(1, "assign_role", 120, "rb"), 12.0)
-    assert rebuilt.watermark(0, 0, False, 12.0) == T0 + 120_000
+    assert rebuilt.watermark(0, False, 12.0) == T0 + 120_000
 
 
 @pytest.mark.parametrize("case", ["lagging_source", "warming_up", "idle_source"])
@@ -981,7 +989,7 @@ def test_a_rebuild_applies_unjudged_only_facts_the_watermark_had_released(case: 
         clock += 1.0
         state.add(ev, clock)
         added.append(ev)
-        judged |= {e["event_id"] for e in state.release(state.watermark(0, 5_000, False, clock))}
+        judged |= {e["event_id"] for e in state.release(state.watermark(5_000, False, clock))}
     assert judged  # the watermark moved
     replayed = KeyedState(by_target=True, expected_sources=state.expected_sources)
     for ev in added:
