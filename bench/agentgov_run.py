@@ -49,8 +49,8 @@ def main() -> int:
     recorder = Recorder()
     metrics.event_to_stored = recorder  # type: ignore[assignment]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    # No correlator unless the spec asks: the with/without-correlator comparison is not wired yet (the
-    # scorers still emit access facts unless the spec's settings set access_facts false).
+    # Correlators only when the spec asks (bench/correlation.py's "with" run); the scorers emit access facts
+    # unless the spec's settings set access_facts false (its "without" run); the other scenarios keep the default.
     pipe = Pipeline(settings, scorers=spec["scorers"], metrics=metrics, log_dir=settings.state_dir,
                     supervise=False, correlators=spec.get("correlators", 0),
                     correlator_metrics_ports=spec.get("correlator_metrics_ports"))

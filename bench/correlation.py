@@ -11,10 +11,13 @@ For each of the two runs, one ``bench.agentgov_run`` child:
   time the arrival half of the stage alone (the case until session 7: about half its CPU per fact). So the
   burst's event time advances at about the rate the pipeline processes it, as a live stream's does
   (:func:`burst_event_times`, 10,000 events/s), the stage's grace is ``BENCH_GRACE_S`` (2 s, not the 300 s
-  default, which would hold a 5 s burst whole until its end), and the burst is followed by
-  :func:`tail_events`, one per fact partition and later than the burst: the stream going on, which moves
-  every partition's watermark past the burst (a partition that goes quiet is released by the wall clock
-  only a second or two later, an idle wait that is not the stage's cost). The judging cost of a fact does
+  default, which would hold a 5 s burst whole until its end), and the burst is followed in the log by
+  :func:`tail_events`, later than the burst, one per source and fact partition: the stream going on, which
+  moves every partition's watermark past the burst as soon as it arrives. Until session 8 the tail was one
+  event per fact partition, produced once every assessment was stored: the judging of the burst's last
+  grace period (about 40% of its facts) could not start before the main path was over, and, the watermark
+  being per source partition since session 7, part of it waited a further second for the wall clock (an
+  idle wait that is not the stage's cost). The judging cost of a fact does
   not depend on the grace, only when it is paid; facts arriving later than the grace are counted
   (``late_facts``) and judged too;
 - time to page at ``rate`` events/s offered: benign events paced for ``seconds``, with a
@@ -142,8 +145,13 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
     settings = scenario_settings(bootstrap, work, name, access_facts=correlator,
                                  correlation_grace_seconds=BENCH_GRACE_S)
     ensure_topics(settings)
-    count = len(source)
-    produce_all(bootstrap, settings.topic_transitions, source)
+    count = len(source) + len(tail[0])
+    # The tail right behind the burst, as a live stream goes on: its facts move the burst past every
+    # watermark as soon as they arrive. A tail fact cannot make a burst fact late: a fact partition's
+    # watermark follows each source partition's own facts, which arrive in their source order.
+    _, landed = produce_all(bootstrap, settings.topic_transitions, source + tail[0])
+    if len(landed) < settings.topic_partitions:
+        raise AssertionError(f"the burst and tail reached only partitions {sorted(landed)}")
     metrics_port = free_port()
     child = Child("bench.agentgov_run", {"settings": report_settings(settings), "scorers": 2,
                                          "correlators": 1 if correlator else 0,
@@ -153,10 +161,6 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
     try:
         child.ask("start")
         first = child.ask(f"wait {count} 600")  # throughput: produced before the start
-        # The tail only after every assessment is stored: a tail fact consumed before a burst fact of its
-        # partition would make that fact late (past the grace), judged late, at a cost the stage does not have.
-        produce_all(bootstrap, settings.topic_transitions, tail[0])
-        count += len(tail[0])
         # With the stage, the throughput run ends when the correlator has judged every fact too, not at the
         # last stored assessment: a correlator lagging behind the writer is the stage's cost, and the paced
         # run below must not start on its backlog (its pages would time the backlog, not the stage).
@@ -190,9 +194,10 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
     samples = [lat for _, lat in rep["latency"]]
     to_page = [paged[i] - stamped for i, stamped in last_ids.items() if i in paged]
     return {
-        "throughput": {"events": first["stored"], "seconds": round(span, 3),
-                       "events_per_s": round(first["stored"] / span, 1),
-                       "to_last_stored_events_per_s": round(first["stored"] / main_span, 1),
+        # the burst's events (the tail's few are the stream going on, not the work timed)
+        "throughput": {"events": len(source), "seconds": round(span, 3),
+                       "events_per_s": round(len(source) / span, 1),
+                       "to_last_stored_events_per_s": round(len(source) / main_span, 1),
                        **({"correlator_facts": caught_up["facts"], "late_facts": caught_up["late"],
                            "correlator_behind_writer_s": round(caught_up["at"] - first["at"], 3)}
                           if caught_up else {})},
@@ -218,23 +223,28 @@ def burst_event_times(count: int, now: float) -> list[int]:
     return [int(start + i * 1000 / BURST_EVENTS_PER_S) for i in range(count)]
 
 
-def tail_events(now: float, partitions: int = 6) -> tuple[list[Message], int]:
-    """One benign grant per fact partition, stamped ``now``: its target on by-target partition *j* and its
-    agent on by-agent partition *j*. Returns the messages and the facts they make (two each), which stay
-    waiting for the watermark at the end of the run."""
+def tail_events(now: float, sources: int = 6, partitions: int = 6) -> tuple[list[Message], int]:
+    """The stream going on after the burst: for every source partition (the scorers' input, where the
+    producer puts the run) and every fact partition *j*, one benign grant stamped ``now``, its target on
+    by-target partition *j* and its agent on by-agent partition *j*. A fact partition's watermark is the
+    least over the source partitions it hears from (``KeyedState.watermark``), so each pair needs a later
+    fact for the partition to release the burst. Returns the messages and the facts they make (two each),
+    which stay waiting for the watermark at the end of the run."""
     pub = _completer()
 
-    def on(prefix: str, j: int) -> str:
-        return next(f"{prefix}-{i}" for i in range(10_000) if partition_for(f"{prefix}-{i}", partitions) == j)
+    def on(prefix: str, j: int, n: int, hashed: Any = partition_for) -> str:
+        return next(f"{prefix}-{i}" for i in range(100_000) if hashed(f"{prefix}-{i}", n) == j)
 
     out: list[Message] = []
-    for j in range(partitions):
-        draft = run_step(f"run-bench-tail-{j}", 0, on("agent-bench-tail", j), "jml-provisioning",
-                         ("joiner", f"HR-7{j:05d}"), "assign_role", on("u-bench-tail", j), "okta",
-                         "role/Reader", 1)
-        record = pub.complete(dict(draft, occurred_at=datetime.fromtimestamp(now, UTC)))
-        out.append((record["run_id"].encode(), pub.serde.encode(record)))
-    return out, 2 * partitions
+    for s in range(sources):
+        run = on(f"run-bench-tail-{s}", s, sources, lambda key, n: zlib.crc32(key.encode()) % n)
+        for j in range(partitions):
+            draft = run_step(run, j, on("agent-bench-tail", j, partitions), "jml-provisioning",
+                             ("joiner", f"HR-7{s:02d}{j:03d}"), "assign_role",
+                             on(f"u-bench-tail-{s}", j, partitions), "okta", "role/Reader", 1)
+            record = pub.complete(dict(draft, occurred_at=datetime.fromtimestamp(now, UTC)))
+            out.append((record["run_id"].encode(), pub.serde.encode(record)))
+    return out, 2 * sources * partitions
 
 
 def correlator_caught_up(port: int, waiting_allowed: int, quiet: float = 1.5, timeout: float = 600.0
@@ -282,7 +292,8 @@ def compare(source: list[Message], rate: int, seconds: float, chain_every: int, 
     the medians of the rounds' ratio and added time to page, and the full figures of the median round
     (``with_correlator``/``without_correlator``)."""
     pairs: list[dict[str, Any]] = []
-    tail = tail_events(time.time())
+    probe = scenario_settings("127.0.0.1:1", work, "probe")
+    tail = tail_events(time.time(), probe.topic_partitions, probe.facts_partitions)
     for r in range(rounds):
         pair: dict[str, Any] = {}
         for correlator in (False, True) if r % 2 == 0 else (True, False):
