@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         # Each correlation run gets a topic of its own, with at most 50,000 events (keeps `make bench` short),
         # stamped as a live stream's (correlation.burst_event_times) so the correlator judges them within the run.
         corr_count = min(count, 50_000)
-        corr_source = EventPool.build(corr_count, occurred_at_ms=correlation.burst_event_times(
-            corr_count, time.time())).messages if "correlation" in only else []
+        corr_times = correlation.burst_event_times(corr_count, time.time())
+        corr_source = EventPool.build(corr_count, occurred_at_ms=corr_times).messages if "correlation" in only else []
         t = doc["throughput"]
         for procs, name in ((1, "ceiling_1_process"), (2, "ceiling_2_processes")) if "ceiling" in only else ():
             w = rss.window()
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["correlation"] = correlation.compare(
                 corr_source, rate=1000 if smoke else 2000, seconds=lat_seconds,
                 chain_every=100 if smoke else 200, work=work, rss=rss, per_event_gen=per_event,
-                rounds=1 if smoke else args.correlation_rounds)
+                rounds=1 if smoke else args.correlation_rounds, burst_end_ms=corr_times[-1])
             log(f"correlation: {doc['correlation']}")
         rss.stop()
     if "review" in only:

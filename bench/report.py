@@ -134,15 +134,15 @@ def markdown(doc: dict[str, Any]) -> str:
         rounds = corr.get("rounds", [])
         if len(rounds) > 1:  # the figures above are the median round's; the ratios the rounds' medians
             lines += ["", f"| correlation round (median: {corr['median_round']}) | order | events/s without / with "
-                      "| ratio | main path ratio | p50 to page without / with, ms | added |",
-                      "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+                      "| ratio | main path ratio | p50 to page without / with, ms | added | late facts |",
+                      "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
             for i, rnd in enumerate(rounds):
                 eps, page = rnd["events_per_s"], rnd["to_page_p50_ms"]
                 lines.append(f"| {i} | {rnd['order']} | {eps['without_correlator']:,.0f} / "
                              f"{eps['with_correlator']:,.0f} | {rnd['throughput_with_over_without']} | "
                              f"{rnd.get('main_path_with_over_without')} | "
                              f"{page['without_correlator']} / {page['with_correlator']} | "
-                             f"{rnd.get('to_page_p50_ms_added')} |")
+                             f"{rnd.get('to_page_p50_ms_added')} | {rnd.get('late_facts')} |")
     lines += ["", "| peak RSS | MB |", "| --- | ---: |"]
     for key, mb in sorted(doc["rss_peak_mb"].items()):
         lines.append(f"| {key} | {mb:.0f} |")
