@@ -15,9 +15,11 @@ arrival order (docs/guarantees.md, "Early pages").
 Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
 ``latest event time of the slowest source partition - grace`` while facts keep arriving
 (``KeyedState.watermark``), and that moved on by the time the partition has been quiet once it has been
-quiet for ``QUIET_SECONDS`` and the consumer is not behind (its last batch was not full). So facts
+quiet for ``QUIET_SECONDS`` and the consumer is not behind (its last batch was not full), and at least
+``wall clock - grace`` once it has been idle for ``SOURCE_IDLE_SECONDS``. So facts
 arriving out of order within the grace period are evaluated in event-time order, a backlog too (a
-correlator catching up, however far the clock is ahead, and pausing), and the wall-clock term closes the
+correlator catching up, however far the clock is ahead, pauses under ``SOURCE_IDLE_SECONDS`` included),
+and the wall-clock term closes the
 windows of a quiet partition. Rules only look at facts before the one
 they judge. A fact that arrives after later facts of its partition were already judged (later than the
 grace) is judged, and then the later facts of its key are judged again with it, so the chain it completes
@@ -294,7 +296,7 @@ class Correlator(TransactionalLoop):
             # A full batch means a backlog: a partition missing from it is not quiet, only not fetched yet.
             quiet = not behind and now - state.arrived_at >= QUIET_SECONDS
             cut = state.rejudge_cut
-            found, late = state.judge_due(state.watermark(self.grace_ms, quiet, now), self.retain_ms,
+            found, late = state.judge_due(state.watermark(self.grace_ms, quiet, now, now_ms), self.retain_ms,
                                           functools.partial(self._guarded, self._judge, state),
                                           rejudge=functools.partial(self._rejudge, state))
             tally.rejudge_cut += state.rejudge_cut - cut

@@ -209,7 +209,8 @@ class KeyedState:
         end = bisect.bisect_left(made, _at(order(ev)))
         return any(groups.intersection(ids) for _, ids in made[start:end])
 
-    def watermark(self, grace_ms: int, quiet: bool = False, now: float | None = None) -> int:
+    def watermark(self, grace_ms: int, quiet: bool = False, now: float | None = None, wall_ms: int | None = None
+                  ) -> int:
         """Event time up to which facts are judged, ``grace_ms`` before:
 
         - while the partition is busy, the least of the latest event times of the *source* partitions (the
@@ -223,17 +224,23 @@ class KeyedState:
           first live fact, only what is past the :meth:`floor`;
         - once it is ``quiet`` (no fact for a while; ``now`` is then required), that watermark moved on by the
           time the partition has been quiet (``now - arrived_at``): event time is taken to go on at the wall
-          clock's pace from where the facts left it, so a quiet key's windows still close, a grace period
-          (plus the slowest source's lag) after its last fact arrived. Not the wall clock itself: a stream
-          whose event time runs behind the clock (a backlog, a pipeline catching up after a pause) would
-          have every fact that follows a one-second pause late (seen in the correlation benchmark: 32,000
-          of 89,000 facts, once the correlator kept up with the scorers)."""
+          clock's pace from where the facts left it. Not the wall clock at once: a stream whose event time
+          runs behind the clock (a backlog, scorers pausing between transactions or for a rebalance) would
+          have every fact after a one-second pause late (seen in the correlation benchmark: 32,000 of 89,000
+          facts, once the correlator kept up with the scorers);
+        - once it has been quiet for ``SOURCE_IDLE_SECONDS``, idle, the wall clock ``wall_ms`` too (Flink's
+          idle-source watermark): a partition whose last facts were stamped minutes before they were sent
+          (a backdated chain) is judged then, not a grace period later."""
         busy = self._busy(grace_ms, now)
         if not quiet:
             return busy
         if now is None:
             raise ValueError("a quiet watermark needs the caller's clock")
-        return busy + max(0, int((now - self.arrived_at) * 1000))
+        quiet_for = max(0.0, now - self.arrived_at)
+        moved = busy + int(quiet_for * 1000)
+        if wall_ms is not None and quiet_for >= SOURCE_IDLE_SECONDS:
+            return max(moved, max(self.max_seen_ms, wall_ms) - grace_ms)
+        return moved
 
     def _busy(self, grace_ms: int, now: float | None) -> int:
         if (now is not None and self.live_since and now - self.live_since < SOURCE_IDLE_SECONDS

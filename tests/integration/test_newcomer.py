@@ -59,6 +59,7 @@ def test_demo_then_every_suggested_command_works_as_printed(tmp_path: Path) -> N
     env = _env(tmp_path)
     demo = _sh("agentgov demo --events 2000 --scorers 1", env, tmp_path, timeout=400)
     assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "MISSED" not in demo.stdout and "caught  xrun_" in demo.stdout, demo.stdout  # cross-run cases too
     # not a terminal: plain periodic progress lines, the three stages in each
     progress = [line for line in demo.stderr.splitlines() if line.startswith("published ")]
     assert progress and all(" scored " in line and " stored " in line for line in progress)

@@ -567,6 +567,25 @@ def test_a_backlog_is_judged_in_event_time_order_busy_or_quiet(quiet: bool) -> N
     assert not state.pending  # quiet for longer than the grace (and the lag): all judged
 
 
+def test_an_idle_partition_of_backdated_facts_is_judged_by_the_wall_clock() -> None:
+    """KeyedState.watermark: a partition whose facts were stamped minutes before they were sent (a backdated
+    chain, as the demo plants) and then gets no fact: quiet, its watermark moves on from the facts at the
+    clock's pace (a grace period of 5 minutes would pass before the last fact is judged); idle
+    (SOURCE_IDLE_SECONDS without a fact), the wall clock releases it. The demo missed AG-XRN-008 with the
+    first rule alone."""
+    from pipeline.keyed_state import SOURCE_IDLE_SECONDS, KeyedState
+
+    state = KeyedState(by_target=True)
+    grace_ms, wall_ms, clock = 300_000, T0 + 3_600_000, 100.0
+    for i, minutes_ago in enumerate((28, 18, 7)):
+        state.add(transient(i % 2, "assign_role", 3600 - minutes_ago * 60, f"r{i}"), clock)
+    state.arrived_at = clock
+    last = T0 + (3600 - 7 * 60) * 1000
+    assert state.watermark(grace_ms, True, clock + 5.0, wall_ms) < last  # quiet: not yet
+    assert state.watermark(grace_ms, True, clock + SOURCE_IDLE_SECONDS, wall_ms) == wall_ms - grace_ms >= last
+    assert state.watermark(grace_ms, True, clock + SOURCE_IDLE_SECONDS) < last  # without a wall clock: the facts'
+
+
 def test_created_before_tells_when_an_agent_history_can_hold_a_group_nesting_chain() -> None:
     """KeyedState.created_before: the correlator hands group nesting an agent's history only when a
     create_group of the agent lies in the window before the fact (else the scan finds nothing anyway)."""
