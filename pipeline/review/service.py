@@ -91,10 +91,15 @@ class ReviewService:
         if left or errors:
             raise PublishError(f"could not publish to {topic}: {errors or 'timed out'}", topic=topic)
 
-    def _wait_stored(self, subject_id: str, version: int) -> None:
+    def _wait_stored(self, subject_id: str, version: int, *, exception: bool = False) -> None:
+        """Return once the decision (and for an exception, its record) is readable from the store.
+
+        An exception's record and its decision go to two topics; the writer may store them in separate
+        inserts, so waiting for the decision alone let the next request read the previous version."""
         deadline = time.monotonic() + self.settings.review_store_wait_seconds
         while time.monotonic() < deadline:
-            if self.store.has_decision(subject_id, version):
+            if self.store.has_decision(subject_id, version) and (
+                    not exception or self.store.has_exception_version(subject_id, version)):
                 return
             time.sleep(0.1)
         raise NotStored(f"decision published but not yet stored (subject {subject_id} v{version}); reload shortly")
@@ -198,7 +203,7 @@ class ReviewService:
                      from_state=from_state, to_state=record["state"], comment=comment or None, payload=payload)
         self._publish("risk_exception", self.settings.topic_exceptions, xid, record)
         self._publish("review_decision", self.settings.topic_decisions, xid, d)
-        self._wait_stored(xid, record["version"])
+        self._wait_stored(xid, record["version"], exception=True)
         if self.metrics is not None:
             self.metrics.decisions.labels(kind=d["kind"]).inc()
         log.info("exception decided", extra={"kv": {"exception": xid, "action": action, "actor": actor.user,

@@ -215,6 +215,11 @@ class ReviewStore:
                           "ORDER BY version DESC LIMIT 1", {"x": exception_id})
         return self._exc(rows[0]) if rows else None
 
+    def has_exception_version(self, exception_id: str, version: int) -> bool:
+        return bool(self.query(
+            "SELECT 1 FROM {db}.exceptions WHERE exception_id = {x:String} AND version = {v:Int32} LIMIT 1",
+            {"x": exception_id, "v": version}))
+
     def exception_versions(self, exception_id: str) -> list[dict[str, Any]]:
         rows = self.query("SELECT * FROM {db}.exceptions FINAL WHERE exception_id = {x:String} ORDER BY version",
                           {"x": exception_id})
