@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,11 +57,12 @@ SCORER_PAGE_LINE = re.compile(r'^ts=(\S+) .*msg="hidden escalation detected".* c
 
 
 def _runs(i: int) -> tuple[str, str]:
-    """Two run ids of chain ``i`` on different partitions (crc32 mod 6, the producer's partitioner)."""
+    """Two run ids of chain ``i`` on different partitions of the 6 (``partition_for``: librdkafka's default
+    partitioner, consistent_random, hashes a key with crc32 too)."""
     grant = f"run-xb-{i}-g"
     for k in range(100):
         revoke = f"run-xb-{i}-r{k}"
-        if zlib.crc32(revoke.encode()) % 6 != zlib.crc32(grant.encode()) % 6:
+        if partition_for(revoke, 6) != partition_for(grant, 6):
             return grant, revoke
     raise AssertionError("unreachable")
 
@@ -233,12 +233,14 @@ def tail_events(now: float, sources: int = 6, partitions: int = 6) -> tuple[list
     which stay waiting for the watermark at the end of the run."""
     pub = _completer()
 
-    def on(prefix: str, j: int, n: int, hashed: Any = partition_for) -> str:
-        return next(f"{prefix}-{i}" for i in range(100_000) if hashed(f"{prefix}-{i}", n) == j)
+    def on(prefix: str, j: int, n: int) -> str:
+        """A key of ``prefix`` on partition ``j`` of ``n``: an entity key's fact partition, or a run's source
+        partition (the producer's partitioner hashes the same way as ``partition_for``)."""
+        return next(f"{prefix}-{i}" for i in range(100_000) if partition_for(f"{prefix}-{i}", n) == j)
 
     out: list[Message] = []
     for s in range(sources):
-        run = on(f"run-bench-tail-{s}", s, sources, lambda key, n: zlib.crc32(key.encode()) % n)
+        run = on(f"run-bench-tail-{s}", s, sources)
         for j in range(partitions):
             draft = run_step(run, j, on("agent-bench-tail", j, partitions), "jml-provisioning",
                              ("joiner", f"HR-7{s:02d}{j:03d}"), "assign_role",

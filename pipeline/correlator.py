@@ -12,29 +12,30 @@ them be judged again with it. A chain found so sets the page (``agentgov_escalat
 at once; its finding is published at the watermark, below, so the stored findings do not depend on
 arrival order (docs/guarantees.md, "Early pages").
 
-Event time: facts wait in a per-partition buffer until the watermark passes them, the watermark being
-``latest event time of the slowest source partition - grace`` while facts keep arriving
-(``KeyedState.watermark``), and that moved on by the time the partition has been quiet once it has been
-quiet for ``QUIET_SECONDS`` and the consumer is not behind (its last batch was not full), and at least
-``wall clock - grace`` once it has been idle for ``SOURCE_IDLE_SECONDS``. So facts
-arriving out of order within the grace period are evaluated in event-time order, a backlog too (a
-correlator catching up, however far the clock is ahead, pauses under ``SOURCE_IDLE_SECONDS`` included),
-and the wall-clock term closes the
-windows of a quiet partition. Rules only look at facts before the one
-they judge. A fact that arrives after later facts of its partition were already judged (later than the
-grace) is judged, and then the later facts of its key are judged again with it, so the chain it completes
-is still found; findings already published are not published again. It is counted in
-``agentgov_correlator_late_facts_total``.
+Event time: facts wait in a per-partition buffer until the partition's watermark passes them
+(``KeyedState.watermark``), so facts arriving out of order within the grace period are judged in
+event-time order, a backlog included. The watermark is
+
+- while facts keep arriving, the latest event time of the slowest source partition, less the grace;
+- once the partition has been quiet for ``QUIET_SECONDS`` (and its last batch was not full: a full batch
+  is a backlog), that moved on at the clock's pace from where the facts left it;
+- once it has been idle for ``SOURCE_IDLE_SECONDS``, at least the wall clock less the grace too.
+
+A wall-clock flush runs once a second (``wants_empty_batch``), so a quiet key's windows close without new
+facts. Rules only look at facts before the one they judge. A fact arriving after later facts of its
+partition were judged (later than the grace) is judged, then the later facts of its key are judged again
+with it, so the chain it completes is still found; findings already published are not published again.
+It is counted in ``agentgov_correlator_late_facts_total``.
 
 The per-partition state and its event-time bookkeeping are :class:`~pipeline.keyed_state.KeyedState`; this
 module is the role: the consumer group, the rules it passes the state, rebuild on assignment, the transaction.
 
-State is rebuilt from the log, never kept: on assignment the correlator replays
-``correlation_retain_seconds`` of the partition before its committed offset (``recovery.py``), applies
-what the watermark had surely released without re-evaluating it (up to ``KeyedState.floor``), and buffers
-the rest; a by-target partition
-also reads its co-partitioned holdings partition whole. Findings have deterministic ids, so the few a
-replay evaluates again are stored once.
+State is rebuilt from the log, never kept: on assignment (and on a rewind after an aborted transaction)
+the correlator reads the co-partitioned holdings partition of every by-target partition it owns, in one
+read, then replays ``correlation_retain_seconds`` of each partition before its committed offset
+(``recovery.py``), applies what the watermark had surely released without judging it again (up to
+``KeyedState.floor``) and buffers the rest. Findings have deterministic ids, so the few a replay judges
+again are stored once.
 
 Example::
 
@@ -98,7 +99,7 @@ ESCALATION_SERIES_TTL = 900.0
 # create_group in it (KeyedState.created_before) it finds nothing, and the scan is quadratic on a busy agent.
 AGENT_RULES_BUT_NESTING = tuple(r for r in BY_AGENT_RULES if r is not group_nesting_across_runs)
 PAGING_BUT_NESTING = tuple(r for r in PAGING_BY_AGENT if r is not group_nesting_across_runs)
-QUIET_SECONDS = 1.0  # a partition without a new fact this long is quiet: the wall clock moves its watermark
+QUIET_SECONDS = 1.0  # a partition without a new fact this long is quiet: its watermark moves on at the clock's pace
 
 
 class Correlator(TransactionalLoop):
@@ -287,7 +288,6 @@ class Correlator(TransactionalLoop):
                 state = self.states[(msg.topic(), msg.partition())] = self._new_state(
                     msg.topic() == self.settings.topic_facts_by_target)
             if state.add(ev, now):
-                state.arrived_at = now
                 self._page(self._page_early(state, ev))
             tally.facts += 1
         produce = self.producer.produce

@@ -166,21 +166,25 @@ class KeyedState:
     released: Order = (0, "", 0, 0)
     max_seen_ms: int = 0
     arrived_at: float = 0.0
-    """When the caller last added a fact (its clock, seconds): what tells a busy partition from a quiet one."""
+    """When a live fact was last added (``add``'s clock, seconds), or the state was rebuilt: what tells a busy
+    partition from a quiet one."""
 
     def key_of(self, ev: TransitionDict) -> str:
         return ev["target"]["identity_id"] if self.by_target else ev["agent"]["agent_id"]
 
     def add(self, ev: TransitionDict, now: float = 0.0) -> bool:
         """Buffer a fact; False for a redelivered one (same source event, partition and offset). ``now`` is
-        the caller's clock (seconds): when the fact's source partition was last heard from (a replay leaves
-        it 0: a source is not counted as active until a live fact of it arrives)."""
+        the caller's clock (seconds): when the fact's source partition, and the state, last heard a fact
+        (``arrived_at``; a replay leaves it 0: a source is not counted as active until a live fact of it
+        arrives)."""
         mark = (ev["event_id"], ev["source_partition"], ev["source_offset"])
         if mark in self.seen:
             return False
         self.seen.add(mark)
-        if now and not self.live_since:
-            self.live_since = now
+        if now:
+            self.arrived_at = now
+            if not self.live_since:
+                self.live_since = now
         source = self.sources.get(ev["source_partition"])
         if source is None:
             self.sources[ev["source_partition"]] = [ev["occurred_at"], now]

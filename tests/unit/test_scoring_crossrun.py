@@ -558,7 +558,6 @@ def test_a_backlog_is_judged_in_event_time_order_busy_or_quiet(quiet: bool) -> N
         for ev in (a, b):
             clock += 1.5 if quiet else 0.01  # a pause before every fact
             state.add(ev, clock)
-            state.arrived_at = clock
             late += state.judge_due(state.watermark(grace_ms, quiet, clock + 1.0), 1 << 40, lambda k, e: [])[1]
     assert late == 0
     assert state.watermark(grace_ms, False, clock) == behind[-1]["occurred_at"] - grace_ms  # the slower
@@ -579,7 +578,7 @@ def test_an_idle_partition_of_backdated_facts_is_judged_by_the_wall_clock() -> N
     grace_ms, wall_ms, clock = 300_000, T0 + 3_600_000, 100.0
     for i, minutes_ago in enumerate((28, 18, 7)):
         state.add(transient(i % 2, "assign_role", 3600 - minutes_ago * 60, f"r{i}"), clock)
-    state.arrived_at = clock
+    assert state.arrived_at == clock  # add notes when a live fact arrived
     last = T0 + (3600 - 7 * 60) * 1000
     assert state.watermark(grace_ms, True, clock + 5.0, wall_ms) < last  # quiet: not yet
     assert state.watermark(grace_ms, True, clock + SOURCE_IDLE_SECONDS, wall_ms) == wall_ms - grace_ms >= last
@@ -946,7 +945,6 @@ def test_a_source_minutes_behind_holds_the_watermark_so_its_facts_are_not_late(l
             out, n = state.judge_due(state.watermark(grace_ms, False, clock), 1 << 40,
                                      lambda k, e: _judge_with_rules(k, e, state))
             found, late = found + out, late + n
-    state.arrived_at = clock
     out, n = state.judge_due(state.watermark(grace_ms, True, clock + lag_minutes * 60 + 10), 1 << 40,  # then quiet
                              lambda k, e: _judge_with_rules(k, e, state))
     assert late + n == 0
@@ -963,7 +961,6 @@ def test_an_idle_source_does_not_hold_the_watermark_and_a_lagging_one_only_up_to
     assert state.watermark(0, False, 10.0 + SOURCE_IDLE_SECONDS) == T0 + 240_000  # idle: it does not
     state.add(transient(0, "assign_role", 3600, "ra2"), 11.0)
     assert state.watermark(0, False, 11.0) == T0 + 3_600_000 - SOURCE_LAG_CAP_MS  # an hour behind: capped
-    state.arrived_at = 11.0
     assert state.watermark(0, True, 16.0) == T0 + 3_600_000 - SOURCE_LAG_CAP_MS + 5_000  # quiet 5 s: on by 5 s
 
 
