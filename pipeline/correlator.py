@@ -308,6 +308,10 @@ class Correlator(TransactionalLoop):
             state.prune_seen()
         return tally
 
+    def wrote(self, tally: _Tally) -> bool:
+        """Most batches find nothing: findings and dead letters are all a correlator writes."""
+        return bool(tally.found or tally.dead)
+
     def _edges_into(self, agent: str) -> list[TransitionDict]:
         """The delegation graph's edges into ``agent``, the graph brought up to its topic's end first (once per
         batch, and only when a rule asks: the laundering rule does for a privileged grant with no human

@@ -8,6 +8,7 @@ rebalance callbacks; a role (the scorer, the correlator) fills in what a batch m
 - ``forget(partition)``: drop it on revoke;
 - ``handle(msgs)``: produce the batch's outputs with ``self.checkpoint.producer``; returns a tally;
 - ``account(tally, msgs)``: fold the tally into metrics after the commit;
+- ``wrote(tally)``: whether the batch produced any record (``Checkpoint.commit``);
 - ``tick()``: between batches (policy reload, time-based flushes).
 
 On a failed transaction the loop aborts (or replaces the producer), rewinds every assigned partition to
@@ -94,6 +95,11 @@ class TransactionalLoop:
     def account(self, tally: Any, msgs: list[Message]) -> None:
         """Fold a committed batch's tally into metrics."""
 
+    def wrote(self, tally: Any) -> bool:
+        """Whether the batch produced any record (False: only offsets; see ``Checkpoint.commit``). True unless
+        the role knows better: saying True of a batch that wrote nothing costs only Tansu's lost offsets."""
+        return True
+
     def tick(self) -> None:
         """Called between batches, whether or not a batch arrived."""
 
@@ -163,7 +169,7 @@ class TransactionalLoop:
         try:
             self.checkpoint.begin()
             tally = self.handle(msgs)
-            self.checkpoint.commit()
+            self.checkpoint.commit(wrote=self.wrote(tally))
         except (KafkaException, RegistryUnavailable) as exc:
             log.warning("batch aborted; rewinding", extra={"kv": {"role": self.role, "error": str(exc)}})
             self.metrics.batches.labels(role=self.role, outcome="aborted").inc()

@@ -73,3 +73,101 @@ def test_replay_reads_to_the_committed_offset_without_waiting_for_more(
     if bus.kind == "kafka":  # past the aborted records too (Tansu does not hide them: docs/guarantees.md)
         seen, took = timed(3, sizes[3] + 1 + 7 + 1, max_seconds=30)
         assert seen == [f"3:{i}" for i in range(sizes[3])] and took < STALL_S
+
+
+@pytest.mark.parametrize("bus", ["tansu", pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True)
+def test_a_correlator_restarted_on_a_quiet_system_resumes_where_it_committed_and_rebuilds_at_once(
+    bus: Bus, settings_factory: Callable[..., Settings],
+) -> None:
+    """The role-level case: a correlator judged every fact and committed (its positions past the scorers'
+    commit markers); nothing new arrives; a replacement must rebuild its partitions without waiting for
+    records that will not come. With the old read it took 525 s for 12 partitions; here it must finish
+    within the group join's own seconds.
+
+    The first correlator must also have committed its offsets at all: most of its batches find nothing,
+    and Tansu 0.6 drops the offsets of a transaction without records (``Checkpoint.commit``), so its group
+    stayed at its first batch's offsets and a replacement judged everything after them again."""
+    import logging
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.correlator import Correlator
+    from pipeline.facts import FactEmitter
+    from pipeline.metrics import Metrics
+    from pipeline.publisher import TransitionPublisher
+    from pipeline.scoring.policy import load_policy
+    from pipeline.topics import ensure_topics
+    from pipeline.workload import Workload
+
+    settings = settings_factory()
+    ensure_topics(settings)
+    rebuilt: list[tuple[str, int, int]] = []
+
+    class Rebuilt(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "correlator state rebuilt":
+                kv = record.__dict__.get("kv", {})
+                rebuilt.append((kv["topic"], kv["partition"], kv["facts"]))
+
+    handler = Rebuilt(level=logging.INFO)
+    log = logging.getLogger("pipeline.correlator")
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        first = Correlator(settings, Metrics(CollectorRegistry()), load_policy(settings.policy_file))
+        emitter, pub = FactEmitter(settings, first.facts), TransitionPublisher(settings)
+        producer = Producer(settings.kafka_config(**{"transactional.id": f"replay-scorer-{uuid.uuid4()}"}))
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        facts = 0
+        for op in Workload(seed=3, bad_inputs=False, planted=False).ops(1_500):
+            if op.kind in ("draft", "record") and op.send == "send" and op.mutate is None:
+                facts += emitter.emit(producer.produce, pub.complete(op.payload), 0, facts)
+        producer.commit_transaction(30)
+        assert facts > 500
+
+        def run_until(correlator: Correlator, done: Callable[[], bool], seconds: float) -> float:
+            stop = threading.Event()
+            started = time.monotonic()
+            thread = threading.Thread(target=correlator.run, args=(stop,), daemon=True)
+            thread.start()
+            try:
+                while not done() and time.monotonic() - started < seconds:
+                    time.sleep(0.05)
+                return time.monotonic() - started
+            finally:
+                stop.set()
+                thread.join(30)
+
+        n = settings.facts_partitions * 2
+        run_until(first, lambda: _committed_to_end(settings), 120)  # every fact judged and committed
+        assert _committed_to_end(settings)
+        rebuilt.clear()
+        second = Correlator(settings, Metrics(CollectorRegistry()), load_policy(settings.policy_file))
+        took = run_until(second, lambda: len(rebuilt) >= n, 120)
+        assert len(rebuilt) == n, f"{len(rebuilt)} of {n} partitions rebuilt in {took:.0f}s"
+        assert sum(f for _, _, f in rebuilt) > 0  # it did replay facts, and stopped at their end
+        assert took < 30, f"rebuild took {took:.1f}s"
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+
+
+def _committed_to_end(settings: Settings) -> bool:
+    """Whether the correlator group's committed offsets reached the end of every fact partition (past the last
+    commit marker: where librdkafka's position is after a whole transaction was read)."""
+    from confluent_kafka import Consumer
+
+    probe = Consumer(settings.kafka_config(**{"group.id": settings.correlator_group,
+                                               "enable.auto.commit": False}))
+    try:
+        tps = [TopicPartition(t, p) for t in (settings.topic_facts_by_target, settings.topic_facts_by_agent)
+               for p in range(settings.facts_partitions)]
+        committed = probe.committed(tps, timeout=10)
+        ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+        return any(end > 0 for end in ends) and all(c.offset == end for c, end in zip(committed, ends, strict=True)
+                                                    if end > 0)
+    finally:
+        probe.close()
