@@ -9,14 +9,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import PublishError, RegistryUnavailable, ValidationError
@@ -83,10 +84,9 @@ class TransitionPublisher:
                           register_wait=settings.schema_registry_wait_seconds)
         self.serde = serde
         self.limits = Limits.from_settings(settings)
-        self.producer = producer or Producer(settings.kafka_config(**{
-            "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
-            "message.timeout.ms": 30000,
-        }))
+        self._owns_producer = producer is None
+        self._fatal: KafkaError | None = None
+        self.producer = producer or self._new_producer()
         self.signing_key = signing_key
         self.on_error = on_error
         self.metrics = metrics
@@ -94,6 +94,21 @@ class TransitionPublisher:
         self.failed: list[tuple[str, str]] = []
         self.delivered = 0
         self._in_flight: set[str] = set()  # sent, no delivery report yet: named if a flush times out
+
+    def _new_producer(self) -> Producer:
+        return Producer(self.settings.kafka_config(**{
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+            "message.timeout.ms": 30000, "error_cb": self._client_error,
+        }))
+
+    def _client_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback. Most errors are transient and retried by the client; a fatal one (the
+        idempotent producer's sequence lost, e.g. a broker that restarted without its state) leaves the
+        producer unusable: :meth:`flush` then reports what was not delivered and starts a new producer."""
+        if err.fatal():
+            self._fatal = err
+            log.error("producer failed fatally; undelivered events will be reported and a new producer started",
+                      extra={"kv": {"error": str(err)}})
 
     def complete(self, draft: Mapping[str, Any] | AgentTransition) -> dict[str, Any]:
         """Validate a draft and return the Avro record with ids, timestamps and evidence filled in."""
@@ -127,15 +142,20 @@ class TransitionPublisher:
         """Send a completed Avro record as is."""
         event_id = str(record["event_id"])
         payload = self.encode(record)
-        while True:
-            try:
-                self.producer.produce(self.topic, payload, key=record["run_id"].encode(),
-                                      on_delivery=self._delivered(event_id))
-                self._in_flight.add(event_id)
-                break
-            except BufferError:
-                self.producer.poll(0.1)  # local queue full: wait for deliveries, never drop
-        self.producer.poll(0)
+        self._in_flight.add(event_id)  # until its delivery report: named if the producer fails first
+        try:
+            while True:
+                try:
+                    self.producer.produce(self.topic, payload, key=record["run_id"].encode(),
+                                          on_delivery=self._delivered(event_id))
+                    break
+                except BufferError:
+                    self.producer.poll(0.1)  # local queue full: wait for deliveries, never drop
+            self.producer.poll(0)
+        except (KafkaException, SystemError) as exc:
+            self._failed_producer(exc, event_id)
+        if self._fatal is not None:
+            self._abandon(f"the producer failed fatally: {self._fatal.str()}")
         return event_id
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
@@ -175,7 +195,12 @@ class TransitionPublisher:
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait for every pending delivery. Raises :class:`PublishError` if any event was not delivered."""
-        remaining = self.producer.flush(timeout)
+        try:
+            remaining = self.producer.flush(timeout)
+        except (KafkaException, SystemError) as exc:
+            self._failed_producer(exc)
+        if self._fatal is not None:
+            self._abandon(f"the producer failed fatally: {self._fatal.str()}")
         if remaining:
             # Named like failed ones: the caller can resend exactly these (the same event_id is stored once).
             failed, self.failed = self.failed, []
@@ -187,6 +212,35 @@ class TransitionPublisher:
             failed, self.failed = self.failed, []
             raise PublishError(f"{len(failed)} events were not delivered: {failed[0][1]}",
                                event_ids=[e for e, _ in failed])
+
+    def _failed_producer(self, exc: KafkaException | SystemError, event_id: str | None = None) -> NoReturn:
+        """A producer call raised. A fatal error can surface this way instead of through the error callback:
+        confluent-kafka 2.16 raised one while serving delivery reports, as a SystemError whose cause is the
+        KafkaException (seen when a Tansu broker restarted without its state). A producer call refusing one
+        record for a reason of its own (not fatal) fails that event alone."""
+        cause = exc if isinstance(exc, KafkaException) else exc.__cause__
+        err = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
+        if isinstance(err, KafkaError) and not err.fatal() and event_id is not None:
+            self._in_flight.discard(event_id)
+            raise PublishError(f"event {event_id} not sent: {err.str()}", event_ids=[event_id]) from exc
+        self._abandon(f"the producer failed: {cause or exc}")
+
+    def _abandon(self, why: str) -> NoReturn:
+        """Report every event not known delivered as failed (the caller can resend them: an event_id is stored
+        once) and, if this publisher made its producer, start a new one (a failed idempotent producer stays
+        failed); raises :class:`PublishError`."""
+        failed, self.failed = self.failed, []
+        unreported = self._in_flight - {e for e, _ in failed}
+        ids = sorted(self._in_flight | {e for e, _ in failed})
+        self._in_flight.clear()
+        self._fatal = None
+        if self._owns_producer:
+            old, self.producer = self.producer, self._new_producer()
+            with contextlib.suppress(Exception):
+                old.purge()
+        if self.metrics is not None and unreported:
+            self.metrics.publish_failures.labels(reason="other").inc(len(unreported))
+        raise PublishError(f"{len(ids)} events were not delivered: {why}", event_ids=ids)
 
     def __enter__(self) -> TransitionPublisher:
         return self

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from pipeline.broker import free_port
 from pipeline.drafts import draft
@@ -104,3 +107,69 @@ def test_registry_that_never_answers_is_a_publish_error_and_nothing_is_sent() ->
         pub.publish(draft())
     assert caught.value.reason == "registry"
     assert producer.sent == []
+
+
+class _FatalOnFlush(FakeProducer):
+    """An idempotent producer whose sequence the broker lost (a Tansu restart): confluent-kafka 2.16 raised
+    the fatal error out of flush() as a SystemError caused by the KafkaException, no delivery report served."""
+
+    def flush(self, timeout: float = 0) -> int:
+        fatal = KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence desynchronization",
+                                          fatal=True))
+        try:
+            raise fatal
+        except KafkaException as exc:
+            raise SystemError("<method 'code' of 'KafkaError' objects> returned a result with an exception set") \
+                from exc
+
+    def poll(self, timeout: float = 0) -> int:
+        return len(self.pending)
+
+    def purge(self) -> None:
+        self.pending.clear()
+
+
+def owning(monkeypatch: pytest.MonkeyPatch, *producers: FakeProducer) -> TransitionPublisher:
+    """A publisher that made its own producer (so it may replace it): ``producers`` in the order it makes them."""
+    made = iter(producers)
+    monkeypatch.setattr(TransitionPublisher, "_new_producer", lambda self: next(made))
+    return TransitionPublisher(Settings(), serde=Serde(SchemaSet.load()))
+
+
+def test_a_fatal_producer_error_out_of_flush_names_every_undelivered_event_and_a_new_producer_carries_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    failing, fresh = _FatalOnFlush(), FakeProducer()
+    pub = owning(monkeypatch, failing, fresh)
+    sent = [pub.publish(draft(run_id=f"run-{i}")) for i in range(3)]
+    with pytest.raises(PublishError) as info:
+        pub.flush(5)
+    assert info.value.fields["event_ids"] == sorted(sent)  # the caller resends these (stored once by event_id)
+    assert "OUT_OF_ORDER_SEQUENCE_NUMBER" in info.value.message or "sequence" in info.value.message
+    assert pub.producer is fresh and failing.pending == []
+    again = pub.publish(draft(run_id="run-9"))
+    pub.flush(5)
+    assert pub.delivered == 1 and fresh.sent[0][2] == b"run-9" and again not in sent
+
+
+def test_a_fatal_error_reported_by_the_error_callback_is_raised_by_the_next_flush(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stuck, fresh = _StuckProducer(), FakeProducer()
+    pub = owning(monkeypatch, stuck, fresh)
+    sent = pub.publish(draft())
+    pub._client_error(KafkaError(KafkaError._FATAL, "fatal idempotent producer error", fatal=True))
+    with pytest.raises(PublishError) as info:
+        pub.flush(1)
+    assert info.value.fields["event_ids"] == [sent] and pub.producer is fresh
+
+
+def test_a_record_the_producer_refuses_fails_that_event_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Refusing(FakeProducer):
+        def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
+
+    refusing = Refusing()
+    pub = owning(monkeypatch, refusing)
+    with pytest.raises(PublishError) as info:
+        pub.publish(draft())
+    assert len(info.value.fields["event_ids"]) == 1 and pub.producer is refusing  # not replaced
+    pub.flush(1)  # nothing left in flight
