@@ -37,6 +37,7 @@ from pydantic import SecretStr
 from .broker import free_port
 from .errors import BrokerError
 from .kraft import HOW_TO_ENABLE, _die_with_parent, java_missing
+from .process import ChildProcess
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class RegistryDatabase:
         self.as_user: str | None = "postgres" if os.geteuid() == 0 else None
         if self.as_user:
             shutil.chown(self.home, self.as_user)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
 
     def env(self) -> dict[str, str]:
         """What the registry reads (the apicurio-registry-sql image's variables)."""
@@ -137,16 +138,13 @@ class RegistryDatabase:
             finally:
                 pwfile.unlink()
         self.root.mkdir(parents=True, exist_ok=True)
-        out = open(self.root / "postgres.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                                      "-k", str(self.home), "-c", "listen_addresses=127.0.0.1"],
-                                     stdout=out, stderr=subprocess.STDOUT, user=self.as_user,
-                                     preexec_fn=_die_with_parent)
-        out.close()
+        self.proc = ChildProcess([bin_dir / "postgres", "-D", self.data, "-p", str(self.port), "-k", self.home,
+                                  "-c", "listen_addresses=127.0.0.1"], log_path=self.root / "postgres.log",
+                                 user=self.as_user, preexec_fn=_die_with_parent).start()
         deadline = time.monotonic() + timeout
         while not self._accepts(bin_dir):  # listening is not enough: it refuses sessions while starting up
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.root / "postgres.log").read_text(errors="replace")[-1500:]
+                tail = self.proc.tail(20)
                 self.stop()
                 raise BrokerError(f"the registry's PostgreSQL did not start: {tail}")
             time.sleep(0.1)
@@ -164,14 +162,8 @@ class RegistryDatabase:
     def stop(self, timeout: float = 30.0) -> None:
         """A clean shutdown (SIGTERM: PostgreSQL's "smart" mode would wait for the registry's pool, so
         SIGINT, "fast": committed work is on disk)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            self.proc.stop(timeout, sig=signal.SIGINT)
 
     def remove(self) -> None:
         self.stop()
@@ -198,7 +190,7 @@ class ApicurioRegistry:
         self.env = dict(env)
         self.port = port or free_port()
         self.start_timeout = start_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
 
     @property
     def base(self) -> str:
@@ -212,14 +204,12 @@ class ApicurioRegistry:
     def start(self) -> ApicurioRegistry:
         runner = registry_app()
         self.root.mkdir(parents=True, exist_ok=True)
-        out = open(self.root / "registry.log", "ab")  # noqa: SIM115
         cmd = ["java", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
                "-Dquarkus.log.level=WARN", "-Dquarkus.log.category.\"io.quarkus\".level=INFO",
                "-jar", str(runner)]
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
-                                     preexec_fn=_die_with_parent)
-        out.close()
+        self.proc = ChildProcess(cmd, env={**os.environ, **self.env}, log_path=self.root / "registry.log",
+                                 preexec_fn=_die_with_parent).start()
         try:
             self.wait_ready(self.start_timeout)
         except BrokerError:
@@ -233,7 +223,7 @@ class ApicurioRegistry:
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                tail = (self.root / "registry.log").read_text(errors="replace")[-1500:]
+                tail = self.proc.tail(20)
                 raise BrokerError(f"schema registry exited with {self.proc.returncode}: {tail}")
             try:
                 self.request("GET", "/subjects", timeout=2)
@@ -276,18 +266,13 @@ class ApicurioRegistry:
         """SIGKILL: a crash, nothing flushed or closed."""
         assert self.proc is not None
         self.proc.kill()
-        self.proc.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGCONT)  # a paused JVM cannot act on SIGTERM
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.alive():
+            self.proc.send_signal(signal.SIGCONT)  # a paused JVM cannot act on SIGTERM
+        self.proc.stop(timeout)
 
     def __enter__(self) -> ApicurioRegistry:
         return self.start()

@@ -48,7 +48,7 @@ class Membership:
         self.joined = False
         """True once a join completed (librdkafka calls the assign callback, with an empty list too)."""
         self._leaving = False
-        self._closed = False
+        """Set by :meth:`leave`: an assignment from then on is not handed on, and a second leave does nothing."""
 
     def subscribe(self, topics: list[str], *, on_assign: Callback | None = None,
                   on_revoke: Callback | None = None, on_lost: Callback | None = None) -> None:
@@ -69,9 +69,8 @@ class Membership:
         """Close the consumer (LeaveGroup), after letting a first join in progress complete.
 
         Raises what ``Consumer.close`` raises, except for a consumer closed already."""
-        if self._closed:
+        if self._leaving:
             return
-        self._closed = True
         self._leaving = True
         if self.subscribed and not self.joined:
             started = time.monotonic()

@@ -73,6 +73,12 @@ class ChildProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` if it runs (SIGSTOP/SIGCONT to pause and resume it, for the outage tests)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
     def terminate(self) -> None:
         """SIGTERM without waiting (to stop several children at once, then :meth:`stop` each)."""
         if self.alive():
