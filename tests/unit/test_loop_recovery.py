@@ -47,7 +47,7 @@ class _Checkpoint:
     def begin(self) -> None:
         pass
 
-    def commit(self) -> None:
+    def commit(self, *, wrote: bool = True) -> None:
         raise _unavailable()  # the batch's transaction fails: the coordinator just died
 
     def recover(self) -> None:
