@@ -47,12 +47,11 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
 from .deadletters import dlq_headers
@@ -65,7 +64,7 @@ from .keyed_state import KeyedState, order
 from .loop import TransactionalLoop
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
-from .recovery import replay
+from .recovery import log_reader, replay
 from .schemas import SchemaSet
 from .scoring.catalogue import CATALOGUE
 from .scoring.context import AgentBaseline
@@ -89,9 +88,6 @@ log = logging.getLogger(__name__)
 
 HOLDINGS_READ_SECONDS = 60.0
 """How long a rebuild may take to read its holdings partitions to their ends before it is retried."""
-HOLDINGS_FETCH_WAIT_MS = 20
-"""The holdings reader's ``fetch.wait.max.ms``: an empty or fully read partition reports its end after one
-fetch wait (the default 500 ms made each empty partition cost about a second)."""
 
 Baselines = Callable[[str], AgentBaseline | None]
 ESCALATION_SERIES_TTL = 900.0
@@ -188,10 +184,7 @@ class Correlator(TransactionalLoop):
         if not states:
             return counts
         topic = self.settings.topic_holdings
-        reader = Consumer(self.settings.kafka_config(**{
-            "group.id": f"agentgov-holdings-{uuid.uuid4()}", "enable.auto.commit": False,
-            "enable.partition.eof": True, "isolation.level": "read_committed",
-            "fetch.wait.max.ms": HOLDINGS_FETCH_WAIT_MS}))
+        reader = log_reader(self.settings, "holdings")  # the end reported, a short fetch wait (recovery.py)
         try:
             reader.assign([TopicPartition(topic, p, 0) for p in states])
             reading, deadline = set(states), time.monotonic() + max_seconds

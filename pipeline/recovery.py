@@ -22,10 +22,20 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from .settings import Settings
 
 T = TypeVar("T")
-REPLAY_FETCH_WAIT_MS = 20
-"""fetch.wait.max.ms of a replay's reader: the broker answers a fetch at once when it has data, and only an
-exhausted partition waits, so the wait is what the last fetch of each replay costs (librdkafka's 500 ms
-default: half a second per partition rebuilt)."""
+READ_FETCH_WAIT_MS = 20
+"""fetch.wait.max.ms of a rebuild's reader (:func:`log_reader`): the broker answers a fetch at once when it
+has data, and only an exhausted partition waits, so the wait is what the last fetch of each read costs
+(librdkafka's 500 ms default: half a second per partition rebuilt)."""
+
+
+def log_reader(settings: Settings, purpose: str) -> Consumer:
+    """A consumer for reading partitions of the log to their end during a rebuild (a replay, the correlator's
+    holdings): a group of its own that commits nothing, committed records only, the end reported
+    (``enable.partition.eof``: with read_committed, at the last stable offset), a short fetch wait."""
+    return Consumer(settings.kafka_config(**{
+        "group.id": f"agentgov-{purpose}-{uuid.uuid4()}", "enable.auto.commit": False,
+        "enable.partition.eof": True, "isolation.level": "read_committed",
+        "fetch.wait.max.ms": READ_FETCH_WAIT_MS}))
 
 
 def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Callable[[Message], T | None],
@@ -37,10 +47,7 @@ def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Calla
     end = tp.offset  # exclusive
     if end in (OFFSET_INVALID,) or end <= 0:
         return 0
-    reader = Consumer(settings.kafka_config(**{
-        "group.id": f"agentgov-replay-{uuid.uuid4()}", "enable.auto.commit": False,
-        "enable.partition.eof": True, "isolation.level": "read_committed",
-        "fetch.wait.max.ms": REPLAY_FETCH_WAIT_MS}))
+    reader = log_reader(settings, "replay")
     try:
         last = read_one(reader, tp.topic, tp.partition, end - 1)
         start = max(0, end - max_events)
