@@ -128,6 +128,24 @@ def produce(settings: Settings, records: list[tuple[bytes, bytes]], *, chunk: in
     assert not failed, failed[:3]
 
 
+class _Progress:
+    """A counter watched for a stall: no movement for ``STALL_SECONDS`` while work is waiting."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.moved_at = time.monotonic()
+
+    def stalled(self, now: int, *, waiting: bool = True) -> bool:
+        """True (once per stall, then the clock starts again) when ``now`` has not moved for STALL_SECONDS."""
+        if now != self.last or not waiting:
+            self.last, self.moved_at = now, time.monotonic()
+            return False
+        if time.monotonic() - self.moved_at <= STALL_SECONDS:
+            return False
+        self.moved_at = time.monotonic()
+        return True
+
+
 class Drill:
     """Scorer slots, one writer slot and (``correlators``) correlator slots for one settings object."""
 
@@ -194,20 +212,15 @@ class Drill:
         With correlators: then advance their watermark (sentinels) and wait until ``findings`` distinct
         cross-run findings are on the correlations topic and the writer stopped storing them."""
         deadline = time.monotonic() + timeout
-        last, moved_at = -1, time.monotonic()
+        # Scorers alive, input waiting, nothing committed: Tansu's group wedge after members died and rejoined
+        # (seen once in four runs: two members both assigned partitions 1 and 5, then no fetch, no error, for
+        # five minutes; docs/guarantees.md, Tansu). A liveness probe restarts them; so does the drill, and
+        # counts it (figures: scorer_stall_restarts).
+        scoring = _Progress()
         while (now := self.scored()) < produced and time.monotonic() < deadline:
-            if now != last:
-                last, moved_at = now, time.monotonic()
-            elif time.monotonic() - moved_at > STALL_SECONDS:
-                # Scorers alive, input waiting, nothing committed: Tansu's group wedge after members died and
-                # rejoined (seen once in four runs: two members both assigned partitions 1 and 5, then no
-                # fetch, no error, for five minutes; docs/guarantees.md, Tansu). A liveness probe restarts
-                # them; so does the drill, and counts it (figures: scorer_stall_restarts).
-                for slot in self.scorers:
-                    slot.kill()
-                    slot.start()
+            if scoring.stalled(now):
+                self._restart(self.scorers)
                 self.scorer_stall_restarts += 1
-                moved_at = time.monotonic()
             for slot in self.slots:  # the supervisor's job: nothing stays dead
                 if not slot.alive():
                     slot.start()
@@ -215,20 +228,14 @@ class Drill:
         self._stable(self.written, deadline)
         if self.correlators:
             send_sentinels(self.settings)
-            last, moved_at = -2, time.monotonic()
+            # A correlator assigned partitions but fetching nothing (seen on Tansu after a cooperative
+            # rebalance: no error, no progress): restarted and counted the same way (correlator_stall_restarts).
+            correlating = _Progress()
             while len(correlation_ids(self.settings)) < (findings or 1) and time.monotonic() < deadline:
                 now, behind = self.correlated()
-                if now != last or not behind:
-                    last, moved_at = now, time.monotonic()
-                elif time.monotonic() - moved_at > STALL_SECONDS:
-                    # A correlator assigned partitions but fetching nothing (seen on Tansu after a cooperative
-                    # rebalance: no error, no progress). A liveness probe would restart it; so does the drill,
-                    # and counts it (figures: correlator_stall_restarts).
-                    for slot in self.correlators:
-                        slot.kill()
-                        slot.start()
+                if correlating.stalled(now, waiting=bool(behind)):
+                    self._restart(self.correlators)
                     self.stall_restarts += 1
-                    moved_at = time.monotonic()
                 for slot in self.correlators:
                     if not slot.alive():
                         slot.start()
@@ -236,6 +243,12 @@ class Drill:
             self._stable(self.stored_findings, deadline)
         codes = [slot.terminate() for slot in self.slots]
         assert codes == [0] * len(self.slots), f"SIGTERM exit codes {codes}"
+
+    @staticmethod
+    def _restart(slots: list[Slot]) -> None:
+        for slot in slots:
+            slot.kill()
+            slot.start()
 
     @staticmethod
     def _stable(progress: Callable[[], int], deadline: float, quiet: float = 5.0) -> None:
