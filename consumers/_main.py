@@ -9,8 +9,7 @@ Example::
             scorer = Scorer(settings, metrics, load_policy(settings.policy_file))
         except AgentgovError as exc:
             return fatal("scorer", exc)
-        scorer.run(stop)
-        return 0
+        return run(scorer, stop)
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ import sys
 import threading
 
 from pipeline.errors import AgentgovError
+from pipeline.liveness import EXIT_STALLED, ConsumerStalled
 from pipeline.logs import configure_logging
+from pipeline.loop import TransactionalLoop
 from pipeline.metrics import Metrics, serve
 from pipeline.settings import Settings
 
@@ -52,6 +53,16 @@ def fatal(role: str, exc: AgentgovError) -> int:
     """Report why ``role`` could not start, on stderr (the error carries no secret), and its exit code."""
     print(f"agentgov {role}: {exc}", file=sys.stderr)
     return EXIT_CONFIG
+
+
+def run(loop: TransactionalLoop, stop: threading.Event) -> int:
+    """Run a role's loop until ``stop``: exit code 0, or ``EXIT_STALLED`` (75) when a partition it owns
+    stalled (pipeline/liveness.py, logged there), so its supervisor starts a fresh group member."""
+    try:
+        loop.run(stop)
+    except ConsumerStalled:
+        return EXIT_STALLED
+    return 0
 
 
 def freeze_start_up() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from consumers._main import fatal, start, stop_on_signals
+from consumers._main import fatal, run, start, stop_on_signals
 from pipeline.baselines import BaselineCache
 from pipeline.correlator import Correlator
 from pipeline.errors import AgentgovError
@@ -30,10 +30,10 @@ def main() -> int:
     # The delegation graph is read whole before the first fact is judged (a laundering chain needs it).
     if not correlator.graph.wait_ready(60):
         log.warning("delegation graph not caught up after 60 s; starting anyway")
-    correlator.run(stop)
+    code = run(correlator, stop)
     baselines.stop()
     log.info("correlator stopped", extra={"kv": {"processed": correlator.processed, "findings": correlator.emitted}})
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from consumers._main import fatal, freeze_start_up, start, stop_on_signals
+from consumers._main import fatal, freeze_start_up, run, start, stop_on_signals
 from pipeline.baselines import BaselineCache
 from pipeline.consumer import Scorer
 from pipeline.errors import AgentgovError
@@ -30,11 +30,11 @@ def main() -> int:
     except AgentgovError as exc:
         return fatal("scorer", exc)  # exit 2
     freeze_start_up()
-    scorer.run(stop)
+    code = run(scorer, stop)
     baselines.stop()
     exceptions.stop()
     log.info("scorer stopped", extra={"kv": {"processed": scorer.processed}})
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ rebalance callbacks; a role (the scorer, the correlator) fills in what a batch m
 - ``wrote(tally)``: whether the batch produced any record (``Checkpoint.commit``);
 - ``tick()``: between batches (policy reload, time-based flushes).
 
+A partition it owns that has records waiting and delivers nothing for ``stall_seconds`` ends ``run`` with
+:class:`~pipeline.liveness.ConsumerStalled` (``liveness.py``): the process exits for a fresh group member.
+
 On a failed transaction the loop aborts (or replaces the producer), rewinds every assigned partition to
 its committed offset and rebuilds its context, so the batch is processed again from scratch. A schema
 registry that does not answer (:class:`~pipeline.errors.RegistryUnavailable`) is handled the same way,
@@ -35,6 +38,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .checkpoint import Checkpoint
 from .errors import RegistryUnavailable
+from .liveness import StallWatch
 from .membership import Membership
 from .metrics import Metrics
 from .settings import Settings
@@ -63,6 +67,7 @@ class TransactionalLoop:
         self.topics = topics
         self.consumer = Consumer(settings.consumer_config(group, **(consumer_extra or {})))
         self.membership = Membership(self.consumer, self.role)
+        self.liveness = StallWatch(self.consumer, self.role, settings.stall_seconds)
         self.checkpoint = Checkpoint(settings, self.consumer,
                                      Checkpoint.transactional_id(self.role, group, settings.instance_id),
                                      **(producer_extra or {}))
@@ -142,6 +147,7 @@ class TransactionalLoop:
             while not stop.is_set():
                 self.tick()
                 msgs = self.consumer.consume(self.settings.batch_max_messages, self.settings.batch_max_seconds)
+                self.liveness.delivered(msgs)
                 if msgs or self.wants_empty_batch():
                     self.process(msgs)
                     if on_batch is not None and msgs:
@@ -161,6 +167,7 @@ class TransactionalLoop:
             return
         self._next_housekeeping = now + every
         record_lag(self.consumer, self.metrics, self.role)
+        self.liveness.check()  # raises ConsumerStalled: the process ends, its supervisor starts a fresh member
         self.housekeeping()
 
     def process(self, msgs: list[Message]) -> None:

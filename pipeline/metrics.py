@@ -168,6 +168,12 @@ class Metrics:
             "agentgov_correlator_pending_facts", "Facts waiting for the event-time watermark.", registry=r
         )
         self.up = Gauge("agentgov_process_up", "1 while the processing loop runs.", ["role"], registry=r)
+        self.restarts = Counter(
+            "agentgov_process_restarts_total",
+            "Scorer and correlator processes restarted by agentgov run's supervisor, by role and why they ended "
+            "(stalled: a partition with records waiting delivered nothing for stall_seconds; exited: any other "
+            "end).", ["role", "reason"], registry=r,
+        )
         # One series per recently detected chain, so a page can name the agent and run. Agent ids are
         # free text, so the set is a bounded ring (BoundedSeries): an agent cannot grow it past its cap.
         self.escalation_chain = Gauge(

@@ -10,7 +10,8 @@
                                       stores the correlator's findings)
 
 Scorer and correlator subprocesses are supervised: one that dies is restarted and its partitions move to the others
-meanwhile. In production (compose) each box is its own container.
+meanwhile; one whose partition stalls ends itself (``liveness.py``, exit 75) to be restarted the same way. In
+production (compose) each box is its own container.
 
 Example::
 
@@ -36,6 +37,7 @@ from .baselines import attach
 from .broker import EmbeddedBroker
 from .decision_log import attach as attach_decision_log
 from .kraft import KraftCluster
+from .liveness import EXIT_STALLED
 from .metrics import Metrics
 from .process import ChildProcess
 from .scoring.policy import load_policy
@@ -142,8 +144,10 @@ class Pipeline:
             for role, procs in (("scorer", self.procs), ("correlator", self.correlator_procs)):
                 for i, proc in enumerate(procs):
                     if proc.poll() is not None and not self.stop_event.is_set():
-                        log.warning(f"{role} exited; restarting",
-                                    extra={"kv": {"index": i, "code": proc.returncode}})
+                        reason = "stalled" if proc.returncode == EXIT_STALLED else "exited"
+                        log.warning(f"{role} {reason}; restarting",
+                                    extra={"kv": {"index": i, "code": proc.returncode, "reason": reason}})
+                        self.metrics.restarts.labels(role=role, reason=reason).inc()
                         proc.start()
 
     def scorer_pids(self) -> list[int]:

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         description="Stable name of this process slot (e.g. scorer-0). A scorer derives its transactional.id "
                     "from it, so a restarted scorer fences its crashed predecessor's open transaction at once.")
     session_timeout_ms: int = Field(default=6000, ge=1000)
+    stall_seconds: float = Field(
+        default=120.0, ge=0,
+        description="A scorer or correlator that owns a partition with records waiting, and has been delivered "
+                    "nothing of it for this long (and a quarter of it more, at the same place), exits with code 75 "
+                    "so its supervisor starts a fresh group member (pipeline/liveness.py). Longer than any "
+                    "producer's transaction.timeout.ms on the input topics (agentgov's: 60 s); 0 disables.")
     batch_max_messages: int = Field(default=2000, ge=1)
     batch_max_seconds: float = Field(default=0.2, gt=0)
     fetch_wait_max_ms: int = Field(
