@@ -137,7 +137,7 @@ class AttributeReviews:
                    "rows": json.dumps(rows, separators=(",", ":"))}
         record = decision("attributes.open", "attribute_review", rid, 1, actor, t, to_state="open", payload=payload)
         self.recert._publish_many(rid, [record])
-        self.recert._wait(rid, 1)
+        self.recert.service.wait_stored(rid, 1)
         return rid
 
     def review(self, rid: str) -> dict[str, Any] | None:
@@ -190,7 +190,7 @@ class AttributeReviews:
                               payload={"review_id": rid, "workflow": rev["workflow"], "attribute": name,
                                        "permitted": row["permitted"], "bnd001": str(row["bnd001"])})
             self.recert._publish_many(rid, [record])
-            self.recert._wait(sid, version + 1)
+            self.recert.service.wait_stored(sid, version + 1)
 
     @staticmethod
     def _decisions(rev: dict[str, Any]) -> tuple[dict[str, str], dict[str, set[str]]]:
@@ -221,7 +221,7 @@ class AttributeReviews:
                                        "check": check.splitlines()[1].strip() if diff else "",
                                        "decisions": json.dumps(verdicts, sort_keys=True)})
             self.recert._publish_many(rid, [record])
-            self.recert._wait(rid, rev["version"] + 1)
+            self.recert.service.wait_stored(rid, rev["version"] + 1)
         return {"diff": diff, "notes": notes, "check": check}
 
     def link_included(self) -> list[str]:
@@ -259,5 +259,5 @@ class AttributeReviews:
                               payload={"policy_version": loaded.version, "policy_sha256": loaded.sha256,
                                        "decisions": json.dumps(verdicts, sort_keys=True)})
             self.recert._publish_many(rid, [record])
-            self.recert._wait(rid, rev["version"] + 1)
+            self.recert.service.wait_stored(rid, rev["version"] + 1)
         return record

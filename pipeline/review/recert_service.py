@@ -41,7 +41,7 @@ from .recert import (
     split_item_id,
 )
 from .recert_store import RecertStore
-from .service import NotStored, ReviewService, apply_each, now_ms
+from .service import ReviewService, apply_each, now_ms
 
 log = logging.getLogger(__name__)
 MAX_ITEMS = 200_000
@@ -93,14 +93,6 @@ class RecertService:
         if left or errors:
             raise PublishError(f"could not publish to {topic}: {errors[:3] or 'timed out'}", topic=topic)
 
-    def _wait(self, subject_id: str, version: int, seconds: float | None = None) -> None:
-        deadline = time.monotonic() + (seconds or self.settings.review_store_wait_seconds)
-        while time.monotonic() < deadline:
-            if self.service.store.has_decision(subject_id, version):
-                return
-            time.sleep(0.1)
-        raise NotStored(f"published but not yet stored (subject {subject_id} v{version}); reload shortly")
-
     # -- campaigns --------------------------------------------------------------------------------
     def create(self, actor: Actor, *, name: str, owner: str, due_at_ms: int, scope: Scope,
                on_timeout: str = "none") -> dict[str, Any]:
@@ -141,7 +133,7 @@ class RecertService:
         snap_s = time.perf_counter() - started
         self._publish_many(cid, records)
         publish_s = time.perf_counter() - started
-        self._wait(cid, 1, max(self.settings.review_store_wait_seconds, 5 + len(records) / 2000))
+        self.service.wait_stored(cid, 1, seconds=max(self.settings.review_store_wait_seconds, 5 + len(records) / 2000))
         self._count("campaign.create")
         log.info("campaign created", extra={"kv": {
             "campaign": cid, "actor": actor.user, "items": len(records) - 1, "read_s": round(read_s, 2),
@@ -178,7 +170,7 @@ class RecertService:
                               from_state=item["state"], to_state=to_state,
                               comment=(justification or "").strip() or None, payload=payload)
             self._publish_many(cid, [record])
-            self._wait(iid, item["version"] + 1)
+            self.service.wait_stored(iid, item["version"] + 1)
         self._count(record["kind"])
         log.info("campaign item decided", extra={"kv": {"item": iid, "action": action, "actor": actor.user}})
         return record
@@ -236,7 +228,7 @@ class RecertService:
                                        "remediation_requests": str(len(requests)),
                                        "overdue": "1" if t > campaign["due_at"] else "0"})
             self._publish_many(cid, [record])
-            self._wait(cid, campaign["version"] + 1)
+            self.service.wait_stored(cid, campaign["version"] + 1)
         self._count("campaign.signoff")
         log.info("campaign signed off", extra={"kv": {"campaign": cid, "actor": actor.user,
                                                       "remediations": len(requests)}})

@@ -91,12 +91,15 @@ class ReviewService:
         if left or errors:
             raise PublishError(f"could not publish to {topic}: {errors or 'timed out'}", topic=topic)
 
-    def _wait_stored(self, subject_id: str, version: int, *, exception: bool = False) -> None:
-        """Return once the decision (and for an exception, its record) is readable from the store.
+    def wait_stored(self, subject_id: str, version: int, *, exception: bool = False, seconds: float | None = None
+                    ) -> None:
+        """Return once the decision (and for an exception, its record) is readable from the store, within
+        ``seconds`` (default ``review_store_wait_seconds``); else raise :class:`NotStored`. The workbench's
+        services (review, recertification, attribute review) all publish, then wait here.
 
         An exception's record and its decision go to two topics; the writer may store them in separate
         inserts, so waiting for the decision alone let the next request read the previous version."""
-        deadline = time.monotonic() + self.settings.review_store_wait_seconds
+        deadline = time.monotonic() + (seconds or self.settings.review_store_wait_seconds)
         while time.monotonic() < deadline:
             if self.store.has_decision(subject_id, version) and (
                     not exception or self.store.has_exception_version(subject_id, version)):
@@ -131,7 +134,7 @@ class ReviewService:
             if action == "close" and classification == "true_positive":
                 record["payload"]["remediation_id"] = self._remediate(finding, record, actor, t)
             self._publish("review_decision", self.settings.topic_decisions, fid, record)
-            self._wait_stored(fid, version + 1)
+            self.wait_stored(fid, version + 1)
         if self.metrics is not None:
             self.metrics.decisions.labels(kind=record["kind"]).inc()
             age = max(0.0, (t - finding["occurred_at_ms"]) / 1000)
@@ -203,7 +206,7 @@ class ReviewService:
                      from_state=from_state, to_state=record["state"], comment=comment or None, payload=payload)
         self._publish("risk_exception", self.settings.topic_exceptions, xid, record)
         self._publish("review_decision", self.settings.topic_decisions, xid, d)
-        self._wait_stored(xid, record["version"], exception=True)
+        self.wait_stored(xid, record["version"], exception=True)
         if self.metrics is not None:
             self.metrics.decisions.labels(kind=d["kind"]).inc()
         log.info("exception decided", extra={"kv": {"exception": xid, "action": action, "actor": actor.user,
