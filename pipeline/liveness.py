@@ -19,7 +19,9 @@ each time, so it does not count as a stall; a broker that does not answer the qu
 stall, and restarts the clock. What it cannot tell apart is a transaction left open by another producer to
 the topic (a read_committed consumer waits at its start for up to that producer's ``transaction.timeout.ms``
 even though the high watermark is past it): ``seconds`` must be longer than that (agentgov's own producers:
-60 s; the default is 120 s).
+60 s; the default is 120 s). And Tansu 0.6 answers the log end as the *last batch's first offset* + 1 (five
+records in one batch at offsets 0-4: end 1), so a member stalled inside the newest batch is seen only once
+another batch is appended.
 
 Example::
 
