@@ -77,9 +77,6 @@ class CrossRunContext:
     correlator does, so a busy agent costs O(log n) per fact); None means: derive from ``history``."""
     same_id: Sequence[TransitionDict] | None = None
     """Earlier facts of the key with the fact's event_id, if indexed; None means: scan ``history``."""
-    recent_decisions: Sequence[TransitionDict] | None = None
-    """The agent's facts in the drift window before the fact, for the stale-share rule. None means: derive
-    from ``history`` (or use ``decision_window``)."""
     decision_window: DecisionWindow | None = None
     """The stale-share rule's counts over the drift window, if the caller indexed them (the correlator does,
     so a stale decision of a busy agent costs O(log n), not a scan of its window)."""
@@ -430,11 +427,10 @@ def stale_policy_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> l
 
 
 def _decision_window(ev: TransitionDict, cx: CrossRunContext) -> DecisionWindow:
-    """AG-XRN-009's counts by scanning the drift window (``recent_decisions``, else ``history``)."""
+    """AG-XRN-009's counts by scanning ``history`` over the drift window (what ``decision_window`` indexes)."""
     policy = cx.governance
     lo = ev["occurred_at"] - policy.drift.rate_window_seconds * 1000
-    source = cx.history if cx.recent_decisions is None else cx.recent_decisions
-    window = [h for h in source if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
+    window = [h for h in cx.history if h["occurred_at"] >= lo and h["event_id"] != ev["event_id"]]
     stale = [h for h in window if stale_decision(policy, h)]
     mine = [h for h in window if _part(h) == _part(ev)]
     return DecisionWindow(len(window), len(stale), len(mine), sum(1 for h in mine if stale_decision(policy, h)),

@@ -266,7 +266,7 @@ def test_count_findings_name_at_most_the_latest_hundred_events() -> None:
 def _indexed_and_scanned(facts: list[TransitionDict], retain_ms: int, reload_at: int | None = None
                          ) -> tuple[list[tuple[str, str, tuple[str, ...]]], list[tuple[str, str, tuple[str, ...]]]]:
     """AG-XRN-009 over ``facts`` (one agent) judged twice per fact, as the correlator applies them: with the
-    state's indexed counts (``decision_window``) and by scanning the window (``recent_decisions``)."""
+    state's indexed counts (``decision_window``) and by scanning the key's history (no ``decision_window``)."""
     import functools
 
     from pipeline.keyed_state import KeyedState, order
@@ -286,7 +286,7 @@ def _indexed_and_scanned(facts: list[TransitionDict], retain_ms: int, reload_at:
             continue
         window: DecisionWindow = state.decision_window("agent-drift", ev, drift_ms)
         scan = CrossRunContext(policy, "agent-drift", baseline=WARM,
-                               recent_decisions=state.before("agent-drift", ev, drift_ms))
+                               history=state.before("agent-drift", ev, drift_ms))
         counted = _decision_window(ev, scan)  # the counts themselves, not only the findings they lead to
         assert (window.decisions, window.stale, window.own_decisions, window.own_stale, window.stale_partitions,
                 [h["event_id"] for h in window.latest_stale]) == (
