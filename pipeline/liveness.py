@@ -5,7 +5,8 @@ chaos drill saw it on Tansu 0.6, about one run in four: after a member left duri
 both assigned partitions 1 and 5 and neither fetched them, for minutes. The loop goes on, lag grows, and
 nothing ends it. The usual answer is a liveness check that ends the process, so that its supervisor
 (``agentgov run``, compose's restart policy, a Kubernetes Deployment) starts a fresh member, which joins
-under a new member id and gets a clean assignment.
+under a new member id and gets a clean assignment. The writer, a thread of ``agentgov run`` that commits only
+what it stored, leaves its group and joins again instead (``Writer._check_liveness``).
 
 :class:`StallWatch` decides that a partition is stalled when both hold:
 

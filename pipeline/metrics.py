@@ -172,7 +172,8 @@ class Metrics:
             "agentgov_process_restarts_total",
             "Scorer and correlator processes restarted by agentgov run's supervisor, by role and why they ended "
             "(stalled: a partition with records waiting delivered nothing for stall_seconds; exited: any other "
-            "end).", ["role", "reason"], registry=r,
+            "end); and the writer's rejoins of its group for a stalled partition (role writer).",
+            ["role", "reason"], registry=r,
         )
         # One series per recently detected chain, so a page can name the agent and run. Agent ids are
         # free text, so the set is a bounded ring (BoundedSeries): an agent cannot grow it past its cap.

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from .deadletters import dead_letter
 from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError
 from .limits import Limits
+from .liveness import ConsumerStalled, StallWatch
 from .loop import record_lag
 from .membership import Membership
 from .metrics import Metrics
@@ -63,9 +64,7 @@ class Writer:
         self.registry = registry if registry is not None else make_registry(settings)
         self._builders: dict[bytes, tuple[int, ContainerBuilder]] = {}
         self._assessment_name = full_name(self.schemas.latest(ASSESSMENT).raw)
-        self.consumer = Consumer(settings.consumer_config(settings.writer_group, **{
-            "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
-        self.membership = Membership(self.consumer, self.role)
+        self.consumer, self.membership, self.liveness = self._member()
         self.limits = Limits.from_settings(settings)
         self.dlq = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all",
                                                      "message.max.bytes": settings.max_message_bytes}))
@@ -76,7 +75,31 @@ class Writer:
         self.backoff_max = 10.0
         self.tasks: list[list[Any]] = []  # [interval, next_due, fn]: work that needs the store's client
         self.add_task(2.0, lambda: record_lag(self.consumer, self.metrics, self.role))
+        self.add_task(2.0, self._check_liveness)
         self.pending: list[Message] = []  # consumed, not yet stored
+
+    def _member(self) -> tuple[Consumer, Membership, StallWatch]:
+        consumer = Consumer(self.settings.consumer_config(self.settings.writer_group, **{
+            "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 8388608}))
+        return consumer, Membership(consumer, self.role), StallWatch(consumer, self.role, self.settings.stall_seconds)
+
+    def _subscribe(self) -> None:
+        self.membership.subscribe([self.settings.topic_assessments], on_revoke=self._on_revoke,
+                                  on_lost=self._on_lost)
+
+    def _check_liveness(self) -> None:
+        """The scorers' liveness check (``liveness.py``), answered in place: the writer is a thread of ``agentgov
+        run``, and it commits nothing it has not stored, so it leaves the group and joins again as a fresh
+        member. What it consumed and did not store yet is handed out again; the store keeps each event once."""
+        try:
+            self.liveness.check()
+        except ConsumerStalled:
+            self.metrics.restarts.labels(role=self.role, reason="stalled").inc()
+            self.pending = []
+            self.membership.leave()
+            self.consumer, self.membership, self.liveness = self._member()
+            self._subscribe()
+            log.warning("writer rejoined its group as a fresh member", extra={"kv": {"role": self.role}})
 
     def add_task(self, interval: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` every ``interval`` seconds from the writer loop (the thread that owns the client)."""
@@ -111,14 +134,14 @@ class Writer:
 
     # -- loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event, on_stored: Callable[[int], None] | None = None) -> None:
-        self.membership.subscribe([self.settings.topic_assessments], on_revoke=self._on_revoke,
-                                  on_lost=self._on_lost)
+        self._subscribe()
         self.metrics.up.labels(role=self.role).set(1)
         started = time.monotonic()
         try:
             while not stop.is_set():
                 room = self.settings.writer_batch_rows - len(self.pending)
                 msgs = self.consumer.consume(min(room, 10000), 0.1)
+                self.liveness.delivered(msgs)
                 self.pending.extend(m for m in msgs if self._keep(m))
                 full = len(self.pending) >= self.settings.writer_batch_rows
                 due = time.monotonic() - started >= self.settings.writer_batch_seconds

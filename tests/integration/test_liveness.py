@@ -26,6 +26,8 @@ from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.scoring.policy import load_policy
 from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.writer import Writer
 from tests.support.helpers import Bus, wait_until
 
 pytestmark = pytest.mark.integration
@@ -102,6 +104,45 @@ def test_a_scorer_handed_nothing_of_a_partition_ends_itself_and_a_fresh_member_s
         assert fresh.ended is None
     finally:
         fresh.close()
+
+
+def test_a_writer_handed_nothing_rejoins_its_group_and_stores_everything(
+    bus: Bus, settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+) -> None:
+    """The writer is a thread of ``agentgov run``: it does not exit, it leaves its group and joins again."""
+    settings = settings_factory(stall_seconds=4.0)
+    pub = publisher_factory(settings)
+    metrics = Metrics(CollectorRegistry())
+    sink = ClickHouseSink.connect(settings)
+    sink.migrate()
+    scorer = _Role(settings)
+    writer = Writer(settings, metrics, sink)
+    stop = threading.Event()
+    paused: list[bool] = []
+
+    def wedge(_: int) -> None:  # in the writer's loop: every partition it owns stops being handed out
+        if not paused:
+            writer.consumer.pause(writer.consumer.assignment())
+            paused.append(True)
+
+    thread = threading.Thread(target=writer.run, args=(stop,), kwargs={"on_stored": wedge}, daemon=True)
+    thread.start()
+    try:
+        pub.publish(draft(run_id=_run_on(0, settings.topic_partitions)))
+        pub.flush()
+        assert wait_until(lambda: paused, 60), "the writer never stored its first batch"
+        for i in range(30):
+            pub.publish(draft(run_id=_run_on(i % settings.topic_partitions, settings.topic_partitions)))
+        pub.flush()
+        assert wait_until(lambda: writer.stored >= 31, 90), f"the writer stored {writer.stored} of 31"
+        assert metrics.registry.get_sample_value(
+            "agentgov_process_restarts_total", {"role": "writer", "reason": "stalled"}) == 1
+        assert thread.is_alive()
+        assert sink.query("SELECT count() AS n FROM {db}.transitions FINAL")[0]["n"] == 31
+    finally:
+        stop.set()
+        thread.join(30)
+        scorer.close()
 
 
 def test_a_pipeline_at_rest_is_never_taken_for_stalled(
