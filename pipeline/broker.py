@@ -106,6 +106,9 @@ class EmbeddedBroker:
         log.info("embedded broker up", extra={"kv": {"bootstrap": self.bootstrap, "pid": self.proc.pid}})
         return self
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop(grace=5)

@@ -314,6 +314,16 @@ class KraftCluster:
             time.sleep(1.0)
         raise BrokerError(f"replicas of {self.bootstrap} not back in sync after {timeout}s")
 
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes)
+
+    def revive(self) -> None:
+        """Start every node that is not running, on its log, and wait until the cluster answers."""
+        for n in self.nodes:
+            if not n.alive():
+                self.restart(n.node_id)
+        self.wait_healthy(self.start_timeout)
+
     def kill(self, node_id: int) -> None:
         self.node(node_id).kill()
 

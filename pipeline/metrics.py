@@ -170,9 +170,10 @@ class Metrics:
         self.up = Gauge("agentgov_process_up", "1 while the processing loop runs.", ["role"], registry=r)
         self.restarts = Counter(
             "agentgov_process_restarts_total",
-            "Scorer and correlator processes restarted by agentgov run's supervisor, by role and why they ended "
-            "(stalled: a partition with records waiting delivered nothing for stall_seconds; exited: any other "
-            "end); and the writer's rejoins of its group for a stalled partition (role writer).",
+            "What agentgov run's supervisor started again, by role (scorer, correlator, writer, broker) and why "
+            "(stalled: a partition with records waiting delivered nothing for stall_seconds, and the scorer or "
+            "correlator exited 75 or the writer rejoined its group; exited: the process died, or the writer's "
+            "loop failed).",
             ["role", "reason"], registry=r,
         )
         # One series per recently detected chain, so a page can name the agent and run. Agent ids are

@@ -10,8 +10,9 @@
                                       stores the correlator's findings)
 
 Scorer and correlator subprocesses are supervised: one that dies is restarted and its partitions move to the others
-meanwhile; one whose partition stalls ends itself (``liveness.py``, exit 75) to be restarted the same way. In
-production (compose) each box is its own container.
+meanwhile; one whose partition stalls ends itself (``liveness.py``, exit 75) to be restarted the same way. The
+embedded broker is started again if it dies, and the writer's loop if it fails. In production (compose) each box
+is its own container, restarted by compose.
 
 Example::
 
@@ -47,6 +48,9 @@ from .topics import ensure_topics
 from .writer import Writer
 
 log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_MAX = 30.0
+"""Longest pause before the writer's loop is started again after a failure."""
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -115,8 +119,7 @@ class Pipeline:
         self.decision_log = attach_decision_log(self.writer, s, self.sink)
         if self.correlators:
             self.correlation_store = correlations.attach(self.writer, s, self.sink)
-        self._writer_thread = threading.Thread(target=self.writer.run, args=(self.stop_event,),
-                                               name="writer", daemon=True)
+        self._writer_thread = threading.Thread(target=self._run_writer, name="writer", daemon=True)
         self._writer_thread.start()
         if self.supervise:
             self._supervisor = threading.Thread(target=self._watch, name="supervisor", daemon=True)
@@ -139,8 +142,48 @@ class Pipeline:
         return ChildProcess([sys.executable, "-m", f"consumers.{role}"], env=env, log_path=log_path,
                             inherit_output=True).start()
 
+    def _run_writer(self) -> None:
+        """The writer's loop, started again as a fresh group member if it fails (a fault of ours, or of a
+        library under it, must not leave the pipeline without a writer while the rest runs on), after a pause
+        that doubles up to ``RESTART_BACKOFF_MAX``; what it had not stored is handed out again."""
+        assert self.writer is not None
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            try:
+                self.writer.run(self.stop_event)
+                return
+            except Exception:
+                log.exception("writer failed; restarting it", extra={"kv": {"retry_in_s": backoff}})
+                self.metrics.restarts.labels(role="writer", reason="exited").inc()
+                if self.stop_event.wait(backoff):
+                    return
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+                self.writer.rejoin()
+
+    def _watch_broker(self) -> None:
+        """The embedded broker, started again where it was if it died (Tansu: on an empty in-memory log, as after
+        any restart of it, docs/guarantees.md; embedded Kafka: on its log), and the topics made again."""
+        broker = self.broker
+        if broker is None or broker.alive() or self.stop_event.is_set():
+            return
+        log.error("embedded broker exited; starting it again", extra={"kv": {"bootstrap": self.settings.bootstrap()}})
+        self.metrics.restarts.labels(role="broker", reason="exited").inc()
+        try:
+            if isinstance(broker, KraftCluster):
+                broker.revive()
+            else:
+                broker.start()
+            ensure_topics(self.settings)
+        except Exception as exc:  # BrokerError, KafkaException: tried again on the next round
+            log.error("embedded broker did not come back; trying again", extra={"kv": {"error": str(exc)}})
+            if not self.stop_event.is_set() and isinstance(broker, EmbeddedBroker):
+                broker.stop()  # a half-started process: the next round starts a clean one
+        else:
+            log.warning("embedded broker back", extra={"kv": {"bootstrap": self.settings.bootstrap()}})
+
     def _watch(self) -> None:
         while not self.stop_event.wait(1.0):
+            self._watch_broker()
             for role, procs in (("scorer", self.procs), ("correlator", self.correlator_procs)):
                 for i, proc in enumerate(procs):
                     if proc.poll() is not None and not self.stop_event.is_set():
@@ -166,6 +209,8 @@ class Pipeline:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self._supervisor is not None:
+            self._supervisor.join(RESTART_BACKOFF_MAX + 180)  # a broker restart under way ends first
         for proc in (*self.procs, *self.correlator_procs):
             proc.terminate()
         for proc in (*self.procs, *self.correlator_procs):

@@ -95,11 +95,19 @@ class Writer:
             self.liveness.check()
         except ConsumerStalled:
             self.metrics.restarts.labels(role=self.role, reason="stalled").inc()
-            self.pending = []
-            self.membership.leave()
-            self.consumer, self.membership, self.liveness = self._member()
+            self.rejoin()
             self._subscribe()
-            log.warning("writer rejoined its group as a fresh member", extra={"kv": {"role": self.role}})
+
+    def rejoin(self) -> None:
+        """Leave the group (if still in it) and make a fresh member, not subscribed yet (``run`` subscribes).
+        What was consumed and not stored is dropped: it was not committed, so the group hands it out again."""
+        self.pending = []
+        try:
+            self.membership.leave()
+        except Exception as exc:  # KafkaException, or a consumer already closed: a new one is made regardless
+            log.warning("writer could not leave its group cleanly", extra={"kv": {"error": str(exc)}})
+        self.consumer, self.membership, self.liveness = self._member()
+        log.warning("writer rejoins its group as a fresh member", extra={"kv": {"role": self.role}})
 
     def add_task(self, interval: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` every ``interval`` seconds from the writer loop (the thread that owns the client)."""

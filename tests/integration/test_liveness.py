@@ -8,6 +8,8 @@ past the last record; Tansu's own offsets), is never taken for stalled: none is 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -17,9 +19,12 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from pipeline.broker import free_port
 from pipeline.consumer import Scorer
 from pipeline.drafts import draft
+from pipeline.errors import PublishError
 from pipeline.facts import partition_for
+from pipeline.kraft import KraftCluster
 from pipeline.liveness import ConsumerStalled
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
@@ -168,3 +173,51 @@ def test_a_pipeline_at_rest_is_never_taken_for_stalled(
     for log in settings.state_dir.glob("*.log"):
         assert "consumer stalled" not in log.read_text(errors="replace"), log.name
 
+
+
+@pytest.mark.parametrize("engine", ["tansu", pytest.param("kafka", marks=pytest.mark.kafka)])
+def test_agentgov_run_starts_its_embedded_broker_again_when_it_dies(
+    engine: str, settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    """``agentgov run``'s embedded broker killed with SIGKILL: the supervisor starts it again (Tansu on an empty
+    log, Kafka on its own) and makes the topics; the scorers, correlator and writer carry on, and what is
+    published afterwards is stored. Before, the pipeline polled a dead port for ever."""
+    base = settings_factory()
+    settings = base.model_copy(update={"kafka_bootstrap": None, "embedded_broker": engine,
+                                       "embedded_broker_port": free_port()})
+    pipe = pipeline_factory(settings, scorers=1, correlators=1)
+    pub = publisher_factory(pipe.settings)
+    for i in range(10):
+        pub.publish(draft(run_id=f"run-before-{uuid.uuid4().hex[:6]}-{i}"))
+    pub.flush()
+    assert pipe.wait_stored(10, 120), "assessments not stored before the kill"
+
+    assert pipe.broker is not None
+    pids = [n.proc.pid for n in pipe.broker.nodes if n.proc] if isinstance(pipe.broker, KraftCluster) \
+        else [pipe.broker.proc.pid] if pipe.broker.proc else []
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    restarted = ("agentgov_process_restarts_total", {"role": "broker", "reason": "exited"})
+    assert wait_until(lambda: pipe.metrics.registry.get_sample_value(*restarted) == 1, 30), "no restart counted"
+    assert wait_until(lambda: pipe.broker is not None and pipe.broker.alive(), 180), "the broker did not come back"
+
+    fresh = publisher_factory(pipe.settings)
+    sent = []
+    deadline = time.monotonic() + 120
+    while len(sent) < 20 and time.monotonic() < deadline:  # the topics may take a moment to be made again
+        try:
+            sent += [fresh.publish(draft(run_id=f"run-after-{uuid.uuid4().hex[:6]}-{i}")) for i in range(20)]
+            fresh.flush(30)
+        except PublishError:
+            sent = []
+            time.sleep(1)
+    assert len(sent) == 20, "the SDK could not deliver to the restarted broker"
+    assert pipe.sink is not None
+
+    def stored() -> set[str]:
+        assert pipe.sink is not None
+        return {r["event_id"] for r in pipe.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
+
+    assert wait_until(lambda: set(sent) <= stored(), 180, interval=1.0), \
+        f"missing {len(set(sent) - stored())} of the 20 published after the restart"
