@@ -299,6 +299,7 @@ class Correlator(TransactionalLoop):
                 produce(topic, self.out.encode(record), key=f.finding_id.encode())
                 tally.found.append(f)
             state.prune_seen()
+            state.expire(self.retain_ms, self._early_keep_ms(state))
         return tally
 
     def wrote(self, tally: _Tally) -> bool:
@@ -447,6 +448,7 @@ class Correlator(TransactionalLoop):
         m.correlator_late.inc(tally.late)
         m.correlator_rejudge_cut.inc(tally.rejudge_cut)
         m.correlator_pending.set(sum(len(s.pending) for s in self.states.values()))
+        m.correlator_keys.set(sum(len(s.history) for s in self.states.values()))
         for reason, n in tally.dead.items():
             m.dead_letters.labels(reason=reason).inc(n)
         now = time.time()

@@ -123,6 +123,18 @@ class View(Sequence[TransitionDict]):
 _EMPTY: list[tuple[Any, TransitionDict]] = []
 
 
+def _quiet(lists: dict[str, list[Any]], oldest_ms: int, limit: int) -> list[str]:
+    """The leading keys of an insertion-ordered map of sorted ``(order, ...)`` lists whose newest entry is older
+    than ``oldest_ms`` (at most ``limit``): the map runs least recently touched first, so the first key with a
+    newer entry ends the search (a key touched last by a late fact waits until the keys before it go)."""
+    out: list[str] = []
+    for key, entries in lists.items():
+        if len(out) >= limit or (entries and entries[-1][0][0] >= oldest_ms):
+            break
+        out.append(key)
+    return out
+
+
 @dataclass
 class KeyedState:
     """Windowed state of one input partition: pending facts, per-key history, and (by target) holdings."""
@@ -193,10 +205,15 @@ class KeyedState:
             source[1] = now
         self.arrivals += 1
         heapq.heappush(self.pending, (order(ev), self.arrivals, ev))
-        _insert(self.arrived.setdefault(self.key_of(ev), []), (order(ev), ev))
+        key = self.key_of(ev)
+        arrived = self.arrived.pop(key, None)  # moved to the end: ``arrived`` runs least recently added first
+        if arrived is None:
+            arrived = []
+        self.arrived[key] = arrived
+        _insert(arrived, (order(ev), ev))
         if ev["action"] == "create_group":
             made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
-            _insert(self.creates.setdefault(self.key_of(ev), []), (order(ev), made))
+            _insert(self.creates.setdefault(key, []), (order(ev), made))
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
 
@@ -337,13 +354,16 @@ class KeyedState:
         return True
 
     def apply(self, key: str, ev: TransitionDict, retain_ms: int) -> None:
-        """Record a judged fact; forget the key's facts older than ``retain_ms`` of event time. A later copy
+        """Record a judged fact; forget the key's facts older than ``retain_ms`` before it. A later copy
         of an event_id held from another partition is not recorded: it raised AG-XRN-006, and must not
         stand in any later chain or holding as a grant of its own (scoring/crossrun.py ``later_copy``)."""
         if self.by_target and duplicate_id_across_partitions(ev, self.same_id(ev)) is not None:
             return
         entry = (order(ev), ev)
-        hist = self.history.setdefault(key, [])
+        hist = self.history.pop(key, None)  # moved to the end: ``history`` runs least recently applied first
+        if hist is None:
+            hist = []
+        self.history[key] = hist
         _insert(hist, entry)
         self.ids.setdefault(ev["event_id"], []).append(ev)
         if self.by_target:
@@ -354,29 +374,59 @@ class KeyedState:
                 _insert(self.grants.setdefault(key, []), entry)
             if self.stale_of is not None:
                 self._index_decision(key, entry)
-        oldest = self.max_seen_ms - retain_ms
+        # Relative to the fact applied (the judging point: facts are applied in event-time order), not to the
+        # latest event time seen: a backlog's facts are applied after later ones have arrived, and trimmed
+        # against those they dropped what the next facts of their own key still had to see (a chain in the
+        # last minutes before a gap of more than an hour in event time was missed when caught up on).
+        oldest = ev["occurred_at"] - retain_ms
         if hist[0][0][0] < oldest:
-            lo = _since(oldest)
-            cut = bisect.bisect_left(hist, lo)
-            for _, old in hist[:cut]:
-                same = self.ids.get(old["event_id"])
-                if same is not None:
-                    same[:] = [h for h in same if h is not old]
-                    if not same:
-                        del self.ids[old["event_id"]]
-            del hist[:cut]
-            grants = self.grants.get(key)
-            if grants:
-                del grants[:bisect.bisect_left(grants, lo)]
+            self._forget_before(key, hist, oldest)
+
+    def _forget_before(self, key: str, hist: list[tuple[Order, TransitionDict]], oldest_ms: int) -> None:
+        """Drop the key's applied facts (and what indexes them) older than ``oldest_ms`` of event time."""
+        lo = _since(oldest_ms)
+        cut = bisect.bisect_left(hist, lo)
+        for _, old in hist[:cut]:
+            same = self.ids.get(old["event_id"])
+            if same is not None:
+                same[:] = [h for h in same if h is not old]
+                if not same:
+                    del self.ids[old["event_id"]]
+        del hist[:cut]
+        grants = self.grants.get(key)
+        if grants:
+            del grants[:bisect.bisect_left(grants, lo)]
+        made = self.creates.get(key)
+        if made:
+            del made[:bisect.bisect_left(made, lo)]
+        stale = self.stale.get(key)
+        if stale:
+            del stale[:bisect.bisect_left(stale, lo)]
+        for lists in self.by_part.get(key, {}).values():
+            for places in lists:
+                del places[:bisect.bisect_left(places, lo[0])]
+
+    def expire(self, retain_ms: int, keep_ms: int, limit: int = 10_000) -> int:
+        """Forget the keys that went quiet: applied facts older than ``retain_ms`` before the latest fact judged,
+        and arrived ones older than ``keep_ms`` before the latest event time seen, of keys with no newer fact.
+        ``apply`` and ``judge_early`` trim a key only when it has a new fact, so without this every entity ever
+        seen would stay in memory (an agent touching a new identity per event grew it without bound); a rebuild
+        keeps no more either (it replays ``retain_ms``). Both maps run least recently touched first, so this
+        reads only the keys it drops, at most ``limit`` a call, and one more; answers how many it dropped."""
+        dropped = 0
+        oldest = self.released[0] - retain_ms  # behind the judging point, as ``apply`` trims
+        for key in _quiet(self.history, oldest, limit):
+            hist = self.history.pop(key)
+            self._forget_before(key, hist, oldest)
+            for index in (self.grants, self.stale, self.by_part):
+                index.pop(key, None)
             made = self.creates.get(key)
-            if made:
-                del made[:bisect.bisect_left(made, lo)]
-            stale = self.stale.get(key)
-            if stale:
-                del stale[:bisect.bisect_left(stale, lo)]
-            for lists in self.by_part.get(key, {}).values():
-                for places in lists:
-                    del places[:bisect.bisect_left(places, lo[0])]
+            if made is not None and not made:
+                del self.creates[key]
+            dropped += 1
+        for key in _quiet(self.arrived, self.max_seen_ms - keep_ms, limit):
+            del self.arrived[key]
+        return dropped
 
     def _index_decision(self, key: str, entry: tuple[Order, TransitionDict]) -> None:
         assert self.stale_of is not None

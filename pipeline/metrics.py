@@ -167,6 +167,11 @@ class Metrics:
         self.correlator_pending = Gauge(
             "agentgov_correlator_pending_facts", "Facts waiting for the event-time watermark.", registry=r
         )
+        self.correlator_keys = Gauge(
+            "agentgov_correlator_keys", "Entities (targets and agents) with judged facts in a correlator's retained "
+            "window, over the partitions it owns; a key quiet for correlation_retain_seconds is forgotten.",
+            registry=r,
+        )
         self.up = Gauge("agentgov_process_up", "1 while the processing loop runs.", ["role"], registry=r)
         self.restarts = Counter(
             "agentgov_process_restarts_total",

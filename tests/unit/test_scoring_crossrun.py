@@ -1012,3 +1012,89 @@ def test_a_rebuild_applies_unjudged_only_facts_the_watermark_had_released(case: 
         replayed.add(ev)  # a replay: no clock
     applied = {ev["event_id"] for ev in replayed.release(replayed.floor(5_000))}
     assert applied <= judged
+
+
+@pytest.mark.parametrize("by_target", [True, False])
+def test_quiet_keys_are_forgotten_and_the_findings_stay_the_same(by_target: bool) -> None:
+    """``KeyedState.expire``: over a day of the demo workload (its 30 minutes, planted and cross-run chains
+    included, eight times, three hours apart, each time with new identities, agents and runs), a state that
+    forgets keys quiet for the retained window finds exactly what one that keeps every key finds, holds far
+    fewer keys, and its event-id index names only facts it still holds."""
+    import copy
+    import functools
+
+    from pipeline.keyed_state import KeyedState
+
+    once, retain = _workload_facts(6_000), 7_200_000
+    facts = []
+    for k in range(8):
+        for ev in once:
+            e = copy.deepcopy(ev)
+            e["occurred_at"] += k * 3 * 3_600_000
+            e["source_offset"] += k * 1_000_000
+            for where, field in ((e, "event_id"), (e, "run_id"), (e["target"], "identity_id"),
+                                 (e["agent"], "agent_id")):
+                where[field] = f"{where[field]}~{k}"
+            facts.append(e)
+    c = _bare_correlator()
+    quiet_agent = AgentBaseline("any", events=1_000, grants_per_hour=1.0)  # the rate rules speak too
+    c.baselines = lambda key: quiet_agent
+
+    def run(expire: bool) -> tuple[list[str], int, KeyedState]:
+        state = KeyedState(by_target, stale_of=None if by_target else c._stale_of())
+        found: list[str] = []
+        peak = 0
+        for i in range(0, len(facts), 100):
+            for ev in facts[i:i + 100]:
+                state.add(ev)
+            out, _ = state.judge_due(state.max_seen_ms - c.grace_ms, retain,
+                                     functools.partial(c._guarded, c._judge, state),
+                                     rejudge=functools.partial(c._rejudge, state))
+            found += [f.finding_id for f in out]
+            if expire:
+                state.expire(retain, c._early_keep_ms(state))
+            peak = max(peak, len(state.history), len(state.arrived))
+        out, _ = state.judge_due(1 << 62, retain, functools.partial(c._guarded, c._judge, state))  # the clock's flush
+        return found + [f.finding_id for f in out], peak, state
+
+    kept, peak_kept, _ = run(False)
+    forgot, peak_forgot, state = run(True)
+    print("findings", len(kept), "peaks", peak_kept, peak_forgot)
+    assert forgot == kept and kept, (len(forgot), len(kept))
+    assert peak_forgot * 3 < peak_kept, (peak_forgot, peak_kept)
+    held = {h["event_id"] for hist in state.history.values() for _, h in hist}
+    assert set(state.ids) == held
+    assert all(state.history.values()) and all(state.arrived.values())
+    judged = state.released[0]
+    assert all(hist[-1][0][0] >= judged - retain for hist in state.history.values())
+
+
+@pytest.mark.parametrize("gap_hours", [0, 3, 30])
+def test_chains_just_before_a_gap_are_found_when_a_backlog_is_caught_up_on(gap_hours: int) -> None:
+    """A correlator catching up on a backlog reads facts from after a quiet spell in event time (a night, a
+    weekend) in the same batch as the last facts before it: the watermark releases the earlier ones after
+    the later ones arrived. Their keys' windows must be trimmed against the fact judged, not the latest
+    seen: trimmed against the latest, a tier-stepping chain and a grant burst of the minutes before a gap of
+    more than an hour were forgotten step by step and never found."""
+    import functools
+
+    from pipeline.keyed_state import KeyedState
+
+    c = _bare_correlator()
+    c.baselines = lambda key: BASELINE
+    later = T0 + 60 * MIN + gap_hours * 60 * MIN
+    after_gap = {"action": "assign_role", "run_id": "r-after", "occurred_at": later,
+                 "resource.resource_id": "role/Reader", "resource.privilege_tier": 1}
+    cases = [
+        (True, [tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2"), tier(2, 3, 10, "r3")],
+         fact(5, **{**after_gap, "target.identity_id": "u-step"}), "AG-XRN-001"),
+        (False, _burst(6), fact(5, **{**after_gap, "agent.agent_id": "agent-burst"}), "AG-XRN-004"),
+    ]
+    for by_target, chain, tail, code in cases:
+        state = KeyedState(by_target, stale_of=None if by_target else c._stale_of())
+        for ev in [*chain, tail]:  # one batch: the backlog's facts, the first one after the gap last
+            state.add(ev)
+        found, late = state.judge_due(state.max_seen_ms - c.grace_ms, 7_200_000,
+                                      functools.partial(c._judge, state), rejudge=functools.partial(c._rejudge, state))
+        assert late == 0
+        assert code in [f.spec.code for f in found], (gap_hours, code, [f.spec.code for f in found])
