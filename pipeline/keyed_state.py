@@ -123,16 +123,6 @@ class View(Sequence[TransitionDict]):
 _EMPTY: list[tuple[Any, TransitionDict]] = []
 
 
-def _touched(lists: dict[str, list[Any]], key: str) -> list[Any]:
-    """The key's list (a new one if it has none), moved to the end of the map: ``history`` and ``arrived`` so
-    run least recently touched first, which is what :func:`_quiet` reads."""
-    entries = lists.pop(key, None)
-    if entries is None:
-        entries = []
-    lists[key] = entries
-    return entries
-
-
 def _quiet(lists: dict[str, list[Any]], oldest_ms: int, limit: int) -> list[str]:
     """The leading keys of an insertion-ordered map of sorted ``(order, ...)`` lists whose newest entry is older
     than ``oldest_ms`` (at most ``limit``): the map runs least recently touched first, so the first key with a
@@ -216,7 +206,11 @@ class KeyedState:
         self.arrivals += 1
         heapq.heappush(self.pending, (order(ev), self.arrivals, ev))
         key = self.key_of(ev)
-        _insert(_touched(self.arrived, key), (order(ev), ev))
+        arrived = self.arrived.pop(key, None)  # moved to the end: ``arrived`` runs least recently added first
+        if arrived is None:
+            arrived = []
+        self.arrived[key] = arrived
+        _insert(arrived, (order(ev), ev))
         if ev["action"] == "create_group":
             made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
             _insert(self.creates.setdefault(key, []), (order(ev), made))
@@ -366,7 +360,10 @@ class KeyedState:
         if self.by_target and duplicate_id_across_partitions(ev, self.same_id(ev)) is not None:
             return
         entry = (order(ev), ev)
-        hist = _touched(self.history, key)
+        hist = self.history.pop(key, None)  # moved to the end: ``history`` runs least recently applied first
+        if hist is None:
+            hist = []
+        self.history[key] = hist
         _insert(hist, entry)
         self.ids.setdefault(ev["event_id"], []).append(ev)
         if self.by_target:
