@@ -77,6 +77,7 @@ from .scoring.crossrun import (
     CrossRunFinding,
     correlate,
     group_nesting_across_runs,
+    may_find_by_target,
     may_page,
 )
 from .scoring.policy import LoadedPolicy
@@ -383,10 +384,13 @@ class Correlator(TransactionalLoop):
     def _judge(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         policy = self.policy.governance
         if state.by_target:
+            same = state.same_id(ev)
+            if not may_find_by_target(ev, policy, copies=bool(same), left=key in state.disabled):
+                return []  # most facts: no rule can complete a chain on it, whatever the state holds
             # Escalation and SoD read the escalation window; holdings cover anything older.
             history = state.before(key, ev, policy.escalation.window_seconds * 1000)
             held = state.held(key) if granted_access(ev) else ()
-            cx = CrossRunContext(self.policy, key, history=history, holdings=held, same_id=state.same_id(ev),
+            cx = CrossRunContext(self.policy, key, history=history, holdings=held, same_id=same,
                                  scorer_window_ms=self.scorer_window_ms)
             return correlate(ev, cx, BY_TARGET_RULES)
         if not granted_access(ev):

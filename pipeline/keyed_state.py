@@ -153,6 +153,9 @@ class KeyedState:
     arrived: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
     """Per key, every fact arrived so far (judged or pending), event-time order: what early pages read."""
     paged: dict[str, None] = field(default_factory=dict)
+    disabled: set[str] = field(default_factory=set)
+    """By target: the targets an executed ``disable_account`` of was ever held (``hold``), whatever happened
+    after: what the grant-to-leaver rule needs before it reads anything (``may_find_by_target``)."""
     creates: dict[str, list[tuple[Order, tuple[str, str]]]] = field(default_factory=dict)
     """Per key, each ``create_group`` fact's time and the group it made (target and resource id): group
     nesting (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact
@@ -307,8 +310,9 @@ class KeyedState:
         key = self.key_of(ev)
         hist = self.arrived.get(key, _EMPTY)
         found = judge(key, ev)
-        for j in range(*_later(hist, ev, reach_ms)):
-            found += judge(key, hist[j][1])
+        if hist and hist[-1][1] is not ev:  # else (in order, the usual case) no later fact of the key arrived
+            for j in range(*_later(hist, ev, reach_ms)):
+                found += judge(key, hist[j][1])
         self.trim_arrived(keep_ms, key)
         out = []
         for f in found:
@@ -482,6 +486,8 @@ class KeyedState:
     def hold(self, ev: TransitionDict) -> None:
         fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],
                 "entitlement": ev["resource"]["entitlement"], "resource_id": ev["resource"]["resource_id"]}
+        if ev["action"] == "disable_account":
+            self.disabled.add(ev["target"]["identity_id"])
         held = self.holdings.setdefault(ev["target"]["identity_id"], {})
         hk = holding_key(fact)
         old = held.get(hk)

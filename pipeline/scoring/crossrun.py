@@ -581,6 +581,33 @@ def may_page(ev: TransitionDict, policy: GovernancePolicy, rules: tuple[CrossRun
     return any(entry(ev, policy) for entry in entries)
 
 
+# The entry tests of the by-target rules at the watermark, where every fact is judged by all of them: most
+# facts (a benign grant of access in no toxic pair, to an identity never disabled) can complete no chain, and
+# ``may_find_by_target`` lets the correlator skip building their context. Like ``_ENTRY``, each test is its
+# rule's first check and nothing more, with two facts of the state the rules would read:
+# ``copies`` (the key holds an earlier fact with ``ev``'s event_id: ``cx.same_id`` is not empty) and ``left``
+# (an executed ``disable_account`` of the target was held, any age: ``KeyedState.disabled``).
+def may_find_by_target(ev: TransitionDict, policy: GovernancePolicy, *, copies: bool, left: bool) -> bool:
+    """Whether any by-target rule can find a chain completed by ``ev``: when False, ``correlate(ev, cx,
+    BY_TARGET_RULES)`` finds nothing for a ``cx`` whose ``same_id`` is empty (unless ``copies``) and whose
+    holdings and history hold no executed ``disable_account`` (unless ``left``)."""
+    if copies:
+        return True  # AG-XRN-006, and a later copy is judged by it alone
+    if _executed_revoke_or_unapproved_top_grant(ev, policy):
+        return True  # tier stepping, transient privilege
+    if not granted_access(ev):
+        return False  # the SoD and leaver rules judge executed grants only
+    if policy.sod_partners(access_name(ev)):
+        return True  # toxic pair against holdings
+    return left and ev["action"] != "create_account" and ev["target"]["lifecycle_state"] == "active"
+
+
+_GATED_BY_TARGET = {duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings,
+                    grant_to_leaver}
+if set(BY_TARGET_RULES) != _GATED_BY_TARGET:  # a new by-target rule needs its entry test in may_find_by_target
+    raise RuntimeError(f"by-target rules without an entry test: {set(BY_TARGET_RULES) - _GATED_BY_TARGET}")
+
+
 def later_copy(ev: TransitionDict, cx: CrossRunContext) -> bool:
     """The fact of a later copy of an event_id the key's facts already hold from another partition (a replay
     or a rewritten copy under another Kafka key). It raises AG-XRN-006 and nothing else: its grant is not a

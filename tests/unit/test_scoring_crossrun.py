@@ -1098,3 +1098,76 @@ def test_chains_just_before_a_gap_are_found_when_a_backlog_is_caught_up_on(gap_h
                                       functools.partial(c._judge, state), rejudge=functools.partial(c._rejudge, state))
         assert late == 0
         assert code in [f.spec.code for f in found], (gap_hours, code, [f.spec.code for f in found])
+
+
+def test_the_by_target_entry_test_turns_away_only_facts_no_rule_finds_anything_on() -> None:
+    """``may_find_by_target`` lets the correlator skip judging most by-target facts at the watermark. Over random
+    facts of one target (actions, tiers, outcomes, authorities, SoD partners, lifecycle states, partitions and
+    event ids drawn from small sets, so chains, copies and leavers do occur), with random history and holdings:
+    a fact it turns away gets nothing from any by-target rule."""
+    import random
+
+    from pipeline.keyed_state import order
+    from pipeline.scoring.crossrun import may_find_by_target
+
+    rnd = random.Random(11)
+    actions = ["create_account", "disable_account", "delete_account", "assign_role", "grant_entitlement",
+               "add_group_member", "remove_role", "revoke_entitlement"]
+    access = [(None, "role/Admin"), (None, "role/Reader"), ("aws-admin", "role/Admin"), ("ap-create-vendor", "sap"),
+              ("ap-approve-payment", "sap"), ("read-only", "wiki"), (None, "user-account")]
+
+    def draw(t: int) -> TransitionDict:
+        entitlement, resource = rnd.choice(access)
+        human = rnd.random() < 0.2
+        return fact(rnd.randrange(3), **{
+            "action": rnd.choice(actions), "target.identity_id": "u-x", "run_id": f"r{rnd.randrange(5)}",
+            "event_id": f"e{rnd.randrange(40)}", "occurred_at": T0 + t * MIN, "resource.system": "aws",
+            "resource.resource_id": resource, "resource.entitlement": entitlement,
+            "resource.privilege_tier": rnd.randrange(4),
+            "decision.outcome": "granted" if rnd.random() < 0.85 else "denied",
+            "decision.authority": "human" if human else "agent", "decision.approved_by": "ciso" if human else None,
+            "target.lifecycle_state": "active" if rnd.random() < 0.8 else "terminated"})
+
+    turned_away = found = 0
+    for _ in range(1_500):
+        earlier = sorted((draw(t) for t in rnd.sample(range(0, 60), rnd.randrange(7))), key=order)
+        holdings = tuple(sorted((draw(-rnd.randrange(1, 60 * 24 * 90)) for _ in range(rnd.randrange(3))), key=order))
+        ev = draw(60)
+        same = [h for h in earlier if h["event_id"] == ev["event_id"] and order(h) < order(ev)]
+        left = any(h["action"] == "disable_account" and h["decision"]["outcome"] == "granted"
+                   for h in (*holdings, *earlier))
+        cx = CrossRunContext(POLICY, "u-x", history=earlier, holdings=holdings, same_id=same)
+        result = correlate(ev, cx, BY_TARGET_RULES)
+        found += bool(result)
+        if not may_find_by_target(ev, POLICY.policy, copies=bool(same), left=left):
+            turned_away += 1
+            assert result == [], (ev, earlier, holdings, result)
+    assert turned_away > 300 and found > 50, (turned_away, found)  # both halves were exercised
+
+
+def test_the_by_target_entry_test_changes_no_finding_of_the_correlator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the demo workload's facts (planted and cross-run cases), the correlator's judging at the watermark
+    finds the same with the entry test as with every fact judged by every rule, and skips most facts."""
+    from pipeline import correlator as correlator_module
+    from pipeline.facts import is_access_change
+    from pipeline.keyed_state import KeyedState
+    from pipeline.scoring import crossrun
+
+    facts = [f for f in _workload_facts(3_000) if is_access_change(f)]  # what by-target partitions carry
+    calls = {"skipped": 0}
+
+    def judged(gate: bool) -> list[str]:
+        def entry(*a: Any, **k: Any) -> bool:
+            ok = crossrun.may_find_by_target(*a, **k)
+            calls["skipped"] += not ok
+            return ok if gate else True
+        monkeypatch.setattr(correlator_module, "may_find_by_target", entry)
+        c, state = _bare_correlator(), KeyedState(True)
+        for ev in facts:
+            state.add(ev)
+        found, _ = state.judge_due(2**62, 7_200_000, lambda key, ev: c._judge(state, key, ev))
+        return sorted(f.finding_id for f in found)
+
+    gated = judged(True)
+    assert gated == judged(False) and len(gated) >= 3, gated
+    assert calls["skipped"] > len(facts) // 2, calls  # counted over both passes: most by-target facts
