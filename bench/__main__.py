@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--correlation-rounds", type=int, default=3,
                     help="with/without-correlator pairs, order alternating, each on a fresh broker (default 3)")
+    ap.add_argument("--correlation-events", type=int, default=None,
+                    help="events of each correlation run's burst (default: --events, at most 50000)")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     smoke = args.smoke
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         del pool
         # Each correlation run gets a topic of its own, with at most 50,000 events (keeps `make bench` short),
         # stamped as a live stream's (correlation.burst_event_times) so the correlator judges them within the run.
-        corr_count = min(count, 50_000)
+        corr_count = args.correlation_events or min(count, 50_000)
         corr_times = correlation.burst_event_times(corr_count, time.time())
         corr_source = EventPool.build(corr_count, occurred_at_ms=corr_times).messages if "correlation" in only else []
         t = doc["throughput"]
