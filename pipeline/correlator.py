@@ -76,6 +76,7 @@ from .scoring.crossrun import (
     CrossRunContext,
     CrossRunFinding,
     correlate,
+    entry_test,
     group_nesting_across_runs,
     may_find_by_target,
     may_page,
@@ -340,8 +341,10 @@ class Correlator(TransactionalLoop):
             # it. Any other fact of a busy agent would cost O(its window) for nothing (a busy agent that
             # once created a group included).
             reach = 0
+        # Most facts can complete no chain: the rules' entry test turns them away before any call into the rules.
+        test, policy = entry_test(PAGING_BY_TARGET if state.by_target else PAGING_BY_AGENT), self.policy.governance
         return state.judge_early(ev, reach, self._early_keep_ms(state),
-                                 functools.partial(self._guarded, self._paging, state))
+                                 functools.partial(self._guarded, self._paging, state), lambda e: test(e, policy))
 
     def _guarded(self, rules: Callable[[KeyedState, str, TransitionDict], list[CrossRunFinding]],
                  state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:

@@ -303,16 +303,20 @@ class KeyedState:
         return View(hist, start, end)
 
     def judge_early(self, ev: TransitionDict, reach_ms: int, keep_ms: int,
-                    judge: Callable[[str, TransitionDict], list[CrossRunFinding]]) -> list[CrossRunFinding]:
+                    judge: Callable[[str, TransitionDict], list[CrossRunFinding]],
+                    may: Callable[[TransitionDict], bool] | None = None) -> list[CrossRunFinding]:
         """Early firing: judge a just-added fact against its key's facts arrived so far, then the key's later
-        facts within ``reach_ms`` again (their chains may need it: a grant arriving after its revoke).
+        facts within ``reach_ms`` again (their chains may need it: a grant arriving after its revoke). A fact
+        ``may`` says False of is not judged (the caller's entry test: ``judge`` would find nothing on it).
         Returns the chains not paged (nor published) before; forgets arrived facts older than ``keep_ms``."""
         key = self.key_of(ev)
         hist = self.arrived.get(key, _EMPTY)
-        found = judge(key, ev)
+        found = judge(key, ev) if may is None or may(ev) else []
         if hist and hist[-1][1] is not ev:  # else (in order, the usual case) no later fact of the key arrived
             for j in range(*_later(hist, ev, reach_ms)):
-                found += judge(key, hist[j][1])
+                later = hist[j][1]
+                if may is None or may(later):
+                    found += judge(key, later)
         self.trim_arrived(keep_ms, key)
         out = []
         for f in found:

@@ -18,6 +18,7 @@ and has a deterministic id (:func:`finding_id`: rule + key + chain), so a replay
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -266,6 +267,8 @@ XRN_TIER_STEPPING = spec(
 @cross_run(XRN_TIER_STEPPING, key="target", pages=True)
 def tier_stepping_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-001: tier stepping over one identity, the steps on different partitions."""
+    if not _unapproved_top_grant(ev, cx.governance):
+        return []  # AG-ESC-002's own first test, before its context is built
     return _from_per_run(escalation.tier_stepping, XRN_TIER_STEPPING, ev, cx)
 
 
@@ -279,6 +282,8 @@ XRN_TRANSIENT_PRIVILEGE = spec(
 @cross_run(XRN_TRANSIENT_PRIVILEGE, key="target", pages=True)
 def transient_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-002: a privileged grant and its revoke within the transient window, on different partitions."""
+    if not _executed_revoke(ev):
+        return []  # AG-ESC-003's own first test, before its context is built
     return _from_per_run(escalation.transient_privilege, XRN_TRANSIENT_PRIVILEGE, ev, cx)
 
 
@@ -547,13 +552,19 @@ PAGING_BY_AGENT: tuple[CrossRunRule, ...] = tuple(r for r in BY_AGENT_RULES if r
 # most facts (a benign grant, an approved step) can complete none: ``may_page`` lets it skip building
 # their context. Each test is the first check of its rule, nothing more (tests/unit/test_scoring_crossrun.py
 # proves a fact failing it gets no finding from the rule, whatever its history).
+def _executed_revoke(ev: TransitionDict) -> bool:
+    """Transient privilege: the executed revoke completes it."""
+    return ev["action"] in REVOKES and ev["decision"]["outcome"] == "granted"
+
+
+def _unapproved_top_grant(ev: TransitionDict, policy: GovernancePolicy) -> bool:
+    """Tier stepping: the executed grant at the privileged tier, with no human authority, completes it."""
+    return (ev["resource"]["privilege_tier"] >= policy.privileged.min_tier and granted_access(ev)
+            and not human_approved(ev))
+
+
 def _executed_revoke_or_unapproved_top_grant(ev: TransitionDict, policy: GovernancePolicy) -> bool:
-    if ev["decision"]["outcome"] != "granted":
-        return False
-    if ev["action"] in REVOKES:  # transient privilege: the revoke completes it
-        return True
-    return (granted_access(ev) and ev["resource"]["privilege_tier"] >= policy.privileged.min_tier
-            and not human_approved(ev))  # tier stepping: the unapproved privileged step completes it
+    return _executed_revoke(ev) or _unapproved_top_grant(ev, policy)
 
 
 _ENTRY: dict[CrossRunRule, Callable[[TransitionDict, GovernancePolicy], bool]] = {
@@ -569,16 +580,26 @@ if set(_ENTRY) != set(_PAGING):  # a new paging rule needs its entry test
     raise RuntimeError(f"paging rules without an entry test: {set(_PAGING) - set(_ENTRY)}")
 
 
-_ENTRIES: dict[tuple[CrossRunRule, ...], tuple[Callable[[TransitionDict, GovernancePolicy], bool], ...]] = {}
+EntryTest = Callable[[TransitionDict, GovernancePolicy], bool]
+
+
+@functools.cache
+def entry_test(rules: tuple[CrossRunRule, ...]) -> EntryTest:
+    """One test for the paging ``rules``: whether any of them can complete a chain on a fact (each distinct
+    entry test once: tier stepping and transient privilege share one)."""
+    entries = tuple(dict.fromkeys(_ENTRY[r] for r in rules))
+    if len(entries) == 1:
+        return entries[0]
+    if len(entries) == 2:  # by agent: laundering, group nesting (a call per fact: no generator)
+        first, second = entries
+        return lambda ev, policy: first(ev, policy) or second(ev, policy)
+    return lambda ev, policy: any(entry(ev, policy) for entry in entries)
 
 
 def may_page(ev: TransitionDict, policy: GovernancePolicy, rules: tuple[CrossRunRule, ...]) -> bool:
     """Whether any of the paging ``rules`` can complete a chain on ``ev`` (their entry tests): when False,
     ``correlate(ev, cx, rules)`` finds nothing, whatever ``cx`` holds."""
-    entries = _ENTRIES.get(rules)
-    if entries is None:  # each distinct test once (tier stepping and transient privilege share one)
-        entries = _ENTRIES[rules] = tuple(dict.fromkeys(_ENTRY[r] for r in rules))
-    return any(entry(ev, policy) for entry in entries)
+    return entry_test(rules)(ev, policy)
 
 
 # The entry tests of the by-target rules at the watermark, where every fact is judged by all of them: most
