@@ -1,11 +1,14 @@
-"""The correlation stage's cost and its time to page: the pipeline with one correlator beside the pipeline
-without it (no access facts, no correlator), in the same benchmark run.
+"""The correlation stage's cost and its time to page: the pipeline with the stage (access facts, and
+``CORRELATORS`` correlators in one group) beside the pipeline without it (no access facts, no correlator), in
+the same benchmark run. Two correlators, as the scorers are two and as the compose stack deploys them
+(``deploy.replicas: 2``): until session 11 the stage had one, whose last grace period of facts was judged by
+one process on one core after the main path had ended (the correlator 1.3-1.4 s behind the writer).
 
 For each of the two runs, one ``bench.agentgov_run`` child:
 
 - throughput: ``count`` events at full speed, end to end: first scored to last stored, and with the stage
-  to the later of that and the correlator having judged every fact (its fact counter still for 1.5 s and
-  no fact of the burst left waiting for the watermark). A pipeline in its steady state judges each fact one
+  to the later of that and the correlators having judged every fact (their fact counters, summed, still for
+  1.5 s and no fact of the burst left waiting for the watermark). A pipeline in its steady state judges each fact one
   grace period after it arrived, so the judging belongs in the stage's cost; stamped "now", as a burst
   would be, the facts would be released after the grace (300 s), when the run is over, and the run would
   time the arrival half of the stage alone (the case until session 7: about half its CPU per fact). So the
@@ -106,15 +109,17 @@ def _ts(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
-def pages(log: Path) -> dict[str, float]:
-    """event_id of a chain's last event -> unix time its page was set (first time), from the correlator log."""
+def pages(logs: list[Path]) -> dict[str, float]:
+    """event_id of a chain's last event -> unix time its page was set (first time), from the correlators' logs."""
     out: dict[str, float] = {}
-    if not log.exists():
-        return out
-    for line in log.read_text(errors="replace").splitlines():
-        m = PAGE_LINE.match(line)
-        if m:
-            out.setdefault(m.group(2).strip('"'), _ts(m.group(1)))
+    for log in logs:
+        if not log.exists():
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            m = PAGE_LINE.match(line)
+            if m:
+                at, eid = _ts(m.group(1)), m.group(2).strip('"')
+                out[eid] = min(out.get(eid, at), at)
     return out
 
 
@@ -152,19 +157,19 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
     _, landed = produce_all(bootstrap, settings.topic_transitions, source + tail[0])
     if len(landed) < settings.topic_partitions:
         raise AssertionError(f"the burst and tail reached only partitions {sorted(landed)}")
-    metrics_port = free_port()
+    metrics_ports = [free_port() for _ in range(CORRELATORS)]
     child = Child("bench.agentgov_run", {"settings": report_settings(settings), "scorers": 2,
-                                         "correlators": 1 if correlator else 0,
-                                         "correlator_metrics_ports": [metrics_port]}, work, name)
+                                         "correlators": CORRELATORS if correlator else 0,
+                                         "correlator_metrics_ports": metrics_ports}, work, name)
     rss.watch(child.pid)
     p = producer(bootstrap)
     try:
         child.ask("start")
         first = child.ask(f"wait {count} 600")  # throughput: produced before the start
-        # With the stage, the throughput run ends when the correlator has judged every fact too, not at the
+        # With the stage, the throughput run ends when the correlators have judged every fact too, not at the
         # last stored assessment: a correlator lagging behind the writer is the stage's cost, and the paced
         # run below must not start on its backlog (its pages would time the backlog, not the stage).
-        caught_up = correlator_caught_up(metrics_port, tail[1]) if correlator else None
+        caught_up = correlator_caught_up(metrics_ports, tail[1]) if correlator else None
         end = max(first["at"], caught_up["at"]) if caught_up else first["at"]
         n = max(rate, int(rate * seconds))
         start = time.time() + n * per_event_gen * 1.5 + 1.0
@@ -178,12 +183,12 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
         worst = produce_paced(p, lat_topic, messages, rate, start)
         sent_for = time.time() - start
         stored = child.ask(f"wait {count + n} 600")
-        log_path = settings.state_dir / "correlator-0.log"
+        log_paths = [settings.state_dir / f"correlator-{i}.log" for i in range(CORRELATORS)]
         scorer_logs = [settings.state_dir / f"scorer-{i}.log" for i in range(2)]
         paged: dict[str, float] = {}
         deadline = time.monotonic() + 120  # the last chain's page may trail the last event stored by a batch
         while time.monotonic() < deadline:
-            paged = pages(log_path) if correlator else scorer_pages(scorer_logs, runs)
+            paged = pages(log_paths) if correlator else scorer_pages(scorer_logs, runs)
             if all(i in paged for i in last_ids):
                 break
             time.sleep(0.2)
@@ -213,6 +218,7 @@ FACTS_LINE = re.compile(r"^agentgov_correlator_facts_total (\S+)$", re.M)
 PENDING_LINE = re.compile(r"^agentgov_correlator_pending_facts (\S+)$", re.M)
 LATE_LINE = re.compile(r"^agentgov_correlator_late_facts_total (\S+)$", re.M)
 BENCH_GRACE_S = 2.0
+CORRELATORS = 2  # the stage's replicas (one consumer group over the 2 x 6 fact partitions)
 BURST_EVENTS_PER_S = 10_000
 TAIL_AFTER_S = 10.0  # past the grace: the tail releases the whole burst
 
@@ -250,34 +256,38 @@ def tail_events(now: float, sources: int = 6, partitions: int = 6) -> tuple[list
     return out, 2 * sources * partitions
 
 
-def correlator_caught_up(port: int, waiting_allowed: int, quiet: float = 1.5, timeout: float = 600.0
+def correlator_caught_up(ports: list[int], waiting_allowed: int, quiet: float = 1.5, timeout: float = 600.0
                          ) -> dict[str, Any]:
-    """Poll the correlator's metrics until ``agentgov_correlator_facts_total`` has not moved for ``quiet``
+    """Poll the correlators' metrics (one port each) until ``agentgov_correlator_facts_total``, summed, has not
+    moved for ``quiet``
     seconds (the scorers are done by then: every assessment is stored) with at most ``waiting_allowed``
     facts waiting for the watermark (``agentgov_correlator_pending_facts``: the tail's); answers the count
-    and when the correlator was done: its last fact consumed, or the burst's last fact judged if later."""
+    and when the correlators were done: the last fact consumed, or the burst's last fact judged if later."""
     import urllib.request
 
     facts, moved, judged_at = -1.0, time.time(), None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            m, p = FACTS_LINE.search(body), PENDING_LINE.search(body)
-            value = float(m.group(1)) if m else -1.0
-            waiting = float(p.group(1)) if p else -1.0
-        except OSError:
-            value = waiting = -1.0  # not serving yet
-            body = ""
+        value = waiting = late_total = 0.0
+        for port in ports:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                value = waiting = -1.0  # not serving yet
+                break
+            m, p, lt = FACTS_LINE.search(body), PENDING_LINE.search(body), LATE_LINE.search(body)
+            if not (m and p):
+                value = waiting = -1.0
+                break
+            value, waiting = value + float(m.group(1)), waiting + float(p.group(1))
+            late_total += float(lt.group(1)) if lt else 0.0
         now = time.time()
         if value != facts:
             facts, moved, judged_at = value, now, None
         if judged_at is None and facts > 0 and 0 <= waiting <= waiting_allowed:
             judged_at = now
         if judged_at is not None and now - moved >= quiet:
-            late = LATE_LINE.search(body)
-            return {"facts": int(facts), "at": max(moved, judged_at),
-                    "late": int(float(late.group(1))) if late else None}
+            return {"facts": int(facts), "at": max(moved, judged_at), "late": int(late_total)}
         time.sleep(0.05)
     raise TimeoutError(f"correlator not caught up after {timeout:g}s: {facts} facts, {waiting} waiting")
 
