@@ -259,10 +259,10 @@ def tail_events(now: float, sources: int = 6, partitions: int = 6) -> tuple[list
 def correlator_caught_up(ports: list[int], waiting_allowed: int, quiet: float = 1.5, timeout: float = 600.0
                          ) -> dict[str, Any]:
     """Poll the correlators' metrics (one port each) until ``agentgov_correlator_facts_total``, summed, has not
-    moved for ``quiet``
-    seconds (the scorers are done by then: every assessment is stored) with at most ``waiting_allowed``
-    facts waiting for the watermark (``agentgov_correlator_pending_facts``: the tail's); answers the count
-    and when the correlators were done: the last fact consumed, or the burst's last fact judged if later."""
+    moved for ``quiet`` seconds (the scorers are done by then: every assessment is stored) with at most
+    ``waiting_allowed`` facts waiting for the watermark (``agentgov_correlator_pending_facts``: the tail's);
+    answers the count and when the correlators were done: the last fact consumed, or the burst's last fact
+    judged if later."""
     import urllib.request
 
     facts, moved, judged_at = -1.0, time.time(), None
