@@ -333,18 +333,33 @@ class Correlator(TransactionalLoop):
     def _page_early(self, state: KeyedState, ev: TransitionDict) -> list[CrossRunFinding]:
         """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
         arrived facts; by agent over the agent's arrived facts (group nesting) and the delegation graph."""
-        reach = self.policy.governance.escalation.window_seconds * 1000
+        window, keep, by_target, by_agent = self._early_terms()
+        reach = window
         if not state.by_target and not (ev["action"] == "create_group"
-                                        or state.created_before(state.key_of(ev), ev, reach)):
+                                        or state.created_before(state.key_of(ev), ev, window)):
             # By agent, re-judging the key's later facts can only matter to group nesting, and only when this
             # fact is a step of a chain: the group's creation, or an act on a group the agent created before
             # it. Any other fact of a busy agent would cost O(its window) for nothing (a busy agent that
             # once created a group included).
             reach = 0
         # Most facts can complete no chain: the rules' entry test turns them away before any call into the rules.
-        test, policy = entry_test(PAGING_BY_TARGET if state.by_target else PAGING_BY_AGENT), self.policy.governance
-        return state.judge_early(ev, reach, self._early_keep_ms(state),
-                                 functools.partial(self._guarded, self._paging, state), lambda e: test(e, policy))
+        return state.judge_early(ev, reach, keep, functools.partial(self._guarded, self._paging, state),
+                                 by_target if state.by_target else by_agent)
+
+    _early_for: LoadedPolicy | None = None
+    _early: tuple[int, int, Callable[[TransitionDict], bool], Callable[[TransitionDict], bool]]
+
+    def _early_terms(self) -> tuple[int, int, Callable[[TransitionDict], bool], Callable[[TransitionDict], bool]]:
+        """What every early page reads of the policy, made once per policy (a reload makes them again): the
+        escalation window (ms), the event time of arrived facts kept (``_early_keep_ms``), and the paging
+        rules' entry tests by target and by agent."""
+        if self._early_for is not self.policy:
+            policy = self.policy.governance
+            target_test, agent_test = entry_test(PAGING_BY_TARGET), entry_test(PAGING_BY_AGENT)
+            self._early = (policy.escalation.window_seconds * 1000, self._early_keep_ms(None),
+                           lambda e: target_test(e, policy), lambda e: agent_test(e, policy))
+            self._early_for = self.policy
+        return self._early
 
     def _guarded(self, rules: Callable[[KeyedState, str, TransitionDict], list[CrossRunFinding]],
                  state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
@@ -360,7 +375,7 @@ class Correlator(TransactionalLoop):
             self.metrics.correlator_rule_errors.inc()
             return []
 
-    def _early_keep_ms(self, state: KeyedState) -> int:
+    def _early_keep_ms(self, state: KeyedState | None) -> int:
         """How much event time of arrived facts early pages read: a fact arriving within the grace reaches
         back one escalation window (group nesting reads the agent's facts, the other paging rules the
         target's)."""

@@ -207,16 +207,17 @@ class KeyedState:
             source[0] = max(source[0], ev["occurred_at"])
             source[1] = now
         self.arrivals += 1
-        heapq.heappush(self.pending, (order(ev), self.arrivals, ev))
+        o = order(ev)
+        heapq.heappush(self.pending, (o, self.arrivals, ev))
         key = self.key_of(ev)
         arrived = self.arrived.pop(key, None)  # moved to the end: ``arrived`` runs least recently added first
         if arrived is None:
             arrived = []
         self.arrived[key] = arrived
-        _insert(arrived, (order(ev), ev))
+        _insert(arrived, (o, ev))
         if ev["action"] == "create_group":
             made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
-            _insert(self.creates.setdefault(key, []), (order(ev), made))
+            _insert(self.creates.setdefault(key, []), (o, made))
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
 
