@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="ceiling,agentgov,quix,latency,correlation,review",
                     help="scenarios to run, comma-separated (default: all; ratios need all)")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--correlation-rounds", type=int, default=3,
-                    help="with/without-correlator pairs, order alternating, each on a fresh broker (default 3)")
+    ap.add_argument("--correlation-rounds", type=int, default=5,
+                    help="with/without-correlator pairs, order alternating, each on a fresh broker (default 5)")
     ap.add_argument("--correlation-events", type=int, default=None,
                     help="events of each correlation run's burst (default: --events, at most 50000)")
     args = ap.parse_args(argv)

@@ -297,12 +297,13 @@ def report_settings(settings: Any) -> dict[str, Any]:
 
 
 def compare(source: list[Message], rate: int, seconds: float, chain_every: int, work: Path,
-            rss: RssSampler, per_event_gen: float, rounds: int = 3, burst_end_ms: int | None = None
+            rss: RssSampler, per_event_gen: float, rounds: int = 5, burst_end_ms: int | None = None
             ) -> dict[str, Any]:
     """Both runs over the same source events, ``rounds`` times in one benchmark run, the order alternating
     (without/with, with/without, ...), each run on a fresh embedded broker of its own (Tansu keeps its log
     in memory, and a broker holding earlier runs' records answers more slowly). On two shared, noisy cores
-    one pair's ratio ranged 0.57-0.95 over four runs of the same commit. Reported: each round's figures,
+    one pair's ratio ranged 0.57-0.95 over four runs of the same commit, and the three rounds of one
+    ``make bench`` 0.64-0.75 (session 11), so five rounds by default. Reported: each round's figures,
     the medians of the rounds' ratio and added time to page, and the full figures of the median round
     (``with_correlator``/``without_correlator``).
 
