@@ -99,3 +99,50 @@ def test_a_refused_record_serves_its_delivery_reports_then_aborts_and_replaces_t
     assert old.aborted == 1 and replaced == [True] and not cp.replace_after_abort
     cp.recover()  # a normal failure afterwards: abort only
     assert old.aborted == 2 and replaced == [True]
+
+
+def test_a_batch_without_records_commits_its_positions_directly_and_sends_none_to_a_transaction(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``commit(wrote=False)``: no AddOffsetsToTxn/TxnOffsetCommit (``send_offsets_to_transaction``), the empty
+    transaction ended (librdkafka does that without the broker), the positions committed directly; a direct
+    commit that fails is logged and left to the next batch (``test_replay.py`` drives the same path on Tansu
+    and Kafka)."""
+    from confluent_kafka import TopicPartition
+
+    calls: list[str] = []
+
+    class Producer(_Producer):
+        def send_offsets_to_transaction(self, *_: Any) -> None:
+            calls.append("send_offsets")
+
+        def commit_transaction(self, *_: Any) -> None:
+            calls.append("commit_transaction")
+
+    class Consumer(_Consumer):
+        fail = False
+
+        def assignment(self) -> list[Any]:
+            return [TopicPartition("facts", 0), TopicPartition("facts", 1)]
+
+        def position(self, _: Any) -> list[Any]:
+            return [TopicPartition("facts", 0, 42), TopicPartition("facts", 1, -1001)]  # 1: nothing consumed
+
+        def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+            calls.append(f"commit {[(tp.partition, tp.offset) for tp in offsets]} async={asynchronous}")
+            if self.fail:
+                raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing"))
+
+    cp = _checkpoint(Producer(threading.Event()))
+    cp.consumer = Consumer()  # type: ignore[assignment]
+    cp.commit(wrote=False)
+    assert calls == ["commit_transaction", "commit [(0, 42)] async=False"]
+
+    calls.clear()
+    cp.commit(wrote=True)  # a batch with records: the positions go into its transaction, no direct commit
+    assert calls == ["send_offsets", "commit_transaction"]
+
+    calls.clear()
+    cp.consumer.fail = True  # type: ignore[attr-defined]
+    cp.commit(wrote=False)  # does not raise: nothing was produced, the next batch's commit carries the positions
+    assert calls == ["commit_transaction", "commit [(0, 42)] async=False"]
+    assert "direct offset commit of a batch without records failed" in caplog.text
