@@ -520,13 +520,16 @@ class KeyedState:
             key = self.key_of(ev)
             found = judge(key, ev)
             self.apply(key, ev, retain_ms)
-            if order(ev) < self.released:
+            o = order(ev)
+            if o < self.released:
                 late += 1
                 how = (judge, None) if rejudge is None else rejudge(key, ev)
                 if how is not None:
                     found += self._rejudge(key, ev, how[0], how[1], limit)
-            self.released = max(self.released, order(ev))
-            out += [f for f in found if self.first_time(f.finding_id)]
+            else:
+                self.released = o
+            if found:
+                out += [f for f in found if self.first_time(f.finding_id)]
         return out, late
 
     def _rejudge(self, key: str, late: TransitionDict, judge: Judge, reach_ms: int | None,
