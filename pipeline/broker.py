@@ -58,6 +58,18 @@ def port_free(port: int) -> bool:
         return True
 
 
+def free_port_run(n: int, attempts: int = 200) -> int:
+    """A port ``p`` with ``p`` .. ``p + n - 1`` all free now: ``agentgov run`` serves its own metrics on
+    ``AGENTGOV_METRICS_PORT`` and its scorers' and correlators' on the ports after it. A base from
+    :func:`free_port` alone lies in the ephemeral range, where the next port may be held by a long-lived
+    connection (a CI run saw a scorer fail to bind its metrics port 599 times over 400 s)."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + n - 1 <= 65535 and all(port_free(base + i) for i in range(1, n)):
+            return base
+    raise RuntimeError(f"no run of {n} free ports found in {attempts} attempts")
+
+
 def wait_for_broker(bootstrap: str, timeout: float = 30.0, proc: ChildProcess | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap, "logger": logging.getLogger("librdkafka")})
     deadline = time.monotonic() + timeout

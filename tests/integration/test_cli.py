@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import free_port
+from pipeline.broker import free_port, free_port_run
 from pipeline.drafts import draft
 from tests.support.helpers import scrape, wait_until
 
@@ -33,7 +33,7 @@ def _env(tmp_path: Path, broker_port: int, metrics_port: int) -> dict[str, str]:
 
 
 def test_publish_jsonl_then_trail_and_export(tmp_path: Path) -> None:
-    metrics_port = free_port()
+    metrics_port = free_port_run(8)  # agentgov run serves its children's metrics on the ports after it
     env = _env(tmp_path, free_port(), metrics_port)
     run = subprocess.Popen([*AGENTGOV, "run", "--scorers", "1"], env=env, stderr=subprocess.PIPE)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.broker import free_port
+from pipeline.broker import free_port, free_port_run
 from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.settings import Settings
@@ -112,7 +112,7 @@ def publish(settings: Settings, n: int, tag: str) -> list[str]:
 
 
 def test_stop_restart_and_kill9_of_the_tree_lose_nothing_acknowledged(tmp_path: Path) -> None:
-    run = Run(tmp_path, free_port(), free_port()).start()
+    run = Run(tmp_path, free_port(), free_port_run(8)).start()  # metrics: the run's, then its children's
     settings = Settings.load(kafka_bootstrap=f"127.0.0.1:{run.env['AGENTGOV_EMBEDDED_BROKER_PORT']}")
     acked: list[str] = []
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.broker import EmbeddedBroker, free_port, free_port_run
 from pipeline.drafts import draft
 from pipeline.failures import Exit
 from tests.support.helpers import wait_until
@@ -35,7 +35,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "AGENTGOV_EMBEDDED_BROKER_PORT": str(free_port()),
         "AGENTGOV_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'store'}",
         "AGENTGOV_STATE_DIR": str(tmp_path / "state"),
-        "AGENTGOV_METRICS_PORT": str(free_port()),
+        "AGENTGOV_METRICS_PORT": str(free_port_run(8)),  # the run's children serve on the ports after it
         "AGENTGOV_BATCH_MAX_SECONDS": "0.1",
         "AGENTGOV_WRITER_BATCH_SECONDS": "0.2",
         **extra,
