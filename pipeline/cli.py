@@ -103,7 +103,8 @@ def run(scorers: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     click.echo(f"agentgov running: kafka {pipe.settings.bootstrap()}, store {settings.clickhouse_dsn}, "
-               f"metrics :{settings.metrics_port} (scorers :{settings.metrics_port + 1}..). Ctrl-C stops.", err=True)
+               f"metrics :{settings.metrics_port} (scorers and correlators on the ports after it). Ctrl-C stops.",
+               err=True)
     stop.wait()
     pipe.stop()
 

@@ -35,8 +35,9 @@ from pydantic import SecretStr
 
 from . import correlations
 from .baselines import attach
-from .broker import EmbeddedBroker
+from .broker import EmbeddedBroker, port_free
 from .decision_log import attach as attach_decision_log
+from .errors import ConfigError
 from .kraft import KraftCluster
 from .liveness import EXIT_STALLED
 from .metrics import Metrics
@@ -50,7 +51,12 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 30.0
-"""Longest pause before the writer's loop is started again after a failure."""
+"""Longest pause before the writer's loop, or a scorer or correlator process, is started again after a failure."""
+RESTART_HEALTHY_SECONDS = 30.0
+"""A scorer or correlator that failed (a positive exit code other than 75) after running this long is started
+again at once; one that failed sooner is in a crash loop (its metrics port taken, a setting it refuses) and
+waits a pause that doubles from 1 s up to ``RESTART_BACKOFF_MAX``, so the loop costs little and its log
+and the restarts counter say why, instead of a restart a second (CI: 599 in 400 s)."""
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -97,8 +103,42 @@ class Pipeline:
         self.stop_event = threading.Event()
         self._writer_thread: threading.Thread | None = None
         self._supervisor: threading.Thread | None = None
+        # per child (role, index): when it was last started, its current pause, and a restart waiting for it
+        self._started: dict[tuple[str, int], float] = {}
+        self._backoff: dict[tuple[str, int], float] = {}
+        self._restart_due: dict[tuple[str, int], float] = {}
+
+    def metrics_ports(self) -> list[tuple[str, int, int]]:
+        """The /metrics port of every child as (role, index, port); 0 serves none. By default scorers serve
+        on the pipeline's port + 1.., correlators after them."""
+        out = []
+        for role, count, ports in (("scorer", self.scorers, self.scorer_metrics_ports),
+                                   ("correlator", self.correlators, self.correlator_metrics_ports)):
+            for index in range(count):
+                if ports is not None:
+                    port = ports[index]
+                else:
+                    base = self.settings.metrics_port
+                    port = base + (1 + index if role == "scorer" else 1 + self.scorers + index) if base else 0
+                out.append((role, index, port))
+        return out
+
+    def check_metrics_ports(self) -> None:
+        """Refuse to start when a child's metrics port is taken: the child would fail to bind and be
+        restarted for ever (a port next to the pipeline's own may be held by any program, or by a
+        connection's ephemeral port). Checked before anything starts; a port taken after this check makes
+        that child exit with a ConfigError, restarted with a growing pause (``RESTART_HEALTHY_SECONDS``)."""
+        addr = self.settings.metrics_addr
+        taken = [f"{role} {index}: {addr}:{port}" for role, index, port in self.metrics_ports()
+                 if port and not port_free(port, addr)]
+        if taken:
+            raise ConfigError(
+                f"metrics port(s) in use: {', '.join(taken)}. Children serve /metrics on the ports after "
+                f"AGENTGOV_METRICS_PORT ({self.settings.metrics_port}): free them, or choose a port with "
+                f"{len(self.metrics_ports())} free ports after it (0 disables metrics)")
 
     def start(self) -> Pipeline:
+        self.check_metrics_ports()
         s = self.settings
         if s.starts_embedded_broker:
             if s.embedded_broker == "kafka":
@@ -129,16 +169,11 @@ class Pipeline:
     def _spawn(self, index: int, role: str = "scorer") -> ChildProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(settings_env(self.settings))
-        port = self.settings.metrics_port
-        ports = self.scorer_metrics_ports if role == "scorer" else self.correlator_metrics_ports
-        if ports is not None:
-            port = ports[index]
-        else:  # scorers on port+1.., correlators after them
-            offset = 1 + index if role == "scorer" else 1 + self.scorers + index
-            port = port + offset if port else 0
+        port = next(p for r, i, p in self.metrics_ports() if (r, i) == (role, index))
         env[ENV_PREFIX + "METRICS_PORT"] = str(port)
         env[ENV_PREFIX + "INSTANCE_ID"] = f"{role}-{index}"  # a restart fences its predecessor's transaction
         log_path = self.log_dir / f"{role}-{index}.log" if self.log_dir else None
+        self._started[(role, index)] = time.monotonic()
         return ChildProcess([sys.executable, "-m", f"consumers.{role}"], env=env, log_path=log_path,
                             inherit_output=True).start()
 
@@ -184,14 +219,40 @@ class Pipeline:
     def _watch(self) -> None:
         while not self.stop_event.wait(1.0):
             self._watch_broker()
-            for role, procs in (("scorer", self.procs), ("correlator", self.correlator_procs)):
-                for i, proc in enumerate(procs):
-                    if proc.poll() is not None and not self.stop_event.is_set():
-                        reason = "stalled" if proc.returncode == EXIT_STALLED else "exited"
-                        log.warning(f"{role} {reason}; restarting",
-                                    extra={"kv": {"index": i, "code": proc.returncode, "reason": reason}})
-                        self.metrics.restarts.labels(role=role, reason=reason).inc()
+            self._watch_children(time.monotonic())
+
+    def _watch_children(self, now: float) -> None:
+        """Start again each scorer or correlator that ended: at once when it was killed (a signal), stalled
+        (exit 75: a fresh group member is the cure) or had run ``RESTART_HEALTHY_SECONDS``; after a pause
+        that doubles while it keeps failing soon after its start (a crash loop)."""
+        for role, procs in (("scorer", self.procs), ("correlator", self.correlator_procs)):
+            for i, proc in enumerate(procs):
+                if self.stop_event.is_set():
+                    return
+                key = (role, i)
+                due = self._restart_due.get(key)
+                if due is not None:
+                    if now >= due:
+                        del self._restart_due[key]
+                        self._started[key] = now
                         proc.start()
+                    continue
+                if proc.poll() is None:
+                    continue
+                code = proc.returncode
+                reason = "stalled" if code == EXIT_STALLED else "exited"
+                failed_soon = (code is not None and code > 0 and code != EXIT_STALLED
+                               and now - self._started.get(key, float("-inf")) < RESTART_HEALTHY_SECONDS)
+                pause = min(max(self._backoff.get(key, 0.0) * 2, 1.0), RESTART_BACKOFF_MAX) if failed_soon else 0.0
+                self._backoff[key] = pause
+                log.warning(f"{role} {reason}; restarting", extra={"kv": {
+                    "index": i, "code": code, "reason": reason, "retry_in_s": pause}})
+                self.metrics.restarts.labels(role=role, reason=reason).inc()
+                if pause:
+                    self._restart_due[key] = now + pause
+                else:
+                    self._started[key] = now
+                    proc.start()
 
     def scorer_pids(self) -> list[int]:
         return [p.pid for p in self.procs]

@@ -39,3 +39,24 @@ def test_bad_settings_exit_2_with_the_role_and_the_variable(
     assert main() == EXIT_CONFIG == 2
     err = capsys.readouterr().err
     assert err.startswith(f"agentgov {role}: ") and "AGENTGOV_NOT_A_SETTING" in err
+
+
+def test_a_role_whose_metrics_port_is_taken_stops_with_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 2 with the address and the setting to change, not a traceback (its supervisor then restarts it
+    with a growing pause: tests/unit/test_runner_supervisor.py)."""
+    import socket
+
+    from consumers._main import start
+    from pipeline.errors import ConfigError
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    monkeypatch.setenv("AGENTGOV_METRICS_PORT", str(port))
+    monkeypatch.setenv("AGENTGOV_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    try:
+        with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{port}.*AGENTGOV_METRICS_PORT"):
+            start()
+    finally:
+        held.close()

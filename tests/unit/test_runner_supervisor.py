@@ -3,6 +3,7 @@ stalled partition (pipeline/liveness.py), anything else an exit."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -113,3 +114,94 @@ def test_a_dead_embedded_broker_is_started_again_and_its_topics_made(monkeypatch
     assert broker.starts == 2
     assert metrics.registry.get_sample_value("agentgov_process_restarts_total",
                                              {"role": "broker", "reason": "exited"}) == 2
+
+
+class _Ended:
+    """A child that ends with ``code`` each time it is polled after a start."""
+
+    def __init__(self, code: int) -> None:
+        self.code, self.returncode, self.starts, self.running = code, None, 0, True
+
+    def poll(self) -> int | None:
+        if self.running:
+            self.running, self.returncode = False, self.code
+            return self.code
+        return self.returncode
+
+    def start(self) -> _Ended:
+        self.starts += 1
+        self.running = True
+        return self
+
+
+def _pipe_with(*procs: _Ended) -> tuple[Pipeline, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    pipe = Pipeline(Settings.load(kafka_bootstrap="127.0.0.1:9"), metrics=metrics, supervise=False)
+    pipe.procs = list(procs)  # type: ignore[arg-type]
+    return pipe, metrics
+
+
+def test_a_child_failing_soon_after_each_start_is_restarted_after_a_doubling_pause() -> None:
+    """A crash loop (CI: a scorer whose metrics port was taken, restarted 599 times in 400 s) waits 1, 2, 4 ...
+    seconds, up to RESTART_BACKOFF_MAX, between starts; each failure is still counted and logged."""
+    from pipeline.runner import RESTART_BACKOFF_MAX
+
+    crashing = _Ended(2)
+    pipe, metrics = _pipe_with(crashing)
+    pipe._started[("scorer", 0)] = 0.0
+    now, starts_at = 0.5, []
+    while now < 200 and len(starts_at) < 8:
+        before = crashing.starts
+        pipe._watch_children(now)
+        if crashing.starts > before:
+            starts_at.append(now)
+        now += 0.5
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(starts_at)]
+    assert starts_at[0] == 1.5  # failed at 0.5 s, 1 s pause
+    # each gap is the pause plus the poll that finds the restarted child ended again
+    assert gaps == [2.5, 4.5, 8.5, 16.5, RESTART_BACKOFF_MAX + 0.5, RESTART_BACKOFF_MAX + 0.5,
+                    RESTART_BACKOFF_MAX + 0.5]
+    assert metrics.registry.get_sample_value("agentgov_process_restarts_total",
+                                             {"role": "scorer", "reason": "exited"}) == 8
+
+
+def test_a_killed_stalled_or_long_running_child_is_restarted_at_once() -> None:
+    """Only a failure soon after a start waits: a child killed by a signal (chaos, OOM killer), one that exited
+    75 to rejoin as a fresh member, and one that failed after running a long time are started again at once."""
+    from pipeline.runner import RESTART_HEALTHY_SECONDS
+
+    killed, stalled, late = _Ended(-9), _Ended(75), _Ended(1)
+    pipe, _ = _pipe_with(killed, stalled, late)
+    for i in range(3):
+        pipe._started[("scorer", i)] = 0.0
+    for step in range(3):  # each ends again right after its restart
+        if step:
+            late.code = -15  # its later ends come soon after a start, but by a signal: still at once
+        pipe._watch_children(RESTART_HEALTHY_SECONDS + 1 + 0.1 * step)
+    assert (killed.starts, stalled.starts, late.starts) == (3, 3, 3)
+    assert not pipe._restart_due
+
+
+def test_a_taken_child_metrics_port_stops_the_start_with_the_port_named() -> None:
+    """The children serve /metrics on the ports after the pipeline's: one taken fails the start at once
+    (ConfigError, exit 2), naming the child and the port, before any broker or process is started."""
+    import socket
+
+    import pytest
+
+    from pipeline.broker import free_port_run
+    from pipeline.errors import ConfigError
+
+    base = free_port_run(6)
+    held = socket.socket()
+    held.bind(("127.0.0.1", base + 3))  # correlator 0's with 2 scorers
+    held.listen()
+    try:
+        pipe = Pipeline(Settings.load(kafka_bootstrap="127.0.0.1:9", metrics_port=base), scorers=2, correlators=2,
+                        metrics=Metrics(CollectorRegistry()), supervise=False)
+        assert [p for _, _, p in pipe.metrics_ports()] == [base + 1, base + 2, base + 3, base + 4]
+        with pytest.raises(ConfigError, match=rf"correlator 0: 127\.0\.0\.1:{base + 3}"):
+            pipe.start()
+        assert pipe.broker is None and not pipe.procs
+    finally:
+        held.close()
