@@ -164,6 +164,7 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
     rss.watch(child.pid)
     p = producer(bootstrap)
     try:
+        phase = rss.window()  # CPU of the throughput phase alone (start-up included), apart from the paced run
         child.ask("start")
         first = child.ask(f"wait {count} 600")  # throughput: produced before the start
         # With the stage, the throughput run ends when the correlators have judged every fact too, not at the
@@ -171,6 +172,7 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
         # run below must not start on its backlog (its pages would time the backlog, not the stage).
         caught_up = correlator_caught_up(metrics_ports, tail[1]) if correlator else None
         end = max(first["at"], caught_up["at"]) if caught_up else first["at"]
+        throughput_cpu = phase.close()
         n = max(rate, int(rate * seconds))
         start = time.time() + n * per_event_gen * 1.5 + 1.0
         messages, last_ids, runs = paced_events(n, rate, start, chain_every, seed=300 + int(correlator),
@@ -203,6 +205,7 @@ def run(bootstrap: str, source: list[Message], tail: tuple[list[Message], int], 
         "throughput": {"events": len(source), "seconds": round(span, 3),
                        "events_per_s": round(len(source) / span, 1),
                        "to_last_stored_events_per_s": round(len(source) / main_span, 1),
+                       "cpu_seconds": throughput_cpu,
                        **({"correlator_facts": caught_up["facts"], "late_facts": caught_up["late"],
                            "correlator_behind_writer_s": round(caught_up["at"] - first["at"], 3)}
                           if caught_up else {})},
