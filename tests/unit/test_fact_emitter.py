@@ -58,3 +58,50 @@ def test_each_fact_goes_once_encoded_to_its_keyed_topics_and_partitions() -> Non
         assert {v for _, v, _, _ in calls} == {serde.encode(fact)}
         assert serde.decode(calls[0][1]).record == fact
     assert seen["delegations"] and seen["group"], seen
+
+
+def test_the_fast_writer_writes_fastavros_bytes_for_any_values_the_schema_allows() -> None:
+    """write_fact against fastavro over random values: empty, long (past one length byte) and non-ASCII
+    strings, absent and present optionals, negative and 64-bit-wide numbers. A value of another type (a
+    datetime timestamp) is left to fastavro, and so is a schema whose fields differ."""
+    import random
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from pipeline.facts import WRITTEN_FIELDS, write_fact
+
+    settings = Settings.load(kafka_bootstrap="127.0.0.1:1")
+    serde = Serde(SchemaSet.load(), None, record=FACT)
+    emitter = FactEmitter(settings, serde)
+    assert emitter.fast and tuple(f["name"] for f in serde.current.raw["fields"]) == WRITTEN_FIELDS
+    rnd = random.Random(7)
+
+    def text() -> str:
+        return "".join(rnd.choice("aZ09-_\x1fé€😀 ") for _ in range(rnd.choice([0, 1, 5, 63, 64, 200, 300])))
+
+    def opt() -> str | None:
+        return None if rnd.random() < 0.4 else text()
+
+    def num(bits: int) -> int:
+        return rnd.choice([0, 1, 63, 64, -1, -64, -65, 2 ** (bits - 1) - 1, -(2 ** (bits - 1)),
+                           rnd.randrange(-(2 ** (bits - 1)), 2 ** (bits - 1))])
+
+    for _ in range(2_000):
+        ev: dict[str, Any] = {
+            "event_id": text(), "occurred_at": num(64), "run_id": text(), "step": num(32), "action": text(),
+            "agent": {"agent_id": text(), "on_behalf_of": opt()},
+            "target": {"identity_id": text(), "identity_type": text(), "lifecycle_state": text()},
+            "resource": {"system": text(), "resource_id": text(), "entitlement": opt(), "privilege_tier": num(32)},
+            "decision": {"outcome": text(), "authority": text(), "approved_by": opt()},
+            "policy": {"policy_id": opt(), "policy_version": opt()}, "evidence": {"event_hash": text()}}
+        partition, offset = num(32), num(64)
+        want = serde.encode(fact_from_event(ev, partition, offset))  # type: ignore[arg-type]
+        assert serde.header() + write_fact(ev, partition, offset) == want  # type: ignore[arg-type]
+        assert emitter.encode(ev, partition, offset) == want  # type: ignore[arg-type]
+    ev["occurred_at"] = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)  # fastavro's error stands
+    with pytest.raises(TypeError, match="occurred_at"):
+        emitter.encode(ev, 1, 2)  # type: ignore[arg-type]
+    emitter.fast = False
+    ev["occurred_at"] = 5
+    assert emitter.encode(ev, 1, 2) == serde.encode(fact_from_event(ev, 1, 2))  # type: ignore[arg-type]
