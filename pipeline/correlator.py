@@ -162,7 +162,7 @@ class Correlator(TransactionalLoop):
         for ev in state.release(state.floor(self.grace_ms)):
             state.apply(state.key_of(ev), ev, self.retain_ms)
             state.released = max(state.released, order(ev))
-        state.trim_arrived(self._early_keep_ms(state))
+        state.trim_arrived(self._early_keep_ms())
         state.arrived_at = time.monotonic()  # busy until shown quiet: what follows the replay may be a backlog
         log.info("correlator state rebuilt", extra={"kv": {
             "topic": tp.topic, "partition": tp.partition, "until": tp.offset, "facts": replayed,
@@ -301,7 +301,7 @@ class Correlator(TransactionalLoop):
                 produce(topic, self.out.encode(record), key=f.finding_id.encode())
                 tally.found.append(f)
             state.prune_seen()
-            state.expire(self.retain_ms, self._early_keep_ms(state))
+            state.expire(self.retain_ms, self._early_keep_ms())
         return tally
 
     def wrote(self, tally: _Tally) -> bool:
@@ -356,7 +356,7 @@ class Correlator(TransactionalLoop):
         if self._early_for is not self.policy:
             policy = self.policy.governance
             target_test, agent_test = entry_test(PAGING_BY_TARGET), entry_test(PAGING_BY_AGENT)
-            self._early = (policy.escalation.window_seconds * 1000, self._early_keep_ms(None),
+            self._early = (policy.escalation.window_seconds * 1000, self._early_keep_ms(),
                            lambda e: target_test(e, policy), lambda e: agent_test(e, policy))
             self._early_for = self.policy
         return self._early
@@ -375,7 +375,7 @@ class Correlator(TransactionalLoop):
             self.metrics.correlator_rule_errors.inc()
             return []
 
-    def _early_keep_ms(self, state: KeyedState | None) -> int:
+    def _early_keep_ms(self) -> int:
         """How much event time of arrived facts early pages read: a fact arriving within the grace reaches
         back one escalation window (group nesting reads the agent's facts, the other paging rules the
         target's)."""

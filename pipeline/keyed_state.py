@@ -90,6 +90,16 @@ def _insert(entries: list[Any], entry: tuple[Order, Any]) -> None:
         entries.insert(bisect.bisect_left(entries, _past(entry[0])), entry)
 
 
+def _touched(lists: dict[str, list[Any]], key: str) -> list[Any]:
+    """``key``'s list (a new one if none), moved to the end of ``lists``: a dict then runs least recently
+    touched first, which expiry relies on to stop at the first key still within its window."""
+    entries = lists.pop(key, None)
+    if entries is None:
+        entries = []
+    lists[key] = entries
+    return entries
+
+
 class View(Sequence[TransitionDict]):
     """A read-only window ``[start, end)`` of a sorted ``(order, event)`` list, without copying it."""
 
@@ -210,11 +220,7 @@ class KeyedState:
         o = order(ev)
         heapq.heappush(self.pending, (o, self.arrivals, ev))
         key = self.key_of(ev)
-        arrived = self.arrived.pop(key, None)  # moved to the end: ``arrived`` runs least recently added first
-        if arrived is None:
-            arrived = []
-        self.arrived[key] = arrived
-        _insert(arrived, (o, ev))
+        _insert(_touched(self.arrived, key), (o, ev))  # ``arrived`` runs least recently added first
         if ev["action"] == "create_group":
             made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
             _insert(self.creates.setdefault(key, []), (o, made))
@@ -369,10 +375,7 @@ class KeyedState:
         if self.by_target and duplicate_id_across_partitions(ev, self.same_id(ev)) is not None:
             return
         entry = (order(ev), ev)
-        hist = self.history.pop(key, None)  # moved to the end: ``history`` runs least recently applied first
-        if hist is None:
-            hist = []
-        self.history[key] = hist
+        hist = _touched(self.history, key)  # ``history`` runs least recently applied first
         _insert(hist, entry)
         self.ids.setdefault(ev["event_id"], []).append(ev)
         if self.by_target:

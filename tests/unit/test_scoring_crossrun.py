@@ -1053,7 +1053,7 @@ def test_quiet_keys_are_forgotten_and_the_findings_stay_the_same(by_target: bool
                                      rejudge=functools.partial(c._rejudge, state))
             found += [f.finding_id for f in out]
             if expire:
-                state.expire(retain, c._early_keep_ms(state))
+                state.expire(retain, c._early_keep_ms())
             peak = max(peak, len(state.history), len(state.arrived))
         out, _ = state.judge_due(1 << 62, retain, functools.partial(c._guarded, c._judge, state))  # the clock's flush
         return found + [f.finding_id for f in out], peak, state
