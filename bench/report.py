@@ -131,6 +131,11 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"{corr['throughput_with_over_without']} |",
                   f"| main path only (to the last stored assessment), with / without | | "
                   f"{corr.get('main_path_with_over_without')} |"]
+        if "cpu_seconds" in a["throughput"] and "cpu_seconds" in b["throughput"]:
+            by_a, by_b = _cpu_by_role(a["throughput"]["cpu_seconds"]), _cpu_by_role(b["throughput"]["cpu_seconds"])
+            lines.append("| CPU-s over the throughput run (start-up included), by role | "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in by_b.items()) + f" (all {sum(by_b.values()):.2f}) | "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in by_a.items()) + f" (all {sum(by_a.values()):.2f}) |")
         rounds = corr.get("rounds", [])
         if len(rounds) > 1:  # the figures above are the median round's; the ratios the rounds' medians
             lines += ["", f"| correlation round (median: {corr['median_round']}) | order | events/s without / with "
@@ -154,3 +159,12 @@ def markdown(doc: dict[str, Any]) -> str:
     lines.append(f"| pipeline 2 scorers / ceiling 2 processes | {r['pipeline_2_over_ceiling_2']} | | |")
     lines.append(f"| ceiling 2 processes / 1 process | {r['ceiling_scaling_2_over_1']} | | |")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_by_role(cpu: dict[str, float]) -> dict[str, float]:
+    """CPU-seconds keyed "role[pid]" summed by role (two scorers, two correlators), largest first."""
+    out: dict[str, float] = {}
+    for key, seconds in cpu.items():
+        role = key.split("[", 1)[0].replace("other_processes_on_the_machine", "other")
+        out[role] = out.get(role, 0.0) + seconds
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
