@@ -47,12 +47,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def port_free(port: int, addr: str = "127.0.0.1") -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as s:
         # SO_REUSEADDR as the broker itself binds: a port in TIME_WAIT after a restart is free.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((addr, port))
+            s.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True

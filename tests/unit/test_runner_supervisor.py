@@ -191,6 +191,7 @@ def test_a_taken_child_metrics_port_stops_the_start_with_the_port_named() -> Non
 
     from pipeline.broker import free_port_run
     from pipeline.errors import ConfigError
+    from pipeline.runner import _unbindable
 
     base = free_port_run(6)
     held = socket.socket()
@@ -200,8 +201,16 @@ def test_a_taken_child_metrics_port_stops_the_start_with_the_port_named() -> Non
         pipe = Pipeline(Settings.load(kafka_bootstrap="127.0.0.1:9", metrics_port=base), scorers=2, correlators=2,
                         metrics=Metrics(CollectorRegistry()), supervise=False)
         assert [p for _, _, p in pipe.metrics_ports()] == [base + 1, base + 2, base + 3, base + 4]
-        with pytest.raises(ConfigError, match=rf"correlator 0: 127\.0\.0\.1:{base + 3}"):
+        with pytest.raises(ConfigError, match=rf"correlator 0: 127\.0\.0\.1:{base + 3} \(.*in use\)"):
             pipe.start()
         assert pipe.broker is None and not pipe.procs
     finally:
         held.close()
+    near_the_top = Pipeline(Settings.load(kafka_bootstrap="127.0.0.1:9", metrics_port=65534), scorers=2,
+                            correlators=0, metrics=Metrics(CollectorRegistry()), supervise=False)
+    with pytest.raises(ConfigError, match=r"scorer 1: 127\.0\.0\.1:65536 \(.*0-65535"):
+        near_the_top.check_metrics_ports()
+    ipv6 = Pipeline(Settings.load(kafka_bootstrap="127.0.0.1:9", metrics_port=base, metrics_addr="::1"), scorers=1,
+                    correlators=0, metrics=Metrics(CollectorRegistry()), supervise=False)
+    if socket.has_ipv6 and not _unbindable("::1", 0):  # the machine has IPv6 loopback: bindable, no error
+        ipv6.check_metrics_ports()
