@@ -156,7 +156,10 @@ class Correlator(TransactionalLoop):
             self._replay_into(tp, state, held.get(tp.partition, 0) if state.by_target else 0)
 
     def _replay_into(self, tp: TopicPartition, state: KeyedState, held: int) -> None:
-        replayed = replay(self.settings, tp, self.retain_ms, self._decode, state.add) if tp.offset > 0 else 0
+        # The whole window, however many facts it holds (no count or time cap: a window cut short would miss
+        # chains after every restart, and judge differently from a replica that never restarted).
+        replayed = (replay(self.settings, tp, self.retain_ms, self._decode, state.add, max_events=None,
+                           max_seconds=None) if tp.offset > 0 else 0)
         # What the watermark had surely released before the last commit is history: apply it, judge it no more.
         # The rest is judged (again, for what had been released past the floor: same finding ids, stored once).
         for ev in state.release(state.floor(self.grace_ms)):

@@ -1,0 +1,53 @@
+"""A rebuild's replay reads the window before the committed offset by broker time, on both brokers, when
+transactions leave commit markers at the end of the partition: the window is measured back from the last
+*record* below the committed offset, not from the marker (before, a marker at ``committed - 1`` made the
+replay read from ``committed - 200,000``: every record of a small partition, whatever its age). The
+correlator's replay is complete: every fact of the window, with no count cap."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Producer, TopicPartition
+
+from pipeline.recovery import log_reader, replay
+from pipeline.settings import Settings
+from tests.support.helpers import Bus
+
+pytestmark = pytest.mark.integration
+
+HOUR_MS = 3_600_000
+
+
+def test_the_window_is_counted_back_from_the_last_record_past_the_commit_markers(
+        bus: Bus, settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory()
+    topic = settings.topic_facts_by_target
+    producer = Producer(settings.kafka_config(**{"transactional.id": f"window-test-{uuid.uuid4()}"}))
+    producer.init_transactions(30)
+    now_ms = int(time.time() * 1000)
+    stamps = [("old", now_ms - 3 * HOUR_MS)] * 5 + [("recent", now_ms - 600_000)] * 7
+    for i, (what, ms) in enumerate(stamps):  # one transaction each: a commit marker after every record
+        producer.begin_transaction()
+        producer.produce(topic, f"{what}-{i}".encode(), partition=0, timestamp=ms)
+        producer.commit_transaction(30)
+    reader = log_reader(settings, "window-test")
+    try:
+        _, end = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+    finally:
+        reader.close()
+    assert end >= len(stamps)  # records and markers: where a consumer of everything commits
+
+    def read(window_ms: int, **caps: object) -> list[str]:
+        seen: list[str] = []
+        replay(settings, TopicPartition(topic, 0, end), window_ms, lambda m: (m.value() or b"").decode(),
+               seen.append, **caps)  # type: ignore[arg-type]
+        return seen
+
+    recent = [f"recent-{i}" for i in range(5, 12)]
+    assert read(HOUR_MS, max_events=None, max_seconds=None) == recent  # the correlator's mode
+    assert read(HOUR_MS) == recent  # the scorer's capped mode, well under its caps
+    assert read(4 * HOUR_MS, max_events=None, max_seconds=None) == [f"old-{i}" for i in range(5)] + recent
