@@ -184,7 +184,8 @@ def test_a_killed_stalled_or_long_running_child_is_restarted_at_once() -> None:
 
 def test_a_taken_child_metrics_port_stops_the_start_with_the_port_named() -> None:
     """The children serve /metrics on the ports after the pipeline's: one taken fails the start at once
-    (ConfigError, exit 2), naming the child and the port, before any broker or process is started."""
+    (ConfigError: `agentgov run` exits 3, invalid settings), naming the child and the port, before any
+    broker or process is started."""
     import socket
 
     import pytest
