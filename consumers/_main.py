@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 
-from pipeline.errors import AgentgovError, ConfigError
+from pipeline.errors import AgentgovError
 from pipeline.liveness import EXIT_STALLED, ConsumerStalled
 from pipeline.logs import configure_logging
 from pipeline.loop import TransactionalLoop
@@ -45,11 +45,7 @@ def start() -> tuple[Settings, Metrics]:
     settings = Settings.load()
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
-    try:
-        serve(metrics, settings.metrics_port, settings.metrics_addr)
-    except OSError as exc:  # the port taken: exit 2 with the reason, not a traceback
-        raise ConfigError(f"cannot serve /metrics on {settings.metrics_addr}:{settings.metrics_port}: "
-                          f"{exc.strerror}; set AGENTGOV_METRICS_PORT to a free port (0 disables)") from exc
+    serve(metrics, settings.metrics_port, settings.metrics_addr)  # a port taken: ConfigError, exit 2
     return settings, metrics
 
 

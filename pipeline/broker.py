@@ -48,14 +48,21 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        # SO_REUSEADDR as the broker itself binds: a port in TIME_WAIT after a restart is free.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+    return bind_error(port) is None
+
+
+def bind_error(port: int, addr: str = "127.0.0.1") -> str | None:
+    """Why a server could not listen on ``addr:port`` now (None: it could), found by binding as servers do:
+    the address's family from ``getaddrinfo``, and SO_REUSEADDR (a port in TIME_WAIT after a restart is
+    free)."""
+    try:
+        family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, port))
+    except (OSError, OverflowError) as exc:  # OverflowError: a port past 65535
+        return getattr(exc, "strerror", None) or str(exc)
+    return None
 
 
 def free_port_run(n: int, attempts: int = 200) -> int:

@@ -87,11 +87,8 @@ def run(scorers: int) -> None:
     if not settings.starts_embedded_broker:
         probe(settings)  # say "unreachable" in seconds, not after the topic admin's 30 s timeout
     metrics = Metrics()
-    try:
-        serve(metrics, settings.metrics_port, settings.metrics_addr)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve /metrics on {settings.metrics_addr}:{settings.metrics_port}: {exc.strerror}; "
-                          "is another `agentgov run` up? Stop it, or set AGENTGOV_METRICS_PORT (0 disables)") from exc
+    serve(metrics, settings.metrics_port, settings.metrics_addr,
+          hint="is another `agentgov run` up? Stop it, or set AGENTGOV_METRICS_PORT (0 disables)")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(settings, scorers=scorers, metrics=metrics, log_dir=settings.state_dir)
     try:

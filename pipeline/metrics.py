@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -283,10 +284,16 @@ class BoundedSeries:
             self._order = keep
 
 
-def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread] | None:
-    """Serve ``/metrics`` on ``addr:port`` (port 0 disables). Returns the server for shutdown."""
+def serve(metrics: Metrics, port: int, addr: str = "127.0.0.1", *,
+          hint: str = "set AGENTGOV_METRICS_PORT to a free port (0 disables)"
+          ) -> tuple[WSGIServer, threading.Thread] | None:
+    """Serve ``/metrics`` on ``addr:port`` (port 0 disables). Returns the server for shutdown. A port that
+    cannot be served raises ConfigError with the address, the reason and ``hint``, not a traceback."""
     if port == 0:
         return None
-    server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve /metrics on {addr}:{port}: {exc.strerror}; {hint}") from exc
     log.info("metrics endpoint up", extra={"kv": {"addr": addr, "port": server.server_port}})
     return server, thread

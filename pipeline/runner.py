@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ from pydantic import SecretStr
 
 from . import correlations
 from .baselines import attach
-from .broker import EmbeddedBroker
+from .broker import EmbeddedBroker, bind_error
 from .decision_log import attach as attach_decision_log
 from .errors import ConfigError
 from .kraft import KraftCluster
@@ -58,19 +57,6 @@ RESTART_HEALTHY_SECONDS = 30.0
 again at once; one that failed sooner is in a crash loop (its metrics port taken, a setting it refuses) and
 waits a pause that doubles from 1 s up to ``RESTART_BACKOFF_MAX``, so the loop costs little and its log
 and the restarts counter say why, instead of a restart a second (CI: 599 in 400 s)."""
-
-
-def _unbindable(addr: str, port: int) -> str | None:
-    """Why a server could not listen on ``addr:port`` now (None: it could), found by binding as the
-    children's metrics server does (the address family from ``getaddrinfo``, SO_REUSEADDR)."""
-    try:
-        family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((addr, port))
-    except (OSError, OverflowError) as exc:  # OverflowError: a port past 65535
-        return getattr(exc, "strerror", None) or str(exc)
-    return None
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -144,7 +130,7 @@ class Pipeline:
         that child exit with a ConfigError, restarted with a growing pause (``RESTART_HEALTHY_SECONDS``)."""
         addr = self.settings.metrics_addr
         taken = [f"{role} {index}: {addr}:{port} ({why})" for role, index, port in self.metrics_ports()
-                 if port and (why := _unbindable(addr, port))]
+                 if port and (why := bind_error(port, addr))]
         if taken:
             raise ConfigError(
                 f"cannot serve children's metrics: {', '.join(taken)}. Children serve /metrics on the ports "

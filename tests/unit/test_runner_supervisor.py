@@ -190,9 +190,8 @@ def test_a_taken_child_metrics_port_stops_the_start_with_the_port_named() -> Non
 
     import pytest
 
-    from pipeline.broker import free_port_run
+    from pipeline.broker import bind_error, free_port_run
     from pipeline.errors import ConfigError
-    from pipeline.runner import _unbindable
 
     base = free_port_run(6)
     held = socket.socket()
@@ -213,5 +212,5 @@ def test_a_taken_child_metrics_port_stops_the_start_with_the_port_named() -> Non
         near_the_top.check_metrics_ports()
     ipv6 = Pipeline(Settings.load(kafka_bootstrap="127.0.0.1:9", metrics_port=base, metrics_addr="::1"), scorers=1,
                     correlators=0, metrics=Metrics(CollectorRegistry()), supervise=False)
-    if socket.has_ipv6 and not _unbindable("::1", 0):  # the machine has IPv6 loopback: bindable, no error
+    if socket.has_ipv6 and bind_error(0, "::1") is None:  # the machine has IPv6 loopback: bindable, no error
         ipv6.check_metrics_ports()
