@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
 
@@ -261,11 +262,32 @@ class Pipeline:
         return [p.pid for p in self.correlator_procs]
 
     def wait_stored(self, count: int, timeout: float) -> bool:
+        """True once the writer has handled ``count`` records: every copy, duplicate and dead letter counts.
+
+        To know that particular events are in the audit store, use :meth:`wait_events`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.writer is not None and self.writer.stored >= count:
                 return True
             time.sleep(0.1)
+        return False
+
+    def wait_events(self, event_ids: Collection[str], timeout: float) -> bool:
+        """True once every one of these events is in the audit store, however many copies were delivered.
+
+        A redelivered or re-produced record (an aborted transaction on Tansu, a commit lost after the store)
+        reaches the writer twice and counts twice in ``wait_stored``, so a count can be met while some
+        events are still on their way."""
+        wanted = sorted(set(event_ids))
+        deadline = time.monotonic() + timeout
+        while self.sink is not None:
+            rows = self.sink.query("SELECT uniqExact(event_id) AS n FROM {db}.transitions "
+                                   "WHERE event_id IN {ids:Array(String)}", {"ids": wanted})
+            if int(rows[0]["n"]) >= len(wanted):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
         return False
 
     def stop(self) -> None:
