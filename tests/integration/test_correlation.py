@@ -68,7 +68,10 @@ class World:
         ids = [self.pub.publish(d) for d in drafts]
         self.pub.flush()
         self.published += len(drafts)
+        # Both: a redelivered copy (Tansu shows aborted transactions) counts in wait_stored, and a later
+        # copy of an event_id (AG-XRN-006's cases) is not a new event for wait_events.
         assert self.pipe.wait_stored(self.published, timeout=120), "assessments not stored"
+        assert self.pipe.wait_events(ids, timeout=120), "assessments not stored"
         return ids
 
     def findings(self) -> list[dict[str, Any]]:
