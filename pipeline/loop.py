@@ -50,8 +50,10 @@ RETRY_BACKOFF_MAX = 10.0
 GC_FULL_EVERY_SECONDS = 600.0
 """How often a role's whole heap is scanned for garbage cycles (see :meth:`TransactionalLoop._collect`)."""
 ASSIGN_RETRY_SECONDS = 120.0
-"""How long an assignment retries reading committed offsets and replaying before the process gives up
-(well inside librdkafka's max.poll.interval.ms; the group's heartbeats go on meanwhile)."""
+"""How long an assignment retries reading committed offsets and replaying before the process gives up.
+Time inside the rebalance callback does not count toward librdkafka's max.poll.interval.ms, and the group's
+heartbeats go on meanwhile; but a rebalance that starts meanwhile waits for this member, on Kafka for at
+most that interval (docs/guarantees.md, "A correlator rebuilds its whole window")."""
 
 
 class TransactionalLoop:
