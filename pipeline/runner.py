@@ -45,7 +45,7 @@ from .metrics import Metrics
 from .process import ChildProcess
 from .scoring.policy import load_policy
 from .settings import ENV_PREFIX, Settings
-from .sinks.clickhouse import ClickHouseSink
+from .sinks.clickhouse import ClickHouseSink, wait_for
 from .topics import ensure_topics
 from .writer import Writer
 
@@ -278,17 +278,12 @@ class Pipeline:
         A redelivered or re-produced record (an aborted transaction on Tansu, a commit lost after the store)
         reaches the writer twice and counts twice in ``wait_stored``, so a count can be met while some
         events are still on their way."""
-        wanted = sorted(set(event_ids))
-        deadline = time.monotonic() + timeout
-        while self.sink is not None:
-            rows = self.sink.query("SELECT uniqExact(event_id) AS n FROM {db}.transitions "
-                                   "WHERE event_id IN {ids:Array(String)}", {"ids": wanted})
-            if int(rows[0]["n"]) >= len(wanted):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.5)
-        return False
+        sink, wanted = self.sink, sorted(set(event_ids))
+        if sink is None:
+            return False
+        return wait_for(lambda: int(sink.query("SELECT uniqExact(event_id) AS n FROM {db}.transitions WHERE "
+                                               "event_id IN {ids:Array(String)}", {"ids": wanted})[0]["n"])
+                        >= len(wanted), timeout, interval=0.5)
 
     def stop(self) -> None:
         self.stop_event.set()
