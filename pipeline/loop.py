@@ -52,8 +52,9 @@ GC_FULL_EVERY_SECONDS = 600.0
 ASSIGN_RETRY_SECONDS = 120.0
 """How long an assignment retries reading committed offsets and replaying before the process gives up.
 Time inside the rebalance callback does not count toward librdkafka's max.poll.interval.ms, and the group's
-heartbeats go on meanwhile; but a rebalance that starts meanwhile waits for this member, and on Kafka may
-drop it once that interval has passed (docs/guarantees.md, "A correlator rebuilds its whole window")."""
+heartbeats go on meanwhile; but a rebalance that starts meanwhile waits for this member, and Kafka drops it
+once that interval (``AGENTGOV_MAX_POLL_INTERVAL_SECONDS``) has passed (docs/guarantees.md, "A correlator
+rebuilds its whole window")."""
 
 
 class TransactionalLoop:

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
         description="Stable name of this process slot (e.g. scorer-0). A scorer derives its transactional.id "
                     "from it, so a restarted scorer fences its crashed predecessor's open transaction at once.")
     session_timeout_ms: int = Field(default=6000, ge=1000)
+    max_poll_interval_seconds: float = Field(
+        default=300.0, ge=1, le=86400,
+        description="librdkafka max.poll.interval.ms of every agentgov consumer, in seconds (librdkafka's "
+                    "default). It is also the group's rebalance timeout: on Apache Kafka, a member still inside "
+                    "its assign callback this long after another member joined is dropped from the group, and "
+                    "a scorer or correlator rebuilds its state inside that callback. Raise it above the longest "
+                    "rebuild (docs/guarantees.md, \"A correlator rebuilds its whole window\"); a rebalance then "
+                    "waits for the rebuild. At least session_timeout_ms.")
     stall_seconds: float = Field(
         default=120.0, ge=0,
         description="A scorer or correlator that owns a partition with records waiting, and has been delivered "
@@ -268,10 +276,21 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
+    def _poll_interval_covers_session(self) -> Settings:
+        if self.max_poll_interval_seconds * 1000 < self.session_timeout_ms:
+            raise ValueError(f"{ENV_PREFIX}MAX_POLL_INTERVAL_SECONDS={self.max_poll_interval_seconds:g} is shorter "
+                             f"than {ENV_PREFIX}SESSION_TIMEOUT_MS={self.session_timeout_ms} (librdkafka refuses it)")
+        if "max.poll.interval.ms" in self.kafka_extra:  # two places for one value: say which one counts
+            raise ValueError(f"{ENV_PREFIX}KAFKA_EXTRA sets max.poll.interval.ms: set {ENV_PREFIX}"
+                             "MAX_POLL_INTERVAL_SECONDS instead (it reaches the consumers only; a producer warns on "
+                             "that key)")
+        return self
+
+    @model_validator(mode="after")
     def _age_within_retention(self) -> Settings:
         if self.max_event_age_days is not None and self.max_event_age_days > self.retention_days:
-            raise ValueError(f"max_event_age_days={self.max_event_age_days} exceeds retention_days="
-                             f"{self.retention_days}: older events would be scored, then dropped by TTL")
+            raise ValueError(f"{ENV_PREFIX}MAX_EVENT_AGE_DAYS={self.max_event_age_days} exceeds {ENV_PREFIX}"
+                             f"RETENTION_DAYS={self.retention_days}: older events would be scored, then dropped by TTL")
         return self
 
     @property
@@ -288,8 +307,7 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except PydanticValidationError as exc:
-            problems = "; ".join(f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper() or '?'}: {e['msg']}"
-                                 for e in exc.errors())
+            problems = "; ".join(_problem(e) for e in exc.errors())
             raise ConfigError(f"invalid settings: {problems}") from exc
         except ValueError as exc:
             raise ConfigError(f"invalid settings: {str(exc).splitlines()[0]}") from exc
@@ -338,6 +356,7 @@ class Settings(BaseSettings):
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": self.session_timeout_ms,
                 "heartbeat.interval.ms": max(500, self.session_timeout_ms // 3),
+                "max.poll.interval.ms": int(self.max_poll_interval_seconds * 1000),
                 "isolation.level": "read_committed",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "fetch.wait.max.ms": self.fetch_wait_max_ms,
@@ -358,3 +377,11 @@ class Settings(BaseSettings):
             if self.clickhouse_ca_cert is not None:
                 kw["ca_cert"] = str(self.clickhouse_ca_cert)
         return kw
+
+
+def _problem(error: Any) -> str:
+    """One validation problem as a user reads it: the variable and what is wrong; a check across settings
+    (no single variable) names its settings in its own message."""
+    if not error["loc"]:
+        return str(error["msg"]).removeprefix("Value error, ")
+    return f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"

@@ -11,12 +11,14 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pipeline.drafts import draft
+from pipeline.loop import TransactionalLoop
 from pipeline.membership import Membership
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
@@ -97,5 +99,89 @@ def test_a_writer_stopped_during_start_up_hands_its_group_to_the_next_writer(
         assert wait_until(lambda: second.stored >= 50, 90), f"the next writer stored {second.stored} of 50"
     finally:
         scorer.terminate(20)
+        stop.set()
+        thread.join(60)
+
+
+class _SlowRebuild(TransactionalLoop):
+    """A stateful role whose first rebuild takes ``busy`` seconds, inside the assign callback like every
+    rebuild (a correlator replaying a big window). It owns what it was assigned and not revoked or lost."""
+
+    role = "slow-rebuild"
+
+    def __init__(self, settings: Settings, busy: float) -> None:
+        super().__init__(settings, Metrics(CollectorRegistry()), group=settings.correlator_group,
+                         topics=[settings.topic_transitions])
+        self.busy = busy
+        self.rebuilding = threading.Event()
+        self.rebuilt = threading.Event()
+        self.owned: set[int] = set()
+
+    def rebuild_all(self, tps: list[TopicPartition]) -> None:
+        if tps and not self.rebuilding.is_set():
+            self.rebuilding.set()
+            time.sleep(self.busy)
+            self.rebuilt.set()
+        self.owned |= {tp.partition for tp in tps}
+
+    def forget(self, tp: TopicPartition) -> None:
+        self.owned.discard(tp.partition)
+
+    def handle(self, msgs: list[Any]) -> None:
+        return None
+
+    def wrote(self, tally: Any) -> bool:
+        return False
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("bus", ["kafka"], indirect=True)
+@pytest.mark.parametrize("interval", [8.0, 60.0])
+def test_a_rebuild_longer_than_max_poll_interval_loses_its_partitions_when_a_member_joins(
+    bus: Bus, settings_factory: Callable[..., Settings], interval: float,
+) -> None:
+    """On Kafka a member is dropped from its group when a rebalance waits for it longer than its
+    ``max.poll.interval.ms`` (the rebalance timeout), and a rebuild runs inside the assign callback, where the
+    member cannot rejoin: with AGENTGOV_MAX_POLL_INTERVAL_SECONDS below the rebuild, a member that joins
+    meanwhile is handed every partition; above it, the rebalance waits for the rebuild and the two share.
+    Through the real loop (consumer, membership, checkpoint); the role's rebuild is a 20 s wait."""
+    busy = 20.0
+    settings = settings_factory(max_poll_interval_seconds=interval)
+    partitions = settings.topic_partitions
+    slow = _SlowRebuild(settings, busy)
+    stop = threading.Event()
+    thread = threading.Thread(target=slow.run, args=(stop,), daemon=True)
+    thread.start()
+    newcomer = Consumer(settings.consumer_config(settings.correlator_group))
+    got: set[int] = set()
+    got_while_rebuilding: set[int] = set()
+
+    def on_assign(consumer: Consumer, tps: list[TopicPartition]) -> None:
+        got.update(tp.partition for tp in tps)
+        if not slow.rebuilt.is_set():
+            got_while_rebuilding.update(tp.partition for tp in tps)
+
+    def on_revoke(consumer: Consumer, tps: list[TopicPartition]) -> None:
+        got.difference_update(tp.partition for tp in tps)
+
+    try:
+        assert slow.rebuilding.wait(60), "the slow member was never assigned a partition"
+        newcomer.subscribe([settings.topic_transitions], on_assign=on_assign, on_revoke=on_revoke,
+                           on_lost=on_revoke)
+        joined = time.monotonic()
+        while not slow.rebuilt.is_set():
+            newcomer.consume(10, 0.2)
+        if interval < busy:
+            assert got_while_rebuilding == set(range(partitions)), \
+                f"the newcomer got {sorted(got_while_rebuilding)} while the member rebuilt past its interval"
+            assert time.monotonic() - joined >= interval - 1
+        else:
+            assert not got_while_rebuilding, "the rebalance did not wait for the rebuild"
+        # Either way the group settles to an even share once the rebuild is over.
+        assert wait_until(lambda: newcomer.consume(10, 0.2) is not None and len(got) == partitions // 2
+                          and len(slow.owned) == partitions - len(got), 60), \
+            f"newcomer {sorted(got)}, rebuilt member {sorted(slow.owned)}"
+    finally:
+        newcomer.close()
         stop.set()
         thread.join(60)

@@ -105,3 +105,30 @@ def test_settings_are_frozen() -> None:
     s = Settings.load()
     with pytest.raises(ValueError):
         s.topic_partitions = 3  # type: ignore[misc]
+
+
+def test_max_poll_interval_reaches_every_consumer_and_no_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.load().consumer_config("g")["max.poll.interval.ms"] == 300_000  # librdkafka's default
+    monkeypatch.setenv("AGENTGOV_MAX_POLL_INTERVAL_SECONDS", "900")
+    s = Settings.load()
+    assert s.consumer_config("g")["max.poll.interval.ms"] == 900_000
+    assert "max.poll.interval.ms" not in s.kafka_config()
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"AGENTGOV_MAX_POLL_INTERVAL_SECONDS": "3"},
+     "AGENTGOV_MAX_POLL_INTERVAL_SECONDS=3 is shorter than AGENTGOV_SESSION_TIMEOUT_MS=6000"),
+    ({"AGENTGOV_KAFKA_EXTRA": '{"max.poll.interval.ms": "900000"}'},
+     "AGENTGOV_KAFKA_EXTRA sets max.poll.interval.ms: set AGENTGOV_MAX_POLL_INTERVAL_SECONDS instead"),
+    ({"AGENTGOV_MAX_EVENT_AGE_DAYS": "500", "AGENTGOV_RETENTION_DAYS": "400"},
+     "AGENTGOV_MAX_EVENT_AGE_DAYS=500 exceeds AGENTGOV_RETENTION_DAYS=400"),
+])
+def test_checks_across_settings_name_their_variables(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                     said: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        Settings.load()
+    assert caught.value.message.startswith("invalid settings: ") and said in caught.value.message
+    assert "AGENTGOV_?" not in caught.value.message
+    assert "Value error" not in caught.value.message
