@@ -122,7 +122,7 @@ class TransactionalLoop:
         backoff = 0.5
         while True:
             try:
-                self.rebuild_all(consumer.committed(partitions, timeout=30))
+                self._rebuild(consumer.committed(partitions, timeout=30), "assignment")
                 break
             except KafkaException as exc:
                 if time.monotonic() + backoff > deadline or self._stop.is_set():
@@ -237,12 +237,30 @@ class TransactionalLoop:
         if not assignment:
             return
         committed = self.consumer.committed(assignment, timeout=30)
-        self.rebuild_all(committed)
+        self._rebuild(committed, "rewind")
         for tp in committed:
             if tp.offset >= 0:
                 self.consumer.seek(tp)
             else:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+
+    def _rebuild(self, tps: list[TopicPartition], cause: str) -> None:
+        """``rebuild_all``, timed. A rebuild on assignment runs inside the rebalance callback, one on a rewind
+        between two polls; past ``max.poll.interval.ms`` either loses the partitions on Kafka (the first when a
+        member joins meanwhile, the second always), so one past half of it is logged as a warning, with the
+        way out, before it gets there."""
+        started = time.monotonic()
+        self.rebuild_all(tps)
+        if not tps:
+            return
+        took = time.monotonic() - started
+        self.metrics.rebuild_duration.labels(role=self.role).observe(took)
+        limit = self.settings.max_poll_interval_seconds
+        if took >= limit / 2:
+            log.warning("state rebuild took over half of max.poll.interval.ms", extra={"kv": {
+                "role": self.role, "cause": cause, "partitions": len(tps), "seconds": round(took, 1),
+                "max_poll_interval_seconds": limit,
+                "hint": "raise AGENTGOV_MAX_POLL_INTERVAL_SECONDS above the longest rebuild, or add replicas"}})
 
     def close(self) -> None:
         try:

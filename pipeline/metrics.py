@@ -32,6 +32,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+REBUILD_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 RISK_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 
 
@@ -106,6 +107,12 @@ class Metrics:
         self.batch_duration = Histogram(
             "agentgov_batch_duration_seconds", "Wall time to process one batch.", ["role"],
             buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.rebuild_duration = Histogram(
+            "agentgov_state_rebuild_duration_seconds",
+            "Wall time to rebuild a stateful role's context from the log, on an assignment or a rewind (a "
+            "rebuild past AGENTGOV_MAX_POLL_INTERVAL_SECONDS loses the partitions on Kafka).", ["role"],
+            buckets=REBUILD_BUCKETS, registry=r,
         )
         self.paused = Gauge(
             "agentgov_consumer_paused", "1 while fetching is paused because the sink is failing.", ["role"],

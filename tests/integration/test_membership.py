@@ -177,6 +177,9 @@ def test_a_rebuild_longer_than_max_poll_interval_loses_its_partitions_when_a_mem
             assert time.monotonic() - joined >= interval - 1
         else:
             assert not got_while_rebuilding, "the rebalance did not wait for the rebuild"
+        took = slow.metrics.registry.get_sample_value("agentgov_state_rebuild_duration_seconds_sum",
+                                                      {"role": slow.role})
+        assert took is not None and took >= busy  # the rebuild is timed (and at 8 s logged as a warning)
         # Either way the group settles to an even share once the rebuild is over.
         assert wait_until(lambda: newcomer.consume(10, 0.2) is not None and len(got) == partitions // 2
                           and len(slow.owned) == partitions - len(got), 60), \

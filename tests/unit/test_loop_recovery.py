@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry
 from pipeline import loop
 from pipeline.loop import TransactionalLoop
 from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+
+_clock = [1000.0]
 
 
 def _unavailable() -> KafkaException:
@@ -64,12 +67,17 @@ class _Role(TransactionalLoop):
         self.consumer = consumer
         self.checkpoint = checkpoint  # type: ignore[assignment]
         self.metrics = Metrics(CollectorRegistry())
+        self.settings = Settings.load(kafka_bootstrap="127.0.0.1:9", max_poll_interval_seconds=60)
         self._stop = threading.Event()
         self._registry_backoff = 0.0
         self.rebuilt: list[int] = []
 
+    rebuild_seconds = 0.0
+    """How long each rebuilt partition takes, on the test's clock."""
+
     def rebuild(self, tp: TopicPartition) -> None:
         self.rebuilt.append(tp.partition)
+        _clock[0] += self.rebuild_seconds
 
     def handle(self, msgs: list[Any]) -> None:
         return None
@@ -78,6 +86,7 @@ class _Role(TransactionalLoop):
 @pytest.fixture(autouse=True)
 def _no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(loop.time, "monotonic", lambda: _clock[0])
 
 
 def test_an_aborted_batch_is_rewound_even_when_abort_and_committed_offsets_fail_at_first() -> None:
@@ -110,3 +119,38 @@ def test_assignment_gives_up_after_its_deadline(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(KafkaException):
         role._on_assign(consumer, consumer.parts)
     assert role.rebuilt == []
+
+
+def _rebuild_seconds(role: _Role) -> tuple[float, float]:
+    """Count and sum of ``agentgov_state_rebuild_duration_seconds`` for the role."""
+    reg = role.metrics.registry
+    labels = {"role": role.role}
+    return (reg.get_sample_value("agentgov_state_rebuild_duration_seconds_count", labels) or 0.0,
+            reg.get_sample_value("agentgov_state_rebuild_duration_seconds_sum", labels) or 0.0)
+
+
+@pytest.mark.parametrize(("per_partition", "warned"), [(10.0, False), (15.0, True)])
+def test_a_rebuild_is_timed_and_one_past_half_the_poll_interval_is_a_warning(
+    per_partition: float, warned: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two partitions rebuilt in 20 s of a 60 s interval: timed only; in 30 s: a warning naming the setting."""
+    consumer = _Consumer(committed_failures=0)
+    role = _Role(consumer, _Checkpoint(0))
+    role.rebuild_seconds = per_partition
+    with caplog.at_level("WARNING", logger="pipeline.loop"):
+        role._on_assign(consumer, consumer.parts)
+    assert _rebuild_seconds(role) == (1.0, 2 * per_partition)
+    warnings = [r for r in caplog.records if r.getMessage() == "state rebuild took over half of max.poll.interval.ms"]
+    assert len(warnings) == int(warned)
+    if warned:
+        kv = warnings[0].kv  # type: ignore[attr-defined]
+        assert kv["cause"] == "assignment" and kv["seconds"] == 30.0 and kv["max_poll_interval_seconds"] == 60
+        assert "AGENTGOV_MAX_POLL_INTERVAL_SECONDS" in kv["hint"]
+
+
+def test_an_empty_assignment_is_not_a_rebuild() -> None:
+    consumer = _Consumer(committed_failures=0)
+    consumer.parts = []
+    role = _Role(consumer, _Checkpoint(0))
+    role._on_assign(consumer, [])
+    assert _rebuild_seconds(role) == (0.0, 0.0)
