@@ -180,6 +180,10 @@ def build() -> dict[str, Any]:
         .with_panel(series("Last store write age / baseline age", "s",
                            prom("time() - max(agentgov_last_stored_timestamp_seconds)", "since last store write"),
                            prom("max(agentgov_baseline_age_seconds)", "baseline age", "B"), span=12))
+        .with_panel(series("State rebuilds (p99, 6h; keep under AGENTGOV_MAX_POLL_INTERVAL_SECONDS)", "s",
+                           prom("histogram_quantile(0.99, sum by (le, role) "
+                                "(rate(agentgov_state_rebuild_duration_seconds_bucket[6h])))", "{{role}}"),
+                           span=12))
         # -- the audit store
         .with_row(db.Row("Audit store (ClickHouse)"))
         .with_panel(
