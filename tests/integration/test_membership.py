@@ -155,9 +155,12 @@ def test_a_rebuild_longer_than_max_poll_interval_loses_its_partitions_when_a_mem
     newcomer = Consumer(settings.consumer_config(settings.correlator_group))
     got: set[int] = set()
     got_while_rebuilding: set[int] = set()
+    first_got: list[float] = []
 
     def on_assign(consumer: Consumer, tps: list[TopicPartition]) -> None:
         got.update(tp.partition for tp in tps)
+        if tps and not first_got:
+            first_got.append(time.monotonic())
         if not slow.rebuilt.is_set():
             got_while_rebuilding.update(tp.partition for tp in tps)
 
@@ -174,7 +177,7 @@ def test_a_rebuild_longer_than_max_poll_interval_loses_its_partitions_when_a_mem
         if interval < busy:
             assert got_while_rebuilding == set(range(partitions)), \
                 f"the newcomer got {sorted(got_while_rebuilding)} while the member rebuilt past its interval"
-            assert time.monotonic() - joined >= interval - 1
+            assert first_got[0] - joined >= interval - 1  # Kafka waited for the member that long, then dropped it
         else:
             assert not got_while_rebuilding, "the rebalance did not wait for the rebuild"
         took = slow.metrics.registry.get_sample_value("agentgov_state_rebuild_duration_seconds_sum",
