@@ -52,9 +52,10 @@ GC_FULL_EVERY_SECONDS = 600.0
 ASSIGN_RETRY_SECONDS = 120.0
 """How long an assignment retries reading committed offsets and replaying before the process gives up.
 Time inside the rebalance callback does not count toward librdkafka's max.poll.interval.ms, and the group's
-heartbeats go on meanwhile; but a rebalance that starts meanwhile waits for this member, and Kafka drops it
-once that interval (``AGENTGOV_MAX_POLL_INTERVAL_SECONDS``) has passed (docs/guarantees.md, "A correlator
-rebuilds its whole window")."""
+heartbeats go on meanwhile; the partitions are assigned before the rebuild, so a rebalance that starts
+meanwhile does not wait for it (``_on_assign``). A rebuild on a rewind runs between two polls, and one past
+``AGENTGOV_MAX_POLL_INTERVAL_SECONDS`` leaves the group (docs/guarantees.md, "A correlator rebuilds its
+whole window")."""
 
 
 class TransactionalLoop:
@@ -116,6 +117,13 @@ class TransactionalLoop:
 
     # -- rebalance ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Take the partitions first, then rebuild (still inside the callback). librdkafka rejoins a rebalance
+        # only once the assignment is done: with the rebuild first, a member joining meanwhile made Kafka wait
+        # max.poll.interval.ms for this one, then drop it and hand the newcomer every partition (measured,
+        # docs/guarantees.md). Assigned, this member rejoins at once keeping what it owns, and gives up the
+        # newcomer's share when the rebuild returns (its revoke runs in the next poll). Fetching starts
+        # meanwhile, at the committed offsets the rebuild replays up to; nothing is consumed before it ends.
+        consumer.incremental_assign(partitions)
         # During a broker failover the group coordinator or a partition leader may be away for a while:
         # retry rather than let the exception out of consume(), which would end the process.
         deadline = time.monotonic() + ASSIGN_RETRY_SECONDS
@@ -245,10 +253,10 @@ class TransactionalLoop:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
 
     def _rebuild(self, tps: list[TopicPartition], cause: str) -> None:
-        """``rebuild_all``, timed. A rebuild on assignment runs inside the rebalance callback, one on a rewind
-        between two polls; past ``max.poll.interval.ms`` either loses the partitions on Kafka (the first when a
-        member joins meanwhile, the second always), so one past half of it is logged as a warning, with the
-        way out, before it gets there."""
+        """``rebuild_all``, timed. A rebuild on a rewind runs between two polls: past ``max.poll.interval.ms``
+        the member leaves its group and loses its partitions. One on assignment runs inside the rebalance
+        callback, where that interval does not run, but a member joining meanwhile waits for it to get its
+        share. Either way one past half of the interval is logged as a warning, with the way out."""
         started = time.monotonic()
         self.rebuild_all(tps)
         if not tps:

@@ -110,8 +110,8 @@ class Metrics:
         )
         self.rebuild_duration = Histogram(
             "agentgov_state_rebuild_duration_seconds",
-            "Wall time to rebuild a stateful role's context from the log, on an assignment or a rewind (a "
-            "rebuild past AGENTGOV_MAX_POLL_INTERVAL_SECONDS loses the partitions on Kafka).", ["role"],
+            "Wall time to rebuild a stateful role's context from the log, on an assignment (a joining member "
+            "waits for it) or a rewind (past AGENTGOV_MAX_POLL_INTERVAL_SECONDS it leaves the group).", ["role"],
             buckets=REBUILD_BUCKETS, registry=r,
         )
         self.paused = Gauge(

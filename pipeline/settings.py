@@ -128,11 +128,11 @@ class Settings(BaseSettings):
     max_poll_interval_seconds: float = Field(
         default=300.0, ge=1, le=86400,
         description="librdkafka max.poll.interval.ms of every agentgov consumer, in seconds (librdkafka's "
-                    "default). It is also the group's rebalance timeout: on Apache Kafka, a member still inside "
-                    "its assign callback this long after another member joined is dropped from the group, and "
-                    "a scorer or correlator rebuilds its state inside that callback. Raise it above the longest "
-                    "rebuild (docs/guarantees.md, \"A correlator rebuilds its whole window\"); a rebalance then "
-                    "waits for the rebuild. At least session_timeout_ms.")
+                    "default), also the group's rebalance timeout. A scorer or correlator rebuilds its state "
+                    "inside the assign callback with its partitions already taken, where it does not run; after "
+                    "an aborted batch it rebuilds between two polls, where one longer than this leaves the "
+                    "group. Raise it above the longest rebuild (docs/guarantees.md, \"A correlator rebuilds "
+                    "its whole window\"). At least session_timeout_ms.")
     stall_seconds: float = Field(
         default=120.0, ge=0,
         description="A scorer or correlator that owns a partition with records waiting, and has been delivered "

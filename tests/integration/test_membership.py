@@ -136,31 +136,32 @@ class _SlowRebuild(TransactionalLoop):
 
 @pytest.mark.kafka
 @pytest.mark.parametrize("bus", ["kafka"], indirect=True)
-@pytest.mark.parametrize("interval", [8.0, 60.0])
-def test_a_rebuild_longer_than_max_poll_interval_loses_its_partitions_when_a_member_joins(
-    bus: Bus, settings_factory: Callable[..., Settings], interval: float,
+def test_a_rebuild_longer_than_max_poll_interval_keeps_its_partitions_when_a_member_joins(
+    bus: Bus, settings_factory: Callable[..., Settings],
 ) -> None:
-    """On Kafka a member is dropped from its group when a rebalance waits for it longer than its
-    ``max.poll.interval.ms`` (the rebalance timeout), and a rebuild runs inside the assign callback, where the
-    member cannot rejoin: with AGENTGOV_MAX_POLL_INTERVAL_SECONDS below the rebuild, a member that joins
-    meanwhile is handed every partition; above it, the rebalance waits for the rebuild and the two share.
-    Through the real loop (consumer, membership, checkpoint); the role's rebuild is a 20 s wait."""
-    busy = 20.0
+    """A rebuild runs inside the assign callback. On Kafka a rebalance waits for a member only its
+    ``max.poll.interval.ms`` (the rebalance timeout), and librdkafka rejoins only once the assignment is done;
+    so with the rebuild before the assignment, a member joining during a 20 s rebuild was handed every
+    partition after 8 s, and the rebuilt member lost them all and rebuilt again (measured; this test failed
+    so). The loop takes its partitions first: the member rejoins at once keeping them, and gives up the
+    newcomer's share only when the rebuild is over. Through the real loop (consumer, membership, checkpoint)
+    on Kafka; the role's rebuild is a 20 s wait, the interval 8 s."""
+    busy, interval = 20.0, 8.0
     settings = settings_factory(max_poll_interval_seconds=interval)
     partitions = settings.topic_partitions
     slow = _SlowRebuild(settings, busy)
+    forgotten: list[int] = []
+    forget = slow.forget
+    slow.forget = lambda tp: (forgotten.append(tp.partition), forget(tp))[1]  # type: ignore[method-assign]
     stop = threading.Event()
     thread = threading.Thread(target=slow.run, args=(stop,), daemon=True)
     thread.start()
     newcomer = Consumer(settings.consumer_config(settings.correlator_group))
     got: set[int] = set()
     got_while_rebuilding: set[int] = set()
-    first_got: list[float] = []
 
     def on_assign(consumer: Consumer, tps: list[TopicPartition]) -> None:
         got.update(tp.partition for tp in tps)
-        if tps and not first_got:
-            first_got.append(time.monotonic())
         if not slow.rebuilt.is_set():
             got_while_rebuilding.update(tp.partition for tp in tps)
 
@@ -171,22 +172,17 @@ def test_a_rebuild_longer_than_max_poll_interval_loses_its_partitions_when_a_mem
         assert slow.rebuilding.wait(60), "the slow member was never assigned a partition"
         newcomer.subscribe([settings.topic_transitions], on_assign=on_assign, on_revoke=on_revoke,
                            on_lost=on_revoke)
-        joined = time.monotonic()
         while not slow.rebuilt.is_set():
             newcomer.consume(10, 0.2)
-        if interval < busy:
-            assert got_while_rebuilding == set(range(partitions)), \
-                f"the newcomer got {sorted(got_while_rebuilding)} while the member rebuilt past its interval"
-            assert first_got[0] - joined >= interval - 1  # Kafka waited for the member that long, then dropped it
-        else:
-            assert not got_while_rebuilding, "the rebalance did not wait for the rebuild"
+        assert not got_while_rebuilding, \
+            f"the newcomer got {sorted(got_while_rebuilding)} while the member rebuilt past its interval"
         took = slow.metrics.registry.get_sample_value("agentgov_state_rebuild_duration_seconds_sum",
                                                       {"role": slow.role})
-        assert took is not None and took >= busy  # the rebuild is timed (and at 8 s logged as a warning)
-        # Either way the group settles to an even share once the rebuild is over.
+        assert took is not None and took >= busy  # timed (and, past half the interval, logged as a warning)
         assert wait_until(lambda: newcomer.consume(10, 0.2) is not None and len(got) == partitions // 2
                           and len(slow.owned) == partitions - len(got), 60), \
             f"newcomer {sorted(got)}, rebuilt member {sorted(slow.owned)}"
+        assert sorted(forgotten) == sorted(got), "the rebuilt member gave up more than the newcomer's share"
     finally:
         newcomer.close()
         stop.set()
