@@ -276,7 +276,7 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _poll_interval_covers_session(self) -> Settings:
+    def _poll_interval_set_once_and_valid(self) -> Settings:
         if self.max_poll_interval_seconds * 1000 < self.session_timeout_ms:
             raise ValueError(f"{ENV_PREFIX}MAX_POLL_INTERVAL_SECONDS={self.max_poll_interval_seconds:g} is shorter "
                              f"than {ENV_PREFIX}SESSION_TIMEOUT_MS={self.session_timeout_ms} (librdkafka refuses it)")
