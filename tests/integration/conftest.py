@@ -1,8 +1,9 @@
 """Session-scoped real components: a Tansu broker, and per-test topics, groups and chdb stores.
 
 Real Apache Kafka (KRaft, from the Maven jars of ``ci/kafka/pom.xml``) is opt-in by marker: tests marked
-``@pytest.mark.kafka`` may use ``kafka_cluster`` (3 brokers, RF 3, ``min.insync.replicas=2``) or
-``kafka_single`` (1 node). Tests that take the ``bus`` fixture run once per engine (Tansu and Kafka);
+``@pytest.mark.kafka`` may use ``kafka_cluster`` (3 brokers, RF 3, ``min.insync.replicas=2``); a test that
+needs a node of its own (SASL and ACLs, a broker restart) starts it. Tests that take the ``bus`` fixture run
+once per engine (Tansu and Kafka);
 ``settings_factory`` then points at that engine. Without a JDK the Kafka tier is deselected with one
 line saying so (tests/conftest.py); under ``CI=true`` that is an error instead.
 
@@ -45,13 +46,6 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KraftClu
     """Three KRaft nodes (each broker + controller voter): replication factor 3, min.insync.replicas=2,
     transaction.state.log.replication.factor=3. Tests may kill and restart nodes; each test leaves them up."""
     with KraftCluster(tmp_path_factory.mktemp("kafka3"), nodes=3) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="session")
-def kafka_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KraftCluster]:
-    """One KRaft node, for tests that need Kafka semantics but not replication."""
-    with KraftCluster(tmp_path_factory.mktemp("kafka1"), nodes=1) as cluster:
         yield cluster
 
 

@@ -1,8 +1,8 @@
 """The broker refuses one scorer output record: that input is dead-lettered, its neighbours go on.
 
 Real Apache Kafka enforces a topic's ``max.message.bytes`` (Tansu does not); the test runs on the session's
-3-broker cluster (``bus`` = kafka), which the Kafka tier starts anyway (a ``kafka_single`` node would add a
-JVM start to the suite). The
+3-broker cluster (``bus`` = kafka), which the Kafka tier starts anyway (a node of its own would add a JVM
+start to the suite). The
 assessments topic is created with a small one, so one valid event (large, incompressible attributes)
 gets an assessment the broker refuses with MESSAGE_TOO_LARGE while the events around it, in the same
 batch, are scored and stored. The refusal arrives after the produce call (in the delivery report), so
