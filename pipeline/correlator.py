@@ -59,7 +59,7 @@ from .delegations import DelegationGraph
 from .errors import DeadLetter
 from .events import TransitionDict
 from .fact_reader import FactReader
-from .facts import FACT, FINDING
+from .facts import FACT, FINDING, partition_for
 from .keyed_state import KeyedState, order
 from .loop import TransactionalLoop
 from .metrics import Metrics
@@ -76,6 +76,7 @@ from .scoring.crossrun import (
     CrossRunContext,
     CrossRunFinding,
     correlate,
+    delegation_laundering,
     entry_test,
     group_nesting_across_runs,
     may_find_by_target,
@@ -123,6 +124,9 @@ class Correlator(TransactionalLoop):
         self.retain_ms = settings.correlation_retain_seconds * 1000
         self.scorer_window_ms = settings.context_window_seconds * 1000
         self.states: dict[tuple[str, int], KeyedState] = {}
+        # By-agent state -> how many delegation edges (``DelegationGraph.read``) its judged facts were judged
+        # with: an edge read after them re-judges them (``_late_edges``).
+        self._edges_known: dict[tuple[str, int], int] = {}
         self._watcher = PolicyWatcher(settings.policy_file, policy, settings.policy_reload_seconds)
         self._next_flush = 0.0
         self.emitted = 0
@@ -152,7 +156,7 @@ class Correlator(TransactionalLoop):
         held = self._load_holdings({p: state for (topic, p), state in states.items()
                                     if topic == self.settings.topic_facts_by_target})
         for tp in tps:
-            state = self.states[(tp.topic, tp.partition)] = states[(tp.topic, tp.partition)]
+            state = self._hold(tp.topic, tp.partition, states[(tp.topic, tp.partition)])
             self._replay_into(tp, state, held.get(tp.partition, 0) if state.by_target else 0)
 
     def _replay_into(self, tp: TopicPartition, state: KeyedState, held: int) -> None:
@@ -218,6 +222,15 @@ class Correlator(TransactionalLoop):
         finally:
             reader.close()
 
+    def _hold(self, topic: str, partition: int, state: KeyedState) -> KeyedState:
+        """Own ``state`` for the partition. What a by-agent state holds before it judges anything (a replay's
+        facts) counts as judged with the delegation edges read so far: the previous owner judged them, and
+        judging them again on every restart would page their chains again."""
+        self.states[(topic, partition)] = state
+        if not state.by_target:
+            self._edges_known[(topic, partition)] = self.graph.read
+        return state
+
     def _new_state(self, by_target: bool) -> KeyedState:
         return KeyedState(by_target, stale_of=None if by_target else self._stale_of(),
                           expected_sources=self._source_partitions())
@@ -242,6 +255,7 @@ class Correlator(TransactionalLoop):
 
     def forget(self, tp: TopicPartition) -> None:
         self.states.pop((tp.topic, tp.partition), None)
+        self._edges_known.pop((tp.topic, tp.partition), None)
 
     # -- policy -------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -283,13 +297,12 @@ class Correlator(TransactionalLoop):
                 continue
             state = self.states.get((msg.topic(), msg.partition()))
             if state is None:  # assignment raced; build on the fly
-                state = self.states[(msg.topic(), msg.partition())] = self._new_state(
-                    msg.topic() == self.settings.topic_facts_by_target)
+                state = self._hold(msg.topic(), msg.partition(),
+                                   self._new_state(msg.topic() == self.settings.topic_facts_by_target))
             if state.add(ev, now):
                 self._page(self._page_early(state, ev))
             tally.facts += 1
-        produce = self.producer.produce
-        topic = self.settings.topic_correlations
+        self._late_edges(now_ms, tally)
         for state in self.states.values():
             # A full batch means a backlog: a partition missing from it is not quiet, only not fetched yet.
             quiet = not behind and now - state.arrived_at >= QUIET_SECONDS
@@ -300,12 +313,52 @@ class Correlator(TransactionalLoop):
             tally.rejudge_cut += state.rejudge_cut - cut
             tally.late += late
             for f in found:
-                record = f.to_avro(now_ms, __version__, self.policy.version)
-                produce(topic, self.out.encode(record), key=f.finding_id.encode())
-                tally.found.append(f)
+                self._publish(f, now_ms, tally)
             state.prune_seen()
             state.expire(self.retain_ms, self._early_keep_ms())
         return tally
+
+    def _publish(self, f: CrossRunFinding, now_ms: int, tally: _Tally) -> None:
+        record = f.to_avro(now_ms, __version__, self.policy.version)
+        self.producer.produce(self.settings.topic_correlations, self.out.encode(record), key=f.finding_id.encode())
+        tally.found.append(f)
+
+    def _late_edges(self, now_ms: int, tally: _Tally) -> None:
+        """Judge again, by delegation laundering, the grants an edge read since they were judged can complete.
+
+        The rule reads the graph as of a grant's event time, but the graph is as complete as the follower has
+        read: an edge granted before a grant can be read after it, when its run was scored later (a lagging
+        scorer or partition, a backlog read unevenly), and the grant's fact did not wait for it. For each such
+        edge (grantor -> delegate, at t), the grants after t by the delegate, or by an agent downstream of it
+        within ``max_delegation_depth``, that this correlator has judged are judged again by that rule alone.
+        A chain already published is not published again (``KeyedState.first_time``). Edges are few (an
+        agent giving another agent access), so this is a handful of lookups a batch, usually none."""
+        read = self.graph.read
+        depth = self.policy.governance.escalation.max_delegation_depth
+        for skey, known in list(self._edges_known.items()):
+            if known >= read:
+                continue
+            self._edges_known[skey] = read
+            state = self.states.get(skey)
+            if state is None:
+                continue
+            for edge in self.graph.since(known, read):
+                if not granted_access(edge):
+                    continue  # a revoke ends chains; published findings are never withdrawn
+                for agent in self.graph.downstream(edge["target"]["identity_id"], depth - 1):
+                    if partition_for(agent, self.settings.facts_partitions) != skey[1]:
+                        continue  # another partition's agent: its owner judges it
+                    judge = functools.partial(self._guarded, functools.partial(self._laundering, CrossRunContext(
+                        self.policy, agent, delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)))
+                    for ev in state.judged_since(agent, edge["occurred_at"] + 1):
+                        if granted_access(ev):
+                            for f in judge(state, agent, ev):
+                                if state.first_time(f.finding_id):
+                                    self._publish(f, now_ms, tally)
+
+    @staticmethod
+    def _laundering(cx: CrossRunContext, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
+        return correlate(ev, cx, (delegation_laundering,))
 
     def wrote(self, tally: _Tally) -> bool:
         """Most batches find nothing: findings and dead letters are all a correlator writes."""
@@ -436,10 +489,11 @@ class Correlator(TransactionalLoop):
         holdings rules (SoD, a grant to a leaver) reach back any age. By agent, only a step of a group
         nesting chain (like the early pages' reach, ``_page_early``) makes the agent's later facts within
         the escalation window be judged again, by group nesting alone: laundering reads the delegation
-        graph, not the agent's history, and the counting rules (grant rate, stale share) count the late fact
-        from then on but do not report again a crossing it would have moved earlier. Judging a busy agent's
-        whole window again with them for every late fact cost the square of the window: a backlog whose
-        partitions were read unevenly (or an agent backdating its events) stalled the correlator."""
+        graph, not the agent's history (an edge read late re-judges instead: ``_late_edges``), and the
+        counting rules (grant rate, stale share) count the late fact from then on but do not report again a
+        crossing it would have moved earlier. Judging a busy agent's whole window again with them for every
+        late fact cost the square of the window: a backlog whose partitions were read unevenly (or an agent
+        backdating its events) stalled the correlator."""
         if state.by_target:
             return functools.partial(self._guarded, self._judge, state), None
         window = self.policy.governance.escalation.window_seconds * 1000

@@ -11,6 +11,7 @@ Example::
     graph = DelegationGraph(settings, serde).start()
     graph.wait_ready(30)
     graph.into("agent-b")        # edges into agent-b, event-time order
+    graph.since(0, graph.read)   # every edge, in the order read (an edge read late re-judges grants after it)
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class DelegationGraph:
         self.serde = serde
         self.topic = settings.topic_delegations
         self._into: dict[str, list[tuple[int, str, TransitionDict]]] = {}
+        self._out: dict[str, set[str]] = {}  # grantor -> the agents it granted to (or revoked from)
+        self._log: list[TransitionDict] = []  # every edge, in the order read (``since``)
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -53,6 +56,28 @@ class DelegationGraph:
         with self._lock:
             return [e for _, _, e in self._into.get(agent, ())]
 
+    @property
+    def read(self) -> int:
+        """How many edges the follower has added so far (``since``'s positions)."""
+        return len(self._log)
+
+    def since(self, start: int, end: int) -> list[TransitionDict]:
+        """The edges added ``start``-th to ``end``-th, in the order read."""
+        with self._lock:
+            return self._log[start:end]
+
+    def downstream(self, agent: str, hops: int) -> set[str]:
+        """``agent`` and every agent it delegated to, directly or through at most ``hops`` edges (any time,
+        granted or revoked: a superset, which the rules narrow to the edges live at a grant's time)."""
+        with self._lock:
+            seen, frontier = {agent}, [agent]
+            for _ in range(hops):
+                frontier = [d for a in frontier for d in self._out.get(a, ()) if d not in seen]
+                if not frontier:
+                    break
+                seen.update(frontier)
+            return seen
+
     def add(self, fact: dict[str, object]) -> None:
         ev = as_event(fact)
         mark = (ev["event_id"], edge_key(fact))
@@ -62,6 +87,8 @@ class DelegationGraph:
             self._seen.add(mark)
             bisect.insort(self._into.setdefault(ev["target"]["identity_id"], []),
                           (ev["occurred_at"], ev["event_id"], ev), key=lambda t: (t[0], t[1]))
+            self._out.setdefault(ev["agent"]["agent_id"], set()).add(ev["target"]["identity_id"])
+            self._log.append(ev)
             self.edges += 1
 
     def start(self) -> DelegationGraph:

@@ -354,6 +354,11 @@ class KeyedState:
     def same_id(self, ev: TransitionDict) -> list[TransitionDict]:
         return [h for h in self.ids.get(ev["event_id"], ()) if order(h) < order(ev)]
 
+    def judged_since(self, key: str, since_ms: int) -> View:
+        """The key's judged facts at or after event time ``since_ms``."""
+        hist = self.history.get(key, _EMPTY)
+        return View(hist, bisect.bisect_left(hist, _since(since_ms)), len(hist))
+
     def after(self, key: str, ev: TransitionDict, reach_ms: int | None = None) -> View:
         """The key's judged facts after ``ev`` in event-time order (within ``reach_ms`` of it, if given)."""
         hist = self.history.get(key, _EMPTY)

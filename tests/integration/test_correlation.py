@@ -31,7 +31,7 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import wait_for
 from pipeline.topics import ensure_topics
-from tests.support.helpers import consume, scrape
+from tests.support.helpers import consume, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -320,3 +320,42 @@ def test_grant_rate_burst_and_stale_policy_drift_over_six_partitions(world: Worl
     assert len(rate[0]["related_event_ids"]) == 20 and len(set(rate[0]["related_partitions"])) >= 4
     drift = of(found, "AG-XRN-009", agent)
     assert len(drift) == 1 and len(set(drift[0]["related_partitions"])) >= 2, drift
+
+
+def test_delegation_laundering_is_found_when_its_edges_are_read_after_the_grant(world: World) -> None:
+    """The edges of a chain granted minutes before the privileged grant, but published after the grant was
+    judged (their runs scored later: a lagging scorer, a backlog read unevenly). The grant is judged with no
+    edge into its agent (the correlators wait until no fact is pending); reading the edges then judges it
+    again. Look-alike: the same late edges, the grant to someone unrelated."""
+    jit = {"resource.system": "aws", "resource.resource_id": "role/Admin", "resource.entitlement": "aws-admin",
+           "resource.privilege_tier": 3}
+    cases = {"late": None, "late-ok": f"h-other-late-{TAG}"}
+    agents = {name: [f"agent-{name}-{c}-{TAG}" for c in "abc"] for name in cases}
+    runs = {name: runs_on_distinct_partitions(name, 3) for name in cases}
+    ids = {name: world.publish(draft(run_id=runs[name][2], step=1, occurred_at=at(minutes=5),
+                                     action="grant_entitlement",
+                                     **{"agent.agent_id": agents[name][2], "agent.on_behalf_of": None,
+                                        "target.identity_id": to or f"h-{name}-{TAG}", **jit}))
+           for name, to in cases.items()}
+
+    def judged() -> bool:
+        return sum(v for port in world.ports for (metric, _), v in scrape(port).items()
+                   if metric == "agentgov_correlator_pending_facts") == 0
+    assert wait_until(judged, timeout=90, interval=0.5), "the grants were not judged"
+    for name in cases:
+        ids[name] += world.publish(*[draft(run_id=runs[name][i], step=1, occurred_at=at(minutes=10 - i),
+                                           action="assign_role",
+                                           **{"agent.agent_id": agents[name][i],
+                                              "target.identity_id": agents[name][i + 1],
+                                              "agent.on_behalf_of": f"h-{name}-{TAG}" if i == 0 else None,
+                                              "target.identity_type": "agent",
+                                              "resource.resource_id": "role/PrivilegedRoleAdministrator",
+                                              "resource.privilege_tier": 2})
+                                     for i in range(2)])
+        assert len(set(world.partitions(ids[name]))) == 3
+    found = wait_findings(world, lambda f: len(of(f, "AG-XRN-003", agents["late"][2])) == 1)
+    assert len(of(found, "AG-XRN-003", agents["late"][2])) == 1, "the chain whose edges came late was missed"
+    f = of(found, "AG-XRN-003", agents["late"][2])[0]
+    assert "depth 2" in f["message"] and len(f["related_event_ids"]) == 3 and len(f["related_run_ids"]) == 3
+    time.sleep(3)  # the look-alike's edges were read before the chain's finding was stored
+    assert [x for x in world.findings() if x["entity_key"] == agents["late-ok"][2]] == []

@@ -167,6 +167,117 @@ def test_delegation_laundering_benign(case: str) -> None:
     assert found == []
 
 
+def _edge_records(*hops: tuple[str, str], start: int = 0) -> list[dict[str, Any]]:
+    """The delegation topic's records of ``hops`` (what the graph's follower reads), ``start`` minutes on."""
+    out = []
+    for i, (src, dst) in enumerate(hops):
+        ev = event(**{"action": "assign_role", "run_id": f"deleg-{i}", "agent.agent_id": src,
+                      "agent.on_behalf_of": "human-alice" if i == 0 else None, "target.identity_id": dst,
+                      "target.identity_type": "agent", "resource.system": "entra-id",
+                      "resource.resource_id": "role/RoleAdmin", "resource.privilege_tier": 2,
+                      "occurred_at": T0 + (start + i) * MIN})
+        out.append(dict(fact_from_event(ev, i % 6, ev["step"])))
+    return out
+
+
+def _correlator_with_graph() -> tuple[Any, Any, list[tuple[Any, ...]]]:
+    """The judging half of a Correlator with a real delegation graph (not following any topic: edges are
+    added by hand, as its follower would) and a producer that keeps what it is given."""
+    from types import SimpleNamespace
+
+    from pipeline.delegations import DelegationGraph
+    from pipeline.facts import FINDING
+    from pipeline.schemas import SchemaSet
+    from pipeline.serde import Serde
+    from pipeline.settings import Settings
+
+    c = _bare_correlator()
+    c.settings = Settings.load(kafka_bootstrap="127.0.0.1:1")
+    c.graph = DelegationGraph(c.settings, Serde(SchemaSet.load()))
+    c.states, c._edges_known, c.baselines = {}, {}, lambda agent: None
+    c.out = Serde(SchemaSet.load(), record=FINDING)
+    produced: list[tuple[Any, ...]] = []
+    c.checkpoint = SimpleNamespace(producer=SimpleNamespace(produce=lambda *a, **k: produced.append(a)))
+    return c, c.graph, produced
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_an_edge_read_after_the_grant_it_completes_still_finds_the_laundering(depth: int) -> None:
+    """The graph is as complete as its follower has read: an edge granted before a grant can be read after the
+    grant was judged (its run scored later). Reading it judges that grant again, by laundering alone: the
+    chain is found and published once, naming every hop, whatever the order the edges and the grant came in."""
+    from pipeline.correlator import _Tally
+    from pipeline.keyed_state import KeyedState
+
+    c, graph, produced = _correlator_with_graph()
+    hops = [("agent-a", "agent-b"), ("agent-b", "agent-c"), ("agent-c", "agent-d")][:depth]
+    last = hops[-1][1]
+    state = c._hold(c.settings.topic_facts_by_agent, partition_for(last, c.settings.facts_partitions),
+                    KeyedState(by_target=False))
+    grant = _privileged_grant(last, "human-alice", 30)
+    assert c._judge(state, last, grant) == []  # judged before any edge was read
+    state.apply(last, grant, 86_400_000)
+    records = _edge_records(*hops)
+    for record in records[:-1]:  # the first hops are read; the chain is not complete yet
+        graph.add(record)
+    tally = _Tally()
+    c._late_edges(T0 + 31 * MIN, tally)
+    assert tally.found == [] and produced == []
+    graph.add(records[-1])
+    c._late_edges(T0 + 32 * MIN, tally)
+    assert [f.spec.code for f in tally.found] == ["AG-XRN-003"] and len(produced) == 1
+    f = tally.found[0]
+    assert f"depth {depth}" in f.message and f.event is grant and len(f.chain) == depth + 1
+    assert f.finding_id == run_key([grant], last, by_target=False, delegations=graph.into)[0].finding_id
+    graph.add(records[0])  # a redelivered edge record: not a new edge
+    graph.add(_edge_records(("agent-x", "agent-a"))[0])  # a new edge upstream: the same chain is not published again
+    c._late_edges(T0 + 33 * MIN, tally)
+    assert len(tally.found) == 1 and len(produced) == 1
+
+
+@pytest.mark.parametrize("case", ["edge_after_grant", "other_partition", "held_after_the_edges", "unrelated_target"])
+def test_an_edge_read_late_judges_nothing_it_cannot_complete(case: str) -> None:
+    """Benign look-alikes of the late edge: the edge granted after the grant; the granting agent's facts on
+    a partition this correlator does not own; a state taken over (replayed) after the edges were read,
+    whose facts the previous owner judged with them; a grant to someone unrelated."""
+    from pipeline.correlator import _Tally
+    from pipeline.keyed_state import KeyedState
+
+    c, graph, produced = _correlator_with_graph()
+    hops = [("agent-a", "agent-b"), ("agent-b", "agent-c")]
+    n = c.settings.facts_partitions
+    part = partition_for("agent-c", n) if case != "other_partition" else (partition_for("agent-c", n) + 1) % n
+    records = _edge_records(*hops, start=40 if case == "edge_after_grant" else 0)
+    if case == "held_after_the_edges":
+        for record in records:
+            graph.add(record)
+    state = c._hold(c.settings.topic_facts_by_agent, part, KeyedState(by_target=False))
+    grant = _privileged_grant("agent-c", "human-bob" if case == "unrelated_target" else "human-alice", 30)
+    state.apply("agent-c", grant, 86_400_000)
+    if case != "held_after_the_edges":
+        for record in records:
+            graph.add(record)
+    tally = _Tally()
+    c._late_edges(T0 + 50 * MIN, tally)
+    assert tally.found == [] and produced == []
+
+
+def test_the_delegation_graph_walks_downstream_within_the_hops_asked() -> None:
+    from pipeline.delegations import DelegationGraph
+    from pipeline.schemas import SchemaSet
+    from pipeline.serde import Serde
+    from pipeline.settings import Settings
+
+    graph = DelegationGraph(Settings.load(kafka_bootstrap="127.0.0.1:1"), Serde(SchemaSet.load()))
+    for record in _edge_records(("a", "b"), ("b", "c"), ("c", "d"), ("d", "b")):  # a cycle back to b
+        graph.add(record)
+    assert graph.downstream("b", 0) == {"b"}
+    assert graph.downstream("b", 1) == {"b", "c"}
+    assert graph.downstream("b", 5) == {"b", "c", "d"}
+    assert graph.downstream("a", 2) == {"a", "b", "c"}
+    assert graph.read == 4 and [e["target"]["identity_id"] for e in graph.since(1, 3)] == ["c", "d"]
+
+
 BASELINE = AgentBaseline("agent-burst", events=1000, grants_per_hour=1.7)
 
 
