@@ -345,6 +345,7 @@ class Correlator(TransactionalLoop):
             for edge in self.graph.since(known, read):
                 if not granted_access(edge):
                     continue  # a revoke ends chains; published findings are never withdrawn
+                late = False
                 for agent in self.graph.downstream(edge["target"]["identity_id"], depth - 1):
                     if partition_for(agent, self.settings.facts_partitions) != skey[1]:
                         continue  # another partition's agent: its owner judges it
@@ -352,9 +353,11 @@ class Correlator(TransactionalLoop):
                         self.policy, agent, delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)))
                     for ev in state.judged_since(agent, edge["occurred_at"] + 1):
                         if granted_access(ev):
+                            late = True
                             for f in judge(state, agent, ev):
                                 if state.first_time(f.finding_id):
                                     self._publish(f, now_ms, tally)
+                tally.late_edges += late
 
     @staticmethod
     def _laundering(cx: CrossRunContext, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
@@ -526,6 +529,7 @@ class Correlator(TransactionalLoop):
         m.correlator_facts.inc(tally.facts)
         m.correlator_late.inc(tally.late)
         m.correlator_rejudge_cut.inc(tally.rejudge_cut)
+        m.correlator_late_edges.inc(tally.late_edges)
         m.correlator_pending.set(sum(len(s.pending) for s in self.states.values()))
         m.correlator_keys.set(sum(len(s.history) for s in self.states.values()))
         for reason, n in tally.dead.items():
@@ -552,11 +556,12 @@ class Correlator(TransactionalLoop):
 
 
 class _Tally:
-    __slots__ = ("dead", "facts", "found", "late", "rejudge_cut")
+    __slots__ = ("dead", "facts", "found", "late", "late_edges", "rejudge_cut")
 
     def __init__(self) -> None:
         self.facts = 0
         self.late = 0
         self.rejudge_cut = 0
+        self.late_edges = 0
         self.dead: Counter[str] = Counter()
         self.found: list[CrossRunFinding] = []

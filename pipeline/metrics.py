@@ -162,6 +162,12 @@ class Metrics:
             "Access facts that arrived after the grace period (judged; chains they complete with later facts are "
             "judged again, docs/guarantees.md).", registry=r
         )
+        self.correlator_late_edges = Counter(
+            "agentgov_correlator_late_edges_total",
+            "Delegation edges read after grants they could complete (by the delegate or downstream of it) had "
+            "been judged; those grants were judged again by delegation laundering (docs/guarantees.md).",
+            registry=r
+        )
         self.correlator_rejudge_cut = Counter(
             "agentgov_correlator_rejudge_truncated_total",
             "Late facts whose key's later facts were judged again only up to the limit (1,000): a chain completed "

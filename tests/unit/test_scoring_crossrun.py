@@ -226,6 +226,7 @@ def test_an_edge_read_after_the_grant_it_completes_still_finds_the_laundering(de
     graph.add(records[-1])
     c._late_edges(T0 + 32 * MIN, tally)
     assert [f.spec.code for f in tally.found] == ["AG-XRN-003"] and len(produced) == 1
+    assert tally.late_edges == 1  # the edge that reached the judged grant; the first ones reached none yet
     f = tally.found[0]
     assert f"depth {depth}" in f.message and f.event is grant and len(f.chain) == depth + 1
     assert f.finding_id == run_key([grant], last, by_target=False, delegations=graph.into)[0].finding_id
