@@ -357,5 +357,8 @@ def test_delegation_laundering_is_found_when_its_edges_are_read_after_the_grant(
     assert len(of(found, "AG-XRN-003", agents["late"][2])) == 1, "the chain whose edges came late was missed"
     f = of(found, "AG-XRN-003", agents["late"][2])[0]
     assert "depth 2" in f["message"] and len(f["related_event_ids"]) == 3 and len(f["related_run_ids"]) == 3
+    late = sum(v for port in world.ports for (metric, _), v in scrape(port).items()
+               if metric == "agentgov_correlator_late_edges_total")
+    assert late >= 1, "the late edge was not counted"
     time.sleep(3)  # the look-alike's edges were read before the chain's finding was stored
     assert [x for x in world.findings() if x["entity_key"] == agents["late-ok"][2]] == []
