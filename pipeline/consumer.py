@@ -24,10 +24,10 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
-from .assessment import AssessmentEncoder
+from .assessment import AssessmentEncoder, assessment_headers
 from .deadletters import dead_letter, dlq_headers
 from .errors import DeadLetter, RegistryUnavailable
-from .events import GRANTS, TransitionDict, check_values
+from .events import ACCESS_CHANGES, GRANTS, TransitionDict, check_values
 from .facts import FACT, FactEmitter, check_fact_topics
 from .limits import Limits
 from .loop import TransactionalLoop, record_lag
@@ -113,6 +113,7 @@ class Scorer(TransactionalLoop):
         self.signing_keys = {k: v.get_secret_value().encode() for k, v in settings.signing_keys.items()}
         self.key_agents = {k: tuple(v) for k, v in settings.signing_key_agents.items()}
         self.window_ms = settings.context_window_seconds * 1000
+        self.backdated_ms = int(settings.backdated_hours * 3_600_000)
         self.contexts: dict[int, PartitionContext] = {}
         self.metrics.policy_info.labels(role=self.role).info(
             {"version": policy.version, "sha256": policy.sha256})
@@ -280,7 +281,7 @@ class Scorer(TransactionalLoop):
         )
         try:
             scored = apply(score(ev, ctx), ev, batch.excepted)
-            value = self.encoder.encode(decoded, scored, msg.partition(), msg.offset(), now_ms)
+            value, digest = self.encoder.encode_digested(decoded, scored, msg.partition(), msg.offset(), now_ms)
         except RegistryUnavailable:  # registering the assessment schema: wait for the registry
             raise
         except Exception as exc:  # a rule bug must not stop the pipeline or lose the event
@@ -288,19 +289,18 @@ class Scorer(TransactionalLoop):
             return partial(self._send_dead, msg, exc, "internal", stats)
         facts = None if _copy_seen(ev, ctx) else self.facts
         pctx.observe(ev)
-        return partial(self._publish, msg, ev, scored, value, facts, stats, now_ms)
+        return partial(self._publish, msg, ev, scored, value, digest, facts, stats, now_ms)
 
-    def _publish(self, msg: Message, ev: TransitionDict, scored: Scored, value: bytes, facts: FactEmitter | None,
-                 stats: _BatchStats, now_ms: int) -> None:
+    def _publish(self, msg: Message, ev: TransitionDict, scored: Scored, value: bytes, digest: str,
+                 facts: FactEmitter | None, stats: _BatchStats, now_ms: int) -> None:
         """Produce one scored input's assessment and (through ``facts``, unless None) its access facts; an
-        assessment refused locally (its size) dead-letters the input instead."""
+        assessment refused locally (its size) dead-letters the input instead. The headers name the input
+        record and the digest of its content (the writer tells a redelivery from a rewrite by both)."""
         report = partial(self._on_delivery, (msg.partition(), msg.offset()))
         try:
             self.producer.produce(self.settings.topic_assessments, value, key=ev["event_id"].encode(),
                                   on_delivery=report,
-                                  headers=[("occurred_at", str(ev["occurred_at"]).encode()),
-                                           ("agentgov.source.partition", str(msg.partition()).encode()),
-                                           ("agentgov.source.offset", str(msg.offset()).encode())])
+                                  headers=assessment_headers(ev, msg.partition(), msg.offset(), digest))
         except KafkaException as exc:  # refused locally (MSG_SIZE_TOO_LARGE): this record only
             if exc.args[0].code() not in RECORD_ERRORS:
                 raise  # e.g. _STATE: the transaction already failed; abort it
@@ -308,8 +308,12 @@ class Scorer(TransactionalLoop):
             self._send_dead(msg, exc, "oversized", stats)
             return
         if facts is not None:
-            facts.emit(partial(self.producer.produce, on_delivery=report), ev, msg.partition(), msg.offset())
+            # with the codes it raised: the correlator leaves a chain to this scorer only if it reported it here
+            facts.emit(partial(self.producer.produce, on_delivery=report), ev, msg.partition(), msg.offset(),
+                       sorted({f.code for f in scored.findings}))
         stats.add(ev, scored, now_ms)
+        if backdated(ev, msg.timestamp()[1], self.backdated_ms):
+            stats.backdated.append((ev["event_id"], ev["agent"]["agent_id"]))
 
     def _send_dead(self, msg: Message, exc: BaseException, reason: str, stats: _BatchStats, *,
                    payload: bool = True) -> None:
@@ -371,9 +375,25 @@ class Scorer(TransactionalLoop):
             m.escalation_ring.set((pattern, agent_id, run_id), now)
         if stats.escalations:
             log.warning("hidden escalation detected", extra={"kv": {"chains": stats.escalations}})
+        if stats.backdated:
+            m.backdated.inc(len(stats.backdated))
+            event_id, agent_id = stats.backdated[0]
+            log.warning("access changes stamped long before they reached the log",
+                        extra={"kv": {"count": len(stats.backdated), "event_id": event_id, "agent_id": agent_id,
+                                      "hours": self.settings.backdated_hours}})
 
 ESCALATION_CATEGORY = "escalation"
 ESCALATION_SERIES_TTL = 900.0  # seconds a detected chain stays on /metrics (the page's window)
+
+
+def backdated(ev: TransitionDict, log_ms: int, limit_ms: int) -> bool:
+    """An access change stamped more than ``limit_ms`` before ``log_ms``, its record's timestamp on the
+    transitions topic (0 or less: unknown; ``limit_ms`` 0: off). Such an event passes the age limit and is
+    scored and stored (kept ``retention_days`` from storage, migration 007), but its ``occurred_at`` files it
+    among days long past: an agent hiding a change from time-ranged reads, or a legitimate backfill. A
+    record's timestamp is fixed, so a replay counts the same events."""
+    return (limit_ms > 0 and log_ms > 0 and ev["action"] in ACCESS_CHANGES
+            and ev["occurred_at"] < log_ms - limit_ms)
 
 
 def _copy_seen(ev: TransitionDict, ctx: ScoringContext) -> bool:
@@ -400,11 +420,12 @@ class _Batch:
 class _BatchStats:
     """Per-batch tallies, folded into Prometheus once per batch (cheaper than per-event label lookups)."""
 
-    __slots__ = ("consumed", "dead", "escalations", "excepted", "findings", "latencies", "levels", "poison", "scores",
-                 "transitions")
+    __slots__ = ("backdated", "consumed", "dead", "escalations", "excepted", "findings", "latencies", "levels",
+                 "poison", "scores", "transitions")
 
     def __init__(self) -> None:
         self.consumed = 0
+        self.backdated: list[tuple[str, str]] = []  # (event_id, agent_id) of access changes stamped long before
         self.transitions: Counter[tuple[str, str]] = Counter()
         self.levels: Counter[str] = Counter()
         self.findings: Counter[tuple[str, str, str]] = Counter()

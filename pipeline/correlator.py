@@ -81,6 +81,7 @@ from .scoring.crossrun import (
     group_nesting_across_runs,
     may_find_by_target,
     may_page,
+    stale_policy_across_partitions,
 )
 from .scoring.policy import LoadedPolicy
 from .scoring.rules import granted_access, stale_decision
@@ -178,7 +179,7 @@ class Correlator(TransactionalLoop):
     def _load_holdings(self, states: dict[int, KeyedState], max_seconds: float = HOLDINGS_READ_SECONDS
                        ) -> dict[int, int]:
         """Read the co-partitioned holdings partition of each by-target partition in ``states`` whole
-        (compacted: one record per target and access) into its state; answers how many each held.
+        (compacted: one record per ``facts.holding_key``) into its state; answers how many each held.
 
         One reader for all of them: a rebalance or a rewind rebuilds every partition it owns, and one read
         per partition, each waiting for its own end, stalled the correlator about a second per partition
@@ -334,24 +335,30 @@ class Correlator(TransactionalLoop):
         A chain already published is not published again (``KeyedState.first_time``). Edges are few (an
         agent giving another agent access), so this is a handful of lookups a batch, usually none."""
         read = self.graph.read
+        behind = {skey: known for skey, known in self._edges_known.items() if known < read}
+        if not behind:
+            return
         depth = self.policy.governance.escalation.max_delegation_depth
-        for skey, known in list(self._edges_known.items()):
-            if known >= read:
-                continue
+        first = min(behind.values())
+        # Each new grant edge with the agents it reaches, once a batch (not once per by-agent state).
+        edges = [(i, edge, self.graph.downstream(edge["target"]["identity_id"], depth - 1))
+                 for i, edge in enumerate(self.graph.since(first, read), first)
+                 if granted_access(edge)]  # a revoke ends chains; published findings are never withdrawn
+        for skey, known in behind.items():
             self._edges_known[skey] = read
             state = self.states.get(skey)
             if state is None:
                 continue
-            for edge in self.graph.since(known, read):
-                if not granted_access(edge):
-                    continue  # a revoke ends chains; published findings are never withdrawn
+            for i, edge, reached in edges:
+                if i < known:
+                    continue
                 late = False
-                for agent in self.graph.downstream(edge["target"]["identity_id"], depth - 1):
+                for agent in reached:
                     if partition_for(agent, self.settings.facts_partitions) != skey[1]:
                         continue  # another partition's agent: its owner judges it
                     judge = functools.partial(self._guarded, functools.partial(self._laundering, CrossRunContext(
                         self.policy, agent, delegations=self.graph.into, scorer_window_ms=self.scorer_window_ms)))
-                    for ev in state.judged_since(agent, edge["occurred_at"] + 1):
+                    for ev in state.judged_since(agent, edge["occurred_at"]):  # same ms: _live_edges counts it
                         if granted_access(ev):
                             late = True
                             for f in judge(state, agent, ev):
@@ -462,7 +469,7 @@ class Correlator(TransactionalLoop):
         policy = self.policy.governance
         if state.by_target:
             same = state.same_id(ev)
-            if not may_find_by_target(ev, policy, copies=bool(same), left=key in state.disabled):
+            if not may_find_by_target(ev, policy, copies=bool(same), left=key in state.accounts_ended):
                 return []  # most facts: no rule can complete a chain on it, whatever the state holds
             # Escalation and SoD read the escalation window; holdings cover anything older.
             history = state.before(key, ev, policy.escalation.window_seconds * 1000)
@@ -470,13 +477,19 @@ class Correlator(TransactionalLoop):
             cx = CrossRunContext(self.policy, key, history=history, holdings=held, same_id=same,
                                  scorer_window_ms=self.scorer_window_ms)
             return correlate(ev, cx, BY_TARGET_RULES)
-        if not granted_access(ev):
-            return []  # both agent rules judge executed grants only
         # The stale-share rule reads the drift window's counts only for a stale decision (indexed: O(log n) for
         # a busy agent). Group nesting scans the agent's history; it can only find a group created in it, so
         # it is skipped without one.
         drift_ms = policy.drift.rate_window_seconds * 1000
         decisions = state.decision_window(key, ev, drift_ms) if stale_decision(policy, ev) else None
+        if not granted_access(ev):
+            # The other agent rules judge executed grants only; the stale share counts every decision of the
+            # agent, so any stale one (a revoke, a denied grant) can be the one that crosses its threshold.
+            if decisions is None:
+                return []
+            cx = CrossRunContext(self.policy, key, decision_window=decisions, baseline=self.baselines(key),
+                                 scorer_window_ms=self.scorer_window_ms)
+            return correlate(ev, cx, (stale_policy_across_partitions,))
         window = policy.escalation.window_seconds * 1000
         rules = BY_AGENT_RULES if state.created_before(key, ev, window) else AGENT_RULES_BUT_NESTING
         cx = CrossRunContext(self.policy, key, history=state.before(key, ev, window),

@@ -1,7 +1,9 @@
 """The delegation graph: agent-to-agent grants, read whole by every correlator (GlobalKTable-style).
 
-Scorers publish every executed grant or revoke by one agent on another agent's access to the compacted
-``agentgov.delegations.v1`` (one record per edge: grantor, delegate, system, access). Each correlator
+Scorers publish every executed grant by one agent of another agent's access, and every executed revoke of an
+agent's access by anyone (the grantor, a clean-up agent, the agent itself: an access is the delegate's, and its
+revoke ends every edge that gave it), to the compacted ``agentgov.delegations.v1`` (one record per grantor,
+delegate, system and access). Each correlator
 follows that topic from its beginning in a background thread, so every replica holds the same graph,
 and the rules read it as of the event time of the grant they judge (edges granted later, or revoked
 before, do not count).
@@ -27,6 +29,7 @@ from confluent_kafka import Consumer, TopicPartition
 from .errors import DeadLetter
 from .events import TransitionDict
 from .facts import as_event, edge_key
+from .scoring.crossrun import FactOrder, fact_order
 from .serde import Serde
 from .settings import Settings
 
@@ -40,7 +43,7 @@ class DelegationGraph:
         self.settings = settings
         self.serde = serde
         self.topic = settings.topic_delegations
-        self._into: dict[str, list[tuple[int, str, TransitionDict]]] = {}
+        self._into: dict[str, list[tuple[FactOrder, str, TransitionDict]]] = {}
         self._out: dict[str, set[str]] = {}  # grantor -> the agents it granted to (or revoked from)
         self._log: list[TransitionDict] = []  # every edge, in the order read (``since``)
         self._seen: set[tuple[str, str]] = set()
@@ -48,7 +51,6 @@ class DelegationGraph:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self.edges = 0
         self.position = 0
         """Offset the follower has read the topic up to (transaction markers included)."""
 
@@ -85,11 +87,10 @@ class DelegationGraph:
             if mark in self._seen:
                 return  # a redelivered record (aborted transaction visible on Tansu, or compaction copy)
             self._seen.add(mark)
-            bisect.insort(self._into.setdefault(ev["target"]["identity_id"], []),
-                          (ev["occurred_at"], ev["event_id"], ev), key=lambda t: (t[0], t[1]))
+            bisect.insort(self._into.setdefault(ev["target"]["identity_id"], []), (fact_order(ev), ev["event_id"], ev),
+                          key=lambda t: t[0])
             self._out.setdefault(ev["agent"]["agent_id"], set()).add(ev["target"]["identity_id"])
             self._log.append(ev)
-            self.edges += 1
 
     def start(self) -> DelegationGraph:
         self._thread = threading.Thread(target=self._follow, name="delegations", daemon=True)
@@ -116,7 +117,7 @@ class DelegationGraph:
     def _follow(self) -> None:
         consumer = Consumer(self.settings.kafka_config(**{
             "group.id": f"agentgov-delegations-{uuid.uuid4()}", "enable.auto.commit": False,
-            "isolation.level": "read_committed"}))
+            "isolation.level": "read_committed", "fetch.wait.max.ms": self.settings.fetch_wait_max_ms}))
         tp = TopicPartition(self.topic, 0, 0)
         consumer.assign([tp])
         try:
@@ -127,7 +128,10 @@ class DelegationGraph:
             self.ready.set()
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(500, 0.2)
+                # The first record as soon as it is there, then what else is (a batch consume would wait out
+                # its timeout for a full batch: every edge read 0.2 s late, and every ``sync`` waiting for it).
+                first = consumer.poll(0.2)
+                msgs = [first, *consumer.consume(500, 0)] if first is not None else []
                 for msg in msgs:
                     if msg.error() or msg.value() is None:
                         continue

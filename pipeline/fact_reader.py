@@ -27,18 +27,19 @@ from typing import Any
 
 from .events import TransitionDict
 from .facts import as_event
+from .limits import SCORER_CODES_MAX as STRINGS_MAX
 from .serde import Serde
 
 log = logging.getLogger(__name__)
 
-STRING, LONG, OPTIONAL = "string", "long", "optional"
+STRING, LONG, OPTIONAL, STRINGS = "string", "long", "optional", "strings"
 FIELDS: tuple[tuple[str, str], ...] = (
     ("event_id", STRING), ("occurred_at", LONG), ("run_id", STRING), ("step", LONG), ("agent_id", STRING),
     ("on_behalf_of", OPTIONAL), ("target_id", STRING), ("target_type", STRING), ("lifecycle_state", STRING),
     ("action", STRING), ("system", STRING), ("resource_id", STRING), ("entitlement", OPTIONAL),
     ("privilege_tier", LONG), ("outcome", STRING), ("authority", STRING), ("approved_by", OPTIONAL),
     ("policy_id", OPTIONAL), ("policy_version", OPTIONAL), ("event_hash", STRING), ("source_partition", LONG),
-    ("source_offset", LONG),
+    ("source_offset", LONG), ("scorer_codes", STRINGS),
 )
 """The current fact schema's fields in writer order, by wire kind (Avro int and long share the zigzag varint)."""
 
@@ -51,14 +52,14 @@ SHAPE = """{
     "decision": {"outcome": outcome, "authority": authority, "approved_by": approved_by},
     "policy": {"policy_id": policy_id, "policy_version": policy_version},
     "evidence": {"event_hash": event_hash},
-    "source_partition": source_partition, "source_offset": source_offset}"""
+    "source_partition": source_partition, "source_offset": source_offset, "scorer_codes": scorer_codes}"""
 """What :func:`~pipeline.facts.as_event` makes of a fact (``tests/unit/test_fact_reader.py`` holds them equal)."""
 
 
 def varint(data: bytes, pos: int) -> tuple[int, int]:
     """A zigzag varint at ``pos`` of at most 9 bytes (values within +-2**62): its value and the position
-    after it. A longer one raises ValueError and is left to fastavro, whose 64-bit arithmetic decides what
-    a 10th byte (or an 11th) means."""
+    after it. A longer one raises ValueError and is left to the Serde, which refuses one of more than 10 bytes
+    or beyond 64 bits (``avro_guard.py``, as the store does) and has fastavro read the others."""
     b = data[pos]
     n, shift, pos = b & 0x7F, 7, pos + 1
     while b & 0x80:
@@ -79,6 +80,18 @@ def _field_source(name: str, kind: str) -> list[str]:
                 f"        {name} = (b >> 1) ^ -(b & 1); pos += 1",
                 "    else:",
                 f"        {name}, pos = varint(data, pos)"]
+    if kind == STRINGS:  # array of strings as write_fact writes it: one block (or none), then the empty one
+        return ["    count, pos = varint(data, pos)",
+                f"    {name} = []",
+                "    if count:",
+                "        if not 0 < count <= STRINGS_MAX:",
+                "            raise ValueError('array block')  # sized, or over the cap: the Serde and its guard",
+                "        for _ in range(count):",
+                *("            " + line for line in _string_source("s")),
+                f"            {name}.append(s)",
+                "        if data[pos] != 0:",
+                "            raise ValueError('array block')",
+                "        pos += 1"]
     pad, lines = "    ", []
     if kind == OPTIONAL:  # union ["null", "string"]: branch 0 (zigzag 0) or 1 (zigzag 2)
         lines = ["    u = data[pos]; pos += 1",
@@ -88,18 +101,21 @@ def _field_source(name: str, kind: str) -> list[str]:
                  "        raise ValueError('union branch')",
                  "    else:"]
         pad = "        "
-    string = ["b = data[pos]",
-              "if b < 128 and not b & 1:",
-              "    n = b >> 1; pos += 1",
-              "else:",
-              "    n, pos = varint(data, pos)",
-              "    if n < 0:",
-              "        raise ValueError('negative length')",
-              "end = pos + n",
-              "if end > size:",
-              "    raise EOFError('string past the end')",
-              f"{name} = data[pos:end].decode(); pos = end"]
-    return [*lines, *(pad + line for line in string)]
+    return [*lines, *(pad + line for line in _string_source(name))]
+
+
+def _string_source(name: str) -> list[str]:
+    return ["b = data[pos]",
+            "if b < 128 and not b & 1:",
+            "    n = b >> 1; pos += 1",
+            "else:",
+            "    n, pos = varint(data, pos)",
+            "    if n < 0:",
+            "        raise ValueError('negative length')",
+            "end = pos + n",
+            "if end > size:",
+            "    raise EOFError('string past the end')",
+            f"{name} = data[pos:end].decode(); pos = end"]
 
 
 def _compile() -> tuple[Callable[[bytes, int], TransitionDict], str]:
@@ -108,7 +124,7 @@ def _compile() -> tuple[Callable[[bytes, int], TransitionDict], str]:
         lines += _field_source(name, kind)
     lines += ["    if pos != size:", "        raise ValueError('trailing bytes')", "    return " + SHAPE]
     source = "\n".join(lines)
-    namespace: dict[str, Any] = {"varint": varint}
+    namespace: dict[str, Any] = {"varint": varint, "STRINGS_MAX": STRINGS_MAX}
     exec(compile(source, "<pipeline.fact_reader>", "exec"), namespace)  # our own source, made above (as dataclasses do)
     return namespace["read_fact"], source
 
@@ -122,6 +138,8 @@ def schema_kinds(schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """A record schema's fields as :data:`FIELDS` names them; kind ``?`` for a type the reader does not read."""
     def kind(t: Any) -> str:
         if isinstance(t, dict):
+            if t.get("type") == "array":
+                return STRINGS if t.get("items") == "string" else "?"
             t = t.get("type")
         if t == "string":
             return STRING

@@ -6,9 +6,9 @@ event, in the same Kafka transaction as its assessment, to:
 - ``agentgov.facts.by-target.v1``, keyed and partitioned by target identity (tier stepping, transient
   privilege, separation of duties, duplicate event ids);
 - ``agentgov.facts.by-agent.v1``, keyed and partitioned by agent (grant rates, delegation laundering);
-- ``agentgov.holdings.v1``, compacted, keyed by target + access and **co-partitioned** with by-target,
-  so a correlator owning by-target partition *p* reads holdings partition *p* whole: what every identity
-  holds, whatever its age;
+- ``agentgov.holdings.v1``, compacted, keyed by target + system + access (:func:`holding_key`) and
+  **co-partitioned** with by-target, so a correlator owning by-target partition *p* reads holdings
+  partition *p* whole: what every identity holds, whatever its age;
 - ``agentgov.delegations.v1``, compacted, one partition: agent-to-agent grants, read whole by every
   correlator (the delegation graph, GlobalKTable-style).
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ConfigError
@@ -54,7 +54,8 @@ def is_access_change(ev: TransitionDict) -> bool:
     return ev["action"] in ACCESS_ACTIONS
 
 
-def fact_from_event(ev: TransitionDict, partition: int, offset: int) -> Fact:
+def fact_from_event(ev: TransitionDict, partition: int, offset: int, codes: Sequence[str] = ()) -> Fact:
+    """The fact of ``ev``; ``codes`` are the finding codes the scorer raised on it (sorted and distinct)."""
     agent, target, res, dec = ev["agent"], ev["target"], ev["resource"], ev["decision"]
     return {
         "event_id": ev["event_id"], "occurred_at": ev["occurred_at"], "run_id": ev["run_id"], "step": ev["step"],
@@ -65,7 +66,7 @@ def fact_from_event(ev: TransitionDict, partition: int, offset: int) -> Fact:
         "privilege_tier": res["privilege_tier"], "outcome": str(dec["outcome"]), "authority": str(dec["authority"]),
         "approved_by": dec["approved_by"], "policy_id": ev["policy"]["policy_id"],
         "policy_version": ev["policy"]["policy_version"], "event_hash": ev["evidence"]["event_hash"],
-        "source_partition": partition, "source_offset": offset,
+        "source_partition": partition, "source_offset": offset, "scorer_codes": list(codes),
     }
 
 
@@ -99,16 +100,23 @@ def _opt(value: str | None) -> bytes:
     return _NULL if value is None else _SOME + _str(value)
 
 
+def _strings(values: Sequence[str]) -> bytes:
+    """Avro array of strings: one block of ``len(values)`` items, then the empty block that ends it."""
+    if not values:
+        return _NULL
+    return b"".join((_long(len(values)), *map(_str, values), _NULL))
+
+
 WRITTEN_FIELDS = ("event_id", "occurred_at", "run_id", "step", "agent_id", "on_behalf_of", "target_id",
                   "target_type", "lifecycle_state", "action", "system", "resource_id", "entitlement",
                   "privilege_tier", "outcome", "authority", "approved_by", "policy_id", "policy_version",
-                  "event_hash", "source_partition", "source_offset")
+                  "event_hash", "source_partition", "source_offset", "scorer_codes")
 """The fact schema's fields in the order :func:`write_fact` writes them (``FactEmitter`` checks the current
 schema against it, and encodes with fastavro when they differ)."""
 
 
-def write_fact(ev: TransitionDict, partition: int, offset: int) -> bytes:
-    """The Avro datum of ``fact_from_event(ev, partition, offset)`` written with the current fact schema,
+def write_fact(ev: TransitionDict, partition: int, offset: int, codes: Sequence[str] = ()) -> bytes:
+    """The Avro datum of ``fact_from_event(ev, partition, offset, codes)`` written with the current fact schema,
     straight from the event: fastavro's generic writer and the intermediate dict cost a scorer about 10 µs
     of its ~100 µs per access change, this about 5. The event is the scorer's decoded record (strings, ints,
     timestamp in ms); anything else raises TypeError or AttributeError, and the emitter falls back to
@@ -122,7 +130,7 @@ def write_fact(ev: TransitionDict, partition: int, offset: int) -> bytes:
         _str(target["identity_type"]), _str(target["lifecycle_state"]), _str(ev["action"]), _str(res["system"]),
         _str(res["resource_id"]), _opt(res["entitlement"]), _long(res["privilege_tier"]), _str(dec["outcome"]),
         _str(dec["authority"]), _opt(dec["approved_by"]), _opt(pol["policy_id"]), _opt(pol["policy_version"]),
-        _str(ev["evidence"]["event_hash"]), _long(partition), _long(offset)))
+        _str(ev["evidence"]["event_hash"]), _long(partition), _long(offset), _strings(codes)))
 
 
 def as_event(fact: Fact) -> TransitionDict:
@@ -139,6 +147,7 @@ def as_event(fact: Fact) -> TransitionDict:
         "policy": {"policy_id": fact.get("policy_id"), "policy_version": fact.get("policy_version")},
         "evidence": {"event_hash": fact["event_hash"]},
         "source_partition": fact["source_partition"], "source_offset": fact["source_offset"],
+        "scorer_codes": fact.get("scorer_codes") or [],
     }
 
 
@@ -148,13 +157,20 @@ def access_of(fact: Fact) -> str:
 
 
 def holding_key(fact: Fact) -> str:
-    """Compaction key on the holdings topic: one live record per (target, access); a deletion is per system."""
+    """Compaction key on the holdings topic (and of ``KeyedState.holdings``): one live record per (target,
+    system, access); an account's creation, disabling and deletion each one per (target, system), so that no
+    change of an access that happens to share the account's name (a clean-up revoke of ``user-account``)
+    replaces the record that the identity left (AG-XRN-007 reads it, any age)."""
     return _holding_key(fact["target_id"], fact["action"], fact["system"], access_of(fact))
 
 
+_ACCOUNT_KEYS = {"create_account": "#create", "disable_account": "#disable", "delete_account": "#delete"}
+
+
 def _holding_key(target_id: str, action: str, system: str, access: str) -> str:
-    if action == "delete_account":
-        return f"{target_id}\x1f#delete\x1f{system}"
+    account = _ACCOUNT_KEYS.get(action)
+    if account is not None:
+        return f"{target_id}\x1f{account}\x1f{system}"
     return f"{target_id}\x1f{system}\x1f{access}"
 
 
@@ -164,12 +180,20 @@ def is_delegation(fact: Fact) -> bool:
 
 
 def is_delegation_change(fact: Fact) -> bool:
-    """An executed grant or revoke by one agent on another agent's access (adds or removes an edge)."""
-    return fact["outcome"] == "granted" and _agent_to_agent(fact["agent_id"], fact["target_id"], fact["target_type"])
+    """An executed change of an agent's access that adds or removes an edge: a grant by another agent, or a
+    revoke by anyone (another agent, a clean-up agent, or the delegate giving the access up itself)."""
+    return fact["outcome"] == "granted" and _delegation_change(fact["agent_id"], fact["target_id"],
+                                                               fact["target_type"], fact["action"])
 
 
-def _agent_to_agent(agent_id: str, target_id: str, target_type: str) -> bool:
-    return target_type == "agent" and agent_id != target_id
+DELEGATE_TYPES = frozenset({"agent", "service"})  # of human, service, agent
+"""Identity types whose access changes are delegation edges: an agent, or a service identity, which agents
+act as or on behalf of (the event's type is the agent's own label: a delegate typed ``service`` is no less
+a delegate)."""
+
+
+def _delegation_change(agent_id: str, target_id: str, target_type: str, action: str) -> bool:
+    return target_type in DELEGATE_TYPES and (agent_id != target_id or action not in GRANTS)
 
 
 def edge_key(fact: Fact) -> str:
@@ -208,20 +232,22 @@ class FactEmitter:
             log.warning("fact schema does not match the fast writer; encoding every fact with fastavro",
                         extra={"kv": {"schema_version": serde.current.version}})
 
-    def encode(self, ev: TransitionDict, partition: int, offset: int) -> bytes:
+    def encode(self, ev: TransitionDict, partition: int, offset: int, codes: Sequence[str] = ()) -> bytes:
         """The fact record's value: framing and datum, as ``serde.encode(fact_from_event(...))``."""
         if self.fast:
             try:
-                return self.serde.header() + write_fact(ev, partition, offset)
+                return self.serde.header() + write_fact(ev, partition, offset, codes)
             except (TypeError, AttributeError, OverflowError):
                 pass  # not the decoded record's types: fastavro decides
-        return self.serde.encode(fact_from_event(ev, partition, offset))
+        return self.serde.encode(fact_from_event(ev, partition, offset, codes))
 
-    def emit(self, produce: Callable[..., None], ev: TransitionDict, partition: int, offset: int) -> int:
-        """Produce the facts of ``ev`` (none unless it changes access); returns how many were produced."""
+    def emit(self, produce: Callable[..., None], ev: TransitionDict, partition: int, offset: int,
+             codes: Sequence[str] = ()) -> int:
+        """Produce the facts of ``ev`` (none unless it changes access); returns how many were produced.
+        ``codes``: the finding codes the scorer raised on ``ev``, sorted and distinct (``scorer_codes``)."""
         if ev["action"] not in FACT_ACTIONS:
             return 0
-        value = self.encode(ev, partition, offset)  # once, for every topic it goes to
+        value = self.encode(ev, partition, offset, codes)  # once, for every topic it goes to
         n = self.n
         agent_id, target, res = ev["agent"]["agent_id"], ev["target"], ev["resource"]
         agent = agent_id.encode()
@@ -239,7 +265,7 @@ class FactEmitter:
             held = _holding_key(target_id, ev["action"], system, access)
             produce(self.holdings, value, key=held.encode(), partition=target_partition)
             sent += 1
-            if _agent_to_agent(agent_id, target_id, target["identity_type"]):  # is_delegation_change
+            if _delegation_change(agent_id, target_id, target["identity_type"], ev["action"]):  # is_delegation_change
                 produce(self.delegations, value, key=_edge_key(agent_id, target_id, system, access).encode(),
                         partition=0)
                 sent += 1

@@ -23,9 +23,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from .events import TransitionDict
+from .events import ACCOUNT_REVOKES, TransitionDict
 from .facts import holding_key
-from .scoring.crossrun import MAX_EVIDENCE, CrossRunFinding, DecisionWindow, duplicate_id_across_partitions
+from .scoring.crossrun import (
+    MAX_EVIDENCE,
+    CrossRunFinding,
+    DecisionWindow,
+    FactOrder,
+    duplicate_id_across_partitions,
+    fact_order,
+)
 from .scoring.rules import granted_access
 
 Judge = Callable[[str, TransitionDict], list[CrossRunFinding]]
@@ -42,12 +49,10 @@ SOURCE_LAG_CAP_MS = 5 * 60_000
 source lags: what waits for it is held in memory, a rebuild judges that much again (``KeyedState.floor``),
 and a source that far behind is an outage, whose facts are late."""
 
-Order = tuple[int, str, int, int]
-"""A fact's place in event-time order: time, event id, source partition and offset (a total order)."""
-
-
-def order(ev: TransitionDict) -> Order:
-    return (ev["occurred_at"], ev["event_id"], ev["source_partition"], ev["source_offset"])
+Order = FactOrder
+"""A fact's place in event-time order (``crossrun.fact_order``: time, rank among the facts of its millisecond,
+event id, source partition and offset; a total order)."""
+order = fact_order
 
 
 # Per-key lists hold ``(order, payload)`` entries sorted by order. They are searched with probes compared
@@ -65,7 +70,7 @@ def _at(o: Order) -> tuple[Order]:
 def _past(o: Order) -> tuple[Order]:
     """Probe: ``bisect_left(entries, _past(o))`` is the first entry whose order is ``> o`` (no integer offset
     lies between ``o``'s and the next one)."""
-    return ((o[0], o[1], o[2], o[3] + 1),)
+    return ((o[0], o[1], o[2], o[3], o[4] + 1),)
 
 
 def _since(ms: int) -> tuple[tuple[int]]:
@@ -163,9 +168,10 @@ class KeyedState:
     arrived: dict[str, list[tuple[Order, TransitionDict]]] = field(default_factory=dict)
     """Per key, every fact arrived so far (judged or pending), event-time order: what early pages read."""
     paged: dict[str, None] = field(default_factory=dict)
-    disabled: set[str] = field(default_factory=set)
-    """By target: the targets an executed ``disable_account`` of was ever held (``hold``), whatever happened
-    after: what the grant-to-leaver rule needs before it reads anything (``may_find_by_target``)."""
+    accounts_ended: set[str] = field(default_factory=set)
+    """By target: the targets an executed ``disable_account`` or ``delete_account`` of was ever held (``hold``),
+    on any system, whatever happened after: what the grant-to-leaver rule needs before it reads anything
+    (``may_find_by_target``)."""
     creates: dict[str, list[tuple[Order, tuple[str, str]]]] = field(default_factory=dict)
     """Per key, each ``create_group`` fact's time and the group it made (target and resource id): group
     nesting (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact
@@ -188,7 +194,7 @@ class KeyedState:
     """The caller's clock at the first live fact (``add`` with a clock)."""
     rejudge_cut: int = 0
     """Late facts whose later facts were judged again only up to ``judge_due``'s limit."""
-    released: Order = (0, "", 0, 0)
+    released: Order = (0, 0, "", 0, 0)
     max_seen_ms: int = 0
     arrived_at: float = 0.0
     """When a live fact was last added (``add``'s clock, seconds), or the state was rebuilt: what tells a busy
@@ -499,8 +505,8 @@ class KeyedState:
     def hold(self, ev: TransitionDict) -> None:
         fact = {"target_id": ev["target"]["identity_id"], "action": ev["action"], "system": ev["resource"]["system"],
                 "entitlement": ev["resource"]["entitlement"], "resource_id": ev["resource"]["resource_id"]}
-        if ev["action"] == "disable_account":
-            self.disabled.add(ev["target"]["identity_id"])
+        if ev["action"] in ACCOUNT_REVOKES:
+            self.accounts_ended.add(ev["target"]["identity_id"])
         held = self.holdings.setdefault(ev["target"]["identity_id"], {})
         hk = holding_key(fact)
         old = held.get(hk)

@@ -35,8 +35,8 @@ def input_outside_allowlist(ev: TransitionDict, ctx: ScoringContext) -> list[Fin
 
 TOO_MANY_SIGNALS = spec(
     "AG-BND-002", "Too many signals (blast radius)", S.low, C.risk,
-    "The decision evaluated more inputs than the workflow's max_signals: a wider attack surface and a "
-    "decision no reviewer can follow.",
+    "The decision evaluated more distinct inputs (name and source; a repeated entry counts once) than the "
+    "workflow's max_signals: a wider attack surface and a decision no reviewer can follow.",
     ("workflow_id", "inputs_used"),
     (ASI06, ASI02, PR_AA_05),
 )
@@ -45,8 +45,12 @@ TOO_MANY_SIGNALS = spec(
 @rule(TOO_MANY_SIGNALS)
 def too_many_signals(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     cap = ctx.governance.boundary_for(ev["workflow_id"]).max_signals
-    n = len(ev["inputs_used"])
-    if cap is None or n <= cap:
+    if cap is None or len(ev["inputs_used"]) <= cap:
+        return []
+    # Distinct signals: a repeated identical entry is no new signal, but one attribute read from several
+    # sources is several (each source is its own way in).
+    n = len({(i["name"], i["source"]) for i in ev["inputs_used"]})
+    if n <= cap:
         return []
     return [TOO_MANY_SIGNALS.finding(
         f"{ev['action']} in {ev['workflow_id']!r} evaluated {n} signals, more than max_signals={cap}")]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import ENTITLEMENT_GRANTS, ENTITLEMENT_REVOKES, REVOKES, TransitionDict
+from ..events import ACCOUNT_REVOKES, ENTITLEMENT_GRANTS, ENTITLEMENT_REVOKES, REVOKES, TransitionDict, name_key
 from . import escalation
 from .catalogue import (
     ASI03,
@@ -55,6 +55,33 @@ def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
     """Deterministic: the same rule over the same entity and chain has the same id on every replica."""
     text = "\x1f".join([code, key, *event_ids])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+FactOrder = tuple[int, int, str, int, int]
+"""A fact's place in event-time order: time, its rank among facts of the same millisecond
+(:func:`tie_rank`), event id, source partition and offset (a total order)."""
+
+_FIRST_IN_ITS_MS = frozenset({"create_group", "disable_account"})
+
+
+def tie_rank(ev: TransitionDict) -> int:
+    """Where a fact stands among facts stamped the same millisecond, which have no order of their own: the
+    order that lets a chain complete. First what a chain starts from (a group's creation, an account's
+    disabling), then grants by privilege tier, lowest first, then revokes. Facts' event ids, which the
+    agent chooses, decide only between facts of the same rank: ordered by id alone, an agent stamping a
+    tier climb or a grant and its revoke with one millisecond, and picking its ids, hid the chain from
+    rules that read only the facts before the one they judge."""
+    action = ev["action"]
+    if action in _FIRST_IN_ITS_MS:
+        return 0
+    if action in REVOKES:
+        return 10
+    return 1 + min(max(int(ev["resource"]["privilege_tier"] or 0), 0), 8)
+
+
+def fact_order(ev: TransitionDict) -> FactOrder:
+    """The order the correlator judges facts in (``KeyedState``'s), and the rules compare them by."""
+    return (ev["occurred_at"], tie_rank(ev), ev["event_id"], ev["source_partition"], ev["source_offset"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +159,13 @@ class CrossRunFinding:
 
     @property
     def finding_id(self) -> str:
-        return finding_id(self.spec.code, self.key, self.event_ids)
+        ids = self.event_ids
+        if len(set(ids)) < len(ids):
+            # Copies of one event id (AG-XRN-006): each copy is told apart by its run, so a copy forged into a
+            # third run is a chain (and a finding) of its own, not the first one again. Not by its partition:
+            # the same events over 6 or 12 partitions must give the same ids.
+            ids = tuple(f"{h['event_id']}@{h['run_id']}" for h in self.chain)
+        return finding_id(self.spec.code, self.key, ids)
 
     @property
     def pattern(self) -> str:
@@ -158,6 +191,23 @@ def _part(h: TransitionDict) -> int:
 
 def spans_partitions(chain: Iterable[TransitionDict]) -> bool:
     return len({_part(h) for h in chain}) > 1
+
+
+def left_to_scorer(chain: Sequence[TransitionDict], ev: TransitionDict, twin: str) -> bool:
+    """Whether a chain is the scorer's to report: its steps all came from one source partition, and that
+    partition's scorer raised the per-run ``twin`` code on ``ev``, the event completing it (the fact's
+    ``scorer_codes``). A scorer's context is capped per run, target and agent (``state.HISTORY_PER_KEY``)
+    and over keys, so steps one scorer held can still have left its context before the chain completed
+    (64 harmless events on the target in between are enough); the correlator, which holds every fact of
+    the key, reports such a chain itself."""
+    return not spans_partitions(chain) and twin in ev.get("scorer_codes", ())
+
+
+def _spread(chain: Sequence[TransitionDict]) -> str:
+    """Where a cross-run chain's steps came from, for its message."""
+    if spans_partitions(chain):
+        return f"across runs {_runs(chain)}"
+    return f"runs {_runs(chain)} on one partition, whose scorer no longer held the chain"
 
 
 def _where(h: TransitionDict) -> str:
@@ -237,7 +287,7 @@ def duplicate_id(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFindin
 def _from_per_run(per_run: Rule, code: RuleSpec, ev: TransitionDict, cx: CrossRunContext, *,
                   by_agent: bool = False) -> list[CrossRunFinding]:
     """Run a per-run escalation rule over the key's whole history (the target's, or with ``by_agent`` the
-    agent's); keep chains no one scorer saw."""
+    agent's); keep the chains no scorer reported (``left_to_scorer``)."""
     if (ev["agent"]["agent_id"] if by_agent else ev["target"]["identity_id"]) != cx.key:
         return []
     ctx = (ScoringContext(policy=cx.policy, agent_history=cx.history) if by_agent
@@ -250,16 +300,17 @@ def _from_per_run(per_run: Rule, code: RuleSpec, ev: TransitionDict, cx: CrossRu
     out = []
     for f in found:
         chain = tuple(by_id[i] for i in f.related_event_ids if i in by_id)
-        if len(chain) != len(f.related_event_ids) or not spans_partitions(chain):
+        if len(chain) != len(f.related_event_ids) or left_to_scorer(chain, ev, f.code):
             continue
-        out.append(CrossRunFinding(code, cx.key, f"{f.message}; across runs {_runs(chain)}", chain))
+        out.append(CrossRunFinding(code, cx.key, f"{f.message}; {_spread(chain)}", chain))
     return out
 
 
 XRN_TIER_STEPPING = spec(
     "AG-XRN-001", "Hidden escalation across runs: tier stepping", S.critical, C.escalation,
     "AG-ESC-002 over one identity's grants from different runs on different partitions, which no single "
-    "scorer sees together. The finding names every step's event and run.",
+    "scorer sees together, or on one partition further apart than its scorer's context held (that scorer "
+    "raised no AG-ESC-002 on the last step). The finding names every step's event and run.",
     ESC_FIELDS, (ASI03, NHI5, PR_AA_05), pattern="tier_stepping",
 )
 
@@ -274,7 +325,8 @@ def tier_stepping_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[C
 
 XRN_TRANSIENT_PRIVILEGE = spec(
     "AG-XRN-002", "Hidden escalation across runs: transient privilege", S.critical, C.escalation,
-    "AG-ESC-003 with the grant and the revoke in different runs on different partitions.",
+    "AG-ESC-003 with the grant and the revoke in different runs on different partitions, or on one "
+    "partition further apart than its scorer's context held (that scorer raised no AG-ESC-003 on the revoke).",
     ESC_FIELDS, (ASI03, ASI10, PR_AA_05, DE_AE), pattern="transient_privilege",
 )
 
@@ -287,25 +339,31 @@ def transient_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
     return _from_per_run(escalation.transient_privilege, XRN_TRANSIENT_PRIVILEGE, ev, cx)
 
 
-def _live_edges(into: Sequence[TransitionDict], before_ms: int) -> list[TransitionDict]:
-    """Edges into an agent that were granted before ``before_ms`` and not revoked again before it."""
+def _live_edges(into: Sequence[TransitionDict], at_ms: int) -> list[TransitionDict]:
+    """Edges into an agent that were granted at or before ``at_ms`` and not revoked again before it (an edge
+    stamped the same millisecond as the grant it would launder counts: ties are not an order, and the chain
+    is the suspicion). An access is the delegate's, not its grantor's: a revoke by anyone (a clean-up agent,
+    the delegate itself) ends every edge that gave it, and a grant of it by two agents is two edges until
+    then."""
     live: dict[tuple[str, str, str], TransitionDict] = {}
     for h in into:
-        if h["occurred_at"] >= before_ms:
+        if h["occurred_at"] > at_ms:
             break
-        k = (h["agent"]["agent_id"], h["resource"]["system"], access_name(h))
+        access = (h["resource"]["system"], name_key(access_name(h)))  # as the target compares names
         if granted_access(h):
-            live[k] = h
-        elif h["action"] in ENTITLEMENT_REVOKES:
-            live.pop(k, None)
-    return sorted(live.values(), key=lambda h: (h["occurred_at"], h["event_id"]))
+            live[(h["agent"]["agent_id"], *access)] = h
+        elif h["action"] in ENTITLEMENT_REVOKES and h["occurred_at"] < at_ms:
+            for k in [k for k in live if k[1:] == access]:
+                del live[k]
+    return sorted(live.values(), key=fact_order)
 
 
 XRN_DELEGATION_LAUNDERING = spec(
     "AG-XRN-003", "Hidden escalation: delegation laundering", S.critical, C.escalation,
     "A privileged grant, with no human authority, landed on an agent upstream in the granting agent's "
-    "delegation chain, or on that agent's principal: power handed down came back up. Followed up to the "
-    "policy's max_delegation_depth; the finding names every hop.",
+    "delegation chain, or on that agent's principal: power handed down came back up. The chain is the "
+    "grants to agents and service identities (as the event labels the target), into the granting agent or "
+    "the principal it acts for. Followed up to the policy's max_delegation_depth; the finding names every hop.",
     ESC_FIELDS, (ASI07, ASI03, NHI9, PR_AA_05), pattern="delegation_laundering",
 )
 
@@ -322,8 +380,13 @@ def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
     me, target = ev["agent"]["agent_id"], ev["target"]["identity_id"]
     if target == me:
         return []  # a self-grant: AG-ESC-004's pattern
+    # Power reaches the agent through edges into itself, and into the principal it acts for (an agent acting
+    # as a service identity uses that identity's access).
     frontier: list[tuple[str, tuple[TransitionDict, ...]]] = [(me, ())]
-    visited = {me}
+    behalf = ev["agent"]["on_behalf_of"]
+    if behalf is not None and behalf not in (me, target):
+        frontier.append((behalf, ()))
+    visited = {a for a, _ in frontier}
     for _ in range(policy.escalation.max_delegation_depth):
         nxt: list[tuple[str, tuple[TransitionDict, ...]]] = []
         for agent, hops in frontier:
@@ -352,7 +415,8 @@ def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
 XRN_GRANT_RATE = spec(
     "AG-XRN-004", "Grant rate far above baseline across partitions", S.medium, C.drift,
     "AG-DRF-005 counted over all of the agent's grants, whichever run or partition they came from, with no "
-    "per-key cap: a burst split over many runs.",
+    "per-key cap: a burst split over many runs, or one partition's burst larger than its scorer can count "
+    "(that scorer raised no AG-DRF-005 on the grant that crossed the threshold).",
     ("agent.agent_id", "action", "decision.outcome", "occurred_at"),
     (ASI10, ASI08, DE_AE),
 )
@@ -382,7 +446,7 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
     if len(grants) + 1 != needed:
         return []
     chain = (*grants, ev)
-    if not spans_partitions(chain):
+    if left_to_scorer(chain, ev, "AG-DRF-005"):
         return []
     per_hour = len(chain) * 3600 / d.rate_window_seconds
     parts = len({_part(h) for h in chain})
@@ -446,7 +510,8 @@ XRN_GROUP_NESTING = spec(
     "AG-XRN-008", "Hidden escalation across runs: group nesting", S.critical, C.escalation,
     "AG-ESC-001 over one agent's steps from different runs on different partitions: a group created in one "
     "run, a principal added to it in another, the group granted privilege in a third, with no human "
-    "authority. The finding names every step's event and run.",
+    "authority; or on one partition further apart than its scorer's context held (no AG-ESC-001 from that "
+    "scorer). The finding names every step's event and run.",
     ESC_FIELDS, (ASI03, NHI5, PR_AA_05), pattern="group_nesting",
 )
 
@@ -461,10 +526,44 @@ def group_nesting_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[C
 XRN_TOXIC_PAIR = spec(
     "AG-XRN-005", "Separation-of-duties toxic pair against holdings", S.high, C.risk,
     "AG-SOD-001 against everything the identity holds, however long ago it was granted (holdings topic), "
-    "when the first half came from another partition or is older than a scorer's context.",
+    "when the first half came from another partition, is older than a scorer's context, or left that "
+    "scorer's context (capped per key) before the second half came (the scorer raised no AG-SOD-001).",
     ("target.identity_id", "resource.entitlement", "resource.resource_id"),
     (PR_AA_05, ASI03, NHI5),
 )
+
+
+def _executed_before(ev: TransitionDict, cx: CrossRunContext) -> list[TransitionDict]:
+    """The target's executed changes before ``ev``, from holdings (one record per target, system and access: the
+    latest change, any age) and the window's history merged in event-time order: a later change counts only
+    after the one it follows, whichever source each came from (read one after the other, a revoke from holdings
+    was passed over when its grant came back from the history, and a revoked first half counted as held). An
+    event id counts once (its first copy: a later copy is AG-XRN-006's, never a holding)."""
+    before = fact_order(ev)
+    merged: dict[str, TransitionDict] = {}
+    for h in (*cx.holdings, *cx.history):
+        o = fact_order(h)
+        if o >= before or h["decision"]["outcome"] != "granted" or h["event_id"] == ev["event_id"]:
+            continue
+        kept = merged.get(h["event_id"])
+        if kept is None or o < fact_order(kept):
+            merged[h["event_id"]] = h
+    return sorted(merged.values(), key=fact_order)
+
+
+def _held_before(ev: TransitionDict, cx: CrossRunContext) -> dict[tuple[str, str], TransitionDict]:
+    """What the target held just before ``ev``: (system, access name as ``name_key`` folds it) -> the grant
+    still in force, replayed from :func:`_executed_before`. An access is per system: revoking an entitlement of
+    the same name on another system leaves this one held."""
+    held: dict[tuple[str, str], TransitionDict] = {}
+    for h in _executed_before(ev, cx):
+        if granted_access(h):
+            held[(h["resource"]["system"], name_key(access_name(h)))] = h
+        elif h["action"] in ENTITLEMENT_REVOKES:
+            held.pop((h["resource"]["system"], name_key(access_name(h))), None)
+        elif h["action"] == "delete_account":
+            held = {k: g for k, g in held.items() if k[0] != h["resource"]["system"]}
+    return held
 
 
 @cross_run(XRN_TOXIC_PAIR, key="target")
@@ -476,31 +575,20 @@ def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list
     partners = cx.governance.sod_partners(name)
     if not partners:
         return []
-    held: dict[str, TransitionDict] = {}
-    seen: set[str] = set()
-    for h in (*cx.holdings, *cx.history):
-        if h["event_id"] in seen or h["decision"]["outcome"] != "granted" or h["event_id"] == ev["event_id"]:
-            continue
-        if (h["occurred_at"], h["event_id"]) >= (ev["occurred_at"], ev["event_id"]):
-            continue
-        seen.add(h["event_id"])
-        if granted_access(h):
-            held[access_name(h)] = h
-        elif h["action"] in ENTITLEMENT_REVOKES:
-            held.pop(access_name(h), None)
-        elif h["action"] == "delete_account":
-            held = {n: g for n, g in held.items() if g["resource"]["system"] != h["resource"]["system"]}
-    if name in held:
-        return []  # already held: the pair, if any, was completed earlier
+    held = _held_before(ev, cx)
+    mine = name_key(name)  # names compare as the policy's pairs do: case-insensitive, trimmed
+    if any(name_key(n) == mine for _, n in held):
+        return []  # already held (on some system): the pair, if any, was completed earlier
     out = []
     for partner, pair in partners:
-        first = held.get(partner)
+        theirs = name_key(partner)
+        first = next((g for (_, n), g in held.items() if name_key(n) == theirs), None)
         if first is None:
             continue
         age_ms = ev["occurred_at"] - first["occurred_at"]
-        if _part(first) == _part(ev) and age_ms <= cx.scorer_window_ms:
-            continue  # the scorer of this partition saw both halves (AG-SOD-001)
         chain = (first, ev)
+        if age_ms <= cx.scorer_window_ms and left_to_scorer(chain, ev, "AG-SOD-001"):
+            continue  # the scorer of this partition saw both halves and said so
         out.append(CrossRunFinding(XRN_TOXIC_PAIR, cx.key,
             f"{cx.key!r} granted {name!r} ({_where(ev)}) while holding {partner!r}, granted "
             f"{age_ms / 86_400_000:.1f} days earlier ({_where(first)}): toxic pair {pair!r}", chain))
@@ -509,33 +597,69 @@ def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list
 
 XRN_GRANT_TO_LEAVER = spec(
     "AG-XRN-007", "Access granted to an identity the log shows has left", S.high, C.risk,
-    "The identity's account was disabled (an executed disable_account, however long ago, from the holdings "
-    "topic) and never re-created since, yet access was granted to it while the event called it active: "
-    "the agent's own lifecycle claim contradicts the log.",
-    ("target.identity_id", "target.lifecycle_state", "action"),
+    "Access was granted on a system while the event called the identity active, yet the identity's account on "
+    "that system, or on one of the policy's identity providers (identity_providers: that account going means "
+    "the person left everywhere), was disabled or deleted (an executed disable_account or delete_account, "
+    "however long ago, from the holdings topic) and not re-created since: the agent's own lifecycle claim "
+    "contradicts the log. A create_account re-creates its own system's account, and every application's (not "
+    "another identity provider's) when it is an identity provider's; one on another system while an identity "
+    "provider's account is gone is itself such a grant.",
+    ("target.identity_id", "target.lifecycle_state", "resource.system", "action"),
     (NHI1, PR_AA_05, ASI03),
 )
 
 
+def _accounts_ended(ev: TransitionDict, cx: CrossRunContext) -> dict[str, TransitionDict]:
+    """The target's accounts that were ended just before ``ev``: system (as ``name_key`` folds it) -> the
+    executed account event that ended it, replayed from :func:`_executed_before` so that a rebuild from the
+    compacted holdings (the latest creation and ending per system) decides as live judging did.
+
+    Accounts are per system: an identity's account on one system ending says nothing of its others, and a
+    creation re-creates that system's account only (a create_account on a throwaway system must not bring a
+    leaver back). Only an identity provider's creation re-creates the applications' accounts too: the person
+    is back in the directory, and the accounts downstream of it follow. Not another identity provider's: with
+    two directories, the one still ended still says the person left."""
+    policy = cx.governance
+    ended: dict[str, TransitionDict] = {}
+    for h in _executed_before(ev, cx):
+        action, system = h["action"], h["resource"]["system"]
+        if action in ACCOUNT_REVOKES:  # deleting an account ends it no less than disabling it
+            ended[name_key(system)] = h
+        elif action == "create_account":
+            ended.pop(name_key(system), None)
+            if policy.identity_provider(system):
+                ended = {k: e for k, e in ended.items() if policy.identity_provider(e["resource"]["system"])}
+    return ended
+
+
 @cross_run(XRN_GRANT_TO_LEAVER, key="target")
 def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
-    """AG-XRN-007: a grant to an identity whose account an earlier executed disable_account (any age) left
-    disabled, while the event itself calls the identity active (else AG-LCM-001 already speaks)."""
-    if (ev["target"]["identity_id"] != cx.key or not granted_access(ev) or ev["action"] == "create_account"
+    """AG-XRN-007: a grant to an identity whose account on the grant's system, or on an identity provider, an
+    earlier executed disable_account or delete_account (any age) left ended, while the event itself calls the
+    identity active (else AG-LCM-001 already speaks). A create_account is judged by the other systems'
+    identity providers only: on its own system it is the re-creation, not a grant to a leaver."""
+    if (ev["target"]["identity_id"] != cx.key or not granted_access(ev)
             or ev["target"]["lifecycle_state"] != "active"):
         return []
-    last: TransitionDict | None = None
-    for h in (*cx.holdings, *cx.history):
-        if h["action"] in ("disable_account", "create_account") and h["decision"]["outcome"] == "granted" \
-                and (h["occurred_at"], h["event_id"]) < (ev["occurred_at"], ev["event_id"]) \
-                and (last is None or (h["occurred_at"], h["event_id"]) > (last["occurred_at"], last["event_id"])):
-            last = h
-    if last is None or last["action"] != "disable_account":
+    ended = _accounts_ended(ev, cx)
+    if not ended:
         return []
+    system = name_key(ev["resource"]["system"])
+    creates = ev["action"] == "create_account"
+    last = None if creates else ended.get(system)
+    where = f"{ev['resource']['system']!r} account"
+    if last is None:  # the person left: an identity provider's account is gone
+        gone = [e for k, e in ended.items() if k != system and cx.governance.identity_provider(e["resource"]["system"])]
+        if not gone:
+            return []
+        last = max(gone, key=fact_order)
+        where = f"account on identity provider {last['resource']['system']!r}"
     days = (ev["occurred_at"] - last["occurred_at"]) / 86_400_000
+    how = {"disable_account": "disabled", "delete_account": "deleted"}[last["action"]]
     return [CrossRunFinding(XRN_GRANT_TO_LEAVER, cx.key,
-        f"{ev['action']} of {access_name(ev)!r} to {cx.key!r} ({_where(ev)}), called active, whose account "
-        f"was disabled {days:.1f} days earlier ({_where(last)}) and not re-created since", (last, ev))]
+        f"{ev['action']} of {access_name(ev)!r} on {ev['resource']['system']!r} to {cx.key!r} ({_where(ev)}), "
+        f"called active, whose {where} was {how} {days:.1f} days earlier ({_where(last)}) and not re-created since",
+        (last, ev))]
 
 
 BY_TARGET_RULES: tuple[CrossRunRule, ...] = tuple(_REGISTERED["target"])
@@ -603,15 +727,17 @@ def may_page(ev: TransitionDict, policy: GovernancePolicy, rules: tuple[CrossRun
 
 
 # The entry tests of the by-target rules at the watermark, where every fact is judged by all of them: most
-# facts (a benign grant of access in no toxic pair, to an identity never disabled) can complete no chain, and
-# ``may_find_by_target`` lets the correlator skip building their context. Like ``_ENTRY``, each test is its
-# rule's first check and nothing more, with two facts of the state the rules would read:
+# facts (a benign grant of access in no toxic pair, to an identity none of whose accounts ever ended) can
+# complete no chain, and ``may_find_by_target`` lets the correlator skip building their context. Like
+# ``_ENTRY``, each test is its rule's first check and nothing more, with two facts of the state the rules
+# would read:
 # ``copies`` (the key holds an earlier fact with ``ev``'s event_id: ``cx.same_id`` is not empty) and ``left``
-# (an executed ``disable_account`` of the target was held, any age: ``KeyedState.disabled``).
+# (an executed ``disable_account`` or ``delete_account`` of the target was held, any age, on any system:
+# ``KeyedState.accounts_ended``).
 def may_find_by_target(ev: TransitionDict, policy: GovernancePolicy, *, copies: bool, left: bool) -> bool:
     """Whether any by-target rule can find a chain completed by ``ev``: when False, ``correlate(ev, cx,
     BY_TARGET_RULES)`` finds nothing for a ``cx`` whose ``same_id`` is empty (unless ``copies``) and whose
-    holdings and history hold no executed ``disable_account`` (unless ``left``)."""
+    holdings and history hold no executed ``disable_account`` or ``delete_account`` (unless ``left``)."""
     if copies:
         return True  # AG-XRN-006, and a later copy is judged by it alone
     if _executed_revoke_or_unapproved_top_grant(ev, policy):
@@ -620,7 +746,7 @@ def may_find_by_target(ev: TransitionDict, policy: GovernancePolicy, *, copies: 
         return False  # the SoD and leaver rules judge executed grants only
     if policy.sod_partners(access_name(ev)):
         return True  # toxic pair against holdings
-    return left and ev["action"] != "create_account" and ev["target"]["lifecycle_state"] == "active"
+    return left and ev["target"]["lifecycle_state"] == "active"
 
 
 _GATED_BY_TARGET = {duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings,

@@ -7,7 +7,8 @@ History: the union of ``ctx.run_history``, ``ctx.target_history`` and ``ctx.agen
 target or one agent.
 
 Approval: a chain counts as approved only when a human held final authority over its completing step
-(``decision.authority == "human"`` with ``approved_by``). A per-step ``approved_by`` under policy-engine
+(``decision.authority == "human"`` with an ``approved_by`` that names someone other than the agent, its
+principal and the target: :func:`rules.human_approved`). A per-step ``approved_by`` under policy-engine
 authority satisfies AG-AUTH-001 for that step, but the approver saw one step, not the chain, which is
 exactly what these patterns exploit. Transient privilege is the exception: it is exempt when the grant
 itself was human-decided (approved just-in-time access).
@@ -15,7 +16,7 @@ itself was human-decided (approved just-in-time access).
 
 from __future__ import annotations
 
-from ..events import ENTITLEMENT_GRANTS, REVOKES, TransitionDict
+from ..events import ACCOUNT_REVOKES, ENTITLEMENT_GRANTS, REVOKES, TransitionDict, name_key
 from .catalogue import ASI03, ASI07, ASI10, DE_AE, NHI5, NHI9, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name
 from .findings import Finding
@@ -145,7 +146,8 @@ ESC_TIER_STEPPING = spec(
     "AG-ESC-002", "Hidden escalation: tier stepping", S.critical, C.escalation,
     "One identity was granted access at strictly increasing privilege tiers, ending at the privileged tier "
     "(privileged.min_tier, 3 by default), with no human authority over the final step: each step looks "
-    "small, the sum is admin.",
+    "small, the sum is admin. Only the window's grants without human authority are steps; an earlier "
+    "privileged grant hides nothing unless it completed such a climb itself (reported then).",
     ESC_FIELDS, (ASI03, NHI5, PR_AA_05), pattern="tier_stepping",
 )
 
@@ -156,18 +158,23 @@ def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if ev["resource"]["privilege_tier"] < top or not granted_access(ev) or human_approved(ev):
         return []
     target = ev["target"]["identity_id"]
-    prior = [h for h in _on_target(ev, ctx) if granted_access(h)]
-    if any(h["resource"]["privilege_tier"] >= top for h in prior):
-        return []  # the identity already reached the privileged tier in the window: that completed any chain
-    # Longest strictly increasing run of tiers below it before this grant; ties keep the latest event.
+    min_steps = ctx.governance.escalation.tier_stepping_min_steps
+    # Only the unapproved steps of the window climb: a human-approved grant (just-in-time access, revoked
+    # or not) is neither a step nor the end of one, so it cannot hide a climb that follows it.
+    prior = [h for h in _on_target(ev, ctx) if granted_access(h) and not human_approved(h)]
+    # Longest strictly increasing run of tiers below the top before this grant; ties keep the latest event.
     best: dict[int, list[TransitionDict]] = {}
     for h in prior:
         tier = h["resource"]["privilege_tier"]
         below = max((best[t] for t in best if t < tier), key=len, default=[])
+        if tier >= top:
+            if len(below) + 1 >= min_steps:
+                best = {}  # that grant completed a climb, reported then: its steps cannot complete another
+            continue
         if len(below) + 1 >= len(best.get(tier, [])):
             best[tier] = [*below, h]
     chain = [*max(best.values(), key=len, default=[]), ev]
-    if len(chain) < ctx.governance.escalation.tier_stepping_min_steps:
+    if len(chain) < min_steps:
         return []
     steps = " -> ".join(f"tier {h['resource']['privilege_tier']} {access_name(h)!r} ({_where(h)})" for h in chain)
     return [ESC_TIER_STEPPING.finding(
@@ -179,41 +186,58 @@ def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
 ESC_TRANSIENT_PRIVILEGE = spec(
     "AG-ESC-003", "Hidden escalation: transient privilege", S.critical, C.escalation,
     "A privileged entitlement was granted and revoked again within the transient window: used and hidden "
-    "before any review could see it.",
+    "before any review could see it. Disabling or deleting the account on that system revokes every grant "
+    "on it.",
     ESC_FIELDS, (ASI03, ASI10, PR_AA_05, DE_AE), pattern="transient_privilege",
 )
 
 
+def _in_force(ev: TransitionDict, ctx: ScoringContext) -> dict[str, TransitionDict]:
+    """The executed grants on ``ev``'s target and system still in force just before it, by access name as
+    ``name_key`` folds it (a revoke spelled in another case or padding ends the grant, as the target sees it):
+    the latest grant of each name, unless a revoke of that name, or of the account, came after it."""
+    system = ev["resource"]["system"]
+    held: dict[str, TransitionDict] = {}
+    for h in _on_target(ev, ctx):
+        if h["resource"]["system"] != system or h["decision"]["outcome"] != "granted":
+            continue
+        if granted_access(h):
+            held[name_key(access_name(h))] = h
+        elif h["action"] in ACCOUNT_REVOKES:
+            held.clear()  # the account went, with everything on it (reported then if it was transient)
+        elif h["action"] in REVOKES:
+            held.pop(name_key(access_name(h)), None)  # closed (and reported then if it was transient)
+    return held
+
+
 @rule(ESC_TRANSIENT_PRIVILEGE)
 def transient_privilege(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    """A privileged grant ended within the transient window: by a revoke of its access, or by disabling or
+    deleting the account on its system (which ends every grant there: one finding per privileged grant it
+    ended, so each grant-and-end pair is one chain, seen whole by one scorer or else by the correlator)."""
     if ev["action"] not in REVOKES or ev["decision"]["outcome"] != "granted":
         return []
     policy = ctx.governance
     target, system, name = ev["target"]["identity_id"], ev["resource"]["system"], access_name(ev)
-
-    def same(h: TransitionDict) -> bool:
-        return (h["target"]["identity_id"] == target and h["resource"]["system"] == system
-                and access_name(h) == name and h["decision"]["outcome"] == "granted")
-
-    grant = None
-    for h in _on_target(ev, ctx):
-        if not same(h):
+    key = name_key(name)
+    held = _in_force(ev, ctx)
+    account = ev["action"] in ACCOUNT_REVOKES
+    ended = list(held.values()) if account else [g for g in (held.get(key),) if g is not None]
+    window_ms = policy.escalation.transient_revoke_seconds * 1000
+    out = []
+    for grant in sorted(ended, key=lambda h: (h["occurred_at"], h["run_id"], h["step"])):
+        held_ms = ev["occurred_at"] - grant["occurred_at"]
+        if human_approved(grant) or held_ms > window_ms:
             continue
-        if granted_access(h):
-            grant = h
-        elif h["action"] in REVOKES:
-            grant = None  # an earlier revoke closed that grant (and reported it if it was transient)
-    if grant is None or human_approved(grant):
-        return []
-    held_ms = ev["occurred_at"] - grant["occurred_at"]
-    if held_ms > policy.escalation.transient_revoke_seconds * 1000:
-        return []
-    if not (is_privileged(ev, policy) or is_privileged(grant, policy)):
-        return []
-    return [ESC_TRANSIENT_PRIVILEGE.finding(
-        f"transient_privilege: privileged {name!r} on {system!r} granted to {target!r} by "
-        f"{grant['agent']['agent_id']!r} ({_where(grant)}) and revoked {max(held_ms, 0) / 1000:.0f}s later "
-        f"({_where(ev)})", _ids([grant, ev]))]
+        # The revoke's own tier speaks for the access it names; an account's says nothing of other grants.
+        if not (is_privileged(grant, policy) or (name_key(access_name(grant)) == key and is_privileged(ev, policy))):
+            continue
+        how = (f"ended {max(held_ms, 0) / 1000:.0f}s later by {ev['action']} on {system!r}" if account
+               else f"revoked {max(held_ms, 0) / 1000:.0f}s later")
+        out.append(ESC_TRANSIENT_PRIVILEGE.finding(
+            f"transient_privilege: privileged {access_name(grant)!r} on {system!r} granted to {target!r} by "
+            f"{grant['agent']['agent_id']!r} ({_where(grant)}) and {how} ({_where(ev)})", _ids([grant, ev])))
+    return out
 
 
 # -- AG-ESC-004 delegation chain ending in a self-grant ---------------------------------------------------

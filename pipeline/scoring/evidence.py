@@ -2,7 +2,8 @@
 
 The hash and signature are checked over :func:`pipeline.events.canonical_bytes`, computed once per event.
 Chain checks read ``ctx.run_history`` (earlier events of the run); duplicate-id checks read
-``ctx.seen_event_hashes`` (event_id -> event_hash of events already seen on the partition).
+``ctx.seen_event_hashes`` (event_id -> event_hash of events already seen on the partition; capped, so
+both also look in the run's history).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import hmac
 from fnmatch import fnmatchcase
 
-from ..events import ACCESS_CHANGES, TransitionDict, canonical_bytes
+from ..events import ACCESS_CHANGES, TransitionDict, canonical_bytes, is_blank
 from .catalogue import (
     ASI03,
     ASI07,
@@ -34,7 +35,8 @@ from .findings import Finding
 
 MISSING_EVIDENCE = spec(
     "AG-EVD-001", "Access change without evidence", S.medium, C.evidence,
-    "An access change lacks its trigger reference, the inputs it evaluated, or the policy version in force.",
+    "An access change lacks its trigger reference, the inputs it evaluated, or the policy version in force "
+    "(a reference or version of only whitespace or invisible characters is missing).",
     ("trigger.ref", "inputs_used", "policy.policy_version"),
     (ASI09, PR_AA_05, DE_AE),
 )
@@ -45,7 +47,7 @@ def missing_evidence(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if ev["action"] not in ACCESS_CHANGES:
         return []
     missing = []
-    if not ev["trigger"]["ref"]:
+    if is_blank(ev["trigger"]["ref"]):  # whitespace or invisible characters trace to nothing
         missing.append("trigger.ref")
     if not ev["inputs_used"]:
         missing.append("inputs_used")
@@ -174,7 +176,11 @@ REORDERED_OR_REPLAYED = spec(
 @rule(REORDERED_OR_REPLAYED)
 def reordered_or_replayed(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     event_id, digest, step = ev["event_id"], ev["evidence"]["event_hash"], ev["step"]
-    if ctx.seen_event_hashes.get(event_id) == digest:
+    earlier = ctx.seen_event_hashes.get(event_id)
+    if earlier is None:
+        # The seen map is capped (oldest evicted first); the run's own history still holds recent events.
+        earlier = next((h["evidence"]["event_hash"] for h in ctx.run_history if h["event_id"] == event_id), None)
+    if earlier == digest:
         return [REORDERED_OR_REPLAYED.finding(
             f"event {event_id} (run {ev['run_id']!r} step {step}) is a replay of an event already seen",
             (event_id,))]

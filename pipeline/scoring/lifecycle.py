@@ -6,7 +6,7 @@ kinds may cause which actions, and which trigger kinds justify an access change 
 
 from __future__ import annotations
 
-from ..events import ACCESS_CHANGES, TransitionDict
+from ..events import ACCESS_CHANGES, TransitionDict, is_blank
 from .catalogue import ASI01, ASI02, ASI03, NHI1, PR_AA_01, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name
 from .findings import Finding
@@ -51,14 +51,14 @@ def trigger_action_mismatch(ev: TransitionDict, ctx: ScoringContext) -> list[Fin
         return []
     ref = ev["trigger"]["ref"]
     return [TRIGGER_ACTION_MISMATCH.finding(
-        f"{kind} trigger {repr(ref) if ref else '(no ref)'} caused {ev['action']!r}, which the lifecycle "
+        f"{kind} trigger {'(no ref)' if is_blank(ref) else repr(ref)} caused {ev['action']!r}, which the lifecycle "
         f"rules of {ev['workflow_id']!r} do not allow for {kind}")]
 
 
 UNTRIGGERED_ACCESS_CHANGE = spec(
     "AG-LCM-003", "Access change not tied to a lifecycle or request trigger", S.medium, C.risk,
     "An access change was caused by a trigger kind the workflow does not accept as justification, or "
-    "carries no trigger reference to trace it to an HR event or request.",
+    "carries no trigger reference to trace it to an HR event or request (a blank or invisible one is none).",
     ("workflow_id", "trigger.kind", "trigger.ref", "action"),
     (ASI01, PR_AA_01, PR_AA_05),
 )
@@ -72,8 +72,8 @@ def untriggered_access_change(ev: TransitionDict, ctx: ScoringContext) -> list[F
     accepted = ctx.governance.boundary_for(ev["workflow_id"]).access_triggers
     if kind not in accepted:
         why = f"a {kind!r} trigger, which {ev['workflow_id']!r} does not accept for access changes"
-    elif not ref:
-        why = f"a {kind!r} trigger with no ref"
+    elif is_blank(ref):  # whitespace or invisible characters trace to nothing
+        why = f"a {kind!r} trigger with no ref" if not ref else f"a {kind!r} trigger whose ref {ref!r} is blank"
     else:
         return []
     return [UNTRIGGERED_ACCESS_CHANGE.finding(

@@ -1,11 +1,13 @@
 """The governance policy: per-workflow decision boundaries plus identity-wide controls, written by a
 governance team as versioned YAML (reference: docs/policy.md).
 
-Per workflow (each field falls back to ``defaults`` unless the workflow sets it; an explicit ``null``
-means "no restriction"): allowed actions and systems, input allowlists and the signal cap, the tiers
-that need a human approval, and the lifecycle rules. Identity-wide (top level, because an identity's
+Per workflow (each field falls back to ``defaults`` unless the workflow sets it, each key of the
+``lifecycle`` section separately; an explicit ``null`` means "no restriction"): allowed actions and
+systems, input allowlists and the signal cap, the tiers that need a human approval, and the lifecycle
+rules. Identity-wide (top level, because an identity's
 privileges do not depend on which workflow granted them): approved policy versions, privileged
-entitlements and groups, separation-of-duties pairs, escalation and drift settings.
+entitlements and groups, separation-of-duties pairs, the identity-provider systems, escalation and drift
+settings.
 
 Validation happens once, at load; rules read the precomputed, plain-Python :class:`ResolvedBoundary`.
 
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import PolicyError
-from ..events import Action, LifecycleState, TriggerKind
+from ..events import Action, LifecycleState, TriggerKind, name_key
 
 Name = str  # an entitlement, role, group or system name as it appears in events
 
@@ -88,7 +90,7 @@ class ToxicPair(_Strict):
 
     @model_validator(mode="after")
     def _distinct(self) -> ToxicPair:
-        if self.entitlements[0] == self.entitlements[1]:
+        if name_key(self.entitlements[0]) == name_key(self.entitlements[1]):  # compared as events are
             raise ValueError(f"entitlements: a toxic pair needs two different names, got {self.entitlements[0]!r}")
         return self
 
@@ -169,12 +171,25 @@ def _strs(values: Any) -> frozenset[str]:
     return frozenset(str(v) for v in values)
 
 
+def _pick(default: BaseModel, wf: BaseModel | None, name: str) -> Any:
+    """The workflow's value of a field if it sets it, else the default's. A section (a nested model such as
+    ``lifecycle``) is merged key by key the same way, so a workflow that sets one of its keys keeps the
+    others from ``defaults`` (docs/policy.md "A boundary"); a map or list value is replaced whole."""
+    base = getattr(default, name)
+    if wf is None or name not in wf.model_fields_set:
+        return base
+    value = getattr(wf, name)
+    if isinstance(value, BaseModel):
+        return {key: _pick(base, value, key) for key in type(value).model_fields}
+    return value
+
+
 def _resolve(defaults: Boundary, wf: Boundary | None) -> ResolvedBoundary:
     def pick(name: str) -> Any:
-        return getattr(wf, name) if wf is not None and name in wf.model_fields_set else getattr(defaults, name)
+        return _pick(defaults, wf, name)
 
     actions, systems, inputs = pick("allowed_actions"), pick("allowed_systems"), pick("default_inputs")
-    lc: Lifecycle = pick("lifecycle")
+    lc = Lifecycle.model_validate(pick("lifecycle"))
     return ResolvedBoundary(
         allowed_actions=None if actions is None else _strs(actions),
         allowed_systems=None if systems is None else _strs(systems),
@@ -193,6 +208,12 @@ class _Compiled:
     default: ResolvedBoundary
     workflows: dict[str, ResolvedBoundary]
     sod: dict[str, tuple[tuple[str, str], ...]]
+    """name_key(name) -> (partner as the policy spells it, pair name)."""
+    privileged_entitlements: frozenset[str]
+    privileged_groups: frozenset[str]
+    """Both as name_key: privileged names match whatever case and padding an event spells them with."""
+    identity_providers: frozenset[str]
+    """As name_key, like the privileged names."""
 
 
 class GovernancePolicy(_Strict):
@@ -202,6 +223,11 @@ class GovernancePolicy(_Strict):
     """policy_id -> the versions of it agents may decide under. Empty: AG-POL-001/AG-DRF-006 are off."""
     privileged: Privileged = Privileged()
     separation_of_duties: tuple[ToxicPair, ...] = ()
+    identity_providers: frozenset[Name] = frozenset({"entra-id", "okta", "active-directory"})
+    """Systems (``resource.system``) whose account is the person's identity: its disabling or deletion means
+    the person left everywhere, and its creation that they are back (AG-XRN-007). An account on any other
+    system is that system's alone: a mover losing one application's account has not left. Identity-wide,
+    like the privileged names: the leaver may have been disabled by any workflow's agent."""
     escalation: Escalation = Escalation()
     drift: Drift = Drift()
     defaults: Boundary = Boundary()
@@ -214,12 +240,15 @@ class GovernancePolicy(_Strict):
         partners: dict[str, list[tuple[str, str]]] = {}
         for pair in self.separation_of_duties:
             a, b = pair.entitlements
-            partners.setdefault(a, []).append((b, pair.name))
-            partners.setdefault(b, []).append((a, pair.name))
+            partners.setdefault(name_key(a), []).append((b, pair.name))
+            partners.setdefault(name_key(b), []).append((a, pair.name))
         self._compiled = _Compiled(
             default=_resolve(self.defaults, None),
             workflows={wf: _resolve(self.defaults, b) for wf, b in self.workflows.items()},
             sod={k: tuple(v) for k, v in partners.items()},
+            privileged_entitlements=frozenset(name_key(n) for n in self.privileged.entitlements),
+            privileged_groups=frozenset(name_key(n) for n in self.privileged.groups),
+            identity_providers=frozenset(name_key(n) for n in self.identity_providers),
         )
 
     @property
@@ -239,8 +268,23 @@ class GovernancePolicy(_Strict):
         return c.workflows.get(workflow_id, c.default)
 
     def sod_partners(self, name: str) -> tuple[tuple[str, str], ...]:
-        """(partner, pair name) for every toxic pair ``name`` belongs to."""
-        return self._c.sod.get(name, ())
+        """(partner, pair name) for every toxic pair ``name`` belongs to. Names match as
+        :func:`~pipeline.events.name_key` (case-insensitive, trimmed): compare the partner with what an
+        identity holds the same way."""
+        return self._c.sod.get(name_key(name), ())
+
+    def privileged_name(self, resource_id: str, entitlement: str | None) -> bool:
+        """``resource_id`` is a privileged group or role, or ``entitlement`` a privileged entitlement,
+        compared as :func:`~pipeline.events.name_key` (case-insensitive, trimmed)."""
+        c = self._c
+        return name_key(resource_id) in c.privileged_groups or (
+            entitlement is not None and name_key(entitlement) in c.privileged_entitlements)
+
+    def identity_provider(self, system: str) -> bool:
+        """``system`` is one of the policy's identity providers, compared as :func:`~pipeline.events.name_key`
+        (``Entra-ID`` is ``entra-id``: a case variant must not make a leaver's directory account count as an
+        application's)."""
+        return name_key(system) in self._c.identity_providers
 
     def version_approved(self, policy_id: str, policy_version: str) -> bool | None:
         """Whether a decision's policy version is approved; None when no versions are configured."""
@@ -335,6 +379,7 @@ def check_policy(path: Path | None = None) -> str:
     lines.append(f"  privileged: tier >= {priv.min_tier}; {len(priv.entitlements)} entitlements, "
                  f"{len(priv.groups)} groups/roles")
     lines.append(f"  separation of duties: {len(p.separation_of_duties)} toxic pairs")
+    lines.append(f"  identity providers: {_fmt(p.identity_providers)}")
     e, d = p.escalation, p.drift
     lines.append(f"  escalation: window {e.window_seconds}s, transient revoke {e.transient_revoke_seconds}s, "
                  f"tier stepping {e.tier_stepping_min_steps} steps")

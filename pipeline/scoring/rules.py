@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..events import ACCESS_CHANGES, GRANTS, TransitionDict
+from ..events import ACCESS_CHANGES, GRANTS, TransitionDict, is_blank, name_key
 from .catalogue import ASI03, ASI09, NHI5, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name
 from .findings import Finding
@@ -46,17 +46,44 @@ def quoted(values: Sequence[str]) -> str:
 
 
 def is_privileged(ev: TransitionDict, policy: GovernancePolicy) -> bool:
-    """At or above the privileged tier, or naming a privileged entitlement or group."""
-    res, priv = ev["resource"], policy.privileged
-    return (res["privilege_tier"] >= priv.min_tier or res["resource_id"] in priv.groups
-            or (res["entitlement"] is not None and res["entitlement"] in priv.entitlements))
+    """At or above the privileged tier, or naming a privileged entitlement or group (names compared as
+    :func:`pipeline.events.name_key`: case-insensitive, trimmed; docs/policy.md "Names")."""
+    res = ev["resource"]
+    return res["privilege_tier"] >= policy.privileged.min_tier or policy.privileged_name(
+        res["resource_id"], res["entitlement"])
+
+
+def approval_gap(ev: TransitionDict) -> str:
+    """Why the event's ``approved_by`` is no independent approval, or ``""`` when it is one.
+
+    Blank (absent, empty, only whitespace or invisible characters) names nobody. An approver who is the
+    acting agent, its on_behalf_of principal or the target identity approved their own access: separation
+    of duties needs someone else (compared as :func:`pipeline.events.name_key`, so a case variant of one's
+    own id is still oneself)."""
+    who = ev["decision"]["approved_by"]
+    if is_blank(who):
+        return "no approved_by" if not who else f"approved_by {who!r}, which names nobody"
+    me = name_key(who)
+    agent = ev["agent"]
+    if me == name_key(agent["agent_id"]):
+        return f"approved_by {who!r}, the acting agent itself"
+    if agent["on_behalf_of"] is not None and me == name_key(agent["on_behalf_of"]):
+        return f"approved_by {who!r}, the principal the agent acts for"
+    if me == name_key(ev["target"]["identity_id"]):
+        return f"approved_by {who!r}, the target identity itself"
+    return ""
+
+
+def independently_approved(ev: TransitionDict) -> bool:
+    """``approved_by`` names someone other than the agent, its principal and the target (:func:`approval_gap`)."""
+    return not approval_gap(ev)
 
 
 def human_approved(ev: TransitionDict) -> bool:
-    """A human held final authority and is named. A per-step ``approved_by`` under policy-engine authority
-    approves that step only; escalation patterns need this stronger form (see docs/rules.md)."""
-    d = ev["decision"]
-    return d["authority"] == "human" and bool(d["approved_by"])
+    """A human held final authority and is named, and is not the agent, its principal or the target
+    (:func:`approval_gap`). A per-step ``approved_by`` under policy-engine authority approves that step
+    only; escalation patterns need this stronger form (see docs/rules.md)."""
+    return ev["decision"]["authority"] == "human" and independently_approved(ev)
 
 
 def is_self_grant(ev: TransitionDict) -> bool:
@@ -70,7 +97,8 @@ def is_self_grant(ev: TransitionDict) -> bool:
 PRIVILEGED_WITHOUT_APPROVAL = spec(
     "AG-AUTH-001", "Privileged grant without human approval", S.critical, C.risk,
     "Access at a privilege tier the workflow says needs a human approval, or to an entitlement or group the "
-    "policy lists as privileged, was granted with no approved_by.",
+    "policy lists as privileged, was granted with no independent approved_by: none, a blank or invisible "
+    "one, or one naming the acting agent, its principal or the target itself (self-approval).",
     ("action", "decision.outcome", "resource.privilege_tier", "resource.entitlement", "resource.resource_id",
      "decision.approved_by"),
     (ASI03, NHI5, PR_AA_05),
@@ -79,7 +107,7 @@ PRIVILEGED_WITHOUT_APPROVAL = spec(
 
 @rule(PRIVILEGED_WITHOUT_APPROVAL)
 def privileged_without_approval(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    if not granted_access(ev) or ev["decision"]["approved_by"]:
+    if not granted_access(ev):
         return []
     policy = ctx.governance
     tier = ev["resource"]["privilege_tier"]
@@ -89,9 +117,12 @@ def privileged_without_approval(ev: TransitionDict, ctx: ScoringContext) -> list
         why = f"privileged (tier-{tier})"
     else:
         return []
+    gap = approval_gap(ev)
+    if not gap:
+        return []
     return [PRIVILEGED_WITHOUT_APPROVAL.finding(
         f"{ev['action']} of {why} {access_name(ev)!r} on {ev['resource']['system']!r} to "
-        f"{ev['target']['identity_id']!r} granted with no approved_by"
+        f"{ev['target']['identity_id']!r} granted with {gap}"
     )]
 
 

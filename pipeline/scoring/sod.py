@@ -9,7 +9,7 @@ not the consumer filled the set, and it costs nothing for grants outside every t
 
 from __future__ import annotations
 
-from ..events import TransitionDict
+from ..events import TransitionDict, name_key
 from .catalogue import ASI03, NHI5, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name, entitlements_from_history
 from .findings import Finding
@@ -33,14 +33,16 @@ def toxic_pair(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
         return []
     target = ev["target"]["identity_id"]
     own = [h for h in ctx.target_history if h["target"]["identity_id"] == target]
-    held = entitlements_from_history(own, ctx.target_entitlements)
-    if name in held:
+    # Names compare as name_key (case-insensitive, trimmed), like the policy's pairs.
+    held = {name_key(n) for n in entitlements_from_history(own, ctx.target_entitlements)}
+    if name_key(name) in held:
         return []  # already held: the pair, if any, was completed earlier
     found = []
     for partner, pair in partners:
-        if partner not in held:
+        key = name_key(partner)
+        if key not in held:
             continue
-        related = tuple(h["event_id"] for h in own if access_name(h) == partner and granted_access(h))
+        related = tuple(h["event_id"] for h in own if name_key(access_name(h)) == key and granted_access(h))
         found.append(TOXIC_PAIR.finding(
             f"{target!r} granted {name!r} while holding {partner!r}: toxic pair {pair!r}",
             (*related[-1:], ev["event_id"])))

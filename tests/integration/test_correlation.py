@@ -292,6 +292,38 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     assert step[0]["run_id"] in pages
 
 
+def test_a_climb_one_scorer_held_but_lost_from_its_context_is_found_by_the_correlator(world: World) -> None:
+    """One run (one partition) steps a target 1 -> 2 -> 3 with 64 harmless steps on the target between the
+    climb's steps: the scorer's per-key context (64 events) no longer holds the first step when the last
+    arrives, so it raises no AG-ESC-002, and its facts say so (``scorer_codes``). The correlator holds every
+    fact of the target and reports the climb (AG-XRN-001). Look-alike: the same climb without the padding,
+    which the scorer reports itself (AG-ESC-002) and the correlator leaves to it."""
+    for name, pad in (("held", 0), ("lost", 64)):
+        target, run = f"u-climb-{name}-{TAG}", f"climb-{name}-{TAG}"
+        steps: list[dict[str, Any]] = []
+        for tier in (1, 2, 3):
+            steps.append(grant(run, target, step=len(steps), when=at(minutes=4 - tier),
+                               **{"resource.resource_id": f"role/Step{tier}", "resource.privilege_tier": tier}))
+            if tier < 3:
+                steps += [draft(run_id=run, step=len(steps), occurred_at=at(minutes=4 - tier, seconds=-1 - i / 10),
+                                action="recommend", **{"target.identity_id": target,
+                                                       "decision.outcome": "recommended"}) for i in range(pad)]
+        ids = world.publish(*steps)
+        assert len(set(world.partitions(ids))) == 1
+    lost, held = f"u-climb-lost-{TAG}", f"u-climb-held-{TAG}"
+    found = wait_findings(world, lambda f: bool(of(f, "AG-XRN-001", lost)))
+    climb = of(found, "AG-XRN-001", lost)
+    assert len(climb) == 1 and len(climb[0]["related_event_ids"]) == 3, climb
+    assert "whose scorer no longer held the chain" in climb[0]["message"]
+    assert world.pipe.sink is not None
+    scored = {r["target_id"]: r["n"] for r in world.pipe.sink.query(
+        "SELECT target_id, count() AS n FROM {db}.findings FINAL WHERE code = 'AG-ESC-002' "
+        "AND has({t:Array(String)}, target_id) GROUP BY target_id", {"t": [lost, held]})}
+    assert scored == {held: 1}  # the scorer reported the held climb, and only it
+    time.sleep(world.settings.correlation_grace_seconds + 2)  # past the grace: the held climb was judged
+    assert of(world.findings(), "AG-XRN-001", held) == []
+
+
 def test_grant_rate_burst_and_stale_policy_drift_over_six_partitions(world: World) -> None:
     agent = f"agent-burst-{TAG}"
     # six days of steady baseline: 40 grants

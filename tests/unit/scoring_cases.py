@@ -22,9 +22,27 @@ RULE_CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     ("listed-privileged-at-tier1", {"action": "grant_entitlement", "resource.entitlement": "aws-admin",
                                     "resource.system": "aws"}, "AG-AUTH-001", True),
     ("privileged-group-at-tier1", {"resource.resource_id": "grp-domain-admins"}, "AG-AUTH-001", True),
+    # ...whatever the case and padding of the name (docs/policy.md "Names")
+    ("listed-privileged-case-variant", {"action": "grant_entitlement", "resource.entitlement": "AWS-Admin",
+                                        "resource.system": "aws"}, "AG-AUTH-001", True),
+    ("listed-privileged-padded", {"action": "grant_entitlement", "resource.entitlement": "aws-admin \u200b",
+                                  "resource.system": "aws"}, "AG-AUTH-001", True),
+    ("privileged-group-case-variant", {"action": "assign_role", "resource.resource_id": "role/globaladmin"},
+     "AG-AUTH-001", True),
+    ("benign:privileged-name-look-alike", {"action": "grant_entitlement", "resource.entitlement": "aws-admins",
+                                           "resource.system": "aws"}, "AG-AUTH-001", False),
     ("benign:approved-privileged", {"action": "assign_role", "resource.privilege_tier": 3,
                                     "decision.approved_by": "mgr-eng"}, "AG-AUTH-001", False),
     ("benign:tier1", {}, "AG-AUTH-001", False),
+    # ...an approved_by that names nobody, or names the agent, its principal or the target, is no approval
+    *((f"tier3-approved-by-{label}", {"action": "assign_role", "resource.privilege_tier": 3,
+                                      "decision.approved_by": who}, "AG-AUTH-001", True)
+      for label, who in (("space", " "), ("nbsp", "\u00a0"), ("zero-width-space", "\u200b"),
+                         ("bom-and-space", "\ufeff \u2060"), ("hangul-filler", "\u3164"),
+                         ("the-agent", AGENT), ("the-agent-case-variant", f" {AGENT.upper()} "),
+                         ("the-principal", PRINCIPAL), ("the-target", "u000001"))),
+    ("benign:approved-by-human-named-with-spaces", {"action": "assign_role", "resource.privilege_tier": 3,
+                                                    "decision.approved_by": "Jane Doe"}, "AG-AUTH-001", False),
     ("benign:denied-privileged", {"resource.privilege_tier": 3, "decision.outcome": "denied"}, "AG-AUTH-001", False),
     ("benign:revoke-privileged", {"action": "remove_role", "resource.privilege_tier": 3}, "AG-AUTH-001", False),
     ("auth-gateway-tier2-no-approval-tier", {"workflow_id": "auth-gateway", "action": "allow_auth",
@@ -62,6 +80,10 @@ RULE_CASES: list[tuple[str, dict[str, Any], str, bool]] = [
      "AG-BND-002", True),
     ("benign:eight-signals", {"inputs_used": [{"name": "department", "source": f"s{i}"} for i in range(8)]},
      "AG-BND-002", False),
+    ("benign:one-signal-repeated-nine-times", {"inputs_used": [{"name": "department", "source": "hris"}] * 9},
+     "AG-BND-002", False),
+    ("nine-distinct-among-repeats", {"inputs_used": [{"name": f"a{i % 9}", "source": "hris"} for i in range(20)]},
+     "AG-BND-002", True),
     # AG-BND-003 action outside boundary
     ("modify-policy-in-jml", {"action": "modify_policy"}, "AG-BND-003", True),
     ("unknown-workflow-grants", {"workflow_id": "shadow-flow"}, "AG-BND-003", True),
@@ -92,6 +114,8 @@ RULE_CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     # AG-LCM-003 access change not tied to a lifecycle or request trigger
     ("manual-trigger", {"trigger.kind": "manual"}, "AG-LCM-003", True),
     ("joiner-without-ref", {"trigger.ref": None}, "AG-LCM-003", True),
+    ("joiner-blank-ref", {"trigger.ref": " "}, "AG-LCM-003", True),
+    ("joiner-invisible-ref", {"trigger.ref": "\u200b\u00a0"}, "AG-LCM-003", True),
     ("signal-in-jml", {"trigger.kind": "signal"}, "AG-LCM-003", True),
     ("benign:signal-in-auth-gateway", {"workflow_id": "auth-gateway", "action": "allow_auth", "trigger.kind": "signal",
                                        "resource.system": "okta", "resource.privilege_tier": 0,
@@ -112,6 +136,13 @@ SOD_CASES: list[tuple[str, list[dict[str, Any]], dict[str, Any], bool]] = [
      True),
     ("pair-completed-other-order", [{"resource.entitlement": "ap-approve-payment"}],
      {"resource.entitlement": "ap-create-vendor"}, True),
+    ("pair-completed-case-variant", [{"resource.entitlement": "ap-create-vendor"}],
+     {"resource.entitlement": "AP-Approve-Payment"}, True),
+    ("pair-completed-held-half-padded", [{"resource.entitlement": " AP-CREATE-VENDOR"}],
+     {"resource.entitlement": "ap-approve-payment"}, True),
+    ("benign:pair-already-held-in-another-case", [{"resource.entitlement": "ap-create-vendor"},
+                                                  {"resource.entitlement": "AP-approve-payment"}],
+     {"resource.entitlement": "ap-approve-payment"}, False),
     ("benign:first-half-revoked", [{"resource.entitlement": "ap-create-vendor"},
                                    {"resource.entitlement": "ap-create-vendor", "action": "revoke_entitlement"}],
      {"resource.entitlement": "ap-approve-payment"}, False),
@@ -167,6 +198,10 @@ def group_chain(member: str = PRINCIPAL, grant: dict[str, Any] | None = None) ->
     ]
 
 
+BREAK_GLASS: dict[str, Any] = {"action": "assign_role", "trigger.kind": "mover", "resource.system": "aws",
+                               "resource.resource_id": "role/BreakGlass", "resource.privilege_tier": 3}
+
+
 def tier_chain(*tiers: int, last: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     steps = [{"action": "assign_role", "trigger.kind": "mover", "resource.system": "aws",
               "resource.resource_id": f"role/Step{t}", "resource.privilege_tier": t, **(MGR if t >= 2 else {})}
@@ -182,6 +217,17 @@ TRANSIENT = {"trigger.kind": "mover", "resource.system": "aws", "resource.resour
 def transient_chain(revoke_after_ms: int, grant: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return [{"action": "grant_entitlement", **TRANSIENT, **MGR, **(grant or {})},
             {"action": "revoke_entitlement", **TRANSIENT, "occurred_at": T0 + revoke_after_ms}]
+
+
+ACCOUNT_END = {"trigger.kind": "leaver", "resource.system": "aws", "resource.resource_id": "user-account",
+               "resource.entitlement": None, "resource.privilege_tier": 0}
+
+
+def account_end_chain(action: str, after_ms: int, grant: dict[str, Any] | None = None,
+                      end: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A privileged grant, then the account on its system disabled or deleted: the end of every grant there."""
+    return [{"action": "grant_entitlement", **TRANSIENT, **MGR, **(grant or {})},
+            {"action": action, **ACCOUNT_END, "occurred_at": T0 + after_ms, **(end or {})}]
 
 
 DELEG = {"workflow_id": "access-request", "trigger.kind": "access_request", "trigger.ref": "REQ-1",
@@ -214,12 +260,54 @@ ESC_CASES: list[tuple[str, list[dict[str, Any]], dict[str, Any], str, int | None
     ("benign:tier-increase-human-decided", tier_chain(1, 2, 3, last=HUMAN), {}, "AG-ESC-002", None),
     ("benign:single-jump", tier_chain(1, 3), {}, "AG-ESC-002", None),
     ("benign:stops-at-tier-2", tier_chain(0, 1, 2), {}, "AG-ESC-002", None),
+    # an earlier privileged grant hides a climb only when it completed an unapproved climb itself (reported)
+    ("tier-stepping-after-human-jit-revoked", [{**BREAK_GLASS, **HUMAN}, {**BREAK_GLASS, "action": "remove_role"},
+                                               *tier_chain(1, 2, 3)], {}, "AG-ESC-002", 4),
+    ("tier-stepping-after-human-jit-held", [{**BREAK_GLASS, **HUMAN}, *tier_chain(1, 2, 3)], {}, "AG-ESC-002", 3),
+    ("tier-stepping-after-lone-unapproved-top", [BREAK_GLASS, *tier_chain(1, 2, 3)], {}, "AG-ESC-002", 3),
+    ("benign:repeat-top-after-a-climb", tier_chain(1, 2, 3, 3), {}, "AG-ESC-002", 2),
+    ("benign:human-approved-step-is-no-step", [*tier_chain(1), {**tier_chain(2)[0], **HUMAN}, *tier_chain(3)], {},
+     "AG-ESC-002", None),
     ("transient-privilege", transient_chain(60_000), {}, "AG-ESC-003", 1),
     ("benign:revoke-long-after-grant", transient_chain(2 * 3_600_000 - 1), {}, "AG-ESC-003", None),
     ("benign:revoke-after-transient-window", transient_chain(901_000), {}, "AG-ESC-003", None),
     ("benign:jit-grant-human-decided", transient_chain(60_000, grant=HUMAN), {}, "AG-ESC-003", None),
+    # the target compares names case-insensitively: a revoke spelled otherwise still ends the grant
+    ("transient-privilege-revoke-spelled-otherwise",
+     [transient_chain(60_000)[0], {**transient_chain(60_000)[1], "resource.entitlement": " AWS-Admin"}], {},
+     "AG-ESC-003", 1),
+    # disabling or deleting the account ends every grant on its system, whatever the account is named
+    ("transient-privilege-ended-by-delete-account", account_end_chain("delete_account", 60_000), {}, "AG-ESC-003", 1),
+    ("transient-privilege-ended-by-disable-account", account_end_chain("disable_account", 60_000), {}, "AG-ESC-003",
+     1),
+    ("benign:account-deleted-long-after-grant", account_end_chain("delete_account", 2 * 3_600_000 - 1), {},
+     "AG-ESC-003", None),
+    ("benign:account-disabled-after-transient-window", account_end_chain("disable_account", 901_000), {},
+     "AG-ESC-003", None),
+    ("benign:account-deleted-after-human-decided-grant", account_end_chain("delete_account", 60_000, grant=HUMAN), {},
+     "AG-ESC-003", None),
+    ("benign:account-deleted-on-another-system",
+     account_end_chain("delete_account", 60_000, end={"resource.system": "entra-id"}), {}, "AG-ESC-003", None),
+    ("benign:account-disabled-after-a-low-grant",
+     account_end_chain("disable_account", 60_000, grant={"resource.resource_id": "acct",
+                                                         "resource.entitlement": "s3-read",
+                                                         "resource.privilege_tier": 1}), {}, "AG-ESC-003", None),
+    ("transient-privilege-revoked-then-account-deleted-reported-once",
+     [*transient_chain(60_000), account_end_chain("delete_account", 120_000)[1]], {}, "AG-ESC-003", 1),
     ("delegation-self-grant", delegation_chain(), {}, "AG-ESC-004", 1),
     ("delegation-grant-to-delegator", delegation_chain("agent-access-01"), {}, "AG-ESC-004", 1),
     ("benign:delegation-to-a-user", delegation_chain("u000077"), {}, "AG-ESC-004", None),
     ("benign:delegated-self-grant-human-decided", delegation_chain(final=HUMAN), {}, "AG-ESC-004", None),
+    # "human authority" needs a human named, and not one of the parties: blank or self approval is none
+    *((f"{pattern}-human-{label}", steps, common, code, done)
+      for label, who in (("blank", " "), ("zero-width", "\u200b"), ("self", "SELF"))
+      for pattern, steps, common, code, done in (
+          ("group-nesting", group_chain(grant={**HUMAN, "decision.approved_by": ROGUE if who == "SELF" else who}),
+           {"agent.agent_id": ROGUE}, "AG-ESC-001", 2),
+          ("tier-stepping", tier_chain(1, 2, 3, last={**HUMAN, "decision.approved_by": AGENT if who == "SELF"
+                                                      else who}), {}, "AG-ESC-002", 2),
+          ("transient", transient_chain(60_000, grant={**HUMAN, "decision.approved_by": "u000001" if who == "SELF"
+                                                       else who}), {}, "AG-ESC-003", 1),
+          ("delegation", delegation_chain(final={**HUMAN, "decision.approved_by": "agent-access-01"
+                                                  if who == "SELF" else who}), {}, "AG-ESC-004", 1))),
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pipeline.facts import (
     FACT,
     FACT_ACTIONS,
@@ -13,6 +15,7 @@ from pipeline.facts import (
     fact_from_event,
     holding_key,
     is_access_change,
+    is_delegation,
     is_delegation_change,
     partition_for,
 )
@@ -20,7 +23,7 @@ from pipeline.publisher import TransitionPublisher
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from pipeline.workload import Workload
+from pipeline.workload import Workload, run_step
 
 
 def test_each_fact_goes_once_encoded_to_its_keyed_topics_and_partitions() -> None:
@@ -60,6 +63,40 @@ def test_each_fact_goes_once_encoded_to_its_keyed_topics_and_partitions() -> Non
     assert seen["delegations"] and seen["group"], seen
 
 
+def test_an_agent_giving_up_its_own_access_removes_an_edge_and_granting_itself_adds_none() -> None:
+    """A revoke of an agent's access ends the delegation edges that gave it, whoever revokes it; one by the
+    agent itself must reach the delegations topic too. A self-grant is no edge (AG-ESC-004's pattern)."""
+    settings = Settings.load(kafka_bootstrap="127.0.0.1:1")
+    pub = TransitionPublisher(settings)
+    emitter = FactEmitter(settings, Serde(SchemaSet.load(), None, record=FACT))
+    for action, to_graph in (("remove_role", True), ("assign_role", False)):
+        ev = pub.complete(run_step("run-self", 0, "agent-c", "jml-provisioning", ("mover", "HR-1"), action,
+                                   "agent-c", "entra-id", "role/RoleAdmin", 2, target__identity_type="agent"))
+        calls: list[str] = []
+
+        def produce(topic: str, value: bytes, *, calls: list[str] = calls, **_: Any) -> None:
+            calls.append(topic)
+
+        emitter.emit(produce, ev, 0, 1)
+        assert (settings.topic_delegations in calls) is to_graph, (action, calls)
+        assert is_delegation_change(fact_from_event(ev, 0, 1)) is to_graph
+
+
+@pytest.mark.parametrize(("identity_type", "edge"), [("agent", True), ("service", True), ("human", False)])
+def test_a_grant_to_an_agent_or_a_service_identity_is_a_delegation_edge(identity_type: str, edge: bool) -> None:
+    """The target's type is the agent's own label: a delegate labelled ``service`` is a delegate all the same
+    (agents act as service identities), so its edge reaches the graph."""
+    settings = Settings.load(kafka_bootstrap="127.0.0.1:1")
+    pub = TransitionPublisher(settings)
+    emitter = FactEmitter(settings, Serde(SchemaSet.load(), None, record=FACT))
+    ev = pub.complete(run_step("run-deleg", 0, "agent-a", "jml-provisioning", ("mover", "HR-1"), "assign_role",
+                               "delegate-b", "entra-id", "role/RoleAdmin", 2, target__identity_type=identity_type))
+    calls: list[str] = []
+    emitter.emit(lambda topic, value, **_: calls.append(topic), ev, 0, 1)
+    assert (settings.topic_delegations in calls) is edge
+    assert is_delegation(fact_from_event(ev, 0, 1)) is edge
+
+
 def test_the_fast_writer_writes_fastavros_bytes_for_any_values_the_schema_allows() -> None:
     """write_fact against fastavro over random values: empty, long (past one length byte) and non-ASCII
     strings, absent and present optionals, negative and 64-bit-wide numbers. A value of another type (a
@@ -96,9 +133,10 @@ def test_the_fast_writer_writes_fastavros_bytes_for_any_values_the_schema_allows
             "decision": {"outcome": text(), "authority": text(), "approved_by": opt()},
             "policy": {"policy_id": opt(), "policy_version": opt()}, "evidence": {"event_hash": text()}}
         partition, offset = num(32), num(64)
-        want = serde.encode(fact_from_event(ev, partition, offset))  # type: ignore[arg-type]
-        assert serde.header() + write_fact(ev, partition, offset) == want  # type: ignore[arg-type]
-        assert emitter.encode(ev, partition, offset) == want  # type: ignore[arg-type]
+        codes = rnd.choice([[], [text()], [text() for _ in range(rnd.choice([2, 63, 64]))]])
+        want = serde.encode(fact_from_event(ev, partition, offset, codes))  # type: ignore[arg-type]
+        assert serde.header() + write_fact(ev, partition, offset, codes) == want  # type: ignore[arg-type]
+        assert emitter.encode(ev, partition, offset, codes) == want  # type: ignore[arg-type]
     ev["occurred_at"] = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)  # fastavro's error stands
     with pytest.raises(TypeError, match="occurred_at"):
         emitter.encode(ev, 1, 2)  # type: ignore[arg-type]

@@ -38,6 +38,8 @@ def facts(n: int, seed: int, huge: bool = False) -> list[dict[str, object]]:
         f["occurred_at"] = rnd.choice([0, 1, -1, 1_790_000_000_000, -(2**62), *([-(2**63)] if huge else [])])
         f["privilege_tier"] = rnd.choice([0, 3, -64, 2**31 - 1, -(2**31)])
         f["step"] = rnd.choice([0, 63, 64, 5000])
+        f["scorer_codes"] = rnd.choice([[], ["AG-ESC-002"], ["AG-AUTH-001", "AG-SOD-001", "é" * 70],
+                                        [f"AG-X-{k:03d}" for k in range(64)]])
         out.append(f)
     return out
 
@@ -134,6 +136,24 @@ def test_bad_datums_get_the_answer_serde_gives(seed: int) -> None:
             except DecodeError as exc:
                 got = ("refused", exc.reason)
             assert got == want
+
+
+def test_scorer_codes_past_the_cap_or_in_a_sized_block_are_left_to_serde() -> None:
+    """The fast path reads the one block write_fact writes; a sized block (negative count) goes to fastavro,
+    and more codes than SCORER_CODES_MAX are refused by the Serde's guard, not built."""
+    s, reader = serde(), FactReader(serde())
+    f = facts(1, 5)[0]
+    f["scorer_codes"] = ["AG-ESC-002", "AG-SOD-001"]
+    data = s.encode(f)
+    assert data.endswith(b"\x04\x14AG-ESC-002\x14AG-SOD-001\x00")
+    sized = data[:-24] + b"\x03\x2c\x14AG-ESC-002\x14AG-SOD-001\x00"  # count -2, then 22 bytes
+    assert reader.read(sized) == as_event(s.decode(sized).record) == reader.read(data)
+    f["scorer_codes"] = [f"AG-X-{k:03d}" for k in range(65)]
+    from pipeline.facts import write_fact  # the bytes a hostile producer could write: the schema allows them
+    over = data[:s.current_datum_start(data) or 0] + write_fact(as_event(f), f["source_partition"],  # type: ignore[arg-type]
+                                                                   f["source_offset"], f["scorer_codes"])  # type: ignore[arg-type]
+    with pytest.raises(DecodeError, match="scorer_codes"):
+        reader.read(over)
 
 
 def test_an_older_schema_version_is_decoded_by_serde() -> None:

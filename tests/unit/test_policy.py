@@ -56,6 +56,37 @@ workflows:
     assert other == p.default_boundary and other.human_approval_tiers == {3}
 
 
+def test_workflow_lifecycle_merges_key_by_key_with_defaults() -> None:
+    """Review rev_rules #3: each lifecycle key is a field of its own; setting one keeps the others from
+    ``defaults`` (not the built-in defaults), and a map is replaced whole."""
+    p = parse_policy(V + """
+defaults:
+  lifecycle:
+    blocked_states: {terminated: [], on_leave: [], pre_hire: [create_account]}
+    access_triggers: [joiner]
+    trigger_actions: {leaver: [disable_account], mover: [assign_role]}
+workflows:
+  only-trigger-actions: {lifecycle: {trigger_actions: {leaver: [remove_role]}}}
+  only-access-triggers: {lifecycle: {access_triggers: [joiner, mover]}}
+  none-set: {}
+""").policy
+    defaults = p.default_boundary
+    assert defaults.blocked_states.keys() == {"terminated", "on_leave", "pre_hire"}
+    ta, at, none = (p.boundary_for(w) for w in ("only-trigger-actions", "only-access-triggers", "none-set"))
+    assert ta.trigger_actions == {"leaver": {"remove_role"}}  # replaced whole: mover's entry is not merged in
+    assert ta.blocked_states == defaults.blocked_states and ta.access_triggers == {"joiner"}
+    assert at.access_triggers == {"joiner", "mover"}
+    assert at.blocked_states == defaults.blocked_states and at.trigger_actions == defaults.trigger_actions
+    assert none == defaults
+
+
+def test_workflow_lifecycle_key_falls_back_to_the_builtin_default_when_defaults_leaves_it_unset() -> None:
+    p = parse_policy(V + "workflows: {w: {lifecycle: {access_triggers: [joiner]}}}\n").policy
+    w = p.boundary_for("w")
+    assert w.access_triggers == {"joiner"}
+    assert w.blocked_states == {"terminated": frozenset(), "pre_hire": {"create_account"}}
+
+
 def test_input_allowlist_per_action_falls_back_to_default_inputs() -> None:
     text = V + "defaults: {default_inputs: [a], input_allowlist: {deny_auth: [b]}}\n"
     b = parse_policy(text).policy.boundary_for("x")
@@ -74,6 +105,34 @@ def test_sod_partners_both_ways() -> None:
     p = parse_policy(V + "separation_of_duties: [{name: vp, entitlements: [a, b]}]\n").policy
     assert p.sod_partners("a") == (("b", "vp"),) and p.sod_partners("b") == (("a", "vp"),)
     assert p.sod_partners("c") == ()
+
+
+def test_privileged_and_sod_names_match_case_insensitively_and_trimmed() -> None:
+    p = parse_policy(V + """
+privileged: {entitlements: [Global-Admin], groups: [role/GlobalAdmin]}
+separation_of_duties: [{name: vp, entitlements: [AP-Create-Vendor, ap-approve-payment]}]
+""").policy
+    assert p.privileged_name("x", "global-admin") and p.privileged_name("x", " GLOBAL-ADMIN\u200b")
+    assert p.privileged_name("ROLE/globaladmin", None) and not p.privileged_name("role/GlobalAdmins", None)
+    assert p.sod_partners("ap-create-vendor ") == (("ap-approve-payment", "vp"),)
+    assert p.sod_partners("AP-APPROVE-PAYMENT") == (("AP-Create-Vendor", "vp"),)
+
+
+def test_identity_providers_default_to_the_directories_and_match_case_insensitively() -> None:
+    """AG-XRN-007 reads them: the default covers the directories the demo's leavers are disabled in (entra-id),
+    and a case variant of a configured provider is that provider."""
+    default = parse_policy(V).policy
+    assert default.identity_provider("entra-id") and default.identity_provider("okta")
+    assert default.identity_provider("Active-Directory ") and not default.identity_provider("salesforce")
+    own = parse_policy(V + "identity_providers: [Ping-Directory]\n").policy
+    assert own.identity_provider("ping-directory") and not own.identity_provider("entra-id")  # replaced, not merged
+    assert not parse_policy(V + "identity_providers: []\n").policy.identity_provider("entra-id")
+    assert "identity providers: active-directory, entra-id, okta" in check_policy(default_policy_path())
+
+
+def test_toxic_pair_of_one_name_in_two_spellings_is_refused() -> None:
+    with pytest.raises(ConfigError, match="two different names"):
+        parse_policy(V + "separation_of_duties: [{name: vp, entitlements: [ap-pay, AP-Pay]}]\n")
 
 
 def test_default_policy_is_valid_and_versioned() -> None:

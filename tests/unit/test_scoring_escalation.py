@@ -58,6 +58,13 @@ def test_reported_once_not_on_later_events() -> None:
     assert [("AG-ESC-003" in found) for found in replay(transient)] == [False, True, False]
 
 
+def test_tier_stepping_a_second_climb_of_new_steps_is_reported_again() -> None:
+    """A completed climb consumes its steps (a repeat of its top is not reported), but a new climb of new
+    unapproved steps is a new escalation."""
+    stepping = chain(*tier_chain(1, 2, 3), *tier_chain(1, 2, 3))
+    assert [("AG-ESC-002" in found) for found in replay(stepping)] == [False, False, True, False, False, True]
+
+
 def test_chain_across_runs_on_one_target() -> None:
     """Tier stepping split over three runs still completes: the target history joins them."""
     steps = tier_chain(1, 2, 3)

@@ -22,9 +22,14 @@ def _evd(ev: TransitionDict, history: Sequence[TransitionDict] = (), **kw: Any) 
     ({"trigger.ref": None}, True),
     ({"inputs_used": []}, True),
     ({"policy.policy_version": " "}, True),
+    ({"trigger.ref": "   "}, True),
+    ({"trigger.ref": "\u00a0"}, True),
+    ({"trigger.ref": "\u200b"}, True),
     ({}, False),
+    ({"trigger.ref": " HR-1 "}, False),
     ({"action": "recommend", "decision.outcome": "recommended", "inputs_used": []}, False),  # not an access change
-], ids=["no-ref", "no-inputs", "blank-version", "benign:complete", "benign:recommendation"])
+], ids=["no-ref", "no-inputs", "blank-version", "blank-ref", "nbsp-ref", "zero-width-ref", "benign:complete",
+        "benign:padded-ref", "benign:recommendation"])
 def test_missing_evidence(changes: dict[str, Any], fires: bool) -> None:
     assert ("AG-EVD-001" in _evd(event(changes))) is fires
 
@@ -87,6 +92,13 @@ def test_prev_hash_not_matching_previous_step() -> None:
 def test_exact_replay() -> None:
     ev = event()
     assert _evd(ev, [ev]) == ["AG-EVD-004"]
+
+
+def test_exact_replay_of_the_latest_step_after_the_seen_map_evicted_it() -> None:
+    """Review rev_rules #5: the seen map is capped; the run's own history still holds the replayed step."""
+    events = chain({}, {})
+    assert _evd(events[1], events, seen_event_hashes={}) == ["AG-EVD-004"]
+    assert _evd(events[1], events[:1], seen_event_hashes={}) == []  # benign: the first delivery
 
 
 def test_duplicate_id_with_different_content() -> None:

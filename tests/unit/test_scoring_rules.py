@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.scoring.engine import score
 from tests.unit.scoring_cases import HR, RULE_CASES, SOD, SOD_CASES
-from tests.unit.scoring_factory import chain, codes, context_for, event
+from tests.unit.scoring_factory import chain, codes, context_for, event, policy_with
 
 
 @pytest.mark.parametrize(("changes", "code", "fires"), [c[1:] for c in RULE_CASES], ids=[c[0] for c in RULE_CASES])
@@ -52,3 +52,26 @@ def test_sod_uses_target_entitlements_from_the_store() -> None:
     ev = event({**SOD, "resource.entitlement": "ap-approve-payment"})
     ctx = context_for(ev, target_entitlements=frozenset({"ap-create-vendor"}))
     assert "AG-SOD-001" in codes(ev, ctx)
+
+
+# -- lifecycle settings of a workflow merge with defaults key by key (review rev_rules #3) -----------------
+
+LIFECYCLE_POLICY = """
+version: "t"
+defaults:
+  lifecycle:
+    blocked_states: {terminated: [], on_leave: [], pre_hire: [create_account]}
+    access_triggers: [joiner]
+workflows:
+  sets-trigger-actions-only:
+    lifecycle: {trigger_actions: {leaver: [disable_account]}}
+"""
+
+
+@pytest.mark.parametrize(("changes", "code"), [
+    ({"target.lifecycle_state": "on_leave"}, "AG-LCM-001"),  # defaults block on_leave
+    ({"trigger.kind": "mover"}, "AG-LCM-003"),  # defaults accept only joiner
+], ids=["blocked-state-from-defaults", "access-trigger-from-defaults"])
+def test_workflow_keeps_the_lifecycle_defaults_it_does_not_set(changes: dict[str, Any], code: str) -> None:
+    ev = event({"workflow_id": "sets-trigger-actions-only", **changes})
+    assert code in codes(ev, context_for(ev, policy=policy_with(LIFECYCLE_POLICY)))
