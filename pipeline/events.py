@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -124,10 +125,92 @@ REVOKES = frozenset(
 # opposed to account-wide changes: what an identity holds is replayed from these.
 ENTITLEMENT_GRANTS = frozenset({Action.assign_role, Action.grant_entitlement, Action.add_group_member})
 ENTITLEMENT_REVOKES = frozenset({Action.remove_role, Action.revoke_entitlement, Action.remove_group_member})
+# Account-wide revokes: whatever they name (the account, e.g. "user-account"), they end every access the
+# identity holds on that system.
+ACCOUNT_REVOKES = frozenset({Action.disable_account, Action.delete_account})
 
 Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX_CHARS)]
 DEFAULT_LIMITS = Limits()
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Characters that show nothing: every whitespace character (str.isspace: space, NBSP, the U+2000 spaces,
+# ideographic space...), C0/C1 controls, and the invisible format and filler characters (zero-width space,
+# joiners, directional marks and isolates, word joiner, BOM, soft hyphen, Hangul and braille blanks,
+# variation selectors, tag characters). A fixed list, so every replica and Python version agrees.
+INVISIBLE = "".join(
+    [chr(c) for c in range(0x3001) if chr(c).isspace()]
+    + [chr(c) for c in (*range(0x00, 0x20), *range(0x7f, 0xa0))]
+    + [chr(c) for c in (0x00ad, 0x034f, 0x061c, 0x115f, 0x1160, 0x17b4, 0x17b5, 0x180e, 0x2800, 0x3164,
+                        0xfeff, 0xffa0, *range(0x200b, 0x2010), *range(0x202a, 0x202f),
+                        *range(0x2060, 0x2065), *range(0x2066, 0x2070), *range(0xfe00, 0xfe10),
+                        *range(0xe0000, 0xe0080))]
+)
+
+
+def _char_class(chars: str) -> str:
+    """A regex character class of ``chars`` written as ranges: a class of single characters this size made
+    ``re`` about ten times slower, and check_values runs on every consumed event."""
+    ranges: list[list[int]] = []
+    for c in sorted({ord(c) for c in chars}):
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "[" + "".join(re.escape(chr(lo)) + ("" if lo == hi else "-" + re.escape(chr(hi)))
+                         for lo, hi in ranges) + "]"
+
+
+# An identifier (run, workflow, agent, principal, target, system, resource, entitlement, approver, input name)
+# may carry no INVISIBLE character, nor a space at either end: ``"u-step\u200b"`` or ``"u-step "`` looks like
+# ``"u-step"`` and would be another identity, key and partition to every rule (``name_key`` folds such
+# spellings only where names are compared). A plain space may stand between words ("Domain Admins").
+_HIDDEN_IN_ID = re.compile(_char_class(INVISIBLE.replace(" ", "")) + "|\\A | \\Z")
+
+
+def _not_an_id(value: str) -> bool:
+    """``value`` is empty or holds what :data:`_HIDDEN_IN_ID` refuses (printable ASCII, most ids, is checked
+    for its ends only)."""
+    if not value:
+        return True
+    if value.isascii() and value.isprintable():
+        return value[0] == " " or value[-1] == " "
+    return _HIDDEN_IN_ID.search(value) is not None
+
+
+def _escaped(value: str) -> str:
+    """``value`` with every invisible character written as its escape: shown, never obeyed or hidden."""
+    return "".join(c if c == " " or c not in INVISIBLE else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else
+                   f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in value)
+
+
+def _id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an identifier (empty, or an invisible character in it or a space at an end,
+    named by its code point, never echoed), or None when it can."""
+    if not value:
+        return "is empty"
+    m = _HIDDEN_IN_ID.search(value)
+    if m is None:
+        return None
+    c = m[0]
+    where = ("at its start" if m.start() == 0 else "at its end" if m.end() == len(value)
+             else f"at character {m.start() + 1} of {len(value)}")
+    name = unicodedata.name(c, "(a control character)" if unicodedata.category(c) == "Cc" else "(unnamed)")
+    shown = _escaped(value[:64]) + ("\u2026" if len(value) > 64 else "")
+    return (f"holds U+{ord(c):04X} {name} {where} ('{shown}'): an identifier may carry no control or "
+            "invisible character, nor a space at either end")
+
+
+def is_blank(value: str | None) -> bool:
+    """``value`` names nothing: None, empty, or only whitespace and invisible characters (:data:`INVISIBLE`).
+    An ``approved_by`` or ``trigger.ref`` like that is missing, whatever its length."""
+    return value is None or not value.strip(INVISIBLE)
+
+
+def name_key(value: str) -> str:
+    """The form in which names are compared where the target systems compare them case-insensitively
+    (privileged names, separation-of-duties pairs, approvers against the identities of the event): leading
+    and trailing whitespace and invisible characters trimmed, then Unicode case-folded."""
+    return value.strip(INVISIBLE).casefold()
 
 
 class _Model(BaseModel):
@@ -313,7 +396,13 @@ def check_values(record: TransitionDict, *, now_ms: int, max_future_ms: int | No
         value: Any = record
         for part in path:
             value = value[part]
-        if value is not None and (not value or _CONTROL.search(value)):
+        if value is not None and _not_an_id(value):
             dotted = ".".join(path)
-            raise ValidationError(f"{dotted}={value[:64]!r} is empty or holds control characters",
-                                  reason="invalid_value", field=dotted)
+            raise ValidationError(f"{dotted} {_id_problem(value)}", reason="invalid_value", field=dotted)
+    # An input name is an identifier too: it is matched against, and proposed into, the policy's allowlists
+    # (a newline there is never a real attribute, and only makes the name read as something else).
+    for item in record["inputs_used"]:
+        name = item["name"]
+        if _not_an_id(name):
+            raise ValidationError(f"inputs_used.name {_id_problem(name)}", reason="invalid_value",
+                                  field="inputs_used.name")

@@ -13,7 +13,6 @@ The codes are part of the CLI contract (README, "Exit codes"); scripts branch on
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -27,6 +26,8 @@ from .errors import (
     StoreLocked,
     StoreMissing,
 )
+from .inert import inert
+from .settings import redact_urls
 
 
 class Exit(IntEnum):
@@ -57,13 +58,11 @@ class Failure:
         return f"agentgov: {self.message}" + (f"\n  {self.hint}" if self.hint else "")
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-
-
 def printable(text: str, limit: int = 400) -> str:
-    """First line of ``text``, control characters escaped (no terminal escapes from an error), shortened."""
+    """First line of ``text``, made :func:`~pipeline.inert.inert` (an error may quote an event: no terminal
+    escapes, no bidi reordering), without the user info of any URL in it, shortened."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    first = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", first)
+    first = inert(redact_urls(first))
     return first if len(first) <= limit else first[:limit] + "…"
 
 

@@ -34,6 +34,15 @@ INPUTS_MAX = 256
 """``inputs_used`` entries."""
 ATTRIBUTES_MAX = 256
 """``attributes`` entries."""
+SCORER_CODES_MAX = 64
+"""An access fact's ``scorer_codes`` (distinct finding codes: the catalogue holds fewer)."""
+COLLECTION_MAX: dict[tuple[str, str], int] = {
+    ("agentgov.events.AgentTransition", "inputs_used"): INPUTS_MAX,
+    ("agentgov.events.AgentTransition", "attributes"): ATTRIBUTES_MAX,
+    ("agentgov.facts.AccessFact", "scorer_codes"): SCORER_CODES_MAX,
+}
+"""(record full name, field) -> entries: enforced while decoding (``avro_guard``, refused at the block count that
+crosses it, before any entry is built) and again by :func:`check_record` on a record built in code."""
 ATTRIBUTE_KEY_MAX_CHARS = 256
 ATTRIBUTE_VALUE_MAX_CHARS = 8192
 DAY_MS = 86_400_000

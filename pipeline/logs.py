@@ -3,6 +3,10 @@
 Call :func:`configure_logging` once in ``main()``. Pass fields with ``extra={"kv": {...}}``::
 
     log.info("stored", extra={"kv": {"rows": 10}})
+
+A line is inert on a terminal: JSON escapes C0 controls, and :func:`~pipeline.inert.json_inert` the rest
+(DEL, C1, bidi overrides), since messages and fields may quote events. The user info of any URL in a
+line is replaced by ``***`` (:func:`~pipeline.settings.redact_urls`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import sys
 import time
 from typing import Any
 
+from .inert import json_inert
+from .settings import redact_urls
+
 
 def _quote(value: Any) -> str:
-    text = str(value)
-    return json.dumps(text, ensure_ascii=False)
+    text = redact_urls(str(value))
+    return json_inert(json.dumps(text, ensure_ascii=False))
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -42,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         doc.update(getattr(record, "kv", {}))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        return json_inert(redact_urls(json.dumps(doc, default=str, ensure_ascii=False)))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "logfmt") -> None:

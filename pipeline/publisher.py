@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .errors import PublishError, RegistryUnavailable, ValidationError
 from .events import AgentTransition, check_values, event_hash, sign
+from .inert import inert
 from .limits import Limits
 from .metrics import Metrics
 from .schemas import SchemaSet
@@ -50,15 +52,41 @@ class EventInvalid(ValidationError):
     reason = "invalid_event"
 
 
+NAME_SHOWN_MAX = 64  # a key an error message quotes is the draft's: shown inert, and cut at this length
+
+
+def _shown(part: object) -> str:
+    text = inert(part)
+    return text if len(text) <= NAME_SHOWN_MAX else text[:NAME_SHOWN_MAX] + "\u2026"
+
+
 def validate(draft: Mapping[str, Any] | AgentTransition) -> AgentTransition:
     if isinstance(draft, AgentTransition):
         return draft
     try:
         return AgentTransition.model_validate(draft)
     except PydanticValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise EventInvalid("invalid event: " + "; ".join(problems),
-                           paths=[".".join(str(p) for p in e["loc"]) for e in exc.errors()]) from exc
+        paths = [".".join(_shown(p) for p in e["loc"]) for e in exc.errors()]
+        problems = [f"{path}: {e['msg']}" for path, e in zip(paths, exc.errors(), strict=True)]
+        raise EventInvalid("invalid event: " + "; ".join(problems), paths=paths) from exc
+
+
+def loads(text: str | bytes) -> Any:
+    """One JSON document (an event's JSON form), refusing an object that repeats a key with
+    :class:`EventInvalid`. JSON leaves a repeated key's meaning open: parsers keep the first, the last or
+    both, so what a reviewer or another tool reads in the file could differ from what is sent. Raises
+    :class:`json.JSONDecodeError` for text that is not JSON."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EventInvalid(f"invalid event: duplicate key {_shown(key)!r} in one object (which value is "
+                               "meant is ambiguous)", paths=[_shown(key)])
+        out[key] = value
+    return out
 
 
 class TransitionPublisher:

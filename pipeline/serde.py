@@ -29,7 +29,9 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 
+from .avro_guard import Guard, compile_guard
 from .errors import ConfigError, DecodeError, RegistryUnavailable
+from .limits import COLLECTION_MAX
 from .schemas import TRANSITION, SchemaSet, SchemaVersion, _strip_logical
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,8 @@ class Serde:
         self.register_wait = register_wait
         self.full_name = full_name(self.current.raw)
         self._registry_id: int | None = None
-        self._by_registry_id: dict[int, tuple[Any, bool, int | None]] = {}
+        self._by_registry_id: dict[int, tuple[Any, bool, int | None, Guard | None]] = {}
+        self._guards: dict[int, Guard | None] = {}  # by schema version
         self._known_canonical = {
             sv.canonical: sv for sv in schemas.versions[record].values()
         }
@@ -208,8 +211,10 @@ class Serde:
 
     # -- decoding -----------------------------------------------------------------------------
     def decode(self, data: bytes | None) -> Decoded:
-        start, parsed, current, version = self._writer(data)
+        start, parsed, current, version, guard = self._writer(data)
         assert data is not None  # _writer refused an empty message
+        if guard is not None:
+            guard(data, start)  # DecodeError before fastavro builds anything (avro_guard.py)
         return self._read(data, start, parsed, current, version)
 
     def current_datum_start(self, data: bytes | None) -> int | None:
@@ -217,11 +222,17 @@ class Serde:
         was written with another version. Checks framing, size and schema as :meth:`decode` does (same
         ``DecodeError``), without decoding: for readers specialised to the current schema
         (``fact_reader.py``)."""
-        start, _, current, _ = self._writer(data)
+        start, _, current, _, _ = self._writer(data)
         return start if current else None
 
-    def _writer(self, data: bytes | None) -> tuple[int, Any, bool, int | None]:
-        """The datum's start, its writer schema (parsed), whether that is the current one, and its version."""
+    def _guard(self, sv: SchemaVersion) -> Guard | None:
+        if sv.version not in self._guards:
+            self._guards[sv.version] = compile_guard(sv.raw, COLLECTION_MAX)
+        return self._guards[sv.version]
+
+    def _writer(self, data: bytes | None) -> tuple[int, Any, bool, int | None, Guard | None]:
+        """The datum's start, its writer schema (parsed), whether that is the current one, its version, and
+        the guard its datum goes through before fastavro (``avro_guard.py``)."""
         if not data:
             raise DecodeError("empty message", reason="bad_magic")
         if len(data) > self.max_bytes:
@@ -231,11 +242,11 @@ class Serde:
             writer = self.schemas.by_fingerprint.get(header[2:])
             if writer is None or writer.record != self.record:
                 raise DecodeError(f"unknown schema fingerprint {header[2:].hex()}", reason="unknown_schema")
-            return len(header), writer.parsed, writer is self.current, writer.version
-        parsed, current, version = self._registry_schema(schema_id)
-        return len(header), parsed, current, version
+            return len(header), writer.parsed, writer is self.current, writer.version, self._guard(writer)
+        parsed, current, version, guard = self._registry_schema(schema_id)
+        return len(header), parsed, current, version, guard
 
-    def _registry_schema(self, schema_id: int) -> tuple[Any, bool, int | None]:
+    def _registry_schema(self, schema_id: int) -> tuple[Any, bool, int | None, Guard | None]:
         hit = self._by_registry_id.get(schema_id)
         if hit is not None:
             return hit
@@ -249,7 +260,8 @@ class Serde:
             raise DecodeError(f"registry id {schema_id} holds an unusable schema: {exc}",
                               reason="unknown_schema") from exc
         known = self._known_canonical.get(canonical)
-        entry = (known.parsed, known is self.current, known.version) if known else (parsed, False, None)
+        entry = ((known.parsed, known is self.current, known.version, self._guard(known)) if known
+                 else (parsed, False, None, compile_guard(raw, COLLECTION_MAX)))
         self._by_registry_id[schema_id] = entry
         return entry
 

@@ -128,6 +128,34 @@ def _raw(pub: TransitionPublisher, **changes: Any) -> dict[str, Any]:
     return apply(pub.complete(draft(run_id=f"run-b-{uuid.uuid4().hex[:8]}")), changes)
 
 
+def _zz(n: int, size: int = 0) -> bytes:
+    """Avro's zigzag varint of ``n``; with ``size``, spread over that many bytes (overlong)."""
+    u, out = (n << 1) ^ (n >> 63), bytearray()
+    while u >> 7 or len(out) < size - 1:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    return bytes(out) + bytes([u])
+
+
+def _crafted(pub: TransitionPublisher) -> dict[str, tuple[bytes, str, str]]:
+    """Bytes only a client without the SDK sends (a dict cannot repeat a key, no encoder writes an 11-byte
+    varint, the SDK refuses 257 entries): name -> (message, dead-letter reason, field)."""
+    def text(value: str) -> bytes:
+        return _zz(len(value)) + value.encode()
+
+    repeated = SERDE.encode(_raw(pub, attributes={"aa": "approved-by-ciso", "bb": "denied-by-ciso"}))
+    pattern = text("aa") + text("approved-by-ciso") + text("bb")
+    repeated = repeated.replace(pattern, text("aa") + text("approved-by-ciso") + text("aa"))
+    many = _raw(pub)
+    many["inputs_used"] = [{"name": "", "source": ""}] * 460_000  # ~920 KB, under the event limit
+    step = _raw(pub, step=1234567)
+    assert SERDE.encode(step).count(_zz(1234567)) == 1
+    overlong = SERDE.encode(step).replace(_zz(1234567), _zz(1234567, 11))
+    return {"attributes_repeated_key": (repeated, "invalid_value", "attributes"),
+            "inputs_460k": (SERDE.encode(many), "invalid_value", "inputs_used"),
+            "step_11_byte_varint": (overlong, "malformed", "")}
+
+
 def test_bounds_of_every_narrowed_value(
     settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
     in_process: Callable[[Settings], InProcess],
@@ -157,11 +185,16 @@ def test_bounds_of_every_narrowed_value(
         "just_too_old": (_raw(pub, occurred_at=now - age - 3_600_000), "occurred_at"),
         "decades_ahead": (_raw(pub, occurred_at=now + 30 * 365 * DAY_MS), "occurred_at"),
         "upper_case_uuid": (_raw(pub, event_id=str(uuid.uuid4()).upper()), "event_id"),
+        "input_name_newline": (_raw(pub, inputs_used=[{"name": "dept\n    allowed_systems: null", "source": "hr"}]),
+                               "inputs_used.name"),
     }
     for rec in accepted.values():
         raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
     for rec, _ in rejected.values():
         raw.produce(settings.topic_transitions, SERDE.encode(rec), key=rec["run_id"].encode())
+    crafted = _crafted(pub)  # refused while decoding: the SDK cannot produce them
+    for data, _, _ in crafted.values():
+        raw.produce(settings.topic_transitions, data, key=b"run-crafted")
     assert raw.flush(30) == 0
     # The SDK refuses the same records before they leave the process.
     for name, (rec, field) in rejected.items():
@@ -170,13 +203,14 @@ def test_bounds_of_every_narrowed_value(
         assert field in str(caught.value), (name, caught.value)
     after = flowing(pipe, pub)
 
-    dead = dlq_by_source(settings, len(rejected))
-    fields = sorted(header(m.headers(), "agentgov.error.field") or "" for m in dead.values())
-    assert fields == sorted(f for _, f in rejected.values())
-    assert {header(m.headers(), "agentgov.error.reason") for m in dead.values()} == {"invalid_value"}
+    dead = dlq_by_source(settings, len(rejected) + len(crafted))
+    answers = sorted((header(m.headers(), "agentgov.error.reason") or "", header(m.headers(), "agentgov.error.field")
+                      or "") for m in dead.values())
+    assert answers == sorted([("invalid_value", f) for _, f in rejected.values()]
+                             + [(reason, f) for _, reason, f in crafted.values()])
     ids = stored_ids(pipe)
     assert {r["event_id"] for r in accepted.values()} <= ids
-    assert len(ids) + len(dead) == len(accepted) + len(rejected) + len(after)
+    assert len(ids) + len(dead) == len(accepted) + len(rejected) + len(crafted) + len(after)
     steps = {r["step"] for r in pipe.sink.query("SELECT step FROM {db}.transitions FINAL")}
     assert STEP_MAX in steps
 
@@ -310,8 +344,8 @@ def test_every_printed_field_is_inert(
     settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
     in_process: Callable[[Settings], InProcess],
 ) -> None:
-    """ESC/OSC/CSI/newline/bidi in every agent-supplied string `agentgov trail` prints (identifiers refuse
-    control characters at the edge; the rest are stored verbatim and escaped on output)."""
+    """ESC/OSC/CSI/newline/bidi in every agent-supplied string `agentgov trail` prints (identifiers and input
+    names refuse control characters at the edge; the rest are stored verbatim and escaped on output)."""
     from pipeline.audit import render_trail, to_json, trail
 
     settings = settings_factory()
@@ -322,7 +356,7 @@ def test_every_printed_field_is_inert(
     runs = []
     for name, value in ESC_VALUES.items():
         rec = pub.complete(draft(run_id=f"run-esc-{name}", **{
-            "decision.approved_by": "mgr-1", "inputs_used": [{"name": value, "source": value}]}))
+            "decision.approved_by": "mgr-1", "inputs_used": [{"name": f"in-{name}", "source": value}]}))
         for path in printed:
             node = rec
             *parents, leaf = path.split(".")

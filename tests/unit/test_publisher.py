@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from pipeline.broker import free_port
 from pipeline.drafts import draft
 from pipeline.errors import PublishError
 from pipeline.events import event_hash
-from pipeline.publisher import EventInvalid, TransitionPublisher
+from pipeline.publisher import EventInvalid, TransitionPublisher, loads
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
@@ -50,6 +51,8 @@ def test_publish_keys_by_run_id() -> None:
         ({"step": -1}, "step"),
         ({"action": "make_coffee"}, "action"),
         ({"agent.agent_id": ""}, "agent.agent_id"),
+        ({"target.identity_id": "u-step\u200b"}, "target.identity_id"),
+        ({"decision.approved_by": "mgr\u2060-eng"}, "decision.approved_by"),
         ({"occurred_at": "2026-01-01T00:00:00"}, "occurred_at"),
         ({"surprise": 1}, "surprise"),
     ],
@@ -61,6 +64,45 @@ def test_invalid_event_raises_naming_the_field_and_sends_nothing(changes: dict, 
     assert field in str(info.value)
     assert field in info.value.fields["paths"]
     assert producer.sent == []
+
+
+def test_an_id_with_an_invisible_character_is_refused_naming_the_field_and_the_code_point() -> None:
+    """'u-step\u200b' would be another identity than 'u-step' to every rule and key: the SDK refuses it,
+    saying which character by its code point, never echoing it."""
+    pub, producer = make()
+    with pytest.raises(EventInvalid) as info:
+        pub.publish(draft(**{"agent.on_behalf_of": "svc-iga\u200b"}))
+    text = str(info.value)
+    assert info.value.fields["paths"] == ["agent.on_behalf_of"]
+    assert "agent.on_behalf_of" in text and "U+200B ZERO WIDTH SPACE" in text and "\u200b" not in text
+    assert producer.sent == []
+
+
+def test_a_key_named_in_an_error_is_shown_inert_and_cut() -> None:
+    pub, producer = make()
+    hostile = "x\x1b]8;;http://evil\x07" + "y" * 5000
+    with pytest.raises(EventInvalid) as info:
+        pub.publish(draft(**{hostile: 1}))
+    text = str(info.value)
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b" in text and len(text) < 400
+    assert info.value.fields["paths"][0].startswith("x\\x1b]8;;http://evil")
+    assert producer.sent == []
+
+
+@pytest.mark.parametrize("line", [
+    '{"event_id": "a", "run_id": "r", "event_id": "b"}',
+    '{"agent": {"agent_id": "agent-1", "agent_id": "agent-2"}}',
+])
+def test_json_that_repeats_a_key_is_refused_not_resolved(line: str) -> None:
+    """Parsers disagree on a repeated key (first, last, both): what a reviewer reads and what is sent could
+    differ, so the line is refused, naming the key."""
+    with pytest.raises(EventInvalid, match="duplicate key") as info:
+        loads(line)
+    assert info.value.fields["paths"] in (["event_id"], ["agent_id"])
+    nested = '{"a": {"b": 1}, "c": [{"b": 2}, {"b": 3}]}'  # one key in several objects is no repeat
+    assert loads(nested) == json.loads(nested)
+    with pytest.raises(json.JSONDecodeError):
+        loads("not json")
 
 
 def test_delivery_failures_reach_the_caller() -> None:

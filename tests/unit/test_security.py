@@ -175,3 +175,65 @@ def test_sink_error_text_holds_no_credentials(url_settings: Settings) -> None:
         connect(url_settings)
     text = str(caught.value) + repr(caught.value.fields)
     assert "ch-url-pw-Kk12" not in text and "127.0.0.1:1" in text
+
+
+@pytest.mark.parametrize(("url", "bare", "user", "password"), [
+    # generated passwords hold unencoded '/', '?', '#', '@': the user info runs to the last '@'
+    ("http://writer:Zk3/9qT+S3CRET@127.0.0.1:1", "http://127.0.0.1:1", "writer", "Zk3/9qT+S3CRET"),
+    ("http://w:a?b#c/d@ch:8123/db?x=1", "http://ch:8123/db?x=1", "w", "a?b#c/d"),
+    ("https://bob:p@ss@registry:8081", "https://registry:8081", "bob", "p@ss"),
+    ("http://al%40ce:p%2Fw@ch:8123", "http://ch:8123", "al@ce", "p/w"),
+    ("http://u@ch", "http://ch", "u", None),
+    # no user info: unchanged (an '@' in a path or query is written %40; a "user" with '/' is a path)
+    ("http://ch:8123/db", "http://ch:8123/db", None, None),
+    ("http://ch/db?e=a%40b", "http://ch/db?e=a%40b", None, None),
+    ("http://ch/db?e=a@b", "http://ch/db?e=a@b", None, None),
+    ("chdb:///var/lib/agentgov", "chdb:///var/lib/agentgov", None, None),
+])
+def test_split_credentials(url: str, bare: str, user: str | None, password: str | None) -> None:
+    from pipeline.settings import split_credentials
+
+    assert split_credentials(url) == (bare, user, password)
+
+
+def test_a_password_with_a_slash_moves_into_secrets_and_no_error_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import SinkError
+    from pipeline.sinks.clickhouse import connect
+
+    for key in list(os.environ):
+        if key.startswith("AGENTGOV_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AGENTGOV_CLICKHOUSE_DSN", "http://writer:Zk3/9qT+S3CRET@127.0.0.1:1")
+    monkeypatch.setenv("AGENTGOV_SCHEMA_REGISTRY_URL", "https://bob:Rr/5?x#S3CRET@registry.example:8081")
+    settings = Settings()
+    assert settings.clickhouse_dsn == "http://127.0.0.1:1"
+    assert settings.clickhouse_kwargs()["password"] == "Zk3/9qT+S3CRET"
+    assert settings.schema_registry_url == "https://registry.example:8081"
+    assert settings.schema_registry_basic_auth is not None
+    assert settings.schema_registry_basic_auth.get_secret_value() == "bob:Rr/5?x#S3CRET"
+    assert "S3CRET" not in repr(settings) + settings.model_dump_json()
+    with pytest.raises(SinkError) as caught:
+        connect(settings)
+    assert "S3CRET" not in str(caught.value) + repr(caught.value.fields)
+
+
+def test_errors_and_logs_redact_user_info_of_any_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: a URL still holding credentials (here set past the settings' validators) never
+    shows them in the store's errors, the CLI's error line or a log line."""
+    from pipeline.errors import SinkError
+    from pipeline.failures import explain
+    from pipeline.settings import redact_urls
+    from pipeline.sinks.clickhouse import connect
+
+    assert redact_urls("at http://u:p/w@h:1/db and https://x:y@z@h2 ok") == "at http://***@h:1/db and https://***@h2 ok"
+    assert redact_urls("mail a@b, url http://h/x") == "mail a@b, url http://h/x"
+    raw = Settings.load().model_copy(update={"clickhouse_dsn": "http://writer:Zk3/9qT+S3CRET@127.0.0.1:1"})
+    with pytest.raises(SinkError) as caught:
+        connect(raw)
+    assert "S3CRET" not in str(caught.value) + repr(caught.value.fields) and "127.0.0.1:1" in str(caught.value)
+    assert "S3CRET" not in explain(RuntimeError("GET http://u:S3CRET/x@h failed")).text()
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "to http://u:S3CRET/x@h", None, None)
+    record.kv = {"dsn": "http://u:S3CRET/x@h:1"}
+    for formatter in (LogfmtFormatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert "S3CRET" not in line and "http://***@h:1" in line, line

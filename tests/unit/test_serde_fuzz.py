@@ -12,8 +12,10 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.deadletters import dead_letter, header
 from pipeline.errors import DLQ_REASONS, DecodeError, ValidationError
 from pipeline.events import check_values
+from pipeline.limits import Limits
 from pipeline.schemas import TRANSITION, SchemaSet
 from pipeline.serde import CONFLUENT_MAGIC, SOE_HEADER, Serde
 from tests.unit.scoring_factory import record
@@ -110,6 +112,30 @@ def test_control_characters_in_an_identifier_are_rejected_elsewhere_kept() -> No
     assert answer(SERDE.encode(record(**{"agent.agent_id": "agent\x1b[31m"}))) == "invalid_value"
     # Free text outside the identifiers is stored verbatim (it is data, never SQL or a label).
     assert answer(_with_string(b"a\x07b\nc\td\x00efgh")) == "ok"
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("target.identity_id", "u-step\u200b", "U+200B ZERO WIDTH SPACE"),
+    ("agent.agent_id", "agent\u202eb", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    ("resource.system", "aws\ufeff", "U+FEFF ZERO WIDTH NO-BREAK SPACE"),
+    ("run_id", "run-1 ", "U+0020 SPACE at its end"),
+])
+def test_an_invisible_character_in_an_identifier_is_a_dead_letter_naming_the_field(field: str, value: str,
+                                                                                   named: str) -> None:
+    """What the scorer does with such an event (decode, check_values, dead letter with reason invalid_value):
+    the headers name the field and the character by its code point, never the character itself."""
+    data = SERDE.encode(record(**{field: value}))
+    assert answer(data) == "invalid_value"
+    with pytest.raises(ValidationError) as caught:
+        check_values(SERDE.decode(data).record, now_ms=NOW_MS, max_future_ms=300_000)
+    msg = type("Msg", (), {"value": lambda self: data, "key": lambda self: b"k", "topic": lambda self: "t",
+                           "partition": lambda self: 0, "offset": lambda self: 7})()
+    _, _, headers = dead_letter(msg, caught.value, caught.value.reason, Limits())
+    assert header(headers, "agentgov.error.reason") == "invalid_value"
+    assert header(headers, "agentgov.error.field") == field
+    message = header(headers, "agentgov.error.message") or ""
+    hidden = chr(int(named[2:6], 16))
+    assert named in message and (hidden == " " or hidden not in message)
 
 
 @pytest.mark.parametrize(("change", "field"), [
