@@ -35,7 +35,8 @@ SELECT event_id, run_id, agent_id, action, risk_score, risk_level, findings, occ
              tuple('joiner', concat('HR-', toString(run))), action, tuple(target_id, 'human', 'active'),
              tuple(system, 'res-1', NULL, toInt32(step)), [tuple('department', 'hr')],
              tuple('granted', 'policy_engine', 'model', NULL, NULL), tuple('iam-policy', '7', NULL),
-             tuple(hex(cityHash64(n, 'h')), NULL, NULL, NULL), map('demo.scenario', 'bench'), NULL)
+             tuple(hex(cityHash64(n, 'h')), NULL, NULL, NULL), map('demo.scenario', 'bench'), NULL),
+       '' AS source_digest
 FROM (
     SELECT number AS n, intDiv(number, 4) AS run, number % 4 AS step,
            toString(generateUUIDv4(number)) AS event_id,

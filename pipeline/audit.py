@@ -5,9 +5,9 @@ name only immutable event fields (run, agent, target, time), so every version of
 them together: skip indexes may drop granules without the exact-mode expansion (see docs/clickhouse.md).
 
 What people read is inert: every agent-supplied string in the text trail goes through :func:`inert`
-(control characters, ESC/OSC/CSI, C1 controls and bidirectional overrides become visible ``\\xNN`` /
-``\\uNNNN`` escapes, so a value cannot move the cursor, erase a line or forge a trail step), and JSON
-output escapes the same characters.
+(defined in :mod:`pipeline.inert`, re-exported here: control characters, ESC/OSC/CSI, C1 controls and
+bidirectional overrides become visible ``\\xNN`` / ``\\uNNNN`` escapes, so a value cannot move the
+cursor, erase a line or forge a trail step), and JSON output escapes the same characters.
 
 The first stored copy of an event_id is the one shown (migration 004); later copies are listed under it
 from ``duplicates`` with AG-EVD-005.
@@ -16,11 +16,12 @@ from ``duplicates`` with AG-EVD-005.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from .inert import inert as inert
+from .inert import json_inert
 from .sinks.clickhouse import SCORER_FINDINGS, ClickHouseSink
 
 # Safe because audit filters only use fields every version of a row shares (docs/clickhouse.md, "FINAL").
@@ -60,19 +61,6 @@ WHERE event_id IN {ids:Array(String)}
 ORDER BY event_id, stored_at
 """
 
-# C0 controls, DEL, C1 controls, and the bidirectional overrides/isolates (a reordered line can lie).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-
-
-def _escape(m: re.Match[str]) -> str:
-    c = ord(m[0])
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-
-
-def inert(value: Any) -> str:
-    """``value`` as text that a terminal shows and never interprets (see the module docstring)."""
-    text = value if isinstance(value, str) else str(value)
-    return _UNSAFE.sub(_escape, text)
 
 
 def later_copies(sink: ClickHouseSink, event_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -220,4 +208,4 @@ def to_json(doc: Any) -> str:
     """JSON with every character :func:`inert` escapes written as ``\\uNNNN`` (JSON itself only escapes C0)."""
     text = json.dumps(doc, default=lambda o: o.isoformat() + "Z" if isinstance(o, datetime) else str(o),
                       ensure_ascii=False)
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    return json_inert(text)

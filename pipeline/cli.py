@@ -19,7 +19,7 @@ import click
 from .errors import AgentgovError, ConfigError
 from .failures import Exit, explain
 from .logs import configure_logging
-from .settings import Settings
+from .settings import Settings, redact_urls
 
 log = logging.getLogger("agentgov")
 
@@ -99,7 +99,7 @@ def run(scorers: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"agentgov running: kafka {pipe.settings.bootstrap()}, store {settings.clickhouse_dsn}, "
+    click.echo(f"agentgov running: kafka {pipe.settings.bootstrap()}, store {redact_urls(settings.clickhouse_dsn)}, "
                f"metrics :{settings.metrics_port} (scorers and correlators on the ports after it). Ctrl-C stops.",
                err=True)
     stop.wait()
@@ -135,8 +135,9 @@ def publish(file: Path) -> None:
 
     from .broker import probe
     from .errors import PublishError
+    from .inert import inert  # every line below may quote the file's content: a key, a value, an event id
     from .progress import Counts, PipelineProbe, StreamProgress
-    from .publisher import EventInvalid, TransitionPublisher
+    from .publisher import EventInvalid, TransitionPublisher, loads
 
     settings = _settings()
     probe(settings)
@@ -152,26 +153,28 @@ def publish(file: Path) -> None:
     try:
         for lineno, line in _lines(file):
             try:
-                line_of[pub.publish(json.loads(line))] = lineno
+                line_of[pub.publish(loads(line))] = lineno
                 accepted += 1
             except json.JSONDecodeError as exc:
                 rejected += 1
-                click.echo(f"{file}:{lineno}: not JSON: {exc}", err=True)
+                click.echo(inert(f"{file}:{lineno}: not JSON: {exc}"), err=True)
             except EventInvalid as exc:
                 rejected += 1
-                click.echo(f"{file}:{lineno}: {exc}", err=True)
+                click.echo(inert(f"{file}:{lineno}: {exc}"), err=True)
             except KafkaException as exc:  # refused before sending (e.g. unknown topic): not delivered
                 undelivered += 1
                 if undelivered <= 20:
-                    click.echo(f"{file}:{lineno}: not delivered: {exc.args[0].str() if exc.args else exc}", err=True)
+                    reason = exc.args[0].str() if exc.args else exc
+                    click.echo(inert(f"{file}:{lineno}: not delivered: {reason}"), err=True)
         try:
             pub.flush()
         except PublishError as exc:  # every undelivered event is named, by line
             ids = exc.fields.get("event_ids") or []
             undelivered += len(ids) or int(exc.fields.get("pending", 0)) or 1
-            click.echo(f"{file}: {exc}", err=True)
+            click.echo(inert(f"{file}: {exc}"), err=True)
             for event_id in ids[:20]:
-                click.echo(f"{file}:{line_of.get(event_id, '?')}: not delivered (event_id {event_id})", err=True)
+                click.echo(inert(f"{file}:{line_of.get(event_id, '?')}: not delivered (event_id {event_id})"),
+                           err=True)
     finally:
         if display is not None and watch is not None:
             display.stop()

@@ -3,7 +3,14 @@
 Run by the store owner (the writer process) as a writer task, so it uses the writer's ClickHouse client
 from the writer's thread (chdb is single-process). At least once: offsets are committed only after the
 insert returned; the table is keyed on the deterministic ``finding_id`` and inserts carry a dedup
-token, so a redelivered or re-evaluated finding is stored once (read with FINAL).
+token (offsets and a digest of the values), so a redelivered or re-evaluated finding is stored once (read
+with FINAL).
+
+Migration 006 copies every finding into ``findings``, partitioned by day, and ClickHouse refuses an insert
+that touches more than 100 partitions (error 252), so a batch is inserted in runs of at most
+``MAX_DAYS_PER_INSERT`` days of ``occurred_at``. A finding the store still refuses as data is treated as
+the writer treats an assessment (``writer.insert_isolating``): isolated by bisection, dead-lettered with
+reason ``store_rejected``, confirmed, then committed, so one finding cannot stop the rest.
 
 Example::
 
@@ -13,19 +20,22 @@ Example::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from .errors import DeadLetter, RegistryUnavailable
+from .errors import DeadLetter, RegistryUnavailable, SinkError
 from .facts import FINDING
+from .limits import Limits
 from .membership import Membership
 from .metrics import Metrics
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
 from .settings import Settings
-from .sinks.clickhouse import ClickHouseSink
+from .sinks.clickhouse import ClickHouseSink, content_digest
+from .writer import Rejected, StoreRejected, deliver_dead_letters, insert_isolating
 
 if TYPE_CHECKING:
     from .writer import Writer
@@ -36,16 +46,37 @@ COLUMNS = ("finding_id", "code", "severity", "category", "pattern", "message", "
            "agent_id", "occurred_at", "related_event_ids", "related_run_ids", "related_partitions", "refs",
            "detected_at", "correlator_version", "governance_policy_version")
 TABLE = "cross_run_findings"
+DAY_MS = 86_400_000
+MAX_DAYS_PER_INSERT = 100
+"""ClickHouse's default ``max_partitions_per_insert_block``: ``findings`` (006) has a partition per day."""
 
 
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def day_runs(days: Sequence[int], max_days: int = MAX_DAYS_PER_INSERT) -> list[list[int]]:
+    """Indexes of ``days`` (UTC day numbers), sorted by day and cut into runs of at most ``max_days``
+    distinct days. Depends only on ``days``, so a retried batch is cut the same way (same tokens)."""
+    runs: list[list[int]] = []
+    seen = 0
+    last = None
+    for i in sorted(range(len(days)), key=lambda i: days[i]):
+        if days[i] != last:
+            if not runs or seen == max_days:
+                runs.append([])
+                seen = 0
+            seen += 1
+            last = days[i]
+        runs[-1].append(i)
+    return runs
+
+
 class CorrelationStore:
     """Consumes cross-run findings and inserts them; ``poll_once`` is one bounded, non-blocking step."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, sink: ClickHouseSink, *, registry: Any = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, sink: ClickHouseSink, *, registry: Any = None,
+                 dead_letter: Callable[[Rejected], None] | None = None) -> None:
         self.settings, self.metrics, self.sink = settings, metrics, sink
         registry = registry if registry is not None else make_registry(settings)
         self.serde = Serde(SchemaSet.load(), registry, record=FINDING,
@@ -55,6 +86,9 @@ class CorrelationStore:
         self.membership.subscribe([settings.topic_correlations])
         self.pending: list[Message] = []
         self.stored = 0
+        self.rejected = 0
+        self._dlq: Producer | None = None
+        self.dead_letter = dead_letter or self._own_dead_letter
 
     def __call__(self) -> None:
         self.poll_once()
@@ -65,7 +99,10 @@ class CorrelationStore:
             self.pending = [m for m in self.consumer.consume(max_messages, 0.05) if self._keep(m)]
         if not self.pending:
             return 0
-        rows = []
+        rows: list[list[Any]] = []
+        msgs: list[Message] = []
+        days: list[int] = []
+        rejected: Rejected = []
         for msg in self.pending:
             try:
                 r = self.serde.decode(msg.value()).record
@@ -74,24 +111,33 @@ class CorrelationStore:
                           extra={"kv": {"error": exc.message}})
                 self.metrics.registry_errors.labels(role="writer").inc()
                 return 0
-            except DeadLetter as exc:
-                log.error("undecodable cross-run finding skipped", extra={"kv": {
+            except DeadLetter as exc:  # dead-lettered with its reason (below, confirmed before the commit)
+                log.error("undecodable cross-run finding dead-lettered", extra={"kv": {
                     "error": str(exc), "partition": msg.partition(), "offset": msg.offset()}})
                 self.metrics.sink_errors.labels(table=TABLE, kind="DecodeError").inc()
+                rejected.append((msg, exc))
                 continue
+            days.append(r["occurred_at"] // DAY_MS)
             r["occurred_at"], r["detected_at"] = _ts(r["occurred_at"]), _ts(r["detected_at"])
             rows.append([r[c] for c in COLUMNS])
+            msgs.append(msg)
         spans = ",".join(f"{m.partition()}:{m.offset()}" for m in (self.pending[0], self.pending[-1]))
+        token = f"{TABLE}-{spans}-{len(rows)}-{content_digest(m.value() or b'' for m in self.pending)}"
+        undecodable = len(rejected)
         try:
-            if rows:
-                self.sink.client.insert(f"{self.sink.database}.{TABLE}", rows, column_names=list(COLUMNS),
-                                        settings={"insert_deduplication_token": f"{TABLE}-{spans}-{len(rows)}",
-                                                  "insert_deduplicate": 1})
-        except Exception as exc:  # retried on the next tick with the same messages
-            self.metrics.sink_errors.labels(table=TABLE, kind=type(exc).__name__).inc()
-            log.error("cross-run findings insert failed; will retry", extra={"kv": {"error": str(exc)[:300]}})
+            runs = day_runs(days)
+            for n, run in enumerate(runs):
+                refused: list[tuple[int, SinkError]] = []
+                insert_isolating(self._insert(rows), run, token if len(runs) == 1 else f"{token}/d{n}", refused)
+                rejected.extend((msgs[i], StoreRejected.of(exc)) for i, exc in refused)
+            # Confirmed before the commit: a dead letter the broker did not take fails the attempt.
+            self.dead_letter(rejected)
+        except SinkError as exc:  # the store's own failure: retried on the next tick with the same messages
+            self.metrics.sink_errors.labels(table=TABLE, kind=exc.fields.get("kind", "unknown")).inc()
+            log.error("cross-run findings insert failed; will retry", extra={"kv": {"error": exc.message[:300]}})
             return 0
-        self.metrics.sink_rows.labels(table=TABLE).inc(len(rows))
+        stored = len(rows) - (len(rejected) - undecodable)
+        self.metrics.sink_rows.labels(table=TABLE).inc(stored)
         last: dict[int, int] = {}
         for msg in self.pending:
             last[msg.partition()] = msg.offset() + 1
@@ -101,8 +147,26 @@ class CorrelationStore:
         except KafkaException as exc:  # stored; a redelivery is absorbed by finding_id
             log.warning("commit failed after store", extra={"kv": {"error": str(exc)}})
         self.pending = []
-        self.stored += len(rows)
-        return len(rows)
+        self.stored += stored
+        self.rejected += len(rejected)
+        return stored
+
+    def _insert(self, rows: list[list[Any]]) -> Callable[[Sequence[int], str], None]:
+        """The insert of some of ``rows`` (by index) under a token, for :func:`insert_isolating`."""
+        def insert(which: Sequence[int], token: str) -> None:
+            self.sink.insert_rows(TABLE, [rows[i] for i in which], list(COLUMNS), token)
+        return insert
+
+    def _own_dead_letter(self, rejected: Rejected) -> None:
+        """Without a writer to share (a store run on its own): a dead-letter producer of its own, made when
+        first needed."""
+        if not rejected:
+            return
+        if self._dlq is None:
+            self._dlq = Producer(self.settings.kafka_config(**{
+                "enable.idempotence": True, "acks": "all", "message.max.bytes": self.settings.max_message_bytes}))
+        deliver_dead_letters(self._dlq, self.settings.topic_dlq, Limits.from_settings(self.settings), self.metrics,
+                             "writer", rejected)
 
     @staticmethod
     def _keep(msg: Message) -> bool:
@@ -119,6 +183,9 @@ class CorrelationStore:
 
 def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: float = 0.2) -> CorrelationStore:
     """Store cross-run findings from the writer's loop (the thread that owns the store's client)."""
-    store = CorrelationStore(settings, writer.metrics, sink, registry=writer.registry)
+    def dead_letter(rejected: Rejected) -> None:  # through the writer's producer (idempotent, acks=all)
+        deliver_dead_letters(writer.dlq, settings.topic_dlq, writer.limits, writer.metrics, writer.role, rejected)
+
+    store = CorrelationStore(settings, writer.metrics, sink, registry=writer.registry, dead_letter=dead_letter)
     writer.add_task(interval, store)
     return store

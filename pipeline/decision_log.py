@@ -5,7 +5,8 @@ records to ``agentgov.decisions.v1`` and ``RiskException`` versions to ``agentgo
 store owner (the writer loop, which holds the ClickHouse client) reads both and appends them to the
 ``decisions`` and ``exceptions`` tables (migration 005). Rows are only ever inserted: a change of state
 is a new row. Offsets are committed after the insert returned, and each insert carries a dedup token
-made of the offsets, so a redelivered batch is dropped by ClickHouse (at least once, stored once).
+made of the offsets and a digest of the values (offsets start at 0 again after a Tansu restart), so a
+redelivered batch is dropped by ClickHouse (at least once, stored once).
 
 Example::
 
@@ -15,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,8 @@ from .metrics import Metrics
 from .schemas import SchemaSet
 from .serde import Serde, make_registry
 from .settings import Settings
-from .sinks.clickhouse import ClickHouseSink
+from .sinks.clickhouse import ClickHouseSink, content_digest
+from .writer import Rejected, StoreRejected, deliver_dead_letters, insert_isolating
 
 if TYPE_CHECKING:
     from .writer import Writer
@@ -53,8 +56,11 @@ class DecisionLog:
     """Consumes the decisions and exceptions topics and appends them to the store."""
 
     def __init__(self, settings: Settings, sink: ClickHouseSink, metrics: Metrics | None = None, *,
-                 registry: Any = None) -> None:
+                 registry: Any = None, dead_letter: Callable[[Rejected], None] | None = None) -> None:
         self.settings, self.sink, self.metrics = settings, sink, metrics
+        # Records that do not decode, and rows the store refuses as data, go here (confirmed before the
+        # commit); without it they are logged and counted only (a DecisionLog run on its own, in tests).
+        self.dead_letter = dead_letter or self._log_only
         schemas = SchemaSet.load()
         registry = registry if registry is not None else make_registry(settings)
         self.tables = {
@@ -72,11 +78,17 @@ class DecisionLog:
         self.stored = 0
 
     def poll_once(self, timeout: float = 0.0) -> int:
-        """Read what is there, store it, commit. Returns rows stored now (0 while the store fails)."""
-        self.pending.extend(m for m in self.consumer.consume(1000, timeout) if m.error() is None)
+        """Read what is there, store it, commit. Returns rows stored now (0 while the store fails).
+
+        A failed attempt is retried with the same records (nothing more is read until they are stored), so
+        the retry carries the same dedup tokens and what a first attempt stored is not stored twice."""
+        if not self.pending:
+            self.pending = [m for m in self.consumer.consume(1000, timeout) if m.error() is None]
         if not self.pending:
             return 0
         rows: dict[str, list[list[Any]]] = {}
+        sources: dict[str, list[Message]] = {}
+        rejected: Rejected = []
         spans: dict[tuple[str, int], tuple[int, int]] = {}
         for msg in self.pending:
             table, columns, serde = self.tables[msg.topic()]
@@ -91,17 +103,24 @@ class DecisionLog:
                 if self.metrics is not None:
                     self.metrics.registry_errors.labels(role="writer").inc()
                 return 0
-            except DeadLetter as exc:  # only the review app writes here; a bad record is logged, not stored
-                log.error("undecodable review record skipped",
+            except DeadLetter as exc:  # the review app writes here, but on Tansu anyone can: a dead letter
+                log.error("undecodable review record dead-lettered",
                           extra={"kv": {"topic": msg.topic(), "offset": msg.offset(), "error": str(exc)}})
+                rejected.append((msg, exc))
                 continue
             rows.setdefault(table, []).append(row(record, columns))
+            sources.setdefault(table, []).append(msg)
         token = ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(spans.items()))
+        token += f"-{content_digest(m.value() or b'' for m in self.pending)}"
         try:
             for table, values in rows.items():
                 columns = self.tables[self.settings.topic_decisions if table == "decisions"
                                       else self.settings.topic_exceptions][1]
-                self._insert(table, columns, values, token)
+                refused: list[tuple[int, SinkError]] = []
+                insert_isolating(self._insert_some(table, columns, values), range(len(values)),
+                                 f"{table}-{token}", refused)
+                rejected.extend((sources[table][i], StoreRejected.of(exc)) for i, exc in refused)
+            self.dead_letter(rejected)  # confirmed before the commit, or the attempt is retried
         except SinkError as exc:
             log.error("review records not stored; will retry", extra={"kv": {"error": exc.message}})
             return 0
@@ -110,23 +129,31 @@ class DecisionLog:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             log.warning("commit failed after store; records will be redelivered", extra={"kv": {"error": str(exc)}})
-        n = sum(len(v) for v in rows.values())
+        n = sum(len(v) for v in rows.values()) - sum(1 for _, exc in rejected if isinstance(exc, StoreRejected))
         self.pending = []
         self.stored += n
         return n
 
-    def _insert(self, table: str, columns: list[str], values: list[list[Any]], token: str) -> None:
-        try:
-            self.sink.client.insert(f"{self.sink.database}.{table}", values, column_names=columns,
-                                    settings={"insert_deduplication_token": f"{table}-{token}",
-                                              "insert_deduplicate": 1})
-        except Exception as exc:
+    def _insert_some(self, table: str, columns: list[str], values: list[list[Any]]
+                     ) -> Callable[[Sequence[int], str], None]:
+        """The insert of some of ``values`` (by index) under a token, for :func:`insert_isolating`: a
+        :class:`SinkError` with ``data`` when the store refuses the rows, not itself."""
+        def insert(which: Sequence[int], token: str) -> None:
+            try:
+                self.sink.insert_rows(table, [values[i] for i in which], columns, token)
+            except SinkError as exc:
+                if self.metrics is not None:
+                    self.metrics.sink_errors.labels(table=table, kind=exc.fields.get("kind", "unknown")).inc()
+                raise
             if self.metrics is not None:
-                self.metrics.sink_errors.labels(table=table, kind=type(exc).__name__).inc()
-            raise SinkError(f"insert into {table} failed: {type(exc).__name__}: {str(exc)[:300]}", table=table,
-                            kind=type(exc).__name__) from exc
-        if self.metrics is not None:
-            self.metrics.sink_rows.labels(table=table).inc(len(values))
+                self.metrics.sink_rows.labels(table=table).inc(len(which))
+        return insert
+
+    @staticmethod
+    def _log_only(rejected: Rejected) -> None:
+        for msg, exc in rejected:
+            log.error("review record not stored", extra={"kv": {"topic": msg.topic(), "offset": msg.offset(),
+                                                                "reason": exc.reason, "error": str(exc)[:300]}})
 
     def __call__(self) -> None:
         self.poll_once()
@@ -138,6 +165,9 @@ class DecisionLog:
 
 def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, interval: float = 0.2) -> DecisionLog:
     """Schedule the decision log on the writer loop (the thread that owns the store's client)."""
-    decision_log = DecisionLog(settings, sink, writer.metrics, registry=writer.registry)
+    def dead_letter(rejected: Rejected) -> None:  # through the writer's producer (idempotent, acks=all)
+        deliver_dead_letters(writer.dlq, settings.topic_dlq, writer.limits, writer.metrics, writer.role, rejected)
+
+    decision_log = DecisionLog(settings, sink, writer.metrics, registry=writer.registry, dead_letter=dead_letter)
     writer.add_task(interval, decision_log)
     return decision_log

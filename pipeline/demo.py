@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .progress import Counts, PipelineProbe, StreamProgress
 from .publisher import TransitionPublisher
 from .runner import Pipeline
-from .settings import Settings
+from .settings import Settings, redact_urls
 from .sinks.clickhouse import ClickHouseSink
 from .workload import BAD_INPUTS, PLANTED, PLANTED_CROSS_RUN, Workload
 
@@ -91,10 +91,11 @@ def prepare_store(settings: Settings, keep: bool = False) -> None:
             return
         foreign = sink.query("SELECT count() AS n FROM {db}.transitions WHERE attributes['demo.scenario'] = ''")
         if foreign and int(foreign[0]["n"]):
+            shown = redact_urls(settings.clickhouse_dsn)
             raise ConfigError(
-                f"the audit store at {settings.clickhouse_dsn} holds {int(foreign[0]['n']):,} events that no demo "
+                f"the audit store at {shown} holds {int(foreign[0]['n']):,} events that no demo "
                 "wrote; the demo will not mix with or replace them: point AGENTGOV_CLICKHOUSE_DSN at another "
-                "store, e.g. AGENTGOV_CLICKHOUSE_DSN=chdb://.agentgov/demo-chdb", dsn=settings.clickhouse_dsn)
+                "store, e.g. AGENTGOV_CLICKHOUSE_DSN=chdb://.agentgov/demo-chdb", dsn=shown)
         if not keep:
             sink.client.command(f"DROP DATABASE IF EXISTS {sink.database} SYNC")
     finally:
@@ -171,6 +172,6 @@ def render(result: DemoResult, settings: Settings | None = None) -> str:
         lines += [f"  {c['code']} agent={c['agent_id']} run={c['run_id']} steps={c['steps']}"
                   for c in result.escalation_chains]
     if settings is not None:
-        lines += ["", f"stored in {settings.clickhouse_dsn}. Try next:"]
+        lines += ["", f"stored in {redact_urls(settings.clickhouse_dsn)}. Try next:"]
         lines += [f"  {step}" for step in next_steps(result, settings)]
     return "\n".join(lines)

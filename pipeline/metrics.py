@@ -66,6 +66,11 @@ class Metrics:
             "agentgov_findings_total", "Findings raised, by code, severity and category.",
             ["code", "severity", "category"], registry=r,
         )
+        self.backdated = Counter(
+            "agentgov_backdated_access_changes_total",
+            "Access changes whose occurred_at is more than AGENTGOV_BACKDATED_HOURS before their record's timestamp "
+            "on the transitions topic (scored and stored as usual).", registry=r,
+        )
         self.findings_excepted = Counter(
             "agentgov_findings_excepted_total",
             "Findings covered by an approved risk exception: stored, kept out of the queue, never paged.",

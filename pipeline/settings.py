@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -25,16 +26,35 @@ ENV_PREFIX = "AGENTGOV_"
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """(url without user info, user, password) of ``scheme://user:password@host...``; unchanged otherwise."""
+    """(url without user info, user, password) of ``scheme://user:password@host...``; unchanged otherwise.
+
+    The user info is everything before the *last* ``@``: generated passwords often hold an unencoded
+    ``/``, ``?`` or ``#``, and cutting the authority at the first of those would leave such a password in
+    the URL that logs and errors print. So an ``@`` in a path or query must be written ``%40``. A user
+    name holding ``/``, ``?`` or ``#`` is not one: the ``@`` then belongs to the path or query."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url, None, None
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
+    userinfo, at, host = rest.rpartition("@")
     if not at:
         return url, None, None
     user, colon, password = userinfo.partition(":")
-    return f"{scheme}://{host}{slash}{path}", unquote(user) or None, unquote(password) if colon else None
+    if any(c in user for c in "/?#"):
+        return url, None, None
+    return f"{scheme}://{host}", unquote(user) or None, unquote(password) if colon else None
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)\S*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the user info of every URL in it replaced by ``***`` (up to the last ``@`` of the URL).
+
+    Defence in depth for errors and logs: settings move credentials out of URLs, but a URL that reaches a
+    message some other way (a client library's error, a hand-built string) still shows no password."""
+    if "://" not in text or "@" not in text:
+        return text
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def unknown_env_message(cls: type[BaseSettings]) -> str:
@@ -162,8 +182,16 @@ class Settings(BaseSettings):
     max_future_skew_seconds: int = Field(default=300, ge=0)
     max_event_age_days: int | None = Field(
         default=None, ge=1,
-        description="Events older than this are dead-lettered, not scored; unset means retention_days (older "
-                    "events would be dropped by the store's TTL). May not exceed retention_days.")
+        description="Events older than this are dead-lettered, not scored; unset means retention_days. May not "
+                    "exceed retention_days: the store keeps an event's id (first copy wins) retention_days and a "
+                    "day after storing it, so a later copy repeating the original's occurred_at is refused here.")
+    backdated_hours: float = Field(
+        default=24.0, ge=0,
+        description="A scorer counts an access change whose occurred_at is more than this before its record's "
+                    "timestamp on the transitions topic in agentgov_backdated_access_changes_total (0: off). The "
+                    "store keeps such an event retention_days from storing it, but it lands among old days in "
+                    "time-ranged reads. The timestamp is the producer's clock (CreateTime) unless the topic uses "
+                    "LogAppendTime.")
     context_window_seconds: int = Field(default=3600, ge=0, description="How far back a scorer replays.")
     context_max_keys: int = Field(
         default=4000, ge=100,
@@ -185,7 +213,10 @@ class Settings(BaseSettings):
     clickhouse_cluster: str | None = Field(default=None, description="Use Replicated/Distributed DDL on this cluster.")
     clickhouse_migrate_on_start: bool = Field(
         default=True, description="Writer applies migrations at start; false lets it run with INSERT-only rights.")
-    retention_days: int = Field(default=400, ge=1)
+    retention_days: int = Field(
+        default=400, ge=1,
+        description="Days the store keeps a row after it stored it (TTL on greatest(occurred_at, stored_at), "
+                    "migration 007: never counted from the agent's occurred_at alone); access_changes has no TTL.")
     writer_batch_rows: int = Field(default=20000, ge=1)
     writer_batch_seconds: float = Field(default=0.5, gt=0)
     baseline_refresh_seconds: float = Field(default=60.0, gt=0, description="Writer republishes baselines every N s.")
@@ -223,6 +254,14 @@ class Settings(BaseSettings):
         default=None, description="Key for session cookies and CSRF tokens; unset draws a random one per start.")
     review_store_wait_seconds: float = Field(
         default=15.0, gt=0, description="How long a write waits to see its decision stored before answering 503.")
+    review_session_max_age_seconds: int = Field(
+        default=8 * 3600, ge=60, le=30 * 86400,
+        description="Lifetime of a login session (token mode): the signed cookie carries its issue time and is "
+                    "refused after this, and the browser is told to drop it (Max-Age).")
+    review_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="Largest request body the review app reads (bytes); a larger one gets 413, checked on "
+                    "Content-Length and on the bytes streamed. 4 MiB holds the largest bulk decision.")
 
     # --- Process -----------------------------------------------------------------------------
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -290,7 +329,8 @@ class Settings(BaseSettings):
     def _age_within_retention(self) -> Settings:
         if self.max_event_age_days is not None and self.max_event_age_days > self.retention_days:
             raise ValueError(f"{ENV_PREFIX}MAX_EVENT_AGE_DAYS={self.max_event_age_days} exceeds {ENV_PREFIX}"
-                             f"RETENTION_DAYS={self.retention_days}: older events would be scored, then dropped by TTL")
+                             f"RETENTION_DAYS={self.retention_days}: the store forgets an event's id (first copy wins) "
+                             "retention_days after storing it, and a copy accepted after that could be stored as new")
         return self
 
     @property

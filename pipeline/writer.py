@@ -1,14 +1,18 @@
 """The store writer: assessments topic -> ClickHouse, at least once, written idempotently.
 
 It never decodes Avro in Python. Each message's payload (after the wire header) is a raw
-``RiskAssessment`` datum; a batch is wrapped into one Avro container per partition and inserted with
-a dedup token ``topic-partition-first-last``. Offsets are committed only after the insert returned.
+``RiskAssessment`` datum, stored with the digest of its transition (the scorer's ``agentgov.source.digest``
+header; for an older scorer's message the writer reads past the head to compute it) appended as a trailing
+``source_digest`` field; a batch is wrapped into one Avro container per writer schema and inserted with
+a dedup token ``topic-partition:first-last-schema-digest`` (the digest of the datums: offsets start again at
+0 after a Tansu restart). Offsets are committed only after the insert returned.
 While the store fails, the writer pauses fetching, backs off, and retries the same batch.
 
-When the store refuses the *data* (a ClickHouse error code in ``DATA_ERROR_CODES``, e.g. an Avro int out of
-range, or error 252 for a batch spanning too many partitions), the batch is bisected: halves are inserted
-with their own dedup tokens until the refused rows stand alone. Those rows are dead-lettered with the
-store's error (reason ``store_rejected``), the delivery is confirmed, and only then are offsets committed.
+When the store refuses the *data* (``is_data_error``: e.g. an Avro int out of range, or error 252 for a batch
+spanning too many partitions), the batch is bisected: halves are inserted with their own dedup tokens until
+the refused rows stand alone. Those rows are dead-lettered with the store's error (reason ``store_rejected``),
+the delivery is confirmed, and only then are offsets committed. Error 252 for "too many parts" (merges behind
+inserts) is the store's backpressure, not the data's: retried with backoff like an outage.
 
 Example::
 
@@ -22,11 +26,12 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from .assessment import DIGEST_HEADER, digest_of_assessment, head_schema
 from .deadletters import dead_letter
 from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError
 from .limits import Limits
@@ -37,20 +42,83 @@ from .metrics import Metrics
 from .schemas import ASSESSMENT, SchemaSet
 from .serde import full_name, make_registry, registry_schema, split_header
 from .settings import Settings
-from .sinks.clickhouse import ClickHouseSink
-from .sinks.ocf import ContainerBuilder
+from .sinks.clickhouse import ClickHouseSink, content_digest
+from .sinks.ocf import ContainerBuilder, avro_string
 
 log = logging.getLogger(__name__)
 
-Groups = dict[bytes, tuple[ContainerBuilder, list[bytes], list[Message]]]
-"""Wire header -> (container builder for that writer schema, raw datums, their messages)."""
+Groups = dict[bytes, tuple[ContainerBuilder, list[bytes], list[Message], list[bytes]]]
+"""Wire header -> (container builder for that writer schema, datums as stored, their messages, and the digests
+of their transitions: ``assessment.transition_digest``, from the scorer's header or computed)."""
+DIGEST_FIELD = {"name": "source_digest", "type": "string", "default": "",
+                "doc": "transition_digest of the transition (migration 008): told apart from a rewrite at the "
+                       "same source record."}
 Rejected = list[tuple[Message, DeadLetter]]
+T = TypeVar("T")
 
 
 class StoreRejected(DeadLetter):
     """The store refused this row (the message carries ClickHouse's error)."""
 
     reason = "store_rejected"
+
+    @classmethod
+    def of(cls, exc: SinkError) -> StoreRejected:
+        return cls(f"store refused the row: {exc.message}", code=exc.fields.get("code"))
+
+
+def insert_isolating(insert: Callable[[Sequence[T], str], None], rows: Sequence[T], token: str,
+                     refused: list[tuple[T, SinkError]]) -> None:
+    """``insert(rows, token)``; if the store refuses the data (a :class:`SinkError` with ``data``), bisect
+    until the refused rows stand alone, and add each with the store's error to ``refused``. A failure of
+    the store itself (any other error) propagates, and the caller retries the whole batch: the halves
+    already stored carry deterministic tokens (``token/a``, ``token/a/b``...), so the retry does not repeat
+    them. Shared by the writer and the cross-run findings store (``correlations.py``)."""
+    try:
+        insert(rows, token)
+    except SinkError as exc:
+        if not exc.fields.get("data"):
+            raise
+        if len(rows) == 1:
+            refused.append((rows[0], exc))
+            return
+        log.warning("store refused a batch's data; isolating the rows",
+                    extra={"kv": {"rows": len(rows), "code": exc.fields.get("code")}})
+        mid = len(rows) // 2
+        insert_isolating(insert, rows[:mid], token + "/a", refused)
+        insert_isolating(insert, rows[mid:], token + "/b", refused)
+
+
+def deliver_dead_letters(dlq: Producer, topic: str, limits: Limits, metrics: Metrics, role: str,
+                         rejected: Rejected) -> None:
+    """Send the dead letters and wait for the broker to confirm each; SinkError if any is not confirmed
+    (the caller then retries the batch and commits nothing). Counts and logs each confirmed one."""
+    if not rejected:
+        return
+    failed: list[str] = []
+
+    def confirm(err: Any, _msg: Message) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    for msg, exc in rejected:
+        value, key, headers = dead_letter(msg, exc, exc.reason, limits)
+        try:
+            dlq.produce(topic, value, key=key, headers=headers, on_delivery=confirm)
+        except KafkaException:  # even the cut payload is refused: the headers alone still say what happened
+            value, key, headers = dead_letter(msg, exc, exc.reason, limits, payload=False)
+            dlq.produce(topic, value, key=key, headers=headers, on_delivery=confirm)
+    remaining = dlq.flush(30)
+    if remaining or failed:
+        raise SinkError(f"dead letters not confirmed: {remaining} pending, {len(failed)} failed "
+                        f"({failed[0] if failed else 'timeout'})", table="dlq", kind="DeadLetterUndelivered")
+    for msg, exc in rejected:
+        metrics.dead_letters.labels(reason=exc.reason).inc()
+        if isinstance(exc, StoreRejected):
+            metrics.poison.labels(role=role, reason="store_rejected").inc()
+            log.error("row refused by the store; dead-lettered",
+                      extra={"kv": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                                    "error": exc.message[:300]}})
 
 
 class Writer:
@@ -62,7 +130,7 @@ class Writer:
         self.sink = sink
         self.schemas = SchemaSet.load()
         self.registry = registry if registry is not None else make_registry(settings)
-        self._builders: dict[bytes, tuple[int, ContainerBuilder]] = {}
+        self._builders: dict[bytes, tuple[int, ContainerBuilder, Any]] = {}
         self._assessment_name = full_name(self.schemas.latest(ASSESSMENT).raw)
         self.consumer, self.membership, self.liveness = self._member()
         self.limits = Limits.from_settings(settings)
@@ -121,9 +189,11 @@ class Writer:
                 task[1] = time.monotonic() + task[0]
 
     # -- framing ------------------------------------------------------------------------------
-    def _builder(self, value: bytes) -> tuple[int, ContainerBuilder]:
-        """Header length and container builder for this message's writer schema (the wire header split
-        is the serde's: :func:`~pipeline.serde.split_header`)."""
+    def _builder(self, value: bytes) -> tuple[int, ContainerBuilder, Any]:
+        """Header length, container builder and head schema (:func:`~pipeline.assessment.head_schema`, None
+        if it has none) for this message's writer schema (the wire header split is the serde's:
+        :func:`~pipeline.serde.split_header`). The container's schema is the writer schema plus a trailing
+        ``source_digest``, which the writer appends to each datum (Avro records are their fields in order)."""
         header, schema_id = split_header(value)
         hit = self._builders.get(header)
         if hit:
@@ -137,7 +207,12 @@ class Writer:
             if self.registry is None:
                 raise DecodeError("registry-framed assessment but no registry configured", reason="unknown_schema")
             schema = registry_schema(self.registry, schema_id, self._assessment_name)
-        hit = self._builders[header] = (len(header), ContainerBuilder(schema))
+        try:
+            head = head_schema(schema)
+        except (ValueError, KeyError, TypeError):  # not ending with the transition: no digest to compute
+            head = None
+        stored = dict(schema, fields=[*schema["fields"], DIGEST_FIELD])
+        hit = self._builders[header] = (len(header), ContainerBuilder(stored), head)
         return hit
 
     # -- loop ---------------------------------------------------------------------------------
@@ -270,44 +345,57 @@ class Writer:
             for msg in msgs:
                 value = msg.value() or b""
                 try:
-                    hlen, builder = self._builder(value)
+                    hlen, builder, head = self._builder(value)
                 except DecodeError as exc:
                     undecodable.append((msg, exc))
                     continue
-                group = groups.setdefault(value[:hlen], (builder, [], []))
-                group[1].append(value[hlen:])
+                datum = value[hlen:]
+                digest = _header(msg, DIGEST_HEADER)
+                if digest is None or len(digest) != 32:  # an older scorer's message: read past the head (slow)
+                    digest = _digest(datum, head)
+                group = groups.setdefault(value[:hlen], (builder, [], [], []))
+                # the stored row: the datum, then source_digest (an Avro string: 32 hex digits as a rule)
+                group[1].append(datum + (_HEX32 + digest if len(digest) == 32 else avro_string(digest)))
                 group[2].append(msg)
+                group[3].append(digest)
         return groups, ",".join(spans), undecodable
 
     def _insert(self, groups: Groups, batch: str) -> Rejected:
         """Insert every group; returns the rows the store refused (isolated by bisection).
 
         First copy wins: a row whose event_id is already stored (or claimed earlier in this batch) from
-        another source record goes to ``ingest_duplicates``, never over the original (migration 004).
-        The split depends only on what is stored, so a retried attempt splits the same way and reuses the
-        same dedup tokens."""
+        another source record goes to ``ingest_duplicates``, never over the original (migration 004); so
+        does one from the same source record with other content (another digest, migration 008), which
+        after a Tansu restart (offsets from 0 again) is another event, not a redelivery. A row stored
+        before 008 has no digest and is matched by its source alone. The split depends only on what is
+        stored, so a retried attempt splits the same way and reuses the same dedup tokens."""
         rejected: Rejected = []
-        ids = list({(m.key() or b"").decode("utf-8", "replace") for _, _, msgs in groups.values() for m in msgs})
+        ids = list({(m.key() or b"").decode("utf-8", "replace") for _, _, msgs, _ in groups.values() for m in msgs})
         stored = self.sink.stored_sources(ids)
-        claimed: dict[str, tuple[int, int] | None] = {}
+        claimed: dict[str, tuple[Message, bytes]] = {}
         self._duplicates = 0
-        for header, (builder, datums, msgs) in groups.items():
+        for header, (builder, datums, msgs, digests) in groups.items():
             first: tuple[list[bytes], list[Message]] = ([], [])
             later: tuple[list[bytes], list[Message]] = ([], [])
-            for datum, msg in zip(datums, msgs, strict=True):
-                event_id, source = (msg.key() or b"").decode("utf-8", "replace"), _source(msg)
+            for datum, msg, digest in zip(datums, msgs, digests, strict=True):
+                event_id = (msg.key() or b"").decode("utf-8", "replace")
                 known = stored.get(event_id)
+                # The sources are read only for an id seen before: the headers cost per row.
                 if known is not None:
-                    duplicate = source is None or source not in known
+                    source = _source(msg)
+                    duplicate = source is None or not (
+                        (*source, digest.decode("ascii", "replace")) in known or (*source, "") in known)
                 elif event_id in claimed:
-                    duplicate = source is None or claimed[event_id] != source
+                    source, (claimant, claimed_digest) = _source(msg), claimed[event_id]
+                    duplicate = source is None or (source, digest) != (_source(claimant), claimed_digest)
                 else:
-                    claimed[event_id], duplicate = source, False
+                    claimed[event_id], duplicate = (msg, digest), False
                 side = later if duplicate else first
                 side[0].append(datum)
                 side[1].append(msg)
-            # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window.
-            token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}"
+            # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window; other
+            # messages at the same offsets (after a Tansu restart) -> another token (content_digest).
+            token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}-{content_digest(datums)}"
             if first[0]:
                 self._insert_isolating(builder, first[0], first[1], token, rejected)
             if later[0]:
@@ -318,58 +406,22 @@ class Writer:
 
     def _insert_isolating(self, builder: ContainerBuilder, datums: list[bytes], msgs: list[Message], token: str,
                           rejected: Rejected, table: str = "ingest") -> None:
-        """Insert; if the store refuses the data, bisect until the refused rows stand alone. A failure of
-        the store itself (any other error) propagates, and the whole batch is retried: the halves already
-        stored carry deterministic tokens (``token/a``, ``token/ab``...), so the retry does not repeat them."""
-        t0 = time.perf_counter()
-        try:
-            self.sink.insert_assessments(builder.build(datums), token, table=table)
-        except SinkError as exc:
-            if not exc.fields.get("data"):
-                raise
-            if len(datums) == 1:
-                rejected.append((msgs[0], StoreRejected(f"store refused the row: {exc.message}",
-                                                        code=exc.fields.get("code"))))
-                return
-            log.warning("store refused a batch's data; isolating the rows",
-                        extra={"kv": {"rows": len(datums), "code": exc.fields.get("code")}})
-            mid = len(datums) // 2
-            self._insert_isolating(builder, datums[:mid], msgs[:mid], token + "/a", rejected, table)
-            self._insert_isolating(builder, datums[mid:], msgs[mid:], token + "/b", rejected, table)
-            return
-        self.metrics.sink_insert_duration.labels(table=table).observe(time.perf_counter() - t0)
-        self.metrics.sink_rows.labels(table=table).inc(len(datums))
+        """Insert; rows the store refuses as data are isolated by bisection (:func:`insert_isolating`)."""
+
+        def insert(rows: Sequence[int], tok: str) -> None:
+            t0 = time.perf_counter()
+            self.sink.insert_assessments(builder.build(datums[rows[0]:rows[-1] + 1]), tok, table=table)
+            self.metrics.sink_insert_duration.labels(table=table).observe(time.perf_counter() - t0)
+            self.metrics.sink_rows.labels(table=table).inc(len(rows))
+
+        refused: list[tuple[int, SinkError]] = []
+        insert_isolating(insert, range(len(datums)), token, refused)
+        rejected.extend((msgs[i], StoreRejected.of(exc)) for i, exc in refused)
 
     def _dead_letter(self, rejected: Rejected) -> None:
-        """Send the dead letters and wait for the broker to confirm each; SinkError if any is not confirmed
-        (the caller then retries the batch and commits nothing)."""
-        if not rejected:
-            return
-        failed: list[str] = []
-
-        def confirm(err: Any, _msg: Message) -> None:
-            if err is not None:
-                failed.append(str(err))
-
-        for msg, exc in rejected:
-            value, key, headers = dead_letter(msg, exc, exc.reason, self.limits)
-            try:
-                self.dlq.produce(self.settings.topic_dlq, value, key=key, headers=headers, on_delivery=confirm)
-            except KafkaException:  # even the cut payload is refused: the headers alone still say what happened
-                value, key, headers = dead_letter(msg, exc, exc.reason, self.limits, payload=False)
-                self.dlq.produce(self.settings.topic_dlq, value, key=key, headers=headers, on_delivery=confirm)
-        remaining = self.dlq.flush(30)
-        if remaining or failed:
-            raise SinkError(f"dead letters not confirmed: {remaining} pending, {len(failed)} failed "
-                            f"({failed[0] if failed else 'timeout'})", table="dlq", kind="DeadLetterUndelivered")
-        for msg, exc in rejected:
-            self.metrics.dead_letters.labels(reason=exc.reason).inc()
-            if isinstance(exc, StoreRejected):
-                self.metrics.poison.labels(role=self.role, reason="store_rejected").inc()
-                self.rejected += 1
-                log.error("row refused by the store; dead-lettered",
-                          extra={"kv": {"partition": msg.partition(), "offset": msg.offset(),
-                                        "error": exc.message[:300]}})
+        """Send the dead letters, confirmed (:func:`deliver_dead_letters`); SinkError if any is not."""
+        deliver_dead_letters(self.dlq, self.settings.topic_dlq, self.limits, self.metrics, self.role, rejected)
+        self.rejected += sum(isinstance(exc, StoreRejected) for _, exc in rejected)
 
     def _pause(self, paused: bool) -> None:
         assignment = self.consumer.assignment()
@@ -388,6 +440,16 @@ class Writer:
         self.dlq.flush(10)
 
 
+_HEX32 = b"\x40"  # the Avro length (zigzag varint) of a 32-byte string: a digest in hex
+
+
+def _header(msg: Message, name: str) -> bytes | None:
+    for key, value in msg.headers() or ():
+        if key == name:
+            return bytes(value)
+    return None
+
+
 def _source(msg: Message) -> tuple[int, int] | None:
     """The transitions record an assessment was scored from (headers set by the scorer), if known."""
     partition = offset = None
@@ -402,3 +464,13 @@ def _source(msg: Message) -> tuple[int, int] | None:
         return int(partition), int(offset)
     except ValueError:
         return None
+
+
+def _digest(datum: bytes, head: Any) -> bytes:
+    """The digest the scorer would have sent; b"" if the datum cannot be read (the store refuses it anyway)."""
+    if head is None:
+        return b""
+    try:
+        return digest_of_assessment(datum, head).encode()
+    except Exception:  # fastavro's errors on a truncated or malformed datum are of several types
+        return b""

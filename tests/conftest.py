@@ -7,6 +7,7 @@ Without them the tier is deselected with one line in the summary saying why and 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -19,6 +20,13 @@ settings.register_profile("agentgov", deadline=None)
 settings.load_profile("agentgov")
 
 _skipped: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded ClickHouse data path per test process, for unit and integration tests alike: chdb
+    serves a single path per process, so tests are isolated by database name instead."""
+    return tmp_path_factory.mktemp("chdb")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

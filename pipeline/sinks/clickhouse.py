@@ -8,17 +8,19 @@ Example::
 
     sink = ClickHouseSink.connect(settings)
     sink.migrate()
-    sink.insert_assessments(ocf_bytes, token="agentgov.assessments.v1-3-100-199")
+    sink.insert_assessments(ocf_bytes, token="agentgov.assessments.v1-3:100-199-<schema>-<content digest>")
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 from string import Template
@@ -29,7 +31,7 @@ from clickhouse_connect.driver.client import Client
 
 from ..errors import ConfigError, SinkError, StoreLocked, StoreMissing
 from ..events import GRANTS, REVOKES
-from ..settings import Settings
+from ..settings import Settings, redact_urls
 
 log = logging.getLogger(__name__)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -87,8 +89,8 @@ def connect(settings: Settings) -> Client:
         detail = str(exc)
         if settings.clickhouse_password is not None and settings.clickhouse_password.get_secret_value():
             detail = detail.replace(settings.clickhouse_password.get_secret_value(), "**********")
-        raise SinkError(f"cannot connect to ClickHouse at {settings.clickhouse_dsn}: {detail}",
-                        dsn=settings.clickhouse_dsn) from None
+        shown = redact_urls(settings.clickhouse_dsn)
+        raise SinkError(f"cannot connect to ClickHouse at {shown}: {redact_urls(detail)}", dsn=shown) from None
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -179,6 +181,18 @@ def render(sql: str, database: str, ttl_days: int, cluster: str | None = None) -
     return out
 
 
+def content_digest(values: Iterable[bytes | memoryview]) -> str:
+    """A digest of a batch's record values, for its ``insert_deduplication_token``. Offsets alone do not name
+    a batch: the embedded Tansu broker keeps its log in memory, so after a restart (``agentgov run`` restarts
+    it) offsets start at 0 again, and a new batch over the offsets of one still in ClickHouse's dedup window
+    got that batch's token and was dropped as its retry. A retry of the same batch has the same values, so
+    it keeps its token. blake2b: about 1 GB/s, and 128 bits."""
+    digest = hashlib.blake2b(digest_size=16)
+    for value in values:
+        digest.update(value)
+    return digest.hexdigest()
+
+
 # ClickHouse error codes that blame the inserted data, not the store: retrying the same rows cannot help,
 # so the writer isolates the rows instead (writer.py). Everything else (read-only table, timeouts, network,
 # memory) is the store's and is retried whole.
@@ -194,10 +208,14 @@ DATA_ERROR_CODES = frozenset({
     72,   # CANNOT_PARSE_NUMBER
     117,  # INCORRECT_DATA
     131,  # TOO_LARGE_STRING_SIZE
-    252,  # TOO_MANY_PARTITIONS (a batch spanning more than max_partitions_per_insert_block days)
     321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
     349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
 })
+# 252 (TOO_MANY_PARTS) blames the data only with this message: a batch spanning more days than
+# max_partitions_per_insert_block. The same code says "Too many parts ... Merges are processing significantly
+# slower than inserts": the store's backpressure, retried whole like an outage (every row of a batch is refused
+# alike, so isolating them dead-lettered valid events).
+TOO_MANY_PARTITIONS = "Too many partitions for single INSERT block"
 _CODE = re.compile(r"Code: (\d+)")
 
 
@@ -210,9 +228,11 @@ def error_code(exc: BaseException) -> int | None:
 
 
 def is_data_error(code: int | None, text: str) -> bool:
-    """True when the store refused the rows themselves (see DATA_ERROR_CODES); 1001 (STD_EXCEPTION) only
-    when it is the Avro reader's, e.g. ``Value out of range for Avro int``."""
-    return code in DATA_ERROR_CODES or (code == 1001 and "avro::Exception" in text)
+    """True when the store refused the rows themselves (see DATA_ERROR_CODES); 252 only for a block over too
+    many partitions (see TOO_MANY_PARTITIONS); 1001 (STD_EXCEPTION) only when it is the Avro reader's, e.g.
+    ``Value out of range for Avro int``."""
+    return (code in DATA_ERROR_CODES or (code == 252 and TOO_MANY_PARTITIONS in text)
+            or (code == 1001 and "avro::Exception" in text))
 
 
 class ClickHouseSink:
@@ -239,10 +259,10 @@ class ClickHouseSink:
         """Connect for reading only: raise :class:`StoreMissing` (creating nothing) unless the store's tables
         exist, so ``agentgov trail`` on a fresh machine says so instead of failing inside a query."""
         path = chdb_path(settings.clickhouse_dsn)
+        shown = redact_urls(settings.clickhouse_dsn)
         missing = StoreMissing(
-            f"no audit store at {path or settings.clickhouse_dsn} (database {settings.clickhouse_database}); "
-            "run `agentgov run` or `agentgov migrate`, or set AGENTGOV_CLICKHOUSE_DSN",
-            dsn=settings.clickhouse_dsn)
+            f"no audit store at {path or shown} (database {settings.clickhouse_database}); "
+            "run `agentgov run` or `agentgov migrate`, or set AGENTGOV_CLICKHOUSE_DSN", dsn=shown)
         if path is not None and not (path / "metadata").is_dir():
             raise missing
         sink = cls.connect(settings)
@@ -252,8 +272,7 @@ class ClickHouseSink:
             exists = bool(found.result_rows[0][0])
         except Exception as exc:
             sink.close()
-            raise SinkError(f"cannot read the audit store at {settings.clickhouse_dsn}: {exc}",
-                            dsn=settings.clickhouse_dsn) from exc
+            raise SinkError(f"cannot read the audit store at {shown}: {redact_urls(str(exc))}", dsn=shown) from exc
         if not exists:
             sink.close()
             raise missing
@@ -295,10 +314,13 @@ class ClickHouseSink:
         """Insert one Avro container into the ingest table. Raises :class:`SinkError` on failure.
 
         On a cluster ``ingest`` is the Distributed table: the insert returns only once every shard holds
-        its rows (foreground insert), so committing the offsets afterwards stays honest."""
+        its rows (foreground insert), so committing the offsets afterwards stays honest. A column the
+        container's schema lacks takes its default (``input_format_avro_allow_missing_fields``): a container
+        written without the writer's trailing ``source_digest`` (a writer older than migration 008 while a
+        deployment upgrades, a tool) stores with ``''``, matched by its source alone, instead of failing."""
         settings: dict[str, Any] = {"insert_deduplication_token": token,
                                     "deduplicate_blocks_in_dependent_materialized_views": 1,
-                                    "insert_deduplicate": 1}
+                                    "insert_deduplicate": 1, "input_format_avro_allow_missing_fields": 1}
         if self.cluster:
             settings["distributed_foreground_insert"] = 1
         try:
@@ -308,13 +330,27 @@ class ClickHouseSink:
             raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table=table,
                             kind=type(exc).__name__, code=code, data=is_data_error(code, str(exc))) from exc
 
+    def insert_rows(self, table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
+        """Insert rows given as Python values (the correlator's findings, which are decoded anyway). Raises
+        :class:`SinkError` classified like :meth:`insert_assessments`' (``data``: the rows' fault), so the
+        caller can isolate refused rows the way the writer does."""
+        try:
+            self.client.insert(f"{self.database}.{table}", rows, column_names=columns,
+                               settings={"insert_deduplication_token": token, "insert_deduplicate": 1,
+                                         "deduplicate_blocks_in_dependent_materialized_views": 1})
+        except Exception as exc:
+            code = error_code(exc)
+            raise SinkError(f"insert failed: {type(exc).__name__}: {str(exc)[:500]}", table=table,
+                            kind=type(exc).__name__, code=code, data=is_data_error(code, str(exc))) from exc
+
     def insert_duplicates(self, container: bytes, token: str) -> None:
         """Insert later copies of stored event_ids (``ingest_duplicates`` -> ``duplicates``, append-only)."""
         self.insert_assessments(container, token, table="ingest_duplicates")
 
-    def stored_sources(self, event_ids: list[str]) -> dict[str, set[tuple[int, int]]]:
-        """For each of ``event_ids`` already stored: the source records (transitions partition, offset) it
-        was stored from. A point lookup on ``event_ids``' primary key. Raises :class:`SinkError`."""
+    def stored_sources(self, event_ids: list[str]) -> dict[str, set[tuple[int, int, str]]]:
+        """For each of ``event_ids`` already stored: the source records (transitions partition, offset, and
+        the digest of the content, '' if stored before migration 008) it was stored from. A point lookup on
+        ``event_ids``' primary key. Raises :class:`SinkError`."""
         if not event_ids:
             return {}
         token = uuid.uuid4().hex
@@ -323,16 +359,16 @@ class ClickHouseSink:
                                column_names=["token", "event_id"],
                                settings={"distributed_foreground_insert": 1} if self.cluster else None)
             result = self.client.query(
-                f"SELECT event_id, source_partition, source_offset FROM {self.database}.event_ids "
+                f"SELECT event_id, source_partition, source_offset, source_digest FROM {self.database}.event_ids "
                 f"WHERE event_id GLOBAL IN (SELECT event_id FROM {self.database}.id_probe "
                 "WHERE token = {token:String})", parameters={"token": token})
         except Exception as exc:
             code = error_code(exc)
             raise SinkError(f"event_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}", table="event_ids",
                             kind=type(exc).__name__, code=code, data=False) from exc
-        out: dict[str, set[tuple[int, int]]] = {}
-        for event_id, partition, offset in result.result_rows:
-            out.setdefault(event_id, set()).add((int(partition), int(offset)))
+        out: dict[str, set[tuple[int, int, str]]] = {}
+        for event_id, partition, offset, digest in result.result_rows:
+            out.setdefault(event_id, set()).add((int(partition), int(offset), digest))
         return out
 
     # -- reads --------------------------------------------------------------------------------

@@ -23,6 +23,11 @@ def _zigzag(n: int) -> bytes:
     return bytes(out)
 
 
+def avro_string(data: bytes) -> bytes:
+    """The Avro encoding of a string given as its UTF-8 bytes (the length as a zigzag varint, then the bytes)."""
+    return _zigzag(len(data)) + bytes(data)
+
+
 class ContainerBuilder:
     """Wraps raw datums of one writer schema into an OCF.
 

@@ -59,13 +59,6 @@ def bus(request: pytest.FixtureRequest) -> Bus:
     return Bus("tansu", tansu.bootstrap, 1)
 
 
-@pytest.fixture(scope="session")
-def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One embedded ClickHouse data path per test process: chdb serves a single path per process, so
-    tests are isolated by database name instead."""
-    return tmp_path_factory.mktemp("chdb")
-
-
 @pytest.fixture
 def settings_factory(request: pytest.FixtureRequest, chdb_path: Path, tmp_path: Path) -> Callable[..., Settings]:
     # The engine of a test that takes ``bus``; otherwise the session's Tansu ``broker``.

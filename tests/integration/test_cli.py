@@ -47,15 +47,18 @@ def test_publish_jsonl_then_trail_and_export(tmp_path: Path) -> None:
             json.dumps(draft(**{"resource.privilege_tier": 5})),
             "",
             json.dumps(draft(run_id="run-cli-2", occurred_at="2026-11-28T10:00:00Z")),
+            # a repeated key is ambiguous (parsers keep the first, the last or both): refused, not resolved
+            json.dumps(draft(run_id="run-cli-3"))[:-1] + ', "run_id": "run-cli-4"}',
         ]
         jsonl = tmp_path / "events.jsonl"
         jsonl.write_text("\n".join(lines) + "\n")
         pub = subprocess.run([*AGENTGOV, "publish", str(jsonl)], env=env, capture_output=True, text=True,
                              timeout=60)
         assert pub.returncode == 1, pub.stderr
-        assert "accepted 3, rejected 2" in pub.stdout
+        assert "accepted 3, rejected 3" in pub.stdout
         assert f"{jsonl}:2: not JSON" in pub.stderr
         assert f"{jsonl}:4:" in pub.stderr and "resource.privilege_tier" in pub.stderr
+        assert f"{jsonl}:7: invalid event: duplicate key 'run_id'" in pub.stderr
 
         def stored() -> bool:
             return scrape(metrics_port).get(("agentgov_sink_rows_total", (("table", "ingest"),)), 0) >= 3

@@ -69,11 +69,12 @@ def test_cluster_variant_has_replicated_locals_and_distributed_twins_with_the_sa
     assert columns(rollup) == columns(create_table(single, "agent_hourly"))
     views = [s for s in cluster if s.startswith("CREATE MATERIALIZED VIEW")]
     # access_changes (003), event_ids and duplicates (004); mv_findings is recreated by 005 (findings carry
-    # the exception that covered them).
+    # the exception that covered them), mv_event_ids by 008 (event_ids keep the source's content digest).
     assert sorted(re.search(r"VIEW IF NOT EXISTS agentgov\.(\w+)", v)[1] for v in views) == [
         "mv_access_changes", "mv_agent_hourly", "mv_assessments", "mv_cross_run_findings", "mv_duplicates",
-        "mv_event_ids", "mv_findings", "mv_findings", "mv_transitions"]
+        "mv_event_ids", "mv_event_ids", "mv_findings", "mv_findings", "mv_transitions"]
     assert "f.exception_id AS exception_id" in [v for v in views if "mv_findings" in v][-1]
+    assert "source_digest" in [v for v in views if "mv_event_ids" in v][-1]
     for table, key in (("decisions", "subject_id"), ("exceptions", "exception_id"), ("access_changes", "target_id")):
         assert create_table(cluster, table).endswith(f"{table}_local, cityHash64({key}))")
     assert columns(create_table(cluster, "cross_run_findings_local")) == columns(
@@ -115,3 +116,36 @@ def test_every_statement_parses_on_the_embedded_engine(cluster: str | None) -> N
     out = subprocess.run([sys.executable, "-c", PARSE], input=json.dumps(statements(cluster)), text=True,
                          capture_output=True, timeout=120, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_migration_versions_are_unique() -> None:
+    """Two files with one version number (say, after a merge of two branches) would both record it, and a
+    store that applied one would never apply the other: renumber the later one."""
+    versions = [version for version, _, _ in migrations()]
+    assert len(versions) == len(set(versions)), versions
+
+
+# Tables whose TTL may count from a time in the row: id_probe (the writer's lookup rows, an hour) and
+# agent_hourly (a rollup read only for the baseline window before now, never as evidence).
+TTL_OF_ITS_OWN = {"id_probe", "agent_hourly"}
+
+
+def test_every_audit_table_counts_retention_from_when_the_store_received_a_row() -> None:
+    """occurred_at is the agent's claim: a TTL on it alone drops an event the scorer accepted (stamped just
+    inside max_event_age_days) at the next merge. After all migrations, every table whose rows expire counts
+    from greatest(occurred_at, stored_at), and event_ids (the first-copy registry) outlives the rows it
+    protects."""
+    final: dict[str, str] = {}
+    for s in statements(None):
+        m = (re.match(r"CREATE TABLE IF NOT EXISTS agentgov\.(\w+)\b.*\nTTL (.+?)(?:\nSETTINGS|$)", s, re.S)
+             or re.match(r"ALTER TABLE agentgov\.(\w+)\s.*\bMODIFY TTL (.+?)(?:\s+SETTINGS|$)", s, re.S))
+        if m:
+            final[m[1]] = " ".join(m[2].split())
+    assert {"transitions", "assessments", "findings", "event_ids", "cross_run_findings", "duplicates"} <= set(final)
+    for table, ttl in final.items():
+        if table not in TTL_OF_ITS_OWN:
+            assert ttl.startswith("toDateTime(greatest(occurred_at, stored_at)) + INTERVAL 400 DAY"), (table, ttl)
+    assert final["event_ids"].endswith("+ INTERVAL 1 DAY")
+    added = {m[1] for s in statements(None)
+             if (m := re.match(r"ALTER TABLE agentgov\.(\w+) .*ADD COLUMN IF NOT EXISTS stored_at\b", s, re.S))}
+    assert added == set(final) - TTL_OF_ITS_OWN - {"duplicates"}  # duplicates had stored_at from 004

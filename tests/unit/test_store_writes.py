@@ -1,0 +1,505 @@
+"""What the writer and the cross-run findings store send to a real embedded ClickHouse (chdb, a database
+per test), with the broker replaced by fakes: which rows are stored, which are dead-lettered, what is
+committed, and how the store's refusals are told apart from its failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline import correlations, decision_log, writer
+from pipeline.assessment import DIGEST_HEADER, AssessmentEncoder, assessment_headers, transition_digest
+from pipeline.correlations import CorrelationStore, day_runs
+from pipeline.drafts import draft
+from pipeline.errors import SinkError
+from pipeline.events import AgentTransition, event_hash
+from pipeline.facts import FINDING
+from pipeline.metrics import Metrics
+from pipeline.schemas import ASSESSMENT, SchemaSet
+from pipeline.scoring.engine import Scored
+from pipeline.scoring.policy import load_policy
+from pipeline.serde import SOE_HEADER, Serde
+from pipeline.settings import Settings
+from pipeline.sinks import clickhouse
+from pipeline.sinks.clickhouse import ClickHouseSink, is_data_error, migrations
+from pipeline.sinks.ocf import ContainerBuilder
+from pipeline.writer import Writer
+
+SCHEMAS = SchemaSet.load()
+SERDE = Serde(SCHEMAS)
+DAY_MS = 86_400_000
+
+
+class Msg:
+    """A consumed Kafka message (the parts the writer and the store read)."""
+
+    def __init__(self, value: bytes, key: bytes, partition: int, offset: int, topic: str = "topic",
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        self._value, self._key, self._partition, self._offset = value, key, partition, offset
+        self._topic, self._headers = topic, headers or []
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+    def error(self) -> None:
+        return None
+
+
+class FakeConsumer:
+    """Hands out ``msgs`` and records commits; ``on_poll`` runs while the writer waits between attempts."""
+
+    def __init__(self, *_: Any, msgs: list[Msg] | None = None) -> None:
+        self.msgs = msgs or []
+        self.commits: list[list[Any]] = []
+        self.paused = False
+        self.on_poll: Callable[[], None] = lambda: None
+
+    def consume(self, n: int, _timeout: float) -> list[Msg]:
+        out, self.msgs = self.msgs[:n], self.msgs[n:]
+        return out
+
+    def poll(self, _timeout: float) -> None:
+        self.on_poll()
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        self.commits.append(offsets)
+
+    def assignment(self) -> list[int]:
+        return [0]
+
+    def pause(self, _partitions: Any) -> None:
+        self.paused = True
+
+    def resume(self, _partitions: Any) -> None:
+        self.paused = False
+
+
+class FakeMembership:
+    def __init__(self, *_: Any) -> None:
+        pass
+
+    def subscribe(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def leave(self) -> None:
+        pass
+
+
+class FakeProducer:
+    """A dead-letter topic that confirms every record."""
+
+    def __init__(self, *_: Any) -> None:
+        self.sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None,
+                on_delivery: Callable[[Any, Any], None] | None = None) -> None:
+        self.sent.append((topic, value, headers or []))
+        if on_delivery is not None:
+            on_delivery(None, None)
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+
+@pytest.fixture
+def sink(chdb_path: Path) -> ClickHouseSink:
+    store = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"u{uuid.uuid4().hex[:12]}")
+    store.migrate()
+    return store
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for module in (writer, correlations):
+        monkeypatch.setattr(module, "Consumer", FakeConsumer)
+        monkeypatch.setattr(module, "Membership", FakeMembership)
+        monkeypatch.setattr(module, "Producer", FakeProducer, raising=False)
+    yield
+
+
+def reason(headers: list[tuple[str, bytes]]) -> str:
+    return dict(headers)["agentgov.error.reason"].decode()
+
+
+# -- the cross-run findings store -------------------------------------------------------------------------
+FINDINGS = Serde(SCHEMAS, record=FINDING)
+
+
+def finding(offset: int, occurred_at: int, finding_id: str | None = None) -> Msg:
+    ev = str(uuid.uuid4())
+    rec = {"finding_id": finding_id or uuid.uuid4().hex, "code": "AG-XRN-007", "severity": "high",
+           "category": "risk", "pattern": "", "message": "grant to leaver", "entity_key": f"u{offset}",
+           "event_id": ev, "run_id": f"r{offset}", "agent_id": "agent-x", "occurred_at": occurred_at,
+           "related_event_ids": [ev], "related_run_ids": [f"r{offset}"], "related_partitions": [0], "refs": [],
+           "detected_at": int(time.time() * 1000), "correlator_version": "t", "governance_policy_version": "1"}
+    rec = {f["name"]: rec.get(f["name"]) for f in SCHEMAS.latest(FINDING).raw["fields"]}
+    return Msg(FINDINGS.encode(rec), ev.encode(), 0, offset, topic="agentgov.correlations.v1")
+
+
+def correlation_store(sink: ClickHouseSink, msgs: list[Msg]) -> CorrelationStore:
+    store = CorrelationStore(Settings(), Metrics(CollectorRegistry()), sink, registry=None)
+    store.consumer = FakeConsumer(msgs=msgs)
+    return store
+
+
+def test_day_runs_cut_a_batch_into_runs_of_at_most_100_days() -> None:
+    days = [7, 3, 7, 1, 2, 3, 9]
+    assert day_runs(days, max_days=2) == [[3, 4], [1, 5, 0, 2], [6]]  # by day, then arrival; stable
+    assert day_runs(days) == [[3, 4, 1, 5, 0, 2, 6]]
+    assert day_runs([]) == []
+
+
+def test_cross_run_findings_spread_over_more_than_100_days_are_stored_and_committed(
+        sink: ClickHouseSink, fakes: None, caplog: pytest.LogCaptureFixture) -> None:
+    """Migration 006 copies each finding into the day-partitioned ``findings``: one insert of findings over
+    125 days was refused (error 252) and retried for ever. It goes in as runs of at most 100 days, so the
+    store never refuses it (nothing to isolate)."""
+    now = int(time.time() * 1000)
+    msgs = [finding(i, now - (i * 3 + 1) * DAY_MS) for i in range(125)]  # 125 days, over 373 days
+    store = correlation_store(sink, msgs)
+    assert store.poll_once() == 125
+    assert not [r for r in caplog.records if "isolating" in r.getMessage()]
+    assert store.pending == [] and len(store.consumer.commits) == 1
+    assert store.consumer.commits[0][0].offset == 125
+    assert sink.count("cross_run_findings") == 125
+    assert sink.query("SELECT count() AS n FROM {db}.findings FINAL WHERE code = 'AG-XRN-007'")[0]["n"] == 125
+    assert store.poll_once() == 0  # nothing left behind, nothing retried
+
+
+def test_a_cross_run_finding_the_store_refuses_is_dead_lettered_and_the_rest_stored(
+        sink: ClickHouseSink, fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's treatment: the refused row is isolated by bisection, dead-lettered (store_rejected),
+    and the batch committed; before, the store retried the same batch on every tick and never moved on."""
+    now = int(time.time() * 1000)
+    msgs = [finding(i, now - i * DAY_MS, finding_id="poison" if i == 5 else None) for i in range(12)]
+    real = sink.insert_rows
+
+    def refusing(table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
+        if any(r[0] == "poison" for r in rows):  # as ClickHouse answers a value it cannot take
+            raise SinkError("insert failed: Code: 117. DB::Exception: bad value", table=table, kind="DatabaseError",
+                            code=117, data=True)
+        real(table, rows, columns, token)
+
+    monkeypatch.setattr(sink, "insert_rows", refusing)
+    store = correlation_store(sink, msgs)
+    dlq = FakeProducer()
+    store.dead_letter = lambda rejected: writer.deliver_dead_letters(
+        dlq, "dlq", writer.Limits(), store.metrics, "writer", rejected)
+    assert store.poll_once() == 11
+    assert [reason(h) for _, _, h in dlq.sent] == ["store_rejected"]
+    assert dict(dlq.sent[0][2])["agentgov.source.offset"] == b"5"
+    assert store.consumer.commits[0][0].offset == 12 and store.pending == []
+    assert sink.count("cross_run_findings") == 11
+    assert store.metrics.registry.get_sample_value(
+        "agentgov_poison_records_total", {"role": "writer", "reason": "store_rejected"}) == 1
+
+
+def test_an_undecodable_cross_run_finding_is_dead_lettered_not_skipped(sink: ClickHouseSink, fakes: None) -> None:
+    """A record on the findings topic that does not decode (anyone can write the topic on Tansu) goes to
+    the dead letters with its reason, like every other record the pipeline cannot take: it was logged and
+    dropped, and its offset committed, so nothing but a log line said it had been there."""
+    now = int(time.time() * 1000)
+    msgs = [finding(i, now) for i in range(3)]
+    msgs.insert(1, Msg(b"\x00garbage", b"k", 0, 99, topic="agentgov.correlations.v1"))
+    store = correlation_store(sink, msgs)
+    dlq = FakeProducer()
+    store.dead_letter = lambda rejected: writer.deliver_dead_letters(
+        dlq, "dlq", writer.Limits(), store.metrics, "writer", rejected)
+    assert store.poll_once() == 3
+    assert [reason(h) for _, _, h in dlq.sent] == ["unknown_schema"]  # registry framing, an id it lacks
+    assert dict(dlq.sent[0][2])["agentgov.source.offset"] == b"99"
+    assert sink.count("cross_run_findings") == 3 and store.pending == []
+
+
+def test_a_failing_store_keeps_the_cross_run_batch_pending(
+        sink: ClickHouseSink, fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure of the store itself (not the data) dead-letters nothing and commits nothing: retried."""
+    msgs = [finding(i, int(time.time() * 1000)) for i in range(3)]
+    real = sink.insert_rows
+    down = [True]
+
+    def failing(*args: Any) -> None:
+        if down[0]:
+            raise SinkError("insert failed: timeout", table="cross_run_findings", kind="Timeout", data=False)
+        real(*args)
+
+    monkeypatch.setattr(sink, "insert_rows", failing)
+    store = correlation_store(sink, msgs)
+    assert store.poll_once() == 0 and len(store.pending) == 3 and store.consumer.commits == []
+    down[0] = False
+    assert store.poll_once() == 3 and store.consumer.commits and sink.count("cross_run_findings") == 3
+
+
+# -- the writer ---------------------------------------------------------------------------------------------
+ENCODER = AssessmentEncoder(SCHEMAS, Serde(SCHEMAS, record=ASSESSMENT), "test", load_policy(None))
+
+
+def transition(occurred_at: int | None = None, **changes: Any) -> dict[str, Any]:
+    doc = draft(**changes)
+    doc.update(event_id=str(uuid.uuid4()), occurred_at="2026-05-01T10:00:00Z", evidence={"event_hash": "0" * 64})
+    rec = AgentTransition.model_validate(doc).to_avro()
+    rec["occurred_at"] = occurred_at if occurred_at is not None else int(time.time() * 1000)
+    rec["evidence"]["event_hash"] = event_hash(rec)
+    return rec
+
+
+def assessment(rec: dict[str, Any], offset: int, source: tuple[int, int] | None = None,
+               scored_at: int | None = None, digest_header: bool = True) -> Msg:
+    """The scorer's message for ``rec`` read at transitions ``source`` (default: partition 0 at ``offset``),
+    as the writer consumes it from assessments partition 0 at ``offset``; ``digest_header=False``: as an
+    older scorer sent it, without the digest of the event's content."""
+    partition, src_offset = source or (0, offset)
+    value, digest = ENCODER.encode_digested(SERDE.decode(SERDE.encode(rec)), Scored((), 0, "low"), partition,
+                                            src_offset, scored_at or int(time.time() * 1000))
+    headers = assessment_headers(rec, partition, src_offset, digest)
+    if not digest_header:
+        headers = [h for h in headers if h[0] != DIGEST_HEADER]
+    return Msg(value, rec["event_id"].encode(), 0, offset, topic="agentgov.assessments.v1", headers=headers)
+
+
+def make_writer(sink: ClickHouseSink) -> Writer:
+    w = Writer(Settings(), Metrics(CollectorRegistry()), sink, registry=None)
+    w.backoff_max = 0.05
+    return w
+
+
+def test_is_data_error_tells_too_many_partitions_from_too_many_parts() -> None:
+    partitions = ("Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100). The "
+                  "limit is controlled by 'max_partitions_per_insert_block' setting. (TOO_MANY_PARTS)")
+    parts = ("Code: 252. DB::Exception: Too many parts (300 with average size of 4.26 KiB) in table "
+             "'agentgov.transitions'. Merges are processing significantly slower than inserts: while pushing to "
+             "view agentgov.mv_transitions. (TOO_MANY_PARTS)")
+    assert is_data_error(252, partitions)
+    assert not is_data_error(252, parts)
+    assert is_data_error(117, "Code: 117. INCORRECT_DATA") and not is_data_error(159, "Code: 159. TIMEOUT_EXCEEDED")
+
+
+def test_too_many_parts_is_waited_out_like_an_outage_never_dead_lettered(sink: ClickHouseSink, fakes: None) -> None:
+    """ClickHouse answers a table whose merges are behind with 252, the code of a batch over too many
+    partitions. The writer took it for bad data and dead-lettered every valid event of the batch as
+    store_rejected, then committed; it must retry the batch whole, paused, until the store keeps up."""
+    db = sink.database
+    sink.client.command(f"SYSTEM STOP MERGES {db}.transitions")
+    sink.client.command(f"ALTER TABLE {db}.transitions MODIFY SETTING parts_to_throw_insert = 2, "
+                        "parts_to_delay_insert = 1, max_delay_to_insert = 0")
+    w = make_writer(sink)
+    consumer = w.consumer
+    assert isinstance(consumer, FakeConsumer) and isinstance(w.dlq, FakeProducer)
+    batches = [[assessment(transition(), 2 * b + i) for i in range(2)] for b in range(3)]
+    attempts: list[bool] = []
+
+    def merges_catch_up() -> None:  # while the writer waits between attempts
+        attempts.append(consumer.paused)
+        sink.client.command(f"ALTER TABLE {db}.transitions MODIFY SETTING parts_to_throw_insert = 300")
+
+    consumer.on_poll = merges_catch_up
+    for batch in batches:
+        assert w._flush(batch, threading.Event())
+    assert attempts and all(attempts)  # it did wait, paused, for the third batch
+    assert w.dlq.sent == [] and w.rejected == 0
+    assert [c[0].offset for c in consumer.commits] == [2, 4, 6]
+    assert sink.count("transitions") == sink.count("assessments") == 6
+    sample = w.metrics.registry.get_sample_value
+    assert sample("agentgov_sink_errors_total", {"table": "ingest", "kind": "DatabaseError"}) >= 1
+    assert not sample("agentgov_poison_records_total", {"role": "writer", "reason": "store_rejected"})
+
+
+# -- dedup tokens: offsets start again at 0 after a Tansu restart ------------------------------------------
+def test_a_new_batch_at_the_offsets_of_a_stored_one_is_stored_and_a_retry_is_not(
+        sink: ClickHouseSink, fakes: None) -> None:
+    """The token was made of offsets only: after Tansu restarted (in-memory log), a new batch at offsets
+    0-0 got the token of the batch stored at 0-0 before and ClickHouse dropped it as a retry, while its
+    offsets were committed. The same batch sent again still keeps its token (stored once)."""
+    w = make_writer(sink)
+    before, after = transition(run_id="run-before-restart"), transition(run_id="run-after-restart")
+    assert w._flush([assessment(before, 0, source=(1, 0))], threading.Event())
+    assert w._flush([assessment(after, 0, source=(1, 0))], threading.Event())
+    runs = {r["run_id"] for r in sink.query("SELECT run_id FROM {db}.transitions FINAL")}
+    assert runs == {"run-before-restart", "run-after-restart"}
+    again = assessment(after, 0, source=(1, 0))
+    assert w._flush([again], threading.Event())
+    assert w._flush([again], threading.Event())
+    raw = sink.query("SELECT count() AS n FROM {db}.transitions WHERE run_id = 'run-after-restart'")[0]["n"]
+    assert raw == 2  # the first copy, and the re-scored one (another scored_at): the retries were dropped
+
+
+def test_cross_run_findings_at_the_offsets_of_stored_ones_are_stored(sink: ClickHouseSink, fakes: None) -> None:
+    now = int(time.time() * 1000)
+    store = correlation_store(sink, [finding(0, now)])
+    assert store.poll_once() == 1
+    store.consumer.msgs = [finding(0, now)]  # the correlations topic starts again at offset 0
+    assert store.poll_once() == 1
+    assert sink.count("cross_run_findings") == 2
+
+
+def test_review_decisions_at_the_offsets_of_stored_ones_are_stored(
+        sink: ClickHouseSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decision_log, "Consumer", FakeConsumer)
+    monkeypatch.setattr(decision_log, "Membership", FakeMembership)
+    settings = Settings()
+    serde = Serde(SCHEMAS, record="review_decision")
+
+    def decision(offset: int) -> Msg:
+        rec = {"decision_id": uuid.uuid4().hex, "kind": "triage", "subject_kind": "finding", "subject_id": "f1",
+               "subject_version": 1, "actor": "alice", "actor_roles": ["analyst"],
+               "decided_at": int(time.time() * 1000), "from_state": None, "to_state": "triaged",
+               "classification": None, "reason": None, "comment": None, "payload": {}}
+        return Msg(serde.encode(rec), rec["decision_id"].encode(), 0, offset, topic=settings.topic_decisions)
+
+    log_ = decision_log.DecisionLog(settings, sink, registry=None)
+    log_.consumer = FakeConsumer(msgs=[decision(0)])
+    assert log_.poll_once() == 1
+    log_.consumer.msgs = [decision(0)]
+    assert log_.poll_once() == 1
+    assert sink.count("decisions") == 2
+
+
+def test_review_records_that_do_not_decode_or_that_the_store_refuses_are_dead_lettered(
+        sink: ClickHouseSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision log treats its records as the writer treats events: one that does not decode, and a row
+    the store refuses as data, go to the dead letters with their reasons and the rest is stored and
+    committed (a refused row blocked the decisions for good, an undecodable one was only logged). After a
+    failure of the store itself the same records are retried, nothing more read, so the retry carries the
+    same dedup token."""
+    monkeypatch.setattr(decision_log, "Consumer", FakeConsumer)
+    monkeypatch.setattr(decision_log, "Membership", FakeMembership)
+    settings = Settings()
+    serde = Serde(SCHEMAS, record="review_decision")
+
+    def decision(offset: int, actor: str = "alice") -> Msg:
+        rec = {"decision_id": uuid.uuid4().hex, "kind": "triage", "subject_kind": "finding", "subject_id": "f1",
+               "subject_version": 1, "actor": actor, "actor_roles": ["analyst"],
+               "decided_at": int(time.time() * 1000), "from_state": None, "to_state": "triaged",
+               "classification": None, "reason": None, "comment": None, "payload": {}}
+        return Msg(serde.encode(rec), rec["decision_id"].encode(), 0, offset, topic=settings.topic_decisions)
+
+    real = sink.insert_rows
+    outage = [True]
+
+    def refusing(table: str, rows: list[list[Any]], columns: list[str], token: str) -> None:
+        if outage[0]:
+            outage[0] = False
+            raise SinkError("insert failed: connection refused", table=table, kind="OperationalError", data=False)
+        if any("poison" in r for r in rows):  # as ClickHouse answers a value it cannot take
+            raise SinkError("insert failed: Code: 117. DB::Exception: bad value", table=table, kind="DatabaseError",
+                            code=117, data=True)
+        real(table, rows, columns, token)
+
+    monkeypatch.setattr(sink, "insert_rows", refusing)
+    dead: list[tuple[int, str]] = []
+    def dead_letter(rejected: writer.Rejected) -> None:
+        dead.extend((m.offset(), e.reason) for m, e in rejected)
+
+    log_ = decision_log.DecisionLog(settings, sink, registry=None, dead_letter=dead_letter)
+    msgs = [decision(0), Msg(b"\x00garbage", b"k", 0, 1, topic=settings.topic_decisions), decision(2, "poison"),
+            decision(3)]
+    log_.consumer = FakeConsumer(msgs=msgs)
+    assert log_.poll_once() == 0 and dead == []  # the store is down: nothing stored, nothing dead-lettered
+    log_.consumer.msgs = [decision(4)]  # arrives meanwhile: not mixed into the retried batch
+    assert log_.poll_once() == 2
+    assert dead == [(1, "unknown_schema"), (2, "store_rejected")]
+    assert sink.count("decisions") == 2 and log_.pending == []
+    assert log_.poll_once() == 1 and sink.count("decisions") == 3
+
+
+# -- first copy wins, also at a reused source record --------------------------------------------------------
+@pytest.mark.parametrize("digest_header", [True, False], ids=["scorer-digest", "older-scorer"])
+def test_a_rewrite_from_the_source_record_of_a_stored_event_never_replaces_it(
+        sink: ClickHouseSink, fakes: None, digest_header: bool) -> None:
+    """After a Tansu restart (offsets from 0 again) a forged copy of a stored event (same event_id, run,
+    step, agent and time; another target, a tier-3 role) can come from the very (partition, offset) the
+    original came from. It was taken for a redelivery, went to ``ingest`` and replaced the original (the
+    last insert wins). It is a later copy: kept apart with AG-EVD-005, the original stays what every read
+    sees. Without the scorer's digest header (an older scorer) the writer reads the digest itself."""
+    original = transition(run_id="run-victim", action="assign_role", resource__resource_id="role-reader",
+                          resource__privilege_tier=1, target__identity_id="u000777")
+    w = make_writer(sink)
+    assert w._flush([assessment(original, 10, source=(2, 5), digest_header=digest_header)], threading.Event())
+    forged = dict(original, resource=dict(original["resource"], resource_id="role-GLOBAL-ADMIN", privilege_tier=3),
+                  target=dict(original["target"], identity_id="u000666"))
+    forged["evidence"] = dict(original["evidence"], event_hash=event_hash(forged))
+    assert w._flush([assessment(forged, 3, source=(2, 5), digest_header=digest_header)], threading.Event())
+    assert sink.query("SELECT target_id, resource_id, event_hash FROM {db}.transitions FINAL") == [
+        {"target_id": "u000777", "resource_id": "role-reader", "event_hash": original["evidence"]["event_hash"]}]
+    assert sink.query("SELECT target_id FROM {db}.assessments FINAL") == [{"target_id": "u000777"}]
+    assert sink.query("SELECT target_id, has(finding_codes, 'AG-EVD-005') AS flagged FROM {db}.duplicates") == [
+        {"target_id": "u000666", "flagged": 1}]
+    assert w.metrics.registry.get_sample_value("agentgov_duplicate_events_total") == 1
+
+
+def test_a_redelivery_and_a_rescore_of_a_stored_event_are_not_duplicates(sink: ClickHouseSink, fakes: None) -> None:
+    """The same record again (a redelivery), and the same event scored again (a scorer replayed it after a
+    crash: another scored_at, the same content), go to ``ingest`` as before: stored once, no AG-EVD-005."""
+    rec = transition(run_id="run-again")
+    w = make_writer(sink)
+    first = assessment(rec, 0, source=(1, 7), scored_at=1_800_000_000_000)
+    assert w._flush([first], threading.Event())
+    assert w._flush([first], threading.Event())  # redelivered
+    assert w._flush([assessment(rec, 1, source=(1, 7), scored_at=1_800_000_000_500)], threading.Event())
+    assert sink.query("SELECT count() AS n FROM {db}.duplicates")[0]["n"] == 0
+    rows = sink.query("SELECT toUnixTimestamp64Milli(scored_at) AS at FROM {db}.assessments FINAL")
+    assert rows == [{"at": 1_800_000_000_500}]
+
+
+def test_an_event_stored_before_digests_is_matched_by_its_source_alone(
+        chdb_path: Path, fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store migrated to 008 with events in it: those have no digest (''), so a copy from their source
+    record is a redelivery, as before (what 008 cannot tell for them); a copy from another source record is
+    still a duplicate. The writer's rows from then on carry their digest."""
+    sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"u{uuid.uuid4().hex[:12]}")
+    everything = migrations()
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in everything if m[0] < 7])
+    sink.migrate()
+    rec = transition(run_id="run-old")
+    old = assessment(rec, 0, source=(1, 3))  # as the writer stored it before 008: the datum alone
+    sink.insert_assessments(ContainerBuilder(SCHEMAS.assessment.raw).build([old.value()[SOE_HEADER:]]), "old")
+    monkeypatch.setattr(clickhouse, "migrations", lambda: everything)
+    assert 7 in sink.migrate()
+    assert sink.stored_sources([rec["event_id"]]) == {rec["event_id"]: {(1, 3, "")}}
+    w = make_writer(sink)
+    other = dict(rec, target=dict(rec["target"], identity_id="u-other"))
+    assert w._flush([assessment(other, 1, source=(1, 3))], threading.Event())
+    assert sink.query("SELECT count() AS n FROM {db}.duplicates")[0]["n"] == 0
+    assert w._flush([assessment(other, 2, source=(0, 3))], threading.Event())
+    assert sink.query("SELECT count() AS n FROM {db}.duplicates")[0]["n"] == 1
+    new = transition(run_id="run-new")
+    assert w._flush([assessment(new, 3, source=(1, 4))], threading.Event())
+    assert sink.stored_sources([new["event_id"]]) == {new["event_id"]: {(1, 4, transition_digest(
+        SERDE.decode(SERDE.encode(new)).datum))}}
+
+
+def test_a_rewrite_in_the_batch_of_its_original_is_a_duplicate(sink: ClickHouseSink, fakes: None) -> None:
+    """Within one batch the first copy is claimed with its digest: a second copy from the same source record
+    with other content is kept apart, the same copy again is not."""
+    original = transition(run_id="run-batch", target__identity_id="u-1")
+    forged = dict(original, target=dict(original["target"], identity_id="u-2"))
+    w = make_writer(sink)
+    same = assessment(original, 0, source=(4, 4))
+    batch = [same, assessment(forged, 1, source=(4, 4)), assessment(original, 2, source=(4, 4))]
+    assert w._flush(batch, threading.Event())
+    assert sink.query("SELECT target_id FROM {db}.transitions FINAL") == [{"target_id": "u-1"}]
+    assert sink.query("SELECT target_id FROM {db}.duplicates") == [{"target_id": "u-2"}]
+
