@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .app import ReviewContext, ctx_of
-from .model import CLASSIFICATIONS, FINDING_STATES, MAX_TEXT, REVIEW_SEVERITIES, exception_status, finding_id
+from .model import CLASSIFICATIONS, FINDING_STATES, MAX_TEXT, REVIEW_SEVERITIES, exception_status, finding_id, utc
 from .pages import queue_filter
 from .routes import Routes
-from .service import now_ms
+from .service import BULK_MAX, now_ms
 from .store import sla
 
 _route = Routes(tags=["review"])
@@ -26,6 +26,7 @@ register = _route.register
 Ctx = Annotated[ReviewContext, Depends(ctx_of)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
+UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 
 
 class _Body(BaseModel):
@@ -60,7 +61,8 @@ class QueueFilterBody(_Body):
 class BulkDecision(_Body):
     action: Literal["acknowledge", "close", "reopen"]
     selection: dict[Name, Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
-        default=None, description="finding id -> version the client saw; or give `matching` instead.")
+        default=None, max_length=BULK_MAX,
+        description=f"finding id -> version the client saw (at most {BULK_MAX}); or give `matching` instead.")
     matching: QueueFilterBody | None = None
     classification: Literal["true_positive", "benign_positive", "false_positive", "duplicate"] | None = None
     reason: Name | None = None
@@ -71,7 +73,7 @@ class ExceptionRequest(_Body):
     code: Name
     agent_id: Name
     justification: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
-    expires_at: datetime = Field(description="Required; at most the policy's review.exception_max_days ahead.")
+    expires_at: UtcDatetime = Field(description="Required; at most the policy's review.exception_max_days ahead.")
     workflow_id: Name | None = None
     target_id: Name | None = None
     entitlement: Name | None = None
@@ -171,10 +173,10 @@ def exceptions(request: Request, ctx: Ctx) -> dict[str, Any]:
 async def request_exception(request: Request, ctx: Ctx, body: ExceptionRequest) -> dict[str, Any]:
     """Request an exception; it takes effect only when a different approver approves it."""
     actor = await ctx.writer(request)
-    expires = body.expires_at if body.expires_at.tzinfo else body.expires_at.replace(tzinfo=UTC)
     return ctx.service.request_exception(actor, code=body.code, agent_id=body.agent_id,
                                          justification=body.justification,
-                                         expires_at_ms=int(expires.timestamp() * 1000), workflow_id=body.workflow_id,
+                                         expires_at_ms=int(body.expires_at.timestamp() * 1000),
+                                         workflow_id=body.workflow_id,
                                          target_id=body.target_id, entitlement=body.entitlement)
 
 
@@ -199,11 +201,10 @@ async def decide_exception(request: Request, ctx: Ctx, exception_id: str, body: 
 
 
 @_route("GET", "/export")
-def export(request: Request, ctx: Ctx, since: datetime) -> list[dict[str, Any]]:
+def export(request: Request, ctx: Ctx, since: Annotated[UtcDatetime, Query()]) -> list[dict[str, Any]]:
     """Decisions and exception versions since ``since`` (what `agentgov review export` writes)."""
     ctx.actor(request)
-    since = since.astimezone(UTC).replace(tzinfo=None) if since.tzinfo else since
-    return [_json(r) for r in ctx.store.export(since)]
+    return [_json(r) for r in ctx.store.export(since.replace(tzinfo=None))]
 
 
 __all__ = ["CLASSIFICATIONS", "FINDING_STATES", "REVIEW_SEVERITIES", "register"]

@@ -2,7 +2,9 @@
 
 Pages live in ``pages.py``, the JSON API in ``api.py``; this module wires them: identity (``auth.py``),
 CSRF on every state-changing request, error pages, ``/metrics`` and ``/healthz``. Jinja autoescaping is
-on for every template, so agent-supplied text (agent ids, messages, run ids) is rendered inert.
+on for every template, so agent-supplied text (agent ids, messages, run ids) is rendered inert; every
+printed value also has its bidi controls and invisible format characters written out (``\\u202e``)
+(:func:`visible`), except form values that must go back to the server unchanged (``|verbatim``).
 
 Example::
 
@@ -13,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from prometheus_client import CollectorRegistry, generate_latest
 
 from .. import __version__
@@ -102,15 +106,83 @@ class ReviewContext:
                 log.warning("review metrics refresh failed", extra={"kv": {"error": str(exc)[:300]}})
 
 
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class AuthenticatedWrites:
+    """ASGI middleware: a write from nobody is refused (401) before its body is read.
+
+    FastAPI resolves body and ``Form()`` parameters before the handler runs, so the handler's own identity
+    check (:meth:`ReviewContext.writer`) came after an anonymous body had been buffered, decoded and
+    validated. The identity needs only the peer address, headers and cookies, never the body. ``/login``
+    is exempt (its body carries the token). The size of a body is capped before this, by FastAPI's
+    ``max_body_size`` (``review_max_body_bytes``)."""
+
+    def __init__(self, app: Any, auth: Authenticator, token_mode: bool) -> None:
+        self.app, self.auth, self.token_mode = app, auth, token_mode
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in READS or scope["path"] == "/login":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)  # no receive: reading the body here would fail
+        host = request.client.host if request.client else None
+        if self.auth.identify(host, request.headers, request.cookies) is not None:
+            await self.app(scope, receive, send)
+            return
+        log.info("unauthenticated write refused", extra={"kv": {"method": scope["method"], "path": scope["path"]}})
+        response: Response
+        if self.token_mode and not scope["path"].startswith("/api/"):
+            response = RedirectResponse("/login", status_code=303)
+        else:
+            response = JSONResponse({"error": "not authenticated"}, status_code=401)
+        await response(scope, receive, send)
+
+
 def ctx_of(request: Request) -> ReviewContext:
     ctx: ReviewContext = request.app.state.ctx
     return ctx
 
 
 def _fmt_ms(ms: int | None) -> str:
+    """Epoch milliseconds as a UTC time; a value no datetime can hold shows as the number.
+
+    Decisions are append-only: one stored out-of-range value (an end date in year 10000) must not make
+    the page that shows it a 500 for good."""
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):
+        return f"{ms} ms since the epoch (out of range)"
+
+
+# Bidi embeddings/overrides/isolates/marks, zero-width and other invisible format characters, C0 (but tab and
+# newlines) and C1 controls. Autoescaping leaves them alone, and a browser reorders the text they touch:
+# "agent-\u202egpj.exe" displays as "agent-exe.jpg". The CLI escapes the same way (audit.inert).
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                        "\u2060-\u2069\ufeff]")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = ord(m[0])
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def visible(value: Any) -> Any:
+    """Jinja ``finalize``: every printed string with its invisible characters written out (``\\u202e``).
+
+    Applied to all output rather than per template so that a new template cannot forget it; markup that a
+    filter already built (``|verbatim``) is left as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _INVISIBLE.sub(_escape_char, value)
+    return value
+
+
+def verbatim(value: Any) -> Markup:
+    """HTML-escaped but otherwise unchanged: for form values the server must get back exactly (ids, filters),
+    which :func:`visible` would otherwise rewrite. Never for text shown as text."""
+    return escape(value)
 
 
 def _fmt_dt(value: Any) -> str:
@@ -129,6 +201,8 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
     store = ReviewStore(sink)
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.autoescape = True  # every template, whatever its extension
+    templates.env.finalize = visible
+    templates.env.filters["verbatim"] = verbatim
     templates.env.filters["ms"] = _fmt_ms
     templates.env.filters["dt"] = _fmt_dt
     ctx = ReviewContext(settings, policy, Authenticator(settings), store,
@@ -136,7 +210,8 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
 
     app = FastAPI(title="agentgov review", version=__version__,
                   description="Triage findings, record attributable decisions, grant time-boxed exceptions. "
-                              "State-changing calls need the X-CSRF-Token header (GET /api/me returns it).")
+                              "State-changing calls need the X-CSRF-Token header (GET /api/me returns it).",
+                  max_body_size=settings.review_max_body_bytes)
     app.state.ctx = ctx
 
     @app.exception_handler(ReviewError)
@@ -161,6 +236,9 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
     def metrics_endpoint() -> Response:
         ctx.refresh_metrics()
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
+
+    # Inside the headers middleware below (added later, so outer): a 401 gets the same security headers.
+    app.add_middleware(AuthenticatedWrites, auth=ctx.auth, token_mode=settings.review_auth == "token")
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:

@@ -6,9 +6,14 @@ Proxy mode (production): oauth2-proxy or any OIDC proxy authenticates the user a
 Token mode (local use, tests): ``Authorization: Bearer <token>``, or a signed session cookie set by the
 login form. The actor of every decision is the identity found here, never a form field.
 
+Sessions: the cookie is ``b64(user).issued_ms.nonce.HMAC(user, issued, nonce)``. It is refused after
+``review_session_max_age_seconds``, and logout revokes its nonce on the server (in memory until the
+session would have expired anyway; a restart forgets revocations, the age limit still holds).
+
 CSRF: every state-changing request must carry ``csrf_token`` (form field) or ``X-CSRF-Token`` (header),
-an HMAC of the user under the app's secret. A cross-site page can make the browser send the cookie, but
-it cannot read the token.
+an HMAC of the user and the credential (session nonce or token digest) under the app's secret, so a token
+dies with its session. A cross-site page can make the browser send the cookie, but it cannot read the
+token. Behind a proxy the session is the proxy's; the token is then per user.
 
 Example::
 
@@ -23,6 +28,8 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import threading
+import time
 from collections.abc import Mapping
 
 from ..errors import ConfigError
@@ -55,6 +62,9 @@ class Authenticator:
         self._user_header = settings.review_user_header.lower()
         self._groups_header = settings.review_groups_header.lower()
         self._group_roles = dict(settings.review_group_roles)
+        self.max_age_ms = settings.review_session_max_age_seconds * 1000
+        self._revoked: dict[str, int] = {}  # session nonce -> when it would have expired (ms)
+        self._revoked_lock = threading.Lock()
         if self.mode == "token" and not self._tokens:
             raise ConfigError("review_auth=token needs AGENTGOV_REVIEW_TOKENS (user -> token)")
 
@@ -93,30 +103,62 @@ class Authenticator:
         digest = hashlib.sha256(token.encode()).digest()
         for known, user in self._tokens.items():
             if hmac.compare_digest(known, digest):
-                return Actor(user, self._users.get(user, ()))
+                return Actor(user, self._users.get(user, ()), session="t:" + digest.hex()[:32])
         return None
+
+    def has_role(self, user: str, role: str) -> bool | None:
+        """Whether ``user`` is a known user holding ``role``; None when the app cannot know.
+
+        Token mode knows every user and their roles (``review_tokens``, ``review_users``). Behind a proxy,
+        users and groups live in the identity provider and reach the app only with each user's own
+        requests, so nothing here can vouch for somebody else."""
+        if self.mode == "proxy":
+            return None
+        return user in self._tokens.values() and role in self._users.get(user, ())
 
     # -- sessions (token mode) ------------------------------------------------------------------
     def _sign(self, purpose: str, value: str) -> str:
         return hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
-    def session_cookie(self, actor: Actor) -> str:
+    def session_cookie(self, actor: Actor, now_ms: int | None = None) -> str:
+        """A new session for ``actor``: its own nonce, and its issue time so that it expires."""
         user = base64.urlsafe_b64encode(actor.user.encode()).decode()
-        return f"{user}.{self._sign('session', actor.user)}"
+        issued, nonce = int(time.time() * 1000) if now_ms is None else now_ms, secrets.token_urlsafe(16)
+        return f"{user}.{issued}.{nonce}.{self._sign('session', f'{actor.user}|{issued}|{nonce}')}"
 
     def _from_session(self, cookie: str) -> Actor | None:
-        user_b64, _, sig = cookie.partition(".")
+        parts = cookie.split(".")
+        if len(parts) != 4 or not parts[1].isdigit() or len(parts[1]) > 15:
+            return None  # also every cookie of the format before sessions expired (user.signature)
+        user_b64, issued, nonce, sig = parts
         try:
             user = base64.urlsafe_b64decode(user_b64.encode()).decode()
         except (ValueError, UnicodeDecodeError):
             return None
-        if not hmac.compare_digest(sig, self._sign("session", user)) or user not in self._tokens.values():
+        if not hmac.compare_digest(sig, self._sign("session", f"{user}|{issued}|{nonce}")):
             return None
-        return Actor(user, self._users.get(user, ()))
+        now = int(time.time() * 1000)
+        if not int(issued) <= now + 60_000 or now >= int(issued) + self.max_age_ms or user not in self._tokens.values():
+            return None
+        with self._revoked_lock:
+            if nonce in self._revoked:
+                return None
+        return Actor(user, self._users.get(user, ()), session="s:" + nonce)
+
+    def end_session(self, actor: Actor, cookie: str | None) -> None:
+        """Logout: the session's cookie is refused from now on, even a copy taken before."""
+        if not actor.session.startswith("s:") or not cookie:
+            return
+        parts = cookie.split(".")
+        now = int(time.time() * 1000)
+        expires = int(parts[1]) + self.max_age_ms if len(parts) == 4 and parts[1].isdigit() else now + self.max_age_ms
+        with self._revoked_lock:
+            self._revoked = {n: t for n, t in self._revoked.items() if t > now}  # expired ones are refused anyway
+            self._revoked[actor.session[2:]] = expires
 
     # -- CSRF -----------------------------------------------------------------------------------
     def csrf_token(self, actor: Actor) -> str:
-        return self._sign("csrf", actor.user)
+        return self._sign("csrf", f"{actor.user}|{actor.session}")
 
     def csrf_ok(self, actor: Actor, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(str(token), self.csrf_token(actor))

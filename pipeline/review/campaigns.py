@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..metrics import RecertMetrics
+from .api import UtcDatetime
 from .app import ReviewContext, ctx_of
 from .attributes import AttributeReviews, PolicyWatch
 from .model import MAX_TEXT, ReviewError
@@ -47,7 +48,8 @@ Attrs = Annotated[AttributeReviews, Depends(attrs_of)]
 
 def install(app: FastAPI, ctx: ReviewContext) -> None:
     """Wire recertification into the workbench app: services, routes, and the gauges refreshed per scrape."""
-    recert = RecertService(ctx.service, RecertStore(ctx.store))
+    recert = RecertService(ctx.service, RecertStore(ctx.store, ctx.policy.governance.identity_provider),
+                           has_role=ctx.auth.has_role)
     app.state.recert = recert
     app.state.attribute_reviews = AttributeReviews(recert)
     watch = PolicyWatch(app.state.attribute_reviews, ctx.settings.policy_reload_seconds).start()
@@ -238,7 +240,7 @@ class _Body(BaseModel):
 class NewCampaign(_Body):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     owner: Annotated[str, Field(min_length=1, max_length=200)]
-    due_at: datetime
+    due_at: UtcDatetime
     min_tier: Annotated[int, Field(ge=0, le=3)] | None = None
     workflow: Annotated[str, Field(max_length=512)] = ""
     agent: Annotated[str, Field(max_length=512)] = ""
@@ -252,7 +254,7 @@ class ItemDecision(_Body):
     expected_version: Annotated[int, Field(ge=1, le=1_000_000)]
     justification: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     reassign_to: Annotated[str, Field(max_length=200)] = ""
-    end_date: datetime | None = None
+    end_date: UtcDatetime | None = None
 
 
 class BulkItems(_Body):

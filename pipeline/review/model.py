@@ -15,7 +15,8 @@ Example::
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import AgentgovError
@@ -49,6 +50,21 @@ EXCEPTION_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "revoke": (("active",), "revoked"),
 }
 MAX_TEXT = 4000
+MIN_YEAR, MAX_YEAR = 1970, 2299  # the store's DateTime64(3) ends in 2299; nothing here predates the epoch
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` in UTC (naive means UTC), or a validation error (422) when out of range.
+
+    Python raises OverflowError converting 0001-01-01T00:00:00+01:00 or 9999-12-31T23:59:59-01:00 to UTC, and
+    the store cannot hold dates past 2299: without this check such a value was a 500."""
+    try:
+        out = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError as exc:
+        raise ValueError("date-time out of range") from exc
+    if not MIN_YEAR <= out.year <= MAX_YEAR:
+        raise ValueError(f"date-time out of range (years {MIN_YEAR} to {MAX_YEAR})")
+    return out
 
 
 class ReviewError(AgentgovError):
@@ -103,12 +119,25 @@ def require_role(roles: tuple[str, ...], *allowed: str) -> None:
         raise Forbidden(f"needs the role {' or '.join(allowed)}; you have {', '.join(roles) or 'none'}")
 
 
+def check_not_own(actor_user: str, parties: set[str], what: str) -> None:
+    """Separation of duties: nobody decides about their own access.
+
+    ``parties`` are the people the subject is about: the identity that was granted access (target) and the
+    person who approved the grant. Four-eyes, as for exceptions: another reviewer decides."""
+    if actor_user in parties:
+        raise Forbidden(f"separation of duties: {what} concerns your own access or your own approval; "
+                        "another reviewer must decide it")
+
+
 @dataclass(frozen=True)
 class Actor:
     """An authenticated identity (from the proxy or a token; never from a form field)."""
 
     user: str
     roles: tuple[str, ...]
+    # Which credential this request came with (a session's nonce, a token's digest; empty behind a proxy):
+    # the CSRF token and logout are bound to it. Not part of the identity.
+    session: str = field(default="", compare=False, repr=False)
 
     @property
     def read_only(self) -> bool:

@@ -6,7 +6,7 @@ an actor, requester or approver from the form.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Form, Query, Request
@@ -23,6 +23,7 @@ from .model import (
     ReviewError,
     exception_status,
     finding_id,
+    utc,
 )
 from .routes import Routes
 from .service import now_ms
@@ -82,13 +83,14 @@ def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "") -> Res
                        mode=ctx.settings.review_auth)
     response = RedirectResponse("/queue", status_code=303)
     response.set_cookie(SESSION_COOKIE, ctx.auth.session_cookie(actor), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+                        secure=request.url.scheme == "https", max_age=ctx.settings.review_session_max_age_seconds)
     return response
 
 
 @_route("POST", "/logout")
 async def logout(request: Request, ctx: Ctx) -> Response:
-    await ctx.writer(request)
+    actor = await ctx.writer(request)
+    ctx.auth.end_session(actor, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -186,8 +188,10 @@ def date_ms(value: str, what: str) -> int:
         dt = datetime.fromisoformat(value.strip())
     except ValueError as exc:
         raise ReviewError(f"{what} must be a date or date-time (ISO 8601), got {value!r}") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
+    try:
+        dt = utc(dt)
+    except ValueError as exc:
+        raise ReviewError(f"{what}: {exc}") from exc
     return int(dt.timestamp() * 1000)
 
 

@@ -14,6 +14,12 @@ Decisions, per attribute of a workflow:
               names it; where an action is unrestricted (no allowlist), the workflow gets ``default_inputs``
               = the attributes seen and not disallowed
 
+Attribute names are chosen by agents (``inputs_used[].name``), so they are data, never YAML: each is
+written as a scalar that parses back to exactly that name (plain when it is an identifier, double-quoted
+otherwise), and the parsed proposal must equal the current policy with only the intended input lists and
+the version changed (:func:`propose` refuses otherwise). Unquoted, ``x, ssn`` would be two entries and a
+newline would start new keys that override the workflow's other limits.
+
 Example::
 
     new_text, diff, notes = propose(text, "jml-provisioning", {"location": "disallow"}, usage, "ARV-1")
@@ -21,7 +27,9 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import difflib
+import logging
 import re
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +41,10 @@ import yaml
 from .model import ReviewError
 
 WIDTH = 110
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+"""Names written without quotes (when YAML also reads them as that string: not ``null``, ``yes``...)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,11 +94,30 @@ def _child_indent(lines: list[str], span: Span) -> int:
     return span.indent + 2
 
 
+def _quoted(value: str) -> str:
+    """``value`` as a double-quoted YAML scalar on one line (non-ASCII and control characters escaped)."""
+    text = yaml.safe_dump(value, default_style='"', width=1 << 30, allow_unicode=False).rstrip("\n")
+    if "\n" in text or yaml.safe_load(f"[{text}]") != [value]:
+        raise ReviewError(f"cannot write {value[:64]!r} as a YAML scalar")
+    return text
+
+
+def scalar(value: str) -> str:
+    """``value`` as a YAML flow scalar that parses back to exactly ``value``.
+
+    Plain for identifiers YAML reads as strings (the policy's own style); double-quoted, with every
+    non-ASCII or control character escaped, for anything else. Raises :class:`ReviewError` if the round
+    trip fails (it should not, but the proposal's safety rests on it)."""
+    if _PLAIN.fullmatch(value) and yaml.safe_load(value) == value:
+        return value
+    return _quoted(value)
+
+
 def _flow(key: str, indent: int, values: list[str]) -> list[str]:
     head = " " * indent + f"{key}: ["
     out, line = [], head
     for n, v in enumerate(values):
-        piece = v + (", " if n < len(values) - 1 else "]")
+        piece = scalar(v) + (", " if n < len(values) - 1 else "]")
         if len(line) + len(piece) > WIDTH and line != head:
             out.append(line.rstrip())
             line = " " * (len(head)) + piece
@@ -142,7 +173,7 @@ class PolicyText:
     def set_version(self, version: str) -> None:
         for i, line in enumerate(self.lines):
             if re.match(r"^version:\s", line):
-                self.lines[i] = f'version: "{version}"\n'
+                self.lines[i] = f"version: {_quoted(version)}\n"
                 return
         raise ReviewError("the policy has no version: line")
 
@@ -206,8 +237,11 @@ def propose(text: str, workflow: str, decisions: dict[str, str], usage: dict[str
                     if action != "*" and attr in seen and attr in usage and action in usage[attr]:
                         keep = [a for a in seen if decisions.get(a) != "disallow"]
                         lists[("default_inputs",)] = keep
+                        undecided = [a for a in keep if a not in decisions]
                         notes.append(f"{attr}: {action} had no allowlist; proposing default_inputs of the "
-                                     "attributes seen and not disallowed")
+                                     "attributes seen and not disallowed"
+                                     + (f" ({len(undecided)} of them not decided in this review: "
+                                        f"{', '.join(map(repr, undecided[:10]))})" if undecided else ""))
                     continue
                 if attr not in allowed:
                     continue
@@ -224,11 +258,56 @@ def propose(text: str, workflow: str, decisions: dict[str, str], usage: dict[str
         edited.set_list(workflow, path, values)
     if edited.text() == PolicyText(text).text():
         return text, "", [*notes, "no change needed: the policy already does what the decisions ask"]
-    edited.set_version(f"{base.version}+{review_id.lower()}")
+    version = f"{base.version}+{review_id.lower()}"
+    edited.set_version(version)
     new_text = edited.text()
+    _only_lists_changed(doc, new_text, workflow, lists, version)
     diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), new_text.splitlines(keepends=True),
                                         fromfile="a/policy.yaml", tofile="b/policy.yaml"))
     return new_text, diff, notes
+
+
+def _only_lists_changed(doc: dict[str, Any], new_text: str, workflow: str,
+                        lists: dict[tuple[str, ...], list[str]], version: str) -> None:
+    """Refuse a proposal whose parsed YAML differs from the current policy (``doc``) anywhere but in the
+    input lists it sets and the version: whatever the names hold, the proposal can change nothing else
+    (no other key, workflow or default). A text edit that lands elsewhere (a layout this module does not
+    understand, a duplicate key) is refused the same way."""
+    expected = copy.deepcopy(doc)
+    expected["version"] = version
+    wf = expected["workflows"].get(workflow)
+    if not isinstance(wf, dict):
+        wf = expected["workflows"][workflow] = {}
+    for path, values in lists.items():
+        node = wf
+        for key in path[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[path[-1]] = list(values)
+    try:
+        got = yaml.safe_load(new_text)
+    except yaml.YAMLError as exc:
+        got = f"unparseable: {exc}"
+    if got != expected:
+        where = _differences(expected, got)
+        log.warning("policy proposal refused: it changes more than the input lists",
+                    extra={"kv": {"workflow": workflow, "differs_at": ", ".join(where)}})
+        raise ReviewError(f"refusing to propose: the edited policy would change more than the input lists of "
+                          f"workflow {workflow!r} (it differs at {', '.join(where[:5])}); edit the policy by "
+                          "hand and check the attribute names")
+
+
+def _differences(a: Any, b: Any, at: str = "") -> list[str]:
+    """Dotted paths where two parsed documents differ (the deepest mapping keys)."""
+    if a == b:
+        return []
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [at or "<document>"]
+    out: list[str] = []
+    for key in sorted(set(a) | set(b), key=str):
+        out += _differences(a.get(key), b.get(key), f"{at}.{key}" if at else str(key))
+    return out
 
 
 def check_text(text: str) -> str:

@@ -39,6 +39,9 @@ NO_AUTO_APPLY = ("auto-apply on timeout is refused: auto-apply + deny by default
 SERIOUS = ("critical", "high")
 MAX_DAYS = 3650
 DAY_MS = 86_400_000
+# A revoke's end date is a grace period for the remediation, not a second, open-ended certification: it may lie
+# at most this many days after the campaign's due date.
+REVOKE_END_MAX_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,12 @@ def check_new_campaign(actor: Actor, *, name: str, owner: str, due_at_ms: int, n
 
 def check_item_decision(actor: Actor, *, state: str, assignee: str, owner: str, campaign_state: str, action: str,
                         justification: str | None, certify_needs_justification: bool,
-                        reassign_to: str | None = None, end_ms: int | None = None, now_ms: int = 0) -> str:
-    """The state ``action`` leads an item to; raises :class:`ReviewError` when not allowed."""
+                        reassign_to: str | None = None, end_ms: int | None = None, now_ms: int = 0,
+                        due_at_ms: int | None = None, target: str = "") -> str:
+    """The state ``action`` leads an item to; raises :class:`ReviewError` when not allowed.
+
+    ``due_at_ms`` is the campaign's due date: a revoke's end date may lie at most ``REVOKE_END_MAX_DAYS``
+    after it (without a bound, a far-future end date kept the access as if certified)."""
     require_role(actor.roles, "reviewer")
     if campaign_state != "open":
         raise ReviewError("the campaign is signed off; its items cannot change")
@@ -172,6 +179,8 @@ def check_item_decision(actor: Actor, *, state: str, assignee: str, owner: str, 
         raise Forbidden(f"item is assigned to {assignee}; only they or the campaign owner ({owner}) decide it")
     if state != "pending":
         raise ReviewError(f"item is already {state}")
+    if action != "reassign" and actor.user == target:
+        raise Forbidden("separation of duties: this item is access you hold; reassign it to another reviewer")
     text = (justification or "").strip()
     if len(text) > MAX_TEXT:
         raise ReviewError(f"justification longer than {MAX_TEXT} characters")
@@ -185,8 +194,13 @@ def check_item_decision(actor: Actor, *, state: str, assignee: str, owner: str, 
         if reassign_to.strip() == assignee:
             raise ReviewError("the item is already assigned to them")
         return "pending"
-    if action == "revoke" and end_ms is not None and end_ms <= now_ms:
-        raise ReviewError("the end date of a revoke must be in the future")
+    if action == "revoke" and end_ms is not None:
+        if end_ms <= now_ms:
+            raise ReviewError("the end date of a revoke must be in the future")
+        latest = max(due_at_ms or now_ms, now_ms) + REVOKE_END_MAX_DAYS * DAY_MS
+        if end_ms > latest:
+            raise ReviewError(f"the end date of a revoke may be at most {REVOKE_END_MAX_DAYS} days after the "
+                              "campaign's due date")
     return "certified" if action == "certify" else "revoked"
 
 
@@ -200,12 +214,18 @@ def check_bulk(recommendations: dict[str, str]) -> str:
     return distinct[0]
 
 
-def check_signoff(actor: Actor, *, owner: str, campaign_state: str, pending: int) -> None:
+def check_signoff(actor: Actor, *, owner: str, campaign_state: str, pending: int, holds_access: bool = False
+                  ) -> None:
+    """``holds_access``: the signer is the identity of an item of the campaign. Nobody attests a review of
+    their own access, whoever decided the item: an approver who holds nothing in it signs off instead."""
     require_role(actor.roles, "reviewer", "approver")
     if campaign_state != "open":
         raise ReviewError("the campaign is already signed off")
     if actor.user != owner and "approver" not in actor.roles:
         raise Forbidden(f"only the owner ({owner}) or an approver signs a campaign off")
+    if holds_access:
+        raise Forbidden("separation of duties: the campaign reviews access you hold; an approver who holds "
+                        "none of it signs it off")
     if pending:
         raise ReviewError(f"{pending} items are still pending: every item needs a decision before sign-off "
                           "(nothing is decided by default)")

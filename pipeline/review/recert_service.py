@@ -23,6 +23,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import PublishError
@@ -63,9 +64,20 @@ def _input(value: Any) -> str:
 
 
 class RecertService:
-    def __init__(self, service: ReviewService, store: RecertStore) -> None:
+    def __init__(self, service: ReviewService, store: RecertStore,
+                 has_role: Callable[[str, str], bool | None] | None = None) -> None:
+        """``has_role(user, role)``: whether a user is known with a role, None when unknowable (proxy mode);
+        the campaign owner and a reassignment's target must be known reviewers when it can tell."""
         self.service, self.store = service, store
         self.settings = service.settings
+        self.has_role = has_role
+
+    def _check_reviewer(self, user: str, what: str) -> None:
+        """A campaign owned by, or an item handed to, somebody who cannot decide it can never be finished:
+        sign-off needs every item decided and nothing cancels a campaign."""
+        known = self.has_role(user, "reviewer") if self.has_role else None
+        if known is False:
+            raise ReviewError(f"{what} {user!r} is not a known user with the reviewer role")
 
     @property
     def governance(self) -> GovernancePolicy:
@@ -98,6 +110,7 @@ class RecertService:
                on_timeout: str = "none") -> dict[str, Any]:
         t = now_ms()
         check_new_campaign(actor, name=name, owner=owner, due_at_ms=due_at_ms, now_ms=t, on_timeout=on_timeout)
+        self._check_reviewer(owner.strip(), "the campaign owner")
         scope.check()
         started = time.perf_counter()
         held = self.store.holdings(scope, t, limit=MAX_ITEMS + 1)
@@ -161,7 +174,10 @@ class RecertService:
                 actor, state=item["state"], assignee=item["assignee"], owner=campaign["owner"],
                 campaign_state=campaign["state"], action=action, justification=justification,
                 certify_needs_justification=self.governance.review.certify_justification_required,
-                reassign_to=reassign_to, end_ms=end_ms, now_ms=t)
+                reassign_to=reassign_to, end_ms=end_ms, now_ms=t, due_at_ms=campaign["due_at"],
+                target=item["target_id"])
+            if action == "reassign":
+                self._check_reviewer((reassign_to or "").strip(), "reassign to:")
             payload = {"campaign_id": cid, "assignee": (reassign_to or "").strip() or item["assignee"],
                        "recommendation": item["recommendation"], "target_id": item["target_id"],
                        "system": item["system"], "access": item["access"],
@@ -208,7 +224,8 @@ class RecertService:
                                state=campaign["state"], version=campaign["version"])
             counts = self.store.item_counts(cid).get(cid, {})
             check_signoff(actor, owner=campaign["owner"], campaign_state=campaign["state"],
-                          pending=counts.get("pending", 0))
+                          pending=counts.get("pending", 0),
+                          holds_access=bool(self.store.items(cid, target=actor.user, limit=1)))
             t = now_ms()
             revoked = self.store.items(cid, state="revoked", limit=MAX_ITEMS)
             requests = [self._remediation(cid, it, actor, t) for it in revoked]

@@ -15,10 +15,11 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..events import GRANTS
+from ..events import GRANTS, name_key
 from ..sinks.clickhouse import SCORER_FINDINGS
 from .recert import Scope, item_id, split_item_id
 from .store import ReviewStore, _ms
@@ -26,29 +27,36 @@ from .store import ReviewStore, _ms
 # Access that stays held (an allow_auth is a one-off authentication decision, not standing access).
 HELD_ACTIONS = sorted(str(a) for a in GRANTS if str(a) != "allow_auth")
 LEAVE_ACTIONS = ["disable_account", "delete_account"]
+ACCOUNT_ACTIONS = ["create_account", *LEAVE_ACTIONS]
 
 # No FINAL on access_changes: a redelivered duplicate row changes neither argMax nor max, and skipping the
-# merge-on-read keeps a scope over millions of changes at a few seconds.
+# merge-on-read keeps a scope over millions of changes at a few seconds. An access's latest change is the
+# latest by event time; of changes stamped the same millisecond, a grant (then the event id). Ties have no
+# order of their own, and the event id is the agent's choice: by id alone, an agent could stamp a grant and
+# a no-op revoke alike and leave held access out of every campaign. A grant winning the tie puts the access
+# before a reviewer, who sees both changes in its trail; over-including is the safe side of a review.
 HOLDINGS_SQL = """
 SELECT h.target_id AS target_id, h.system AS system, h.access AS access, h.g_event AS event_id,
        h.g_run AS run_id, h.g_agent AS agent_id, h.tier AS tier, h.g_approved AS approved_by,
-       h.g_authority AS authority, h.g_action AS action, h.granted_at AS granted_at,
-       l.left_at AS left_at, l.left_action AS left_action
+       h.g_authority AS authority, h.g_action AS action, h.granted_at AS granted_at, l.accounts AS accounts
 FROM (
+    WITH (occurred_at, action IN {held:Array(String)}, event_id) AS latest
     SELECT target_id, system, access,
-           argMax(action, (occurred_at, event_id)) AS g_action, argMax(event_id, (occurred_at, event_id)) AS g_event,
-           argMax(run_id, (occurred_at, event_id)) AS g_run, argMax(agent_id, (occurred_at, event_id)) AS g_agent,
-           argMax(privilege_tier, (occurred_at, event_id)) AS tier,
-           argMax(approved_by, (occurred_at, event_id)) AS g_approved,
-           argMax(authority, (occurred_at, event_id)) AS g_authority, max(occurred_at) AS granted_at
+           argMax(action, latest) AS g_action, argMax(event_id, latest) AS g_event,
+           argMax(run_id, latest) AS g_run, argMax(agent_id, latest) AS g_agent,
+           argMax(privilege_tier, latest) AS tier,
+           argMax(approved_by, latest) AS g_approved,
+           argMax(authority, latest) AS g_authority, max(occurred_at) AS granted_at
     FROM {db}.access_changes
     {prefilter}
     GROUP BY target_id, system, access
     HAVING g_action IN {held:Array(String)} {having}
 ) AS h
 LEFT JOIN (
-    SELECT target_id, max(occurred_at) AS left_at, argMax(action, occurred_at) AS left_action
-    FROM {db}.access_changes WHERE action IN {leave:Array(String)} GROUP BY target_id
+    SELECT target_id, groupArray((system, at, last)) AS accounts FROM (
+        SELECT target_id, system, max(occurred_at) AS at, argMax(action, (occurred_at, action)) AS last
+        FROM {db}.access_changes WHERE action IN {account:Array(String)} GROUP BY target_id, system)
+    GROUP BY target_id
 ) AS l ON l.target_id = h.target_id
 WHERE {where}
 ORDER BY h.tier DESC, h.granted_at, h.target_id, h.system, h.access
@@ -100,8 +108,12 @@ def _bounds(cid: str) -> dict[str, str]:
 class RecertStore:
     """Reads for campaigns and attribute reviews (shares the workbench's client and lock)."""
 
-    def __init__(self, store: ReviewStore) -> None:
+    def __init__(self, store: ReviewStore, identity_provider: Callable[[str], bool] | None = None) -> None:
         self.store = store
+        # Whether a system's account is the person's identity (the policy's identity_providers,
+        # ``GovernancePolicy.identity_provider``): that account going means the person left, whatever system
+        # an access is on. None: only an access's own system's account counts.
+        self.identity_provider = identity_provider or (lambda system: False)
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return self.store.query(sql, params)
@@ -109,7 +121,7 @@ class RecertStore:
     # -- holdings -------------------------------------------------------------------------------
     def holdings(self, scope: Scope, now_ms: int, limit: int = 1_000_000) -> list[dict[str, Any]]:
         having, where, pre = [], ["1"], []
-        params: dict[str, Any] = {"held": HELD_ACTIONS, "leave": LEAVE_ACTIONS, "limit": limit}
+        params: dict[str, Any] = {"held": HELD_ACTIONS, "account": ACCOUNT_ACTIONS, "limit": limit}
         if scope.min_tier is not None:
             having.append("tier >= {tier:UInt8}")
             pre.append("privilege_tier >= {tier:UInt8}")
@@ -149,12 +161,29 @@ class RecertStore:
             rows = [r for r in rows if r["workflow_id"] == scope.workflow]
         for r in rows:
             r["granted_at_ms"] = _ms(r["granted_at"])
-            left = _ms(r["left_at"]) if r["left_at"] is not None else None
-            r["identity_left"] = bool(left and r["granted_at_ms"] is not None and left > r["granted_at_ms"]
-                                      and left > 0)
-            r["left_how"] = (f"{r['left_action']} at {datetime.fromtimestamp(left / 1000, UTC):%Y-%m-%d %H:%M} UTC"
-                             if r["identity_left"] and left else "")
+            left = self._left(r)
+            r["identity_left"] = left is not None
+            r["left_how"] = (f"{left[1]} on {left[2]} at {datetime.fromtimestamp(left[0] / 1000, UTC):%Y-%m-%d %H:%M} "
+                             "UTC" if left is not None else "")
         return rows
+
+    def _left(self, holding: dict[str, Any]) -> tuple[int, str, str] | None:
+        """(when, how, system) the identity left after ``holding`` was granted, or None: the latest account
+        change on the holding's own system, or on an identity provider, is a disable or delete stamped after
+        the grant. An account on another system going (a legacy application's) is not the person leaving, and
+        an account created again since is back (as AG-XRN-007 judges)."""
+        granted = holding["granted_at_ms"]
+        mine = name_key(holding["system"])
+        out: tuple[int, str, str] | None = None
+        for system, at, last in holding.get("accounts") or ():
+            if (name_key(system) != mine and not self.identity_provider(system)) or last not in LEAVE_ACTIONS:
+                continue
+            when = _ms(at)
+            if when is None or granted is None or when <= granted or when <= 0:
+                continue
+            if out is None or when > out[0]:
+                out = (when, last, system)
+        return out
 
     def findings_for(self, event_ids: list[str], run_ids: list[str]) -> tuple[dict[str, list[tuple[str, str]]],
                                                                             dict[str, list[tuple[str, str]]]]:
@@ -208,11 +237,14 @@ class RecertStore:
                 "on_timeout": h.get("on_timeout", "none"), "last_actor": r["last_actor"],
                 "last_at": _ms(r["last_at"])}
 
-    def items(self, cid: str, *, state: str = "", recommendation: str = "", assignee: str = "",
+    def items(self, cid: str, *, state: str = "", recommendation: str = "", assignee: str = "", target: str = "",
               after: str = "", limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """A page of items (keyset on the item id with ``after``; ``offset`` for numbered pages)."""
         having: list[str] = []
         params: dict[str, Any] = {**_bounds(cid), "limit": limit, "offset": offset}
+        if target:
+            having.append("snap['target_id'] = {tgt:String}")
+            params["tgt"] = target
         if state:
             having.append("state = {st:String}")
             params["st"] = state

@@ -37,6 +37,7 @@ from .model import (
     Actor,
     Conflict,
     ReviewError,
+    check_not_own,
     check_transition,
     decide_exception,
     decision,
@@ -117,6 +118,8 @@ class ReviewService:
         finding = self.store.finding(event_id, code)
         if finding is None:
             raise ReviewError(f"no such finding {fid}")
+        if action in ("acknowledge", "close"):  # reopening only puts it back in the queue
+            check_not_own(actor.user, self.store.parties(finding), f"finding {fid}")
         with self._lock:
             state, version, assignee = self.store.state("finding", fid)
             if version != expected_version:
@@ -164,6 +167,10 @@ class ReviewService:
 
         Each finding gets its own decision. Stale or disallowed ones are reported, not forced."""
         require_role(actor.roles, "reviewer")
+        if selection is not None and len(selection) > BULK_MAX:
+            # The same cap as a filter: each entry is a publish and a store wait under the write lock, so an
+            # unbounded selection let one request hold every other writer off for hours.
+            raise ReviewError(f"{len(selection)} findings selected; at most {BULK_MAX} per bulk decision")
         if matching is not None:
             rows, total = self.store.queue(matching, now_ms(), limit=BULK_MAX)
             if total > BULK_MAX:

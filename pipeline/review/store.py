@@ -159,6 +159,17 @@ class ReviewStore:
         row["occurred_at_ms"] = _ms(row["occurred_at"])
         return row
 
+    def parties(self, finding: dict[str, Any]) -> set[str]:
+        """Who a finding is about: the targets and human approvers of its event and of every related event
+        (a chain's other steps), for separation of duties (``check_not_own``)."""
+        ids = [finding["event_id"], *(finding.get("related_event_ids") or [])]
+        rows = self.query("SELECT DISTINCT target_id, approved_by FROM {db}.transitions "
+                          "WHERE event_id IN {ids:Array(String)}", {"ids": ids})
+        out = {finding["target_id"]} if finding.get("target_id") else set()
+        for r in rows:
+            out.update(v for v in (r["target_id"], r["approved_by"]) if v)
+        return out
+
     def state(self, subject_kind: str, subject_id: str) -> tuple[str, int, str]:
         """(state, version, assignee) of a subject from its decisions; ('new', 0, '') without any."""
         rows = self.query(

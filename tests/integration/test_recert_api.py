@@ -53,10 +53,22 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
         run_step(f"run-{tag}-p", 0, a3, "access-request", ("access_request", f"REQ-{tag}-p"), "grant_entitlement",
                  f"u-{tag}-p", "aws", "role/Admin", 3, resource__entitlement="aws-admin"),
     ]
+    # a4: a no-op revoke and a grant of one access stamped the same millisecond, the revoke's id (the agent's
+    # choice) sorting last: the grant wins the tie, so the held access is not left out of a campaign.
+    a4 = f"agent-tie-x{tag}"
+    tie = [run_step(f"run-{tag}-t", step, a4, "access-request", ("access_request", f"REQ-{tag}-t"), action,
+                    f"u-{tag}-t", "salesforce", "crm", 2, resource__entitlement="crm-tie", decision__approved_by="mgr")
+           for step, action in ((0, "revoke_entitlement"), (1, "grant_entitlement"))]
+    tie[0]["event_id"] = f"ffffffff-{tag[:4]}-4000-8000-{uuid.uuid4().hex[:12]}"
+    tie[1]["event_id"] = f"00000000-{tag[:4]}-4000-8000-{uuid.uuid4().hex[:12]}"
     start = datetime.now(UTC) - timedelta(minutes=5)
     for i, d in enumerate(drafts):  # distinct event times: the revoke is the latest change of its access
         d["occurred_at"] = (start + timedelta(seconds=i)).isoformat()
         pub.publish(d)
+    for d in tie:
+        d["occurred_at"] = (start + timedelta(seconds=len(drafts))).isoformat()
+        pub.publish(d)
+    drafts += tie
     pub.producer.flush(10)
     sink = ClickHouseSink.connect(settings)
     assert wait_until(lambda: sink.query("SELECT count() AS n FROM {db}.access_changes WHERE run_id LIKE {r:String}",
@@ -76,6 +88,7 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     assert create(min_tier=2, agent=a1)["items"] == 3
     assert create(workflow="access-request", agent=a2)["items"] == 1  # the revoked grant is not held
     assert create(min_tier=3, agent=a1)["items"] == 0
+    assert create(agent=a4)["items"] == 1  # a grant and a revoke of one millisecond: the grant is the latest
     assert create(agent=a1, within_days=1)["items"] == 3
     main = create(min_tier=2, agent=a1)
     cid = main["campaign_id"]

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.review import policy_diff
 from pipeline.review.attributes import attribute_rows
 from pipeline.review.model import Actor, Forbidden, ReviewError
 from pipeline.review.policy_diff import check_text, propose, satisfies
@@ -25,6 +27,7 @@ from pipeline.review.recert import (
 from pipeline.scoring.policy import default_policy_path, parse_policy
 
 ALICE = Actor("alice", ("reviewer",))
+DAY = 86_400_000
 OK: dict[str, Any] = {"policy_approved": True, "approved_by": "mgr-eng", "policy_ref": "iga@7"}
 
 RECOMMEND_CASES = [
@@ -68,7 +71,10 @@ DECISION_CASES = [
     ({}, "certified"),
     ({"action": "revoke"}, "revoked"),
     ({"action": "revoke", "end_ms": 2_000, "now_ms": 1_000}, "revoked"),
+    ({"action": "revoke", "end_ms": 5 * DAY + 90 * DAY, "now_ms": 1_000, "due_at_ms": 5 * DAY}, "revoked"),
     ({"action": "reassign", "reassign_to": "rita"}, "pending"),
+    ({"action": "reassign", "reassign_to": "rita", "target": "alice"}, "pending"),  # the way out of one's own
+    ({"target": "rita"}, "certified"),
     ({"action": "certify", "justification": "", "certify_needs_justification": False}, "certified"),
     ({"actor": Actor("rita", ("reviewer",)), "assignee": "rita"}, "certified"),
 ]
@@ -78,7 +84,13 @@ REFUSED_CASES = [
     ({"action": "reassign", "reassign_to": ""}, ReviewError, "reassign needs the reviewer"),
     ({"action": "reassign", "reassign_to": "alice"}, ReviewError, "already assigned"),
     ({"action": "revoke", "end_ms": 500, "now_ms": 1_000}, ReviewError, "end date"),
+    ({"action": "revoke", "end_ms": 5 * DAY + 90 * DAY + 1, "now_ms": 1_000, "due_at_ms": 5 * DAY}, ReviewError,
+     "at most 90 days after the campaign's due date"),
+    ({"action": "revoke", "end_ms": 253_402_343_999_000, "now_ms": 1_000, "due_at_ms": 5 * DAY}, ReviewError,
+     "at most 90 days"),
     ({"state": "certified"}, ReviewError, "already certified"),
+    ({"target": "alice"}, Forbidden, "separation of duties: this item is access you hold"),
+    ({"action": "revoke", "target": "alice"}, Forbidden, "separation of duties"),
     ({"campaign_state": "closed"}, ReviewError, "signed off"),
     ({"action": "delete"}, ReviewError, "unknown action"),
     ({"actor": Actor("rita", ("reviewer",))}, Forbidden, "assigned to alice"),
@@ -112,6 +124,8 @@ def test_signoff_needs_every_item_decided_and_the_owner() -> None:
         check_signoff(ALICE, owner="alice", campaign_state="open", pending=2)
     with pytest.raises(Forbidden, match="only the owner"):
         check_signoff(Actor("rita", ("reviewer",)), owner="alice", campaign_state="open", pending=0)
+    with pytest.raises(Forbidden, match="separation of duties: the campaign reviews access you hold"):
+        check_signoff(ALICE, owner="alice", campaign_state="open", pending=0, holds_access=True)
     with pytest.raises(ReviewError, match="already signed off"):
         check_signoff(ALICE, owner="alice", campaign_state="closed", pending=0)
 
@@ -195,6 +209,70 @@ def test_diff_for_a_workflow_inheriting_defaults_and_an_unrestricted_one() -> No
 def test_proposal_for_a_workflow_missing_from_the_policy_is_refused() -> None:
     with pytest.raises(ReviewError, match="not in the policy"):
         propose(POLICY, "payroll-bot", {"department": "disallow"}, {"department": {"recommend"}}, "ARV-3")
+
+
+# Attribute names are agent-chosen (inputs_used[].name): YAML syntax in one must stay inside that one name.
+INJECTION = ("cost_centre]\n    allowed_systems: null\n    allowed_actions: [modify_policy, issue_credential, "
+             "assign_role, create_account")
+HOSTILE_NAMES = [INJECTION, "x, ssn", "a # comment", "null", "yes", "- b", "{k: v}", "'q'", '"d"', "e\u202ef",
+                 "tab\there", "&anchor", "*alias", "!!python/object:os.system", "x]"]
+
+
+def _only_lists_differ(old_text: str, new_text: str, workflow: str, keys: set[str]) -> dict[str, Any]:
+    """The parsed new policy with the workflow's ``keys`` and the version set back to the old values
+    equals the old one: nothing else changed. Returns the new workflow."""
+    old, new = yaml.safe_load(old_text), yaml.safe_load(new_text)
+    wf = dict(new["workflows"][workflow])
+    for key in keys:
+        if key in old["workflows"][workflow]:
+            wf[key] = old["workflows"][workflow][key]
+        else:
+            wf.pop(key, None)
+    assert {**new, "version": old["version"], "workflows": {**new["workflows"], workflow: wf}} == old
+    return dict(new["workflows"][workflow])
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_an_approved_hostile_name_is_one_quoted_entry_and_changes_nothing_else(name: str) -> None:
+    usage = {name: {"grant_entitlement"}}
+    new_text, diff, _ = propose(POLICY, WF, {name: "approve"}, usage, "ARV-7")
+    wf = _only_lists_differ(POLICY, new_text, WF, {"default_inputs"})
+    before = yaml.safe_load(POLICY)["workflows"][WF]["default_inputs"]
+    assert wf["default_inputs"] == [*before, name]  # exactly one new entry, the name as seen
+    assert satisfies(new_text, WF, {name: "approve"}, usage) == []
+    check_text(new_text)
+    added = [line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert len(added) <= 3 and all("allowed_" not in line or name == INJECTION for line in added)
+
+
+def test_the_disallow_path_quotes_the_undecided_names_it_carries_into_default_inputs() -> None:
+    unrestricted = POLICY.replace("    default_inputs: [risk_score, device_trust, geo_velocity, ip_reputation, "
+                                  "mfa_recent]\n", "    default_inputs: null\n", 1)
+    usage = {"risk_score": {"allow_auth"}, "credit_score": {"allow_auth"}, INJECTION: {"allow_auth"},
+             "x, ssn": {"allow_auth"}}
+    new_text, _, notes = propose(unrestricted, "auth-gateway", {"credit_score": "disallow"}, usage, "ARV-8")
+    wf = _only_lists_differ(unrestricted, new_text, "auth-gateway", {"default_inputs"})
+    assert sorted(wf["default_inputs"]) == sorted([INJECTION, "risk_score", "x, ssn"])
+    assert "3 of them not decided in this review" in notes[0] and "'x, ssn'" in notes[0]
+
+
+def test_a_proposal_that_would_change_more_than_the_input_lists_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second line of defence: names written unquoted (as before the fix) are caught by comparing the
+    parsed proposal with the policy, and nothing is proposed."""
+    monkeypatch.setattr(policy_diff, "scalar", lambda value: value)
+    where = r"allowed_actions, workflows\.jml-provisioning\.allowed_systems"
+    with pytest.raises(ReviewError, match=f"change more than the input lists.*{where}"):
+        propose(POLICY, WF, {INJECTION: "approve"}, {INJECTION: {"grant_entitlement"}}, "ARV-9")
+    with pytest.raises(ReviewError, match="change more than the input lists"):
+        propose(POLICY, WF, {"x, ssn": "approve"}, {"x, ssn": {"grant_entitlement"}}, "ARV-9")
+    # A layout the text edit does not understand (a second default_inputs key, the later one wins) is refused too.
+    twice = POLICY.replace("    default_inputs: [department, job_code, manager, location, cost_center, "
+                           "employment_type]\n", "    default_inputs: [department]\n"
+                           "    default_inputs: [job_code]\n", 1)
+    monkeypatch.undo()
+    with pytest.raises(ReviewError, match="change more than the input lists"):
+        propose(twice, WF, {"location": "approve"}, {"location": {"grant_entitlement"}}, "ARV-9")
 
 
 def test_attribute_rows_count_findings_where_not_permitted(tmp_path: Path) -> None:

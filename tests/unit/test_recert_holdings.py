@@ -1,0 +1,57 @@
+"""Recertification's holdings read against a real embedded store (chdb): who has left since a grant.
+
+An identity has left, for a holding, when the latest account change on the holding's own system, or on one
+of the policy's identity providers, is a disable or delete stamped after the grant. A legacy application's
+account going is not the person leaving (it flagged every holding of an active employee "left", and the
+campaign recommended revoking them), and an account created again since is back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+from pipeline.review.recert import Scope
+from pipeline.review.recert_store import RecertStore
+from pipeline.review.store import ReviewStore
+from pipeline.scoring.policy import load_policy
+from pipeline.sinks.clickhouse import ClickHouseSink
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+COLUMNS = ["target_id", "system", "access", "occurred_at", "event_id", "action", "run_id", "agent_id",
+           "on_behalf_of", "privilege_tier", "authority", "approved_by", "source_partition"]
+
+
+@pytest.fixture
+def sink(chdb_path: Path) -> ClickHouseSink:
+    store = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"r{uuid.uuid4().hex[:12]}")
+    store.migrate()
+    return store
+
+
+def change(target: str, system: str, access: str, action: str, day: int, tier: int = 2) -> list[object]:
+    return [target, system, access, (T0 + timedelta(days=day)).replace(tzinfo=None), uuid.uuid4().hex, action,
+            "run", "agent-jml-01", None, tier, "agent", None, 0]
+
+
+@pytest.mark.parametrize(("accounts", "left"), [
+    ([], ""),                                                              # never left
+    ([("legacy-crm", "disable_account", 5)], ""),                         # another application's account
+    ([("aws", "disable_account", 5)], "disable_account on aws"),          # the holding's own system
+    ([("Entra-ID", "delete_account", 5)], "delete_account on Entra-ID"),  # an identity provider (any case)
+    ([("entra-id", "disable_account", 5), ("entra-id", "create_account", 6)], ""),  # re-created: back
+    ([("aws", "disable_account", -5)], ""),                               # left before this grant
+])
+def test_an_identity_has_left_when_its_own_systems_or_an_identity_providers_account_went(
+        sink: ClickHouseSink, accounts: list[tuple[str, str, int]], left: str) -> None:
+    rows = [change("u-1", "aws", "aws-admin", "grant_entitlement", 0)]
+    rows += [change("u-1", system, "user-account", action, day, tier=0) for system, action, day in accounts]
+    sink.insert_rows("access_changes", rows, COLUMNS, token=uuid.uuid4().hex)
+    store = RecertStore(ReviewStore(sink), load_policy(None).governance.identity_provider)
+    now_ms = int((T0 + timedelta(days=30)).timestamp() * 1000)
+    [held] = [h for h in store.holdings(Scope(min_tier=2), now_ms) if h["access"] == "aws-admin"]
+    assert held["identity_left"] is bool(left)
+    assert held["left_how"].startswith(left) if left else held["left_how"] == ""

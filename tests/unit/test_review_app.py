@@ -1,0 +1,380 @@
+"""The workbench app in-process over a fake store: request handling that needs no pipeline.
+
+Limits on what a request may carry, authentication before a body is read, sessions, and errors that must
+be 4xx rather than 500. The store answers every query with no rows unless a test plants some; publishing
+is replaced by recording."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from pipeline.review.app import create_app
+from pipeline.settings import Settings
+
+USERS: dict[str, tuple[str, list[str]]] = {
+    "alice": ("tok-alice", ["reviewer"]),
+    "rita": ("tok-rita", ["reviewer", "approver"]),
+    "bob": ("tok-bob", ["approver"]),
+}
+
+
+class FakeSink:
+    """Answers every query with no rows, or with what ``answer(sql, params)`` returns."""
+
+    def __init__(self) -> None:
+        self.answer: Callable[[str, dict[str, Any]], list[dict[str, Any]] | None] = lambda _s, _p: None
+        self.queries: list[str] = []
+
+    def query(self, sql: str, params: dict[str, Any], _settings: Any = None) -> list[dict[str, Any]]:
+        self.queries.append(sql)
+        return self.answer(sql, params) or []
+
+
+def settings(**extra: Any) -> Settings:
+    return Settings.load(**{
+        "schema_registry_url": "mock://review-app", "kafka_bootstrap": "127.0.0.1:1",
+        "review_tokens": {u: t for u, (t, _) in USERS.items()},
+        "review_users": {u: roles for u, (_, roles) in USERS.items()},
+        "review_secret": "unit-secret", "review_store_wait_seconds": 0.2, **extra})
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[..., tuple[FastAPI, FakeSink]]]:
+    apps: list[FastAPI] = []
+
+    def make(**extra: Any) -> tuple[FastAPI, FakeSink]:
+        sink = FakeSink()
+        app = create_app(settings(**extra), sink, registry=CollectorRegistry())  # type: ignore[arg-type]
+        apps.append(app)
+        return app, sink
+
+    yield make
+    for app in apps:
+        for stop in app.router.on_shutdown:
+            stop()
+
+
+class Client:
+    """A TestClient signed in with one user's bearer token, sending the CSRF header on writes."""
+
+    def __init__(self, app: FastAPI, user: str) -> None:
+        self.http = TestClient(app, headers={"Authorization": f"Bearer {USERS[user][0]}"})
+        self.csrf = self.http.get("/api/me").json()["csrf_token"]
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        headers = {"X-CSRF-Token": self.csrf, **kw.pop("headers", {})}
+        return self.http.post(path, json=json, headers=headers, **kw)
+
+    def form(self, path: str, data: dict[str, Any]) -> Any:
+        return self.http.post(path, data={"csrf_token": self.csrf, **data}, follow_redirects=False)
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "1000-01-01",
+                                   "9999-12-31T00:00:00Z"])
+def test_export_refuses_out_of_range_datetimes_with_422(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                        since: str) -> None:
+    app, _ = make_app()
+    r = TestClient(app, headers={"Authorization": "Bearer tok-alice"}).get("/api/export", params={"since": since})
+    assert r.status_code == 422, r.text
+    assert "out of range" in r.text
+
+
+def test_body_datetimes_out_of_range_are_422(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    app, _ = make_app()
+    alice = Client(app, "alice")
+    r = alice.post("/api/exceptions", {"code": "AG-ESC-003", "agent_id": "a", "justification": "j",
+                                       "expires_at": "0001-01-01T00:00:00+01:00"})
+    assert r.status_code == 422 and "out of range" in r.text
+    r = alice.post("/api/campaigns", {"name": "n", "owner": "alice", "due_at": "9999-12-31T23:59:59-12:00"})
+    assert r.status_code == 422 and "out of range" in r.text
+    r = alice.form("/campaigns", {"name": "n", "owner": "alice", "due": "9999-12-31T23:59:59-12:00"})
+    assert r.status_code == 400 and "out of range" in r.text
+
+
+def _item(cid: str, **kw: Any) -> dict[str, Any]:
+    item = {"item_id": f"{cid}/0000001", "state": "revoked", "version": 2, "assignee": "alice", "target_id": "u-1",
+            "system": "aws", "access": "role/Admin", "agent_id": "agent-1", "grant_run_id": "run-1",
+            "grant_event_id": "e-1", "grant_action": "grant_entitlement", "granted_at_ms": 1_700_000_000_000,
+            "workflow_id": "wf", "policy_ref": "", "authority": "agent", "approved_by": "", "findings": [],
+            "reasons": [], "inputs": [], "recommendation": "revoke", "tier": "3", "last_kind": "campaign.revoke",
+            "last_actor": "alice", "last_comment": "gone", "last_at": 1_700_000_000_000, "end_date": "",
+            "last_decision_id": "d-1"}
+    item.update(kw)
+    return item
+
+
+def _campaign(cid: str, **kw: Any) -> dict[str, Any]:
+    c = {"campaign_id": cid, "state": "open", "version": 1, "name": "Q4", "owner": "alice", "created_by": "rita",
+         "created_at": 1_700_000_000_000, "due_at": 4_000_000_000_000, "scope": "all", "item_count": 1,
+         "on_timeout": "none", "last_actor": "rita", "last_at": 1_700_000_000_000}
+    c.update(kw)
+    return c
+
+
+def test_item_page_survives_a_stored_end_date_no_datetime_can_hold(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]], monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = make_app()
+    cid = "CMP-000000000001"
+    end = "253402343999000"  # 9999-12-31T23:59:59-12:00, stored before end dates were bounded
+    monkeypatch.setattr(app.state.recert.store, "campaign", lambda _c: _campaign(cid))
+    monkeypatch.setattr(app.state.recert.store, "item", lambda _i: _item(cid, end_date=end))
+    monkeypatch.setattr(app.state.ctx.store, "history", lambda _k, _s: [
+        {"decision_id": "d-1", "kind": "campaign.revoke", "subject_version": 2, "actor": "alice",
+         "actor_roles": ["reviewer"], "decided_at": None, "from_state": "pending", "to_state": "revoked",
+         "classification": None, "reason": None, "comment": "gone", "payload": {"end_date": end}}])
+    r = TestClient(app, headers={"Authorization": "Bearer tok-alice"}).get(f"/campaigns/{cid}/items/0000001")
+    assert r.status_code == 200, r.text[:300]
+    assert "out of range" in r.text
+
+
+def test_bulk_triage_selection_is_capped_like_matching(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    from pipeline.review.service import BULK_MAX
+
+    app, sink = make_app()
+    alice = Client(app, "alice")
+    too_many = {f"evt-{i}/AG-ESC-003": 0 for i in range(BULK_MAX + 1)}
+    sink.queries.clear()
+    r = alice.post("/api/findings/bulk", {"action": "acknowledge", "selection": too_many})
+    assert r.status_code == 422, r.text[:300]
+    # The form's selection is bounded before the handler: Starlette parses at most 1,000 form fields.
+    r = alice.form("/queue/bulk", {"action": "acknowledge", "sel": [f"{fid}@0" for fid in too_many]})
+    assert r.status_code == 400
+    assert not sink.queries  # refused before a single store read
+    # The service refuses it too, whoever calls it.
+    from pipeline.review.model import Actor, ReviewError
+    with pytest.raises(ReviewError, match=f"at most {BULK_MAX}"):
+        app.state.ctx.service.bulk(Actor("alice", ("reviewer",)), "acknowledge", selection=too_many)
+    assert not sink.queries
+
+
+def test_bidi_and_invisible_characters_are_shown_not_obeyed(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = make_app()
+    agent = "agent-\u202egpj.exe"  # displays as agent-exe.jpg when the override is obeyed
+    monkeypatch.setattr(app.state.ctx.store, "exceptions", lambda: [{
+        "exception_id": "EXC-1", "version": 1, "state": "requested", "code": "AG-ESC-003", "agent_id": agent,
+        "workflow_id": "wf\u2066x\u2069", "target_id": None, "entitlement": None,
+        "justification": "ok\u200b\u202d\nsecond line", "requester": "alice", "approver": None,
+        "requested_at": 1, "effective_at": None, "expires_at": 4_000_000_000_000, "ended_at": None,
+        "updated_by": "alice", "updated_at": 1}])
+    page = TestClient(app, headers={"Authorization": "Bearer tok-alice"}).get("/exceptions", params={"agent": agent})
+    assert page.status_code == 200
+    shown = page.text.split('<form method="post" action="/exceptions"')[0]
+    for raw in ("\u202e", "\u2066", "\u2069", "\u200b", "\u202d"):
+        assert raw not in shown
+    assert "agent-\\u202egpj.exe" in shown and "wf\\u2066x\\u2069" in shown
+    assert "ok\\u200b\\u202d\nsecond line" in shown  # newlines are text, not hidden characters
+    # A form value the server gets back (the agent of an exception request) keeps the exact id.
+    assert f'value="{agent}"' in page.text
+
+
+async def _asgi(app: FastAPI, method: str, path: str, chunks: list[bytes], headers: dict[str, str]
+                ) -> tuple[int, int, bytes]:
+    """Call the app at the ASGI level: (status, body chunks the app asked for, response body)."""
+    asked = 0
+    pending = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if not pending:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    out: dict[str, Any] = {"body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            out["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+             "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+             "server": ("127.0.0.1", 8088), "client": ("127.0.0.1", 50000),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    await app(scope, receive, send)
+    return out["status"], asked, out["body"]
+
+
+BIG = b'{"code": "AG-ESC-003", "agent_id": "a", "justification": "' + b"x" * (1 << 20) + b'"}'
+
+
+@pytest.mark.parametrize("path", ["/api/exceptions", "/exceptions", "/api/findings/bulk", "/campaigns"])
+def test_an_anonymous_write_is_refused_before_its_body_is_read(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]], path: str) -> None:
+    import asyncio
+
+    app, _ = make_app(review_max_body_bytes=8 << 20)
+    ctype = "application/json" if path.startswith("/api/") else "application/x-www-form-urlencoded"
+    status, asked, _ = asyncio.run(_asgi(app, "POST", path, [BIG[i:i + 65536] for i in range(0, len(BIG), 65536)],
+                                         {"content-type": ctype, "content-length": str(len(BIG))}))
+    assert status == (401 if path.startswith("/api/") else 303)
+    assert asked == 0  # not one chunk of the body was read
+
+
+def test_bodies_over_the_cap_are_413_before_being_read(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    import asyncio
+
+    app, _ = make_app(review_max_body_bytes=64 * 1024)
+    auth = {"authorization": "Bearer tok-alice", "content-type": "application/json"}
+    # Declared too large: refused on the header alone.
+    status, asked, _ = asyncio.run(_asgi(app, "POST", "/api/exceptions", [BIG],
+                                         {**auth, "content-length": str(len(BIG))}))
+    assert (status, asked) == (413, 0)
+    # Streamed without a length: refused once the count passes the cap, not after the whole body.
+    chunks = [BIG[i:i + 16384] for i in range(0, len(BIG), 16384)]
+    status, asked, _ = asyncio.run(_asgi(app, "POST", "/api/exceptions", chunks, auth))
+    assert status == 413 and asked <= 64 * 1024 // 16384 + 1 < len(chunks)
+    # Under the cap the request goes on to the handler (here: the body is incomplete).
+    small = b'{"code": "AG-ESC-003"}'
+    status, _, _ = asyncio.run(_asgi(app, "POST", "/api/exceptions", [small],
+                                     {**auth, "content-length": str(len(small))}))
+    assert status == 422  # validated by the route, as before
+
+
+def _login(app: FastAPI) -> tuple[TestClient, str, str]:
+    """A browser signed in through the login form: (client, its session cookie, its CSRF token)."""
+    browser = TestClient(app)
+    r = browser.post("/login", data={"token": "tok-alice"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert "max-age=3600" in r.headers["set-cookie"].lower()
+    cookie = browser.cookies["agentgov_session"]
+    return browser, cookie, browser.get("/api/me").json()["csrf_token"]
+
+
+def test_logout_ends_the_session_even_for_a_copied_cookie(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    app, _ = make_app(review_session_max_age_seconds=3600)
+    browser, cookie, csrf = _login(app)
+    thief = TestClient(app, cookies={"agentgov_session": cookie})
+    assert thief.get("/api/me").status_code == 200
+    assert browser.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    assert thief.get("/api/me").status_code == 401
+    r = thief.post("/api/exceptions", json={}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 401
+    # A new login is a new session and works.
+    _, _, csrf2 = _login(app)
+    assert csrf2 != csrf
+
+
+def test_sessions_expire_after_the_max_age(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as real_time
+
+    app, _ = make_app(review_session_max_age_seconds=3600)
+    _, cookie, _ = _login(app)
+    thief = TestClient(app, cookies={"agentgov_session": cookie})
+    assert thief.get("/api/me").status_code == 200
+    later = real_time.time() + 3601
+    monkeypatch.setattr("pipeline.review.auth.time.time", lambda: later)
+    assert thief.get("/api/me").status_code == 401
+
+
+def test_the_csrf_token_is_bound_to_the_session(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    app, _ = make_app(review_session_max_age_seconds=3600)
+    _, _, csrf1 = _login(app)
+    second, _, csrf2 = _login(app)
+    assert csrf1 != csrf2
+    # The other session's token (same user) is refused; the session's own one passes the CSRF check.
+    r = second.post("/exceptions", data={"csrf_token": csrf1, "code": "AG-ESC-003", "agent_id": "a",
+                                         "justification": "j", "expires_at": "2000-01-01"}, follow_redirects=False)
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = second.post("/exceptions", data={"csrf_token": csrf2, "code": "AG-ESC-003", "agent_id": "a",
+                                         "justification": "j", "expires_at": "2000-01-01"}, follow_redirects=False)
+    assert r.status_code == 400 and "future" in r.text
+
+
+@pytest.mark.parametrize("owner", ["bob", "alcie"])  # an approver without the reviewer role; a typo
+def test_a_campaign_owner_must_be_a_known_reviewer(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                    owner: str) -> None:
+    app, sink = make_app()
+    rita = Client(app, "rita")
+    sink.queries.clear()
+    due = datetime.now(UTC) + timedelta(days=30)
+    r = rita.post("/api/campaigns", {"name": "Q4", "owner": owner, "due_at": due.isoformat()})
+    assert r.status_code == 400 and "not a known user with the reviewer role" in r.json()["error"]
+    r = rita.form("/campaigns", {"name": "Q4", "owner": owner, "due": due.date().isoformat()})
+    assert r.status_code == 400 and "not a known user with the reviewer role" in r.text
+    assert not sink.queries  # refused before the scope is read
+
+
+def test_an_item_is_reassigned_only_to_a_known_reviewer(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = make_app()
+    cid = "CMP-000000000002"
+    monkeypatch.setattr(app.state.recert.store, "campaign", lambda _c: _campaign(cid))
+    monkeypatch.setattr(app.state.recert.store, "item", lambda _i: _item(cid, state="pending", version=1))
+    alice = Client(app, "alice")
+    for target in ("bob", "nobody"):
+        r = alice.post(f"/api/campaigns/{cid}/items/0000001", {"action": "reassign", "expected_version": 1,
+                                                               "justification": "not mine", "reassign_to": target})
+        assert r.status_code == 400 and "not a known user with the reviewer role" in r.json()["error"]
+
+
+def test_proxy_mode_cannot_know_other_users_and_accepts_the_owner() -> None:
+    from pipeline.review.auth import Authenticator
+
+    auth = Authenticator(settings(review_auth="proxy"))
+    assert auth.has_role("anyone", "reviewer") is None
+    token = Authenticator(settings())
+    assert token.has_role("alice", "reviewer") and token.has_role("bob", "reviewer") is False
+    assert token.has_role("alcie", "reviewer") is False
+
+
+def _finding(target: str) -> dict[str, Any]:
+    return {"event_id": "evt-1", "code": "AG-ESC-003", "severity": "critical", "category": "risk", "message": "m",
+            "evidence_fields": [], "refs": [], "related_event_ids": ["evt-0"], "run_id": "run-1",
+            "agent_id": "agent-1", "target_id": target, "action": "grant_entitlement", "occurred_at": None,
+            "scored_at": None, "governance_policy_version": "1", "exception_id": None, "exception_version": None,
+            "occurred_at_ms": 1_700_000_000_000}
+
+
+@pytest.mark.parametrize(("target", "approver"), [("alice", "mgr"), ("u-9", "alice")])
+def test_nobody_triages_a_finding_about_their_own_access(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                        monkeypatch: pytest.MonkeyPatch, target: str,
+                                                        approver: str) -> None:
+    app, sink = make_app()
+    monkeypatch.setattr(app.state.ctx.store, "finding", lambda _e, _c: _finding(target))
+    sink.answer = lambda sql, params: ([{"target_id": target, "approved_by": approver}]
+                                       if "transitions" in sql and "evt-0" in params.get("ids", []) else None)
+    alice = Client(app, "alice")
+    for body in ({"action": "close", "expected_version": 0, "classification": "false_positive",
+                  "reason": "expected_behaviour", "comment": "mine, fine"},
+                 {"action": "acknowledge", "expected_version": 0}):
+        r = alice.post("/api/findings/evt-1/AG-ESC-003/decisions", body)
+        assert r.status_code == 403 and "separation of duties" in r.json()["error"], r.text
+    r = alice.form("/findings/evt-1/AG-ESC-003", {"action": "close", "version": 0, "classification": "false_positive",
+                                                  "reason": "expected_behaviour", "comment": "mine"})
+    assert r.status_code == 403 and "separation of duties" in r.text
+
+
+def test_recert_items_and_signoff_are_not_decided_by_the_holder(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = make_app()
+    cid = "CMP-000000000003"
+    store = app.state.recert.store
+    monkeypatch.setattr(store, "campaign", lambda _c: _campaign(cid, owner="alice"))
+    monkeypatch.setattr(store, "item", lambda _i: _item(cid, state="pending", version=1, target_id="alice"))
+    monkeypatch.setattr(store, "item_counts", lambda _c=None: {cid: {"pending": 0, "certified": 1, "revoked": 0}})
+    monkeypatch.setattr(store, "items", lambda _c, **kw: [_item(cid, target_id="alice")]
+                        if kw.get("target") == "alice" else [])
+    alice = Client(app, "alice")
+    r = alice.post(f"/api/campaigns/{cid}/items/0000001", {"action": "certify", "expected_version": 1,
+                                                           "justification": "I need it"})
+    assert r.status_code == 403 and "separation of duties" in r.json()["error"]
+    r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=1")
+    assert r.status_code == 403 and "separation of duties" in r.json()["error"]
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(app.state.recert, "_publish_many", lambda _key, records: published.extend(records))
+    monkeypatch.setattr(app.state.ctx.service, "wait_stored", lambda *_a, **_k: None)
+    r = Client(app, "rita").post(f"/api/campaigns/{cid}/signoff?expected_version=1")  # an approver, holds none
+    assert r.status_code == 200, r.text
+    assert [p["kind"] for p in published] == ["campaign.signoff"] and published[0]["actor"] == "rita"
