@@ -14,10 +14,8 @@ import tempfile
 import time
 from typing import Any
 
-import clickhouse_connect
-
 from pipeline.audit import AUDIT_SETTINGS
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
 
 AGENTS = 2000
 TARGETS = 200_000
@@ -129,7 +127,7 @@ QUERIES: dict[str, str] = {
 
 def main(rows: int = 1_000_000, path: str | None = None) -> None:
     path = path or tempfile.mkdtemp(prefix="agentgov-keys-")
-    sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{path}"), "keys", ttl_days=100_000)
+    sink = ClickHouseSink(open_embedded(path), "keys", ttl_days=100_000)
     sink.client.command("DROP DATABASE IF EXISTS keys")
     sink.migrate()
     rate = fill(sink, rows)

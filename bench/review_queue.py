@@ -17,11 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import clickhouse_connect
-
 from pipeline.review.service import now_ms
 from pipeline.review.store import QueueFilter, ReviewStore
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
 
 AGENTS = 2000
 
@@ -48,7 +46,7 @@ WHERE number % 10 = 0
 
 
 def run(n: int, repeats: int, path: Path) -> dict[str, object]:
-    sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{path}"), "bench_review")
+    sink = ClickHouseSink(open_embedded(path), "bench_review")
     sink.migrate()
     t0 = time.perf_counter()
     sink.client.command(FILL_FINDINGS.replace("{db}", sink.database).replace("{agents}", str(AGENTS))

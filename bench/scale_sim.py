@@ -28,12 +28,11 @@ HISTOGRAM_BUCKETS_RISK = 11
 
 def measure_store(rows: int = 300_000) -> dict[str, Any]:
     """Writer-path insert rate, baseline scan rate, on the embedded engine."""
-    import clickhouse_connect
 
     from bench import clickhouse_keys as keys
     from pipeline.baselines import BASELINE_SQL
-    from pipeline.sinks.clickhouse import ClickHouseSink
-    sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{tempfile.mkdtemp(prefix='sim-')}"), "sim",
+    from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
+    sink = ClickHouseSink(open_embedded(tempfile.mkdtemp(prefix='sim-')), "sim",
                           ttl_days=100_000)
     sink.migrate()
     # One Avro container per 20,000 rows (the writer's batch), written by the engine in the ingest schema.

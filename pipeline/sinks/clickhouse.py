@@ -13,13 +13,16 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import logging
 import os
 import re
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
@@ -77,6 +80,38 @@ def check_unlocked(path: Path) -> None:
         "ClickHouse server (AGENTGOV_CLICKHOUSE_DSN=http://host:8123)", path=str(path), pid=pid)
 
 
+_embedded: weakref.WeakSet[Client] = weakref.WeakSet()
+_embedded_lock = threading.Lock()
+_closing_registered = False
+
+
+def _close_embedded() -> None:
+    """Close every embedded client still open. chdb can die with SIGSEGV when the interpreter exits with
+    a connection still open: its engine is then torn down by a static destructor while its worker threads
+    run (chdb-io/chdb-core#177). Registered at the first embedded connection, after chdb's own exit hook,
+    so it runs before that hook (exit hooks run last registered first)."""
+    with _embedded_lock:
+        clients = list(_embedded)
+        _embedded.clear()
+    for client in clients:
+        try:
+            client.close()
+        except Exception:
+            log.debug("closing an embedded store client at exit failed", exc_info=True)
+
+
+def open_embedded(path: Path | str, **kwargs: Any) -> Client:
+    """A client of the embedded store at ``path``, closed at the latest when the process exits."""
+    global _closing_registered
+    client = clickhouse_connect.get_client(dsn=_normalise_dsn(f"chdb://{path}"), **kwargs)
+    with _embedded_lock:
+        _embedded.add(client)
+        if not _closing_registered:
+            atexit.register(_close_embedded)
+            _closing_registered = True
+    return client
+
+
 def connect(settings: Settings) -> Client:
     kwargs = settings.clickhouse_kwargs()
     path = chdb_path(kwargs["dsn"])
@@ -84,6 +119,9 @@ def connect(settings: Settings) -> Client:
         check_unlocked(path)
     kwargs["dsn"] = _normalise_dsn(kwargs["dsn"])
     try:
+        if path is not None:
+            del kwargs["dsn"]
+            return open_embedded(path, **kwargs)
         return clickhouse_connect.get_client(**kwargs)
     except Exception as exc:
         detail = str(exc)

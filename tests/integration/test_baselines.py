@@ -6,7 +6,6 @@ import time
 import uuid
 from pathlib import Path
 
-import clickhouse_connect
 import pytest
 
 from pipeline.assessment import AssessmentEncoder
@@ -19,7 +18,7 @@ from pipeline.scoring.engine import score
 from pipeline.scoring.policy import load_policy
 from pipeline.serde import SOE_HEADER, Serde
 from pipeline.settings import Settings
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
 from pipeline.sinks.ocf import ContainerBuilder
 from tests.support.helpers import FakeProducer
 
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_rollup_baseline_is_idempotent_under_redelivery(chdb_path: Path) -> None:
-    sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"b{uuid.uuid4().hex[:10]}")
+    sink = ClickHouseSink(open_embedded(chdb_path), f"b{uuid.uuid4().hex[:10]}")
     sink.migrate()
     schemas = SchemaSet.load()
     serde = Serde(schemas)

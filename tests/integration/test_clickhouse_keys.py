@@ -12,12 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pytest
 
 from bench import clickhouse_keys as keys
 from pipeline import audit
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +27,7 @@ ROWS = 1_000_000
 
 @pytest.fixture(scope="module")
 def store(chdb_path: Path) -> Iterator[tuple[ClickHouseSink, dict[str, Any]]]:
-    sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"k{uuid.uuid4().hex[:10]}",
+    sink = ClickHouseSink(open_embedded(chdb_path), f"k{uuid.uuid4().hex[:10]}",
                           ttl_days=100_000)
     sink.migrate()
     keys.fill(sink, ROWS)

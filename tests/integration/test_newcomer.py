@@ -206,7 +206,7 @@ def test_demo_never_replaces_a_store_holding_other_data(tmp_path: Path) -> None:
         [sys.executable, "-c", "import clickhouse_connect; "
          f"c = clickhouse_connect.get_client(dsn='{store}'); "
          "c.command(\"INSERT INTO agentgov.transitions (event_id, run_id, occurred_at) "
-         "VALUES (generateUUIDv4(), 'run-real', now64(3))\")"],
+         "VALUES (generateUUIDv4(), 'run-real', now64(3))\"); c.close()"],
         capture_output=True, text=True, timeout=60)
     assert insert.returncode == 0, insert.stderr
     res = _sh("agentgov demo --events 100 --scorers 1", env, tmp_path)

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pytest
 
 import pipeline.sinks.clickhouse as ch
@@ -34,7 +33,7 @@ from pipeline.scoring.engine import score
 from pipeline.scoring.policy import load_policy
 from pipeline.serde import SOE_HEADER, Serde
 from pipeline.settings import Settings
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
 from pipeline.sinks.ocf import ContainerBuilder
 from tests.support.helpers import FakeProducer
 
@@ -55,7 +54,7 @@ CONTAINER = ContainerBuilder(SCHEMAS.assessment.raw)
 
 @pytest.fixture
 def sink(chdb_path: Path) -> Iterator[ClickHouseSink]:
-    store = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"r{uuid.uuid4().hex[:10]}",
+    store = ClickHouseSink(open_embedded(chdb_path), f"r{uuid.uuid4().hex[:10]}",
                            ttl_days=RETENTION)
     yield store
     store.client.command(f"DROP DATABASE IF EXISTS {store.database}")

@@ -16,13 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pytest
 
 import pipeline.sinks.clickhouse as ch
 from pipeline.correlations import COLUMNS, TABLE
 from pipeline.review.store import QueueFilter, ReviewStore
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +47,7 @@ def store(sink: ClickHouseSink, *rows: dict[str, Any], token: str) -> None:
 
 
 def sink_for(chdb_path: Path) -> ClickHouseSink:
-    return ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"x{uuid.uuid4().hex[:10]}")
+    return ClickHouseSink(open_embedded(chdb_path), f"x{uuid.uuid4().hex[:10]}")
 
 
 def test_cross_run_findings_are_in_the_queue_once_with_every_step(chdb_path: Path) -> None:

@@ -11,14 +11,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import clickhouse_connect
 import pytest
 
 from pipeline.review.recert import Scope
 from pipeline.review.recert_store import RecertStore
 from pipeline.review.store import ReviewStore
 from pipeline.scoring.policy import load_policy
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import ClickHouseSink, open_embedded
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 COLUMNS = ["target_id", "system", "access", "occurred_at", "event_id", "action", "run_id", "agent_id",
@@ -27,7 +26,7 @@ COLUMNS = ["target_id", "system", "access", "occurred_at", "event_id", "action",
 
 @pytest.fixture
 def sink(chdb_path: Path) -> ClickHouseSink:
-    store = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"r{uuid.uuid4().hex[:12]}")
+    store = ClickHouseSink(open_embedded(chdb_path), f"r{uuid.uuid4().hex[:12]}")
     store.migrate()
     return store
 

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -29,7 +28,7 @@ from pipeline.scoring.policy import load_policy
 from pipeline.serde import SOE_HEADER, Serde
 from pipeline.settings import Settings
 from pipeline.sinks import clickhouse
-from pipeline.sinks.clickhouse import ClickHouseSink, is_data_error, migrations
+from pipeline.sinks.clickhouse import ClickHouseSink, is_data_error, migrations, open_embedded
 from pipeline.sinks.ocf import ContainerBuilder
 from pipeline.writer import Writer
 
@@ -126,7 +125,7 @@ class FakeProducer:
 
 @pytest.fixture
 def sink(chdb_path: Path) -> ClickHouseSink:
-    store = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"u{uuid.uuid4().hex[:12]}")
+    store = ClickHouseSink(open_embedded(chdb_path), f"u{uuid.uuid4().hex[:12]}")
     store.migrate()
     return store
 
@@ -469,7 +468,7 @@ def test_an_event_stored_before_digests_is_matched_by_its_source_alone(
     """A store migrated to 008 with events in it: those have no digest (''), so a copy from their source
     record is a redelivery, as before (what 008 cannot tell for them); a copy from another source record is
     still a duplicate. The writer's rows from then on carry their digest."""
-    sink = ClickHouseSink(clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}"), f"u{uuid.uuid4().hex[:12]}")
+    sink = ClickHouseSink(open_embedded(chdb_path), f"u{uuid.uuid4().hex[:12]}")
     everything = migrations()
     monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in everything if m[0] < 7])
     sink.migrate()
@@ -503,3 +502,32 @@ def test_a_rewrite_in_the_batch_of_its_original_is_a_duplicate(sink: ClickHouseS
     assert sink.query("SELECT target_id FROM {db}.transitions FINAL") == [{"target_id": "u-1"}]
     assert sink.query("SELECT target_id FROM {db}.duplicates") == [{"target_id": "u-2"}]
 
+
+EXIT_CHECK = """
+import atexit, sys
+from pipeline.sinks.clickhouse import open_embedded
+closed = []
+atexit.register(lambda: print("closed before chdb's exit hook" if closed else "left open", flush=True))
+client = open_embedded(sys.argv[1])
+client.command("CREATE DATABASE IF NOT EXISTS exit_check")
+close = client.close
+def recording_close():
+    import chdb  # noqa: F401 - already imported: the engine is still up when the client is closed
+    closed.append(client.command("SELECT 1"))
+    close()
+client.close = recording_close
+"""
+
+
+def test_an_embedded_store_left_open_is_closed_before_the_process_exits(tmp_path: Path) -> None:
+    """chdb can die with SIGSEGV when the interpreter exits with a connection open (chdb-core#177), which
+    turns a clean exit into a crash. Every embedded client is closed by an exit hook that runs before chdb's
+    own: the client answers a query as it is closed (the engine is still up), and the report hook, registered
+    before the client was opened, runs after that close."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EXIT_CHECK, str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "closed before chdb's exit hook"
