@@ -89,12 +89,17 @@ class CorrelationStore:
         self.rejected = 0
         self._dlq: Producer | None = None
         self.dead_letter = dead_letter or self._own_dead_letter
+        self.failing = False  # the last attempt failed (store or registry): the writer backs off
 
-    def __call__(self) -> None:
+    def __call__(self) -> bool:
+        """One scheduled run (:meth:`pipeline.writer.Writer.add_task`); False if the store or the registry
+        failed it, so the writer waits longer before the next."""
         self.poll_once()
+        return not self.failing
 
     def poll_once(self, max_messages: int = 1000) -> int:
         """Store one batch (or retry the one a failed insert left); returns findings stored now."""
+        self.failing = False
         if not self.pending:
             self.pending = [m for m in self.consumer.consume(max_messages, 0.05) if self._keep(m)]
         if not self.pending:
@@ -110,6 +115,7 @@ class CorrelationStore:
                 log.error("schema registry unreachable; cross-run findings will be retried",
                           extra={"kv": {"error": exc.message}})
                 self.metrics.registry_errors.labels(role="writer").inc()
+                self.failing = True
                 return 0
             except DeadLetter as exc:  # dead-lettered with its reason (below, confirmed before the commit)
                 log.error("undecodable cross-run finding dead-lettered", extra={"kv": {
@@ -135,6 +141,7 @@ class CorrelationStore:
         except SinkError as exc:  # the store's own failure: retried on the next tick with the same messages
             self.metrics.sink_errors.labels(table=TABLE, kind=exc.fields.get("kind", "unknown")).inc()
             log.error("cross-run findings insert failed; will retry", extra={"kv": {"error": exc.message[:300]}})
+            self.failing = True
             return 0
         stored = len(rows) - (len(rejected) - undecodable)
         self.metrics.sink_rows.labels(table=TABLE).inc(stored)

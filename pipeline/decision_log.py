@@ -76,12 +76,14 @@ class DecisionLog:
         self.membership.subscribe(list(self.tables))
         self.pending: list[Message] = []
         self.stored = 0
+        self.failing = False  # the last attempt failed (store or registry): the writer backs off
 
     def poll_once(self, timeout: float = 0.0) -> int:
         """Read what is there, store it, commit. Returns rows stored now (0 while the store fails).
 
         A failed attempt is retried with the same records (nothing more is read until they are stored), so
         the retry carries the same dedup tokens and what a first attempt stored is not stored twice."""
+        self.failing = False
         if not self.pending:
             self.pending = [m for m in self.consumer.consume(1000, timeout) if m.error() is None]
         if not self.pending:
@@ -102,6 +104,7 @@ class DecisionLog:
                           extra={"kv": {"error": exc.message}})
                 if self.metrics is not None:
                     self.metrics.registry_errors.labels(role="writer").inc()
+                self.failing = True
                 return 0
             except DeadLetter as exc:  # the review app writes here, but on Tansu anyone can: a dead letter
                 log.error("undecodable review record dead-lettered",
@@ -123,6 +126,7 @@ class DecisionLog:
             self.dead_letter(rejected)  # confirmed before the commit, or the attempt is retried
         except SinkError as exc:
             log.error("review records not stored; will retry", extra={"kv": {"error": exc.message}})
+            self.failing = True
             return 0
         offsets = [TopicPartition(t, p, b + 1) for (t, p), (_, b) in spans.items()]
         try:
@@ -155,8 +159,11 @@ class DecisionLog:
             log.error("review record not stored", extra={"kv": {"topic": msg.topic(), "offset": msg.offset(),
                                                                 "reason": exc.reason, "error": str(exc)[:300]}})
 
-    def __call__(self) -> None:
+    def __call__(self) -> bool:
+        """One scheduled run (:meth:`pipeline.writer.Writer.add_task`); False if the store or the registry
+        failed it, so the writer waits longer before the next."""
         self.poll_once()
+        return not self.failing
 
     def close(self) -> None:
         """Leave the group. An open consumer nobody polls any more keeps librdkafka's main thread busy."""

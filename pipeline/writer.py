@@ -121,6 +121,32 @@ def deliver_dead_letters(dlq: Producer, topic: str, limits: Limits, metrics: Met
                                     "error": exc.message[:300]}})
 
 
+class Tasks:
+    """Work the writer loop runs every so often with the store's client: each task every ``interval``
+    seconds, and, while it fails (returns False), with a wait that doubles from twice its interval up to
+    ``backoff_max`` (never less than the interval). A store that is down is then asked a few times a minute
+    rather than five times a second by each task, with one log line per attempt; the first success restores
+    the interval."""
+
+    def __init__(self, backoff_max: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backoff_max, self.clock = backoff_max, clock
+        self._tasks: list[list[Any]] = []  # [interval, next_due, fn, wait after a failure (0: not failing)]
+
+    def add(self, interval: float, fn: Callable[[], bool | None]) -> None:
+        self._tasks.append([interval, self.clock() + interval, fn, 0.0])
+
+    def run(self) -> None:
+        for task in self._tasks:
+            if self.clock() < task[1]:
+                continue
+            interval, _, fn, wait = task
+            if fn() is False:
+                task[3] = max(interval, min(max(wait * 2, interval * 2), self.backoff_max))
+            else:
+                task[3] = 0.0
+            task[1] = self.clock() + (task[3] or interval)
+
+
 class Writer:
     role = "writer"
 
@@ -141,7 +167,7 @@ class Writer:
         self._duplicates = 0
         self.stored = 0
         self.backoff_max = 10.0
-        self.tasks: list[list[Any]] = []  # [interval, next_due, fn]: work that needs the store's client
+        self.tasks = Tasks(self.backoff_max)  # work that needs the store's client
         self.add_task(2.0, lambda: record_lag(self.consumer, self.metrics, self.role))
         self.add_task(2.0, self._check_liveness)
         self.pending: list[Message] = []  # consumed, not yet stored
@@ -177,16 +203,10 @@ class Writer:
         self.consumer, self.membership, self.liveness = self._member()
         log.warning("writer rejoins its group as a fresh member", extra={"kv": {"role": self.role}})
 
-    def add_task(self, interval: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` every ``interval`` seconds from the writer loop (the thread that owns the client)."""
-        self.tasks.append([interval, time.monotonic() + interval, fn])
-
-    def _run_tasks(self) -> None:
-        now = time.monotonic()
-        for task in self.tasks:
-            if now >= task[1]:
-                task[2]()
-                task[1] = time.monotonic() + task[0]
+    def add_task(self, interval: float, fn: Callable[[], bool | None]) -> None:
+        """Run ``fn`` every ``interval`` seconds from the writer loop (the thread that owns the client); a
+        run that returns False failed, and the next waits longer (:class:`Tasks`)."""
+        self.tasks.add(interval, fn)
 
     # -- framing ------------------------------------------------------------------------------
     def _builder(self, value: bytes) -> tuple[int, ContainerBuilder, Any]:
@@ -235,8 +255,7 @@ class Writer:
                         on_stored(len(batch))
                 if full or due or not self.pending:
                     started = time.monotonic()
-                if self.tasks:
-                    self._run_tasks()  # each task is time-gated; lag must be fresh under load too
+                self.tasks.run()  # each task is time-gated; lag must be fresh under load too
             if self.pending:
                 batch, self.pending = self.pending, []
                 self._flush(batch, stop)  # SIGTERM: finish the batch in flight

@@ -4,6 +4,7 @@ committed, and how the store's refusals are told apart from its failures."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -416,9 +417,9 @@ def test_review_records_that_do_not_decode_or_that_the_store_refuses_are_dead_le
     msgs = [decision(0), Msg(b"\x00garbage", b"k", 0, 1, topic=settings.topic_decisions), decision(2, "poison"),
             decision(3)]
     log_.consumer = FakeConsumer(msgs=msgs)
-    assert log_.poll_once() == 0 and dead == []  # the store is down: nothing stored, nothing dead-lettered
+    assert log_() is False and dead == []  # the store is down: nothing stored, nothing dead-lettered; back off
     log_.consumer.msgs = [decision(4)]  # arrives meanwhile: not mixed into the retried batch
-    assert log_.poll_once() == 2
+    assert log_.poll_once() == 2 and not log_.failing
     assert dead == [(1, "unknown_schema"), (2, "store_rejected")]
     assert sink.count("decisions") == 2 and log_.pending == []
     assert log_.poll_once() == 1 and sink.count("decisions") == 3
@@ -531,3 +532,46 @@ def test_an_embedded_store_left_open_is_closed_before_the_process_exits(tmp_path
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "closed before chdb's exit hook"
+
+
+def test_writer_tasks_back_off_while_they_fail_and_resume_their_interval_on_success() -> None:
+    """A task that fails (returns False) waits twice its interval, then doubles up to the cap, never less than
+    its interval; its first success restores the interval. The others keep theirs."""
+    now = [0.0]
+    tasks = writer.Tasks(backoff_max=20.0, clock=lambda: now[0])
+    outcomes: list[bool] = []
+    runs: list[float] = []
+    slow: list[float] = []
+
+    def flaky() -> bool:
+        runs.append(now[0])
+        return outcomes.pop(0) if outcomes else True
+
+    tasks.add(1.0, flaky)
+    tasks.add(300.0, lambda: slow.append(now[0]) or False)  # fails: its backoff is never below its interval
+    outcomes.extend([False] * 8 + [True, True])
+    while now[0] < 700:
+        tasks.run()
+        now[0] += 0.5
+    waits = [b - a for a, b in itertools.pairwise(runs)]
+    assert waits[:9] == [2, 4, 8, 16, 20, 20, 20, 20, 1]
+    assert slow == [300.0, 600.0]
+
+
+def test_a_failing_store_makes_the_scheduled_stores_report_failure(
+        sink: ClickHouseSink, fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cross-run findings store and the decision log tell the writer's scheduler an attempt failed, so it
+    backs off; the attempt that succeeds tells it so too."""
+    store = correlation_store(sink, [finding(1, 1_700_000_000_000)])
+
+    insert, down = sink.insert_rows, [True]
+
+    def failing(*args: Any) -> None:
+        if down:
+            raise SinkError("store unreachable", kind="OperationalError")
+        insert(*args)
+
+    monkeypatch.setattr(sink, "insert_rows", failing)
+    assert store() is False and store.pending
+    down.clear()
+    assert store() is True and not store.pending and store.stored == 1
