@@ -147,7 +147,8 @@ def render_trail(steps: list[dict[str, Any]]) -> str:
 
 EXPORT_SQL = """
 SELECT a.event_id AS event_id, a.run_id AS run_id, a.agent_id AS agent_id, a.target_id AS target_id,
-       a.action AS action, a.occurred_at AS occurred_at, a.scored_at AS scored_at, a.risk_score AS risk_score,
+       a.action AS action, a.occurred_at AS occurred_at, a.scored_at AS scored_at,
+       nullIf(a.stored_at, toDateTime64(0, 3, 'UTC')) AS stored_at, a.risk_score AS risk_score,
        a.risk_level AS risk_level, a.scorer_version AS scorer_version,
        a.governance_policy_version AS governance_policy_version,
        a.governance_policy_hash AS governance_policy_hash
@@ -165,6 +166,8 @@ WHERE {where}
 ORDER BY occurred_at, finding_id
 """
 """Cross-run findings attach to the assessment of the event that completed the chain."""
+# ``stored_at`` is when the store received the assessment (migration 007), the agent's ``occurred_at`` set
+# beside it: a wide gap is a backdated event. Null for a row stored before 007, whose time was not recorded.
 
 EXPORT_FINDINGS_SQL = """
 SELECT event_id, code, severity, category, message, evidence_fields, refs, related_event_ids, exception_id,

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import pipeline.sinks.clickhouse as ch
+from pipeline import audit
 from pipeline.assessment import AssessmentEncoder
 from pipeline.correlations import COLUMNS, TABLE
 from pipeline.drafts import draft
@@ -126,6 +127,10 @@ def test_an_event_the_scorer_accepted_outlives_the_next_ttl_merge(sink: ClickHou
     assert set(sink.stored_sources([rec["event_id"]])) == {rec["event_id"]}  # the writer still sees it stored
     stored = sink.query("SELECT stored_at, occurred_at FROM {db}.transitions FINAL")[0]
     assert stored["stored_at"].timestamp() * 1000 >= now - 60_000  # the store's time, not the agent's
+    # The export shows both: an auditor sees the event was stamped a retention period before it was stored.
+    [doc] = audit.export(sink, since=datetime.fromtimestamp(0, UTC), until=datetime.now(UTC))
+    assert doc["stored_at"].timestamp() * 1000 >= now - 60_000
+    assert (doc["stored_at"] - doc["occurred_at"]).days >= RETENTION - 1
 
 
 def test_a_row_stored_longer_ago_than_retention_expires(sink: ClickHouseSink) -> None:
@@ -167,6 +172,10 @@ def test_an_upgraded_store_keeps_the_retention_of_rows_stored_before_it(
             f"FROM {{db}}.{table}")}
         assert start["run-before"] == (datetime(1970, 1, 1), True), table
         assert start["run-after"][0].timestamp() * 1000 >= now - 60_000 and not start["run-after"][1], table
+    exported = {d["run_id"]: d["stored_at"] for d in audit.export(
+        sink, since=datetime.fromtimestamp(0, UTC), until=datetime.now(UTC))}
+    assert exported["run-before"] is None  # not recorded, and not shown as 1970
+    assert exported["run-after"].timestamp() * 1000 >= now - 60_000
     stamps = sink.query("SELECT run_id, stored_at FROM {db}.transitions ORDER BY run_id")
     for statement in ch.render(sql, sink.database, RETENTION):
         sink.client.command(statement)
