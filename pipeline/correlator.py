@@ -331,7 +331,8 @@ class Correlator(TransactionalLoop):
         read: an edge granted before a grant can be read after it, when its run was scored later (a lagging
         scorer or partition, a backlog read unevenly), and the grant's fact did not wait for it. For each such
         edge (grantor -> delegate, at t), the grants after t by the delegate, or by an agent downstream of it
-        within ``max_delegation_depth``, that this correlator has judged are judged again by that rule alone.
+        within ``max_delegation_depth``, or by an agent acting on behalf of one of those (the rule's frontier
+        starts at a grant's principal too), that this correlator has judged are judged again by that rule alone.
         A chain already published is not published again (``KeyedState.first_time``). Edges are few (an
         agent giving another agent access), so this is a handful of lookups a batch, usually none."""
         read = self.graph.read
@@ -353,7 +354,10 @@ class Correlator(TransactionalLoop):
                 if i < known:
                     continue
                 late = False
+                actors = set(reached)
                 for agent in reached:
+                    actors.update(state.acting_for.get(agent, ()))
+                for agent in sorted(actors):
                     if partition_for(agent, self.settings.facts_partitions) != skey[1]:
                         continue  # another partition's agent: its owner judges it
                     judge = functools.partial(self._guarded, functools.partial(self._laundering, CrossRunContext(

@@ -176,6 +176,11 @@ class KeyedState:
     """Per key, each ``create_group`` fact's time and the group it made (target and resource id): group
     nesting (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact
     without one is judged without scanning the key's history."""
+    acting_for: dict[str, set[str]] = field(default_factory=dict)
+    """By agent: per principal, the keys (agents) with an applied fact made on its behalf. A delegation edge
+    into the principal read late can complete those agents' grants too (``Correlator._late_edges``)."""
+    principals: dict[str, set[str]] = field(default_factory=dict)
+    """By agent: per key, the principals it is listed under in ``acting_for`` (so an expired key leaves)."""
     stale_of: Callable[[TransitionDict], bool] | None = None
     """By agent: whether a fact ran under an unapproved policy version (the correlator's policy). With it,
     the applied facts are also indexed for the stale-share rule (:meth:`decision_window`)."""
@@ -395,6 +400,10 @@ class KeyedState:
         else:
             if granted_access(ev):
                 _insert(self.grants.setdefault(key, []), entry)
+            behalf = ev["agent"]["on_behalf_of"]
+            if behalf is not None and behalf != key:
+                self.acting_for.setdefault(behalf, set()).add(key)
+                self.principals.setdefault(key, set()).add(behalf)
             if self.stale_of is not None:
                 self._index_decision(key, entry)
         # Relative to the fact applied (the judging point: facts are applied in event-time order), not to the
@@ -443,6 +452,11 @@ class KeyedState:
             self._forget_before(key, hist, oldest)
             for index in (self.grants, self.stale, self.by_part):
                 index.pop(key, None)
+            for principal in self.principals.pop(key, ()):
+                agents = self.acting_for[principal]
+                agents.discard(key)
+                if not agents:
+                    del self.acting_for[principal]
             made = self.creates.get(key)
             if made is not None and not made:
                 del self.creates[key]

@@ -1642,3 +1642,30 @@ def test_the_by_target_entry_test_changes_no_finding_of_the_correlator(monkeypat
     gated = judged(True)
     assert gated == judged(False) and len(gated) >= 3, gated
     assert calls["skipped"] > len(facts) // 2, calls  # counted over both passes: most by-target facts
+
+
+def test_an_edge_read_late_into_the_principal_of_a_judged_grant_still_finds_the_laundering() -> None:
+    """Power reaches an agent also through its principal: an agent acting on behalf of ``agent-p`` that
+    grants privileged access to ``agent-a``, which had given ``agent-p`` a role, launders it (the rule's
+    frontier starts at the principal too). When that edge is read after the grant was judged, the grant is
+    judged again although its agent is not downstream of the edge: it acts for the edge's delegate."""
+    from pipeline.correlator import _Tally
+    from pipeline.keyed_state import KeyedState
+
+    c, graph, produced = _correlator_with_graph()
+    state = c._hold(c.settings.topic_facts_by_agent, partition_for("agent-x", c.settings.facts_partitions),
+                    KeyedState(by_target=False))
+    grant = _privileged_grant("agent-x", "agent-a", 30, **{"agent.on_behalf_of": "agent-p"})
+    assert c._judge(state, "agent-x", grant) == []  # judged before the edge was read
+    state.apply("agent-x", grant, 86_400_000)
+    [edge] = _edge_records(("agent-a", "agent-p"))
+    assert [f.spec.code for f in run_key([grant], "agent-x", by_target=False,
+                                         delegations=_graph([as_event(edge)]))] == ["AG-XRN-003"]
+    graph.add(edge)
+    tally = _Tally()
+    c._late_edges(T0 + 31 * MIN, tally)
+    assert [f.spec.code for f in tally.found] == ["AG-XRN-003"] and len(produced) == 1
+    assert tally.late_edges == 1 and "'agent-p'" in tally.found[0].message
+    assert state.acting_for == {"agent-p": {"agent-x"}}
+    state.released = (T0 + 3 * 86_400_000, 0, "", 0, 0)  # agent-x quiet for days: it leaves, and its index entry
+    assert state.expire(86_400_000, 86_400_000) == 1 and state.acting_for == {} and state.principals == {}
