@@ -85,19 +85,33 @@ _embedded_lock = threading.Lock()
 _closing_registered = False
 
 
+EXIT_CLOSE_SECONDS = 10.0
+"""How long the exit hook waits for the embedded clients to close."""
+
+
 def _close_embedded() -> None:
     """Close every embedded client still open. chdb can die with SIGSEGV when the interpreter exits with
     a connection still open: its engine is then torn down by a static destructor while its worker threads
     run (chdb-io/chdb-core#177). Registered at the first embedded connection, after chdb's own exit hook,
-    so it runs before that hook (exit hooks run last registered first)."""
+    so it runs before that hook (exit hooks run last registered first). A close waits for a query in flight
+    on its client; a thread left inside one would hold the exit, so the closes get ``EXIT_CLOSE_SECONDS``."""
     with _embedded_lock:
         clients = list(_embedded)
         _embedded.clear()
-    for client in clients:
-        try:
-            client.close()
-        except Exception:
-            log.debug("closing an embedded store client at exit failed", exc_info=True)
+
+    def close_all() -> None:
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # exiting anyway: one client's failure must not keep the others open
+                log.debug("closing an embedded store client at exit failed", exc_info=True)
+
+    closing = threading.Thread(target=close_all, name="close-embedded", daemon=True)
+    closing.start()
+    closing.join(EXIT_CLOSE_SECONDS)
+    if closing.is_alive():
+        log.warning("embedded store clients still busy at exit; exiting without closing them",
+                    extra={"kv": {"clients": len(clients), "waited_s": EXIT_CLOSE_SECONDS}})
 
 
 def open_embedded(path: Path | str, **kwargs: Any) -> Client:

@@ -534,6 +534,27 @@ def test_an_embedded_store_left_open_is_closed_before_the_process_exits(tmp_path
     assert done.stdout.strip() == "closed before chdb's exit hook"
 
 
+STUCK_AT_EXIT = """
+import sys, threading
+from pipeline.sinks import clickhouse
+clickhouse.EXIT_CLOSE_SECONDS = 1.0
+client = clickhouse.open_embedded(sys.argv[1])
+client.command("CREATE DATABASE IF NOT EXISTS exit_check")
+client.close = lambda: threading.Event().wait()  # as a close behind a query that never returns
+"""
+
+
+def test_a_client_that_cannot_close_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """A close waits for its client's query in flight; one that never ends must not keep the process from
+    exiting: the exit hook gives the closes EXIT_CLOSE_SECONDS, then says so and lets the exit go on."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", STUCK_AT_EXIT, str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=60)
+    assert "embedded store clients still busy at exit" in done.stderr, done.stderr[-2000:]
+
+
 def test_writer_tasks_back_off_while_they_fail_and_resume_their_interval_on_success() -> None:
     """A task that fails (returns False) waits twice its interval, then doubles up to the cap, never less than
     its interval; its first success restores the interval. The others keep theirs."""
