@@ -1,4 +1,4 @@
-"""Suite-wide collection rules: the Kafka tier (``@pytest.mark.kafka``) needs a JDK and Maven, and runs last.
+"""Suite-wide collection rules: the Kafka tier (``@pytest.mark.kafka``) needs a JDK and Maven.
 
 Without them the tier is deselected with one line in the summary saying why and how to enable it; under
 ``CI=true`` that is a usage error instead, so CI never passes without having run it.
@@ -33,11 +33,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kafka = [item for item in items if item.get_closest_marker("kafka") is not None]
     missing = java_missing() if kafka else None
     if not missing:
-        # The Kafka tier runs last, as one block. Its 3-node cluster is a session fixture: started by the
-        # first Kafka test, it stays up to the end of the session, and three idle KRaft JVMs burn about half
-        # a core between them. Run first or interleaved, they slowed every Tansu test after them. The
-        # sort is stable: each module's tests stay together and in order.
-        items.sort(key=lambda item: item.get_closest_marker("kafka") is not None)
         return
     if os.environ.get("CI", "").lower() == "true":
         raise pytest.UsageError(f"Kafka tier cannot run on CI: {missing}; {HOW_TO_ENABLE}")

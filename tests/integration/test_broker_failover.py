@@ -118,7 +118,10 @@ def test_broker_kill_and_txn_coordinator_kill_lose_nothing(
 ) -> None:
     cluster = bus.cluster
     assert cluster is not None
-    settings = settings_factory(writer_batch_seconds=0.5, baseline_refresh_seconds=86_400.0)
+    # A store of its own: the store is read by a subprocess (read_store), which the session's chdb path refuses
+    # once this process has opened it (unit tests do).
+    settings = settings_factory(writer_batch_seconds=0.5, baseline_refresh_seconds=86_400.0,
+                                clickhouse_dsn=f"chdb://{tmp_path / 'store'}")
     records = workload(settings, EVENTS)
     expected = {str(r["event_id"]) for r in records}
 
