@@ -24,7 +24,7 @@ def main() -> int:
     try:
         settings, metrics = start()
         baselines = BaselineCache(settings, metrics).start()
-        correlator = Correlator(settings, metrics, load_policy(settings.policy_file), baselines=baselines.get)
+        correlator = Correlator(settings, metrics, load_policy(settings.policy_file), baselines=baselines.for_identity)
     except AgentgovError as exc:
         return fatal("correlator", exc)  # exit 2
     # The delegation graph is read whole before the first fact is judged (a laundering chain needs it).

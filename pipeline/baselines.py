@@ -93,6 +93,20 @@ def compute(sink: ClickHouseSink, *, window_seconds: int, approved: list[str], n
     ]
 
 
+def merged(key: str, baselines: list[AgentBaseline]) -> AgentBaseline:
+    """One baseline for the spellings of one identity: counts and rates added (each event has one spelling),
+    the term sets joined, the stale-policy share weighted by events."""
+    events = sum(b.events for b in baselines)
+    return AgentBaseline(
+        agent_id=key, events=events, actions=frozenset().union(*(b.actions for b in baselines)),
+        systems=frozenset().union(*(b.systems for b in baselines)),
+        entitlements=frozenset().union(*(b.entitlements for b in baselines)),
+        inputs=frozenset().union(*(b.inputs for b in baselines)), max_tier=max(b.max_tier for b in baselines),
+        grants_per_hour=sum(b.grants_per_hour for b in baselines),
+        stale_policy_share=sum(b.stale_policy_share * b.events for b in baselines) / max(1, events),
+        as_of_ms=max(b.as_of_ms for b in baselines))
+
+
 def attach(writer: Writer, settings: Settings, sink: ClickHouseSink, policy: LoadedPolicy) -> BaselinePublisher:
     """Schedule baseline refreshes on the writer loop (the thread that owns the store's client)."""
     publisher = BaselinePublisher(
@@ -152,6 +166,8 @@ class BaselineCache:
         self.metrics = metrics
         self.topic = baselines_topic(settings)
         self.data: dict[str, AgentBaseline] = {}
+        self.spellings: dict[str, frozenset[str]] = {}
+        """Per identity key (:func:`~pipeline.events.identity_key`), the agent ids in ``data`` that fold to it."""
         # A baseline not refreshed for this long belongs to an agent that left the baseline window.
         self.max_age_ms = int(max(3 * settings.baseline_refresh_seconds, 600) * 1000)
         self.as_of_ms = 0
@@ -160,6 +176,21 @@ class BaselineCache:
 
     def get(self, agent_id: str) -> AgentBaseline | None:
         return self.data.get(agent_id)
+
+    def for_identity(self, key: str) -> AgentBaseline | None:
+        """The baseline of an identity key (what the correlator keys agents by): the baseline of its one agent
+        id, or all its spellings' merged (:func:`merged`), so an agent cannot start afresh under a new case."""
+        ids = self.spellings.get(key)
+        if ids is None:
+            return self.data.get(key)
+        found = [b for b in (self.data.get(i) for i in ids) if b is not None]
+        return found[0] if len(found) == 1 else merged(key, found) if found else None
+
+    def _spelt(self, agent_id: str) -> None:
+        key = agent_id.casefold()
+        ids = self.spellings.get(key, frozenset())
+        if agent_id not in ids:
+            self.spellings[key] = ids | {agent_id}
 
     def start(self) -> BaselineCache:
         self._thread = threading.Thread(target=self._follow, name="baselines", daemon=True)
@@ -183,6 +214,7 @@ class BaselineCache:
                         log.warning("bad baseline record", extra={"kv": {"error": str(exc)}})
                         continue
                     self.data[b.agent_id] = b
+                    self._spelt(b.agent_id)
                     self.as_of_ms = max(self.as_of_ms, b.as_of_ms)
                 if time.monotonic() >= next_evict:
                     self.evict()
@@ -205,6 +237,10 @@ class BaselineCache:
             data.pop(agent, None)
         if stale:
             self.data = data
+            spellings: dict[str, frozenset[str]] = {}
+            for agent in data:
+                spellings[agent.casefold()] = spellings.get(agent.casefold(), frozenset()) | {agent}
+            self.spellings = spellings
         return len(stale)
 
     def stop(self) -> None:

@@ -39,7 +39,7 @@ again are stored once.
 
 Example::
 
-    Correlator(settings, Metrics(), load_policy(settings.policy_file), baselines=cache.get).run(stop)
+    Correlator(settings, Metrics(), load_policy(settings.policy_file), baselines=cache.for_identity).run(stop)
 """
 
 from __future__ import annotations

@@ -206,6 +206,15 @@ def is_blank(value: str | None) -> bool:
     return value is None or not value.strip(INVISIBLE)
 
 
+def identity_key(value: str) -> str:
+    """The form in which an identity (an agent, a principal, a target) is matched across events: Unicode
+    case-folded. Directories and clouds treat their ids as case-insensitive (Entra ID and Okta log-ins, AWS
+    IAM and Google names), so ``Alice@corp`` and ``alice@corp`` are one entity: keyed apart, a climb split
+    over the spellings would never meet in one key. Events keep the id as sent; only keys and comparisons use
+    this. Ids carry no invisible character nor a space at either end (:func:`check_values`), so no trim."""
+    return value.casefold()
+
+
 def name_key(value: str) -> str:
     """The form in which names are compared where the target systems compare them case-insensitively
     (privileged names, separation-of-duties pairs, approvers against the identities of the event): leading

@@ -45,8 +45,9 @@ FIELDS: tuple[tuple[str, str], ...] = (
 
 SHAPE = """{
     "event_id": event_id, "occurred_at": occurred_at, "run_id": run_id, "step": step, "action": action,
-    "agent": {"agent_id": agent_id, "on_behalf_of": on_behalf_of},
-    "target": {"identity_id": target_id, "identity_type": target_type, "lifecycle_state": lifecycle_state},
+    "agent": {"agent_id": agent_id.casefold(), "on_behalf_of": on_behalf_of and on_behalf_of.casefold()},
+    "target": {"identity_id": target_id.casefold(), "identity_type": target_type,
+               "lifecycle_state": lifecycle_state},
     "resource": {"system": system, "resource_id": resource_id, "entitlement": entitlement,
                  "privilege_tier": privilege_tier},
     "decision": {"outcome": outcome, "authority": authority, "approved_by": approved_by},

@@ -87,11 +87,13 @@ def human_approved(ev: TransitionDict) -> bool:
 
 
 def is_self_grant(ev: TransitionDict) -> bool:
-    """A granted access change whose target is the acting agent or its on_behalf_of principal."""
+    """A granted access change whose target is the acting agent or its on_behalf_of principal, in any case
+    (compared as :func:`pipeline.events.identity_key`: ``Agent-7`` granting ``agent-7`` grants itself)."""
     if not granted_access(ev):
         return False
-    target, agent = ev["target"]["identity_id"], ev["agent"]
-    return target == agent["agent_id"] or (agent["on_behalf_of"] is not None and target == agent["on_behalf_of"])
+    target, agent = ev["target"]["identity_id"].casefold(), ev["agent"]
+    behalf = agent["on_behalf_of"]
+    return target == agent["agent_id"].casefold() or (behalf is not None and target == behalf.casefold())
 
 
 PRIVILEGED_WITHOUT_APPROVAL = spec(
@@ -148,7 +150,7 @@ def model_final_authority(ev: TransitionDict, ctx: ScoringContext) -> list[Findi
 
 SELF_GRANT = spec(
     "AG-AUTH-003", "Self-grant", S.critical, C.risk,
-    "The agent granted access to itself or to the principal it acts on behalf of.",
+    "The agent granted access to itself or to the principal it acts on behalf of (ids compared in any case).",
     ("agent.agent_id", "agent.on_behalf_of", "target.identity_id", "action"),
     (ASI03, NHI5, PR_AA_05),
 )
@@ -159,7 +161,8 @@ def self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if not is_self_grant(ev):
         return []
     target, agent = ev["target"]["identity_id"], ev["agent"]
-    who = f"the agent itself ({target!r})" if target == agent["agent_id"] else f"its principal {target!r}"
+    itself = target.casefold() == agent["agent_id"].casefold()
+    who = f"the agent itself ({target!r})" if itself else f"its principal {target!r}"
     return [SELF_GRANT.finding(
         f"agent {agent['agent_id']!r} granted {ev['action']} of {access_name(ev)!r} to {who}")]
 

@@ -70,9 +70,18 @@ class World:
         self.published += len(drafts)
         # Both: a redelivered copy (Tansu shows aborted transactions) counts in wait_stored, and a later
         # copy of an event_id (AG-XRN-006's cases) is not a new event for wait_events.
-        assert self.pipe.wait_stored(self.published, timeout=120), "assessments not stored"
-        assert self.pipe.wait_events(ids, timeout=120), "assessments not stored"
+        assert self.pipe.wait_stored(self.published, timeout=120), self.stuck(f"{self.published} records not stored")
+        assert self.pipe.wait_events(ids, timeout=120), self.stuck("assessments not stored")
         return ids
+
+    def stuck(self, what: str) -> str:
+        """What a stalled wait says: the writer's count and each child's recent log, so a failure on CI
+        (where the module's temporary directory is gone) says where the records stopped."""
+        writer = self.pipe.writer
+        parts = [f"{what}; the writer handled {writer.stored if writer else None}"]
+        for proc in (*self.pipe.procs, *self.pipe.correlator_procs):
+            parts.append(f"--- {proc!r}\n{proc.tail(25)}")
+        return "\n".join(parts)
 
     def findings(self) -> list[dict[str, Any]]:
         assert self.pipe.sink is not None
@@ -322,6 +331,49 @@ def test_a_climb_one_scorer_held_but_lost_from_its_context_is_found_by_the_corre
     assert scored == {held: 1}  # the scorer reported the held climb, and only it
     time.sleep(world.settings.correlation_grace_seconds + 2)  # past the grace: the held climb was judged
     assert of(world.findings(), "AG-XRN-001", held) == []
+
+
+def test_one_identity_spelt_in_several_cases_is_one_entity(world: World) -> None:
+    """Ids are matched as identity keys (case-folded): a climb over three runs on ``U-Case``, ``u-case`` and
+    ``U-CASE``, and a laundering chain whose privileged grant names the principal in capitals, are each one
+    entity's chain. Look-alike: the same climb over three different identities. The store keeps every id as
+    sent; the finding names the entity by its key."""
+    tiers = ({"resource.resource_id": "role/Step1", "resource.privilege_tier": 1},
+             {"resource.resource_id": "role/Step2", "resource.privilege_tier": 2},
+             {"resource.resource_id": "role/Step3", "resource.privilege_tier": 3})
+    spelt = [f"U-Case-{TAG}", f"u-case-{TAG}", f"U-CASE-{TAG.upper()}"]
+    apart = [f"u-apart-{TAG}-{i}" for i in range(3)]
+    for name, targets in (("case", spelt), ("apart", apart)):
+        r = runs_on_distinct_partitions(name, 3)
+        ids = world.publish(*[grant(r[i], targets[i], when=at(minutes=10 - 4 * i), **tiers[i]) for i in range(3)])
+        assert len(set(world.partitions(ids))) == 3
+    # laundering at depth 2: A (for H-Case) gives B role admin, B gives C role admin, C grants H-CASE tier 3
+    agents = [f"Agent-Case-{c}-{TAG}" for c in "abc"]
+    principal = f"h-case-{TAG}"
+    r = runs_on_distinct_partitions("case-deleg", 3)
+    world.publish(*[draft(run_id=r[i], step=1, occurred_at=at(minutes=10 - i), action="assign_role",
+                          **{"agent.agent_id": agents[i], "agent.on_behalf_of": principal if i == 0 else None,
+                             "target.identity_id": agents[i + 1].lower(), "target.identity_type": "agent",
+                             "resource.resource_id": "role/PrivilegedRoleAdministrator",
+                             "resource.privilege_tier": 2}) for i in range(2)])
+    time.sleep(2)  # the correlators follow the delegation topic
+    world.publish(draft(run_id=r[2], step=1, occurred_at=at(seconds=1), action="grant_entitlement",
+                        **{"agent.agent_id": agents[2].upper(), "agent.on_behalf_of": None,
+                           "target.identity_id": principal.upper(), "resource.system": "aws",
+                           "resource.resource_id": "role/Admin", "resource.entitlement": "aws-admin",
+                           "resource.privilege_tier": 3}))
+    key, delegate = spelt[0].casefold(), agents[2].casefold()
+    found = wait_findings(world, lambda f: bool(of(f, "AG-XRN-001", key)) and bool(of(f, "AG-XRN-003", delegate)))
+    climb = of(found, "AG-XRN-001", key)
+    assert len(climb) == 1 and len(climb[0]["related_run_ids"]) == 3, climb
+    laundering = of(found, "AG-XRN-003", delegate)
+    assert len(laundering) == 1 and "depth 2" in laundering[0]["message"], laundering
+    assert [f for f in found if f["entity_key"] in {a.casefold() for a in apart}] == []
+    assert world.pipe.sink is not None
+    stored = {r["target_id"] for r in world.pipe.sink.query(
+        "SELECT DISTINCT target_id FROM {db}.transitions WHERE has({ids:Array(String)}, event_id)",
+        {"ids": climb[0]["related_event_ids"]})}
+    assert stored == set(spelt)  # the evidence keeps each id as it was sent
 
 
 def test_grant_rate_burst_and_stale_policy_drift_over_six_partitions(world: World) -> None:

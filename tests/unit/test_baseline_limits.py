@@ -74,3 +74,27 @@ def test_scorer_context_is_capped_in_bytes() -> None:
     assert ctx.held_bytes <= cap // 3 + approx_bytes(last)  # one index's share, plus the event just added
     assert ctx.run_history(last) == (last,)  # the most recent survives
     assert len(ctx.runs.data) < 50
+
+
+def test_an_identity_spelt_in_several_cases_has_one_merged_baseline() -> None:
+    """The correlator keys agents by identity key; their baselines (keyed by the id as sent) are merged, so a
+    new spelling does not start an agent afresh, with no baseline to drift from."""
+    from pipeline.baselines import merged
+
+    cache = BaselineCache(Settings.load(kafka_bootstrap="127.0.0.1:1"))
+    a = AgentBaseline("Agent-7", 30, actions=frozenset({"assign_role"}), max_tier=1, grants_per_hour=1.0,
+                      stale_policy_share=0.0, as_of_ms=5)
+    b = AgentBaseline("agent-7", 10, systems=frozenset({"aws"}), max_tier=3, grants_per_hour=0.5,
+                      stale_policy_share=0.4, as_of_ms=7)
+    for x in (a, b):
+        cache.data[x.agent_id] = x
+        cache._spelt(x.agent_id)
+    got = cache.for_identity("agent-7")
+    assert got == merged("agent-7", [a, b]) or got == merged("agent-7", [b, a])
+    assert got is not None and (got.events, got.max_tier, got.grants_per_hour) == (40, 3, 1.5)
+    assert got.actions == {"assign_role"} and got.systems == {"aws"} and abs(got.stale_policy_share - 0.1) < 1e-9
+    cache.data = {"Solo-Agent": AgentBaseline("Solo-Agent", 3, as_of_ms=5)}
+    cache.spellings = {}
+    cache._spelt("Solo-Agent")
+    assert cache.for_identity("solo-agent") is cache.data["Solo-Agent"]
+    assert cache.for_identity("nobody") is None

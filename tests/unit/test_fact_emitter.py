@@ -24,6 +24,7 @@ from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
 from pipeline.workload import Workload, run_step
+from tests.unit.scoring_factory import event
 
 
 def test_each_fact_goes_once_encoded_to_its_keyed_topics_and_partitions() -> None:
@@ -46,7 +47,7 @@ def test_each_fact_goes_once_encoded_to_its_keyed_topics_and_partitions() -> Non
             assert calls == []
             continue
         fact = fact_from_event(ev, i % 6, i)
-        agent, target = fact["agent_id"], fact["target_id"]
+        agent, target = fact["agent_id"].casefold(), fact["target_id"].casefold()  # keyed by identity key
         want = [(settings.topic_facts_by_agent, agent.encode(), partition_for(agent, 12))]
         if is_access_change(ev):
             want.insert(0, (settings.topic_facts_by_target, target.encode(), partition_for(target, 12)))
@@ -143,3 +144,27 @@ def test_the_fast_writer_writes_fastavros_bytes_for_any_values_the_schema_allows
     emitter.fast = False
     ev["occurred_at"] = 5
     assert emitter.encode(ev, 1, 2) == serde.encode(fact_from_event(ev, 1, 2))  # type: ignore[arg-type]
+
+
+def test_every_spelling_of_an_identity_goes_to_one_key_and_partition() -> None:
+    """Facts are keyed and routed by identity key (case-folded), so the correlator owning an identity sees
+    every spelling of it; the fact itself keeps the ids as sent. An agent granting its own id in another case
+    grants itself: no delegation edge."""
+    settings = Settings.load(kafka_bootstrap="127.0.0.1:1", facts_partitions=12)
+    emitter = FactEmitter(settings, Serde(SchemaSet.load(), None, record=FACT))
+    routes: dict[str, set[tuple[str, bytes, int]]] = {}
+    for agent, target in (("Agent-7", "Alice@Corp.example"), ("agent-7", "alice@corp.example"),
+                          ("AGENT-7", "ALICE@CORP.EXAMPLE")):
+        ev = event(**{"action": "grant_entitlement", "agent.agent_id": agent, "target.identity_id": target})
+
+        def route(topic: str, value: bytes, *, key: bytes, partition: int, **_: Any) -> None:
+            routes.setdefault(topic, set()).add((topic, key, partition))
+        emitter.emit(route, ev, 0, 1)
+    assert all(len(r) == 1 for r in routes.values()), routes
+    assert routes[settings.topic_facts_by_target] == {
+        (settings.topic_facts_by_target, b"alice@corp.example", partition_for("alice@corp.example", 12))}
+    ev = event(**{"action": "assign_role", "agent.agent_id": "Agent-7", "target.identity_id": "agent-7",
+                  "target.identity_type": "agent"})
+    topics: list[str] = []
+    emitter.emit(lambda topic, value, **_: topics.append(topic), ev, 0, 1)
+    assert settings.topic_delegations not in topics and not is_delegation_change(fact_from_event(ev, 0, 1))

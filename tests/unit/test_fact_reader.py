@@ -25,7 +25,7 @@ def facts(n: int, seed: int, huge: bool = False) -> list[dict[str, object]]:
     """Facts with every optional field both set and null, long and non-ASCII strings, and values whose
     varints take one to nine bytes (``huge``: ten, which the fast path leaves to fastavro)."""
     rnd = random.Random(seed)
-    words = ["", "a", "é", "用户", "x" * 63, "y" * 64, "z" * 200, "🔐" * 40, "u-1234"]
+    words = ["", "a", "é", "用户", "x" * 63, "y" * 64, "z" * 200, "🔐" * 40, "u-1234", "Straße", "ÉCOLE-İ"]
     longs = [0, 1, 63, 64, 8191, 8192, 2**40, 2**62 - 1, *([2**63 - 1] if huge else [])]
     out = []
     for i in range(n):
@@ -181,3 +181,13 @@ def test_empty_oversized_and_unframed_messages_are_refused_as_serde_refuses() ->
         with pytest.raises(DecodeError) as info:
             reader.read(data)
         assert info.value.reason == reason
+
+
+def test_the_agent_its_principal_and_the_target_are_read_as_identity_keys() -> None:
+    s, reader = serde(), FactReader(serde())
+    f = fact_from_event(event(**{"agent.agent_id": "Agent-7", "agent.on_behalf_of": "Human-ALICE",
+                                 "target.identity_id": "Bob@Corp"}), 0, 1)
+    ev = reader.read(s.encode(f))
+    assert (ev["agent"]["agent_id"], ev["agent"]["on_behalf_of"], ev["target"]["identity_id"]) == (
+        "agent-7", "human-alice", "bob@corp")
+    assert ev == as_event(f)

@@ -66,6 +66,20 @@ def test_tier_stepping_over_three_runs_on_three_partitions() -> None:
     assert f.pattern == "tier_stepping" and "r1" in f.message and "r3" in f.message
 
 
+def test_an_identity_spelt_in_several_cases_is_one_key() -> None:
+    """Facts carry identity keys (as_event case-folds the agent, its principal and the target), so a climb
+    spelt ``U-Step``, ``u-step`` and ``U-STEP`` is one key's chain, and a laundering chain whose hops and
+    final grant spell the agents and the principal differently is still followed."""
+    climb = [tier(0, 1, 0, "r1", **{"target.identity_id": "U-Step"}), tier(1, 2, 5, "r2"),
+             tier(2, 3, 10, "r3", **{"target.identity_id": "U-STEP"})]
+    assert {f["target"]["identity_id"] for f in climb} == {"u-step"}
+    assert [f.spec.code for f in run_key(climb, "u-step")] == ["AG-XRN-001"]
+    edges = _edges(("Agent-A", "agent-b"), ("AGENT-B", "Agent-C"), principal_of_first="Human-Alice")
+    grant = _privileged_grant("agent-C", "HUMAN-ALICE", 30)
+    found = run_key([grant], "agent-c", by_target=False, delegations=_graph(edges))
+    assert [f.spec.code for f in found] == ["AG-XRN-003"] and "depth 2" in found[0].message
+
+
 @pytest.mark.parametrize("case", ["same_partition", "human_final_step", "two_steps_only"])
 def test_tier_stepping_benign_look_alikes(case: str) -> None:
     parts = {"same_partition": (4, 4, 4)}.get(case, (0, 1, 2))
