@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # the product is tested on the current client library.
 PEER ?= .venv-peer
 PEER_STAMP := $(PEER)/.installed
+# make test runs the suite in this many worker processes (pytest-xdist): each module, and the Kafka tier as a
+# whole, is one unit of work on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: demo run test test-unit lint typecheck check bench bench-smoke clean kafka-jars peer-venv
 
@@ -45,7 +48,7 @@ test: $(STAMP) $(PEER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	bash ci/checks.sh
-	$(BIN)/pytest -q -ra --durations=40
+	$(BIN)/pytest -q -ra --durations=40 -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -29,8 +29,10 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("chdb")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     kafka = [item for item in items if item.get_closest_marker("kafka") is not None]
+    _group_for_workers(items)
     missing = java_missing() if kafka else None
     if not missing:
         return
@@ -39,6 +41,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.hook.pytest_deselected(items=kafka)
     items[:] = [item for item in items if item.get_closest_marker("kafka") is None]
     _skipped.append(f"kafka tier skipped ({len(kafka)} tests): {missing}; to enable, {HOW_TO_ENABLE}")
+
+
+def _group_for_workers(items: list[pytest.Item]) -> None:
+    """Units of work for ``pytest -n N --dist loadgroup`` (make test): a module's tests stay on one worker,
+    so its module fixtures start once; the Kafka tier is one unit, so one worker runs the 3-node cluster
+    (a session fixture) and its tests one after another. Without xdist the marks do nothing."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::")[0].removeprefix("tests/").removesuffix(".py")
+            unit = "kafka" if item.get_closest_marker("kafka") is not None else module
+            item.add_marker(pytest.mark.xdist_group(unit))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -91,7 +91,8 @@ def test_confluent_framing_with_any_id(datum: bytes, schema_id: int) -> None:
     (b"\x00\x00\x00", "truncated"),
     (b"\x00\x00\x00\x00\x07" + VALID[SOE_HEADER:], "unknown_schema"),  # registry id, no registry
     (VALID + b"x" * (64 * 1024), "oversized"),
-])
+], ids=["empty", "not-avro", "other-magic-version", "header-only", "unknown-fingerprint", "cut-short",
+        "trailing-byte", "registry-header-only", "registry-id-no-registry", "oversized"])
 def test_named_bad_inputs(data: bytes, reason: str) -> None:
     assert answer(data) == reason
 
