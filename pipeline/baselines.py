@@ -27,9 +27,9 @@ from .metrics import Metrics
 from .scoring.context import AgentBaseline
 from .scoring.policy import LoadedPolicy
 from .settings import Settings
-from .sinks.clickhouse import ClickHouseSink
 
 if TYPE_CHECKING:
+    from .sinks.clickhouse import ClickHouseSink  # the publisher's, in the store owner: scorers and correlators never load the driver
     from .writer import Writer
 
 log = logging.getLogger(__name__)
