@@ -36,12 +36,13 @@ ACCOUNT_ACTIONS = ["create_account", *LEAVE_ACTIONS]
 # a no-op revoke alike and leave held access out of every campaign. A grant winning the tie puts the access
 # before a reviewer, who sees both changes in its trail; over-including is the safe side of a review.
 HOLDINGS_SQL = """
-SELECT h.target_id AS target_id, h.system AS system, h.access AS access, h.g_event AS event_id,
+SELECT h.g_target AS target_id, h.system AS system, h.access AS access, h.g_event AS event_id,
        h.g_run AS run_id, h.g_agent AS agent_id, h.tier AS tier, h.g_approved AS approved_by,
        h.g_authority AS authority, h.g_action AS action, h.granted_at AS granted_at, l.accounts AS accounts
 FROM (
     WITH (occurred_at, action IN {held:Array(String)}, event_id) AS latest
-    SELECT target_id, system, access,
+    SELECT lowerUTF8(target_id) AS identity, system, access,
+           argMax(target_id, latest) AS g_target,
            argMax(action, latest) AS g_action, argMax(event_id, latest) AS g_event,
            argMax(run_id, latest) AS g_run, argMax(agent_id, latest) AS g_agent,
            argMax(privilege_tier, latest) AS tier,
@@ -49,18 +50,24 @@ FROM (
            argMax(authority, latest) AS g_authority, max(occurred_at) AS granted_at
     FROM {db}.access_changes
     {prefilter}
-    GROUP BY target_id, system, access
+    GROUP BY identity, system, access
     HAVING g_action IN {held:Array(String)} {having}
 ) AS h
 LEFT JOIN (
-    SELECT target_id, groupArray((system, at, last)) AS accounts FROM (
-        SELECT target_id, system, max(occurred_at) AS at, argMax(action, (occurred_at, action)) AS last
-        FROM {db}.access_changes WHERE action IN {account:Array(String)} GROUP BY target_id, system)
-    GROUP BY target_id
-) AS l ON l.target_id = h.target_id
+    SELECT identity, groupArray((system, at, last)) AS accounts FROM (
+        SELECT lowerUTF8(target_id) AS identity, system, max(occurred_at) AS at,
+               argMax(action, (occurred_at, action)) AS last
+        FROM {db}.access_changes WHERE action IN {account:Array(String)} GROUP BY identity, system)
+    GROUP BY identity
+) AS l ON l.identity = h.identity
 WHERE {where}
-ORDER BY h.tier DESC, h.granted_at, h.target_id, h.system, h.access
+ORDER BY h.tier DESC, h.granted_at, h.identity, h.system, h.access
 """
+"""An identity is matched in any case (docs/guarantees.md), as the correlator matches it: a grant to
+``U-Case`` and its revoke by ``u-case`` leave nothing held, and ``u-case``'s account disabled on the identity
+provider is the same person leaving. ClickHouse's ``lowerUTF8`` folds here, Python's ``casefold`` in the
+correlator; they differ only for a few letters (``ß``, for one), never for ASCII. The holding shows the spelling
+of its latest change."""
 
 # The grant events' evidence, while the transitions are retained (one bounded read by event id).
 EVIDENCE_SQL = """
@@ -127,8 +134,8 @@ class RecertStore:
             pre.append("privilege_tier >= {tier:UInt8}")
             params["tier"] = scope.min_tier
         if scope.agent:
-            having.append("g_agent = {agent:String}")
-            pre.append("agent_id = {agent:String}")
+            having.append("lowerUTF8(g_agent) = lowerUTF8({agent:String})")
+            pre.append("lowerUTF8(agent_id) = lowerUTF8({agent:String})")
             params["agent"] = scope.agent
         if scope.within_days is not None:
             having.append("max(occurred_at) >= {since:DateTime64(3)}")
@@ -139,13 +146,13 @@ class RecertStore:
             where.append("h.g_event IN (SELECT event_id FROM {db}.transitions WHERE workflow_id = {wf:String})")
             params["wf"] = scope.workflow
         if scope.never_certified:
-            where.append("(h.target_id, h.system, h.access) NOT IN (SELECT payload['target_id'], payload['system'], "
-                         "payload['access'] FROM {db}.decisions WHERE subject_kind = 'campaign_item' "
-                         "AND to_state = 'certified')")
+            where.append("(h.identity, h.system, h.access) NOT IN (SELECT lowerUTF8(payload['target_id']), "
+                         "payload['system'], payload['access'] FROM {db}.decisions "
+                         "WHERE subject_kind = 'campaign_item' AND to_state = 'certified')")
         # Aggregate only the accesses a change in scope touched (the HAVING still judges the latest change):
         # a tier >= 2 campaign over a million holdings groups its few percent, not all of them.
-        prefilter = ("WHERE (target_id, system, access) IN (SELECT target_id, system, access FROM "
-                     "{db}.access_changes WHERE " + " AND ".join(pre) + ")") if pre else ""
+        prefilter = ("WHERE (lowerUTF8(target_id), system, access) IN (SELECT lowerUTF8(target_id), system, access "
+                     "FROM {db}.access_changes WHERE " + " AND ".join(pre) + ")") if pre else ""
         sql = (HOLDINGS_SQL.replace("{prefilter}", prefilter).replace("{having}", "".join(f" AND {h}" for h in having))
                .replace("{where}", " AND ".join(where)) + " LIMIT {limit:UInt32}")
         rows = self.query(sql, params)

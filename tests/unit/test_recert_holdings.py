@@ -54,3 +54,23 @@ def test_an_identity_has_left_when_its_own_systems_or_an_identity_providers_acco
     [held] = [h for h in store.holdings(Scope(min_tier=2), now_ms) if h["access"] == "aws-admin"]
     assert held["identity_left"] is bool(left)
     assert held["left_how"].startswith(left) if left else held["left_how"] == ""
+
+
+def test_an_identity_spelt_in_several_cases_is_one_holder(sink: ClickHouseSink) -> None:
+    """As the correlator matches identities (docs/guarantees.md): a grant to ``U-Case`` revoked by ``u-case`` is
+    not held; ``U-CASE`` disabled on the identity provider is ``u-case`` leaving; an agent is scoped in any case."""
+    rows = [change("U-Case", "aws", "aws-admin", "grant_entitlement", 0),
+            change("u-case", "aws", "aws-admin", "revoke_entitlement", 1),
+            change("u-case", "aws", "aws-billing", "grant_entitlement", 2),
+            change("U-CASE", "entra-id", "user-account", "disable_account", 5, tier=0),
+            change("u-other", "aws", "aws-admin", "grant_entitlement", 0)]
+    sink.insert_rows("access_changes", rows, COLUMNS, token=uuid.uuid4().hex)
+    store = RecertStore(ReviewStore(sink), load_policy(None).governance.identity_provider)
+    now_ms = int((T0 + timedelta(days=30)).timestamp() * 1000)
+    held = {(h["target_id"], h["access"]): h for h in store.holdings(Scope(min_tier=2), now_ms)}
+    assert sorted(held) == [("u-case", "aws-billing"), ("u-other", "aws-admin")]
+    assert held["u-case", "aws-billing"]["identity_left"] is True
+    assert held["u-case", "aws-billing"]["left_how"].startswith("disable_account on entra-id")
+    assert held["u-other", "aws-admin"]["identity_left"] is False
+    scoped = store.holdings(Scope(min_tier=2, agent="AGENT-JML-01"), now_ms)
+    assert sorted((h["target_id"], h["access"]) for h in scoped) == sorted(held)
