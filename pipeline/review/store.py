@@ -79,8 +79,9 @@ class QueueFilter:
         if self.code:
             where.append("f.code IN {codes:Array(String)}")
             params["codes"] = self.code
-        if self.agent:
-            where.append("f.agent_id = {agent:String}")
+        if self.agent:  # in any case, as the correlator matches identities; the IN keeps the sort key's index
+            where.append("f.agent_id IN (SELECT DISTINCT agent_id FROM {db}.findings "
+                         "WHERE lowerUTF8(agent_id) = lowerUTF8({agent:String}))")
             params["agent"] = self.agent
         if self.workflow:
             where.append("f.event_id IN (SELECT event_id FROM {db}.transitions WHERE workflow_id = {wf:String})")
@@ -128,7 +129,8 @@ class ReviewStore:
     def queue(self, flt: QueueFilter, now_ms: int, *, limit: int = 50, offset: int = 0
               ) -> tuple[list[dict[str, Any]], int]:
         where, params = flt.where(now_ms)
-        latest = LATEST_SQL.replace("{latest_where}", "AND payload['agent_id'] = {agent:String}" if flt.agent else "")
+        latest = LATEST_SQL.replace("{latest_where}", "AND lowerUTF8(payload['agent_id']) = lowerUTF8({agent:String})"
+                                    if flt.agent else "")
         sql = QUEUE_SQL.replace("LATEST", latest).replace("{where}", where)
         rows = self.query(sql, {**params, "limit": limit, "offset": offset})
         if rows:  # one scan: the window count is taken before LIMIT

@@ -66,6 +66,20 @@ def test_cross_run_findings_are_in_the_queue_once_with_every_step(chdb_path: Pat
     sink.client.command(f"DROP DATABASE {sink.database}")
 
 
+def test_the_queue_filtered_by_agent_takes_every_spelling_of_it(chdb_path: Path) -> None:
+    """An agent is one identity in any case (docs/guarantees.md): filtering the queue by ``Agent-X`` lists the
+    findings of ``agent-x`` and ``AGENT-X`` too, and no other agent's."""
+    sink = sink_for(chdb_path)
+    sink.migrate()
+    base = f"agent-{uuid.uuid4().hex[:6]}"
+    store(sink, finding(base, "f-lower", "e-1"), finding(base.upper(), "f-upper", "e-2"),
+          finding(f"{base}-other", "f-other", "e-3"), token="batch-1")
+    review = ReviewStore(sink)
+    rows, total = review.queue(QueueFilter(agent=base.title()), int(time.time() * 1000))
+    assert total == 2 and sorted(r["event_id"] for r in rows) == ["e-1", "e-2"]
+    sink.client.command(f"DROP DATABASE {sink.database}")
+
+
 def test_a_store_migrated_to_006_back_fills_its_cross_run_findings(
         chdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sink = sink_for(chdb_path)
