@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from confluent_kafka import Message
 
 from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.workload import BAD_INPUTS, PLANTED, Workload
-from tests.support.helpers import consume
+from tests.support.helpers import consume, follow_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,14 +86,12 @@ def test_drift_against_store_baselines(
     pub.flush()
     assert pipe.wait_stored(40, timeout=90)
 
-    deadline = time.monotonic() + 60
-    baseline: dict | None = None
-    while time.monotonic() < deadline and not baseline:
-        for msg in consume(settings, settings.topic_baselines, 1, timeout=5):
-            doc = json.loads(msg.value())
-            if doc["agent_id"] == "agent-jml-01" and doc["events"] >= 40:
-                baseline = doc
-    assert baseline is not None, "no baseline published from the store"
+    def complete(msg: Message) -> bool:
+        doc = json.loads(msg.value())
+        return bool(doc["agent_id"] == "agent-jml-01" and doc["events"] >= 40)
+    found = follow_until(settings, settings.topic_baselines, complete)
+    assert found is not None, "no baseline published from the store"
+    baseline = json.loads(found.value())
     assert baseline["actions"] == ["add_group_member"] and baseline["systems"] == ["entra-id"]
     time.sleep(3)  # the scorer follows the compacted topic
 

@@ -62,6 +62,24 @@ def consume(settings: Settings, topic: str, count: int, timeout: float = 60.0, s
     return out
 
 
+def follow_until(settings: Settings, topic: str, found: Callable[[Message], bool], timeout: float = 90.0
+                 ) -> Message | None:
+    """The first message of ``topic`` (from its start, then as it grows) that ``found`` accepts, or None after
+    ``timeout``. One reader throughout: a topic that grows faster than a reader's first fetch (a baseline
+    refresh a second, over a module's tests) is never read to its end by a fresh reader per try."""
+    reader = Consumer(settings.consumer_config(f"follow-{uuid.uuid4().hex[:8]}"))
+    reader.subscribe([topic])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for msg in reader.consume(1000, 0.5):
+                if not msg.error() and found(msg):
+                    return msg
+    finally:
+        reader.close()
+    return None
+
+
 def read_until_idle(settings: Settings, topic: str, idle: float = 5.0, *, batch: int = 1000,
                     assign_partitions: bool = False, **config: Any) -> Iterator[Message]:
     """Every message a reader (``read_committed`` unless ``config`` says otherwise) sees on ``topic`` from
