@@ -80,6 +80,15 @@ def test_an_identity_spelt_in_several_cases_is_one_key() -> None:
     assert [f.spec.code for f in found] == ["AG-XRN-003"] and "depth 2" in found[0].message
 
 
+def test_a_climb_in_one_run_spelt_in_several_cases_is_the_correlators_when_its_scorer_missed_it() -> None:
+    """A scorer's per-run rules compare ids as sent, so a climb inside one run spelt ``U-Step``, ``u-step`` and
+    ``U-STEP`` draws no AG-ESC-002 from it (``scorer_codes`` stay empty). The correlator keys the three as one
+    identity and leaves a chain to the scorer only when the scorer reported it: it reports this one."""
+    climb = [tier(4, 1, 0, "r1", **{"target.identity_id": "U-Step"}), tier(4, 2, 5, "r1"),
+             tier(4, 3, 10, "r1", **{"target.identity_id": "U-STEP"})]
+    assert [f.spec.code for f in run_key(climb, "u-step")] == ["AG-XRN-001"]
+
+
 @pytest.mark.parametrize("case", ["same_partition", "human_final_step", "two_steps_only"])
 def test_tier_stepping_benign_look_alikes(case: str) -> None:
     parts = {"same_partition": (4, 4, 4)}.get(case, (0, 1, 2))
