@@ -28,8 +28,8 @@ from .scoring.context import AgentBaseline
 from .scoring.policy import LoadedPolicy
 from .settings import Settings
 
-if TYPE_CHECKING:
-    from .sinks.clickhouse import ClickHouseSink  # the publisher's, in the store owner: scorers and correlators never load the driver
+if TYPE_CHECKING:  # the publisher's, run by the store owner: scorers and correlators never load the driver
+    from .sinks.clickhouse import ClickHouseSink
     from .writer import Writer
 
 log = logging.getLogger(__name__)
