@@ -8,7 +8,6 @@ serves the whole module (start-up dominates the cost); each case uses identities
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from pipeline.audit import export, render_trail, trail
@@ -32,7 +30,7 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import wait_for
 from pipeline.topics import ensure_topics
-from tests.support.helpers import follow_until, scrape, wait_until
+from tests.support.helpers import scrape, wait_baseline, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -382,12 +380,7 @@ def test_grant_rate_burst_and_stale_policy_drift_over_six_partitions(world: Worl
     # six days of steady baseline: 40 grants
     world.publish(*[draft(run_id=f"base-{TAG}-{i}", occurred_at=at(hours=144 - i * 3.5),
                           **{"agent.agent_id": agent, "target.identity_id": f"u-base-{TAG}-{i}"}) for i in range(40)])
-
-    def complete(msg: Message) -> bool:
-        doc = json.loads(msg.value())
-        return bool(doc["agent_id"] == agent and doc["events"] >= 40)
-    baseline = follow_until(world.settings, world.settings.topic_baselines, complete)
-    assert baseline is not None, world.stuck("no baseline of the burst's agent")
+    assert wait_baseline(world.settings, agent, 40) is not None, world.stuck("no baseline of the burst's agent")
     time.sleep(3)  # the correlators follow the compacted baselines topic
     # 40 grants in 30 minutes, each in its own run, arriving as they happen (in event-time order); every
     # third under an unapproved policy version (35%: over the 20% share, yet no partition has 10 decisions)

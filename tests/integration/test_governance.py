@@ -4,21 +4,19 @@ is judged against baselines aggregated from the store."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import Message
 
 from pipeline.drafts import draft
 from pipeline.publisher import TransitionPublisher
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
 from pipeline.workload import BAD_INPUTS, PLANTED, Workload
-from tests.support.helpers import consume, follow_until
+from tests.support.helpers import consume, wait_baseline
 
 pytestmark = pytest.mark.integration
 
@@ -86,12 +84,8 @@ def test_drift_against_store_baselines(
     pub.flush()
     assert pipe.wait_stored(40, timeout=90)
 
-    def complete(msg: Message) -> bool:
-        doc = json.loads(msg.value())
-        return bool(doc["agent_id"] == "agent-jml-01" and doc["events"] >= 40)
-    found = follow_until(settings, settings.topic_baselines, complete)
-    assert found is not None, "no baseline published from the store"
-    baseline = json.loads(found.value())
+    baseline = wait_baseline(settings, "agent-jml-01", 40)
+    assert baseline is not None, "no baseline published from the store"
     assert baseline["actions"] == ["add_group_member"] and baseline["systems"] == ["entra-id"]
     time.sleep(3)  # the scorer follows the compacted topic
 

@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -78,6 +79,16 @@ def follow_until(settings: Settings, topic: str, found: Callable[[Message], bool
     finally:
         reader.close()
     return None
+
+
+def wait_baseline(settings: Settings, agent_id: str, events: int, timeout: float = 90.0) -> dict[str, Any] | None:
+    """The first baseline of ``agent_id`` on the baselines topic counting at least ``events`` events (the
+    store owner's publisher refreshes them), or None after ``timeout``."""
+    def complete(msg: Message) -> bool:
+        doc = json.loads(msg.value())
+        return bool(doc["agent_id"] == agent_id and doc["events"] >= events)
+    found = follow_until(settings, settings.topic_baselines, complete, timeout)
+    return None if found is None else dict(json.loads(found.value()))
 
 
 def read_until_idle(settings: Settings, topic: str, idle: float = 5.0, *, batch: int = 1000,
