@@ -131,8 +131,6 @@ def publish(file: Path) -> None:
     """Publish events from a JSON-lines FILE (the schema's JSON form); reports accepted/rejected by line.
 
     Exits 1 if any line was rejected, 9 if any event was not delivered."""
-    from confluent_kafka import KafkaException
-
     from .broker import probe
     from .errors import PublishError
     from .inert import inert  # every line below may quote the file's content: a key, a value, an event id
@@ -161,11 +159,16 @@ def publish(file: Path) -> None:
             except EventInvalid as exc:
                 rejected += 1
                 click.echo(inert(f"{file}:{lineno}: {exc}"), err=True)
-            except KafkaException as exc:  # refused before sending (e.g. unknown topic): not delivered
-                undelivered += 1
+            except PublishError as exc:
+                # The producer refused this record (e.g. a topic it knows is missing), or failed and was replaced
+                # (every event in flight is named): counted and named; the next line goes to the new producer.
+                # A registry that stayed away is not per line: it ends the run, nothing more is sent.
+                if exc.reason == "registry":
+                    raise
+                ids = exc.fields.get("event_ids") or []
+                undelivered += len(ids) or 1
                 if undelivered <= 20:
-                    reason = exc.args[0].str() if exc.args else exc
-                    click.echo(inert(f"{file}:{lineno}: not delivered: {reason}"), err=True)
+                    click.echo(inert(f"{file}:{lineno}: not delivered: {exc}"), err=True)
         try:
             pub.flush()
         except PublishError as exc:  # every undelivered event is named, by line

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import KafkaError, KafkaException
 
 from pipeline.broker import free_port
@@ -215,3 +217,38 @@ def test_a_record_the_producer_refuses_fails_that_event_alone(monkeypatch: pytes
         pub.publish(draft())
     assert len(info.value.fields["event_ids"]) == 1 and pub.producer is refusing  # not replaced
     pub.flush(1)  # nothing left in flight
+
+
+class _UnknownTopic(FakeProducer):
+    """Knows the topic is missing once its metadata is in: refuses the first ``after`` records at delivery (the
+    metadata was not in yet) and every later one at ``produce``, as librdkafka does."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(fail=True)
+        self.after = after
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        if len(self.sent) >= self.after:
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC, "Local: Unknown topic"))
+        super().produce(topic, value, key, on_delivery)
+
+
+@pytest.mark.parametrize("after", [0, 1, 3])
+def test_publish_counts_and_names_every_undelivered_line_however_the_producer_refuses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Whether the producer refuses a record at ``produce`` or in its delivery report (a race on when the
+    topic's metadata arrives), `agentgov publish` goes on, names the line and sums them up; it exits 9."""
+    import pipeline.broker
+    from pipeline.cli import Exit, main
+
+    producer = _UnknownTopic(after)
+    monkeypatch.setattr(pipeline.broker, "probe", lambda *a, **k: None)
+    monkeypatch.setattr(TransitionPublisher, "_new_producer", lambda self: producer)
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(draft(run_id=f"run-{i}"), default=str) + "\n" for i in range(3)))
+    result = CliRunner().invoke(main, ["publish", str(path)], env={"AGENTGOV_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert result.exit_code == Exit.UNDELIVERED, result.output
+    assert f"accepted {min(after, 3)}, rejected 0, undelivered 3" in result.output, result.output
+    named = {line.split(":")[1] for line in result.output.splitlines()
+             if line.startswith(f"{path}:") and ": not delivered" in line}
+    assert named == {"1", "2", "3"}, result.output  # each line by its number
