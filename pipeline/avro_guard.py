@@ -15,9 +15,12 @@ over the bytes that builds nothing (``Serde`` runs it on every datum before fast
   store's Avro reader refuses it ("Invalid Avro varint"), so the scorer and the correlators would act on an
   event the store never holds. DecodeError ``malformed``. (A padded varint within 10 bytes is read alike by
   all of them, and accepted.)
+- **An enum or union index the writer schema does not have.** fastavro indexes its symbol or branch list
+  with it, so a negative one reads from the end (-1 as the last action, a union's last branch); the store
+  refuses it ("enum index out of range", a negative length). DecodeError ``malformed`` naming the field.
 
-Everything else it cannot walk (a datum cut short, a negative length, a union branch that does not exist)
-it leaves to fastavro, whose reason stands (``truncated``, ...). The walker is Python source made from the
+Everything else it cannot walk (a datum cut short, a negative length) it leaves to fastavro, whose reason
+stands (``truncated``, ...). The walker is Python source made from the
 writer schema once (straight-line per field, as ``fact_reader.py`` does), about 3 µs for a typical event.
 
 Example::
@@ -66,6 +69,12 @@ def varint(data: bytes, pos: int) -> tuple[int, int]:
         n |= (b & 0x7F) << shift
         shift += 7
     return (n >> 1) ^ -(n & 1), pos
+
+
+def _out_of_range(what: str, index: int, path: str) -> DecodeError:
+    return DecodeError(f"{path or 'the datum'} has {what} index {index}, which the schema does not have (fastavro "
+                       f"would read a negative one from the end; the store refuses it)", reason="malformed",
+                       field=path)
 
 
 def _too_many(path: str, count: int, cap: int) -> DecodeError:
@@ -136,7 +145,11 @@ class _Source:
             return self.record(t, ind, path, namespace)
         if kind == "enum":
             self.name(t, namespace)
-            return self.long(ind)
+            e = self.fresh("e")
+            self.long(ind, e)
+            self.emit(ind, f"if not 0 <= {e} < {len(t['symbols'])}:")
+            self.emit(ind + 1, f"raise out_of_range('enum', {e}, {path!r})")
+            return None
         if kind == "fixed":
             self.name(t, namespace)
             return self.emit(ind, f"pos += {int(t['size'])}")
@@ -183,7 +196,7 @@ class _Source:
             if len(self.lines) == size:
                 self.emit(ind + 1, "pass")
         self.emit(ind, "else:")
-        self.emit(ind + 1, "raise Bail")
+        self.emit(ind + 1, f"raise out_of_range('union branch', {u}, {path!r})")
 
     def record(self, t: dict[str, Any], ind: int, path: str, namespace: str | None) -> None:
         full = self.name(t, namespace)
@@ -246,7 +259,8 @@ def _compiled(schema_json: str, caps: tuple[tuple[tuple[str, str], int], ...]) -
     src.emit(2, "return None")
     src.emit(1, "return pos")
     source = "\n".join(src.lines)
-    namespace: dict[str, Any] = {"varint": varint, "Bail": _Bail, "too_many": _too_many, "duplicate": _duplicate}
+    namespace: dict[str, Any] = {"varint": varint, "Bail": _Bail, "too_many": _too_many, "duplicate": _duplicate,
+                                 "out_of_range": _out_of_range}
     exec(compile(source, "<pipeline.avro_guard>", "exec"), namespace)  # our own source, made above
     return namespace["guard"], source
 

@@ -155,6 +155,22 @@ def test_an_overlong_length_or_union_index_is_refused() -> None:
     assert refused(data[:-len(tail)] + padded(1, 11) + s("acme")).reason == "malformed"
 
 
+@pytest.mark.parametrize("index", [-1, -2, -10, 99])
+def test_an_enum_or_union_index_the_schema_does_not_have_is_refused(index: int) -> None:
+    """fastavro indexes the symbols (branches) with it, so -1 read as the last action and a union's -1 as its
+    string branch: the scorer acted on an event the store refuses. Refused as malformed, naming the field."""
+    rec = record(action="grant_entitlement", tenant="acme")
+    data = SERDE.encode(rec)
+    other = SERDE.encode(dict(rec, action="revoke_entitlement"))
+    at = next(i for i in range(len(data)) if data[i] != other[i])  # the action's index (one byte: < 64)
+    exc = refused(data[:at] + zz(index) + data[at + 1:])
+    assert exc.reason == "malformed" and exc.fields["field"] == "action", exc.message
+    tail = zz(1) + s("acme")  # the last field, tenant: ["null", "string"], branch 1
+    assert data.endswith(tail)
+    exc = refused(data[:-len(tail)] + zz(index) + s("acme"))
+    assert exc.reason == "malformed" and exc.fields["field"] == "tenant", exc.message
+
+
 def test_64_bit_extremes_still_decode() -> None:
     for value in (2**63 - 1, -(2**63), 2**62, -(2**62)):
         rec = record()
