@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
 from .assessment import AssessmentEncoder, assessment_headers
-from .deadletters import dead_letter, dlq_headers
+from .deadletters import RECORD_ERRORS, dead_letter, dlq_headers
 from .errors import DeadLetter, RegistryUnavailable
 from .events import ACCESS_CHANGES, GRANTS, TransitionDict, check_values
 from .facts import FACT, FactEmitter, check_fact_topics
@@ -50,10 +50,6 @@ __all__ = ["Scorer", "dlq_headers", "record_lag"]  # the last two moved; re-expo
 
 Baselines = Callable[[str], AgentBaseline | None]
 
-# Produce errors that belong to one record (its size or content), not to the broker or the network: a
-# record that fails so is dead-lettered on the batch's replay instead of failing the batch forever.
-RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD,
-                           KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 REPLAY_MAX_EVENTS = 200_000  # messages a context rebuild replays at most (recovery.replay)

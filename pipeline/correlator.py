@@ -54,13 +54,14 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
-from .deadletters import dlq_headers
+from .deadletters import RECORD_ERRORS, dead_letter
 from .delegations import DelegationGraph
 from .errors import DeadLetter
 from .events import TransitionDict
 from .fact_reader import FactReader
 from .facts import FACT, FINDING, partition_for
 from .keyed_state import KeyedState, order
+from .limits import Limits
 from .loop import TransactionalLoop
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -121,6 +122,7 @@ class Correlator(TransactionalLoop):
         self.reader = FactReader(self.facts)
         self.out = Serde(schemas, registry, record=FINDING, subject=f"{settings.topic_correlations}-value")
         self.graph = delegations or DelegationGraph(settings, self.facts).start()
+        self.limits = Limits.from_settings(settings)
         self.grace_ms = int(settings.correlation_grace_seconds * 1000)
         self.retain_ms = settings.correlation_retain_seconds * 1000
         self.scorer_window_ms = settings.context_window_seconds * 1000
@@ -292,8 +294,7 @@ class Correlator(TransactionalLoop):
             try:
                 ev = self.reader.read(msg.value())
             except DeadLetter as exc:
-                self.producer.produce(self.settings.topic_dlq, msg.value(), key=msg.key(),
-                                      headers=dlq_headers(exc, exc.reason, msg))
+                self._send_dead(msg, exc)
                 tally.dead[exc.reason] += 1
                 continue
             state = self.states.get((msg.topic(), msg.partition()))
@@ -318,6 +319,19 @@ class Correlator(TransactionalLoop):
             state.prune_seen()
             state.expire(self.retain_ms, self._early_keep_ms())
         return tally
+
+    def _send_dead(self, msg: Message, exc: DeadLetter) -> None:
+        """Dead-letter an undecodable fact in the open transaction, its payload cut to fit (deadletters.py): a
+        record near the broker's size limit, forwarded whole, was refused by the producer, and the batch was
+        aborted and read again, the partition stuck on it. Even the cut payload refused: the headers alone."""
+        value, key, headers = dead_letter(msg, exc, exc.reason, self.limits)
+        try:
+            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers)
+        except KafkaException as err:
+            if err.args[0].code() not in RECORD_ERRORS:
+                raise
+            value, key, headers = dead_letter(msg, exc, exc.reason, self.limits, payload=False)
+            self.producer.produce(self.settings.topic_dlq, value, key=key, headers=headers)
 
     def _publish(self, f: CrossRunFinding, now_ms: int, tally: _Tally) -> None:
         record = f.to_avro(now_ms, __version__, self.policy.version)

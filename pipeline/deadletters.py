@@ -20,7 +20,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Protocol
 
+from confluent_kafka import KafkaError
+
 from .limits import ERROR_MESSAGE_MAX_CHARS, KEY_MAX_BYTES, Limits
+
+RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD,
+                           KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE})
+"""Produce errors that belong to one record (its size or content), not to the broker or the network: a record
+that fails so is dead-lettered (its payload cut, or dropped) instead of failing the batch forever."""
 
 Headers = list[tuple[str, bytes]]
 
