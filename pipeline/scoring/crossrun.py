@@ -48,7 +48,7 @@ from .catalogue import (
 from .context import AgentBaseline, ScoringContext, access_name
 from .escalation import ESC_FIELDS
 from .policy import GovernancePolicy, LoadedPolicy
-from .rules import granted_access, human_approved, is_privileged, stale_decision, stale_share_over
+from .rules import granted_access, human_approved, is_privileged, stale_decision, stale_share_over, tier_of
 
 
 def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
@@ -683,8 +683,7 @@ def _executed_revoke(ev: TransitionDict) -> bool:
 
 def _unapproved_top_grant(ev: TransitionDict, policy: GovernancePolicy) -> bool:
     """Tier stepping: the executed grant at the privileged tier, with no human authority, completes it."""
-    return (ev["resource"]["privilege_tier"] >= policy.privileged.min_tier and granted_access(ev)
-            and not human_approved(ev))
+    return granted_access(ev) and tier_of(ev, policy) >= policy.privileged.min_tier and not human_approved(ev)
 
 
 def _executed_revoke_or_unapproved_top_grant(ev: TransitionDict, policy: GovernancePolicy) -> bool:

@@ -20,7 +20,7 @@ from ..events import ACCOUNT_REVOKES, ENTITLEMENT_GRANTS, REVOKES, TransitionDic
 from .catalogue import ASI03, ASI07, ASI10, DE_AE, NHI5, NHI9, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name
 from .findings import Finding
-from .rules import granted_access, human_approved, is_privileged, is_self_grant
+from .rules import granted_access, human_approved, is_privileged, is_self_grant, tier_of
 
 ESC_FIELDS = ("agent.agent_id", "agent.on_behalf_of", "target.identity_id", "action", "resource.resource_id",
               "resource.entitlement", "resource.privilege_tier", "decision.authority", "decision.approved_by")
@@ -154,8 +154,9 @@ ESC_TIER_STEPPING = spec(
 
 @rule(ESC_TIER_STEPPING)
 def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    top = ctx.governance.privileged.min_tier
-    if ev["resource"]["privilege_tier"] < top or not granted_access(ev) or human_approved(ev):
+    policy = ctx.governance
+    top = policy.privileged.min_tier
+    if not granted_access(ev) or tier_of(ev, policy) < top or human_approved(ev):
         return []
     target = ev["target"]["identity_id"]
     min_steps = ctx.governance.escalation.tier_stepping_min_steps
@@ -165,7 +166,7 @@ def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     # Longest strictly increasing run of tiers below the top before this grant; ties keep the latest event.
     best: dict[int, list[TransitionDict]] = {}
     for h in prior:
-        tier = h["resource"]["privilege_tier"]
+        tier = tier_of(h, policy)
         below = max((best[t] for t in best if t < tier), key=len, default=[])
         if tier >= top:
             if len(below) + 1 >= min_steps:
@@ -176,7 +177,7 @@ def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     chain = [*max(best.values(), key=len, default=[]), ev]
     if len(chain) < min_steps:
         return []
-    steps = " -> ".join(f"tier {h['resource']['privilege_tier']} {access_name(h)!r} ({_where(h)})" for h in chain)
+    steps = " -> ".join(f"tier {tier_of(h, policy)} {access_name(h)!r} ({_where(h)})" for h in chain)
     return [ESC_TIER_STEPPING.finding(
         f"tier_stepping: {target!r} stepped up {steps} with no human authority over the last step", _ids(chain))]
 

@@ -53,6 +53,18 @@ def is_privileged(ev: TransitionDict, policy: GovernancePolicy) -> bool:
         res["resource_id"], res["entitlement"])
 
 
+def tier_of(ev: TransitionDict, policy: GovernancePolicy) -> int:
+    """The tier a rule reads for ``ev``: its claimed tier, raised to the privileged tier when it names a
+    privileged entitlement or group (privileged "whatever tier an event claims", docs/policy.md): a climb
+    whose last step is ``Global Administrator`` labelled tier 2 still ends in privileged access."""
+    res = ev["resource"]
+    tier: int = res["privilege_tier"]
+    top = policy.privileged.min_tier
+    if tier < top and policy.privileged_name(res["resource_id"], res["entitlement"]):
+        return top
+    return tier
+
+
 def approval_gap(ev: TransitionDict) -> str:
     """Why the event's ``approved_by`` is no independent approval, or ``""`` when it is one.
 

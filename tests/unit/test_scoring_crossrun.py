@@ -89,6 +89,15 @@ def test_a_climb_in_one_run_spelt_in_several_cases_is_the_correlators_when_its_s
     assert [f.spec.code for f in run_key(climb, "u-step")] == ["AG-XRN-001"]
 
 
+@pytest.mark.parametrize("claimed", [2, 0])
+def test_tier_stepping_over_runs_ending_in_a_privileged_name_whatever_tier_it_claims(claimed: int) -> None:
+    top = tier(2, claimed, 10, "r3", **{"action": "grant_entitlement", "resource.entitlement": "Global-Admin"})
+    found = run_key([tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2"), top], "u-step")
+    assert [f.spec.code for f in found] == ["AG-XRN-001"]
+    plain = tier(2, claimed, 10, "r3", **{"action": "grant_entitlement", "resource.entitlement": "crm-read"})
+    assert run_key([tier(0, 1, 0, "r1"), tier(1, 2, 5, "r2"), plain], "u-step") == []
+
+
 @pytest.mark.parametrize("case", ["same_partition", "human_final_step", "two_steps_only"])
 def test_tier_stepping_benign_look_alikes(case: str) -> None:
     parts = {"same_partition": (4, 4, 4)}.get(case, (0, 1, 2))

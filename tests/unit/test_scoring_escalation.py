@@ -107,3 +107,18 @@ def test_tier_stepping_ends_at_the_policys_privileged_tier() -> None:
     events = chain(*tier_chain(0, 1, 2))
     assert ["AG-ESC-002" in found for found in replay(events, policy=tier2)] == [False, False, True]
     assert not any("AG-ESC-002" in found for found in replay(events))
+
+
+@pytest.mark.parametrize("top", [{"resource.entitlement": "global-admin"},
+                                 {"resource.resource_id": "role/GlobalAdmin"}],
+                         ids=["privileged entitlement", "privileged group"])
+@pytest.mark.parametrize("claimed", [2, 0])
+def test_a_climb_ending_in_a_privileged_name_is_stepping_whatever_tier_it_claims(top: dict[str, str],
+                                                                                  claimed: int) -> None:
+    """privileged.entitlements and .groups are privileged "whatever tier an event claims" (docs/policy.md): a
+    climb 1 -> 2 whose last step grants global-admin labelled tier 2 (or 0) still ends in privileged access."""
+    last = {**tier_chain(3)[0], "resource.privilege_tier": claimed, **top}
+    events = chain(*tier_chain(1, 2), last)
+    assert ["AG-ESC-002" in found for found in replay(events)] == [False, False, True]
+    plain = {**tier_chain(3)[0], "resource.privilege_tier": claimed}  # the same step without the name: a look-alike
+    assert not any("AG-ESC-002" in found for found in replay(chain(*tier_chain(1, 2), plain)))
