@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from .events import identity_key
 from .metrics import Metrics
 from .scoring.context import AgentBaseline
 from .scoring.policy import LoadedPolicy
@@ -187,7 +188,7 @@ class BaselineCache:
         return found[0] if len(found) == 1 else merged(key, found) if found else None
 
     def _spelt(self, agent_id: str) -> None:
-        key = agent_id.casefold()
+        key = identity_key(agent_id)
         ids = self.spellings.get(key, frozenset())
         if agent_id not in ids:
             self.spellings[key] = ids | {agent_id}
@@ -239,7 +240,7 @@ class BaselineCache:
             self.data = data
             spellings: dict[str, frozenset[str]] = {}
             for agent in data:
-                spellings[agent.casefold()] = spellings.get(agent.casefold(), frozenset()) | {agent}
+                spellings[identity_key(agent)] = spellings.get(identity_key(agent), frozenset()) | {agent}
             self.spellings = spellings
         return len(stale)
 

@@ -207,12 +207,17 @@ def is_blank(value: str | None) -> bool:
 
 
 def identity_key(value: str) -> str:
-    """The form in which an identity (an agent, a principal, a target) is matched across events: Unicode
-    case-folded. Directories and clouds treat their ids as case-insensitive (Entra ID and Okta log-ins, AWS
-    IAM and Google names), so ``Alice@corp`` and ``alice@corp`` are one entity: keyed apart, a climb split
-    over the spellings would never meet in one key. Events keep the id as sent; only keys and comparisons use
-    this. Ids carry no invisible character nor a space at either end (:func:`check_values`), so no trim."""
-    return value.casefold()
+    """The form in which an identity (an agent, a principal, a target) is matched across events: NFKC, Unicode
+    case-folded, NFKC again (Unicode's NFKC_Casefold, as identifier comparison uses it). Directories and clouds
+    treat their ids as case-insensitive (Entra ID and Okta log-ins, AWS IAM and Google names), so ``Alice@corp``
+    and ``alice@corp`` are one entity; and one name sent composed (``José``, U+00E9) or decomposed (``e`` and
+    U+0301), or in compatibility forms (full-width letters), is one entity too: keyed apart, a climb split over
+    the spellings would never meet in one key. Look-alikes from other scripts (Cyrillic U+0430 for ``a``) are not
+    folded. Events keep the id as sent; only keys and comparisons use this. Ids carry no invisible character
+    nor a space at either end (:func:`check_values`), so no trim. ASCII, the usual id, is only lower-cased."""
+    if value.isascii():
+        return value.lower()
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
 
 
 def name_key(value: str) -> str:

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .events import TransitionDict
+from .events import TransitionDict, identity_key
 from .facts import as_event
 from .limits import SCORER_CODES_MAX as STRINGS_MAX
 from .serde import Serde
@@ -45,8 +45,8 @@ FIELDS: tuple[tuple[str, str], ...] = (
 
 SHAPE = """{
     "event_id": event_id, "occurred_at": occurred_at, "run_id": run_id, "step": step, "action": action,
-    "agent": {"agent_id": agent_id.casefold(), "on_behalf_of": on_behalf_of and on_behalf_of.casefold()},
-    "target": {"identity_id": target_id.casefold(), "identity_type": target_type,
+    "agent": {"agent_id": key(agent_id), "on_behalf_of": on_behalf_of and key(on_behalf_of)},
+    "target": {"identity_id": key(target_id), "identity_type": target_type,
                "lifecycle_state": lifecycle_state},
     "resource": {"system": system, "resource_id": resource_id, "entitlement": entitlement,
                  "privilege_tier": privilege_tier},
@@ -125,7 +125,7 @@ def _compile() -> tuple[Callable[[bytes, int], TransitionDict], str]:
         lines += _field_source(name, kind)
     lines += ["    if pos != size:", "        raise ValueError('trailing bytes')", "    return " + SHAPE]
     source = "\n".join(lines)
-    namespace: dict[str, Any] = {"varint": varint, "STRINGS_MAX": STRINGS_MAX}
+    namespace: dict[str, Any] = {"varint": varint, "STRINGS_MAX": STRINGS_MAX, "key": identity_key}
     exec(compile(source, "<pipeline.fact_reader>", "exec"), namespace)  # our own source, made above (as dataclasses do)
     return namespace["read_fact"], source
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ConfigError
-from .events import GRANTS, REVOKES, Action, TransitionDict
+from .events import GRANTS, REVOKES, Action, TransitionDict, identity_key
 from .serde import Serde
 from .settings import Settings
 
@@ -141,8 +141,8 @@ def as_event(fact: Fact) -> TransitionDict:
     return {
         "event_id": fact["event_id"], "occurred_at": fact["occurred_at"], "run_id": fact["run_id"],
         "step": fact["step"], "action": fact["action"],
-        "agent": {"agent_id": fact["agent_id"].casefold(), "on_behalf_of": behalf and behalf.casefold()},
-        "target": {"identity_id": fact["target_id"].casefold(), "identity_type": fact["target_type"],
+        "agent": {"agent_id": identity_key(fact["agent_id"]), "on_behalf_of": behalf and identity_key(behalf)},
+        "target": {"identity_id": identity_key(fact["target_id"]), "identity_type": fact["target_type"],
                    "lifecycle_state": fact["lifecycle_state"]},
         "resource": {"system": fact["system"], "resource_id": fact["resource_id"],
                      "entitlement": fact["entitlement"], "privilege_tier": fact["privilege_tier"]},
@@ -164,7 +164,7 @@ def holding_key(fact: Fact) -> str:
     record per (target, system, access); an account's creation, disabling and deletion each one per (target,
     system), so that no change of an access that happens to share the account's name (a clean-up revoke of
     ``user-account``) replaces the record that the identity left (AG-XRN-007 reads it, any age)."""
-    return _holding_key(fact["target_id"].casefold(), fact["action"], fact["system"], access_of(fact))
+    return _holding_key(identity_key(fact["target_id"]), fact["action"], fact["system"], access_of(fact))
 
 
 _ACCOUNT_KEYS = {"create_account": "#create", "disable_account": "#disable", "delete_account": "#delete"}
@@ -185,8 +185,8 @@ def is_delegation(fact: Fact) -> bool:
 def is_delegation_change(fact: Fact) -> bool:
     """An executed change of an agent's access that adds or removes an edge: a grant by another agent, or a
     revoke by anyone (another agent, a clean-up agent, or the delegate giving the access up itself)."""
-    return fact["outcome"] == "granted" and _delegation_change(fact["agent_id"].casefold(),
-                                                               fact["target_id"].casefold(),
+    return fact["outcome"] == "granted" and _delegation_change(identity_key(fact["agent_id"]),
+                                                               identity_key(fact["target_id"]),
                                                                fact["target_type"], fact["action"])
 
 
@@ -202,7 +202,7 @@ def _delegation_change(agent_id: str, target_id: str, target_type: str, action: 
 
 def edge_key(fact: Fact) -> str:
     """Compaction key on the delegations topic: grantor, delegate, system, access."""
-    return _edge_key(fact["agent_id"].casefold(), fact["target_id"].casefold(), fact["system"], access_of(fact))
+    return _edge_key(identity_key(fact["agent_id"]), identity_key(fact["target_id"]), fact["system"], access_of(fact))
 
 
 def _edge_key(agent_id: str, target_id: str, system: str, access: str) -> str:
@@ -253,13 +253,13 @@ class FactEmitter:
             return 0
         value = self.encode(ev, partition, offset, codes)  # once, for every topic it goes to
         n = self.n
-        # Keyed by identity (identity_key: case-folded), so every spelling of an entity meets in one key.
-        agent_id, target, res = ev["agent"]["agent_id"].casefold(), ev["target"], ev["resource"]
+        # Keyed by identity (identity_key: NFKC case-folded), so every spelling of an entity meets in one key.
+        agent_id, target, res = identity_key(ev["agent"]["agent_id"]), ev["target"], ev["resource"]
         agent = agent_id.encode()
         if not is_access_change(ev):  # group creation: the agent's chain only
             produce(self.by_agent, value, key=agent, partition=zlib.crc32(agent) % n)
             return 1
-        target_id = target["identity_id"].casefold()
+        target_id = identity_key(target["identity_id"])
         target_key = target_id.encode()
         target_partition = zlib.crc32(target_key) % n  # partition_for(target_id), the key's bytes hashed once
         produce(self.by_target, value, key=target_key, partition=target_partition)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..events import ACCESS_CHANGES, GRANTS, TransitionDict, is_blank, name_key
+from ..events import ACCESS_CHANGES, GRANTS, TransitionDict, identity_key, is_blank, name_key
 from .catalogue import ASI03, ASI09, NHI5, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name
 from .findings import Finding
@@ -103,9 +103,9 @@ def is_self_grant(ev: TransitionDict) -> bool:
     (compared as :func:`pipeline.events.identity_key`: ``Agent-7`` granting ``agent-7`` grants itself)."""
     if not granted_access(ev):
         return False
-    target, agent = ev["target"]["identity_id"].casefold(), ev["agent"]
+    target, agent = identity_key(ev["target"]["identity_id"]), ev["agent"]
     behalf = agent["on_behalf_of"]
-    return target == agent["agent_id"].casefold() or (behalf is not None and target == behalf.casefold())
+    return target == identity_key(agent["agent_id"]) or (behalf is not None and target == identity_key(behalf))
 
 
 PRIVILEGED_WITHOUT_APPROVAL = spec(
@@ -173,7 +173,7 @@ def self_grant(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if not is_self_grant(ev):
         return []
     target, agent = ev["target"]["identity_id"], ev["agent"]
-    itself = target.casefold() == agent["agent_id"].casefold()
+    itself = identity_key(target) == identity_key(agent["agent_id"])
     who = f"the agent itself ({target!r})" if itself else f"its principal {target!r}"
     return [SELF_GRANT.finding(
         f"agent {agent['agent_id']!r} granted {ev['action']} of {access_name(ev)!r} to {who}")]

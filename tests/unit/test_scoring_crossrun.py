@@ -80,6 +80,25 @@ def test_an_identity_spelt_in_several_cases_is_one_key() -> None:
     assert [f.spec.code for f in found] == ["AG-XRN-003"] and "depth 2" in found[0].message
 
 
+def test_an_identity_sent_composed_decomposed_or_full_width_is_one_key() -> None:
+    """One name in Unicode forms a directory treats as one (NFC, NFD, compatibility full-width): a climb spelt
+    so over three runs is one key's chain (the keys are NFKC case-folded: events.identity_key); a look-alike
+    from another script stays another identity."""
+    import unicodedata
+
+    from pipeline.events import identity_key
+
+    nfc, nfd = "jos\u00e9", unicodedata.normalize("NFD", "jos\u00e9")
+    wide = "\uff2a\uff2f\uff33\u00c9"  # full-width J, O, S and a capital E acute
+    assert nfc != nfd and identity_key(nfc) == identity_key(nfd) == identity_key(wide) == "jos\u00e9"
+    assert identity_key("Stra\u00dfe") == identity_key("STRASSE") and identity_key("Alice") == "alice"
+    assert identity_key("\u0430lice") != identity_key("alice")  # Cyrillic a: not folded
+    climb = [tier(0, 1, 0, "r1", **{"target.identity_id": nfc}), tier(1, 2, 5, "r2", **{"target.identity_id": nfd}),
+             tier(2, 3, 10, "r3", **{"target.identity_id": wide})]
+    assert {f["target"]["identity_id"] for f in climb} == {"jos\u00e9"}
+    assert [f.spec.code for f in run_key(climb, "jos\u00e9")] == ["AG-XRN-001"]
+
+
 def test_a_climb_in_one_run_spelt_in_several_cases_is_the_correlators_when_its_scorer_missed_it() -> None:
     """A scorer's per-run rules compare ids as sent, so a climb inside one run spelt ``U-Step``, ``u-step`` and
     ``U-STEP`` draws no AG-ESC-002 from it (``scorer_codes`` stay empty). The correlator keys the three as one
