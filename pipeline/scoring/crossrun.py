@@ -48,7 +48,7 @@ from .catalogue import (
 from .context import AgentBaseline, ScoringContext, access_name
 from .escalation import ESC_FIELDS
 from .policy import GovernancePolicy, LoadedPolicy
-from .rules import granted_access, human_approved, is_privileged, stale_decision, stale_share_over, tier_of
+from .rules import granted_access, human_approved, is_privileged, stale_decision, stale_share_over, tie_rank, tier_of
 
 
 def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
@@ -60,24 +60,6 @@ def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
 FactOrder = tuple[int, int, str, int, int]
 """A fact's place in event-time order: time, its rank among facts of the same millisecond
 (:func:`tie_rank`), event id, source partition and offset (a total order)."""
-
-_FIRST_IN_ITS_MS = frozenset({"create_group", "disable_account"})
-
-
-def tie_rank(ev: TransitionDict) -> int:
-    """Where a fact stands among facts stamped the same millisecond, which have no order of their own: the
-    order that lets a chain complete. First what a chain starts from (a group's creation, an account's
-    disabling), then grants by privilege tier, lowest first, then revokes. Facts' event ids, which the
-    agent chooses, decide only between facts of the same rank: ordered by id alone, an agent stamping a
-    tier climb or a grant and its revoke with one millisecond, and picking its ids, hid the chain from
-    rules that read only the facts before the one they judge."""
-    action = ev["action"]
-    if action in _FIRST_IN_ITS_MS:
-        return 0
-    if action in REVOKES:
-        return 10
-    return 1 + min(max(int(ev["resource"]["privilege_tier"] or 0), 0), 8)
-
 
 def fact_order(ev: TransitionDict) -> FactOrder:
     """The order the correlator judges facts in (``KeyedState``'s), and the rules compare them by."""

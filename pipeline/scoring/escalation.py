@@ -20,12 +20,20 @@ from ..events import ACCOUNT_REVOKES, ENTITLEMENT_GRANTS, REVOKES, TransitionDic
 from .catalogue import ASI03, ASI07, ASI10, DE_AE, NHI5, NHI9, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name
 from .findings import Finding
-from .rules import granted_access, human_approved, is_privileged, is_self_grant, tier_of
+from .rules import granted_access, human_approved, is_privileged, is_self_grant, tie_rank, tier_of
 
 ESC_FIELDS = ("agent.agent_id", "agent.on_behalf_of", "target.identity_id", "action", "resource.resource_id",
               "resource.entitlement", "resource.privilege_tier", "decision.authority", "decision.approved_by")
 """The evidence fields of every escalation finding, here and across runs (:mod:`crossrun`)."""
 
+
+
+def in_event_time(h: TransitionDict) -> tuple[int, int, str, int]:
+    """Sort key of a history: event time; within a millisecond, which has no order of its own, the order that
+    lets a chain complete (:func:`~.rules.tie_rank`: grants by tier, then revokes), as the correlator orders
+    facts; then run and step. By run id alone, a climb stamped in one millisecond completed or not depending
+    on how the agent named its runs."""
+    return (h["occurred_at"], tie_rank(h), h["run_id"], h["step"])
 
 
 def _history(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
@@ -39,7 +47,7 @@ def _history(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
             if h["occurred_at"] >= lo and key not in seen:
                 seen.add(key)
                 out.append(h)
-    out.sort(key=lambda h: (h["occurred_at"], h["run_id"], h["step"]))
+    out.sort(key=in_event_time)
     return out
 
 
@@ -55,7 +63,7 @@ def _on_target(ev: TransitionDict, ctx: ScoringContext) -> list[TransitionDict]:
             if h["target"]["identity_id"] == target and h["occurred_at"] >= lo and key not in seen:
                 seen.add(key)
                 out.append(h)
-    out.sort(key=lambda h: (h["occurred_at"], h["run_id"], h["step"]))
+    out.sort(key=in_event_time)
     return out
 
 
@@ -226,7 +234,7 @@ def transient_privilege(ev: TransitionDict, ctx: ScoringContext) -> list[Finding
     ended = list(held.values()) if account else [g for g in (held.get(key),) if g is not None]
     window_ms = policy.escalation.transient_revoke_seconds * 1000
     out = []
-    for grant in sorted(ended, key=lambda h: (h["occurred_at"], h["run_id"], h["step"])):
+    for grant in sorted(ended, key=in_event_time):
         held_ms = ev["occurred_at"] - grant["occurred_at"]
         if human_approved(grant) or held_ms > window_ms:
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..events import ACCESS_CHANGES, GRANTS, TransitionDict, identity_key, is_blank, name_key
+from ..events import ACCESS_CHANGES, GRANTS, REVOKES, TransitionDict, identity_key, is_blank, name_key
 from .catalogue import ASI03, ASI09, NHI5, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext, access_name
 from .findings import Finding
@@ -51,6 +51,24 @@ def is_privileged(ev: TransitionDict, policy: GovernancePolicy) -> bool:
     res = ev["resource"]
     return res["privilege_tier"] >= policy.privileged.min_tier or policy.privileged_name(
         res["resource_id"], res["entitlement"])
+
+
+_FIRST_IN_ITS_MS = frozenset({"create_group", "disable_account"})
+
+
+def tie_rank(ev: TransitionDict) -> int:
+    """Where a fact stands among facts stamped the same millisecond, which have no order of their own: the
+    order that lets a chain complete. First what a chain starts from (a group's creation, an account's
+    disabling), then grants by privilege tier, lowest first, then revokes. Facts' event ids, which the
+    agent chooses, decide only between facts of the same rank: ordered by id alone, an agent stamping a
+    tier climb or a grant and its revoke with one millisecond, and picking its ids, hid the chain from
+    rules that read only the facts before the one they judge."""
+    action = ev["action"]
+    if action in _FIRST_IN_ITS_MS:
+        return 0
+    if action in REVOKES:
+        return 10
+    return 1 + min(max(int(ev["resource"]["privilege_tier"] or 0), 0), 8)
 
 
 def tier_of(ev: TransitionDict, policy: GovernancePolicy) -> int:

@@ -191,12 +191,15 @@ IDS = ("aaaaaaaa-0000-4000-8000-000000000000", "bbbbbbbb-0000-4000-8000-00000000
        "cccccccc-0000-4000-8000-000000000000")
 
 
+@pytest.mark.parametrize("runs", [("r1", "r2", "r3"), ("r3", "r2", "r1"), ("zz", "aa", "mm")])
 @pytest.mark.parametrize("ids", [IDS, tuple(reversed(IDS))])
-def test_chains_stamped_with_one_millisecond_are_found_whatever_their_ids(ids: tuple[str, ...]) -> None:
-    """Facts of one millisecond have no order of their own; ordered by the ids the agent picks, a tier climb
-    or a grant and its revoke stamped alike hid from rules that read only the facts before the one judged.
-    ``tie_rank`` orders them so the chain completes: grants by tier, then revokes."""
-    climb = [tier(p, t, 0, f"r{t}", event_id=ids[t - 1]) for p, t in ((0, 1), (1, 2), (2, 3))]
+def test_chains_stamped_with_one_millisecond_are_found_whatever_their_ids(ids: tuple[str, ...],
+                                                                          runs: tuple[str, ...]) -> None:
+    """Facts of one millisecond have no order of their own; ordered by the ids (or the run ids) the agent
+    picks, a tier climb or a grant and its revoke stamped alike hid from rules that read only the facts before
+    the one judged. ``tie_rank`` orders them so the chain completes: grants by tier, then revokes; the per-run
+    rules the correlator replays sort their history so too (``escalation.in_event_time``)."""
+    climb = [tier(p, t, 0, runs[t - 1], event_id=ids[t - 1]) for p, t in ((0, 1), (1, 2), (2, 3))]
     assert [f.spec.code for f in run_key(climb, "u-step")] == ["AG-XRN-001"]
     jit = [transient(0, "grant_entitlement", 0, "ra", event_id=ids[0]),
            transient(3, "revoke_entitlement", 0, "rb", event_id=ids[1])]

@@ -122,3 +122,11 @@ def test_a_climb_ending_in_a_privileged_name_is_stepping_whatever_tier_it_claims
     assert ["AG-ESC-002" in found for found in replay(events)] == [False, False, True]
     plain = {**tier_chain(3)[0], "resource.privilege_tier": claimed}  # the same step without the name: a look-alike
     assert not any("AG-ESC-002" in found for found in replay(chain(*tier_chain(1, 2), plain)))
+
+
+@pytest.mark.parametrize("runs", [("run-1", "run-2", "run-3"), ("run-3", "run-2", "run-1")])
+def test_a_climb_over_runs_stamped_in_one_millisecond_completes_whatever_the_run_ids(runs: tuple[str, ...]) -> None:
+    """Events of one millisecond have no order of their own: the history is sorted so a chain completes
+    (grants by tier), not by the run ids the agent picks."""
+    events = [event({**s, "run_id": runs[i], "occurred_at": T0}) for i, s in enumerate(tier_chain(1, 2, 3))]
+    assert "AG-ESC-002" in replay(events)[2]
