@@ -579,7 +579,8 @@ def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list
 
 XRN_GRANT_TO_LEAVER = spec(
     "AG-XRN-007", "Access granted to an identity the log shows has left", S.high, C.risk,
-    "Access was granted on a system while the event called the identity active, yet the identity's account on "
+    "Access was granted on a system while the event called the identity anything but terminated or pre-hire "
+    "(active, on leave, unknown), yet the identity's account on "
     "that system, or on one of the policy's identity providers (identity_providers: that account going means "
     "the person left everywhere), was disabled or deleted (an executed disable_account or delete_account, "
     "however long ago, from the holdings topic) and not re-created since: the agent's own lifecycle claim "
@@ -614,14 +615,21 @@ def _accounts_ended(ev: TransitionDict, cx: CrossRunContext) -> dict[str, Transi
     return ended
 
 
+LIFECYCLE_SPOKEN = frozenset({"terminated", "pre_hire"})
+"""States in which the event itself says the identity is not (yet, or any more) employed: AG-LCM-001 judges a
+grant then (the default ``lifecycle.blocked_states``), and AG-XRN-007 leaves it to that rule."""
+
+
 @cross_run(XRN_GRANT_TO_LEAVER, key="target")
 def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-007: a grant to an identity whose account on the grant's system, or on an identity provider, an
     earlier executed disable_account or delete_account (any age) left ended, while the event itself calls the
-    identity active (else AG-LCM-001 already speaks). A create_account is judged by the other systems'
-    identity providers only: on its own system it is the re-creation, not a grant to a leaver."""
+    identity anything but terminated or pre-hire (for those AG-LCM-001 speaks, with the default lifecycle
+    policy; an agent that says ``unknown`` or ``on_leave`` of a leaver is no less contradicted by the log). A
+    create_account is judged by the other systems' identity providers only: on its own system it is the
+    re-creation, not a grant to a leaver."""
     if (ev["target"]["identity_id"] != cx.key or not granted_access(ev)
-            or ev["target"]["lifecycle_state"] != "active"):
+            or ev["target"]["lifecycle_state"] in LIFECYCLE_SPOKEN):
         return []
     ended = _accounts_ended(ev, cx)
     if not ended:
@@ -727,7 +735,7 @@ def may_find_by_target(ev: TransitionDict, policy: GovernancePolicy, *, copies: 
         return False  # the SoD and leaver rules judge executed grants only
     if policy.sod_partners(access_name(ev)):
         return True  # toxic pair against holdings
-    return left and ev["target"]["lifecycle_state"] == "active"
+    return left and ev["target"]["lifecycle_state"] not in LIFECYCLE_SPOKEN
 
 
 _GATED_BY_TARGET = {duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings,

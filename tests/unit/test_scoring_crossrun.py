@@ -866,6 +866,18 @@ def test_a_leaver_is_judged_per_system_and_by_the_identity_providers(
         assert found[-1].event["resource"]["system"] == grant[0] and "not re-created since" in found[-1].message
 
 
+@pytest.mark.parametrize(("state", "expected"), [("active", ["AG-XRN-007"]), ("on_leave", ["AG-XRN-007"]),
+                                                 ("unknown", ["AG-XRN-007"]), ("terminated", []), ("pre_hire", [])])
+def test_a_grant_to_a_leaver_is_found_whatever_the_event_calls_the_identity_but_gone(state: str,
+                                                                                     expected: list[str]) -> None:
+    """The log says the identity left (its directory account disabled 30 days ago): an agent that calls it
+    ``unknown`` or ``on_leave`` is contradicted no less than one that calls it active, and AG-LCM-001 is
+    silent for those states. ``terminated`` and ``pre_hire`` are AG-LCM-001's (the default blocked states)."""
+    grant = _on("aws", "grant_entitlement", 0, partition=4, **{"target.lifecycle_state": state})
+    found = run_key([grant], "u-left", holdings=(_on("entra-id", "disable_account", 30),))
+    assert [f.spec.code for f in found] == expected
+
+
 def test_the_leaver_message_names_the_account_that_went() -> None:
     ended_here = run_key([_on("aws", "grant_entitlement", 0)], "u-left", holdings=(_on("aws", "disable_account", 10),))
     assert "whose 'aws' account was disabled 10.0 days earlier" in ended_here[0].message
