@@ -90,6 +90,9 @@ class DelegationGraph:
             bisect.insort(self._into.setdefault(ev["target"]["identity_id"], []), (fact_order(ev), ev["event_id"], ev),
                           key=lambda t: t[0])
             self._out.setdefault(ev["agent"]["agent_id"], set()).add(ev["target"]["identity_id"])
+            behalf = ev["agent"]["on_behalf_of"]
+            if behalf is not None:  # an agent acting for a service identity passes on that identity's power too
+                self._out.setdefault(behalf, set()).add(ev["target"]["identity_id"])
             self._log.append(ev)
 
     def start(self) -> DelegationGraph:

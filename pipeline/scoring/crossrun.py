@@ -388,6 +388,12 @@ def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
                 if src not in visited:
                     visited.add(src)
                     nxt.append((src, path))
+                # The hop's agent acted for a principal (a service identity it runs as): the power it passed
+                # on may be that principal's, handed down to it by an earlier edge. Followed as the final
+                # grant's principal is, at no extra depth.
+                if principal is not None and principal not in visited:
+                    visited.add(principal)
+                    nxt.append((principal, path))
         frontier = nxt
         if not frontier:
             break

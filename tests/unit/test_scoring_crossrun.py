@@ -242,6 +242,23 @@ def _privileged_grant(by: str, to: str, minute: int, **extra: Any) -> Transition
                       "resource.privilege_tier": 3, "occurred_at": T0 + minute * MIN, **extra})
 
 
+def test_laundering_through_an_agent_acting_for_the_delegate_is_followed() -> None:
+    """agent-a (for alice) gives the service identity svc-b RoleAdmin; agent-c, acting as svc-b, hands it on to
+    agent-d; agent-d grants alice aws-admin. The middle hop's agent used its principal's power: the chain is
+    followed through the principal, as through the final grant's, and named whole."""
+    first = _edges(("agent-a", "svc-b"))[0]
+    first = {**first, "target": {**first["target"], "identity_type": "service"}}
+    second = _edges(("agent-c", "agent-d"), start=5, principal_of_first="svc-b")[0]
+    edges = [first, second]
+    grant = _privileged_grant("agent-d", "human-alice", 30)
+    found = correlate(grant, CrossRunContext(POLICY, "agent-d", delegations=_graph(edges)), BY_AGENT_RULES)
+    assert [f.spec.code for f in found] == ["AG-XRN-003"]
+    assert [e["event_id"] for e in found[0].chain] == [first["event_id"], second["event_id"], grant["event_id"]]
+    # without the first edge, svc-b never had the power: nothing
+    alone = correlate(grant, CrossRunContext(POLICY, "agent-d", delegations=_graph([second])), BY_AGENT_RULES)
+    assert alone == []
+
+
 @pytest.mark.parametrize(("hops", "to", "depth"), [
     ([("agent-a", "agent-b")], "human-alice", 1),
     ([("agent-a", "agent-b"), ("agent-b", "agent-c")], "human-alice", 2),
@@ -423,6 +440,8 @@ def test_the_delegation_graph_walks_downstream_within_the_hops_asked() -> None:
     assert graph.downstream("b", 1) == {"b", "c"}
     assert graph.downstream("b", 5) == {"b", "c", "d"}
     assert graph.downstream("a", 2) == {"a", "b", "c"}
+    # a -> b was made on behalf of human-alice: her power went to b too (an edge read late re-judges b's grants)
+    assert graph.downstream("human-alice", 1) == {"human-alice", "b"}
     assert graph.read == 4 and [e["target"]["identity_id"] for e in graph.since(1, 3)] == ["c", "d"]
 
 
