@@ -326,16 +326,20 @@ def _live_edges(into: Sequence[TransitionDict], at_ms: int) -> list[TransitionDi
     stamped the same millisecond as the grant it would launder counts: ties are not an order, and the chain
     is the suspicion). An access is the delegate's, not its grantor's: a revoke by anyone (a clean-up agent,
     the delegate itself) ends every edge that gave it, and a grant of it by two agents is two edges until
-    then."""
+    then. Disabling or deleting the delegate's account on a system ends every edge on that system (an account
+    created again later does not bring them back)."""
     live: dict[tuple[str, str, str], TransitionDict] = {}
     for h in into:
         if h["occurred_at"] > at_ms:
             break
-        access = (h["resource"]["system"], name_key(access_name(h)))  # as the target compares names
+        access = (name_key(h["resource"]["system"]), name_key(access_name(h)))  # as the target compares names
         if granted_access(h):
             live[(h["agent"]["agent_id"], *access)] = h
         elif h["action"] in ENTITLEMENT_REVOKES and h["occurred_at"] < at_ms:
             for k in [k for k in live if k[1:] == access]:
+                del live[k]
+        elif h["action"] in ACCOUNT_REVOKES and h["occurred_at"] < at_ms:  # the delegate's account on that
+            for k in [k for k in live if k[1] == access[0]]:  # system went: every access it held there with it
                 del live[k]
     return sorted(live.values(), key=fact_order)
 

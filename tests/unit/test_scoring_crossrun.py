@@ -242,6 +242,24 @@ def _privileged_grant(by: str, to: str, minute: int, **extra: Any) -> Transition
                       "resource.privilege_tier": 3, "occurred_at": T0 + minute * MIN, **extra})
 
 
+@pytest.mark.parametrize(("action", "system", "expected"), [
+    ("delete_account", "entra-id", []), ("disable_account", "Entra-ID", []),   # the delegate's account went
+    ("delete_account", "github", ["AG-XRN-003"]),                               # another system's: the edge stays
+])
+def test_an_edge_ends_with_the_delegates_account_on_its_system(action: str, system: str,
+                                                              expected: list[str]) -> None:
+    """agent-a (for alice) gave agent-b RoleAdmin on entra-id; agent-b's entra-id account was then deleted (or
+    disabled): the power went with it, so agent-b granting alice aws-admin later is no laundering."""
+    edge = _edges(("agent-a", "agent-b"))[0]
+    gone = fact(3, **{"action": action, "run_id": "offboard-b", "agent.agent_id": "agent-admin",
+                      "target.identity_id": "agent-b", "target.identity_type": "agent", "resource.system": system,
+                      "resource.resource_id": "user-account", "resource.privilege_tier": 0,
+                      "occurred_at": T0 + 10 * MIN})
+    grant = _privileged_grant("agent-b", "human-alice", 30)
+    found = correlate(grant, CrossRunContext(POLICY, "agent-b", delegations=_graph([edge, gone])), BY_AGENT_RULES)
+    assert [f.spec.code for f in found] == expected
+
+
 def test_laundering_through_an_agent_acting_for_the_delegate_is_followed() -> None:
     """agent-a (for alice) gives the service identity svc-b RoleAdmin; agent-c, acting as svc-b, hands it on to
     agent-d; agent-d grants alice aws-admin. The middle hop's agent used its principal's power: the chain is
