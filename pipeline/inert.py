@@ -2,8 +2,9 @@
 may not carry to a person's screen, for every printer (``agentgov trail``/``export``/``publish``/``dlq``,
 error messages, logs).
 
-C0 controls, DEL, C1 controls (an 8-bit CSI is one byte), line and paragraph separators, and the
-bidirectional overrides/isolates (a reordered line can lie) become visible ``\\xNN`` / ``\\uNNNN`` escapes,
+C0 controls, DEL, C1 controls (an 8-bit CSI is one byte), line and paragraph separators, bidirectional
+marks, overrides and isolates (a reordered line can lie), and zero-width and other invisible characters
+(:data:`INVISIBLE`) become visible ``\\xNN`` / ``\\uNNNN`` escapes,
 so a value cannot move the cursor, set the window title, erase a line or forge one. Kept free of heavy
 imports: the CLI's error path and the log formatters use it.
 
@@ -17,7 +18,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+INVISIBLE = "\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+"""Character-class ranges of the format characters no person should be shown raw: bidi marks, embeddings,
+overrides and isolates (a reordered line can lie), zero-width and other invisible characters (``7`` and
+``7\\u200b`` look alike), line and paragraph separators. The CLI escapes them with C0, DEL and C1 (:data:`UNSAFE`);
+the review pages with C0 but tab and newlines (``review.app.visible``)."""
+UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{INVISIBLE}]")
 
 
 def _escape(m: re.Match[str]) -> str:

@@ -30,6 +30,7 @@ from markupsafe import Markup, escape
 from prometheus_client import CollectorRegistry, generate_latest
 
 from .. import __version__
+from ..inert import INVISIBLE
 from ..metrics import ReviewMetrics
 from ..scoring.policy import LoadedPolicy, load_policy
 from ..settings import Settings
@@ -159,9 +160,8 @@ def _fmt_ms(ms: int | None) -> str:
 
 # Bidi embeddings/overrides/isolates/marks, zero-width and other invisible format characters, C0 (but tab and
 # newlines) and C1 controls. Autoescaping leaves them alone, and a browser reorders the text they touch:
-# "agent-\u202egpj.exe" displays as "agent-exe.jpg". The CLI escapes the same way (audit.inert).
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e"
-                        "\u2060-\u2069\ufeff]")
+# "agent-\u202egpj.exe" displays as "agent-exe.jpg". The CLI escapes the same set (pipeline.inert.INVISIBLE).
+_INVISIBLE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{INVISIBLE}]")
 
 
 def _escape_char(m: re.Match[str]) -> str:

@@ -51,7 +51,7 @@ def missing_evidence(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
         missing.append("trigger.ref")
     if not ev["inputs_used"]:
         missing.append("inputs_used")
-    if not ev["policy"]["policy_version"].strip():
+    if is_blank(ev["policy"]["policy_version"]):  # an invisible version names no version either
         missing.append("policy.policy_version")
     if not missing:
         return []

@@ -51,3 +51,15 @@ def test_log_lines_are_inert_and_stay_valid(formatter: logging.Formatter) -> Non
     assert not any(c in line for c in RAW), repr(line)
     if isinstance(formatter, JsonFormatter):
         assert json.loads(line)["error"] == HOSTILE  # the same value, escaped
+
+
+@pytest.mark.parametrize("char", ["\u061c", "\u180e", "\u200b", "\u200c", "\u200d", "\u200e", "\u2060", "\u2064",
+                                  "\u2066", "\u202e", "\u2028", "\ufeff"])
+def test_the_cli_and_the_review_pages_escape_the_same_invisible_characters(char: str) -> None:
+    """`agentgov trail` printed policy_version "7\\u200b" exactly like an approved "7" while the review pages
+    escaped it: both now take their set from pipeline.inert.INVISIBLE."""
+    from pipeline.inert import inert
+    from pipeline.review.app import visible
+
+    escaped = f"7\\u{ord(char):04x}"
+    assert inert("7" + char) == escaped and visible("7" + char) == escaped

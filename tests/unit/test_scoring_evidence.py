@@ -22,13 +22,16 @@ def _evd(ev: TransitionDict, history: Sequence[TransitionDict] = (), **kw: Any) 
     ({"trigger.ref": None}, True),
     ({"inputs_used": []}, True),
     ({"policy.policy_version": " "}, True),
+    ({"policy.policy_version": "\u200b"}, True),
+    ({"policy.policy_version": "\ufeff\u2060"}, True),
     ({"trigger.ref": "   "}, True),
     ({"trigger.ref": "\u00a0"}, True),
     ({"trigger.ref": "\u200b"}, True),
     ({}, False),
     ({"trigger.ref": " HR-1 "}, False),
     ({"action": "recommend", "decision.outcome": "recommended", "inputs_used": []}, False),  # not an access change
-], ids=["no-ref", "no-inputs", "blank-version", "blank-ref", "nbsp-ref", "zero-width-ref", "benign:complete",
+], ids=["no-ref", "no-inputs", "blank-version", "zero-width-version", "invisible-version",
+        "blank-ref", "nbsp-ref", "zero-width-ref", "benign:complete",
         "benign:padded-ref", "benign:recommendation"])
 def test_missing_evidence(changes: dict[str, Any], fires: bool) -> None:
     assert ("AG-EVD-001" in _evd(event(changes))) is fires
