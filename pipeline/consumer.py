@@ -170,9 +170,15 @@ class Scorer(TransactionalLoop):
             self._refusals.pop(source, None)
 
     def _decode_quiet(self, msg: Message) -> TransitionDict | None:
+        """An event of the replayed log as the live path judged it, or None for one it dead-lettered. Its time
+        is checked against the record's log time, the nearest the log keeps to when it was scored: an event
+        stamped too far ahead was dead-lettered (``invalid_value``), and admitted to the rebuilt context it
+        made its own republished copy (``agentgov dlq republish``, once its time has come) a replay."""
         try:
             decoded = self.serde.decode(msg.value())
-            check_values(decoded.record, now_ms=decoded.record["occurred_at"], max_future_ms=0)
+            log_ms = msg.timestamp()[1]
+            check_values(decoded.record, now_ms=log_ms if log_ms > 0 else decoded.record["occurred_at"],
+                         limits=self.limits)
         except DeadLetter:
             return None
         except RegistryUnavailable:  # context only: the event itself is scored when the registry answers

@@ -1,0 +1,62 @@
+"""A scorer's rebuilt context holds what its live path accepted: an event it dead-lettered for its time (stamped
+too far ahead of when it was scored) stays out of the replay too, judged against the record's log time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from pipeline.consumer import Scorer
+from pipeline.drafts import draft
+from pipeline.events import event_hash
+from pipeline.limits import Limits
+from pipeline.schemas import SchemaSet
+from pipeline.serde import Serde
+
+SERDE = Serde(SchemaSet.load())
+NOW_MS = int(time.time() * 1000)
+
+
+class _Msg:
+    def __init__(self, value: bytes, log_ms: int) -> None:
+        self._value, self._log_ms = value, log_ms
+
+    def value(self) -> bytes:
+        return self._value
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 0
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._log_ms) if self._log_ms > 0 else (0, -1)  # CREATE_TIME, or NOT_AVAILABLE
+
+
+def _bytes(occurred_at: int) -> bytes:
+    rec: Any = draft(event_id="8d1c7c3e-0000-4000-8000-000000000001")
+    rec.update(occurred_at=occurred_at, tenant=None,
+               evidence={"event_hash": "", "prev_event_hash": None, "signature": None, "key_id": None})
+    rec["evidence"]["event_hash"] = event_hash(rec)
+    return SERDE.encode(rec)
+
+
+def _replay_decoder() -> Any:
+    s: Any = Scorer.__new__(Scorer)
+    s.serde, s.limits, s._replay_gap = SERDE, Limits(), False
+    return s._decode_quiet
+
+
+@pytest.mark.parametrize(("ahead_ms", "log_ms", "admitted"), [
+    (3_600_000, NOW_MS, False),          # an hour ahead of its log time: dead-lettered live, left out
+    (60_000, NOW_MS, True),              # within the skew allowed
+    (3_600_000, NOW_MS + 3_600_000, True),  # its log time caught up with it: scored live, kept
+    (3_600_000, 0, True),                # no log time: judged by its own time, as before
+])
+def test_the_replay_leaves_out_what_the_live_path_dead_lettered_for_its_time(ahead_ms: int, log_ms: int,
+                                                                               admitted: bool) -> None:
+    ev = _replay_decoder()(_Msg(_bytes(NOW_MS + ahead_ms), log_ms))
+    assert (ev is not None) is admitted
