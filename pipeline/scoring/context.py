@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..events import ENTITLEMENT_GRANTS, ENTITLEMENT_REVOKES, TransitionDict
+from ..events import ENTITLEMENT_GRANTS, ENTITLEMENT_REVOKES, TransitionDict, name_key
 from .policy import GovernancePolicy, LoadedPolicy
 
 
@@ -89,16 +89,22 @@ def entitlements_from_history(
         ctx = ScoringContext(policy, target_history=hist,
                              target_entitlements=entitlements_from_history(hist))
     """
-    held: dict[str, str | None] = dict.fromkeys(initial)  # name -> system it was granted on, if known
+    # (name, system) as name_key folds them -> the name as granted; a system of None: known from ``initial``,
+    # not where. Names and systems compare as the policy's toxic pairs and the correlator's holdings do: a
+    # revoke spelt in another case ends the grant, a revoke on another system does not.
+    held: dict[tuple[str, str | None], str] = {(name_key(n), None): n for n in initial}
     for ev in events:
         if ev["decision"]["outcome"] != "granted":
             continue
         action = ev["action"]
         if action in ENTITLEMENT_GRANTS:
-            held[access_name(ev)] = ev["resource"]["system"]
+            name = access_name(ev)
+            held[(name_key(name), name_key(ev["resource"]["system"]))] = name
         elif action in ENTITLEMENT_REVOKES:
-            held.pop(access_name(ev), None)
+            name = name_key(access_name(ev))
+            held.pop((name, name_key(ev["resource"]["system"])), None)
+            held.pop((name, None), None)
         elif action == "delete_account":
-            system = ev["resource"]["system"]
-            held = {name: sys for name, sys in held.items() if sys != system}
-    return frozenset(held)
+            system = name_key(ev["resource"]["system"])
+            held = {k: n for k, n in held.items() if k[1] != system}
+    return frozenset(held.values())

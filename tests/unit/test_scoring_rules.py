@@ -48,6 +48,29 @@ def test_separation_of_duties(before: list[dict[str, Any]], now: dict[str, Any],
         assert found[0].related_event_ids[-1] == events[-1]["event_id"]
 
 
+@pytest.mark.parametrize(("revoke", "fires"), [
+    ({"resource.entitlement": "AP-CREATE-VENDOR"}, False),  # the same entitlement, spelt in another case
+    ({"resource.system": "SAP"}, False),                    # on the same system, spelt so
+    ({"resource.system": "oracle"}, True),                  # another system's: the sap grant is still held
+], ids=["name-case", "system-case", "other-system"])
+def test_sod_holdings_are_per_system_and_compare_names_without_case(revoke: dict[str, str], fires: bool) -> None:
+    """What the scorer holds for AG-SOD-001 is keyed as the policy's pairs and the correlator's holdings are:
+    a revoke spelt in another case ended nothing (a false AG-SOD-001), one on another system ended the grant."""
+    from pipeline.scoring.context import ScoringContext, entitlements_from_history
+    from tests.unit.scoring_factory import default_policy
+
+    def step(action: str, entitlement: str, n: int, **extra: str) -> Any:
+        return event({**SOD, "action": action, "resource.system": "sap", "resource.entitlement": entitlement,
+                      "step": n, **extra})
+
+    history = [step("grant_entitlement", "ap-create-vendor", 1), step("revoke_entitlement", "ap-create-vendor", 2,
+                                                                        **revoke)]
+    partner = step("grant_entitlement", "ap-approve-payment", 3)
+    ctx = ScoringContext(policy=default_policy(), run_history=tuple(history), target_history=tuple(history),
+                         target_entitlements=entitlements_from_history(history))
+    assert ("AG-SOD-001" in [f.code for f in score(partner, ctx).findings]) is fires
+
+
 def test_sod_uses_target_entitlements_from_the_store() -> None:
     ev = event({**SOD, "resource.entitlement": "ap-approve-payment"})
     ctx = context_for(ev, target_entitlements=frozenset({"ap-create-vendor"}))
