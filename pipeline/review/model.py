@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import AgentgovError
+from ..events import identity_key
 from ..scoring.catalogue import CATALOGUE
 
 FINDING_STATES = ("new", "acknowledged", "closed")
@@ -119,12 +120,19 @@ def require_role(roles: tuple[str, ...], *allowed: str) -> None:
         raise Forbidden(f"needs the role {' or '.join(allowed)}; you have {', '.join(roles) or 'none'}")
 
 
+def same_person(a: str, b: str) -> bool:
+    """Two ids of one identity, as the pipeline matches identities (``events.identity_key``: case and Unicode
+    form folded): ``Alice`` deciding about ``alice``'s access decides about her own."""
+    return identity_key(a) == identity_key(b)
+
+
 def check_not_own(actor_user: str, parties: set[str], what: str) -> None:
     """Separation of duties: nobody decides about their own access.
 
-    ``parties`` are the people the subject is about: the identity that was granted access (target) and the
-    person who approved the grant. Four-eyes, as for exceptions: another reviewer decides."""
-    if actor_user in parties:
+    ``parties`` are the people the subject is about: the identity that was granted access (target), the
+    principal the agent acted for, and the person who approved the grant, in any spelling (:func:`same_person`).
+    Four-eyes, as for exceptions: another reviewer decides."""
+    if any(same_person(actor_user, p) for p in parties):
         raise Forbidden(f"separation of duties: {what} concerns your own access or your own approval; "
                         "another reviewer must decide it")
 
@@ -212,8 +220,12 @@ def decide_exception(current: dict[str, Any], action: str, actor: Actor, now_ms:
         raise ReviewError(f"cannot {action} an exception that is {status}")
     if action in ("approve", "reject"):
         require_role(actor.roles, "approver")
-        if actor.user == current["requester"]:
+        if same_person(actor.user, current["requester"]):
             raise Forbidden("four-eyes: the requester cannot approve or reject their own exception")
+        if action == "approve" and any(same_person(actor.user, v) for v in (current.get("target_id"),
+                                                                            current.get("agent_id")) if v):
+            raise Forbidden("separation of duties: this exception would cover your own access; another "
+                            "approver must decide it")
     else:
         require_role(actor.roles, "approver", "reviewer")
     nxt = dict(current, version=current["version"] + 1, state=target, updated_by=actor.user, updated_at=now_ms)

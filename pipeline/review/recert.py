@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import MAX_TEXT, Actor, Forbidden, ReviewError, require_role
+from .model import MAX_TEXT, Actor, Forbidden, ReviewError, require_role, same_person
 
 RECOMMENDATIONS = ("revoke", "certify", "none")
 ITEM_STATES = ("pending", "certified", "revoked")
@@ -179,7 +179,7 @@ def check_item_decision(actor: Actor, *, state: str, assignee: str, owner: str, 
         raise Forbidden(f"item is assigned to {assignee}; only they or the campaign owner ({owner}) decide it")
     if state != "pending":
         raise ReviewError(f"item is already {state}")
-    if action != "reassign" and actor.user == target:
+    if action != "reassign" and same_person(actor.user, target):
         raise Forbidden("separation of duties: this item is access you hold; reassign it to another reviewer")
     text = (justification or "").strip()
     if len(text) > MAX_TEXT:
@@ -204,13 +204,17 @@ def check_item_decision(actor: Actor, *, state: str, assignee: str, owner: str, 
     return "certified" if action == "certify" else "revoked"
 
 
-def check_bulk(recommendations: dict[str, str]) -> str:
-    """Bulk decisions only on items sharing one recommendation; returns it."""
+def check_bulk(recommendations: dict[str, str], action: str | None = None) -> str:
+    """Bulk decisions only on items sharing one recommendation; returns it. Certifying in bulk only what the
+    evidence recommends certifying: items recommended for revocation (a high finding, a leaver) or without a
+    recommendation are certified one by one, each looked at (revoking in bulk stays open: the safe side)."""
     if not recommendations:
         raise ReviewError("nothing selected")
     distinct = sorted(set(recommendations.values()))
     if len(distinct) != 1:
         raise ReviewError(f"bulk decisions need items sharing one recommendation; selected: {', '.join(distinct)}")
+    if action == "certify" and distinct[0] != "certify":
+        raise ReviewError(f"items recommended {distinct[0]!r} are certified one by one, not in bulk")
     return distinct[0]
 
 

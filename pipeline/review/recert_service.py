@@ -208,7 +208,7 @@ class RecertService:
             if item is None:
                 raise ReviewError(f"no such item {iid}")
             recs[iid] = item["recommendation"]
-        check_bulk(recs)
+        check_bulk(recs, action)
         if action == "reassign":
             raise ReviewError("reassign items one by one")
         return apply_each(selection, lambda iid, version: self.decide(

@@ -250,7 +250,7 @@ class RecertStore:
         having: list[str] = []
         params: dict[str, Any] = {**_bounds(cid), "limit": limit, "offset": offset}
         if target:
-            having.append("snap['target_id'] = {tgt:String}")
+            having.append("lowerUTF8(snap['target_id']) = lowerUTF8({tgt:String})")  # any spelling of the identity
             params["tgt"] = target
         if state:
             having.append("state = {st:String}")

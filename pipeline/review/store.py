@@ -162,14 +162,15 @@ class ReviewStore:
         return row
 
     def parties(self, finding: dict[str, Any]) -> set[str]:
-        """Who a finding is about: the targets and human approvers of its event and of every related event
-        (a chain's other steps), for separation of duties (``check_not_own``)."""
+        """Who a finding is about: the targets, the principals the agents acted for, and the human approvers of
+        its event and of every related event (a chain's other steps), for separation of duties
+        (``check_not_own``)."""
         ids = [finding["event_id"], *(finding.get("related_event_ids") or [])]
-        rows = self.query("SELECT DISTINCT target_id, approved_by FROM {db}.transitions "
+        rows = self.query("SELECT DISTINCT target_id, on_behalf_of, approved_by FROM {db}.transitions "
                           "WHERE event_id IN {ids:Array(String)}", {"ids": ids})
         out = {finding["target_id"]} if finding.get("target_id") else set()
         for r in rows:
-            out.update(v for v in (r["target_id"], r["approved_by"]) if v)
+            out.update(v for v in (r["target_id"], r["on_behalf_of"], r["approved_by"]) if v)
         return out
 
     def state(self, subject_kind: str, subject_id: str) -> tuple[str, int, str]:

@@ -90,6 +90,7 @@ REFUSED_CASES = [
      "at most 90 days"),
     ({"state": "certified"}, ReviewError, "already certified"),
     ({"target": "alice"}, Forbidden, "separation of duties: this item is access you hold"),
+    ({"target": "ALICE"}, Forbidden, "separation of duties: this item is access you hold"),  # any spelling
     ({"action": "revoke", "target": "alice"}, Forbidden, "separation of duties"),
     ({"campaign_state": "closed"}, ReviewError, "signed off"),
     ({"action": "delete"}, ReviewError, "unknown action"),
@@ -115,6 +116,12 @@ def test_bulk_only_on_one_recommendation() -> None:
         check_bulk({"a": "certify", "b": "revoke"})
     with pytest.raises(ReviewError, match="nothing selected"):
         check_bulk({})
+    # certifying in bulk only what the evidence recommends certifying; revoking in bulk stays open
+    assert check_bulk({"a": "certify", "b": "certify"}, "certify") == "certify"
+    for rec in ("revoke", "none"):
+        with pytest.raises(ReviewError, match=f"recommended '{rec}' are certified one by one"):
+            check_bulk({"a": rec, "b": rec}, "certify")
+        assert check_bulk({"a": rec, "b": rec}, "revoke") == rec
 
 
 def test_signoff_needs_every_item_decided_and_the_owner() -> None:

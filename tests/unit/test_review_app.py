@@ -337,13 +337,15 @@ def _finding(target: str) -> dict[str, Any]:
             "occurred_at_ms": 1_700_000_000_000}
 
 
-@pytest.mark.parametrize(("target", "approver"), [("alice", "mgr"), ("u-9", "alice")])
+@pytest.mark.parametrize(("target", "approver", "principal"), [("alice", "mgr", None), ("u-9", "alice", None),
+                                                              ("ALICE", "mgr", None), ("u-9", "mgr", "Alice")])
 def test_nobody_triages_a_finding_about_their_own_access(make_app: Callable[..., tuple[FastAPI, FakeSink]],
                                                         monkeypatch: pytest.MonkeyPatch, target: str,
-                                                        approver: str) -> None:
+                                                        approver: str, principal: str | None) -> None:
+    """Alice is the target, the approver, or the principal the agent acted for, in any spelling."""
     app, sink = make_app()
     monkeypatch.setattr(app.state.ctx.store, "finding", lambda _e, _c: _finding(target))
-    sink.answer = lambda sql, params: ([{"target_id": target, "approved_by": approver}]
+    sink.answer = lambda sql, params: ([{"target_id": target, "approved_by": approver, "on_behalf_of": principal}]
                                        if "transitions" in sql and "evt-0" in params.get("ids", []) else None)
     alice = Client(app, "alice")
     for body in ({"action": "close", "expected_version": 0, "classification": "false_positive",

@@ -96,6 +96,23 @@ def test_four_eyes_and_lifecycle() -> None:
     assert (revoked["state"], revoked["version"], revoked["ended_at"]) == ("revoked", 3, NOW + 3)
 
 
+def test_nobody_approves_an_exception_covering_their_own_access_in_any_spelling() -> None:
+    with pytest.raises(Forbidden, match="four-eyes"):
+        decide_exception(_exception(), "approve", Actor("RITA", ("approver",)), NOW + 1)  # the requester
+    with pytest.raises(Forbidden, match="your own access"):
+        decide_exception(_exception(target_id="Bob"), "approve", BOB, NOW + 1)  # scoped to bob's access
+    assert decide_exception(_exception(target_id="carol"), "approve", BOB, NOW + 1)["state"] == "active"
+
+
+@pytest.mark.parametrize("party", ["alice", "Alice", "ALICE"])
+def test_a_finding_about_ones_own_access_is_refused_in_any_spelling(party: str) -> None:
+    from pipeline.review.model import check_not_own
+
+    with pytest.raises(Forbidden, match="separation of duties"):
+        check_not_own("alice", {"u-9", party}, "finding f")
+    check_not_own("alice", {"u-9", "bob"}, "finding f")
+
+
 def _finding(code: str = "AG-ESC-003") -> Finding:
     return Finding(code, Severity.critical, Category.escalation, "m", (), ())
 
