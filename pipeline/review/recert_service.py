@@ -63,6 +63,9 @@ def _input(value: Any) -> str:
     return f"{name}:{source}"
 
 
+REMEDIATION_IDS = uuid.UUID("5f0c4f3e-7a51-4b8e-9a2d-6c1d2f3a4b5c")
+"""Namespace of the remediation requests' ids (uuid5 of the revoke decision's id)."""
+
 class RecertService:
     def __init__(self, service: ReviewService, store: RecertStore,
                  has_role: Callable[[str, str], bool | None] | None = None) -> None:
@@ -86,17 +89,22 @@ class RecertService:
 
     # -- publishing -------------------------------------------------------------------------------
     def _publish_many(self, key: str, records: list[dict[str, Any]]) -> None:
-        topic, serde = self.settings.topic_decisions, self.service.serdes["review_decision"]
-        producer, errors = self.service.producer, []
+        self._produce_all(self.settings.topic_decisions, "review_decision", [(key, r) for r in records])
+
+    def _produce_all(self, topic: str, record: str, keyed: list[tuple[str, dict[str, Any]]]) -> None:
+        """Produce every (key, record) and wait for each delivery; a full local queue waits for deliveries to
+        drain (a campaign's sign-off may publish 200,000 remediation requests), never fails the request."""
+        serde, producer, errors = self.service.serdes[record], self.service.producer, []
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
 
-        for record in records:
+        for key, value in keyed:
+            payload = serde.encode(value)
             while True:
                 try:
-                    producer.produce(topic, serde.encode(record), key=key.encode(), on_delivery=delivered)
+                    producer.produce(topic, payload, key=key.encode(), on_delivery=delivered)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     producer.poll(0.1)
@@ -229,15 +237,8 @@ class RecertService:
             t = now_ms()
             revoked = self.store.items(cid, state="revoked", limit=MAX_ITEMS)
             requests = [self._remediation(cid, it, actor, t) for it in revoked]
-            serde = self.service.serdes["remediation_request"]
-            producer, errors = self.service.producer, []
-            for req in requests:
-                producer.produce(self.settings.topic_remediations, serde.encode(req), key=req["finding_id"].encode(),
-                                 on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
-                producer.poll(0)
-            if producer.flush(60) or errors:
-                raise PublishError(f"remediation requests not delivered: {errors[:3]}",
-                                   topic=self.settings.topic_remediations)
+            self._produce_all(self.settings.topic_remediations, "remediation_request",
+                              [(req["finding_id"], req) for req in requests])
             record = decision("campaign.signoff", "campaign", cid, campaign["version"] + 1, actor, t,
                               from_state="open", to_state="closed", comment=comment or None,
                               payload={"owner": campaign["owner"], "certified": str(counts.get("certified", 0)),
@@ -256,7 +257,10 @@ class RecertService:
         worst = next((s for s in ("critical", "high", "medium", "low", "info")
                       if any(f[1] == s for f in item["findings"])), "none")
         end = f" (end of access: {item['end_date']} ms)" if item.get("end_date") else ""
-        return {"request_id": str(uuid.uuid4()), "decision_id": item["last_decision_id"],
+        # One id per revoke decision: a sign-off retried after a failed publish sends the same requests again,
+        # which a remediation system dedupes by request_id, not a second set.
+        return {"request_id": str(uuid.uuid5(REMEDIATION_IDS, item["last_decision_id"])),
+                "decision_id": item["last_decision_id"],
                 "finding_id": item["item_id"], "code": "RECERT-REVOKE", "severity": worst,
                 "agent_id": item["agent_id"], "run_id": item["grant_run_id"], "target_id": item["target_id"],
                 "related_event_ids": [item["grant_event_id"]], "reason": "recertification_revoke",

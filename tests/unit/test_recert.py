@@ -302,3 +302,54 @@ def test_attribute_rows_count_findings_where_not_permitted(tmp_path: Path) -> No
     assert rows["department"]["bnd002"] == 1
     assert rows["location"]["permitted"] == "no"  # disable_account has its own list without location
     assert [r["name"] for r in attribute_rows(usage, b)][:2] == ["credit_score", "location"]  # problems first
+
+
+class _SmallQueue:
+    """A producer whose local queue holds ``room`` records until polled (librdkafka's BufferError)."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.queued, self.sent = room, 0, []  # type: ignore[var-annotated]
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        if self.queued >= self.room:
+            raise BufferError("Local: Queue full")
+        self.queued += 1
+        self.sent.append((topic, key))
+        on_delivery(None, None)
+
+    def poll(self, timeout: float = 0) -> int:
+        self.queued = 0 if timeout else self.queued
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        self.queued = 0
+        return 0
+
+
+def test_signoff_publishes_every_remediation_request_through_a_full_queue_with_ids_fixed_by_decision() -> None:
+    """A sign-off may publish 200,000 requests: a full local queue waits for deliveries (it raised BufferError,
+    a 500, after 100,000, the campaign left open); a retried sign-off sends the same request ids."""
+    from types import SimpleNamespace
+
+    from pipeline.review.recert_service import RecertService
+    from pipeline.schemas import SchemaSet
+    from pipeline.serde import Serde
+    from pipeline.settings import Settings
+
+    settings = Settings.load(kafka_bootstrap="127.0.0.1:1")
+    producer = _SmallQueue(room=10)
+    service = SimpleNamespace(settings=settings, producer=producer,
+                              serdes={"remediation_request": Serde(SchemaSet.load(), record="remediation_request")})
+    recert = RecertService(service, store=None)  # type: ignore[arg-type]
+    items = [{"item_id": f"CMP-1/{i:07d}", "last_decision_id": f"dec-{i}", "findings": [], "agent_id": "agent-1",
+              "grant_run_id": "run-1", "target_id": f"u{i}", "grant_event_id": f"evt-{i}", "end_date": None,
+              "access": "aws-admin", "system": "aws", "last_comment": "left", "last_actor": "rita"}
+             for i in range(45)]
+    actor = Actor("owner", ("reviewer",))
+    requests = [recert._remediation("CMP-1", it, actor, 1_000) for it in items]
+    recert._produce_all(settings.topic_remediations, "remediation_request",
+                        [(r["finding_id"], r) for r in requests])
+    assert len(producer.sent) == 45 and {k for _, k in producer.sent} == {it["item_id"].encode() for it in items}
+    again = [recert._remediation("CMP-1", it, actor, 2_000) for it in items]
+    assert [r["request_id"] for r in again] == [r["request_id"] for r in requests]
+    assert len({r["request_id"] for r in requests}) == 45
