@@ -96,6 +96,7 @@ def _int(value: str, what: str) -> int | None:
 # -- campaign pages -------------------------------------------------------------------------------
 @router("GET", "/campaigns")
 def campaigns(request: Request, ctx: Ctx, recert: Recert) -> HTMLResponse:
+    ctx.actor(request)  # who asks, before the store is read (an anonymous request reads nothing)
     t = now_ms()
     rows = recert.store.campaigns()
     counts = recert.store.item_counts()
@@ -123,6 +124,7 @@ async def create_campaign(request: Request, ctx: Ctx, recert: Recert, name: Anno
 @router("GET", "/campaigns/{cid}")
 def campaign(request: Request, ctx: Ctx, recert: Recert, cid: str, state: str = "", recommendation: str = "",
              page: Annotated[int, Query(ge=1, le=100000)] = 1) -> HTMLResponse:
+    ctx.actor(request)  # before the store says whether the campaign exists
     c = recert.store.campaign(cid)
     if c is None:
         raise ReviewError(f"no such campaign {cid}")
@@ -140,6 +142,7 @@ def campaign(request: Request, ctx: Ctx, recert: Recert, cid: str, state: str = 
 
 @router("GET", "/campaigns/{cid}/items/{n}")
 def item_page(request: Request, ctx: Ctx, recert: Recert, cid: str, n: str) -> HTMLResponse:
+    ctx.actor(request)
     iid = f"{cid}/{n}"
     item = recert.store.item(iid)
     c = recert.store.campaign(cid)
@@ -189,6 +192,7 @@ async def signoff(request: Request, ctx: Ctx, recert: Recert, cid: str, version:
 # -- attribute review pages -----------------------------------------------------------------------
 @router("GET", "/attributes")
 def attributes(request: Request, ctx: Ctx, recert: Recert) -> HTMLResponse:
+    ctx.actor(request)
     reviews = recert.store.subjects("attribute_review", "ARV-")
     return _render(ctx, request, "attributes.html", workflows=recert.store.workflows(), reviews=reviews)
 
@@ -202,6 +206,7 @@ async def open_review(request: Request, ctx: Ctx, attrs: Attrs, workflow: Annota
 
 @router("GET", "/attributes/{rid}")
 def attribute_review(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> HTMLResponse:
+    ctx.actor(request)
     rev = attrs.review(rid)
     if rev is None:
         raise ReviewError(f"no such attribute review {rid}")

@@ -221,6 +221,21 @@ def test_an_anonymous_write_is_refused_before_its_body_is_read(
     assert asked == 0  # not one chunk of the body was read
 
 
+@pytest.mark.parametrize("path", ["/campaigns", "/campaigns/CMP-000000000000", "/campaigns/CMP-000000000000/items/1",
+                                  "/attributes", "/attributes/ARV-000000000000", "/queue", "/exceptions"])
+def test_an_anonymous_page_reads_nothing_and_says_nothing(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                          path: str) -> None:
+    """Who asks is settled before the store is read: an anonymous request for a campaign that does not exist
+    was told so (400) where one that exists sent it to log in, and a campaign list ran its queries first."""
+    from fastapi.testclient import TestClient
+
+    app, sink = make_app()
+    with TestClient(app) as client:
+        r = client.get(path, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login"), (r.status_code, r.text[:200])
+    assert sink.queries == []
+
+
 def test_bodies_over_the_cap_are_413_before_being_read(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
     import asyncio
 
