@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..scoring.policy import ResolvedBoundary, load_policy
-from .model import MAX_TEXT, Actor, ReviewError, decision, require_role
+from .model import MAX_TEXT, Actor, Conflict, ReviewError, decision, require_role
 from .policy_diff import check_text, propose, satisfies
 from .recert_service import RecertService
 from .service import now_ms
@@ -245,6 +245,8 @@ class AttributeReviews:
         rev = self.review(rid)
         if rev is None:
             raise ReviewError(f"no such attribute review {rid}")
+        if rev["state"] != "proposed":  # the history reads decisions -> proposal -> policy version, once
+            raise ReviewError(f"only a proposed review is linked to a policy version; this one is {rev['state']}")
         verdicts, usage = self._decisions(rev)
         if not verdicts:
             raise ReviewError("no decisions to link")
@@ -254,6 +256,10 @@ class AttributeReviews:
             raise ReviewError(f"policy version {loaded.version} does not include the decisions yet: "
                               + "; ".join(missing[:5]))
         with self.recert.service._lock:
+            now = self.review(rid)  # under the write lock: a link (or a proposal) recorded meanwhile wins
+            if now is None or (now["state"], now["version"]) != (rev["state"], rev["version"]):
+                raise Conflict("the review changed meanwhile; reload it",
+                               state=now["state"] if now else "", version=now["version"] if now else 0)
             record = decision("attributes.included", "attribute_review", rid, rev["version"] + 1, actor, now_ms(),
                               from_state=rev["state"], to_state="included",
                               payload={"policy_version": loaded.version, "policy_sha256": loaded.sha256,

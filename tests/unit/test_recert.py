@@ -353,3 +353,14 @@ def test_signoff_publishes_every_remediation_request_through_a_full_queue_with_i
     again = [recert._remediation("CMP-1", it, actor, 2_000) for it in items]
     assert [r["request_id"] for r in again] == [r["request_id"] for r in requests]
     assert len({r["request_id"] for r in requests}) == 45
+
+
+@pytest.mark.parametrize("state", ["open", "included"])
+def test_only_a_proposed_attribute_review_is_linked_to_a_policy_version(state: str) -> None:
+    """Linking recorded attributes.included with no proposal behind it, and again on every click."""
+    from pipeline.review.attributes import AttributeReviews
+
+    attrs: Any = AttributeReviews.__new__(AttributeReviews)
+    attrs.review = lambda rid: {"state": state, "version": 3, "workflow": "wf"}
+    with pytest.raises(ReviewError, match=f"only a proposed review is linked to a policy version; this one is {state}"):
+        attrs.link_policy(Actor("alice", ("reviewer",)), "ARV-1")
