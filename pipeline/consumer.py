@@ -282,7 +282,7 @@ class Scorer(TransactionalLoop):
             runs_complete=pctx.runs_complete(log_ms if (log_ms := msg.timestamp()[1]) > 0 else now_ms),
         )
         try:
-            scored = apply(score(ev, ctx), ev, batch.excepted)
+            scored = apply(score(ev, ctx), ev, batch.excepted, log_ms)
             value, digest = self.encoder.encode_digested(decoded, scored, msg.partition(), msg.offset(), now_ms)
         except RegistryUnavailable:  # registering the assessment schema: wait for the registry
             raise

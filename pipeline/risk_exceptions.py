@@ -7,7 +7,8 @@ its start and keeps following it, as :class:`pipeline.baselines.BaselineCache` d
 :func:`apply` marks each finding an active exception covers with the exception's id and version. A marked
 finding is still stored, but it does not page (the scorer leaves it out of the paging metrics) and stays
 out of the review queue. Whether an exception covers an event is decided by the event's ``occurred_at``
-against the exception's window ``[effective_at, min(expires_at, ended_at))``, never by the wall clock, so
+against the exception's window ``[effective_at, min(expires_at, ended_at))`` (and its record's log time
+against the window's end: :meth:`ActiveWindow.covers`), never by the wall clock, so
 a replay of the same events with the same exception versions marks the same findings; and the
 exception lapses by itself: the first matching event after ``expires_at`` pages again.
 
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 RECORD = "risk_exception"
 
 
+SEND_SKEW_MS = 300_000
+"""How long after an exception's end an event stamped inside it may still reach the log and be covered (the
+future skew an event may have: ``Limits.max_future_ms``'s default): an agent's send is not instant."""
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveWindow:
     """The part of one exception version a scorer needs: its scope and the event-time window it covers."""
@@ -54,8 +60,14 @@ class ActiveWindow:
     start_ms: int
     end_ms: int
 
-    def covers(self, ev: TransitionDict) -> bool:
+    def covers(self, ev: TransitionDict, log_ms: int = 0) -> bool:
+        """Whether the window covers ``ev``: stamped inside it, in scope, and (when the record's log time
+        ``log_ms`` is known) sent before it ended, give or take :data:`SEND_SKEW_MS`. The event time is the
+        agent's word: an event stamped back into an exception that had expired or been revoked before it was
+        sent is not covered by it."""
         if not self.start_ms <= ev["occurred_at"] < self.end_ms:
+            return False
+        if log_ms > 0 and log_ms >= self.end_ms + SEND_SKEW_MS:
             return False
         if self.workflow_id is not None and ev["workflow_id"] != self.workflow_id:
             return False
@@ -97,9 +109,9 @@ class ExceptionIndex:
             return self  # a redelivered or older version changes nothing
         return ExceptionIndex({**self.latest, record["exception_id"]: record})
 
-    def match(self, code: str, ev: TransitionDict) -> ActiveWindow | None:
+    def match(self, code: str, ev: TransitionDict, log_ms: int = 0) -> ActiveWindow | None:
         for w in self.by_scope.get((code, ev["agent"]["agent_id"]), ()):
-            if w.covers(ev):
+            if w.covers(ev, log_ms):
                 return w
         return None
 
@@ -111,14 +123,15 @@ class ExceptionIndex:
         return sum(1 for r in self.latest.values() if r["state"] == "active")
 
 
-def apply(scored: Scored, ev: TransitionDict, index: ExceptionIndex) -> Scored:
-    """``scored`` with every finding an active exception covers marked with its id and version. Pure."""
+def apply(scored: Scored, ev: TransitionDict, index: ExceptionIndex, log_ms: int = 0) -> Scored:
+    """``scored`` with every finding an active exception covers marked with its id and version; ``log_ms``:
+    the event's record's log time (0: unknown). Pure."""
     if not index.by_scope:
         return scored
     marked = []
     changed = False
     for f in scored.findings:
-        w = index.match(f.code, ev)
+        w = index.match(f.code, ev, log_ms)
         if w is not None:
             f = replace(f, exception_id=w.exception_id, exception_version=w.version)
             changed = True

@@ -134,6 +134,11 @@ def test_apply_marks_by_event_time_scope_and_version() -> None:
     assert apply(scored, _event(active["expires_at"]), index).findings[0].exception_id is None  # expired
     assert apply(scored, _event(NOW + 10, agent="other"), index).findings[0].exception_id is None
     assert apply(scored, _event(NOW + 10, workflow="other"), index).findings[0].exception_id is None
+    # Stamped inside the window but sent after it ended: the agent's own time does not revive an exception.
+    end = active["expires_at"]
+    assert apply(scored, _event(NOW + 10), index, log_ms=NOW + 20).findings[0].exception_id == active["exception_id"]
+    assert apply(scored, _event(end - 1), index, log_ms=end + 60_000).findings[0].exception_id is not None  # skew
+    assert apply(scored, _event(NOW + 10), index, log_ms=end + 3_600_000).findings[0].exception_id is None
     # An older version arriving late changes nothing (compaction/redelivery order).
     requested_again = dict(active, version=1, state="requested")
     assert index.with_record(requested_again) is index
