@@ -35,10 +35,11 @@ def _env(tmp_path: Path, broker_port: int, metrics_port: int) -> dict[str, str]:
 def test_publish_jsonl_then_trail_and_export(tmp_path: Path) -> None:
     metrics_port = free_port_run(8)  # agentgov run serves its children's metrics on the ports after it
     env = _env(tmp_path, free_port(), metrics_port)
-    run = subprocess.Popen([*AGENTGOV, "run", "--scorers", "1"], env=env, stderr=subprocess.PIPE)
+    log_path = tmp_path / "run.log"  # not a pipe: one nobody reads fills and blocks the run's logging
+    run = subprocess.Popen([*AGENTGOV, "run", "--scorers", "1"], env=env, stderr=log_path.open("w"))
     try:
         # the writer's /metrics comes up once broker, topics and migrations are ready
-        assert wait_until(lambda: _up(metrics_port), 60), "agentgov run did not come up"
+        assert wait_until(lambda: _up(metrics_port), 60), f"not up: {log_path.read_text()[-3000:]}"
         lines = [
             json.dumps(draft(run_id="run-cli-1", step=0)),
             "not json",
@@ -67,7 +68,7 @@ def test_publish_jsonl_then_trail_and_export(tmp_path: Path) -> None:
     finally:
         run.send_signal(signal.SIGTERM)
         run.wait(60)
-    assert run.returncode == 0
+    assert run.returncode == 0, log_path.read_text()[-2000:]
 
     trail = subprocess.run([*AGENTGOV, "trail", "run-cli-1"], env=env, capture_output=True, text=True, timeout=60)
     assert trail.returncode == 0, trail.stderr

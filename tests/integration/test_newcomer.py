@@ -96,24 +96,27 @@ def test_demo_then_every_suggested_command_works_as_printed(tmp_path: Path) -> N
 
     url = re.search(r"http://\S+/metrics", steps[2])
     assert url is not None
-    run = subprocess.Popen(["sh", "-c", f"exec {steps[2]}"], env=env, cwd=tmp_path, stderr=subprocess.PIPE,
-                           text=True)
-    try:
-        def up() -> bool:
-            try:
-                body = urllib.request.urlopen(url[0], timeout=2).read().decode()
-            except OSError:
-                return False
-            return 'agentgov_process_up{role="writer"} 1.0' in body
+    # Its log goes to a file: a pipe nobody reads while waiting fills (64 KB) and blocks every process of the
+    # tree that logs, the run included, before it serves its metrics (a CI run failed so).
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as log_file:
+        run = subprocess.Popen(["sh", "-c", f"exec {steps[2]}"], env=env, cwd=tmp_path, stderr=log_file, text=True)
+        try:
+            def up() -> bool:
+                try:
+                    body = urllib.request.urlopen(url[0], timeout=2).read().decode()
+                except OSError:
+                    return False
+                return 'agentgov_process_up{role="writer"} 1.0' in body
 
-        assert wait_until(up, 90), "agentgov run did not serve its metrics"
-        # while `run` owns the embedded store, a reader is told so instead of failing in chdb
-        locked = _sh(steps[0], env, tmp_path)
-        assert locked.returncode == Exit.STORE_LOCKED and "open in another process" in locked.stderr
-    finally:
-        run.send_signal(signal.SIGTERM)
-        _, err = run.communicate(timeout=60)
-    assert run.returncode == 0, err[-2000:]
+            assert wait_until(up, 90), f"agentgov run did not serve its metrics: {log_path.read_text()[-3000:]}"
+            # while `run` owns the embedded store, a reader is told so instead of failing in chdb
+            locked = _sh(steps[0], env, tmp_path)
+            assert locked.returncode == Exit.STORE_LOCKED and "open in another process" in locked.stderr
+        finally:
+            run.send_signal(signal.SIGTERM)
+            run.wait(timeout=60)
+    assert run.returncode == 0, log_path.read_text()[-2000:]
 
 
 @pytest.fixture
