@@ -50,13 +50,14 @@ def _replay_decoder() -> Any:
     return s._decode_quiet
 
 
-@pytest.mark.parametrize(("ahead_ms", "log_ms", "admitted"), [
-    (3_600_000, NOW_MS, False),          # an hour ahead of its log time: dead-lettered live, left out
-    (60_000, NOW_MS, True),              # within the skew allowed
-    (3_600_000, NOW_MS + 3_600_000, True),  # its log time caught up with it: scored live, kept
-    (3_600_000, 0, True),                # no log time: judged by its own time, as before
+@pytest.mark.parametrize(("ahead_ms", "log_after_ms", "admitted"), [
+    (3_600_000, 0, False),          # an hour ahead of its log time: dead-lettered live, left out
+    (60_000, 0, True),              # within the skew allowed
+    (3_600_000, 3_600_000, True),   # its log time caught up with it: scored live, kept
+    (3_600_000, None, True),        # no log time: judged by its own time, as before
 ])
-def test_the_replay_leaves_out_what_the_live_path_dead_lettered_for_its_time(ahead_ms: int, log_ms: int,
+def test_the_replay_leaves_out_what_the_live_path_dead_lettered_for_its_time(ahead_ms: int, log_after_ms: int | None,
                                                                                admitted: bool) -> None:
+    log_ms = 0 if log_after_ms is None else NOW_MS + log_after_ms
     ev = _replay_decoder()(_Msg(_bytes(NOW_MS + ahead_ms), log_ms))
     assert (ev is not None) is admitted
