@@ -280,9 +280,13 @@ def _from_per_run(per_run: Rule, code: RuleSpec, ev: TransitionDict, cx: CrossRu
     by_id = {h["event_id"]: h for h in cx.history}
     by_id[ev["event_id"]] = ev
     out = []
+    # The fact says which codes its scorer raised, not how many chains: one chain under a code the scorer
+    # raised is the scorer's; of several (an account's end closing two grants), any may be one the scorer no
+    # longer held, so all are reported here: a chain found twice rather than one missed.
+    alone = len(found) == 1
     for f in found:
         chain = tuple(by_id[i] for i in f.related_event_ids if i in by_id)
-        if len(chain) != len(f.related_event_ids) or left_to_scorer(chain, ev, f.code):
+        if len(chain) != len(f.related_event_ids) or (alone and left_to_scorer(chain, ev, f.code)):
             continue
         out.append(CrossRunFinding(code, cx.key, f"{f.message}; {_spread(chain)}", chain))
     return out

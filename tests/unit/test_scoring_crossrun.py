@@ -136,6 +136,22 @@ def transient(partition: int, action: str, second: int, run: str, **extra: Any) 
                               "occurred_at": T0 + second * 1000, **extra})
 
 
+def test_an_account_end_closing_two_grants_the_scorer_reported_once_is_reported_whole() -> None:
+    """A delete_account on one partition ends two privileged grants, the first of which had left its scorer's
+    capped context: the scorer raised AG-ESC-003 once (for the second). The fact carries the code, not which
+    chain, so the correlator reports both rather than leave the first to a scorer that never saw it; a single
+    chain under a code the scorer raised stays the scorer's."""
+    first = transient(2, "grant_entitlement", 0, "ra")
+    second = transient(2, "grant_entitlement", 30, "rb", **{"resource.entitlement": "kms-admin",
+                                                            "resource.resource_id": "key/Admin"})
+    end = said(transient(2, "delete_account", 90, "rc", **{"resource.entitlement": None,
+                                                           "resource.resource_id": "user-account"}), "AG-ESC-003")
+    found = run_key([first, second, end], "u-jit")
+    assert sorted(len(f.chain) for f in found) == [2, 2] and {f.spec.code for f in found} == {"AG-XRN-002"}
+    revoke = said(transient(2, "revoke_entitlement", 90, "rc"), "AG-ESC-003")
+    assert run_key([first, revoke], "u-jit") == []  # one chain, the scorer's
+
+
 @pytest.mark.parametrize(("revoke_after_s", "grant_extra", "parts", "expected"), [
     (90, {}, (0, 3), ["AG-XRN-002"]),
     (90, {}, (3, 3), []),                       # one partition: the scorer's AG-ESC-003
