@@ -32,11 +32,22 @@ def _env(tmp_path: Path, broker_port: int, metrics_port: int) -> dict[str, str]:
     return env
 
 
+def _refused_port(run: subprocess.Popen[bytes], log_path: Path, metrics_port: int) -> bool:
+    """Whether the run ended at start because a port it was given was taken meanwhile."""
+    wait_until(lambda: run.poll() is not None or _up(metrics_port), 60)
+    if run.poll() is None:
+        return False
+    return "Address already in use" in log_path.read_text()
+
+
 def test_publish_jsonl_then_trail_and_export(tmp_path: Path) -> None:
-    metrics_port = free_port_run(8)  # agentgov run serves its children's metrics on the ports after it
-    env = _env(tmp_path, free_port(), metrics_port)
     log_path = tmp_path / "run.log"  # not a pipe: one nobody reads fills and blocks the run's logging
-    run = subprocess.Popen([*AGENTGOV, "run", "--scorers", "1"], env=env, stderr=log_path.open("w"))
+    for _ in range(3):  # ports found free can be taken by a parallel test before the run binds them: new ones
+        metrics_port = free_port_run(8)  # agentgov run serves its children's metrics on the ports after it
+        env = _env(tmp_path, free_port(), metrics_port)
+        run = subprocess.Popen([*AGENTGOV, "run", "--scorers", "1"], env=env, stderr=log_path.open("w"))
+        if not _refused_port(run, log_path, metrics_port):
+            break
     try:
         # the writer's /metrics comes up once broker, topics and migrations are ready
         assert wait_until(lambda: _up(metrics_port), 60), f"not up: {log_path.read_text()[-3000:]}"
