@@ -151,6 +151,40 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
     return predicate()
 
 
+class FakeMessage:
+    """A consumed record as confluent-kafka's ``Message`` answers for it, without a broker: ``log_ms`` is its
+    CREATE_TIME timestamp (0: none available)."""
+
+    def __init__(self, value: bytes = b"", *, topic: str = "t", partition: int = 0, offset: int = 0,
+                 key: bytes | None = None, log_ms: int = 0) -> None:
+        self._value, self._topic, self._partition, self._offset = value, topic, partition, offset
+        self._key, self._log_ms = key, log_ms
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._log_ms) if self._log_ms > 0 else (0, -1)  # TIMESTAMP_CREATE_TIME, or NOT_AVAILABLE
+
+    def error(self) -> None:
+        return None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return []
+
+
 class FakeProducer:
     """Records produce calls; ``fail`` makes every delivery report an error, as librdkafka would."""
 

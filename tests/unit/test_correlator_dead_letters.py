@@ -16,32 +16,7 @@ from pipeline.limits import Limits
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-
-
-class _Msg:
-    def __init__(self, topic: str, value: bytes) -> None:
-        self._topic, self._value = topic, value
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes:
-        return b"k" * 5000  # over the dead letter's key limit too
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return 42
-
-    def error(self) -> None:
-        return None
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return []
+from tests.support.helpers import FakeMessage
 
 
 class _Capturing:
@@ -65,7 +40,8 @@ def test_an_undecodable_fact_near_the_size_limit_is_dead_lettered_cut_and_the_ba
     producer = _Capturing(settings)
     c.checkpoint = type("Checkpoint", (), {"producer": producer})()
     big = b"\x00" + b"\xff" * (settings.max_message_bytes - 200)  # not a framed fact: undecodable
-    tally = c.handle([_Msg(settings.topic_facts_by_target, big)])
+    msg = FakeMessage(big, topic=settings.topic_facts_by_target, offset=42, key=b"k" * 5000)  # key over its limit
+    tally = c.handle([msg])
     assert sum(tally.dead.values()) == 1 and tally.facts == 0
     [(topic, value, key, headers)] = producer.sent
     assert topic == settings.topic_dlq

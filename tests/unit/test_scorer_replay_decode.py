@@ -14,26 +14,10 @@ from pipeline.events import event_hash
 from pipeline.limits import Limits
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
+from tests.support.helpers import FakeMessage
 
 SERDE = Serde(SchemaSet.load())
 NOW_MS = int(time.time() * 1000)
-
-
-class _Msg:
-    def __init__(self, value: bytes, log_ms: int) -> None:
-        self._value, self._log_ms = value, log_ms
-
-    def value(self) -> bytes:
-        return self._value
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return 0
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._log_ms) if self._log_ms > 0 else (0, -1)  # CREATE_TIME, or NOT_AVAILABLE
 
 
 def _bytes(occurred_at: int) -> bytes:
@@ -59,5 +43,5 @@ def _replay_decoder() -> Any:
 def test_the_replay_leaves_out_what_the_live_path_dead_lettered_for_its_time(ahead_ms: int, log_after_ms: int | None,
                                                                                admitted: bool) -> None:
     log_ms = 0 if log_after_ms is None else NOW_MS + log_after_ms
-    ev = _replay_decoder()(_Msg(_bytes(NOW_MS + ahead_ms), log_ms))
+    ev = _replay_decoder()(FakeMessage(_bytes(NOW_MS + ahead_ms), log_ms=log_ms))
     assert (ev is not None) is admitted
