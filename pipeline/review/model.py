@@ -169,6 +169,15 @@ def decision(kind: str, subject_kind: str, subject_id: str, version: int, actor:
 DAY_MS = 86_400_000
 
 
+EXCEPTION_STATUSES = ("requested", "active", "expired", "rejected", "revoked")
+
+
+def check_exception_status(status: str) -> None:
+    """A filter on exception status: empty (any) or one of :data:`EXCEPTION_STATUSES`."""
+    if status and status not in EXCEPTION_STATUSES:
+        raise ReviewError(f"unknown exception status {status[:40]!r}; expected one of {', '.join(EXCEPTION_STATUSES)}")
+
+
 def exception_status(record: dict[str, Any], now_ms: int) -> str:
     """requested, active, expired, rejected or revoked (expiry follows from the clock, not from a record)."""
     if record["state"] == "active" and record["expires_at"] <= now_ms:
@@ -210,10 +219,20 @@ def new_exception(actor: Actor, now_ms: int, *, code: str, agent_id: str, justif
     }
 
 
-def decide_exception(current: dict[str, Any], action: str, actor: Actor, now_ms: int) -> dict[str, Any]:
-    """The next version of an exception after ``action`` (approve, reject, revoke). Four-eyes enforced."""
+def decide_exception(current: dict[str, Any], action: str, actor: Actor, now_ms: int, comment: str | None = None
+                     ) -> dict[str, Any]:
+    """The next version of an exception after ``action`` (approve, reject, revoke). Four-eyes enforced.
+
+    Ending an exception (reject, revoke) needs a comment: the requester, and the auditor after them, must be
+    able to read why a risk acceptance was refused or withdrawn. Approving one may carry a comment; the
+    requester's justification is the approval's reason."""
     if action not in EXCEPTION_ACTIONS:
         raise ReviewError(f"unknown action {action!r}; expected one of {', '.join(EXCEPTION_ACTIONS)}")
+    text = (comment or "").strip()
+    if len(text) > MAX_TEXT:
+        raise ReviewError(f"comment longer than {MAX_TEXT} characters")
+    if action in ("reject", "revoke") and not text:
+        raise ReviewError(f"{action} needs a comment saying why")
     sources, target = EXCEPTION_ACTIONS[action]
     status = exception_status(current, now_ms)
     if status not in sources:

@@ -218,10 +218,14 @@ def check_bulk(recommendations: dict[str, str], action: str | None = None) -> st
     return distinct[0]
 
 
-def check_signoff(actor: Actor, *, owner: str, campaign_state: str, pending: int, holds_access: bool = False
-                  ) -> None:
+def check_signoff(actor: Actor, *, owner: str, campaign_state: str, pending: int, comment: str | None,
+                  holds_access: bool = False) -> None:
     """``holds_access``: the signer is the identity of an item of the campaign. Nobody attests a review of
-    their own access, whoever decided the item: an approver who holds nothing in it signs off instead."""
+    their own access, whoever decided the item: an approver who holds nothing in it signs off instead.
+
+    ``comment`` is the signer's attestation, in their own words, and is required: a sign-off is what an
+    auditor reads as the campaign's conclusion. It is checked last, so a sign-off that is not allowed says so
+    before it asks for words."""
     require_role(actor.roles, "reviewer", "approver")
     if campaign_state != "open":
         raise ReviewError("the campaign is already signed off")
@@ -233,6 +237,11 @@ def check_signoff(actor: Actor, *, owner: str, campaign_state: str, pending: int
     if pending:
         raise ReviewError(f"{pending} items are still pending: every item needs a decision before sign-off "
                           "(nothing is decided by default)")
+    text = (comment or "").strip()
+    if not text:
+        raise ReviewError("sign-off needs an attestation comment (what was reviewed, and any caveat)")
+    if len(text) > MAX_TEXT:
+        raise ReviewError(f"comment longer than {MAX_TEXT} characters")
 
 
 def progress(counts: dict[str, int]) -> dict[str, Any]:

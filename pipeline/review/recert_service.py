@@ -232,7 +232,7 @@ class RecertService:
                                state=campaign["state"], version=campaign["version"])
             counts = self.store.item_counts(cid).get(cid, {})
             check_signoff(actor, owner=campaign["owner"], campaign_state=campaign["state"],
-                          pending=counts.get("pending", 0),
+                          pending=counts.get("pending", 0), comment=comment,
                           holds_access=bool(self.store.items(cid, target=actor.user, limit=1)))
             t = now_ms()
             revoked = self.store.items(cid, state="revoked", limit=MAX_ITEMS)
@@ -240,7 +240,7 @@ class RecertService:
             self._produce_all(self.settings.topic_remediations, "remediation_request",
                               [(req["finding_id"], req) for req in requests])
             record = decision("campaign.signoff", "campaign", cid, campaign["version"] + 1, actor, t,
-                              from_state="open", to_state="closed", comment=comment or None,
+                              from_state="open", to_state="closed", comment=(comment or "").strip(),
                               payload={"owner": campaign["owner"], "certified": str(counts.get("certified", 0)),
                                        "revoked": str(counts.get("revoked", 0)),
                                        "remediation_requests": str(len(requests)),

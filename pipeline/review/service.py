@@ -196,8 +196,9 @@ class ReviewService:
             if current["version"] != expected_version:
                 raise Conflict(f"exception changed since the form was loaded: version {current['version']}",
                                state=current["state"], version=current["version"])
-            nxt = decide_exception(current, action, actor, now_ms())
-            self._store_exception(actor, nxt, action, current["state"], comment=comment, locked=True)
+            nxt = decide_exception(current, action, actor, now_ms(), comment)
+            self._store_exception(actor, nxt, action, current["state"], comment=(comment or "").strip() or None,
+                                  locked=True)
         return nxt
 
     def _store_exception(self, actor: Actor, record: dict[str, Any], action: str, from_state: str | None, *,

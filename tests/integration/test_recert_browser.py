@@ -165,6 +165,7 @@ def test_recertification_and_input_review_in_chromium(settings_factory: Callable
         page.click("#back")
         assert page.text_content("#progress").startswith("4/4 decided (3 certified, 1 revoked")
 
+        page.fill("#signoff-comment", "All four grants reviewed with the sales manager.")
         page.click("#signoff")
         assert page.text_content("#c-state") == "closed"
         history = page.locator("#history tbody tr")

@@ -124,17 +124,22 @@ def test_bulk_only_on_one_recommendation() -> None:
         assert check_bulk({"a": rec, "b": rec}, "revoke") == rec
 
 
-def test_signoff_needs_every_item_decided_and_the_owner() -> None:
-    check_signoff(ALICE, owner="alice", campaign_state="open", pending=0)
-    check_signoff(Actor("bob", ("approver",)), owner="alice", campaign_state="open", pending=0)
+def test_signoff_needs_every_item_decided_the_owner_and_an_attestation() -> None:
+    check_signoff(ALICE, owner="alice", campaign_state="open", pending=0, comment="all reviewed")
+    check_signoff(Actor("bob", ("approver",)), owner="alice", campaign_state="open", pending=0, comment="ok")
+    for blank in (None, "", " \n\t"):
+        with pytest.raises(ReviewError, match="sign-off needs an attestation comment"):
+            check_signoff(ALICE, owner="alice", campaign_state="open", pending=0, comment=blank)
+    with pytest.raises(ReviewError, match="longer than 4000"):
+        check_signoff(ALICE, owner="alice", campaign_state="open", pending=0, comment="x" * 4001)
     with pytest.raises(ReviewError, match="2 items are still pending"):
-        check_signoff(ALICE, owner="alice", campaign_state="open", pending=2)
+        check_signoff(ALICE, owner="alice", campaign_state="open", pending=2, comment="c")
     with pytest.raises(Forbidden, match="only the owner"):
-        check_signoff(Actor("rita", ("reviewer",)), owner="alice", campaign_state="open", pending=0)
+        check_signoff(Actor("rita", ("reviewer",)), owner="alice", campaign_state="open", pending=0, comment="c")
     with pytest.raises(Forbidden, match="separation of duties: the campaign reviews access you hold"):
-        check_signoff(ALICE, owner="alice", campaign_state="open", pending=0, holds_access=True)
+        check_signoff(ALICE, owner="alice", campaign_state="open", pending=0, comment="c", holds_access=True)
     with pytest.raises(ReviewError, match="already signed off"):
-        check_signoff(ALICE, owner="alice", campaign_state="closed", pending=0)
+        check_signoff(ALICE, owner="alice", campaign_state="closed", pending=0, comment="c")
 
 
 @pytest.mark.parametrize("on_timeout", ["revoke", "certify", "apply_recommendation"])

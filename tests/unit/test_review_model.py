@@ -92,7 +92,12 @@ def test_four_eyes_and_lifecycle() -> None:
     assert exception_status(active, active["expires_at"]) == "expired"  # lapses by itself
     with pytest.raises(ReviewError):
         decide_exception(active, "approve", BOB, NOW + 2)
-    revoked = decide_exception(active, "revoke", REVIEWER, NOW + 3)
+    for action, current in (("revoke", active), ("reject", requested)):
+        with pytest.raises(ReviewError, match=f"{action} needs a comment saying why"):
+            decide_exception(current, action, BOB, NOW + 3)
+    with pytest.raises(ReviewError, match="longer than 4000"):
+        decide_exception(active, "revoke", REVIEWER, NOW + 3, "x" * 4001)
+    revoked = decide_exception(active, "revoke", REVIEWER, NOW + 3, "no longer needed")
     assert (revoked["state"], revoked["version"], revoked["ended_at"]) == ("revoked", 3, NOW + 3)
 
 
@@ -142,7 +147,7 @@ def test_apply_marks_by_event_time_scope_and_version() -> None:
     # An older version arriving late changes nothing (compaction/redelivery order).
     requested_again = dict(active, version=1, state="requested")
     assert index.with_record(requested_again) is index
-    revoked = decide_exception(active, "revoke", BOB, NOW + 20)
+    revoked = decide_exception(active, "revoke", BOB, NOW + 20, "job finished")
     later = index.with_record(revoked)
     assert apply(scored, _event(NOW + 10), later).findings[0].exception_version == 3  # inside [approved, revoked)
     assert apply(scored, _event(NOW + 30), later).findings[0].exception_id is None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.review.model import Actor, Conflict
+from pipeline.review.model import Actor, Conflict, ReviewError
 from pipeline.review.service import ReviewService
 from pipeline.scoring.policy import load_policy
 from pipeline.settings import Settings
@@ -24,6 +24,7 @@ class LaggingStore:
     def __init__(self, lag: int) -> None:
         self.lag = lag
         self.decisions: set[tuple[str, int]] = set()
+        self.comments: list[str | None] = []  # of every decision published, in order
         self.pending: list[list[Any]] = []  # [reads left, record]
         self.exceptions: dict[tuple[str, int], dict[str, Any]] = {}
 
@@ -38,6 +39,7 @@ class LaggingStore:
     def publish(self, record_name: str, record: dict[str, Any]) -> None:
         if record_name == "review_decision":
             self.decisions.add((record["subject_id"], record["subject_version"]))
+            self.comments.append(record["comment"])
         elif record_name == "risk_exception":
             self.pending.append([self.lag, dict(record)])
 
@@ -76,4 +78,8 @@ def test_an_exception_decision_answers_only_once_its_record_is_readable(
     # A second decision made against the version before the approval is stale, not an invalid transition.
     with pytest.raises(Conflict):
         svc.decide_exception(BOB, xid, "revoke", expected_version=1)
-    assert svc.decide_exception(BOB, xid, "revoke", expected_version=2)["state"] == "revoked"
+    with pytest.raises(ReviewError, match="revoke needs a comment"):
+        svc.decide_exception(BOB, xid, "revoke", expected_version=2, comment=" ")
+    revoked = svc.decide_exception(BOB, xid, "revoke", expected_version=2, comment="batch job retired")
+    assert revoked["state"] == "revoked"
+    assert store.comments[-1] == "batch job retired"
