@@ -381,13 +381,20 @@ def review_export(since: datetime, output: Any) -> None:
     from .review.store import ReviewStore
     from .sinks.clickhouse import ClickHouseSink
 
+    n, cursor = 0, None
     try:
-        rows = ReviewStore(ClickHouseSink.open_existing(_settings())).export(since)
+        store = ReviewStore(ClickHouseSink.open_existing(_settings()))
+        while True:  # page by page: the export of years of decisions never sits in memory whole
+            rows, cursor = store.export(since, after=cursor)
+            for row in rows:
+                output.write(to_json(row) + "\n")
+            n += len(rows)
+            if cursor is None:
+                break
+            click.echo(f"exported {n} review records so far", err=True)
     except AgentgovError as exc:
         _fail(exc)
-    for row in rows:
-        output.write(to_json(row) + "\n")
-    click.echo(f"exported {len(rows)} review records", err=True)
+    click.echo(f"exported {n} review records", err=True)
 
 
 @main.command()

@@ -250,7 +250,7 @@ class ReviewMetrics:
 
 
 class RecertMetrics:
-    """Recertification gauges of the review app, refreshed from the store on each scrape (campaigns.py)."""
+    """Recertification gauges of the review app, refreshed from the store by the scrape (campaigns.py)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = self.registry = registry

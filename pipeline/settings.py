@@ -262,6 +262,16 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=1024,
         description="Largest request body the review app reads (bytes); a larger one gets 413, checked on "
                     "Content-Length and on the bytes streamed. 4 MiB holds the largest bulk decision.")
+    review_cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (sent over HTTPS only) whatever the scheme the app sees. "
+                    "A request the app itself receives over HTTPS always gets a Secure cookie; set this when "
+                    "TLS ends at a proxy in front of the app, which then sees plain HTTP.")
+    review_metrics_refresh_seconds: float = Field(
+        default=15.0, ge=0, le=3600,
+        description="Least time between two reads of the store for the review gauges on /metrics; a scrape "
+                    "in between is answered from the last read. /metrics needs no login, so this bounds "
+                    "what anyone who can reach it makes the store do. 0 reads on every scrape.")
 
     # --- Process -----------------------------------------------------------------------------
     metrics_port: int = Field(default=9464, ge=0, le=65535)

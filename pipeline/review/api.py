@@ -10,15 +10,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .app import ReviewContext, ctx_of
-from .model import CLASSIFICATIONS, FINDING_STATES, MAX_TEXT, REVIEW_SEVERITIES, exception_status, finding_id, utc
+from .model import (
+    CLASSIFICATIONS,
+    FINDING_STATES,
+    MAX_TEXT,
+    REVIEW_SEVERITIES,
+    ReviewError,
+    exception_status,
+    finding_id,
+    utc,
+)
 from .pages import queue_filter
 from .routes import Routes
 from .service import BULK_MAX, now_ms
-from .store import sla
+from .store import EXPORT_PAGE, ExportCursor, sla
 
 _route = Routes(tags=["review"])
 register = _route.register
@@ -128,8 +137,6 @@ def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> dict[str, A
     ctx.actor(request)
     f = ctx.store.finding(event_id, code)
     if f is None:
-        from .model import ReviewError
-
         raise ReviewError(f"no such finding {event_id}/{code}")
     fid = finding_id(event_id, code)
     state, version, assignee = ctx.store.state("finding", fid)
@@ -162,11 +169,18 @@ async def bulk(request: Request, ctx: Ctx, body: BulkDecision) -> dict[str, Any]
 
 
 @_route("GET", "/exceptions")
-def exceptions(request: Request, ctx: Ctx) -> dict[str, Any]:
-    """Latest version of every exception, with its status (expired follows from the clock)."""
+def exceptions(request: Request, ctx: Ctx,
+               status: Annotated[Literal["requested", "active", "expired", "rejected", "revoked"] | None,
+                                 Query()] = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 100,
+               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> dict[str, Any]:
+    """One page of the latest version of each exception, newest request first, with its status (expired
+    follows from the clock); ``total`` counts every exception the filter matches."""
     ctx.actor(request)
     t = now_ms()
-    return {"exceptions": [dict(_json(e), status=exception_status(e, t)) for e in ctx.store.exceptions()]}
+    rows, total = ctx.store.exceptions(t, status=status or "", limit=limit, offset=offset)
+    return {"exceptions": [dict(_json(e), status=exception_status(e, t)) for e in rows], "total": total,
+            "limit": limit, "offset": offset}
 
 
 @_route("POST", "/exceptions", status_code=201)
@@ -185,8 +199,6 @@ def exception(request: Request, ctx: Ctx, exception_id: str) -> dict[str, Any]:
     ctx.actor(request)
     e = ctx.store.exception(exception_id)
     if e is None:
-        from .model import ReviewError
-
         raise ReviewError(f"no such exception {exception_id}")
     return {"exception": dict(_json(e), status=exception_status(e, now_ms())),
             "versions": [_json(v) for v in ctx.store.exception_versions(exception_id)],
@@ -201,10 +213,26 @@ async def decide_exception(request: Request, ctx: Ctx, exception_id: str, body: 
 
 
 @_route("GET", "/export")
-def export(request: Request, ctx: Ctx, since: Annotated[UtcDatetime, Query()]) -> list[dict[str, Any]]:
-    """Decisions and exception versions since ``since`` (what `agentgov review export` writes)."""
+def export(request: Request, response: Response, ctx: Ctx, since: Annotated[UtcDatetime, Query()],
+           limit: Annotated[int, Query(ge=1, le=EXPORT_PAGE)] = EXPORT_PAGE,
+           after: Annotated[str | None, Query(max_length=2048, description=(
+               "The cursor of the next page: the `next` of the `Link` header of the page before."))] = None
+           ) -> list[dict[str, Any]]:
+    """One page of the decisions and exception versions since ``since``, oldest first (what `agentgov review
+    export` writes). When more follow, the response's ``Link`` header (RFC 8288) gives the next page's URL
+    with ``rel="next"``, and ``X-Next-Cursor`` its cursor; the last page has neither."""
     ctx.actor(request)
-    return [_json(r) for r in ctx.store.export(since.replace(tzinfo=None))]
+    try:
+        cursor = ExportCursor.parse(after) if after is not None else None
+    except ValueError as exc:
+        raise ReviewError(str(exc)) from exc
+    rows, nxt = ctx.store.export(since.replace(tzinfo=None), after=cursor, limit=limit)
+    if nxt is not None:
+        token = nxt.token()
+        url = request.url.include_query_params(after=token, limit=limit)
+        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        response.headers["X-Next-Cursor"] = token
+    return [_json(r) for r in rows]
 
 
 __all__ = ["CLASSIFICATIONS", "FINDING_STATES", "REVIEW_SEVERITIES", "register"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class ReviewContext:
     metrics: ReviewMetrics
     templates: Jinja2Templates
     refreshers: list[Callable[[int], None]] = field(default_factory=list)  # more gauges (campaigns.py)
+    _refresh_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _refreshed_at: float | None = field(default=None, repr=False)  # monotonic time of the last store read
 
     def actor(self, request: Request) -> Actor:
         """The authenticated identity of the request, or :class:`Unauthenticated`."""
@@ -84,7 +87,19 @@ class ReviewContext:
         return actor
 
     def refresh_metrics(self) -> None:
-        """Set the review gauges from the store (called on each scrape of /metrics)."""
+        """Set the review gauges from the store, at most once per ``review_metrics_refresh_seconds``.
+
+        Called on each scrape of /metrics, which answers without a login (Prometheus scrapes it): a scrape
+        inside the interval is served the gauges of the last read, so no rate of requests to /metrics
+        becomes a rate of store queries. Concurrent scrapes wait for one read, not one each."""
+        with self._refresh_lock:
+            now, every = time.monotonic(), self.settings.review_metrics_refresh_seconds
+            if self._refreshed_at is not None and now - self._refreshed_at < every:
+                return
+            self._refreshed_at = now
+            self._refresh()
+
+    def _refresh(self) -> None:
         t = now_ms()
         try:
             open_, breached = self.store.open_by_severity(self.policy.governance.review.sla_hours, t)

@@ -16,11 +16,13 @@ from .app import ReviewContext, Unauthenticated, ctx_of
 from .auth import SESSION_COOKIE
 from .model import (
     CLASSIFICATIONS,
+    EXCEPTION_STATUSES,
     FINDING_STATES,
     REASONS,
     REVIEW_SEVERITIES,
     Actor,
     ReviewError,
+    check_exception_status,
     exception_status,
     finding_id,
     utc,
@@ -75,6 +77,12 @@ def login_page(request: Request, ctx: Ctx) -> HTMLResponse:
     return _render(ctx, request, "login.html", None, mode=ctx.settings.review_auth)
 
 
+def _secure(ctx: ReviewContext, request: Request) -> bool:
+    """Whether the session cookie is sent over HTTPS only: the app is on TLS, or TLS ends at a proxy
+    (``review_cookie_secure``; the app cannot tell from a proxy it does not trust for headers)."""
+    return ctx.settings.review_cookie_secure or request.url.scheme == "https"
+
+
 @_route("POST", "/login")
 def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "") -> Response:
     actor = ctx.auth.login(token) if ctx.settings.review_auth == "token" else None
@@ -83,7 +91,7 @@ def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "") -> Res
                        mode=ctx.settings.review_auth)
     response = RedirectResponse("/queue", status_code=303)
     response.set_cookie(SESSION_COOKIE, ctx.auth.session_cookie(actor), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", max_age=ctx.settings.review_session_max_age_seconds)
+                        secure=_secure(ctx, request), max_age=ctx.settings.review_session_max_age_seconds)
     return response
 
 
@@ -92,7 +100,7 @@ async def logout(request: Request, ctx: Ctx) -> Response:
     actor = await ctx.writer(request)
     ctx.auth.end_session(actor, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=_secure(ctx, request))
     return response
 
 
@@ -172,13 +180,16 @@ async def decide_finding(request: Request, ctx: Ctx, event_id: str, code: str,
 
 # -- exceptions -----------------------------------------------------------------------------------
 @_route("GET", "/exceptions")
-def exceptions(request: Request, ctx: Ctx, code: str = "", agent: str = "") -> HTMLResponse:
+def exceptions(request: Request, ctx: Ctx, code: str = "", agent: str = "",
+               status: str = "", page: Annotated[int, Query(ge=1, le=10000)] = 1) -> HTMLResponse:
     actor = ctx.actor(request)
+    check_exception_status(status)
     t = now_ms()
-    rows = ctx.store.exceptions()
+    rows, total = ctx.store.exceptions(t, status=status, limit=PAGE, offset=(page - 1) * PAGE)
     for r in rows:
         r["status"] = exception_status(r, t)
-    return _render(ctx, request, "exceptions.html", actor, rows=rows, code=code, agent=agent,
+    return _render(ctx, request, "exceptions.html", actor, rows=rows, code=code, agent=agent, status_filter=status,
+                   statuses=EXCEPTION_STATUSES, total=total, page=page, pages=max(1, -(-total // PAGE)),
                    max_days=ctx.policy.governance.review.exception_max_days)
 
 

@@ -12,6 +12,8 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ from typing import Any
 
 from ..audit import AUDIT_SETTINGS, trail
 from ..sinks.clickhouse import ClickHouseSink
-from .model import OPEN_STATES, REVIEW_SEVERITIES, exception_status
+from .model import OPEN_STATES, REVIEW_SEVERITIES
 
 LATEST_SQL = """
 SELECT subject_id, ifNull(argMax(to_state, subject_version), '') AS state, max(subject_version) AS version,
@@ -104,6 +106,47 @@ class QueueFilter:
 
 
 EPOCH, LAST = datetime(1970, 1, 1), datetime(2299, 12, 31)
+
+LATEST_EXCEPTION_SQL = ("SELECT * FROM {db}.exceptions FINAL ORDER BY exception_id, version DESC "
+                        "LIMIT 1 BY exception_id")
+STATUS_SQL = ("if(state = 'active' AND toUnixTimestamp64Milli(expires_at) <= {now:Int64}, 'expired', "
+              "toString(state))")
+"""An exception's status at ``now`` in SQL, as :func:`.model.exception_status` gives it in Python."""
+
+EXPORT_PAGE = 10_000
+EXPORT_SOURCES = (("decisions", "decided_at", "subject_id", "subject_version", "decision"),
+                  ("exceptions", "updated_at", "exception_id", "version", "exception"))
+"""What an export holds, in the order its rows take within one millisecond (the cursor's ``rank``)."""
+
+
+@dataclass(frozen=True)
+class ExportCursor:
+    """Where the next page of an export starts: after the row with this (time, rank, id, version).
+
+    Sent to clients as an opaque token (:meth:`token`); a token that does not parse is refused as bad
+    input, never taken as "from the start"."""
+
+    at: datetime
+    rank: int
+    key: str
+    version: int
+
+    def token(self) -> str:
+        at = self.at.replace(tzinfo=None).isoformat(timespec="milliseconds")
+        raw = json.dumps([at, self.rank, self.key, self.version], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def parse(cls, token: str) -> ExportCursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            at, rank, key, version = json.loads(raw)
+            cursor = cls(datetime.fromisoformat(at).replace(tzinfo=None), int(rank), str(key), int(version))
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not an export cursor: {token[:80]!r}") from exc
+        if cursor.rank not in (0, 1) or not -2**31 <= cursor.version < 2**31:
+            raise ValueError(f"not an export cursor: {token[:80]!r}")
+        return cursor
 
 
 def _ms(value: datetime | None) -> int | None:
@@ -217,12 +260,25 @@ class ReviewStore:
             "ORDER BY decided_at, subject_id, subject_version", {"r": run_id})
 
     # -- exceptions -----------------------------------------------------------------------------
-    def exceptions(self) -> list[dict[str, Any]]:
-        """Latest version of every exception, newest request first."""
+    def exceptions(self, now_ms: int, *, status: str = "", limit: int = 100, offset: int = 0
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """One page of the latest version of every exception, newest request first, and how many there are.
+
+        ``status`` (requested, active, expired, rejected, revoked; empty for all) is computed as
+        :func:`exception_status` does: an active exception past its end is expired, whatever its record says.
+        A page is bounded: exceptions accumulate for ever, and one request must not read them all."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "now": now_ms}
+        where = ""
+        if status:
+            where = "WHERE " + STATUS_SQL + " = {status:String}"
+            params["status"] = status
         rows = self.query(
-            "SELECT * FROM {db}.exceptions FINAL ORDER BY exception_id, version DESC LIMIT 1 BY exception_id")
-        out = [self._exc(r) for r in rows]
-        return sorted(out, key=lambda r: -r["requested_at"])
+            "SELECT *, count() OVER () AS total_rows FROM (" + LATEST_EXCEPTION_SQL + ") " + where +
+            " ORDER BY requested_at DESC, exception_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}", params)
+        total = int(rows[0]["total_rows"]) if rows else (
+            0 if offset == 0 else int(self.query(
+                "SELECT count() AS n FROM (" + LATEST_EXCEPTION_SQL + ") " + where, params)[0]["n"]))
+        return [self._exc({k: v for k, v in r.items() if k != "total_rows"}) for r in rows], total
 
     def exception(self, exception_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM {db}.exceptions FINAL WHERE exception_id = {x:String} "
@@ -253,15 +309,34 @@ class ReviewStore:
         return out
 
     # -- export ---------------------------------------------------------------------------------
-    def export(self, since: datetime) -> list[dict[str, Any]]:
-        """Every decision and exception version since ``since``, oldest first, each tagged with its type."""
+    def export(self, since: datetime, *, after: ExportCursor | None = None, limit: int = EXPORT_PAGE
+               ) -> tuple[list[dict[str, Any]], ExportCursor | None]:
+        """One page of the decisions and exception versions since ``since``, oldest first, each tagged with
+        its type; and the cursor of the next page (None at the end).
+
+        Rows are ordered by (time, type, id, version), decisions before exception versions of the same
+        millisecond, and a page starts strictly after ``after``: keyset paging, so a page costs the same
+        wherever it is, and a record stored while an export pages on is neither skipped nor repeated unless
+        it is older than the cursor. Each table gives at most ``limit + 1`` rows past the cursor; the page is
+        the first ``limit`` of their merge, with a cursor only when a row follows (no empty last page)."""
         since = min(max(since.replace(tzinfo=None), EPOCH), LAST)  # DateTime64 holds 1900..2299
-        decisions = self.query("SELECT * FROM {db}.decisions FINAL WHERE decided_at >= {t:DateTime64(3)} "
-                               "ORDER BY decided_at, subject_id, subject_version", {"t": since})
-        versions = self.query("SELECT * FROM {db}.exceptions FINAL WHERE updated_at >= {t:DateTime64(3)} "
-                              "ORDER BY updated_at, exception_id, version", {"t": since})
-        out = [{"type": "decision", **d} for d in decisions] + [{"type": "exception", **v} for v in versions]
-        return sorted(out, key=lambda d: d["decided_at"] if d["type"] == "decision" else d["updated_at"])
+        params: dict[str, Any] = {"t": since, "n": limit + 1}  # one more than the page: is there a next?
+        pages = []
+        for rank, (table, at, key, version, kind) in enumerate(EXPORT_SOURCES):
+            where = f"{at} >= {{t:DateTime64(3)}}"
+            if after is not None:
+                params.update(ct=after.at.replace(tzinfo=None), cr=after.rank, ck=after.key, cv=after.version)
+                where += (f" AND ({at}, {rank}, {key}, {version}) > "
+                          "({ct:DateTime64(3)}, {cr:UInt8}, {ck:String}, {cv:Int32})")
+            rows = self.query(f"SELECT * FROM {{db}}.{table} FINAL WHERE {where} "
+                              f"ORDER BY {at}, {key}, {version} LIMIT {{n:UInt32}}", params)
+            pages.append([(r[at], rank, r[key], r[version], {"type": kind, **r}) for r in rows])
+        merged = sorted(pages[0] + pages[1], key=lambda row: row[:4])
+        out = [row[4] for row in merged[:limit]]
+        if len(merged) <= limit:
+            return out, None
+        at, rank, key, version, _ = merged[limit - 1]
+        return out, ExportCursor(at, rank, key, version)
 
     # -- metrics --------------------------------------------------------------------------------
     def open_by_severity(self, sla_hours: dict[str, float], now_ms: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -285,13 +360,18 @@ class ReviewStore:
         return open_, breached
 
     def exception_counts(self, now_ms: int) -> tuple[dict[str, int], int]:
+        """Exceptions by status, and the active ones ending within 7 days: one aggregate, not a read of all."""
         counts = {s: 0 for s in ("requested", "active", "expired", "rejected", "revoked")}
+        rows = self.query(
+            "SELECT " + STATUS_SQL + " AS status, count() AS n, countIf(state = 'active' AND "
+            "toUnixTimestamp64Milli(expires_at) > {now:Int64} AND toUnixTimestamp64Milli(expires_at) <= "
+            "{now:Int64} + 604800000) AS expiring FROM (" + LATEST_EXCEPTION_SQL + ") GROUP BY status",
+            {"now": now_ms})
         expiring = 0
-        for e in self.exceptions():
-            status = exception_status(e, now_ms)
-            counts[status] += 1
-            if status == "active" and e["expires_at"] - now_ms <= 7 * 86_400_000:
-                expiring += 1
+        for r in rows:
+            if r["status"] in counts:
+                counts[r["status"]] = int(r["n"])
+            expiring += int(r["expiring"])
         return counts, expiring
 
 

@@ -68,6 +68,9 @@ class Client:
         self.http = TestClient(app, headers={"Authorization": f"Bearer {USERS[user][0]}"})
         self.csrf = self.http.get("/api/me").json()["csrf_token"]
 
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.http.get(path, **kw)
+
     def post(self, path: str, json: Any = None, **kw: Any) -> Any:
         headers = {"X-CSRF-Token": self.csrf, **kw.pop("headers", {})}
         return self.http.post(path, json=json, headers=headers, **kw)
@@ -158,12 +161,12 @@ def test_bidi_and_invisible_characters_are_shown_not_obeyed(make_app: Callable[.
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     app, _ = make_app()
     agent = "agent-\u202egpj.exe"  # displays as agent-exe.jpg when the override is obeyed
-    monkeypatch.setattr(app.state.ctx.store, "exceptions", lambda: [{
+    monkeypatch.setattr(app.state.ctx.store, "exceptions", lambda *_a, **_k: ([{
         "exception_id": "EXC-1", "version": 1, "state": "requested", "code": "AG-ESC-003", "agent_id": agent,
         "workflow_id": "wf\u2066x\u2069", "target_id": None, "entitlement": None,
         "justification": "ok\u200b\u202d\nsecond line", "requester": "alice", "approver": None,
         "requested_at": 1, "effective_at": None, "expires_at": 4_000_000_000_000, "ended_at": None,
-        "updated_by": "alice", "updated_at": 1}])
+        "updated_by": "alice", "updated_at": 1}], 1))
     page = TestClient(app, headers={"Authorization": "Bearer tok-alice"}).get("/exceptions", params={"agent": agent})
     assert page.status_code == 200
     shown = page.text.split('<form method="post" action="/exceptions"')[0]
@@ -387,11 +390,123 @@ def test_recert_items_and_signoff_are_not_decided_by_the_holder(make_app: Callab
     r = alice.post(f"/api/campaigns/{cid}/items/0000001", {"action": "certify", "expected_version": 1,
                                                            "justification": "I need it"})
     assert r.status_code == 403 and "separation of duties" in r.json()["error"]
-    r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=1")
+    r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=1&comment=done")
     assert r.status_code == 403 and "separation of duties" in r.json()["error"]
     published: list[dict[str, Any]] = []
     monkeypatch.setattr(app.state.recert, "_publish_many", lambda _key, records: published.extend(records))
     monkeypatch.setattr(app.state.ctx.service, "wait_stored", lambda *_a, **_k: None)
-    r = Client(app, "rita").post(f"/api/campaigns/{cid}/signoff?expected_version=1")  # an approver, holds none
+    r = Client(app, "rita").post(f"/api/campaigns/{cid}/signoff?expected_version=1&comment=done")  # an approver
     assert r.status_code == 200, r.text
     assert [p["kind"] for p in published] == ["campaign.signoff"] and published[0]["actor"] == "rita"
+
+
+def test_the_session_cookie_is_secure_when_tls_ends_at_a_proxy(make_app: Callable[..., tuple[FastAPI, FakeSink]]
+                                                               ) -> None:
+    def login(app: FastAPI, base: str) -> str:
+        r = TestClient(app, base_url=base).post("/login", data={"token": "tok-alice"}, follow_redirects=False)
+        assert r.status_code == 303
+        return str(r.headers["set-cookie"]).lower()
+
+    plain, _ = make_app()
+    assert "secure" not in login(plain, "http://testserver")
+    assert "; secure" in login(plain, "https://testserver")  # the app itself on TLS
+    behind_tls, _ = make_app(review_cookie_secure=True)
+    cookie = login(behind_tls, "http://testserver")  # TLS ended at the proxy: the app sees http
+    assert "; secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+
+
+def _scrape_queries(app: FastAPI, sink: FakeSink, scrapes: int) -> int:
+    before = len(sink.queries)
+    anonymous = TestClient(app)
+    for _ in range(scrapes):
+        r = anonymous.get("/metrics")
+        assert r.status_code == 200 and "agentgov_review_open_findings" in r.text
+    return len(sink.queries) - before
+
+
+def test_metrics_scrapes_read_the_store_at_most_once_per_interval(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]], monkeypatch: pytest.MonkeyPatch) -> None:
+    app, sink = make_app(review_metrics_refresh_seconds=15)
+    one_read = _scrape_queries(app, sink, 1)
+    assert one_read >= 2  # open findings and exception counts, at least
+    assert _scrape_queries(app, sink, 50) == 0  # anyone can scrape; the store does not see it
+    clock = __import__("time").monotonic() + 16
+    monkeypatch.setattr("pipeline.review.app.time.monotonic", lambda: clock)
+    assert _scrape_queries(app, sink, 3) == one_read  # the interval passed: one read, then cached again
+    every, every_sink = make_app(review_metrics_refresh_seconds=0)
+    assert _scrape_queries(every, every_sink, 3) == 3 * _scrape_queries(every, every_sink, 1)
+
+
+def _exception_row(xid: str, state: str, **kw: Any) -> dict[str, Any]:
+    t = datetime(2026, 12, 1, tzinfo=UTC)
+    row = {"exception_id": xid, "version": 2 if state == "active" else 1, "state": state, "code": "AG-ESC-003",
+           "agent_id": "agent-1", "workflow_id": None, "target_id": None, "entitlement": None,
+           "justification": "batch job", "requester": "rita", "approver": "bob" if state == "active" else None,
+           "requested_at": t, "effective_at": t if state == "active" else None, "expires_at": t + timedelta(days=60),
+           "ended_at": None, "updated_by": "bob", "updated_at": t}
+    row.update(kw)
+    return row
+
+
+def test_exception_lists_are_paged_and_filtered_in_the_store(make_app: Callable[..., tuple[FastAPI, FakeSink]]
+                                                             ) -> None:
+    app, sink = make_app()
+    asked: list[dict[str, Any]] = []
+
+    def answer(sql: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if "total_rows" in sql and "exceptions" in sql:
+            asked.append(params)
+            return [dict(_exception_row("X-1", "active"), total_rows=130)]
+        return None
+
+    sink.answer = answer
+    alice = Client(app, "alice")
+    doc = alice.get("/api/exceptions", params={"status": "active", "limit": 20, "offset": 40}).json()
+    assert doc["total"] == 130 and [e["status"] for e in doc["exceptions"]] == ["active"]
+    assert (asked[-1]["status"], asked[-1]["limit"], asked[-1]["offset"]) == ("active", 20, 40)
+    assert alice.get("/api/exceptions", params={"limit": 501}).status_code == 422  # a page is bounded
+    assert alice.get("/api/exceptions", params={"status": "all"}).status_code == 422
+    page = alice.get("/exceptions", params={"status": "active", "page": 2})
+    assert page.status_code == 200 and (asked[-1]["limit"], asked[-1]["offset"]) == (50, 50)
+    assert "Page 2 of 3" in page.text and 'id="x-prev"' in page.text and 'id="x-next"' in page.text
+    assert 'id="x-total">130 exceptions' in page.text
+    bad = alice.get("/exceptions", params={"status": "<b>x</b>"})
+    assert bad.status_code == 400 and "unknown exception status" in bad.text and "<b>x</b>" not in bad.text
+
+
+def test_ending_an_exception_needs_a_comment_from_the_page(make_app: Callable[..., tuple[FastAPI, FakeSink]]
+                                                          ) -> None:
+    app, sink = make_app()
+    published: list[str] = []
+    app.state.ctx.service._publish = lambda name, _t, _k, _r: published.append(name)
+    sink.answer = lambda sql, params: ([_exception_row("X-1", "active")]
+                                       if "exceptions" in sql and params.get("x") == "X-1" else None)
+    bob = Client(app, "bob")
+    page = bob.get("/exceptions/X-1")
+    assert page.status_code == 200 and 'id="x-comment"' in page.text and 'id="x-revoke"' in page.text
+    r = bob.form("/exceptions/X-1", {"action": "revoke", "version": "2", "comment": "  "})
+    assert r.status_code == 400 and "revoke needs a comment saying why" in r.text
+    assert published == []  # nothing was decided
+
+
+def test_export_pages_carry_a_next_link_and_refuse_a_forged_cursor(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    from pipeline.review.store import ExportCursor
+
+    app, sink = make_app()
+    t = datetime(2026, 12, 1, 12, 0, 0, 123000)
+    sink.answer = lambda sql, params: ([{"decision_id": f"d{i}", "subject_id": f"s{i}", "subject_version": 1,
+                                         "decided_at": t, "kind": "finding.close"} for i in range(3)][:params["n"]]
+                                       if "decisions" in sql else None)
+    alice = Client(app, "alice")
+    r = alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "limit": 2})
+    assert r.status_code == 200 and [d["subject_id"] for d in r.json()] == ["s0", "s1"]
+    cursor = ExportCursor.parse(r.headers["x-next-cursor"])
+    assert (cursor.at, cursor.rank, cursor.key, cursor.version) == (t, 0, "s1", 1)
+    assert f"after={r.headers['x-next-cursor']}" in r.headers["link"] and r.headers["link"].endswith('rel="next"')
+    for forged in ("", "!!!", "WyJ4IiwxLCJ5IiwxXQ", ExportCursor(t, 7, "k", 1).token()):
+        bad = alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "after": forged})
+        assert bad.status_code == 400 and "not an export cursor" in bad.json()["error"], (forged, bad.text)
+    last = alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "limit": 3})
+    assert len(last.json()) == 3 and "link" not in last.headers  # all there is: no next page to ask for
+    assert alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "limit": 10_001}).status_code == 422
