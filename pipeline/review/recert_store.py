@@ -22,7 +22,7 @@ from typing import Any
 from ..events import GRANTS, name_key
 from ..sinks.clickhouse import SCORER_FINDINGS
 from .recert import Scope, item_id, split_item_id
-from .store import ReviewStore, _ms
+from .store import ReviewStore, _ms, identity_sql
 
 # Access that stays held (an allow_auth is a one-off authentication decision, not standing access).
 HELD_ACTIONS = sorted(str(a) for a in GRANTS if str(a) != "allow_auth")
@@ -41,7 +41,7 @@ SELECT h.g_target AS target_id, h.system AS system, h.access AS access, h.g_even
        h.g_authority AS authority, h.g_action AS action, h.granted_at AS granted_at, l.accounts AS accounts
 FROM (
     WITH (occurred_at, action IN {held:Array(String)}, event_id) AS latest
-    SELECT lowerUTF8(target_id) AS identity, system, access,
+    SELECT IDENTITY AS identity, system, access,
            argMax(target_id, latest) AS g_target,
            argMax(action, latest) AS g_action, argMax(event_id, latest) AS g_event,
            argMax(run_id, latest) AS g_run, argMax(agent_id, latest) AS g_agent,
@@ -55,19 +55,22 @@ FROM (
 ) AS h
 LEFT JOIN (
     SELECT identity, groupArray((system, at, last)) AS accounts FROM (
-        SELECT lowerUTF8(target_id) AS identity, system, max(occurred_at) AS at,
+        SELECT IDENTITY AS identity, system, max(occurred_at) AS at,
                argMax(action, (occurred_at, action)) AS last
         FROM {db}.access_changes WHERE action IN {account:Array(String)} GROUP BY identity, system)
     GROUP BY identity
 ) AS l ON l.identity = h.identity
 WHERE {where}
 ORDER BY h.tier DESC, h.granted_at, h.identity, h.system, h.access
-"""
+""".replace("IDENTITY", identity_sql("target_id"))
 """An identity is matched in any case (docs/guarantees.md), as the correlator matches it: a grant to
 ``U-Case`` and its revoke by ``u-case`` leave nothing held, and ``u-case``'s account disabled on the identity
-provider is the same person leaving. ClickHouse's ``lowerUTF8`` folds here, Python's ``casefold`` in the
-correlator; they differ only for a few letters (``ß``, for one), never for ASCII. The holding shows the spelling
-of its latest change."""
+provider is the same person leaving; and so are its spellings in other Unicode forms (:func:`.store.identity_sql`,
+which says where it still differs from the correlator's fold). The holding shows the spelling of its latest
+change."""
+
+DECIDED_TARGET = identity_sql("payload['target_id']")
+SNAPSHOT_TARGET = identity_sql("snap['target_id']")
 
 # The grant events' evidence, while the transitions are retained (one bounded read by event id).
 EVIDENCE_SQL = """
@@ -134,8 +137,8 @@ class RecertStore:
             pre.append("privilege_tier >= {tier:UInt8}")
             params["tier"] = scope.min_tier
         if scope.agent:
-            having.append("lowerUTF8(g_agent) = lowerUTF8({agent:String})")
-            pre.append("lowerUTF8(agent_id) = lowerUTF8({agent:String})")
+            having.append(f"{identity_sql('g_agent')} = {identity_sql('{agent:String}')}")
+            pre.append(f"{identity_sql('agent_id')} = {identity_sql('{agent:String}')}")
             params["agent"] = scope.agent
         if scope.within_days is not None:
             having.append("max(occurred_at) >= {since:DateTime64(3)}")
@@ -146,12 +149,13 @@ class RecertStore:
             where.append("h.g_event IN (SELECT event_id FROM {db}.transitions WHERE workflow_id = {wf:String})")
             params["wf"] = scope.workflow
         if scope.never_certified:
-            where.append("(h.identity, h.system, h.access) NOT IN (SELECT lowerUTF8(payload['target_id']), "
+            where.append(f"(h.identity, h.system, h.access) NOT IN (SELECT {DECIDED_TARGET}, "
                          "payload['system'], payload['access'] FROM {db}.decisions "
                          "WHERE subject_kind = 'campaign_item' AND to_state = 'certified')")
         # Aggregate only the accesses a change in scope touched (the HAVING still judges the latest change):
         # a tier >= 2 campaign over a million holdings groups its few percent, not all of them.
-        prefilter = ("WHERE (lowerUTF8(target_id), system, access) IN (SELECT lowerUTF8(target_id), system, access "
+        target = identity_sql("target_id")
+        prefilter = (f"WHERE ({target}, system, access) IN (SELECT {target}, system, access "
                      "FROM {db}.access_changes WHERE " + " AND ".join(pre) + ")") if pre else ""
         sql = (HOLDINGS_SQL.replace("{prefilter}", prefilter).replace("{having}", "".join(f" AND {h}" for h in having))
                .replace("{where}", " AND ".join(where)) + " LIMIT {limit:UInt32}")
@@ -250,7 +254,7 @@ class RecertStore:
         having: list[str] = []
         params: dict[str, Any] = {**_bounds(cid), "limit": limit, "offset": offset}
         if target:
-            having.append("lowerUTF8(snap['target_id']) = lowerUTF8({tgt:String})")  # any spelling of the identity
+            having.append(f"{SNAPSHOT_TARGET} = {identity_sql('{tgt:String}')}")  # any spelling of the identity
             params["tgt"] = target
         if state:
             having.append("state = {st:String}")

@@ -83,7 +83,7 @@ class QueueFilter:
             params["codes"] = self.code
         if self.agent:  # in any case, as the correlator matches identities; the IN keeps the sort key's index
             where.append("f.agent_id IN (SELECT DISTINCT agent_id FROM {db}.findings "
-                         "WHERE lowerUTF8(agent_id) = lowerUTF8({agent:String}))")
+                         f"WHERE {identity_sql('agent_id')} = {identity_sql('{agent:String}')})")
             params["agent"] = self.agent
         if self.workflow:
             where.append("f.event_id IN (SELECT event_id FROM {db}.transitions WHERE workflow_id = {wf:String})")
@@ -106,6 +106,17 @@ class QueueFilter:
 
 
 EPOCH, LAST = datetime(1970, 1, 1), datetime(2299, 12, 31)
+DECISION_AGENT = "payload['agent_id']"
+
+
+def identity_sql(expr: str) -> str:
+    """ClickHouse SQL for :func:`pipeline.events.identity_key` of ``expr``, as the pipeline keys identities:
+    NFKC, lower-cased, NFKC again, so ``José`` sent composed and decomposed, or in full-width letters, is one
+    identity in a review as in the correlator. ClickHouse has no Unicode case folding: ``lowerUTF8`` stands
+    in for ``casefold``, and the two differ for a few letters only (``ß`` stays ``ß``; ``ẞ`` lowers to it),
+    never for ASCII. ASCII, the usual id, takes ``lowerUTF8`` alone (normalising costs ten times as much)."""
+    return (f"if(length({expr}) = lengthUTF8({expr}), lowerUTF8({expr}), "
+            f"normalizeUTF8NFKC(lowerUTF8(normalizeUTF8NFKC({expr}))))")
 
 LATEST_EXCEPTION_SQL = ("SELECT * FROM {db}.exceptions FINAL ORDER BY exception_id, version DESC "
                         "LIMIT 1 BY exception_id")
@@ -172,8 +183,8 @@ class ReviewStore:
     def queue(self, flt: QueueFilter, now_ms: int, *, limit: int = 50, offset: int = 0
               ) -> tuple[list[dict[str, Any]], int]:
         where, params = flt.where(now_ms)
-        latest = LATEST_SQL.replace("{latest_where}", "AND lowerUTF8(payload['agent_id']) = lowerUTF8({agent:String})"
-                                    if flt.agent else "")
+        agent = f"AND {identity_sql(DECISION_AGENT)} = {identity_sql('{agent:String}')}" if flt.agent else ""
+        latest = LATEST_SQL.replace("{latest_where}", agent)
         sql = QUEUE_SQL.replace("LATEST", latest).replace("{where}", where)
         rows = self.query(sql, {**params, "limit": limit, "offset": offset})
         if rows:  # one scan: the window count is taken before LIMIT

@@ -74,3 +74,23 @@ def test_an_identity_spelt_in_several_cases_is_one_holder(sink: ClickHouseSink) 
     assert held["u-other", "aws-admin"]["identity_left"] is False
     scoped = store.holdings(Scope(min_tier=2, agent="AGENT-JML-01"), now_ms)
     assert sorted((h["target_id"], h["access"]) for h in scoped) == sorted(held)
+
+
+def test_an_identity_spelt_in_several_unicode_forms_is_one_holder(sink: ClickHouseSink) -> None:
+    """As ``events.identity_key`` keys them: ``JOSÉ`` composed (U+00C9) and ``jose`` + U+0301 decomposed are one
+    person, and so are full-width letters; the store folds them as the correlator does (``identity_sql``)."""
+    composed, decomposed, wide = "JOS\u00c9@corp", "jose\u0301@corp", "\uff2a\uff2f\uff33\u00c9@corp"
+    rows = [change(composed, "aws", "aws-admin", "grant_entitlement", 0),
+            change(decomposed, "aws", "aws-admin", "revoke_entitlement", 1),   # revoked, in another form
+            change(composed, "aws", "aws-billing", "grant_entitlement", 2),
+            change(wide, "entra-id", "user-account", "disable_account", 5, tier=0),  # she left, full-width
+            change("u-other", "aws", "aws-admin", "grant_entitlement", 0)]
+    sink.insert_rows("access_changes", rows, COLUMNS, token=uuid.uuid4().hex)
+    store = RecertStore(ReviewStore(sink), load_policy(None).governance.identity_provider)
+    now_ms = int((T0 + timedelta(days=30)).timestamp() * 1000)
+    held = {(h["target_id"], h["access"]): h for h in store.holdings(Scope(min_tier=2), now_ms)}
+    assert sorted(held) == [(composed, "aws-billing"), ("u-other", "aws-admin")]
+    assert held[composed, "aws-billing"]["identity_left"] is True
+    assert held["u-other", "aws-admin"]["identity_left"] is False
+    scoped = store.holdings(Scope(min_tier=2, agent="\uff21GENT-JML-01"), now_ms)  # the agent, full-width A
+    assert sorted((h["target_id"], h["access"]) for h in scoped) == sorted(held)
