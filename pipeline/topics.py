@@ -18,8 +18,11 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
     existing = set(admin.list_topics(timeout=timeout).topics)
     retention = str(7 * 24 * 3600 * 1000)
     wanted = [
+        # The broker stamps each event's record with its own clock (LogAppendTime): the time an event reached
+        # the log is evidence (backdating, exception coverage, the replay window), which a producer's own
+        # timestamp (CreateTime, the default) lets any agent with a raw Kafka client set as it likes.
         NewTopic(settings.topic_transitions, settings.topic_partitions, settings.topic_replication,
-                 config={"retention.ms": retention}),
+                 config={"retention.ms": retention, "message.timestamp.type": "LogAppendTime"}),
         NewTopic(settings.topic_assessments, settings.topic_partitions, settings.topic_replication,
                  config={"retention.ms": retention}),
         NewTopic(settings.topic_dlq, settings.topic_partitions, settings.topic_replication,

@@ -1,0 +1,45 @@
+"""The transitions topic's record time is the broker's (LogAppendTime) on Kafka.
+
+A scorer reads an event's log time from its record: AG-EVD-003's completeness, the backdating counter and
+risk-exception coverage (an event sent after its exception ended) all compare ``occurred_at`` with it. With
+the default CreateTime that time is whatever the producer says, and an agent with a raw Kafka client could
+stamp a grant sent today as sent inside an exception that ended last week.
+
+Kafka only: Tansu 0.6, the embedded broker, accepts the topic setting and ignores it (records keep the
+producer's time; checked by hand, docs/guarantees.md says so)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Producer
+
+from pipeline.kraft import KraftCluster
+from pipeline.settings import Settings
+from tests.support.helpers import Bus, consume
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+
+
+@pytest.fixture
+def bus(kafka_cluster: KraftCluster) -> Bus:
+    return Bus("kafka", kafka_cluster.bootstrap, 3, kafka_cluster)
+
+DAY_MS = 86_400_000
+
+
+def test_a_producer_cannot_set_the_time_an_event_reached_the_log(
+        bus: Bus, settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory()
+    producer = Producer(settings.kafka_config())
+    forged = int(time.time() * 1000) - 30 * DAY_MS
+    before = int(time.time() * 1000)
+    producer.produce(settings.topic_transitions, f"raw-{uuid.uuid4()}".encode(), partition=0, timestamp=forged)
+    assert producer.flush(30) == 0
+    [msg] = consume(settings, settings.topic_transitions, 1, timeout=30)
+    kind, at = msg.timestamp()
+    assert kind == TIMESTAMP_LOG_APPEND_TIME, (bus.kind, kind, at)
+    assert before - 5_000 <= at <= int(time.time() * 1000) + 5_000, (bus.kind, at, forged)
