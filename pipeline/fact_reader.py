@@ -45,8 +45,11 @@ FIELDS: tuple[tuple[str, str], ...] = (
 
 SHAPE = """{
     "event_id": event_id, "occurred_at": occurred_at, "run_id": run_id, "step": step, "action": action,
-    "agent": {"agent_id": key(agent_id), "on_behalf_of": on_behalf_of and key(on_behalf_of)},
-    "target": {"identity_id": key(target_id), "identity_type": target_type,
+    "agent": {"agent_id": agent_id.lower() if agent_id.isascii() else key(agent_id),
+              "on_behalf_of": on_behalf_of and (on_behalf_of.lower() if on_behalf_of.isascii()
+                                                else key(on_behalf_of))},
+    "target": {"identity_id": target_id.lower() if target_id.isascii() else key(target_id),
+               "identity_type": target_type,
                "lifecycle_state": lifecycle_state},
     "resource": {"system": system, "resource_id": resource_id, "entitlement": entitlement,
                  "privilege_tier": privilege_tier},
@@ -80,9 +83,9 @@ def _field_source(name: str, kind: str) -> list[str]:
                 "    if b < 128:",
                 f"        {name} = (b >> 1) ^ -(b & 1); pos += 1",
                 "    else:",
-                f"        {name}, pos = varint(data, pos)"]
+                *("        " + line for line in _varint_source(name))]
     if kind == STRINGS:  # array of strings as write_fact writes it: one block (or none), then the empty one
-        return ["    count, pos = varint(data, pos)",
+        return [*_field_source("count", LONG),
                 f"    {name} = []",
                 "    if count:",
                 "        if not 0 < count <= STRINGS_MAX:",
@@ -105,12 +108,29 @@ def _field_source(name: str, kind: str) -> list[str]:
     return [*lines, *(pad + line for line in _string_source(name))]
 
 
+def _varint_source(name: str) -> list[str]:
+    """:func:`varint` inline (no call), for a varint whose first byte ``b`` at ``pos`` has its high bit set:
+    the same bytes read, the same value, ValueError past 9 bytes and IndexError past the end, as it."""
+    return ["z = b & 0x7F; shift = 7; pos += 1",
+            "while True:",
+            "    b = data[pos]; pos += 1",
+            "    z |= (b & 0x7F) << shift",
+            "    if b < 128:",
+            "        break",
+            "    shift += 7",
+            "    if shift > 56:",
+            "        raise ValueError('varint of 10 bytes or more')",
+            f"{name} = (z >> 1) ^ -(z & 1)"]
+
+
 def _string_source(name: str) -> list[str]:
     return ["b = data[pos]",
             "if b < 128 and not b & 1:",
             "    n = b >> 1; pos += 1",
+            "elif b < 128:",
+            "    raise ValueError('negative length')  # a one-byte varint, odd: negative",
             "else:",
-            "    n, pos = varint(data, pos)",
+            *("    " + line for line in _varint_source("n")),
             "    if n < 0:",
             "        raise ValueError('negative length')",
             "end = pos + n",
@@ -162,8 +182,19 @@ class FactReader:
             log.warning("fact schema does not match the fast reader; decoding every fact with fastavro",
                         extra={"kv": {"schema_version": serde.current.version}})
 
+    _header: bytes | None = None  # the first fact goes through current_datum_start
+
     def read(self, data: bytes) -> TransitionDict:
-        start = self.serde.current_datum_start(data) if self.fast else None
+        # A datum framed with the header that the Serde last said was the current schema's (the single-object
+        # fingerprint, or a registry id, which a Serde resolves once and for all) starts after it, as
+        # current_datum_start would answer, without asking it again for every fact.
+        header = self._header
+        if header is not None and data and data.startswith(header) and len(data) <= self.serde.max_bytes:
+            start: int | None = len(header)
+        else:
+            start = self.serde.current_datum_start(data) if self.fast else None
+            if start is not None:
+                self._header = data[:start]
         if start is not None:
             try:
                 return read_fact(data, start)

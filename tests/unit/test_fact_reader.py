@@ -191,3 +191,61 @@ def test_the_agent_its_principal_and_the_target_are_read_as_identity_keys() -> N
     assert (ev["agent"]["agent_id"], ev["agent"]["on_behalf_of"], ev["target"]["identity_id"]) == (
         "agent-7", "human-alice", "bob@corp")
     assert ev == as_event(f)
+
+
+def _workload_facts(events: int) -> list[bytes]:
+    """The facts the scorer writes (FactEmitter) for workload events, planted and cross-run chains included."""
+    from pipeline.facts import FactEmitter, is_access_change
+    from pipeline.publisher import TransitionPublisher
+    from pipeline.settings import Settings
+    from pipeline.workload import Workload
+
+    pub = TransitionPublisher(Settings.load(kafka_bootstrap="127.0.0.1:1"))  # complete() only: never connects
+    emitter, out = FactEmitter(Settings(), serde()), []
+    for i, op in enumerate(Workload(seed=3, planted=True, bad_inputs=False, cross_run=True).ops(events)):
+        if op.kind != "draft":
+            continue
+        record = pub.complete(op.payload)
+        if is_access_change(record) or record["action"] == "create_group":
+            out.append(emitter.encode(record, i % 12, 1_000 * i, ["AG-ESC-002"] if i % 7 == 0 else []))
+    return out
+
+
+def test_workload_and_random_facts_read_as_serde_reads_them_field_for_field() -> None:
+    """The fast path against the Serde and as_event, compared as repr: the same fields in the same order, of
+    the same types (``1`` is not ``True``), over the scorer's own facts and the random ones above, one reader
+    for all of them (its framing short cut taken from the second fact on)."""
+    s, reader = serde(), FactReader(serde())
+    datums = _workload_facts(3_000) + [s.encode(f) for f in facts(500, 11)]
+    assert len(datums) > 2_000
+    for data in datums:
+        want = repr(as_event(s.decode(data).record))
+        start = s.current_datum_start(data)
+        assert start is not None
+        assert repr(read_fact(data, start)) == want
+        assert repr(reader.read(data)) == want
+    assert reader._header == datums[0][:start]
+
+
+def test_after_a_current_fact_other_framings_still_get_the_serdes_answer() -> None:
+    """The framing short cut (a datum starting with the current schema's header) leaves everything else to
+    the Serde: another schema version, a message over the size limit, an empty one, bad magic."""
+    s, reader = serde(), FactReader(serde())
+    good = s.encode(facts(1, 12)[0])
+    assert reader.read(good) == as_event(s.decode(good).record)
+    old = SCHEMAS.versions[FACT][sorted(SCHEMAS.versions[FACT])[0]]
+    datum = {f["name"]: f.get("default") for f in old.raw["fields"]}
+    datum.update({k: v for k, v in facts(1, 3)[0].items() if k in datum})
+    from fastavro import schemaless_writer
+
+    buf = io.BytesIO()
+    schemaless_writer(buf, old.parsed, datum)
+    older = SOE_MAGIC + old.fingerprint + buf.getvalue()
+    assert reader.read(older) == as_event(s.decode(older).record)
+    header = good[:s.current_datum_start(good) or 0]
+    for data, reason in ((b"", "bad_magic"), (b"\xff" + good, "bad_magic"), (header, "truncated"),
+                         (header + b"x" * 2_000_000, "oversized")):
+        with pytest.raises(DecodeError) as info:
+            reader.read(data)
+        assert info.value.reason == reason
+    assert reader.read(good) == as_event(s.decode(good).record)
