@@ -24,7 +24,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import ACCOUNT_REVOKES, ENTITLEMENT_GRANTS, ENTITLEMENT_REVOKES, REVOKES, TransitionDict, name_key
+from ..events import (
+    ACCOUNT_REVOKES,
+    ENTITLEMENT_GRANTS,
+    ENTITLEMENT_REVOKES,
+    GRANTS,
+    REVOKES,
+    TransitionDict,
+    name_key,
+)
 from . import escalation
 from .catalogue import (
     ASI03,
@@ -322,7 +330,20 @@ def transient_across_runs(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
     """AG-XRN-002: a privileged grant and its revoke within the transient window, on different partitions."""
     if not _executed_revoke(ev):
         return []  # AG-ESC-003's own first test, before its context is built
+    if not _granted_since(cx.history, ev["occurred_at"] - cx.governance.escalation.transient_revoke_seconds * 1000):
+        return []  # no grant the revoke could end within the transient window: most revokes, no context built
     return _from_per_run(escalation.transient_privilege, XRN_TRANSIENT_PRIVILEGE, ev, cx)
+
+
+def _granted_since(history: Iterable[TransitionDict], since_ms: int) -> bool:
+    """Whether ``history`` holds an executed grant at or after ``since_ms``. AG-ESC-003 (run over ``history``
+    alone, as ``_from_per_run`` runs it) reports only a grant it holds in force (an executed grant of
+    ``history``) and ended no more than ``transient_revoke_seconds`` after it was made: without one, it finds
+    nothing (``tests/unit/test_scoring_crossrun.py`` holds the two equal)."""
+    for h in history:
+        if h["occurred_at"] >= since_ms and h["action"] in GRANTS and h["decision"]["outcome"] == "granted":
+            return True
+    return False
 
 
 def _live_edges(into: Sequence[TransitionDict], at_ms: int) -> list[TransitionDict]:

@@ -1788,3 +1788,47 @@ def test_an_edge_read_late_into_the_principal_of_a_judged_grant_still_finds_the_
     assert state.acting_for == {"agent-p": {"agent-x"}}
     state.released = (T0 + 3 * 86_400_000, 0, "", 0, 0)  # agent-x quiet for days: it leaves, and its index entry
     assert state.expire(86_400_000, 86_400_000) == 1 and state.acting_for == {} and state.principals == {}
+
+
+def test_transient_privilege_without_a_grant_in_its_window_is_what_the_rule_finds_without_the_test() -> None:
+    """AG-XRN-002 builds no context for a revoke with no executed grant in the transient window before it
+    (``crossrun._granted_since``). Over random revokes and account ends of one target, with random histories
+    (grants, revokes, denied decisions, human approvals, systems, tiers, privileged names, times inside and
+    outside the transient window, copies, one or several partitions, what the scorer said), the rule finds
+    exactly what the per-run rule over the history finds without that test."""
+    import random
+
+    from pipeline.keyed_state import order
+    from pipeline.scoring import crossrun, escalation
+
+    rnd = random.Random(17)
+    grants = ["assign_role", "grant_entitlement", "add_group_member"]
+    ends = ["remove_role", "revoke_entitlement", "remove_group_member", "disable_account", "delete_account"]
+    access = [(None, "role/Admin"), (None, "role/Reader"), ("aws-admin", "role/Admin"), ("AWS-ADMIN ", "role/x"),
+              ("read-only", "wiki"), (None, "user-account"), (None, "grp-admins")]
+
+    def draw(t_s: int, actions: list[str]) -> TransitionDict:
+        entitlement, resource = rnd.choice(access)
+        human = rnd.random() < 0.2
+        return fact(rnd.randrange(3), **{
+            "action": rnd.choice(actions), "target.identity_id": "u-x", "run_id": f"r{rnd.randrange(4)}",
+            "event_id": f"e{rnd.randrange(30)}", "occurred_at": T0 + t_s * 1000,
+            "resource.system": rnd.choice(["aws", "aws", "entra-id"]), "resource.resource_id": resource,
+            "resource.entitlement": entitlement, "resource.privilege_tier": rnd.randrange(4),
+            "decision.outcome": "granted" if rnd.random() < 0.85 else "denied",
+            "decision.authority": "human" if human else "agent", "decision.approved_by": "ciso" if human else None})
+
+    skipped = found = 0
+    for _ in range(3_000):
+        ev = draw(3_600, ends)
+        if rnd.random() < 0.3:
+            ev = said(ev, "AG-ESC-003")
+        earlier = sorted((draw(rnd.randrange(1_800, 3_600), rnd.choice([grants, ends, grants + ends]))
+                          for _ in range(rnd.randrange(6))), key=order)
+        cx = CrossRunContext(POLICY, "u-x", history=earlier)
+        want = crossrun._from_per_run(escalation.transient_privilege, crossrun.XRN_TRANSIENT_PRIVILEGE, ev, cx)
+        got = crossrun.transient_across_runs(ev, cx)
+        assert [(f.finding_id, f.message) for f in got] == [(f.finding_id, f.message) for f in want], (ev, earlier)
+        found += bool(want)
+        skipped += not crossrun._granted_since(earlier, ev["occurred_at"] - 900_000)
+    assert skipped > 1_000 and found > 100, (skipped, found)  # both halves were exercised
