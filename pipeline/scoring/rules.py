@@ -63,12 +63,15 @@ def tie_rank(ev: TransitionDict) -> int:
     agent chooses, decide only between facts of the same rank: ordered by id alone, an agent stamping a
     tier climb or a grant and its revoke with one millisecond, and picking its ids, hid the chain from
     rules that read only the facts before the one they judge."""
-    action = ev["action"]
-    if action in _FIRST_IN_ITS_MS:
-        return 0
-    if action in REVOKES:
-        return 10
-    return 1 + min(max(int(ev["resource"]["privilege_tier"] or 0), 0), 8)
+    rank = TIE_RANKS.get(ev["action"])
+    if rank is not None:
+        return rank
+    tier = int(ev["resource"]["privilege_tier"] or 0)
+    return 1 if tier <= 0 else 9 if tier >= 8 else 1 + tier
+
+
+TIE_RANKS: dict[str, int] = {**dict.fromkeys(REVOKES, 10), **dict.fromkeys(_FIRST_IN_ITS_MS, 0)}
+""":func:`tie_rank` of the actions ranked whatever their tier (a grant's rank is 1 + its tier, within 0..8)."""
 
 
 def tier_of(ev: TransitionDict, policy: GovernancePolicy) -> int:

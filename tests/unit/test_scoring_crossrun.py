@@ -1832,3 +1832,24 @@ def test_transient_privilege_without_a_grant_in_its_window_is_what_the_rule_find
         found += bool(want)
         skipped += not crossrun._granted_since(earlier, ev["occurred_at"] - 900_000)
     assert skipped > 1_000 and found > 100, (skipped, found)  # both halves were exercised
+
+
+@pytest.mark.parametrize("tier", [None, -(2**31), -3, -1, 0, 1, 2, 3, 4, 7, 8, 9, 12, 2**31 - 1, 2.7])
+def test_tie_rank_and_fact_order_rank_as_the_rule_states(tier: Any) -> None:
+    """``tie_rank`` (and ``fact_order``, which has it inline) by its stated rule, for every action: a group's
+    creation and an account's disabling first, then grants by tier (lowest first, within 0..8), then revokes."""
+    from pipeline.events import REVOKES, Action
+    from pipeline.scoring.rules import tie_rank
+
+    for action in [*Action, "create_group", "something_else"]:
+        ev: Any = {"action": str(action), "resource": {"privilege_tier": tier}, "occurred_at": 5, "event_id": "e",
+                   "source_partition": 1, "source_offset": 2}
+        if action in ("create_group", "disable_account"):
+            want = 0
+        elif action in REVOKES:
+            want = 10
+        else:
+            want = 1 + min(max(int(tier or 0), 0), 8)
+        assert tie_rank(ev) == want and fact_order(ev) == (5, want, "e", 1, 2), (action, tier)
+        ev["action"] = action  # the enum itself, as scorers' events carry it
+        assert tie_rank(ev) == want and fact_order(ev) == (5, want, "e", 1, 2), (action, tier)
