@@ -11,7 +11,10 @@ Two steps, so the measured one is deterministic and does nothing but the correla
   what is left. Prints the facts, pages and findings, and a digest of the finding records: two versions of
   the code must print the same digest. ``--no-handle`` loads and builds the same and stops before the first
   batch: under ``valgrind --tool=callgrind`` the difference of the two counts is the correlator's, and divided
-  by the facts, its instructions per fact.
+  by the facts, its instructions per fact. After each batch the young generations are collected and what
+  survived frozen, as ``TransactionalLoop.process`` does (``_collect``; its full collection every 600 s of
+  the machine's clock left out); ``--freeze-start-up`` first does what ``consumers._main.freeze_start_up``
+  does for a role's process.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ def correlator(settings: Settings) -> Any:
     return c
 
 
-def run(path: str, batch: int, handle: bool) -> None:
+def run(path: str, batch: int, handle: bool, freeze: bool = False) -> None:
     with open(path, "rb") as f:
         records: list[tuple[str, int, bytes]] = pickle.load(f)
     settings = Settings()
@@ -171,9 +174,14 @@ def run(path: str, batch: int, handle: bool) -> None:
     correlator_module.time = clock  # type: ignore[assignment]
     if not handle:
         return
+    if freeze:
+        from consumers._main import freeze_start_up
+        freeze_start_up()
+    c._next_full_gc = float("inf")  # the full collection every GC_FULL_EVERY_SECONDS of the machine's clock: none
     facts = found = 0
     for i in range(0, len(msgs), batch):
         tally = c.handle(msgs[i:i + batch])
+        c._collect()  # after each batch, as TransactionalLoop.process does
         facts += tally.facts
         found += len(tally.found)
         clock.tick(0.05)
@@ -199,7 +207,7 @@ def main() -> None:
         make(int(args[1]), args[2])
     elif args and args[0] == "run":
         rest = [a for a in args[2:] if not a.startswith("--")]
-        run(args[1], int(rest[0]) if rest else 500, "--no-handle" not in args)
+        run(args[1], int(rest[0]) if rest else 500, "--no-handle" not in args, "--freeze-start-up" in args)
     else:
         raise SystemExit(__doc__)
 
