@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from consumers._main import fatal, run, start, stop_on_signals
+from consumers._main import fatal, freeze_start_up, run, start, stop_on_signals
 from pipeline.baselines import BaselineCache
 from pipeline.correlator import Correlator
 from pipeline.errors import AgentgovError
@@ -30,6 +30,7 @@ def main() -> int:
     # The delegation graph is read whole before the first fact is judged (a laundering chain needs it).
     if not correlator.graph.wait_ready(60):
         log.warning("delegation graph not caught up after 60 s; starting anyway")
+    freeze_start_up()  # as the scorer and the writer: a batch's facts allocate far more than 700 containers
     code = run(correlator, stop)
     baselines.stop()
     log.info("correlator stopped", extra={"kv": {"processed": correlator.processed, "findings": correlator.emitted}})
