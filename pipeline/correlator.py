@@ -417,31 +417,40 @@ class Correlator(TransactionalLoop):
     def _page_early(self, state: KeyedState, ev: TransitionDict) -> list[CrossRunFinding]:
         """The paging rules, on arrival (``KeyedState.judge_early``): by target over the escalation window of
         arrived facts; by agent over the agent's arrived facts (group nesting) and the delegation graph."""
-        window, keep, by_target, by_agent = self._early_terms()
-        reach = window
-        if not state.by_target and not (ev["action"] == "create_group"
-                                        or state.created_before(state.key_of(ev), ev, window)):
-            # By agent, re-judging the key's later facts can only matter to group nesting, and only when this
-            # fact is a step of a chain: the group's creation, or an act on a group the agent created before
-            # it. Any other fact of a busy agent would cost O(its window) for nothing (a busy agent that
-            # once created a group included).
-            reach = 0
+        window, keep, by_target, by_agent, but_nesting = self._early_terms()
+        reach, may = window, by_target
+        if not state.by_target:
+            key = state.key_of(ev)
+            may = by_agent
+            if not (ev["action"] == "create_group" or state.created_before(key, ev, window)):
+                # By agent, re-judging the key's later facts can only matter to group nesting, and only when
+                # this fact is a step of a chain: the group's creation, or an act on a group the agent created
+                # before it. Any other fact of a busy agent would cost O(its window) for nothing (a busy agent
+                # that once created a group included).
+                reach = 0
+                if state.arrived[key][-1][1] is ev:
+                    # Nothing of the key arrived after it (the usual case): it is the one fact judged, and
+                    # ``_paging`` judges it by the paging rules but group nesting, whose entry test is this.
+                    may = but_nesting
         # Most facts can complete no chain: the rules' entry test turns them away before any call into the rules.
-        return state.judge_early(ev, reach, keep, functools.partial(self._guarded, self._paging, state),
-                                 by_target if state.by_target else by_agent)
+        return state.judge_early(ev, reach, keep, functools.partial(self._guarded, self._paging, state), may)
 
     _early_for: LoadedPolicy | None = None
-    _early: tuple[int, int, Callable[[TransitionDict], bool], Callable[[TransitionDict], bool]]
+    _early: tuple[int, int, Callable[[TransitionDict], bool], Callable[[TransitionDict], bool],
+                  Callable[[TransitionDict], bool]]
 
-    def _early_terms(self) -> tuple[int, int, Callable[[TransitionDict], bool], Callable[[TransitionDict], bool]]:
+    def _early_terms(self) -> tuple[int, int, Callable[[TransitionDict], bool], Callable[[TransitionDict], bool],
+                                    Callable[[TransitionDict], bool]]:
         """What every early page reads of the policy, made once per policy (a reload makes them again): the
         escalation window (ms), the event time of arrived facts kept (``_early_keep_ms``), and the paging
-        rules' entry tests by target and by agent."""
+        rules' entry tests by target, by agent, and by agent without group nesting."""
         if self._early_for is not self.policy:
             policy = self.policy.governance
             target_test, agent_test = entry_test(PAGING_BY_TARGET), entry_test(PAGING_BY_AGENT)
+            but_nesting = entry_test(PAGING_BUT_NESTING)
             self._early = (policy.escalation.window_seconds * 1000, self._early_keep_ms(),
-                           lambda e: target_test(e, policy), lambda e: agent_test(e, policy))
+                           lambda e: target_test(e, policy), lambda e: agent_test(e, policy),
+                           lambda e: but_nesting(e, policy))
             self._early_for = self.policy
         return self._early
 
@@ -467,9 +476,7 @@ class Correlator(TransactionalLoop):
 
     def _paging(self, state: KeyedState, key: str, ev: TransitionDict) -> list[CrossRunFinding]:
         policy = self.policy.governance
-        if state.by_target:
-            if not may_page(ev, policy, PAGING_BY_TARGET):
-                return []  # most facts: nothing to read
+        if state.by_target:  # ``may_page(ev, policy, PAGING_BY_TARGET)``: judge_early asked it (_page_early)
             history = state.arrived_before(key, ev, policy.escalation.window_seconds * 1000)
             cx = CrossRunContext(self.policy, key, history=history, scorer_window_ms=self.scorer_window_ms)
             return correlate(ev, cx, PAGING_BY_TARGET)

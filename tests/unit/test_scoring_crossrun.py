@@ -1295,12 +1295,14 @@ def test_the_paging_entry_tests_skip_only_facts_that_cannot_complete_a_chain(mon
     the paging rules whatever its history."""
     from pipeline import correlator as correlator_module
     from pipeline.keyed_state import KeyedState
-    from pipeline.scoring.crossrun import PAGING_BY_AGENT, may_page
+    from pipeline.scoring.crossrun import PAGING_BY_AGENT, entry_test, may_page
 
     facts = _workload_facts(2_000)
 
     def pages(gate: bool) -> tuple[list[str], int]:
         monkeypatch.setattr(correlator_module, "may_page", may_page if gate else lambda *_: True)
+        # and the entry tests judge_early asks (Correlator._early_terms): ungated, every fact reaches the rules
+        monkeypatch.setattr(correlator_module, "entry_test", entry_test if gate else lambda rules: lambda *_: True)
         c, found, turned_away = _bare_correlator(), [], 0
         for by_target in (True, False):
             state = KeyedState(by_target)
