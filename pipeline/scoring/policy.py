@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,12 @@ class _Compiled:
     """Both as name_key: privileged names match whatever case and padding an event spells them with."""
     identity_providers: frozenset[str]
     """As name_key, like the privileged names."""
+    privileged_memo: dict[tuple[str, str | None], bool] = field(default_factory=dict)
+    """(resource_id, entitlement) as an event spells them -> ``privileged_name``'s answer, for the names seen
+    last (at most ``PRIVILEGED_MEMO_MAX``): every access change asks it, and an estate's names are few."""
+
+
+PRIVILEGED_MEMO_MAX = 65_536
 
 
 class GovernancePolicy(_Strict):
@@ -276,6 +282,19 @@ class GovernancePolicy(_Strict):
     def privileged_name(self, resource_id: str, entitlement: str | None) -> bool:
         """``resource_id`` is a privileged group or role, or ``entitlement`` a privileged entitlement,
         compared as :func:`~pipeline.events.name_key` (case-insensitive, trimmed)."""
+        memo = self._c.privileged_memo
+        try:
+            known = memo.get((resource_id, entitlement))
+        except TypeError:  # not names (unhashable): answered as below, unremembered
+            return self._privileged_name(resource_id, entitlement)
+        if known is None:
+            known = self._privileged_name(resource_id, entitlement)
+            if len(memo) >= PRIVILEGED_MEMO_MAX:
+                memo.clear()
+            memo[(resource_id, entitlement)] = known
+        return known
+
+    def _privileged_name(self, resource_id: str, entitlement: str | None) -> bool:
         c = self._c
         return name_key(resource_id) in c.privileged_groups or (
             entitlement is not None and name_key(entitlement) in c.privileged_entitlements)

@@ -163,3 +163,30 @@ def test_example_in_docs_is_valid() -> None:
     p = parse_policy(example, "docs/policy.md").policy
     assert p.boundary_for("jml-provisioning").inputs_for("disable_account") == {"termination_date",
                                                                                "employment_status"}
+
+
+def test_privileged_name_remembered_answers_are_the_ones_it_computes() -> None:
+    """``privileged_name`` remembers its answers per (resource_id, entitlement) as spelt: asked twice, in any
+    order, past the memo's bound, or with a value that is no name, it answers as the names compare."""
+    import random
+
+    from pipeline.scoring import policy as policy_module
+
+    p = load_policy(None).policy
+    rnd = random.Random(3)
+    names = ["x", "global-admin", " GLOBAL-ADMIN\u200b", "ROLE/globaladmin", "role/GlobalAdmins", "wiki",
+             "Global-Admin", *p.privileged.entitlements, *p.privileged.groups]
+    asked = [(rnd.choice(names), rnd.choice([None, *names])) for _ in range(2_000)]
+    want = [p._privileged_name(r, e) for r, e in asked]
+    assert [p.privileged_name(r, e) for r, e in asked] == want == [p.privileged_name(r, e) for r, e in asked]
+    assert any(want) and not all(want)
+    memo = p._c.privileged_memo
+    memo.clear()
+    bound = policy_module.PRIVILEGED_MEMO_MAX
+    try:
+        policy_module.PRIVILEGED_MEMO_MAX = 3
+        assert [p.privileged_name(r, e) for r, e in asked] == want and len(memo) <= 3
+    finally:
+        policy_module.PRIVILEGED_MEMO_MAX = bound
+    with pytest.raises(AttributeError):
+        p.privileged_name([], None)  # type: ignore[arg-type]
