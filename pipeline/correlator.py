@@ -80,6 +80,7 @@ from .scoring.crossrun import (
     delegation_laundering,
     entry_test,
     group_nesting_across_runs,
+    may_find_by_agent,
     may_find_by_target,
     may_page,
     stale_policy_across_partitions,
@@ -516,12 +517,16 @@ class Correlator(TransactionalLoop):
                                  scorer_window_ms=self.scorer_window_ms)
             return correlate(ev, cx, (stale_policy_across_partitions,))
         window = policy.escalation.window_seconds * 1000
-        rules = BY_AGENT_RULES if state.created_before(key, ev, window) else AGENT_RULES_BUT_NESTING
+        nesting = state.created_before(key, ev, window)
+        baseline = self.baselines(key)
+        recent = state.grants_before(key, ev, drift_ms)
+        if not may_find_by_agent(ev, policy, baseline, recent_grants=len(recent), stale=decisions is not None,
+                                 nesting=nesting):
+            return []  # most grants: no rule can complete a chain on it, whatever the history holds
         cx = CrossRunContext(self.policy, key, history=state.before(key, ev, window),
-                             decision_window=decisions, delegations=self._edges_into, baseline=self.baselines(key),
-                             recent_grants=state.grants_before(key, ev, policy.drift.rate_window_seconds * 1000),
-                             scorer_window_ms=self.scorer_window_ms)
-        return correlate(ev, cx, rules)
+                             decision_window=decisions, delegations=self._edges_into, baseline=baseline,
+                             recent_grants=recent, scorer_window_ms=self.scorer_window_ms)
+        return correlate(ev, cx, BY_AGENT_RULES if nesting else AGENT_RULES_BUT_NESTING)
 
     def _rejudge(self, state: KeyedState, key: str, late: TransitionDict
                  ) -> tuple[Callable[[str, TransitionDict], list[CrossRunFinding]], int | None] | None:

@@ -451,6 +451,12 @@ XRN_GRANT_RATE = spec(
 )
 
 
+def rate_needed(b: AgentBaseline, policy: GovernancePolicy) -> int:
+    """How many grants in the rate window (the crossing one included) AG-XRN-004 reports at."""
+    d = policy.drift
+    return max(d.rate_min_grants, int(d.rate_factor * b.grants_per_hour * d.rate_window_seconds / 3600) + 1)
+
+
 @cross_run(XRN_GRANT_RATE, key="agent")
 def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-004: the agent's grants over all partitions cross its drift threshold with this grant.
@@ -463,7 +469,7 @@ def grant_rate_across_partitions(ev: TransitionDict, cx: CrossRunContext) -> lis
     if (ev["agent"]["agent_id"] != cx.key or b is None or b.events < d.min_baseline_events
             or not granted_access(ev)):
         return []
-    needed = max(d.rate_min_grants, int(d.rate_factor * b.grants_per_hour * d.rate_window_seconds / 3600) + 1)
+    needed = rate_needed(b, policy)
     lo = ev["occurred_at"] - d.rate_window_seconds * 1000
     if cx.recent_grants is not None:
         if len(cx.recent_grants) + 1 != needed:
@@ -789,6 +795,29 @@ _GATED_BY_TARGET = {duplicate_id, tier_stepping_across_runs, transient_across_ru
                     grant_to_leaver}
 if set(BY_TARGET_RULES) != _GATED_BY_TARGET:  # a new by-target rule needs its entry test in may_find_by_target
     raise RuntimeError(f"by-target rules without an entry test: {set(BY_TARGET_RULES) - _GATED_BY_TARGET}")
+
+
+# The entry test of the by-agent rules at the watermark, for an executed grant (the correlator judges any other
+# by-agent fact by the stale-share rule alone, and only when stale): each rule's first checks, with what the
+# correlator indexed for them: ``nesting`` (a group the grant may act on was created before it in the window:
+# ``KeyedState.created_before``), ``stale`` (``stale_decision``), and ``recent_grants`` (how many executed
+# grants of the agent are in the rate window before it: ``cx.recent_grants``).
+def may_find_by_agent(ev: TransitionDict, policy: GovernancePolicy, baseline: AgentBaseline | None, *,
+                      recent_grants: int, stale: bool, nesting: bool) -> bool:
+    """Whether any by-agent rule can find a chain completed by the executed grant ``ev``: when False,
+    ``correlate(ev, cx, rules)`` finds nothing for a ``cx`` of that ``baseline`` and ``recent_grants``, with
+    group nesting among the ``rules`` only if ``nesting``."""
+    if nesting or _ENTRY[delegation_laundering](ev, policy):
+        return True  # group nesting, delegation laundering
+    if baseline is None or baseline.events < policy.drift.min_baseline_events:
+        return False  # the counting rules need a warm baseline
+    return stale or recent_grants + 1 == rate_needed(baseline, policy)  # stale share, grant rate
+
+
+_GATED_BY_AGENT = {delegation_laundering, grant_rate_across_partitions, stale_policy_across_partitions,
+                   group_nesting_across_runs}
+if set(BY_AGENT_RULES) != _GATED_BY_AGENT:  # a new by-agent rule needs its entry test in may_find_by_agent
+    raise RuntimeError(f"by-agent rules without an entry test: {set(BY_AGENT_RULES) - _GATED_BY_AGENT}")
 
 
 def later_copy(ev: TransitionDict, cx: CrossRunContext) -> bool:

@@ -1855,3 +1855,45 @@ def test_tie_rank_and_fact_order_rank_as_the_rule_states(tier: Any) -> None:
         assert tie_rank(ev) == want and fact_order(ev) == (5, want, "e", 1, 2), (action, tier)
         ev["action"] = action  # the enum itself, as scorers' events carry it
         assert tie_rank(ev) == want and fact_order(ev) == (5, want, "e", 1, 2), (action, tier)
+
+
+@pytest.mark.parametrize("baseline", [None, AgentBaseline("any", events=3), WARM,
+                                      AgentBaseline("any", events=500, grants_per_hour=2.0)])
+def test_the_by_agent_entry_test_changes_no_finding_of_the_correlator(monkeypatch: pytest.MonkeyPatch,
+                                                                     baseline: AgentBaseline | None) -> None:
+    """``may_find_by_agent`` lets the correlator skip building the context of most executed grants at the
+    watermark. Over the demo workload's facts, grant-rate bursts over one and six partitions, stale decisions
+    and group nesting chains (and a random mix of them), with cold, warm and no baselines, the by-agent
+    judging finds the same with the entry test as with every grant judged by every rule, and skips some."""
+    import random
+
+    from pipeline import correlator as correlator_module
+    from pipeline.scoring import crossrun
+
+    rnd = random.Random(7)
+    mixed = [dict(f, agent={**f["agent"], "agent_id": "agent-mix"}) for f in
+             rnd.sample(_burst(6) + decisions([(i % 6, i % 3 == 0) for i in range(21)]) + nesting((0, 2, 4)), 40)]
+    facts = (_workload_facts(2_000) + _burst(6) + _burst(1) + decisions([(i % 6, i % 3 == 0) for i in range(21)])
+             + decisions([(i % 2, i % 2 == 0) for i in range(30)], agent="agent-drift2") + nesting((0, 2, 4))
+             + mixed)
+    calls = {"skipped": 0}
+
+    def judged(gate: bool) -> list[str]:
+        def entry(*a: Any, **k: Any) -> bool:
+            ok = crossrun.may_find_by_agent(*a, **k)
+            calls["skipped"] += not ok
+            return ok if gate else True
+        monkeypatch.setattr(correlator_module, "may_find_by_agent", entry)
+        c = _bare_correlator()
+        c.baselines = lambda key: baseline
+        state = c._new_state(False)
+        for ev in facts:
+            state.add(ev)
+        found, _ = state.judge_due(2**62, 7_200_000, lambda key, ev: c._judge(state, key, ev))
+        return sorted(f.finding_id for f in found)
+
+    gated = judged(True)
+    assert gated == judged(False), gated
+    assert calls["skipped"] > 100, calls
+    if baseline is WARM:
+        assert len(gated) >= 3, gated  # rate, stale share and nesting chains among them
