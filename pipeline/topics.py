@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from .settings import Settings
 
@@ -47,12 +47,43 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
                  config={"retention.ms": retention}),
     ]
     missing = [t for t in wanted if t.topic not in existing]
-    if not missing:
-        return
-    for topic, future in admin.create_topics(missing, request_timeout=timeout).items():
-        try:
-            future.result()
-            log.info("topic created", extra={"kv": {"topic": topic}})
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+    created: set[str] = set()
+    if missing:
+        for topic, future in admin.create_topics(missing, request_timeout=timeout).items():
+            try:
+                future.result()
+                created.add(topic)
+                log.info("topic created", extra={"kv": {"topic": topic}})
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    if settings.topic_transitions not in created:  # it was there before: made with whatever it was made with
+        check_log_time(admin, settings.topic_transitions, timeout)
+
+
+LOG_APPEND_FIX = ("kafka-configs.sh --bootstrap-server BROKER --alter --entity-type topics --entity-name {topic} "
+                  "--add-config message.timestamp.type=LogAppendTime")
+
+
+def check_log_time(admin: AdminClient, topic: str, timeout: float = 30.0) -> bool:
+    """Whether ``topic`` stamps records with the broker's clock (LogAppendTime); warns when it does not.
+
+    ``ensure_topics`` creates the transitions topic so, but changes no topic that exists: one created before
+    (or by hand) keeps the producer's time, which a raw producer sets as it likes (docs/guarantees.md, "Log
+    time"). Changing a topic's configuration is the operator's call (it needs AlterConfigs, which the
+    pipeline's principals do not hold), so this says what to run instead. A broker that does not answer is
+    logged and taken as unknown (True): the check must not stop a start."""
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        configs = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except (KafkaException, KeyError) as exc:
+        log.info("could not read the topic's timestamp type", extra={"kv": {"topic": topic, "error": str(exc)[:200]}})
+        return True
+    entry = configs.get("message.timestamp.type")
+    kind = entry.value if entry is not None else None
+    if kind == "LogAppendTime":
+        return True
+    log.warning("records of the transitions topic carry the producer's time, not the broker's: an agent can "
+                "forge when an event reached the log", extra={"kv": {
+                    "topic": topic, "message.timestamp.type": kind, "fix": LOG_APPEND_FIX.format(topic=topic)}})
+    return False
