@@ -28,7 +28,6 @@ from ..events import (
     ACCOUNT_REVOKES,
     ENTITLEMENT_GRANTS,
     ENTITLEMENT_REVOKES,
-    GRANTS,
     REVOKES,
     TransitionDict,
     name_key,
@@ -57,12 +56,12 @@ from .context import AgentBaseline, ScoringContext, access_name
 from .escalation import ESC_FIELDS
 from .policy import GovernancePolicy, LoadedPolicy
 from .rules import (
-    TIE_RANKS,
     granted_access,
     human_approved,
     is_privileged,
     stale_decision,
     stale_share_over,
+    tie_rank,
     tier_of,
 )
 
@@ -79,11 +78,7 @@ FactOrder = tuple[int, int, str, int, int]
 
 def fact_order(ev: TransitionDict) -> FactOrder:
     """The order the correlator judges facts in (``KeyedState``'s), and the rules compare them by."""
-    rank = TIE_RANKS.get(ev["action"])  # tie_rank(ev) inline: the correlator orders every fact several times
-    if rank is None:
-        tier = int(ev["resource"]["privilege_tier"] or 0)
-        rank = 1 if tier <= 0 else 9 if tier >= 8 else 1 + tier
-    return (ev["occurred_at"], rank, ev["event_id"], ev["source_partition"], ev["source_offset"])
+    return (ev["occurred_at"], tie_rank(ev), ev["event_id"], ev["source_partition"], ev["source_offset"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +347,7 @@ def _granted_since(history: Iterable[TransitionDict], since_ms: int) -> bool:
     alone, as ``_from_per_run`` runs it) reports only a grant it holds in force (an executed grant of
     ``history``) and ended no more than ``transient_revoke_seconds`` after it was made: without one, it finds
     nothing (``tests/unit/test_scoring_crossrun.py`` holds the two equal)."""
-    for h in history:
-        if h["occurred_at"] >= since_ms and h["action"] in GRANTS and h["decision"]["outcome"] == "granted":
-            return True
-    return False
+    return any(h["occurred_at"] >= since_ms and granted_access(h) for h in history)
 
 
 def _live_edges(into: Sequence[TransitionDict], at_ms: int) -> list[TransitionDict]:
