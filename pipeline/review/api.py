@@ -19,6 +19,7 @@ from .model import (
     FINDING_STATES,
     MAX_TEXT,
     REVIEW_SEVERITIES,
+    ExceptionStatus,
     ReviewError,
     exception_status,
     finding_id,
@@ -170,8 +171,7 @@ async def bulk(request: Request, ctx: Ctx, body: BulkDecision) -> dict[str, Any]
 
 @_route("GET", "/exceptions")
 def exceptions(request: Request, ctx: Ctx,
-               status: Annotated[Literal["requested", "active", "expired", "rejected", "revoked"] | None,
-                                 Query()] = None,
+               status: Annotated[ExceptionStatus | None, Query()] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100,
                offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> dict[str, Any]:
     """One page of the latest version of each exception, newest request first, with its status (expired

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import AgentgovError
 from ..events import identity_key
@@ -169,7 +169,8 @@ def decision(kind: str, subject_kind: str, subject_id: str, version: int, actor:
 DAY_MS = 86_400_000
 
 
-EXCEPTION_STATUSES = ("requested", "active", "expired", "rejected", "revoked")
+ExceptionStatus = Literal["requested", "active", "expired", "rejected", "revoked"]
+EXCEPTION_STATUSES: tuple[str, ...] = get_args(ExceptionStatus)
 
 
 def check_exception_status(status: str) -> None:

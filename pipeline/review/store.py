@@ -21,7 +21,7 @@ from typing import Any
 
 from ..audit import AUDIT_SETTINGS, trail
 from ..sinks.clickhouse import ClickHouseSink
-from .model import OPEN_STATES, REVIEW_SEVERITIES
+from .model import EXCEPTION_STATUSES, OPEN_STATES, REVIEW_SEVERITIES
 
 LATEST_SQL = """
 SELECT subject_id, ifNull(argMax(to_state, subject_version), '') AS state, max(subject_version) AS version,
@@ -289,7 +289,9 @@ class ReviewStore:
         total = int(rows[0]["total_rows"]) if rows else (
             0 if offset == 0 else int(self.query(
                 "SELECT count() AS n FROM (" + LATEST_EXCEPTION_SQL + ") " + where, params)[0]["n"]))
-        return [self._exc({k: v for k, v in r.items() if k != "total_rows"}) for r in rows], total
+        for r in rows:
+            r.pop("total_rows")
+        return [self._exc(r) for r in rows], total
 
     def exception(self, exception_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM {db}.exceptions FINAL WHERE exception_id = {x:String} "
@@ -332,11 +334,12 @@ class ReviewStore:
         the first ``limit`` of their merge, with a cursor only when a row follows (no empty last page)."""
         since = min(max(since.replace(tzinfo=None), EPOCH), LAST)  # DateTime64 holds 1900..2299
         params: dict[str, Any] = {"t": since, "n": limit + 1}  # one more than the page: is there a next?
+        if after is not None:
+            params.update(ct=after.at.replace(tzinfo=None), cr=after.rank, ck=after.key, cv=after.version)
         pages = []
         for rank, (table, at, key, version, kind) in enumerate(EXPORT_SOURCES):
             where = f"{at} >= {{t:DateTime64(3)}}"
             if after is not None:
-                params.update(ct=after.at.replace(tzinfo=None), cr=after.rank, ck=after.key, cv=after.version)
                 where += (f" AND ({at}, {rank}, {key}, {version}) > "
                           "({ct:DateTime64(3)}, {cr:UInt8}, {ck:String}, {cv:Int32})")
             rows = self.query(f"SELECT * FROM {{db}}.{table} FINAL WHERE {where} "
@@ -372,7 +375,7 @@ class ReviewStore:
 
     def exception_counts(self, now_ms: int) -> tuple[dict[str, int], int]:
         """Exceptions by status, and the active ones ending within 7 days: one aggregate, not a read of all."""
-        counts = {s: 0 for s in ("requested", "active", "expired", "rejected", "revoked")}
+        counts = dict.fromkeys(EXCEPTION_STATUSES, 0)
         rows = self.query(
             "SELECT " + STATUS_SQL + " AS status, count() AS n, countIf(state = 'active' AND "
             "toUnixTimestamp64Milli(expires_at) > {now:Int64} AND toUnixTimestamp64Milli(expires_at) <= "
