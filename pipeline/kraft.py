@@ -90,7 +90,13 @@ def kafka_libs(pom: Path = POM, cache: Path = CACHE) -> Path:
 
 
 def new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id: 16 bytes, URL-safe base64, never starting with ``-``. Kafka's own
+    ``Uuid.randomUuid`` draws again for the same reason: its tools read the id as an option's value, and one
+    in 64 ids would otherwise read as an option (``kafka-storage format`` then prints its usage and fails)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _die_with_parent() -> None:
@@ -185,7 +191,8 @@ class KraftNode:
         scram: list[str] = []
         for name, password in (users or {}).items():
             scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
-        cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config),
+        cmd = self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                         f"--config={self.config}",
                          "--ignore-formatted", *scram, heap="256m")
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
