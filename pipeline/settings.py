@@ -44,6 +44,14 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     return f"{scheme}://{host}", unquote(user) or None, unquote(password) if colon else None
 
 
+RECEIVE_MESSAGE_MAX_BYTES = 2_147_483_647
+"""librdkafka's ``receive.message.max.bytes`` for every agentgov client: its maximum. A broker that caps
+records (Kafka's ``message.max.bytes``, 1 MB by default) never sends more than its cap; Tansu 0.6 caps
+nothing, and with librdkafka's default (100 MB) one larger record made every fetch of its partition fail
+("Invalid response size") for good, so nothing after it was scored and it was never dead-lettered. Read
+whole, it is dead-lettered as ``oversized`` with its payload cut (pipeline/limits.py). The memory is
+taken only while such a response is read."""
+
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)\S*@")
 
 
@@ -378,6 +386,7 @@ class Settings(BaseSettings):
             "bootstrap.servers": self.bootstrap(),
             "logger": logging.getLogger("librdkafka"),
             "security.protocol": self.kafka_security_protocol,
+            "receive.message.max.bytes": RECEIVE_MESSAGE_MAX_BYTES,
         }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism

@@ -124,6 +124,31 @@ def test_sizes_at_the_real_one_megabyte_limit(
     assert len(ids) + len(dead) == 1 + 2 + len(after)
 
 
+def test_a_record_larger_than_a_fetch_response_is_dead_lettered_not_a_stall(
+    settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    in_process: Callable[[Settings], InProcess],
+) -> None:
+    """Tansu (this test's broker) takes a record of any size; Kafka refuses one over its ``message.max.bytes``
+    at the producer. One over librdkafka's default ``receive.message.max.bytes`` (100 MB) made every fetch of
+    its partition fail, so the events after it on that partition were never scored and nothing said why."""
+    settings = settings_factory()
+    pipe = in_process(settings)
+    pub = publisher_factory(settings)
+    run = f"run-giant-{uuid.uuid4().hex[:8]}"
+    giant = Producer(settings.kafka_config(**{"message.max.bytes": 200_000_000, "linger.ms": 0}))
+    size = 100_000_001
+    giant.produce(settings.topic_transitions, b"\xc3\x01" + bytes(size - 2), key=run.encode())
+    assert giant.flush(120) == 0
+    behind = {pub.publish(draft(run_id=run)) for _ in range(3)}  # its key: its partition, after it
+    pub.flush()
+    assert wait_until(lambda: behind <= stored_ids(pipe), 120), "events behind the giant record were not scored"
+    (dead,) = dlq_by_source(settings, 1).values()
+    assert header(dead.headers(), "agentgov.error.reason") == "oversized"
+    assert header(dead.headers(), "agentgov.payload.bytes") == str(size)
+    assert header(dead.headers(), "agentgov.payload.truncated") == "1"
+    assert len(dead.value()) == Limits.from_settings(settings).dlq_payload_bytes
+
+
 def _raw(pub: TransitionPublisher, **changes: Any) -> dict[str, Any]:
     return apply(pub.complete(draft(run_id=f"run-b-{uuid.uuid4().hex[:8]}")), changes)
 
