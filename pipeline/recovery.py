@@ -61,7 +61,8 @@ def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Calla
     try:
         start = 0 if max_events is None else max(0, end - max_events)
         if window_ms:
-            start = max(start, _window_start(reader, tp, end, window_ms))
+            skew_ms = settings.max_future_skew_seconds * 1000
+            start = max(start, _window_start(reader, tp, end, window_ms, skew_ms))
         reader.assign([TopicPartition(tp.topic, tp.partition, start)])
         count = 0
         began = moved = time.monotonic()
@@ -101,13 +102,13 @@ def replay(settings: Settings, tp: TopicPartition, window_ms: int, decode: Calla
         reader.close()
 
 
-def _window_start(reader: Consumer, tp: TopicPartition, end: int, window_ms: int) -> int:
+def _window_start(reader: Consumer, tp: TopicPartition, end: int, window_ms: int, skew_ms: int) -> int:
     """The first offset of the window before ``end``: the broker's timestamp lookup, checked. A broker may
     answer it low (Tansu answers 0 for any time); then the first record at or after the window's start is
     found by bisection over the records' timestamps (a few dozen reads for millions of records), instead of
     reading the whole partition. Producers stamp records as they send them, so the timestamps rise with
     the offsets, to within the spread of the producers' clocks and batches."""
-    ts = max(_window_start_ms(reader, tp, end, window_ms), 0)
+    ts = max(_window_start_ms(reader, tp, end, window_ms, skew_ms), 0)
     found = offsets_for_time(reader, TopicPartition(tp.topic, tp.partition, ts))
     lo = found[0].offset if found and found[0].offset >= 0 else 0
     lo = min(lo, end)
@@ -125,9 +126,12 @@ def _window_start(reader: Consumer, tp: TopicPartition, end: int, window_ms: int
     return lo
 
 
-def _window_start_ms(reader: Consumer, tp: TopicPartition, end: int, window_ms: int) -> int:
+def _window_start_ms(reader: Consumer, tp: TopicPartition, end: int, window_ms: int, skew_ms: int) -> int:
     """Broker time where the window before ``end`` starts: the timestamp of the last record below ``end``
-    less the window. A transactional producer's commit marker may stand at ``end - 1`` (and the one before it
+    less the window. That timestamp is no later than now plus ``skew_ms`` (an event's allowed future skew):
+    under CreateTime (and on Tansu whatever the topic says) a producer sets it, and one record stamped in
+    year 9999 would otherwise move the window past every real record and empty the rebuild.
+    A transactional producer's commit marker may stand at ``end - 1`` (and the one before it
     at ``end - 2``...): the record is looked for a few offsets back. With none found, the window is counted
     back from now (it ends at the committed offset, which is not later than now)."""
     for back in range(1, 4):
@@ -135,7 +139,7 @@ def _window_start_ms(reader: Consumer, tp: TopicPartition, end: int, window_ms: 
             break
         msg = read_one(reader, tp.topic, tp.partition, end - back)  # None at the partition's end, promptly
         if msg is not None and msg.offset() < end:
-            return int(msg.timestamp()[1]) - window_ms
+            return min(int(msg.timestamp()[1]), int(time.time() * 1000) + skew_ms) - window_ms
     return int(time.time() * 1000) - window_ms
 
 

@@ -57,3 +57,24 @@ def test_the_window_is_counted_back_from_the_last_record_past_the_commit_markers
     assert read(HOUR_MS, max_events=None, max_seconds=None) == recent  # the correlator's mode
     assert read(HOUR_MS) == recent  # the scorer's capped mode, well under its caps
     assert read(4 * HOUR_MS, max_events=None, max_seconds=None) == [f"old-{i}" for i in range(5)] + recent
+
+
+def test_a_record_stamped_in_the_future_does_not_empty_the_window(
+        bus: Bus, settings_factory: Callable[..., Settings]) -> None:
+    """The window is counted back from the last record's time. A producer sets that time (CreateTime; Tansu
+    keeps it whatever the topic says), so one record stamped 9999-12-31 (garbage, dead-lettered by its
+    scorer) moved the window past every real record: a rebuild after it replayed nothing, and a tier climb
+    split by a scorer restart lost its first steps. The anchor is now no later than this host's clock plus
+    the future skew an event may have."""
+    settings = settings_factory()
+    topic = settings.topic_transitions
+    producer = Producer(settings.kafka_config())
+    now_ms = int(time.time() * 1000)
+    for i in range(4):
+        producer.produce(topic, f"recent-{i}".encode(), partition=0, timestamp=now_ms - 600_000 + i)
+    producer.produce(topic, b"forged", partition=0, timestamp=253_402_300_799_000)
+    assert producer.flush(30) == 0
+    assert len(consume(settings, topic, 5, timeout=30)) == 5
+    seen: list[str] = []
+    replay(settings, TopicPartition(topic, 0, 5), HOUR_MS, lambda m: (m.value() or b"").decode(), seen.append)
+    assert seen == [f"recent-{i}" for i in range(4)] + ["forged"]
