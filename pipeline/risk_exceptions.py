@@ -12,6 +12,11 @@ against the window's end: :meth:`ActiveWindow.covers`), never by the wall clock,
 a replay of the same events with the same exception versions marks the same findings; and the
 exception lapses by itself: the first matching event after ``expires_at`` pages again.
 
+Nobody clears evidence about their own access: an exception never covers an event whose target, principal
+(the identity its agent acted for) or approver is the exception's requester or approver, in any spelling
+(``identity_key``). The review app refuses to approve an exception whose named target or agent is the
+approver; an exception scoped without a target would otherwise have covered the approver's own access.
+
 Example::
 
     cache = ExceptionCache(settings).start()
@@ -29,7 +34,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from .errors import DeadLetter
-from .events import TransitionDict
+from .events import TransitionDict, identity_key
 from .metrics import Metrics
 from .schemas import SchemaSet
 from .scoring.engine import Scored
@@ -59,6 +64,8 @@ class ActiveWindow:
     entitlement: str | None
     start_ms: int
     end_ms: int
+    parties: frozenset[str] = frozenset()
+    """Identity keys of the requester and the approver: events about their own access are not covered."""
 
     def covers(self, ev: TransitionDict, log_ms: int = 0) -> bool:
         """Whether the window covers ``ev``: stamped inside it, in scope, and (when the record's log time
@@ -73,7 +80,15 @@ class ActiveWindow:
             return False
         if self.target_id is not None and ev["target"]["identity_id"] != self.target_id:
             return False
-        return self.entitlement is None or ev["resource"]["entitlement"] == self.entitlement
+        if self.entitlement is not None and ev["resource"]["entitlement"] != self.entitlement:
+            return False
+        return not self.parties or not self._about_a_party(ev)
+
+    def _about_a_party(self, ev: TransitionDict) -> bool:
+        for who in (ev["target"]["identity_id"], ev["agent"]["on_behalf_of"], ev["decision"]["approved_by"]):
+            if who and identity_key(who) in self.parties:
+                return True
+        return False
 
 
 def window(record: dict[str, Any]) -> ActiveWindow | None:
@@ -83,9 +98,10 @@ def window(record: dict[str, Any]) -> ActiveWindow | None:
     end = record["expires_at"]
     if record.get("ended_at") is not None:
         end = min(end, record["ended_at"])
+    parties = frozenset(identity_key(p) for p in (record.get("requester"), record.get("approver")) if p)
     return ActiveWindow(record["exception_id"], record["version"], record["code"], record["agent_id"],
                         record.get("workflow_id"), record.get("target_id"), record.get("entitlement"),
-                        record["effective_at"], end)
+                        record["effective_at"], end, parties)
 
 
 class ExceptionIndex:

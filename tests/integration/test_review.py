@@ -238,6 +238,19 @@ def test_decisions_and_exceptions_survive_restarts_and_appear_in_trail_and_expor
     pub.producer.flush(10)
     assert wait_until(excepted) == [{"exception_id": xid, "exception_version": 2}]
     assert _queue(alice2, agent=accepted) == []
+    # The same chain on the approver's own access (bob approved an exception scoped without a target): not
+    # covered, it is queued as any other finding.
+    own_run = f"run-{uuid.uuid4().hex[:8]}"
+    for d in transient_chain(accepted, own_run):
+        d["target"]["identity_id"] = "BOB"
+        pub.publish(d)
+    pub.producer.flush(10)
+
+    def own() -> list[dict]:
+        return sink.query("SELECT code, exception_id FROM {db}.findings FINAL WHERE run_id = {r:String}",
+                          {"r": own_run})
+
+    assert wait_until(own) == [{"code": "AG-ESC-003", "exception_id": None}]
 
     env = {"AGENTGOV_CLICKHOUSE_DSN": settings.clickhouse_dsn,
            "AGENTGOV_CLICKHOUSE_DATABASE": settings.clickhouse_database}

@@ -123,9 +123,11 @@ def _finding(code: str = "AG-ESC-003") -> Finding:
 
 
 def _event(occurred_at: int, agent: str = "agent-x", workflow: str = "wf", target: str = "u1",
-           entitlement: str | None = "aws-admin") -> Any:
-    return {"occurred_at": occurred_at, "agent": {"agent_id": agent}, "workflow_id": workflow,
-            "target": {"identity_id": target}, "resource": {"entitlement": entitlement}}
+           entitlement: str | None = "aws-admin", on_behalf_of: str | None = None,
+           approved_by: str | None = None) -> Any:
+    return {"occurred_at": occurred_at, "agent": {"agent_id": agent, "on_behalf_of": on_behalf_of},
+            "workflow_id": workflow, "target": {"identity_id": target}, "resource": {"entitlement": entitlement},
+            "decision": {"approved_by": approved_by}}
 
 
 def test_apply_marks_by_event_time_scope_and_version() -> None:
@@ -151,6 +153,25 @@ def test_apply_marks_by_event_time_scope_and_version() -> None:
     later = index.with_record(revoked)
     assert apply(scored, _event(NOW + 10), later).findings[0].exception_version == 3  # inside [approved, revoked)
     assert apply(scored, _event(NOW + 30), later).findings[0].exception_id is None
+
+
+@pytest.mark.parametrize(("about", "covered"), [
+    ({"target": "dave"}, True),
+    ({"target": "bob"}, False),  # the approver's own access
+    ({"target": "\uff22\uff4f\uff42"}, False),  # in any spelling (full-width)
+    ({"target": "rita"}, False),  # the requester's
+    ({"target": "dave", "on_behalf_of": "BOB"}, False),  # the agent acted for the approver
+    ({"target": "dave", "approved_by": "rita"}, False),  # a grant the requester approved
+    ({"target": "dave", "on_behalf_of": "svc-iga", "approved_by": "erin"}, True),
+])
+def test_an_exception_never_covers_its_requesters_or_approvers_own_access(about: dict[str, str],
+                                                                          covered: bool) -> None:
+    # Scoped without a target, the approval is allowed (it names nobody); what it covers leaves them out.
+    active = decide_exception(_exception(), "approve", BOB, NOW)
+    index = ExceptionIndex().with_record(active)
+    scored = Scored((_finding(),), 100, "critical")
+    marked = apply(scored, _event(NOW + 10, **about), index).findings[0]
+    assert (marked.exception_id is not None) is covered
 
 
 def _auth(**kw: Any) -> Authenticator:
