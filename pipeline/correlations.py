@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from .errors import DeadLetter, RegistryUnavailable, SinkError
 from .facts import FINDING
-from .limits import Limits
+from .limits import Limits, check_store_time
 from .membership import Membership
 from .metrics import Metrics
 from .schemas import SchemaSet
@@ -51,8 +51,17 @@ MAX_DAYS_PER_INSERT = 100
 """ClickHouse's default ``max_partitions_per_insert_block``: ``findings`` (006) has a partition per day."""
 
 
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+def _ts(ms: int, field: str) -> datetime:
+    """A finding's time as the store takes it; :class:`ValidationError` if the store cannot hold it."""
+    return datetime.fromtimestamp(check_store_time(ms, field) / 1000, tz=UTC)
+
+
+def to_row(r: dict[str, Any]) -> tuple[int, list[Any]]:
+    """(UTC day of ``occurred_at``, the stored row) of one decoded finding; :class:`ValidationError` for a
+    finding that cannot be a row (its times out of the store's range), so it is dead-lettered, not retried."""
+    day = r["occurred_at"] // DAY_MS
+    r = dict(r, occurred_at=_ts(r["occurred_at"], "occurred_at"), detected_at=_ts(r["detected_at"], "detected_at"))
+    return day, [r[c] for c in COLUMNS]
 
 
 def day_runs(days: Sequence[int], max_days: int = MAX_DAYS_PER_INSERT) -> list[list[int]]:
@@ -110,7 +119,7 @@ class CorrelationStore:
         rejected: Rejected = []
         for msg in self.pending:
             try:
-                r = self.serde.decode(msg.value()).record
+                day, row = to_row(self.serde.decode(msg.value()).record)
             except RegistryUnavailable as exc:  # kept pending: retried on the next tick, never skipped
                 log.error("schema registry unreachable; cross-run findings will be retried",
                           extra={"kv": {"error": exc.message}})
@@ -118,14 +127,13 @@ class CorrelationStore:
                 self.failing = True
                 return 0
             except DeadLetter as exc:  # dead-lettered with its reason (below, confirmed before the commit)
-                log.error("undecodable cross-run finding dead-lettered", extra={"kv": {
-                    "error": str(exc), "partition": msg.partition(), "offset": msg.offset()}})
-                self.metrics.sink_errors.labels(table=TABLE, kind="DecodeError").inc()
+                log.error("cross-run finding dead-lettered", extra={"kv": {
+                    "error": str(exc), "reason": exc.reason, "partition": msg.partition(), "offset": msg.offset()}})
+                self.metrics.sink_errors.labels(table=TABLE, kind=type(exc).__name__).inc()
                 rejected.append((msg, exc))
                 continue
-            days.append(r["occurred_at"] // DAY_MS)
-            r["occurred_at"], r["detected_at"] = _ts(r["occurred_at"]), _ts(r["detected_at"])
-            rows.append([r[c] for c in COLUMNS])
+            days.append(day)
+            rows.append(row)
             msgs.append(msg)
         spans = ",".join(f"{m.partition()}:{m.offset()}" for m in (self.pending[0], self.pending[-1]))
         token = f"{TABLE}-{spans}-{len(rows)}-{content_digest(m.value() or b'' for m in self.pending)}"

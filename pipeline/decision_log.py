@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .errors import DeadLetter, RegistryUnavailable, SinkError
+from .limits import check_store_time
 from .membership import Membership
 from .metrics import Metrics
 from .schemas import SchemaSet
@@ -44,12 +45,14 @@ EXCEPTION_COLUMNS = ["exception_id", "version", "state", "code", "agent_id", "wo
 _TIMES = {"decided_at", "requested_at", "effective_at", "expires_at", "ended_at", "updated_at"}
 
 
-def _ts(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+def _ts(ms: int | None, field: str) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(check_store_time(ms, field) / 1000, UTC)
 
 
 def row(record: dict[str, Any], columns: list[str]) -> list[Any]:
-    return [_ts(record.get(c)) if c in _TIMES else record.get(c) for c in columns]
+    """The stored row of one record; :class:`ValidationError` (reason ``invalid_value``) for a time the store
+    cannot hold, so the record is dead-lettered rather than failing its batch (and the writer) forever."""
+    return [_ts(record.get(c), c) if c in _TIMES else record.get(c) for c in columns]
 
 
 class DecisionLog:
@@ -98,7 +101,7 @@ class DecisionLog:
             first = spans.get(key, (msg.offset(), msg.offset()))[0]
             spans[key] = (first, msg.offset())
             try:
-                record = serde.decode(msg.value()).record
+                values = row(serde.decode(msg.value()).record, columns)
             except RegistryUnavailable as exc:  # kept pending: retried on the next poll, never skipped
                 log.error("schema registry unreachable; review records will be retried",
                           extra={"kv": {"error": exc.message}})
@@ -107,11 +110,11 @@ class DecisionLog:
                 self.failing = True
                 return 0
             except DeadLetter as exc:  # the review app writes here, but on Tansu anyone can: a dead letter
-                log.error("undecodable review record dead-lettered",
-                          extra={"kv": {"topic": msg.topic(), "offset": msg.offset(), "error": str(exc)}})
+                log.error("review record dead-lettered", extra={"kv": {
+                    "topic": msg.topic(), "offset": msg.offset(), "reason": exc.reason, "error": str(exc)}})
                 rejected.append((msg, exc))
                 continue
-            rows.setdefault(table, []).append(row(record, columns))
+            rows.setdefault(table, []).append(values)
             sources.setdefault(table, []).append(msg)
         token = ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(spans.items()))
         token += f"-{content_digest(m.value() or b'' for m in self.pending)}"

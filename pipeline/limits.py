@@ -53,6 +53,11 @@ KEY_MAX_BYTES = 512
 """A dead letter carries at most this much of the original key."""
 ERROR_MESSAGE_MAX_CHARS = 500
 """A dead letter's ``agentgov.error.message`` header."""
+STORE_TIME_MIN_MS = -2_208_988_800_000
+"""1900-01-01T00:00:00Z, the first instant a ``DateTime64(3)`` column holds."""
+STORE_TIME_MAX_MS = 10_413_791_999_999
+"""2299-12-31T23:59:59.999Z, the last instant a ``DateTime64(3)`` column holds (Python's ``datetime`` stops at
+year 9999: a time past it raised ``ValueError`` while the writer built a row, outside its per-record handling)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,15 @@ class Limits:
         if size > self.event_bytes:
             raise ValidationError(f"event of {size} bytes exceeds the {self.event_bytes}-byte limit",
                                   reason="oversized", field="")
+
+
+def check_store_time(ms: Any, field: str) -> int:
+    """``ms`` (epoch millis) if the store can hold it as a time; else :class:`ValidationError` (reason
+    ``invalid_value``) naming the field, so the record is dead-lettered instead of failing its batch."""
+    if type(ms) is not int or not STORE_TIME_MIN_MS <= ms <= STORE_TIME_MAX_MS:
+        raise ValidationError(f"{field}={ms!r} is not a time the store can hold (1900-01-01 to 2299-12-31 UTC)",
+                              reason="invalid_value", field=field)
+    return ms
 
 
 def _text(value: Any, field: str, limit: int = IDENT_MAX_CHARS) -> None:

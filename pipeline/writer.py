@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -140,7 +141,17 @@ class Tasks:
             if self.clock() < task[1]:
                 continue
             interval, _, fn, wait = task
-            if fn() is False:
+            try:
+                ok = fn()
+            except Exception as exc:  # a task's fault must not end the writer's loop
+                # Each task handles its records one by one (a record that cannot be stored is dead-lettered);
+                # this is the last line: a task that raised anyway is retried with backoff, and the writer
+                # goes on storing transitions. Escaping here, one poisoned record crash-looped the writer.
+                log.error("writer task failed; will retry", exc_info=True,
+                          extra={"kv": {"task": getattr(fn, "__qualname__", type(fn).__name__),
+                                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"}})
+                ok = False
+            if ok is False:
                 task[3] = max(interval, min(max(wait * 2, interval * 2), self.backoff_max))
             else:
                 task[3] = 0.0
@@ -347,7 +358,10 @@ class Writer:
         for msg in msgs:
             for key, value in msg.headers() or ():
                 if key == "occurred_at":
-                    self.metrics.event_to_stored.observe(max(0.0, now - int(value) / 1000))
+                    # The scorer's header, but anyone can write the assessments topic on Tansu: one that is not
+                    # a number (stored and committed already) leaves only its latency unmeasured.
+                    with contextlib.suppress(TypeError, ValueError, OverflowError):
+                        self.metrics.event_to_stored.observe(max(0.0, now - int(value) / 1000))
                     break
         self.stored += len(msgs)
         return True

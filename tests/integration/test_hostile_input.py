@@ -27,12 +27,13 @@ from pipeline.limits import (
     Limits,
 )
 from pipeline.publisher import EventInvalid, TransitionPublisher
+from pipeline.runner import Pipeline
 from pipeline.schemas import ASSESSMENT, SchemaSet
 from pipeline.scoring.engine import Scored
 from pipeline.scoring.policy import load_policy
 from pipeline.serde import Serde
 from pipeline.settings import Settings
-from tests.support.helpers import InProcess, consume, wait_until
+from tests.support.helpers import Bus, InProcess, consume, wait_until
 
 pytestmark = pytest.mark.integration
 SCHEMAS = SchemaSet.load()
@@ -68,11 +69,11 @@ def dlq_by_source(settings: Settings, count: int) -> dict[tuple[int, int], Messa
              int(header(m.headers(), "agentgov.source.offset") or -1)): m for m in dead}
 
 
-def stored_ids(pipe: InProcess) -> set[str]:
+def stored_ids(pipe: InProcess | Pipeline) -> set[str]:
     return {r["event_id"] for r in pipe.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
 
 
-def flowing(pipe: InProcess, pub: TransitionPublisher, n: int = 5) -> set[str]:
+def flowing(pipe: InProcess | Pipeline, pub: TransitionPublisher, n: int = 5) -> set[str]:
     """Publish ``n`` ordinary events after the hostile ones; assert they are stored within seconds."""
     ids = {pub.publish(draft(run_id=f"run-after-{uuid.uuid4().hex[:8]}")) for _ in range(n)}
     pub.flush()
@@ -553,3 +554,68 @@ def test_a_run_first_seen_at_a_later_step_and_its_look_alike_after_a_restart(
     assert wait_until(lambda: bool(evd3("run-gap-2").get(2)), 30)
     assert evd3("run-cont") == {0: [], 1: [], 2: []}
 
+
+
+def test_a_record_the_writer_tasks_cannot_store_is_dead_lettered_and_the_writer_keeps_going(
+    bus: Bus, settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    """Audit P3: a schema-valid cross-run finding (``occurred_at``), review decision (``decided_at``) or risk
+    exception (``expires_at``) stamped 2**62 ms, past year 9999, raised ValueError while its row was built,
+    outside the per-record handling; it escaped the writer's loop, which restarted, read the same uncommitted
+    record again, for ever: ordinary events stopped being stored. Each is dead-lettered with its reason and
+    field; the good records after it on its topic, and ordinary events, are stored; the writer never restarts."""
+    settings = settings_factory()
+    pub = publisher_factory(settings)
+    pipe = pipeline_factory(settings, correlators=1)
+    now, far = int(time.time() * 1000), 2**62
+    before = flowing(pipe, pub, 2)
+
+    def finding(occurred_at: int) -> dict[str, Any]:
+        return {"finding_id": uuid.uuid4().hex, "code": "AG-XRN-001", "severity": "high", "category": "x",
+                "pattern": "p", "message": "m", "entity_key": "e", "event_id": str(uuid.uuid4()), "run_id": "r",
+                "agent_id": "a", "occurred_at": occurred_at, "related_event_ids": [], "related_run_ids": [],
+                "related_partitions": [], "refs": [], "detected_at": now, "correlator_version": "1",
+                "governance_policy_version": "1"}
+
+    def decision(decided_at: int) -> dict[str, Any]:
+        return {"decision_id": str(uuid.uuid4()), "kind": "triage", "subject_kind": "finding", "subject_id": "x",
+                "subject_version": 1, "actor": "a", "actor_roles": [], "decided_at": decided_at, "from_state": None,
+                "to_state": None, "classification": None, "reason": None, "comment": None, "payload": {}}
+
+    def exception(expires_at: int) -> dict[str, Any]:
+        return {"exception_id": str(uuid.uuid4()), "version": 1, "state": "active", "code": "AG-AUTH-001",
+                "agent_id": "a", "workflow_id": None, "target_id": None, "entitlement": None, "justification": "j",
+                "requester": "r", "approver": "x", "requested_at": now, "effective_at": now, "expires_at": expires_at,
+                "ended_at": None, "updated_by": "u", "updated_at": now}
+
+    cases = [(settings.topic_correlations, "cross_run_finding", finding, "occurred_at", "cross_run_findings",
+              "finding_id"),
+             (settings.topic_decisions, "review_decision", decision, "decided_at", "decisions", "decision_id"),
+             (settings.topic_exceptions, "risk_exception", exception, "expires_at", "exceptions", "exception_id")]
+    raw = raw_producer(settings)
+    good: dict[str, tuple[str, str]] = {}
+    for topic, record, make, _, table, id_field in cases:
+        serde = Serde(SCHEMAS, record=record)
+        raw.produce(topic, serde.encode(make(far)), key=b"poison", partition=0)
+        ok = make(now)
+        raw.produce(topic, serde.encode(ok), key=b"good", partition=0)
+        good[table] = (id_field, ok[id_field])
+    assert raw.flush(30) == 0
+    after = flowing(pipe, pub)  # ordinary events still stored after the poison was read
+
+    def stored(table: str) -> bool:
+        id_field, value = good[table]
+        return bool(pipe.sink.query(f"SELECT 1 FROM {{db}}.{table} WHERE {id_field} = {{v:String}}", {"v": value}))
+
+    assert wait_until(lambda: all(stored(t) for t in good), 60), {t: stored(t) for t in good}
+    dead = consume(settings, settings.topic_dlq, 3, timeout=60, settle=1.0)
+    got = sorted((header(m.headers(), "agentgov.source.topic"), header(m.headers(), "agentgov.error.reason"),
+                  header(m.headers(), "agentgov.error.field")) for m in dead)
+    assert got == sorted((topic, "invalid_value", field) for topic, _, _, field, _, _ in cases)
+    assert (before | after) <= stored_ids(pipe)
+    for table in ("cross_run_findings", "decisions", "exceptions"):
+        assert pipe.sink.count(table) == 1, table
+    sample = pipe.metrics.registry.get_sample_value
+    assert not sample("agentgov_process_restarts_total", {"role": "writer", "reason": "exited"})
+    assert sample("agentgov_dead_letters_total", {"reason": "invalid_value"}) == 3

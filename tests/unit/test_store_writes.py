@@ -596,3 +596,115 @@ def test_a_failing_store_makes_the_scheduled_stores_report_failure(
     assert store() is False and store.pending
     down.clear()
     assert store() is True and not store.pending and store.stored == 1
+
+
+# -- records whose times the store cannot hold (audit P3) ------------------------------------------------------
+FAR = 2**62  # ms: schema-valid, past year 9999 (Python's datetime) and 2299 (DateTime64(3))
+
+
+def test_check_store_time_takes_the_store_range_and_names_the_field() -> None:
+    from pipeline.errors import ValidationError
+    from pipeline.limits import STORE_TIME_MAX_MS, STORE_TIME_MIN_MS, check_store_time
+
+    assert check_store_time(0, "t") == 0
+    assert check_store_time(STORE_TIME_MIN_MS, "t") == STORE_TIME_MIN_MS
+    assert check_store_time(STORE_TIME_MAX_MS, "t") == STORE_TIME_MAX_MS
+    for bad in (STORE_TIME_MAX_MS + 1, STORE_TIME_MIN_MS - 1, FAR, -(2**63), 2**63 - 1, 1.5, None, True):
+        with pytest.raises(ValidationError) as err:
+            check_store_time(bad, "expires_at")
+        assert err.value.reason == "invalid_value" and err.value.fields["field"] == "expires_at"
+
+
+@pytest.mark.parametrize("field", ["occurred_at", "detected_at"])
+def test_a_cross_run_finding_with_a_time_out_of_range_is_dead_lettered_and_the_rest_stored(
+        sink: ClickHouseSink, fakes: None, field: str) -> None:
+    """A schema-valid finding stamped past year 9999 raised ValueError while its row was built, outside the
+    per-record handling: it escaped the writer's loop, which restarted and read it again, for ever."""
+    now = int(time.time() * 1000)
+    msgs = [finding(i, now) for i in range(3)]
+    rec = FINDINGS.decode(msgs[1].value()).record
+    rec[field] = FAR
+    msgs[1] = Msg(FINDINGS.encode(rec), b"k", 0, 1, topic="agentgov.correlations.v1")
+    store = correlation_store(sink, msgs)
+    dlq = FakeProducer()
+    store.dead_letter = lambda rejected: writer.deliver_dead_letters(
+        dlq, "dlq", writer.Limits(), store.metrics, "writer", rejected)
+    assert store.poll_once() == 2 and not store.failing
+    assert [reason(h) for _, _, h in dlq.sent] == ["invalid_value"]
+    assert dict(dlq.sent[0][2])["agentgov.error.field"] == field.encode()
+    assert dict(dlq.sent[0][2])["agentgov.source.offset"] == b"1"
+    assert store.consumer.commits[0][0].offset == 3 and store.pending == []
+    assert sink.count("cross_run_findings") == 2
+
+
+def test_review_records_with_a_time_out_of_range_are_dead_lettered_and_the_rest_stored(
+        sink: ClickHouseSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decision's ``decided_at`` or an exception's ``expires_at`` past year 9999: dead-lettered (invalid_value,
+    naming the field), the others stored and every offset committed."""
+    monkeypatch.setattr(decision_log, "Consumer", FakeConsumer)
+    monkeypatch.setattr(decision_log, "Membership", FakeMembership)
+    settings = Settings()
+    decisions, exceptions = Serde(SCHEMAS, record="review_decision"), Serde(SCHEMAS, record="risk_exception")
+    now = int(time.time() * 1000)
+
+    def decision(offset: int, decided_at: int) -> Msg:
+        rec = {"decision_id": uuid.uuid4().hex, "kind": "triage", "subject_kind": "finding", "subject_id": "f1",
+               "subject_version": 1, "actor": "alice", "actor_roles": [], "decided_at": decided_at,
+               "from_state": None, "to_state": "triaged", "classification": None, "reason": None, "comment": None,
+               "payload": {}}
+        return Msg(decisions.encode(rec), b"k", 0, offset, topic=settings.topic_decisions)
+
+    def exception(offset: int, expires_at: int) -> Msg:
+        rec = {"exception_id": uuid.uuid4().hex, "version": 1, "state": "active", "code": "AG-AUTH-001",
+               "agent_id": "a", "workflow_id": None, "target_id": None, "entitlement": None, "justification": "j",
+               "requester": "r", "approver": "x", "requested_at": now, "effective_at": now,
+               "expires_at": expires_at, "ended_at": None, "updated_by": "u", "updated_at": now}
+        return Msg(exceptions.encode(rec), b"k", 0, offset, topic=settings.topic_exceptions)
+
+    dead: list[tuple[str, int, str, Any]] = []
+    log_ = decision_log.DecisionLog(settings, sink, registry=None, dead_letter=lambda rejected: dead.extend(
+        (m.topic(), m.offset(), e.reason, e.fields.get("field")) for m, e in rejected))
+    log_.consumer = FakeConsumer(msgs=[decision(0, now), decision(1, FAR), decision(2, now),
+                                       exception(0, FAR), exception(1, now + DAY_MS)])
+    assert log_.poll_once() == 3 and not log_.failing
+    assert dead == [(settings.topic_decisions, 1, "invalid_value", "decided_at"),
+                    (settings.topic_exceptions, 0, "invalid_value", "expires_at")]
+    assert sink.count("decisions") == 2 and sink.count("exceptions") == 1
+    assert sorted((tp.topic, tp.offset) for tp in log_.consumer.commits[0]) == [
+        (settings.topic_decisions, 3), (settings.topic_exceptions, 2)]
+
+
+def test_a_writer_task_that_raises_is_retried_with_backoff_and_does_not_end_the_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The last line behind the per-record handling: a task's exception escaped ``Tasks.run`` and ended the
+    writer's loop (restarted, it met the same record again). Now it is logged, backed off, and the other
+    tasks keep their interval."""
+    now = [0.0]
+    tasks = writer.Tasks(backoff_max=8.0, clock=lambda: now[0])
+    raised: list[float] = []
+    others: list[float] = []
+
+    def poisoned() -> bool:
+        raised.append(now[0])
+        raise ValueError("year 146140482 is out of range")
+
+    tasks.add(1.0, poisoned)
+    tasks.add(1.0, lambda: others.append(now[0]) or True)
+    while now[0] < 30:
+        tasks.run()
+        now[0] += 0.5
+    assert [b - a for a, b in itertools.pairwise(raised)][:4] == [2, 4, 8, 8]
+    assert len(others) == 29
+    assert any(r.getMessage() == "writer task failed; will retry" for r in caplog.records)
+
+
+def test_an_assessment_with_a_garbage_occurred_at_header_is_stored(sink: ClickHouseSink, fakes: None) -> None:
+    """The latency histogram read the ``occurred_at`` header with int(): a header that is not a number raised
+    after the batch was stored and committed, and ended the writer's loop."""
+    w = make_writer(sink)
+    msgs = [assessment(transition(), i) for i in range(2)]
+    for m, bad in zip(msgs, (b"not-a-number", b"9" * 5000), strict=True):
+        m._headers = [(k, bad if k == "occurred_at" else v) for k, v in m.headers()]
+        assert bad in dict(m.headers()).values()
+    assert w._flush(msgs, threading.Event()) and w.stored == 2
+    assert sink.count("transitions") == 2
