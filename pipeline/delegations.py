@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, TopicPartition
 from .errors import DeadLetter
 from .events import TransitionDict
 from .facts import as_event, edge_key
+from .limits import Limits, check_occurred_at
 from .scoring.crossrun import FactOrder, fact_order
 from .serde import Serde
 from .settings import Settings
@@ -43,6 +44,7 @@ class DelegationGraph:
         self.settings = settings
         self.serde = serde
         self.topic = settings.topic_delegations
+        self.limits = Limits.from_settings(settings)
         self._into: dict[str, list[tuple[FactOrder, str, TransitionDict]]] = {}
         self._out: dict[str, set[str]] = {}  # grantor -> the agents it granted to (or revoked from)
         self._log: list[TransitionDict] = []  # every edge, in the order read (``since``)
@@ -95,6 +97,22 @@ class DelegationGraph:
                 self._out.setdefault(behalf, set()).add(ev["target"]["identity_id"])
             self._log.append(ev)
 
+    def take(self, value: bytes, offset: int | None = None) -> bool:
+        """Add the edge one record of the topic holds; False (logged) if it holds none."""
+        try:
+            fact = self.serde.decode(value).record
+            # An edge from the future (int64 max: forged) is no edge. Not the past bound: the topic is
+            # compacted, and an edge granted long ago still delegates.
+            now_ms = int(time.time() * 1000)
+            if fact["occurred_at"] > now_ms + self.limits.max_future_ms:
+                check_occurred_at(fact["occurred_at"], self.limits, now_ms)
+        except DeadLetter as exc:
+            log.warning("bad delegation record", extra={"kv": {
+                "error": str(exc), "reason": exc.reason, "offset": offset}})
+            return False
+        self.add(fact)
+        return True
+
     def start(self) -> DelegationGraph:
         self._thread = threading.Thread(target=self._follow, name="delegations", daemon=True)
         self._thread.start()
@@ -138,10 +156,7 @@ class DelegationGraph:
                 for msg in msgs:
                     if msg.error() or msg.value() is None:
                         continue
-                    try:
-                        self.add(self.serde.decode(msg.value()).record)
-                    except DeadLetter as exc:
-                        log.warning("bad delegation record", extra={"kv": {"error": str(exc)}})
+                    self.take(msg.value(), msg.offset())
                 # Transaction markers take offsets but are never delivered: ask for the position.
                 position = consumer.position([tp])[0].offset
                 if position >= 0:

@@ -53,3 +53,41 @@ def test_an_undecodable_fact_near_the_size_limit_is_dead_lettered_cut_and_the_ba
     assert header(headers, "agentgov.source.offset") == "42"
     producer.real.purge()
     producer.real.flush(0)
+
+
+def test_a_fact_with_a_forged_time_is_dead_lettered_not_held() -> None:
+    """Audit P4: a schema-valid fact stamped at int64 max (or before the epoch by centuries) was taken into the
+    correlator's state with no dead letter. A fact must pass the scorer's ``occurred_at`` window
+    (``limits.check_occurred_at``): outside it, a dead letter ``invalid_value`` naming the field, no state. The
+    replay and holdings path (``_decode``) refuses it too; a fact inside the window passes both."""
+    import time
+
+    from pipeline.facts import fact_from_event
+    from tests.unit.scoring_factory import event
+
+    settings = Settings()
+    serde = Serde(SchemaSet.load(), record=FACT)
+    c: Any = Correlator.__new__(Correlator)
+    c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
+    c.reader = FactReader(serde)
+    c.graph = type("NoEdges", (), {"read": 0})()
+    producer = _Capturing(settings)
+    c.checkpoint = type("Checkpoint", (), {"producer": producer})()
+    now = int(time.time() * 1000)
+
+    def fact(occurred_at: int, offset: int) -> FakeMessage:
+        f = fact_from_event(event(), 0, offset)
+        f["occurred_at"] = occurred_at
+        return FakeMessage(serde.encode(f), topic=settings.topic_facts_by_target, offset=offset)
+
+    forged = [fact(2**63 - 1, 1), fact(-(2**63), 2), fact(now + c.limits.max_future_ms + 60_000, 3),
+              fact(now - c.limits.max_age_ms - 60_000, 4)]
+    tally = c.handle(forged)
+    assert tally.facts == 0 and dict(tally.dead) == {"invalid_value": 4} and c.states == {}
+    assert [header(h, "agentgov.error.field") for _, _, _, h in producer.sent] == ["occurred_at"] * 4
+    assert [header(h, "agentgov.source.offset") for _, _, _, h in producer.sent] == ["1", "2", "3", "4"]
+    assert c._decode(forged[0]) is None and c._decode(forged[2]) is None  # from the future: refused
+    for m in (fact(now - 1000, 5), fact(now - 2 * c.limits.max_age_ms, 6)):  # a holding may be of any age
+        assert c._decode(m) is not None
+    producer.real.purge()
+    producer.real.flush(0)
