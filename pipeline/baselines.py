@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -23,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from .errors import ValidationError
 from .events import identity_key
+from .followers import follow, refused
+from .limits import IDENT_MAX_CHARS, TIER_MAX
 from .metrics import Metrics
 from .scoring.context import AgentBaseline
 from .scoring.policy import LoadedPolicy
@@ -55,6 +59,12 @@ GROUP BY agent_id
 """Reads the per-agent hourly rollup (migration 002), so a refresh costs agents x hours, not events."""
 
 
+INT64_MAX = 2**63 - 1
+BASELINE_MAX_FUTURE_MS = 300_000
+"""Default for how far ahead of the follower's clock a baseline's ``as_of_ms`` may be (the events' future skew,
+``max_future_skew_seconds``; a :class:`BaselineCache` takes its settings' value)."""
+
+
 def baselines_topic(settings: Settings) -> str:
     return settings.topic_baselines
 
@@ -68,15 +78,56 @@ def to_json(b: AgentBaseline) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def from_json(data: bytes) -> AgentBaseline:
-    doc = json.loads(data)
-    return AgentBaseline(
-        agent_id=doc["agent_id"], events=int(doc["events"]), actions=frozenset(doc["actions"]),
-        systems=frozenset(doc["systems"]), entitlements=frozenset(doc["entitlements"]),
-        inputs=frozenset(doc["inputs"]), max_tier=int(doc["max_tier"]),
-        grants_per_hour=float(doc["grants_per_hour"]), stale_policy_share=float(doc["stale_policy_share"]),
-        as_of_ms=int(doc["as_of_ms"]),
-    )
+def _int(doc: dict[str, Any], field: str, low: int, high: int) -> int:
+    value = doc[field]
+    if type(value) is not int or not low <= value <= high:  # bool is an int, and 1e400 is a float: neither
+        raise ValidationError(f"{field}={str(value)[:40]} is not an integer in {low}..{high}",
+                              reason="invalid_value", field=field)
+    return value
+
+
+def _float(doc: dict[str, Any], field: str) -> float:
+    value = doc[field]
+    if type(value) not in (int, float) or not 0.0 <= value < math.inf:  # NaN fails the comparison too
+        raise ValidationError(f"{field}={str(value)[:40]} is not a finite number >= 0", reason="invalid_value",
+                              field=field)
+    return float(value)
+
+
+def _terms(doc: dict[str, Any], field: str) -> frozenset[str]:
+    value = doc[field]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError(f"{field} is not a list of strings", reason="invalid_value", field=field)
+    return frozenset(value)
+
+
+def from_json(data: bytes, now_ms: int | None = None, max_future_ms: int = BASELINE_MAX_FUTURE_MS
+              ) -> AgentBaseline:
+    """One record of the baselines topic; :class:`ValidationError` naming the field for anything the
+    publisher would not have written: other types (``agent_id`` an integer), numbers out of range
+    (``as_of_ms`` 1e400), or, given ``now_ms``, an ``as_of_ms`` more than ``max_future_ms`` ahead of it (a
+    baseline from year 9999 made every real one look stale, and eviction dropped them all)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValidationError(f"not JSON: {str(exc)[:200]}", reason="malformed") from exc
+    if not isinstance(doc, dict):
+        raise ValidationError("not a JSON object", reason="malformed")
+    try:
+        agent_id = doc["agent_id"]
+        if not isinstance(agent_id, str) or not 0 < len(agent_id) <= IDENT_MAX_CHARS:
+            raise ValidationError(f"agent_id is not a string of 1..{IDENT_MAX_CHARS} characters",
+                                  reason="invalid_value", field="agent_id")
+        latest = INT64_MAX if now_ms is None else now_ms + max_future_ms
+        baseline = AgentBaseline(
+            agent_id=agent_id, events=_int(doc, "events", 0, INT64_MAX), actions=_terms(doc, "actions"),
+            systems=_terms(doc, "systems"), entitlements=_terms(doc, "entitlements"), inputs=_terms(doc, "inputs"),
+            max_tier=_int(doc, "max_tier", 0, TIER_MAX), grants_per_hour=_float(doc, "grants_per_hour"),
+            stale_policy_share=_float(doc, "stale_policy_share"), as_of_ms=_int(doc, "as_of_ms", 0, latest),
+        )
+    except KeyError as exc:
+        raise ValidationError(f"{exc.args[0]} missing", reason="invalid_value", field=str(exc.args[0])) from exc
+    return baseline
 
 
 def compute(sink: ClickHouseSink, *, window_seconds: int, approved: list[str], now_ms: int) -> list[AgentBaseline]:
@@ -172,6 +223,9 @@ class BaselineCache:
         # A baseline not refreshed for this long belongs to an agent that left the baseline window.
         self.max_age_ms = int(max(3 * settings.baseline_refresh_seconds, 600) * 1000)
         self.as_of_ms = 0
+        self.max_future_ms = settings.max_future_skew_seconds * 1000
+        """A baseline stamped further ahead of this process's clock is refused (the events' skew)."""
+        self._next_evict = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -198,32 +252,39 @@ class BaselineCache:
         self._thread.start()
         return self
 
+    def add(self, value: bytes, offset: int | None = None) -> bool:
+        """Take one record of the topic; False if it was refused (logged, counted in
+        ``agentgov_follower_records_refused_total{follower="baselines"}``, skipped)."""
+        try:
+            b = from_json(value, int(time.time() * 1000), self.max_future_ms)
+            self._spelt(b.agent_id)
+        except Exception as exc:  # one record must not stop the follower (followers.py)
+            refused("baselines", self.metrics, offset, exc)
+            return False
+        self.data[b.agent_id] = b
+        self.as_of_ms = max(self.as_of_ms, b.as_of_ms)
+        return True
+
     def _follow(self) -> None:
         consumer = Consumer(self.settings.kafka_config(**{
             "group.id": f"agentgov-baselines-{uuid.uuid4()}", "enable.auto.commit": False,
             "session.timeout.ms": self.settings.session_timeout_ms}))
         consumer.assign([TopicPartition(self.topic, 0, 0)])  # OFFSET_BEGINNING semantics via offset 0
-        next_evict = 0.0
         try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(500, 0.5):
-                    if msg.error() or msg.value() is None:
-                        continue
-                    try:
-                        b = from_json(msg.value())
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("bad baseline record", extra={"kv": {"error": str(exc)}})
-                        continue
-                    self.data[b.agent_id] = b
-                    self._spelt(b.agent_id)
-                    self.as_of_ms = max(self.as_of_ms, b.as_of_ms)
-                if time.monotonic() >= next_evict:
-                    self.evict()
-                    next_evict = time.monotonic() + 10.0
-                if self.metrics is not None and self.as_of_ms:
-                    self.metrics.baseline_age.set(max(0.0, time.time() - self.as_of_ms / 1000))
+            follow("baselines", self.metrics, self._stop, lambda: self._step(consumer))
         finally:
             consumer.close()
+
+    def _step(self, consumer: Consumer) -> None:
+        for msg in consumer.consume(500, 0.5):
+            if msg.error() or msg.value() is None:
+                continue
+            self.add(msg.value(), msg.offset())
+        if time.monotonic() >= self._next_evict:
+            self._next_evict = time.monotonic() + 10.0
+            self.evict()
+        if self.metrics is not None and self.as_of_ms:
+            self.metrics.baseline_age.set(max(0.0, time.time() - self.as_of_ms / 1000))
 
     def evict(self) -> int:
         """Drop baselines the publisher stopped refreshing, and the oldest beyond ``max_agents``."""

@@ -122,7 +122,7 @@ class Correlator(TransactionalLoop):
         self.facts = Serde(schemas, registry, record=FACT, subject=f"{settings.topic_facts_by_target}-value")
         self.reader = FactReader(self.facts)
         self.out = Serde(schemas, registry, record=FINDING, subject=f"{settings.topic_correlations}-value")
-        self.graph = delegations or DelegationGraph(settings, self.facts).start()
+        self.graph = delegations or DelegationGraph(settings, self.facts, metrics).start()
         self.limits = Limits.from_settings(settings)
         self.grace_ms = int(settings.correlation_grace_seconds * 1000)
         self.retain_ms = settings.correlation_retain_seconds * 1000

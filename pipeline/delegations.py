@@ -26,10 +26,12 @@ import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
-from .errors import DeadLetter
+from .errors import RegistryUnavailable
 from .events import TransitionDict
 from .facts import as_event, edge_key
+from .followers import follow, refused
 from .limits import Limits, check_occurred_at
+from .metrics import Metrics
 from .scoring.crossrun import FactOrder, fact_order
 from .serde import Serde
 from .settings import Settings
@@ -40,9 +42,10 @@ log = logging.getLogger(__name__)
 class DelegationGraph:
     """Follows the delegations topic; ``into`` is safe to call from the correlator loop."""
 
-    def __init__(self, settings: Settings, serde: Serde) -> None:
+    def __init__(self, settings: Settings, serde: Serde, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.serde = serde
+        self.metrics = metrics
         self.topic = settings.topic_delegations
         self.limits = Limits.from_settings(settings)
         self._into: dict[str, list[tuple[FactOrder, str, TransitionDict]]] = {}
@@ -106,11 +109,12 @@ class DelegationGraph:
             now_ms = int(time.time() * 1000)
             if fact["occurred_at"] > now_ms + self.limits.max_future_ms:
                 check_occurred_at(fact["occurred_at"], self.limits, now_ms)
-        except DeadLetter as exc:
-            log.warning("bad delegation record", extra={"kv": {
-                "error": str(exc), "reason": exc.reason, "offset": offset}})
+            self.add(fact)
+        except RegistryUnavailable:
+            raise  # not the record's fault: read again (_step)
+        except Exception as exc:  # one record must not stop the follower (followers.py)
+            refused("delegations", self.metrics, offset, exc)
             return False
-        self.add(fact)
         return True
 
     def start(self) -> DelegationGraph:
@@ -148,23 +152,29 @@ class DelegationGraph:
         if high <= 0:
             self.ready.set()
         try:
-            while not self._stop.is_set():
-                # The first record as soon as it is there, then what else is (a batch consume would wait out
-                # its timeout for a full batch: every edge read 0.2 s late, and every ``sync`` waiting for it).
-                first = consumer.poll(0.2)
-                msgs = [first, *consumer.consume(500, 0)] if first is not None else []
-                for msg in msgs:
-                    if msg.error() or msg.value() is None:
-                        continue
-                    self.take(msg.value(), msg.offset())
-                # Transaction markers take offsets but are never delivered: ask for the position.
-                position = consumer.position([tp])[0].offset
-                if position >= 0:
-                    self.position = position
-                if not msgs and not self.ready.is_set() and self.position >= high:
-                    self.ready.set()
+            follow("delegations", self.metrics, self._stop, lambda: self._step(consumer, tp, high))
         finally:
             consumer.close()
+
+    def _step(self, consumer: Consumer, tp: TopicPartition, high: int) -> None:
+        # The first record as soon as it is there, then what else is (a batch consume would wait out its
+        # timeout for a full batch: every edge read 0.2 s late, and every ``sync`` waiting for it).
+        first = consumer.poll(0.2)
+        msgs = [first, *consumer.consume(500, 0)] if first is not None else []
+        for msg in msgs:
+            if msg.error() or msg.value() is None:
+                continue
+            try:
+                self.take(msg.value(), msg.offset())
+            except RegistryUnavailable:  # read it again after the wait (followers.follow), never skip it
+                consumer.seek(TopicPartition(tp.topic, tp.partition, msg.offset()))
+                raise
+        # Transaction markers take offsets but are never delivered: ask for the position.
+        position = consumer.position([tp])[0].offset
+        if position >= 0:
+            self.position = position
+        if not msgs and not self.ready.is_set() and self.position >= high:
+            self.ready.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -158,6 +158,18 @@ class Metrics:
         self.baseline_age = Gauge(
             "agentgov_baseline_age_seconds", "Age of the drift baselines the scorer is using.", registry=r
         )
+        # follower: baselines, exceptions, delegations (closed set: the compacted topics a role follows whole)
+        self.follower_refused = Counter(
+            "agentgov_follower_records_refused_total",
+            "Records of a followed compacted topic (baselines, exceptions, delegations) refused: undecodable, "
+            "invalid, out of range or from the future; logged and skipped, the follower went on.",
+            ["follower"], registry=r,
+        )
+        self.follower_up = Gauge(
+            "agentgov_follower_up",
+            "1 while a follower thread of a compacted topic runs; 0 if it stopped (its data then freezes).",
+            ["follower"], registry=r,
+        )
         # -- correlator
         self.correlator_facts = Counter(
             "agentgov_correlator_facts_total", "Access facts the correlator consumed.", registry=r

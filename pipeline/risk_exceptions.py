@@ -33,8 +33,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from .errors import DeadLetter
+from .errors import RegistryUnavailable
 from .events import TransitionDict, identity_key
+from .followers import follow, refused
+from .limits import check_store_time
 from .metrics import Metrics
 from .schemas import SchemaSet
 from .scoring.engine import Scored
@@ -44,6 +46,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 RECORD = "risk_exception"
+TIMES = ("requested_at", "effective_at", "expires_at", "ended_at", "updated_at")
 
 
 SEND_SKEW_MS = 300_000
@@ -175,15 +178,24 @@ class ExceptionCache:
         self._thread.start()
         return self
 
-    def add(self, value: bytes) -> None:
-        """Fold one message into the index (bad records are logged and skipped)."""
+    def add(self, value: bytes, offset: int | None = None) -> bool:
+        """Fold one message into the index; False if it was refused (logged, counted, skipped): it does not
+        decode, or a time of it is one the store cannot hold (the writer dead-letters that version, so no
+        scorer may apply it), or folding it fails."""
         try:
             record = self.serde.decode(value).record
-        except DeadLetter as exc:
-            log.warning("bad exception record", extra={"kv": {"error": str(exc)}})
-            return
-        self.index = self.index.with_record(record)
+            for field in TIMES:
+                if record.get(field) is not None:
+                    check_store_time(record[field], field)
+            index = self.index.with_record(record)
+        except RegistryUnavailable:
+            raise  # not the record's fault: read again (_step)
+        except Exception as exc:  # one record must not stop the follower (followers.py)
+            refused("exceptions", self.metrics, offset, exc)
+            return False
+        self.index = index
         self.records += 1
+        return True
 
     def _follow(self) -> None:
         consumer = Consumer(self.settings.kafka_config(**{
@@ -191,16 +203,22 @@ class ExceptionCache:
             "session.timeout.ms": self.settings.session_timeout_ms}))
         consumer.assign([TopicPartition(self.topic, 0, 0)])
         try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(500, 0.5):
-                    if msg.error() or msg.value() is None:
-                        continue
-                    self.add(msg.value())
-                if self.metrics is not None:
-                    self.metrics.exceptions_followed.set(len(self.index))
-                    self.metrics.exceptions_approved.set(self.index.approved())
+            follow("exceptions", self.metrics, self._stop, lambda: self._step(consumer))
         finally:
             consumer.close()
+
+    def _step(self, consumer: Consumer) -> None:
+        for msg in consumer.consume(500, 0.5):
+            if msg.error() or msg.value() is None:
+                continue
+            try:
+                self.add(msg.value(), msg.offset())
+            except RegistryUnavailable:  # read it again after the wait (followers.follow), never skip it
+                consumer.seek(TopicPartition(self.topic, msg.partition(), msg.offset()))
+                raise
+        if self.metrics is not None:
+            self.metrics.exceptions_followed.set(len(self.index))
+            self.metrics.exceptions_approved.set(self.index.approved())
 
     def stop(self) -> None:
         self._stop.set()
