@@ -243,7 +243,7 @@ def dlq_show(refs: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be re-published; send nothing.")
 def dlq_republish(refs: tuple[str, ...], reason: str | None, dry_run: bool) -> None:
     """Send dead letters (REFS, or all of --reason) back to the topic they came from, after a fix."""
-    from .dlq import DlqError, read, republish
+    from .dlq import DlqError, read, refusal, republish
 
     try:
         if bool(refs) == bool(reason):
@@ -253,12 +253,23 @@ def dlq_republish(refs: tuple[str, ...], reason: str | None, dry_run: bool) -> N
         missing = set(refs) - {x.ref for x in letters}
         if missing:
             raise DlqError(f"no dead letter at {', '.join(sorted(missing))}")
+        sendable = []
+        refused = 0
         for letter in letters:
+            why = refusal(settings, letter)
+            if why is not None:  # one message per letter; the others still go
+                click.echo(f"refusing {why}", err=True)
+                refused += 1
+                continue
+            sendable.append(letter)
             click.echo(("would re-publish " if dry_run else "re-publishing ") + letter.line())
-        sent = 0 if dry_run else republish(settings, letters)
+        sent = 0 if dry_run or not sendable else republish(settings, sendable)
     except AgentgovError as exc:
         _fail(exc)
-    click.echo(f"re-published {sent} dead letters" if not dry_run else f"{len(letters)} would be re-published")
+    summary = f"re-published {sent} dead letters" if not dry_run else f"{len(sendable)} would be re-published"
+    click.echo(summary + (f", {refused} refused" if refused else ""))
+    if refused:
+        sys.exit(1)
 
 
 @main.command()

@@ -126,17 +126,39 @@ def read(settings: Settings, *, reason: str | None = None, refs: Iterable[str] =
         consumer.close()
 
 
+def replay_topics(settings: Settings) -> tuple[str, ...]:
+    """The topics a dead letter may be re-published to: the pipeline's inputs whose dead letters the runbooks
+    replay after a fix (docs/runbooks/dead-letters.md: transitions the scorers refused; poison-records.md:
+    assessments the store refused). Not the topics people's records or followed state travel on (decisions,
+    exceptions, baselines, facts, delegations): a dead letter's headers are only its sender's word, and a
+    forged one naming the baselines topic was re-published there."""
+    return (settings.topic_transitions, settings.topic_assessments)
+
+
+def refusal(settings: Settings, letter: Letter) -> str | None:
+    """Why ``letter`` cannot be re-published (one line naming it), or None if it can."""
+    topic = letter.get("agentgov.source.topic")
+    if not topic:
+        return f"dead letter {letter.ref} names no source topic"
+    if topic not in replay_topics(settings):
+        return (f"dead letter {letter.ref} names source topic {inert(topic)[:200]!r}, not one dead letters are "
+                f"re-published to ({', '.join(replay_topics(settings))})")
+    return None
+
+
 def republish(settings: Settings, letters: Iterable[Letter]) -> int:
     """Send each letter's original bytes back to its source topic; returns how many were confirmed.
-    Raises :class:`DlqError` for a letter whose payload was cut, or on a delivery failure."""
+    Raises :class:`DlqError` for a letter whose payload was cut or that :func:`refusal` refuses (the CLI
+    leaves those out, one message each), or on a delivery failure."""
     letters = list(letters)
     for letter in letters:
         if not letter.complete:
             raise DlqError(f"dead letter {letter.ref} holds a cut payload ({letter.get('agentgov.payload.bytes')} "
                            f"bytes originally, sha256 {letter.get('agentgov.payload.sha256')[:16]}…): find the "
                            f"original at its source")
-        if not letter.get("agentgov.source.topic"):
-            raise DlqError(f"dead letter {letter.ref} names no source topic")
+        refused = refusal(settings, letter)
+        if refused is not None:
+            raise DlqError(refused)
     producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all",
                                                  "message.max.bytes": settings.max_message_bytes}))
     failed: list[str] = []

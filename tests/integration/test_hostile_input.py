@@ -619,3 +619,49 @@ def test_a_record_the_writer_tasks_cannot_store_is_dead_lettered_and_the_writer_
     sample = pipe.metrics.registry.get_sample_value
     assert not sample("agentgov_process_restarts_total", {"role": "writer", "reason": "exited"})
     assert sample("agentgov_dead_letters_total", {"reason": "invalid_value"}) == 3
+
+
+def test_dlq_republish_sends_only_to_the_topics_dead_letters_are_replayed_to(
+    bus: Bus, settings_factory: Callable[..., Settings], publisher_factory: Callable[..., TransitionPublisher],
+) -> None:
+    """Audit P6: a dead letter's ``agentgov.source.topic`` is its sender's word (on Tansu anyone may write the
+    dead-letter topic), and a forged one naming the baselines topic was re-published there. Now only the
+    transitions and assessments topics are re-published to; each other letter is refused with a message
+    naming it, counted in the summary (exit 1, no traceback), and the others still go."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    settings = settings_factory()
+    pub = publisher_factory(settings)
+    rec = _raw(pub)
+    raw = raw_producer(settings)
+
+    def letter(topic: str, value: bytes) -> None:
+        raw.produce(settings.topic_dlq, value, key=b"k", headers=[
+            ("agentgov.error.class", b"ValidationError"), ("agentgov.error.reason", b"invalid_value"),
+            ("agentgov.error.message", b"forged"), ("agentgov.source.topic", topic.encode()),
+            ("agentgov.source.partition", b"0"), ("agentgov.source.offset", b"1")])
+
+    forged = b'{"agent_id":"agent-x","events":1,"actions":[],"systems":[],"entitlements":[],"inputs":[],' \
+             b'"max_tier":0,"grants_per_hour":0,"stale_policy_share":0,"as_of_ms":0}'
+    letter(settings.topic_baselines, forged)
+    letter(settings.topic_decisions, b"zz")
+    letter(settings.topic_transitions, SERDE.encode(rec))
+    assert raw.flush(30) == 0
+    env = {"AGENTGOV_KAFKA_BOOTSTRAP": settings.bootstrap(), "AGENTGOV_TOPIC_DLQ": settings.topic_dlq,
+           "AGENTGOV_TOPIC_TRANSITIONS": settings.topic_transitions,
+           "AGENTGOV_TOPIC_ASSESSMENTS": settings.topic_assessments,
+           "AGENTGOV_TOPIC_BASELINES": settings.topic_baselines}
+    runner = CliRunner()
+    assert wait_until(lambda: len(runner.invoke(main, ["dlq", "list"], env=env).stdout.splitlines()) == 3, 30)
+    dry = runner.invoke(main, ["dlq", "republish", "--reason", "invalid_value", "--dry-run"], env=env)
+    assert dry.exit_code == 1 and "1 would be re-published, 2 refused" in dry.stdout, dry.output
+    done = runner.invoke(main, ["dlq", "republish", "--reason", "invalid_value"], env=env)
+    assert done.exit_code == 1 and "Traceback" not in done.output, done.output
+    assert "re-published 1 dead letters, 2 refused" in done.stdout, done.output
+    assert done.stderr.count("refusing dead letter") == 2
+    assert settings.topic_baselines in done.stderr and "not one dead letters are re-published to" in done.stderr
+    back = consume(settings, settings.topic_transitions, 1, timeout=30)
+    assert [m.value() for m in back] == [SERDE.encode(rec)]
+    assert consume(settings, settings.topic_baselines, 1, timeout=5) == []
