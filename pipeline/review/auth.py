@@ -34,7 +34,7 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .model import ROLES, Actor
+from .model import ROLES, Actor, ascii_digits
 
 SESSION_COOKIE = "agentgov_session"
 CSRF_FIELD = "csrf_token"
@@ -128,14 +128,14 @@ class Authenticator:
 
     def _from_session(self, cookie: str) -> Actor | None:
         parts = cookie.split(".")
-        if len(parts) != 4 or not parts[1].isdigit() or len(parts[1]) > 15:
+        if len(parts) != 4 or not ascii_digits(parts[1]) or len(parts[1]) > 15:
             return None  # also every cookie of the format before sessions expired (user.signature)
         user_b64, issued, nonce, sig = parts
         try:
             user = base64.urlsafe_b64decode(user_b64.encode()).decode()
         except (ValueError, UnicodeDecodeError):
             return None
-        if not hmac.compare_digest(sig, self._sign("session", f"{user}|{issued}|{nonce}")):
+        if not _same(sig, self._sign("session", f"{user}|{issued}|{nonce}")):
             return None
         now = int(time.time() * 1000)
         if not int(issued) <= now + 60_000 or now >= int(issued) + self.max_age_ms or user not in self._tokens.values():
@@ -151,7 +151,8 @@ class Authenticator:
             return
         parts = cookie.split(".")
         now = int(time.time() * 1000)
-        expires = int(parts[1]) + self.max_age_ms if len(parts) == 4 and parts[1].isdigit() else now + self.max_age_ms
+        issued = int(parts[1]) if len(parts) == 4 and ascii_digits(parts[1]) else now
+        expires = issued + self.max_age_ms
         with self._revoked_lock:
             self._revoked = {n: t for n, t in self._revoked.items() if t > now}  # expired ones are refused anyway
             self._revoked[actor.session[2:]] = expires
@@ -161,4 +162,10 @@ class Authenticator:
         return self._sign("csrf", f"{actor.user}|{actor.session}")
 
     def csrf_ok(self, actor: Actor, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(str(token), self.csrf_token(actor))
+        return bool(token) and _same(str(token), self.csrf_token(actor))
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of a client's string and ours. As bytes: ``hmac.compare_digest`` raises
+    TypeError on a ``str`` with a non-ASCII character, which made a tampered cookie or token a 500."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())

@@ -17,7 +17,7 @@ from ..metrics import RecertMetrics
 from .api import UtcDatetime
 from .app import ReviewContext, ctx_of
 from .attributes import AttributeReviews, PolicyWatch
-from .model import MAX_TEXT, ReviewError
+from .model import MAX_TEXT, ReviewError, ascii_digits
 from .pages import date_ms
 from .recert import ITEM_STATES, RECOMMENDATIONS, Scope, progress
 from .recert_service import RecertService
@@ -88,8 +88,8 @@ def _render(ctx: ReviewContext, request: Request, name: str, status: int = 200, 
 def _int(value: str, what: str) -> int | None:
     if not value.strip():
         return None
-    if not value.strip().isdigit():
-        raise ReviewError(f"{what} must be a whole number, got {value!r}")
+    if not ascii_digits(value.strip()):
+        raise ReviewError(f"{what} must be a whole number (digits 0-9), got {value!r}")
     return int(value)
 
 
@@ -171,7 +171,7 @@ async def bulk(request: Request, ctx: Ctx, recert: Recert, cid: str) -> HTMLResp
     selection: dict[str, int] = {}
     for value in form.getlist("sel"):
         iid, _, version = str(value).rpartition("@")
-        if not iid or not version.isdigit():
+        if not iid or not ascii_digits(version):
             raise ReviewError(f"bad selection {value!r}")
         selection[iid] = int(version)
     end_date = str(form.get("end_date") or "")

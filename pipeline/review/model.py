@@ -84,6 +84,12 @@ class Conflict(ReviewError):
     status = 409
 
 
+def ascii_digits(value: str) -> bool:
+    """Whether ``value`` is a whole number in ASCII digits. ``str.isdigit`` alone also accepts '²', which
+    ``int`` refuses (a 500), and '٣', which ``int`` silently reads as 3."""
+    return value.isascii() and value.isdigit()
+
+
 def finding_id(event_id: str, code: str) -> str:
     return f"{event_id}/{code}"
 

@@ -22,6 +22,7 @@ from .model import (
     REVIEW_SEVERITIES,
     Actor,
     ReviewError,
+    ascii_digits,
     check_exception_status,
     exception_status,
     finding_id,
@@ -142,7 +143,7 @@ async def bulk(request: Request, ctx: Ctx) -> HTMLResponse:
         selection: dict[str, int] = {}
         for value in form.getlist("sel"):
             fid, _, version = str(value).rpartition("@")
-            if not fid or not version.isdigit():
+            if not fid or not ascii_digits(version):
                 raise ReviewError(f"bad selection {value!r}")
             selection[fid] = int(version)
         result = ctx.service.bulk(actor, action, selection=selection, classification=text["classification"],

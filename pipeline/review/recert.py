@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import MAX_TEXT, Actor, Forbidden, ReviewError, require_role, same_person
+from .model import MAX_TEXT, Actor, Forbidden, ReviewError, ascii_digits, require_role, same_person
 
 RECOMMENDATIONS = ("revoke", "certify", "none")
 ITEM_STATES = ("pending", "certified", "revoked")
@@ -141,7 +141,7 @@ def item_id(cid: str, n: int) -> str:
 
 def split_item_id(iid: str) -> tuple[str, int]:
     cid, _, n = iid.rpartition("/")
-    if not cid.startswith("CMP-") or not n.isdigit():
+    if not cid.startswith("CMP-") or not ascii_digits(n):
         raise ReviewError(f"not a campaign item id: {iid!r}")
     return cid, int(n)
 

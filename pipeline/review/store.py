@@ -21,7 +21,7 @@ from typing import Any
 
 from ..audit import AUDIT_SETTINGS, trail
 from ..sinks.clickhouse import ClickHouseSink
-from .model import EXCEPTION_STATUSES, OPEN_STATES, REVIEW_SEVERITIES
+from .model import EXCEPTION_STATUSES, OPEN_STATES, REVIEW_SEVERITIES, utc
 
 LATEST_SQL = """
 SELECT subject_id, ifNull(argMax(to_state, subject_version), '') AS state, max(subject_version) AS version,
@@ -152,7 +152,8 @@ class ExportCursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             at, rank, key, version = json.loads(raw)
-            cursor = cls(datetime.fromisoformat(at).replace(tzinfo=None), int(rank), str(key), int(version))
+            # In the store's range (utc): year 1 was a ClickHouse error (a 500), year 9999 silently no rows.
+            cursor = cls(utc(datetime.fromisoformat(at)).replace(tzinfo=None), int(rank), str(key), int(version))
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not an export cursor: {token[:80]!r}") from exc
         if cursor.rank not in (0, 1) or not -2**31 <= cursor.version < 2**31:

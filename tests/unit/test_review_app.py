@@ -510,3 +510,53 @@ def test_export_pages_carry_a_next_link_and_refuse_a_forged_cursor(
     last = alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "limit": 3})
     assert len(last.json()) == 3 and "link" not in last.headers  # all there is: no next page to ask for
     assert alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "limit": 10_001}).status_code == 422
+
+
+def test_a_tampered_cookie_or_csrf_token_with_non_ascii_is_refused_not_500(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    from pipeline.review.auth import SESSION_COOKIE
+
+    app, _ = make_app(review_session_max_age_seconds=3600)
+    http, cookie, _csrf = _login(app)
+    forged = cookie.strip('"')[:-1] + "\u00e9"
+    # Sent as raw latin-1 bytes, as a client may: Starlette decodes headers as latin-1.
+    r = TestClient(app).get("/api/me", headers={"Cookie": f"{SESSION_COOKIE}={forged}".encode("latin-1")})
+    assert r.status_code == 401
+    r = http.post("/api/findings/e/AG-ESC-003/decisions", json={"action": "acknowledge", "expected_version": 0},
+                  headers={"X-CSRF-Token": "\u00e9".encode("latin-1")})
+    assert r.status_code == 403 and "CSRF" in r.json()["error"]
+    alice = Client(app, "alice")
+    r = alice.form("/campaigns", {"csrf_token": "t\u00f6ken", "name": "n", "owner": "alice", "due": "2030-01-01"})
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "\u0663", "1\u0663"])
+def test_numbers_from_users_are_ascii_digits_only(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                  digits: str) -> None:
+    app, _ = make_app()
+    alice = Client(app, "alice")
+    r = alice.form("/campaigns", {"name": "n", "owner": "alice", "due": "2030-01-01", "within_days": digits})
+    assert r.status_code == 400 and "whole number" in r.text
+    r = alice.form("/queue/bulk", {"action": "acknowledge", "sel": f"e/AG-ESC-003@{digits}"})
+    assert r.status_code == 400 and "bad selection" in r.text
+    r = alice.form("/campaigns/CMP-x/bulk", {"action": "revoke", "sel": f"CMP-x/1@{digits}"})
+    assert r.status_code == 400 and "bad selection" in r.text
+    r = alice.post(f"/api/campaigns/CMP-x/items/{digits}", {"action": "certify", "expected_version": 1,
+                                                              "justification": "x"})
+    assert r.status_code == 400 and "not a campaign item id" in r.json()["error"]
+    r = alice.get("/api/campaigns/CMP-x/items", params={"after": f"CMP-x/{digits}"})
+    assert r.status_code == 400 and "not a campaign item id" in r.json()["error"]
+
+
+def test_an_export_cursor_out_of_the_stores_range_is_refused(make_app: Callable[..., tuple[FastAPI, FakeSink]]
+                                                             ) -> None:
+    import base64
+    import json
+
+    app, sink = make_app()
+    alice = Client(app, "alice")
+    for at in ("0001-01-01T00:00:00.000", "9999-12-31T23:59:59.000", "1969-12-31T23:59:59.000"):
+        token = base64.urlsafe_b64encode(json.dumps([at, 0, "k", 1]).encode()).decode().rstrip("=")
+        r = alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "after": token})
+        assert r.status_code == 400 and "not an export cursor" in r.json()["error"], (at, r.text)
+    assert not [q for q in sink.queries if "decisions" in q]  # refused before the store was asked
