@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 
 from ..errors import AgentgovError
 from ..events import identity_key
+from ..inert import UNSAFE, inert
 from ..scoring.catalogue import CATALOGUE
 
 FINDING_STATES = ("new", "acknowledged", "closed")
@@ -51,6 +52,7 @@ EXCEPTION_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "revoke": (("active",), "revoked"),
 }
 MAX_TEXT = 4000
+MAX_ID = 256  # an id or a code typed into a form or an API body (the API's ``Name``)
 MIN_YEAR, MAX_YEAR = 1970, 2299  # the store's DateTime64(3) ends in 2299; nothing here predates the epoch
 
 
@@ -195,11 +197,28 @@ def exception_status(record: dict[str, Any], now_ms: int) -> str:
 CROSS_RUN_PREFIX = "AG-XRN-"
 
 
+def check_id(value: str, what: str) -> None:
+    """An id a person typed (agent, workflow, target, entitlement, code): at most :data:`MAX_ID` characters and
+    no control or invisible character (``pipeline.inert``), which no event's id carries, so a scope holding
+    one would never match and would look like one that does (``agent-x`` and ``agent-x\u200b``)."""
+    if len(value) > MAX_ID:
+        raise ReviewError(f"{what} longer than {MAX_ID} characters")
+    bad = UNSAFE.search(value)
+    if bad:
+        raise ReviewError(f"{what} contains a control or invisible character ({inert(bad[0])}); type the id as "
+                          "events carry it")
+
+
 def new_exception(actor: Actor, now_ms: int, *, code: str, agent_id: str, justification: str, expires_at_ms: int,
                   max_days: int, workflow_id: str | None = None, target_id: str | None = None,
                   entitlement: str | None = None) -> dict[str, Any]:
-    """Version 1 of a requested exception. Raises :class:`ReviewError` on a bad scope or expiry."""
+    """Version 1 of a requested exception. Raises :class:`ReviewError` on a bad scope or expiry.
+
+    The one check of a request, whether it came from the page's form or the API's body."""
     require_role(actor.roles, "reviewer", "approver")
+    for what, value in (("code", code), ("agent", agent_id), ("workflow", workflow_id), ("target", target_id),
+                        ("entitlement", entitlement)):
+        check_id(value or "", what)
     if not code.strip() or not agent_id.strip():
         raise ReviewError("an exception needs a finding code and an agent")
     if code.strip() not in CATALOGUE:

@@ -560,3 +560,20 @@ def test_an_export_cursor_out_of_the_stores_range_is_refused(make_app: Callable[
         r = alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "after": token})
         assert r.status_code == 400 and "not an export cursor" in r.json()["error"], (at, r.text)
     assert not [q for q in sink.queries if "decisions" in q]  # refused before the store was asked
+
+
+def test_the_exception_form_and_api_refuse_the_same_scopes(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    app, _ = make_app()
+    published: list[str] = []
+    app.state.ctx.service._publish = lambda name, _t, _k, _r: published.append(name)
+    alice = Client(app, "alice")
+    expires = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    for agent, status, error in (("a" * 300_000, 400, "agent longer than 256"),
+                                 ("agent-\u202egpj.exe", 400, "invisible character")):
+        r = alice.form("/exceptions", {"code": "AG-ESC-003", "agent_id": agent, "justification": "j",
+                                       "expires_at": expires})
+        assert r.status_code == status and error in r.text
+    r = alice.post("/api/exceptions", {"code": "AG-ESC-003", "agent_id": "agent-\u202egpj.exe", "justification": "j",
+                                       "expires_at": expires})
+    assert r.status_code == 400 and "invisible character (\\u202e)" in r.json()["error"]
+    assert published == []

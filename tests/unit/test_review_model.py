@@ -200,3 +200,17 @@ def test_proxy_headers_only_from_trusted_addresses() -> None:
     assert auth.identify("10.1.2.3", headers, {}) == Actor("rita", ("reviewer", "approver"))
     assert auth.identify("192.168.1.1", headers, {}) is None
     assert auth.identify("10.1.2.3", {"authorization": "Bearer t-alice"}, {}) is None  # no tokens in proxy mode
+
+
+@pytest.mark.parametrize(("field", "value", "error"), [
+    ("agent_id", "a" * 300_000, "agent longer than 256"),
+    ("agent_id", "agent-\u202egpj.exe", r"agent contains a control or invisible character \(\\u202e\)"),
+    ("agent_id", "agent-x\u200b", "agent contains"),
+    ("workflow_id", "w" * 257, "workflow longer than 256"),
+    ("target_id", "u-1\x00", r"target contains a control or invisible character \(\\x00\)"),
+    ("entitlement", "crm\n", "entitlement contains"),
+], ids=["long-agent", "rlo-agent", "zwsp-agent", "long-workflow", "nul-target", "newline-entitlement"])
+def test_an_exception_scope_holds_only_ids_an_event_can_carry(field: str, value: str, error: str) -> None:
+    scope: dict[str, Any] = {"code": "AG-ESC-003", "agent_id": "agent-x", field: value}
+    with pytest.raises(ReviewError, match=error):
+        new_exception(RITA, NOW, justification="j", expires_at_ms=NOW + DAY_MS, max_days=90, **scope)
