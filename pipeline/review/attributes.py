@@ -107,6 +107,19 @@ class PolicyWatch:
         self._thread.join(10)
 
 
+STEPS = {"propose": ("open", "only an open review is proposed"),
+         "link": ("proposed", "only a proposed review is linked to a policy version")}
+
+
+def check_step(rev: dict[str, Any], step: str) -> None:
+    """The review's history reads open -> proposed -> included, each step once: only an ``open`` review is
+    proposed, only a ``proposed`` one linked to a policy version. Anything else is a :class:`Conflict` (409):
+    a second proposal, or one after the review was included, would have reopened a closed review."""
+    needs, rule = STEPS[step]
+    if rev["state"] != needs:
+        raise Conflict(f"{rule}; this one is {rev['state']}", state=rev["state"], version=rev["version"])
+
+
 def review_id() -> str:
     return f"ARV-{uuid.uuid4().hex[:12]}"
 
@@ -205,6 +218,7 @@ class AttributeReviews:
         rev = self.review(rid)
         if rev is None:
             raise ReviewError(f"no such attribute review {rid}")
+        check_step(rev, "propose")
         verdicts, usage = self._decisions(rev)
         if not verdicts:
             raise ReviewError("decide at least one attribute first")
@@ -215,6 +229,7 @@ class AttributeReviews:
         if diff and missing:
             notes += [f"not covered by the diff: {m}" for m in missing]
         with self.recert.service._lock:
+            self._unchanged(rid, rev, "propose")
             record = decision("attributes.propose", "attribute_review", rid, rev["version"] + 1, actor, now_ms(),
                               from_state=rev["state"], to_state="proposed",
                               payload={"workflow": rev["workflow"], "diff": diff, "notes": json.dumps(notes),
@@ -223,6 +238,15 @@ class AttributeReviews:
             self.recert._publish_many(rid, [record])
             self.recert.service.wait_stored(rid, rev["version"] + 1)
         return {"diff": diff, "notes": notes, "check": check}
+
+    def _unchanged(self, rid: str, rev: dict[str, Any], step: str) -> None:
+        """Under the write lock: the review is still what ``rev`` read before it, and may take ``step``; a
+        proposal or link recorded meanwhile wins (409)."""
+        now = self.review(rid)
+        if now is None or (now["state"], now["version"]) != (rev["state"], rev["version"]):
+            check_step(now or rev, step)  # says why, when the step no longer applies
+            raise Conflict("the review changed meanwhile; reload it",
+                           state=now["state"] if now else "", version=now["version"] if now else 0)
 
     def link_included(self) -> list[str]:
         """Link every proposed review whose decisions the policy file in force now includes (the policy
@@ -245,8 +269,7 @@ class AttributeReviews:
         rev = self.review(rid)
         if rev is None:
             raise ReviewError(f"no such attribute review {rid}")
-        if rev["state"] != "proposed":  # the history reads decisions -> proposal -> policy version, once
-            raise ReviewError(f"only a proposed review is linked to a policy version; this one is {rev['state']}")
+        check_step(rev, "link")
         verdicts, usage = self._decisions(rev)
         if not verdicts:
             raise ReviewError("no decisions to link")
@@ -256,10 +279,7 @@ class AttributeReviews:
             raise ReviewError(f"policy version {loaded.version} does not include the decisions yet: "
                               + "; ".join(missing[:5]))
         with self.recert.service._lock:
-            now = self.review(rid)  # under the write lock: a link (or a proposal) recorded meanwhile wins
-            if now is None or (now["state"], now["version"]) != (rev["state"], rev["version"]):
-                raise Conflict("the review changed meanwhile; reload it",
-                               state=now["state"] if now else "", version=now["version"] if now else 0)
+            self._unchanged(rid, rev, "link")
             record = decision("attributes.included", "attribute_review", rid, rev["version"] + 1, actor, now_ms(),
                               from_state=rev["state"], to_state="included",
                               payload={"policy_version": loaded.version, "policy_sha256": loaded.sha256,

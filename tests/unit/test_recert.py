@@ -369,3 +369,40 @@ def test_only_a_proposed_attribute_review_is_linked_to_a_policy_version(state: s
     attrs.review = lambda rid: {"state": state, "version": 3, "workflow": "wf"}
     with pytest.raises(ReviewError, match=f"only a proposed review is linked to a policy version; this one is {state}"):
         attrs.link_policy(Actor("alice", ("reviewer",)), "ARV-1")
+
+
+@pytest.mark.parametrize(("state", "step", "refused"), [
+    ("open", "propose", None),
+    ("proposed", "propose", "only an open review is proposed; this one is proposed"),
+    ("included", "propose", "only an open review is proposed; this one is included"),
+    ("proposed", "link", None),
+    ("open", "link", "only a proposed review is linked to a policy version; this one is open"),
+    ("included", "link", "only a proposed review is linked to a policy version; this one is included"),
+])
+def test_an_attribute_review_is_proposed_once_then_linked_once(state: str, step: str, refused: str | None) -> None:
+    """open -> propose -> propose -> included -> propose -> included was possible: propose had no state check."""
+    from pipeline.review.attributes import check_step
+    from pipeline.review.model import Conflict
+
+    if refused is None:
+        check_step({"state": state, "version": 2}, step)
+        return
+    with pytest.raises(Conflict, match=refused) as exc:
+        check_step({"state": state, "version": 2}, step)
+    assert exc.value.status == 409 and exc.value.fields == {"state": state, "version": 2}
+
+
+def test_a_proposal_recorded_while_another_waited_for_the_lock_wins() -> None:
+    """propose read the review before taking the write lock, so two concurrent proposals were both recorded;
+    under the lock the review is read again."""
+    from pipeline.review.attributes import AttributeReviews
+    from pipeline.review.model import Conflict
+
+    attrs: Any = AttributeReviews.__new__(AttributeReviews)
+    attrs.review = lambda rid: {"state": "proposed", "version": 2}  # what the store holds by now
+    with pytest.raises(Conflict, match="only an open review is proposed; this one is proposed"):
+        attrs._unchanged("ARV-1", {"state": "open", "version": 1}, "propose")
+    attrs.review = lambda rid: {"state": "open", "version": 3}  # a decision in between: still open, newer
+    with pytest.raises(Conflict, match="the review changed meanwhile"):
+        attrs._unchanged("ARV-1", {"state": "open", "version": 1}, "propose")
+    attrs._unchanged("ARV-1", {"state": "open", "version": 3}, "propose")
