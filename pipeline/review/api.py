@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from .app import ReviewContext, ctx_of
 from .model import (
@@ -151,8 +152,9 @@ def finding(request: Request, ctx: Ctx, event_id: str, code: str) -> dict[str, A
 async def decide(request: Request, ctx: Ctx, event_id: str, code: str, body: FindingDecision) -> dict[str, Any]:
     """Acknowledge, close (classification, reason and comment required) or reopen. 409 on a stale version."""
     actor = await ctx.writer(request)
-    return ctx.service.transition(actor, finding_id(event_id, code), body.action, body.expected_version,
-                                  classification=body.classification, reason=body.reason, comment=body.comment)
+    return await run_in_threadpool(ctx.service.transition, actor, finding_id(event_id, code), body.action,
+                                   body.expected_version, classification=body.classification, reason=body.reason,
+                                   comment=body.comment)
 
 
 @_route("POST", "/findings/bulk")
@@ -165,8 +167,9 @@ async def bulk(request: Request, ctx: Ctx, body: BulkDecision) -> dict[str, Any]
         matching = queue_filter(list(m.severity), m.code, m.agent, m.workflow, list(m.status), m.assignee,
                                 None if m.max_age_hours is None else str(m.max_age_hours),
                                 None if m.min_age_hours is None else str(m.min_age_hours))
-    return ctx.service.bulk(actor, body.action, selection=body.selection, matching=matching,
-                            classification=body.classification, reason=body.reason, comment=body.comment)
+    return await run_in_threadpool(ctx.service.bulk, actor, body.action, selection=body.selection,
+                                   matching=matching, classification=body.classification, reason=body.reason,
+                                   comment=body.comment)
 
 
 @_route("GET", "/exceptions")
@@ -187,11 +190,11 @@ def exceptions(request: Request, ctx: Ctx,
 async def request_exception(request: Request, ctx: Ctx, body: ExceptionRequest) -> dict[str, Any]:
     """Request an exception; it takes effect only when a different approver approves it."""
     actor = await ctx.writer(request)
-    return ctx.service.request_exception(actor, code=body.code, agent_id=body.agent_id,
-                                         justification=body.justification,
-                                         expires_at_ms=int(body.expires_at.timestamp() * 1000),
-                                         workflow_id=body.workflow_id,
-                                         target_id=body.target_id, entitlement=body.entitlement)
+    return await run_in_threadpool(ctx.service.request_exception, actor, code=body.code, agent_id=body.agent_id,
+                                   justification=body.justification,
+                                   expires_at_ms=int(body.expires_at.timestamp() * 1000),
+                                   workflow_id=body.workflow_id, target_id=body.target_id,
+                                   entitlement=body.entitlement)
 
 
 @_route("GET", "/exceptions/{exception_id}")
@@ -209,7 +212,8 @@ def exception(request: Request, ctx: Ctx, exception_id: str) -> dict[str, Any]:
 async def decide_exception(request: Request, ctx: Ctx, exception_id: str, body: ExceptionDecision) -> dict[str, Any]:
     """Approve or reject (approver role, not the requester) or revoke. 409 on a stale version."""
     actor = await ctx.writer(request)
-    return ctx.service.decide_exception(actor, exception_id, body.action, body.expected_version, body.comment)
+    return await run_in_threadpool(ctx.service.decide_exception, actor, exception_id, body.action,
+                                   body.expected_version, body.comment)
 
 
 @_route("GET", "/export")

@@ -244,7 +244,7 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
                                           status_code=status)
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> PlainTextResponse:
+    async def healthz() -> PlainTextResponse:  # on the loop: it answers even while every pool thread is busy
         return PlainTextResponse("ok")
 
     @app.get("/metrics", include_in_schema=False)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ..metrics import RecertMetrics
 from .api import UtcDatetime
@@ -116,8 +117,8 @@ async def create_campaign(request: Request, ctx: Ctx, recert: Recert, name: Anno
     actor = await ctx.writer(request)
     scope = Scope(min_tier=_int(min_tier, "tier"), workflow=workflow.strip(), agent=agent.strip(),
                   within_days=_int(within_days, "days"), never_certified=bool(never_certified))
-    out = recert.create(actor, name=name, owner=owner, due_at_ms=date_ms(due, "due date"), scope=scope,
-                        on_timeout=on_timeout)
+    out = await run_in_threadpool(recert.create, actor, name=name, owner=owner, due_at_ms=date_ms(due, "due date"),
+                                  scope=scope, on_timeout=on_timeout)
     return RedirectResponse(f"/campaigns/{out['campaign_id']}", status_code=303)
 
 
@@ -159,8 +160,8 @@ async def decide_item(request: Request, ctx: Ctx, recert: Recert, cid: str, n: s
                       end_date: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
     end = date_ms(end_date, "end date") if end_date.strip() else None
-    recert.decide(actor, f"{cid}/{n}", action, version, justification=justification or None,
-                  reassign_to=reassign_to or None, end_ms=end)
+    await run_in_threadpool(recert.decide, actor, f"{cid}/{n}", action, version,
+                            justification=justification or None, reassign_to=reassign_to or None, end_ms=end)
     return RedirectResponse(f"/campaigns/{cid}/items/{n}", status_code=303)
 
 
@@ -175,9 +176,9 @@ async def bulk(request: Request, ctx: Ctx, recert: Recert, cid: str) -> HTMLResp
             raise ReviewError(f"bad selection {value!r}")
         selection[iid] = int(version)
     end_date = str(form.get("end_date") or "")
-    result = recert.bulk(actor, cid, str(form.get("action", "")), selection,
-                         justification=str(form.get("justification") or "") or None,
-                         end_ms=date_ms(end_date, "end date") if end_date.strip() else None)
+    result = await run_in_threadpool(recert.bulk, actor, cid, str(form.get("action", "")), selection,
+                                     justification=str(form.get("justification") or "") or None,
+                                     end_ms=date_ms(end_date, "end date") if end_date.strip() else None)
     return _render(ctx, request, "campaign_bulk.html", cid=cid, action=str(form.get("action", "")), result=result)
 
 
@@ -185,7 +186,7 @@ async def bulk(request: Request, ctx: Ctx, recert: Recert, cid: str) -> HTMLResp
 async def signoff(request: Request, ctx: Ctx, recert: Recert, cid: str, version: Annotated[int, Form()],
                   comment: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
-    recert.signoff(actor, cid, version, comment or None)
+    await run_in_threadpool(recert.signoff, actor, cid, version, comment or None)
     return RedirectResponse(f"/campaigns/{cid}", status_code=303)
 
 
@@ -200,7 +201,7 @@ def attributes(request: Request, ctx: Ctx, recert: Recert) -> HTMLResponse:
 @router("POST", "/attributes")
 async def open_review(request: Request, ctx: Ctx, attrs: Attrs, workflow: Annotated[str, Form()]) -> Response:
     actor = await ctx.writer(request)
-    rid = attrs.open(actor, workflow)
+    rid = await run_in_threadpool(attrs.open, actor, workflow)
     return RedirectResponse(f"/attributes/{rid}", status_code=303)
 
 
@@ -219,21 +220,21 @@ async def decide_attribute(request: Request, ctx: Ctx, attrs: Attrs, rid: str, n
                            verdict: Annotated[str, Form()], version: Annotated[int, Form()],
                            justification: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
-    attrs.decide(actor, rid, name, verdict, version, justification)
+    await run_in_threadpool(attrs.decide, actor, rid, name, verdict, version, justification)
     return RedirectResponse(f"/attributes/{rid}", status_code=303)
 
 
 @router("POST", "/attributes/{rid}/propose")
 async def propose_change(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> Response:
     actor = await ctx.writer(request)
-    attrs.propose(actor, rid)
+    await run_in_threadpool(attrs.propose, actor, rid)
     return RedirectResponse(f"/attributes/{rid}#proposal", status_code=303)
 
 
 @router("POST", "/attributes/{rid}/link")
 async def link_policy(request: Request, ctx: Ctx, attrs: Attrs, rid: str) -> Response:
     actor = await ctx.writer(request)
-    attrs.link_policy(actor, rid)
+    await run_in_threadpool(attrs.link_policy, actor, rid)
     return RedirectResponse(f"/attributes/{rid}", status_code=303)
 
 
@@ -277,8 +278,8 @@ async def api_create(request: Request, ctx: Ctx, recert: Recert, body: NewCampai
     actor = await ctx.writer(request)
     scope = Scope(min_tier=body.min_tier, workflow=body.workflow, agent=body.agent, within_days=body.within_days,
                   never_certified=body.never_certified)
-    return recert.create(actor, name=body.name, owner=body.owner, due_at_ms=_ms_of(body.due_at), scope=scope,
-                         on_timeout=body.on_timeout)
+    return await run_in_threadpool(recert.create, actor, name=body.name, owner=body.owner,
+                                   due_at_ms=_ms_of(body.due_at), scope=scope, on_timeout=body.on_timeout)
 
 
 @api("GET", "/campaigns")
@@ -304,22 +305,23 @@ def api_items(request: Request, ctx: Ctx, recert: Recert, cid: str, after: str =
 async def api_decide(request: Request, ctx: Ctx, recert: Recert, cid: str, n: str,
                      body: ItemDecision) -> dict[str, Any]:
     actor = await ctx.writer(request)
-    return recert.decide(actor, f"{cid}/{n}", body.action, body.expected_version,
-                         justification=body.justification or None, reassign_to=body.reassign_to or None,
-                         end_ms=_ms_of(body.end_date) if body.end_date else None)
+    return await run_in_threadpool(recert.decide, actor, f"{cid}/{n}", body.action, body.expected_version,
+                                   justification=body.justification or None, reassign_to=body.reassign_to or None,
+                                   end_ms=_ms_of(body.end_date) if body.end_date else None)
 
 
 @api("POST", "/campaigns/{cid}/bulk")
 async def api_bulk(request: Request, ctx: Ctx, recert: Recert, cid: str, body: BulkItems) -> dict[str, Any]:
     actor = await ctx.writer(request)
-    return recert.bulk(actor, cid, body.action, body.selection, justification=body.justification or None)
+    return await run_in_threadpool(recert.bulk, actor, cid, body.action, body.selection,
+                                   justification=body.justification or None)
 
 
 @api("POST", "/campaigns/{cid}/signoff")
 async def api_signoff(request: Request, ctx: Ctx, recert: Recert, cid: str,
                       expected_version: Annotated[int, Query(ge=1)], comment: str = "") -> dict[str, Any]:
     actor = await ctx.writer(request)
-    return recert.signoff(actor, cid, expected_version, comment or None)
+    return await run_in_threadpool(recert.signoff, actor, cid, expected_version, comment or None)
 
 
 @api("GET", "/attributes/{rid}")

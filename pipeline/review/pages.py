@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from .app import ReviewContext, Unauthenticated, ctx_of
 from .auth import SESSION_COOKIE
@@ -137,8 +138,9 @@ async def bulk(request: Request, ctx: Ctx) -> HTMLResponse:
                            str(form.get("agent", "")), str(form.get("workflow", "")),
                            [str(v) for v in form.getlist("status")], str(form.get("assignee", "")),
                            str(form.get("max_age_hours", "")), str(form.get("min_age_hours", "")))
-        result = ctx.service.bulk(actor, action, matching=flt, classification=text["classification"],
-                                  reason=text["reason"], comment=text["comment"])
+        result = await run_in_threadpool(ctx.service.bulk, actor, action, matching=flt,
+                                         classification=text["classification"], reason=text["reason"],
+                                         comment=text["comment"])
     else:
         selection: dict[str, int] = {}
         for value in form.getlist("sel"):
@@ -146,8 +148,9 @@ async def bulk(request: Request, ctx: Ctx) -> HTMLResponse:
             if not fid or not ascii_digits(version):
                 raise ReviewError(f"bad selection {value!r}")
             selection[fid] = int(version)
-        result = ctx.service.bulk(actor, action, selection=selection, classification=text["classification"],
-                                  reason=text["reason"], comment=text["comment"])
+        result = await run_in_threadpool(ctx.service.bulk, actor, action, selection=selection,
+                                         classification=text["classification"], reason=text["reason"],
+                                         comment=text["comment"])
     return _render(ctx, request, "bulk.html", actor, action=action, result=result)
 
 
@@ -174,8 +177,8 @@ async def decide_finding(request: Request, ctx: Ctx, event_id: str, code: str,
                          reason: Annotated[str | None, Form()] = None,
                          comment: Annotated[str | None, Form()] = None) -> Response:
     actor = await ctx.writer(request)
-    ctx.service.transition(actor, finding_id(event_id, code), action, version, classification=classification or None,
-                           reason=reason or None, comment=comment or None)
+    await run_in_threadpool(ctx.service.transition, actor, finding_id(event_id, code), action, version,
+                            classification=classification or None, reason=reason or None, comment=comment or None)
     return RedirectResponse(f"/findings/{event_id}/{code}", status_code=303)
 
 
@@ -214,9 +217,10 @@ async def request_exception(request: Request, ctx: Ctx, code: Annotated[str, For
                             target_id: Annotated[str, Form()] = "",
                             entitlement: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
-    record = ctx.service.request_exception(actor, code=code, agent_id=agent_id, justification=justification,
-                                           expires_at_ms=date_ms(expires_at, "expiry"), workflow_id=workflow_id or None,
-                                           target_id=target_id or None, entitlement=entitlement or None)
+    record = await run_in_threadpool(ctx.service.request_exception, actor, code=code, agent_id=agent_id,
+                                     justification=justification, expires_at_ms=date_ms(expires_at, "expiry"),
+                                     workflow_id=workflow_id or None, target_id=target_id or None,
+                                     entitlement=entitlement or None)
     return RedirectResponse(f"/exceptions/{record['exception_id']}", status_code=303)
 
 
@@ -237,7 +241,7 @@ def exception_page(request: Request, ctx: Ctx, exception_id: str) -> HTMLRespons
 async def decide_exception(request: Request, ctx: Ctx, exception_id: str, action: Annotated[str, Form()],
                            version: Annotated[int, Form()], comment: Annotated[str, Form()] = "") -> Response:
     actor = await ctx.writer(request)
-    ctx.service.decide_exception(actor, exception_id, action, version, comment or None)
+    await run_in_threadpool(ctx.service.decide_exception, actor, exception_id, action, version, comment or None)
     return RedirectResponse(f"/exceptions/{exception_id}", status_code=303)
 
 

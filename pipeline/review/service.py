@@ -10,6 +10,10 @@ reads the current version, refuses a stale one with :class:`Conflict` (HTTP 409 
 publishes version + 1 and waits for it to be stored. One app instance serialises its writers this way;
 several instances would need a partitioned owner per subject (docs/review.md, limits).
 
+Every method here blocks (store queries, the producer's flush, :meth:`ReviewService.wait_stored`'s polling,
+the lock): the app calls them in its thread pool (``run_in_threadpool``), never on the event loop, where one
+5,000-finding bulk froze every other request for 35 s. The lock is a ``threading.Lock`` for that reason.
+
 Example::
 
     svc = ReviewService(settings, store, policy)
