@@ -269,6 +269,13 @@ class BulkItems(_Body):
     justification: Annotated[str, Field(max_length=MAX_TEXT)] = ""
 
 
+class Signoff(_Body):
+    expected_version: Annotated[int, Field(ge=1, le=1_000_000, description="Campaign version the signer saw.")]
+    comment: Annotated[str, Field(max_length=MAX_TEXT, description=(
+        "The attestation, in the signer's words (required). In the body, not the URL: a query string lands "
+        "in access logs."))] = ""
+
+
 def _ms_of(dt: datetime) -> int:
     return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
 
@@ -318,10 +325,10 @@ async def api_bulk(request: Request, ctx: Ctx, recert: Recert, cid: str, body: B
 
 
 @api("POST", "/campaigns/{cid}/signoff")
-async def api_signoff(request: Request, ctx: Ctx, recert: Recert, cid: str,
-                      expected_version: Annotated[int, Query(ge=1)], comment: str = "") -> dict[str, Any]:
+async def api_signoff(request: Request, ctx: Ctx, recert: Recert, cid: str, body: Signoff) -> dict[str, Any]:
+    """Close the campaign with the signer's attestation and publish a remediation request per revoked item."""
     actor = await ctx.writer(request)
-    return await run_in_threadpool(recert.signoff, actor, cid, expected_version, comment or None)
+    return await run_in_threadpool(recert.signoff, actor, cid, body.expected_version, body.comment or None)
 
 
 @api("GET", "/attributes/{rid}")

@@ -114,7 +114,7 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
     r = rita.post(f"/api/campaigns/{cid}/items/{n1}", {"action": "certify", "expected_version": 1,
                                                        "justification": "ok"})
     assert r.status_code == 403  # not the assignee, not the owner
-    r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=1&comment=early")
+    r = alice.post(f"/api/campaigns/{cid}/signoff", {"expected_version": 1, "comment": "early"})
     assert r.status_code == 400 and "3 items are still pending" in r.json()["error"]
 
     # -- reassign, then the new assignee decides; a stale version is refused ---------------------------
@@ -134,13 +134,13 @@ def test_campaign_scopes_decisions_and_refusals(settings_factory: Callable[..., 
         n = rows[key]["item_id"].rsplit("/", 1)[1]
         assert alice.post(f"/api/campaigns/{cid}/items/{n}", {"action": action, "expected_version": 1,
                                                               "justification": "reviewed"}).status_code == 200
-    r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=1&comment=%20")
+    r = alice.post(f"/api/campaigns/{cid}/signoff", {"expected_version": 1, "comment": " "})
     assert r.status_code == 400 and "needs an attestation comment" in r.json()["error"]
-    done = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=1&comment=done")
+    done = alice.post(f"/api/campaigns/{cid}/signoff", {"expected_version": 1, "comment": "done"})
     assert done.status_code == 200 and len(done.json()["remediation_requests"]) == 1
     listed = {c["campaign_id"]: c for c in alice.get("/api/campaigns").json()}
     assert listed[cid]["state"] == "closed" and listed[cid]["progress"]["decided"] == 3
-    r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=2&comment=again")
+    r = alice.post(f"/api/campaigns/{cid}/signoff", {"expected_version": 2, "comment": "again"})
     assert r.status_code == 400 and "already signed off" in r.json()["error"]
 
     # -- a finding a reviewer closed as false positive no longer drives the recommendation ------------

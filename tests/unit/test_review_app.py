@@ -390,14 +390,28 @@ def test_recert_items_and_signoff_are_not_decided_by_the_holder(make_app: Callab
     r = alice.post(f"/api/campaigns/{cid}/items/0000001", {"action": "certify", "expected_version": 1,
                                                            "justification": "I need it"})
     assert r.status_code == 403 and "separation of duties" in r.json()["error"]
-    r = alice.post(f"/api/campaigns/{cid}/signoff?expected_version=1&comment=done")
+    r = alice.post(f"/api/campaigns/{cid}/signoff", {"expected_version": 1, "comment": "done"})
     assert r.status_code == 403 and "separation of duties" in r.json()["error"]
     published: list[dict[str, Any]] = []
     monkeypatch.setattr(app.state.recert, "_publish_many", lambda _key, records: published.extend(records))
     monkeypatch.setattr(app.state.ctx.service, "wait_stored", lambda *_a, **_k: None)
-    r = Client(app, "rita").post(f"/api/campaigns/{cid}/signoff?expected_version=1&comment=done")  # an approver
+    rita = Client(app, "rita")  # an approver
+    r = rita.post(f"/api/campaigns/{cid}/signoff", {"expected_version": 1, "comment": "reviewed with the owners"})
     assert r.status_code == 200, r.text
     assert [p["kind"] for p in published] == ["campaign.signoff"] and published[0]["actor"] == "rita"
+    assert published[0]["comment"] == "reviewed with the owners"  # the attestation came in the body
+
+
+def test_the_signoff_attestation_travels_in_the_body_not_the_url(make_app: Callable[..., tuple[FastAPI, FakeSink]]
+                                                                 ) -> None:
+    """A query string lands in access logs; the attestation is the signer's words about the campaign."""
+    app, _ = make_app()
+    op = TestClient(app).get("/openapi.json").json()["paths"]["/api/campaigns/{cid}/signoff"]["post"]
+    assert [p["name"] for p in op.get("parameters", [])] == ["cid"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/Signoff")
+    r = Client(app, "rita").post("/api/campaigns/CMP-000000000003/signoff?expected_version=1&comment=done")
+    assert r.status_code == 422  # no body: the old URL form is refused, not half-read
 
 
 def test_the_session_cookie_is_secure_when_tls_ends_at_a_proxy(make_app: Callable[..., tuple[FastAPI, FakeSink]]
