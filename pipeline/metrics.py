@@ -254,6 +254,12 @@ class ReviewMetrics:
         self.refresh_errors = Counter(
             "agentgov_review_refresh_errors_total", "Failed refreshes of the review gauges from the store.",
             registry=r)
+        self.login_failures = Counter(
+            "agentgov_review_login_failures_total",
+            "Failed logins (token mode): a wrong token at the login form or as a bearer token, by how it came.",
+            ["via"], registry=r)
+        for via in ("form", "bearer"):
+            self.login_failures.labels(via=via)
         for sev in ("critical", "high", "medium"):
             self.open_findings.labels(severity=sev)
             self.sla_breaches.labels(severity=sev)

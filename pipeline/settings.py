@@ -275,6 +275,17 @@ class Settings(BaseSettings):
         description="Mark the session cookie Secure (sent over HTTPS only) whatever the scheme the app sees. "
                     "A request the app itself receives over HTTPS always gets a Secure cookie; set this when "
                     "TLS ends at a proxy in front of the app, which then sees plain HTTP.")
+    review_login_max_failures: int = Field(
+        default=10, ge=1, le=10_000,
+        description="Failed logins (a wrong token at /login or as a bearer token, token mode) one client address "
+                    "may make within review_login_window_seconds; after that it gets 429 with Retry-After "
+                    "until the oldest of them is a window old.")
+    review_login_window_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="The window review_login_max_failures counts in (seconds).")
+    review_login_max_addresses: int = Field(
+        default=10_000, ge=1, le=10_000_000,
+        description="Client addresses whose failed logins are remembered at once (bounded memory); the one "
+                    "whose last failure is oldest is forgotten first.")
     review_metrics_refresh_seconds: float = Field(
         default=15.0, ge=0, le=3600,
         description="Least time between two reads of the store for the review gauges on /metrics; a scrape "

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -40,6 +41,7 @@ from .auth import CSRF_FIELD, CSRF_HEADER, Authenticator
 from .model import Actor, Conflict, ReviewError
 from .service import ReviewService, now_ms
 from .store import ReviewStore
+from .throttle import FailureThrottle
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
@@ -62,6 +64,7 @@ class ReviewContext:
     service: ReviewService
     metrics: ReviewMetrics
     templates: Jinja2Templates
+    throttle: FailureThrottle  # failed logins per client address (token mode)
     refreshers: list[Callable[[int], None]] = field(default_factory=list)  # more gauges (campaigns.py)
     _refresh_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _refreshed_at: float | None = field(default=None, repr=False)  # monotonic time of the last store read
@@ -85,6 +88,14 @@ class ReviewContext:
         if not self.auth.csrf_ok(actor, token):
             raise CsrfRefused("missing or invalid CSRF token")
         return actor
+
+    def login_failed(self, host: str | None, via: str) -> None:
+        """A wrong token (``via`` form or bearer): counted, logged without the token, and held against the
+        client address (:class:`LoginThrottle`)."""
+        failures = self.throttle.fail(host or "", time.monotonic())
+        self.metrics.login_failures.labels(via=via).inc()
+        log.warning("failed login", extra={"kv": {"client": host or "-", "via": via, "failures": failures,
+                                                  "throttled": failures >= self.throttle.max_failures}})
 
     def refresh_metrics(self) -> None:
         """Set the review gauges from the store, at most once per ``review_metrics_refresh_seconds``.
@@ -155,6 +166,40 @@ class AuthenticatedWrites:
         await response(scope, receive, send)
 
 
+class LoginThrottle:
+    """ASGI middleware (token mode): a client address past ``review_login_max_failures`` failed logins within
+    the window gets 429 with ``Retry-After`` for every token it presents (login form or bearer), before any
+    is checked; a wrong bearer token is a failed login (the login form's handler reports its own).
+
+    Without it, 300 wrong tokens in 12 s were 300 quiet 401s. The address is the TCP peer (uvicorn runs with
+    ``proxy_headers=False``), so behind a proxy every client shares the proxy's: proxy mode has no tokens."""
+
+    def __init__(self, app: Any, ctx: ReviewContext) -> None:
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        auth = request.headers.get("authorization", "")
+        bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        if bearer is None and not (scope["method"] == "POST" and scope["path"] == "/login"):
+            await self.app(scope, receive, send)
+            return
+        host = request.client.host if request.client else None
+        wait = self.ctx.throttle.retry_after(host or "", time.monotonic())
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            response = JSONResponse({"error": f"too many failed logins from this address; retry in {seconds} s"},
+                                    status_code=429, headers={"Retry-After": str(seconds)})
+            await response(scope, receive, send)
+            return
+        if bearer is not None and self.ctx.auth.login(bearer) is None:
+            self.ctx.login_failed(host, "bearer")
+        await self.app(scope, receive, send)
+
+
 def ctx_of(request: Request) -> ReviewContext:
     ctx: ReviewContext = request.app.state.ctx
     return ctx
@@ -220,8 +265,12 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
     templates.env.filters["verbatim"] = verbatim
     templates.env.filters["ms"] = _fmt_ms
     templates.env.filters["dt"] = _fmt_dt
+    throttle = FailureThrottle(max_failures=settings.review_login_max_failures,
+                               window=settings.review_login_window_seconds,
+                               max_addresses=settings.review_login_max_addresses)
     ctx = ReviewContext(settings, policy, Authenticator(settings), store,
-                        ReviewService(settings, store, policy, metrics, registry=schema_registry), metrics, templates)
+                        ReviewService(settings, store, policy, metrics, registry=schema_registry), metrics, templates,
+                        throttle)
 
     app = FastAPI(title="agentgov review", version=__version__,
                   description="Triage findings, record attributable decisions, grant time-boxed exceptions. "
@@ -254,6 +303,8 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
 
     # Inside the headers middleware below (added later, so outer): a 401 gets the same security headers.
     app.add_middleware(AuthenticatedWrites, auth=ctx.auth, token_mode=settings.review_auth == "token")
+    if settings.review_auth == "token":  # outside AuthenticatedWrites: a throttled address gets 429, not 401
+        app.add_middleware(LoginThrottle, ctx=ctx)
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:

@@ -591,3 +591,26 @@ def test_the_exception_form_and_api_refuse_the_same_scopes(make_app: Callable[..
                                        "expires_at": expires})
     assert r.status_code == 400 and "invisible character (\\u202e)" in r.json()["error"]
     assert published == []
+
+
+def test_failed_logins_are_logged_counted_and_throttled_per_address(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]], caplog: pytest.LogCaptureFixture) -> None:
+    app, _ = make_app(review_login_max_failures=3, review_login_window_seconds=60)
+    http = TestClient(app)
+    caplog.set_level("WARNING", logger="pipeline.review.app")
+    assert http.post("/login", data={"token": "guess-1"}).status_code == 401
+    for guess in ("guess-2", "guess-3"):
+        assert http.get("/api/me", headers={"Authorization": f"Bearer {guess}"}).status_code == 401
+    # The address is out of tries: even the right token is not checked until the window passes.
+    for r in (http.get("/api/me", headers={"Authorization": "Bearer tok-alice"}),
+              http.post("/login", data={"token": "tok-alice"}, follow_redirects=False)):
+        assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 60, r.text
+        assert "too many failed logins" in r.json()["error"]
+    assert TestClient(app).get("/healthz").status_code == 200  # nothing else is refused
+    failed = [r for r in caplog.records if r.getMessage() == "failed login"]
+    assert [r.kv["via"] for r in failed] == ["form", "bearer", "bearer"]  # type: ignore[attr-defined]
+    assert failed[-1].kv["throttled"] is True  # type: ignore[attr-defined]
+    assert not any("guess" in str(r.__dict__) for r in failed)  # the tokens tried are never logged
+    metrics = app.state.ctx.metrics.registry
+    assert metrics.get_sample_value("agentgov_review_login_failures_total", {"via": "form"}) == 1
+    assert metrics.get_sample_value("agentgov_review_login_failures_total", {"via": "bearer"}) == 2
