@@ -50,6 +50,8 @@ def _hours(value: str | None) -> float | None:
     if value is None or value.strip() == "":
         return None
     try:
+        if not value.isascii():  # float() reads '٣' as 3, as int() does (model.ascii_digits)
+            raise ValueError(value)
         hours = float(value)
     except ValueError as exc:
         raise ReviewError(f"age must be a number of hours, got {value!r}") from exc

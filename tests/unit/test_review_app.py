@@ -560,6 +560,8 @@ def test_numbers_from_users_are_ascii_digits_only(make_app: Callable[..., tuple[
     assert r.status_code == 400 and "not a campaign item id" in r.json()["error"]
     r = alice.get("/api/campaigns/CMP-x/items", params={"after": f"CMP-x/{digits}"})
     assert r.status_code == 400 and "not a campaign item id" in r.json()["error"]
+    r = alice.get("/queue", params={"max_age_hours": digits})
+    assert r.status_code == 400 and "age must be a number of hours" in r.text
 
 
 def test_an_export_cursor_out_of_the_stores_range_is_refused(make_app: Callable[..., tuple[FastAPI, FakeSink]]
