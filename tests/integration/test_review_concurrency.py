@@ -92,3 +92,59 @@ def test_a_long_write_leaves_other_requests_alone_and_writes_stay_serialised(
         assert loser["current"]["state"] == "acknowledged" and loser["current"]["version"] == 1
         history = alice.get(path.removesuffix("/decisions")).json()["history"]
         assert [h["subject_version"] for h in history] == [1]  # one decision stored, not two at version 1
+
+
+def test_an_attribute_review_is_proposed_once_even_by_two_at_once(
+        settings_factory: Callable[..., Settings], pipeline_factory: Callable[..., Pipeline],
+        publisher_factory: Callable[..., TransitionPublisher]) -> None:
+    """open -> propose -> propose -> included -> propose -> included was possible: propose had no state check
+    and read the review before taking the write lock."""
+    settings = settings_factory(**review_overrides())
+    pipe = pipeline_factory(settings)
+    pub = publisher_factory(settings)
+    for d in transient_chain(f"agent-attr-{uuid.uuid4().hex[:6]}", f"run-{uuid.uuid4().hex[:8]}"):
+        pub.publish(d)
+    pub.producer.flush(10)
+    app = make_app(pipe, settings)
+    with served(app) as base:
+        alice, rita = _client(base, "alice"), _client(base, "rita")
+
+        def form(http: httpx.Client, path: str, **data: Any) -> httpx.Response:
+            return http.post(path, data={"csrf_token": http.headers["X-CSRF-Token"], **data},
+                             headers={"Accept": "application/json"}, follow_redirects=False)
+
+        def opened() -> str:
+            # 400 "no input attributes recorded" until the writer has stored the chain's events
+            r = wait_until(lambda: (lambda r: r if r.status_code == 303 else None)(
+                form(alice, "/attributes", workflow="jml-provisioning")))
+            rid = r.headers["location"].rsplit("/", 1)[1]
+            name = alice.get(f"/api/attributes/{rid}").json()["rows"][0]["name"]
+            decided = form(alice, f"/attributes/{rid}/decide", name=name, verdict="disallow", version="0",
+                           justification="not needed for this workflow")
+            assert decided.status_code == 303, decided.text
+            return rid
+
+        rid = opened()
+        assert form(alice, f"/attributes/{rid}/propose").status_code == 303
+        again = form(alice, f"/attributes/{rid}/propose")
+        assert again.status_code == 409 and again.json()["error"] == "only an open review is proposed; this one is " \
+                                                                    "proposed"
+        assert alice.get(f"/api/attributes/{rid}").json()["version"] == 2
+
+        # Two proposals of one open review at once: one is recorded, the other refused under the lock.
+        rid = opened()
+        gate = threading.Barrier(2)
+        answers: list[httpx.Response] = []
+
+        def propose(http: httpx.Client) -> None:
+            gate.wait()
+            answers.append(form(http, f"/attributes/{rid}/propose"))
+
+        both = [threading.Thread(target=propose, args=(h,)) for h in (alice, rita)]
+        for t in both:
+            t.start()
+        for t in both:
+            t.join(120)
+        assert sorted(r.status_code for r in answers) == [303, 409], [r.text for r in answers]
+        rev = alice.get(f"/api/attributes/{rid}").json()
+        assert rev["state"] == "proposed" and len(rev["proposals"]) == 1
