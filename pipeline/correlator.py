@@ -61,7 +61,7 @@ from .events import TransitionDict
 from .fact_reader import FactReader
 from .facts import FACT, FINDING, partition_for
 from .keyed_state import KeyedState, order
-from .limits import Limits, check_occurred_at
+from .limits import Limits
 from .loop import TransactionalLoop
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -142,15 +142,8 @@ class Correlator(TransactionalLoop):
 
     # -- context: rebuilt by replay -----------------------------------------------------------
     def _decode(self, msg: Message) -> TransitionDict | None:
-        """A replayed fact or holding; None (logged) if it does not decode or is stamped in the future beyond
-        the skew (a replayed one was dead-lettered when read live). No past bound: holdings are kept whatever
-        their age (a grant made long ago still counts for SoD and leaver rules)."""
         try:
-            ev = self.reader.read(msg.value())
-            now_ms = int(time.time() * 1000)
-            if ev["occurred_at"] > now_ms + self.limits.max_future_ms:
-                check_occurred_at(ev["occurred_at"], self.limits, now_ms)
-            return ev
+            return self.reader.read(msg.value())
         except DeadLetter as exc:
             log.warning("bad access fact", extra={"kv": {"error": str(exc), "topic": msg.topic(),
                                                           "partition": msg.partition(), "offset": msg.offset()}})
@@ -292,7 +285,6 @@ class Correlator(TransactionalLoop):
         tally = _Tally()
         now_ms, now = int(time.time() * 1000), time.monotonic()
         behind = len(msgs) >= self.settings.batch_max_messages
-        earliest, latest = now_ms - self.limits.max_age_ms, now_ms + self.limits.max_future_ms
         self._graph_synced = False  # a batch reads the graph as of its start (_edges_into)
         for msg in msgs:
             err = msg.error()
@@ -302,8 +294,6 @@ class Correlator(TransactionalLoop):
                 continue
             try:
                 ev = self.reader.read(msg.value())
-                if not earliest <= ev["occurred_at"] <= latest:  # the scorer's window: a forged time is no state
-                    check_occurred_at(ev["occurred_at"], self.limits, now_ms)
             except DeadLetter as exc:
                 self._send_dead(msg, exc)
                 tally.dead[exc.reason] += 1

@@ -30,7 +30,6 @@ from .errors import RegistryUnavailable
 from .events import TransitionDict
 from .facts import as_event, edge_key
 from .followers import follow, refused
-from .limits import Limits, check_occurred_at
 from .metrics import Metrics
 from .scoring.crossrun import FactOrder, fact_order
 from .serde import Serde
@@ -47,7 +46,6 @@ class DelegationGraph:
         self.serde = serde
         self.metrics = metrics
         self.topic = settings.topic_delegations
-        self.limits = Limits.from_settings(settings)
         self._into: dict[str, list[tuple[FactOrder, str, TransitionDict]]] = {}
         self._out: dict[str, set[str]] = {}  # grantor -> the agents it granted to (or revoked from)
         self._log: list[TransitionDict] = []  # every edge, in the order read (``since``)
@@ -104,11 +102,6 @@ class DelegationGraph:
         """Add the edge one record of the topic holds; False (logged) if it holds none."""
         try:
             fact = self.serde.decode(value).record
-            # An edge from the future (int64 max: forged) is no edge. Not the past bound: the topic is
-            # compacted, and an edge granted long ago still delegates.
-            now_ms = int(time.time() * 1000)
-            if fact["occurred_at"] > now_ms + self.limits.max_future_ms:
-                check_occurred_at(fact["occurred_at"], self.limits, now_ms)
             self.add(fact)
         except RegistryUnavailable:
             raise  # not the record's fault: read again (_step)

@@ -122,20 +122,6 @@ _STRINGS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def check_occurred_at(occurred: int, limits: Limits, now_ms: int) -> None:
-    """The ``occurred_at`` window: at most ``max_future_ms`` ahead of ``now_ms``, ``max_age_ms`` behind it.
-    Raises :class:`ValidationError` (reason ``invalid_value``, field ``occurred_at``). The scorer checks events
-    with it, the correlator facts (a fact is an event's: a forged one stamped at int64 max was held as state)."""
-    if occurred > now_ms + limits.max_future_ms:
-        raise ValidationError(
-            f"occurred_at={occurred} is more than {limits.max_future_ms // 1000}s in the future",
-            reason="invalid_value", field="occurred_at")
-    if occurred < now_ms - limits.max_age_ms:
-        raise ValidationError(
-            f"occurred_at={occurred} is more than {limits.max_age_ms // DAY_MS} days old (max event age)",
-            reason="invalid_value", field="occurred_at")
-
-
 def check_record(record: dict[str, Any], limits: Limits, now_ms: int) -> None:
     """Integer ranges, string lengths, collection sizes and the ``occurred_at`` window.
 
@@ -147,7 +133,15 @@ def check_record(record: dict[str, Any], limits: Limits, now_ms: int) -> None:
     if not 0 <= tier <= TIER_MAX:
         raise ValidationError(f"resource.privilege_tier={tier} outside 0..{TIER_MAX}", reason="invalid_value",
                               field="resource.privilege_tier")
-    check_occurred_at(record["occurred_at"], limits, now_ms)
+    occurred = record["occurred_at"]
+    if occurred > now_ms + limits.max_future_ms:
+        raise ValidationError(
+            f"occurred_at={occurred} is more than {limits.max_future_ms // 1000}s in the future",
+            reason="invalid_value", field="occurred_at")
+    if occurred < now_ms - limits.max_age_ms:
+        raise ValidationError(
+            f"occurred_at={occurred} is more than {limits.max_age_ms // DAY_MS} days old (max event age)",
+            reason="invalid_value", field="occurred_at")
     for path in _STRINGS:
         node: Any = record
         for part in path:
