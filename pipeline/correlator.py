@@ -61,7 +61,7 @@ from .events import TransitionDict
 from .fact_reader import FactReader
 from .facts import FACT, FINDING, partition_for
 from .keyed_state import KeyedState, order
-from .limits import Limits
+from .limits import STORE_TIME_MIN_MS, Limits, check_fact_time
 from .loop import TransactionalLoop
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -142,8 +142,12 @@ class Correlator(TransactionalLoop):
 
     # -- context: rebuilt by replay -----------------------------------------------------------
     def _decode(self, msg: Message) -> TransitionDict | None:
+        """A replayed fact or holding; None (logged) if it does not decode or its time is refused
+        (:func:`check_fact_time`; read live, such a fact was dead-lettered)."""
         try:
-            return self.reader.read(msg.value())
+            ev = self.reader.read(msg.value())
+            check_fact_time(ev["occurred_at"], self.limits, int(time.time() * 1000))
+            return ev
         except DeadLetter as exc:
             log.warning("bad access fact", extra={"kv": {"error": str(exc), "topic": msg.topic(),
                                                           "partition": msg.partition(), "offset": msg.offset()}})
@@ -285,6 +289,7 @@ class Correlator(TransactionalLoop):
         tally = _Tally()
         now_ms, now = int(time.time() * 1000), time.monotonic()
         behind = len(msgs) >= self.settings.batch_max_messages
+        latest = now_ms + self.limits.max_future_ms
         self._graph_synced = False  # a batch reads the graph as of its start (_edges_into)
         for msg in msgs:
             err = msg.error()
@@ -294,6 +299,8 @@ class Correlator(TransactionalLoop):
                 continue
             try:
                 ev = self.reader.read(msg.value())
+                if not STORE_TIME_MIN_MS <= ev["occurred_at"] <= latest:  # a forged time is no state
+                    check_fact_time(ev["occurred_at"], self.limits, now_ms)
             except DeadLetter as exc:
                 self._send_dead(msg, exc)
                 tally.dead[exc.reason] += 1

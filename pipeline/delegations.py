@@ -30,6 +30,7 @@ from .errors import RegistryUnavailable
 from .events import TransitionDict
 from .facts import as_event, edge_key
 from .followers import follow, refused
+from .limits import Limits, check_fact_time
 from .metrics import Metrics
 from .scoring.crossrun import FactOrder, fact_order
 from .serde import Serde
@@ -46,6 +47,7 @@ class DelegationGraph:
         self.serde = serde
         self.metrics = metrics
         self.topic = settings.topic_delegations
+        self.limits = Limits.from_settings(settings)
         self._into: dict[str, list[tuple[FactOrder, str, TransitionDict]]] = {}
         self._out: dict[str, set[str]] = {}  # grantor -> the agents it granted to (or revoked from)
         self._log: list[TransitionDict] = []  # every edge, in the order read (``since``)
@@ -102,6 +104,9 @@ class DelegationGraph:
         """Add the edge one record of the topic holds; False (logged) if it holds none."""
         try:
             fact = self.serde.decode(value).record
+            # An edge stamped in the future beyond the skew (int64 max: forged) is no edge. No age bound: the
+            # topic is compacted, and a delegation granted long ago still delegates.
+            check_fact_time(fact["occurred_at"], self.limits, int(time.time() * 1000))
             self.add(fact)
         except RegistryUnavailable:
             raise  # not the record's fault: read again (_step)

@@ -122,6 +122,27 @@ _STRINGS: tuple[tuple[str, ...], ...] = (
 )
 
 
+def _from_future(occurred: int, limits: Limits) -> ValidationError:
+    return ValidationError(f"occurred_at={occurred} is more than {limits.max_future_ms // 1000}s in the future",
+                           reason="invalid_value", field="occurred_at")
+
+
+def check_fact_time(occurred: int, limits: Limits, now_ms: int) -> None:
+    """The ``occurred_at`` of an access fact or a delegation edge: at most ``max_future_ms`` ahead of ``now_ms``
+    (the scorer's bound; a forged fact stamped at int64 max was held as state) and a time the store can hold.
+    Raises :class:`ValidationError` (reason ``invalid_value``, field ``occurred_at``).
+
+    No age bound on the wall clock: the scorer applied ``max_age_ms`` when it accepted the event, holdings and
+    edges count whatever their age (compacted topics; SoD against a grant made last year), and a fact read
+    late, or replayed after a restart, must be judged as when it was read at once. The future bound only
+    loosens as the clock moves, so a fact taken once is taken on every replay."""
+    if occurred > now_ms + limits.max_future_ms:
+        raise _from_future(occurred, limits)
+    if occurred < STORE_TIME_MIN_MS:
+        raise ValidationError(f"occurred_at={occurred} is before 1900-01-01 UTC, not a time the store can hold",
+                              reason="invalid_value", field="occurred_at")
+
+
 def check_record(record: dict[str, Any], limits: Limits, now_ms: int) -> None:
     """Integer ranges, string lengths, collection sizes and the ``occurred_at`` window.
 
@@ -135,9 +156,7 @@ def check_record(record: dict[str, Any], limits: Limits, now_ms: int) -> None:
                               field="resource.privilege_tier")
     occurred = record["occurred_at"]
     if occurred > now_ms + limits.max_future_ms:
-        raise ValidationError(
-            f"occurred_at={occurred} is more than {limits.max_future_ms // 1000}s in the future",
-            reason="invalid_value", field="occurred_at")
+        raise _from_future(occurred, limits)
     if occurred < now_ms - limits.max_age_ms:
         raise ValidationError(
             f"occurred_at={occurred} is more than {limits.max_age_ms // DAY_MS} days old (max event age)",

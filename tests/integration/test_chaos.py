@@ -308,6 +308,7 @@ def send_sentinels(settings: Settings) -> None:
     # retain them (``correlation_retain_seconds`` before the latest event time) for the chains they close.
     at = int((time.time() + settings.correlation_grace_seconds + 60) * 1000)
     assert settings.correlation_retain_seconds >= settings.correlation_grace_seconds + 60 + 3600
+    assert settings.max_future_skew_seconds >= settings.correlation_grace_seconds + 60 + 300  # not refused
     for topic in (settings.topic_facts_by_target, settings.topic_facts_by_agent):
         for p in range(settings.facts_partitions):
             name = f"sentinel-{uuid.uuid4().hex[:8]}"  # the explicit partition routes it; no rule reads the key
@@ -390,8 +391,11 @@ def test_kill9_consumers_store_every_event_exactly_once(
 ) -> None:
     # Baselines are refreshed from the store on a timer; keep them out of the comparison, which is about
     # redelivery, not about when a refresh happened to land.
+    # The sentinels are stamped past the grace (an hour ahead): the correlators refuse facts further ahead of
+    # their clock than the skew (pipeline.limits.check_fact_time), so the skew is widened to let them in.
     fixed = {"writer_batch_seconds": 0.5, "baseline_refresh_seconds": 86_400.0,
-             "correlation_grace_seconds": GRACE, "correlation_retain_seconds": RETAIN}
+             "correlation_grace_seconds": GRACE, "correlation_retain_seconds": RETAIN,
+             "max_future_skew_seconds": int(GRACE) + 600}
     clean = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'clean'}", **fixed)
     chaos = settings_factory(clickhouse_dsn=f"chdb://{tmp_path / 'chaos'}", **fixed)
     records, id_list, bad = encode_workload(chaos, EVENTS)

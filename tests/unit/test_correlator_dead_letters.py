@@ -12,7 +12,7 @@ from pipeline.correlator import Correlator
 from pipeline.deadletters import header
 from pipeline.fact_reader import FactReader
 from pipeline.facts import FACT
-from pipeline.limits import Limits
+from pipeline.limits import STORE_TIME_MIN_MS, Limits, check_fact_time
 from pipeline.schemas import SchemaSet
 from pipeline.serde import Serde
 from pipeline.settings import Settings
@@ -51,5 +51,45 @@ def test_an_undecodable_fact_near_the_size_limit_is_dead_lettered_cut_and_the_ba
     assert header(headers, "agentgov.payload.truncated") == "1"
     assert header(headers, "agentgov.error.reason") == next(iter(tally.dead))
     assert header(headers, "agentgov.source.offset") == "42"
+    producer.real.purge()
+    producer.real.flush(0)
+
+
+def test_a_fact_with_a_forged_time_is_dead_lettered_not_held() -> None:
+    """Audit P4: a schema-valid fact stamped at int64 max was taken into the correlator's state with no dead
+    letter. Read live, a fact further ahead of the clock than the skew, or before 1900, is dead-lettered
+    ``invalid_value`` naming ``occurred_at``, and nothing of it is held; the replay and holdings path
+    (``_decode``) refuses it too. An old fact is not refused, live or replayed: the scorer bounded its age
+    when it accepted the event, and a holding counts whatever its age."""
+    import time
+
+    from pipeline.facts import fact_from_event
+    from tests.unit.scoring_factory import event
+
+    settings = Settings()
+    serde = Serde(SchemaSet.load(), record=FACT)
+    c: Any = Correlator.__new__(Correlator)
+    c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
+    c.reader = FactReader(serde)
+    c.graph = type("NoEdges", (), {"read": 0})()
+    producer = _Capturing(settings)
+    c.checkpoint = type("Checkpoint", (), {"producer": producer})()
+    now = int(time.time() * 1000)
+
+    def fact(occurred_at: int, offset: int) -> FakeMessage:
+        f = fact_from_event(event(), 0, offset)
+        f["occurred_at"] = occurred_at
+        return FakeMessage(serde.encode(f), topic=settings.topic_facts_by_target, offset=offset)
+
+    forged = [fact(2**63 - 1, 1), fact(-(2**63), 2), fact(now + c.limits.max_future_ms + 60_000, 3)]
+    tally = c.handle(forged)
+    assert tally.facts == 0 and dict(tally.dead) == {"invalid_value": 3} and c.states == {}
+    assert [header(h, "agentgov.error.field") for _, _, _, h in producer.sent] == ["occurred_at"] * 3
+    assert [header(h, "agentgov.source.offset") for _, _, _, h in producer.sent] == ["1", "2", "3"]
+    assert all(c._decode(m) is None for m in forged)
+    old, near = fact(now - 2 * c.limits.max_age_ms, 4), fact(now + c.limits.max_future_ms - 60_000, 5)
+    assert c._decode(old) is not None and c._decode(near) is not None
+    for ms in (now - 2 * c.limits.max_age_ms, now + c.limits.max_future_ms, STORE_TIME_MIN_MS):  # the live check
+        check_fact_time(ms, c.limits, now)
     producer.real.purge()
     producer.real.flush(0)

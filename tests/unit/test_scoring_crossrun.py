@@ -479,6 +479,32 @@ def test_the_delegation_graph_walks_downstream_within_the_hops_asked() -> None:
     assert graph.read == 4 and [e["target"]["identity_id"] for e in graph.since(1, 3)] == ["c", "d"]
 
 
+def test_the_delegation_follower_takes_edges_of_any_age_and_refuses_forged_ones() -> None:
+    """Audit P4: a fact stamped at int64 max on the delegations topic became an edge. One from the future
+    beyond the skew is refused (logged and counted, not an edge), as are bytes that do not decode; an old edge
+    still counts (the topic is compacted: a delegation granted long ago still delegates)."""
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.delegations import DelegationGraph
+    from pipeline.facts import FACT
+    from pipeline.metrics import Metrics
+    from pipeline.schemas import SchemaSet
+    from pipeline.serde import Serde
+    from pipeline.settings import Settings
+
+    serde = Serde(SchemaSet.load(), record=FACT)
+    metrics = Metrics(CollectorRegistry())
+    graph = DelegationGraph(Settings.load(kafka_bootstrap="127.0.0.1:1"), serde, metrics)
+    old, forged = _edge_records(("a", "b"), ("b", "c"))
+    old["occurred_at"], forged["occurred_at"] = T0 - 3 * 365 * 86_400_000, 2**63 - 1
+    assert graph.take(serde.encode(forged), 1) is False
+    assert graph.take(b"\x00garbage", 2) is False
+    assert graph.read == 0 and graph.downstream("b", 1) == {"b"}
+    assert metrics.follower_refused.labels(follower="delegations")._value.get() == 2
+    assert graph.take(serde.encode(old), 3) is True
+    assert graph.read == 1 and graph.downstream("a", 1) == {"a", "b"}
+
+
 BASELINE = AgentBaseline("agent-burst", events=1000, grants_per_hour=1.7)
 
 
