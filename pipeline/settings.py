@@ -282,6 +282,13 @@ class Settings(BaseSettings):
                     "until the oldest of them is a window old.")
     review_login_window_seconds: float = Field(
         default=300.0, gt=0, le=86_400, description="The window review_login_max_failures counts in (seconds).")
+    review_client_address_header: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="Token mode behind a TLS-ending proxy: the header that proxy sets to the client's address "
+                    "(X-Forwarded-For). From a peer in review_trusted_proxies, the rightmost address in it that is "
+                    "not itself a trusted proxy is the client, for the failed-login throttle and the logs (the "
+                    "entries left of it are whatever the client sent). Unset, or from any other peer: the TCP "
+                    "peer, so behind a proxy every client shares the proxy's address and its failed logins.")
     review_login_max_addresses: int = Field(
         default=10_000, ge=1, le=10_000_000,
         description="Client addresses whose failed logins are remembered at once (bounded memory); the one "

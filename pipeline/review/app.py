@@ -89,10 +89,14 @@ class ReviewContext:
             raise CsrfRefused("missing or invalid CSRF token")
         return actor
 
-    def login_failed(self, host: str | None, via: str) -> None:
+    def client_address(self, request: Request) -> str:
+        """The client address failed logins are held against (:meth:`Authenticator.client_address`)."""
+        return self.auth.client_address(request.client.host if request.client else None, request.headers)
+
+    def login_failed(self, host: str, via: str) -> None:
         """A wrong token (``via`` form or bearer): counted, logged without the token, and held against the
-        client address (:class:`LoginThrottle`)."""
-        failures = self.throttle.fail(host or "", time.monotonic())
+        client address ``host`` (:class:`LoginThrottle`)."""
+        failures = self.throttle.fail(host, time.monotonic())
         self.metrics.login_failures.labels(via=via).inc()
         log.warning("failed login", extra={"kv": {"client": host or "-", "via": via, "failures": failures,
                                                   "throttled": failures >= self.throttle.max_failures}})
@@ -172,7 +176,9 @@ class LoginThrottle:
     is checked; a wrong bearer token is a failed login (the login form's handler reports its own).
 
     Without it, 300 wrong tokens in 12 s were 300 quiet 401s. The address is the TCP peer (uvicorn runs with
-    ``proxy_headers=False``), so behind a proxy every client shares the proxy's: proxy mode has no tokens."""
+    ``proxy_headers=False``) unless ``review_client_address_header`` names the header a trusted TLS-ending
+    proxy sets (:meth:`ReviewContext.client_address`): without it, behind a proxy every client shares the
+    proxy's address, and one client's wrong tokens lock the others out."""
 
     def __init__(self, app: Any, ctx: ReviewContext) -> None:
         self.app, self.ctx = app, ctx
@@ -187,8 +193,8 @@ class LoginThrottle:
         if bearer is None and not (scope["method"] == "POST" and scope["path"] == "/login"):
             await self.app(scope, receive, send)
             return
-        host = request.client.host if request.client else None
-        wait = self.ctx.throttle.retry_after(host or "", time.monotonic())
+        host = self.ctx.client_address(request)
+        wait = self.ctx.throttle.retry_after(host, time.monotonic())
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             response = JSONResponse({"error": f"too many failed logins from this address; retry in {seconds} s"},

@@ -59,6 +59,8 @@ class Authenticator:
             self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.review_trusted_proxies]
         except ValueError as exc:
             raise ConfigError(f"review_trusted_proxies: {exc}") from exc
+        self._address_header = (settings.review_client_address_header.lower()
+                                if settings.review_client_address_header else None)
         self._user_header = settings.review_user_header.lower()
         self._groups_header = settings.review_groups_header.lower()
         self._group_roles = dict(settings.review_group_roles)
@@ -87,6 +89,28 @@ class Authenticator:
         except ValueError:
             return False
         return any(addr in net for net in self._proxies)
+
+    def client_address(self, peer: str | None, headers: Mapping[str, str]) -> str:
+        """The address a request's failed logins are held against (token mode): the TCP peer; or, when the
+        peer is a trusted proxy and ``review_client_address_header`` is set, the rightmost address of that
+        header (every line of it, in order) that is not itself a trusted proxy. The entries left of it are
+        whatever the client sent, so they are never read. An entry that is not an address, or a header of
+        trusted proxies only, leaves the peer's address."""
+        if self._address_header is None or not self.trusted(peer):
+            return peer or ""
+        getlist = getattr(headers, "getlist", None)
+        lines = getlist(self._address_header) if getlist else [headers.get(self._address_header, "")]
+        for hop in reversed(",".join(lines).split(",")):
+            hop = hop.strip()
+            if not hop:
+                continue
+            try:
+                addr = ipaddress.ip_address(hop)
+            except ValueError:
+                break
+            if not any(addr in net for net in self._proxies):
+                return str(addr)
+        return peer or ""
 
     def _from_proxy(self, client_host: str | None, headers: Mapping[str, str]) -> Actor | None:
         if not self.trusted(client_host):

@@ -92,7 +92,7 @@ def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "") -> Res
     actor = ctx.auth.login(token) if ctx.settings.review_auth == "token" else None
     if actor is None:
         if ctx.settings.review_auth == "token":
-            ctx.login_failed(request.client.host if request.client else None, "form")
+            ctx.login_failed(ctx.client_address(request), "form")
         return _render(ctx, request, "login.html", None, status=401, error="unknown token",
                        mode=ctx.settings.review_auth)
     response = RedirectResponse("/queue", status_code=303)

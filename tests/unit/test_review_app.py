@@ -616,3 +616,36 @@ def test_failed_logins_are_logged_counted_and_throttled_per_address(
     metrics = app.state.ctx.metrics.registry
     assert metrics.get_sample_value("agentgov_review_login_failures_total", {"via": "form"}) == 1
     assert metrics.get_sample_value("agentgov_review_login_failures_total", {"via": "bearer"}) == 2
+
+
+def test_behind_a_trusted_proxy_failed_logins_are_held_against_the_forwarded_client(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]], caplog: pytest.LogCaptureFixture) -> None:
+    """Token mode behind a TLS-ending proxy: every request comes from the proxy's address, so one client's
+    wrong tokens locked every reviewer out. With ``review_client_address_header`` the throttle keys on the
+    rightmost forwarded address that is not a trusted proxy; entries left of it (the client's own) are not
+    read, and the header from an untrusted peer is ignored."""
+    app, _ = make_app(review_login_max_failures=2, review_login_window_seconds=60,
+                      review_client_address_header="X-Forwarded-For",
+                      review_trusted_proxies=["10.0.0.0/24"])
+    caplog.set_level("WARNING", logger="pipeline.review.app")
+    proxy = TestClient(app, client=("10.0.0.2", 40000))
+
+    def bearer(token: str, forwarded: str) -> int:
+        return proxy.get("/api/me", headers={"Authorization": f"Bearer {token}",
+                                             "X-Forwarded-For": forwarded}).status_code
+
+    # The attacker rotates the address it claims; the proxy appends the one it saw, behind a second proxy hop.
+    assert [bearer("guess", f"192.0.2.{i}, 203.0.113.9, 10.0.0.7") for i in range(3)] == [401, 401, 429]
+    assert bearer("tok-alice", "203.0.113.9") == 429  # the attacker's address is out of tries
+    assert bearer("tok-alice", "198.51.100.4") == 200  # another reviewer behind the same proxy is not
+    assert {r.kv["client"] for r in caplog.records if r.getMessage() == "failed login"} == {  # type: ignore[attr-defined]
+        "203.0.113.9"}
+    # From a peer that is not a trusted proxy the header is the client's own word: the peer is the address.
+    direct = TestClient(app, client=("198.51.100.77", 40000))
+    for i in range(2):
+        direct.get("/api/me", headers={"Authorization": "Bearer guess", "X-Forwarded-For": f"192.0.2.{50 + i}"})
+    assert direct.get("/api/me", headers={"Authorization": "Bearer tok-alice"}).status_code == 429
+    auth = app.state.ctx.auth
+    assert auth.client_address("10.0.0.2", {"x-forwarded-for": "junk, 10.0.0.9"}) == "10.0.0.2"
+    assert auth.client_address("10.0.0.2", {}) == "10.0.0.2"
+    assert auth.client_address("10.0.0.2", {"x-forwarded-for": "2001:db8::1"}) == "2001:db8::1"
