@@ -56,7 +56,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from . import __version__
 from .deadletters import RECORD_ERRORS, dead_letter
 from .delegations import DelegationGraph
-from .errors import DeadLetter
+from .errors import DeadLetter, ValidationError
 from .events import TransitionDict
 from .fact_reader import FactReader
 from .facts import FACT, FINDING, partition_for
@@ -102,6 +102,8 @@ ESCALATION_SERIES_TTL = 900.0
 AGENT_RULES_BUT_NESTING = tuple(r for r in BY_AGENT_RULES if r is not group_nesting_across_runs)
 PAGING_BUT_NESTING = tuple(r for r in PAGING_BY_AGENT if r is not group_nesting_across_runs)
 QUIET_SECONDS = 1.0  # a partition without a new fact this long is quiet: its watermark moves on at the clock's pace
+SOURCE_RECHECK_SECONDS = 30.0  # a fact naming a source partition past the count known asks the broker again
+KAFKA_PARTITIONS_MAX = 2**31  # a partition id is a Kafka int32
 
 
 class Correlator(TransactionalLoop):
@@ -109,6 +111,7 @@ class Correlator(TransactionalLoop):
 
     role = "correlator"
     _sources: int | None = None  # the scorers' input partitions, once asked (_source_partitions)
+    _sources_asked: float = float("-inf")  # when (monotonic) a fact past the known count made it ask again
 
     def __init__(self, settings: Settings, metrics: Metrics, policy: LoadedPolicy, *,
                  baselines: Baselines | None = None, registry: Any = None,
@@ -142,11 +145,14 @@ class Correlator(TransactionalLoop):
 
     # -- context: rebuilt by replay -----------------------------------------------------------
     def _decode(self, msg: Message) -> TransitionDict | None:
-        """A replayed fact or holding; None (logged) if it does not decode or its time is refused
-        (:func:`check_fact_time`; read live, such a fact was dead-lettered)."""
+        """A replayed fact or holding; None (logged) if it does not decode, or its time or source is refused
+        (:func:`check_fact_time`, :meth:`_check_source`; read live, such a fact was dead-lettered)."""
         try:
             ev = self.reader.read(msg.value())
             check_fact_time(ev["occurred_at"], self.limits, int(time.time() * 1000))
+            if not 0 <= ev["source_partition"] < (self._source_partitions() or KAFKA_PARTITIONS_MAX) \
+                    or ev["source_offset"] < 0:
+                self._check_source(ev)
             return ev
         except DeadLetter as exc:
             log.warning("bad access fact", extra={"kv": {"error": str(exc), "topic": msg.topic(),
@@ -258,6 +264,34 @@ class Correlator(TransactionalLoop):
                 self._sources = 0
         return self._sources
 
+    def _check_source(self, ev: TransitionDict) -> int:
+        """Refuse a fact (:class:`ValidationError`, reason ``invalid_value``) whose ``source_offset`` is negative
+        or whose ``source_partition`` is not a partition of the scorers' input topic; answers the partition
+        count to check the next facts against. Each source partition a fact names gets a watermark entry in its
+        state (``KeyedState.sources``), which every batch walks: forged facts naming a new partition each
+        grew it without bound. A partition past the count known may be one added since: the broker is asked
+        again, at most every ``SOURCE_RECHECK_SECONDS``, before the fact is refused. A broker that does not
+        say bounds it by Kafka's int32 partition ids alone."""
+        if ev["source_offset"] < 0:
+            raise ValidationError(f"source_offset={ev['source_offset']} is negative", reason="invalid_value",
+                                  field="source_offset")
+        part = ev["source_partition"]
+        known = self._source_partitions()
+        if 0 <= part < (known or KAFKA_PARTITIONS_MAX):
+            return known or KAFKA_PARTITIONS_MAX
+        if part >= 0 and known and time.monotonic() - self._sources_asked >= SOURCE_RECHECK_SECONDS:
+            self._sources_asked, self._sources = time.monotonic(), None
+            known = self._source_partitions() or known
+            if part < known:
+                log.info("source partitions added", extra={"kv": {"topic": self.settings.topic_transitions,
+                                                                    "partitions": known}})
+                for state in self.states.values():
+                    state.expected_sources = known
+                return known
+        raise ValidationError(
+            f"source_partition={part} is not a partition of {self.settings.topic_transitions} "
+            f"({known or 'unknown'} partitions)", reason="invalid_value", field="source_partition")
+
     def _stale_of(self) -> Callable[[TransitionDict], bool]:
         return functools.partial(stale_decision, self.policy.governance)
 
@@ -290,6 +324,7 @@ class Correlator(TransactionalLoop):
         now_ms, now = int(time.time() * 1000), time.monotonic()
         behind = len(msgs) >= self.settings.batch_max_messages
         latest = now_ms + self.limits.max_future_ms
+        sources = self._source_partitions() or KAFKA_PARTITIONS_MAX
         self._graph_synced = False  # a batch reads the graph as of its start (_edges_into)
         for msg in msgs:
             err = msg.error()
@@ -301,6 +336,8 @@ class Correlator(TransactionalLoop):
                 ev = self.reader.read(msg.value())
                 if not STORE_TIME_MIN_MS <= ev["occurred_at"] <= latest:  # a forged time is no state
                     check_fact_time(ev["occurred_at"], self.limits, now_ms)
+                if not 0 <= ev["source_partition"] < sources or ev["source_offset"] < 0:
+                    sources = self._check_source(ev)
             except DeadLetter as exc:
                 self._send_dead(msg, exc)
                 tally.dead[exc.reason] += 1

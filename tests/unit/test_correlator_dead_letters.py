@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
 
 from pipeline.correlator import Correlator
 from pipeline.deadletters import header
+from pipeline.errors import ValidationError
 from pipeline.fact_reader import FactReader
 from pipeline.facts import FACT
 from pipeline.limits import STORE_TIME_MIN_MS, Limits, check_fact_time
@@ -37,6 +39,7 @@ def test_an_undecodable_fact_near_the_size_limit_is_dead_lettered_cut_and_the_ba
     c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
     c.reader = FactReader(Serde(SchemaSet.load(), record=FACT))
     c.graph = type("NoEdges", (), {"read": 0})()
+    c._sources = 6  # the scorers' input partitions, as the broker would answer
     producer = _Capturing(settings)
     c.checkpoint = type("Checkpoint", (), {"producer": producer})()
     big = b"\x00" + b"\xff" * (settings.max_message_bytes - 200)  # not a framed fact: undecodable
@@ -72,6 +75,7 @@ def test_a_fact_with_a_forged_time_is_dead_lettered_not_held() -> None:
     c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
     c.reader = FactReader(serde)
     c.graph = type("NoEdges", (), {"read": 0})()
+    c._sources = 6  # the scorers' input partitions, as the broker would answer
     producer = _Capturing(settings)
     c.checkpoint = type("Checkpoint", (), {"producer": producer})()
     now = int(time.time() * 1000)
@@ -91,5 +95,56 @@ def test_a_fact_with_a_forged_time_is_dead_lettered_not_held() -> None:
     assert c._decode(old) is not None and c._decode(near) is not None
     for ms in (now - 2 * c.limits.max_age_ms, now + c.limits.max_future_ms, STORE_TIME_MIN_MS):  # the live check
         check_fact_time(ms, c.limits, now)
+    producer.real.purge()
+    producer.real.flush(0)
+
+
+def test_a_fact_naming_a_source_partition_the_input_topic_lacks_is_dead_lettered() -> None:
+    """Each source partition a fact names gets a watermark entry that every batch walks: forged facts naming a
+    new partition each grew it without bound. A fact whose ``source_partition`` is not a partition of the
+    transitions topic, or whose ``source_offset`` is negative, is dead-lettered ``invalid_value`` naming the
+    field, after the broker was asked again (partitions may have been added), at most every 30 s; a partition
+    added since is taken, and the states expect it."""
+    from pipeline.facts import fact_from_event
+    from tests.unit.scoring_factory import event
+
+    settings = Settings()
+    serde = Serde(SchemaSet.load(), record=FACT)
+    c: Any = Correlator.__new__(Correlator)
+    c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
+    c.reader = FactReader(serde)
+    c.graph = type("NoEdges", (), {"read": 0})()
+    producer = _Capturing(settings)
+    c.checkpoint = type("Checkpoint", (), {"producer": producer})()
+    answers = [6, 6, 8]  # what the broker says of the transitions topic, call by call
+    asked: list[int] = []
+
+    class Topics:
+        def list_topics(self, topic: str, timeout: float) -> Any:
+            asked.append(answers[len(asked)])
+            meta = type("Meta", (), {"partitions": dict.fromkeys(range(asked[-1])), "error": None})()
+            return type("Metadata", (), {"topics": {topic: meta}})()
+
+    c.consumer = Topics()
+
+    def fact(partition: int, offset: int) -> FakeMessage:
+        f = fact_from_event(event(), partition, offset)
+        return FakeMessage(serde.encode(f), topic=settings.topic_facts_by_target, offset=offset)
+
+    refused = [fact(6, 1), fact(7, 2), fact(-1, 3), fact(2**40, 4), fact(0, -5)]
+    for m in refused:
+        with pytest.raises(ValidationError):
+            c._check_source(c.reader.read(m.value()))
+    assert asked == [6, 6]  # asked at first, and once again for partition 6; not again within 30 s
+    assert c._decode(refused[0]) is None
+    tally = c.handle(refused)
+    assert tally.facts == 0 and dict(tally.dead) == {"invalid_value": 5} and c.states == {}
+    assert [header(h, "agentgov.error.field") for _, _, _, h in producer.sent] == [
+        "source_partition"] * 4 + ["source_offset"]
+    c._sources_asked -= 31  # 30 s on: partitions 6 and 7 were added meanwhile
+    state = type("State", (), {"expected_sources": 6})()
+    c.states = {("t", 0): state}
+    assert c._check_source(c.reader.read(fact(7, 6).value())) == 8
+    assert asked == [6, 6, 8] and state.expected_sources == 8
     producer.real.purge()
     producer.real.flush(0)
