@@ -17,20 +17,25 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from pipeline.audit import export, render_trail, trail
 from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.deadletters import header
 from pipeline.drafts import draft
-from pipeline.facts import partition_for
+from pipeline.events import identity_key
+from pipeline.facts import FACT, fact_from_event, partition_for
 from pipeline.metrics import Metrics
 from pipeline.publisher import TransitionPublisher
 from pipeline.review.store import QueueFilter, ReviewStore
 from pipeline.runner import Pipeline
+from pipeline.schemas import SchemaSet
+from pipeline.serde import Serde
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import wait_for
 from pipeline.topics import ensure_topics
-from tests.support.helpers import scrape, wait_baseline, wait_until
+from tests.support.helpers import consume, scrape, wait_baseline, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -438,3 +443,40 @@ def test_delegation_laundering_is_found_when_its_edges_are_read_after_the_grant(
     assert late >= 1, "the late edge was not counted"
     time.sleep(3)  # the look-alike's edges were read before the chain's finding was stored
     assert [x for x in world.findings() if x["entity_key"] == agents["late-ok"][2]] == []
+
+
+def test_forged_facts_are_dead_lettered_and_the_chains_after_them_are_found(world: World) -> None:
+    """Facts written to the by-target topic by something other than a scorer (Tansu has no ACLs): one stamped
+    at int64 max (it was held as state, and moved its partition's watermark past every real fact), one naming
+    a source partition the transitions topic lacks, one with a negative source offset. Each is dead-lettered
+    by a real correlator with the field named; a climb over three runs on the same partition of the by-target
+    topic, published after them, is still found once."""
+    s = world.settings
+    target = f"u-forged-{TAG}"
+    p = partition_for(identity_key(target), PARTS)  # the by-target partition the climb's facts land on
+    serde = Serde(SchemaSet.load(), None, record=FACT)
+    base = world.pub.complete(grant(f"forged-{TAG}", target, when=at(minutes=5),
+                                    **{"resource.resource_id": "role/Forged", "resource.privilege_tier": 3}))
+    forged = []
+    for field, value in (("occurred_at", 2**63 - 1), ("source_partition", 10**6), ("source_offset", -1)):
+        fact = fact_from_event(base, 0, 1)
+        fact[field] = value
+        fact["event_id"] = str(uuid.uuid4())
+        forged.append(fact)
+    raw = Producer(s.kafka_config(**{"enable.idempotence": True}))
+    for fact in forged:
+        raw.produce(s.topic_facts_by_target, serde.encode(fact), key=target.encode(), partition=p)
+    assert raw.flush(30) == 0
+
+    runs = runs_on_distinct_partitions("forged-climb", 3)
+    world.publish(*[grant(run, target, when=at(minutes=4 - tier),
+                          **{"resource.resource_id": f"role/Climb{tier}", "resource.privilege_tier": tier})
+                    for tier, run in zip((1, 2, 3), runs, strict=True)])
+    found = wait_findings(world, lambda f: bool(of(f, "AG-XRN-001", target)))
+    assert len(of(found, "AG-XRN-001", target)) == 1
+    dead = [m for m in consume(s, s.topic_dlq, 3, timeout=60, settle=2.0)
+            if header(m.headers(), "agentgov.source.topic") == s.topic_facts_by_target]
+    assert sorted((header(m.headers(), "agentgov.error.reason"), header(m.headers(), "agentgov.error.field"))
+                  for m in dead) == [("invalid_value", "occurred_at"), ("invalid_value", "source_offset"),
+                                     ("invalid_value", "source_partition")]
+    assert {header(m.headers(), "agentgov.source.partition") for m in dead} == {str(p)}
