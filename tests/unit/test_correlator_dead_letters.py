@@ -33,15 +33,23 @@ class _Capturing:
         self.sent.append((topic, value, key, headers))
 
 
-def test_an_undecodable_fact_near_the_size_limit_is_dead_lettered_cut_and_the_batch_goes_on() -> None:
-    settings = Settings()
+def _judge(settings: Settings, sources: int | None = 6) -> tuple[Any, _Capturing]:
+    """The judging half of a Correlator (no consumer, no graph follower) and the producer it dead-letters
+    into; ``sources``: the scorers' input partitions, as the broker would answer (None: not asked yet)."""
     c: Any = Correlator.__new__(Correlator)
     c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
     c.reader = FactReader(Serde(SchemaSet.load(), record=FACT))
     c.graph = type("NoEdges", (), {"read": 0})()
-    c._sources = 6  # the scorers' input partitions, as the broker would answer
+    if sources is not None:
+        c._sources = sources
     producer = _Capturing(settings)
     c.checkpoint = type("Checkpoint", (), {"producer": producer})()
+    return c, producer
+
+
+def test_an_undecodable_fact_near_the_size_limit_is_dead_lettered_cut_and_the_batch_goes_on() -> None:
+    settings = Settings()
+    c, producer = _judge(settings)
     big = b"\x00" + b"\xff" * (settings.max_message_bytes - 200)  # not a framed fact: undecodable
     msg = FakeMessage(big, topic=settings.topic_facts_by_target, offset=42, key=b"k" * 5000)  # key over its limit
     tally = c.handle([msg])
@@ -71,13 +79,7 @@ def test_a_fact_with_a_forged_time_is_dead_lettered_not_held() -> None:
 
     settings = Settings()
     serde = Serde(SchemaSet.load(), record=FACT)
-    c: Any = Correlator.__new__(Correlator)
-    c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
-    c.reader = FactReader(serde)
-    c.graph = type("NoEdges", (), {"read": 0})()
-    c._sources = 6  # the scorers' input partitions, as the broker would answer
-    producer = _Capturing(settings)
-    c.checkpoint = type("Checkpoint", (), {"producer": producer})()
+    c, producer = _judge(settings)
     now = int(time.time() * 1000)
 
     def fact(occurred_at: int, offset: int) -> FakeMessage:
@@ -110,12 +112,7 @@ def test_a_fact_naming_a_source_partition_the_input_topic_lacks_is_dead_lettered
 
     settings = Settings()
     serde = Serde(SchemaSet.load(), record=FACT)
-    c: Any = Correlator.__new__(Correlator)
-    c.settings, c.limits, c.states, c._edges_known = settings, Limits.from_settings(settings), {}, {}
-    c.reader = FactReader(serde)
-    c.graph = type("NoEdges", (), {"read": 0})()
-    producer = _Capturing(settings)
-    c.checkpoint = type("Checkpoint", (), {"producer": producer})()
+    c, producer = _judge(settings, sources=None)
     answers = [6, 6, 8]  # what the broker says of the transitions topic, call by call
     asked: list[int] = []
 
