@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from .errors import ValidationError
 from .events import identity_key
-from .followers import follow, refused
+from .followers import follow, refused, take_each
 from .limits import IDENT_MAX_CHARS, TIER_MAX
 from .metrics import Metrics
 from .scoring.context import AgentBaseline
@@ -276,10 +276,7 @@ class BaselineCache:
             consumer.close()
 
     def _step(self, consumer: Consumer) -> None:
-        for msg in consumer.consume(500, 0.5):
-            if msg.error() or msg.value() is None:
-                continue
-            self.add(msg.value(), msg.offset())
+        take_each(consumer, consumer.consume(500, 0.5), self.add)
         if time.monotonic() >= self._next_evict:
             self._next_evict = time.monotonic() + 10.0
             self.evict()

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, TopicPartition
 from .errors import RegistryUnavailable
 from .events import TransitionDict
 from .facts import as_event, edge_key
-from .followers import follow, refused
+from .followers import follow, refused, take_each
 from .limits import Limits, check_fact_time
 from .metrics import Metrics
 from .scoring.crossrun import FactOrder, fact_order
@@ -159,14 +159,7 @@ class DelegationGraph:
         # timeout for a full batch: every edge read 0.2 s late, and every ``sync`` waiting for it).
         first = consumer.poll(0.2)
         msgs = [first, *consumer.consume(500, 0)] if first is not None else []
-        for msg in msgs:
-            if msg.error() or msg.value() is None:
-                continue
-            try:
-                self.take(msg.value(), msg.offset())
-            except RegistryUnavailable:  # read it again after the wait (followers.follow), never skip it
-                consumer.seek(TopicPartition(tp.topic, tp.partition, msg.offset()))
-                raise
+        take_each(consumer, msgs, self.take)
         # Transaction markers take offsets but are never delivered: ask for the position.
         position = consumer.position([tp])[0].offset
         if position >= 0:

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from .errors import RegistryUnavailable
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,22 @@ def refused(follower: str, metrics: Metrics | None, offset: int | None, exc: Bas
         "error": str(exc)[:300]}})
     if metrics is not None:
         metrics.follower_refused.labels(follower=follower).inc()
+
+
+def take_each(consumer: Consumer, msgs: Iterable[Message], take: Callable[[bytes, int], object]) -> None:
+    """Hand each record of ``msgs`` (not errors, not tombstones) to ``take``, which logs and skips one it
+    refuses (:func:`refused`). A registry that does not answer is not the record's fault: the consumer is put
+    back on that record and the error raised, so :func:`follow` waits and the record is read again, never
+    skipped."""
+    for msg in msgs:
+        value = msg.value()
+        if msg.error() or value is None:
+            continue
+        try:
+            take(value, msg.offset())
+        except RegistryUnavailable:
+            consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            raise
 
 
 def follow(follower: str, metrics: Metrics | None, stop: threading.Event, step: Callable[[], None]) -> None:

@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from .errors import RegistryUnavailable
 from .events import TransitionDict, identity_key
-from .followers import follow, refused
+from .followers import follow, refused, take_each
 from .limits import check_store_time
 from .metrics import Metrics
 from .schemas import SchemaSet
@@ -208,14 +208,7 @@ class ExceptionCache:
             consumer.close()
 
     def _step(self, consumer: Consumer) -> None:
-        for msg in consumer.consume(500, 0.5):
-            if msg.error() or msg.value() is None:
-                continue
-            try:
-                self.add(msg.value(), msg.offset())
-            except RegistryUnavailable:  # read it again after the wait (followers.follow), never skip it
-                consumer.seek(TopicPartition(self.topic, msg.partition(), msg.offset()))
-                raise
+        take_each(consumer, consumer.consume(500, 0.5), self.add)
         if self.metrics is not None:
             self.metrics.exceptions_followed.set(len(self.index))
             self.metrics.exceptions_approved.set(self.index.approved())

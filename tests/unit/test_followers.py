@@ -16,14 +16,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline.baselines import BaselineCache, from_json, to_json
-from pipeline.errors import ValidationError
-from pipeline.followers import follow
+from pipeline.errors import RegistryUnavailable, ValidationError
+from pipeline.followers import follow, take_each
 from pipeline.metrics import Metrics
 from pipeline.risk_exceptions import ExceptionCache
 from pipeline.schemas import SchemaSet
 from pipeline.scoring.context import AgentBaseline
 from pipeline.serde import Serde
 from pipeline.settings import Settings
+from tests.support.helpers import FakeMessage
 
 NOW = int(time.time() * 1000)
 GOOD = {"agent_id": "agent-a", "events": 10, "actions": ["assign_role"], "systems": ["entra-id"],
@@ -136,3 +137,27 @@ def test_a_follower_step_that_raises_is_retried_and_the_thread_reports_when_it_s
         follow("baselines", metrics, stop, lambda: (_ for _ in ()).throw(SystemExit(1)))
     assert metrics.registry.get_sample_value("agentgov_follower_up", {"follower": "baselines"}) == 0.0
     assert any(r.getMessage() == "follower stopped" for r in caplog.records)
+
+
+def test_take_each_skips_tombstones_and_puts_the_consumer_back_on_a_record_the_registry_could_not_read() -> None:
+    """Every follower hands its records to ``take`` through ``take_each``: a tombstone is skipped, a refused
+    record is ``take``'s to log, and a registry that does not answer sends the consumer back to that record
+    (seek) and raises, so ``follow`` waits and reads it again: the record is never skipped."""
+    seeks: list[tuple[str, int, int]] = []
+    consumer: Any = type("Consumer", (), {"seek": staticmethod(
+        lambda tp: seeks.append((tp.topic, tp.partition, tp.offset)))})()
+    taken: list[tuple[bytes, int]] = []
+
+    def take(value: bytes, offset: int) -> bool:
+        if value == b"down":
+            raise RegistryUnavailable("registry did not answer")
+        taken.append((value, offset))
+        return True
+
+    tombstone: Any = FakeMessage(topic="f", partition=0, offset=1)
+    tombstone.value = lambda: None
+    msgs = [FakeMessage(b"a", topic="f", offset=0), tombstone, FakeMessage(b"down", topic="f", offset=2),
+            FakeMessage(b"never", topic="f", offset=3)]
+    with pytest.raises(RegistryUnavailable):
+        take_each(consumer, msgs, take)
+    assert taken == [(b"a", 0)] and seeks == [("f", 0, 2)]
