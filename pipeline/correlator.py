@@ -150,9 +150,7 @@ class Correlator(TransactionalLoop):
         try:
             ev = self.reader.read(msg.value())
             check_fact_time(ev["occurred_at"], self.limits, int(time.time() * 1000))
-            if not 0 <= ev["source_partition"] < (self._source_partitions() or KAFKA_PARTITIONS_MAX) \
-                    or ev["source_offset"] < 0:
-                self._check_source(ev)
+            self._check_source(ev)
             return ev
         except DeadLetter as exc:
             log.warning("bad access fact", extra={"kv": {"error": str(exc), "topic": msg.topic(),

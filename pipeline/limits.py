@@ -138,9 +138,7 @@ def check_fact_time(occurred: int, limits: Limits, now_ms: int) -> None:
     loosens as the clock moves, so a fact taken once is taken on every replay."""
     if occurred > now_ms + limits.max_future_ms:
         raise _from_future(occurred, limits)
-    if occurred < STORE_TIME_MIN_MS:
-        raise ValidationError(f"occurred_at={occurred} is before 1900-01-01 UTC, not a time the store can hold",
-                              reason="invalid_value", field="occurred_at")
+    check_store_time(occurred, "occurred_at")
 
 
 def check_record(record: dict[str, Any], limits: Limits, now_ms: int) -> None:
