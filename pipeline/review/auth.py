@@ -88,6 +88,9 @@ class Authenticator:
             addr = ipaddress.ip_address(client_host)
         except ValueError:
             return False
+        return self._is_proxy(addr)
+
+    def _is_proxy(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(addr in net for net in self._proxies)
 
     def client_address(self, peer: str | None, headers: Mapping[str, str]) -> str:
@@ -108,7 +111,7 @@ class Authenticator:
                 addr = ipaddress.ip_address(hop)
             except ValueError:
                 break
-            if not any(addr in net for net in self._proxies):
+            if not self._is_proxy(addr):
                 return str(addr)
         return peer or ""
 
