@@ -27,7 +27,7 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 
 from .errors import RegistryUnavailable
-from .events import TransitionDict
+from .events import TransitionDict, identity_key
 from .facts import as_event, edge_key
 from .followers import follow, refused, take_each
 from .limits import Limits, check_fact_time
@@ -98,6 +98,9 @@ class DelegationGraph:
             behalf = ev["agent"]["on_behalf_of"]
             if behalf is not None:  # an agent acting for a service identity passes on that identity's power too
                 self._out.setdefault(behalf, set()).add(ev["target"]["identity_id"])
+            if ev["action"] == "add_group_member":  # a group passes on what it is granted to its members
+                self._out.setdefault(identity_key(ev["resource"]["resource_id"]), set()).add(
+                    ev["target"]["identity_id"])
             self._log.append(ev)
 
     def take(self, value: bytes, offset: int | None = None) -> bool:

@@ -30,6 +30,7 @@ from ..events import (
     ENTITLEMENT_REVOKES,
     REVOKES,
     TransitionDict,
+    identity_key,
     name_key,
 )
 from . import escalation
@@ -378,7 +379,9 @@ XRN_DELEGATION_LAUNDERING = spec(
     "A privileged grant, with no human authority, landed on an agent upstream in the granting agent's "
     "delegation chain, or on that agent's principal: power handed down came back up. The chain is the "
     "grants to agents and service identities (as the event labels the target), into the granting agent or "
-    "the principal it acts for. Followed up to the policy's max_delegation_depth; the finding names every hop.",
+    "the principal it acts for, and through the groups they were made members of: an agent added to a group "
+    "holds what the group was granted. Followed up to the policy's max_delegation_depth (a group is a hop); "
+    "the finding names every hop.",
     ESC_FIELDS, (ASI07, ASI03, NHI9, PR_AA_05), pattern="delegation_laundering",
 )
 
@@ -411,8 +414,7 @@ def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
                 if target in (src, principal):
                     chain = (*path, ev)
                     names = " -> ".join([path[0]["agent"]["agent_id"], *(h["target"]["identity_id"] for h in path)])
-                    hop_text = "; ".join(f"{h['agent']['agent_id']!r} gave {h['target']['identity_id']!r} "
-                                         f"{access_name(h)!r} ({_where(h)})" for h in path)
+                    hop_text = "; ".join(map(_hop, path))
                     whom = "itself" if target == src else f"its principal {target!r}"
                     return [CrossRunFinding(XRN_DELEGATION_LAUNDERING, cx.key,
                         f"delegation_laundering: delegation {names} ({hop_text}); then {me!r} granted privileged "
@@ -427,10 +429,26 @@ def delegation_laundering(ev: TransitionDict, cx: CrossRunContext) -> list[Cross
                 if principal is not None and principal not in visited:
                     visited.add(principal)
                     nxt.append((principal, path))
+                # A member of a group holds what the group is granted: the grants into the group are followed
+                # as the member's own, the group a hop (laundering through a group; a group made a member of
+                # another group is followed the same way).
+                if edge["action"] == "add_group_member":
+                    group = identity_key(edge["resource"]["resource_id"])
+                    if group not in visited:
+                        visited.add(group)
+                        nxt.append((group, path))
         frontier = nxt
         if not frontier:
             break
     return []
+
+
+def _hop(h: TransitionDict) -> str:
+    """One hop of a delegation chain, for a finding's message."""
+    if h["action"] == "add_group_member":
+        return (f"{h['agent']['agent_id']!r} added {h['target']['identity_id']!r} to group "
+                f"{h['resource']['resource_id']!r} ({_where(h)})")
+    return f"{h['agent']['agent_id']!r} gave {h['target']['identity_id']!r} {access_name(h)!r} ({_where(h)})"
 
 
 XRN_GRANT_RATE = spec(

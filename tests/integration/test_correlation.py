@@ -194,6 +194,29 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
                                       "target.identity_id": to or principal, **jit}))
         keys[name] = agents[-1]
         assert len(set(world.partitions(ids))) == depth + 1
+    # 3b. laundering through a group: agent a (for h) grants a group role admin, agent x makes agent b a member,
+    #     b grants h tier 3; look-alike: b was taken out of the group before its grant
+    for name in ("deleg-grp", "deleg-grp-ok"):
+        a, x, b = (f"agent-{name}-{c}-{TAG}" for c in "axb")
+        group, principal = f"grp-{name}-{TAG}", f"h-{name}-{TAG}"
+        r = runs_on_distinct_partitions(name, 3)
+        member = {"agent.agent_id": x, "agent.on_behalf_of": None, "target.identity_id": b,
+                  "target.identity_type": "agent", "resource.resource_id": group, "resource.privilege_tier": 1}
+        steps = [draft(run_id=r[0], step=1, occurred_at=at(minutes=10), action="assign_role",
+                       **{"agent.agent_id": a, "agent.on_behalf_of": principal, "target.identity_id": group,
+                          "target.identity_type": "service", "resource.resource_id": "role/PrivilegedRoleAdministrator",
+                          "resource.privilege_tier": 2}),
+                 draft(run_id=r[1], step=1, occurred_at=at(minutes=8), action="add_group_member", **member)]
+        if name == "deleg-grp-ok":
+            steps.append(draft(run_id=r[1], step=2, occurred_at=at(minutes=6), action="remove_group_member",
+                               **member))
+        ids = world.publish(*steps)
+        time.sleep(2)  # the correlators follow the delegation topic
+        ids += world.publish(draft(run_id=r[2], step=1, occurred_at=at(seconds=1), action="grant_entitlement",
+                                   **{"agent.agent_id": b, "agent.on_behalf_of": None, "target.identity_id": principal,
+                                      **jit}))
+        keys[name] = b
+        assert len(set(world.partitions(ids))) == 3
     # 4. separation of duties: the first half granted 30 days earlier (event time) and stored
     for name, second in (("sod", "ap-approve-payment"), ("sod-ok", "gl-post-journal")):
         target = keys[name] = f"u-{name}-{TAG}"
@@ -256,7 +279,8 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     found = wait_findings(world, lambda f: {"AG-XRN-001", "AG-XRN-002", "AG-XRN-005", "AG-XRN-006", "AG-XRN-007",
                                             "AG-XRN-008"} <= {x["code"] for x in f}
                           and len(of(f, "AG-XRN-003", keys["deleg3"])) == 1
-                          and len(of(f, "AG-XRN-003", keys["deleg2"])) == 1)
+                          and len(of(f, "AG-XRN-003", keys["deleg2"])) == 1
+                          and len(of(f, "AG-XRN-003", keys["deleg-grp"])) == 1)
     step = of(found, "AG-XRN-001", keys["step"])
     assert len(step) == 1 and len(step[0]["related_run_ids"]) == 3 and len(set(step[0]["related_partitions"])) == 3
     assert step[0]["pattern"] == "tier_stepping"
@@ -266,6 +290,9 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
         f = of(found, "AG-XRN-003", keys[name])[0]
         assert f"depth {depth}" in f["message"] and len(f["related_event_ids"]) == depth + 1
         assert len(f["related_run_ids"]) == depth + 1
+    via_group = of(found, "AG-XRN-003", keys["deleg-grp"])[0]
+    assert "depth 2" in via_group["message"] and "to group" in via_group["message"]
+    assert len(via_group["related_run_ids"]) == 3
     sod = of(found, "AG-XRN-005", keys["sod"])
     assert len(sod) == 1 and "30.0 days earlier" in sod[0]["message"]
     dup = of(found, "AG-XRN-006", keys["dup"])
@@ -275,7 +302,7 @@ def test_cross_run_chains_are_found_once_with_every_run_and_benign_look_alikes_a
     nest = of(found, "AG-XRN-008", keys["nest"])
     assert len(nest) == 1 and len(nest[0]["related_run_ids"]) == 3 and nest[0]["pattern"] == "group_nesting"
     # benign look-alikes: nothing, on any code
-    for name in ("step-ok", "jit-ok", "deleg-ok", "sod-ok", "dup-ok", "left-ok", "nest-ok"):
+    for name in ("step-ok", "jit-ok", "deleg-ok", "deleg-grp-ok", "sod-ok", "dup-ok", "left-ok", "nest-ok"):
         assert [f for f in found if f["entity_key"] == keys[name]] == [], name
     # stored once each (deterministic ids; FINAL and raw agree)
     assert world.pipe.sink is not None

@@ -335,6 +335,72 @@ def test_delegation_laundering_through_a_service_identity(via: str) -> None:
     assert correlate(other, CrossRunContext(POLICY, "agent-b", delegations=_graph([edge])), BY_AGENT_RULES) == []
 
 
+def _membership(by: str, member: str, group: str, minute: int, action: str = "add_group_member") -> TransitionDict:
+    """``by`` adds ``member`` (an agent or service identity) to ``group`` (or removes it), ``minute`` on."""
+    return fact(1, **{"action": action, "run_id": f"member-{member}-{minute}", "agent.agent_id": by,
+                      "agent.on_behalf_of": None, "target.identity_id": member, "target.identity_type": "agent",
+                      "resource.system": "entra-id", "resource.resource_id": group, "resource.entitlement": None,
+                      "resource.privilege_tier": 1, "occurred_at": T0 + minute * MIN})
+
+
+def _group_grant(by: str, group: str, minute: int, action: str = "assign_role", **extra: Any) -> TransitionDict:
+    """``by`` (for human-alice) grants ``group`` RoleAdmin (a group is labelled a service identity), or revokes it."""
+    return fact(2, **{"action": action, "run_id": f"group-{group}-{minute}", "agent.agent_id": by,
+                      "agent.on_behalf_of": "human-alice", "target.identity_id": group,
+                      "target.identity_type": "service", "resource.system": "entra-id",
+                      "resource.resource_id": "role/RoleAdmin", "resource.entitlement": None,
+                      "resource.privilege_tier": 2, "occurred_at": T0 + minute * MIN, **extra})
+
+
+def test_delegation_laundering_through_a_group_membership() -> None:
+    """agent-a (for alice) grants the group grp-ops RoleAdmin; agent-x, another run, adds agent-b to grp-ops
+    (spelt otherwise); agent-b then grants alice aws-admin. agent-b held RoleAdmin through the group: power
+    handed down came back up, the group a hop of the chain, and every hop named."""
+    edges = [_group_grant("agent-a", "grp-ops", 0), _membership("agent-x", "agent-b", "GRP-Ops", 5)]
+    grant = _privileged_grant("agent-b", "human-alice", 30)
+    found = run_key([grant], "agent-b", by_target=False, delegations=_graph(edges))
+    assert [f.spec.code for f in found] == ["AG-XRN-003"]
+    f = found[0]
+    assert [e["event_id"] for e in f.chain] == [edges[0]["event_id"], edges[1]["event_id"], grant["event_id"]]
+    assert "depth 2" in f.message and "'agent-x' added 'agent-b' to group 'GRP-Ops'" in f.message
+    assert "'agent-a' gave 'grp-ops' 'role/RoleAdmin'" in f.message and "agent-a -> grp-ops -> agent-b" in f.message
+
+
+def test_delegation_laundering_through_nested_groups() -> None:
+    """grp-outer holds RoleAdmin from agent-a; grp-inner was made a member of grp-outer, and agent-b a member
+    of grp-inner: agent-b's grant to alice is laundering at depth 3, and cut off by a depth limit of 2."""
+    edges = [_group_grant("agent-a", "grp-outer", 0), _membership("agent-x", "grp-inner", "grp-outer", 2),
+             _membership("agent-y", "agent-b", "grp-inner", 4)]
+    grant = _privileged_grant("agent-b", "human-alice", 30)
+    found = correlate(grant, CrossRunContext(POLICY, "agent-b", delegations=_graph(edges)), BY_AGENT_RULES)
+    assert [f.spec.code for f in found] == ["AG-XRN-003"] and "depth 3" in found[0].message
+    policy = load_policy(None)
+    object.__setattr__(policy.policy.escalation, "max_delegation_depth", 2)
+    try:
+        assert correlate(grant, CrossRunContext(policy, "agent-b", delegations=_graph(edges)), BY_AGENT_RULES) == []
+    finally:
+        object.__setattr__(policy.policy.escalation, "max_delegation_depth", 8)
+
+
+@pytest.mark.parametrize("case", ["member_removed", "group_role_revoked", "member_added_after", "unrelated_target",
+                                  "other_group", "human_approved", "group_granted_after"])
+def test_delegation_laundering_through_a_group_benign(case: str) -> None:
+    """Look-alikes: agent-b left the group, or the group lost the role, before the grant; agent-b joined after
+    it; the grant went to someone the chain never reached; agent-b is a member of another group; a human
+    approved it; the group got the role after the grant."""
+    group_at = 40 if case == "group_granted_after" else 0
+    edges = [_group_grant("agent-a", "grp-ops", group_at),
+             _membership("agent-x", "agent-b", "grp-other" if case == "other_group" else "grp-ops",
+                         40 if case == "member_added_after" else 5)]
+    if case == "member_removed":
+        edges.append(_membership("agent-z", "agent-b", "grp-ops", 10, action="remove_group_member"))
+    if case == "group_role_revoked":
+        edges.append(_group_grant("agent-z", "grp-ops", 10, action="remove_role"))
+    grant = _privileged_grant("agent-b", "human-bob" if case == "unrelated_target" else "human-alice", 30,
+                              **(HUMAN if case == "human_approved" else {}))
+    assert correlate(grant, CrossRunContext(POLICY, "agent-b", delegations=_graph(edges)), BY_AGENT_RULES) == []
+
+
 @pytest.mark.parametrize("case", ["human_approved", "edge_after_grant", "unrelated_target", "too_deep",
                                   "not_privileged", "edge_revoked", "edge_revoked_by_a_cleanup_agent",
                                   "edge_given_up_by_its_delegate", "edge_revoked_spelled_otherwise"])
@@ -432,6 +498,35 @@ def test_an_edge_read_after_the_grant_it_completes_still_finds_the_laundering(de
     graph.add(_edge_records(("agent-x", "agent-a"))[0])  # a new edge upstream: the same chain is not published again
     c._late_edges(T0 + 33 * MIN, tally)
     assert len(tally.found) == 1 and len(produced) == 1
+
+
+def test_a_group_grant_read_after_the_members_grant_still_finds_the_laundering() -> None:
+    """The group's RoleAdmin edge is read after agent-b's grant was judged (the group's run scored later): the
+    graph's downstream of the group reaches its member, whose grant is judged again and the chain found."""
+    from pipeline.correlator import _Tally
+    from pipeline.keyed_state import KeyedState
+
+    c, graph, produced = _correlator_with_graph()
+    state = c._hold(c.settings.topic_facts_by_agent, partition_for("agent-b", c.settings.facts_partitions),
+                    KeyedState(by_target=False))
+    grant = _privileged_grant("agent-b", "human-alice", 30)
+    member = event(**{"action": "add_group_member", "run_id": "member", "agent.agent_id": "agent-x",
+                      "target.identity_id": "agent-b", "target.identity_type": "agent", "resource.system": "entra-id",
+                      "resource.resource_id": "grp-ops", "resource.entitlement": None, "occurred_at": T0 + 5 * MIN})
+    role = event(**{"action": "assign_role", "run_id": "group-role", "agent.agent_id": "agent-a",
+                    "agent.on_behalf_of": "human-alice", "target.identity_id": "grp-ops",
+                    "target.identity_type": "service", "resource.system": "entra-id",
+                    "resource.resource_id": "role/RoleAdmin", "resource.privilege_tier": 2, "occurred_at": T0})
+    graph.add(dict(fact_from_event(member, 1, 1)))
+    assert c._judge(state, "agent-b", grant) == []  # judged before the group's edge was read
+    state.apply("agent-b", grant, 86_400_000)
+    tally = _Tally()
+    c._late_edges(T0 + 31 * MIN, tally)
+    assert tally.found == []
+    graph.add(dict(fact_from_event(role, 2, 1)))
+    c._late_edges(T0 + 32 * MIN, tally)
+    assert [f.spec.code for f in tally.found] == ["AG-XRN-003"] and len(produced) == 1
+    assert [e["event_id"] for e in tally.found[0].chain] == [role["event_id"], member["event_id"], grant["event_id"]]
 
 
 @pytest.mark.parametrize("case", ["edge_after_grant", "other_partition", "held_after_the_edges", "unrelated_target"])
