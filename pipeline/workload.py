@@ -58,6 +58,7 @@ PLANTED_CROSS_RUN: dict[str, str] = {
     "xrun_tier_stepping": "AG-XRN-001",
     "xrun_transient_privilege": "AG-XRN-002",
     "xrun_delegation_laundering": "AG-XRN-003",
+    "xrun_group_laundering": "AG-XRN-003",
     "xrun_sod_against_holdings": "AG-XRN-005",
     "xrun_duplicate_event_id": "AG-XRN-006",
     "xrun_grant_to_leaver": "AG-XRN-007",
@@ -336,6 +337,21 @@ class Workload:
             "svc-x-owner", "aws", "role/Admin", 3, resource__entitlement="aws-admin",
             target__identity_type="service", agent__on_behalf_of=None,
             decision__approved_by="approver-7"), 12 * m)
+        used.clear()
+        # The same laundering through a group: agent-x-g-a (for svc-x-g-owner) gives a group role admin,
+        # another agent makes agent-x-g-b a member, and agent-x-g-b grants the owner admin.
+        add("xrun_group_laundering", run_step(
+            run_id("gdeleg"), 0, "agent-x-g-a", "access-request", ("access_request", "REQ-999045"), "assign_role",
+            "grp-x-deleg", "entra-id", "role/PrivilegedRoleAdministrator", 2, target__identity_type="service",
+            agent__on_behalf_of="svc-x-g-owner", decision__approved_by="approver-7"), 22 * m)
+        add("xrun_group_laundering", run_step(
+            run_id("gdeleg"), 0, "agent-x-g-m", "access-request", ("access_request", "REQ-999046"),
+            "add_group_member", "agent-x-g-b", "entra-id", "grp-x-deleg", 1, target__identity_type="agent",
+            agent__on_behalf_of=None, decision__approved_by="approver-7"), 21 * m)
+        add("xrun_group_laundering", run_step(
+            run_id("gdeleg"), 0, "agent-x-g-b", "access-request", ("access_request", "REQ-999047"), "grant_entitlement",
+            "svc-x-g-owner", "aws", "role/Admin", 3, resource__entitlement="aws-admin",
+            target__identity_type="service", agent__on_behalf_of=None, decision__approved_by="approver-7"), 11 * m)
         used.clear()
         add("xrun_sod_against_holdings", run_step(run_id("sod"), 0, "agent-access-01", "access-request",
                                                   ("access_request", "REQ-999050"), "grant_entitlement", "u900050",
