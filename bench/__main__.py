@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.progress import Counts, PipelineProbe, StreamProgress
 from pipeline.topics import ensure_topics
@@ -32,7 +34,18 @@ def log(msg: str) -> None:
 
 
 def settings_doc(settings: Any) -> dict[str, Any]:
-    return dict(json.loads(settings.model_dump_json()))
+    """The settings for a worker's spec file (in the run's private work directory). Secrets as they are, not
+    masked as ``model_dump_json`` masks them: a worker given ``**********`` for a SASL password or an
+    ``AGENTGOV_KAFKA_EXTRA`` value (``queued.max.messages.kbytes``) failed to build its clients."""
+    doc = dict(json.loads(settings.model_dump_json()))
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            doc[name] = value.get_secret_value()
+        elif isinstance(value, dict):
+            doc[name] = {k: v.get_secret_value() if isinstance(v, SecretStr) else doc[name][k]
+                         for k, v in value.items()}
+    return doc
 
 
 def ceiling(bootstrap: str, topic: str, counts: dict[int, int], procs: int, work: Path, rss: RssSampler

@@ -132,3 +132,16 @@ def test_checks_across_settings_name_their_variables(monkeypatch: pytest.MonkeyP
     assert caught.value.message.startswith("invalid settings: ") and said in caught.value.message
     assert "AGENTGOV_?" not in caught.value.message
     assert "Value error" not in caught.value.message
+
+
+def test_a_bench_worker_builds_the_same_settings_secrets_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark hands its workers their settings in a spec file: a secret written masked (``**********``)
+    made the worker's clients fail on a SASL password or an AGENTGOV_KAFKA_EXTRA value."""
+    from bench.__main__ import settings_doc
+
+    monkeypatch.setenv("AGENTGOV_KAFKA_EXTRA", '{"queued.max.messages.kbytes": "8192"}')
+    s = Settings.load(kafka_sasl_password="s3cret", kafka_sasl_username="bench")
+    again = Settings.load(**settings_doc(s))
+    assert again.kafka_config() == s.kafka_config()
+    assert again.kafka_config()["queued.max.messages.kbytes"] == "8192"
+    assert again.kafka_config()["sasl.password"] == "s3cret"
