@@ -32,6 +32,13 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+PRODUCER_GONE = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                           KafkaError.INVALID_PRODUCER_ID_MAPPING, KafkaError._FENCED})
+"""Delivery errors that say the producer's identity is no longer valid: a broker that restarted without its
+state (Tansu keeps none) fenced the idempotent producer that replaced a failed one. Not flagged fatal, yet
+every later record fails the same way: the producer is replaced as after a fatal error (seen after a Tansu
+restart: events resent through one producer were refused each time, for 90 s)."""
+
 _NOT_AUTHORIZED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
                    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.SASL_AUTHENTICATION_FAILED,
                    KafkaError._AUTHENTICATION}
@@ -211,6 +218,10 @@ class TransitionPublisher:
                 self.delivered += 1
                 return
             self.failed.append((event_id, str(err)))
+            if err.code() in PRODUCER_GONE and self._fatal is None:
+                self._fatal = err  # the next flush or publish reports what is undelivered and replaces it
+                log.error("producer fenced; undelivered events will be reported and a new producer started",
+                          extra={"kv": {"error": str(err)}})
             reason = failure_reason(err)
             if self.metrics is not None:
                 self.metrics.publish_failures.labels(reason=reason).inc()
@@ -244,11 +255,15 @@ class TransitionPublisher:
     def _failed_producer(self, exc: KafkaException | SystemError, event_id: str | None = None) -> NoReturn:
         """A producer call raised. A fatal error can surface this way instead of through the error callback:
         confluent-kafka 2.16 raised one while serving delivery reports, as a SystemError whose cause is the
-        KafkaException (seen when a Tansu broker restarted without its state). A producer call refusing one
-        record for a reason of its own (not fatal) fails that event alone."""
+        KafkaException (seen when a Tansu broker restarted without its state). Once the producer has failed
+        fatally, ``produce`` refuses every record with ``_FATAL`` ("Local: Fatal error"), an error not itself
+        flagged fatal, and possibly before the error callback has said so: that too is the producer's failure,
+        not the record's (taken for the record's, every later event was refused one by one, the producer never
+        replaced). A producer call refusing one record for a reason of its own fails that event alone."""
         cause = exc if isinstance(exc, KafkaException) else exc.__cause__
         err = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
-        if isinstance(err, KafkaError) and not err.fatal() and event_id is not None:
+        if isinstance(err, KafkaError) and not err.fatal() and err.code() != KafkaError._FATAL \
+                and event_id is not None:
             self._in_flight.discard(event_id)
             raise PublishError(f"event {event_id} not sent: {err.str()}", event_ids=[event_id]) from exc
         self._abandon(f"the producer failed: {cause or exc}")

@@ -206,6 +206,60 @@ def test_a_fatal_error_reported_by_the_error_callback_is_raised_by_the_next_flus
     assert info.value.fields["event_ids"] == [sent] and pub.producer is fresh
 
 
+def test_a_produce_call_refused_because_the_producer_failed_fatally_replaces_the_producer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a fatal error librdkafka's produce() refuses every record with _FATAL, an error not flagged fatal,
+    sometimes before the error callback reports the fatal error (CI, a Tansu restart): every event in flight is
+    named, the producer replaced, and the next event goes out on the new one."""
+    class Failed(FakeProducer):
+        def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+            if self.sent:  # the first record was taken; then the producer failed
+                raise KafkaException(KafkaError(KafkaError._FATAL, "Unable to produce message: Local: Fatal error"))
+            super().produce(topic, value, key, on_delivery)
+
+        def poll(self, timeout: float = 0) -> int:
+            return 0  # the first record's delivery report never comes
+
+        def purge(self) -> None:
+            self.pending.clear()
+
+    failed, fresh = Failed(), FakeProducer()
+    pub = owning(monkeypatch, failed, fresh)
+    first = pub.publish(draft(run_id="run-1"))
+    with pytest.raises(PublishError) as info:
+        pub.publish(draft(run_id="run-2"))
+    ids = info.value.fields["event_ids"]
+    assert len(ids) == 2 and first in ids and pub.producer is fresh
+    again = pub.publish(draft(run_id="run-3"))
+    pub.flush(5)
+    assert fresh.sent[0][2] == b"run-3" and again not in ids
+
+
+def test_a_fenced_producer_is_replaced_and_the_events_it_refused_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery report of PRODUCER_FENCED (a restarted broker without its state) is not flagged fatal, but the
+    producer will refuse every later record the same way: the flush names the refused events and a new producer
+    delivers the next ones."""
+    class Fenced(FakeProducer):
+        def flush(self, timeout: float = 0) -> int:
+            pending, self.pending = self.pending, []
+            for cb in pending:
+                cb(KafkaError(KafkaError.PRODUCER_FENCED, "There is a newer producer"), None)
+            return 0
+
+        def poll(self, timeout: float = 0) -> int:
+            return len(self.pending)  # the reports come with the flush
+
+    fenced, fresh = Fenced(), FakeProducer()
+    pub = owning(monkeypatch, fenced, fresh)
+    sent = [pub.publish(draft(run_id=f"run-{i}")) for i in range(2)]
+    with pytest.raises(PublishError) as info:
+        pub.flush(5)
+    assert sorted(info.value.fields["event_ids"]) == sorted(sent) and pub.producer is fresh
+    again = pub.publish(draft(run_id="run-9"))
+    pub.flush(5)
+    assert pub.delivered == 1 and fresh.sent[0][2] == b"run-9" and again not in sent
+
+
 def test_a_record_the_producer_refuses_fails_that_event_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     class Refusing(FakeProducer):
         def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
