@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.progress import Counts, PipelineProbe, StreamProgress
+from pipeline.settings import revealed
 from pipeline.topics import ensure_topics
 
 from . import correlation, report
@@ -40,11 +41,8 @@ def settings_doc(settings: Any) -> dict[str, Any]:
     doc = dict(json.loads(settings.model_dump_json()))
     for name in type(settings).model_fields:
         value = getattr(settings, name)
-        if isinstance(value, SecretStr):
-            doc[name] = value.get_secret_value()
-        elif isinstance(value, dict):
-            doc[name] = {k: v.get_secret_value() if isinstance(v, SecretStr) else doc[name][k]
-                         for k, v in value.items()}
+        if isinstance(value, SecretStr | dict):
+            doc[name] = revealed(value)
     return doc
 
 

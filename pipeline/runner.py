@@ -32,8 +32,6 @@ from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
 
-from pydantic import SecretStr
-
 from . import correlations
 from .baselines import attach
 from .broker import EmbeddedBroker, bind_error
@@ -44,7 +42,7 @@ from .liveness import EXIT_STALLED
 from .metrics import Metrics
 from .process import ChildProcess
 from .scoring.policy import load_policy
-from .settings import ENV_PREFIX, Settings
+from .settings import ENV_PREFIX, Settings, revealed
 from .sinks.clickhouse import ClickHouseSink, wait_for
 from .topics import ensure_topics
 from .writer import Writer
@@ -64,15 +62,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build the same settings."""
     env: dict[str, str] = {}
     for name in type(settings).model_fields:
-        value = getattr(settings, name)
+        value = revealed(getattr(settings, name))
         if value is None:
             continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, dict):
-            value = json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v
-                                for k, v in value.items()})
-        elif isinstance(value, list):
+        if isinstance(value, dict | list):
             value = json.dumps(value)
         elif isinstance(value, bool):
             value = "true" if value else "false"

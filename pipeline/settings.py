@@ -55,6 +55,16 @@ taken only while such a response is read."""
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)\S*@")
 
 
+def revealed(value: Any) -> Any:
+    """A setting's value with its secrets as they are (a ``SecretStr``, or a dict of them): what a child process
+    is handed to build the same settings (``runner.settings_env``; the benchmark's worker specs)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in value.items()}
+    return value
+
+
 def redact_urls(text: str) -> str:
     """``text`` with the user info of every URL in it replaced by ``***`` (up to the last ``@`` of the URL).
 
