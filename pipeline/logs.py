@@ -20,9 +20,30 @@ from typing import Any
 from .inert import json_inert
 from .settings import redact_urls
 
+VALUE_MAX_CHARS = 16_384
+"""A logged value (message, field, traceback) is cut to this many characters, with the count of the rest: a
+field may quote an event, and a forged record's 300 KB id copied into every line about it flooded the log
+(the cut comes after :func:`~pipeline.settings.redact_urls`, so it never splits a URL's user info out of
+reach of the redaction)."""
+
+
+def _cut(text: str) -> str:
+    if len(text) <= VALUE_MAX_CHARS:
+        return text
+    return f"{text[:VALUE_MAX_CHARS]}…(+{len(text) - VALUE_MAX_CHARS} chars)"
+
+
+def _cut_field(value: Any) -> Any:
+    """A JSON line's field: a string cut (:func:`_cut`), and so each string of a list (run ids, codes)."""
+    if isinstance(value, str):
+        return _cut(redact_urls(value))
+    if isinstance(value, list | tuple):
+        return [_cut(redact_urls(v)) if isinstance(v, str) else v for v in value]
+    return value
+
 
 def _quote(value: Any) -> str:
-    text = redact_urls(str(value))
+    text = _cut(redact_urls(str(value)))
     return json_inert(json.dumps(text, ensure_ascii=False))
 
 
@@ -44,11 +65,12 @@ class JsonFormatter(logging.Formatter):
             "ts": record.created,
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _cut(redact_urls(record.getMessage())),
         }
-        doc.update(getattr(record, "kv", {}))
+        for key, value in getattr(record, "kv", {}).items():
+            doc[key] = _cut_field(value)
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = _cut(redact_urls(self.formatException(record.exc_info)))
         return json_inert(redact_urls(json.dumps(doc, default=str, ensure_ascii=False)))
 
 

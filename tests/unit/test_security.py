@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,28 @@ def test_a_password_with_a_slash_moves_into_secrets_and_no_error_shows_it(monkey
     with pytest.raises(SinkError) as caught:
         connect(settings)
     assert "S3CRET" not in str(caught.value) + repr(caught.value.fields)
+
+
+def test_redaction_is_linear_and_a_log_value_is_cut() -> None:
+    """A forged record's field quoted in a log line: the redaction took the square of its length (4.3 s for
+    128 KB of ``a://``, minutes for a megabyte, on every line about the record), and the whole field was
+    written. A megabyte now takes milliseconds (2 s is the bound: 500 times the time measured), a run with
+    no scheme name before ``://`` is redacted too, and a line's value is cut with the count of the rest."""
+    from pipeline.logs import VALUE_MAX_CHARS
+    from pipeline.settings import redact_urls
+
+    hostile = "@" + "a://" * 250_000
+    started = time.process_time()
+    assert redact_urls(hostile) == hostile  # no ``@`` after a ``://``: nothing to hide
+    assert redact_urls("x " + "a." * 500_000 + "://u:p@h") == "x " + "a." * 500_000 + "://***@h"
+    assert time.process_time() - started < 2.0
+    assert redact_urls("k=1a://u:S3CRET@h ://v:S3CRET@h") == "k=1a://***@h ://***@h"
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "paged", None, None)
+    record.kv = {"run_id": "r" * 300_000, "runs": ["s" * 300_000]}
+    for formatter in (LogfmtFormatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert len(line) < 3 * VALUE_MAX_CHARS + 1_000, len(line)
+        assert f"(+{300_000 - VALUE_MAX_CHARS} chars)" in line
 
 
 def test_errors_and_logs_redact_user_info_of_any_url(monkeypatch: pytest.MonkeyPatch) -> None:
