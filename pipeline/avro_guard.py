@@ -8,6 +8,8 @@ over the bytes that builds nothing (``Serde`` runs it on every datum before fast
   crosses it, before a single entry is built: fastavro built all of them first (460,000 empty
   ``inputs_used`` entries in a 920 KB event cost 290 ms and 89 MB before ``check_record`` counted them).
   DecodeError ``invalid_value`` naming the field, as ``check_record`` names it.
+- **More array entries that take no bytes than the datum has bytes** (an array of nulls in a registered
+  schema version: fastavro loops over 2**62 of them). DecodeError ``malformed`` naming the field.
 - **A key repeated in a map.** fastavro keeps the last value; ClickHouse's ``Map`` keeps every entry and
   ``attributes['k']`` answers the first, so the store would hold evidence other than what was scored and
   hashed. DecodeError ``invalid_value`` naming the field ("duplicate key").
@@ -80,6 +82,12 @@ def _out_of_range(what: str, index: int, path: str) -> DecodeError:
 def _too_many(path: str, count: int, cap: int) -> DecodeError:
     return DecodeError(f"{path} has {count} or more entries, over {cap} (refused while decoding)",
                        reason="invalid_value", field=path)
+
+
+def _zero_size(path: str, count: int, size: int) -> DecodeError:
+    return DecodeError(f"{path or 'the datum'} has {count} or more entries that take no bytes, more than the "
+                       f"{size}-byte message holds (fastavro would loop over every one)", reason="malformed",
+                       field=path)
 
 
 def _duplicate(path: str, key: bytes) -> DecodeError:
@@ -228,10 +236,27 @@ class _Source:
         if cap is not None:
             self.emit(ind + 1, f"if {total} > {cap}:")
             self.emit(ind + 2, f"raise too_many({path!r}, {total}, {cap})")
-        # Every entry takes a byte at least: more entries than bytes left is a datum cut short (fastavro's
-        # answer), and the walk stops before looping over them.
-        self.emit(ind + 1, f"if {count} > len(data) - pos:")
-        self.emit(ind + 2, "raise Bail")
+        if keys:
+            # Every entry takes a byte at least (its key's length): more entries than bytes left is a datum cut
+            # short (fastavro's answer), and the walk stops before looping over them.
+            self.emit(ind + 1, f"if {count} > len(data) - pos:")
+            self.emit(ind + 2, "raise Bail")
+        else:
+            # So does an array's entry, unless its type takes no byte at all (null, a fixed of size 0, a record
+            # of such): one entry is walked to tell. Bytes taken: the datum is cut short, fastavro's answer.
+            # None: fastavro would loop over every entry (a registered schema with an array of nulls and a
+            # count of 2**62 held a scorer for good), so more of them than the datum has bytes is refused.
+            probe = self.fresh("p")
+            self.emit(ind + 1, f"if {total} > len(data) or {count} > len(data) - pos:")
+            self.emit(ind + 2, f"{probe} = pos")
+            size = len(self.lines)
+            self.walk(items, ind + 2, path, namespace)
+            if len(self.lines) == size:
+                self.emit(ind + 2, "pass")
+            self.emit(ind + 2, f"if pos != {probe}:")
+            self.emit(ind + 3, "raise Bail")
+            self.emit(ind + 2, f"if {total} > len(data):")
+            self.emit(ind + 3, f"raise zero_size({path!r}, {total}, len(data))")
         self.emit(ind + 1, f"for _ in range({count}):")
         if keys:
             self.length(ind + 2, n)
@@ -260,7 +285,7 @@ def _compiled(schema_json: str, caps: tuple[tuple[tuple[str, str], int], ...]) -
     src.emit(1, "return pos")
     source = "\n".join(src.lines)
     namespace: dict[str, Any] = {"varint": varint, "Bail": _Bail, "too_many": _too_many, "duplicate": _duplicate,
-                                 "out_of_range": _out_of_range}
+                                 "out_of_range": _out_of_range, "zero_size": _zero_size}
     exec(compile(source, "<pipeline.avro_guard>", "exec"), namespace)  # our own source, made above
     return namespace["guard"], source
 
