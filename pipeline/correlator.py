@@ -61,7 +61,7 @@ from .events import TransitionDict
 from .fact_reader import FactReader
 from .facts import FACT, FINDING, partition_for
 from .keyed_state import KeyedState, order
-from .limits import STORE_TIME_MIN_MS, Limits, check_fact_time
+from .limits import FACT_MAX_BYTES, STORE_TIME_MIN_MS, Limits, check_fact_time
 from .loop import TransactionalLoop
 from .metrics import Metrics
 from .policy_watch import PolicyWatcher
@@ -122,7 +122,8 @@ class Correlator(TransactionalLoop):
         self.baselines: Baselines = baselines or (lambda agent_id: None)
         schemas = SchemaSet.load()
         registry = registry if registry is not None else make_registry(settings)
-        self.facts = Serde(schemas, registry, record=FACT, subject=f"{settings.topic_facts_by_target}-value")
+        self.facts = Serde(schemas, registry, record=FACT, subject=f"{settings.topic_facts_by_target}-value",
+                           max_bytes=FACT_MAX_BYTES)  # live, replayed, holdings and delegation edges alike
         self.reader = FactReader(self.facts)
         self.out = Serde(schemas, registry, record=FINDING, subject=f"{settings.topic_correlations}-value")
         self.graph = delegations or DelegationGraph(settings, self.facts, metrics).start()
@@ -378,8 +379,39 @@ class Correlator(TransactionalLoop):
 
     def _publish(self, f: CrossRunFinding, now_ms: int, tally: _Tally) -> None:
         record = f.to_avro(now_ms, __version__, self.policy.version)
-        self.producer.produce(self.settings.topic_correlations, self.out.encode(record), key=f.finding_id.encode())
-        tally.found.append(f)
+        value, key = self.out.encode(record), f.finding_id.encode()
+        if len(value) <= self.limits.event_bytes:
+            try:
+                self.producer.produce(self.settings.topic_correlations, value, key=key)
+            except KafkaException as exc:
+                if exc.args[0].code() not in RECORD_ERRORS:
+                    raise
+            else:
+                tally.found.append(f)
+                return
+        self._dead_finding(f, value, key, tally)
+
+    def _dead_finding(self, f: CrossRunFinding, value: bytes, key: bytes, tally: _Tally) -> None:
+        """A finding too large for one record (a chain of 100 facts with long ids) goes to the dead-letter topic,
+        its payload cut to fit (``agentgov.payload.sha256`` names the whole), and still pages. Produced as it was,
+        the producer refused it in every transaction: the batch was aborted and read again, and the correlator
+        stopped on it for good (audit, session 26)."""
+        exc = DeadLetter(f"cross-run finding {f.finding_id} ({f.spec.code}) of {len(value)} bytes does not fit in "
+                         f"a record of {self.limits.event_bytes}", reason="oversized")
+        unsent = _Unsent(self.settings.topic_correlations, key, value)
+        dlq, dead_key, headers = dead_letter(unsent, exc, exc.reason, self.limits)
+        try:
+            self.producer.produce(self.settings.topic_dlq, dlq, key=dead_key, headers=headers)
+        except KafkaException as err:
+            if err.args[0].code() not in RECORD_ERRORS:
+                raise
+            dlq, dead_key, headers = dead_letter(unsent, exc, exc.reason, self.limits, payload=False)
+            self.producer.produce(self.settings.topic_dlq, dlq, key=dead_key, headers=headers)
+        tally.dead[exc.reason] += 1
+        log.error("cross-run finding too large to publish; dead-lettered", extra={"kv": {
+            "finding_id": f.finding_id, "code": f.spec.code, "bytes": len(value), "event_id": f.event["event_id"]}})
+        if f.pattern:
+            self._page([f])
 
     def _late_edges(self, now_ms: int, tally: _Tally) -> None:
         """Judge again, by delegation laundering, the grants an edge read since they were judged can complete.
@@ -638,6 +670,30 @@ class Correlator(TransactionalLoop):
     def close(self) -> None:
         super().close()
         self.graph.stop()
+
+
+class _Unsent:
+    """A record the correlator could not produce, as :func:`~pipeline.deadletters.dead_letter` reads a message."""
+
+    __slots__ = ("_key", "_topic", "_value")
+
+    def __init__(self, topic: str, key: bytes, value: bytes) -> None:
+        self._topic, self._key, self._value = topic, key, value
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return -1
+
+    def offset(self) -> int:
+        return -1
 
 
 class _Tally:

@@ -25,8 +25,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .errors import DecodeError
 from .events import TransitionDict, identity_key
 from .facts import as_event
+from .limits import FACT_MAX_BYTES
 from .limits import SCORER_CODES_MAX as STRINGS_MAX
 from .serde import Serde
 
@@ -177,6 +179,7 @@ class FactReader:
 
     def __init__(self, serde: Serde) -> None:
         self.serde = serde
+        self.max_bytes = min(serde.max_bytes, FACT_MAX_BYTES)
         self.fast = schema_kinds(serde.current.raw) == FIELDS
         if not self.fast:
             log.warning("fact schema does not match the fast reader; decoding every fact with fastavro",
@@ -189,8 +192,10 @@ class FactReader:
         # fingerprint, or a registry id, which a Serde resolves once and for all) starts after it, as
         # current_datum_start would answer, without asking it again for every fact.
         header = self._header
-        if header is not None and data and data.startswith(header) and len(data) <= self.serde.max_bytes:
+        if header is not None and data and data.startswith(header) and len(data) <= self.max_bytes:
             start: int | None = len(header)
+        elif len(data) > FACT_MAX_BYTES:  # forged: no scorer writes one (limits.FACT_MAX_BYTES)
+            raise DecodeError(f"access fact of {len(data)} bytes exceeds {FACT_MAX_BYTES}", reason="oversized")
         else:
             start = self.serde.current_datum_start(data) if self.fast else None
             if start is not None:

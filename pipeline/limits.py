@@ -43,6 +43,14 @@ COLLECTION_MAX: dict[tuple[str, str], int] = {
 }
 """(record full name, field) -> entries: enforced while decoding (``avro_guard``, refused at the block count that
 crosses it, before any entry is built) and again by :func:`check_record` on a record built in code."""
+FACT_MAX_BYTES = 40_960
+"""An access fact record, framing included. The scorer writes one only for an event it accepted, so each of its
+17 strings is at most ``IDENT_MAX_CHARS`` characters (2,048 UTF-8 bytes and a 2-byte length), its
+``scorer_codes`` at most ``SCORER_CODES_MAX`` catalogue codes (64 bytes each is ample), its 5 numbers 10 bytes
+each: about 39 KB at the very most. A larger record on a fact, holdings or delegations topic was forged (anyone
+on loopback can write to the embedded broker), and its strings would be copied into findings and log lines: a
+300 KB ``run_id`` made a finding the producer refused, and the correlator aborted and replayed that batch for
+good (audit, session 26). Refused as ``oversized``, before it is decoded."""
 ATTRIBUTE_KEY_MAX_CHARS = 256
 ATTRIBUTE_VALUE_MAX_CHARS = 8192
 DAY_MS = 86_400_000

@@ -145,3 +145,78 @@ def test_a_fact_naming_a_source_partition_the_input_topic_lacks_is_dead_lettered
     assert asked == [6, 6, 8] and state.expected_sources == 8
     producer.real.purge()
     producer.real.flush(0)
+
+
+def test_a_fact_larger_than_any_scorer_writes_is_dead_lettered_and_the_largest_real_one_is_read() -> None:
+    """Audit, session 26: two forged by-target facts with one event id and a 300 KB ``run_id`` each made an
+    AG-XRN-006 finding of over 1 MB, which the producer refused inside the batch's transaction: the batch was
+    aborted and read again, for good. A fact record larger than :data:`FACT_MAX_BYTES` (no scorer writes one:
+    its strings are 512 characters at most) is dead-lettered ``oversized`` before it is decoded, live or
+    replayed, and nothing of it is held; the largest fact a scorer can write (every string 512 four-byte
+    characters, 64 codes) is still read."""
+    import time
+
+    from pipeline.facts import fact_from_event
+    from pipeline.limits import FACT_MAX_BYTES, IDENT_MAX_CHARS, SCORER_CODES_MAX
+    from tests.unit.scoring_factory import event
+
+    settings = Settings()
+    serde = Serde(SchemaSet.load(), record=FACT)
+    c, producer = _judge(settings)
+    now = int(time.time() * 1000)
+    forged = []
+    for partition in (0, 1):
+        f = fact_from_event(event(occurred_at=now - 60_000), partition, 10 + partition)
+        f["run_id"] = "R" * 300_000
+        forged.append(FakeMessage(serde.encode(f), topic=settings.topic_facts_by_target, offset=100 + partition))
+    tally = c.handle(forged)
+    assert tally.facts == 0 and dict(tally.dead) == {"oversized": 2} and c.states == {}
+    assert [header(h, "agentgov.error.reason") for _, _, _, h in producer.sent] == ["oversized"] * 2
+    assert all(c._decode(m) is None for m in forged)
+
+    wide = "\U0001f600" * IDENT_MAX_CHARS  # 2,048 UTF-8 bytes
+    f = fact_from_event(event(occurred_at=now - 60_000), 0, 1, [f"AG-{i:061d}" for i in range(SCORER_CODES_MAX)])
+    for name in ("event_id", "run_id", "agent_id", "on_behalf_of", "target_id", "target_type", "lifecycle_state",
+                 "action", "system", "resource_id", "entitlement", "outcome", "authority", "approved_by",
+                 "policy_id", "policy_version", "event_hash"):
+        f[name] = wide
+    largest = serde.encode(f)
+    assert FACT_MAX_BYTES - 4_096 < len(largest) <= FACT_MAX_BYTES
+    assert c.reader.read(largest)["run_id"] == wide
+    producer.real.purge()
+    producer.real.flush(0)
+
+
+def test_a_finding_too_large_for_a_record_is_dead_lettered_and_still_pages() -> None:
+    """Defence in depth behind the fact bound: a finding that does not fit in one record (a chain of a hundred
+    facts with long ids) is not produced (the producer's refusal would abort the batch for good): it goes to
+    the dead-letter topic ``oversized``, its payload cut and its digest in the headers, and its chain pages."""
+    import time
+
+    from pipeline.metrics import Metrics
+    from pipeline.scoring.crossrun import XRN_TRANSIENT_PRIVILEGE, CrossRunFinding
+    from pipeline.scoring.policy import load_policy
+    from tests.unit.scoring_factory import event
+
+    settings = Settings()
+    c, producer = _judge(settings)
+    c.out = Serde(SchemaSet.load(), record="cross_run_finding")
+    c.policy = load_policy(settings.policy_file)
+    c.metrics = Metrics()
+    ev = {**event(), "source_partition": 0, "source_offset": 1}
+    big = CrossRunFinding(XRN_TRANSIENT_PRIVILEGE, "u-1", "m" * 2 * settings.max_message_bytes, (ev,))
+    small = CrossRunFinding(XRN_TRANSIENT_PRIVILEGE, "u-2", "fits", (ev,))
+    tally = type(c.handle([]))()
+    now = int(time.time() * 1000)
+    c._publish(big, now, tally)
+    c._publish(small, now, tally)
+    assert tally.found == [small] and dict(tally.dead) == {"oversized": 1}
+    (dlq, value, _, headers), (topic, _, key, _) = producer.sent
+    assert dlq == settings.topic_dlq and topic == settings.topic_correlations and key == small.finding_id.encode()
+    assert header(headers, "agentgov.source.topic") == settings.topic_correlations
+    assert header(headers, "agentgov.payload.truncated") == "1" and len(value) <= c.limits.dlq_payload_bytes
+    assert int(header(headers, "agentgov.payload.bytes") or 0) > settings.max_message_bytes
+    assert big.finding_id in (header(headers, "agentgov.error.message") or "")
+    assert (big.pattern, ev["agent"]["agent_id"], ev["run_id"]) in c.metrics.escalation_ring._order  # paged
+    producer.real.purge()
+    producer.real.flush(0)

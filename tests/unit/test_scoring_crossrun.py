@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.events import TransitionDict
 from pipeline.facts import FACT_ACTIONS, as_event, fact_from_event, holding_key, is_delegation, partition_for
+from pipeline.limits import Limits
 from pipeline.scoring.context import AgentBaseline
 from pipeline.scoring.crossrun import (
     BY_AGENT_RULES,
@@ -1336,6 +1337,7 @@ def _bare_correlator() -> Any:
     c: Any = Correlator.__new__(Correlator)
     c._sources = 0
     c.policy, c.scorer_window_ms, c.grace_ms = POLICY, 3_600_000, 300_000
+    c.limits = Limits()
     c.graph = type("NoEdges", (), {"into": staticmethod(lambda agent: [])})()
     return c
 
