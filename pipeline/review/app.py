@@ -32,6 +32,7 @@ from markupsafe import Markup, escape
 from prometheus_client import CollectorRegistry, generate_latest
 
 from .. import __version__
+from ..errors import PublishError
 from ..inert import INVISIBLE
 from ..metrics import ReviewMetrics
 from ..scoring.policy import LoadedPolicy, load_policy
@@ -53,6 +54,12 @@ class Unauthenticated(ReviewError):
 
 class CsrfRefused(ReviewError):
     status = 403
+
+
+class NotPublished(ReviewError):
+    """The broker did not take a decision (or its effect): HTTP 503, safe to retry."""
+
+    status = 503
 
 
 @dataclass
@@ -93,13 +100,27 @@ class ReviewContext:
         """The client address failed logins are held against (:meth:`Authenticator.client_address`)."""
         return self.auth.client_address(request.client.host if request.client else None, request.headers)
 
-    def login_failed(self, host: str, via: str) -> None:
+    def login_failed(self, host: str, via: str, *, counted: bool = False) -> None:
         """A wrong token (``via`` form or bearer): counted, logged without the token, and held against the
-        client address ``host`` (:class:`LoginThrottle`)."""
-        failures = self.throttle.fail(host, time.monotonic())
+        client address ``host`` (:class:`LoginThrottle`). ``counted``: the throttle already holds it (the
+        reservation it took when it let the attempt through), so it is not counted twice."""
+        now = time.monotonic()
+        failures = self.throttle.failures(host, now) if counted else self.throttle.fail(host, now)
         self.metrics.login_failures.labels(via=via).inc()
         log.warning("failed login", extra={"kv": {"client": host or "-", "via": via, "failures": failures,
                                                   "throttled": failures >= self.throttle.max_failures}})
+
+    def login_outcome(self, request: Request, ok: bool) -> None:
+        """The login form's result, for the throttle: the attempt :class:`LoginThrottle` reserved stays a
+        failure when the token was wrong, and is given back when it was right, or when the form checks no
+        token (proxy mode)."""
+        reserved: tuple[str, float] | None = request.scope.get("state", {}).get(LOGIN_RESERVATION)
+        if ok or self.settings.review_auth != "token":
+            if reserved is not None:
+                self.throttle.release(*reserved)
+            return
+        self.login_failed(reserved[0] if reserved else self.client_address(request), "form",
+                          counted=reserved is not None)
 
     def refresh_metrics(self) -> None:
         """Set the review gauges from the store, at most once per ``review_metrics_refresh_seconds``.
@@ -138,6 +159,7 @@ class ReviewContext:
 
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOGIN_RESERVATION = "agentgov_login_reservation"  # scope["state"] key: (address, time) LoginThrottle counted
 
 
 class AuthenticatedWrites:
@@ -175,6 +197,11 @@ class LoginThrottle:
     the window gets 429 with ``Retry-After`` for every token it presents (login form or bearer), before any
     is checked; a wrong bearer token is a failed login (the login form's handler reports its own).
 
+    Each attempt let through is counted at once (:meth:`FailureThrottle.reserve`) and given back when the
+    token was right: the form's token is checked in the thread pool after this middleware returned to the
+    loop, so checking here and counting there let ~50 of 400 concurrent wrong tokens through instead of
+    ``max_failures``. The form's handler settles its reservation (:meth:`ReviewContext.login_outcome`).
+
     Without it, 300 wrong tokens in 12 s were 300 quiet 401s. The address is the TCP peer (uvicorn runs with
     ``proxy_headers=False``) unless ``review_client_address_header`` names the header a trusted TLS-ending
     proxy sets (:meth:`ReviewContext.client_address`): without it, behind a proxy every client shares the
@@ -193,16 +220,21 @@ class LoginThrottle:
         if bearer is None and not (scope["method"] == "POST" and scope["path"] == "/login"):
             await self.app(scope, receive, send)
             return
-        host = self.ctx.client_address(request)
-        wait = self.ctx.throttle.retry_after(host, time.monotonic())
+        host, now = self.ctx.client_address(request), time.monotonic()
+        wait = self.ctx.throttle.reserve(host, now)  # checked and counted in one step
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             response = JSONResponse({"error": f"too many failed logins from this address; retry in {seconds} s"},
                                     status_code=429, headers={"Retry-After": str(seconds)})
             await response(scope, receive, send)
             return
-        if bearer is not None and self.ctx.auth.login(bearer) is None:
-            self.ctx.login_failed(host, "bearer")
+        if bearer is not None:
+            if self.ctx.auth.login(bearer) is None:
+                self.ctx.login_failed(host, "bearer", counted=True)
+            else:
+                self.ctx.throttle.release(host, now)
+        else:  # the form's token is checked later, in the thread pool: its handler settles the reservation
+            scope.setdefault("state", {})[LOGIN_RESERVATION] = (host, now)
         await self.app(scope, receive, send)
 
 
@@ -297,6 +329,17 @@ def create_app(settings: Settings, sink: ClickHouseSink, *, policy: LoadedPolicy
         return templates.TemplateResponse(request, "error.html", {"status": status, "error": exc.message,
                                                                   "current": body.get("current"), "actor": None},
                                           status_code=status)
+
+    @app.exception_handler(PublishError)
+    async def publish_error(request: Request, exc: PublishError) -> Response:
+        """The broker refused or timed out: 503, saying whether anything was applied, instead of a bare 500.
+
+        A decision is published before its effect (service.py, write-ahead): when the decision itself failed,
+        nothing was applied; when its effect failed, the decision stands and the retry publishes the effect."""
+        log.warning("publish failed", extra={"kv": {"path": request.url.path, "topic": exc.fields.get("topic"),
+                                                    "error": exc.message[:300]}})
+        return await review_error(request, NotPublished(
+            exc.fields.get("hint") or "the decision could not be published to Kafka; it was not applied; retry"))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> PlainTextResponse:  # on the loop: it answers even while every pool thread is busy

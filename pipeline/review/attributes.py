@@ -192,7 +192,7 @@ class AttributeReviews:
         if row is None:
             raise ReviewError(f"attribute {name!r} is not in review {rid}")
         sid = f"{rid}/{name}"
-        with self.recert.service._lock:
+        with self.recert.service.writing(sid):
             state, version, _ = self.recert.service.store.state("attribute", sid)
             if version != expected_version:
                 raise ReviewError(f"attribute decision changed since the page was loaded (version {version})")
@@ -228,7 +228,7 @@ class AttributeReviews:
         missing = satisfies(new_text, rev["workflow"], verdicts, usage)
         if diff and missing:
             notes += [f"not covered by the diff: {m}" for m in missing]
-        with self.recert.service._lock:
+        with self.recert.service.writing(rid):
             self._unchanged(rid, rev, "propose")
             record = decision("attributes.propose", "attribute_review", rid, rev["version"] + 1, actor, now_ms(),
                               from_state=rev["state"], to_state="proposed",
@@ -278,7 +278,7 @@ class AttributeReviews:
         if missing:
             raise ReviewError(f"policy version {loaded.version} does not include the decisions yet: "
                               + "; ".join(missing[:5]))
-        with self.recert.service._lock:
+        with self.recert.service.writing(rid):
             self._unchanged(rid, rev, "link")
             record = decision("attributes.included", "attribute_review", rid, rev["version"] + 1, actor, now_ms(),
                               from_state=rev["state"], to_state="included",

@@ -18,7 +18,7 @@ from ..metrics import RecertMetrics
 from .api import UtcDatetime
 from .app import ReviewContext, ctx_of
 from .attributes import AttributeReviews, PolicyWatch
-from .model import MAX_TEXT, ReviewError, ascii_digits
+from .model import MAX_DIGITS, MAX_TEXT, ReviewError, ascii_digits, whole_number
 from .pages import date_ms
 from .recert import ITEM_STATES, RECOMMENDATIONS, Scope, progress
 from .recert_service import RecertService
@@ -89,9 +89,7 @@ def _render(ctx: ReviewContext, request: Request, name: str, status: int = 200, 
 def _int(value: str, what: str) -> int | None:
     if not value.strip():
         return None
-    if not ascii_digits(value.strip()):
-        raise ReviewError(f"{what} must be a whole number (digits 0-9), got {value!r}")
-    return int(value)
+    return whole_number(value.strip(), what)
 
 
 # -- campaign pages -------------------------------------------------------------------------------
@@ -173,7 +171,8 @@ async def bulk(request: Request, ctx: Ctx, recert: Recert, cid: str) -> HTMLResp
     for value in form.getlist("sel"):
         iid, _, version = str(value).rpartition("@")
         if not iid or not ascii_digits(version):
-            raise ReviewError(f"bad selection {value!r}")
+            raise ReviewError(f"bad selection {str(value)[:80]!r}: expected <item id>@<version of at most "
+                              f"{MAX_DIGITS} digits>")
         selection[iid] = int(version)
     end_date = str(form.get("end_date") or "")
     result = await run_in_threadpool(recert.bulk, actor, cid, str(form.get("action", "")), selection,

@@ -86,10 +86,23 @@ class Conflict(ReviewError):
     status = 409
 
 
+MAX_DIGITS = 18
+"""Digits of a version, an item number or a count typed into a form or a path: 18 hold any of them (< 2**63)."""
+
+
 def ascii_digits(value: str) -> bool:
-    """Whether ``value`` is a whole number in ASCII digits. ``str.isdigit`` alone also accepts '²', which
-    ``int`` refuses (a 500), and '٣', which ``int`` silently reads as 3."""
-    return value.isascii() and value.isdigit()
+    """Whether ``value`` is a whole number in at most :data:`MAX_DIGITS` ASCII digits. ``str.isdigit`` alone
+    also accepts '²', which ``int`` refuses (a 500), and '٣', which ``int`` silently reads as 3; and ``int``
+    refuses more than 4,300 digits with a ValueError (another 500), so the length is bounded here too."""
+    return value.isascii() and value.isdigit() and len(value) <= MAX_DIGITS
+
+
+def whole_number(value: str, what: str) -> int:
+    """``value`` as an int, or a :class:`ReviewError` (400) naming ``what``: the one reading of a number a user
+    typed (:func:`ascii_digits`); the message quotes at most 40 characters of what was sent."""
+    if not ascii_digits(value):
+        raise ReviewError(f"{what} must be a whole number of at most {MAX_DIGITS} digits 0-9, got {value[:40]!r}")
+    return int(value)
 
 
 def finding_id(event_id: str, code: str) -> str:
@@ -160,13 +173,36 @@ class Actor:
         return not set(self.roles) & {"reviewer", "approver"}
 
 
+DECISION_IDS = uuid.UUID("0b7e9c52-3f1d-5a8e-b6c4-2d9f7a1e4c30")
+"""Namespace of the decisions' ids (uuid5, :func:`decision_id`)."""
+REMEDIATION_IDS = uuid.UUID("5f0c4f3e-7a51-4b8e-9a2d-6c1d2f3a4b5c")
+"""Namespace of the remediation requests' ids (uuid5 of the id of the decision that raised the request)."""
+
+
+def decision_id(subject_kind: str, subject_id: str, version: int, kind: str, actor: str) -> str:
+    """The id of a decision: the same for the same actor's same decision on the same version of a subject.
+
+    The ``decisions`` table is a ReplacingMergeTree ordered by (subject, version, decision_id): a request
+    retried after the app restarted (and forgot what it had published, :meth:`ReviewService.writing`)
+    publishes the same id again, and the two rows fold into one instead of two decisions at one version."""
+    name = "\x1f".join((subject_kind, subject_id, str(version), kind, actor))
+    return str(uuid.uuid5(DECISION_IDS, name))
+
+
+def remediation_id(decision_id: str) -> str:
+    """The id of the remediation request a decision raises: a retried decision raises the same request, which
+    a remediation system dedupes by ``request_id``."""
+    return str(uuid.uuid5(REMEDIATION_IDS, decision_id))
+
+
 def decision(kind: str, subject_kind: str, subject_id: str, version: int, actor: Actor, now_ms: int, *,
              from_state: str | None = None, to_state: str | None = None, classification: str | None = None,
              reason: str | None = None, comment: str | None = None,
              payload: dict[str, str] | None = None) -> dict[str, Any]:
-    """A ``ReviewDecision`` record (schemas/review_decision.avsc)."""
+    """A ``ReviewDecision`` record (schemas/review_decision.avsc), with its deterministic id (:func:`decision_id`)."""
     return {
-        "decision_id": str(uuid.uuid4()), "kind": kind, "subject_kind": subject_kind, "subject_id": subject_id,
+        "decision_id": decision_id(subject_kind, subject_id, version, kind, actor.user), "kind": kind,
+        "subject_kind": subject_kind, "subject_id": subject_id,
         "subject_version": version, "actor": actor.user, "actor_roles": list(actor.roles), "decided_at": now_ms,
         "from_state": from_state, "to_state": to_state, "classification": classification, "reason": reason,
         "comment": comment, "payload": {k: v for k, v in (payload or {}).items() if v is not None},

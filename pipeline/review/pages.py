@@ -19,6 +19,7 @@ from .model import (
     CLASSIFICATIONS,
     EXCEPTION_STATUSES,
     FINDING_STATES,
+    MAX_DIGITS,
     REASONS,
     REVIEW_SEVERITIES,
     Actor,
@@ -90,9 +91,8 @@ def _secure(ctx: ReviewContext, request: Request) -> bool:
 @_route("POST", "/login")
 def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "") -> Response:
     actor = ctx.auth.login(token) if ctx.settings.review_auth == "token" else None
+    ctx.login_outcome(request, actor is not None)  # a failure counted once: LoginThrottle reserved it
     if actor is None:
-        if ctx.settings.review_auth == "token":
-            ctx.login_failed(ctx.client_address(request), "form")
         return _render(ctx, request, "login.html", None, status=401, error="unknown token",
                        mode=ctx.settings.review_auth)
     response = RedirectResponse("/queue", status_code=303)
@@ -150,7 +150,8 @@ async def bulk(request: Request, ctx: Ctx) -> HTMLResponse:
         for value in form.getlist("sel"):
             fid, _, version = str(value).rpartition("@")
             if not fid or not ascii_digits(version):
-                raise ReviewError(f"bad selection {value!r}")
+                raise ReviewError(f"bad selection {str(value)[:80]!r}: expected <finding id>@<version of at most "
+                                  f"{MAX_DIGITS} digits>")
             selection[fid] = int(version)
         result = await run_in_threadpool(ctx.service.bulk, actor, action, selection=selection,
                                          classification=text["classification"], reason=text["reason"],

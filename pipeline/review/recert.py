@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import MAX_TEXT, Actor, Forbidden, ReviewError, ascii_digits, require_role, same_person
+from .model import MAX_DIGITS, MAX_TEXT, Actor, Forbidden, ReviewError, ascii_digits, require_role, same_person
 
 RECOMMENDATIONS = ("revoke", "certify", "none")
 ITEM_STATES = ("pending", "certified", "revoked")
@@ -141,8 +141,8 @@ def item_id(cid: str, n: int) -> str:
 
 def split_item_id(iid: str) -> tuple[str, int]:
     cid, _, n = iid.rpartition("/")
-    if not cid.startswith("CMP-") or not ascii_digits(n):
-        raise ReviewError(f"not a campaign item id: {iid!r}")
+    if not cid.startswith("CMP-") or not ascii_digits(n):  # bounded: int() of 5,000 digits was a 500
+        raise ReviewError(f"not a campaign item id: {iid[:80]!r} (CMP-<id>/<number of at most {MAX_DIGITS} digits>)")
     return cid, int(n)
 
 
@@ -165,11 +165,15 @@ def check_new_campaign(actor: Actor, *, name: str, owner: str, due_at_ms: int, n
 def check_item_decision(actor: Actor, *, state: str, assignee: str, owner: str, campaign_state: str, action: str,
                         justification: str | None, certify_needs_justification: bool,
                         reassign_to: str | None = None, end_ms: int | None = None, now_ms: int = 0,
-                        due_at_ms: int | None = None, target: str = "") -> str:
+                        due_at_ms: int | None = None, target: str = "", approved_by: str = "") -> str:
     """The state ``action`` leads an item to; raises :class:`ReviewError` when not allowed.
 
     ``due_at_ms`` is the campaign's due date: a revoke's end date may lie at most ``REVOKE_END_MAX_DAYS``
-    after it (without a bound, a far-future end date kept the access as if certified)."""
+    after it (without a bound, a far-future end date kept the access as if certified).
+
+    Separation of duties, as the workbench's ``check_not_own``: nobody but to reassign it decides an item
+    about their own access (``target``) or about a grant they approved (``approved_by``, the human approver
+    the snapshot recorded); certifying one's own approval attests nothing."""
     require_role(actor.roles, "reviewer")
     if campaign_state != "open":
         raise ReviewError("the campaign is signed off; its items cannot change")
@@ -181,6 +185,8 @@ def check_item_decision(actor: Actor, *, state: str, assignee: str, owner: str, 
         raise ReviewError(f"item is already {state}")
     if action != "reassign" and same_person(actor.user, target):
         raise Forbidden("separation of duties: this item is access you hold; reassign it to another reviewer")
+    if action != "reassign" and approved_by and same_person(actor.user, approved_by):
+        raise Forbidden("separation of duties: you approved this grant; reassign it to another reviewer")
     text = (justification or "").strip()
     if len(text) > MAX_TEXT:
         raise ReviewError(f"justification longer than {MAX_TEXT} characters")

@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import PublishError
 from ..scoring.policy import GovernancePolicy
-from .model import Actor, Conflict, ReviewError, decision, require_role
+from .model import Actor, Conflict, ReviewError, decision, remediation_id, require_role
 from .recert import (
     Evidence,
     Scope,
@@ -63,8 +62,6 @@ def _input(value: Any) -> str:
     return f"{name}:{source}"
 
 
-REMEDIATION_IDS = uuid.UUID("5f0c4f3e-7a51-4b8e-9a2d-6c1d2f3a4b5c")
-"""Namespace of the remediation requests' ids (uuid5 of the revoke decision's id)."""
 
 class RecertService:
     def __init__(self, service: ReviewService, store: RecertStore,
@@ -169,7 +166,7 @@ class RecertService:
         campaign = campaign or self.store.campaign(cid)
         if campaign is None:
             raise ReviewError(f"no such campaign {cid}")
-        with self.service._lock:
+        with self.service.writing(iid):
             item = self.store.item(iid)
             if item is None:
                 raise ReviewError(f"no such item {iid}")
@@ -183,7 +180,7 @@ class RecertService:
                 campaign_state=campaign["state"], action=action, justification=justification,
                 certify_needs_justification=self.governance.review.certify_justification_required,
                 reassign_to=reassign_to, end_ms=end_ms, now_ms=t, due_at_ms=campaign["due_at"],
-                target=item["target_id"])
+                target=item["target_id"], approved_by=item.get("approved_by") or "")
             if action == "reassign":
                 self._check_reviewer((reassign_to or "").strip(), "reassign to:")
             payload = {"campaign_id": cid, "assignee": (reassign_to or "").strip() or item["assignee"],
@@ -223,7 +220,7 @@ class RecertService:
             actor, iid, action, version, justification=justification, end_ms=end_ms, campaign=campaign))
 
     def signoff(self, actor: Actor, cid: str, expected_version: int, comment: str | None) -> dict[str, Any]:
-        with self.service._lock:
+        with self.service.writing(cid):
             campaign = self.store.campaign(cid)
             if campaign is None:
                 raise ReviewError(f"no such campaign {cid}")
@@ -259,7 +256,7 @@ class RecertService:
         end = f" (end of access: {item['end_date']} ms)" if item.get("end_date") else ""
         # One id per revoke decision: a sign-off retried after a failed publish sends the same requests again,
         # which a remediation system dedupes by request_id, not a second set.
-        return {"request_id": str(uuid.uuid5(REMEDIATION_IDS, item["last_decision_id"])),
+        return {"request_id": remediation_id(item["last_decision_id"]),
                 "decision_id": item["last_decision_id"],
                 "finding_id": item["item_id"], "code": "RECERT-REVOKE", "severity": worst,
                 "agent_id": item["agent_id"], "run_id": item["grant_run_id"], "target_id": item["target_id"],

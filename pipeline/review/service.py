@@ -5,10 +5,17 @@ to the compacted ``agentgov.exceptions.v1`` that scorers follow; true-positive c
 ``RemediationRequest`` on ``agentgov.remediations.v1``), and the writer appends them. A write answers
 only once its decision is visible in the store, so the page that follows shows it.
 
-Optimistic concurrency: every form carries the version it was rendered from. Under one lock, the service
-reads the current version, refuses a stale one with :class:`Conflict` (HTTP 409 with the current state),
-publishes version + 1 and waits for it to be stored. One app instance serialises its writers this way;
-several instances would need a partitioned owner per subject (docs/review.md, limits).
+Optimistic concurrency: every form carries the version it was rendered from. Under one lock
+(:meth:`ReviewService.writing`, which every write path of the workbench takes), the service reads the current
+version, refuses a stale one with :class:`Conflict` (HTTP 409 with the current state), publishes version + 1
+and waits for it to be stored. One app instance serialises its writers this way; several instances would need
+a partitioned owner per subject (docs/review.md, limits). A decision published but not yet visible when its
+request gave up (503) is remembered, and the subject takes no other decision until it is visible: otherwise
+the next request read the version before it and published a second decision at the same version.
+
+Write-ahead: the decision (the audit record) is published before its effect (the ``RiskException`` scorers
+act on, the ``RemediationRequest``). A failure in between leaves a recorded decision whose effect is owed, and
+the next write on the subject publishes the effect first; never an effect that no decision accounts for.
 
 Every method here blocks (store queries, the producer's flush, :meth:`ReviewService.wait_stored`'s polling,
 the lock): the app calls them in its thread pool (``run_in_threadpool``), never on the event loop, where one
@@ -25,8 +32,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Producer
@@ -47,6 +55,7 @@ from .model import (
     decision,
     finding_id,
     new_exception,
+    remediation_id,
     require_role,
     split_finding_id,
 )
@@ -54,6 +63,10 @@ from .store import QueueFilter, ReviewStore
 
 log = logging.getLogger(__name__)
 BULK_MAX = 5000
+PENDING_MAX = 10_000
+PENDING_EXPIRY_SECONDS = 3600.0
+"""How long a published decision that never showed up in the store holds its subject: generous (a writer an
+hour behind is an incident of its own), but not for ever, so one lost record does not freeze a subject."""
 
 
 def now_ms() -> int:
@@ -64,6 +77,16 @@ class NotStored(ReviewError):
     """Published, but not visible in the store in time (the writer is behind): HTTP 503, safe to reload."""
 
     status = 503
+
+
+@dataclass
+class Pending:
+    """A decision published on a subject and not yet seen in the store, and the effects it still owes."""
+
+    version: int
+    exception: bool  # visible means its RiskException record too (wait_stored's ``exception``)
+    since: float  # time.monotonic() of the publish
+    owed: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)  # (record, topic, key, value)
 
 
 class ReviewService:
@@ -82,6 +105,67 @@ class ReviewService:
         }
         self.producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
         self._lock = threading.Lock()
+        self._pending: dict[str, Pending] = {}  # subject id -> its published, not yet visible decision; oldest first
+        self._pending_lock = threading.Lock()  # wait_stored also runs outside the write lock (campaign create)
+
+    # -- the write lock ---------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, subject_id: str) -> Iterator[None]:
+        """The write lock, for a decision on ``subject_id``: every write path of the workbench (findings,
+        exceptions, recertification, attribute reviews) reads the subject's version and publishes the next
+        one inside it.
+
+        First, a decision on the subject that was published but not yet visible (its request answered 503)
+        is waited for, and the effects it still owes are published: reading the version before it would let
+        this write pass the version check with the same expected version and publish a second, conflicting
+        decision at that version. While it is still not visible the write is refused (:class:`NotStored`,
+        503), never published."""
+        with self._lock:
+            self._settle(subject_id)
+            yield
+
+    def _settle(self, subject_id: str) -> None:
+        with self._pending_lock:
+            p = self._pending.get(subject_id)
+        if p is None:
+            return
+        kv = {"subject": subject_id, "version": p.version, "age_s": round(time.monotonic() - p.since, 1)}
+        if time.monotonic() - p.since > PENDING_EXPIRY_SECONDS:
+            self._forget(subject_id, p.version)
+            log.warning("published decision never seen stored; its subject takes decisions again",
+                        extra={"kv": {**kv, "owed": [o[0] for o in p.owed]}})
+            return
+        while p.owed:  # a PublishError here answers 503 again, and the next write tries again
+            name, topic, key, value = p.owed[0]
+            self._publish(name, topic, key, value)
+            p.owed.pop(0)
+            log.info("owed effect of a decision published", extra={"kv": {**kv, "record": name}})
+        if not self._visible(subject_id, p.version, exception=p.exception):
+            log.warning("write refused: an earlier decision is still being stored", extra={"kv": kv})
+            raise NotStored(f"an earlier decision on {subject_id} (version {p.version}) is still being stored; "
+                            "reload shortly")
+        self._forget(subject_id, p.version)
+
+    def _published(self, subject_id: str, version: int, *, exception: bool = False) -> None:
+        """Remember that ``version`` of ``subject_id`` is published, until it is seen stored (bounded)."""
+        now = time.monotonic()
+        with self._pending_lock:
+            self._pending.pop(subject_id, None)
+            while self._pending:
+                oldest_id, oldest = next(iter(self._pending.items()))
+                if len(self._pending) < PENDING_MAX and now - oldest.since <= PENDING_EXPIRY_SECONDS:
+                    break
+                del self._pending[oldest_id]
+                log.warning("forgot a published decision never seen stored", extra={"kv": {
+                    "subject": oldest_id, "version": oldest.version, "age_s": round(now - oldest.since, 1),
+                    "owed": [o[0] for o in oldest.owed]}})
+            self._pending[subject_id] = Pending(version, exception, now)
+
+    def _forget(self, subject_id: str, version: int) -> None:
+        with self._pending_lock:
+            p = self._pending.get(subject_id)
+            if p is not None and p.version <= version:
+                del self._pending[subject_id]
 
     # -- publishing -------------------------------------------------------------------------------
     def _publish(self, record_name: str, topic: str, key: str, record: dict[str, Any]) -> None:
@@ -96,6 +180,32 @@ class ReviewService:
         if left or errors:
             raise PublishError(f"could not publish to {topic}: {errors or 'timed out'}", topic=topic)
 
+    def _publish_decision(self, record: dict[str, Any], *, exception: bool = False) -> None:
+        """Publish a decision (keyed by its subject) and remember it until it is seen stored."""
+        sid = record["subject_id"]
+        self._publish("review_decision", self.settings.topic_decisions, sid, record)
+        self._published(sid, record["subject_version"], exception=exception)
+
+    def _publish_effect(self, record: dict[str, Any], name: str, topic: str, value: dict[str, Any],
+                        what: str) -> None:
+        """Publish the effect of the decision ``record``, published just before. When it fails, the decision
+        stands (it is the audit record) and the effect is owed: the next write on the subject publishes it
+        first (:meth:`writing`). The request answers 503 saying so."""
+        sid, version = record["subject_id"], record["subject_version"]
+        try:
+            self._publish(name, topic, sid, value)
+        except PublishError as exc:
+            with self._pending_lock:
+                p = self._pending.get(sid)
+                if p is not None and p.version == version:
+                    p.owed.append((name, topic, sid, value))
+            log.error("decision published, its effect not", extra={"kv": {
+                "subject": sid, "version": version, "decision_id": record["decision_id"], "record": name,
+                "error": exc.message[:300]}})
+            raise PublishError(exc.message, topic=topic, hint=(
+                f"the decision on {sid} is recorded, but its {what} could not be published yet; "
+                "retry to publish it")) from exc
+
     def wait_stored(self, subject_id: str, version: int, *, exception: bool = False, seconds: float | None = None
                     ) -> None:
         """Return once the decision (and for an exception, its record) is readable from the store, within
@@ -103,14 +213,29 @@ class ReviewService:
         services (review, recertification, attribute review) all publish, then wait here.
 
         An exception's record and its decision go to two topics; the writer may store them in separate
-        inserts, so waiting for the decision alone let the next request read the previous version."""
+        inserts, so waiting for the decision alone let the next request read the previous version.
+
+        Until it is visible, the version is remembered as published (:meth:`writing`): a request that gave up
+        here has published it all the same."""
+        with self._pending_lock:
+            known = self._pending.get(subject_id)
+        if known is None or known.version != version:
+            self._published(subject_id, version, exception=exception)
+        if not self._visible(subject_id, version, exception=exception, seconds=seconds):
+            raise NotStored(f"decision published but not yet stored (subject {subject_id} v{version}); "
+                            "reload shortly")
+        self._forget(subject_id, version)
+
+    def _visible(self, subject_id: str, version: int, *, exception: bool = False, seconds: float | None = None
+                 ) -> bool:
         deadline = time.monotonic() + (seconds or self.settings.review_store_wait_seconds)
-        while time.monotonic() < deadline:
+        while True:
             if self.store.has_decision(subject_id, version) and (
                     not exception or self.store.has_exception_version(subject_id, version)):
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.1)
-        raise NotStored(f"decision published but not yet stored (subject {subject_id} v{version}); reload shortly")
 
     # -- findings ---------------------------------------------------------------------------------
     def transition(self, actor: Actor, fid: str, action: str, expected_version: int, *,
@@ -124,7 +249,7 @@ class ReviewService:
             raise ReviewError(f"no such finding {fid}")
         if action in ("acknowledge", "close"):  # reopening only puts it back in the queue
             check_not_own(actor.user, self.store.parties(finding), f"finding {fid}")
-        with self._lock:
+        with self.writing(fid):
             state, version, assignee = self.store.state("finding", fid)
             if version != expected_version:
                 raise Conflict(f"finding changed since the form was loaded: it is {state} at version {version}",
@@ -138,9 +263,14 @@ class ReviewService:
             record = decision(f"finding.{action}", "finding", fid, version + 1, actor, t, from_state=state,
                               to_state=to_state, classification=classification if action == "close" else None,
                               reason=reason if action == "close" else None, comment=comment or None, payload=payload)
+            request = None
             if action == "close" and classification == "true_positive":
-                record["payload"]["remediation_id"] = self._remediate(finding, record, actor, t)
-            self._publish("review_decision", self.settings.topic_decisions, fid, record)
+                request = self._remediation(finding, record, actor, t)
+                record["payload"]["remediation_id"] = request["request_id"]
+            self._publish_decision(record)  # the audit record first: never a request no decision accounts for
+            if request is not None:
+                self._publish_effect(record, "remediation_request", self.settings.topic_remediations, request,
+                                     "remediation request")
             self.wait_stored(fid, version + 1)
         if self.metrics is not None:
             self.metrics.decisions.labels(kind=record["kind"]).inc()
@@ -153,16 +283,18 @@ class ReviewService:
                                                   "version": version + 1}})
         return record
 
-    def _remediate(self, finding: dict[str, Any], record: dict[str, Any], actor: Actor, t: int) -> str:
-        request_id = str(uuid.uuid4())
-        self._publish("remediation_request", self.settings.topic_remediations, record["subject_id"], {
-            "request_id": request_id, "decision_id": record["decision_id"], "finding_id": record["subject_id"],
+    @staticmethod
+    def _remediation(finding: dict[str, Any], record: dict[str, Any], actor: Actor, t: int) -> dict[str, Any]:
+        """The request a true-positive close raises; its id follows from the decision's, so a retried close
+        raises the same request (a remediation system dedupes by ``request_id``)."""
+        return {
+            "request_id": remediation_id(record["decision_id"]), "decision_id": record["decision_id"],
+            "finding_id": record["subject_id"],
             "code": finding["code"], "severity": finding["severity"], "agent_id": finding["agent_id"],
             "run_id": finding["run_id"], "target_id": finding["target_id"],
             "related_event_ids": list(finding["related_event_ids"]) or [finding["event_id"]],
             "reason": record["reason"], "comment": record["comment"] or "", "requested_by": actor.user,
-            "requested_at": t})
-        return request_id
+            "requested_at": t}
 
     def bulk(self, actor: Actor, action: str, *, selection: dict[str, int] | None = None,
              matching: QueueFilter | None = None, classification: str | None = None, reason: str | None = None,
@@ -193,7 +325,7 @@ class ReviewService:
 
     def decide_exception(self, actor: Actor, exception_id: str, action: str, expected_version: int,
                          comment: str | None = None) -> dict[str, Any]:
-        with self._lock:
+        with self.writing(exception_id):
             current = self.store.exception(exception_id)
             if current is None:
                 raise ReviewError(f"no such exception {exception_id}")
@@ -208,7 +340,7 @@ class ReviewService:
     def _store_exception(self, actor: Actor, record: dict[str, Any], action: str, from_state: str | None, *,
                          comment: str | None, locked: bool = False) -> None:
         if not locked:
-            with self._lock:
+            with self.writing(record["exception_id"]):
                 self._store_exception(actor, record, action, from_state, comment=comment, locked=True)
             return
         xid = record["exception_id"]
@@ -216,8 +348,8 @@ class ReviewService:
                    "expires_at": str(record["expires_at"])}
         d = decision(f"exception.{action}", "exception", xid, record["version"], actor, record["updated_at"],
                      from_state=from_state, to_state=record["state"], comment=comment or None, payload=payload)
-        self._publish("risk_exception", self.settings.topic_exceptions, xid, record)
-        self._publish("review_decision", self.settings.topic_decisions, xid, d)
+        self._publish_decision(d, exception=True)  # the audit record first: never a RiskException unaccounted for
+        self._publish_effect(d, "risk_exception", self.settings.topic_exceptions, record, "exception record")
         self.wait_stored(xid, record["version"], exception=True)
         if self.metrics is not None:
             self.metrics.decisions.labels(kind=d["kind"]).inc()

@@ -154,7 +154,8 @@ class ExportCursor:
             at, rank, key, version = json.loads(raw)
             # In the store's range (utc): year 1 was a ClickHouse error (a 500), year 9999 silently no rows.
             cursor = cls(utc(datetime.fromisoformat(at)).replace(tzinfo=None), int(rank), str(key), int(version))
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError, OverflowError) as exc:
+            # RecursionError: json.loads of a token that decodes to 1,500 nested '[' (a 500 before)
             raise ValueError(f"not an export cursor: {token[:80]!r}") from exc
         if cursor.rank not in (0, 1) or not -2**31 <= cursor.version < 2**31:
             raise ValueError(f"not an export cursor: {token[:80]!r}")

@@ -74,6 +74,8 @@ DECISION_CASES = [
     ({"action": "revoke", "end_ms": 5 * DAY + 90 * DAY, "now_ms": 1_000, "due_at_ms": 5 * DAY}, "revoked"),
     ({"action": "reassign", "reassign_to": "rita"}, "pending"),
     ({"action": "reassign", "reassign_to": "rita", "target": "alice"}, "pending"),  # the way out of one's own
+    ({"action": "reassign", "reassign_to": "rita", "approved_by": "alice"}, "pending"),  # and of one's approval
+    ({"approved_by": "mgr-eng"}, "certified"),
     ({"target": "rita"}, "certified"),
     ({"action": "certify", "justification": "", "certify_needs_justification": False}, "certified"),
     ({"actor": Actor("rita", ("reviewer",)), "assignee": "rita"}, "certified"),
@@ -92,6 +94,9 @@ REFUSED_CASES = [
     ({"target": "alice"}, Forbidden, "separation of duties: this item is access you hold"),
     ({"target": "ALICE"}, Forbidden, "separation of duties: this item is access you hold"),  # any spelling
     ({"action": "revoke", "target": "alice"}, Forbidden, "separation of duties"),
+    ({"approved_by": "alice"}, Forbidden, "separation of duties: you approved this grant"),
+    ({"approved_by": "Alice"}, Forbidden, "you approved this grant"),  # any spelling
+    ({"action": "revoke", "approved_by": "alice"}, Forbidden, "you approved this grant"),
     ({"campaign_state": "closed"}, ReviewError, "signed off"),
     ({"action": "delete"}, ReviewError, "unknown action"),
     ({"actor": Actor("rita", ("reviewer",))}, Forbidden, "assigned to alice"),

@@ -6,6 +6,7 @@ is replaced by recording."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -402,6 +403,27 @@ def test_recert_items_and_signoff_are_not_decided_by_the_holder(make_app: Callab
     assert published[0]["comment"] == "reviewed with the owners"  # the attestation came in the body
 
 
+def test_a_recert_item_is_not_certified_by_the_grants_approver(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The item's snapshot names the grant's human approver: certifying one's own approval attests nothing."""
+    app, _ = make_app()
+    cid = "CMP-000000000009"
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(app.state.recert.store, "campaign", lambda _c: _campaign(cid))
+    monkeypatch.setattr(app.state.recert.store, "item", lambda _i: _item(cid, state="pending", version=1,
+                                                                          approved_by="Alice"))
+    monkeypatch.setattr(app.state.recert, "_publish_many", lambda _key, records: published.extend(records))
+    monkeypatch.setattr(app.state.ctx.service, "wait_stored", lambda *_a, **_k: None)
+    alice = Client(app, "alice")
+    r = alice.post(f"/api/campaigns/{cid}/items/0000001", {"action": "certify", "expected_version": 1,
+                                                           "justification": "approved it myself"})
+    assert r.status_code == 403 and "you approved this grant" in r.json()["error"], r.text
+    r = alice.post(f"/api/campaigns/{cid}/items/0000001", {"action": "reassign", "expected_version": 1,
+                                                           "justification": "I approved it", "reassign_to": "rita"})
+    assert r.status_code == 200, r.text
+    assert [p["kind"] for p in published] == ["campaign.reassign"]
+
+
 def test_the_signoff_attestation_travels_in_the_body_not_the_url(make_app: Callable[..., tuple[FastAPI, FakeSink]]
                                                                  ) -> None:
     """A query string lands in access logs; the attestation is the signer's words about the campaign."""
@@ -444,7 +466,7 @@ def test_metrics_scrapes_read_the_store_at_most_once_per_interval(
     one_read = _scrape_queries(app, sink, 1)
     assert one_read >= 2  # open findings and exception counts, at least
     assert _scrape_queries(app, sink, 50) == 0  # anyone can scrape; the store does not see it
-    clock = __import__("time").monotonic() + 16
+    clock = time.monotonic() + 16
     monkeypatch.setattr("pipeline.review.app.time.monotonic", lambda: clock)
     assert _scrape_queries(app, sink, 3) == one_read  # the interval passed: one read, then cached again
     every, every_sink = make_app(review_metrics_refresh_seconds=0)
@@ -544,9 +566,11 @@ def test_a_tampered_cookie_or_csrf_token_with_non_ascii_is_refused_not_500(
     assert r.status_code == 403
 
 
-@pytest.mark.parametrize("digits", ["\u00b2", "\u0663", "1\u0663"])
+@pytest.mark.parametrize("digits", ["\u00b2", "\u0663", "1\u0663", pytest.param("9" * 5000, id="5000-digits"),
+                                    pytest.param("1" * 19, id="19-digits")])
 def test_numbers_from_users_are_ascii_digits_only(make_app: Callable[..., tuple[FastAPI, FakeSink]],
                                                   digits: str) -> None:
+    """Only ASCII digits, and at most 18 of them: ``int`` refuses more than 4,300 digits (a 500 before)."""
     app, _ = make_app()
     alice = Client(app, "alice")
     r = alice.form("/campaigns", {"name": "n", "owner": "alice", "due": "2030-01-01", "within_days": digits})
@@ -560,8 +584,11 @@ def test_numbers_from_users_are_ascii_digits_only(make_app: Callable[..., tuple[
     assert r.status_code == 400 and "not a campaign item id" in r.json()["error"]
     r = alice.get("/api/campaigns/CMP-x/items", params={"after": f"CMP-x/{digits}"})
     assert r.status_code == 400 and "not a campaign item id" in r.json()["error"]
-    r = alice.get("/queue", params={"max_age_hours": digits})
-    assert r.status_code == 400 and "age must be a number of hours" in r.text
+    assert len(r.json()["error"]) < 200  # quotes what was sent, not all of it
+    r = alice.form(f"/campaigns/CMP-x/items/{digits}", {"action": "certify", "version": "1", "justification": "x"})
+    assert r.status_code == 400 and "not a campaign item id" in r.text
+    r = alice.get("/queue", params={"max_age_hours": digits})  # a float: 19 digits are a number, out of range
+    assert r.status_code == 400 and ("age must be a number of hours" in r.text or "age out of range" in r.text)
 
 
 def test_an_export_cursor_out_of_the_stores_range_is_refused(make_app: Callable[..., tuple[FastAPI, FakeSink]]
@@ -576,6 +603,16 @@ def test_an_export_cursor_out_of_the_stores_range_is_refused(make_app: Callable[
         r = alice.get("/api/export", params={"since": "2026-12-01T00:00:00Z", "after": token})
         assert r.status_code == 400 and "not an export cursor" in r.json()["error"], (at, r.text)
     assert not [q for q in sink.queries if "decisions" in q]  # refused before the store was asked
+
+
+def test_a_deeply_nested_export_cursor_is_refused_not_500(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    """json.loads raises RecursionError on 1,500 nested brackets: it was a 500."""
+    import base64
+
+    app, _ = make_app()
+    token = base64.urlsafe_b64encode(b"[" * 1500).decode().rstrip("=")
+    r = Client(app, "alice").get("/api/export", params={"since": "2026-12-01T00:00:00Z", "after": token})
+    assert r.status_code == 400 and "not an export cursor" in r.json()["error"]
 
 
 def test_the_exception_form_and_api_refuse_the_same_scopes(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
@@ -649,3 +686,110 @@ def test_behind_a_trusted_proxy_failed_logins_are_held_against_the_forwarded_cli
     assert auth.client_address("10.0.0.2", {"x-forwarded-for": "junk, 10.0.0.9"}) == "10.0.0.2"
     assert auth.client_address("10.0.0.2", {}) == "10.0.0.2"
     assert auth.client_address("10.0.0.2", {"x-forwarded-for": "2001:db8::1"}) == "2001:db8::1"
+
+
+def test_a_burst_of_wrong_tokens_at_the_login_form_checks_at_most_max_failures(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    """The form's token is checked in the thread pool, after LoginThrottle let the request through: counting
+    the failure there let every request of a concurrent burst pass the check (~50 of 400 against a limit of
+    3). The throttle now counts each attempt as it lets it through; a right token gives it back."""
+    import asyncio
+
+    import httpx
+
+    app, _ = make_app(review_login_max_failures=3, review_login_window_seconds=300)
+    auth, checked = app.state.ctx.auth, []
+    real_login = auth.login
+
+    def slow_login(token: str) -> Any:
+        checked.append(token)
+        time.sleep(0.02)  # a slower check widens the window between the throttle and the count
+        return real_login(token)
+
+    auth.login = slow_login
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            rs = await asyncio.gather(*(http.post("/login", data={"token": f"wrong-{i}"}) for i in range(60)))
+        return [r.status_code for r in rs]
+
+    statuses = asyncio.run(burst())
+    assert len(checked) == 3 and sorted(statuses) == [401] * 3 + [429] * 57
+    assert app.state.ctx.throttle.failures("127.0.0.1", time.monotonic()) == 3
+
+
+def test_a_right_token_gives_its_login_attempt_back(make_app: Callable[..., tuple[FastAPI, FakeSink]]) -> None:
+    app, _ = make_app(review_login_max_failures=2, review_login_window_seconds=60)
+    http = TestClient(app)
+    for _ in range(5):  # signing in, by form or bearer, counts nothing against the address
+        assert http.post("/login", data={"token": "tok-alice"}, follow_redirects=False).status_code == 303
+        assert http.get("/api/me", headers={"Authorization": "Bearer tok-rita"}).status_code == 200
+    assert len(app.state.ctx.throttle) == 0
+    assert http.post("/login", data={"token": "guess"}).status_code == 401
+    assert app.state.ctx.throttle.failures("testclient", time.monotonic()) == 1  # counted once
+
+
+def _requested_exception(**kw: Any) -> dict[str, Any]:
+    """An exception as ``ReviewStore.exception`` returns it (times in ms): requested by alice."""
+    row = {"exception_id": "EXC-1", "version": 1, "state": "requested", "code": "AG-ESC-003", "agent_id": "agent-1",
+           "workflow_id": None, "target_id": None, "entitlement": None, "justification": "j", "requester": "alice",
+           "approver": None, "requested_at": 1, "effective_at": None, "expires_at": 4_000_000_000_000,
+           "ended_at": None, "updated_by": "alice", "updated_at": 1}
+    row.update(kw)
+    return row
+
+
+def test_a_broker_failure_is_a_503_that_says_nothing_was_applied(make_app: Callable[..., tuple[FastAPI, FakeSink]],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The approval's decision is published first: when it fails, no RiskException went out (scorers would
+    have acted on an approval no decision records), and the answer is a 503 to retry, not a bare 500."""
+    from pipeline.errors import PublishError
+
+    app, _ = make_app()
+    published: list[str] = []
+
+    def publish(name: str, topic: str, _key: str, _record: dict[str, Any]) -> None:
+        if name == "review_decision":
+            raise PublishError("broker gone", topic=topic)
+        published.append(name)
+
+    monkeypatch.setattr(app.state.ctx.service, "_publish", publish)
+    monkeypatch.setattr(app.state.ctx.store, "exception", lambda _x: _requested_exception())
+    bob = Client(app, "bob")
+    r = bob.post("/api/exceptions/EXC-1/decisions", {"action": "approve", "expected_version": 1})
+    assert r.status_code == 503 and "not applied; retry" in r.json()["error"], r.text
+    r = bob.form("/exceptions/EXC-1", {"action": "approve", "version": "1"})
+    assert r.status_code == 503 and "not applied; retry" in r.text
+    assert published == []
+
+
+def test_every_write_path_waits_for_a_decision_still_being_stored(
+        make_app: Callable[..., tuple[FastAPI, FakeSink]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store never shows the first decision (the writer is behind): the retry, and another reviewer's
+    decision at the same version, are refused with 503 instead of publishing a second decision at it."""
+    app, _ = make_app()
+    cid = "CMP-000000000005"
+    published: list[tuple[str, int]] = []
+    monkeypatch.setattr(app.state.ctx.service, "_publish",
+                        lambda name, _t, _k, rec: published.append((name, rec.get("subject_version", 0))))
+    monkeypatch.setattr(app.state.recert, "_publish_many",
+                        lambda _key, records: published.extend((r["kind"], r["subject_version"]) for r in records))
+    monkeypatch.setattr(app.state.recert.store, "campaign", lambda _c: _campaign(cid))
+    monkeypatch.setattr(app.state.recert.store, "item", lambda _i: _item(cid, state="pending", version=1,
+                                                                          recommendation="certify"))
+    monkeypatch.setattr(app.state.ctx.store, "exception", lambda _x: _requested_exception())
+    alice, rita, bob = Client(app, "alice"), Client(app, "rita"), Client(app, "bob")
+    for path, body, other, other_body in (
+            (f"/api/campaigns/{cid}/items/0000001", {"action": "certify", "expected_version": 1, "justification": "ok"},
+             alice, {"action": "revoke", "expected_version": 1, "justification": "no"}),
+            ("/api/exceptions/EXC-1/decisions", {"action": "approve", "expected_version": 1},
+             rita, {"action": "reject", "expected_version": 1, "comment": "no"})):
+        first = bob if "exceptions" in path else alice
+        del published[:]
+        r = first.post(path, body)
+        assert r.status_code == 503 and "not yet stored" in r.json()["error"], r.text
+        n = len(published)
+        assert first.post(path, body).status_code == 503
+        r = other.post(path, other_body)
+        assert r.status_code == 503 and "still being stored" in r.json()["error"], r.text
+        assert len(published) == n, path  # refused, never published
