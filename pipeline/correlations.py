@@ -6,6 +6,15 @@ insert returned; the table is keyed on the deterministic ``finding_id`` and inse
 token (offsets and a digest of the values), so a redelivered or re-evaluated finding is stored once (read
 with FINAL).
 
+First stored copy wins, as for events: ``cross_run_findings`` is a ReplacingMergeTree on ``finding_id`` with no
+version, so any later insert of an id replaced the stored finding (in ``findings`` too, 006), and anyone who can
+write the topic (on Tansu: anyone on loopback) could turn a critical finding into an "info" one. Before each
+insert the store looks the batch's finding ids up (every stored version) and, within the batch, keeps the
+first of each id. A later copy whose content (``CONTENT``: what the SOC reads of a finding; not the detection
+time, the versions nor the partition numbers, which a correlator rebuilt after an upgrade or a repartition
+gives anew) equals a stored one is a redelivery, dropped; one with other content is dead-lettered (reason
+``invalid_value``, field ``finding_id``, naming the fields that differ), never stored.
+
 Migration 006 copies every finding into ``findings``, partitioned by day, and ClickHouse refuses an insert
 that touches more than 100 partitions (error 252), so a batch is inserted in runs of at most
 ``MAX_DAYS_PER_INSERT`` days of ``occurred_at``. A finding the store still refuses as data is treated as
@@ -26,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from .errors import DeadLetter, RegistryUnavailable, SinkError
+from .errors import DeadLetter, RegistryUnavailable, SinkError, ValidationError
 from .facts import FINDING
 from .limits import Limits, check_store_time
 from .membership import Membership
@@ -46,6 +55,10 @@ COLUMNS = ("finding_id", "code", "severity", "category", "pattern", "message", "
            "agent_id", "occurred_at", "related_event_ids", "related_run_ids", "related_partitions", "refs",
            "detected_at", "correlator_version", "governance_policy_version")
 TABLE = "cross_run_findings"
+CONTENT = ("code", "severity", "category", "pattern", "message", "entity_key", "event_id", "run_id", "agent_id",
+           "occurred_at", "related_event_ids", "related_run_ids", "refs")
+"""The fields that make two copies of a finding_id the same finding (:func:`content`)."""
+_CONTENT_SQL = [("toUnixTimestamp64Milli(occurred_at)" if c == "occurred_at" else c) for c in CONTENT]
 DAY_MS = 86_400_000
 MAX_DAYS_PER_INSERT = 100
 """ClickHouse's default ``max_partitions_per_insert_block``: ``findings`` (006) has a partition per day."""
@@ -62,6 +75,24 @@ def to_row(r: dict[str, Any]) -> tuple[int, list[Any]]:
     day = r["occurred_at"] // DAY_MS
     r = dict(r, occurred_at=_ts(r["occurred_at"], "occurred_at"), detected_at=_ts(r["detected_at"], "detected_at"))
     return day, [r[c] for c in COLUMNS]
+
+
+def content(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A decoded finding's :data:`CONTENT`, comparable with a stored row's (times in ms, arrays as tuples)."""
+    return tuple(tuple(r[c]) if isinstance(r[c], list) else r[c] for c in CONTENT)
+
+
+class FindingConflict(ValidationError):
+    """Another copy of a stored (or earlier in the batch) finding_id with other content: the first stands."""
+
+    reason = "invalid_value"
+
+    @classmethod
+    def of(cls, finding_id: str, first: tuple[Any, ...], copy: tuple[Any, ...]) -> FindingConflict:
+        differ = [f"{c} {str(a)[:60]!r} -> {str(b)[:60]!r}" for c, a, b in zip(CONTENT, first, copy, strict=True)
+                  if a != b]
+        return cls(f"cross-run finding {finding_id[:80]} differs from its first copy ({'; '.join(differ)}): "
+                   "the first copy stands, this one is not stored", field="finding_id")
 
 
 def day_runs(days: Sequence[int], max_days: int = MAX_DAYS_PER_INSERT) -> list[list[int]]:
@@ -116,10 +147,12 @@ class CorrelationStore:
         rows: list[list[Any]] = []
         msgs: list[Message] = []
         days: list[int] = []
+        contents: list[tuple[Any, ...]] = []
         rejected: Rejected = []
         for msg in self.pending:
             try:
-                day, row = to_row(self.serde.decode(msg.value()).record)
+                record = self.serde.decode(msg.value()).record
+                day, row = to_row(record)
             except RegistryUnavailable as exc:  # kept pending: retried on the next tick, never skipped
                 log.error("schema registry unreachable; cross-run findings will be retried",
                           extra={"kv": {"error": exc.message}})
@@ -135,10 +168,13 @@ class CorrelationStore:
             days.append(day)
             rows.append(row)
             msgs.append(msg)
+            contents.append(content(record))
         spans = ",".join(f"{m.partition()}:{m.offset()}" for m in (self.pending[0], self.pending[-1]))
-        token = f"{TABLE}-{spans}-{len(rows)}-{content_digest(m.value() or b'' for m in self.pending)}"
-        undecodable = len(rejected)
         try:
+            keep = self._first_copies(rows, msgs, contents, rejected)
+            rows, msgs, days = [rows[i] for i in keep], [msgs[i] for i in keep], [days[i] for i in keep]
+            token = f"{TABLE}-{spans}-{len(rows)}-{content_digest(m.value() or b'' for m in self.pending)}"
+            held_back = len(rejected)
             runs = day_runs(days)
             for n, run in enumerate(runs):
                 refused: list[tuple[int, SinkError]] = []
@@ -151,7 +187,7 @@ class CorrelationStore:
             log.error("cross-run findings insert failed; will retry", extra={"kv": {"error": exc.message[:300]}})
             self.failing = True
             return 0
-        stored = len(rows) - (len(rejected) - undecodable)
+        stored = len(rows) - (len(rejected) - held_back)
         self.metrics.sink_rows.labels(table=TABLE).inc(stored)
         last: dict[int, int] = {}
         for msg in self.pending:
@@ -165,6 +201,30 @@ class CorrelationStore:
         self.stored += stored
         self.rejected += len(rejected)
         return stored
+
+    def _first_copies(self, rows: list[list[Any]], msgs: list[Message], contents: list[tuple[Any, ...]],
+                      rejected: Rejected) -> list[int]:
+        """Indexes of the rows to insert: each finding_id's first copy (neither stored nor earlier in the batch).
+        A later copy with the content of a stored one (or of the batch's first) is a redelivery, left out; one
+        with other content is added to ``rejected`` (:class:`FindingConflict`). The lookup is of what is
+        stored, so a retried attempt leaves out what an earlier attempt stored. Raises :class:`SinkError`."""
+        stored: dict[str, list[tuple[Any, ...]]] = {}
+        for fid, *values in self.sink.stored_findings(list({row[0] for row in rows}), _CONTENT_SQL):
+            stored.setdefault(fid, []).append(tuple(tuple(v) if isinstance(v, list) else v for v in values))
+        keep: list[int] = []
+        for i, row in enumerate(rows):
+            fid = row[0]
+            known = stored.get(fid)
+            if known is None:
+                stored[fid] = [contents[i]]
+                keep.append(i)
+            elif contents[i] not in known:
+                exc = FindingConflict.of(fid, known[0], contents[i])
+                log.warning("cross-run finding differs from the stored copy of its id; dead-lettered", extra={"kv": {
+                    "finding_id": fid[:80], "partition": msgs[i].partition(), "offset": msgs[i].offset(),
+                    "error": str(exc)[:300]}})
+                rejected.append((msgs[i], exc))
+        return keep
 
     def _insert(self, rows: list[list[Any]]) -> Callable[[Sequence[int], str], None]:
         """The insert of some of ``rows`` (by index) under a token, for :func:`insert_isolating`."""

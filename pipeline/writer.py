@@ -2,11 +2,12 @@
 
 It never decodes Avro in Python. Each message's payload (after the wire header) is a raw
 ``RiskAssessment`` datum, stored with the digest of its transition (the scorer's ``agentgov.source.digest``
-header; for an older scorer's message the writer reads past the head to compute it) appended as a trailing
-``source_digest`` field; a batch is wrapped into one Avro container per writer schema and inserted with
-a dedup token ``topic-partition:first-last-schema-digest`` (the digest of the datums: offsets start again at
-0 after a Tansu restart). Offsets are committed only after the insert returned.
-While the store fails, the writer pauses fetching, backs off, and retries the same batch.
+header; for an older scorer's message, and for any copy of an event_id already stored, the writer reads
+past the head to compute it) appended as a trailing ``source_digest`` field. First copy wins by the event_id
+read from the datum; a message keyed by anything else is dead-lettered. A batch is wrapped into one Avro
+container per writer schema and inserted with a dedup token ``topic-partition:first-last-schema-digest``
+(the digest of the datums: offsets start again at 0 after a Tansu restart). Offsets are committed only after
+the insert returned. While the store fails, the writer pauses fetching, backs off, and retries the same batch.
 
 When the store refuses the *data* (``is_data_error``: e.g. an Avro int out of range, or error 252 for a batch
 spanning too many partitions), the batch is bisected: halves are inserted with their own dedup tokens until
@@ -34,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from .assessment import DIGEST_HEADER, digest_of_assessment, head_schema
 from .deadletters import dead_letter
-from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError
+from .errors import DeadLetter, DecodeError, RegistryUnavailable, SinkError, ValidationError
 from .limits import Limits
 from .liveness import ConsumerStalled, StallWatch
 from .loop import record_lag
@@ -48,14 +49,61 @@ from .sinks.ocf import ContainerBuilder, avro_string
 
 log = logging.getLogger(__name__)
 
-Groups = dict[bytes, tuple[ContainerBuilder, list[bytes], list[Message], list[bytes]]]
-"""Wire header -> (container builder for that writer schema, datums as stored, their messages, and the digests
-of their transitions: ``assessment.transition_digest``, from the scorer's header or computed)."""
+
+
+class Group:
+    """One writer schema's messages of a batch: the container builder and head schema of that schema, and per
+    message its datum (the payload after the wire header), the event_id read from the datum, and the digest
+    of its transition (``assessment.transition_digest``: the scorer's header, or computed from the datum,
+    ``verified``)."""
+
+    __slots__ = ("builder", "datums", "digests", "head", "ids", "msgs", "verified")
+
+    def __init__(self, builder: ContainerBuilder, head: Any) -> None:
+        self.builder, self.head = builder, head
+        self.datums: list[bytes] = []
+        self.msgs: list[Message] = []
+        self.ids: list[str] = []
+        self.digests: list[bytes] = []
+        self.verified: list[bool] = []
+
+    def digest(self, i: int) -> bytes:
+        """The digest of message ``i``'s own transition, computed from its datum (about 15 µs) once, however
+        often it is asked: the header is the sender's word, which a forged copy of a stored event can copy from
+        the original's record along with its source headers."""
+        if not self.verified[i]:
+            self.digests[i], self.verified[i] = _digest(self.datums[i], self.head), True
+        return self.digests[i]
+
+    def row(self, i: int) -> bytes:
+        """The stored row of message ``i``: the datum, then source_digest (an Avro string: 32 hex digits as a
+        rule)."""
+        digest = self.digests[i]
+        return self.datums[i] + (_HEX32 + digest if len(digest) == 32 else avro_string(digest))
+
+
+Groups = dict[bytes, Group]
+"""Wire header -> that writer schema's messages of a batch."""
 DIGEST_FIELD = {"name": "source_digest", "type": "string", "default": "",
                 "doc": "transition_digest of the transition (migration 008): told apart from a rewrite at the "
                        "same source record."}
 Rejected = list[tuple[Message, DeadLetter]]
 T = TypeVar("T")
+
+
+class MisKeyed(ValidationError):
+    """An assessment whose Kafka key is not the event_id of its payload. The scorer keys every assessment by
+    its event_id, so every copy of an id reaches one writer, in order, which is what first-copy-wins rests on;
+    a record keyed otherwise was not written by a scorer (anyone can produce to the topic on Tansu), and its
+    copy of an id would be checked out of order with the others."""
+
+    reason = "invalid_value"
+
+    @classmethod
+    def of(cls, key: bytes | None, event_id: str) -> MisKeyed:
+        shown = "none" if key is None else repr(key[:80].decode("utf-8", "replace"))
+        return cls(f"assessment keyed {shown}, but its payload's event_id is {event_id[:80]!r}: not stored; "
+                   "the scorer keys each assessment by its event_id", field="key")
 
 
 class StoreRejected(DeadLetter):
@@ -238,6 +286,11 @@ class Writer:
             if self.registry is None:
                 raise DecodeError("registry-framed assessment but no registry configured", reason="unknown_schema")
             schema = registry_schema(self.registry, schema_id, self._assessment_name)
+        first = schema["fields"][0] if schema.get("fields") else {}
+        if first.get("name") != "event_id" or _type(first.get("type")) != "string":
+            # Every assessment schema starts with its event_id, which first-copy-wins reads from the datum.
+            raise DecodeError(f"assessment schema {schema_id or header[2:].hex()} does not start with event_id",
+                              reason="unknown_schema")
         try:
             head = head_schema(schema)
         except (ValueError, KeyError, TypeError):  # not ending with the transition: no digest to compute
@@ -367,7 +420,12 @@ class Writer:
         return True
 
     def _group(self, by_part: dict[int, list[Message]]) -> tuple[Groups, str, Rejected]:
-        """Raw datums grouped by writer schema, and the batch's offset spans (for the dedup token)."""
+        """Raw datums grouped by writer schema, and the batch's offset spans (for the dedup token).
+
+        The event_id is read from the datum (its first field), never taken from the Kafka key; a record
+        whose key is not that event_id is dead-lettered (:class:`MisKeyed`), so it can neither replace nor
+        pre-empt a stored event. The scorer's digest header is taken as given here (the first copy's fast
+        path) and checked against the datum in :meth:`_insert` when the id is not new."""
         # One insert per writer schema for the whole batch, not one per partition: every insert has a
         # fixed cost (a part in each table behind the materialized views) that dominates small batches.
         groups: Groups = {}
@@ -383,14 +441,29 @@ class Writer:
                     undecodable.append((msg, exc))
                     continue
                 datum = value[hlen:]
+                raw_id = _leading_string(datum)
+                if raw_id is None:
+                    undecodable.append((msg, DecodeError("assessment datum does not start with a readable event_id",
+                                                         reason="truncated")))
+                    continue
+                event_id = raw_id.decode("utf-8", "replace")
+                if msg.key() != raw_id:
+                    log.warning("assessment keyed other than its event_id; dead-lettered", extra={"kv": {
+                        "partition": msg.partition(), "offset": msg.offset(), "event_id": event_id[:80]}})
+                    undecodable.append((msg, MisKeyed.of(msg.key(), event_id)))
+                    continue
                 digest = _header(msg, DIGEST_HEADER)
-                if digest is None or len(digest) != 32:  # an older scorer's message: read past the head (slow)
+                verified = digest is None or len(digest) != 32
+                if verified:  # an older scorer's message: read past the head (slow)
                     digest = _digest(datum, head)
-                group = groups.setdefault(value[:hlen], (builder, [], [], []))
-                # the stored row: the datum, then source_digest (an Avro string: 32 hex digits as a rule)
-                group[1].append(datum + (_HEX32 + digest if len(digest) == 32 else avro_string(digest)))
-                group[2].append(msg)
-                group[3].append(digest)
+                group = groups.get(value[:hlen])
+                if group is None:
+                    group = groups[value[:hlen]] = Group(builder, head)
+                group.datums.append(datum)
+                group.msgs.append(msg)
+                group.ids.append(event_id)
+                group.digests.append(digest or b"")
+                group.verified.append(verified)
         return groups, ",".join(spans), undecodable
 
     def _insert(self, groups: Groups, batch: str) -> Rejected:
@@ -399,42 +472,51 @@ class Writer:
         First copy wins: a row whose event_id is already stored (or claimed earlier in this batch) from
         another source record goes to ``ingest_duplicates``, never over the original (migration 004); so
         does one from the same source record with other content (another digest, migration 008), which
-        after a Tansu restart (offsets from 0 again) is another event, not a redelivery. A row stored
-        before 008 has no digest and is matched by its source alone. The split depends only on what is
-        stored, so a retried attempt splits the same way and reuses the same dedup tokens."""
+        after a Tansu restart (offsets from 0 again) is another event, not a redelivery. The event_id is
+        the payload's (:meth:`_group`), and the digest of a copy of a known id is computed from its datum:
+        a forged copy that repeats the original's source and digest headers over other content is a later
+        copy too. A row stored before 008 has no digest and is matched by its source alone. The split
+        depends only on what is stored, so a retried attempt splits the same way and reuses the same dedup
+        tokens."""
         rejected: Rejected = []
-        ids = list({(m.key() or b"").decode("utf-8", "replace") for _, _, msgs, _ in groups.values() for m in msgs})
-        stored = self.sink.stored_sources(ids)
-        claimed: dict[str, tuple[Message, bytes]] = {}
+        stored = self.sink.stored_sources(list({i for group in groups.values() for i in group.ids}))
+        claimed: dict[str, tuple[Group, int]] = {}
         self._duplicates = 0
-        for header, (builder, datums, msgs, digests) in groups.items():
-            first: tuple[list[bytes], list[Message]] = ([], [])
-            later: tuple[list[bytes], list[Message]] = ([], [])
-            for datum, msg, digest in zip(datums, msgs, digests, strict=True):
-                event_id = (msg.key() or b"").decode("utf-8", "replace")
+        sides: list[tuple[Group, list[int], list[int]]] = []
+        for group in groups.values():
+            first: list[int] = []
+            later: list[int] = []
+            for i, (msg, event_id) in enumerate(zip(group.msgs, group.ids, strict=True)):
                 known = stored.get(event_id)
-                # The sources are read only for an id seen before: the headers cost per row.
+                # The sources are read, and the digest computed from the datum, only for an id seen before:
+                # both cost per row, and neither header can be trusted to say a copy is the stored event's.
                 if known is not None:
                     source = _source(msg)
                     duplicate = source is None or not (
-                        (*source, digest.decode("ascii", "replace")) in known or (*source, "") in known)
+                        (*source, group.digest(i).decode("ascii", "replace")) in known or (*source, "") in known)
                 elif event_id in claimed:
-                    source, (claimant, claimed_digest) = _source(msg), claimed[event_id]
-                    duplicate = source is None or (source, digest) != (_source(claimant), claimed_digest)
+                    claimant, j = claimed[event_id]
+                    source = _source(msg)
+                    duplicate = source is None or (source, group.digest(i)) != (
+                        _source(claimant.msgs[j]), claimant.digest(j))
                 else:
-                    claimed[event_id], duplicate = (msg, digest), False
-                side = later if duplicate else first
-                side[0].append(datum)
-                side[1].append(msg)
+                    claimed[event_id], duplicate = (group, i), False
+                (later if duplicate else first).append(i)
+            sides.append((group, first, later))
+        # The rows are made once every digest is settled: a first copy's digest is computed if a later copy
+        # of its id in the batch asked for it.
+        for header, (group, first, later) in zip(groups, sides, strict=True):
+            rows = [group.row(i) for i in range(len(group.msgs))]
             # Same messages -> same token, so a retried insert is dropped by ClickHouse's dedup window; other
             # messages at the same offsets (after a Tansu restart) -> another token (content_digest).
-            token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}-{content_digest(datums)}"
-            if first[0]:
-                self._insert_isolating(builder, first[0], first[1], token, rejected)
-            if later[0]:
-                self._insert_isolating(builder, later[0], later[1], token + "-dup", rejected,
-                                       table="ingest_duplicates")
-                self._duplicates += len(later[0])
+            token = f"{self.settings.topic_assessments}-{batch}-{header.hex()}-{content_digest(rows)}"
+            if first:
+                self._insert_isolating(group.builder, [rows[i] for i in first], [group.msgs[i] for i in first],
+                                       token, rejected)
+            if later:
+                self._insert_isolating(group.builder, [rows[i] for i in later], [group.msgs[i] for i in later],
+                                       token + "-dup", rejected, table="ingest_duplicates")
+                self._duplicates += len(later)
         return rejected
 
     def _insert_isolating(self, builder: ContainerBuilder, datums: list[bytes], msgs: list[Message], token: str,
@@ -480,6 +562,25 @@ def _header(msg: Message, name: str) -> bytes | None:
     for key, value in msg.headers() or ():
         if key == name:
             return bytes(value)
+    return None
+
+
+def _type(avro_type: Any) -> Any:
+    """A field's Avro type name (``"string"`` for both ``"string"`` and ``{"type": "string", ...}``)."""
+    return avro_type.get("type") if isinstance(avro_type, dict) else avro_type
+
+
+def _leading_string(datum: bytes) -> bytes | None:
+    """The Avro string a datum starts with (an assessment's event_id), or None if it cannot be read: a zigzag
+    varint length (at most 10 bytes), then that many bytes. A slice, no decoding: the writer's hot path."""
+    n = shift = 0
+    for i, b in enumerate(datum[:10]):
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            length = (n >> 1) ^ -(n & 1)
+            end = i + 1 + length
+            return datum[i + 1:end] if length >= 0 and end <= len(datum) else None
+        shift += 7
     return None
 
 

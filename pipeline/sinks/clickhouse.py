@@ -160,7 +160,7 @@ SCORER_FINDINGS = "finding_idx < 1000"
 ``finding_idx`` 1000 and above. Readers that show ``cross_run_findings`` in their own right (trail, export,
 recertification evidence, the demo) add this condition so a cross-run finding is not shown twice."""
 
-BACKFILL = {
+BACKFILL: dict[int, str | tuple[str, ...]] = {
     # 004: ids of the events stored before first-copy-wins.
     4: "INSERT INTO {db}.event_ids SELECT event_id, run_id, occurred_at, source_partition, source_offset, "
        "event_hash FROM {db}.transitions",
@@ -170,6 +170,15 @@ BACKFILL = {
        "governance_policy_version) SELECT event_id, toUInt16(1000 + cityHash64(finding_id) % 60000), run_id, "
        "agent_id, '', '', occurred_at, detected_at, code, severity, category, message, [], refs, "
        "related_event_ids, governance_policy_version FROM {db}.cross_run_findings FINAL",
+    # 009: the cross-run copies in `findings` again, keyed by their finding_id, then the copies 006 made
+    # without it (a collision of their finding_idx hid one of two findings of an event): each finding once.
+    9: ("INSERT INTO {db}.findings (event_id, finding_idx, run_id, agent_id, target_id, action, occurred_at, "
+        "scored_at, code, severity, category, message, evidence_fields, refs, related_event_ids, "
+        "governance_policy_version, finding_id) SELECT event_id, toUInt16(1000 + cityHash64(finding_id) % 60000), "
+        "run_id, agent_id, '', '', occurred_at, detected_at, code, severity, category, message, [], refs, "
+        "related_event_ids, governance_policy_version, finding_id FROM {db}.cross_run_findings FINAL",
+        "ALTER TABLE {db}.findings DELETE WHERE finding_idx >= 1000 AND finding_id = '' "
+        "SETTINGS mutations_sync = 2"),
 }
 """What a migration's new materialized views would have written for rows stored before it, applied once
 on a store that already had data (single node; on a cluster the back-fill is an operator's step,
@@ -355,7 +364,9 @@ class ClickHouseSink:
             for statement in render(sql, db, self.ttl_days, self.cluster):
                 self.client.command(statement)
             if version in BACKFILL and not self.cluster and done:  # rows stored before the version's views
-                self.client.command(BACKFILL[version].format(db=db))
+                backfill = BACKFILL[version]
+                for statement in (backfill,) if isinstance(backfill, str) else backfill:
+                    self.client.command(statement.format(db=db))
             self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(version)
             log.info("migration applied", extra={"kv": {"version": version, "name": name}})
@@ -422,6 +433,28 @@ class ClickHouseSink:
         for event_id, partition, offset, digest in result.result_rows:
             out.setdefault(event_id, set()).add((int(partition), int(offset), digest))
         return out
+
+    def stored_findings(self, finding_ids: list[str], columns: Iterable[str]) -> list[tuple[Any, ...]]:
+        """Every stored version (no FINAL) of the cross-run findings among ``finding_ids``: ``finding_id``, then
+        ``columns`` (SQL expressions, the caller's constants, never input), for the first-copy check of
+        ``pipeline.correlations``. A point lookup on the table's primary key, the ids probed as
+        :meth:`stored_sources` probes event ids. Raises :class:`SinkError`."""
+        if not finding_ids:
+            return []
+        token = uuid.uuid4().hex
+        try:
+            self.client.insert(f"{self.database}.id_probe", [[token, f] for f in finding_ids],
+                               column_names=["token", "event_id"],
+                               settings={"distributed_foreground_insert": 1} if self.cluster else None)
+            result = self.client.query(
+                f"SELECT finding_id, {', '.join(columns)} FROM {self.database}.cross_run_findings "
+                f"WHERE finding_id GLOBAL IN (SELECT event_id FROM {self.database}.id_probe "
+                "WHERE token = {token:String})", parameters={"token": token})
+        except Exception as exc:
+            code = error_code(exc)
+            raise SinkError(f"finding_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}",
+                            table="cross_run_findings", kind=type(exc).__name__, code=code, data=False) from exc
+        return [tuple(row) for row in result.result_rows]
 
     # -- reads --------------------------------------------------------------------------------
     def query(self, sql: str, parameters: dict[str, Any] | None = None,

@@ -69,10 +69,13 @@ def test_cluster_variant_has_replicated_locals_and_distributed_twins_with_the_sa
     assert columns(rollup) == columns(create_table(single, "agent_hourly"))
     views = [s for s in cluster if s.startswith("CREATE MATERIALIZED VIEW")]
     # access_changes (003), event_ids and duplicates (004); mv_findings is recreated by 005 (findings carry
-    # the exception that covered them), mv_event_ids by 008 (event_ids keep the source's content digest).
+    # the exception that covered them), mv_event_ids by 008 (event_ids keep the source's content digest),
+    # mv_cross_run_findings by 009 (a cross-run finding keyed by its finding_id in findings).
     assert sorted(re.search(r"VIEW IF NOT EXISTS agentgov\.(\w+)", v)[1] for v in views) == [
-        "mv_access_changes", "mv_agent_hourly", "mv_assessments", "mv_cross_run_findings", "mv_duplicates",
-        "mv_event_ids", "mv_event_ids", "mv_findings", "mv_findings", "mv_transitions"]
+        "mv_access_changes", "mv_agent_hourly", "mv_assessments", "mv_cross_run_findings", "mv_cross_run_findings",
+        "mv_duplicates", "mv_event_ids", "mv_event_ids", "mv_findings", "mv_findings", "mv_transitions"]
+    assert re.search(r"\bfinding_id\s+FROM agentgov\.cross_run_findings_local",
+                     [v for v in views if "mv_cross_run_findings" in v][-1])
     assert "f.exception_id AS exception_id" in [v for v in views if "mv_findings" in v][-1]
     assert "source_digest" in [v for v in views if "mv_event_ids" in v][-1]
     for table, key in (("decisions", "subject_id"), ("exceptions", "exception_id"), ("access_changes", "target_id")):

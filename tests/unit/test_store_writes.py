@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pipeline.events import AgentTransition, event_hash
 from pipeline.facts import FINDING
 from pipeline.metrics import Metrics
 from pipeline.schemas import ASSESSMENT, SchemaSet
+from pipeline.scoring import crossrun
 from pipeline.scoring.engine import Scored
 from pipeline.scoring.policy import load_policy
 from pipeline.serde import SOE_HEADER, Serde
@@ -171,6 +173,106 @@ def test_day_runs_cut_a_batch_into_runs_of_at_most_100_days() -> None:
     assert day_runs(days) == [[3, 4, 1, 5, 0, 2, 6]]
     assert day_runs([]) == []
 
+
+@pytest.mark.parametrize("together", [False, True], ids=["after-the-first", "in-its-batch"])
+def test_the_first_stored_copy_of_a_cross_run_finding_wins(sink: ClickHouseSink, fakes: None, together: bool) -> None:
+    """``cross_run_findings`` (and its copy in ``findings``, 006) is a ReplacingMergeTree on finding_id with no
+    version: a record on the correlations topic with a stored finding's id and severity "info" replaced it in
+    both. The first stored copy stands; a copy with other content is dead-lettered naming what differs, and a
+    correlator's re-publication of the same finding (another detection time and version, after a rebuild) is
+    dropped: one row, no dead letter, nothing stored twice."""
+    now = int(time.time() * 1000)
+    real = finding(0, now, finding_id="f" * 32)
+    rec = FINDINGS.decode(real.value()).record
+    forged = Msg(FINDINGS.encode(dict(rec, severity="info", message="benign: reviewed", detected_at=now + 1000)),
+                 rec["finding_id"].encode(), 0, 1, topic="agentgov.correlations.v1")
+    again = Msg(FINDINGS.encode(dict(rec, detected_at=now + 2000, correlator_version="t2", related_partitions=[5])),
+                rec["finding_id"].encode(), 0, 2, topic="agentgov.correlations.v1")
+    store = correlation_store(sink, [real, forged, again] if together else [real])
+    dlq = FakeProducer()
+    store.dead_letter = lambda rejected: writer.deliver_dead_letters(
+        dlq, "dlq", writer.Limits(), store.metrics, "writer", rejected)
+    if together:
+        assert store.poll_once() == 1
+    else:
+        assert store.poll_once() == 1
+        store.consumer.msgs = [forged, again]
+        assert store.poll_once() == 0
+    assert store.consumer.commits[-1][0].offset == 3 and store.pending == []
+    shown = {"severity": "high", "message": "grant to leaver"}
+    assert sink.query("SELECT severity, message FROM {db}.cross_run_findings FINAL") == [shown]
+    assert sink.query("SELECT severity, message FROM {db}.findings FINAL WHERE event_id = {e:String}",
+                      {"e": rec["event_id"]}) == [shown]
+    assert sink.query("SELECT count() AS n FROM {db}.cross_run_findings")[0]["n"] == 1  # raw: stored once
+    letters = [dict(h) for _, _, h in dlq.sent]
+    assert [(h["agentgov.error.reason"], h["agentgov.error.field"], h["agentgov.source.offset"]) for h in letters] == [
+        (b"invalid_value", b"finding_id", b"1")]
+    message = letters[0]["agentgov.error.message"].decode()
+    assert "severity 'high' -> 'info'" in message and "message " in message and "detected_at" not in message
+
+
+def colliding_findings(sink: ClickHouseSink, end_id: str) -> list[Msg]:
+    """Two AG-XRN-002 findings completed by the same event whose ids fall on the same ``finding_idx`` of
+    migration 006 (``1000 + cityHash64(finding_id) % 60000``): what an agent choosing its grants' event ids
+    finds offline (about 75 pairs among 3,000 ids)."""
+    ids = [crossrun.finding_id("AG-XRN-002", "u-jit", (f"grant-{i}", end_id)) for i in range(3000)]
+    pair = sink.query("SELECT groupArray(2)(fid) AS pair FROM (SELECT arrayJoin({f:Array(String)}) AS fid) "
+                      "GROUP BY 1000 + cityHash64(fid) % 60000 HAVING count() > 1 ORDER BY pair LIMIT 1",
+                      {"f": ids})[0]["pair"]
+    now = int(time.time() * 1000)
+    out = []
+    for i, fid in enumerate(pair):
+        rec = FINDINGS.decode(finding(i, now).value()).record
+        rec.update(finding_id=fid, code="AG-XRN-002", severity="critical", category="escalation",
+                   pattern="transient_privilege", event_id=end_id, run_id="run-end", agent_id="agent-x",
+                   occurred_at=now, message=f"grant #{i} revoked within the window", related_event_ids=[end_id])
+        out.append(Msg(FINDINGS.encode(rec), fid.encode(), 0, i, topic="agentgov.correlations.v1"))
+    return out
+
+
+REVIEW_QUEUE_ROWS = ("SELECT message FROM {db}.findings FINAL WHERE event_id = {e:String} AND finding_idx >= 1000 "
+                     "ORDER BY message")
+
+
+def test_cross_run_findings_whose_finding_idx_collide_both_reach_the_review_queue(
+        sink: ClickHouseSink, fakes: None) -> None:
+    """006 keyed a cross-run finding's copy in ``findings`` by a 16-bit hash of its id: two findings of one code
+    completed by one event whose ids collide mod 60,000 had one sorting key, and ``findings FINAL`` (the review
+    queue) showed one. Keyed by the finding_id itself since 009: both stay."""
+    end_id = str(uuid.uuid4())
+    msgs = colliding_findings(sink, end_id)
+    idx = sink.query("SELECT DISTINCT 1000 + cityHash64(arrayJoin({f:Array(String)})) % 60000 AS idx",
+                     {"f": [m.key().decode() for m in msgs]})
+    assert len(idx) == 1  # the pair does collide
+    assert correlation_store(sink, msgs).poll_once() == 2
+    assert sink.count("cross_run_findings") == 2
+    assert sink.query(REVIEW_QUEUE_ROWS, {"e": end_id}) == [
+        {"message": "grant #0 revoked within the window"}, {"message": "grant #1 revoked within the window"}]
+
+
+def test_findings_a_collision_hid_before_009_are_visible_after_it_each_once(
+        chdb_path: Path, fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that took the colliding pair before 009 showed one of them; migrating copies the cross-run
+    findings in again with their ids and drops the copies 006 made, so both show, once each, and the
+    scorer's findings are untouched."""
+    sink = ClickHouseSink(open_embedded(chdb_path), f"u{uuid.uuid4().hex[:12]}")
+    everything = migrations()
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in everything if m[0] < 9])
+    sink.migrate()
+    end_id = str(uuid.uuid4())
+    assert correlation_store(sink, colliding_findings(sink, end_id)).poll_once() == 2
+    sink.client.insert(f"{sink.database}.findings", [[end_id, 1, "run-end", "agent-x", "AG-ESC-003", "scored",
+                                                      datetime.now(UTC)]],
+                       column_names=["event_id", "finding_idx", "run_id", "agent_id", "code", "message", "occurred_at"])
+    assert len(sink.query(REVIEW_QUEUE_ROWS, {"e": end_id})) == 1  # the collision, as the audit found it
+    scorer = sink.query("SELECT event_id, finding_idx, code FROM {db}.findings FINAL WHERE finding_idx < 1000")
+    assert scorer == [{"event_id": end_id, "finding_idx": 1, "code": "AG-ESC-003"}]
+    monkeypatch.setattr(clickhouse, "migrations", lambda: everything)
+    assert sink.migrate() == [9]
+    assert sink.query(REVIEW_QUEUE_ROWS, {"e": end_id}) == [
+        {"message": "grant #0 revoked within the window"}, {"message": "grant #1 revoked within the window"}]
+    assert sink.query("SELECT count() AS n FROM {db}.findings WHERE finding_idx >= 1000")[0]["n"] == 2  # raw
+    assert sink.query("SELECT event_id, finding_idx, code FROM {db}.findings FINAL WHERE finding_idx < 1000") == scorer
 
 def test_cross_run_findings_spread_over_more_than_100_days_are_stored_and_committed(
         sink: ClickHouseSink, fakes: None, caplog: pytest.LogCaptureFixture) -> None:
@@ -503,6 +605,80 @@ def test_a_rewrite_in_the_batch_of_its_original_is_a_duplicate(sink: ClickHouseS
     assert sink.query("SELECT target_id FROM {db}.transitions FINAL") == [{"target_id": "u-1"}]
     assert sink.query("SELECT target_id FROM {db}.duplicates") == [{"target_id": "u-2"}]
 
+
+
+def _forged(original: dict[str, Any]) -> dict[str, Any]:
+    """The audit's forgery: the stored event's id, run, step, agent and time; a revoke of a reader role
+    instead of a tier-3 grant."""
+    forged = dict(original, action="remove_role",
+                  resource=dict(original["resource"], resource_id="role/Reader", privilege_tier=0))
+    forged["evidence"] = dict(original["evidence"], event_hash=event_hash(forged))
+    return forged
+
+
+def test_an_assessment_keyed_other_than_its_event_id_is_dead_lettered_never_stored(
+        sink: ClickHouseSink, fakes: None) -> None:
+    """The writer took the event id for first-copy-wins from the Kafka key: a forged copy of a stored event
+    (same event_id in its payload, other content) keyed ``not-the-event-id`` was a new id to the check, went
+    to ``ingest`` and replaced the stored event in every table. The id is the payload's; a record whose key
+    disagrees was not written by a scorer (it keys by event_id): dead-lettered with its reason, so it neither
+    replaces a stored event nor claims a new id first. Its neighbours are stored, the batch committed."""
+    original = transition(run_id="run-victim", action="assign_role", resource__resource_id="role/GlobalAdmin",
+                          resource__privilege_tier=3)
+    w = make_writer(sink)
+    assert isinstance(w.dlq, FakeProducer)
+    assert w._flush([assessment(original, 0)], threading.Event())
+    forged = assessment(_forged(original), 1)
+    forged._key = b"not-the-event-id"
+    fresh, neighbour = transition(run_id="run-fresh"), transition(run_id="run-neighbour")
+    unkeyed = assessment(fresh, 2)
+    unkeyed._key = b"other"
+    assert w._flush([forged, unkeyed, assessment(neighbour, 3)], threading.Event())
+    assert sink.query("SELECT action, privilege_tier, resource_id FROM {db}.transitions FINAL "
+                      "WHERE event_id = {e:String}", {"e": original["event_id"]}) == [
+        {"action": "assign_role", "privilege_tier": 3, "resource_id": "role/GlobalAdmin"}]
+    assert sink.query("SELECT action FROM {db}.assessments FINAL WHERE event_id = {e:String}",
+                      {"e": original["event_id"]}) == [{"action": "assign_role"}]
+    assert {r["run_id"] for r in sink.query("SELECT run_id FROM {db}.transitions FINAL")} == {
+        "run-victim", "run-neighbour"}
+    assert sink.query("SELECT count() AS n FROM {db}.duplicates")[0]["n"] == 0
+    letters = [dict(h) for _, _, h in w.dlq.sent]
+    assert [(h["agentgov.error.reason"], h["agentgov.error.field"], h["agentgov.source.offset"]) for h in letters] == [
+        (b"invalid_value", b"key", b"1"), (b"invalid_value", b"key", b"2")]
+    assert original["event_id"].encode() in letters[0]["agentgov.error.message"]
+    assert w.consumer.commits[-1][0].offset == 4
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["after-the-original", "in-its-batch"])
+def test_a_copy_repeating_the_originals_source_and_digest_headers_never_replaces_it(
+        sink: ClickHouseSink, fakes: None, monkeypatch: pytest.MonkeyPatch, together: bool) -> None:
+    """The digest header is the sender's word: a forged copy under the right key, with the original's
+    ``agentgov.source.*`` and digest headers copied over other content, passed as a redelivery and replaced
+    the original. The digest of a copy of a known id is computed from its datum, so it is a later copy (kept
+    apart with AG-EVD-005); the first copy of an id is not read past its head (the writer's fast path)."""
+    computed: list[bytes] = []
+    real_digest = writer._digest
+    monkeypatch.setattr(writer, "_digest", lambda datum, head: computed.append(datum) or real_digest(datum, head))
+    original = transition(run_id="run-victim", action="assign_role", resource__resource_id="role/GlobalAdmin",
+                          resource__privilege_tier=3)
+    w = make_writer(sink)
+    first = assessment(original, 0, source=(3, 9))
+    forged = assessment(_forged(original), 1, source=(3, 10))
+    forged._headers = list(first.headers())
+    if together:
+        assert w._flush([first, forged], threading.Event())
+    else:
+        assert w._flush([first], threading.Event())
+        assert computed == []  # a new id: the scorer's digest is stored as sent
+        assert w._flush([forged], threading.Event())
+    assert sink.query("SELECT action, privilege_tier FROM {db}.transitions FINAL") == [
+        {"action": "assign_role", "privilege_tier": 3}]
+    assert sink.query("SELECT action FROM {db}.assessments FINAL") == [{"action": "assign_role"}]
+    assert sink.query("SELECT action, has(finding_codes, 'AG-EVD-005') AS flagged FROM {db}.duplicates") == [
+        {"action": "remove_role", "flagged": 1}]
+    assert len(computed) == (2 if together else 1)  # the copy's (and, in one batch, its claimant's)
+    assert sink.stored_sources([original["event_id"]]) == {original["event_id"]: {(3, 9, transition_digest(
+        SERDE.decode(SERDE.encode(original)).datum))}}
 
 EXIT_CHECK = """
 import atexit, sys
