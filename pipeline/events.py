@@ -223,8 +223,15 @@ def identity_key(value: str) -> str:
 def name_key(value: str) -> str:
     """The form in which names are compared where the target systems compare them case-insensitively
     (privileged names, separation-of-duties pairs, approvers against the identities of the event): leading
-    and trailing whitespace and invisible characters trimmed, then Unicode case-folded."""
-    return value.strip(INVISIBLE).casefold()
+    and trailing whitespace and invisible characters trimmed, then folded as :func:`identity_key` folds (NFKC,
+    case-folded, NFKC). Until session 26 only case-folded: an approver named as the target in decomposed
+    form (``jose\u0301.garcia`` for ``josé.garcia``) or the agent in full-width letters was someone else, an
+    independent human approval that exempted every escalation pattern, while the same spellings were one
+    identity to every key and rule (red team, session 26)."""
+    value = value.strip(INVISIBLE)
+    if value.isascii():
+        return value.lower()
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
 
 
 class _Model(BaseModel):
