@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable, Sequence
+from fnmatch import fnmatchcase
 from typing import Any
 
 from .errors import ConfigError
@@ -232,9 +233,19 @@ class FactEmitter:
         self.by_target, self.by_agent = settings.topic_facts_by_target, settings.topic_facts_by_agent
         self.holdings, self.delegations = settings.topic_holdings, settings.topic_delegations
         self.fast = tuple(f["name"] for f in serde.current.raw["fields"]) == WRITTEN_FIELDS
+        # Agents by configuration (signing_key_agents' patterns, as sent and folded): an edge into one is a
+        # delegation whatever the granting agent labels it. The label is the granting agent's word, and one
+        # that called the agent it empowered ``human`` kept the edge out of the graph (red team, session 26).
+        self.agent_patterns = tuple(dict.fromkeys(
+            q for patterns in settings.signing_key_agents.values() for p in patterns for q in (p, identity_key(p))))
         if not self.fast:
             log.warning("fact schema does not match the fast writer; encoding every fact with fastavro",
                         extra={"kv": {"schema_version": serde.current.version}})
+
+    def configured_agent(self, identity_id: str) -> bool:
+        """Whether ``identity_id`` (as sent, or folded) matches an agent pattern of ``signing_key_agents``."""
+        folded = identity_key(identity_id)
+        return any(fnmatchcase(identity_id, p) or fnmatchcase(folded, p) for p in self.agent_patterns)
 
     def encode(self, ev: TransitionDict, partition: int, offset: int, codes: Sequence[str] = ()) -> bytes:
         """The fact record's value: framing and datum, as ``serde.encode(fact_from_event(...))``."""
@@ -270,7 +281,10 @@ class FactEmitter:
             held = _holding_key(target_id, ev["action"], system, access)
             produce(self.holdings, value, key=held.encode(), partition=target_partition)
             sent += 1
-            if _delegation_change(agent_id, target_id, target["identity_type"], ev["action"]):  # is_delegation_change
+            kind = target["identity_type"]
+            if kind not in DELEGATE_TYPES and self.agent_patterns and self.configured_agent(target["identity_id"]):
+                kind = "agent"
+            if _delegation_change(agent_id, target_id, kind, ev["action"]):  # is_delegation_change
                 produce(self.delegations, value, key=_edge_key(agent_id, target_id, system, access).encode(),
                         partition=0)
                 sent += 1

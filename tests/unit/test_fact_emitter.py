@@ -168,3 +168,20 @@ def test_every_spelling_of_an_identity_goes_to_one_key_and_partition() -> None:
     topics: list[str] = []
     emitter.emit(lambda topic, value, **_: topics.append(topic), ev, 0, 1)
     assert settings.topic_delegations not in topics and not is_delegation_change(fact_from_event(ev, 0, 1))
+
+
+@pytest.mark.parametrize(("target", "edge"), [("agent-jml-07", True), ("Agent-JML-07", True), ("svc-x", False)])
+def test_a_grant_to_an_agent_named_by_the_signing_bindings_is_an_edge_whatever_its_label(target: str,
+                                                                                          edge: bool) -> None:
+    """Red team, session 26: agent-a gave another agent RoleAdmin labelled ``human`` and the edge never reached
+    the graph, so the laundering chain through it was not found. An identity that ``signing_key_agents`` binds
+    as an agent (its patterns, in any case) is a delegate whatever the granting agent calls it; without such
+    a binding a ``human`` label still keeps the grant out of the graph (docs/guarantees.md)."""
+    settings = Settings.load(kafka_bootstrap="127.0.0.1:1", signing_key_agents={"k-jml": ["agent-jml-*"]})
+    pub = TransitionPublisher(settings)
+    emitter = FactEmitter(settings, Serde(SchemaSet.load(), None, record=FACT))
+    ev = pub.complete(run_step("run-deleg", 0, "agent-a", "jml-provisioning", ("mover", "HR-1"), "assign_role",
+                               target, "entra-id", "role/RoleAdmin", 2, target__identity_type="human"))
+    calls: list[str] = []
+    emitter.emit(lambda topic, value, **_: calls.append(topic), ev, 0, 1)
+    assert (settings.topic_delegations in calls) is edge
