@@ -121,6 +121,7 @@ class TransitionPublisher:
         self.limits = Limits.from_settings(settings)
         self._owns_producer = producer is None
         self._fatal: KafkaError | None = None
+        self._timed_out: KafkaError | None = None  # a delivery timed out: the next flush replaces the producer
         self.producer = producer or self._new_producer()
         self.signing_key = signing_key
         self.on_error = on_error
@@ -222,6 +223,13 @@ class TransitionPublisher:
                 self._fatal = err  # the next flush or publish reports what is undelivered and replaces it
                 log.error("producer fenced; undelivered events will be reported and a new producer started",
                           extra={"kv": {"error": str(err)}})
+            elif err.code() == KafkaError._MSG_TIMED_OUT and self._timed_out is None:
+                # An idempotent producer whose record timed out is not to be trusted with the next ones: a
+                # broker that restarted without its state (Tansu) answers UNKNOWN_PRODUCER_ID to every request,
+                # librdkafka bumps the epoch locally and sends again, for ever, and every later record timed out
+                # too (session 26: nothing delivered for minutes after a Tansu restart). The next flush reports
+                # what is undelivered and starts a new producer, which asks the broker for an id it knows.
+                self._timed_out = err
             reason = failure_reason(err)
             if self.metrics is not None:
                 self.metrics.publish_failures.labels(reason=reason).inc()
@@ -240,6 +248,10 @@ class TransitionPublisher:
             self._failed_producer(exc)
         if self._fatal is not None:
             self._abandon(f"the producer failed fatally: {self._fatal.str()}")
+        if self._timed_out is not None and self._owns_producer:
+            log.error("deliveries timed out; undelivered events are reported and a new producer started",
+                      extra={"kv": {"error": str(self._timed_out)}})
+            self._abandon(f"deliveries timed out: {self._timed_out.str()}")
         if remaining:
             # Named like failed ones: the caller can resend exactly these (the same event_id is stored once).
             failed, self.failed = self.failed, []
@@ -276,7 +288,7 @@ class TransitionPublisher:
         unreported = self._in_flight - {e for e, _ in failed}
         ids = sorted(self._in_flight | {e for e, _ in failed})
         self._in_flight.clear()
-        self._fatal = None
+        self._fatal = self._timed_out = None
         if self._owns_producer:
             old, self.producer = self.producer, self._new_producer()
             with contextlib.suppress(Exception):

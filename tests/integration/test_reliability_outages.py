@@ -285,6 +285,20 @@ def test_broker_restart_clients_reconnect_and_sdk_surfaces_failures(
             reported |= set(exc.fields.get("event_ids", sent))
         assert reported <= set(attempted)  # it names only its own events: none is lost without a word
         after += [e for e in sent if e not in reported]
+        # Having reported them, it delivers again. Session 26: on Tansu, whose restart forgot the producer's id,
+        # the old producer's every record was answered UNKNOWN_PRODUCER_ID and timed out, for good; a delivery
+        # that times out now has the next flush start a new producer.
+        again: list[str] = []
+        deadline = time.monotonic() + 100
+        while len(again) < 10 and time.monotonic() < deadline:
+            ids = [sdk.publish(draft(run_id=f"run-again-{len(again)}-{i}")) for i in range(5)]
+            try:
+                sdk.flush(40)
+            except PublishError:
+                continue  # named; the next round goes out on a new producer
+            again += ids
+        assert len(again) >= 10, "the agent's long-lived publisher never delivered again after the restart"
+        after += again
         def stored() -> set[str]:
             return {r["event_id"] for r in w.sink.query("SELECT event_id FROM {db}.transitions FINAL")}
 

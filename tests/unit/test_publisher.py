@@ -235,15 +235,20 @@ def test_a_produce_call_refused_because_the_producer_failed_fatally_replaces_the
     assert fresh.sent[0][2] == b"run-3" and again not in ids
 
 
-def test_a_fenced_producer_is_replaced_and_the_events_it_refused_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("code", [KafkaError.PRODUCER_FENCED, KafkaError._MSG_TIMED_OUT])
+def test_a_fenced_producer_is_replaced_and_the_events_it_refused_are_named(monkeypatch: pytest.MonkeyPatch,
+                                                                            code: int) -> None:
     """A delivery report of PRODUCER_FENCED (a restarted broker without its state) is not flagged fatal, but the
     producer will refuse every later record the same way: the flush names the refused events and a new producer
-    delivers the next ones."""
+    delivers the next ones. So for a record that timed out: a Tansu broker restarted without its state answers
+    UNKNOWN_PRODUCER_ID to the old producer's every request, librdkafka bumps its epoch and sends again, and
+    every later record timed out too (session 26: nothing delivered for minutes); a new producer gets a
+    producer id the broker knows."""
     class Fenced(FakeProducer):
         def flush(self, timeout: float = 0) -> int:
             pending, self.pending = self.pending, []
             for cb in pending:
-                cb(KafkaError(KafkaError.PRODUCER_FENCED, "There is a newer producer"), None)
+                cb(KafkaError(code, "refused"), None)
             return 0
 
         def poll(self, timeout: float = 0) -> int:
