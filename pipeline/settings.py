@@ -264,8 +264,8 @@ class Settings(BaseSettings):
     signing_key_agents: dict[str, list[str]] = Field(
         default_factory=dict,
         description="key_id -> agent_id patterns (fnmatch, e.g. agent-jml-*) the key may sign for. When set, a "
-                    "valid signature by a key not registered for the event's agent is AG-EVD-007. An identity matching a "
-                    "pattern is an agent to the delegation graph whatever an event labels it.")
+                    "valid signature by a key not registered for the event's agent is AG-EVD-007. An identity "
+                    "matching a pattern is an agent to the delegation graph whatever an event labels it.")
 
     schema_dir: Path | None = Field(default=None, description="Where schemas/*.avsc live (default: beside pipeline/).")
 
