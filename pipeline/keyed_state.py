@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from .events import ACCOUNT_REVOKES, TransitionDict
+from .events import ACCOUNT_REVOKES, TransitionDict, identity_key
 from .facts import holding_key
 from .scoring.crossrun import (
     MAX_EVIDENCE,
@@ -173,9 +173,10 @@ class KeyedState:
     on any system, whatever happened after: what the grant-to-leaver rule needs before it reads anything
     (``may_find_by_target``)."""
     creates: dict[str, list[tuple[Order, tuple[str, str]]]] = field(default_factory=dict)
-    """Per key, each ``create_group`` fact's time and the group it made (target and resource id): group
-    nesting (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact
-    without one is judged without scanning the key's history."""
+    """Per key, each ``create_group`` fact's time and the group it made (target and resource id, as identity
+    keys: a group matches without case, as AG-ESC-001 compares it, ``escalation.group_key``): group nesting
+    (AG-XRN-008) needs one of the fact's groups created before it to find anything, so a fact without one is
+    judged without scanning the key's history."""
     acting_for: dict[str, set[str]] = field(default_factory=dict)
     """By agent: per principal, the keys (agents) with an applied fact made on its behalf. A delegation edge
     into the principal read late can complete those agents' grants too (``Correlator._late_edges``)."""
@@ -233,20 +234,21 @@ class KeyedState:
         key = self.key_of(ev)
         _insert(_touched(self.arrived, key), (o, ev))  # ``arrived`` runs least recently added first
         if ev["action"] == "create_group":
-            made = (ev["target"]["identity_id"], ev["resource"]["resource_id"])
+            made = (identity_key(ev["target"]["identity_id"]), identity_key(ev["resource"]["resource_id"]))
             _insert(self.creates.setdefault(key, []), (o, made))
         self.max_seen_ms = max(self.max_seen_ms, ev["occurred_at"])
         return True
 
     def created_before(self, key: str, ev: TransitionDict, window_ms: int) -> bool:
         """Whether a ``create_group`` fact of the key (arrived so far) in ``[ev - window_ms, ev)`` made a
-        group ``ev`` may act on: the group it adds a member to, or its target."""
+        group ``ev`` may act on: the group it adds a member to, or its target (folded as ``creates`` is: a
+        fact's target is an identity key already, its resource id is not)."""
         made = self.creates.get(key)
         if not made:
             return False
-        groups = {ev["target"]["identity_id"]}
+        groups = {identity_key(ev["target"]["identity_id"])}
         if ev["action"] == "add_group_member":
-            groups.add(ev["resource"]["resource_id"])
+            groups.add(identity_key(ev["resource"]["resource_id"]))
         start = bisect.bisect_left(made, _since(ev["occurred_at"] - window_ms))
         end = bisect.bisect_left(made, _at(order(ev)))
         return any(groups.intersection(ids) for _, ids in made[start:end])

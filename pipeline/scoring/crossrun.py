@@ -53,7 +53,7 @@ from .catalogue import (
     S,
     spec,
 )
-from .context import AgentBaseline, ScoringContext, access_name
+from .context import AgentBaseline, InForce, ScoringContext, access_name, access_names, same_access
 from .escalation import ESC_FIELDS
 from .policy import GovernancePolicy, LoadedPolicy
 from .rules import (
@@ -65,6 +65,7 @@ from .rules import (
     tie_rank,
     tier_of,
 )
+from .sod import sod_partners_of
 
 
 def finding_id(code: str, key: str, event_ids: Iterable[str]) -> str:
@@ -356,22 +357,23 @@ def _live_edges(into: Sequence[TransitionDict], at_ms: int) -> list[TransitionDi
     stamped the same millisecond as the grant it would launder counts: ties are not an order, and the chain
     is the suspicion). An access is the delegate's, not its grantor's: a revoke by anyone (a clean-up agent,
     the delegate itself) ends every edge that gave it, and a grant of it by two agents is two edges until
-    then. Disabling or deleting the delegate's account on a system ends every edge on that system (an account
-    created again later does not bring them back)."""
-    live: dict[tuple[str, str, str], TransitionDict] = {}
+    then; a revoke ends the edges of the same access (:func:`~.context.same_access`, as AG-ESC-003 pairs a
+    revoke with its grant). Disabling or deleting the delegate's account on a system ends every edge on that
+    system (an account created again later does not bring them back)."""
+    live: dict[tuple[str, str, str], tuple[TransitionDict, tuple[str, str]]] = {}
     for h in into:
         if h["occurred_at"] > at_ms:
             break
-        access = (name_key(h["resource"]["system"]), name_key(access_name(h)))  # as the target compares names
+        system, names = name_key(h["resource"]["system"]), access_names(h)  # as the target compares names
         if granted_access(h):
-            live[(h["agent"]["agent_id"], *access)] = h
+            live[(h["agent"]["agent_id"], system, names[0])] = (h, names)
         elif h["action"] in ENTITLEMENT_REVOKES and h["occurred_at"] < at_ms:
-            for k in [k for k in live if k[1:] == access]:
+            for k in [k for k, (_, theirs) in live.items() if k[1] == system and same_access(names, theirs)]:
                 del live[k]
         elif h["action"] in ACCOUNT_REVOKES and h["occurred_at"] < at_ms:  # the delegate's account on that
-            for k in [k for k in live if k[1] == access[0]]:  # system went: every access it held there with it
+            for k in [k for k in live if k[1] == system]:  # system went: every access it held there with it
                 del live[k]
-    return sorted(live.values(), key=fact_order)
+    return sorted((h for h, _ in live.values()), key=fact_order)
 
 
 XRN_DELEGATION_LAUNDERING = spec(
@@ -596,38 +598,38 @@ def _executed_before(ev: TransitionDict, cx: CrossRunContext) -> list[Transition
     return sorted(merged.values(), key=fact_order)
 
 
-def _held_before(ev: TransitionDict, cx: CrossRunContext) -> dict[tuple[str, str], TransitionDict]:
-    """What the target held just before ``ev``: (system, access name as ``name_key`` folds it) -> the grant
-    still in force, replayed from :func:`_executed_before`. An access is per system: revoking an entitlement of
-    the same name on another system leaves this one held."""
-    held: dict[tuple[str, str], TransitionDict] = {}
+def _held_before(ev: TransitionDict, cx: CrossRunContext) -> InForce[TransitionDict]:
+    """What the target held just before ``ev``: the grants still in force, scoped by system (as ``name_key``
+    folds it), replayed from :func:`_executed_before`. An access is per system: revoking an entitlement of the
+    same name on another system leaves this one held. A revoke ends every grant of its system that is the same
+    access (:func:`~.context.same_access`), as AG-ESC-003 and the scorer's AG-SOD-001 pair them."""
+    held: InForce[TransitionDict] = InForce()
     for h in _executed_before(ev, cx):
         if granted_access(h):
-            held[(h["resource"]["system"], name_key(access_name(h)))] = h
+            held.grant(name_key(h["resource"]["system"]), access_names(h), h)
         elif h["action"] in ENTITLEMENT_REVOKES:
-            held.pop((h["resource"]["system"], name_key(access_name(h))), None)
+            held.revoke(name_key(h["resource"]["system"]), access_names(h))
         elif h["action"] == "delete_account":
-            held = {k: g for k, g in held.items() if k[0] != h["resource"]["system"]}
+            held.end_scope(name_key(h["resource"]["system"]))
     return held
 
 
 @cross_run(XRN_TOXIC_PAIR, key="target")
 def toxic_pair_against_holdings(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
-    """AG-XRN-005: the grant completes a toxic pair with access the target holds, however old."""
+    """AG-XRN-005: the grant completes a toxic pair with access the target holds, however old. Both names of
+    the grant and of each held grant count (:func:`sod_partners_of`), as for AG-SOD-001."""
     if ev["target"]["identity_id"] != cx.key or not granted_access(ev):
         return []
-    name = access_name(ev)
-    partners = cx.governance.sod_partners(name)
+    partners = sod_partners_of(ev, cx.governance)
     if not partners:
         return []
     held = _held_before(ev, cx)
-    mine = name_key(name)  # names compare as the policy's pairs do: case-insensitive, trimmed
-    if any(name_key(n) == mine for _, n in held):
+    if held.holds(access_names(ev)):
         return []  # already held (on some system): the pair, if any, was completed earlier
+    name = access_name(ev)
     out = []
-    for partner, pair in partners:
-        theirs = name_key(partner)
-        first = next((g for (_, n), g in held.items() if name_key(n) == theirs), None)
+    for partner, pair in partners:  # names compare as the policy's pairs do: name_key
+        first = min(held.naming(name_key(partner)), key=fact_order, default=None)
         if first is None:
             continue
         age_ms = ev["occurred_at"] - first["occurred_at"]
@@ -796,7 +798,7 @@ def may_find_by_target(ev: TransitionDict, policy: GovernancePolicy, *, copies: 
         return True  # tier stepping, transient privilege
     if not granted_access(ev):
         return False  # the SoD and leaver rules judge executed grants only
-    if policy.sod_partners(access_name(ev)):
+    if sod_partners_of(ev, policy):
         return True  # toxic pair against holdings
     return left and ev["target"]["lifecycle_state"] not in LIFECYCLE_SPOKEN
 

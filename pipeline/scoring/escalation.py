@@ -16,9 +16,9 @@ itself was human-decided (approved just-in-time access).
 
 from __future__ import annotations
 
-from ..events import ACCOUNT_REVOKES, ENTITLEMENT_GRANTS, REVOKES, TransitionDict, name_key
+from ..events import ACCOUNT_REVOKES, ENTITLEMENT_GRANTS, REVOKES, TransitionDict, identity_key, name_key
 from .catalogue import ASI03, ASI07, ASI10, DE_AE, NHI5, NHI9, PR_AA_05, C, S, rule, spec
-from .context import ScoringContext, access_name
+from .context import InForce, ScoringContext, access_name, access_names, same_access
 from .findings import Finding
 from .rules import granted_access, human_approved, is_privileged, is_self_grant, tie_rank, tier_of
 
@@ -78,15 +78,26 @@ def _ids(chain: list[TransitionDict]) -> tuple[str, ...]:
 # -- AG-ESC-001 group nesting ------------------------------------------------------------------------
 
 def _created(h: TransitionDict) -> tuple[str, str] | None:
+    """The group an executed ``create_group`` made, by its target and its resource id, as identity keys."""
     if h["action"] != "create_group" or h["decision"]["outcome"] != "granted":
         return None
-    return h["target"]["identity_id"], h["resource"]["resource_id"]
+    return identity_key(h["target"]["identity_id"]), identity_key(h["resource"]["resource_id"])
+
+
+def group_key(h: TransitionDict, field: str) -> str:
+    """A group named by ``h`` (``"target"``: the identity granted access; ``"resource"``: the group a member
+    is added to) as :func:`~pipeline.events.identity_key` folds it. A group is an identity of the directory,
+    which matches it without case (docs/policy.md): ``create_group grp-x`` then ``add_group_member`` to
+    ``GRP-X`` is one group, and keyed apart the chain never met in one key. The correlator's facts already
+    carry the target as an identity key (:func:`pipeline.facts.as_event`), not the resource id."""
+    return identity_key(h["target"]["identity_id"] if field == "target" else h["resource"]["resource_id"])
 
 
 ESC_GROUP_NESTING = spec(
     "AG-ESC-001", "Hidden escalation: group nesting", S.critical, C.escalation,
     "The agent created a group, put itself or its principal in it, and had a privileged role or entitlement "
-    "granted to the group, with no human authority over the completing step.",
+    "granted to the group, with no human authority over the completing step. Groups and principals are "
+    "matched as identities (without case, NFKC), as the directory matches them.",
     ESC_FIELDS, (ASI03, ASI10, NHI5, PR_AA_05), pattern="group_nesting",
 )
 
@@ -96,11 +107,11 @@ def group_nesting(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     if ev["action"] not in ENTITLEMENT_GRANTS or not granted_access(ev) or human_approved(ev):
         return []
     policy = ctx.governance
-    groups = set()
+    groups = set()  # as identity keys, as every group is compared here (group_key)
     if ev["action"] == "add_group_member":
-        groups.add(ev["resource"]["resource_id"])  # as the "add a principal to the group" step
+        groups.add(group_key(ev, "resource"))  # as the "add a principal to the group" step
     if is_privileged(ev, policy):
-        groups.add(ev["target"]["identity_id"])  # as the "grant the group privilege" step
+        groups.add(group_key(ev, "target"))  # as the "grant the group privilege" step
     # Cheap pre-check before merging history: most events never meet a freshly created group.
     if not any(h["action"] == "create_group" and (made := _created(h)) and groups.intersection(made)
                for src in (ctx.run_history, ctx.target_history, ctx.agent_history) for h in src):
@@ -119,20 +130,22 @@ def _group_chain(ev: TransitionDict, hist: list[TransitionDict], group: str, ctx
     if start is None:
         return None
     create, steps = hist[start], [*hist[start + 1:], ev]
-    principals = {create["agent"]["agent_id"], create["agent"]["on_behalf_of"],
-                  ev["agent"]["agent_id"], ev["agent"]["on_behalf_of"]}
-    for h in steps:
-        if h["action"] == "add_group_member" and h["resource"]["resource_id"] == group:
-            principals.update((h["agent"]["agent_id"], h["agent"]["on_behalf_of"]))
+    # Groups and principals compare as identity keys: an agent spelling itself, its principal or the group
+    # otherwise in one step is still the same identity to the directory.
+    principals = {_ident(create["agent"]["agent_id"]), _ident(create["agent"]["on_behalf_of"]),
+                  _ident(ev["agent"]["agent_id"]), _ident(ev["agent"]["on_behalf_of"])}
+    adds = {id(h): h for h in steps if h["action"] == "add_group_member" and group_key(h, "resource") == group}
+    for h in adds.values():
+        principals.update((_ident(h["agent"]["agent_id"]), _ident(h["agent"]["on_behalf_of"])))
     principals.discard(None)
     add = grant = None
     for h in steps:
         if not granted_access(h):
             continue
-        if add is None and h["action"] == "add_group_member" and h["resource"]["resource_id"] == group \
-                and h["target"]["identity_id"] in principals:
+        if add is None and id(h) in adds \
+                and group_key(h, "target") in principals:
             add = h
-        elif grant is None and h["action"] in ENTITLEMENT_GRANTS and h["target"]["identity_id"] == group \
+        elif grant is None and h["action"] in ENTITLEMENT_GRANTS and group_key(h, "target") == group \
                 and is_privileged(h, policy):
             grant = h
         if add is not None and grant is not None:
@@ -146,6 +159,10 @@ def _group_chain(ev: TransitionDict, hist: list[TransitionDict], group: str, ctx
         f"group_nesting: agent {ev['agent']['agent_id']!r} created group {group!r} ({_where(create)}), added "
         f"{add['target']['identity_id']!r} to it ({_where(add)}) and granted it privileged {access_name(grant)!r} "
         f"({_where(grant)}) with no human authority", _ids(chain))
+
+
+def _ident(value: str | None) -> str | None:
+    return None if value is None else identity_key(value)
 
 
 # -- AG-ESC-002 tier stepping ---------------------------------------------------------------------------
@@ -195,51 +212,54 @@ def tier_stepping(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
 ESC_TRANSIENT_PRIVILEGE = spec(
     "AG-ESC-003", "Hidden escalation: transient privilege", S.critical, C.escalation,
     "A privileged entitlement was granted and revoked again within the transient window: used and hidden "
-    "before any review could see it. Disabling or deleting the account on that system revokes every grant "
-    "on it.",
+    "before any review could see it. A revoke ends the grant when it names the same access by either name "
+    "(the role's resource id for a grant labelled with an entitlement, or the other way round); disabling or "
+    "deleting the account on that system revokes every grant on it.",
     ESC_FIELDS, (ASI03, ASI10, PR_AA_05, DE_AE), pattern="transient_privilege",
 )
 
 
-def _in_force(ev: TransitionDict, ctx: ScoringContext) -> dict[str, TransitionDict]:
-    """The executed grants on ``ev``'s target and system still in force just before it, by access name as
-    ``name_key`` folds it (a revoke spelled in another case or padding ends the grant, as the target sees it):
-    the latest grant of each name, unless a revoke of that name, or of the account, came after it."""
-    system = ev["resource"]["system"]
-    held: dict[str, TransitionDict] = {}
+def _in_force(ev: TransitionDict, ctx: ScoringContext) -> InForce[TransitionDict]:
+    """The executed grants on ``ev``'s target and system (as ``name_key`` folds it) still in force just before
+    it, as the target sees them: the latest grant of each access name, unless a revoke of the same access
+    (:func:`~.context.same_access`: spelt in another case or padding, or naming by its resource id a role
+    granted with an entitlement, or the other way round), or of the account, came after it."""
+    system = name_key(ev["resource"]["system"])
+    held: InForce[TransitionDict] = InForce()
     for h in _on_target(ev, ctx):
-        if h["resource"]["system"] != system or h["decision"]["outcome"] != "granted":
+        if h["decision"]["outcome"] != "granted" or name_key(h["resource"]["system"]) != system:
             continue
         if granted_access(h):
-            held[name_key(access_name(h))] = h
+            held.grant(None, access_names(h), h)
         elif h["action"] in ACCOUNT_REVOKES:
-            held.clear()  # the account went, with everything on it (reported then if it was transient)
+            held.end_scope(None)  # the account went, with everything on it (reported then if it was transient)
         elif h["action"] in REVOKES:
-            held.pop(name_key(access_name(h)), None)  # closed (and reported then if it was transient)
+            held.revoke(None, access_names(h))  # closed (and reported then if it was transient)
     return held
 
 
 @rule(ESC_TRANSIENT_PRIVILEGE)
 def transient_privilege(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
-    """A privileged grant ended within the transient window: by a revoke of its access, or by disabling or
-    deleting the account on its system (which ends every grant there: one finding per privileged grant it
-    ended, so each grant-and-end pair is one chain, seen whole by one scorer or else by the correlator)."""
+    """A privileged grant ended within the transient window: by a revoke of its access (either of its names,
+    :func:`~.context.same_access`), or by disabling or deleting the account on its system (which ends every
+    grant there: one finding per privileged grant it ended, so each grant-and-end pair is one chain, seen
+    whole by one scorer or else by the correlator)."""
     if ev["action"] not in REVOKES or ev["decision"]["outcome"] != "granted":
         return []
     policy = ctx.governance
-    target, system, name = ev["target"]["identity_id"], ev["resource"]["system"], access_name(ev)
-    key = name_key(name)
+    target, system = ev["target"]["identity_id"], ev["resource"]["system"]
+    mine = access_names(ev)
     held = _in_force(ev, ctx)
     account = ev["action"] in ACCOUNT_REVOKES
-    ended = list(held.values()) if account else [g for g in (held.get(key),) if g is not None]
+    ended = [(g, names) for g, names in held.items() if account or same_access(mine, names)]
     window_ms = policy.escalation.transient_revoke_seconds * 1000
     out = []
-    for grant in sorted(ended, key=in_event_time):
+    for grant, names in sorted(ended, key=lambda e: in_event_time(e[0])):
         held_ms = ev["occurred_at"] - grant["occurred_at"]
         if human_approved(grant) or held_ms > window_ms:
             continue
         # The revoke's own tier speaks for the access it names; an account's says nothing of other grants.
-        if not (is_privileged(grant, policy) or (name_key(access_name(grant)) == key and is_privileged(ev, policy))):
+        if not (is_privileged(grant, policy) or (same_access(mine, names) and is_privileged(ev, policy))):
             continue
         how = (f"ended {max(held_ms, 0) / 1000:.0f}s later by {ev['action']} on {system!r}" if account
                else f"revoked {max(held_ms, 0) / 1000:.0f}s later")

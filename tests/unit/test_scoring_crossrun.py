@@ -172,6 +172,35 @@ def test_transient_privilege_across_runs(revoke_after_s: int, grant_extra: dict[
         assert found[0].event["action"] == "revoke_entitlement" and found[0].run_ids == ("ra", "rb")
 
 
+GA = {"resource.system": "entra-id", "resource.resource_id": "role/GlobalAdmin",
+      "resource.entitlement": "Global Administrator"}
+
+
+@pytest.mark.parametrize(("grant_extra", "revoke_extra", "expected"), [
+    ({}, {"resource.entitlement": None}, ["AG-XRN-002"]),   # the role by its resource id: gone in the directory
+    ({"resource.entitlement": None}, {}, ["AG-XRN-002"]),   # the other way round
+    ({}, {"resource.entitlement": None, "resource.system": "Entra-ID"}, ["AG-XRN-002"]),  # system spelt otherwise
+    ({}, {"resource.resource_id": "role/Reader", "resource.entitlement": None, "resource.privilege_tier": 1}, []),
+    ({}, {"resource.entitlement": "Directory Readers", "resource.privilege_tier": 1}, []),  # another label, same id
+    ({}, {"resource.resource_id": "role/GlobalAdmin2", "resource.entitlement": None, "resource.privilege_tier": 1},
+     []),                                                   # a role of a similar name
+], ids=["revoke-by-resource-id", "grant-by-resource-id", "system-case", "another-role", "another-entitlement",
+        "similar-role"])
+def test_transient_privilege_across_runs_pairs_a_revoke_with_its_grant_by_either_name(
+        grant_extra: dict[str, Any], revoke_extra: dict[str, Any], expected: list[str]) -> None:
+    """A revoke ends a grant on its system when its access name is one of the grant's two names (entitlement,
+    resource id) or the other way round (``context.same_access``): granting ``role/GlobalAdmin`` labelled
+    "Global Administrator" and removing ``role/GlobalAdmin`` with no entitlement 60 s later is transient
+    privilege across runs, as on one partition (AG-ESC-003, tests/unit/scoring_cases.py). A revoke of another
+    role, or of another entitlement sharing only the resource id, ends nothing."""
+    grant = transient(0, "assign_role", 0, "ra", **{**GA, **grant_extra})
+    revoke = transient(3, "remove_role", 60, "rb", **{**GA, **revoke_extra})
+    found = run_key([grant, revoke], "u-jit")
+    assert [f.spec.code for f in found] == expected
+    if expected:
+        assert found[0].event_ids == (grant["event_id"], revoke["event_id"])
+
+
 @pytest.mark.parametrize("action", ["delete_account", "disable_account"])
 @pytest.mark.parametrize(("end_after_s", "grant_extra", "end_extra", "parts", "expected"), [
     (60, {}, {}, (0, 3), ["AG-XRN-002"]),
@@ -647,6 +676,34 @@ def test_group_nesting_across_runs_benign_look_alikes(case: str) -> None:
     assert run_key(mine, "agent-rogue", by_target=False) == []
 
 
+@pytest.mark.parametrize(("add_to", "grant_to", "expected"), [
+    ("GRP-TMP", "Grp-Tmp", ["AG-XRN-008"]),   # the group spelt otherwise in each step: one group
+    ("grp-tmp-2", "grp-tmp", []),             # a member added to a group of a similar name
+    ("grp-tmp", "grp-tmp-2", []),             # privilege granted to a group of a similar name
+], ids=["case-variants", "similar-group-added-to", "similar-group-granted"])
+def test_group_nesting_over_runs_matches_the_group_without_case(add_to: str, grant_to: str,
+                                                                 expected: list[str]) -> None:
+    """A group is an identity of the directory, matched without case: ``create_group grp-tmp``, a member added
+    to ``GRP-TMP`` and GlobalAdmin granted to ``Grp-Tmp`` is group nesting. The correlator's facts fold the
+    target (as_event) but not the resource id the member is added to: the rule and ``KeyedState``'s index of
+    created groups fold it (``created_before``, which gates the rule, says so too)."""
+    from pipeline.keyed_state import KeyedState
+
+    create, add, grant = nesting((0, 2, 4))
+    add = fact(2, **{"action": "add_group_member", "run_id": "r-nest-1", "step": 1, "occurred_at": T0 + 5 * MIN,
+                     "agent.agent_id": "agent-rogue", "agent.on_behalf_of": "h-principal",
+                     "target.identity_id": "h-principal", "target.identity_type": "human",
+                     "resource.resource_id": add_to})
+    grant = dict(grant, target=dict(grant["target"], identity_id=grant_to.lower()))  # as_event folds the target
+    found = run_key([create, add, grant], "agent-rogue", by_target=False)
+    assert [f.spec.code for f in found] == expected
+    state = KeyedState(by_target=False)
+    state.add(fact(0, **{"action": "create_group", "occurred_at": T0, "agent.agent_id": "agent-rogue",
+                         "target.identity_id": "grp-tmp", "resource.resource_id": "Grp-Tmp"}))
+    assert state.created_before("agent-rogue", add, 3_600_000) is (add_to.lower() == "grp-tmp")
+    assert state.created_before("agent-rogue", grant, 3_600_000) is (grant_to.lower() == "grp-tmp")
+
+
 def decisions(stale_per_partition: list[tuple[int, int]], agent: str = "agent-drift") -> list[TransitionDict]:
     """(partition, stale) per access change, a minute apart, one run each; stale ones under version 5."""
     return [fact(p, **{"run_id": f"r-pol-{i}", "agent.agent_id": agent, "target.identity_id": f"u-pol-{i}",
@@ -866,6 +923,37 @@ def test_a_chain_on_one_partition_its_scorer_did_not_report_is_reported(pattern:
     assert len(set(found[0].partitions)) == 1
     if pattern in ("tier_stepping", "transient", "group_nesting"):
         assert "on one partition, whose scorer no longer held the chain" in found[0].message
+
+
+@pytest.mark.parametrize(("first_names", "second_names", "revoke_names", "expected"), [
+    (("sap-fi", "ap-create-vendor"), ("ap-approve-payment", "AP Payment Approver"), None, ["AG-XRN-005"]),
+    (("AP-Create-Vendor", "Vendor Creator"), ("sap-fi", "ap-approve-payment"), None, ["AG-XRN-005"]),
+    (("ap-create-vendor", "Vendor Creator"), ("sap-fi", "ap-approve-payment"), ("ap-create-vendor", None), []),
+    (("sap-fi", "ap-create-vendor"), ("ap-approve-payment-report", "AP Payment Approver"), None, []),
+    (("sap-fi", "ap-create-vendor"), ("sap-fi", "gl-post-journal"), None, []),
+], ids=["new-half-by-resource-id", "held-half-by-resource-id", "held-half-revoked-by-resource-id",
+        "similar-resource", "unrelated-entitlement-same-resource"])
+def test_toxic_pair_against_holdings_reads_both_names_of_each_grant(
+        first_names: tuple[str, str], second_names: tuple[str, str], revoke_names: tuple[str, str | None] | None,
+        expected: list[str]) -> None:
+    """A pair's name is an entitlement, or a resource id: a half granted as ``resource_id=ap-approve-payment``
+    labelled "AP Payment Approver" (or held so) is that half, for AG-XRN-005 as for AG-SOD-001 (its entry test
+    too), and a revoke naming the held half by its resource id ends it."""
+    def change(partition: int, names: tuple[str, str | None], days_ago: float, run: str,
+               action: str = "grant_entitlement") -> TransitionDict:
+        return fact(partition, **{"action": action, "run_id": run, "target.identity_id": "u-fin",
+                                  "resource.system": "sap", "resource.resource_id": names[0],
+                                  "resource.entitlement": names[1], "resource.privilege_tier": 1,
+                                  "occurred_at": T0 - int(days_ago * 86_400_000)})
+
+    first, second = change(2, first_names, 30, "old"), change(4, second_names, 0, "new")
+    holdings = (first,) if revoke_names is None else (first, change(2, revoke_names, 10, "rv", "revoke_entitlement"))
+    if expected:  # the watermark's entry test lets the completing grant through to the rule
+        assert may_find_by_target(second, POLICY.governance, copies=False, left=False)
+    found = correlate(second, CrossRunContext(POLICY, "u-fin", holdings=holdings), BY_TARGET_RULES)
+    assert [f.spec.code for f in found] == expected
+    if expected:
+        assert found[0].event_ids == (first["event_id"], second["event_id"])
 
 
 def test_toxic_pair_against_holdings_matches_names_case_insensitively() -> None:
