@@ -680,21 +680,27 @@ def _accounts_ended(ev: TransitionDict, cx: CrossRunContext) -> dict[str, Transi
     return ended
 
 
-LIFECYCLE_SPOKEN = frozenset({"terminated", "pre_hire"})
-"""States in which the event itself says the identity is not (yet, or any more) employed: AG-LCM-001 judges a
-grant then (the default ``lifecycle.blocked_states``), and AG-XRN-007 leaves it to that rule."""
+def lifecycle_rule_speaks(ev: TransitionDict, policy: GovernancePolicy) -> bool:
+    """Whether AG-LCM-001 judges ``ev``: its own lifecycle state blocks its action (the policy's
+    ``lifecycle.blocked_states``, as its defaults say: a fact carries no workflow). AG-XRN-007 then leaves the
+    grant to that rule. Until session 26 it left every ``terminated`` or ``pre_hire`` grant to it, but
+    ``pre_hire`` still allows ``create_account``: a leaver's application account created by an agent calling
+    the person pre-hire drew no finding from either rule (red team, session 26)."""
+    allowed = policy.boundary_for("").blocked_states.get(ev["target"]["lifecycle_state"])  # "": the defaults
+    return allowed is not None and ev["action"] not in allowed
 
 
 @cross_run(XRN_GRANT_TO_LEAVER, key="target")
 def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFinding]:
     """AG-XRN-007: a grant to an identity whose account on the grant's system, or on an identity provider, an
-    earlier executed disable_account or delete_account (any age) left ended, while the event itself calls the
-    identity anything but terminated or pre-hire (for those AG-LCM-001 speaks, with the default lifecycle
-    policy; an agent that says ``unknown`` or ``on_leave`` of a leaver is no less contradicted by the log). A
+    earlier executed disable_account or delete_account (any age) left ended, unless the event's own lifecycle
+    state blocks it and AG-LCM-001 speaks (:func:`lifecycle_rule_speaks`; an agent that says ``unknown`` or
+    ``on_leave`` of a leaver, or ``pre_hire`` of one whose account it creates, is no less contradicted by the
+    log). A
     create_account is judged by the other systems' identity providers only: on its own system it is the
     re-creation, not a grant to a leaver."""
     if (ev["target"]["identity_id"] != cx.key or not granted_access(ev)
-            or ev["target"]["lifecycle_state"] in LIFECYCLE_SPOKEN):
+            or lifecycle_rule_speaks(ev, cx.governance)):
         return []
     ended = _accounts_ended(ev, cx)
     if not ended:
@@ -713,7 +719,8 @@ def grant_to_leaver(ev: TransitionDict, cx: CrossRunContext) -> list[CrossRunFin
     how = {"disable_account": "disabled", "delete_account": "deleted"}[last["action"]]
     return [CrossRunFinding(XRN_GRANT_TO_LEAVER, cx.key,
         f"{ev['action']} of {access_name(ev)!r} on {ev['resource']['system']!r} to {cx.key!r} ({_where(ev)}), "
-        f"called active, whose {where} was {how} {days:.1f} days earlier ({_where(last)}) and not re-created since",
+        f"called {ev['target']['lifecycle_state']}, whose {where} was {how} {days:.1f} days earlier "
+        f"({_where(last)}) and not re-created since",
         (last, ev))]
 
 
@@ -800,7 +807,7 @@ def may_find_by_target(ev: TransitionDict, policy: GovernancePolicy, *, copies: 
         return False  # the SoD and leaver rules judge executed grants only
     if sod_partners_of(ev, policy):
         return True  # toxic pair against holdings
-    return left and ev["target"]["lifecycle_state"] not in LIFECYCLE_SPOKEN
+    return left and not lifecycle_rule_speaks(ev, policy)
 
 
 _GATED_BY_TARGET = {duplicate_id, tier_stepping_across_runs, transient_across_runs, toxic_pair_against_holdings,

@@ -1141,6 +1141,20 @@ def test_a_grant_to_a_leaver_is_found_whatever_the_event_calls_the_identity_but_
     assert [f.spec.code for f in found] == expected
 
 
+@pytest.mark.parametrize(("state", "expected"), [("pre_hire", ["AG-XRN-007"]), ("active", ["AG-XRN-007"]),
+                                                 ("terminated", [])])
+def test_a_leavers_application_account_created_as_pre_hire_is_found(state: str, expected: list[str]) -> None:
+    """Red team, session 26: the default lifecycle lets ``pre_hire`` have ``create_account`` (AG-LCM-001 is
+    silent), and AG-XRN-007 left every pre-hire grant to AG-LCM-001: an agent creating a leaver's aws account
+    and calling the person pre-hire drew no finding. AG-XRN-007 now leaves a grant only when its own state blocks
+    it; ``terminated`` still does, for every grant."""
+    create = _on("aws", "create_account", 0, partition=4, **{"target.lifecycle_state": state})
+    found = run_key([create], "u-left", holdings=(_on("entra-id", "disable_account", 30),))
+    assert [f.spec.code for f in found] == expected
+    if found:
+        assert f"called {state}" in found[0].message
+
+
 def test_the_leaver_message_names_the_account_that_went() -> None:
     ended_here = run_key([_on("aws", "grant_entitlement", 0)], "u-left", holdings=(_on("aws", "disable_account", 10),))
     assert "whose 'aws' account was disabled 10.0 days earlier" in ended_here[0].message
