@@ -193,6 +193,8 @@ def test_a_finding_too_large_for_a_record_is_dead_lettered_and_still_pages() -> 
     the dead-letter topic ``oversized``, its payload cut and its digest in the headers, and its chain pages."""
     import time
 
+    from prometheus_client import CollectorRegistry
+
     from pipeline.metrics import Metrics
     from pipeline.scoring.crossrun import XRN_TRANSIENT_PRIVILEGE, CrossRunFinding
     from pipeline.scoring.policy import load_policy
@@ -202,7 +204,7 @@ def test_a_finding_too_large_for_a_record_is_dead_lettered_and_still_pages() -> 
     c, producer = _judge(settings)
     c.out = Serde(SchemaSet.load(), record="cross_run_finding")
     c.policy = load_policy(settings.policy_file)
-    c.metrics = Metrics()
+    c.metrics = Metrics(CollectorRegistry())
     ev = {**event(), "source_partition": 0, "source_offset": 1}
     big = CrossRunFinding(XRN_TRANSIENT_PRIVILEGE, "u-1", "m" * 2 * settings.max_message_bytes, (ev,))
     small = CrossRunFinding(XRN_TRANSIENT_PRIVILEGE, "u-2", "fits", (ev,))
