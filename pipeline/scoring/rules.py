@@ -163,22 +163,44 @@ def privileged_without_approval(ev: TransitionDict, ctx: ScoringContext) -> list
 
 MODEL_FINAL_AUTHORITY = spec(
     "AG-AUTH-002", "Model held final authority over an access change", S.high, C.risk,
-    "The LLM's output was the final authorization of an access change: no separation of interpretation "
-    "from authorization.",
-    ("action", "decision.authority", "decision.outcome", "agent.model_id"),
+    "The LLM's output was the final authorization of an access change, or the model recommended it and the "
+    "final authority the event names is not evidenced (human authority naming no independent approver; a "
+    "policy engine or rule with no policy.decision_id): no separation of interpretation from authorization.",
+    ("action", "decision.authority", "decision.recommended_by", "decision.approved_by", "policy.decision_id",
+     "decision.outcome", "agent.model_id"),
     (ASI09, ASI03, PR_AA_05),
 )
+
+
+def unevidenced_authority(ev: TransitionDict) -> str:
+    """Why the final authority an event names is not evidenced, or ``""``: ``human`` needs an independent
+    approver (:func:`approval_gap`), ``policy_engine`` and ``rule`` the id of their decision."""
+    authority = ev["decision"]["authority"]
+    if authority == "human":
+        return approval_gap(ev)
+    if authority in ("policy_engine", "rule") and is_blank(ev["policy"]["decision_id"]):
+        return "no policy.decision_id"
+    return ""
 
 
 @rule(MODEL_FINAL_AUTHORITY)
 def model_final_authority(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
     d = ev["decision"]
-    if d["authority"] != "model" or ev["action"] not in ACCESS_CHANGES or d["outcome"] != "granted":
+    if ev["action"] not in ACCESS_CHANGES or d["outcome"] != "granted":
         return []
     model = ev["agent"]["model_id"] or "unknown model"
+    if d["authority"] == "model":
+        return [MODEL_FINAL_AUTHORITY.finding(
+            f"{ev['action']} on {ev['target']['identity_id']!r} authorized by {model!r} (authority=model)")]
+    # The model recommended it, and the authority said to have decided left no trace: the label alone moved the
+    # decision off the model (red team, session 26: authority human with no approver, or the agent itself;
+    # policy_engine or rule with no decision id; each drew no finding while authority model did).
+    gap = unevidenced_authority(ev) if d["recommended_by"] == "model" else ""
+    if not gap:
+        return []
     return [MODEL_FINAL_AUTHORITY.finding(
-        f"{ev['action']} on {ev['target']['identity_id']!r} authorized by {model!r} (authority=model)"
-    )]
+        f"{ev['action']} on {ev['target']['identity_id']!r} recommended by {model!r}; the final authority it "
+        f"names ({d['authority']}) is not evidenced: {gap}")]
 
 
 SELF_GRANT = spec(
