@@ -1,10 +1,10 @@
-"""Decision-boundary rules: what a workflow's agents may do, on which systems, with which inputs, under
-which policy versions. All read the workflow's resolved boundary (``policy.boundary_for``)."""
+"""Decision-boundary rules: which agents may act in a workflow, what they may do, on which systems, with
+which inputs, under which policy versions. All read the workflow's resolved boundary (``policy.boundary_for``)."""
 
 from __future__ import annotations
 
 from ..events import TransitionDict
-from .catalogue import ASI01, ASI02, ASI06, ASI10, DE_CM, NHI5, PR_AA_05, C, S, rule, spec
+from .catalogue import ASI01, ASI02, ASI03, ASI06, ASI10, DE_CM, NHI5, PR_AA_05, C, S, rule, spec
 from .context import ScoringContext
 from .findings import Finding
 from .rules import quoted, stale_decision
@@ -89,6 +89,27 @@ def system_outside_boundary(ev: TransitionDict, ctx: ScoringContext) -> list[Fin
         return []
     return [SYSTEM_OUTSIDE_BOUNDARY.finding(
         f"agent {ev['agent']['agent_id']!r} acted on system {system!r}, outside workflow {ev['workflow_id']!r}")]
+
+
+AGENT_OUTSIDE_WORKFLOW = spec(
+    "AG-BND-005", "Agent not bound to the workflow", S.high, C.risk,
+    "The event names a workflow whose policy lists the agents that may act in it (agents), and the acting "
+    "agent matches none of them: an agent claiming another workflow's decision boundary (its actions, "
+    "systems, inputs and triggers) by naming that workflow.",
+    ("workflow_id", "agent.agent_id"),
+    (ASI03, ASI10, NHI5, PR_AA_05),
+)
+
+
+@rule(AGENT_OUTSIDE_WORKFLOW)
+def agent_outside_workflow(ev: TransitionDict, ctx: ScoringContext) -> list[Finding]:
+    # The event's other boundary rules still judge it against the workflow it names: the finding is the claim.
+    policy, workflow, agent = ctx.governance, ev["workflow_id"], ev["agent"]["agent_id"]
+    if policy.agent_bound(workflow, agent):
+        return []
+    patterns = policy.boundary_for(workflow).agents or ()
+    return [AGENT_OUTSIDE_WORKFLOW.finding(
+        f"agent {agent!r} is not bound to workflow {workflow!r}: its agents are {quoted(patterns)}")]
 
 
 UNAPPROVED_POLICY_VERSION = spec(

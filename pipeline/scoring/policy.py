@@ -2,9 +2,9 @@
 governance team as versioned YAML (reference: docs/policy.md).
 
 Per workflow (each field falls back to ``defaults`` unless the workflow sets it, each key of the
-``lifecycle`` section separately; an explicit ``null`` means "no restriction"): allowed actions and
-systems, input allowlists and the signal cap, the tiers that need a human approval, and the lifecycle
-rules. Identity-wide (top level, because an identity's
+``lifecycle`` section separately; an explicit ``null`` means "no restriction"): the agents that may act in
+it, allowed actions and systems, input allowlists and the signal cap, the tiers that need a human approval,
+and the lifecycle rules. Identity-wide (top level, because an identity's
 privileges do not depend on which workflow granted them): approved policy versions, privileged
 entitlements and groups, separation-of-duties pairs, the identity-provider systems, escalation and drift
 settings.
@@ -21,16 +21,18 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
+from fnmatch import translate
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import PolicyError
-from ..events import Action, LifecycleState, TriggerKind, name_key
+from ..events import INVISIBLE, Action, LifecycleState, TriggerKind, identity_key, is_blank, name_key
 
 Name = str  # an entitlement, role, group or system name as it appears in events
 
@@ -56,6 +58,10 @@ class Lifecycle(_Strict):
 class Boundary(_Strict):
     """What one workflow's agents may do. Unset fields fall back to the policy's defaults."""
 
+    agents: tuple[str, ...] | None = None
+    """fnmatch patterns (``agent-jml-*``) of the agents (``agent.agent_id``) that may act in the workflow,
+    matched as identities are (:func:`~pipeline.events.identity_key` on both sides); any other agent naming
+    the workflow raises AG-BND-005. None: any agent (the workflow_id an event names is then its own claim)."""
     allowed_actions: frozenset[Action] | None = None
     allowed_systems: frozenset[Name] | None = None
     input_allowlist: dict[Action, frozenset[Name]] = Field(default_factory=dict)
@@ -64,6 +70,22 @@ class Boundary(_Strict):
     max_signals: int | None = Field(default=None, ge=0)
     human_approval_tiers: frozenset[int] = frozenset({2, 3})
     lifecycle: Lifecycle = Lifecycle()
+
+    @field_validator("agents")
+    @classmethod
+    def _agent_patterns(cls, patterns: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if patterns is None:
+            return None
+        if not patterns:
+            raise ValueError("an empty list binds no agent: list at least one agent pattern "
+                             "(e.g. agent-jml-*), or leave agents unset or null for any agent")
+        for i, pattern in enumerate(patterns):
+            if is_blank(pattern):
+                raise ValueError(f"pattern {i} is blank ({pattern!r}): name an agent id or an fnmatch pattern")
+            if pattern != pattern.strip(INVISIBLE):
+                raise ValueError(f"pattern {i} ({pattern!r}) starts or ends with whitespace or an invisible "
+                                 "character, which no agent id does: it would match no agent")
+        return patterns
 
     @model_validator(mode="after")
     def _tiers(self) -> Boundary:
@@ -153,6 +175,11 @@ class ResolvedBoundary:
     """A workflow's boundary with defaults applied, as plain frozensets for the hot path.
     ``None`` means unrestricted."""
 
+    agents: tuple[str, ...] | None
+    """The agent patterns as the policy writes them (for messages)."""
+    agent_pattern: re.Pattern[str] | None
+    """``agents`` compiled: each pattern folded by :func:`~pipeline.events.identity_key`, fnmatch-translated,
+    one alternation; match it against ``identity_key(agent_id)`` (:meth:`GovernancePolicy.agent_bound`)."""
     allowed_actions: frozenset[str] | None
     allowed_systems: frozenset[str] | None
     input_allowlist: dict[str, frozenset[str]]
@@ -184,13 +211,24 @@ def _pick(default: BaseModel, wf: BaseModel | None, name: str) -> Any:
     return value
 
 
+def _agent_pattern(patterns: tuple[str, ...] | None) -> re.Pattern[str] | None:
+    """One regex for a workflow's agent patterns, as ``fnmatchcase(identity_key(agent), identity_key(p))``
+    for any ``p`` (``translate`` anchors each pattern at its end, ``match`` at its start)."""
+    if patterns is None:
+        return None
+    return re.compile("|".join(f"(?:{translate(identity_key(p))})" for p in patterns))
+
+
 def _resolve(defaults: Boundary, wf: Boundary | None) -> ResolvedBoundary:
     def pick(name: str) -> Any:
         return _pick(defaults, wf, name)
 
     actions, systems, inputs = pick("allowed_actions"), pick("allowed_systems"), pick("default_inputs")
     lc = Lifecycle.model_validate(pick("lifecycle"))
+    agents = pick("agents")
     return ResolvedBoundary(
+        agents=agents,
+        agent_pattern=_agent_pattern(agents),
         allowed_actions=None if actions is None else _strs(actions),
         allowed_systems=None if systems is None else _strs(systems),
         input_allowlist={str(a): _strs(v) for a, v in pick("input_allowlist").items()},
@@ -217,9 +255,13 @@ class _Compiled:
     privileged_memo: dict[tuple[str, str | None], bool] = field(default_factory=dict)
     """(resource_id, entitlement) as an event spells them -> ``privileged_name``'s answer, for the names seen
     last (at most ``PRIVILEGED_MEMO_MAX``): every access change asks it, and an estate's names are few."""
+    agent_memo: dict[tuple[str, str], bool] = field(default_factory=dict)
+    """(workflow_id, agent_id) as an event spells them -> ``agent_bound``'s answer, for the pairs seen last
+    (at most ``AGENT_MEMO_MAX``): every event asks it, and an estate's agents are few."""
 
 
 PRIVILEGED_MEMO_MAX = 65_536
+AGENT_MEMO_MAX = 65_536
 
 
 class GovernancePolicy(_Strict):
@@ -272,6 +314,23 @@ class GovernancePolicy(_Strict):
         """The workflow's boundary with defaults applied; unknown workflows get the defaults."""
         c = self._c
         return c.workflows.get(workflow_id, c.default)
+
+    def agent_bound(self, workflow_id: str, agent_id: str) -> bool:
+        """Whether ``agent_id`` may act in ``workflow_id``: its boundary (the defaults' for an unknown workflow)
+        lists no ``agents``, or one of its patterns matches the agent, both compared as
+        :func:`~pipeline.events.identity_key` (``Agent-JML-07`` is ``agent-jml-07``), with ``fnmatchcase``."""
+        c = self._c
+        pattern = c.workflows.get(workflow_id, c.default).agent_pattern
+        if pattern is None:
+            return True
+        memo = c.agent_memo
+        known = memo.get((workflow_id, agent_id))
+        if known is None:
+            known = pattern.match(identity_key(agent_id)) is not None
+            if len(memo) >= AGENT_MEMO_MAX:
+                memo.clear()
+            memo[(workflow_id, agent_id)] = known
+        return known
 
     def sod_partners(self, name: str) -> tuple[tuple[str, str], ...]:
         """(partner, pair name) for every toxic pair ``name`` belongs to. Names match as
@@ -408,8 +467,10 @@ def check_policy(path: Path | None = None) -> str:
     scopes = [("defaults", p.default_boundary)]
     scopes += [(f"workflows.{wf}", p.boundary_for(wf)) for wf in sorted(p.workflows)]
     for name, b in scopes:
-        lines.append(f"  {name}: actions {_fmt(b.allowed_actions)}; systems {_fmt(b.allowed_systems)}; "
-                     f"approval tiers {sorted(b.human_approval_tiers)}; max signals {b.max_signals or 'any'}")
+        agents = "any" if b.agents is None else ", ".join(b.agents)
+        lines.append(f"  {name}: agents {agents}; actions {_fmt(b.allowed_actions)}; "
+                     f"systems {_fmt(b.allowed_systems)}; approval tiers {sorted(b.human_approval_tiers)}; "
+                     f"max signals {b.max_signals or 'any'}")
         if b.allowed_actions is not None:
             for kind, actions in sorted(b.trigger_actions.items()):
                 unused = actions - b.allowed_actions

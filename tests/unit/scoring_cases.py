@@ -105,6 +105,20 @@ RULE_CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     ("benign:aws-in-jml", {"resource.system": "aws"}, "AG-BND-004", False),
     ("benign:unknown-workflow-any-system", {"workflow_id": "shadow-flow", "action": "recommend",
                                             "resource.system": "anything"}, "AG-BND-004", False),
+    # AG-BND-005 agent not bound to the workflow it names (jml-provisioning: agents [agent-jml-*])
+    ("agent-of-another-workflow", {"agent.agent_id": "agent-access-07"}, "AG-BND-005", True),
+    ("agent-pattern-is-not-a-substring", {"agent.agent_id": "xagent-jml-01"}, "AG-BND-005", True),
+    ("agent-unbound-in-auth-gateway", {"workflow_id": "auth-gateway", "action": "allow_auth", "trigger.kind": "signal",
+                                       "resource.system": "okta", "resource.privilege_tier": 0,
+                                       "agent.agent_id": "agent-jml-01",
+                                       "inputs_used": [{"name": "risk_score", "source": "idp"}]}, "AG-BND-005", True),
+    ("benign:bound-agent", {"agent.agent_id": "agent-jml-04"}, "AG-BND-005", False),
+    ("benign:bound-agent-case-variant", {"agent.agent_id": "Agent-JML-04"}, "AG-BND-005", False),
+    ("benign:bound-agent-full-width", {"agent.agent_id": "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c
+                                                                 for c in "agent-jml-04")}, "AG-BND-005", False),
+    ("benign:workflow-without-agents", {"workflow_id": "shadow-flow", "action": "recommend",
+                                        "decision.outcome": "recommended", "agent.agent_id": "agent-access-07"},
+     "AG-BND-005", False),
     # AG-POL-001 stale or unapproved policy version
     ("stale-version", {"policy.policy_version": "2"}, "AG-POL-001", True),
     ("unknown-policy-id", {"policy.policy_id": "shadow-policy"}, "AG-POL-001", True),

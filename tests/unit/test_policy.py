@@ -130,6 +130,100 @@ def test_identity_providers_default_to_the_directories_and_match_case_insensitiv
     assert "identity providers: active-directory, entra-id, okta" in check_policy(default_policy_path())
 
 
+AGENT_PATTERN_ERRORS: list[tuple[str, str, str, str]] = [
+    # (id, yaml, field the error must name, what it must say)
+    ("empty-pattern", 'workflows: {w: {agents: [agent-jml-*, ""]}}', "workflows.w.agents", "pattern 1 is blank"),
+    ("blank-pattern", 'workflows: {w: {agents: [" "]}}', "workflows.w.agents", "pattern 0 is blank"),
+    ("invisible-pattern", 'workflows: {w: {agents: ["\\u200b"]}}', "workflows.w.agents", "pattern 0 is blank"),
+    ("padded-pattern", 'workflows: {w: {agents: ["agent-jml-* "]}}', "workflows.w.agents", "would match no agent"),
+    ("null-pattern", "workflows: {w: {agents: [null]}}", "workflows.w.agents.0", "valid string"),
+    ("number-pattern", "workflows: {w: {agents: [7]}}", "workflows.w.agents.0", "valid string"),
+    ("one-string-not-a-list", "workflows: {w: {agents: agent-jml-*}}", "workflows.w.agents", "valid tuple"),
+    ("empty-list", "workflows: {w: {agents: []}}", "workflows.w.agents", "binds no agent"),
+    ("in-defaults", 'defaults: {agents: [""]}', "defaults.agents", "pattern 0 is blank"),
+]
+
+
+@pytest.mark.parametrize(("text", "field", "says"), [e[1:] for e in AGENT_PATTERN_ERRORS],
+                         ids=[e[0] for e in AGENT_PATTERN_ERRORS])
+def test_agent_patterns_are_checked_at_load(text: str, field: str, says: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_policy(V + text + "\n", "p.yaml")
+    message = str(exc.value)
+    assert message.startswith("p.yaml: invalid policy: ") and f"{field}: " in message and says in message, message
+
+
+def test_agents_inherit_from_defaults_and_null_lifts_them() -> None:
+    p = parse_policy(V + """
+defaults: {agents: [agent-any-*]}
+workflows:
+  own: {agents: [agent-jml-*, agent-hr-01]}
+  inherits: {}
+  lifted: {agents: null}
+""").policy
+    assert p.boundary_for("own").agents == ("agent-jml-*", "agent-hr-01")
+    assert p.boundary_for("inherits").agents == ("agent-any-*",) == p.boundary_for("unknown").agents
+    assert p.boundary_for("lifted").agents is None and p.agent_bound("lifted", "anyone")
+    assert p.agent_bound("own", "agent-hr-01") and not p.agent_bound("own", "agent-any-1")
+    assert p.agent_bound("unknown", "agent-any-1") and not p.agent_bound("unknown", "agent-jml-01")
+    assert parse_policy(V).policy.default_boundary.agents is None  # unset: any agent, as before
+    assert parse_policy(V).policy.agent_bound("w", "whoever")
+
+
+def test_agent_patterns_match_as_identities_do() -> None:
+    """``identity_key`` on the id and on the pattern, then ``fnmatchcase``: case and compatibility forms are one
+    agent, a pattern matches the whole id (no prefix or substring match), and fnmatch's classes work."""
+    from fnmatch import fnmatchcase
+
+    from pipeline.events import identity_key
+
+    patterns = ["Agent-JML-*", "agent-auth-0[1-3]", "\uff41gent-hr-?", "svc.[!x]"]
+    p = parse_policy(V + f"workflows: {{w: {{agents: {patterns!r}}}}}\n").policy
+    wide = "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in "agent-jml-07")
+    ids = ["agent-jml-07", "AGENT-JML-07", wide, "xagent-jml-07", "agent-jml", "agent-auth-02", "agent-auth-04",
+           "agent-hr-1", "Agent-HR-12", "svc.a", "svc.x", "svc-a", "agent-jm-07"]
+    want = [any(fnmatchcase(identity_key(a), identity_key(pat)) for pat in patterns) for a in ids]
+    assert [p.agent_bound("w", a) for a in ids] == want
+    assert want == [True, True, True, False, False, True, False, True, False, True, False, False, False]
+
+
+def test_agent_bound_remembered_answers_are_the_ones_it_computes() -> None:
+    """The per-event answer is a dict lookup: remembered per (workflow, agent) as spelt, within a bound."""
+    from pipeline.scoring import policy as policy_module
+
+    p = parse_policy(V + "workflows: {w: {agents: [agent-jml-*]}, v: {agents: [agent-auth-*]}}\n").policy
+    asked = [(w, f"{name}-{i % 7}") for i in range(200) for w in ("w", "v", "x")
+             for name in ("agent-jml", "Agent-Auth", "agent-access")]
+    want = [w == "x" or (w == "w" and a.startswith("agent-jml")) or (w == "v" and a.startswith("Agent-Auth"))
+            for w, a in asked]
+    assert [p.agent_bound(w, a) for w, a in asked] == want == [p.agent_bound(w, a) for w, a in asked]
+    memo = p._c.agent_memo
+    assert ("w", "agent-jml-0") in memo and ("x", "agent-jml-0") not in memo  # unrestricted: nothing to remember
+    bound = policy_module.AGENT_MEMO_MAX
+    try:
+        policy_module.AGENT_MEMO_MAX = 3
+        memo.clear()
+        assert [p.agent_bound(w, a) for w, a in asked] == want and len(memo) <= 3
+    finally:
+        policy_module.AGENT_MEMO_MAX = bound
+
+
+def test_default_policy_binds_each_demo_workflow_to_the_agents_the_workload_uses() -> None:
+    """The demo's benign traffic stays clean (AG-BND-005), and no other agent can claim those workflows."""
+    from pipeline.workload import AUTH_AGENTS, JML_AGENTS, REQ_AGENTS
+
+    p = load_policy().policy
+    for workflow, agents in (("jml-provisioning", JML_AGENTS), ("access-request", REQ_AGENTS),
+                             ("auth-gateway", AUTH_AGENTS)):
+        assert p.boundary_for(workflow).agents is not None, workflow
+        assert all(p.agent_bound(workflow, a) for a in agents), workflow
+        others = [a for w, group in (("jml-provisioning", JML_AGENTS), ("access-request", REQ_AGENTS),
+                                     ("auth-gateway", AUTH_AGENTS)) if w != workflow for a in group]
+        assert not any(p.agent_bound(workflow, a) for a in others), workflow
+    assert "workflows.jml-provisioning: agents agent-jml-*;" in check_policy(default_policy_path())
+    assert "defaults: agents any;" in check_policy(default_policy_path())
+
+
 def test_toxic_pair_of_one_name_in_two_spellings_is_refused() -> None:
     with pytest.raises(ConfigError, match="two different names"):
         parse_policy(V + "separation_of_duties: [{name: vp, entitlements: [ap-pay, AP-Pay]}]\n")

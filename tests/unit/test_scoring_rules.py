@@ -21,6 +21,13 @@ def test_per_event_rule(changes: dict[str, Any], code: str, fires: bool) -> None
     assert (code in found) is fires, found
 
 
+def test_every_row_names_a_declared_code() -> None:
+    """A benign row of a code no rule declares passes whatever the rules do: it would prove nothing."""
+    from pipeline.scoring.catalogue import CATALOGUE
+
+    assert {c[2] for c in RULE_CASES} - set(CATALOGUE) == set()
+
+
 def test_benign_base_event_has_no_findings() -> None:
     ev = event()
     scored = score(ev, context_for(ev))
@@ -98,3 +105,54 @@ workflows:
 def test_workflow_keeps_the_lifecycle_defaults_it_does_not_set(changes: dict[str, Any], code: str) -> None:
     ev = event({"workflow_id": "sets-trigger-actions-only", **changes})
     assert code in codes(ev, context_for(ev, policy=policy_with(LIFECYCLE_POLICY)))
+
+
+# -- AG-BND-005: an agent cannot pick its workflow's boundary by the workflow_id it sends (red team e3) -------
+
+RELABEL = {"agent.agent_id": "agent-access-07", "agent.on_behalf_of": "svc-access-portal", "action": "create_account",
+           "resource.system": "entra-id", "resource.resource_id": "user-account", "trigger.kind": "joiner",
+           "trigger.ref": "REQ-4242", "target.identity_id": "ext-contractor-9",
+           "inputs_used": [{"name": "department", "source": "request_form"}]}
+
+
+def test_an_agent_relabelling_its_workflow_is_not_bound_to_it() -> None:
+    """Red team session 26 (e3): agent-access-07 creating an entra-id account raised AG-BND-003, AG-BND-004 and
+    AG-LCM-003 under workflow_id access-request and nothing under jml-provisioning, whose boundary allows it.
+    The claimed workflow binds its agents (policies/default.yaml: agent-jml-*): the relabel is AG-BND-005."""
+    own = event({**RELABEL, "workflow_id": "access-request"})
+    assert codes(own, context_for(own)) == ["AG-BND-003", "AG-BND-004", "AG-LCM-003"]
+    relabelled = event({**RELABEL, "workflow_id": "jml-provisioning"})
+    [finding] = score(relabelled, context_for(relabelled)).findings
+    assert finding.code == "AG-BND-005" and finding.severity == "high" and finding.category == "risk"
+    assert finding.message == ("agent 'agent-access-07' is not bound to workflow 'jml-provisioning': "
+                               "its agents are 'agent-jml-*'")
+
+
+def test_an_unbound_agent_is_still_judged_by_the_boundary_it_names() -> None:
+    """AG-BND-005 does not replace the named workflow's checks: what that boundary forbids is still flagged."""
+    ev = event({**RELABEL, "workflow_id": "jml-provisioning", "resource.system": "github", "action": "modify_policy"})
+    assert {"AG-BND-003", "AG-BND-004", "AG-BND-005"} <= set(codes(ev, context_for(ev)))
+
+
+BOUND_POLICY = """
+version: "t"
+defaults: {allowed_actions: null}
+workflows:
+  bound: {agents: [agent-jml-*, Agent-Auth-01]}
+  unbound: {}
+"""
+
+
+@pytest.mark.parametrize(("workflow", "agent", "fires"), [
+    ("bound", "agent-jml-01", False),
+    ("bound", "AGENT-JML-01", False),
+    ("bound", "agent-auth-01", False),  # the pattern is folded too
+    ("bound", "agent-auth-02", True),
+    ("bound", "agent-access-07", True),
+    ("unbound", "agent-access-07", False),  # a listed workflow without agents: any agent, as before
+    ("not-listed", "agent-access-07", False),  # the defaults set no agents either
+], ids=lambda v: str(v))
+def test_only_a_workflow_that_lists_agents_binds_them(workflow: str, agent: str, fires: bool) -> None:
+    ev = event({"workflow_id": workflow, "agent.agent_id": agent})
+    found = codes(ev, context_for(ev, policy=policy_with(BOUND_POLICY)))
+    assert ("AG-BND-005" in found) is fires, found
