@@ -54,7 +54,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from . import __version__
-from .deadletters import RECORD_ERRORS, dead_letter
+from .deadletters import RECORD_ERRORS, Source, dead_letter
 from .delegations import DelegationGraph
 from .errors import DeadLetter, ValidationError
 from .events import TransitionDict
@@ -364,8 +364,8 @@ class Correlator(TransactionalLoop):
             state.expire(self.retain_ms, self._early_keep_ms())
         return tally
 
-    def _send_dead(self, msg: Message, exc: DeadLetter) -> None:
-        """Dead-letter an undecodable fact in the open transaction, its payload cut to fit (deadletters.py): a
+    def _send_dead(self, msg: Source, exc: DeadLetter) -> None:
+        """Dead-letter a refused fact (or finding) in the open transaction, its payload cut to fit (deadletters.py): a
         record near the broker's size limit, forwarded whole, was refused by the producer, and the batch was
         aborted and read again, the partition stuck on it. Even the cut payload refused: the headers alone."""
         value, key, headers = dead_letter(msg, exc, exc.reason, self.limits)
@@ -398,15 +398,7 @@ class Correlator(TransactionalLoop):
         stopped on it for good (audit, session 26)."""
         exc = DeadLetter(f"cross-run finding {f.finding_id} ({f.spec.code}) of {len(value)} bytes does not fit in "
                          f"a record of {self.limits.event_bytes}", reason="oversized")
-        unsent = _Unsent(self.settings.topic_correlations, key, value)
-        dlq, dead_key, headers = dead_letter(unsent, exc, exc.reason, self.limits)
-        try:
-            self.producer.produce(self.settings.topic_dlq, dlq, key=dead_key, headers=headers)
-        except KafkaException as err:
-            if err.args[0].code() not in RECORD_ERRORS:
-                raise
-            dlq, dead_key, headers = dead_letter(unsent, exc, exc.reason, self.limits, payload=False)
-            self.producer.produce(self.settings.topic_dlq, dlq, key=dead_key, headers=headers)
+        self._send_dead(_Unsent(self.settings.topic_correlations, key, value), exc)
         tally.dead[exc.reason] += 1
         log.error("cross-run finding too large to publish; dead-lettered", extra={"kv": {
             "finding_id": f.finding_id, "code": f.spec.code, "bytes": len(value), "event_id": f.event["event_id"]}})
@@ -673,7 +665,8 @@ class Correlator(TransactionalLoop):
 
 
 class _Unsent:
-    """A record the correlator could not produce, as :func:`~pipeline.deadletters.dead_letter` reads a message."""
+    """A record the correlator could not produce, as :func:`~pipeline.deadletters.dead_letter` reads a message
+    (a :class:`~pipeline.deadletters.Source`)."""
 
     __slots__ = ("_key", "_topic", "_value")
 

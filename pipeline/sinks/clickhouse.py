@@ -416,21 +416,10 @@ class ClickHouseSink:
         ``event_ids``' primary key. Raises :class:`SinkError`."""
         if not event_ids:
             return {}
-        token = uuid.uuid4().hex
-        try:
-            self.client.insert(f"{self.database}.id_probe", [[token, e] for e in event_ids],
-                               column_names=["token", "event_id"],
-                               settings={"distributed_foreground_insert": 1} if self.cluster else None)
-            result = self.client.query(
-                f"SELECT event_id, source_partition, source_offset, source_digest FROM {self.database}.event_ids "
-                f"WHERE event_id GLOBAL IN (SELECT event_id FROM {self.database}.id_probe "
-                "WHERE token = {token:String})", parameters={"token": token})
-        except Exception as exc:
-            code = error_code(exc)
-            raise SinkError(f"event_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}", table="event_ids",
-                            kind=type(exc).__name__, code=code, data=False) from exc
+        rows = self._probed(event_ids, "event_id, source_partition, source_offset, source_digest", "event_ids",
+                            "event_id")
         out: dict[str, set[tuple[int, int, str]]] = {}
-        for event_id, partition, offset, digest in result.result_rows:
+        for event_id, partition, offset, digest in rows:
             out.setdefault(event_id, set()).add((int(partition), int(offset), digest))
         return out
 
@@ -441,19 +430,25 @@ class ClickHouseSink:
         :meth:`stored_sources` probes event ids. Raises :class:`SinkError`."""
         if not finding_ids:
             return []
+        return self._probed(finding_ids, f"finding_id, {', '.join(columns)}", "cross_run_findings", "finding_id")
+
+    def _probed(self, ids: list[str], select: str, table: str, key: str) -> list[tuple[Any, ...]]:
+        """``select`` (our constants) from ``table`` where ``key`` is one of ``ids``: the ids go in through the
+        ``id_probe`` table under a token of their own, never into the query text, so any number of ids of any
+        content is a point lookup on ``key``. Raises :class:`SinkError` (not the data's fault)."""
         token = uuid.uuid4().hex
         try:
-            self.client.insert(f"{self.database}.id_probe", [[token, f] for f in finding_ids],
+            self.client.insert(f"{self.database}.id_probe", [[token, i] for i in ids],
                                column_names=["token", "event_id"],
                                settings={"distributed_foreground_insert": 1} if self.cluster else None)
             result = self.client.query(
-                f"SELECT finding_id, {', '.join(columns)} FROM {self.database}.cross_run_findings "
-                f"WHERE finding_id GLOBAL IN (SELECT event_id FROM {self.database}.id_probe "
+                f"SELECT {select} FROM {self.database}.{table} "
+                f"WHERE {key} GLOBAL IN (SELECT event_id FROM {self.database}.id_probe "
                 "WHERE token = {token:String})", parameters={"token": token})
         except Exception as exc:
             code = error_code(exc)
-            raise SinkError(f"finding_id lookup failed: {type(exc).__name__}: {str(exc)[:500]}",
-                            table="cross_run_findings", kind=type(exc).__name__, code=code, data=False) from exc
+            raise SinkError(f"{key} lookup failed: {type(exc).__name__}: {str(exc)[:500]}", table=table,
+                            kind=type(exc).__name__, code=code, data=False) from exc
         return [tuple(row) for row in result.result_rows]
 
     # -- reads --------------------------------------------------------------------------------
