@@ -33,7 +33,7 @@ def test_triage_close_true_positive_history_conflict_and_auditor(
         publisher_factory: Callable[..., TransitionPublisher]) -> None:
     settings = settings_factory(**review_overrides())
     pipe = pipeline_factory(settings)
-    agent, run = "agent-rogue-<script>alert(1)</script>", f"run-{uuid.uuid4().hex[:8]}"
+    agent, run = "agent-jml-rogue-<script>alert(1)</script>", f"run-{uuid.uuid4().hex[:8]}"
     pub = publisher_factory(settings)
     for d in transient_chain(agent, run):
         pub.publish(d)
@@ -162,7 +162,7 @@ def test_decisions_and_exceptions_survive_restarts_and_appear_in_trail_and_expor
     settings = settings_factory(**review_overrides())
     pipe = pipeline_factory(settings)
     pub = publisher_factory(settings)
-    triaged, accepted = "agent-triaged", f"agent-accepted-{uuid.uuid4().hex[:6]}"
+    triaged, accepted = "agent-jml-triaged", f"agent-jml-accepted-{uuid.uuid4().hex[:6]}"
     run = f"run-{uuid.uuid4().hex[:8]}"
     for d in transient_chain(triaged, run):
         pub.publish(d)

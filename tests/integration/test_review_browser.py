@@ -115,7 +115,7 @@ def test_review_workbench_in_chromium(settings_factory: Callable[..., Settings],
         assert page.text_content("#state") == "closed"
 
         # -- 3. four-eyes exception; a matching event is excepted and does not page --------------------
-        agent = f"agent-batch-{uuid.uuid4().hex[:6]}"
+        agent = f"agent-jml-batch-{uuid.uuid4().hex[:6]}"  # bound to jml-provisioning (AG-BND-005)
         expires = datetime.now(UTC) + timedelta(seconds=75)
         _sign_in(page, base, "rita")
         page.goto(f"{base}/exceptions")
