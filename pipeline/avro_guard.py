@@ -246,13 +246,18 @@ class _Source:
             # of such): one entry is walked to tell. Bytes taken: the datum is cut short, fastavro's answer.
             # None: fastavro would loop over every entry (a registered schema with an array of nulls and a
             # count of 2**62 held a scorer for good), so more of them than the datum has bytes is refused.
+            # An entry that cannot be walked (bytes of a datum cut short read as an entry: an index out of range)
+            # takes bytes too: fastavro decides, as before the probe (its reason, ``truncated``, stands).
             probe = self.fresh("p")
             self.emit(ind + 1, f"if {total} > len(data) or {count} > len(data) - pos:")
             self.emit(ind + 2, f"{probe} = pos")
+            self.emit(ind + 2, "try:")
             size = len(self.lines)
-            self.walk(items, ind + 2, path, namespace)
+            self.walk(items, ind + 3, path, namespace)
             if len(self.lines) == size:
-                self.emit(ind + 2, "pass")
+                self.emit(ind + 3, "pass")
+            self.emit(ind + 2, "except DecodeError:")
+            self.emit(ind + 3, "raise Bail")
             self.emit(ind + 2, f"if pos != {probe}:")
             self.emit(ind + 3, "raise Bail")
             self.emit(ind + 2, f"if {total} > len(data):")
@@ -285,7 +290,7 @@ def _compiled(schema_json: str, caps: tuple[tuple[tuple[str, str], int], ...]) -
     src.emit(1, "return pos")
     source = "\n".join(src.lines)
     namespace: dict[str, Any] = {"varint": varint, "Bail": _Bail, "too_many": _too_many, "duplicate": _duplicate,
-                                 "out_of_range": _out_of_range, "zero_size": _zero_size}
+                                 "out_of_range": _out_of_range, "zero_size": _zero_size, "DecodeError": DecodeError}
     exec(compile(source, "<pipeline.avro_guard>", "exec"), namespace)  # our own source, made above
     return namespace["guard"], source
 

@@ -252,3 +252,15 @@ def test_a_short_array_of_zero_byte_entries_still_reads(items: Any) -> None:
     for blocks in (zz(3) + zz(0), zz(2) + zz(1) + zz(0), zz(0)):
         data = b"\x00" + blocks + s("evt-0123456789")
         assert guard(data, 1) == len(data)
+
+
+def test_a_count_over_the_bytes_left_whose_entry_cannot_be_walked_is_left_to_fastavro() -> None:
+    """The zero-byte probe walks one entry of a count larger than the datum: bytes of a datum cut short, read as
+    an entry, can hold an index the schema lacks. That entry takes bytes, so fastavro decides (``truncated``),
+    as before the probe; the probe refused it ``malformed`` (CI fuzz run, session 26)."""
+    schema = {"type": "record", "name": "Cut", "namespace": "t",
+              "fields": [{"name": "items", "type": {"type": "array", "items": ["null", "string"]}}]}
+    guard = compile_guard(schema, {})
+    assert guard is not None
+    data = b"\x00" + zz(1000) + zz(7)  # 1,000 entries announced; the first's union index 7 does not exist
+    assert guard(data, 1) is None
