@@ -17,8 +17,10 @@ import hmac
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
+from fnmatch import translate
 from typing import Annotated, Any
 
 import orjson
@@ -218,6 +220,14 @@ def identity_key(value: str) -> str:
     if value.isascii():
         return value.lower()
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+
+
+def identity_pattern(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One regex for fnmatch patterns of identities (``agent-jml-*``): its ``match`` of an
+    :func:`identity_key` answers ``fnmatchcase(identity_key(id), identity_key(p))`` for any ``p``
+    (``translate`` anchors each pattern at its end, ``match`` at its start). A policy's workflow agents
+    (AG-BND-005) and the agents of the signing-key bindings (delegation edges) are matched so."""
+    return re.compile("|".join(f"(?:{translate(identity_key(p))})" for p in patterns))
 
 
 def name_key(value: str) -> str:

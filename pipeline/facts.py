@@ -26,11 +26,10 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable, Sequence
-from fnmatch import fnmatchcase
 from typing import Any
 
 from .errors import ConfigError
-from .events import GRANTS, REVOKES, Action, TransitionDict, identity_key
+from .events import GRANTS, REVOKES, Action, TransitionDict, identity_key, identity_pattern
 from .serde import Serde
 from .settings import Settings
 
@@ -236,16 +235,11 @@ class FactEmitter:
         # Agents by configuration (signing_key_agents' patterns, as sent and folded): an edge into one is a
         # delegation whatever the granting agent labels it. The label is the granting agent's word, and one
         # that called the agent it empowered ``human`` kept the edge out of the graph (red team, session 26).
-        self.agent_patterns = tuple(dict.fromkeys(
-            q for patterns in settings.signing_key_agents.values() for p in patterns for q in (p, identity_key(p))))
+        patterns = [p for agents in settings.signing_key_agents.values() for p in agents]
+        self.agents = identity_pattern(patterns) if patterns else None
         if not self.fast:
             log.warning("fact schema does not match the fast writer; encoding every fact with fastavro",
                         extra={"kv": {"schema_version": serde.current.version}})
-
-    def configured_agent(self, identity_id: str) -> bool:
-        """Whether ``identity_id`` (as sent, or folded) matches an agent pattern of ``signing_key_agents``."""
-        folded = identity_key(identity_id)
-        return any(fnmatchcase(identity_id, p) or fnmatchcase(folded, p) for p in self.agent_patterns)
 
     def encode(self, ev: TransitionDict, partition: int, offset: int, codes: Sequence[str] = ()) -> bytes:
         """The fact record's value: framing and datum, as ``serde.encode(fact_from_event(...))``."""
@@ -282,7 +276,7 @@ class FactEmitter:
             produce(self.holdings, value, key=held.encode(), partition=target_partition)
             sent += 1
             kind = target["identity_type"]
-            if kind not in DELEGATE_TYPES and self.agent_patterns and self.configured_agent(target["identity_id"]):
+            if kind not in DELEGATE_TYPES and self.agents is not None and self.agents.match(target_id):
                 kind = "agent"
             if _delegation_change(agent_id, target_id, kind, ev["action"]):  # is_delegation_change
                 produce(self.delegations, value, key=_edge_key(agent_id, target_id, system, access).encode(),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from fnmatch import translate
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import PolicyError
-from ..events import INVISIBLE, Action, LifecycleState, TriggerKind, identity_key, is_blank, name_key
+from ..events import INVISIBLE, Action, LifecycleState, TriggerKind, identity_key, identity_pattern, is_blank, name_key
 
 Name = str  # an entitlement, role, group or system name as it appears in events
 
@@ -211,13 +210,6 @@ def _pick(default: BaseModel, wf: BaseModel | None, name: str) -> Any:
     return value
 
 
-def _agent_pattern(patterns: tuple[str, ...] | None) -> re.Pattern[str] | None:
-    """One regex for a workflow's agent patterns, as ``fnmatchcase(identity_key(agent), identity_key(p))``
-    for any ``p`` (``translate`` anchors each pattern at its end, ``match`` at its start)."""
-    if patterns is None:
-        return None
-    return re.compile("|".join(f"(?:{translate(identity_key(p))})" for p in patterns))
-
 
 def _resolve(defaults: Boundary, wf: Boundary | None) -> ResolvedBoundary:
     def pick(name: str) -> Any:
@@ -228,7 +220,7 @@ def _resolve(defaults: Boundary, wf: Boundary | None) -> ResolvedBoundary:
     agents = pick("agents")
     return ResolvedBoundary(
         agents=agents,
-        agent_pattern=_agent_pattern(agents),
+        agent_pattern=None if agents is None else identity_pattern(agents),
         allowed_actions=None if actions is None else _strs(actions),
         allowed_systems=None if systems is None else _strs(systems),
         input_allowlist={str(a): _strs(v) for a, v in pick("input_allowlist").items()},
